@@ -1,0 +1,75 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+// Dependencies, each for one reason:
+// - swift-nio: the admin server and the Foldspace sandbox speak HTTP/1.1 on NIO.
+// - async-http-client (+ swift-nio-ssl, already its dependency): the Foldspace client
+//   (connection pool, TLS verification with an optional CA file, timeouts).
+// - swift-log: one logging API for our code and librdkafka's log callback.
+// - swift-argument-parser: the command line.
+// - swift-service-lifecycle: one ServiceGroup that owns signals and ordered shutdown.
+let package = Package(
+    name: "foldspace-sync",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "foldspace-sync", targets: ["foldspace-sync"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CRdKafka",
+            pkgConfig: "rdkafka",
+            providers: [.apt(["librdkafka-dev"])]
+        ),
+        // The only module that sees librdkafka's C types.
+        .target(name: "Kafka", dependencies: [
+            "CRdKafka",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // Pure: Segment-spec decoding.
+        .target(name: "Events"),
+        // Pure: user state, fold rules, projection, constraints.
+        .target(name: "Folding", dependencies: ["Events"]),
+        // Delivery: debouncer, offset tracking, backoff, and the Foldspace HTTP client.
+        .target(name: "Delivery", dependencies: [
+            "Folding",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+        ]),
+        // A small HTTP/1.1 server on NIO, for the admin endpoints and the sandbox.
+        .target(name: "HTTPServing", dependencies: [
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+        ]),
+        // An in-process Foldspace that checks every request against the documented schema.
+        .target(name: "FoldspaceSandbox", dependencies: ["HTTPServing"]),
+        // Wiring: configuration, the engine, services, demo.
+        .target(name: "SyncService", dependencies: [
+            "Kafka", "Events", "Folding", "Delivery", "HTTPServing", "FoldspaceSandbox",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
+        .executableTarget(name: "foldspace-sync", dependencies: [
+            "SyncService", "Kafka",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
+        .testTarget(name: "EventsTests", dependencies: ["Events"]),
+        .testTarget(name: "FoldingTests", dependencies: ["Folding", "Events", "FoldspaceSandbox"]),
+        .testTarget(name: "DeliveryTests", dependencies: ["Delivery", "Folding", "FoldspaceSandbox"]),
+        .testTarget(name: "KafkaTests", dependencies: ["Kafka"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["FoldspaceSandbox", "Kafka"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

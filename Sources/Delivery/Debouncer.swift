@@ -1,0 +1,172 @@
+/// Per-user delivery bookkeeping, kept inside each user's entry so that no second map
+/// is needed. Times are monotonic milliseconds from the engine's injected clock.
+public struct DeliveryState: Sendable, Equatable {
+    /// When the user became dirty (0: clean).
+    public var dirtySinceMs: Int64 = 0
+    /// The last change to the user's state.
+    public var lastChangeMs: Int64 = 0
+    /// Not before this time (retry backoff).
+    public var notBeforeMs: Int64 = 0
+    /// Bumped on every change; a flush records the version it sent.
+    public var version: UInt32 = 0
+    public var sentVersion: UInt32 = 0
+    public var inFlight = false
+    /// Consecutive failed attempts, for the backoff.
+    public var attempts: UInt16 = 0
+    /// Hash of the last body Foldspace acknowledged (or that was dead-lettered): a body
+    /// with this hash is not sent again.
+    public var settledHash: UInt64 = 0
+    /// Whether the user sits in the debouncer's timer heap.
+    public var scheduled = false
+
+    public init() {}
+
+    public var isDirty: Bool { dirtySinceMs != 0 }
+}
+
+/// The debounce policy as a state machine: it decides when each dirty user is due and
+/// returns the users to flush; the caller builds and sends the bodies.
+///
+/// A user is due at `min(lastChange + debounce, dirtySince + maxWait)`, or later while a
+/// retry backs off. At most one request per user is in flight: a user whose request is
+/// out is not due until it completes. The heap holds one entry per scheduled user and is
+/// re-checked lazily, so a burst of changes costs no heap work.
+public struct Debouncer<Key: Hashable & Sendable>: Sendable {
+    public var debounceMs: Int64
+    public var maxWaitMs: Int64
+    private var heap = MinHeap<Key>()
+
+    public init(debounceMs: Int64, maxWaitMs: Int64) {
+        self.debounceMs = debounceMs
+        self.maxWaitMs = max(maxWaitMs, debounceMs)
+    }
+
+    /// How many users are scheduled (dirty and not in flight, or retrying).
+    public var scheduledCount: Int { heap.count }
+
+    /// When the user is due, given its state.
+    public func dueMs(_ s: DeliveryState) -> Int64 {
+        let due = min(s.lastChangeMs + debounceMs, s.dirtySinceMs + maxWaitMs)
+        return max(due, s.notBeforeMs)
+    }
+
+    /// The user's state changed at `nowMs`.
+    public mutating func changed(_ key: Key, _ s: inout DeliveryState, nowMs: Int64) {
+        s.version &+= 1
+        s.lastChangeMs = nowMs
+        if s.dirtySinceMs == 0 { s.dirtySinceMs = max(nowMs, 1) }
+        if !s.inFlight && !s.scheduled {
+            s.scheduled = true
+            heap.push(key, at: dueMs(s))
+        }
+    }
+
+    /// The earliest time any scheduled user may be due (it may turn out later).
+    public var nextCheckMs: Int64? { heap.peek?.at }
+
+    /// Pops the users due at `nowMs`, up to `limit`. `state` reads a user's current
+    /// state (nil if it is gone); users found not yet due are rescheduled.
+    public mutating func popDue(nowMs: Int64, limit: Int, state: (Key) -> DeliveryState?) -> [Key] {
+        var out: [Key] = []
+        while out.count < limit, let top = heap.peek, top.at <= nowMs {
+            _ = heap.pop()
+            guard let s = state(top.key), s.isDirty, !s.inFlight else { continue }
+            let due = dueMs(s)
+            if due > nowMs {
+                heap.push(top.key, at: due)
+            } else {
+                out.append(top.key)
+            }
+        }
+        return out
+    }
+
+    /// Marks the user as sent: its request is out with the current version.
+    public func willSend(_ s: inout DeliveryState) {
+        s.inFlight = true
+        s.scheduled = false
+        s.sentVersion = s.version
+    }
+
+    /// The body built for a due user equals the last settled one: nothing to send.
+    public func suppressed(_ s: inout DeliveryState) {
+        s.scheduled = false
+        s.dirtySinceMs = 0
+        s.attempts = 0
+    }
+
+    /// The request for `key` finished and its body is settled (acknowledged or
+    /// dead-lettered). Returns `true` when the user is now clean; otherwise it changed
+    /// while the request was out and is scheduled again.
+    public mutating func settled(_ key: Key, _ s: inout DeliveryState, hash: UInt64, nowMs: Int64) -> Bool {
+        s.inFlight = false
+        s.attempts = 0
+        s.notBeforeMs = 0
+        s.settledHash = hash
+        if s.version == s.sentVersion {
+            s.dirtySinceMs = 0
+            return true
+        }
+        // Changes arrived during the flight: they count as dirty since they arrived.
+        s.dirtySinceMs = max(min(s.lastChangeMs, nowMs), 1)
+        s.scheduled = true
+        heap.push(key, at: dueMs(s))
+        return false
+    }
+
+    /// The request failed and will be retried not before `retryAtMs`.
+    public mutating func failed(_ key: Key, _ s: inout DeliveryState, retryAtMs: Int64) {
+        s.inFlight = false
+        s.attempts &+= 1
+        s.notBeforeMs = retryAtMs
+        s.scheduled = true
+        heap.push(key, at: dueMs(s))
+    }
+
+    /// Makes every scheduled user due now (shutdown, revocation): the heap entries keep
+    /// their keys, and `notBefore`/debounce are ignored by callers that pass `force`.
+    public mutating func rescheduleAll(at ms: Int64) {
+        heap.rebase(at: ms)
+    }
+}
+
+/// A binary min-heap of keys by time.
+struct MinHeap<Key: Sendable>: Sendable {
+    private(set) var items: [(at: Int64, key: Key)] = []
+
+    var count: Int { items.count }
+    var peek: (at: Int64, key: Key)? { items.first }
+
+    mutating func push(_ key: Key, at: Int64) {
+        items.append((at, key))
+        var i = items.count - 1
+        while i > 0 {
+            let p = (i - 1) / 2
+            if items[p].at <= items[i].at { break }
+            items.swapAt(p, i)
+            i = p
+        }
+    }
+
+    mutating func pop() -> (at: Int64, key: Key)? {
+        guard !items.isEmpty else { return nil }
+        items.swapAt(0, items.count - 1)
+        let top = items.removeLast()
+        var i = 0
+        while true {
+            let l = 2 * i + 1, r = l + 1
+            var m = i
+            if l < items.count && items[l].at < items[m].at { m = l }
+            if r < items.count && items[r].at < items[m].at { m = r }
+            if m == i { break }
+            items.swapAt(i, m)
+            i = m
+        }
+        return top
+    }
+
+    /// Sets every entry's time to `at` (all equal, so the heap order still holds).
+    mutating func rebase(at: Int64) {
+        for i in items.indices { items[i].at = at }
+    }
+}

@@ -1,0 +1,573 @@
+/// Why a message (or one element of a batch envelope) was not folded.
+///
+/// The raw values are stable: they name the `reason` header of dead-letter records and
+/// the `reason` label of metrics.
+public enum InvalidReason: String, Sendable, CaseIterable {
+    case tooLarge = "too-large"
+    case invalidUTF8 = "invalid-utf8"
+    case notJSON = "not-json"
+    case notObject = "not-object"
+    case tooDeep = "too-deep"
+    case missingIdentity = "missing-identity"
+    case wrongType = "wrong-type"
+    case badTimestamp = "bad-timestamp"
+    case numberOutOfRange = "number-out-of-range"
+    case duplicateKey = "duplicate-key"
+    case batchTooLarge = "batch-too-large"
+    case missingType = "missing-type"
+    case identityTooLong = "identity-too-long"
+}
+
+/// A rejected message or batch element, with the field at fault where there is one.
+public struct DecodeFailure: Sendable, Equatable, Error {
+    public var reason: InvalidReason
+    /// The offending field's path, such as `traits.email`.
+    public var field: String?
+
+    public init(_ reason: InvalidReason, field: String? = nil) {
+        self.reason = reason
+        self.field = field
+    }
+}
+
+/// What one Segment call in a message decoded to.
+public enum Decoded: Sendable, Equatable {
+    case event(SegmentEvent)
+    /// A well-formed call of a type the mapping does not use (the type as sent).
+    case ignored(String)
+    case invalid(DecodeFailure)
+}
+
+/// Limits and options of the decoder.
+public struct DecoderOptions: Sendable {
+    /// Messages larger than this are invalid (`max_message_bytes`, default 1 MiB).
+    public var maxMessageBytes: Int = 1 << 20
+    /// Deepest JSON nesting accepted; at most 64.
+    public var maxDepth: Int = 64
+    /// Most calls accepted in one `{"batch": [...]}` envelope (`max_batch_events`).
+    public var maxBatchEvents: Int = 2000
+    /// Trait names captured for `customAttributes`.
+    public var customAttributes: [String] = []
+
+    public init() {}
+}
+
+/// Decodes Segment-spec JSON (one call, or a batch envelope) into ``SegmentEvent``s.
+///
+/// Pure and allocation-light: it validates the whole message (UTF-8, grammar, nesting)
+/// and materialises only the fields the Foldspace mapping reads. It never traps on
+/// input; every failure is a ``DecodeFailure``.
+///
+/// Type rules: `null` and `""` mean absent. Identity-like fields (`userId`,
+/// `anonymousId`, `groupId`, `subscriptionId`, `phone`, `postalCode`) accept integers and
+/// turn them into strings, as Segment's libraries do. Any other type in a field the
+/// mapping reads is `wrong-type`, as is a key repeated in one object.
+public struct SegmentDecoder: Sendable {
+    public var options: DecoderOptions
+    private let customKeys: [[UInt8]]
+
+    public init(options: DecoderOptions = DecoderOptions()) {
+        self.options = options
+        self.options.maxDepth = min(max(options.maxDepth, 1), 64)
+        self.customKeys = options.customAttributes.map { Array($0.utf8) }
+    }
+
+    /// Decodes one Kafka message value. `nowMs` is the wall clock, for plausibility.
+    public func decode(_ bytes: UnsafeBufferPointer<UInt8>, nowMs: Int64) -> [Decoded] {
+        var out: [Decoded] = []
+        decode(bytes, nowMs: nowMs, into: &out)
+        return out
+    }
+
+    public func decode(_ bytes: [UInt8], nowMs: Int64) -> [Decoded] {
+        bytes.withUnsafeBufferPointer { decode($0, nowMs: nowMs) }
+    }
+
+    /// Decodes one message, appending one ``Decoded`` per call it holds.
+    public func decode(_ bytes: UnsafeBufferPointer<UInt8>, nowMs: Int64, into out: inout [Decoded]) {
+        if bytes.count > options.maxMessageBytes {
+            out.append(.invalid(DecodeFailure(.tooLarge)))
+            return
+        }
+        if !UTF8Check.isValid(bytes) {
+            out.append(.invalid(DecodeFailure(.invalidUTF8)))
+            return
+        }
+        var s = JSONScanner(bytes, maxDepth: options.maxDepth)
+        let mark = out.count
+        do {
+            guard try s.peekKind() == .object else {
+                try s.skipValue()
+                try s.expectEnd()
+                out.append(.invalid(DecodeFailure(.notObject)))
+                return
+            }
+            var call = CallFields()
+            var batch: [Decoded]? = nil
+            try s.beginObject()
+            var first = true
+            while let k = try s.nextKey(first: first) {
+                first = false
+                if s.key(k, is: "batch") {
+                    guard batch == nil else { call.fail(.duplicateKey, "batch"); try s.skipValue(); continue }
+                    guard try s.peekKind() == .array else { call.fail(.wrongType, "batch"); try s.skipValue(); continue }
+                    var elements: [Decoded] = []
+                    try s.beginArray()
+                    var firstElement = true
+                    var count = 0
+                    while try s.nextElement(first: firstElement) {
+                        firstElement = false
+                        count += 1
+                        if count > options.maxBatchEvents {
+                            try s.skipValue()
+                            continue
+                        }
+                        if try s.peekKind() != .object {
+                            try s.skipValue()
+                            elements.append(.invalid(DecodeFailure(.notObject)))
+                            continue
+                        }
+                        var element = CallFields()
+                        try readCall(&s, into: &element)
+                        elements.append(element.finish(nowMs: nowMs))
+                    }
+                    batch = count > options.maxBatchEvents
+                        ? [.invalid(DecodeFailure(.batchTooLarge))]
+                        : elements
+                } else {
+                    try readCallField(&s, key: k, into: &call)
+                }
+            }
+            try s.expectEnd()
+            if let batch, call.typeText == nil {
+                out.append(contentsOf: batch)
+            } else {
+                out.append(call.finish(nowMs: nowMs))
+            }
+        } catch {
+            out.removeSubrange(mark...)
+            switch error {
+            case .tooDeep: out.append(.invalid(DecodeFailure(.tooDeep)))
+            case .numberOutOfRange: out.append(.invalid(DecodeFailure(.numberOutOfRange)))
+            case .syntax, .invalidUnicode: out.append(.invalid(DecodeFailure(.notJSON)))
+            }
+        }
+    }
+
+    // MARK: One call
+
+    private func readCall(_ s: inout JSONScanner, into call: inout CallFields) throws(JSONError) {
+        try s.beginObject()
+        var first = true
+        while let k = try s.nextKey(first: first) {
+            first = false
+            try readCallField(&s, key: k, into: &call)
+        }
+    }
+
+    private func readCallField(_ s: inout JSONScanner, key k: JSONKey, into c: inout CallFields) throws(JSONError) {
+        if s.key(k, is: "type") {
+            c.typeText = try readText(&s, &c, .type, "type")
+        } else if s.key(k, is: "userId") {
+            c.userId = try readText(&s, &c, .userId, "userId", numbers: true)
+        } else if s.key(k, is: "anonymousId") {
+            c.anonymousId = try readText(&s, &c, .anonymousId, "anonymousId", numbers: true)
+        } else if s.key(k, is: "timestamp") {
+            c.timestamp = try readTime(&s, &c, .timestamp, "timestamp")
+        } else if s.key(k, is: "originalTimestamp") {
+            c.originalTimestamp = try readTime(&s, &c, .originalTimestamp, "originalTimestamp")
+        } else if s.key(k, is: "sentAt") {
+            c.sentAt = try readTime(&s, &c, .sentAt, "sentAt")
+        } else if s.key(k, is: "receivedAt") {
+            c.receivedAt = try readTime(&s, &c, .receivedAt, "receivedAt")
+        } else if s.key(k, is: "event") {
+            c.eventName = try readText(&s, &c, .event, "event")
+        } else if s.key(k, is: "groupId") {
+            c.groupId = try readText(&s, &c, .groupId, "groupId", numbers: true)
+        } else if s.key(k, is: "traits") {
+            guard c.seen.insert(.traits) else { c.fail(.duplicateKey, "traits"); try s.skipValue(); return }
+            c.traits = try readTraits(&s, &c, path: "traits")
+        } else if s.key(k, is: "context") {
+            guard c.seen.insert(.context) else { c.fail(.duplicateKey, "context"); try s.skipValue(); return }
+            try readContext(&s, &c)
+        } else if s.key(k, is: "properties") {
+            guard c.seen.insert(.properties) else { c.fail(.duplicateKey, "properties"); try s.skipValue(); return }
+            guard try objectOrAbsent(&s, &c, "properties") else { return }
+            try s.beginObject()
+            var first = true
+            while let pk = try s.nextKey(first: first) {
+                first = false
+                if s.key(pk, is: "product") {
+                    c.propertiesProduct = try readProduct(&s, &c, "properties.product")
+                } else {
+                    try s.skipValue()
+                }
+            }
+        } else {
+            try s.skipValue()
+        }
+    }
+
+    private func readContext(_ s: inout JSONScanner, _ c: inout CallFields) throws(JSONError) {
+        guard try objectOrAbsent(&s, &c, "context") else { return }
+        try s.beginObject()
+        var first = true
+        var seen = FieldSet()
+        while let k = try s.nextKey(first: first) {
+            first = false
+            if s.key(k, is: "traits") {
+                guard seen.insert(.contextTraits) else { c.fail(.duplicateKey, "context.traits"); try s.skipValue(); continue }
+                c.contextTraits = try readTraits(&s, &c, path: "context.traits")
+            } else if s.key(k, is: "timezone") {
+                c.timezone = try readText(&s, &c, .contextTimezone, "context.timezone", seen: &seen)
+            } else if s.key(k, is: "groupId") {
+                c.contextGroupId = try readText(&s, &c, .contextGroupId, "context.groupId", numbers: true, seen: &seen)
+            } else if s.key(k, is: "location") {
+                guard seen.insert(.contextLocation) else { c.fail(.duplicateKey, "context.location"); try s.skipValue(); continue }
+                c.location = try readLocation(&s, &c, path: "context.location", stateKey: "region")
+            } else if s.key(k, is: "product") {
+                guard seen.insert(.contextProduct) else { c.fail(.duplicateKey, "context.product"); try s.skipValue(); continue }
+                c.contextProduct = try readProduct(&s, &c, "context.product")
+            } else {
+                try s.skipValue()
+            }
+        }
+    }
+
+    private func readTraits(_ s: inout JSONScanner, _ c: inout CallFields, path: StaticString) throws(JSONError) -> Traits? {
+        guard try objectOrAbsent(&s, &c, path) else { return nil }
+        var t = Traits()
+        var seen = FieldSet()
+        try s.beginObject()
+        var first = true
+        while let k = try s.nextKey(first: first) {
+            first = false
+            if s.key(k, is: "email") {
+                t.email = try readText(&s, &c, .email, "traits.email", seen: &seen)
+            } else if s.key(k, is: "name") {
+                t.name = try readText(&s, &c, .name, "traits.name", seen: &seen)
+            } else if s.key(k, is: "firstName") {
+                t.firstName = try readText(&s, &c, .firstName, "traits.firstName", seen: &seen)
+            } else if s.key(k, is: "lastName") {
+                t.lastName = try readText(&s, &c, .lastName, "traits.lastName", seen: &seen)
+            } else if s.key(k, is: "userType") {
+                t.userType = try readText(&s, &c, .userType, "traits.userType", seen: &seen)
+            } else if s.key(k, is: "role") {
+                t.role = try readText(&s, &c, .role, "traits.role", seen: &seen)
+            } else if s.key(k, is: "title") {
+                t.title = try readText(&s, &c, .title, "traits.title", seen: &seen)
+            } else if s.key(k, is: "phone") {
+                t.phone = try readText(&s, &c, .phone, "traits.phone", numbers: true, seen: &seen)
+            } else if s.key(k, is: "timezone") {
+                t.timezone = try readText(&s, &c, .traitTimezone, "traits.timezone", seen: &seen)
+            } else if s.key(k, is: "leadDate") {
+                t.leadDate = try readTime(&s, &c, .leadDate, "traits.leadDate", seen: &seen)
+            } else if s.key(k, is: "signUpDate") {
+                t.signUpDate = try readTime(&s, &c, .signUpDate, "traits.signUpDate", seen: &seen)
+            } else if s.key(k, is: "createdAt") {
+                t.createdAt = try readTime(&s, &c, .createdAt, "traits.createdAt", seen: &seen)
+            } else if s.key(k, is: "subscriptionId") {
+                t.subscriptionId = try readText(&s, &c, .subscriptionId, "traits.subscriptionId", numbers: true, seen: &seen)
+            } else if s.key(k, is: "avatar") {
+                t.avatar = try readText(&s, &c, .avatar, "traits.avatar", seen: &seen)
+            } else if s.key(k, is: "image") {
+                t.image = try readText(&s, &c, .image, "traits.image", seen: &seen)
+            } else if s.key(k, is: "address") {
+                guard seen.insert(.address) else { c.fail(.duplicateKey, "traits.address"); try s.skipValue(); continue }
+                t.address = try readLocation(&s, &c, path: "traits.address", stateKey: "state")
+            } else if s.key(k, is: "pqlScore") {
+                guard seen.insert(.pqlScore) else { c.fail(.duplicateKey, "traits.pqlScore"); try s.skipValue(); continue }
+                switch try s.peekKind() {
+                case .number: t.pqlScore = try s.readNumber().asDouble
+                case .null: try s.readNull()
+                default: c.fail(.wrongType, "traits.pqlScore"); try s.skipValue()
+                }
+            } else if !customKeys.isEmpty, let name = customName(s, k) {
+                let start = s.pos
+                try s.skipValue()
+                // Compact JSON text of the value; the projector decides what to send.
+                let text = s.text(start..<s.pos)
+                if !t.custom.contains(where: { $0.name == name }) {
+                    t.custom.append(CustomTrait(name: name, json: compactJSON(text)))
+                } else {
+                    c.fail(.duplicateKey, "traits")
+                }
+            } else {
+                try s.skipValue()
+            }
+        }
+        return t.isEmpty ? nil : t
+    }
+
+    private func customName(_ s: borrowing JSONScanner, _ k: JSONKey) -> String? {
+        guard let name = try? s.string(of: k) else { return nil }
+        let u = Array(name.utf8)
+        return customKeys.contains(u) ? name : nil
+    }
+
+    private func readLocation(_ s: inout JSONScanner, _ c: inout CallFields, path: StaticString,
+                              stateKey: StaticString) throws(JSONError) -> Location? {
+        guard try objectOrAbsent(&s, &c, path) else { return nil }
+        var l = Location()
+        var seen = FieldSet()
+        try s.beginObject()
+        var first = true
+        while let k = try s.nextKey(first: first) {
+            first = false
+            if s.key(k, is: "country") {
+                l.country = try readText(&s, &c, .country, path, seen: &seen)
+            } else if s.key(k, is: stateKey) {
+                l.region = try readText(&s, &c, .region, path, seen: &seen)
+            } else if s.key(k, is: "city") {
+                l.city = try readText(&s, &c, .city, path, seen: &seen)
+            } else if s.key(k, is: "postalCode") {
+                l.postalCode = try readText(&s, &c, .postalCode, path, numbers: true, seen: &seen)
+            } else if s.key(k, is: "countryCode") {
+                l.countryCode = try readText(&s, &c, .countryCode, path, seen: &seen)
+            } else {
+                try s.skipValue()
+            }
+        }
+        return l.isEmpty ? nil : l
+    }
+
+    /// A product is `{"product": code, "environment": 1..4}` or a bare code string.
+    private func readProduct(_ s: inout JSONScanner, _ c: inout CallFields, _ path: StaticString) throws(JSONError) -> ProductRef? {
+        switch try s.peekKind() {
+        case .null:
+            try s.readNull()
+            return nil
+        case .string:
+            let code = try s.readString()
+            return code.isEmpty ? nil : ProductRef(product: code, environment: nil)
+        case .object:
+            var code: String?
+            var env: Int64?
+            var seen = FieldSet()
+            try s.beginObject()
+            var first = true
+            while let k = try s.nextKey(first: first) {
+                first = false
+                if s.key(k, is: "product") || s.key(k, is: "code") || s.key(k, is: "id") {
+                    code = try readText(&s, &c, .product, path, numbers: true, seen: &seen)
+                } else if s.key(k, is: "environment") {
+                    guard seen.insert(.environment) else { c.fail(.duplicateKey, path); try s.skipValue(); continue }
+                    switch try s.peekKind() {
+                    case .number:
+                        if case .integer(let v, _) = try s.readNumber() { env = v } else { c.fail(.wrongType, path) }
+                    case .null: try s.readNull()
+                    default: c.fail(.wrongType, path); try s.skipValue()
+                    }
+                } else {
+                    try s.skipValue()
+                }
+            }
+            guard let code else { return nil }
+            return ProductRef(product: code, environment: env)
+        default:
+            c.fail(.wrongType, path)
+            try s.skipValue()
+            return nil
+        }
+    }
+
+    // MARK: Typed reads
+
+    private func objectOrAbsent(_ s: inout JSONScanner, _ c: inout CallFields, _ path: StaticString) throws(JSONError) -> Bool {
+        switch try s.peekKind() {
+        case .object: return true
+        case .null: try s.readNull(); return false
+        default: c.fail(.wrongType, path); try s.skipValue(); return false
+        }
+    }
+
+    private func readText(_ s: inout JSONScanner, _ c: inout CallFields, _ f: Field, _ path: StaticString,
+                          numbers: Bool = false) throws(JSONError) -> String? {
+        var seen = c.seen
+        defer { c.seen = seen }
+        return try readText(&s, &c, f, path, numbers: numbers, seen: &seen)
+    }
+
+    private func readText(_ s: inout JSONScanner, _ c: inout CallFields, _ f: Field, _ path: StaticString,
+                          numbers: Bool = false, seen: inout FieldSet) throws(JSONError) -> String? {
+        guard seen.insert(f) else { c.fail(.duplicateKey, path); try s.skipValue(); return nil }
+        switch try s.peekKind() {
+        case .string:
+            let v = try s.readString()
+            return v.isEmpty ? nil : v
+        case .null:
+            try s.readNull()
+            return nil
+        case .number where numbers:
+            switch try s.readNumber() {
+            case .integer(_, let text): return s.text(text)
+            case .double: c.fail(.wrongType, path); return nil
+            }
+        default:
+            c.fail(.wrongType, path)
+            try s.skipValue()
+            return nil
+        }
+    }
+
+    private func readTime(_ s: inout JSONScanner, _ c: inout CallFields, _ f: Field, _ path: StaticString) throws(JSONError) -> Int64? {
+        var seen = c.seen
+        defer { c.seen = seen }
+        return try readTime(&s, &c, f, path, seen: &seen)
+    }
+
+    /// A time: epoch milliseconds as a number, or an ISO-8601 string.
+    private func readTime(_ s: inout JSONScanner, _ c: inout CallFields, _ f: Field, _ path: StaticString,
+                          seen: inout FieldSet) throws(JSONError) -> Int64? {
+        guard seen.insert(f) else { c.fail(.duplicateKey, path); try s.skipValue(); return nil }
+        switch try s.peekKind() {
+        case .string:
+            guard s.peek() == UInt8(ascii: "\"") else { throw .syntax }
+            let raw = try s.scanStringRaw()
+            if raw.end == raw.start { return nil }
+            if !raw.escaped, let ms = Timestamp.parseISO8601(UnsafeBufferPointer(rebasing: s.bytes[raw.start..<raw.end])) {
+                return ms
+            }
+            if raw.escaped, let text = try? s.string(of: raw), let ms = Timestamp.parseISO8601(text) {
+                return ms
+            }
+            c.fail(.badTimestamp, path)
+            return nil
+        case .number:
+            switch try s.readNumber() {
+            case .integer(let v, _): return v
+            case .double(let d, _):
+                guard d.magnitude < 9.0e15 else { c.fail(.numberOutOfRange, path); return nil }
+                return Int64(d.rounded(.down))
+            }
+        case .null:
+            try s.readNull()
+            return nil
+        default:
+            c.fail(.wrongType, path)
+            try s.skipValue()
+            return nil
+        }
+    }
+}
+
+/// The fields of one call as read, before the identity and time rules are applied.
+private struct CallFields {
+    var typeText: String?
+    var userId: String?
+    var anonymousId: String?
+    // The event-time sources, in order of preference.
+    var timestamp: Int64?
+    var originalTimestamp: Int64?
+    var sentAt: Int64?
+    var receivedAt: Int64?
+    var eventName: String?
+    var groupId: String?
+    var contextGroupId: String?
+    var timezone: String?
+    var location: Location?
+    var contextProduct: ProductRef?
+    var propertiesProduct: ProductRef?
+    var traits: Traits?
+    var contextTraits: Traits?
+    var seen = FieldSet()
+    var failure: DecodeFailure?
+
+    mutating func fail(_ reason: InvalidReason, _ field: StaticString) {
+        if failure == nil { failure = DecodeFailure(reason, field: field.description) }
+    }
+
+    func finish(nowMs: Int64) -> Decoded {
+        if let failure { return .invalid(failure) }
+        guard let typeText else { return .invalid(DecodeFailure(.missingType, field: "type")) }
+        guard let type = EventType(segmentName: typeText) else { return .ignored(typeText) }
+        let identity: String
+        let hasUserId: Bool
+        if let userId {
+            identity = userId
+            hasUserId = true
+        } else if let anonymousId {
+            identity = anonymousId
+            hasUserId = false
+        } else {
+            return .invalid(DecodeFailure(.missingIdentity, field: "userId"))
+        }
+        // Foldspace takes at most 255 characters; a longer id can never be delivered.
+        if identity.utf8.count > 255 && identity.unicodeScalars.count > 255 {
+            return .invalid(DecodeFailure(.identityTooLong, field: hasUserId ? "userId" : "anonymousId"))
+        }
+        var e = SegmentEvent(type: type, identity: identity, hasUserId: hasUserId)
+        if let t = timestamp ?? originalTimestamp ?? sentAt ?? receivedAt {
+            if Timestamp.isPlausible(t, nowMs: nowMs) {
+                e.timeMs = t
+            } else {
+                e.timeImplausible = true
+            }
+        }
+        if type == .track { e.eventName = eventName }
+        if type == .group { e.groupId = groupId }
+        e.contextGroupId = contextGroupId
+        e.timezone = timezone
+        e.location = location
+        e.product = contextProduct ?? propertiesProduct
+        // Group calls carry the group's traits, not the user's.
+        var t = (type == .identify ? traits : nil) ?? Traits()
+        if let contextTraits { t.fillMissing(from: contextTraits) }
+        e.traits = t.isEmpty ? nil : t
+        return .event(e)
+    }
+}
+
+extension EventType {
+    init?(segmentName: String) {
+        switch segmentName {
+        case "identify": self = .identify
+        case "track": self = .track
+        case "page": self = .page
+        case "screen": self = .screen
+        case "group": self = .group
+        case "alias": self = .alias
+        default: return nil
+        }
+    }
+}
+
+/// Fields whose repetition inside one object is detected.
+enum Field: UInt8 {
+    case type, userId, anonymousId, timestamp, originalTimestamp, sentAt, receivedAt, event, groupId
+    case traits, context, properties
+    case contextTraits, contextTimezone, contextGroupId, contextLocation, contextProduct
+    case email, name, firstName, lastName, userType, role, title, phone, traitTimezone
+    case leadDate, signUpDate, createdAt, subscriptionId, avatar, image, address, pqlScore
+    case country, region, city, postalCode, countryCode, product, environment
+}
+
+struct FieldSet {
+    private var bits: UInt64 = 0
+    /// Inserts `f`; returns `false` when it was already there.
+    mutating func insert(_ f: Field) -> Bool {
+        let m: UInt64 = 1 << UInt64(f.rawValue)
+        if bits & m != 0 { return false }
+        bits |= m
+        return true
+    }
+}
+
+/// Removes insignificant whitespace from valid JSON text.
+func compactJSON(_ text: String) -> String {
+    var out = [UInt8]()
+    var inString = false
+    var escape = false
+    for c in text.utf8 {
+        if inString {
+            out.append(c)
+            if escape { escape = false } else if c == UInt8(ascii: "\\") { escape = true } else if c == UInt8(ascii: "\"") { inString = false }
+        } else if c == UInt8(ascii: "\"") {
+            inString = true
+            out.append(c)
+        } else if c != 0x20 && c != 0x0A && c != 0x0D && c != 0x09 {
+            out.append(c)
+        }
+    }
+    return String(decoding: out, as: UTF8.self)
+}

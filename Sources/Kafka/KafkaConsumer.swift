@@ -1,0 +1,352 @@
+import CRdKafka
+import Foundation
+import Logging
+
+/// One consumed message, valid only during the ``ConsumerHandler/consume(_:)`` call that
+/// receives it: key and value point into librdkafka's buffers, so nothing is copied on
+/// the way to the decoder.
+public struct ConsumedMessage {
+    public var topicPartition: TopicPartition
+    public var offset: Int64
+    /// The Kafka message timestamp (create or log-append time), in epoch milliseconds.
+    public var timestampMs: Int64?
+    public var key: UnsafeBufferPointer<UInt8>
+    public var value: UnsafeBufferPointer<UInt8>
+}
+
+/// What the consumer's poll thread calls. Every method runs on that one thread, in
+/// order, so an implementation sees assignments, batches and revocations serialized.
+public protocol ConsumerHandler: AnyObject, Sendable {
+    /// A batch of messages, in partition order. Return once they are folded: the poll
+    /// thread fetches the next batch only then, which bounds what is in flight.
+    func consume(_ batch: [ConsumedMessage])
+    /// Partitions are about to be assigned (inside the rebalance callback).
+    func partitionsAssigned(_ partitions: [TopicPartition])
+    /// Partitions are about to be taken away (inside the rebalance callback, before
+    /// they move): settle what they owe and store their offsets, then return. The
+    /// consumer commits the stored offsets synchronously right after.
+    func partitionsRevoked(_ partitions: [TopicPartition])
+    /// Checked after each batch: while `true`, the consumer pauses fetching.
+    var wantsPause: Bool { get }
+}
+
+/// A consumer-group member polled on a dedicated thread.
+///
+/// librdkafka is never called from Swift's cooperative pool: one `Thread` polls, serves
+/// rebalance callbacks synchronously and hands messages to the ``ConsumerHandler`` in
+/// batches. Offsets are stored only through ``storeOffsets(_:)``
+/// (`enable.auto.offset.store=false`), and librdkafka's auto-commit commits what was
+/// stored; revocation and close commit synchronously.
+public final class KafkaConsumer: @unchecked Sendable {
+    public let topics: [String]
+    private let rk: OpaquePointer
+    private let queue: OpaquePointer
+    private let context: CallbackContext
+    private let logger: Logger
+    private let handler: ConsumerHandler
+    private let maxBatch: Int
+    private let lock = NSLock()
+    private var stopRequested = false
+    private var fatal = false
+    private var thread: Thread?
+    private let finished = DispatchSemaphore(value: 0)
+    private var assigned: Set<TopicPartition> = []
+    private var paused = false
+
+    /// Properties that make this consumer safe, set unless the operator overrides them.
+    public static let defaults: [String: String] = [
+        "enable.auto.offset.store": "false",
+        "enable.auto.commit": "true",
+        "auto.commit.interval.ms": "5000",
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+        "enable.partition.eof": "false",
+        "session.timeout.ms": "10000",
+        "queued.min.messages": "20000",
+        "queued.max.messages.kbytes": "32768",
+    ]
+
+    /// - Parameters:
+    ///   - config: librdkafka properties; `group.id` and `bootstrap.servers` are required.
+    ///     `enable.auto.offset.store` is always `false`: storing early could lose data.
+    public init(config: KafkaClientConfig, topics: [String], handler: ConsumerHandler,
+                logger: Logger, maxBatch: Int = 1000) throws(KafkaError) {
+        guard config["group.id"] != nil else { throw KafkaError(message: "kafka consumer needs group.id") }
+        guard !topics.isEmpty else { throw KafkaError(message: "kafka consumer needs at least one topic") }
+        var cfg = KafkaClientConfig(Self.defaults)
+        for (k, v) in config.properties { cfg[k] = v }
+        cfg["enable.auto.offset.store"] = "false"
+        self.topics = topics
+        self.handler = handler
+        self.logger = logger
+        self.maxBatch = maxBatch
+        self.context = CallbackContext(logger: logger)
+        let conf = try cfg.makeConf()
+        installLogging(conf, context: context)
+        rd_kafka_conf_set_rebalance_cb(conf) { rk, err, list, opaque in
+            guard let rk, let opaque else { return }
+            let ctx = Unmanaged<CallbackContext>.fromOpaque(opaque).takeUnretainedValue()
+            ctx.consumer?.rebalance(rk: rk, err: err, list: list)
+        }
+        var errbuf = [CChar](repeating: 0, count: 512)
+        guard let handle = rd_kafka_new(RD_KAFKA_CONSUMER, conf, &errbuf, errbuf.count) else {
+            rd_kafka_conf_destroy(conf)
+            throw KafkaError(message: "cannot create kafka consumer: \(errorText(errbuf))")
+        }
+        rk = handle
+        rd_kafka_poll_set_consumer(rk)
+        queue = rd_kafka_queue_get_consumer(rk)
+        context.consumer = self
+        let subscribed: rd_kafka_resp_err_t = withPartitionList(topics.map { (TopicPartition($0, RD_KAFKA_PARTITION_UA), nil) }) {
+            rd_kafka_subscribe(rk, $0)
+        }
+        if subscribed != RD_KAFKA_RESP_ERR_NO_ERROR {
+            rd_kafka_queue_destroy(queue)
+            rd_kafka_destroy(rk)
+            throw KafkaError(subscribed, context: "subscribe")
+        }
+    }
+
+    deinit {
+        rd_kafka_queue_destroy(queue)
+        rd_kafka_destroy(rk)
+    }
+
+    /// Starts the poll thread.
+    public func start() {
+        let t = Thread { [self] in self.pollLoop() }
+        t.name = "kafka-poll"
+        thread = t
+        t.start()
+    }
+
+    /// Asks the poll thread to stop, close the consumer (a final revocation, a commit,
+    /// and leaving the group), and waits for it.
+    public func stop() {
+        lock.withLock { stopRequested = true }
+        if thread != nil { finished.wait() }
+    }
+
+    /// Waits for the poll loop to end without asking it to (it ends on a fatal error).
+    public func waitUntilFinished() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            DispatchQueue.global().async {
+                self.finished.wait()
+                self.finished.signal()
+                c.resume()
+            }
+        }
+    }
+
+    public var hasFatalError: Bool { lock.withLock { fatal } }
+
+    func noteFatal() {
+        lock.withLock { fatal = true }
+    }
+
+    /// Stores offsets to commit: `offset` is the next one to read, so everything before
+    /// it is settled. Thread-safe. Offsets of partitions no longer assigned are ignored.
+    public func storeOffsets(_ offsets: [TopicPartition: Int64]) {
+        guard !offsets.isEmpty else { return }
+        let err: rd_kafka_resp_err_t = withPartitionList(offsets.map { ($0.key, $0.value) }) {
+            rd_kafka_offsets_store(rk, $0)
+        }
+        if err != RD_KAFKA_RESP_ERR_NO_ERROR && err != RD_KAFKA_RESP_ERR__STATE {
+            logger.debug("offset store", metadata: ["error": "\(String(cString: rd_kafka_err2name(err)))"])
+        }
+    }
+
+    /// Commits the stored offsets and waits for the broker's answer.
+    public func commitStoredSync() {
+        let err = rd_kafka_commit(rk, nil, 0)
+        if err != RD_KAFKA_RESP_ERR_NO_ERROR && err != RD_KAFKA_RESP_ERR__NO_OFFSET {
+            logger.warning("offset commit failed", metadata: ["error": "\(String(cString: rd_kafka_err2name(err)))"])
+        }
+    }
+
+    /// The committed offsets of `partitions`, asked of the group coordinator.
+    public func committed(_ partitions: [TopicPartition], timeoutMs: Int32 = 5000) throws(KafkaError) -> [TopicPartition: Int64] {
+        var result: [TopicPartition: Int64] = [:]
+        let err: rd_kafka_resp_err_t = withPartitionList(partitions.map { ($0, nil) }) { list in
+            let e = rd_kafka_committed(rk, list, timeoutMs)
+            for i in 0..<Int(list.pointee.cnt) {
+                let el = list.pointee.elems[i]
+                result[TopicPartition(String(cString: el.topic), el.partition)] = el.offset
+            }
+            return e
+        }
+        if err != RD_KAFKA_RESP_ERR_NO_ERROR { throw KafkaError(err, context: "committed") }
+        return result
+    }
+
+    /// The current assignment as seen by the poll thread.
+    public var assignment: Set<TopicPartition> { lock.withLock { assigned } }
+
+    /// Lag per assigned partition: high watermark minus the consumer's position,
+    /// from librdkafka's cached watermarks (no broker round trip).
+    public func lag() -> [TopicPartition: Int64] {
+        let parts = assignment
+        var out: [TopicPartition: Int64] = [:]
+        let positions: [TopicPartition: Int64] = withPartitionList(parts.map { ($0, nil) }) { list in
+            _ = rd_kafka_position(rk, list)
+            var r: [TopicPartition: Int64] = [:]
+            for i in 0..<Int(list.pointee.cnt) {
+                let el = list.pointee.elems[i]
+                r[TopicPartition(String(cString: el.topic), el.partition)] = el.offset
+            }
+            return r
+        }
+        for tp in parts {
+            var low: Int64 = 0
+            var high: Int64 = 0
+            if rd_kafka_get_watermark_offsets(rk, tp.topic, tp.partition, &low, &high) == RD_KAFKA_RESP_ERR_NO_ERROR,
+               high >= 0 {
+                let pos = positions[tp] ?? -1
+                out[tp] = pos >= 0 ? max(0, high - pos) : max(0, high - low)
+            }
+        }
+        return out
+    }
+
+    // MARK: Poll thread
+
+    private func pollLoop() {
+        var messages = [UnsafeMutablePointer<rd_kafka_message_t>?](repeating: nil, count: maxBatch)
+        var batch: [ConsumedMessage] = []
+        batch.reserveCapacity(maxBatch)
+        var topicCache: [UnsafeMutableRawPointer: String] = [:]
+        while true {
+            let (stop, isFatal) = lock.withLock { (stopRequested, fatal) }
+            if stop || isFatal { break }
+
+            // Back-pressure: pause fetching while the handler is over capacity, but keep
+            // polling so rebalance callbacks are still served.
+            let wantsPause = handler.wantsPause
+            if wantsPause != paused { setPaused(wantsPause) }
+
+            var n = messages.withUnsafeMutableBufferPointer { buf in
+                rd_kafka_consume_batch_queue(queue, 0, buf.baseAddress, maxBatch)
+            }
+            if n == 0 {
+                // Nothing ready: block briefly in consumer_poll, which also serves callbacks.
+                if let m = rd_kafka_consumer_poll(rk, 100) {
+                    messages[0] = m
+                    n = 1
+                }
+            }
+            if n <= 0 { continue }
+            batch.removeAll(keepingCapacity: true)
+            for i in 0..<n {
+                guard let m = messages[i] else { continue }
+                if m.pointee.err != RD_KAFKA_RESP_ERR_NO_ERROR {
+                    reportMessageError(m)
+                    continue
+                }
+                let topicName: String
+                if let rkt = m.pointee.rkt, let cached = topicCache[UnsafeMutableRawPointer(rkt)] {
+                    topicName = cached
+                } else if let rkt = m.pointee.rkt {
+                    topicName = String(cString: rd_kafka_topic_name(rkt))
+                    topicCache[UnsafeMutableRawPointer(rkt)] = topicName
+                } else {
+                    continue
+                }
+                var tsType = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
+                let ts = rd_kafka_message_timestamp(m, &tsType)
+                let value = m.pointee.payload.map {
+                    UnsafeBufferPointer(start: $0.assumingMemoryBound(to: UInt8.self), count: m.pointee.len)
+                } ?? UnsafeBufferPointer(start: nil, count: 0)
+                let key = m.pointee.key.map {
+                    UnsafeBufferPointer(start: $0.assumingMemoryBound(to: UInt8.self), count: m.pointee.key_len)
+                } ?? UnsafeBufferPointer(start: nil, count: 0)
+                batch.append(ConsumedMessage(
+                    topicPartition: TopicPartition(topicName, m.pointee.partition),
+                    offset: m.pointee.offset,
+                    timestampMs: tsType == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE ? nil : ts,
+                    key: key, value: value))
+            }
+            if !batch.isEmpty { handler.consume(batch) }
+            batch.removeAll(keepingCapacity: true)
+            for i in 0..<n {
+                if let m = messages[i] { rd_kafka_message_destroy(m) }
+                messages[i] = nil
+            }
+        }
+        close()
+        finished.signal()
+    }
+
+    private func reportMessageError(_ m: UnsafeMutablePointer<rd_kafka_message_t>) {
+        let err = m.pointee.err
+        if err == RD_KAFKA_RESP_ERR__PARTITION_EOF { return }
+        let text = rd_kafka_message_errstr(m).map { String(cString: $0) } ?? ""
+        logger.warning("kafka consume error", metadata: [
+            "code": "\(String(cString: rd_kafka_err2name(err)))", "reason": "\(text)",
+        ])
+    }
+
+    private func setPaused(_ pause: Bool) {
+        let parts = Array(lock.withLock { assigned })
+        paused = pause
+        guard !parts.isEmpty else { return }
+        _ = withPartitionList(parts.map { ($0, nil) }) { list in
+            pause ? rd_kafka_pause_partitions(rk, list) : rd_kafka_resume_partitions(rk, list)
+        }
+        logger.info(pause ? "paused fetching: too many users waiting for delivery" : "resumed fetching")
+    }
+
+    /// Leaves the group: close serves the final revocation on this thread, then commits.
+    private func close() {
+        if let err = rd_kafka_consumer_close_queue(rk, queue) {
+            logger.warning("kafka close", metadata: ["error": "\(KafkaError(consuming: err, context: "close"))"])
+        }
+        while rd_kafka_consumer_closed(rk) == 0 {
+            if let ev = rd_kafka_queue_poll(queue, 100) {
+                rd_kafka_event_destroy(ev)
+            }
+        }
+    }
+
+    /// The rebalance callback, on the poll thread: assignment first tells the handler,
+    /// revocation lets it settle and then commits before giving the partitions up.
+    fileprivate func rebalance(rk: OpaquePointer, err: rd_kafka_resp_err_t,
+                               list: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?) {
+        let cooperative = String(cString: rd_kafka_rebalance_protocol(rk)) == "COOPERATIVE"
+        let parts = partitions(of: list)
+        switch err {
+        case RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:
+            handler.partitionsAssigned(parts)
+            lock.withLock { assigned.formUnion(parts) }
+            if cooperative {
+                if let e = rd_kafka_incremental_assign(rk, list) {
+                    logger.error("incremental assign", metadata: ["error": "\(KafkaError(consuming: e, context: "assign"))"])
+                }
+            } else {
+                let e = rd_kafka_assign(rk, list)
+                if e != RD_KAFKA_RESP_ERR_NO_ERROR { logger.error("assign", metadata: ["error": "\(KafkaError(e, context: "assign"))"]) }
+            }
+            if paused {
+                _ = withPartitionList(parts.map { ($0, nil) }) { rd_kafka_pause_partitions(rk, $0) }
+            }
+            logger.info("partitions assigned", metadata: ["partitions": "\(parts.map(\.description).joined(separator: ","))"])
+        case RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS:
+            handler.partitionsRevoked(parts)
+            if rd_kafka_assignment_lost(rk) == 0 {
+                commitStoredSync()
+            }
+            lock.withLock { assigned.subtract(parts) }
+            if cooperative {
+                if let e = rd_kafka_incremental_unassign(rk, list) {
+                    logger.error("incremental unassign", metadata: ["error": "\(KafkaError(consuming: e, context: "unassign"))"])
+                }
+            } else {
+                _ = rd_kafka_assign(rk, nil)
+            }
+            logger.info("partitions revoked", metadata: ["partitions": "\(parts.map(\.description).joined(separator: ","))"])
+        default:
+            logger.error("rebalance error", metadata: ["error": "\(KafkaError(err, context: "rebalance"))"])
+            _ = rd_kafka_assign(rk, nil)
+            lock.withLock { assigned.removeAll() }
+        }
+    }
+}

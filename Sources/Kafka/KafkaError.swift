@@ -1,0 +1,75 @@
+import CRdKafka
+
+/// An error from librdkafka or from this module's use of it.
+public struct KafkaError: Error, CustomStringConvertible, Sendable {
+    /// librdkafka's error code (`rd_kafka_resp_err_t`), or `nil` for configuration errors.
+    public var code: Int32?
+    public var message: String
+    /// librdkafka marks some errors fatal: the client instance is unusable afterwards.
+    public var isFatal: Bool
+    /// The operation may succeed when tried again.
+    public var isRetriable: Bool
+
+    public init(code: Int32? = nil, message: String, isFatal: Bool = false, isRetriable: Bool = false) {
+        self.code = code
+        self.message = message
+        self.isFatal = isFatal
+        self.isRetriable = isRetriable
+    }
+
+    init(_ err: rd_kafka_resp_err_t, context: String) {
+        let name = String(cString: rd_kafka_err2str(err))
+        self.init(code: err.rawValue, message: "\(context): \(name)")
+    }
+
+    init(consuming error: OpaquePointer, context: String) {
+        let msg = String(cString: rd_kafka_error_string(error))
+        self.init(code: rd_kafka_error_code(error).rawValue, message: "\(context): \(msg)",
+                  isFatal: rd_kafka_error_is_fatal(error) != 0,
+                  isRetriable: rd_kafka_error_is_retriable(error) != 0)
+        rd_kafka_error_destroy(error)
+    }
+
+    public var description: String { message }
+}
+
+/// A partition of a topic.
+public struct TopicPartition: Hashable, Sendable, CustomStringConvertible {
+    public var topic: String
+    public var partition: Int32
+
+    public init(_ topic: String, _ partition: Int32) {
+        self.topic = topic
+        self.partition = partition
+    }
+
+    public var description: String { "\(topic)[\(partition)]" }
+}
+
+/// Builds an `rd_kafka_topic_partition_list_t` and frees it after `body`.
+func withPartitionList<R>(_ entries: [(TopicPartition, Int64?)], _ body: (UnsafeMutablePointer<rd_kafka_topic_partition_list_t>) throws -> R) rethrows -> R {
+    let list = rd_kafka_topic_partition_list_new(Int32(max(entries.count, 1)))!
+    defer { rd_kafka_topic_partition_list_destroy(list) }
+    for (tp, offset) in entries {
+        let p = rd_kafka_topic_partition_list_add(list, tp.topic, tp.partition)!
+        if let offset { p.pointee.offset = offset }
+    }
+    return try body(list)
+}
+
+/// Reads the entries of a partition list.
+func partitions(of list: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?) -> [TopicPartition] {
+    guard let list else { return [] }
+    var out: [TopicPartition] = []
+    out.reserveCapacity(Int(list.pointee.cnt))
+    for i in 0..<Int(list.pointee.cnt) {
+        let e = list.pointee.elems[i]
+        out.append(TopicPartition(String(cString: e.topic), e.partition))
+    }
+    return out
+}
+
+/// The text of a NUL-terminated error buffer filled by librdkafka.
+func errorText(_ buf: [CChar]) -> String {
+    String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}

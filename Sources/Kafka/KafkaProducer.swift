@@ -1,0 +1,137 @@
+import CRdKafka
+import Foundation
+import Logging
+
+/// A producer with its own poll thread for delivery reports.
+///
+/// Used for dead letters (and by the demo and tests to write events). Every message is
+/// copied into librdkafka; ``flush(timeoutMs:)`` waits until all are acknowledged.
+public final class KafkaProducer: @unchecked Sendable {
+    private let rk: OpaquePointer
+    private let context: CallbackContext
+    private let logger: Logger
+    private let lock = NSLock()
+    private var running = true
+    private var thread: Thread?
+    private let stopped = DispatchSemaphore(value: 0)
+    private var failed = 0
+    private var delivered = 0
+
+    public static let defaults: [String: String] = [
+        "enable.idempotence": "true",
+        "acks": "all",
+        "linger.ms": "20",
+        "compression.codec": "zstd",
+    ]
+
+    public init(config: KafkaClientConfig, logger: Logger) throws(KafkaError) {
+        guard config["bootstrap.servers"] != nil else { throw KafkaError(message: "kafka producer needs bootstrap.servers") }
+        var cfg = KafkaClientConfig(Self.defaults)
+        for (k, v) in config.properties { cfg[k] = v }
+        self.logger = logger
+        context = CallbackContext(logger: logger)
+        let conf = try cfg.makeConf()
+        installLogging(conf, context: context)
+        rd_kafka_conf_set_dr_msg_cb(conf) { rk, msg, opaque in
+            guard let opaque, let msg else { return }
+            let ctx = Unmanaged<CallbackContext>.fromOpaque(opaque).takeUnretainedValue()
+            ctx.producer?.delivery(err: msg.pointee.err)
+        }
+        var errbuf = [CChar](repeating: 0, count: 512)
+        guard let handle = rd_kafka_new(RD_KAFKA_PRODUCER, conf, &errbuf, errbuf.count) else {
+            rd_kafka_conf_destroy(conf)
+            throw KafkaError(message: "cannot create kafka producer: \(errorText(errbuf))")
+        }
+        rk = handle
+        context.producer = self
+        let t = Thread { [self] in
+            while lock.withLock({ running }) { rd_kafka_poll(rk, 100) }
+            stopped.signal()
+        }
+        t.name = "kafka-producer-poll"
+        thread = t
+        t.start()
+    }
+
+    deinit {
+        close()
+        rd_kafka_destroy(rk)
+    }
+
+    private func delivery(err: rd_kafka_resp_err_t) {
+        lock.withLock {
+            if err == RD_KAFKA_RESP_ERR_NO_ERROR { delivered += 1 } else { failed += 1 }
+        }
+        if err != RD_KAFKA_RESP_ERR_NO_ERROR {
+            logger.error("kafka delivery failed", metadata: ["error": "\(String(cString: rd_kafka_err2name(err)))"])
+        }
+    }
+
+    /// Messages acknowledged and failed so far.
+    public var deliveryCounts: (delivered: Int, failed: Int) { lock.withLock { (delivered, failed) } }
+
+    /// Queues one message. `partition` nil lets the partitioner choose by key.
+    /// Blocks briefly (and retries) while librdkafka's queue is full.
+    public func send(topic: String, partition: Int32? = nil, key: [UInt8]?, value: [UInt8],
+                     headers: [(String, String)] = []) throws(KafkaError) {
+        while true {
+            var hdrs: OpaquePointer? = nil
+            if !headers.isEmpty {
+                hdrs = rd_kafka_headers_new(headers.count)
+                for (k, v) in headers { _ = rd_kafka_header_add(hdrs, k, -1, v, -1) }
+            }
+            let err = value.withUnsafeBytes { vb in
+                (key ?? []).withUnsafeBytes { kb in
+                    fs_rd_kafka_produce(rk, topic, partition ?? RD_KAFKA_PARTITION_UA,
+                                        key == nil ? nil : kb.baseAddress, key == nil ? 0 : kb.count,
+                                        vb.baseAddress, vb.count, hdrs, nil)
+                }
+            }
+            if err == RD_KAFKA_RESP_ERR_NO_ERROR { return }
+            if let hdrs { rd_kafka_headers_destroy(hdrs) }
+            if err == RD_KAFKA_RESP_ERR__QUEUE_FULL {
+                rd_kafka_poll(rk, 10)
+                continue
+            }
+            throw KafkaError(err, context: "produce to \(topic)")
+        }
+    }
+
+    /// Waits until every queued message is delivered or failed, up to `timeoutMs`.
+    @discardableResult
+    public func flush(timeoutMs: Int32 = 10_000) -> Bool {
+        rd_kafka_flush(rk, timeoutMs) == RD_KAFKA_RESP_ERR_NO_ERROR
+    }
+
+    /// Stops the poll thread after flushing what is queued.
+    public func close() {
+        let wasRunning = lock.withLock { () -> Bool in
+            let r = running
+            running = false
+            return r
+        }
+        guard wasRunning else { return }
+        rd_kafka_flush(rk, 5000)
+        stopped.wait()
+    }
+
+    /// The number of partitions of `topic`, from the cluster's metadata.
+    public func partitionCount(topic: String, timeoutMs: Int32 = 5000) throws(KafkaError) -> Int {
+        try KafkaProducer.partitionCount(rk: rk, topic: topic, timeoutMs: timeoutMs)
+    }
+
+    static func partitionCount(rk: OpaquePointer, topic: String, timeoutMs: Int32) throws(KafkaError) -> Int {
+        guard let rkt = rd_kafka_topic_new(rk, topic, nil) else {
+            throw KafkaError(message: "cannot open topic \(topic)")
+        }
+        defer { rd_kafka_topic_destroy(rkt) }
+        var md: UnsafePointer<rd_kafka_metadata>?
+        let err = rd_kafka_metadata(rk, 0, rkt, &md, timeoutMs)
+        guard err == RD_KAFKA_RESP_ERR_NO_ERROR, let md else { throw KafkaError(err, context: "metadata for \(topic)") }
+        defer { rd_kafka_metadata_destroy(md) }
+        guard md.pointee.topic_cnt > 0 else { throw KafkaError(message: "no metadata for \(topic)") }
+        let t = md.pointee.topics[0]
+        if t.err != RD_KAFKA_RESP_ERR_NO_ERROR { throw KafkaError(t.err, context: "topic \(topic)") }
+        return Int(t.partition_cnt)
+    }
+}
