@@ -58,6 +58,7 @@ let package = Package(
             "Kafka", "Events", "Folding", "Delivery", "HTTPServing", "FoldspaceSandbox",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "UnixSignals", package: "swift-service-lifecycle"),
         ]),
         .executableTarget(name: "foldspace-sync", dependencies: [
             "SyncService", "Kafka",

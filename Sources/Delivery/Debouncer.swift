@@ -66,12 +66,15 @@ public struct Debouncer<Key: Hashable & Sendable>: Sendable {
 
     /// Pops the users due at `nowMs`, up to `limit`. `state` reads a user's current
     /// state (nil if it is gone); users found not yet due are rescheduled.
-    public mutating func popDue(nowMs: Int64, limit: Int, state: (Key) -> DeliveryState?) -> [Key] {
+    ///
+    /// With `force` (draining for shutdown or revocation) the debounce is ignored: a
+    /// user is due as soon as its retry backoff allows.
+    public mutating func popDue(nowMs: Int64, limit: Int, force: Bool = false, state: (Key) -> DeliveryState?) -> [Key] {
         var out: [Key] = []
         while out.count < limit, let top = heap.peek, top.at <= nowMs {
             _ = heap.pop()
             guard let s = state(top.key), s.isDirty, !s.inFlight else { continue }
-            let due = dueMs(s)
+            let due = force ? s.notBeforeMs : dueMs(s)
             if due > nowMs {
                 heap.push(top.key, at: due)
             } else {

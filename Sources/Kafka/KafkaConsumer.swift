@@ -52,6 +52,7 @@ public final class KafkaConsumer: @unchecked Sendable {
     private let finished = DispatchSemaphore(value: 0)
     private var assigned: Set<TopicPartition> = []
     private var paused = false
+    private var loopEnded = false
 
     /// Properties that make this consumer safe, set unless the operator overrides them.
     public static let defaults: [String: String] = [
@@ -127,16 +128,8 @@ public final class KafkaConsumer: @unchecked Sendable {
         if thread != nil { finished.wait() }
     }
 
-    /// Waits for the poll loop to end without asking it to (it ends on a fatal error).
-    public func waitUntilFinished() async {
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            DispatchQueue.global().async {
-                self.finished.wait()
-                self.finished.signal()
-                c.resume()
-            }
-        }
-    }
+    /// Whether the poll loop has ended (after ``stop()``, or on a fatal error).
+    public var isFinished: Bool { lock.withLock { loopEnded } }
 
     public var hasFatalError: Bool { lock.withLock { fatal } }
 
@@ -273,6 +266,7 @@ public final class KafkaConsumer: @unchecked Sendable {
             }
         }
         close()
+        lock.withLock { loopEnded = true }
         finished.signal()
     }
 
@@ -295,15 +289,13 @@ public final class KafkaConsumer: @unchecked Sendable {
         logger.info(pause ? "paused fetching: too many users waiting for delivery" : "resumed fetching")
     }
 
-    /// Leaves the group: close serves the final revocation on this thread, then commits.
+    /// Leaves the group. `rd_kafka_consumer_close` serves the final revocation through
+    /// our rebalance callback on this thread (settle, commit), then commits what
+    /// auto-commit still holds and leaves.
     private func close() {
-        if let err = rd_kafka_consumer_close_queue(rk, queue) {
-            logger.warning("kafka close", metadata: ["error": "\(KafkaError(consuming: err, context: "close"))"])
-        }
-        while rd_kafka_consumer_closed(rk) == 0 {
-            if let ev = rd_kafka_queue_poll(queue, 100) {
-                rd_kafka_event_destroy(ev)
-            }
+        let err = rd_kafka_consumer_close(rk)
+        if err != RD_KAFKA_RESP_ERR_NO_ERROR {
+            logger.warning("kafka close", metadata: ["error": "\(KafkaError(err, context: "close"))"])
         }
     }
 

@@ -1,0 +1,57 @@
+import Delivery
+import Foundation
+import Logging
+
+/// Sends due users to Foldspace: takes jobs from the ``SyncEngine`` (which applies the
+/// debounce and the rate limiter), runs at most `maxInFlight` requests at once, and
+/// reports each answer back.
+public final class Flusher: Sendable {
+    private let engine: SyncEngine
+    private let sender: UserUpdateSender
+    private let maxInFlight: Int
+    private let inFlight = InFlightCounter()
+
+    public init(engine: SyncEngine, sender: UserUpdateSender, maxInFlight: Int) {
+        self.engine = engine
+        self.sender = sender
+        self.maxInFlight = max(1, maxInFlight)
+    }
+
+    /// Runs until the task is cancelled, then waits for requests in flight.
+    public func run() async {
+        let clock = ContinuousClock()
+        await withDiscardingTaskGroup { group in
+            while !Task.isCancelled {
+                let free = maxInFlight - inFlight.value
+                if free <= 0 {
+                    try? await clock.sleep(for: .milliseconds(1))
+                    continue
+                }
+                switch engine.takeDue(limit: free) {
+                case .send(let jobs):
+                    for job in jobs {
+                        inFlight.add(1)
+                        group.addTask { [engine, sender, inFlight] in
+                            let outcome = await sender.send(identifyId: job.identifyId, body: job.body)
+                            engine.complete(job, outcome: outcome)
+                            inFlight.add(-1)
+                        }
+                    }
+                case .sleepUntil(let wake):
+                    // Timers are checked at least every 20 ms: new dirty users need no
+                    // wake-up call, and the latency cost is bounded.
+                    var ms: Int64 = 20
+                    if let wake { ms = min(ms, max(1, wake - EngineClock.system.monotonicMs())) }
+                    try? await clock.sleep(for: .milliseconds(ms))
+                }
+            }
+        }
+    }
+}
+
+final class InFlightCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var n = 0
+    var value: Int { lock.withLock { n } }
+    func add(_ d: Int) { lock.withLock { n += d } }
+}

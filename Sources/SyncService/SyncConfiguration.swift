@@ -1,0 +1,291 @@
+import Delivery
+import Events
+import Foundation
+
+/// The daemon's effective configuration.
+///
+/// Sources, highest precedence first: command-line flags, environment variables
+/// (`FOLDSPACE_SYNC_` + the key in upper case, dots as underscores), the configuration
+/// file (JSON, `--config`), then defaults. ``SyncConfiguration/keys`` is the single
+/// table of keys, types and defaults; `docs/configuration.md` documents the same.
+public struct SyncConfiguration: Sendable {
+    public var brokers: String = ""
+    public var topics: [String] = []
+    public var group: String = ""
+    public var foldspaceURL = "https://api.foldspace.ai"
+    public var apiKeyFile: String?
+    /// From `FOLDSPACE_API_KEY`; never printed.
+    public var apiKey: String?
+    public var caFile: String?
+    public var deadLetterTopic: String?
+    public var adminListen = "127.0.0.1:9464"
+    public var logFormat: String?
+    public var logLevel = "info"
+    public var shutdownTimeoutMs: Int64 = 30_000
+    public var connectTimeoutMs: Int64 = 5_000
+    public var requestTimeoutMs: Int64 = 30_000
+    public var kafkaProperties: [String: String] = [:]
+    public var engine = EngineOptions()
+
+    public init() {}
+
+    /// A key: its name in the file, its type for docs, and whether it is secret.
+    public struct Key: Sendable {
+        public var name: String
+        public var type: String
+        public var defaultText: String
+        public var secret: Bool
+        public var help: String
+    }
+
+    public static let keys: [Key] = [
+        Key(name: "brokers", type: "string", defaultText: "(required)", secret: false, help: "Kafka bootstrap servers, host:port[,host:port]"),
+        Key(name: "topics", type: "list of strings", defaultText: "(required)", secret: false, help: "source topics (flag --topic, repeatable; env comma-separated)"),
+        Key(name: "group", type: "string", defaultText: "(required)", secret: false, help: "Kafka consumer group id"),
+        Key(name: "foldspace_url", type: "URL", defaultText: "https://api.foldspace.ai", secret: false, help: "Foldspace API base URL"),
+        Key(name: "api_key_file", type: "path", defaultText: "none", secret: false, help: "file holding the API key (re-read on SIGHUP); else FOLDSPACE_API_KEY"),
+        Key(name: "ca_file", type: "path", defaultText: "system roots", secret: false, help: "PEM file of CAs trusted for Foldspace's TLS certificate"),
+        Key(name: "debounce", type: "duration", defaultText: "5s", secret: false, help: "quiet period after a user's last change before it is sent"),
+        Key(name: "max_wait", type: "duration", defaultText: "60s", secret: false, help: "longest a changed user waits, however busy it is"),
+        Key(name: "admin_listen", type: "host:port", defaultText: "127.0.0.1:9464", secret: false, help: "admin HTTP (/metrics, /healthz, /readyz); port 0 picks one"),
+        Key(name: "dead_letter_topic", type: "string", defaultText: "none", secret: false, help: "topic for invalid input and refused updates; none: counted and logged"),
+        Key(name: "log_format", type: "json|text", defaultText: "json unless stdout is a terminal", secret: false, help: "log line format"),
+        Key(name: "log_level", type: "trace|debug|info|notice|warning|error|critical", defaultText: "info", secret: false, help: "lowest level logged"),
+        Key(name: "shutdown_timeout", type: "duration", defaultText: "30s", secret: false, help: "on SIGTERM, the longest wait for Foldspace before giving up (unsettled offsets stay uncommitted)"),
+        Key(name: "connect_timeout", type: "duration", defaultText: "5s", secret: false, help: "Foldspace connect timeout"),
+        Key(name: "request_timeout", type: "duration", defaultText: "30s", secret: false, help: "Foldspace request timeout"),
+        Key(name: "max_in_flight", type: "integer", defaultText: "16", secret: false, help: "concurrent requests to Foldspace"),
+        Key(name: "requests_per_second", type: "number", defaultText: "20", secret: false, help: "request rate for the API key (split across instances by partition share)"),
+        Key(name: "burst", type: "number", defaultText: "40", secret: false, help: "token-bucket burst for the API key"),
+        Key(name: "max_dirty_users", type: "integer", defaultText: "1000000", secret: false, help: "pause consuming above this many users awaiting delivery; resume below 80 %"),
+        Key(name: "max_message_bytes", type: "integer", defaultText: "1048576", secret: false, help: "larger messages are invalid"),
+        Key(name: "max_batch_events", type: "integer", defaultText: "2000", secret: false, help: "most calls in one {\"batch\": [...]} envelope"),
+        Key(name: "on_user_not_found", type: "dead-letter|retry|drop", defaultText: "dead-letter", secret: false, help: "what a 404 from Foldspace does"),
+        Key(name: "kafka.properties", type: "map of strings", defaultText: "{}", secret: false, help: "librdkafka properties, passed through unchanged"),
+    ]
+
+    /// Builds the configuration from the three sources. Every error names its key.
+    public static func load(file: String?, environment: [String: String], flags: [String: ConfigValue]) throws -> SyncConfiguration {
+        var raw: [String: ConfigValue] = [:]
+        if let file {
+            let data: Data
+            do { data = try Data(contentsOf: URL(fileURLWithPath: file)) } catch {
+                throw ConfigurationError("config: cannot read \(file)")
+            }
+            guard let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+                throw ConfigurationError("config: \(file) is not a JSON object")
+            }
+            try flatten(obj, prefix: "", into: &raw)
+        }
+        let known = Set(keys.map(\.name))
+        for (name, value) in environment where name.hasPrefix("FOLDSPACE_SYNC_") {
+            let key = name.dropFirst("FOLDSPACE_SYNC_".count).lowercased()
+            if key == "kafka_properties" {
+                var props: [String: String] = [:]
+                for pair in value.split(separator: ",") {
+                    let kv = pair.split(separator: "=", maxSplits: 1)
+                    guard kv.count == 2 else { throw ConfigurationError("kafka.properties: expected k=v pairs in FOLDSPACE_SYNC_KAFKA_PROPERTIES") }
+                    props[String(kv[0]).trimmingCharacters(in: .whitespaces)] = String(kv[1])
+                }
+                raw["kafka.properties"] = .map(props)
+                continue
+            }
+            let dotted = known.first { $0.replacingOccurrences(of: ".", with: "_") == key }
+            guard let k = dotted else { throw ConfigurationError("\(key): unknown key (from environment \(name))") }
+            raw[k] = k == "topics" ? .list(value.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }) : .text(value)
+        }
+        for (k, v) in flags { raw[k] = v }
+        if let key = environment["FOLDSPACE_API_KEY"], !key.isEmpty { raw["api_key"] = .text(key) }
+        return try build(raw)
+    }
+
+    /// A value before parsing.
+    public enum ConfigValue: Sendable, Equatable {
+        case text(String)
+        case list([String])
+        case map([String: String])
+    }
+
+    private static func flatten(_ obj: [String: Any], prefix: String, into raw: inout [String: ConfigValue]) throws {
+        let known = Set(keys.map(\.name))
+        for (k, v) in obj {
+            let name = prefix + k
+            if name == "kafka.properties" {
+                guard let m = v as? [String: Any] else { throw ConfigurationError("kafka.properties: expected an object") }
+                var props: [String: String] = [:]
+                for (pk, pv) in m { props[pk] = scalarText(pv) }
+                raw[name] = .map(props)
+            } else if let sub = v as? [String: Any], !known.contains(name) {
+                try flatten(sub, prefix: name + ".", into: &raw)
+            } else if let a = v as? [Any] {
+                raw[name] = .list(a.map(scalarText))
+            } else {
+                guard known.contains(name) else { throw ConfigurationError("\(name): unknown key") }
+                raw[name] = .text(scalarText(v))
+            }
+        }
+    }
+
+    private static func scalarText(_ v: Any) -> String {
+        if let s = v as? String { return s }
+        if let n = v as? NSNumber {
+            if n.objCType.pointee == CChar(UInt8(ascii: "c")) { return n.boolValue ? "true" : "false" }
+            return n.stringValue
+        }
+        return "\(v)"
+    }
+
+    static func build(_ raw: [String: ConfigValue]) throws -> SyncConfiguration {
+        var c = SyncConfiguration()
+        let known = Set(keys.map(\.name)).union(["api_key"])
+        for k in raw.keys where !known.contains(k) { throw ConfigurationError("\(k): unknown key") }
+        func text(_ k: String) throws -> String? {
+            switch raw[k] {
+            case nil: return nil
+            case .text(let s): return s
+            case .list(let l): if l.count == 1 { return l[0] }; throw ConfigurationError("\(k): expected one value, got a list")
+            case .map: throw ConfigurationError("\(k): expected a value, got an object")
+            }
+        }
+        func duration(_ k: String) throws -> Int64? {
+            guard let t = try text(k) else { return nil }
+            guard let ms = parseDuration(t) else { throw ConfigurationError("\(k): bad duration \"\(t)\" (use 250ms, 5s, 1m, 1h)") }
+            return ms
+        }
+        func integer(_ k: String, min lo: Int) throws -> Int? {
+            guard let t = try text(k) else { return nil }
+            guard let v = Int(t), v >= lo else { throw ConfigurationError("\(k): expected an integer ≥ \(lo), got \"\(t)\"") }
+            return v
+        }
+        func number(_ k: String) throws -> Double? {
+            guard let t = try text(k) else { return nil }
+            guard let v = Double(t), v > 0, v.isFinite else { throw ConfigurationError("\(k): expected a positive number, got \"\(t)\"") }
+            return v
+        }
+        if let v = try text("brokers") { c.brokers = v }
+        switch raw["topics"] {
+        case .list(let l): c.topics = l.filter { !$0.isEmpty }
+        case .text(let t): c.topics = t.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }
+        case .map: throw ConfigurationError("topics: expected a list")
+        case nil: break
+        }
+        if let v = try text("group") { c.group = v }
+        if let v = try text("foldspace_url") { c.foldspaceURL = v }
+        c.apiKeyFile = try text("api_key_file")
+        c.apiKey = try text("api_key")
+        c.caFile = try text("ca_file")
+        c.deadLetterTopic = try text("dead_letter_topic").flatMap { $0.isEmpty ? nil : $0 }
+        if let v = try text("admin_listen") { c.adminListen = v }
+        c.logFormat = try text("log_format")
+        if let v = try text("log_level") { c.logLevel = v }
+        if let v = try duration("debounce") { c.engine.debounceMs = v }
+        if let v = try duration("max_wait") { c.engine.maxWaitMs = v }
+        if let v = try duration("shutdown_timeout") { c.shutdownTimeoutMs = v }
+        if let v = try duration("connect_timeout") { c.connectTimeoutMs = v }
+        if let v = try duration("request_timeout") { c.requestTimeoutMs = v }
+        if let v = try integer("max_in_flight", min: 1) { c.engine.maxInFlight = v }
+        if let v = try number("requests_per_second") { c.engine.requestsPerSecond = v }
+        if let v = try number("burst") { c.engine.burst = v }
+        if let v = try integer("max_dirty_users", min: 1) { c.engine.maxDirtyUsers = v }
+        if let v = try integer("max_message_bytes", min: 1) { c.engine.decoder.maxMessageBytes = v }
+        if let v = try integer("max_batch_events", min: 1) { c.engine.decoder.maxBatchEvents = v }
+        if let t = try text("on_user_not_found") {
+            guard let p = UserNotFoundPolicy(rawValue: t) else {
+                throw ConfigurationError("on_user_not_found: expected dead-letter, retry or drop, got \"\(t)\"")
+            }
+            c.engine.onUserNotFound = p
+        }
+        if case .map(let m) = raw["kafka.properties"] { c.kafkaProperties = m }
+        c.engine.drainTimeoutMs = c.shutdownTimeoutMs
+        return c
+    }
+
+    /// Checks what `run` needs; every message names its key.
+    public func validate(requireKey: Bool = true) throws {
+        if brokers.isEmpty && kafkaProperties["bootstrap.servers"] == nil {
+            throw ConfigurationError("brokers: missing (flag --brokers, env FOLDSPACE_SYNC_BROKERS, or the file)")
+        }
+        if topics.isEmpty { throw ConfigurationError("topics: missing (flag --topic, env FOLDSPACE_SYNC_TOPICS, or the file)") }
+        if group.isEmpty { throw ConfigurationError("group: missing (flag --group, env FOLDSPACE_SYNC_GROUP, or the file)") }
+        guard let url = URL(string: foldspaceURL), let scheme = url.scheme?.lowercased(),
+              scheme == "https" || scheme == "http", url.host != nil else {
+            throw ConfigurationError("foldspace_url: \"\(foldspaceURL)\" is not an http(s) URL")
+        }
+        if let f = logFormat, f != "json", f != "text" { throw ConfigurationError("log_format: expected json or text, got \"\(f)\"") }
+        if parseLogLevel(logLevel) == nil { throw ConfigurationError("log_level: unknown level \"\(logLevel)\"") }
+        if parseHostPort(adminListen) == nil { throw ConfigurationError("admin_listen: expected host:port, got \"\(adminListen)\"") }
+        if requireKey && apiKey == nil && apiKeyFile == nil {
+            throw ConfigurationError("api_key_file: missing (flag --api-key-file, or set FOLDSPACE_API_KEY)")
+        }
+        if engine.maxWaitMs < engine.debounceMs { throw ConfigurationError("max_wait: must not be shorter than debounce") }
+    }
+
+    /// The effective configuration as `key: value` lines, secrets redacted.
+    public func describe() -> String {
+        var lines: [String] = []
+        func add(_ k: String, _ v: String) { lines.append("\(k): \(v)") }
+        add("brokers", brokers)
+        add("topics", topics.joined(separator: ","))
+        add("group", group)
+        add("foldspace_url", foldspaceURL)
+        add("api_key", apiKey == nil ? "(not set)" : "<redacted>")
+        add("api_key_file", apiKeyFile ?? "(not set)")
+        add("ca_file", caFile ?? "(system roots)")
+        add("debounce", formatDuration(engine.debounceMs))
+        add("max_wait", formatDuration(engine.maxWaitMs))
+        add("admin_listen", adminListen)
+        add("dead_letter_topic", deadLetterTopic ?? "(none)")
+        add("log_format", logFormat ?? "(json unless stdout is a terminal)")
+        add("log_level", logLevel)
+        add("shutdown_timeout", formatDuration(shutdownTimeoutMs))
+        add("connect_timeout", formatDuration(connectTimeoutMs))
+        add("request_timeout", formatDuration(requestTimeoutMs))
+        add("max_in_flight", String(engine.maxInFlight))
+        add("requests_per_second", String(engine.requestsPerSecond))
+        add("burst", String(engine.burst))
+        add("max_dirty_users", String(engine.maxDirtyUsers))
+        add("max_message_bytes", String(engine.decoder.maxMessageBytes))
+        add("max_batch_events", String(engine.decoder.maxBatchEvents))
+        add("on_user_not_found", engine.onUserNotFound.rawValue)
+        for (k, v) in kafkaProperties.sorted(by: { $0.key < $1.key }) {
+            add("kafka.properties.\(k)", KafkaSecrets.isSecret(k) ? "<redacted>" : v)
+        }
+        return lines.joined(separator: "\n")
+    }
+}
+
+enum KafkaSecrets {
+    static func isSecret(_ key: String) -> Bool {
+        let k = key.lowercased()
+        return k.contains("password") || k.contains("secret") || k.contains("token") || k.hasSuffix("key.pem")
+            || k.contains("oauthbearer.config")
+    }
+}
+
+/// Parses `250ms`, `5s`, `1m`, `2h` (or a bare number of seconds) into milliseconds.
+public func parseDuration(_ text: String) -> Int64? {
+    let t = text.trimmingCharacters(in: .whitespaces).lowercased()
+    let units: [(String, Double)] = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000)]
+    for (suffix, factor) in units where t.hasSuffix(suffix) {
+        let num = t.dropLast(suffix.count)
+        guard let v = Double(num), v >= 0, v.isFinite, v * factor < 1e15 else { return nil }
+        return Int64(v * factor)
+    }
+    if let v = Double(t), v >= 0, v < 1e12 { return Int64(v * 1000) }
+    return nil
+}
+
+public func formatDuration(_ ms: Int64) -> String {
+    if ms % 3_600_000 == 0 && ms > 0 { return "\(ms / 3_600_000)h" }
+    if ms % 60_000 == 0 && ms > 0 { return "\(ms / 60_000)m" }
+    if ms % 1000 == 0 { return "\(ms / 1000)s" }
+    return "\(ms)ms"
+}
+
+public func parseHostPort(_ s: String) -> (host: String, port: Int)? {
+    guard let colon = s.lastIndex(of: ":") else { return nil }
+    var host = String(s[..<colon])
+    if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+    guard let port = Int(s[s.index(after: colon)...]), (0...65535).contains(port), !host.isEmpty else { return nil }
+    return (host, port)
+}

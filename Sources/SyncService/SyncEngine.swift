@@ -1,0 +1,496 @@
+import Delivery
+import Events
+import Folding
+import Foundation
+import Kafka
+import Logging
+
+/// Clocks, injectable for tests: a monotonic one for timers and the wall clock for
+/// event-time plausibility and `Retry-After` dates.
+public struct EngineClock: Sendable {
+    public var monotonicMs: @Sendable () -> Int64
+    public var epochMs: @Sendable () -> Int64
+
+    public init(monotonicMs: @escaping @Sendable () -> Int64, epochMs: @escaping @Sendable () -> Int64) {
+        self.monotonicMs = monotonicMs
+        self.epochMs = epochMs
+    }
+
+    public static let system = EngineClock(
+        monotonicMs: { Int64(DispatchTime.now().uptimeNanoseconds / 1_000_000) },
+        epochMs: { Int64(Date().timeIntervalSince1970 * 1000) })
+}
+
+/// What to do when Foldspace answers 404 for a user.
+public enum UserNotFoundPolicy: String, Sendable, CaseIterable {
+    case deadLetter = "dead-letter"
+    case retry
+    case drop
+}
+
+/// The engine's tunables; ``SyncConfiguration`` fills them from flags, environment and
+/// file.
+public struct EngineOptions: Sendable {
+    public var debounceMs: Int64 = 5_000
+    public var maxWaitMs: Int64 = 60_000
+    public var maxDirtyUsers = 1_000_000
+    public var maxInFlight = 16
+    public var requestsPerSecond = 20.0
+    public var burst = 40.0
+    public var onUserNotFound = UserNotFoundPolicy.deadLetter
+    /// How long a revocation or shutdown waits for Foldspace before giving up (the
+    /// unsettled offsets then stay uncommitted, so nothing is lost).
+    public var drainTimeoutMs: Int64 = 30_000
+    public var decoder = DecoderOptions()
+
+    public init() {}
+}
+
+/// Where dead letters go: a Kafka topic, or (with none configured) a count and a log
+/// line without PII.
+public protocol DeadLetterSink: Sendable {
+    func deadLetter(kind: String, key: [UInt8]?, value: [UInt8], headers: [(String, String)])
+}
+
+/// Counters for metrics and the demo's summary.
+public struct EngineStats: Sendable {
+    public var folded = 0
+    public var ignored = 0
+    public var invalid: [String: Int] = [:]
+    public var implausibleTime = 0
+    public var requests: [String: Int] = [:]
+    public var retries: [String: Int] = [:]
+    public var deadLetters: [String: Int] = [:]
+    public var suppressed = 0
+    public var adjustments = Adjustments()
+    public var users = 0
+    public var dirtyUsers = 0
+    public var oldestDirtyMs: Int64 = 0
+    public var breakerOpen = false
+    public var rateLimit = 0.0
+    public var ready = false
+
+    public var invalidTotal: Int { invalid.values.reduce(0, +) }
+    public var requestTotal: Int { requests.values.reduce(0, +) }
+}
+
+/// One request the flusher is to make.
+public struct FlushJob: Sendable {
+    public var identifyId: String
+    public var body: [UInt8]
+    public var hash: UInt64
+    public var isProbe: Bool
+}
+
+/// The heart of the daemon: per-user state, debouncing and offset safety, behind one
+/// lock.
+///
+/// The Kafka poll thread hands over batches (``consume(_:)``), decodes them outside the
+/// lock and folds them inside it; the ``Flusher`` takes due users (``takeDue(limit:)``)
+/// and reports answers (``complete(_:outcome:)``). Offsets become committable only when
+/// every user holding them is settled, and are handed to `storeOffsets`.
+public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
+    struct UserEntry {
+        var state = UserState()
+        var delivery = DeliveryState()
+        /// Lowest unsettled offsets from before the request in flight (or of now).
+        var holds = Holds()
+        /// Offsets of changes that arrived while a request was in flight.
+        var flightHolds = Holds()
+        /// The partition this user's events last came from.
+        var home: OffsetTracker.PartitionIndex = 0
+    }
+
+    public let options: EngineOptions
+    private let logger: Logger
+    private let clock: EngineClock
+    private let decoder: SegmentDecoder
+    private let folder = Folder()
+    private let projector = Projector()
+    private let deadLetters: DeadLetterSink
+    private let backoff = Backoff()
+
+    // Everything below is guarded by `lock`.
+    private let lock = NSLock()
+    private var users: [String: UserEntry] = [:]
+    private var debouncer: Debouncer<String>
+    private var offsets = OffsetTracker()
+    private var partitionIndex: [TopicPartition: OffsetTracker.PartitionIndex] = [:]
+    private var partitionsByIndex: [TopicPartition] = []
+    private var assigned: Set<OffsetTracker.PartitionIndex> = []
+    private var limiter: RateLimiter
+    private var stats = EngineStats()
+    private var dirtyCount = 0
+    private var pausedForCapacity = false
+    private var draining = false
+    private var rng = SystemRandomNumberGenerator()
+    private var storeOffsets: (@Sendable ([TopicPartition: Int64]) -> Void)?
+    private var hasBeenAssigned = false
+
+    /// Decoded messages of the batch being consumed; only the poll thread touches it.
+    private var scratch: [(message: Int, decoded: Decoded)] = []
+    private var scratchOne: [Decoded] = []
+
+    public init(options: EngineOptions, deadLetters: DeadLetterSink, logger: Logger, clock: EngineClock = .system) {
+        self.options = options
+        self.logger = logger
+        self.clock = clock
+        self.deadLetters = deadLetters
+        decoder = SegmentDecoder(options: options.decoder)
+        debouncer = Debouncer(debounceMs: options.debounceMs, maxWaitMs: options.maxWaitMs)
+        limiter = RateLimiter(ratePerSecond: options.requestsPerSecond, burst: options.burst, nowMs: clock.monotonicMs())
+    }
+
+    /// Where committable offsets go (the consumer's offset store).
+    public func setOffsetSink(_ sink: @escaping @Sendable ([TopicPartition: Int64]) -> Void) {
+        lock.withLock { storeOffsets = sink }
+    }
+
+    // MARK: Kafka side (poll thread)
+
+    public func consume(_ batch: [ConsumedMessage]) {
+        let nowEpoch = clock.epochMs()
+        scratch.removeAll(keepingCapacity: true)
+        for (i, m) in batch.enumerated() {
+            scratchOne.removeAll(keepingCapacity: true)
+            decoder.decode(m.value, nowMs: nowEpoch, into: &scratchOne)
+            for d in scratchOne { scratch.append((i, d)) }
+            if scratchOne.isEmpty { scratch.append((i, .ignored(""))) }
+        }
+        var invalid: [(Int, DecodeFailure)] = []
+        let now = clock.monotonicMs()
+        lock.withLock {
+            var last = -1
+            var pidx: OffsetTracker.PartitionIndex = 0
+            for (i, d) in scratch {
+                let m = batch[i]
+                if i != last {
+                    pidx = index(of: m.topicPartition)
+                    offsets.saw(pidx, offset: m.offset)
+                    last = i
+                }
+                switch d {
+                case .event(let e):
+                    fold(e, message: m, partition: pidx, nowEpoch: nowEpoch, nowMono: now)
+                case .ignored:
+                    stats.ignored += 1
+                case .invalid(let f):
+                    stats.invalid[f.reason.rawValue, default: 0] += 1
+                    invalid.append((i, f))
+                }
+            }
+            publishOffsets()
+        }
+        for (i, f) in invalid {
+            let m = batch[i]
+            var headers = [
+                ("reason", f.reason.rawValue),
+                ("source.topic", m.topicPartition.topic),
+                ("source.partition", String(m.topicPartition.partition)),
+                ("source.offset", String(m.offset)),
+            ]
+            if let field = f.field { headers.append(("field", field)) }
+            deadLetters.deadLetter(kind: "invalid-event", key: m.key.isEmpty ? nil : Array(m.key),
+                                   value: Array(m.value), headers: headers)
+        }
+    }
+
+    /// Folds one event; called with the lock held.
+    private func fold(_ e: SegmentEvent, message m: ConsumedMessage, partition pidx: OffsetTracker.PartitionIndex,
+                      nowEpoch: Int64, nowMono: Int64) {
+        if e.timeImplausible { stats.implausibleTime += 1 }
+        let t = e.timeMs ?? m.timestampMs ?? nowEpoch
+        stats.folded += 1
+        var isNew = false
+        if users[e.identity] == nil {
+            isNew = true
+        }
+        var entry = users.removeValue(forKey: e.identity) ?? UserEntry()
+        entry.home = pidx
+        let changed = folder.fold(e, timeMs: t, offset: m.offset, into: &entry.state)
+        if changed || isNew {
+            let wasDirty = entry.delivery.isDirty
+            debouncer.changed(e.identity, &entry.delivery, nowMs: nowMono)
+            if !wasDirty { dirtyCount += 1 }
+            let added = entry.delivery.inFlight
+                ? entry.flightHolds.add(pidx, m.offset)
+                : entry.holds.add(pidx, m.offset)
+            if added { offsets.hold(pidx, offset: m.offset) }
+        }
+        users[e.identity] = entry
+    }
+
+    private func index(of tp: TopicPartition) -> OffsetTracker.PartitionIndex {
+        if let i = partitionIndex[tp] { return i }
+        let i = OffsetTracker.PartitionIndex(partitionsByIndex.count)
+        partitionIndex[tp] = i
+        partitionsByIndex.append(tp)
+        offsets.activate(i)
+        return i
+    }
+
+    public func partitionsAssigned(_ partitions: [TopicPartition]) {
+        lock.withLock {
+            for tp in partitions {
+                let i = index(of: tp)
+                offsets.activate(i)
+                assigned.insert(i)
+            }
+            hasBeenAssigned = true
+        }
+    }
+
+    /// Settles the revoked partitions before they move: every dirty user is flushed
+    /// (bounded by the drain timeout), committable offsets are stored, and the users
+    /// homed on those partitions leave memory. What could not be settled stays
+    /// uncommitted, so the next owner reads it again.
+    public func partitionsRevoked(_ partitions: [TopicPartition]) {
+        let idxs: [OffsetTracker.PartitionIndex] = lock.withLock {
+            partitions.compactMap { partitionIndex[$0] }
+        }
+        let start = clock.monotonicMs()
+        drain(partitions: idxs, timeoutMs: options.drainTimeoutMs)
+        lock.withLock {
+            var store: [TopicPartition: Int64] = [:]
+            for i in idxs {
+                if let c = offsets.committable(i) { store[partitionsByIndex[Int(i)]] = c }
+            }
+            if !store.isEmpty { storeOffsets?(store) }
+            let revoked = Set(idxs)
+            var dropped = 0
+            for (key, entry) in users where revoked.contains(entry.home) {
+                var keep = false
+                entry.holds.forEach { p, _ in if !revoked.contains(p) { keep = true } }
+                entry.flightHolds.forEach { p, _ in if !revoked.contains(p) { keep = true } }
+                if keep { continue }
+                if entry.delivery.isDirty { dirtyCount -= 1 }
+                users[key] = nil
+                dropped += 1
+            }
+            for i in idxs {
+                offsets.deactivate(i)
+                assigned.remove(i)
+            }
+            logger.info("partitions settled", metadata: [
+                "partitions": "\(partitions.map(\.description).joined(separator: ","))",
+                "users_dropped": "\(dropped)", "ms": "\(clock.monotonicMs() - start)",
+            ])
+        }
+    }
+
+    /// Flushes every dirty user until the given partitions hold no offsets (or all
+    /// users are settled when `partitions` is nil), or the timeout passes.
+    public func drain(partitions: [OffsetTracker.PartitionIndex]?, timeoutMs: Int64) {
+        let deadline = clock.monotonicMs() + timeoutMs
+        lock.withLock {
+            draining = true
+            debouncer.rescheduleAll(at: clock.monotonicMs())
+        }
+        defer { lock.withLock { draining = false } }
+        while clock.monotonicMs() < deadline {
+            let done: Bool = lock.withLock {
+                if let partitions { return partitions.allSatisfy { offsets.holdCount($0) == 0 } }
+                return dirtyCount == 0
+            }
+            if done { return }
+            Thread.sleep(forTimeInterval: 0.01)
+        }
+        logger.warning("drain timed out; unsettled offsets stay uncommitted and will be read again")
+    }
+
+    public var wantsPause: Bool {
+        lock.withLock {
+            if dirtyCount > options.maxDirtyUsers {
+                pausedForCapacity = true
+            } else if pausedForCapacity && dirtyCount < options.maxDirtyUsers * 8 / 10 {
+                pausedForCapacity = false
+            }
+            return pausedForCapacity
+        }
+    }
+
+    // MARK: Delivery side (flusher)
+
+    /// What the flusher should do next.
+    public enum Next: Sendable {
+        case send([FlushJob])
+        case sleepUntil(Int64?)
+    }
+
+    /// Takes up to `limit` due users, each with a rate-limiter permit, and marks them in
+    /// flight. Returns when to look again if none can go now.
+    public func takeDue(limit: Int) -> Next {
+        let now = clock.monotonicMs()
+        return lock.withLock {
+            var jobs: [FlushJob] = []
+            var wake: Int64? = nil
+            while jobs.count < limit {
+                guard let next = debouncer.nextCheckMs else { break }
+                if next > now {
+                    wake = next
+                    break
+                }
+                let permit = limiter.acquire(nowMs: now)
+                if case .waitUntil(let t) = permit {
+                    wake = t
+                    break
+                }
+                let keys = debouncer.popDue(nowMs: now, limit: 1, force: draining) { users[$0]?.delivery }
+                guard let key = keys.first else {
+                    limiter.refund(permit)
+                    continue
+                }
+                guard var entry = users[key],
+                      let body = projector.body(identifyId: key, state: entry.state, adjustments: &stats.adjustments)
+                else {
+                    limiter.refund(permit)
+                    continue
+                }
+                let hash = bodyHash(body)
+                if hash == entry.delivery.settledHash {
+                    // The same body Foldspace already has: nothing to send.
+                    debouncer.suppressed(&entry.delivery)
+                    release(&entry.holds)
+                    dirtyCount -= 1
+                    stats.suppressed += 1
+                    users[key] = entry
+                    limiter.refund(permit)
+                    continue
+                }
+                debouncer.willSend(&entry.delivery)
+                users[key] = entry
+                jobs.append(FlushJob(identifyId: key, body: body, hash: hash, isProbe: permit == .probe))
+                if permit == .probe { break }
+            }
+            publishOffsets()
+            return jobs.isEmpty ? .sleepUntil(wake) : .send(jobs)
+        }
+    }
+
+    /// Records Foldspace's answer for a job and applies the delivery policy.
+    public func complete(_ job: FlushJob, outcome: DeliveryOutcome) {
+        let now = clock.monotonicMs()
+        var deadLetter: (kind: String, status: Int, response: String)? = nil
+        lock.withLock {
+            let delay = backoff.delayMs(attempt: Int(users[job.identifyId]?.delivery.attempts ?? 0), using: &rng)
+            let wasOpen = limiter.breakerOpen
+            limiter.record(outcome, wasProbe: job.isProbe, nowMs: now, backoffMs: delay)
+            stats.requests[outcome.codeLabel, default: 0] += 1
+            if limiter.breakerOpen != wasOpen {
+                if limiter.breakerOpen {
+                    logger.error("Foldspace refused the API key; sending is paused until it is accepted (SIGHUP re-reads the key file)")
+                } else {
+                    logger.info("Foldspace accepted the API key again; sending resumed")
+                }
+            }
+            guard var entry = users[job.identifyId] else { return }
+            switch outcome {
+            case .acknowledged:
+                settle(job, &entry, now)
+            case .rejected(let status, let response), .unexpected(let status, let response):
+                deadLetter = ("rejected-update", status, response)
+                settle(job, &entry, now)
+            case .notFound(let response):
+                switch options.onUserNotFound {
+                case .deadLetter:
+                    deadLetter = ("user-not-found", 404, response)
+                    settle(job, &entry, now)
+                case .drop:
+                    settle(job, &entry, now)
+                case .retry:
+                    fail(job, &entry, retryAtMs: now + delay, reason: "404")
+                }
+            case .rateLimited:
+                fail(job, &entry, retryAtMs: max(limiter.pausedUntilMs, now + 1), reason: "429")
+            case .unauthorized(let status):
+                fail(job, &entry, retryAtMs: now, reason: String(status))
+            case .retryable(let reason):
+                fail(job, &entry, retryAtMs: now + delay, reason: reason)
+            }
+            users[job.identifyId] = entry
+            if let dl = deadLetter { stats.deadLetters[dl.kind, default: 0] += 1 }
+            publishOffsets()
+        }
+        if let dl = deadLetter {
+            deadLetters.deadLetter(kind: dl.kind, key: Array(job.identifyId.utf8), value: job.body, headers: [
+                ("reason", dl.kind), ("status", String(dl.status)), ("response", String(dl.response.prefix(1024))),
+            ])
+        }
+    }
+
+    private func settle(_ job: FlushJob, _ entry: inout UserEntry, _ now: Int64) {
+        release(&entry.holds)
+        entry.holds = entry.flightHolds
+        entry.flightHolds = Holds()
+        if debouncer.settled(job.identifyId, &entry.delivery, hash: job.hash, nowMs: now) {
+            dirtyCount -= 1
+        }
+    }
+
+    private func fail(_ job: FlushJob, _ entry: inout UserEntry, retryAtMs: Int64, reason: String) {
+        stats.retries[reason, default: 0] += 1
+        // Keep the lowest hold per partition: flight holds are later than holds.
+        entry.flightHolds.forEach { p, o in
+            if entry.holds.add(p, o) == false {
+                offsets.release(p, offset: o)
+            }
+        }
+        entry.flightHolds = Holds()
+        debouncer.failed(job.identifyId, &entry.delivery, retryAtMs: retryAtMs)
+    }
+
+    private func release(_ holds: inout Holds) {
+        holds.forEach { p, o in offsets.release(p, offset: o) }
+        holds.removeAll()
+    }
+
+    /// Hands offsets that moved forward to the consumer; called with the lock held.
+    private func publishOffsets() {
+        let adv = offsets.advanced()
+        guard !adv.isEmpty, let storeOffsets else { return }
+        var m: [TopicPartition: Int64] = [:]
+        for (i, o) in adv where assigned.contains(i) { m[partitionsByIndex[Int(i)]] = o }
+        if !m.isEmpty { storeOffsets(m) }
+    }
+
+    /// Lets the breaker probe right away (the key was re-read).
+    public func keyReloaded() {
+        let now = clock.monotonicMs()
+        lock.withLock { limiter.probeSoon(nowMs: now) }
+    }
+
+    /// Sets this instance's share of the API key's rate.
+    public func setRateShare(_ share: Double) {
+        let now = clock.monotonicMs()
+        lock.withLock { limiter.setShare(share, nowMs: now) }
+    }
+
+    // MARK: Observation
+
+    public func snapshot() -> EngineStats {
+        let now = clock.monotonicMs()
+        return lock.withLock {
+            var s = stats
+            s.users = users.count
+            s.dirtyUsers = dirtyCount
+            var oldest = Int64.max
+            if dirtyCount > 0 {
+                for e in users.values where e.delivery.isDirty { oldest = min(oldest, e.delivery.dirtySinceMs) }
+            }
+            s.oldestDirtyMs = oldest == .max ? 0 : max(0, now - oldest)
+            s.breakerOpen = limiter.breakerOpen
+            s.rateLimit = limiter.currentRate
+            s.ready = hasBeenAssigned && !limiter.breakerOpen
+            return s
+        }
+    }
+
+    /// The body the engine would send for a user now (tests and debugging).
+    public func projection(of identifyId: String) -> [UInt8]? {
+        lock.withLock {
+            guard let e = users[identifyId] else { return nil }
+            var adj = Adjustments()
+            return projector.body(identifyId: identifyId, state: e.state, adjustments: &adj)
+        }
+    }
+}

@@ -1,0 +1,170 @@
+import Delivery
+import Foundation
+import Kafka
+import Logging
+import ServiceLifecycle
+import UnixSignals
+
+/// The daemon as one service: consumer, engine, flusher, dead letters and admin HTTP,
+/// started and stopped in order.
+///
+/// Shutdown (SIGTERM/SIGINT, or ``requestStop()``): the consumer stops fetching and
+/// closes; its final revocation flushes every dirty user (up to `shutdown_timeout`),
+/// stores and commits the settled offsets and leaves the group. Only then do the
+/// flusher, the HTTP client and the dead-letter producer stop.
+public final class SyncPipeline: Service, @unchecked Sendable {
+    public let config: SyncConfiguration
+    public let engine: SyncEngine
+    private let logger: Logger
+    private let keys: APIKeyStore
+    private let senderOverride: UserUpdateSender?
+    private let stopStream: AsyncStream<Void>
+    private let stopContinuation: AsyncStream<Void>.Continuation
+    private let lock = NSLock()
+    private var consumer: KafkaConsumer?
+    private var admin: AdminServer?
+    private var producer: KafkaProducer?
+    private var started = false
+    private let loopsAlive = LoopsAlive()
+
+    /// - Parameter sender: replaces the Foldspace HTTP client (tests).
+    public init(config: SyncConfiguration, keys: APIKeyStore, logger: Logger, sender: UserUpdateSender? = nil) throws {
+        self.config = config
+        self.logger = logger
+        self.keys = keys
+        self.senderOverride = sender
+        var producer: KafkaProducer? = nil
+        var kafka = KafkaClientConfig(config.kafkaProperties)
+        if !config.brokers.isEmpty { kafka["bootstrap.servers"] = config.brokers }
+        let sink: DeadLetterSink
+        if let topic = config.deadLetterTopic {
+            let p = try KafkaProducer(config: kafka, logger: logger)
+            producer = p
+            sink = KafkaDeadLetters(producer: p, topic: topic, logger: logger)
+        } else {
+            sink = LoggingDeadLetters(logger: logger)
+        }
+        self.producer = producer
+        engine = SyncEngine(options: config.engine, deadLetters: sink, logger: logger)
+        (stopStream, stopContinuation) = AsyncStream.makeStream()
+    }
+
+    /// The admin server's port once running (useful with `admin_listen` port 0).
+    public var adminPort: Int? { lock.withLock { admin?.port } }
+
+    /// Asks the pipeline to shut down as on SIGTERM.
+    public func requestStop() { stopContinuation.yield() }
+
+    public func run() async throws {
+        var kafka = KafkaClientConfig(config.kafkaProperties)
+        if !config.brokers.isEmpty { kafka["bootstrap.servers"] = config.brokers }
+        kafka["group.id"] = config.group
+        if kafka["client.id"] == nil { kafka["client.id"] = "foldspace-sync" }
+        let consumer = try KafkaConsumer(config: kafka, topics: config.topics, handler: engine, logger: logger)
+        engine.setOffsetSink { consumer.storeOffsets($0) }
+
+        let sender: UserUpdateSender
+        var client: FoldspaceClient? = nil
+        if let s = senderOverride {
+            sender = s
+        } else {
+            var o = FoldspaceClient.Options(baseURL: config.foldspaceURL)
+            o.caFile = config.caFile
+            o.connectTimeoutMs = config.connectTimeoutMs
+            o.requestTimeoutMs = config.requestTimeoutMs
+            o.maxConnections = config.engine.maxInFlight
+            let c = try FoldspaceClient(options: o, keys: keys, epochMs: EngineClock.system.epochMs)
+            client = c
+            sender = c
+        }
+        let (host, port) = parseHostPort(config.adminListen) ?? ("127.0.0.1", 9464)
+        let engine = self.engine
+        let alive = loopsAlive
+        let admin = try await AdminServer.start(
+            host: host, port: port,
+            metrics: { MetricsText.render(engine.snapshot(), lag: consumer.lag().map { ($0.key.topic, $0.key.partition, $0.value) }) },
+            healthy: { alive.healthy && !consumer.hasFatalError },
+            ready: { engine.snapshot().ready })
+        lock.withLock {
+            self.consumer = consumer
+            self.admin = admin
+            started = true
+        }
+        logger.info("admin server listening", metadata: ["address": "\(host):\(admin.port)"])
+        logger.info("foldspace-sync running", metadata: [
+            "version": "\(foldspaceSyncVersion)", "topics": "\(config.topics.joined(separator: ","))",
+            "group": "\(config.group)", "foldspace_url": "\(config.foldspaceURL)",
+        ])
+        consumer.start()
+        alive.beat()
+
+        let flusher = Flusher(engine: engine, sender: sender, maxInFlight: config.engine.maxInFlight)
+        let flushTask = Task { await flusher.run() }
+        let heartbeat = Task {
+            while !Task.isCancelled {
+                alive.beat()
+                try? await Task.sleep(for: .seconds(1))
+            }
+        }
+        let keys = self.keys
+        let logger = self.logger
+        let hupTask = Task {
+            for await _ in await UnixSignalsSequence(trapping: .sighup) {
+                do {
+                    let changed = try keys.reload()
+                    logger.info("SIGHUP: API key re-read", metadata: ["changed": "\(changed)"])
+                    engine.keyReloaded()
+                } catch {
+                    logger.error("SIGHUP: cannot re-read the API key", metadata: ["error": "\(error)"])
+                }
+            }
+        }
+
+        // Run until asked to stop, or until the consumer ends on a fatal error.
+        let stopStream = self.stopStream
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { try? await gracefulShutdown() }
+            group.addTask { for await _ in stopStream { return } }
+            group.addTask {
+                while !consumer.isFinished && !Task.isCancelled {
+                    try? await Task.sleep(for: .milliseconds(200))
+                }
+            }
+            await group.next()
+            group.cancelAll()
+        }
+        logger.info("shutting down: settling users and committing offsets")
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            Thread.detachNewThread {
+                consumer.stop()
+                c.resume()
+            }
+        }
+        flushTask.cancel()
+        await flushTask.value
+        heartbeat.cancel()
+        hupTask.cancel()
+        await admin.stop()
+        await client?.shutdown()
+        producer?.close()
+        let stats = engine.snapshot()
+        logger.info("stopped", metadata: [
+            "events_folded": "\(stats.folded)", "users_unsettled": "\(stats.dirtyUsers)",
+        ])
+        if consumer.hasFatalError {
+            throw ConfigurationError("the Kafka consumer hit a fatal error")
+        }
+    }
+}
+
+/// The heartbeat behind `/healthz`: the pipeline's loops beat every second.
+final class LoopsAlive: @unchecked Sendable {
+    private let lock = NSLock()
+    private var last = DispatchTime.now()
+
+    func beat() { lock.withLock { last = .now() } }
+
+    var healthy: Bool {
+        lock.withLock { DispatchTime.now().uptimeNanoseconds - last.uptimeNanoseconds < 10_000_000_000 }
+    }
+}

@@ -1,0 +1,176 @@
+import ArgumentParser
+import Delivery
+import Foundation
+import Kafka
+import Logging
+import ServiceLifecycle
+import SyncService
+import UnixSignals
+
+@main
+struct FoldspaceSync: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "foldspace-sync",
+        abstract: "Folds product-analytics events from Kafka into Foldspace users.",
+        version: foldspaceSyncVersion,
+        subcommands: [Run.self, Demo.self, CheckConfig.self, MockKafka.self])
+}
+
+/// Flags shared by `run` and `check-config`. Every flag is also a configuration key
+/// (file and `FOLDSPACE_SYNC_*` environment); flags win.
+struct ConfigFlags: ParsableArguments {
+    @Option(help: "Configuration file (JSON).") var config: String?
+    @Option(help: "Kafka bootstrap servers, host:port[,host:port].") var brokers: String?
+    @Option(name: .customLong("topic"), help: "Source topic; repeat for several.") var topics: [String] = []
+    @Option(help: "Kafka consumer group id.") var group: String?
+    @Option(name: .customLong("foldspace-url"), help: "Foldspace API base URL (default https://api.foldspace.ai).") var foldspaceURL: String?
+    @Option(name: .customLong("api-key-file"), help: "File holding the Foldspace API key, re-read on SIGHUP (else FOLDSPACE_API_KEY).") var apiKeyFile: String?
+    @Option(name: .customLong("ca-file"), help: "PEM file of CAs to trust for Foldspace's TLS certificate.") var caFile: String?
+    @Option(help: "Quiet period after a user's last change, e.g. 250ms, 5s (default 5s).") var debounce: String?
+    @Option(name: .customLong("max-wait"), help: "Longest a changed user waits, e.g. 60s (default 60s).") var maxWait: String?
+    @Option(name: .customLong("admin-listen"), help: "Admin HTTP host:port for /metrics, /healthz, /readyz (default 127.0.0.1:9464; port 0 picks one).") var adminListen: String?
+    @Option(name: .customLong("dead-letter-topic"), help: "Topic for invalid input and refused updates (default none: counted and logged).") var deadLetterTopic: String?
+    @Option(name: .customLong("log-format"), help: "json or text (default json unless stderr is a terminal).") var logFormat: String?
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical (default info).") var logLevel: String?
+
+    var overrides: [String: SyncConfiguration.ConfigValue] {
+        var m: [String: SyncConfiguration.ConfigValue] = [:]
+        func set(_ k: String, _ v: String?) { if let v { m[k] = .text(v) } }
+        set("brokers", brokers)
+        if !topics.isEmpty { m["topics"] = .list(topics) }
+        set("group", group)
+        set("foldspace_url", foldspaceURL)
+        set("api_key_file", apiKeyFile)
+        set("ca_file", caFile)
+        set("debounce", debounce)
+        set("max_wait", maxWait)
+        set("admin_listen", adminListen)
+        set("dead_letter_topic", deadLetterTopic)
+        set("log_format", logFormat)
+        set("log_level", logLevel)
+        return m
+    }
+
+    func load() throws -> SyncConfiguration {
+        try SyncConfiguration.load(file: config, environment: ProcessInfo.processInfo.environment, flags: overrides)
+    }
+}
+
+extension FoldspaceSync {
+    struct Run: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Run the daemon: consume, fold, debounce and send user updates.",
+            discussion: """
+            The API key comes from --api-key-file (re-read on SIGHUP) or FOLDSPACE_API_KEY.
+            SIGTERM/SIGINT: stop consuming, flush every changed user, commit, leave the group, exit 0.
+            Every flag is also a key of the configuration file and an environment variable
+            FOLDSPACE_SYNC_<KEY> (see docs/configuration.md); flags win over the environment,
+            the environment over the file.
+            """)
+
+        @OptionGroup var flags: ConfigFlags
+
+        func run() async throws {
+            let config: SyncConfiguration
+            do {
+                config = try flags.load()
+                try config.validate()
+            } catch {
+                FileHandle.standardError.write(Data("foldspace-sync: \(error)\n".utf8))
+                throw ExitCode(2)
+            }
+            LogSetup.bootstrap(format: config.logFormat, level: parseLogLevel(config.logLevel) ?? .info)
+            let logger = Logger(label: "foldspace-sync")
+            let keys: APIKeyStore
+            do {
+                if let file = config.apiKeyFile { keys = try APIKeyStore(file: file) } else { keys = try APIKeyStore(key: config.apiKey ?? "") }
+            } catch {
+                logger.critical("cannot load the API key", metadata: ["error": "\(error)"])
+                throw ExitCode(2)
+            }
+            let pipeline = try SyncPipeline(config: config, keys: keys, logger: logger)
+            let group = ServiceGroup(configuration: .init(
+                services: [.init(service: pipeline)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+            do {
+                try await group.run()
+            } catch {
+                logger.critical("stopped on error", metadata: ["error": "\(error)"])
+                throw ExitCode(1)
+            }
+        }
+    }
+
+    struct Demo: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Run everything embedded: mock Kafka, generated traffic, the daemon, a Foldspace sandbox.")
+
+        @Option(help: "Users to simulate.") var users = 2_000
+        @Option(help: "Events to generate.") var events = 40_000
+        @Option(help: "Give up after this many seconds.") var timeout = 30
+
+        func run() async throws {
+            LogSetup.bootstrap(format: "text", level: .warning)
+            var o = SyncService.Demo.Options()
+            o.users = users
+            o.events = events
+            o.timeoutMs = Int64(timeout) * 1000
+            let summary = try await SyncService.Demo(options: o, logger: Logger(label: "demo"), print: printLine).run()
+            if !summary.complete || summary.violations > 0 { throw ExitCode(1) }
+        }
+    }
+
+    struct CheckConfig: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "check-config",
+            abstract: "Validate the configuration and print it, secrets redacted. Exit 1 on any error.")
+
+        @OptionGroup var flags: ConfigFlags
+
+        func run() async throws {
+            do {
+                let config = try flags.load()
+                try config.validate()
+                print(config.describe())
+            } catch {
+                FileHandle.standardError.write(Data("foldspace-sync: \(error)\n".utf8))
+                throw ExitCode(1)
+            }
+        }
+    }
+
+    struct MockKafka: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "mock-kafka",
+            abstract: "Host librdkafka's mock Kafka cluster on loopback until SIGTERM.",
+            discussion: "Prints the bootstrap servers as the first line of stdout.")
+
+        @Option(help: "Number of brokers.") var brokers = 1
+        @Option(name: .customLong("topic"), help: "Topic to create, NAME:PARTITIONS; repeatable.") var topics: [String] = []
+
+        func run() async throws {
+            let cluster = try MockCluster(brokers: brokers)
+            for t in topics {
+                let parts = t.split(separator: ":")
+                guard parts.count <= 2, let name = parts.first, !name.isEmpty else {
+                    throw ValidationError("--topic expects NAME:PARTITIONS, got \(t)")
+                }
+                let n = parts.count == 2 ? Int(parts[1]) : 1
+                guard let n, n > 0 else { throw ValidationError("--topic expects NAME:PARTITIONS, got \(t)") }
+                try cluster.createTopic(String(name), partitions: n)
+            }
+            printLine(cluster.bootstrapServers)
+            let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint)
+            for await _ in signals { break }
+            withExtendedLifetime(cluster) {}
+        }
+    }
+}
+
+/// Writes a line to stdout at once (stdout is block-buffered when piped, and tests read
+/// the first line of `mock-kafka` while it keeps running).
+@Sendable func printLine(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}
+
