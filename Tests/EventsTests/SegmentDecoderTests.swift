@@ -1,0 +1,244 @@
+import Testing
+@testable import Events
+
+private let now: Int64 = 1_764_000_000_000 // 2025-11-24
+
+private func decode(_ json: String, options: DecoderOptions = DecoderOptions()) -> [Decoded] {
+    SegmentDecoder(options: options).decode(Array(json.utf8), nowMs: now)
+}
+
+private func event(_ json: String) throws -> SegmentEvent {
+    let d = decode(json)
+    try #require(d.count == 1)
+    guard case .event(let e) = d[0] else {
+        Issue.record("expected an event, got \(d[0])")
+        throw DecodeFailure(.notJSON)
+    }
+    return e
+}
+
+private func failure(_ json: String) -> DecodeFailure? {
+    let d = decode(json)
+    guard d.count == 1, case .invalid(let f) = d[0] else { return nil }
+    return f
+}
+
+@Suite struct TimestampTests {
+    @Test(arguments: [
+        ("2025-11-24T10:00:00Z", Int64(1_763_978_400_000)),
+        ("2025-11-24T10:00:00.123Z", Int64(1_763_978_400_123)),
+        ("2025-11-24T10:00:00.1Z", Int64(1_763_978_400_100)),
+        ("2025-11-24T10:00:00.123456789Z", Int64(1_763_978_400_123)),
+        ("2025-11-24T12:00:00+02:00", Int64(1_763_978_400_000)),
+        ("2025-11-24T05:30:00-0430", Int64(1_763_978_400_000)),
+        ("2025-11-24T10:00:00", Int64(1_763_978_400_000)),
+        ("2025-11-24 10:00:00Z", Int64(1_763_978_400_000)),
+        ("2025-11-24", Int64(1_763_942_400_000)),
+        ("2024-02-29T00:00:00Z", Int64(1_709_164_800_000)),
+        ("1970-01-01T00:00:00Z", Int64(0)),
+    ])
+    func parsesISO8601(text: String, ms: Int64) {
+        #expect(Timestamp.parseISO8601(text) == ms)
+    }
+
+    @Test(arguments: ["", "2025-13-01T00:00:00Z", "2025-02-30", "2023-02-29", "2025-11-24T25:00:00Z", "2025-11-24T10:00:00Q",
+                      "yesterday", "2025-11-24T10:00:00.Z", "2025-11-24T10:00:00+2", "20251124"])
+    func rejectsMalformed(text: String) {
+        #expect(Timestamp.parseISO8601(text) == nil)
+    }
+
+    @Test func formatsRoundTrip() {
+        for ms: Int64 in [0, 1_763_978_400_123, 951_782_400_000, 4_102_444_800_999] {
+            #expect(Timestamp.parseISO8601(Timestamp.formatISO8601(ms)) == ms)
+        }
+    }
+}
+
+@Suite struct SegmentDecoderTests {
+    @Test func identifyWithTraits() throws {
+        let e = try event(#"""
+        {"type":"identify","userId":"u1","timestamp":"2025-11-24T10:00:00Z",
+         "traits":{"email":"a@x.io","name":"José Núñez","title":"CTO","createdAt":"2025-01-01T00:00:00Z",
+                   "address":{"city":"Paris","country":"France","state":"IDF","postalCode":75001}}}
+        """#)
+        #expect(e.type == .identify)
+        #expect(e.identity == "u1")
+        #expect(e.hasUserId)
+        #expect(e.timeMs == 1_763_978_400_000)
+        #expect(e.traits?.email == "a@x.io")
+        #expect(e.traits?.name == "José Núñez")
+        #expect(e.traits?.title == "CTO")
+        #expect(e.traits?.createdAt == 1_735_689_600_000)
+        #expect(e.traits?.address == Location(country: "France", region: "IDF", city: "Paris", postalCode: "75001"))
+    }
+
+    @Test func identityRules() throws {
+        #expect(try event(#"{"type":"track","userId":"u","anonymousId":"a"}"#).identity == "u")
+        let anon = try event(#"{"type":"track","anonymousId":"a"}"#)
+        #expect(anon.identity == "a")
+        #expect(!anon.hasUserId)
+        #expect(try event(#"{"type":"track","userId":12345}"#).identity == "12345")
+        #expect(try event(#"{"type":"track","userId":"","anonymousId":"a"}"#).identity == "a")
+        #expect(try event(#"{"type":"track","userId":null,"anonymousId":"a"}"#).identity == "a")
+        #expect(failure(#"{"type":"track"}"#)?.reason == .missingIdentity)
+        #expect(failure(#"{"type":"track","userId":{}}"#)?.reason == .wrongType)
+        #expect(failure(#"{"type":"track","userId":1.5}"#)?.reason == .wrongType)
+        #expect(failure(#"{"type":"track","userId":"\#(String(repeating: "x", count: 256))"}"#)?.reason == .identityTooLong)
+        #expect(try event(#"{"type":"track","userId":"\#(String(repeating: "x", count: 255))"}"#).identity.count == 255)
+    }
+
+    @Test func timeSourcesInOrder() throws {
+        #expect(try event(#"{"type":"page","userId":"u","originalTimestamp":"2025-11-24T10:00:00Z","sentAt":"2025-11-24T11:00:00Z"}"#).timeMs == 1_763_978_400_000)
+        #expect(try event(#"{"type":"page","userId":"u","sentAt":"2025-11-24T11:00:00Z","receivedAt":"2025-11-24T12:00:00Z"}"#).timeMs == 1_763_982_000_000)
+        #expect(try event(#"{"type":"page","userId":"u","receivedAt":"2025-11-24T12:00:00Z"}"#).timeMs == 1_763_985_600_000)
+        #expect(try event(#"{"type":"page","userId":"u","timestamp":1763978400123}"#).timeMs == 1_763_978_400_123)
+        #expect(try event(#"{"type":"page","userId":"u"}"#).timeMs == nil)
+    }
+
+    @Test func implausibleTimesFallBack() throws {
+        let future = try event(#"{"type":"page","userId":"u","timestamp":"2099-01-01T00:00:00Z"}"#)
+        #expect(future.timeMs == nil)
+        #expect(future.timeImplausible)
+        let ancient = try event(#"{"type":"page","userId":"u","timestamp":"1999-12-31T23:59:59Z"}"#)
+        #expect(ancient.timeMs == nil)
+        #expect(ancient.timeImplausible)
+        #expect(try event(#"{"type":"page","userId":"u","timestamp":"2025-11-25T09:00:00Z"}"#).timeMs != nil)
+        #expect(failure(#"{"type":"page","userId":"u","timestamp":"soon"}"#)?.reason == .badTimestamp)
+        #expect(failure(#"{"type":"page","userId":"u","timestamp":true}"#)?.reason == .wrongType)
+    }
+
+    @Test func contextTraitsAndLocation() throws {
+        let e = try event(#"""
+        {"type":"track","userId":"u","event":"Signed Up","context":{"traits":{"email":"c@x.io"},"timezone":"Europe/Paris",
+         "location":{"city":"Lyon","country":"France","region":"ARA","countryCode":"FR"},"groupId":"g1"},
+         "properties":{"product":{"product":"P1","environment":2}}}
+        """#)
+        #expect(e.traits?.email == "c@x.io")
+        #expect(e.timezone == "Europe/Paris")
+        #expect(e.location?.city == "Lyon")
+        #expect(e.location?.countryCode == "FR")
+        #expect(e.contextGroupId == "g1")
+        #expect(e.eventName == "Signed Up")
+        #expect(e.product == ProductRef(product: "P1", environment: 2))
+    }
+
+    @Test func identifyTraitsWinOverContextTraits() throws {
+        let e = try event(#"{"type":"identify","userId":"u","traits":{"email":"a@x"},"context":{"traits":{"email":"b@x","phone":"123"}}}"#)
+        #expect(e.traits?.email == "a@x")
+        #expect(e.traits?.phone == "123")
+    }
+
+    @Test func groupTraitsAreNotUserTraits() throws {
+        let e = try event(#"{"type":"group","userId":"u","groupId":"acct-1","traits":{"name":"Acme","email":"billing@acme.io"}}"#)
+        #expect(e.groupId == "acct-1")
+        #expect(e.traits == nil)
+    }
+
+    @Test func unknownTypeIsIgnored() {
+        #expect(decode(#"{"type":"flush","userId":"u"}"#) == [.ignored("flush")])
+        #expect(failure(#"{"userId":"u"}"#)?.reason == .missingType)
+    }
+
+    @Test func batchEnvelope() {
+        let d = decode(#"{"batch":[{"type":"track","userId":"a"},{"type":"page","anonymousId":"b"},{"type":"track"},5],"sentAt":"2025-11-24T10:00:00Z"}"#)
+        #expect(d.count == 4)
+        if case .event(let e) = d[0] { #expect(e.identity == "a") } else { Issue.record("first element") }
+        if case .event(let e) = d[1] { #expect(e.identity == "b") } else { Issue.record("second element") }
+        #expect(d[2] == .invalid(DecodeFailure(.missingIdentity, field: "userId")))
+        #expect(d[3] == .invalid(DecodeFailure(.notObject)))
+    }
+
+    @Test func batchTooLarge() {
+        var o = DecoderOptions()
+        o.maxBatchEvents = 3
+        let d = decode(#"{"batch":[{"type":"track","userId":"a"},{},{},{}]}"#, options: o)
+        #expect(d == [.invalid(DecodeFailure(.batchTooLarge))])
+    }
+
+    @Test func invalidClasses() {
+        #expect(failure("not json")?.reason == .notJSON)
+        #expect(failure("")?.reason == .notJSON)
+        #expect(failure(#"{"type":"track","userId":"u""#)?.reason == .notJSON)
+        #expect(failure(#"{"type":"track","userId":"u"} trailing"#)?.reason == .notJSON)
+        #expect(failure("[1,2]")?.reason == .notObject)
+        #expect(failure("\"str\"")?.reason == .notObject)
+        #expect(failure(#"{"a":1,}"#)?.reason == .notJSON)
+        #expect(failure(#"{"type":"track","userId":"a\u0000b"}"#) == nil) // an escaped NUL is valid JSON
+        #expect(failure("{\"type\":\"track\",\"userId\":\"a\u{0}b\"}")?.reason == .notJSON) // a raw NUL is not
+        #expect(failure(#"{"type":"track","userId":"\ud800"}"#)?.reason == .notJSON)
+        #expect(failure(#"{"type":"track","userId":"u","x":1e999}"#) == nil) // unread numbers are only checked for grammar
+        #expect(failure(#"{"type":"track","userId":"u","timestamp":1e999}"#)?.reason == .numberOutOfRange)
+    }
+
+    @Test func invalidUTF8() {
+        let bytes: [UInt8] = Array(#"{"type":"track","userId":""#.utf8) + [0xC3, 0x28] + Array(#""}"#.utf8)
+        #expect(SegmentDecoder().decode(bytes, nowMs: now) == [.invalid(DecodeFailure(.invalidUTF8))])
+        let overlong: [UInt8] = Array(#"{"a":""#.utf8) + [0xC0, 0xAF] + Array(#""}"#.utf8)
+        #expect(SegmentDecoder().decode(overlong, nowMs: now) == [.invalid(DecodeFailure(.invalidUTF8))])
+        let valid = Array(#"{"type":"track","userId":"Zoë 😀"}"#.utf8)
+        guard case .event(let e) = SegmentDecoder().decode(valid, nowMs: now).first else { Issue.record("valid UTF-8"); return }
+        #expect(e.identity == "Zoë 😀")
+    }
+
+    @Test func nestingLimit() {
+        let ok = #"{"type":"track","userId":"u","extra":"# + String(repeating: "[", count: 62) + String(repeating: "]", count: 62) + "}"
+        #expect(failure(ok) == nil)
+        let deep = #"{"type":"track","userId":"u","extra":"# + String(repeating: "[", count: 64) + String(repeating: "]", count: 64) + "}"
+        #expect(failure(deep)?.reason == .tooDeep)
+        let hostile = String(repeating: "[", count: 100_000)
+        #expect(failure(hostile)?.reason == .tooDeep || failure(hostile)?.reason == .notObject)
+    }
+
+    @Test func sizeLimit() {
+        var o = DecoderOptions()
+        o.maxMessageBytes = 100
+        let big = #"{"type":"track","userId":"u","pad":""# + String(repeating: "x", count: 200) + #""}"#
+        #expect(decode(big, options: o) == [.invalid(DecodeFailure(.tooLarge))])
+    }
+
+    @Test func duplicateKeysOfReadFields() {
+        #expect(failure(#"{"type":"track","userId":"a","userId":"b"}"#)?.reason == .duplicateKey)
+        #expect(failure(#"{"type":"identify","userId":"a","traits":{"email":"x","email":"y"}}"#)?.reason == .duplicateKey)
+        #expect(failure(#"{"type":"track","userId":"a","other":1,"other":2}"#) == nil)
+    }
+
+    @Test func wrongTypesForEveryReadField() {
+        let cases = [
+            #"{"type":5,"userId":"u"}"#,
+            #"{"type":"track","userId":[]}"#,
+            #"{"type":"track","anonymousId":true}"#,
+            #"{"type":"track","userId":"u","timestamp":{}}"#,
+            #"{"type":"track","userId":"u","event":1}"#,
+            #"{"type":"identify","userId":"u","traits":"x"}"#,
+            #"{"type":"track","userId":"u","context":[]}"#,
+            #"{"type":"track","userId":"u","properties":1}"#,
+            #"{"type":"identify","userId":"u","traits":{"email":1}}"#,
+            #"{"type":"identify","userId":"u","traits":{"name":{}}}"#,
+            #"{"type":"identify","userId":"u","traits":{"leadDate":[]}}"#,
+            #"{"type":"identify","userId":"u","traits":{"address":"Paris"}}"#,
+            #"{"type":"identify","userId":"u","traits":{"pqlScore":"high"}}"#,
+            #"{"type":"track","userId":"u","context":{"location":{"city":3}}}"#,
+            #"{"type":"track","userId":"u","context":{"timezone":1}}"#,
+            #"{"type":"track","userId":"u","context":{"product":3}}"#,
+            #"{"type":"group","userId":"u","groupId":{}}"#,
+        ]
+        for json in cases {
+            let r = failure(json)?.reason
+            #expect(r == .wrongType, "\(json) gave \(String(describing: r))")
+        }
+    }
+
+    @Test func escapedKeysAndValues() throws {
+        let e = try event(#"{"t\u0079pe":"identify","userId":"a\/b\n","traits":{"em\u0061il":"x\u00e9@y"}}"#)
+        #expect(e.identity == "a/b\n")
+        #expect(e.traits?.email == "xé@y")
+    }
+
+    @Test func customAttributesCaptured() throws {
+        var o = DecoderOptions()
+        o.customAttributes = ["plan", "seats"]
+        let d = SegmentDecoder(options: o).decode(Array(#"{"type":"identify","userId":"u","traits":{"plan":"pro","seats": 5,"other":1}}"#.utf8), nowMs: now)
+        guard case .event(let e) = d.first else { Issue.record("event"); return }
+        #expect(e.traits?.custom == [CustomTrait(name: "plan", json: #""pro""#), CustomTrait(name: "seats", json: "5")])
+    }
+}
