@@ -70,7 +70,8 @@ let package = Package(
         .testTarget(name: "FoldingTests", dependencies: ["Folding", "Events", "FoldspaceSandbox"]),
         .testTarget(name: "DeliveryTests", dependencies: ["Delivery", "Folding", "FoldspaceSandbox"]),
         .testTarget(name: "KafkaTests", dependencies: ["Kafka"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["FoldspaceSandbox", "Kafka"]),
+        .testTarget(name: "SyncServiceTests", dependencies: ["SyncService", "Kafka", "Delivery", "Folding", "Events", "FoldspaceSandbox"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["FoldspaceSandbox", "Kafka", "SyncService"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -12,6 +12,15 @@ public struct ConsumedMessage {
     public var timestampMs: Int64?
     public var key: UnsafeBufferPointer<UInt8>
     public var value: UnsafeBufferPointer<UInt8>
+
+    public init(topicPartition: TopicPartition, offset: Int64, timestampMs: Int64?,
+                key: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
+        self.topicPartition = topicPartition
+        self.offset = offset
+        self.timestampMs = timestampMs
+        self.key = key
+        self.value = value
+    }
 }
 
 /// What the consumer's poll thread calls. Every method runs on that one thread, in

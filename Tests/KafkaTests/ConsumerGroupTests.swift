@@ -1,0 +1,138 @@
+import Foundation
+import Logging
+import Testing
+@testable import Kafka
+
+/// Records what the poll thread hands over and stores each offset once "processed".
+final class RecordingHandler: ConsumerHandler, @unchecked Sendable {
+    private let lock = NSLock()
+    private var messages: [(TopicPartition, Int64, String)] = []
+    private var events: [String] = []
+    weak var consumer: KafkaConsumer?
+
+    func consume(_ batch: [ConsumedMessage]) {
+        var store: [TopicPartition: Int64] = [:]
+        lock.withLock {
+            for m in batch {
+                messages.append((m.topicPartition, m.offset, String(decoding: m.value, as: UTF8.self)))
+                store[m.topicPartition] = m.offset + 1
+            }
+        }
+        consumer?.storeOffsets(store)
+    }
+
+    func partitionsAssigned(_ partitions: [TopicPartition]) {
+        lock.withLock { events.append("assigned \(partitions.count)") }
+    }
+
+    func partitionsRevoked(_ partitions: [TopicPartition]) {
+        lock.withLock { events.append("revoked \(partitions.count)") }
+    }
+
+    var wantsPause: Bool { false }
+
+    var values: [String] { lock.withLock { messages.map(\.2) } }
+    var offsets: [(TopicPartition, Int64)] { lock.withLock { messages.map { ($0.0, $0.1) } } }
+    var log: [String] { lock.withLock { events } }
+}
+
+func waitFor(_ timeout: Duration = .seconds(30), _ cond: () -> Bool) async -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if cond() { return true }
+        try? await Task.sleep(for: .milliseconds(50))
+    }
+    return cond()
+}
+
+let quiet: Logger = {
+    var l = Logger(label: "kafka-test")
+    l.logLevel = .error
+    return l
+}()
+
+func consumerConfig(_ cluster: MockCluster, group: String) -> KafkaClientConfig {
+    KafkaClientConfig([
+        "bootstrap.servers": cluster.bootstrapServers,
+        "group.id": group,
+        "session.timeout.ms": "6000",
+        "heartbeat.interval.ms": "500",
+        "auto.commit.interval.ms": "200",
+        "log_level": "3",
+    ])
+}
+
+func produce(_ cluster: MockCluster, topic: String, _ values: [String]) throws {
+    let p = try KafkaProducer(config: KafkaClientConfig(["bootstrap.servers": cluster.bootstrapServers, "log_level": "3"]), logger: quiet)
+    for (i, v) in values.enumerated() {
+        try p.send(topic: topic, key: Array("k\(i)".utf8), value: Array(v.utf8))
+    }
+    #expect(p.flush(timeoutMs: 10_000))
+    p.close()
+}
+
+@Suite(.serialized) struct ConsumerGroupTests {
+    @Test func joinsConsumesAndCommits() async throws {
+        let cluster = try MockCluster(brokers: 1)
+        try cluster.createTopic("t1", partitions: 2)
+        try produce(cluster, topic: "t1", (0..<100).map { "m\($0)" })
+        let handler = RecordingHandler()
+        let consumer = try KafkaConsumer(config: consumerConfig(cluster, group: "g1"), topics: ["t1"], handler: handler, logger: quiet)
+        handler.consumer = consumer
+        consumer.start()
+        #expect(await waitFor { handler.values.count == 100 })
+        #expect(Set(handler.values) == Set((0..<100).map { "m\($0)" }))
+        consumer.commitStoredSync()
+        let committed = try consumer.committed([TopicPartition("t1", 0), TopicPartition("t1", 1)])
+        #expect(committed.values.reduce(0, +) == 100)
+        consumer.stop()
+        #expect(handler.log.first == "assigned 2")
+        #expect(handler.log.last == "revoked 2") // close settles the partitions through the callback
+    }
+
+    @Test func resumesFromTheCommittedOffset() async throws {
+        let cluster = try MockCluster(brokers: 1)
+        try cluster.createTopic("t2", partitions: 1)
+        try produce(cluster, topic: "t2", (0..<50).map { "a\($0)" })
+        let first = RecordingHandler()
+        let c1 = try KafkaConsumer(config: consumerConfig(cluster, group: "g2"), topics: ["t2"], handler: first, logger: quiet)
+        first.consumer = c1
+        c1.start()
+        #expect(await waitFor { first.values.count == 50 })
+        c1.stop() // commits on close
+        try produce(cluster, topic: "t2", (0..<30).map { "b\($0)" })
+        let second = RecordingHandler()
+        let c2 = try KafkaConsumer(config: consumerConfig(cluster, group: "g2"), topics: ["t2"], handler: second, logger: quiet)
+        second.consumer = c2
+        c2.start()
+        #expect(await waitFor { second.values.count >= 30 })
+        try? await Task.sleep(for: .milliseconds(500))
+        #expect(second.values == (0..<30).map { "b\($0)" })
+        #expect(second.offsets.first?.1 == 50)
+        c2.stop()
+    }
+
+    @Test func rebalanceBetweenTwoConsumersLosesNothing() async throws {
+        let cluster = try MockCluster(brokers: 1)
+        try cluster.createTopic("t3", partitions: 4)
+        let a = RecordingHandler()
+        let ca = try KafkaConsumer(config: consumerConfig(cluster, group: "g3"), topics: ["t3"], handler: a, logger: quiet)
+        a.consumer = ca
+        ca.start()
+        try produce(cluster, topic: "t3", (0..<200).map { "x\($0)" })
+        #expect(await waitFor { a.values.count == 200 })
+        let b = RecordingHandler()
+        let cb = try KafkaConsumer(config: consumerConfig(cluster, group: "g3"), topics: ["t3"], handler: b, logger: quiet)
+        b.consumer = cb
+        cb.start()
+        // Wait until b owns partitions, then produce more: both share the load.
+        #expect(await waitFor { b.log.contains { $0.hasPrefix("assigned") } })
+        try produce(cluster, topic: "t3", (200..<400).map { "x\($0)" })
+        let all = Set((0..<400).map { "x\($0)" })
+        #expect(await waitFor { Set(a.values + b.values).isSuperset(of: all) })
+        #expect(!b.values.isEmpty)
+        #expect(a.log.contains { $0.hasPrefix("revoked") })
+        ca.stop()
+        cb.stop()
+    }
+}

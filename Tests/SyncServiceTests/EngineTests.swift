@@ -1,0 +1,280 @@
+import Delivery
+import Events
+import Foundation
+import Kafka
+import Logging
+import Testing
+@testable import SyncService
+
+/// A clock the test moves by hand.
+final class ManualClock: @unchecked Sendable {
+    private let lock = NSLock()
+    private var mono: Int64 = 1_000
+    let epochBase: Int64 = 1_764_000_000_000
+    var now: Int64 { lock.withLock { mono } }
+    func advance(_ ms: Int64) { lock.withLock { mono += ms } }
+    var engineClock: EngineClock {
+        EngineClock(monotonicMs: { self.now }, epochMs: { self.epochBase + self.now })
+    }
+}
+
+final class RecordingDeadLetters: DeadLetterSink, @unchecked Sendable {
+    private let lock = NSLock()
+    private var items: [(kind: String, key: [UInt8]?, value: [UInt8], headers: [(String, String)])] = []
+    func deadLetter(kind: String, key: [UInt8]?, value: [UInt8], headers: [(String, String)]) {
+        lock.withLock { items.append((kind, key, value, headers)) }
+    }
+    var all: [(kind: String, key: [UInt8]?, value: [UInt8], headers: [(String, String)])] { lock.withLock { items } }
+}
+
+final class OffsetLog: @unchecked Sendable {
+    private let lock = NSLock()
+    private var latest: [TopicPartition: Int64] = [:]
+    func store(_ m: [TopicPartition: Int64]) {
+        lock.withLock {
+            for (k, v) in m {
+                precondition(v >= (latest[k] ?? 0), "offsets must only move forward")
+                latest[k] = v
+            }
+        }
+    }
+    subscript(tp: TopicPartition) -> Int64? { lock.withLock { latest[tp] } }
+}
+
+/// Feeds messages to the engine as the poll thread would.
+func feed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: Int64, json: String)]) {
+    let buffers = messages.map { m -> UnsafeMutableBufferPointer<UInt8> in
+        let b = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: max(1, m.json.utf8.count))
+        _ = b.initialize(from: m.json.utf8)
+        return b
+    }
+    defer { buffers.forEach { $0.deallocate() } }
+    let batch = zip(messages, buffers).map { m, b in
+        ConsumedMessage(topicPartition: m.tp, offset: m.offset, timestampMs: 1_764_000_000_000,
+                        key: UnsafeBufferPointer(start: nil, count: 0),
+                        value: UnsafeBufferPointer(start: b.baseAddress, count: m.json.utf8.count))
+    }
+    engine.consume(batch)
+}
+
+@Suite struct EngineTests {
+    let tp = TopicPartition("events", 0)
+
+    func makeEngine(_ clock: ManualClock, dl: DeadLetterSink = RecordingDeadLetters(),
+                    configure: (inout EngineOptions) -> Void = { _ in }) -> (SyncEngine, OffsetLog) {
+        var o = EngineOptions()
+        o.debounceMs = 1_000
+        o.maxWaitMs = 10_000
+        o.requestsPerSecond = 1_000
+        o.burst = 1_000
+        configure(&o)
+        let e = SyncEngine(options: o, deadLetters: dl, logger: Logger(label: "test"), clock: clock.engineClock)
+        let log = OffsetLog()
+        e.setOffsetSink { log.store($0) }
+        e.partitionsAssigned([tp])
+        return (e, log)
+    }
+
+    func jobs(_ next: SyncEngine.Next) -> [FlushJob] {
+        if case .send(let j) = next { return j }
+        return []
+    }
+
+    @Test func burstCoalescesIntoOnePutAfterTheQuietPeriod() {
+        let clock = ManualClock()
+        let (engine, offsets) = makeEngine(clock)
+        feed(engine, (0..<20).map { (tp, Int64($0), #"{"type":"track","userId":"u1","timestamp":"2025-11-24T10:00:\#(String(format: "%02d", $0))Z"}"#) })
+        #expect(jobs(engine.takeDue(limit: 10)).isEmpty)
+        #expect(offsets[tp] == 0) // nothing settled yet: the commit stays at the first event
+        clock.advance(1_000)
+        let out = jobs(engine.takeDue(limit: 10))
+        #expect(out.count == 1)
+        let body = try! JSONSerialization.jsonObject(with: Data(out[0].body)) as! [String: Any]
+        #expect(body["lastSeenDate"] as? Int64 == 1_763_978_419_000)
+        #expect(body["firstVisitDate"] as? Int64 == 1_763_978_400_000)
+        engine.complete(out[0], outcome: .acknowledged)
+        #expect(offsets[tp] == 20)
+        #expect(engine.snapshot().dirtyUsers == 0)
+    }
+
+    @Test func offsetsWaitForTheSlowestUser() {
+        let clock = ManualClock()
+        let (engine, offsets) = makeEngine(clock)
+        feed(engine, [(tp, 0, #"{"type":"page","userId":"a"}"#), (tp, 1, #"{"type":"page","userId":"b"}"#),
+                      (tp, 2, #"{"type":"page","userId":"a"}"#)])
+        clock.advance(1_000)
+        let out = jobs(engine.takeDue(limit: 10))
+        #expect(Set(out.map(\.identifyId)) == ["a", "b"])
+        let b = out.first { $0.identifyId == "b" }!
+        let a = out.first { $0.identifyId == "a" }!
+        engine.complete(b, outcome: .acknowledged)
+        #expect(offsets[tp] == 0) // a (offset 0) is not settled
+        engine.complete(a, outcome: .retryable(reason: "503"))
+        #expect(offsets[tp] == 0)
+        clock.advance(31_000)
+        let retry = jobs(engine.takeDue(limit: 10))
+        #expect(retry.map(\.identifyId) == ["a"])
+        engine.complete(retry[0], outcome: .acknowledged)
+        #expect(offsets[tp] == 3)
+    }
+
+    @Test func noOpBodiesAreNotSent() {
+        let clock = ManualClock()
+        let (engine, offsets) = makeEngine(clock)
+        let e = #"{"type":"identify","userId":"u","timestamp":"2025-11-24T10:00:00Z","traits":{"email":"a@x.io"}}"#
+        feed(engine, [(tp, 0, e)])
+        clock.advance(1_000)
+        let first = jobs(engine.takeDue(limit: 10))
+        engine.complete(first[0], outcome: .acknowledged)
+        // The same event replayed: state unchanged, nothing sent, offset still advances.
+        feed(engine, [(tp, 1, e)])
+        clock.advance(5_000)
+        #expect(jobs(engine.takeDue(limit: 10)).isEmpty)
+        #expect(offsets[tp] == 2)
+        #expect(engine.snapshot().requestTotal == 1)
+    }
+
+    @Test func changesDuringAFlightAreSentAfterIt() {
+        let clock = ManualClock()
+        let (engine, offsets) = makeEngine(clock)
+        feed(engine, [(tp, 0, #"{"type":"identify","userId":"u","traits":{"email":"a@x.io"},"timestamp":"2025-11-24T10:00:00Z"}"#)])
+        clock.advance(1_000)
+        let first = jobs(engine.takeDue(limit: 10))
+        feed(engine, [(tp, 1, #"{"type":"identify","userId":"u","traits":{"email":"b@x.io"},"timestamp":"2025-11-24T10:00:01Z"}"#)])
+        clock.advance(2_000)
+        #expect(jobs(engine.takeDue(limit: 10)).isEmpty) // one request per user in flight
+        engine.complete(first[0], outcome: .acknowledged)
+        #expect(offsets[tp] == 1) // offset 1 is not in the acknowledged body
+        let second = jobs(engine.takeDue(limit: 10))
+        #expect(second.count == 1)
+        let body = try! JSONSerialization.jsonObject(with: Data(second[0].body)) as! [String: Any]
+        #expect(body["email"] as? String == "b@x.io")
+        engine.complete(second[0], outcome: .acknowledged)
+        #expect(offsets[tp] == 2)
+    }
+
+    @Test func rejectedUpdatesAreDeadLetteredAndNotResent() {
+        let clock = ManualClock()
+        let dl = RecordingDeadLetters()
+        let (engine, offsets) = makeEngine(clock, dl: dl)
+        feed(engine, [(tp, 0, #"{"type":"page","userId":"u"}"#)])
+        clock.advance(1_000)
+        let j = jobs(engine.takeDue(limit: 10))
+        engine.complete(j[0], outcome: .rejected(status: 400, response: "nope"))
+        #expect(offsets[tp] == 1)
+        #expect(dl.all.count == 1)
+        #expect(dl.all[0].kind == "rejected-update")
+        #expect(dl.all[0].key == Array("u".utf8))
+        #expect(dl.all[0].value == j[0].body)
+        #expect(dl.all[0].headers.contains { $0 == ("status", "400") })
+        #expect(dl.all[0].headers.contains { $0 == ("response", "nope") })
+        clock.advance(60_000)
+        #expect(jobs(engine.takeDue(limit: 10)).isEmpty)
+    }
+
+    @Test func invalidInputIsDeadLetteredAndCommitted() {
+        let clock = ManualClock()
+        let dl = RecordingDeadLetters()
+        let (engine, offsets) = makeEngine(clock, dl: dl)
+        feed(engine, [(tp, 0, "garbage"), (tp, 1, "[1]"), (tp, 2, #"{"type":"page"}"#), (tp, 3, #"{"type":"flush","userId":"x"}"#)])
+        #expect(offsets[tp] == 4)
+        let s = engine.snapshot()
+        #expect(s.invalid == ["not-json": 1, "not-object": 1, "missing-identity": 1])
+        #expect(s.ignored == 1)
+        #expect(dl.all.map(\.kind) == ["invalid-event", "invalid-event", "invalid-event"])
+        #expect(dl.all[0].value == Array("garbage".utf8))
+        #expect(dl.all[0].headers.contains { $0 == ("reason", "not-json") })
+        #expect(dl.all[0].headers.contains { $0 == ("source.offset", "0") })
+        #expect(dl.all[0].headers.contains { $0 == ("source.topic", "events") })
+    }
+
+    @Test func notFoundPolicies() {
+        for policy in UserNotFoundPolicy.allCases {
+            let clock = ManualClock()
+            let dl = RecordingDeadLetters()
+            let (engine, offsets) = makeEngine(clock, dl: dl) { $0.onUserNotFound = policy }
+            feed(engine, [(tp, 0, #"{"type":"page","userId":"u"}"#)])
+            clock.advance(1_000)
+            let j = jobs(engine.takeDue(limit: 10))
+            engine.complete(j[0], outcome: .notFound(response: ""))
+            switch policy {
+            case .deadLetter:
+                #expect(dl.all.map(\.kind) == ["user-not-found"])
+                #expect(offsets[tp] == 1)
+            case .drop:
+                #expect(dl.all.isEmpty)
+                #expect(offsets[tp] == 1)
+            case .retry:
+                #expect(offsets[tp] == 0)
+                clock.advance(31_000)
+                #expect(jobs(engine.takeDue(limit: 10)).count == 1)
+            }
+        }
+    }
+
+    @Test func unauthorizedOpensTheBreakerAndNothingIsDropped() {
+        let clock = ManualClock()
+        let (engine, offsets) = makeEngine(clock)
+        feed(engine, [(tp, 0, #"{"type":"page","userId":"a"}"#), (tp, 1, #"{"type":"page","userId":"b"}"#)])
+        clock.advance(1_000)
+        let j = jobs(engine.takeDue(limit: 1))
+        engine.complete(j[0], outcome: .unauthorized(status: 401))
+        #expect(engine.snapshot().breakerOpen)
+        #expect(!engine.snapshot().ready)
+        clock.advance(10_000)
+        #expect(jobs(engine.takeDue(limit: 10)).isEmpty) // breaker open
+        clock.advance(20_000)
+        let probe = jobs(engine.takeDue(limit: 10))
+        #expect(probe.count == 1 && probe[0].isProbe)
+        engine.complete(probe[0], outcome: .acknowledged)
+        #expect(!engine.snapshot().breakerOpen)
+        let rest = jobs(engine.takeDue(limit: 10))
+        #expect(rest.count == 1)
+        engine.complete(rest[0], outcome: .acknowledged)
+        #expect(offsets[tp] == 2)
+    }
+
+    @Test func pausesAboveMaxDirtyUsersAndResumesBelowEightyPercent() {
+        let clock = ManualClock()
+        let (engine, _) = makeEngine(clock) { $0.maxDirtyUsers = 10 }
+        feed(engine, (0..<11).map { (tp, Int64($0), #"{"type":"page","userId":"u\#($0)"}"#) })
+        #expect(engine.wantsPause)
+        clock.advance(1_000)
+        let j = jobs(engine.takeDue(limit: 3))
+        for x in j { engine.complete(x, outcome: .acknowledged) }
+        #expect(engine.snapshot().dirtyUsers == 8)
+        #expect(engine.wantsPause) // 8 is not below 80 % of 10
+        let k = jobs(engine.takeDue(limit: 1))
+        engine.complete(k[0], outcome: .acknowledged)
+        #expect(!engine.wantsPause)
+    }
+
+    @Test func revocationFlushesStoresAndDropsTheUsers() async {
+        let clock = ManualClock()
+        let (engine, offsets) = makeEngine(clock) { $0.drainTimeoutMs = 60_000 }
+        feed(engine, [(tp, 0, #"{"type":"page","userId":"a"}"#), (tp, 1, #"{"type":"page","userId":"b"}"#)])
+        // A stand-in flusher acknowledges whatever the drain makes due.
+        let stop = Flag()
+        let flusher = Task.detached {
+            while !stop.isSet {
+                if case .send(let js) = engine.takeDue(limit: 10) {
+                    for j in js { engine.complete(j, outcome: .acknowledged) }
+                }
+                try? await Task.sleep(for: .milliseconds(2))
+            }
+        }
+        engine.partitionsRevoked([tp])
+        stop.set()
+        await flusher.value
+        #expect(offsets[tp] == 2)
+        #expect(engine.snapshot().users == 0)
+        #expect(engine.snapshot().requestTotal == 2)
+    }
+}
+
+final class Flag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var v = false
+    var isSet: Bool { lock.withLock { v } }
+    func set() { lock.withLock { v = true } }
+}
