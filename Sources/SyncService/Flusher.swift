@@ -10,11 +10,16 @@ public final class Flusher: Sendable {
     private let sender: UserUpdateSender
     private let maxInFlight: Int
     private let inFlight = InFlightCounter()
+    private let beforeProbe: @Sendable () -> Void
 
-    public init(engine: SyncEngine, sender: UserUpdateSender, maxInFlight: Int) {
+    /// - Parameter beforeProbe: runs before each circuit-breaker probe (re-reads the key
+    ///   file, so a rotated key heals without a signal).
+    public init(engine: SyncEngine, sender: UserUpdateSender, maxInFlight: Int,
+                beforeProbe: @escaping @Sendable () -> Void = {}) {
         self.engine = engine
         self.sender = sender
         self.maxInFlight = max(1, maxInFlight)
+        self.beforeProbe = beforeProbe
     }
 
     /// Runs until the task is cancelled, then waits for requests in flight.
@@ -31,7 +36,8 @@ public final class Flusher: Sendable {
                 case .send(let jobs):
                     for job in jobs {
                         inFlight.add(1)
-                        group.addTask { [engine, sender, inFlight] in
+                        group.addTask { [engine, sender, inFlight, beforeProbe] in
+                            if job.isProbe { beforeProbe() }
                             let outcome = await sender.send(identifyId: job.identifyId, body: job.body)
                             engine.complete(job, outcome: outcome)
                             inFlight.add(-1)

@@ -98,7 +98,9 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         consumer.start()
         alive.beat()
 
-        let flusher = Flusher(engine: engine, sender: sender, maxInFlight: config.engine.maxInFlight)
+        let probeKeys = keys
+        let flusher = Flusher(engine: engine, sender: sender, maxInFlight: config.engine.maxInFlight,
+                              beforeProbe: { _ = try? probeKeys.reload() })
         let flushTask = Task { await flusher.run() }
         let heartbeat = Task {
             while !Task.isCancelled {

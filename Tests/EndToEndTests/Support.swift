@@ -1,0 +1,171 @@
+import Foundation
+import Testing
+
+/// The built `foldspace-sync` binary, next to the test bundle in the build folder.
+func binaryPath() throws -> String {
+    let candidates = [
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("foldspace-sync").path,
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent(".build/debug/foldspace-sync").path,
+    ]
+    for c in candidates where FileManager.default.isExecutableFile(atPath: c) { return c }
+    throw TestFailure("foldspace-sync binary not found; run `swift build` first (looked in \(candidates))")
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}
+
+/// A child process whose output goes to files, so that it can be read at any time and
+/// searched for secrets afterwards.
+final class Child: @unchecked Sendable {
+    let process = Process()
+    let stdoutURL: URL
+    let stderrURL: URL
+
+    init(_ args: [String], env: [String: String] = [:]) throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("fss-e2e-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        stdoutURL = dir.appendingPathComponent("stdout")
+        stderrURL = dir.appendingPathComponent("stderr")
+        FileManager.default.createFile(atPath: stdoutURL.path, contents: nil)
+        FileManager.default.createFile(atPath: stderrURL.path, contents: nil)
+        process.executableURL = URL(fileURLWithPath: try binaryPath())
+        process.arguments = args
+        var environment = ProcessInfo.processInfo.environment
+        environment["FOLDSPACE_API_KEY"] = nil
+        for (k, v) in env { environment[k] = v }
+        process.environment = environment
+        process.standardOutput = try FileHandle(forWritingTo: stdoutURL)
+        process.standardError = try FileHandle(forWritingTo: stderrURL)
+        try process.run()
+    }
+
+    var stdout: String { (try? String(contentsOf: stdoutURL, encoding: .utf8)) ?? "" }
+    var stderr: String { (try? String(contentsOf: stderrURL, encoding: .utf8)) ?? "" }
+
+    func signal(_ sig: Int32) { kill(process.processIdentifier, sig) }
+
+    /// Waits for exit; returns the status, or nil on timeout (the process is then killed).
+    func wait(timeout: Duration = .seconds(60)) async -> Int32? {
+        let deadline = ContinuousClock.now + timeout
+        while process.isRunning && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+            return nil
+        }
+        return process.terminationStatus
+    }
+
+    deinit {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+    }
+}
+
+/// `foldspace-sync mock-kafka` as a separate process: the black-box tests use the
+/// cluster only over loopback, as any outside client would.
+final class MockKafkaProcess: @unchecked Sendable {
+    let child: Child
+    let bootstrap: String
+
+    init(topics: [String]) async throws {
+        child = try Child(["mock-kafka"] + topics.flatMap { ["--topic", $0] })
+        let deadline = ContinuousClock.now + .seconds(20)
+        while ContinuousClock.now < deadline {
+            if let line = child.stdout.split(separator: "\n").first, line.contains(":") {
+                bootstrap = String(line)
+                return
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        throw TestFailure("mock-kafka printed no bootstrap address: \(child.stderr)")
+    }
+
+    func stop() async {
+        child.signal(SIGTERM)
+        _ = await child.wait(timeout: .seconds(10))
+    }
+}
+
+/// Produces `key<TAB>value` lines with kcat (zstd), as an outside producer.
+func kcatProduce(bootstrap: String, topic: String, _ messages: [(key: String, value: String)]) throws {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    p.arguments = ["kcat", "-P", "-b", bootstrap, "-t", topic, "-K", "\t", "-z", "zstd", "-X", "log_level=3"]
+    let pipe = Pipe()
+    p.standardInput = pipe
+    try p.run()
+    var data = Data()
+    for m in messages {
+        precondition(!m.key.contains("\t") && !m.key.contains("\n") && !m.value.contains("\n"))
+        data.append(Data("\(m.key)\t\(m.value)\n".utf8))
+    }
+    pipe.fileHandleForWriting.write(data)
+    try pipe.fileHandleForWriting.close()
+    p.waitUntilExit()
+    if p.terminationStatus != 0 { throw TestFailure("kcat exited \(p.terminationStatus)") }
+}
+
+func waitUntil(_ timeout: Duration = .seconds(60), _ cond: () -> Bool) async -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if cond() { return true }
+        try? await Task.sleep(for: .milliseconds(100))
+    }
+    return cond()
+}
+
+/// A reference fold of the fields the end-to-end tests check, computed independently of
+/// the daemon's code: min/max time, the latest email by time, userId seen.
+struct ReferenceUser: Equatable {
+    var first = Int64.max
+    var last = Int64.min
+    var email: (time: Int64, value: String)? = nil
+    var sawUserId = false
+
+    static func == (a: ReferenceUser, b: ReferenceUser) -> Bool {
+        a.first == b.first && a.last == b.last && a.email?.value == b.email?.value && a.sawUserId == b.sawUserId
+    }
+}
+
+/// Builds Segment events for a user, and the reference result, with ISO timestamps.
+struct Scenario {
+    var messages: [(key: String, value: String)] = []
+    var reference: [String: ReferenceUser] = [:]
+    let base: Int64 = Int64(Date().timeIntervalSince1970 * 1000) - 86_400_000
+
+    mutating func identify(_ id: String, at t: Int64, email: String, name: String) {
+        let iso = iso8601(base + t)
+        messages.append((id, #"{"type":"identify","userId":"\#(id)","messageId":"m\#(messages.count)","timestamp":"\#(iso)","traits":{"email":"\#(email)","name":"\#(name)"},"context":{"library":{"name":"analytics-python","version":"2.3.2"}}}"#))
+        var r = reference[id, default: ReferenceUser()]
+        r.first = min(r.first, base + t)
+        r.last = max(r.last, base + t)
+        if r.email == nil || r.email!.time <= base + t { r.email = (base + t, email) }
+        r.sawUserId = true
+        reference[id] = r
+    }
+
+    mutating func track(_ id: String, at t: Int64, anonymous: Bool = false) {
+        let iso = iso8601(base + t)
+        let idField = anonymous ? #""anonymousId":"\#(id)""# : #""userId":"\#(id)""#
+        messages.append((id, #"{"type":"track",\#(idField),"event":"Clicked","messageId":"m\#(messages.count)","timestamp":"\#(iso)","properties":{"button":"buy"},"context":{"location":{"city":"Paris","country":"France"}}}"#))
+        var r = reference[id, default: ReferenceUser()]
+        r.first = min(r.first, base + t)
+        r.last = max(r.last, base + t)
+        if !anonymous { r.sawUserId = true }
+        reference[id] = r
+    }
+}
+
+func iso8601(_ ms: Int64) -> String {
+    let f = ISO8601DateFormatter()
+    f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+    return f.string(from: Date(timeIntervalSince1970: Double(ms) / 1000))
+}
