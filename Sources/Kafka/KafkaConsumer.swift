@@ -181,6 +181,15 @@ public final class KafkaConsumer: @unchecked Sendable {
         return result
     }
 
+    /// The number of partitions of all subscribed topics, from cluster metadata (a broker
+    /// round trip: call it on rebalance, not per message). Topics whose metadata cannot
+    /// be read count as zero.
+    public func subscribedPartitionCount(timeoutMs: Int32 = 2000) -> Int {
+        topics.reduce(0) { sum, t in
+            sum + ((try? KafkaProducer.partitionCount(rk: rk, topic: t, timeoutMs: timeoutMs)) ?? 0)
+        }
+    }
+
     /// The current assignment as seen by the poll thread.
     public var assignment: Set<TopicPartition> { lock.withLock { assigned } }
 

@@ -60,6 +60,7 @@ public struct SyncConfiguration: Sendable {
         Key(name: "max_dirty_users", type: "integer", defaultText: "1000000", secret: false, help: "pause consuming above this many users awaiting delivery; resume below 80 %"),
         Key(name: "max_message_bytes", type: "integer", defaultText: "1048576", secret: false, help: "larger messages are invalid"),
         Key(name: "max_batch_events", type: "integer", defaultText: "2000", secret: false, help: "most calls in one {\"batch\": [...]} envelope"),
+        Key(name: "breaker_probe_interval", type: "duration", defaultText: "30s", secret: false, help: "while Foldspace answers 401/403, one probe request this often (the key file is re-read first)"),
         Key(name: "on_user_not_found", type: "dead-letter|retry|drop", defaultText: "dead-letter", secret: false, help: "what a 404 from Foldspace does"),
         Key(name: "kafka.properties", type: "map of strings", defaultText: "{}", secret: false, help: "librdkafka properties, passed through unchanged"),
     ]
@@ -184,6 +185,7 @@ public struct SyncConfiguration: Sendable {
         if let v = try duration("connect_timeout") { c.connectTimeoutMs = v }
         if let v = try duration("request_timeout") { c.requestTimeoutMs = v }
         if let v = try integer("max_in_flight", min: 1) { c.engine.maxInFlight = v }
+        if let v = try duration("breaker_probe_interval") { c.engine.breakerProbeIntervalMs = max(v, 100) }
         if let v = try number("requests_per_second") { c.engine.requestsPerSecond = v }
         if let v = try number("burst") { c.engine.burst = v }
         if let v = try integer("max_dirty_users", min: 1) { c.engine.maxDirtyUsers = v }
@@ -246,6 +248,7 @@ public struct SyncConfiguration: Sendable {
         add("max_dirty_users", String(engine.maxDirtyUsers))
         add("max_message_bytes", String(engine.decoder.maxMessageBytes))
         add("max_batch_events", String(engine.decoder.maxBatchEvents))
+        add("breaker_probe_interval", formatDuration(engine.breakerProbeIntervalMs))
         add("on_user_not_found", engine.onUserNotFound.rawValue)
         for (k, v) in kafkaProperties.sorted(by: { $0.key < $1.key }) {
             add("kafka.properties.\(k)", KafkaSecrets.isSecret(k) ? "<redacted>" : v)

@@ -41,6 +41,8 @@ public struct EngineOptions: Sendable {
     /// How long a revocation or shutdown waits for Foldspace before giving up (the
     /// unsettled offsets then stay uncommitted, so nothing is lost).
     public var drainTimeoutMs: Int64 = 30_000
+    /// While Foldspace refuses the key, one probe request goes out this often.
+    public var breakerProbeIntervalMs: Int64 = 30_000
     public var decoder = DecoderOptions()
 
     public init() {}
@@ -126,6 +128,8 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     private var rng = SystemRandomNumberGenerator()
     private var storeOffsets: (@Sendable ([TopicPartition: Int64]) -> Void)?
     private var hasBeenAssigned = false
+    private var partitionTotal: (@Sendable () -> Int)?
+    private var lastBreakerLogMs: Int64 = 0
 
     /// Decoded messages of the batch being consumed; only the poll thread touches it.
     private var scratch: [(message: Int, decoded: Decoded)] = []
@@ -139,6 +143,30 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         decoder = SegmentDecoder(options: options.decoder)
         debouncer = Debouncer(debounceMs: options.debounceMs, maxWaitMs: options.maxWaitMs)
         limiter = RateLimiter(ratePerSecond: options.requestsPerSecond, burst: options.burst, nowMs: clock.monotonicMs())
+        limiter.probeIntervalMs = options.breakerProbeIntervalMs
+    }
+
+    /// Tells the engine how many partitions the subscribed topics have in all, so that
+    /// its share of the API key's rate follows its share of the partitions.
+    public func setPartitionTotal(_ total: @escaping @Sendable () -> Int) {
+        lock.withLock { partitionTotal = total }
+    }
+
+    /// Recomputes this instance's share of the rate from its assignment. Called on the
+    /// poll thread after each rebalance (the metadata call happens outside the lock).
+    private func updateRateShare() {
+        guard let total = lock.withLock({ partitionTotal }) else { return }
+        let n = total()
+        let now = clock.monotonicMs()
+        lock.withLock {
+            guard n > 0 else { return }
+            let share = Double(max(assigned.count, 1)) / Double(n)
+            limiter.setShare(share, nowMs: now)
+            logger.info("rate share updated", metadata: [
+                "assigned": "\(assigned.count)", "partitions": "\(n)",
+                "requests_per_second": "\(String(format: "%.2f", limiter.currentRate))",
+            ])
+        }
     }
 
     /// Where committable offsets go (the consumer's offset store).
@@ -238,6 +266,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             }
             hasBeenAssigned = true
         }
+        updateRateShare()
     }
 
     /// Settles the revoked partitions before they move: every dirty user is flushed
@@ -276,6 +305,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                 "users_dropped": "\(dropped)", "ms": "\(clock.monotonicMs() - start)",
             ])
         }
+        updateRateShare()
     }
 
     /// Flushes every dirty user until the given partitions hold no offsets (or all
@@ -324,6 +354,12 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         return lock.withLock {
             var jobs: [FlushJob] = []
             var wake: Int64? = nil
+            if limiter.breakerOpen && now - lastBreakerLogMs >= 60_000 {
+                lastBreakerLogMs = now
+                logger.error("Foldspace refuses the API key; sending is paused, nothing is dropped", metadata: [
+                    "dirty_users": "\(dirtyCount)",
+                ])
+            }
             while jobs.count < limit {
                 guard let next = debouncer.nextCheckMs else { break }
                 if next > now {
@@ -378,6 +414,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             stats.requests[outcome.codeLabel, default: 0] += 1
             if limiter.breakerOpen != wasOpen {
                 if limiter.breakerOpen {
+                    lastBreakerLogMs = now
                     logger.error("Foldspace refused the API key; sending is paused until it is accepted (SIGHUP re-reads the key file)")
                 } else {
                     logger.info("Foldspace accepted the API key again; sending resumed")

@@ -62,6 +62,7 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         if kafka["client.id"] == nil { kafka["client.id"] = "foldspace-sync" }
         let consumer = try KafkaConsumer(config: kafka, topics: config.topics, handler: engine, logger: logger)
         engine.setOffsetSink { consumer.storeOffsets($0) }
+        engine.setPartitionTotal { consumer.subscribedPartitionCount() }
 
         let sender: UserUpdateSender
         var client: FoldspaceClient? = nil

@@ -1,0 +1,236 @@
+import Delivery
+import FoldspaceSandbox
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import Kafka
+import Logging
+import Testing
+@testable import SyncService
+
+/// The real pipeline (consumer, engine, flusher, HTTP client) against librdkafka's
+/// in-process mock cluster and a scripted Foldspace sandbox.
+final class PipelineHarness: @unchecked Sendable {
+    let cluster: MockCluster
+    let sandbox: FoldspaceSandbox
+    let apiKey = "policy-key"
+    var pipeline: SyncPipeline!
+    var task: Task<Void, Error>!
+    let topic = "events"
+
+    init(partitions: Int = 2) async throws {
+        cluster = try MockCluster(brokers: 1)
+        try cluster.createTopic(topic, partitions: partitions)
+        try cluster.createTopic("dead-letters", partitions: 1)
+        sandbox = FoldspaceSandbox(apiKeys: [apiKey])
+        try await sandbox.start()
+    }
+
+    func produce(_ messages: [(key: String, value: String)]) throws {
+        let p = try KafkaProducer(config: KafkaClientConfig(["bootstrap.servers": cluster.bootstrapServers, "log_level": "3"]), logger: quietLogger)
+        for m in messages { try p.send(topic: topic, key: Array(m.key.utf8), value: Array(m.value.utf8)) }
+        p.flush()
+        p.close()
+    }
+
+    func start(keys: APIKeyStore? = nil, _ configure: (inout SyncConfiguration) -> Void = { _ in }) throws {
+        var c = SyncConfiguration()
+        c.brokers = cluster.bootstrapServers
+        c.topics = [topic]
+        c.group = "g-\(UUID().uuidString.prefix(8))"
+        c.foldspaceURL = sandbox.baseURL
+        c.adminListen = "127.0.0.1:0"
+        c.deadLetterTopic = "dead-letters"
+        c.engine.debounceMs = 200
+        c.engine.maxWaitMs = 1_000
+        c.engine.requestsPerSecond = 200
+        c.engine.burst = 50
+        c.engine.drainTimeoutMs = 10_000
+        c.kafkaProperties = ["session.timeout.ms": "6000", "log_level": "3"]
+        configure(&c)
+        pipeline = try SyncPipeline(config: c, keys: try keys ?? APIKeyStore(key: apiKey), logger: quietLogger)
+        let p = pipeline!
+        task = Task { try await p.run() }
+    }
+
+    func stop() async throws {
+        pipeline.requestStop()
+        try await task.value
+        await sandbox.stop()
+    }
+
+    /// Reads the dead-letter topic with kcat: key, headers and value of each record.
+    func deadLetters() throws -> [(key: String, headers: String, value: String)] {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["kcat", "-C", "-b", cluster.bootstrapServers, "-t", "dead-letters", "-e", "-q",
+                       "-f", "%k\u{1}%h\u{1}%s\u{2}", "-X", "log_level=3"]
+        let out = Pipe()
+        p.standardOutput = out
+        try p.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return String(decoding: data, as: UTF8.self).split(separator: "\u{2}").map {
+            let f = $0.split(separator: "\u{1}", omittingEmptySubsequences: false).map(String.init)
+            return (f[0], f.count > 1 ? f[1] : "", f.count > 2 ? f[2] : "")
+        }
+    }
+}
+
+let quietLogger: Logger = {
+    var l = Logger(label: "policy-test")
+    l.logLevel = .critical
+    return l
+}()
+
+func eventually(_ timeout: Duration = .seconds(40), _ cond: () -> Bool) async -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if cond() { return true }
+        try? await Task.sleep(for: .milliseconds(50))
+    }
+    return cond()
+}
+
+func pageEvents(users: [String], perUser: Int, base: Int64 = 1_764_000_000_000) -> [(key: String, value: String)] {
+    var out: [(String, String)] = []
+    for k in 0..<perUser {
+        for u in users {
+            let t = Timestamp_formatForTests(base + Int64(k) * 1000)
+            out.append((u, #"{"type":"page","userId":"\#(u)","timestamp":"\#(t)","context":{"location":{"city":"C\#(k)"}}}"#))
+        }
+    }
+    return out
+}
+
+func Timestamp_formatForTests(_ ms: Int64) -> String {
+    let f = ISO8601DateFormatter()
+    f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+    return f.string(from: Date(timeIntervalSince1970: Double(ms) / 1000))
+}
+
+/// Updates for one user must never go backwards: lastSeenDate never decreases.
+func expectNoReordering(_ requests: [FoldspaceSandbox.Received]) {
+    var last: [String: Int64] = [:]
+    for r in requests {
+        guard let seen = r.json?["lastSeenDate"] as? Int64 else { continue }
+        if let prev = last[r.identifyId] { #expect(seen >= prev, "update for \(r.identifyId) went backwards") }
+        last[r.identifyId] = seen
+    }
+}
+
+@Suite(.serialized) struct DeliveryPolicyTests {
+    @Test func scriptedFailuresEndWithTheDocumentedOutcome() async throws {
+        let h = try await PipelineHarness()
+        let users = (0..<20).map { "user-\($0)" } + ["flaky", "refused", "limited", "missing"]
+        h.sandbox.script(user: "flaky", [.init(status: 500), .init(status: 500), .init(status: 200)])
+        h.sandbox.script(user: "refused", [.init(status: 400)])
+        h.sandbox.script(user: "limited", [.init(status: 429, retryAfter: "2"), .init(status: 200)])
+        h.sandbox.script(user: "missing", [.init(status: 404)])
+        try h.produce(pageEvents(users: users, perUser: 3))
+        try h.start()
+        let expectedAcked = Set(users).subtracting(["refused", "missing"])
+        #expect(await eventually { Set(h.sandbox.latestAcknowledged().keys) == expectedAcked })
+        #expect(await eventually { h.pipeline.engine.snapshot().dirtyUsers == 0 })
+        let requests = h.sandbox.requests
+        // No user lost, with the newest state.
+        for u in expectedAcked {
+            #expect(h.sandbox.latestAcknowledged()[u]?.json?["lastSeenDate"] as? Int64 == 1_764_000_002_000)
+        }
+        #expect(requests.filter { $0.identifyId == "flaky" }.map(\.status) == [500, 500, 200])
+        #expect(requests.filter { $0.identifyId == "refused" }.map(\.status) == [400])
+        #expect(requests.filter { $0.identifyId == "missing" }.map(\.status) == [404])
+        expectNoReordering(requests)
+        // Nothing arrives inside the Retry-After window (the 429 is client-wide).
+        for r in requests where r.status == 429 {
+            let inside = requests.filter { $0.arrivedMs > r.arrivedMs + 50 && $0.arrivedMs < r.arrivedMs + 2_000 }
+            #expect(inside.isEmpty, "\(inside.count) requests inside the Retry-After window")
+        }
+        try await Task.sleep(for: .seconds(1))
+        let dl = try h.deadLetters()
+        let rejected = dl.filter { $0.headers.contains("kind=rejected-update") }
+        #expect(rejected.count == 1)
+        #expect(rejected.first?.key == "refused")
+        #expect(rejected.first?.headers.contains("status=400") == true)
+        #expect(rejected.first?.headers.contains("response=") == true)
+        #expect(rejected.first?.value.contains(#""identifyId":"refused""#) == true)
+        #expect(dl.filter { $0.headers.contains("kind=user-not-found") }.map(\.key) == ["missing"])
+        let s = h.pipeline.engine.snapshot()
+        #expect(s.requests["500"] == 2)
+        #expect(s.requests["429"] == 1)
+        #expect(s.retries["500"] == 2)
+        #expect(s.deadLetters["rejected-update"] == 1)
+        try await h.stop()
+    }
+
+    @Test func rateNeverExceedsRatePlusBurstInAnySecond() async throws {
+        let h = try await PipelineHarness()
+        let users = (0..<120).map { "r\($0)" }
+        try h.produce(pageEvents(users: users, perUser: 1))
+        try h.start { c in
+            c.engine.requestsPerSecond = 40
+            c.engine.burst = 10
+            c.engine.debounceMs = 50
+        }
+        #expect(await eventually(.seconds(30)) { h.sandbox.latestAcknowledged().count == users.count })
+        let times = h.sandbox.requests.map(\.arrivedMs).sorted()
+        for (i, t) in times.enumerated() {
+            let inWindow = times[i...].prefix { $0 < t + 1_000 }.count
+            #expect(inWindow <= 50 + 2, "\(inWindow) requests within one second")
+        }
+        try await h.stop()
+    }
+
+    @Test func breakerOpensOnUnauthorizedAndHealsWithoutLoss() async throws {
+        let h = try await PipelineHarness()
+        h.sandbox.setValidKeys(["another-key"]) // 401 until switched back
+        try h.produce(pageEvents(users: (0..<10).map { "b\($0)" }, perUser: 2))
+        try h.start { c in c.engine.breakerProbeIntervalMs = 1_000 }
+        #expect(await eventually { h.pipeline.engine.snapshot().breakerOpen })
+        #expect(!h.pipeline.engine.snapshot().ready)
+        let port = try #require(await waitForAdminPort(h.pipeline))
+        #expect(await httpStatus("http://127.0.0.1:\(port)/readyz") == 503)
+        // While open: at most one probe per interval.
+        let before = h.sandbox.requestCount
+        try await Task.sleep(for: .milliseconds(2_500))
+        #expect(h.sandbox.requestCount - before <= 3)
+        h.sandbox.setValidKeys([h.apiKey])
+        #expect(await eventually { h.sandbox.latestAcknowledged().count == 10 })
+        #expect(!h.pipeline.engine.snapshot().breakerOpen)
+        #expect(await httpStatus("http://127.0.0.1:\(port)/readyz") == 200)
+        let metrics = await httpBody("http://127.0.0.1:\(port)/metrics")
+        #expect(metrics.contains("foldspace_sync_requests_total{code=\"401\"}"))
+        #expect(metrics.contains("foldspace_sync_breaker_open 0"))
+        try await h.stop()
+    }
+
+    @Test func slowFoldspaceStillGetsEveryUserInOrder() async throws {
+        let h = try await PipelineHarness()
+        h.sandbox.setLatency(ms: 3_000)
+        let users = (0..<24).map { "s\($0)" }
+        try h.produce(pageEvents(users: users, perUser: 2))
+        try h.start { c in c.engine.maxInFlight = 16 }
+        #expect(await eventually(.seconds(40)) { h.sandbox.latestAcknowledged().count == users.count })
+        expectNoReordering(h.sandbox.requests)
+        try await h.stop()
+    }
+}
+
+func waitForAdminPort(_ p: SyncPipeline) async -> Int? {
+    for _ in 0..<200 {
+        if let port = p.adminPort { return port }
+        try? await Task.sleep(for: .milliseconds(50))
+    }
+    return nil
+}
+
+func httpStatus(_ url: String) async -> Int? {
+    guard let u = URL(string: url), let (_, r) = try? await URLSession.shared.data(from: u) else { return nil }
+    return (r as? HTTPURLResponse)?.statusCode
+}
+
+func httpBody(_ url: String) async -> String {
+    guard let u = URL(string: url), let (d, _) = try? await URLSession.shared.data(from: u) else { return "" }
+    return String(decoding: d, as: UTF8.self)
+}
