@@ -1,20 +1,35 @@
 import Events
 
 /// Folds decoded events into ``UserState``: the fold rules of the mapping, and nothing
-/// else. Pure: the event time and the source offset come in with the event.
+/// else. Pure: the event time and the source position come in with the event.
 public struct Folder: Sendable {
-    public init() {}
+    public let config: FoldConfig
+    private let keyEventIndex: [String: UInt8]
+
+    public init(config: FoldConfig = FoldConfig()) {
+        self.config = config
+        var m: [String: UInt8] = [:]
+        for (i, e) in config.keyEvents.prefix(FoldConfig.maxKeyEvents).enumerated() where m[e.name] == nil {
+            m[e.name] = UInt8(i)
+        }
+        keyEventIndex = m
+    }
 
     /// Applies one event at `timeMs` (already resolved: payload time, else Kafka time)
-    /// and source position `offset`. Returns whether anything the projection reads
-    /// changed.
+    /// from position `offset` of `source`. Returns whether anything the projection reads
+    /// changed. An event at or before the state's applied position of the same source
+    /// is a replay and changes nothing.
     @discardableResult
-    public func fold(_ e: SegmentEvent, timeMs: Int64, offset: Int64, into s: inout UserState) -> Bool {
+    public func fold(_ e: SegmentEvent, timeMs: Int64, offset: Int64, source: UInt32 = 0, into s: inout UserState) -> Bool {
+        if s.hasApplied(source: source, offset: offset) { return false }
+        s.appliedSource = source
+        s.appliedOffset = offset
         let stamp = Stamp(timeMs: timeMs, offset: offset)
-        var changed = false
+        var changed = foldVisit(timeMs, into: &s)
         if timeMs < s.firstVisitMs { s.firstVisitMs = timeMs; changed = true }
         if timeMs > s.lastSeenMs { s.lastSeenMs = timeMs; changed = true }
         if e.hasUserId && !s.sawUserId { s.sawUserId = true; changed = true }
+        changed = foldActiveDay(timeMs, into: &s) || changed
 
         if let t = e.traits {
             if let v = t.userType, let ut = UserType(trait: v) {
@@ -31,10 +46,47 @@ public struct Folder: Sendable {
             if let v = t.signUpDate ?? t.createdAt, v < (s.signUpDate ?? .max) { s.signUpDate = v; changed = true }
             if e.timezone == nil, let v = t.timezone { changed = Latest.write(&s.timezone, v, at: stamp) || changed }
             if let a = t.address { changed = foldLocation(a, at: stamp, into: &s) || changed }
+            if let v = t.subscriptionId { changed = foldSubscription(v, at: stamp, into: &s) || changed }
+            if let v = t.pqlScore, v.isFinite, v >= 0, v <= 100 {
+                changed = Latest.write(&s.pqlTrait, v, at: stamp) || changed
+            }
+            for c in t.custom { changed = foldCustom(c, at: stamp, into: &s) || changed }
         }
         if let v = e.timezone { changed = Latest.write(&s.timezone, v, at: stamp) || changed }
         if let l = e.location { changed = foldLocation(l, at: stamp, into: &s) || changed }
+        if let v = e.groupId { changed = foldSubscription(v, at: stamp, into: &s) || changed }
+        if let v = e.contextGroupId { changed = foldSubscription(v, at: stamp, into: &s) || changed }
+        if let p = e.product {
+            changed = s.products.insert(ProductKey(product: p.product, environment: p.environment), at: stamp,
+                                        limit: UserState.productLimit) || changed
+        }
+        if let name = e.eventName, let i = keyEventIndex[name] {
+            if let k = s.keyEventCounts.firstIndex(where: { $0.index == i }) {
+                if s.keyEventCounts[k].count < UInt32.max { s.keyEventCounts[k].count += 1 }
+            } else {
+                s.keyEventCounts.append(KeyEventCount(index: i, count: 1))
+            }
+            changed = true
+        }
         return changed
+    }
+
+    private func foldSubscription(_ id: String, at stamp: Stamp, into s: inout UserState) -> Bool {
+        var changed = Latest.write(&s.lastSubscription, id, at: stamp)
+        changed = s.subscriptions.insert(id, at: stamp, limit: UserState.subscriptionLimit) || changed
+        return changed
+    }
+
+    private func foldCustom(_ c: CustomTrait, at stamp: Stamp, into s: inout UserState) -> Bool {
+        if let i = s.custom.firstIndex(where: { $0.value.name == c.name }) {
+            var reg: Latest<CustomTrait>? = s.custom[i]
+            let changed = Latest.write(&reg, c, at: stamp)
+            s.custom[i] = reg!
+            return changed
+        }
+        guard s.custom.count < max(config.customAttributes.count, 1) * 2 else { return false }
+        s.custom.append(Latest(value: c, stamp: stamp))
+        return true
     }
 
     private func foldLocation(_ l: Location, at stamp: Stamp, into s: inout UserState) -> Bool {
@@ -45,6 +97,81 @@ public struct Folder: Sendable {
         if let v = l.postalCode { changed = Latest.write(&s.postalCode, v, at: stamp) || changed }
         if let v = l.countryCode { changed = Latest.write(&s.countryCode, v, at: stamp) || changed }
         return changed
+    }
+
+    /// Sessionizes by event time: a visit is a run of events with no gap over
+    /// `visitGapMs`. The most recent spans are kept so that late events land in the
+    /// right visit (joining, extending, or merging two visits); an event older than every
+    /// span kept is assumed to belong to an already counted visit.
+    private func foldVisit(_ t: Int64, into s: inout UserState) -> Bool {
+        let gap = config.visitGapMs
+        if s.spans.isEmpty {
+            guard s.visits == 0 else { return false }
+            s.spans = [VisitSpan(start: t, end: t)]
+            s.visits = 1
+            return true
+        }
+        // Spans are sorted by start, oldest first.
+        guard let i = s.spans.firstIndex(where: { t <= $0.end + gap }) else {
+            s.spans.append(VisitSpan(start: t, end: t))
+            s.visits += 1
+            trimSpans(&s)
+            return true
+        }
+        if t >= s.spans[i].start - gap {
+            // Joins span i, maybe bridging to its neighbours.
+            let visitsBefore = s.visits
+            var sp = s.spans[i]
+            sp.start = min(sp.start, t)
+            sp.end = max(sp.end, t)
+            s.spans[i] = sp
+            var j = i
+            if j > 0 && s.spans[j].start - s.spans[j - 1].end <= gap {
+                s.spans[j - 1].end = max(s.spans[j - 1].end, s.spans[j].end)
+                s.spans.remove(at: j)
+                s.visits -= 1
+                j -= 1
+            }
+            if j + 1 < s.spans.count && s.spans[j + 1].start - s.spans[j].end <= gap {
+                s.spans[j].end = max(s.spans[j].end, s.spans[j + 1].end)
+                s.spans.remove(at: j + 1)
+                s.visits -= 1
+            }
+            return s.visits != visitsBefore
+        }
+        // Falls in a gap before span i: a visit of its own, unless older than what is kept.
+        if i == 0 && s.visits > UInt32(s.spans.count) { return false }
+        s.spans.insert(VisitSpan(start: t, end: t), at: i)
+        s.visits += 1
+        trimSpans(&s)
+        return true
+    }
+
+    private func trimSpans(_ s: inout UserState) {
+        if s.spans.count > UserState.maxSpans { s.spans.removeFirst(s.spans.count - UserState.maxSpans) }
+    }
+
+    /// Marks the UTC day of `t` in the 64-day activity bitset.
+    private func foldActiveDay(_ t: Int64, into s: inout UserState) -> Bool {
+        let day = Int32(clamping: t >= 0 ? t / 86_400_000 : (t - 86_399_999) / 86_400_000)
+        if s.activeDayAnchor == .min {
+            s.activeDayAnchor = day
+            s.activeDays = 1
+            return true
+        }
+        if day > s.activeDayAnchor {
+            let shift = Int64(day) - Int64(s.activeDayAnchor)
+            s.activeDays = shift >= 64 ? 0 : s.activeDays << UInt64(shift)
+            s.activeDays |= 1
+            s.activeDayAnchor = day
+            return true
+        }
+        let k = Int64(s.activeDayAnchor) - Int64(day)
+        guard k < 64 else { return false }
+        let bit: UInt64 = 1 << UInt64(k)
+        if s.activeDays & bit != 0 { return false }
+        s.activeDays |= bit
+        return true
     }
 
     static func joinedName(_ first: String?, _ last: String?) -> String? {

@@ -38,14 +38,19 @@ public struct Adjustments: Sendable, Equatable {
 }
 
 /// Builds the JSON body Foldspace gets for a user "now", with every documented
-/// constraint enforced. Identical state gives identical bytes, so bodies can be compared
-/// by hash for no-op suppression.
+/// constraint enforced. Identical state (and the same day, for the PQL score's decay)
+/// gives identical bytes, so bodies can be compared by hash for no-op suppression.
 public struct Projector: Sendable {
-    public init() {}
+    public let config: FoldConfig
+
+    public init(config: FoldConfig = FoldConfig()) {
+        self.config = config
+    }
 
     /// The body for `identifyId`, or `nil` when the id itself cannot be sent (empty or
-    /// over 255 characters: the decoder already rejects those).
-    public func body(identifyId: String, state s: UserState, adjustments: inout Adjustments) -> [UInt8]? {
+    /// over 255 characters: the decoder already rejects those). `nowMs` is the wall
+    /// clock, for the PQL score's recency.
+    public func body(identifyId: String, state s: UserState, nowMs: Int64 = 0, adjustments: inout Adjustments) -> [UInt8]? {
         guard !identifyId.isEmpty, identifyId.unicodeScalars.count <= FoldspaceLimits.identifyId else { return nil }
         var w = JSONWriter()
         w.beginObject()
@@ -69,17 +74,33 @@ public struct Projector: Sendable {
         if let v = s.signUpDate { w.field("signUpDate", v) }
         if s.firstVisitMs != .max { w.field("firstVisitDate", s.firstVisitMs) }
         if s.lastSeenMs != .min { w.field("lastSeenDate", s.lastSeenMs) }
-        if s.country != nil || s.region != nil || s.city != nil || s.postalCode != nil || s.countryCode != nil {
-            w.key("location")
-            w.beginObject()
-            if let v = s.country?.value { truncate(&w, "country", v, FoldspaceLimits.locationField, &adjustments, label: "location.country") }
-            if let v = s.region?.value { truncate(&w, "region", v, FoldspaceLimits.locationField, &adjustments, label: "location.region") }
-            if let v = s.city?.value { truncate(&w, "city", v, FoldspaceLimits.locationField, &adjustments, label: "location.city") }
-            if let v = s.postalCode?.value { truncate(&w, "postalCode", v, FoldspaceLimits.locationField, &adjustments, label: "location.postalCode") }
-            if let v = s.countryCode?.value { fitOrOmit(&w, "countryCode", v, FoldspaceLimits.countryCode, &adjustments, label: "location.countryCode") }
-            w.endObject()
+        if let v = s.lastSubscription?.value {
+            fitOrOmit(&w, "lastSubscriptionIdentifier", v, FoldspaceLimits.subscriptionIdentifier, &adjustments)
+        }
+        if !s.subscriptions.items.isEmpty {
+            var ids: [String] = []
+            for item in s.subscriptions.items.prefix(FoldspaceLimits.subscriptionCount) {
+                if item.value.unicodeScalars.count <= FoldspaceLimits.subscriptionIdentifier {
+                    ids.append(item.value)
+                } else {
+                    adjustments.record("allSubscriptionIdentifiers", .omitted)
+                }
+            }
+            if !ids.isEmpty {
+                w.key("allSubscriptionIdentifiers")
+                w.beginArray()
+                for id in ids { w.value(id) }
+                w.endArray()
+            }
+        }
+        location(&w, s, &adjustments)
+        customAttributes(&w, s)
+        products(&w, s, &adjustments)
+        if config.sendNumberOfVisits, s.visits > 0 {
+            w.field("numberOfVisits", Int64(min(s.visits, UInt32(Int32.max))))
         }
         if let v = s.image?.value { fitOrOmit(&w, "image", v, FoldspaceLimits.image, &adjustments) }
+        if let score = pqlScore(s, nowMs: nowMs) { w.field("pqlScore", score) }
         w.endObject()
         return w.bytes
     }
@@ -92,9 +113,74 @@ public struct Projector: Sendable {
         return s.explicitUserType?.value ?? derived
     }
 
+    /// The score per the configured source, or nil when there is none to send.
+    public func pqlScore(_ s: UserState, nowMs: Int64) -> Double? {
+        switch config.pql.source {
+        case .none: return nil
+        case .trait: return s.pqlTrait.map { ($0.value * 10).rounded() / 10 }
+        case .model:
+            guard s.lastSeenMs != .min else { return nil }
+            let today = Int64(floorDiv(nowMs, 86_400_000))
+            var days28 = 0
+            if s.activeDayAnchor != .min {
+                for k in 0..<64 where s.activeDays & (1 << UInt64(k)) != 0 {
+                    let day = Int64(s.activeDayAnchor) - Int64(k)
+                    if today - day >= 0 && today - day < 28 { days28 += 1 }
+                }
+            }
+            var events: [(count: Int, weight: Double, cap: Int)] = []
+            for c in s.keyEventCounts where Int(c.index) < config.keyEvents.count {
+                let e = config.keyEvents[Int(c.index)]
+                events.append((Int(c.count), e.weight, e.cap))
+            }
+            // Whole days since last seen, so the score (and the body) moves once a day.
+            let daysSince = Double(max(0, today - Int64(floorDiv(s.lastSeenMs, 86_400_000))))
+            return config.pql.score(visits: Int(s.visits), activeDays28: days28, keyEvents: events, daysSinceLastSeen: daysSince)
+        }
+    }
+
+    private func location(_ w: inout JSONWriter, _ s: UserState, _ adjustments: inout Adjustments) {
+        // countryCode: the explicit one unless a newer country name says otherwise.
+        var code = s.countryCode?.value
+        if let country = s.country, s.countryCode == nil || s.countryCode!.stamp < country.stamp,
+           let derived = CountryCodes.code(for: country.value) {
+            code = derived
+        }
+        guard s.country != nil || s.region != nil || s.city != nil || s.postalCode != nil || code != nil else { return }
+        w.key("location")
+        w.beginObject()
+        if let v = s.country?.value { truncate(&w, "country", v, FoldspaceLimits.locationField, &adjustments, label: "location.country") }
+        if let v = s.region?.value { truncate(&w, "region", v, FoldspaceLimits.locationField, &adjustments, label: "location.region") }
+        if let v = s.city?.value { truncate(&w, "city", v, FoldspaceLimits.locationField, &adjustments, label: "location.city") }
+        if let v = s.postalCode?.value { truncate(&w, "postalCode", v, FoldspaceLimits.locationField, &adjustments, label: "location.postalCode") }
+        if let v = code { fitOrOmit(&w, "countryCode", v, FoldspaceLimits.countryCode, &adjustments, label: "location.countryCode") }
+        w.endObject()
+    }
+
+    /// Configured traits, in configuration order. Foldspace documents each value as an
+    /// object, so objects go as they are and any other value as `{"value": …}`.
+    private func customAttributes(_ w: inout JSONWriter, _ s: UserState) {
+        let present = config.customAttributes.compactMap { name in s.custom.first { $0.value.name == name }?.value }
+        guard !present.isEmpty else { return }
+        w.key("customAttributes")
+        w.beginObject()
+        for c in present {
+            w.key(c.name)
+            if c.json.hasPrefix("{") {
+                w.raw(c.json)
+            } else {
+                w.beginObject()
+                w.key("value")
+                w.raw(c.json)
+                w.endObject()
+            }
+        }
+        w.endObject()
+    }
+
     /// Lengths are counted in Unicode code points, as JSON Schema's `maxLength` does.
     /// Values that lose their meaning when cut (emails, phone numbers, URLs, zone
-    /// names) are omitted when too long.
+    /// names, codes) are omitted when too long.
     private func fitOrOmit(_ w: inout JSONWriter, _ key: String, _ v: String, _ limit: Int,
                            _ adj: inout Adjustments, label: String? = nil) {
         if v.unicodeScalars.count <= limit { w.field(key, v) } else { adj.record(label ?? key, .omitted) }
@@ -109,6 +195,33 @@ public struct Projector: Sendable {
             w.field(key, String(String.UnicodeScalarView(v.unicodeScalars.prefix(limit))))
             adj.record(label ?? key, .truncated)
         }
+    }
+
+    private func products(_ w: inout JSONWriter, _ s: UserState, _ adjustments: inout Adjustments) {
+        var kept: [ProductKey] = []
+        for item in s.products.items {
+            let p = item.value
+            if p.product.unicodeScalars.count > FoldspaceLimits.productCode {
+                adjustments.record("products", .omitted)
+                continue
+            }
+            if let env = p.environment, !FoldspaceLimits.environments.contains(env) {
+                adjustments.record("products", .omitted)
+                continue
+            }
+            kept.append(p)
+            if kept.count == FoldspaceLimits.productCount { break }
+        }
+        guard !kept.isEmpty else { return }
+        w.key("products")
+        w.beginArray()
+        for p in kept {
+            w.beginObject()
+            w.field("product", p.product)
+            if let env = p.environment { w.field("environment", env) }
+            w.endObject()
+        }
+        w.endArray()
     }
 }
 
@@ -204,6 +317,12 @@ public struct JSONWriter: Sendable {
         }
         bytes.append(UInt8(ascii: "\""))
     }
+}
+
+@inline(__always)
+func floorDiv(_ a: Int64, _ b: Int64) -> Int64 {
+    let q = a / b
+    return (a % b != 0 && (a < 0) != (b < 0)) ? q - 1 : q
 }
 
 /// FNV-1a, 64 bits: a cheap, stable hash of a body for no-op suppression.

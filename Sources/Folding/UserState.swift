@@ -51,6 +51,41 @@ public enum UserType: String, Sendable, Equatable, CaseIterable {
     }
 }
 
+/// A set of the most recent distinct values, by stamp, holding at most `limit`.
+public struct RecentSet<Value: Hashable & Sendable>: Sendable, Equatable {
+    /// Newest first.
+    public private(set) var items: [Latest<Value>] = []
+
+    public init() {}
+
+    /// Records `value` at `stamp`; returns whether the set (or its order) changed.
+    public mutating func insert(_ value: Value, at stamp: Stamp, limit: Int) -> Bool {
+        if let i = items.firstIndex(where: { $0.value == value }) {
+            guard items[i].stamp < stamp else { return false }
+            items.remove(at: i)
+        } else if items.count >= limit, let oldest = items.last, stamp < oldest.stamp {
+            return false // older than everything kept: it would be dropped at once
+        }
+        let at = items.firstIndex { $0.stamp < stamp } ?? items.count
+        items.insert(Latest(value: value, stamp: stamp), at: at)
+        if items.count > limit { items.removeLast(items.count - limit) }
+        return true
+    }
+}
+
+/// A product association as Foldspace stores it.
+public struct ProductKey: Hashable, Sendable {
+    public var product: String
+    public var environment: Int64?
+}
+
+/// One visit: the first and last event time of a run of events with no gap longer than
+/// the visit gap.
+public struct VisitSpan: Sendable, Equatable {
+    public var start: Int64
+    public var end: Int64
+}
+
 /// Everything folded for one user. Every field is bounded: the state does not grow with
 /// the number of events.
 public struct UserState: Sendable, Equatable {
@@ -73,6 +108,56 @@ public struct UserState: Sendable, Equatable {
     public var city: Latest<String>?
     public var postalCode: Latest<String>?
     public var countryCode: Latest<String>?
+    public var lastSubscription: Latest<String>?
+    public var subscriptions = RecentSet<String>()
+    public var products = RecentSet<ProductKey>()
+    public var custom: [Latest<CustomTrait>] = []
+    public var pqlTrait: Latest<Double>?
+
+    /// Visits counted so far, and the most recent spans (for late events).
+    public var visits: UInt32 = 0
+    public var spans: [VisitSpan] = []
+    /// Bit k: the user was active on UTC day `activeDayAnchor - k`.
+    public var activeDays: UInt64 = 0
+    public var activeDayAnchor: Int32 = .min
+    /// Counts of configured key events: (index into the configuration, count).
+    public var keyEventCounts: [KeyEventCount] = []
+
+    /// The last applied source position, so a replayed event is skipped.
+    public var appliedSource: UInt32 = 0
+    public var appliedOffset: Int64 = -1
+
+    public static let maxSpans = 8
+    public static let subscriptionLimit = 100
+    public static let productLimit = 20
 
     public init() {}
+
+    /// An estimate of the bytes this state occupies: the struct itself plus the heap
+    /// storage of its arrays and of strings too long to be stored inline (over 15 UTF-8
+    /// bytes). Used by tests and the benchmark to show the state is bounded.
+    public var approximateBytes: Int {
+        func str(_ s: String?) -> Int { guard let s, s.utf8.count > 15 else { return 0 }; return 32 + s.utf8.count }
+        func arr<T>(_ a: [T]) -> Int { a.capacity == 0 ? 0 : 32 + a.capacity * MemoryLayout<T>.stride }
+        var n = MemoryLayout<UserState>.size
+        n += str(email?.value) + str(name?.value) + str(role?.value) + str(phone?.value) + str(timezone?.value)
+        n += str(image?.value) + str(country?.value) + str(region?.value) + str(city?.value) + str(postalCode?.value)
+        n += str(countryCode?.value) + str(lastSubscription?.value)
+        n += arr(subscriptions.items) + subscriptions.items.reduce(0) { $0 + str($1.value) }
+        n += arr(products.items) + products.items.reduce(0) { $0 + str($1.value.product) }
+        n += arr(custom) + custom.reduce(0) { $0 + str($1.value.name) + str($1.value.json) }
+        n += arr(spans) + arr(keyEventCounts)
+        return n
+    }
+
+    /// Whether the event at `offset` of `source` is already folded into this state.
+    @inline(__always)
+    public func hasApplied(source: UInt32, offset: Int64) -> Bool {
+        appliedOffset >= 0 && source == appliedSource && offset <= appliedOffset
+    }
+}
+
+public struct KeyEventCount: Sendable, Equatable {
+    public var index: UInt8
+    public var count: UInt32
 }

@@ -68,7 +68,14 @@ public enum FoldspaceSchema {
                 v.append("location not an object")
             }
         }
-        if let ca = o["customAttributes"], !(ca is [String: Any]) { v.append("customAttributes not an object") }
+        if let ca = o["customAttributes"] {
+            if let m = ca as? [String: Any] {
+                // Documented as a map whose values are objects.
+                for (k, value) in m where !(value is [String: Any]) { v.append("customAttributes.\(k) not an object") }
+            } else {
+                v.append("customAttributes not an object")
+            }
+        }
         if let p = o["products"] {
             if let a = p as? [Any] {
                 if a.count > 20 { v.append("products has \(a.count) items, over 20") }

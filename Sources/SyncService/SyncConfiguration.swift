@@ -1,5 +1,6 @@
 import Delivery
 import Events
+import Folding
 import Foundation
 
 /// The daemon's effective configuration.
@@ -62,6 +63,16 @@ public struct SyncConfiguration: Sendable {
         Key(name: "max_batch_events", type: "integer", defaultText: "2000", secret: false, help: "most calls in one {\"batch\": [...]} envelope"),
         Key(name: "breaker_probe_interval", type: "duration", defaultText: "30s", secret: false, help: "while Foldspace answers 401/403, one probe request this often (the key file is re-read first)"),
         Key(name: "on_user_not_found", type: "dead-letter|retry|drop", defaultText: "dead-letter", secret: false, help: "what a 404 from Foldspace does"),
+        Key(name: "visit_gap", type: "duration", defaultText: "30m", secret: false, help: "an event more than this after the user's previous one (in event time) starts a new visit"),
+        Key(name: "send_number_of_visits", type: "boolean", defaultText: "false", secret: false, help: "send numberOfVisits (Foldspace manages it itself unless told otherwise)"),
+        Key(name: "custom_attributes", type: "list of strings", defaultText: "[]", secret: false, help: "trait names sent as customAttributes (objects as they are, other values as {\"value\": …})"),
+        Key(name: "pql.source", type: "model|trait|none", defaultText: "model", secret: false, help: "where pqlScore comes from: the model, a valid traits.pqlScore, or not sent"),
+        Key(name: "pql.visit_weight", type: "number", defaultText: "1", secret: false, help: "weight of min(visits, pql.visit_cap)"),
+        Key(name: "pql.visit_cap", type: "integer", defaultText: "50", secret: false, help: "visits counted at most"),
+        Key(name: "pql.day_weight", type: "number", defaultText: "2", secret: false, help: "weight of each active day in the last 28 days"),
+        Key(name: "pql.k", type: "number", defaultText: "50", secret: false, help: "saturation: score = 100·(1 − e^(−x/k))"),
+        Key(name: "pql.half_life", type: "duration", defaultText: "14d", secret: false, help: "the score halves for each half-life since the user was last seen"),
+        Key(name: "pql.key_events", type: "list of {name, weight, cap} or \"name[:weight[:cap]]\"", defaultText: "[]", secret: false, help: "track events counted for the score (at most 32; weight 3, cap 20 by default)"),
         Key(name: "kafka.properties", type: "map of strings", defaultText: "{}", secret: false, help: "librdkafka properties, passed through unchanged"),
     ]
 
@@ -119,7 +130,16 @@ public struct SyncConfiguration: Sendable {
             } else if let sub = v as? [String: Any], !known.contains(name) {
                 try flatten(sub, prefix: name + ".", into: &raw)
             } else if let a = v as? [Any] {
-                raw[name] = .list(a.map(scalarText))
+                raw[name] = .list(a.map { item in
+                    if let o = item as? [String: Any] {
+                        // {"name": n, "weight": w, "cap": c} → "n:w:c"
+                        let n = o["name"].map(scalarText) ?? ""
+                        let w = o["weight"].map(scalarText) ?? "3"
+                        let c = o["cap"].map(scalarText) ?? "20"
+                        return "\(n):\(w):\(c)"
+                    }
+                    return scalarText(item)
+                })
             } else {
                 guard known.contains(name) else { throw ConfigurationError("\(name): unknown key") }
                 raw[name] = .text(scalarText(v))
@@ -150,7 +170,7 @@ public struct SyncConfiguration: Sendable {
         }
         func duration(_ k: String) throws -> Int64? {
             guard let t = try text(k) else { return nil }
-            guard let ms = parseDuration(t) else { throw ConfigurationError("\(k): bad duration \"\(t)\" (use 250ms, 5s, 1m, 1h)") }
+            guard let ms = parseDuration(t) else { throw ConfigurationError("\(k): bad duration \"\(t)\" (use 250ms, 5s, 1m, 1h, 14d)") }
             return ms
         }
         func integer(_ k: String, min lo: Int) throws -> Int? {
@@ -160,7 +180,10 @@ public struct SyncConfiguration: Sendable {
         }
         func number(_ k: String) throws -> Double? {
             guard let t = try text(k) else { return nil }
-            guard let v = Double(t), v > 0, v.isFinite else { throw ConfigurationError("\(k): expected a positive number, got \"\(t)\"") }
+            let zeroOK = k.hasPrefix("pql.") && k != "pql.k"
+            guard let v = Double(t), v.isFinite, zeroOK ? v >= 0 : v > 0 else {
+                throw ConfigurationError("\(k): expected a \(zeroOK ? "non-negative" : "positive") number, got \"\(t)\"")
+            }
             return v
         }
         if let v = try text("brokers") { c.brokers = v }
@@ -198,6 +221,59 @@ public struct SyncConfiguration: Sendable {
             c.engine.onUserNotFound = p
         }
         if case .map(let m) = raw["kafka.properties"] { c.kafkaProperties = m }
+        func list(_ k: String) throws -> [String]? {
+            switch raw[k] {
+            case nil: return nil
+            case .list(let l): return l.filter { !$0.isEmpty }
+            case .text(let t): return t.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+            case .map: throw ConfigurationError("\(k): expected a list")
+            }
+        }
+        func bool(_ k: String) throws -> Bool? {
+            guard let t = try text(k) else { return nil }
+            switch t.lowercased() {
+            case "true", "yes", "1", "on": return true
+            case "false", "no", "0", "off": return false
+            default: throw ConfigurationError("\(k): expected true or false, got \"\(t)\"")
+            }
+        }
+        if let v = try duration("visit_gap") { c.engine.fold.visitGapMs = max(v, 1) }
+        if let v = try bool("send_number_of_visits") { c.engine.fold.sendNumberOfVisits = v }
+        if let v = try list("custom_attributes") { c.engine.fold.customAttributes = v }
+        if let t = try text("pql.source") {
+            guard let src = FoldConfig.PQLSource(rawValue: t) else {
+                throw ConfigurationError("pql.source: expected model, trait or none, got \"\(t)\"")
+            }
+            c.engine.fold.pql.source = src
+        }
+        if let v = try number("pql.visit_weight") { c.engine.fold.pql.visitWeight = v }
+        if let v = try integer("pql.visit_cap", min: 0) { c.engine.fold.pql.visitCap = v }
+        if let v = try number("pql.day_weight") { c.engine.fold.pql.dayWeight = v }
+        if let v = try number("pql.k") { c.engine.fold.pql.k = v }
+        if let v = try duration("pql.half_life") { c.engine.fold.pql.halfLifeDays = max(Double(v) / 86_400_000, 0.001) }
+        if let events = try list("pql.key_events") {
+            guard events.count <= FoldConfig.maxKeyEvents else {
+                throw ConfigurationError("pql.key_events: at most \(FoldConfig.maxKeyEvents) events, got \(events.count)")
+            }
+            c.engine.fold.keyEvents = try events.map { spec in
+                var parts = spec.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+                var cap = 20
+                var weight = 3.0
+                if parts.count >= 3, let cp = Int(parts[parts.count - 1]), let w = Double(parts[parts.count - 2]) {
+                    cap = cp
+                    weight = w
+                    parts.removeLast(2)
+                } else if parts.count >= 2, let w = Double(parts[parts.count - 1]) {
+                    weight = w
+                    parts.removeLast()
+                }
+                let name = parts.joined(separator: ":")
+                guard !name.isEmpty, cap >= 0, weight.isFinite else {
+                    throw ConfigurationError("pql.key_events: bad entry \"\(spec)\" (use name, name:weight or name:weight:cap)")
+                }
+                return FoldConfig.KeyEvent(name: name, weight: weight, cap: cap)
+            }
+        }
         c.engine.drainTimeoutMs = c.shutdownTimeoutMs
         return c
     }
@@ -250,6 +326,16 @@ public struct SyncConfiguration: Sendable {
         add("max_batch_events", String(engine.decoder.maxBatchEvents))
         add("breaker_probe_interval", formatDuration(engine.breakerProbeIntervalMs))
         add("on_user_not_found", engine.onUserNotFound.rawValue)
+        add("visit_gap", formatDuration(engine.fold.visitGapMs))
+        add("send_number_of_visits", String(engine.fold.sendNumberOfVisits))
+        add("custom_attributes", engine.fold.customAttributes.joined(separator: ","))
+        add("pql.source", engine.fold.pql.source.rawValue)
+        add("pql.visit_weight", String(engine.fold.pql.visitWeight))
+        add("pql.visit_cap", String(engine.fold.pql.visitCap))
+        add("pql.day_weight", String(engine.fold.pql.dayWeight))
+        add("pql.k", String(engine.fold.pql.k))
+        add("pql.half_life", formatDuration(Int64(engine.fold.pql.halfLifeDays * 86_400_000)))
+        add("pql.key_events", engine.fold.keyEvents.map { "\($0.name):\($0.weight):\($0.cap)" }.joined(separator: ","))
         for (k, v) in kafkaProperties.sorted(by: { $0.key < $1.key }) {
             add("kafka.properties.\(k)", KafkaSecrets.isSecret(k) ? "<redacted>" : v)
         }
@@ -265,10 +351,10 @@ enum KafkaSecrets {
     }
 }
 
-/// Parses `250ms`, `5s`, `1m`, `2h` (or a bare number of seconds) into milliseconds.
+/// Parses `250ms`, `5s`, `1m`, `2h`, `14d` (or a bare number of seconds) into milliseconds.
 public func parseDuration(_ text: String) -> Int64? {
     let t = text.trimmingCharacters(in: .whitespaces).lowercased()
-    let units: [(String, Double)] = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000)]
+    let units: [(String, Double)] = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000), ("d", 86_400_000)]
     for (suffix, factor) in units where t.hasSuffix(suffix) {
         let num = t.dropLast(suffix.count)
         guard let v = Double(num), v >= 0, v.isFinite, v * factor < 1e15 else { return nil }
@@ -279,6 +365,7 @@ public func parseDuration(_ text: String) -> Int64? {
 }
 
 public func formatDuration(_ ms: Int64) -> String {
+    if ms % 86_400_000 == 0 && ms > 0 { return "\(ms / 86_400_000)d" }
     if ms % 3_600_000 == 0 && ms > 0 { return "\(ms / 3_600_000)h" }
     if ms % 60_000 == 0 && ms > 0 { return "\(ms / 60_000)m" }
     if ms % 1000 == 0 { return "\(ms / 1000)s" }

@@ -44,6 +44,8 @@ public struct EngineOptions: Sendable {
     /// While Foldspace refuses the key, one probe request goes out this often.
     public var breakerProbeIntervalMs: Int64 = 30_000
     public var decoder = DecoderOptions()
+    /// Visits, key events, the PQL model, custom attributes.
+    public var fold = FoldConfig()
 
     public init() {}
 }
@@ -60,6 +62,8 @@ public struct EngineStats: Sendable {
     public var ignored = 0
     public var invalid: [String: Int] = [:]
     public var implausibleTime = 0
+    /// Events at or below a user's applied offset: replays, skipped.
+    public var skippedReplays = 0
     public var requests: [String: Int] = [:]
     public var retries: [String: Int] = [:]
     public var deadLetters: [String: Int] = [:]
@@ -107,8 +111,8 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     private let logger: Logger
     private let clock: EngineClock
     private let decoder: SegmentDecoder
-    private let folder = Folder()
-    private let projector = Projector()
+    private let folder: Folder
+    private let projector: Projector
     private let deadLetters: DeadLetterSink
     private let backoff = Backoff()
 
@@ -119,6 +123,9 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     private var offsets = OffsetTracker()
     private var partitionIndex: [TopicPartition: OffsetTracker.PartitionIndex] = [:]
     private var partitionsByIndex: [TopicPartition] = []
+    /// A stable 32-bit id per partition (FNV-1a of topic and partition), stored in user
+    /// state with the applied offset; the index above is only this process's.
+    private var sourceIds: [UInt32] = []
     private var assigned: Set<OffsetTracker.PartitionIndex> = []
     private var limiter: RateLimiter
     private var stats = EngineStats()
@@ -140,7 +147,11 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         self.logger = logger
         self.clock = clock
         self.deadLetters = deadLetters
-        decoder = SegmentDecoder(options: options.decoder)
+        var decoderOptions = options.decoder
+        decoderOptions.customAttributes = options.fold.customAttributes
+        decoder = SegmentDecoder(options: decoderOptions)
+        folder = Folder(config: options.fold)
+        projector = Projector(config: options.fold)
         debouncer = Debouncer(debounceMs: options.debounceMs, maxWaitMs: options.maxWaitMs)
         limiter = RateLimiter(ratePerSecond: options.requestsPerSecond, burst: options.burst, nowMs: clock.monotonicMs())
         limiter.probeIntervalMs = options.breakerProbeIntervalMs
@@ -235,7 +246,14 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         }
         var entry = users.removeValue(forKey: e.identity) ?? UserEntry()
         entry.home = pidx
-        let changed = folder.fold(e, timeMs: t, offset: m.offset, into: &entry.state)
+        let source = sourceIds[Int(pidx)]
+        if entry.state.hasApplied(source: source, offset: m.offset) {
+            stats.skippedReplays += 1
+            stats.folded -= 1
+            users[e.identity] = entry
+            return
+        }
+        let changed = folder.fold(e, timeMs: t, offset: m.offset, source: source, into: &entry.state)
         if changed || isNew {
             let wasDirty = entry.delivery.isDirty
             debouncer.changed(e.identity, &entry.delivery, nowMs: nowMono)
@@ -253,6 +271,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         let i = OffsetTracker.PartitionIndex(partitionsByIndex.count)
         partitionIndex[tp] = i
         partitionsByIndex.append(tp)
+        sourceIds.append(stableSourceId(tp))
         offsets.activate(i)
         return i
     }
@@ -351,6 +370,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// flight. Returns when to look again if none can go now.
     public func takeDue(limit: Int) -> Next {
         let now = clock.monotonicMs()
+        let nowEpoch = clock.epochMs()
         return lock.withLock {
             var jobs: [FlushJob] = []
             var wake: Int64? = nil
@@ -377,7 +397,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                     continue
                 }
                 guard var entry = users[key],
-                      let body = projector.body(identifyId: key, state: entry.state, adjustments: &stats.adjustments)
+                      let body = projector.body(identifyId: key, state: entry.state, nowMs: nowEpoch, adjustments: &stats.adjustments)
                 else {
                     limiter.refund(permit)
                     continue
@@ -527,7 +547,22 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         lock.withLock {
             guard let e = users[identifyId] else { return nil }
             var adj = Adjustments()
-            return projector.body(identifyId: identifyId, state: e.state, adjustments: &adj)
+            return projector.body(identifyId: identifyId, state: e.state, nowMs: clock.epochMs(), adjustments: &adj)
         }
     }
+}
+
+/// FNV-1a (32 bits) of `topic` and the partition number: the same on every instance
+/// and every run, so applied offsets in user state stay meaningful after a move.
+func stableSourceId(_ tp: TopicPartition) -> UInt32 {
+    var h: UInt32 = 0x811C_9DC5
+    for b in tp.topic.utf8 {
+        h ^= UInt32(b)
+        h = h &* 0x0100_0193
+    }
+    for shift in stride(from: 0, to: 32, by: 8) {
+        h ^= UInt32(truncatingIfNeeded: Int64(tp.partition) >> Int64(shift)) & 0xFF
+        h = h &* 0x0100_0193
+    }
+    return h
 }
