@@ -21,6 +21,16 @@ public struct Folder: Sendable {
     /// is a replay and changes nothing.
     @discardableResult
     public func fold(_ e: SegmentEvent, timeMs: Int64, offset: Int64, source: UInt32 = 0, into s: inout UserState) -> Bool {
+        var ignored = Adjustments()
+        return fold(e, timeMs: timeMs, offset: offset, source: source, into: &s, adjustments: &ignored)
+    }
+
+    /// As ``fold(_:timeMs:offset:source:into:)``, counting what was dropped because
+    /// Foldspace could never take it (product codes over 16 characters, environments
+    /// outside 1…4), so that such values do not crowd out valid ones.
+    @discardableResult
+    public func fold(_ e: SegmentEvent, timeMs: Int64, offset: Int64, source: UInt32 = 0, into s: inout UserState,
+                     adjustments: inout Adjustments) -> Bool {
         if s.hasApplied(source: source, offset: offset) { return false }
         s.appliedSource = source
         s.appliedOffset = offset
@@ -57,8 +67,13 @@ public struct Folder: Sendable {
         if let v = e.groupId { changed = foldSubscription(v, at: stamp, into: &s) || changed }
         if let v = e.contextGroupId { changed = foldSubscription(v, at: stamp, into: &s) || changed }
         if let p = e.product {
-            changed = s.products.insert(ProductKey(product: p.product, environment: p.environment), at: stamp,
-                                        limit: UserState.productLimit) || changed
+            if p.product.unicodeScalars.count > FoldspaceLimits.productCode
+                || p.environment.map({ !FoldspaceLimits.environments.contains($0) }) == true {
+                adjustments.record("products", .omitted)
+            } else {
+                changed = s.products.insert(ProductKey(product: p.product, environment: p.environment), at: stamp,
+                                            limit: UserState.productLimit) || changed
+            }
         }
         if let name = e.eventName, let i = keyEventIndex[name] {
             if let k = s.keyEventCounts.firstIndex(where: { $0.index == i }) {

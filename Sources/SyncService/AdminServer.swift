@@ -50,6 +50,7 @@ public enum MetricsText {
         sample("foldspace_sync_events_total", [("result", "folded")], String(s.folded))
         sample("foldspace_sync_events_total", [("result", "invalid")], String(s.invalidTotal))
         sample("foldspace_sync_events_total", [("result", "ignored")], String(s.ignored))
+        sample("foldspace_sync_events_total", [("result", "skipped")], String(s.skippedReplays))
         family("foldspace_sync_invalid_events_total", "counter", "Invalid input, by reason.")
         for (r, n) in s.invalid.sorted(by: { $0.key < $1.key }) { sample("foldspace_sync_invalid_events_total", [("reason", r)], String(n)) }
         family("foldspace_sync_implausible_time_total", "counter", "Event times replaced by the Kafka timestamp.")

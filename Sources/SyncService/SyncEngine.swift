@@ -253,7 +253,8 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             users[e.identity] = entry
             return
         }
-        let changed = folder.fold(e, timeMs: t, offset: m.offset, source: source, into: &entry.state)
+        let changed = folder.fold(e, timeMs: t, offset: m.offset, source: source, into: &entry.state,
+                                  adjustments: &stats.adjustments)
         if changed || isNew {
             let wasDirty = entry.delivery.isDirty
             debouncer.changed(e.identity, &entry.delivery, nowMs: nowMono)

@@ -45,6 +45,9 @@ import Testing
         }
         s.track("anon-1", at: 5, anonymous: true)
         var messages = s.messages
+        // A group call and a createdAt trait for one user: subscription and signUpDate.
+        messages.append(("user-1", #"{"type":"group","userId":"user-1","groupId":"acct-42","timestamp":"\#(iso8601(s.base + 1050))","traits":{"name":"Acme","email":"billing@acme.io"}}"#))
+        messages.append(("user-2", #"{"type":"identify","userId":"user-2","timestamp":"\#(iso8601(s.base + 2050))","traits":{"createdAt":"2024-03-01T00:00:00Z","title":"VP Sales"}}"#))
         // Garbage on the topic must not stop anything.
         messages.insert(("g1", "not json"), at: 3)
         messages.insert(("g2", "[1,2,3]"), at: 10)
@@ -58,7 +61,18 @@ import Testing
         let delivered = await waitUntil(.seconds(60)) { Set(sandbox.latestAcknowledged().keys).isSuperset(of: allIds) }
         #expect(delivered, "delivered \(sandbox.latestAcknowledged().count) of \(allIds.count); stderr: \(daemon.stderr.suffix(2000))")
         try await Task.sleep(for: .seconds(3)) // anything further would be a second PUT
+        // The two extra calls sit inside the users' existing time ranges.
         check(sandbox, against: s.reference)
+        let latest = sandbox.latestAcknowledged()
+        #expect(latest["user-1"]?.json?["allSubscriptionIdentifiers"] as? [String] == ["acct-42"])
+        #expect(latest["user-1"]?.json?["email"] as? String == "new1@example.com") // group traits are not the user's
+        #expect(latest["user-2"]?.json?["signUpDate"] as? Int64 == 1_709_251_200_000)
+        #expect(latest["user-2"]?.json?["role"] as? String == "VP Sales")
+        #expect(latest["user-0"]?.json?["name"] as? String == "Zoe")
+        for r in latest.values {
+            let score = r.json?["pqlScore"] as? Double
+            #expect(score != nil && (0...100).contains(score!), "pqlScore of \(r.identifyId)")
+        }
 
         let requests = sandbox.requests
         #expect(requests.allSatisfy { $0.violations.isEmpty }, "\(requests.filter { !$0.violations.isEmpty }.map(\.violations))")

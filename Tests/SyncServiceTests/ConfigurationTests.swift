@@ -1,0 +1,122 @@
+import Folding
+import Foundation
+import Testing
+@testable import SyncService
+
+@Suite struct ConfigurationTests {
+    func file(_ json: String) throws -> String {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("cfg-\(UUID().uuidString).json")
+        try json.write(to: url, atomically: true, encoding: .utf8)
+        return url.path
+    }
+
+    @Test func precedenceIsFlagsThenEnvironmentThenFileThenDefaults() throws {
+        let f = try file(#"{"brokers":"file:1","topics":["t"],"group":"file-group","debounce":"2s","max_wait":"30s"}"#)
+        let c = try SyncConfiguration.load(
+            file: f,
+            environment: ["FOLDSPACE_SYNC_GROUP": "env-group", "FOLDSPACE_SYNC_DEBOUNCE": "3s"],
+            flags: ["debounce": .text("4s")])
+        #expect(c.brokers == "file:1")          // file
+        #expect(c.group == "env-group")         // environment over file
+        #expect(c.engine.debounceMs == 4_000)   // flag over environment
+        #expect(c.engine.maxWaitMs == 30_000)   // file
+        #expect(c.engine.maxInFlight == 16)     // default
+    }
+
+    @Test func foldKeysFromFileAndEnvironment() throws {
+        let f = try file(#"""
+        {"brokers":"b:1","topics":["t"],"group":"g","visit_gap":"10m","send_number_of_visits":true,
+         "custom_attributes":["plan","company"],
+         "pql":{"source":"model","day_weight":3,"half_life":"7d",
+                "key_events":[{"name":"Report Created","weight":5,"cap":10},{"name":"Invite Sent"}]}}
+        """#)
+        let c = try SyncConfiguration.load(file: f, environment: ["FOLDSPACE_SYNC_PQL_K": "80"], flags: [:])
+        #expect(c.engine.fold.visitGapMs == 600_000)
+        #expect(c.engine.fold.sendNumberOfVisits)
+        #expect(c.engine.fold.customAttributes == ["plan", "company"])
+        #expect(c.engine.fold.pql.dayWeight == 3)
+        #expect(c.engine.fold.pql.halfLifeDays == 7)
+        #expect(c.engine.fold.pql.k == 80)
+        #expect(c.engine.fold.keyEvents == [.init(name: "Report Created", weight: 5, cap: 10), .init(name: "Invite Sent", weight: 3, cap: 20)])
+        let e = try SyncConfiguration.load(file: nil, environment: [
+            "FOLDSPACE_SYNC_PQL_SOURCE": "trait", "FOLDSPACE_SYNC_SEND_NUMBER_OF_VISITS": "true",
+            "FOLDSPACE_SYNC_PQL_KEY_EVENTS": "Signed Up:2:5,Paid",
+        ], flags: [:])
+        #expect(e.engine.fold.pql.source == .trait)
+        #expect(e.engine.fold.sendNumberOfVisits)
+        #expect(e.engine.fold.keyEvents.map(\.name) == ["Signed Up", "Paid"])
+    }
+
+    @Test(arguments: [
+        (#"{"nonsense":1}"#, "nonsense"),
+        (#"{"debounce":"fast"}"#, "debounce"),
+        (#"{"pql":{"source":"magic"}}"#, "pql.source"),
+        (#"{"pql":{"bogus":1}}"#, "pql.bogus"),
+        (#"{"send_number_of_visits":"maybe"}"#, "send_number_of_visits"),
+        (#"{"on_user_not_found":"ignore"}"#, "on_user_not_found"),
+        (#"{"max_in_flight":0}"#, "max_in_flight"),
+    ])
+    func errorsNameTheKey(json: String, key: String) throws {
+        let f = try file(json)
+        do {
+            _ = try SyncConfiguration.load(file: f, environment: [:], flags: [:])
+            Issue.record("accepted \(json)")
+        } catch {
+            #expect("\(error)".hasPrefix(key), "\(error)")
+        }
+    }
+
+    @Test func validationNamesMissingAndBadKeys() throws {
+        var c = SyncConfiguration()
+        expectError("brokers") { try c.validate() }
+        c.brokers = "b:1"
+        expectError("topics") { try c.validate() }
+        c.topics = ["t"]
+        c.group = "g"
+        c.foldspaceURL = "not a url"
+        expectError("foldspace_url") { try c.validate(requireKey: false) }
+        c.foldspaceURL = "https://api.foldspace.ai"
+        expectError("api_key_file") { try c.validate() }
+        c.apiKey = "k"
+        try c.validate()
+    }
+
+    @Test func describeRedactsSecrets() throws {
+        var c = SyncConfiguration()
+        c.apiKey = "super-secret-key"
+        c.kafkaProperties = ["sasl.password": "hunter2", "security.protocol": "SASL_SSL"]
+        let d = c.describe()
+        #expect(!d.contains("super-secret-key") && !d.contains("hunter2"))
+        #expect(d.contains("kafka.properties.security.protocol: SASL_SSL"))
+        #expect(d.contains("kafka.properties.sasl.password: <redacted>"))
+    }
+
+    @Test func everyKeyIsDocumented() throws {
+        let doc = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("docs/configuration.md")
+        let text = try String(contentsOf: doc, encoding: .utf8)
+        for k in SyncConfiguration.keys {
+            #expect(text.contains("| `\(k.name)` |"), "docs/configuration.md lacks \(k.name)")
+        }
+    }
+
+    @Test func durations() {
+        #expect(parseDuration("250ms") == 250)
+        #expect(parseDuration("5s") == 5_000)
+        #expect(parseDuration("1m") == 60_000)
+        #expect(parseDuration("2h") == 7_200_000)
+        #expect(parseDuration("14d") == 1_209_600_000)
+        #expect(parseDuration("1.5s") == 1_500)
+        #expect(parseDuration("soon") == nil)
+        #expect(parseDuration("-1s") == nil)
+    }
+}
+
+func expectError(_ key: String, _ body: () throws -> Void) {
+    do {
+        try body()
+        Issue.record("no error; expected one naming \(key)")
+    } catch {
+        #expect("\(error)".hasPrefix(key), "\(error)")
+    }
+}
