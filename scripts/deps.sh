@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs what building and testing need on Debian/Ubuntu when it is missing:
-# librdkafka's headers (the daemon links librdkafka) and kcat (the black-box tests
-# produce with it, as an outside client would).
+# librdkafka's headers (the daemon links librdkafka), kcat (the black-box tests produce
+# with it, as an outside client would) and kubernetes-validate (the manifest test).
 set -euo pipefail
 need=()
-pkg-config --exists rdkafka 2>/dev/null || need+=(librdkafka-dev)
 command -v pkg-config >/dev/null || need+=(pkg-config)
-if [ "${1:-}" = "--with-kcat" ]; then
+pkg-config --exists rdkafka 2>/dev/null || need+=(librdkafka-dev)
+if [ "${1:-}" = "--with-test-tools" ]; then
   command -v kcat >/dev/null || need+=(kcat)
 fi
 if ((${#need[@]})); then
@@ -15,4 +15,8 @@ if ((${#need[@]})); then
   echo "installing: ${need[*]}" >&2
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if [ "${1:-}" = "--with-test-tools" ] && ! command -v kubernetes-validate >/dev/null; then
+  # Optional: without it the manifest test is skipped, with a message.
+  python3 -m pip install -q kubernetes-validate >/dev/null 2>&1 || echo "kubernetes-validate not installed; its test will be skipped" >&2
 fi

@@ -3,6 +3,6 @@
 # black-box tests of the built binary. Installs librdkafka-dev and kcat when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/deps.sh --with-kcat
+bash scripts/deps.sh --with-test-tools
 swift build --build-tests
 swift test --skip-build "$@"

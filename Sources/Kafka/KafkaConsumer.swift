@@ -62,6 +62,7 @@ public final class KafkaConsumer: @unchecked Sendable {
     private var assigned: Set<TopicPartition> = []
     private var paused = false
     private var loopEnded = false
+    private var lastLoopNs: UInt64 = DispatchTime.now().uptimeNanoseconds
 
     /// Properties that make this consumer safe, set unless the operator overrides them.
     public static let defaults: [String: String] = [
@@ -135,6 +136,13 @@ public final class KafkaConsumer: @unchecked Sendable {
     public func stop() {
         lock.withLock { stopRequested = true }
         if thread != nil { finished.wait() }
+    }
+
+    /// Seconds since the poll loop last went round (it does at least every 100 ms while
+    /// healthy; a rebalance callback may hold it longer while it settles partitions).
+    public var secondsSincePoll: Double {
+        let last = lock.withLock { lastLoopNs }
+        return Double(DispatchTime.now().uptimeNanoseconds &- last) / 1e9
     }
 
     /// Whether the poll loop has ended (after ``stop()``, or on a fatal error).
@@ -227,7 +235,11 @@ public final class KafkaConsumer: @unchecked Sendable {
         batch.reserveCapacity(maxBatch)
         var topicCache: [UnsafeMutableRawPointer: String] = [:]
         while true {
-            let (stop, isFatal) = lock.withLock { (stopRequested, fatal) }
+            let now = DispatchTime.now().uptimeNanoseconds
+            let (stop, isFatal) = lock.withLock { () -> (Bool, Bool) in
+                lastLoopNs = now
+                return (stopRequested, fatal)
+            }
             if stop || isFatal { break }
 
             // Back-pressure: pause fetching while the handler is over capacity, but keep

@@ -10,6 +10,8 @@ public final class Flusher: Sendable {
     private let sender: UserUpdateSender
     private let maxInFlight: Int
     private let inFlight = InFlightCounter()
+    /// Rounds of the loop, for liveness.
+    let rounds = InFlightCounter()
     private let beforeProbe: @Sendable () -> Void
 
     /// - Parameter beforeProbe: runs before each circuit-breaker probe (re-reads the key
@@ -27,6 +29,7 @@ public final class Flusher: Sendable {
         let clock = ContinuousClock()
         await withDiscardingTaskGroup { group in
             while !Task.isCancelled {
+                rounds.add(1)
                 let free = maxInFlight - inFlight.value
                 if free <= 0 {
                     try? await clock.sleep(for: .milliseconds(1))
@@ -38,8 +41,11 @@ public final class Flusher: Sendable {
                         inFlight.add(1)
                         group.addTask { [engine, sender, inFlight, beforeProbe] in
                             if job.isProbe { beforeProbe() }
+                            let start = ContinuousClock.now
                             let outcome = await sender.send(identifyId: job.identifyId, body: job.body)
-                            engine.complete(job, outcome: outcome)
+                            let elapsed = ContinuousClock.now - start
+                            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+                            engine.complete(job, outcome: outcome, seconds: seconds)
                             inFlight.add(-1)
                         }
                     }

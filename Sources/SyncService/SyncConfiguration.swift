@@ -10,6 +10,21 @@ import Foundation
 /// file (JSON, `--config`), then defaults. ``SyncConfiguration/keys`` is the single
 /// table of keys, types and defaults; `docs/configuration.md` documents the same.
 public struct SyncConfiguration: Sendable {
+    /// The librdkafka properties to use: passthrough properties, secrets read from their
+    /// files, bootstrap servers, group and static membership.
+    public func resolvedKafkaProperties() throws -> [String: String] {
+        var p = kafkaProperties
+        for (property, path) in kafkaSecretFiles {
+            guard let v = try? String(contentsOfFile: path, encoding: .utf8) else {
+                throw ConfigurationError("kafka.secret_files: cannot read the file for \(property)")
+            }
+            p[property] = v.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        if !brokers.isEmpty { p["bootstrap.servers"] = brokers }
+        if let id = groupInstanceId { p["group.instance.id"] = id }
+        return p
+    }
+
     public var brokers: String = ""
     public var topics: [String] = []
     public var group: String = ""
@@ -26,6 +41,10 @@ public struct SyncConfiguration: Sendable {
     public var connectTimeoutMs: Int64 = 5_000
     public var requestTimeoutMs: Int64 = 30_000
     public var kafkaProperties: [String: String] = [:]
+    /// librdkafka properties whose values are read from files (passwords, keys).
+    public var kafkaSecretFiles: [String: String] = [:]
+    /// Static group membership (`group.instance.id`), e.g. a StatefulSet pod name.
+    public var groupInstanceId: String?
     public var engine = EngineOptions()
 
     public init() {}
@@ -73,7 +92,9 @@ public struct SyncConfiguration: Sendable {
         Key(name: "pql.k", type: "number", defaultText: "50", secret: false, help: "saturation: score = 100·(1 − e^(−x/k))"),
         Key(name: "pql.half_life", type: "duration", defaultText: "14d", secret: false, help: "the score halves for each half-life since the user was last seen"),
         Key(name: "pql.key_events", type: "list of {name, weight, cap} or \"name[:weight[:cap]]\"", defaultText: "[]", secret: false, help: "track events counted for the score (at most 32; weight 3, cap 20 by default)"),
+        Key(name: "group_instance_id", type: "string", defaultText: "none", secret: false, help: "static group membership (group.instance.id), e.g. the pod name of a StatefulSet"),
         Key(name: "kafka.properties", type: "map of strings", defaultText: "{}", secret: false, help: "librdkafka properties, passed through unchanged"),
+        Key(name: "kafka.secret_files", type: "map of property → file", defaultText: "{}", secret: false, help: "librdkafka properties read from files at start (sasl.password, ssl.key.password, …); never printed"),
     ]
 
     /// Builds the configuration from the three sources. Every error names its key.
@@ -108,6 +129,11 @@ public struct SyncConfiguration: Sendable {
         }
         for (k, v) in flags { raw[k] = v }
         if let key = environment["FOLDSPACE_API_KEY"], !key.isEmpty { raw["api_key"] = .text(key) }
+        // systemd's LoadCredential=foldspace-api-key:… puts the key here.
+        if raw["api_key_file"] == nil, raw["api_key"] == nil, let dir = environment["CREDENTIALS_DIRECTORY"] {
+            let path = (dir as NSString).appendingPathComponent("foldspace-api-key")
+            if FileManager.default.fileExists(atPath: path) { raw["api_key_file"] = .text(path) }
+        }
         return try build(raw)
     }
 
@@ -122,7 +148,7 @@ public struct SyncConfiguration: Sendable {
         let known = Set(keys.map(\.name))
         for (k, v) in obj {
             let name = prefix + k
-            if name == "kafka.properties" {
+            if name == "kafka.properties" || name == "kafka.secret_files" {
                 guard let m = v as? [String: Any] else { throw ConfigurationError("kafka.properties: expected an object") }
                 var props: [String: String] = [:]
                 for (pk, pv) in m { props[pk] = scalarText(pv) }
@@ -221,6 +247,8 @@ public struct SyncConfiguration: Sendable {
             c.engine.onUserNotFound = p
         }
         if case .map(let m) = raw["kafka.properties"] { c.kafkaProperties = m }
+        if case .map(let m) = raw["kafka.secret_files"] { c.kafkaSecretFiles = m }
+        c.groupInstanceId = try text("group_instance_id").flatMap { $0.isEmpty ? nil : $0 }
         func list(_ k: String) throws -> [String]? {
             switch raw[k] {
             case nil: return nil
@@ -296,6 +324,12 @@ public struct SyncConfiguration: Sendable {
             throw ConfigurationError("api_key_file: missing (flag --api-key-file, or set FOLDSPACE_API_KEY)")
         }
         if engine.maxWaitMs < engine.debounceMs { throw ConfigurationError("max_wait: must not be shorter than debounce") }
+        for (property, path) in kafkaSecretFiles where !FileManager.default.isReadableFile(atPath: path) {
+            throw ConfigurationError("kafka.secret_files: cannot read the file for \(property)")
+        }
+        if let f = apiKeyFile, !FileManager.default.isReadableFile(atPath: f) {
+            throw ConfigurationError("api_key_file: cannot read \(f)")
+        }
     }
 
     /// The effective configuration as `key: value` lines, secrets redacted.
@@ -336,8 +370,12 @@ public struct SyncConfiguration: Sendable {
         add("pql.k", String(engine.fold.pql.k))
         add("pql.half_life", formatDuration(Int64(engine.fold.pql.halfLifeDays * 86_400_000)))
         add("pql.key_events", engine.fold.keyEvents.map { "\($0.name):\($0.weight):\($0.cap)" }.joined(separator: ","))
+        add("group_instance_id", groupInstanceId ?? "(none)")
         for (k, v) in kafkaProperties.sorted(by: { $0.key < $1.key }) {
             add("kafka.properties.\(k)", KafkaSecrets.isSecret(k) ? "<redacted>" : v)
+        }
+        for (k, v) in kafkaSecretFiles.sorted(by: { $0.key < $1.key }) {
+            add("kafka.secret_files.\(k)", v)
         }
         return lines.joined(separator: "\n")
     }

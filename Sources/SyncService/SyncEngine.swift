@@ -69,6 +69,7 @@ public struct EngineStats: Sendable {
     public var deadLetters: [String: Int] = [:]
     public var suppressed = 0
     public var adjustments = Adjustments()
+    public var requestDuration = Histogram()
     public var users = 0
     public var dirtyUsers = 0
     public var oldestDirtyMs: Int64 = 0
@@ -78,6 +79,24 @@ public struct EngineStats: Sendable {
 
     public var invalidTotal: Int { invalid.values.reduce(0, +) }
     public var requestTotal: Int { requests.values.reduce(0, +) }
+}
+
+/// A Prometheus histogram with fixed buckets (seconds).
+public struct Histogram: Sendable {
+    public static let bounds: [Double] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
+    /// Cumulative counts per bound, then +Inf.
+    public private(set) var counts = [Int](repeating: 0, count: Histogram.bounds.count + 1)
+    public private(set) var sum = 0.0
+    public private(set) var count = 0
+
+    public init() {}
+
+    public mutating func observe(_ v: Double) {
+        for (i, b) in Self.bounds.enumerated() where v <= b { counts[i] += 1 }
+        counts[Self.bounds.count] += 1
+        sum += v
+        count += 1
+    }
 }
 
 /// One request the flusher is to make.
@@ -425,7 +444,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     }
 
     /// Records Foldspace's answer for a job and applies the delivery policy.
-    public func complete(_ job: FlushJob, outcome: DeliveryOutcome) {
+    public func complete(_ job: FlushJob, outcome: DeliveryOutcome, seconds: Double? = nil) {
         let now = clock.monotonicMs()
         var deadLetter: (kind: String, status: Int, response: String)? = nil
         lock.withLock {
@@ -433,6 +452,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             let wasOpen = limiter.breakerOpen
             limiter.record(outcome, wasProbe: job.isProbe, nowMs: now, backoffMs: delay)
             stats.requests[outcome.codeLabel, default: 0] += 1
+            if let seconds { stats.requestDuration.observe(seconds) }
             if limiter.breakerOpen != wasOpen {
                 if limiter.breakerOpen {
                     lastBreakerLogMs = now

@@ -34,8 +34,8 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         self.keys = keys
         self.senderOverride = sender
         var producer: KafkaProducer? = nil
-        var kafka = KafkaClientConfig(config.kafkaProperties)
-        if !config.brokers.isEmpty { kafka["bootstrap.servers"] = config.brokers }
+        var kafka = KafkaClientConfig(try config.resolvedKafkaProperties())
+        kafka["group.instance.id"] = nil
         let sink: DeadLetterSink
         if let topic = config.deadLetterTopic {
             let p = try KafkaProducer(config: kafka, logger: logger)
@@ -56,8 +56,7 @@ public final class SyncPipeline: Service, @unchecked Sendable {
     public func requestStop() { stopContinuation.yield() }
 
     public func run() async throws {
-        var kafka = KafkaClientConfig(config.kafkaProperties)
-        if !config.brokers.isEmpty { kafka["bootstrap.servers"] = config.brokers }
+        var kafka = KafkaClientConfig(try config.resolvedKafkaProperties())
         kafka["group.id"] = config.group
         if kafka["client.id"] == nil { kafka["client.id"] = "foldspace-sync" }
         let consumer = try KafkaConsumer(config: kafka, topics: config.topics, handler: engine, logger: logger)
@@ -81,6 +80,7 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         let (host, port) = parseHostPort(config.adminListen) ?? ("127.0.0.1", 9464)
         let engine = self.engine
         let alive = loopsAlive
+        let notifier = SystemdNotifier()
         let admin = try await AdminServer.start(
             host: host, port: port,
             metrics: { MetricsText.render(engine.snapshot(), lag: consumer.lag().map { ($0.key.topic, $0.key.partition, $0.value) }) },
@@ -103,10 +103,24 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         let flusher = Flusher(engine: engine, sender: sender, maxInFlight: config.engine.maxInFlight,
                               beforeProbe: { _ = try? probeKeys.reload() })
         let flushTask = Task { await flusher.run() }
+        notifier.ready(status: "consuming \(config.topics.joined(separator: ",")) as group \(config.group)")
+        // Liveness: both loops must go round. The poll thread may legitimately sit in a
+        // rebalance callback for up to the drain timeout.
+        let pollLimit = Double(config.engine.drainTimeoutMs) / 1000 + 10
         let heartbeat = Task {
+            var lastRounds = -1
+            var lastWatchdog = ContinuousClock.now
             while !Task.isCancelled {
-                alive.beat()
-                try? await Task.sleep(for: .seconds(1))
+                let rounds = flusher.rounds.value
+                if rounds != lastRounds && consumer.secondsSincePoll < pollLimit && !consumer.hasFatalError {
+                    alive.beat()
+                    if let interval = notifier.watchdogInterval, ContinuousClock.now - lastWatchdog >= interval {
+                        notifier.watchdog()
+                        lastWatchdog = ContinuousClock.now
+                    }
+                }
+                lastRounds = rounds
+                try? await Task.sleep(for: min(.seconds(1), notifier.watchdogInterval ?? .seconds(1)))
             }
         }
         let keys = self.keys
@@ -137,6 +151,7 @@ public final class SyncPipeline: Service, @unchecked Sendable {
             group.cancelAll()
         }
         logger.info("shutting down: settling users and committing offsets")
+        notifier.stopping()
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             Thread.detachNewThread {
                 consumer.stop()

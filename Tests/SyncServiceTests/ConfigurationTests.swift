@@ -100,6 +100,24 @@ import Testing
         }
     }
 
+    @Test func secretsFromFilesAndSystemdCredentials() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("creds-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        try "the-key\n".write(to: dir.appendingPathComponent("foldspace-api-key"), atomically: true, encoding: .utf8)
+        try "s3cret\n".write(to: dir.appendingPathComponent("kafka-password"), atomically: true, encoding: .utf8)
+        let f = try file(#"{"brokers":"b:1","topics":["t"],"group":"g","kafka":{"properties":{"sasl.username":"u"},"secret_files":{"sasl.password":"\#(dir.path)/kafka-password"}}}"#)
+        let c = try SyncConfiguration.load(file: f, environment: ["CREDENTIALS_DIRECTORY": dir.path], flags: [:])
+        #expect(c.apiKeyFile == dir.appendingPathComponent("foldspace-api-key").path)
+        try c.validate()
+        let props = try c.resolvedKafkaProperties()
+        #expect(props["sasl.password"] == "s3cret")
+        #expect(props["bootstrap.servers"] == "b:1")
+        #expect(!c.describe().contains("s3cret"))
+        // An explicit key wins over the credential.
+        let e = try SyncConfiguration.load(file: f, environment: ["CREDENTIALS_DIRECTORY": dir.path, "FOLDSPACE_API_KEY": "k"], flags: [:])
+        #expect(e.apiKeyFile == nil && e.apiKey == "k")
+    }
+
     @Test func durations() {
         #expect(parseDuration("250ms") == 250)
         #expect(parseDuration("5s") == 5_000)

@@ -1,0 +1,175 @@
+import FoldspaceSandbox
+import Foundation
+import Testing
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+private let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+private func which(_ tool: String) -> String? {
+    for dir in (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":") {
+        let p = "\(dir)/\(tool)"
+        if FileManager.default.isExecutableFile(atPath: p) { return p }
+    }
+    return nil
+}
+
+/// Runs a command and returns its exit status and combined output.
+private func run(_ args: [String], cwd: URL = repoRoot) throws -> (Int32, String) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    p.arguments = args
+    p.currentDirectoryURL = cwd
+    let out = Pipe()
+    p.standardOutput = out
+    p.standardError = out
+    try p.run()
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+}
+
+/// A Unix datagram socket standing in for systemd's notification socket.
+final class NotifySocket: @unchecked Sendable {
+    let path: String
+    private let fd: Int32
+    private let lock = NSLock()
+    private var messages: [String] = []
+    private var open = true
+
+    init() throws {
+        path = FileManager.default.temporaryDirectory.appendingPathComponent("notify-\(UUID().uuidString.prefix(8))").path
+        fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+        guard fd >= 0 else { throw TestFailure("socket() failed") }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in bytes.enumerated() { raw[i] = b } }
+        let ok = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard ok == 0 else { throw TestFailure("bind() failed") }
+        var tv = timeval(tv_sec: 0, tv_usec: 200_000)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        Thread.detachNewThread { [self] in
+            var buf = [UInt8](repeating: 0, count: 4096)
+            while lock.withLock({ open }) {
+                let n = recv(fd, &buf, buf.count, 0)
+                if n > 0 { lock.withLock { messages.append(String(decoding: buf[..<n], as: UTF8.self)) } }
+            }
+        }
+    }
+
+    var received: [String] { lock.withLock { messages } }
+
+    func close() {
+        lock.withLock { open = false }
+        Thread.sleep(forTimeInterval: 0.3)
+        _ = Glibc.close(fd)
+        unlink(path)
+    }
+}
+
+@Suite(.serialized) struct OperationsTests {
+    @Test(.enabled(if: which("systemd-analyze") != nil, "systemd-analyze is not installed"))
+    func systemdUnitVerifies() throws {
+        let unit = try String(contentsOf: repoRoot.appendingPathComponent("deploy/systemd/foldspace-sync.service"), encoding: .utf8)
+        #expect(unit.contains("Type=notify") && unit.contains("WatchdogSec=") && unit.contains("LoadCredential=foldspace-api-key"))
+        for hardening in ["DynamicUser=yes", "ProtectSystem=strict", "NoNewPrivileges=yes", "PrivateTmp=yes", "Restart=on-failure"] {
+            #expect(unit.contains(hardening), "\(hardening)")
+        }
+        // verify checks that ExecStart's binary exists: point it at the built one.
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("unit-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let copy = dir.appendingPathComponent("foldspace-sync.service")
+        try unit.replacingOccurrences(of: "/usr/local/bin/foldspace-sync", with: try binaryPath())
+            .write(to: copy, atomically: true, encoding: .utf8)
+        let (status, output) = try run(["systemd-analyze", "verify", copy.path])
+        #expect(status == 0, "\(output)")
+        #expect(!output.contains("foldspace-sync.service:"), "\(output)")
+    }
+
+    @Test func notifiesSystemdReadyWatchdogAndStopping() async throws {
+        let kafka = try await MockKafkaProcess(topics: ["events:1"])
+        defer { Task { await kafka.stop() } }
+        let sandbox = FoldspaceSandbox(apiKeys: ["k"])
+        try await sandbox.start()
+        let sock = try NotifySocket()
+        defer { sock.close() }
+        let daemon = try Child(["run", "--brokers", kafka.bootstrap, "--topic", "events", "--group", "sd-\(UUID().uuidString.prefix(6))",
+                                "--foldspace-url", sandbox.baseURL, "--admin-listen", "127.0.0.1:0"],
+                               env: ["FOLDSPACE_API_KEY": "k", "NOTIFY_SOCKET": sock.path, "WATCHDOG_USEC": "600000"])
+        #expect(await waitUntil(.seconds(20)) { sock.received.contains { $0.contains("READY=1") } }, "\(daemon.stderr.suffix(1000))")
+        #expect(await waitUntil(.seconds(10)) { sock.received.filter { $0.contains("WATCHDOG=1") }.count >= 2 })
+        #expect(!sock.received.contains { $0.contains("STOPPING=1") })
+        daemon.signal(SIGTERM)
+        #expect(await daemon.wait(timeout: .seconds(30)) == 0)
+        #expect(await waitUntil(.seconds(5)) { sock.received.contains { $0.contains("STOPPING=1") } })
+        let ready = sock.received.firstIndex { $0.contains("READY=1") }!
+        let stopping = sock.received.firstIndex { $0.contains("STOPPING=1") }!
+        #expect(ready < stopping)
+        await sandbox.stop()
+    }
+
+    @Test(.enabled(if: which("kubectl") != nil && which("kubernetes-validate") != nil, "kubectl or kubernetes-validate missing"))
+    func kubernetesManifestsRenderAndValidate() throws {
+        for overlay in ["base", "overlays/statefulset", "overlays/keda"] {
+            let (status, rendered) = try run(["kubectl", "kustomize", "deploy/kubernetes/\(overlay)"])
+            #expect(status == 0, "\(overlay): \(rendered)")
+            let file = FileManager.default.temporaryDirectory.appendingPathComponent("k8s-\(UUID().uuidString.prefix(8)).yaml")
+            try rendered.write(to: file, atomically: true, encoding: .utf8)
+            let (vs, out) = try run(["kubernetes-validate", "--strict", file.path])
+            #expect(vs == 0, "\(overlay): \(out)")
+            #expect(!out.contains("ERROR"), "\(overlay): \(out)")
+            if overlay != "overlays/keda" { #expect(rendered.contains("terminationGracePeriodSeconds: 60")) }
+            #expect(rendered.contains("readOnlyRootFilesystem: true") && rendered.contains("runAsNonRoot: true"))
+            #expect(rendered.contains("livenessProbe") && rendered.contains("readinessProbe"))
+        }
+    }
+
+    @Test func metricsExposeTheNamedSeriesAndMatchTheTraffic() async throws {
+        let kafka = try await MockKafkaProcess(topics: ["events:2"])
+        defer { Task { await kafka.stop() } }
+        let sandbox = FoldspaceSandbox(apiKeys: ["k"])
+        try await sandbox.start()
+        var s = Scenario()
+        for i in 0..<15 { s.track("m\(i)", at: Int64(i)); s.track("m\(i)", at: Int64(i) + 10) }
+        var messages = s.messages
+        messages.append(("bad", "{not json"))
+        try kcatProduce(bootstrap: kafka.bootstrap, topic: "events", messages)
+        let daemon = try Child(["run", "--brokers", kafka.bootstrap, "--topic", "events", "--group", "met-\(UUID().uuidString.prefix(6))",
+                                "--foldspace-url", sandbox.baseURL, "--admin-listen", "127.0.0.1:0", "--debounce", "200ms"],
+                               env: ["FOLDSPACE_API_KEY": "k"])
+        #expect(await waitUntil(.seconds(30)) { sandbox.latestAcknowledged().count == 15 })
+        let line = daemon.stderr.split(separator: "\n").first { $0.contains("admin server listening") }
+        let port = try #require(line.flatMap { l in l.range(of: "127.0.0.1:").map { Int(l[$0.upperBound...].prefix { $0.isNumber }) } } ?? nil)
+        try await Task.sleep(for: .milliseconds(500))
+        let (data, _) = try await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)/metrics")!)
+        let text = String(decoding: data, as: UTF8.self)
+        for series in ["foldspace_sync_events_total", "foldspace_sync_requests_total", "foldspace_sync_request_duration_seconds_bucket",
+                       "foldspace_sync_users", "foldspace_sync_dirty_users", "foldspace_sync_oldest_dirty_seconds",
+                       "foldspace_sync_dead_letters_total", "foldspace_sync_consumer_lag", "foldspace_sync_breaker_open",
+                       "foldspace_sync_rate_limit_rps"] {
+            #expect(text.contains(series), "missing \(series)")
+        }
+        #expect(text.contains(#"foldspace_sync_events_total{result="folded"} 30"#))
+        #expect(text.contains(#"foldspace_sync_events_total{result="invalid"} 1"#))
+        #expect(text.contains(#"foldspace_sync_requests_total{code="2xx"} \#(sandbox.requestCount)"#))
+        #expect(text.contains("foldspace_sync_users 15"))
+        #expect(text.contains(#"foldspace_sync_dead_letters_total{kind="invalid-event"} 1"#))
+        #expect(text.contains("foldspace_sync_request_duration_seconds_count \(sandbox.requestCount)"))
+        let (ready, _) = try await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)/readyz")!)
+        #expect(String(decoding: ready, as: UTF8.self) == "ready\n")
+        daemon.signal(SIGTERM)
+        #expect(await daemon.wait(timeout: .seconds(30)) == 0)
+        // Logs are JSON lines when stderr is not a terminal.
+        let lines = daemon.stderr.split(separator: "\n")
+        #expect(lines.count > 3)
+        for l in lines {
+            let o = try? JSONSerialization.jsonObject(with: Data(l.utf8)) as? [String: Any]
+            #expect(o?["level"] is String && o?["msg"] is String && o?["ts"] is String, "not a JSON log line: \(l)")
+        }
+        await sandbox.stop()
+    }
+}
