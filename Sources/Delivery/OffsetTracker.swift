@@ -86,6 +86,14 @@ public struct OffsetTracker: Sendable {
         return out
     }
 
+    /// One past the highest offset consumed from the partition (the position to commit
+    /// once everything consumed is durable), or nil if nothing was consumed.
+    public func consumedPosition(_ index: PartitionIndex) -> Int64? {
+        let i = Int(index)
+        guard i < partitions.count, partitions[i].active, partitions[i].highestSeen >= 0 else { return nil }
+        return partitions[i].highestSeen + 1
+    }
+
     /// Offsets still held in a partition.
     public func holdCount(_ index: PartitionIndex) -> Int {
         Int(index) < partitions.count ? partitions[Int(index)].holds.count : 0

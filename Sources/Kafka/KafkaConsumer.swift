@@ -62,6 +62,7 @@ public final class KafkaConsumer: @unchecked Sendable {
     private var assigned: Set<TopicPartition> = []
     private var paused = false
     private var loopEnded = false
+    private var fetchingStopped = false
     private var lastLoopNs: UInt64 = DispatchTime.now().uptimeNanoseconds
 
     /// Properties that make this consumer safe, set unless the operator overrides them.
@@ -145,6 +146,11 @@ public final class KafkaConsumer: @unchecked Sendable {
         return Double(DispatchTime.now().uptimeNanoseconds &- last) / 1e9
     }
 
+    /// Stops fetching for good (shutdown): partitions are paused, callbacks still served.
+    public func stopFetching() {
+        lock.withLock { fetchingStopped = true }
+    }
+
     /// Whether the poll loop has ended (after ``stop()``, or on a fatal error).
     public var isFinished: Bool { lock.withLock { loopEnded } }
 
@@ -171,6 +177,18 @@ public final class KafkaConsumer: @unchecked Sendable {
         let err = rd_kafka_commit(rk, nil, 0)
         if err != RD_KAFKA_RESP_ERR_NO_ERROR && err != RD_KAFKA_RESP_ERR__NO_OFFSET {
             logger.warning("offset commit failed", metadata: ["error": "\(String(cString: rd_kafka_err2name(err)))"])
+        }
+    }
+
+    /// Commits the given offsets (the next offset to read, per partition) and waits for
+    /// the broker's answer.
+    public func commitSync(_ offsets: [TopicPartition: Int64]) throws(KafkaError) {
+        guard !offsets.isEmpty else { return }
+        let err: rd_kafka_resp_err_t = withPartitionList(offsets.map { ($0.key, $0.value) }) {
+            rd_kafka_commit(rk, $0, 0)
+        }
+        if err != RD_KAFKA_RESP_ERR_NO_ERROR && err != RD_KAFKA_RESP_ERR__NO_OFFSET {
+            throw KafkaError(err, context: "commit")
         }
     }
 
@@ -244,7 +262,7 @@ public final class KafkaConsumer: @unchecked Sendable {
 
             // Back-pressure: pause fetching while the handler is over capacity, but keep
             // polling so rebalance callbacks are still served.
-            let wantsPause = handler.wantsPause
+            let wantsPause = handler.wantsPause || lock.withLock { fetchingStopped }
             if wantsPause != paused { setPaused(wantsPause) }
 
             var n = messages.withUnsafeMutableBufferPointer { buf in

@@ -97,6 +97,24 @@ public final class KafkaProducer: @unchecked Sendable {
         }
     }
 
+    /// Sends records and waits until each is acknowledged (with `acks=all` and
+    /// idempotence, the defaults here). Throws if any failed or the wait timed out, so
+    /// that the caller does not commit offsets past unwritten state.
+    public func sendAndWait(_ records: [(topic: String, partition: Int32, key: [UInt8], value: [UInt8])],
+                            timeoutMs: Int32 = 30_000) throws(KafkaError) {
+        guard !records.isEmpty else { return }
+        let before = deliveryCounts
+        for r in records { try send(topic: r.topic, partition: r.partition, key: r.key, value: r.value) }
+        let flushed = rd_kafka_flush(rk, timeoutMs)
+        let after = deliveryCounts
+        if flushed != RD_KAFKA_RESP_ERR_NO_ERROR {
+            throw KafkaError(flushed, context: "waiting for \(records.count) state records")
+        }
+        if after.failed > before.failed {
+            throw KafkaError(message: "\(after.failed - before.failed) state records were not written", isRetriable: true)
+        }
+    }
+
     /// Waits until every queued message is delivered or failed, up to `timeoutMs`.
     @discardableResult
     public func flush(timeoutMs: Int32 = 10_000) -> Bool {

@@ -44,6 +44,8 @@ public struct Demo {
         let cluster = try MockCluster(brokers: 1)
         let topic = "segment-events"
         try cluster.createTopic(topic, partitions: options.partitions)
+        // The changelog for durable state, co-partitioned with the source.
+        try cluster.createTopic("foldspace-sync-demo-state", partitions: options.partitions)
         let apiKey = "demo-key-\(UInt32.random(in: 0...UInt32.max))"
         let sandbox = FoldspaceSandbox(apiKeys: [apiKey])
         sandbox.setRecordBodies(true)

@@ -45,9 +45,20 @@ public struct SyncConfiguration: Sendable {
     public var kafkaSecretFiles: [String: String] = [:]
     /// Static group membership (`group.instance.id`), e.g. a StatefulSet pod name.
     public var groupInstanceId: String?
+    /// `durable` (default): state in a changelog topic; `memory`: nothing persisted.
+    public var stateMode = "durable" {
+        didSet { engine.durable = stateMode == "durable" }
+    }
+    /// The changelog topic; default `<group>-state`.
+    public var stateTopic: String?
+    public var commitIntervalMs: Int64 = 5_000
+
+    public var effectiveStateTopic: String { stateTopic ?? "\(group)-state" }
     public var engine = EngineOptions()
 
-    public init() {}
+    public init() {
+        engine.durable = true
+    }
 
     /// A key: its name in the file, its type for docs, and whether it is secret.
     public struct Key: Sendable {
@@ -92,6 +103,9 @@ public struct SyncConfiguration: Sendable {
         Key(name: "pql.k", type: "number", defaultText: "50", secret: false, help: "saturation: score = 100·(1 − e^(−x/k))"),
         Key(name: "pql.half_life", type: "duration", defaultText: "14d", secret: false, help: "the score halves for each half-life since the user was last seen"),
         Key(name: "pql.key_events", type: "list of {name, weight, cap} or \"name[:weight[:cap]]\"", defaultText: "[]", secret: false, help: "track events counted for the score (at most 32; weight 3, cap 20 by default)"),
+        Key(name: "state", type: "durable|memory", defaultText: "durable", secret: false, help: "durable: user state in a compacted changelog topic, restored on assignment, effectively-once; memory: nothing persisted (development)"),
+        Key(name: "state_topic", type: "string", defaultText: "<group>-state", secret: false, help: "the changelog topic, created compacted with the source's partition count when missing"),
+        Key(name: "commit_interval", type: "duration", defaultText: "5s", secret: false, help: "how often changed state is written and source offsets committed"),
         Key(name: "group_instance_id", type: "string", defaultText: "none", secret: false, help: "static group membership (group.instance.id), e.g. the pod name of a StatefulSet"),
         Key(name: "kafka.properties", type: "map of strings", defaultText: "{}", secret: false, help: "librdkafka properties, passed through unchanged"),
         Key(name: "kafka.secret_files", type: "map of property → file", defaultText: "{}", secret: false, help: "librdkafka properties read from files at start (sasl.password, ssl.key.password, …); never printed"),
@@ -249,6 +263,13 @@ public struct SyncConfiguration: Sendable {
         if case .map(let m) = raw["kafka.properties"] { c.kafkaProperties = m }
         if case .map(let m) = raw["kafka.secret_files"] { c.kafkaSecretFiles = m }
         c.groupInstanceId = try text("group_instance_id").flatMap { $0.isEmpty ? nil : $0 }
+        if let m = try text("state") {
+            guard m == "durable" || m == "memory" else { throw ConfigurationError("state: expected durable or memory, got \"\(m)\"") }
+            c.stateMode = m
+        }
+        c.stateTopic = try text("state_topic").flatMap { $0.isEmpty ? nil : $0 }
+        if let v = try duration("commit_interval") { c.commitIntervalMs = max(v, 100) }
+        c.engine.durable = c.stateMode == "durable"
         func list(_ k: String) throws -> [String]? {
             switch raw[k] {
             case nil: return nil
@@ -320,6 +341,9 @@ public struct SyncConfiguration: Sendable {
         if let f = logFormat, f != "json", f != "text" { throw ConfigurationError("log_format: expected json or text, got \"\(f)\"") }
         if parseLogLevel(logLevel) == nil { throw ConfigurationError("log_level: unknown level \"\(logLevel)\"") }
         if parseHostPort(adminListen) == nil { throw ConfigurationError("admin_listen: expected host:port, got \"\(adminListen)\"") }
+        if stateMode == "durable" && topics.count > 1 {
+            throw ConfigurationError("topics: state: durable supports one source topic (the changelog is co-partitioned with it); use one instance group per topic, or state: memory")
+        }
         if requireKey && apiKey == nil && apiKeyFile == nil {
             throw ConfigurationError("api_key_file: missing (flag --api-key-file, or set FOLDSPACE_API_KEY)")
         }
@@ -370,6 +394,9 @@ public struct SyncConfiguration: Sendable {
         add("pql.k", String(engine.fold.pql.k))
         add("pql.half_life", formatDuration(Int64(engine.fold.pql.halfLifeDays * 86_400_000)))
         add("pql.key_events", engine.fold.keyEvents.map { "\($0.name):\($0.weight):\($0.cap)" }.joined(separator: ","))
+        add("state", stateMode)
+        add("state_topic", effectiveStateTopic)
+        add("commit_interval", formatDuration(commitIntervalMs))
         add("group_instance_id", groupInstanceId ?? "(none)")
         for (k, v) in kafkaProperties.sorted(by: { $0.key < $1.key }) {
             add("kafka.properties.\(k)", KafkaSecrets.isSecret(k) ? "<redacted>" : v)

@@ -46,6 +46,9 @@ public struct EngineOptions: Sendable {
     public var decoder = DecoderOptions()
     /// Visits, key events, the PQL model, custom attributes.
     public var fold = FoldConfig()
+    /// Durable mode: state is checkpointed to a changelog and offsets are committed
+    /// once the state reflecting them is written (not when Foldspace acknowledges).
+    public var durable = false
 
     public init() {}
 }
@@ -64,6 +67,11 @@ public struct EngineStats: Sendable {
     public var implausibleTime = 0
     /// Events at or below a user's applied offset: replays, skipped.
     public var skippedReplays = 0
+    public var checkpoints = 0
+    public var checkpointRecords = 0
+    public var checkpointFailures = 0
+    public var restoredUsers = 0
+    public var restoreFailures = 0
     public var requests: [String: Int] = [:]
     public var retries: [String: Int] = [:]
     public var deadLetters: [String: Int] = [:]
@@ -124,6 +132,8 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         var flightHolds = Holds()
         /// The partition this user's events last came from.
         var home: OffsetTracker.PartitionIndex = 0
+        /// Durable mode: the state changed since the last checkpoint.
+        var checkpointPending = false
     }
 
     public let options: EngineOptions
@@ -154,6 +164,13 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     private var rng = SystemRandomNumberGenerator()
     private var storeOffsets: (@Sendable ([TopicPartition: Int64]) -> Void)?
     private var hasBeenAssigned = false
+    /// Durable mode: users to write at the next checkpoint, per partition index.
+    private var pendingCheckpoint: [OffsetTracker.PartitionIndex: [String]] = [:]
+    private var lastCommitted: [OffsetTracker.PartitionIndex: Int64] = [:]
+    private var restoring = 0
+    private var stateStore: StateStore?
+    /// Serializes checkpoints, so commits of one partition never go backwards.
+    private let checkpointLock = NSLock()
     private var partitionTotal: (@Sendable () -> Int)?
     private var lastBreakerLogMs: Int64 = 0
 
@@ -197,6 +214,130 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                 "requests_per_second": "\(String(format: "%.2f", limiter.currentRate))",
             ])
         }
+    }
+
+    /// Durable mode: where state is checkpointed and restored from.
+    public func setStateStore(_ store: StateStore) {
+        lock.withLock { stateStore = store }
+    }
+
+    /// Called with the lock held: queue the user for the next checkpoint.
+    private func markForCheckpoint(_ key: String, _ entry: inout UserEntry) {
+        guard options.durable, !entry.checkpointPending else { return }
+        entry.checkpointPending = true
+        pendingCheckpoint[entry.home, default: []].append(key)
+    }
+
+    /// Writes every user changed since the last checkpoint (of `partitions`, or of all
+    /// assigned ones), waits until Kafka acknowledged them, then commits the source
+    /// positions consumed at the moment of the snapshot. On failure nothing is
+    /// committed and the users stay queued.
+    @discardableResult
+    public func checkpoint(partitions: [OffsetTracker.PartitionIndex]? = nil) -> Bool {
+        guard options.durable else { return true }
+        checkpointLock.lock()
+        defer { checkpointLock.unlock() }
+        guard let store = lock.withLock({ stateStore }) else { return false }
+        var records: [(partition: Int32, key: [UInt8], value: [UInt8])] = []
+        var keys: [(OffsetTracker.PartitionIndex, String)] = []
+        var commit: [TopicPartition: Int64] = [:]
+        var positions: [(OffsetTracker.PartitionIndex, Int64)] = []
+        lock.withLock {
+            let scope = partitions ?? Array(assigned)
+            for p in scope {
+                for key in pendingCheckpoint.removeValue(forKey: p) ?? [] {
+                    guard var entry = users[key], entry.checkpointPending else { continue }
+                    entry.checkpointPending = false
+                    let stored = StoredUser(state: entry.state, dirty: entry.delivery.isDirty,
+                                            settledHash: entry.delivery.settledHash, sourcePartitions: store.sourcePartitions)
+                    records.append((store.statePartition(for: partitionsByIndex[Int(entry.home)].partition),
+                                    Array(key.utf8), StateCodec.encode(stored)))
+                    keys.append((entry.home, key))
+                    users[key] = entry
+                }
+                if let pos = offsets.consumedPosition(p), pos > (lastCommitted[p] ?? -1) {
+                    commit[partitionsByIndex[Int(p)]] = pos
+                    positions.append((p, pos))
+                }
+            }
+        }
+        do {
+            try store.write(records)
+            try store.commit(commit)
+            lock.withLock {
+                for (p, pos) in positions { lastCommitted[p] = max(lastCommitted[p] ?? -1, pos) }
+                stats.checkpoints += 1
+                stats.checkpointRecords += records.count
+            }
+            return true
+        } catch {
+            lock.withLock {
+                stats.checkpointFailures += 1
+                for (p, key) in keys {
+                    guard var entry = users[key] else { continue }
+                    if !entry.checkpointPending {
+                        entry.checkpointPending = true
+                        pendingCheckpoint[p, default: []].append(key)
+                        users[key] = entry
+                    }
+                }
+            }
+            logger.error("checkpoint failed; offsets not committed, will retry", metadata: ["error": "\(error)"])
+            return false
+        }
+    }
+
+    /// Loads a partition's users from the changelog before the partition is consumed.
+    private func restore(_ tp: TopicPartition) {
+        guard options.durable, let store = lock.withLock({ stateStore }) else { return }
+        let start = clock.monotonicMs()
+        let records: [(key: [UInt8], value: [UInt8]?)]
+        do {
+            records = try store.read(partition: store.statePartition(for: tp.partition))
+        } catch {
+            logger.error("state restore failed; the partition starts from its committed offset with no state",
+                         metadata: ["partition": "\(tp)", "error": "\(error)"])
+            lock.withLock { stats.restoreFailures += 1 }
+            return
+        }
+        var latest: [String: [UInt8]?] = [:]
+        for r in records { latest[String(decoding: r.key, as: UTF8.self)] = r.value }
+        let now = clock.monotonicMs()
+        var restored = 0
+        var dirty = 0
+        var failures = 0
+        let source = stableSourceId(tp)
+        lock.withLock {
+            let pidx = index(of: tp)
+            for (key, value) in latest {
+                guard let value else { continue } // tombstone
+                guard let stored = try? StateCodec.decode(value) else {
+                    failures += 1
+                    continue
+                }
+                // A changelog partition shared by several source partitions holds
+                // others' users too: only this partition's are ours.
+                guard stored.state.appliedSource == source else { continue }
+                var entry = UserEntry()
+                entry.state = stored.state
+                entry.home = pidx
+                entry.delivery.settledHash = stored.settledHash
+                if stored.dirty {
+                    debouncer.changed(key, &entry.delivery, nowMs: now)
+                    dirtyCount += 1
+                    dirty += 1
+                }
+                if let old = users[key], old.delivery.isDirty { dirtyCount -= 1 }
+                users[key] = entry
+                restored += 1
+            }
+            stats.restoredUsers += restored
+            stats.restoreFailures += failures
+        }
+        logger.info("partition restored", metadata: [
+            "partition": "\(tp)", "records": "\(records.count)", "users": "\(restored)", "dirty": "\(dirty)",
+            "undecodable": "\(failures)", "ms": "\(clock.monotonicMs() - start)",
+        ])
     }
 
     /// Where committable offsets go (the consumer's offset store).
@@ -274,6 +415,8 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         }
         let changed = folder.fold(e, timeMs: t, offset: m.offset, source: source, into: &entry.state,
                                   adjustments: &stats.adjustments)
+        // Every applied event moves the applied offset (and maybe visit spans): persist.
+        markForCheckpoint(e.identity, &entry)
         if changed || isNew {
             let wasDirty = entry.delivery.isDirty
             debouncer.changed(e.identity, &entry.delivery, nowMs: nowMono)
@@ -297,11 +440,20 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     }
 
     public func partitionsAssigned(_ partitions: [TopicPartition]) {
+        if options.durable {
+            // Restore before the partition is consumed: this runs inside the rebalance
+            // callback, so no message of it is fetched until it returns.
+            lock.withLock { restoring += 1 }
+            for tp in partitions { restore(tp) }
+            lock.withLock { restoring -= 1 }
+        }
         lock.withLock {
             for tp in partitions {
                 let i = index(of: tp)
                 offsets.activate(i)
                 assigned.insert(i)
+                lastCommitted[i] = nil
+                pendingCheckpoint[i] = nil
             }
             hasBeenAssigned = true
         }
@@ -317,13 +469,21 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             partitions.compactMap { partitionIndex[$0] }
         }
         let start = clock.monotonicMs()
-        drain(partitions: idxs, timeoutMs: options.drainTimeoutMs)
+        if options.durable {
+            // The state moves with the partition: checkpoint it, commit, and let the
+            // next owner restore it. No waiting for Foldspace.
+            if !checkpoint(partitions: idxs) {
+                logger.warning("revoked partitions could not be checkpointed; the next owner re-reads from the last commit")
+            }
+        } else {
+            drain(partitions: idxs, timeoutMs: options.drainTimeoutMs)
+        }
         lock.withLock {
             var store: [TopicPartition: Int64] = [:]
             for i in idxs {
                 if let c = offsets.committable(i) { store[partitionsByIndex[Int(i)]] = c }
             }
-            if !store.isEmpty { storeOffsets?(store) }
+            if !store.isEmpty && !options.durable { storeOffsets?(store) }
             let revoked = Set(idxs)
             var dropped = 0
             for (key, entry) in users where revoked.contains(entry.home) {
@@ -338,6 +498,8 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             for i in idxs {
                 offsets.deactivate(i)
                 assigned.remove(i)
+                pendingCheckpoint[i] = nil
+                lastCommitted[i] = nil
             }
             logger.info("partitions settled", metadata: [
                 "partitions": "\(partitions.map(\.description).joined(separator: ","))",
@@ -429,6 +591,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                     release(&entry.holds)
                     dirtyCount -= 1
                     stats.suppressed += 1
+                    markForCheckpoint(key, &entry)
                     users[key] = entry
                     limiter.refund(permit)
                     continue
@@ -485,6 +648,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             case .retryable(let reason):
                 fail(job, &entry, retryAtMs: now + delay, reason: reason)
             }
+            markForCheckpoint(job.identifyId, &entry)
             users[job.identifyId] = entry
             if let dl = deadLetter { stats.deadLetters[dl.kind, default: 0] += 1 }
             publishOffsets()
@@ -524,6 +688,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
 
     /// Hands offsets that moved forward to the consumer; called with the lock held.
     private func publishOffsets() {
+        guard !options.durable else { return }
         let adv = offsets.advanced()
         guard !adv.isEmpty, let storeOffsets else { return }
         var m: [TopicPartition: Int64] = [:]
@@ -558,7 +723,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             s.oldestDirtyMs = oldest == .max ? 0 : max(0, now - oldest)
             s.breakerOpen = limiter.breakerOpen
             s.rateLimit = limiter.currentRate
-            s.ready = hasBeenAssigned && !limiter.breakerOpen
+            s.ready = hasBeenAssigned && restoring == 0 && !limiter.breakerOpen
             return s
         }
     }

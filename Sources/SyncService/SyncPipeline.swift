@@ -59,7 +59,22 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         var kafka = KafkaClientConfig(try config.resolvedKafkaProperties())
         kafka["group.id"] = config.group
         if kafka["client.id"] == nil { kafka["client.id"] = "foldspace-sync" }
+        var stateStore: KafkaStateStore? = nil
+        if config.engine.durable {
+            // Offsets are committed by checkpoints, after the state they cover is written.
+            kafka["enable.auto.commit"] = "false"
+            let topic = config.effectiveStateTopic
+            let prepareConfig = kafka
+            let layout = try await Self.blocking {
+                try KafkaStateStore.prepare(topic: topic, sourceTopic: self.config.topics[0], config: prepareConfig, logger: self.logger)
+            }
+            let store = try KafkaStateStore(topic: topic, partitions: layout.state, sourcePartitions: layout.source,
+                                            config: kafka, logger: logger)
+            stateStore = store
+            engine.setStateStore(store)
+        }
         let consumer = try KafkaConsumer(config: kafka, topics: config.topics, handler: engine, logger: logger)
+        stateStore?.attach(consumer: consumer)
         engine.setOffsetSink { consumer.storeOffsets($0) }
         engine.setPartitionTotal { consumer.subscribedPartitionCount() }
 
@@ -103,6 +118,14 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         let flusher = Flusher(engine: engine, sender: sender, maxInFlight: config.engine.maxInFlight,
                               beforeProbe: { _ = try? probeKeys.reload() })
         let flushTask = Task { await flusher.run() }
+        let commitInterval = config.commitIntervalMs
+        let checkpointTask: Task<Void, Never>? = config.engine.durable ? Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(commitInterval))
+                if Task.isCancelled { break }
+                await Self.blocking { engine.checkpoint() }
+            }
+        } : nil
         notifier.ready(status: "consuming \(config.topics.joined(separator: ",")) as group \(config.group)")
         // Liveness: both loops must go round. The poll thread may legitimately sit in a
         // rebalance callback for up to the drain timeout.
@@ -152,11 +175,19 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         }
         logger.info("shutting down: settling users and committing offsets")
         notifier.stopping()
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            Thread.detachNewThread {
-                consumer.stop()
-                c.resume()
+        checkpointTask?.cancel()
+        await checkpointTask?.value
+        let durable = config.engine.durable
+        let drainMs = config.shutdownTimeoutMs / 2
+        await Self.blocking {
+            if durable {
+                // Stop fetching, send what is pending while time allows (the state is
+                // checkpointed either way), then close: the final revocation
+                // checkpoints and commits.
+                consumer.stopFetching()
+                engine.drain(partitions: nil, timeoutMs: drainMs)
             }
+            consumer.stop()
         }
         flushTask.cancel()
         await flushTask.value
@@ -165,12 +196,29 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         await admin.stop()
         await client?.shutdown()
         producer?.close()
+        stateStore?.close()
         let stats = engine.snapshot()
         logger.info("stopped", metadata: [
             "events_folded": "\(stats.folded)", "users_unsettled": "\(stats.dirtyUsers)",
         ])
         if consumer.hasFatalError {
             throw ConfigurationError("the Kafka consumer hit a fatal error")
+        }
+    }
+}
+
+extension SyncPipeline {
+    /// Runs blocking work (librdkafka calls that wait) on a thread of its own, off
+    /// Swift's cooperative pool.
+    static func blocking<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, Error>) in
+            Thread.detachNewThread { c.resume(with: Result { try work() }) }
+        }
+    }
+
+    static func blocking<T: Sendable>(_ work: @escaping @Sendable () -> T) async -> T {
+        await withCheckedContinuation { (c: CheckedContinuation<T, Never>) in
+            Thread.detachNewThread { c.resume(returning: work()) }
         }
     }
 }

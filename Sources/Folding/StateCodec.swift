@@ -1,0 +1,326 @@
+import Events
+
+/// One changelog record's value: a user's folded state plus what delivery needs to
+/// resume after a restart.
+public struct StoredUser: Sendable, Equatable {
+    public var state: UserState
+    /// The user has changes Foldspace has not acknowledged: flush it after restore.
+    public var dirty: Bool
+    /// Hash of the last body Foldspace acknowledged (no-op suppression survives restarts).
+    public var settledHash: UInt64
+    /// The source topic's partition count when this was written: if the source is
+    /// repartitioned, keys move, and the changelog no longer matches it.
+    public var sourcePartitions: Int32
+
+    public init(state: UserState, dirty: Bool, settledHash: UInt64, sourcePartitions: Int32 = 0) {
+        self.state = state
+        self.dirty = dirty
+        self.settledHash = settledHash
+        self.sourcePartitions = sourcePartitions
+    }
+}
+
+/// The changelog record format: compact, versioned, and tolerant.
+///
+/// Layout: the magic bytes `F S`, a format version (1), then fields as
+/// `tag (1 byte) · length (varint) · payload`. A reader skips tags it does not know, so a
+/// newer writer can add fields without breaking older readers, and a newer reader fills
+/// defaults for fields an older writer did not have. Integers are LEB128 varints (signed
+/// ones zigzag-encoded); strings are length-prefixed UTF-8.
+public enum StateCodec {
+    public static let version: UInt8 = 1
+
+    enum Tag: UInt8 {
+        case explicitUserType = 1, sawUserId, email, name, role, phone, timezone, image
+        case leadDate, signUpDate, firstVisit, lastSeen
+        case country, region, city, postalCode, countryCode
+        case lastSubscription, subscriptions, products, custom, pqlTrait
+        case visits, spans, activeDays, keyEventCounts, applied
+        case dirty = 40, settledHash, sourcePartitions
+    }
+
+    public enum DecodeError: Error, Equatable {
+        case badMagic
+        case unsupportedVersion(UInt8)
+        case truncated
+        case badValue
+    }
+
+    // MARK: Encoding
+
+    public static func encode(_ u: StoredUser) -> [UInt8] {
+        var w = Writer()
+        w.bytes = [0x46, 0x53, version]
+        let s = u.state
+        if let v = s.explicitUserType {
+            w.field(.explicitUserType) { f in
+                f.u8(UInt8(UserType.allCases.firstIndex(of: v.value)!))
+                f.stamp(v.stamp)
+            }
+        }
+        if s.sawUserId { w.field(.sawUserId) { $0.u8(1) } }
+        w.latest(.email, s.email)
+        w.latest(.name, s.name)
+        w.latest(.role, s.role)
+        w.latest(.phone, s.phone)
+        w.latest(.timezone, s.timezone)
+        w.latest(.image, s.image)
+        if let v = s.leadDate { w.field(.leadDate) { $0.zigzag(v) } }
+        if let v = s.signUpDate { w.field(.signUpDate) { $0.zigzag(v) } }
+        if s.firstVisitMs != .max { w.field(.firstVisit) { $0.zigzag(s.firstVisitMs) } }
+        if s.lastSeenMs != .min { w.field(.lastSeen) { $0.zigzag(s.lastSeenMs) } }
+        w.latest(.country, s.country)
+        w.latest(.region, s.region)
+        w.latest(.city, s.city)
+        w.latest(.postalCode, s.postalCode)
+        w.latest(.countryCode, s.countryCode)
+        w.latest(.lastSubscription, s.lastSubscription)
+        if !s.subscriptions.items.isEmpty {
+            w.field(.subscriptions) { f in
+                f.varint(UInt64(s.subscriptions.items.count))
+                for i in s.subscriptions.items { f.string(i.value); f.stamp(i.stamp) }
+            }
+        }
+        if !s.products.items.isEmpty {
+            w.field(.products) { f in
+                f.varint(UInt64(s.products.items.count))
+                for i in s.products.items {
+                    f.string(i.value.product)
+                    f.zigzag(i.value.environment.map { $0 + 1 } ?? 0) // 0: none
+                    f.stamp(i.stamp)
+                }
+            }
+        }
+        if !s.custom.isEmpty {
+            w.field(.custom) { f in
+                f.varint(UInt64(s.custom.count))
+                for c in s.custom { f.string(c.value.name); f.string(c.value.json); f.stamp(c.stamp) }
+            }
+        }
+        if let p = s.pqlTrait { w.field(.pqlTrait) { f in f.u64(p.value.bitPattern); f.stamp(p.stamp) } }
+        if s.visits > 0 { w.field(.visits) { $0.varint(UInt64(s.visits)) } }
+        if !s.spans.isEmpty {
+            w.field(.spans) { f in
+                f.varint(UInt64(s.spans.count))
+                for sp in s.spans { f.zigzag(sp.start); f.zigzag(sp.end) }
+            }
+        }
+        if s.activeDayAnchor != .min {
+            w.field(.activeDays) { f in f.u64(s.activeDays); f.zigzag(Int64(s.activeDayAnchor)) }
+        }
+        if !s.keyEventCounts.isEmpty {
+            w.field(.keyEventCounts) { f in
+                f.varint(UInt64(s.keyEventCounts.count))
+                for k in s.keyEventCounts { f.u8(k.index); f.varint(UInt64(k.count)) }
+            }
+        }
+        if s.appliedOffset >= 0 {
+            w.field(.applied) { f in f.varint(UInt64(s.appliedSource)); f.zigzag(s.appliedOffset) }
+        }
+        if u.dirty { w.field(.dirty) { $0.u8(1) } }
+        if u.settledHash != 0 { w.field(.settledHash) { $0.u64(u.settledHash) } }
+        if u.sourcePartitions > 0 { w.field(.sourcePartitions) { $0.varint(UInt64(u.sourcePartitions)) } }
+        return w.bytes
+    }
+
+    // MARK: Decoding
+
+    public static func decode(_ bytes: [UInt8]) throws(DecodeError) -> StoredUser {
+        var r = Reader(bytes: bytes)
+        guard try r.u8() == 0x46, try r.u8() == 0x53 else { throw .badMagic }
+        let v = try r.u8()
+        guard v >= 1 && v <= version else { throw .unsupportedVersion(v) }
+        var s = UserState()
+        var dirty = false
+        var hash: UInt64 = 0
+        var sourcePartitions: Int32 = 0
+        while !r.atEnd {
+            let tag = try r.u8()
+            let len = Int(try r.varint())
+            guard len >= 0, r.pos + len <= bytes.count else { throw .truncated }
+            var f = Reader(bytes: bytes, pos: r.pos, end: r.pos + len)
+            r.pos += len
+            guard let t = Tag(rawValue: tag) else { continue } // a newer writer's field
+            switch t {
+            case .explicitUserType:
+                let i = Int(try f.u8())
+                guard i < UserType.allCases.count else { throw .badValue }
+                s.explicitUserType = Latest(value: UserType.allCases[i], stamp: try f.stamp())
+            case .sawUserId: s.sawUserId = try f.u8() != 0
+            case .email: s.email = try f.latest()
+            case .name: s.name = try f.latest()
+            case .role: s.role = try f.latest()
+            case .phone: s.phone = try f.latest()
+            case .timezone: s.timezone = try f.latest()
+            case .image: s.image = try f.latest()
+            case .leadDate: s.leadDate = try f.zigzag()
+            case .signUpDate: s.signUpDate = try f.zigzag()
+            case .firstVisit: s.firstVisitMs = try f.zigzag()
+            case .lastSeen: s.lastSeenMs = try f.zigzag()
+            case .country: s.country = try f.latest()
+            case .region: s.region = try f.latest()
+            case .city: s.city = try f.latest()
+            case .postalCode: s.postalCode = try f.latest()
+            case .countryCode: s.countryCode = try f.latest()
+            case .lastSubscription: s.lastSubscription = try f.latest()
+            case .subscriptions:
+                let n = try f.count(limit: UserState.subscriptionLimit)
+                for _ in 0..<n {
+                    let id = try f.string()
+                    _ = s.subscriptions.insert(id, at: try f.stamp(), limit: UserState.subscriptionLimit)
+                }
+            case .products:
+                let n = try f.count(limit: UserState.productLimit)
+                for _ in 0..<n {
+                    let code = try f.string()
+                    let env = try f.zigzag()
+                    let key = ProductKey(product: code, environment: env == 0 ? nil : env - 1)
+                    _ = s.products.insert(key, at: try f.stamp(), limit: UserState.productLimit)
+                }
+            case .custom:
+                let n = try f.count(limit: 64)
+                for _ in 0..<n {
+                    let name = try f.string()
+                    let json = try f.string()
+                    s.custom.append(Latest(value: CustomTrait(name: name, json: json), stamp: try f.stamp()))
+                }
+            case .pqlTrait:
+                let d = Double(bitPattern: try f.u64())
+                s.pqlTrait = Latest(value: d, stamp: try f.stamp())
+            case .visits: s.visits = UInt32(truncatingIfNeeded: try f.varint())
+            case .spans:
+                let n = try f.count(limit: UserState.maxSpans)
+                for _ in 0..<n { s.spans.append(VisitSpan(start: try f.zigzag(), end: try f.zigzag())) }
+            case .activeDays:
+                s.activeDays = try f.u64()
+                s.activeDayAnchor = Int32(truncatingIfNeeded: try f.zigzag())
+            case .keyEventCounts:
+                let n = try f.count(limit: FoldConfig.maxKeyEvents)
+                for _ in 0..<n {
+                    s.keyEventCounts.append(KeyEventCount(index: try f.u8(), count: UInt32(truncatingIfNeeded: try f.varint())))
+                }
+            case .applied:
+                s.appliedSource = UInt32(truncatingIfNeeded: try f.varint())
+                s.appliedOffset = try f.zigzag()
+            case .dirty: dirty = try f.u8() != 0
+            case .settledHash: hash = try f.u64()
+            case .sourcePartitions: sourcePartitions = Int32(truncatingIfNeeded: try f.varint())
+            }
+        }
+        return StoredUser(state: s, dirty: dirty, settledHash: hash, sourcePartitions: sourcePartitions)
+    }
+
+    // MARK: Primitives
+
+    struct Writer {
+        var bytes: [UInt8] = []
+
+        mutating func u8(_ v: UInt8) { bytes.append(v) }
+
+        mutating func u64(_ v: UInt64) {
+            for i in 0..<8 { bytes.append(UInt8(truncatingIfNeeded: v >> (8 * UInt64(i)))) }
+        }
+
+        mutating func varint(_ v: UInt64) {
+            var x = v
+            while x >= 0x80 {
+                bytes.append(UInt8(x & 0x7F) | 0x80)
+                x >>= 7
+            }
+            bytes.append(UInt8(x))
+        }
+
+        mutating func zigzag(_ v: Int64) { varint(UInt64(bitPattern: (v << 1) ^ (v >> 63))) }
+
+        mutating func string(_ s: String) {
+            varint(UInt64(s.utf8.count))
+            bytes.append(contentsOf: s.utf8)
+        }
+
+        mutating func stamp(_ s: Stamp) {
+            zigzag(s.timeMs)
+            zigzag(s.offset)
+        }
+
+        mutating func field(_ tag: Tag, _ body: (inout Writer) -> Void) {
+            var f = Writer()
+            body(&f)
+            u8(tag.rawValue)
+            varint(UInt64(f.bytes.count))
+            bytes.append(contentsOf: f.bytes)
+        }
+
+        mutating func latest(_ tag: Tag, _ v: Latest<String>?) {
+            guard let v else { return }
+            field(tag) { f in f.string(v.value); f.stamp(v.stamp) }
+        }
+    }
+
+    struct Reader {
+        let bytes: [UInt8]
+        var pos = 0
+        var end: Int
+
+        init(bytes: [UInt8], pos: Int = 0, end: Int? = nil) {
+            self.bytes = bytes
+            self.pos = pos
+            self.end = end ?? bytes.count
+        }
+
+        var atEnd: Bool { pos >= end }
+
+        mutating func u8() throws(DecodeError) -> UInt8 {
+            guard pos < end else { throw .truncated }
+            defer { pos += 1 }
+            return bytes[pos]
+        }
+
+        mutating func u64() throws(DecodeError) -> UInt64 {
+            guard pos + 8 <= end else { throw .truncated }
+            var v: UInt64 = 0
+            for i in 0..<8 { v |= UInt64(bytes[pos + i]) << (8 * UInt64(i)) }
+            pos += 8
+            return v
+        }
+
+        mutating func varint() throws(DecodeError) -> UInt64 {
+            var v: UInt64 = 0
+            var shift: UInt64 = 0
+            while true {
+                let b = try u8()
+                v |= UInt64(b & 0x7F) << shift
+                if b & 0x80 == 0 { return v }
+                shift += 7
+                if shift > 63 { throw .badValue }
+            }
+        }
+
+        mutating func zigzag() throws(DecodeError) -> Int64 {
+            let u = try varint()
+            return Int64(bitPattern: (u >> 1) ^ (0 &- (u & 1)))
+        }
+
+        mutating func count(limit: Int) throws(DecodeError) -> Int {
+            let n = try varint()
+            guard n <= UInt64(limit) else { throw .badValue }
+            return Int(n)
+        }
+
+        mutating func string() throws(DecodeError) -> String {
+            let n = Int(try varint())
+            guard n >= 0, pos + n <= end else { throw .truncated }
+            defer { pos += n }
+            guard let s = String(validating: bytes[pos..<(pos + n)], as: UTF8.self) else { throw .badValue }
+            return s
+        }
+
+        mutating func stamp() throws(DecodeError) -> Stamp {
+            Stamp(timeMs: try zigzag(), offset: try zigzag())
+        }
+
+        mutating func latest() throws(DecodeError) -> Latest<String> {
+            let v = try string()
+            return Latest(value: v, stamp: try stamp())
+        }
+    }
+}

@@ -1,0 +1,162 @@
+import CRdKafka
+import Foundation
+import Logging
+
+/// Topic administration and whole-partition reads, for the state changelog.
+public enum KafkaAdmin {
+    /// Creates `topic` with `partitions` and `config` (e.g. `cleanup.policy=compact`)
+    /// unless it exists. Returns `true` when it was created. Uses the Admin API on a
+    /// short-lived client.
+    public static func createTopicIfMissing(config: KafkaClientConfig, topic: String, partitions: Int,
+                                            replicationFactor: Int = -1, topicConfig: [String: String],
+                                            logger: Logger, timeoutMs: Int32 = 15_000) throws(KafkaError) -> Bool {
+        var cfg = KafkaClientConfig(config.properties)
+        for k in ["group.id", "group.instance.id", "enable.auto.commit", "enable.auto.offset.store", "auto.offset.reset",
+                  "partition.assignment.strategy", "session.timeout.ms", "heartbeat.interval.ms", "queued.min.messages",
+                  "queued.max.messages.kbytes", "auto.commit.interval.ms", "enable.partition.eof"] {
+            cfg[k] = nil
+        }
+        let conf = try cfg.makeConf()
+        var errbuf = [CChar](repeating: 0, count: 512)
+        guard let rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, &errbuf, errbuf.count) else {
+            rd_kafka_conf_destroy(conf)
+            throw KafkaError(message: "cannot create admin client: \(errorText(errbuf))")
+        }
+        defer { rd_kafka_destroy(rk) }
+        var newTopic: OpaquePointer? = rd_kafka_NewTopic_new(topic, Int32(partitions), Int32(replicationFactor), &errbuf, errbuf.count)
+        guard newTopic != nil else { throw KafkaError(message: "bad topic spec for \(topic): \(errorText(errbuf))") }
+        defer { rd_kafka_NewTopic_destroy(newTopic) }
+        for (k, v) in topicConfig {
+            let e = rd_kafka_NewTopic_set_config(newTopic, k, v)
+            if e != RD_KAFKA_RESP_ERR_NO_ERROR { throw KafkaError(e, context: "topic config \(k)") }
+        }
+        let queue = rd_kafka_queue_new(rk)
+        defer { rd_kafka_queue_destroy(queue) }
+        let options = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS)
+        defer { rd_kafka_AdminOptions_destroy(options) }
+        _ = rd_kafka_AdminOptions_set_request_timeout(options, timeoutMs, &errbuf, errbuf.count)
+        rd_kafka_CreateTopics(rk, &newTopic, 1, options, queue)
+        guard let event = rd_kafka_queue_poll(queue, timeoutMs + 2_000) else {
+            throw KafkaError(message: "creating topic \(topic) timed out")
+        }
+        defer { rd_kafka_event_destroy(event) }
+        if rd_kafka_event_error(event) != RD_KAFKA_RESP_ERR_NO_ERROR {
+            let err = rd_kafka_event_error(event)
+            throw KafkaError(err, context: "create topic \(topic)")
+        }
+        guard let result = rd_kafka_event_CreateTopics_result(event) else { return false }
+        var n = 0
+        guard let topics = rd_kafka_CreateTopics_result_topics(result, &n), n > 0, let t = topics[0] else { return false }
+        let err = rd_kafka_topic_result_error(t)
+        if err == RD_KAFKA_RESP_ERR_NO_ERROR {
+            logger.info("created state topic", metadata: ["topic": "\(topic)", "partitions": "\(partitions)"])
+            return true
+        }
+        if err == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS { return false }
+        let msg = rd_kafka_topic_result_error_string(t).map { String(cString: $0) } ?? ""
+        throw KafkaError(code: err.rawValue, message: "create topic \(topic): \(msg)")
+    }
+
+    /// The names of all topics, from metadata (a listing never auto-creates anything).
+    public static func listTopics(config: KafkaClientConfig, timeoutMs: Int32 = 10_000) throws(KafkaError) -> Set<String> {
+        let rk = try metadataClient(config)
+        defer { rd_kafka_destroy(rk) }
+        var md: UnsafePointer<rd_kafka_metadata>?
+        let err = rd_kafka_metadata(rk, 1, nil, &md, timeoutMs)
+        guard err == RD_KAFKA_RESP_ERR_NO_ERROR, let md else { throw KafkaError(err, context: "list topics") }
+        defer { rd_kafka_metadata_destroy(md) }
+        var out = Set<String>()
+        for i in 0..<Int(md.pointee.topic_cnt) { out.insert(String(cString: md.pointee.topics[i].topic)) }
+        return out
+    }
+
+    /// Whether every partition of `topic` is empty (high watermark equal to low).
+    public static func isEmpty(config: KafkaClientConfig, topic: String, partitions: Int) throws(KafkaError) -> Bool {
+        let rk = try metadataClient(config)
+        defer { rd_kafka_destroy(rk) }
+        for p in 0..<partitions {
+            var low: Int64 = 0
+            var high: Int64 = 0
+            let e = rd_kafka_query_watermark_offsets(rk, topic, Int32(p), &low, &high, 10_000)
+            if e != RD_KAFKA_RESP_ERR_NO_ERROR { throw KafkaError(e, context: "watermarks of \(topic)[\(p)]") }
+            if high > low { return false }
+        }
+        return true
+    }
+
+    private static func metadataClient(_ config: KafkaClientConfig) throws(KafkaError) -> OpaquePointer {
+        let conf = try KafkaClientConfig(["bootstrap.servers": config["bootstrap.servers"] ?? ""]
+            .merging(config.properties.filter { $0.key.hasPrefix("security.") || $0.key.hasPrefix("sasl.") || $0.key.hasPrefix("ssl.") }) { a, _ in a })
+            .makeConf()
+        var errbuf = [CChar](repeating: 0, count: 512)
+        guard let rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, &errbuf, errbuf.count) else {
+            rd_kafka_conf_destroy(conf)
+            throw KafkaError(message: "cannot create metadata client: \(errorText(errbuf))")
+        }
+        return rk
+    }
+
+    /// The partition count of `topic` from cluster metadata.
+    public static func partitionCount(config: KafkaClientConfig, topic: String, timeoutMs: Int32 = 10_000) throws(KafkaError) -> Int {
+        let rk = try metadataClient(config)
+        defer { rd_kafka_destroy(rk) }
+        return try KafkaProducer.partitionCount(rk: rk, topic: topic, timeoutMs: timeoutMs)
+    }
+
+    /// The value of the last record of a partition, or nil if it is empty.
+    public static func lastValue(config: KafkaClientConfig, topic: String, partition: Int32, logger: Logger) throws(KafkaError) -> [UInt8]? {
+        try readPartition(config: config, topic: topic, partition: partition, logger: logger, fromLast: true).last?.value ?? nil
+    }
+
+    /// Reads a whole partition, from the beginning to the high watermark seen at the
+    /// start, and returns its records in order (key, value; a null value is a tombstone).
+    public static func readPartition(config: KafkaClientConfig, topic: String, partition: Int32, logger: Logger,
+                                     timeoutMs: Int32 = 60_000, fromLast: Bool = false) throws(KafkaError) -> [(key: [UInt8], value: [UInt8]?)] {
+        var cfg = KafkaClientConfig(config.properties)
+        cfg["group.id"] = "foldspace-sync-restore"
+        cfg["group.instance.id"] = nil
+        cfg["enable.auto.commit"] = "false"
+        cfg["enable.auto.offset.store"] = "false"
+        cfg["enable.partition.eof"] = "true"
+        cfg["partition.assignment.strategy"] = nil
+        let conf = try cfg.makeConf()
+        var errbuf = [CChar](repeating: 0, count: 512)
+        guard let rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, &errbuf, errbuf.count) else {
+            rd_kafka_conf_destroy(conf)
+            throw KafkaError(message: "cannot create restore client: \(errorText(errbuf))")
+        }
+        defer {
+            _ = rd_kafka_assign(rk, nil)
+            rd_kafka_destroy(rk)
+        }
+        var low: Int64 = 0
+        var high: Int64 = 0
+        let wm = rd_kafka_query_watermark_offsets(rk, topic, partition, &low, &high, 10_000)
+        if wm != RD_KAFKA_RESP_ERR_NO_ERROR { throw KafkaError(wm, context: "watermarks of \(topic)[\(partition)]") }
+        if high <= low { return [] }
+        rd_kafka_poll_set_consumer(rk)
+        let startAt = fromLast ? max(low, high - 1) : Int64(RD_KAFKA_OFFSET_BEGINNING)
+        let assigned: rd_kafka_resp_err_t = withPartitionList([(TopicPartition(topic, partition), startAt)]) {
+            rd_kafka_assign(rk, $0)
+        }
+        if assigned != RD_KAFKA_RESP_ERR_NO_ERROR { throw KafkaError(assigned, context: "assign \(topic)[\(partition)]") }
+        var out: [(key: [UInt8], value: [UInt8]?)] = []
+        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(timeoutMs) * 1_000_000
+        while DispatchTime.now().uptimeNanoseconds < deadline {
+            guard let m = rd_kafka_consumer_poll(rk, 200) else { continue }
+            defer { rd_kafka_message_destroy(m) }
+            if m.pointee.err == RD_KAFKA_RESP_ERR__PARTITION_EOF {
+                if m.pointee.offset >= high { return out }
+                continue
+            }
+            if m.pointee.err != RD_KAFKA_RESP_ERR_NO_ERROR {
+                throw KafkaError(m.pointee.err, context: "reading \(topic)[\(partition)]")
+            }
+            let key = m.pointee.key.map { Array(UnsafeRawBufferPointer(start: $0, count: m.pointee.key_len)) } ?? []
+            let value = m.pointee.payload.map { Array(UnsafeRawBufferPointer(start: $0, count: m.pointee.len)) }
+            out.append((key, value))
+            if m.pointee.offset + 1 >= high { return out }
+        }
+        throw KafkaError(message: "reading \(topic)[\(partition)] timed out after \(timeoutMs) ms")
+    }
+}

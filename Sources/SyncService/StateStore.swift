@@ -1,0 +1,120 @@
+import Delivery
+import Folding
+import Foundation
+import Kafka
+import Logging
+
+/// Where durable user state lives: a compacted changelog topic co-partitioned with the
+/// source (partition p of the changelog holds the users of source partition p).
+public protocol StateStore: Sendable {
+    /// Every record of changelog partition `partition`, oldest first.
+    func read(partition: Int32) throws -> [(key: [UInt8], value: [UInt8]?)]
+    /// The changelog partition holding a source partition's users.
+    func statePartition(for sourcePartition: Int32) -> Int32
+    /// The source topic's partition count, recorded in each record.
+    var sourcePartitions: Int32 { get }
+    /// Writes records and returns once all are acknowledged.
+    func write(_ records: [(partition: Int32, key: [UInt8], value: [UInt8])]) throws
+    /// Commits source offsets (the next offset to read, per partition).
+    func commit(_ offsets: [TopicPartition: Int64]) throws
+}
+
+/// The changelog on Kafka: an idempotent producer with `acks=all` for writes, a
+/// throw-away assigned consumer for restores, and the group consumer for commits.
+public final class KafkaStateStore: StateStore, @unchecked Sendable {
+    public let topic: String
+    /// The changelog's partition count; source partition p lives in p mod this.
+    public let partitions: Int32
+    /// The source topic's partition count, written into every record.
+    public let sourcePartitions: Int32
+    private let producer: KafkaProducer
+    private let config: KafkaClientConfig
+    private let logger: Logger
+    private let lock = NSLock()
+    private var consumer: KafkaConsumer?
+
+    public init(topic: String, partitions: Int, sourcePartitions: Int, config: KafkaClientConfig, logger: Logger) throws {
+        self.topic = topic
+        self.sourcePartitions = Int32(sourcePartitions)
+        self.partitions = Int32(max(1, partitions))
+        self.config = config
+        self.logger = logger
+        var p = KafkaClientConfig(config.properties.filter { !Self.consumerOnly.contains($0.key) })
+        p["enable.idempotence"] = "true"
+        p["acks"] = "all"
+        p["linger.ms"] = "5"
+        producer = try KafkaProducer(config: p, logger: logger)
+    }
+
+    static let consumerOnly: Set<String> = [
+        "group.id", "group.instance.id", "enable.auto.commit", "enable.auto.offset.store", "auto.offset.reset",
+        "partition.assignment.strategy", "session.timeout.ms", "heartbeat.interval.ms", "queued.min.messages",
+        "queued.max.messages.kbytes", "auto.commit.interval.ms", "enable.partition.eof", "max.poll.interval.ms",
+        "fetch.min.bytes", "fetch.wait.max.ms", "fetch.max.bytes", "max.partition.fetch.bytes", "isolation.level",
+    ]
+
+    public func attach(consumer: KafkaConsumer) {
+        lock.withLock { self.consumer = consumer }
+    }
+
+    public func statePartition(for sourcePartition: Int32) -> Int32 { sourcePartition % partitions }
+
+    public func read(partition: Int32) throws -> [(key: [UInt8], value: [UInt8]?)] {
+        try KafkaAdmin.readPartition(config: KafkaClientConfig(config.properties.filter { !Self.consumerOnly.contains($0.key) }),
+                                     topic: topic, partition: partition, logger: logger)
+    }
+
+    public func write(_ records: [(partition: Int32, key: [UInt8], value: [UInt8])]) throws {
+        try producer.sendAndWait(records.map { (topic, $0.partition, $0.key, $0.value) })
+    }
+
+    public func commit(_ offsets: [TopicPartition: Int64]) throws {
+        guard let c = lock.withLock({ consumer }) else { return }
+        try c.commitSync(offsets)
+    }
+
+    public func close() { producer.close() }
+
+    /// Makes sure the changelog exists, compacted, with the source's partition count,
+    /// and returns its partition count.
+    ///
+    /// - Throws: with a clear message when a changelog that already holds state has a
+    ///   different partition count. An *empty* changelog with another count (a cluster
+    ///   that auto-creates topics and has no Admin API, such as librdkafka's mock) is
+    ///   used with source partition p stored in changelog partition p mod count, and a
+    ///   warning: restores then filter records by their source.
+    public static func prepare(topic: String, sourceTopic: String, config: KafkaClientConfig, logger: Logger) throws -> (state: Int, source: Int) {
+        let admin = KafkaClientConfig(config.properties.filter { !consumerOnly.contains($0.key) })
+        let sourcePartitions = try KafkaAdmin.partitionCount(config: admin, topic: sourceTopic)
+        if !(try KafkaAdmin.listTopics(config: admin)).contains(topic) {
+            do {
+                _ = try KafkaAdmin.createTopicIfMissing(config: admin, topic: topic, partitions: sourcePartitions,
+                                                        topicConfig: ["cleanup.policy": "compact"], logger: logger,
+                                                        timeoutMs: 5_000)
+            } catch {
+                logger.warning("could not create the state topic through the Admin API", metadata: [
+                    "topic": "\(topic)", "error": "\(error)",
+                ])
+            }
+        }
+        let statePartitions = try KafkaAdmin.partitionCount(config: admin, topic: topic)
+        if statePartitions != sourcePartitions {
+            // Usable only if it holds nothing, or only what this daemon wrote for a source
+            // of the current size (each record carries the source's partition count).
+            for p in 0..<Int32(statePartitions) {
+                guard let last = try KafkaAdmin.lastValue(config: admin, topic: topic, partition: p, logger: logger) else { continue }
+                let written = (try? StateCodec.decode(last))?.sourcePartitions ?? -1
+                if written != Int32(sourcePartitions) {
+                    throw ConfigurationError(
+                        "state_topic: \(topic) has \(statePartitions) partitions but \(sourceTopic) has \(sourcePartitions), "
+                        + "and it holds state written for another layout; the changelog must be co-partitioned with the source "
+                        + "(recreate it, compacted, with \(sourcePartitions) partitions)")
+                }
+            }
+            logger.warning("state topic is not co-partitioned with the source; source partition p is stored in p mod its count", metadata: [
+                "state_topic": "\(topic)", "state_partitions": "\(statePartitions)", "source_partitions": "\(sourcePartitions)",
+            ])
+        }
+        return (statePartitions, sourcePartitions)
+    }
+}
