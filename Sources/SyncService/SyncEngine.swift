@@ -262,8 +262,8 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             }
         }
         do {
-            try store.write(records)
-            try store.commit(commit)
+            if !records.isEmpty { try store.write(records) }
+            if !commit.isEmpty { try store.commit(commit) }
             lock.withLock {
                 for (p, pos) in positions { lastCommitted[p] = max(lastCommitted[p] ?? -1, pos) }
                 stats.checkpoints += 1
