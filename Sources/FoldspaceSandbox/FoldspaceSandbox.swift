@@ -79,6 +79,14 @@ public final class FoldspaceSandbox: @unchecked Sendable {
         lock.withLock { global.append(contentsOf: replies) }
     }
 
+    /// Drops every scripted answer not given yet.
+    public func clearScripts() {
+        lock.withLock {
+            global.removeAll()
+            perUser.removeAll()
+        }
+    }
+
     public func setLatency(ms: Int) { lock.withLock { latencyMs = ms } }
     public func setValidKeys(_ keys: Set<String>) { lock.withLock { validKeys = keys } }
     /// Large runs (benchmarks, the demo) can keep counts only.
