@@ -66,6 +66,12 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
+        // Benchmark driver for scripts/bench.sh (not shipped).
+        .executableTarget(name: "foldspace-bench", dependencies: [
+            "SyncService", "Kafka", "Events", "Folding", "Delivery", "FoldspaceSandbox",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .testTarget(name: "EventsTests", dependencies: ["Events"]),
         .testTarget(name: "FoldingTests", dependencies: ["Folding", "Events", "FoldspaceSandbox"]),
         .testTarget(name: "DeliveryTests", dependencies: ["Delivery", "Folding", "FoldspaceSandbox"]),

@@ -46,6 +46,9 @@ public final class FoldspaceSandbox: @unchecked Sendable {
     private var latencyMs = 0
     private var recordBodies = true
     private var counts = (requests: 0, violations: 0)
+    /// Per user, the last acknowledged body (FNV-1a): a request repeating it is a no-op.
+    private var lastAcked: [String: UInt64] = [:]
+    private var noOps = 0
 
     public init(apiKeys: Set<String>) {
         validKeys = apiKeys
@@ -97,6 +100,8 @@ public final class FoldspaceSandbox: @unchecked Sendable {
     public var requests: [Received] { lock.withLock { received } }
     public var requestCount: Int { lock.withLock { counts.requests } }
     public var violationCount: Int { lock.withLock { counts.violations } }
+    /// Requests whose body equals the last one acknowledged for that user.
+    public var noOpCount: Int { lock.withLock { noOps } }
 
     /// The last acknowledged body per user.
     public func latestAcknowledged() -> [String: Received] {
@@ -160,9 +165,13 @@ public final class FoldspaceSandbox: @unchecked Sendable {
             identifyId: id ?? String(rawSegment), rawPath: req.target, apiKey: key,
             userAgent: req.header("User-Agent"), contentType: contentType,
             body: keep ? req.body : [], status: status, violations: violations, arrivedMs: now)
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in req.body { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01B3 }
         lock.withLock {
             counts.requests += 1
             if !violations.isEmpty { counts.violations += 1 }
+            if let id, lastAcked[id] == h { noOps += 1 }
+            if let id, (200..<300).contains(status) { lastAcked[id] = h }
             if keep || !violations.isEmpty { received.append(record) }
         }
         return HTTPResponse(status: status, contentType: "application/json", text: text, headers: headers)

@@ -1,0 +1,338 @@
+import ArgumentParser
+import Delivery
+import Events
+import Folding
+import FoldspaceSandbox
+import Foundation
+import Kafka
+import Logging
+import SyncService
+
+/// The benchmark driver behind `scripts/bench.sh`. Each subcommand prints `key=value`
+/// lines that the script collects into one table.
+@main
+struct FoldspaceBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "foldspace-bench",
+        abstract: "Benchmarks for foldspace-sync: produce, raw read rate, folded rate, memory, core costs.",
+        subcommands: [Produce.self, RawRead.self, Pipeline.self, Latency.self, Memory.self, Core.self])
+}
+
+let quiet: Logger = {
+    var l = Logger(label: "bench")
+    l.logLevel = .error
+    return l
+}()
+
+func uptimeSeconds() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
+
+func rssKiB(_ field: String = "VmRSS:") -> Int {
+    guard let text = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
+    for line in text.split(separator: "\n") where line.hasPrefix(field) {
+        return Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0
+    }
+    return 0
+}
+
+/// Segment-shaped events padded to 400–600 bytes, as the benchmark asks.
+struct PaddedTraffic {
+    var gen: TrafficGenerator
+    var rng = SplitMix64(seed: 99)
+
+    init(users: Int) { gen = TrafficGenerator(users: users, seed: 7) }
+
+    mutating func next(_ n: Int) -> TrafficGenerator.Message {
+        var m = gen.next(sequence: n)
+        let target = 400 + Int(rng.next() % 201)
+        if m.value.count < target, m.value.last == UInt8(ascii: "}") {
+            let pad = #","integrations":{"All":true,"pad":""# + String(repeating: "x", count: max(0, target - m.value.count - 35)) + #""}}"#
+            m.value.removeLast()
+            m.value.append(contentsOf: pad.utf8)
+        }
+        return m
+    }
+}
+
+extension FoldspaceBench {
+    struct Produce: AsyncParsableCommand {
+        @Option var brokers: String
+        @Option var topic: String
+        @Option var events = 1_000_000
+        @Option var users = 100_000
+
+        func run() async throws {
+            let p = try KafkaProducer(config: KafkaClientConfig([
+                "bootstrap.servers": brokers, "compression.codec": "zstd", "linger.ms": "50",
+                "batch.size": "1000000", "queue.buffering.max.messages": "500000", "log_level": "3",
+            ]), logger: quiet)
+            var t = PaddedTraffic(users: users)
+            var bytes = 0
+            for n in 0..<events {
+                let m = t.next(n)
+                bytes += m.value.count
+                try p.send(topic: topic, key: Array(m.key.utf8), value: m.value)
+            }
+            p.flush(timeoutMs: 120_000)
+            let c = p.deliveryCounts
+            print("produced=\(c.delivered)")
+            print("produce_failed=\(c.failed)")
+            print("avg_event_bytes=\(bytes / max(1, events))")
+        }
+    }
+
+    /// Plain librdkafka: a group consumer counting messages, no processing.
+    struct RawRead: AsyncParsableCommand {
+        @Option var brokers: String
+        @Option var topic: String
+        @Option var expect: Int
+
+        final class Counter: ConsumerHandler, @unchecked Sendable {
+            let lock = NSLock()
+            var n = 0
+            var first = 0.0
+            var last = 0.0
+            func consume(_ batch: [ConsumedMessage]) {
+                let now = uptimeSeconds()
+                lock.withLock {
+                    if n == 0 { first = now }
+                    n += batch.count
+                    last = now
+                }
+            }
+            func partitionsAssigned(_ partitions: [TopicPartition]) {}
+            func partitionsRevoked(_ partitions: [TopicPartition]) {}
+            var wantsPause: Bool { false }
+        }
+
+        func run() async throws {
+            let h = Counter()
+            let c = try KafkaConsumer(config: KafkaClientConfig([
+                "bootstrap.servers": brokers, "group.id": "raw-\(UUID().uuidString.prefix(8))", "log_level": "3",
+            ]), topics: [topic], handler: h, logger: quiet)
+            c.start()
+            let deadline = uptimeSeconds() + 300
+            while h.lock.withLock({ h.n }) < expect && uptimeSeconds() < deadline {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            let (n, first, last) = h.lock.withLock { (h.n, h.first, h.last) }
+            c.stop()
+            print("raw_messages=\(n)")
+            print("raw_rate=\(Int(Double(n) / max(last - first, 1e-6)))")
+        }
+    }
+
+    /// The real pipeline against the topic and a fast local stand-in.
+    struct Pipeline: AsyncParsableCommand {
+        @Option var brokers: String
+        @Option var topic: String
+        @Option var expect: Int
+
+        func run() async throws {
+            let sandbox = FoldspaceSandbox(apiKeys: ["bench"])
+            sandbox.setRecordBodies(false)
+            try await sandbox.start()
+            var c = SyncConfiguration()
+            c.brokers = brokers
+            c.topics = [topic]
+            c.group = "bench-\(UUID().uuidString.prefix(8))"
+            c.stateMode = "memory"
+            c.foldspaceURL = sandbox.baseURL
+            c.adminListen = "127.0.0.1:0"
+            // Phase 1: a long debounce, so HTTP is not the limit of the folded rate.
+            c.engine.debounceMs = 600_000
+            c.engine.maxWaitMs = 600_000
+            c.engine.requestsPerSecond = 1_000_000
+            c.engine.burst = 1_000_000
+            c.engine.maxInFlight = 64
+            c.engine.maxDirtyUsers = 10_000_000
+            c.engine.drainTimeoutMs = 120_000
+            c.kafkaProperties = ["log_level": "3"]
+            let pipeline = try SyncPipeline(config: c, keys: APIKeyStore(key: "bench"), logger: quiet)
+            let task = Task { try await pipeline.run() }
+            var first = 0.0
+            var last = 0.0
+            var seen = 0
+            let deadline = uptimeSeconds() + 300
+            while uptimeSeconds() < deadline {
+                let s = pipeline.engine.snapshot()
+                let n = s.folded + s.invalidTotal + s.ignored
+                if n > 0 && first == 0 { first = uptimeSeconds() }
+                if n > seen { seen = n; last = uptimeSeconds() }
+                if n >= expect { break }
+                try await Task.sleep(for: .milliseconds(5))
+            }
+            let stats = pipeline.engine.snapshot()
+            print("folded_events=\(seen)")
+            print("folded_rate=\(Int(Double(seen) / max(last - first, 1e-6)))")
+            print("users=\(stats.users)")
+            // Phase 2: flush everyone at once; PUT/s against the stand-in.
+            let putStart = uptimeSeconds()
+            let before = sandbox.requestCount
+            pipeline.requestStop() // the drain sends every dirty user, unthrottled here
+            try await task.value
+            let puts = sandbox.requestCount - before
+            print("puts=\(puts)")
+            print("put_rate=\(Int(Double(puts) / max(uptimeSeconds() - putStart, 1e-6)))")
+            print("puts_per_event=\(String(format: "%.4f", Double(puts) / Double(max(1, seen))))")
+            print("noop_puts=\(sandbox.noOpCount)")
+            print("peak_rss_kib=\(rssKiB("VmHWM:"))")
+            await sandbox.stop()
+        }
+    }
+
+    /// Event-to-PUT latency at a steady rate with a 1 s debounce: for every PUT, the time
+    /// from the user's last event (its `lastSeenDate`, stamped at produce time) to the
+    /// PUT's arrival at the stand-in.
+    struct Latency: AsyncParsableCommand {
+        @Option var brokers: String
+        @Option var topic: String
+        @Option var rate = 10_000
+        @Option var seconds = 10
+        @Option var users = 20_000
+
+        func run() async throws {
+            let sandbox = FoldspaceSandbox(apiKeys: ["bench"])
+            try await sandbox.start()
+            var c = SyncConfiguration()
+            c.brokers = brokers
+            c.topics = [topic]
+            c.group = "lat-\(UUID().uuidString.prefix(8))"
+            c.stateMode = "memory"
+            c.foldspaceURL = sandbox.baseURL
+            c.adminListen = "127.0.0.1:0"
+            c.engine.debounceMs = 1_000
+            c.engine.maxWaitMs = 5_000
+            c.engine.requestsPerSecond = 1_000_000
+            c.engine.burst = 1_000_000
+            c.engine.maxInFlight = 64
+            c.kafkaProperties = ["log_level": "3", "fetch.wait.max.ms": "10"]
+            let pipeline = try SyncPipeline(config: c, keys: APIKeyStore(key: "bench"), logger: quiet)
+            let task = Task { try await pipeline.run() }
+            while !pipeline.engine.snapshot().ready { try await Task.sleep(for: .milliseconds(50)) }
+            try await Task.sleep(for: .seconds(1))
+            let p = try KafkaProducer(config: KafkaClientConfig([
+                "bootstrap.servers": brokers, "compression.codec": "zstd", "linger.ms": "5", "log_level": "3",
+            ]), logger: quiet)
+            let pad = String(repeating: "x", count: 300)
+            let start = uptimeSeconds()
+            var sent = 0
+            var rng = SplitMix64(seed: 3)
+            while uptimeSeconds() - start < Double(seconds) {
+                let due = Int((uptimeSeconds() - start) * Double(rate))
+                while sent < due {
+                    let u = Int(rng.next() % UInt64(users))
+                    let now = Int64(Date().timeIntervalSince1970 * 1000)
+                    let json = #"{"type":"track","userId":"lat-\#(u)","event":"Clicked","timestamp":\#(now),"properties":{"pad":"\#(pad)"}}"#
+                    try p.send(topic: topic, key: Array("lat-\(u)".utf8), value: Array(json.utf8))
+                    sent += 1
+                }
+                try await Task.sleep(for: .milliseconds(2))
+            }
+            p.flush()
+            try await Task.sleep(for: .seconds(7))
+            pipeline.requestStop()
+            try await task.value
+            var lat: [Int64] = []
+            for r in sandbox.requests {
+                if let seen = r.json?["lastSeenDate"] as? Int64 { lat.append(r.arrivedMs - seen) }
+            }
+            lat.sort()
+            func q(_ x: Double) -> Int64 { lat.isEmpty ? -1 : lat[min(lat.count - 1, Int(Double(lat.count) * x))] }
+            print("latency_events=\(sent)")
+            print("latency_puts=\(lat.count)")
+            print("latency_p50_ms=\(q(0.5))")
+            print("latency_p99_ms=\(q(0.99))")
+            await sandbox.stop()
+        }
+    }
+
+    /// Memory per tracked user: 1M users folded into the engine directly.
+    struct Memory: AsyncParsableCommand {
+        @Option var users = 1_000_000
+
+        struct NoDeadLetters: DeadLetterSink {
+            func deadLetter(kind: String, key: [UInt8]?, value: [UInt8], headers: [(String, String)]) {}
+        }
+
+        func run() async throws {
+            var o = EngineOptions()
+            o.debounceMs = 600_000
+            o.maxWaitMs = 600_000
+            o.maxDirtyUsers = 10_000_000
+            let engine = SyncEngine(options: o, deadLetters: NoDeadLetters(), logger: quiet)
+            let tp = TopicPartition("bench", 0)
+            engine.partitionsAssigned([tp])
+            var gen = PaddedTraffic(users: users)
+            let before = rssKiB()
+            var offset: Int64 = 0
+            let batchSize = 1000
+            var storage: [[UInt8]] = []
+            for start in stride(from: 0, to: users, by: batchSize) {
+                storage.removeAll(keepingCapacity: true)
+                for i in start..<min(users, start + batchSize) {
+                    // One identify per user: every user tracked, each with typical traits.
+                    var m = gen.next(i)
+                    let id = "user-\(i)"
+                    m.value = Array(#"{"type":"identify","userId":"\#(id)","timestamp":"2025-11-20T10:00:00Z","traits":{"email":"\#(id)@example.com","name":"User \#(i)","title":"Engineer","createdAt":"2025-01-01T00:00:00Z"},"context":{"location":{"city":"Berlin","country":"Germany"},"timezone":"Europe/Berlin"}}"#.utf8)
+                    storage.append(m.value)
+                }
+                var batch: [ConsumedMessage] = []
+                for v in storage {
+                    v.withUnsafeBufferPointer { p in
+                        batch.append(ConsumedMessage(topicPartition: tp, offset: offset, timestampMs: nil,
+                                                     key: UnsafeBufferPointer(start: nil, count: 0), value: p))
+                    }
+                    offset += 1
+                }
+                // The buffers stay alive in `storage` while the batch is consumed.
+                withExtendedLifetime(storage) { engine.consume(batch) }
+            }
+            let after = rssKiB()
+            let s = engine.snapshot()
+            print("memory_users=\(s.users)")
+            print("bytes_per_user=\((after - before) * 1024 / max(1, s.users))")
+            print("memory_peak_rss_kib=\(rssKiB("VmHWM:"))")
+        }
+    }
+
+    /// Costs of the pure core per event: decode, fold, project, validate.
+    struct Core: AsyncParsableCommand {
+        @Option var events = 200_000
+
+        func run() async throws {
+            var gen = PaddedTraffic(users: 10_000)
+            let messages = (0..<events).map { gen.next($0).value }
+            let decoder = SegmentDecoder()
+            let now = Int64(Date().timeIntervalSince1970 * 1000)
+            var decoded: [SegmentEvent] = []
+            decoded.reserveCapacity(events)
+            var t0 = uptimeSeconds()
+            for m in messages {
+                for d in decoder.decode(m, nowMs: now) { if case .event(let e) = d { decoded.append(e) } }
+            }
+            let decodeNs = (uptimeSeconds() - t0) * 1e9 / Double(events)
+            let folder = Folder()
+            var states: [String: UserState] = [:]
+            t0 = uptimeSeconds()
+            for (i, e) in decoded.enumerated() {
+                folder.fold(e, timeMs: e.timeMs ?? now, offset: Int64(i), into: &states[e.identity, default: UserState()])
+            }
+            let foldNs = (uptimeSeconds() - t0) * 1e9 / Double(decoded.count)
+            let projector = Projector()
+            var adj = Adjustments()
+            var bodies: [[UInt8]] = []
+            t0 = uptimeSeconds()
+            for (id, s) in states { if let b = projector.body(identifyId: id, state: s, nowMs: now, adjustments: &adj) { bodies.append(b) } }
+            let projectNs = (uptimeSeconds() - t0) * 1e9 / Double(max(1, states.count))
+            t0 = uptimeSeconds()
+            var violations = 0
+            for b in bodies.prefix(20_000) { violations += FoldspaceSchema.violations(body: b, pathId: nil).isEmpty ? 0 : 1 }
+            let validateNs = (uptimeSeconds() - t0) * 1e9 / Double(min(20_000, bodies.count))
+            print("core_decode_ns=\(Int(decodeNs))")
+            print("core_fold_ns=\(Int(foldNs))")
+            print("core_project_ns=\(Int(projectNs))")
+            print("core_validate_ns=\(Int(validateNs))")
+            print("core_schema_violations=\(violations)")
+        }
+    }
+}

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The benchmark: one run, one table, ratios against librdkafka's own read rate measured
+# in the same run on the same topic. Not part of the tests (absolute times on shared
+# machines are noisy); takes a few minutes on 2 cores.
+#
+#   EVENTS=1000000 USERS=100000 PARTITIONS=16 scripts/bench.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EVENTS=${EVENTS:-1000000}
+USERS=${USERS:-100000}
+PARTITIONS=${PARTITIONS:-16}   # the mock keeps ~5 MiB per partition: spread the data
+MEMORY_USERS=${MEMORY_USERS:-1000000}
+
+bash scripts/deps.sh --with-test-tools
+swift build -c release --product foldspace-sync >&2
+swift build -c release --product foldspace-bench >&2
+BIN=$(swift build -c release --show-bin-path)
+out=$(mktemp -d)
+
+"$BIN/foldspace-sync" mock-kafka --topic "bench:$PARTITIONS" > "$out/mock" 2>/dev/null &
+MOCK=$!
+trap 'kill $MOCK 2>/dev/null || true' EXIT
+for _ in $(seq 100); do [ -s "$out/mock" ] && break; sleep 0.1; done
+B=$(head -1 "$out/mock")
+echo "mock cluster at $B; producing $EVENTS events over $USERS users..." >&2
+
+"$BIN/foldspace-bench" produce --brokers "$B" --topic bench --events "$EVENTS" --users "$USERS" > "$out/produce"
+
+echo "raw read with kcat..." >&2
+t0=$(date +%s.%N)
+kcat -C -b "$B" -t bench -o beginning -e -q -f '\n' -X log_level=3 | wc -l > "$out/kcat_count"
+t1=$(date +%s.%N)
+kcat_n=$(cat "$out/kcat_count")
+kcat_rate=$(python3 -c "print(int($kcat_n / ($t1 - $t0)))")
+
+echo "raw read with a minimal librdkafka consumer..." >&2
+"$BIN/foldspace-bench" raw --brokers "$B" --topic bench --expect "$EVENTS" > "$out/raw"
+echo "the daemon's pipeline..." >&2
+"$BIN/foldspace-bench" pipeline --brokers "$B" --topic bench --expect "$EVENTS" > "$out/pipeline"
+echo "latency at a steady 10k events/s, debounce 1 s..." >&2
+"$BIN/foldspace-sync" mock-kafka --topic "lat:4" > "$out/mock2" 2>/dev/null &
+MOCK2=$!
+trap 'kill $MOCK $MOCK2 2>/dev/null || true' EXIT
+for _ in $(seq 100); do [ -s "$out/mock2" ] && break; sleep 0.1; done
+"$BIN/foldspace-bench" latency --brokers "$(head -1 "$out/mock2")" --topic lat --rate 10000 --seconds 10 > "$out/latency"
+echo "memory per user ($MEMORY_USERS users)..." >&2
+"$BIN/foldspace-bench" memory --users "$MEMORY_USERS" > "$out/memory"
+echo "pure core costs..." >&2
+"$BIN/foldspace-bench" core > "$out/core"
+
+cat "$out"/produce "$out"/raw "$out"/pipeline "$out"/latency "$out"/memory "$out"/core > "$out/all"
+echo "kcat_messages=$kcat_n" >> "$out/all"
+echo "kcat_rate=$kcat_rate" >> "$out/all"
+python3 - "$out/all" <<'PY'
+import sys
+v = dict(l.strip().split("=", 1) for l in open(sys.argv[1]) if "=" in l)
+g = lambda k: v.get(k, "?")
+raw = int(g("raw_rate")) if g("raw_rate").isdigit() else 0
+kc = int(g("kcat_rate")) if g("kcat_rate").isdigit() else 0
+folded = int(g("folded_rate")) if g("folded_rate").isdigit() else 0
+rows = [
+    ("events produced (zstd)", f'{g("produced")} ({g("avg_event_bytes")} B avg)'),
+    ("raw read, kcat (msgs/s, incl. start-up)", g("kcat_rate")),
+    ("raw read, librdkafka consumer (msgs/s)", g("raw_rate")),
+    ("folded by the daemon (events/s)", g("folded_rate")),
+    ("folded / raw librdkafka", f"{folded / raw:.2f}" if raw else "?"),
+    ("folded / raw kcat", f"{folded / kc:.2f}" if kc else "?"),
+    ("users held after the run", g("users")),
+    ("PUTs per event (one flush of all users)", g("puts_per_event")),
+    ("no-op PUTs", g("noop_puts")),
+    ("PUT/s against a fast local stand-in", g("put_rate")),
+    ("peak RSS of the pipeline run (KiB)", g("peak_rss_kib")),
+    ("event → PUT p50 at 10k ev/s, debounce 1 s (ms)", g("latency_p50_ms")),
+    ("event → PUT p99 at 10k ev/s, debounce 1 s (ms)", g("latency_p99_ms")),
+    (f"bytes per tracked user ({g('memory_users')} users)", g("bytes_per_user")),
+    ("core: decode (ns/event)", g("core_decode_ns")),
+    ("core: fold (ns/event)", g("core_fold_ns")),
+    ("core: project (ns/user)", g("core_project_ns")),
+    ("core: schema check of a body (ns)", g("core_validate_ns")),
+]
+w = max(len(r[0]) for r in rows)
+print(f"| {'measure'.ljust(w)} | value |")
+print(f"|{'-' * (w + 2)}|-------|")
+for k, val in rows:
+    print(f"| {k.ljust(w)} | {val} |")
+PY
