@@ -399,20 +399,26 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                       nowEpoch: Int64, nowMono: Int64) {
         if e.timeImplausible { stats.implausibleTime += 1 }
         let t = e.timeMs ?? m.timestampMs ?? nowEpoch
-        stats.folded += 1
-        var isNew = false
-        if users[e.identity] == nil {
-            isNew = true
+        // Mutate the entry in place in the dictionary's storage: one hash lookup, no copy
+        // of the (large) entry out and back.
+        var index = users.index(forKey: e.identity)
+        let isNew = index == nil
+        if isNew {
+            users[e.identity] = UserEntry()
+            index = users.index(forKey: e.identity)
         }
-        var entry = users.removeValue(forKey: e.identity) ?? UserEntry()
+        apply(e, timeMs: t, message: m, partition: pidx, isNew: isNew, nowMono: nowMono, to: &users.values[index!])
+    }
+
+    private func apply(_ e: SegmentEvent, timeMs t: Int64, message m: ConsumedMessage, partition pidx: OffsetTracker.PartitionIndex,
+                       isNew: Bool, nowMono: Int64, to entry: inout UserEntry) {
         entry.home = pidx
         let source = sourceIds[Int(pidx)]
         if entry.state.hasApplied(source: source, offset: m.offset) {
             stats.skippedReplays += 1
-            stats.folded -= 1
-            users[e.identity] = entry
             return
         }
+        stats.folded += 1
         let changed = folder.fold(e, timeMs: t, offset: m.offset, source: source, into: &entry.state,
                                   adjustments: &stats.adjustments)
         // Every applied event moves the applied offset (and maybe visit spans): persist.
@@ -426,7 +432,6 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                 : entry.holds.add(pidx, m.offset)
             if added { offsets.hold(pidx, offset: m.offset) }
         }
-        users[e.identity] = entry
     }
 
     private func index(of tp: TopicPartition) -> OffsetTracker.PartitionIndex {
@@ -710,6 +715,13 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
 
     // MARK: Observation
 
+    /// Calls read so far (folded, invalid, ignored, skipped): O(1), for progress loops.
+    public var eventsRead: Int {
+        lock.withLock { stats.folded + stats.ignored + stats.skippedReplays + stats.invalid.values.reduce(0, +) }
+    }
+
+    /// All counters and gauges. Computing the oldest dirty age walks the users, so call
+    /// it at scrape intervals, not in a tight loop.
     public func snapshot() -> EngineStats {
         let now = clock.monotonicMs()
         return lock.withLock {

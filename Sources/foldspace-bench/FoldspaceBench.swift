@@ -82,6 +82,7 @@ extension FoldspaceBench {
 
     /// Plain librdkafka: a group consumer counting messages, no processing.
     struct RawRead: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "raw")
         @Option var brokers: String
         @Option var topic: String
         @Option var expect: Int
@@ -154,8 +155,7 @@ extension FoldspaceBench {
             var seen = 0
             let deadline = uptimeSeconds() + 300
             while uptimeSeconds() < deadline {
-                let s = pipeline.engine.snapshot()
-                let n = s.folded + s.invalidTotal + s.ignored
+                let n = pipeline.engine.eventsRead
                 if n > 0 && first == 0 { first = uptimeSeconds() }
                 if n > seen { seen = n; last = uptimeSeconds() }
                 if n >= expect { break }
@@ -264,6 +264,8 @@ extension FoldspaceBench {
             engine.partitionsAssigned([tp])
             var gen = PaddedTraffic(users: users)
             let before = rssKiB()
+            let t0 = uptimeSeconds()
+            var consumeSeconds = 0.0
             var offset: Int64 = 0
             let batchSize = 1000
             var storage: [[UInt8]] = []
@@ -285,8 +287,12 @@ extension FoldspaceBench {
                     offset += 1
                 }
                 // The buffers stay alive in `storage` while the batch is consumed.
+                let c0 = uptimeSeconds()
                 withExtendedLifetime(storage) { engine.consume(batch) }
+                consumeSeconds += uptimeSeconds() - c0
             }
+            print("engine_consume_rate=\(Int(Double(users) / max(consumeSeconds, 1e-9)))")
+            print("memory_total_seconds=\(String(format: "%.1f", uptimeSeconds() - t0))")
             let after = rssKiB()
             let s = engine.snapshot()
             print("memory_users=\(s.users)")

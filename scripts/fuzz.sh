@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Fuzzes the decoder, fold, projector and state codec with libFuzzer.
+#   scripts/fuzz.sh                 # 10M inputs (not part of CI: it takes a while)
+#   scripts/fuzz.sh -max_total_time=30   # the smoke run the tests do
+# Findings (crashes, sanitizer reports, schema violations) are written to fuzz/findings/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=.build/fuzz
+mkdir -p "$work/src" fuzz/findings
+rm -f "$work"/src/*.swift
+# One module: the pure sources, their imports of each other removed.
+for f in Sources/Events/*.swift Sources/Folding/*.swift Sources/FoldspaceSandbox/FoldspaceSchema.swift fuzz/FuzzTarget.swift; do
+  sed -e '/^import Events$/d' "$f" > "$work/src/$(basename "$(dirname "$f")")-$(basename "$f")"
+done
+if [ ! -x "$work/fuzz-decoder" ] || [ -n "$(find Sources/Events Sources/Folding fuzz -newer "$work/fuzz-decoder" -name '*.swift' | head -1)" ]; then
+  swiftc -parse-as-library -O -sanitize=fuzzer,address -module-name FuzzTarget "$work"/src/*.swift -o "$work/fuzz-decoder"
+fi
+args=("$@")
+[ ${#args[@]} -eq 0 ] && args=(-runs=10000000)
+mkdir -p "$work/corpus"
+cp -n fuzz/corpus/* "$work/corpus/" 2>/dev/null || true
+exec "$work/fuzz-decoder" "$work/corpus" fuzz/corpus -max_len=4096 -timeout=5 -artifact_prefix=fuzz/findings/ "${args[@]}"
