@@ -92,7 +92,12 @@ extension FoldspaceBench {
             var n = 0
             var first = 0.0
             var last = 0.0
+            let workNs: UInt64 = UInt64(ProcessInfo.processInfo.environment["RAW_WORK_NS"] ?? "0") ?? 0
             func consume(_ batch: [ConsumedMessage]) {
+                if workNs > 0 {
+                    let until = DispatchTime.now().uptimeNanoseconds + workNs * UInt64(batch.count)
+                    while DispatchTime.now().uptimeNanoseconds < until {}
+                }
                 let now = uptimeSeconds()
                 lock.withLock {
                     if n == 0 { first = now }
@@ -107,9 +112,12 @@ extension FoldspaceBench {
 
         func run() async throws {
             let h = Counter()
-            let c = try KafkaConsumer(config: KafkaClientConfig([
-                "bootstrap.servers": brokers, "group.id": "raw-\(UUID().uuidString.prefix(8))", "log_level": "3",
-            ]), topics: [topic], handler: h, logger: quiet)
+            var props = ["bootstrap.servers": brokers, "group.id": "raw-\(UUID().uuidString.prefix(8))", "log_level": "3"]
+            for kv in (ProcessInfo.processInfo.environment["RAW_PROPS"] ?? "").split(separator: ",") {
+                let p = kv.split(separator: "=", maxSplits: 1)
+                if p.count == 2 { props[String(p[0])] = String(p[1]) }
+            }
+            let c = try KafkaConsumer(config: KafkaClientConfig(props), topics: [topic], handler: h, logger: quiet)
             c.start()
             let deadline = uptimeSeconds() + 300
             while h.lock.withLock({ h.n }) < expect && uptimeSeconds() < deadline {
