@@ -50,6 +50,7 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
         ]),
         // An in-process Foldspace that checks every request against the documented schema.
         .target(name: "FoldspaceSandbox", dependencies: ["HTTPServing"]),
@@ -74,7 +75,7 @@ let package = Package(
         ]),
         .testTarget(name: "EventsTests", dependencies: ["Events"]),
         .testTarget(name: "FoldingTests", dependencies: ["Folding", "Events", "FoldspaceSandbox"]),
-        .testTarget(name: "DeliveryTests", dependencies: ["Delivery", "Folding", "FoldspaceSandbox"]),
+        .testTarget(name: "DeliveryTests", dependencies: ["Delivery", "Folding", "FoldspaceSandbox", "HTTPServing"]),
         .testTarget(name: "KafkaTests", dependencies: ["Kafka"]),
         .testTarget(name: "SyncServiceTests", dependencies: ["SyncService", "Kafka", "Delivery", "Folding", "Events", "FoldspaceSandbox"]),
         .testTarget(name: "EndToEndTests", dependencies: ["FoldspaceSandbox", "Kafka", "SyncService"]),

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 
 /// A request as the handler sees it: the whole body collected.
 public struct HTTPRequest: Sendable {
@@ -49,15 +50,26 @@ public final class HTTPServer: Sendable {
     public let host: String
     public let port: Int
 
-    /// Binds and starts serving. Request bodies over `maxBodyBytes` get 413.
+    /// Binds and starts serving. Request bodies over `maxBodyBytes` get 413. With
+    /// `tls` (a PEM certificate chain and key), it serves HTTPS.
     public static func start(host: String, port: Int, maxBodyBytes: Int = 4 << 20,
+                             tls: (certificatePEM: String, keyPEM: String)? = nil,
                              handler: @escaping Handler) async throws -> HTTPServer {
+        var sslContext: NIOSSLContext? = nil
+        if let tls {
+            let chain = try NIOSSLCertificate.fromPEMFile(tls.certificatePEM).map { NIOSSLCertificateSource.certificate($0) }
+            let key = try NIOSSLPrivateKey(file: tls.keyPEM, format: .pem)
+            sslContext = try NIOSSLContext(configuration: .makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key)))
+        }
         let bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let sslContext {
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: sslContext))
+                    }
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                     try channel.pipeline.syncOperations.addHandler(
                         RequestHandler(handler: handler, maxBodyBytes: maxBodyBytes))
