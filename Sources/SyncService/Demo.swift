@@ -66,19 +66,15 @@ public struct Demo {
         producer.close()
         print("demo: produced \(options.events) events for \(seen.count) users, and \(TrafficGenerator.garbage.count) broken messages")
 
-        var config = SyncConfiguration()
-        config.brokers = cluster.bootstrapServers
-        config.topics = [topic]
-        config.group = "foldspace-sync-demo"
-        config.foldspaceURL = sandbox.baseURL
-        config.adminListen = "127.0.0.1:0"
+        var config = SyncConfiguration.local(brokers: cluster.bootstrapServers, topic: topic, group: "foldspace-sync-demo",
+                                             foldspaceURL: sandbox.baseURL)
         config.engine.debounceMs = options.debounceMs
         config.engine.maxWaitMs = options.maxWaitMs
         config.engine.requestsPerSecond = 5_000
         config.engine.burst = 5_000
         config.engine.maxInFlight = 32
         config.engine.drainTimeoutMs = 10_000
-        config.kafkaProperties = ["session.timeout.ms": "6000", "log_level": "3"]
+        config.kafkaProperties["session.timeout.ms"] = "6000"
         let pipeline = try SyncPipeline(config: config, keys: APIKeyStore(key: apiKey), logger: logger)
         let runTask = Task { try await pipeline.run() }
 

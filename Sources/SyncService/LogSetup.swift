@@ -11,7 +11,7 @@ public enum LogSetup {
     public static func bootstrap(format: String?, level: Logger.Level) {
         let json = format.map { $0 == "json" } ?? (isatty(STDERR_FILENO) == 0)
         LoggingSystem.bootstrap { label in
-            var h: LogHandler = json ? JSONLogHandler(label: label) : TextLogHandler(label: label)
+            var h = StderrLogHandler(label: label, format: json ? .json : .text)
             h.logLevel = level
             return h
         }
@@ -34,13 +34,21 @@ private func writeStderr(_ line: String) {
     }
 }
 
-/// One JSON object per line: `ts`, `level`, `logger`, `msg`, then metadata.
-public struct JSONLogHandler: LogHandler {
+/// Log lines on standard error, in one of two formats:
+/// - `json`: one object per line: `ts`, `level`, `logger`, `msg`, then metadata;
+/// - `text`: `time LEVEL [logger] message key=value…`, for terminals.
+public struct StderrLogHandler: LogHandler {
+    public enum Format: Sendable { case json, text }
+
     public var metadata: Logger.Metadata = [:]
     public var logLevel: Logger.Level = .info
     let label: String
+    let format: Format
 
-    public init(label: String) { self.label = label }
+    public init(label: String, format: Format) {
+        self.label = label
+        self.format = format
+    }
 
     public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
         get { metadata[key] }
@@ -48,41 +56,17 @@ public struct JSONLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        var fields: [(String, String)] = [
-            ("ts", ISO8601DateFormatter.shared.string(from: Date())),
-            ("level", event.level.rawValue),
-            ("logger", label),
-            ("msg", "\(event.message)"),
-        ]
-        let merged = metadata.merging(event.metadata ?? [:]) { _, new in new }
-        for (k, v) in merged.sorted(by: { $0.key < $1.key }) { fields.append((k, "\(v)")) }
-        var out = "{"
-        for (i, (k, v)) in fields.enumerated() {
-            if i > 0 { out += "," }
-            out += jsonQuote(k) + ":" + jsonQuote(v)
+        let ts = ISO8601DateFormatter.shared.string(from: Date())
+        let merged = metadata.merging(event.metadata ?? [:]) { _, new in new }.sorted(by: { $0.key < $1.key })
+        switch format {
+        case .json:
+            var fields: [(String, String)] = [("ts", ts), ("level", event.level.rawValue), ("logger", label), ("msg", "\(event.message)")]
+            for (k, v) in merged { fields.append((k, "\(v)")) }
+            writeStderr("{" + fields.map { jsonQuote($0.0) + ":" + jsonQuote($0.1) }.joined(separator: ",") + "}")
+        case .text:
+            let md = merged.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+            writeStderr("\(ts) \(event.level.rawValue.uppercased()) [\(label)] \(event.message)\(md.isEmpty ? "" : " " + md)")
         }
-        out += "}"
-        writeStderr(out)
-    }
-}
-
-/// `time level [logger] message key=value…` for terminals.
-public struct TextLogHandler: LogHandler {
-    public var metadata: Logger.Metadata = [:]
-    public var logLevel: Logger.Level = .info
-    let label: String
-
-    public init(label: String) { self.label = label }
-
-    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-
-    public func log(event: LogEvent) {
-        let merged = metadata.merging(event.metadata ?? [:]) { _, new in new }
-        let md = merged.sorted(by: { $0.key < $1.key }).map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-        writeStderr("\(ISO8601DateFormatter.shared.string(from: Date())) \(event.level.rawValue.uppercased()) [\(label)] \(event.message)\(md.isEmpty ? "" : " " + md)")
     }
 }
 

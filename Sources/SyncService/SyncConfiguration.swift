@@ -54,6 +54,19 @@ public struct SyncConfiguration: Sendable {
     public var commitIntervalMs: Int64 = 5_000
 
     public var effectiveStateTopic: String { stateTopic ?? "\(group)-state" }
+
+    /// A configuration for running against a cluster and a Foldspace on this machine
+    /// (the demo, benchmarks, tests): admin on a free loopback port, librdkafka quiet.
+    public static func local(brokers: String, topic: String, group: String, foldspaceURL: String) -> SyncConfiguration {
+        var c = SyncConfiguration()
+        c.brokers = brokers
+        c.topics = [topic]
+        c.group = group
+        c.foldspaceURL = foldspaceURL
+        c.adminListen = "127.0.0.1:0"
+        c.kafkaProperties = ["log_level": "3"]
+        return c
+    }
     public var engine = EngineOptions()
 
     public init() {

@@ -140,13 +140,9 @@ extension FoldspaceBench {
             let sandbox = FoldspaceSandbox(apiKeys: ["bench"])
             sandbox.setRecordBodies(false)
             try await sandbox.start()
-            var c = SyncConfiguration()
-            c.brokers = brokers
-            c.topics = [topic]
-            c.group = "bench-\(UUID().uuidString.prefix(8))"
+            var c = SyncConfiguration.local(brokers: brokers, topic: topic, group: "bench-\(UUID().uuidString.prefix(8))",
+                                            foldspaceURL: sandbox.baseURL)
             c.stateMode = "memory"
-            c.foldspaceURL = sandbox.baseURL
-            c.adminListen = "127.0.0.1:0"
             // Phase 1: a long debounce, so HTTP is not the limit of the folded rate.
             c.engine.debounceMs = 600_000
             c.engine.maxWaitMs = 600_000
@@ -155,7 +151,6 @@ extension FoldspaceBench {
             c.engine.maxInFlight = 64
             c.engine.maxDirtyUsers = 10_000_000
             c.engine.drainTimeoutMs = 120_000
-            c.kafkaProperties = ["log_level": "3"]
             let pipeline = try SyncPipeline(config: c, keys: APIKeyStore(key: "bench"), logger: quiet)
             let task = Task { try await pipeline.run() }
             var first = 0.0
@@ -201,19 +196,15 @@ extension FoldspaceBench {
         func run() async throws {
             let sandbox = FoldspaceSandbox(apiKeys: ["bench"])
             try await sandbox.start()
-            var c = SyncConfiguration()
-            c.brokers = brokers
-            c.topics = [topic]
-            c.group = "lat-\(UUID().uuidString.prefix(8))"
+            var c = SyncConfiguration.local(brokers: brokers, topic: topic, group: "lat-\(UUID().uuidString.prefix(8))",
+                                            foldspaceURL: sandbox.baseURL)
             c.stateMode = "memory"
-            c.foldspaceURL = sandbox.baseURL
-            c.adminListen = "127.0.0.1:0"
             c.engine.debounceMs = 1_000
             c.engine.maxWaitMs = 5_000
             c.engine.requestsPerSecond = 1_000_000
             c.engine.burst = 1_000_000
             c.engine.maxInFlight = 64
-            c.kafkaProperties = ["log_level": "3", "fetch.wait.max.ms": "10"]
+            c.kafkaProperties["fetch.wait.max.ms"] = "10"
             let pipeline = try SyncPipeline(config: c, keys: APIKeyStore(key: "bench"), logger: quiet)
             let task = Task { try await pipeline.run() }
             while !pipeline.engine.snapshot().ready { try await Task.sleep(for: .milliseconds(50)) }

@@ -35,19 +35,15 @@ final class PipelineHarness: @unchecked Sendable {
     }
 
     func start(keys: APIKeyStore? = nil, _ configure: (inout SyncConfiguration) -> Void = { _ in }) throws {
-        var c = SyncConfiguration()
-        c.brokers = cluster.bootstrapServers
-        c.topics = [topic]
-        c.group = "g-\(UUID().uuidString.prefix(8))"
-        c.foldspaceURL = sandbox.baseURL
-        c.adminListen = "127.0.0.1:0"
+        var c = SyncConfiguration.local(brokers: cluster.bootstrapServers, topic: topic, group: "g-\(UUID().uuidString.prefix(8))",
+                                        foldspaceURL: sandbox.baseURL)
         c.deadLetterTopic = "dead-letters"
         c.engine.debounceMs = 200
         c.engine.maxWaitMs = 1_000
         c.engine.requestsPerSecond = 200
         c.engine.burst = 50
         c.engine.drainTimeoutMs = 10_000
-        c.kafkaProperties = ["session.timeout.ms": "6000", "log_level": "3"]
+        c.kafkaProperties["session.timeout.ms"] = "6000"
         c.stateMode = "memory" // these tests are about delivery; durable state has its own
         configure(&c)
         pipeline = try SyncPipeline(config: c, keys: try keys ?? APIKeyStore(key: apiKey), logger: quietLogger)
