@@ -46,7 +46,7 @@ struct TestError: Error { let m: String; init(_ m: String) { self.m = m } }
         o.durable = true
         o.fold.sendNumberOfVisits = true
         o.fold.keyEvents = [.init(name: "Paid")]
-        let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: Logger(label: "t"), clock: clock.engineClock)
+        let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: clock.engineClock)
         e.setStateStore(store)
         e.partitionsAssigned([tp])
         return e
