@@ -73,12 +73,14 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // Helpers shared by the test targets (polling, the reference fold of visits).
+        .target(name: "TestSupport", dependencies: ["FoldspaceSandbox"], path: "Tests/TestSupport"),
         .testTarget(name: "EventsTests", dependencies: ["Events"]),
         .testTarget(name: "FoldingTests", dependencies: ["Folding", "Events", "FoldspaceSandbox"]),
         .testTarget(name: "DeliveryTests", dependencies: ["Delivery", "Folding", "FoldspaceSandbox", "HTTPServing"]),
-        .testTarget(name: "KafkaTests", dependencies: ["Kafka"]),
-        .testTarget(name: "SyncServiceTests", dependencies: ["SyncService", "Kafka", "Delivery", "Folding", "Events", "FoldspaceSandbox"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["FoldspaceSandbox", "Kafka", "SyncService"]),
+        .testTarget(name: "KafkaTests", dependencies: ["Kafka", "TestSupport"]),
+        .testTarget(name: "SyncServiceTests", dependencies: ["SyncService", "Kafka", "Delivery", "Folding", "Events", "FoldspaceSandbox", "TestSupport"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["FoldspaceSandbox", "Kafka", "SyncService", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+@_exported import TestSupport
 
 /// The built `foldspace-sync` binary, next to the test bundle in the build folder.
 func binaryPath() throws -> String {
@@ -114,12 +115,7 @@ func kcatProduce(bootstrap: String, topic: String, _ messages: [(key: String, va
 }
 
 func waitUntil(_ timeout: Duration = .seconds(60), _ cond: () -> Bool) async -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if cond() { return true }
-        try? await Task.sleep(for: .milliseconds(100))
-    }
-    return cond()
+    await eventually(timeout, cond)
 }
 
 /// A reference fold of the fields the end-to-end tests check, computed independently of
@@ -164,8 +160,3 @@ struct Scenario {
     }
 }
 
-func iso8601(_ ms: Int64) -> String {
-    let f = ISO8601DateFormatter()
-    f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-    return f.string(from: Date(timeIntervalSince1970: Double(ms) / 1000))
-}

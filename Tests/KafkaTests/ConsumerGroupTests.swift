@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import Testing
+import TestSupport
 @testable import Kafka
 
 /// Records what the poll thread hands over and stores each offset once "processed".
@@ -34,15 +35,6 @@ final class RecordingHandler: ConsumerHandler, @unchecked Sendable {
     var values: [String] { lock.withLock { messages.map(\.2) } }
     var offsets: [(TopicPartition, Int64)] { lock.withLock { messages.map { ($0.0, $0.1) } } }
     var log: [String] { lock.withLock { events } }
-}
-
-func waitFor(_ timeout: Duration = .seconds(30), _ cond: () -> Bool) async -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if cond() { return true }
-        try? await Task.sleep(for: .milliseconds(50))
-    }
-    return cond()
 }
 
 let quiet: Logger = {
@@ -82,7 +74,7 @@ func produce(_ cluster: MockCluster, topic: String, _ values: [String]) throws {
         let consumer = try KafkaConsumer(config: consumerConfig(cluster, group: "g1"), topics: ["t1"], handler: handler, logger: quiet)
         handler.consumer = consumer
         consumer.start()
-        #expect(await waitFor { handler.values.count == 100 })
+        #expect(await eventually { handler.values.count == 100 })
         #expect(Set(handler.values) == Set((0..<100).map { "m\($0)" }))
         consumer.commitStoredSync()
         let committed = try consumer.committed([TopicPartition("t1", 0), TopicPartition("t1", 1)])
@@ -100,14 +92,14 @@ func produce(_ cluster: MockCluster, topic: String, _ values: [String]) throws {
         let c1 = try KafkaConsumer(config: consumerConfig(cluster, group: "g2"), topics: ["t2"], handler: first, logger: quiet)
         first.consumer = c1
         c1.start()
-        #expect(await waitFor { first.values.count == 50 })
+        #expect(await eventually { first.values.count == 50 })
         c1.stop() // commits on close
         try produce(cluster, topic: "t2", (0..<30).map { "b\($0)" })
         let second = RecordingHandler()
         let c2 = try KafkaConsumer(config: consumerConfig(cluster, group: "g2"), topics: ["t2"], handler: second, logger: quiet)
         second.consumer = c2
         c2.start()
-        #expect(await waitFor { second.values.count >= 30 })
+        #expect(await eventually { second.values.count >= 30 })
         try? await Task.sleep(for: .milliseconds(500))
         #expect(second.values == (0..<30).map { "b\($0)" })
         #expect(second.offsets.first?.1 == 50)
@@ -122,16 +114,16 @@ func produce(_ cluster: MockCluster, topic: String, _ values: [String]) throws {
         a.consumer = ca
         ca.start()
         try produce(cluster, topic: "t3", (0..<200).map { "x\($0)" })
-        #expect(await waitFor { a.values.count == 200 })
+        #expect(await eventually { a.values.count == 200 })
         let b = RecordingHandler()
         let cb = try KafkaConsumer(config: consumerConfig(cluster, group: "g3"), topics: ["t3"], handler: b, logger: quiet)
         b.consumer = cb
         cb.start()
         // Wait until b owns partitions, then produce more: both share the load.
-        #expect(await waitFor { b.log.contains { $0.hasPrefix("assigned") } })
+        #expect(await eventually { b.log.contains { $0.hasPrefix("assigned") } })
         try produce(cluster, topic: "t3", (200..<400).map { "x\($0)" })
         let all = Set((0..<400).map { "x\($0)" })
-        #expect(await waitFor { Set(a.values + b.values).isSuperset(of: all) })
+        #expect(await eventually { Set(a.values + b.values).isSuperset(of: all) })
         #expect(!b.values.isEmpty)
         #expect(a.log.contains { $0.hasPrefix("revoked") })
         ca.stop()

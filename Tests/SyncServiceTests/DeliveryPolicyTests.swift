@@ -7,6 +7,7 @@ import FoundationNetworking
 import Kafka
 import Logging
 import Testing
+import TestSupport
 @testable import SyncService
 
 /// The real pipeline (consumer, engine, flusher, HTTP client) against librdkafka's
@@ -81,30 +82,15 @@ let quietLogger: Logger = {
     return l
 }()
 
-func eventually(_ timeout: Duration = .seconds(40), _ cond: () -> Bool) async -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if cond() { return true }
-        try? await Task.sleep(for: .milliseconds(50))
-    }
-    return cond()
-}
-
 func pageEvents(users: [String], perUser: Int, base: Int64 = 1_764_000_000_000) -> [(key: String, value: String)] {
     var out: [(String, String)] = []
     for k in 0..<perUser {
         for u in users {
-            let t = Timestamp_formatForTests(base + Int64(k) * 1000)
+            let t = iso8601(base + Int64(k) * 1000)
             out.append((u, #"{"type":"page","userId":"\#(u)","timestamp":"\#(t)","context":{"location":{"city":"C\#(k)"}}}"#))
         }
     }
     return out
-}
-
-func Timestamp_formatForTests(_ ms: Int64) -> String {
-    let f = ISO8601DateFormatter()
-    f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-    return f.string(from: Date(timeIntervalSince1970: Double(ms) / 1000))
 }
 
 /// Updates for one user must never go backwards: lastSeenDate never decreases.

@@ -1,0 +1,78 @@
+import FoldspaceSandbox
+import Foundation
+
+/// Polls `condition` until it holds or `timeout` passes; returns its last value.
+public func eventually(_ timeout: Duration = .seconds(40), _ condition: () -> Bool) async -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if condition() { return true }
+        try? await Task.sleep(for: .milliseconds(50))
+    }
+    return condition()
+}
+
+/// ISO-8601 with milliseconds, as Segment libraries send it.
+public func iso8601(_ ms: Int64) -> String {
+    let f = ISO8601DateFormatter()
+    f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+    return f.string(from: Date(timeIntervalSince1970: Double(ms) / 1000))
+}
+
+/// A stream of events with several visits per user, and an independent reference of
+/// what each user's last delivered body must say: visits (sessions split by gaps over
+/// 30 minutes), first and last seen. Written without the daemon's code on purpose.
+public struct VisitReference: Sendable {
+    public let users: Int
+    public let prefix: String
+    public let base = Int64(Date().timeIntervalSince1970 * 1000) - 10 * 86_400_000
+    public private(set) var times: [String: [Int64]] = [:]
+
+    public init(users: Int, prefix: String = "v") {
+        self.users = users
+        self.prefix = prefix
+    }
+
+    public func id(_ u: Int) -> String { "\(prefix)\(u)" }
+
+    /// Events `range` of the stream: event i belongs to user i % users; every 3rd event
+    /// of a user starts a new visit (2 h later), the others are a minute apart.
+    public mutating func messages(_ range: Range<Int>) -> [(key: String, value: String)] {
+        range.map { i in
+            let user = id(i % users)
+            let k = i / users
+            let t = base + Int64(k / 3) * 7_200_000 + Int64(k % 3) * 60_000 + Int64(i % users)
+            times[user, default: []].append(t)
+            let type = k % 2 == 0 ? "page" : "track"
+            return (user, #"{"type":"\#(type)","event":"Step","userId":"\#(user)","messageId":"m\#(i)","timestamp":"\#(iso8601(t))","context":{"library":{"name":"analytics-node","version":"6.0.0"}}}"#)
+        }
+    }
+
+    public func expected(_ user: String) -> (visits: Int, first: Int64, last: Int64) {
+        let sorted = (times[user] ?? []).sorted()
+        var visits = sorted.isEmpty ? 0 : 1
+        for (a, b) in zip(sorted, sorted.dropFirst()) where b - a > 30 * 60_000 { visits += 1 }
+        return (visits, sorted.first ?? 0, sorted.last ?? 0)
+    }
+
+    /// What differs between each user's last acknowledged body and the reference.
+    public func mismatches(_ sandbox: FoldspaceSandbox) -> [String] {
+        let latest = sandbox.latestAcknowledged()
+        var out: [String] = []
+        for u in 0..<users {
+            let user = id(u)
+            let want = expected(user)
+            guard let body = latest[user]?.json else {
+                out.append("\(user): never delivered")
+                continue
+            }
+            if body["numberOfVisits"] as? Int != want.visits {
+                out.append("\(user): numberOfVisits \(String(describing: body["numberOfVisits"])), expected \(want.visits)")
+            }
+            if body["firstVisitDate"] as? Int64 != want.first { out.append("\(user): firstVisitDate differs") }
+            if body["lastSeenDate"] as? Int64 != want.last { out.append("\(user): lastSeenDate differs") }
+        }
+        return out
+    }
+
+    public func allDelivered(_ sandbox: FoldspaceSandbox) -> Bool { mismatches(sandbox).isEmpty }
+}
