@@ -98,6 +98,29 @@ extension VisitReference {
         await sandbox.stop()
     }
 
+    @Test func sigtermDuringARebalanceLosesNothing() async throws {
+        let group = "rebal-\(UUID().uuidString.prefix(6))"
+        let kafka = try await MockKafkaProcess(topics: ["events:4", "\(group)-state:4"])
+        defer { Task { await kafka.stop() } }
+        let sandbox = FoldspaceSandbox(apiKeys: [apiKey])
+        try await sandbox.start()
+        var s = VisitReference(users: 12)
+        try kcatProduce(bootstrap: kafka.bootstrap, topic: "events", s.messages(0..<240))
+        let a = try start(kafka, sandbox, group: group)
+        #expect(await waitUntil(.seconds(30)) { a.stderr.contains("partitions assigned") })
+        // b joins: the group rebalances; a is told to stop while that is under way.
+        let b = try start(kafka, sandbox, group: group)
+        try await Task.sleep(for: .milliseconds(300))
+        a.signal(SIGTERM)
+        #expect(await a.wait(timeout: .seconds(40)) == 0, "\(a.stderr.suffix(1500))")
+        try kcatProduce(bootstrap: kafka.bootstrap, topic: "events", s.messages(240..<480))
+        #expect(await waitUntil(.seconds(60)) { s.allDelivered(sandbox) }, "\(b.stderr.suffix(1500))")
+        s.verify(sandbox, "after SIGTERM during a rebalance")
+        b.signal(SIGTERM)
+        #expect(await b.wait(timeout: .seconds(30)) == 0)
+        await sandbox.stop()
+    }
+
     @Test func foldspaceDownKeepsMemoryBoundedAndDeliversAfterwards() async throws {
         let group = "down-\(UUID().uuidString.prefix(6))"
         let kafka = try await MockKafkaProcess(topics: ["events:2", "\(group)-state:2"])

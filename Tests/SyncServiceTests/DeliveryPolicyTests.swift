@@ -188,6 +188,37 @@ func expectNoReordering(_ requests: [FoldspaceSandbox.Received]) {
         try await h.stop()
     }
 
+    @Test func a429StormIsWaitedOutWithoutRequestsInsideRetryAfter() async throws {
+        let h = try await PipelineHarness()
+        // Every request for a while gets 429 Retry-After: 1, then Foldspace recovers.
+        h.sandbox.scriptAll(Array(repeating: .init(status: 429, retryAfter: "1"), count: 25))
+        let users = (0..<30).map { "storm\($0)" }
+        try h.produce(pageEvents(users: users, perUser: 2))
+        try h.start { c in c.engine.maxInFlight = 4 }
+        #expect(await eventually(.seconds(60)) { h.sandbox.latestAcknowledged().count == users.count })
+        let requests = h.sandbox.requests.sorted { $0.arrivedMs < $1.arrivedMs }
+        #expect(requests.filter { $0.status == 429 }.count == 25)
+        for r in requests where r.status == 429 {
+            // Requests already on the wire when the 429 was sent may land just after it.
+            let inside = requests.filter { $0.arrivedMs > r.arrivedMs + 50 && $0.arrivedMs < r.arrivedMs + 1_000 }
+            #expect(inside.isEmpty, "\(inside.count) requests inside a Retry-After window")
+        }
+        expectNoReordering(requests)
+        #expect(h.pipeline.engine.snapshot().rateLimit < 200) // lowered after the storm, recovering
+        try await h.stop()
+    }
+
+    @Test func fiveSecondLatencyStillDeliversEveryone() async throws {
+        let h = try await PipelineHarness()
+        h.sandbox.setLatency(ms: 5_000)
+        let users = (0..<20).map { "slow5-\($0)" }
+        try h.produce(pageEvents(users: users, perUser: 2))
+        try h.start { c in c.requestTimeoutMs = 30_000 }
+        #expect(await eventually(.seconds(60)) { h.sandbox.latestAcknowledged().count == users.count })
+        expectNoReordering(h.sandbox.requests)
+        try await h.stop()
+    }
+
     @Test func slowFoldspaceStillGetsEveryUserInOrder() async throws {
         let h = try await PipelineHarness()
         h.sandbox.setLatency(ms: 3_000)
