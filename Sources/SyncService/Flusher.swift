@@ -41,6 +41,9 @@ public final class Flusher: Sendable {
                         inFlight.add(1)
                         group.addTask { [engine, sender, inFlight, beforeProbe] in
                             if job.isProbe { beforeProbe() }
+                            while let wait = engine.retryAfterRemainingMs() {
+                                try? await Task.sleep(for: .milliseconds(wait))
+                            }
                             let start = ContinuousClock.now
                             let outcome = await sender.send(identifyId: job.identifyId, body: job.body)
                             let elapsed = ContinuousClock.now - start

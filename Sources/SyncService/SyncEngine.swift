@@ -701,6 +701,17 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         if !m.isEmpty { storeOffsets(m) }
     }
 
+    /// Milliseconds until a client-wide `Retry-After` pause ends, or nil when none is in
+    /// force. The flusher checks it again right before a request goes on the wire, so a
+    /// request taken before a 429 arrived does not land inside the window.
+    public func retryAfterRemainingMs() -> Int64? {
+        let now = clock.monotonicMs()
+        return lock.withLock {
+            let until = limiter.pausedUntilMs
+            return until > now ? until - now : nil
+        }
+    }
+
     /// Lets the breaker probe right away (the key was re-read).
     public func keyReloaded() {
         let now = clock.monotonicMs()
