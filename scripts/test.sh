@@ -9,7 +9,7 @@ swift build --build-tests
 # A 30-second libFuzzer smoke run of the decoder, fold, projector and state codec
 # (scripts/fuzz.sh runs 10M inputs outside CI). FUZZ_SMOKE=0 skips it.
 if [ "${FUZZ_SMOKE:-1}" != "0" ]; then
-  bash scripts/fuzz.sh -max_total_time=30 -print_final_stats=1 > .build/fuzz-smoke.log 2>&1 \
+  SWIFT_BACKTRACE=enable=no bash scripts/fuzz.sh -max_total_time=30 -print_final_stats=1 > .build/fuzz-smoke.log 2>&1 \
     || { tail -40 .build/fuzz-smoke.log; echo "fuzz smoke run found a problem (see fuzz/findings/)"; exit 1; }
   grep -E "^Done [0-9]+ runs" .build/fuzz-smoke.log || true
 fi

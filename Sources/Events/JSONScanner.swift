@@ -211,9 +211,19 @@ struct JSONScanner: ~Copyable {
                      UInt8(ascii: "f"), UInt8(ascii: "n"), UInt8(ascii: "r"), UInt8(ascii: "t"):
                     pos += 1
                 case UInt8(ascii: "u"):
-                    guard pos + 4 < bytes.count else { throw .syntax }
-                    for i in 1...4 where hexValue(bytes[pos + i]) == nil { throw .syntax }
+                    let unit = try hexEscape(at: pos + 1)
                     pos += 5
+                    // Surrogates must come in escaped pairs: a lone one is not Unicode, and
+                    // copying it into a body (custom attributes keep raw JSON text) would
+                    // make that body invalid JSON for strict parsers.
+                    if (0xDC00...0xDFFF).contains(unit) { throw .invalidUnicode }
+                    if (0xD800...0xDBFF).contains(unit) {
+                        guard pos + 1 < bytes.count, bytes[pos] == UInt8(ascii: "\\"), bytes[pos + 1] == UInt8(ascii: "u")
+                        else { throw .invalidUnicode }
+                        let low = try hexEscape(at: pos + 2)
+                        guard (0xDC00...0xDFFF).contains(low) else { throw .invalidUnicode }
+                        pos += 6
+                    }
                 default:
                     throw .syntax
                 }
@@ -223,6 +233,17 @@ struct JSONScanner: ~Copyable {
             pos += 1
         }
         throw .syntax
+    }
+
+    /// The value of the four hex digits at `at` (after `\u`).
+    private func hexEscape(at: Int) throws(JSONError) -> UInt32 {
+        guard at + 4 <= bytes.count else { throw .syntax }
+        var v: UInt32 = 0
+        for i in 0..<4 {
+            guard let h = hexValue(bytes[at + i]) else { throw .syntax }
+            v = v << 4 | UInt32(h)
+        }
+        return v
     }
 
     /// Reads a string value and decodes its escapes.

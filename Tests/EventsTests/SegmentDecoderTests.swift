@@ -234,6 +234,19 @@ private func failure(_ json: String) -> DecodeFailure? {
         #expect(e.traits?.email == "xé@y")
     }
 
+    @Test func loneSurrogatesAreInvalidWhereverTheyAre() {
+        // Found by the fuzzer: a custom attribute's raw text carried "\ude00" into a body.
+        #expect(failure(#"{"type":"track","userId":"u","extra":"x\ude00"}"#)?.reason == .notJSON)
+        #expect(failure(#"{"type":"track","userId":"u","extra":"\ud83d"}"#)?.reason == .notJSON)
+        #expect(failure(#"{"type":"track","userId":"u","extra":"\ud83dx"}"#)?.reason == .notJSON)
+        var o = DecoderOptions()
+        o.customAttributes = ["plan"]
+        let d = SegmentDecoder(options: o).decode(Array(#"{"type":"identify","userId":"u","traits":{"plan":"p\ude00"}}"#.utf8), nowMs: now)
+        #expect(d == [.invalid(DecodeFailure(.notJSON))])
+        guard case .event(let e) = decode(#"{"type":"track","userId":"\ud83d\ude00"}"#).first else { Issue.record("a valid pair"); return }
+        #expect(e.identity == "😀")
+    }
+
     @Test func customAttributesCaptured() throws {
         var o = DecoderOptions()
         o.customAttributes = ["plan", "seats"]
