@@ -10,13 +10,7 @@ public enum KafkaAdmin {
     public static func createTopicIfMissing(config: KafkaClientConfig, topic: String, partitions: Int,
                                             replicationFactor: Int = -1, topicConfig: [String: String],
                                             logger: Logger, timeoutMs: Int32 = 15_000) throws(KafkaError) -> Bool {
-        var cfg = KafkaClientConfig(config.properties)
-        for k in ["group.id", "group.instance.id", "enable.auto.commit", "enable.auto.offset.store", "auto.offset.reset",
-                  "partition.assignment.strategy", "session.timeout.ms", "heartbeat.interval.ms", "queued.min.messages",
-                  "queued.max.messages.kbytes", "auto.commit.interval.ms", "enable.partition.eof"] {
-            cfg[k] = nil
-        }
-        let conf = try cfg.makeConf()
+        let conf = try config.withoutConsumerProperties.makeConf()
         var errbuf = [CChar](repeating: 0, count: 512)
         guard let rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, &errbuf, errbuf.count) else {
             rd_kafka_conf_destroy(conf)
@@ -68,20 +62,6 @@ public enum KafkaAdmin {
         var out = Set<String>()
         for i in 0..<Int(md.pointee.topic_cnt) { out.insert(String(cString: md.pointee.topics[i].topic)) }
         return out
-    }
-
-    /// Whether every partition of `topic` is empty (high watermark equal to low).
-    public static func isEmpty(config: KafkaClientConfig, topic: String, partitions: Int) throws(KafkaError) -> Bool {
-        let rk = try metadataClient(config)
-        defer { rd_kafka_destroy(rk) }
-        for p in 0..<partitions {
-            var low: Int64 = 0
-            var high: Int64 = 0
-            let e = rd_kafka_query_watermark_offsets(rk, topic, Int32(p), &low, &high, 10_000)
-            if e != RD_KAFKA_RESP_ERR_NO_ERROR { throw KafkaError(e, context: "watermarks of \(topic)[\(p)]") }
-            if high > low { return false }
-        }
-        return true
     }
 
     private static func metadataClient(_ config: KafkaClientConfig) throws(KafkaError) -> OpaquePointer {

@@ -15,11 +15,25 @@ public struct KafkaClientConfig: Sendable {
         set { properties[key] = newValue }
     }
 
-    /// Property names whose values must never be logged.
+    /// Property names whose values must never be logged or printed.
     public static func isSecret(_ key: String) -> Bool {
         let k = key.lowercased()
-        return k.contains("password") || k.contains("secret") || k.hasSuffix(".key.pem")
-            || k.contains("sasl.oauthbearer.config") || k.hasSuffix("token")
+        return k.contains("password") || k.contains("secret") || k.contains("token") || k.hasSuffix("key.pem")
+            || k.contains("oauthbearer.config")
+    }
+
+    /// Properties only a consumer understands; other clients made from the same
+    /// configuration (producers, admin and metadata clients) leave them out.
+    public static let consumerOnlyProperties: Set<String> = [
+        "group.id", "group.instance.id", "enable.auto.commit", "enable.auto.offset.store", "auto.offset.reset",
+        "partition.assignment.strategy", "session.timeout.ms", "heartbeat.interval.ms", "queued.min.messages",
+        "queued.max.messages.kbytes", "auto.commit.interval.ms", "enable.partition.eof", "max.poll.interval.ms",
+        "fetch.min.bytes", "fetch.wait.max.ms", "fetch.max.bytes", "max.partition.fetch.bytes", "isolation.level",
+    ]
+
+    /// This configuration without the consumer-only properties.
+    public var withoutConsumerProperties: KafkaClientConfig {
+        KafkaClientConfig(properties.filter { !Self.consumerOnlyProperties.contains($0.key) })
     }
 
     /// Creates an `rd_kafka_conf_t`; the caller owns it until it is handed to

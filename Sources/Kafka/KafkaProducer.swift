@@ -134,10 +134,6 @@ public final class KafkaProducer: @unchecked Sendable {
     }
 
     /// The number of partitions of `topic`, from the cluster's metadata.
-    public func partitionCount(topic: String, timeoutMs: Int32 = 5000) throws(KafkaError) -> Int {
-        try KafkaProducer.partitionCount(rk: rk, topic: topic, timeoutMs: timeoutMs)
-    }
-
     static func partitionCount(rk: OpaquePointer, topic: String, timeoutMs: Int32) throws(KafkaError) -> Int {
         guard let rkt = rd_kafka_topic_new(rk, topic, nil) else {
             throw KafkaError(message: "cannot open topic \(topic)")

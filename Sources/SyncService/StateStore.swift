@@ -39,19 +39,12 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
         self.partitions = Int32(max(1, partitions))
         self.config = config
         self.logger = logger
-        var p = KafkaClientConfig(config.properties.filter { !Self.consumerOnly.contains($0.key) })
+        var p = config.withoutConsumerProperties
         p["enable.idempotence"] = "true"
         p["acks"] = "all"
         p["linger.ms"] = "5"
         producer = try KafkaProducer(config: p, logger: logger)
     }
-
-    static let consumerOnly: Set<String> = [
-        "group.id", "group.instance.id", "enable.auto.commit", "enable.auto.offset.store", "auto.offset.reset",
-        "partition.assignment.strategy", "session.timeout.ms", "heartbeat.interval.ms", "queued.min.messages",
-        "queued.max.messages.kbytes", "auto.commit.interval.ms", "enable.partition.eof", "max.poll.interval.ms",
-        "fetch.min.bytes", "fetch.wait.max.ms", "fetch.max.bytes", "max.partition.fetch.bytes", "isolation.level",
-    ]
 
     public func attach(consumer: KafkaConsumer) {
         lock.withLock { self.consumer = consumer }
@@ -60,7 +53,7 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
     public func statePartition(for sourcePartition: Int32) -> Int32 { sourcePartition % partitions }
 
     public func read(partition: Int32) throws -> [(key: [UInt8], value: [UInt8]?)] {
-        try KafkaAdmin.readPartition(config: KafkaClientConfig(config.properties.filter { !Self.consumerOnly.contains($0.key) }),
+        try KafkaAdmin.readPartition(config: config.withoutConsumerProperties,
                                      topic: topic, partition: partition, logger: logger)
     }
 
@@ -84,7 +77,7 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
     ///   used with source partition p stored in changelog partition p mod count, and a
     ///   warning: restores then filter records by their source.
     public static func prepare(topic: String, sourceTopic: String, config: KafkaClientConfig, logger: Logger) throws -> (state: Int, source: Int) {
-        let admin = KafkaClientConfig(config.properties.filter { !consumerOnly.contains($0.key) })
+        let admin = config.withoutConsumerProperties
         let sourcePartitions = try KafkaAdmin.partitionCount(config: admin, topic: sourceTopic)
         if !(try KafkaAdmin.listTopics(config: admin)).contains(topic) {
             do {

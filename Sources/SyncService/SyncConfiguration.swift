@@ -2,6 +2,7 @@ import Delivery
 import Events
 import Folding
 import Foundation
+import Kafka
 
 /// The daemon's effective configuration.
 ///
@@ -412,20 +413,12 @@ public struct SyncConfiguration: Sendable {
         add("commit_interval", formatDuration(commitIntervalMs))
         add("group_instance_id", groupInstanceId ?? "(none)")
         for (k, v) in kafkaProperties.sorted(by: { $0.key < $1.key }) {
-            add("kafka.properties.\(k)", KafkaSecrets.isSecret(k) ? "<redacted>" : v)
+            add("kafka.properties.\(k)", KafkaClientConfig.isSecret(k) ? "<redacted>" : v)
         }
         for (k, v) in kafkaSecretFiles.sorted(by: { $0.key < $1.key }) {
             add("kafka.secret_files.\(k)", v)
         }
         return lines.joined(separator: "\n")
-    }
-}
-
-enum KafkaSecrets {
-    static func isSecret(_ key: String) -> Bool {
-        let k = key.lowercased()
-        return k.contains("password") || k.contains("secret") || k.contains("token") || k.hasSuffix("key.pem")
-            || k.contains("oauthbearer.config")
     }
 }
 
