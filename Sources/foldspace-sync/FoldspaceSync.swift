@@ -144,7 +144,16 @@ extension FoldspaceSync {
         static let configuration = CommandConfiguration(
             commandName: "mock-kafka",
             abstract: "Host librdkafka's mock Kafka cluster on loopback until SIGTERM.",
-            discussion: "Prints the bootstrap servers as the first line of stdout.")
+            discussion: """
+                Prints the bootstrap servers as the first line of stdout. Reads fault \
+                commands from stdin, one per line, and answers each with `ok` or `error: …`:
+                  broker-down ID, broker-up ID       take a broker away and bring it back
+                  leader TOPIC PARTITION BROKER      move a partition's leadership
+                  errors API COUNT [ERROR]           fail the next COUNT requests of an API
+                                                     (Produce, Fetch, OffsetCommit, JoinGroup, …;
+                                                     ERROR is a Kafka error code, default 7)
+                  rtt BROKER MS                      add round-trip time to a broker
+                """)
 
         @Option(help: "Number of brokers.") var brokers = 1
         @Option(name: .customLong("topic"), help: "Topic to create, NAME:PARTITIONS; repeatable.") var topics: [String] = []
@@ -161,6 +170,16 @@ extension FoldspaceSync {
                 try cluster.createTopic(String(name), partitions: n)
             }
             printLine(cluster.bootstrapServers)
+            // Fault commands from stdin (a test harness or an operator); EOF ends only
+            // the reader, the cluster stays up until a signal.
+            let reader = Thread {
+                while let line = readLine() {
+                    let trimmed = line.trimmingCharacters(in: .whitespaces)
+                    if trimmed.isEmpty || trimmed.hasPrefix("#") { continue }
+                    if let problem = cluster.control(trimmed) { printLine("error: \(problem)") } else { printLine("ok \(trimmed)") }
+                }
+            }
+            reader.start()
             let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint)
             for await _ in signals { break }
             withExtendedLifetime(cluster) {}
