@@ -17,6 +17,8 @@ public final class FoldspaceSandbox: @unchecked Sendable {
         public var violations: [String]
         /// Wall-clock arrival, epoch milliseconds.
         public var arrivedMs: Int64
+        /// When the answer was sent (after any scripted latency), epoch milliseconds.
+        public var respondedMs: Int64
 
         /// The body as a JSON object (nil if it is not one).
         public var json: [String: Any]? {
@@ -49,6 +51,10 @@ public final class FoldspaceSandbox: @unchecked Sendable {
     /// Per user, the last acknowledged body (FNV-1a): a request repeating it is a no-op.
     private var lastAcked: [String: UInt64] = [:]
     private var noOps = 0
+    /// Open `Retry-After` windows: from when a 429 was answered until the time it named.
+    private var windows: [(start: Int64, end: Int64)] = []
+    private var insideWindows: [String] = []
+    private var graceMs: Int64 = 100
 
     public init(apiKeys: Set<String>) {
         validKeys = apiKeys
@@ -103,6 +109,14 @@ public final class FoldspaceSandbox: @unchecked Sendable {
     /// Requests whose body equals the last one acknowledged for that user.
     public var noOpCount: Int { lock.withLock { noOps } }
 
+    /// Requests that arrived inside a `Retry-After` window this stand-in announced (every
+    /// window is client-wide: a 429 names a time before which no request is welcome).
+    /// A request arriving within the grace period after the 429 was sent may have been
+    /// on the wire already and is not counted. At most the first 100 are described.
+    public var retryAfterViolations: [String] { lock.withLock { insideWindows } }
+    /// How long after a 429 was answered a request may still arrive (default 100 ms).
+    public func setRetryAfterGrace(ms: Int64) { lock.withLock { graceMs = ms } }
+
     /// The last acknowledged body per user.
     public func latestAcknowledged() -> [String: Received] {
         var out: [String: Received] = [:]
@@ -130,6 +144,12 @@ public final class FoldspaceSandbox: @unchecked Sendable {
         violations += FoldspaceSchema.violations(body: req.body, pathId: id)
 
         let key = req.header("X-FOLDSPACE-API-KEY")
+        lock.withLock {
+            windows.removeAll { $0.end <= now }
+            for w in windows where now > w.start + graceMs && insideWindows.count < 100 {
+                insideWindows.append("\(id ?? String(rawSegment)) arrived \(now - w.start) ms into a Retry-After window of \(w.end - w.start) ms")
+            }
+        }
         let (reply, latency, keyOK, keep) = lock.withLock { () -> (Reply?, Int, Bool, Bool) in
             var r: Reply? = nil
             if !global.isEmpty {
@@ -161,10 +181,14 @@ public final class FoldspaceSandbox: @unchecked Sendable {
             status = 200
             text = #"{"message":"User updated successfully"}"#
         }
+        let responded = Int64(Date().timeIntervalSince1970 * 1000)
         let record = Received(
             identifyId: id ?? String(rawSegment), rawPath: req.target, apiKey: key,
             userAgent: req.header("User-Agent"), contentType: contentType,
-            body: keep ? req.body : [], status: status, violations: violations, arrivedMs: now)
+            body: keep ? req.body : [], status: status, violations: violations, arrivedMs: now, respondedMs: responded)
+        if status == 429, let ra = headers.first(where: { $0.name == "Retry-After" })?.value, let seconds = Int64(ra), seconds > 0 {
+            lock.withLock { windows.append((responded, responded + seconds * 1000)) }
+        }
         var h: UInt64 = 0xcbf2_9ce4_8422_2325
         for b in req.body { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01B3 }
         lock.withLock {
