@@ -172,4 +172,36 @@ final class NotifySocket: @unchecked Sendable {
         }
         await sandbox.stop()
     }
+
+    @Test func adminServerBindsLoopbackByDefaultAndMetricsHoldNoSecret() async throws {
+        let kafka = try await MockKafkaProcess(topics: ["events:1"])
+        defer { Task { await kafka.stop() } }
+        let key = "admin-secret-\(UUID().uuidString.prefix(8))"
+        let sandbox = FoldspaceSandbox(apiKeys: [key])
+        try await sandbox.start()
+        // No --admin-listen: the default address.
+        let daemon = try Child(["run", "--brokers", kafka.bootstrap, "--topic", "events", "--group", "adm-\(UUID().uuidString.prefix(6))",
+                                "--foldspace-url", sandbox.baseURL],
+                               env: ["FOLDSPACE_API_KEY": key, "FOLDSPACE_SYNC_STATE": "memory"])
+        #expect(await waitUntil(.seconds(30)) { daemon.stderr.contains("admin server listening") }, "\(daemon.stderr.suffix(1000))")
+        // /proc/net/tcp{,6}: local address and port in hex, state 0A is LISTEN.
+        let port = String(format: "%04X", 9464)
+        var listeners: [String] = []
+        for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            let text = (try? String(contentsOfFile: file, encoding: .utf8)) ?? ""
+            for line in text.split(separator: "\n").dropFirst() {
+                let f = line.split(separator: " ")
+                if f.count > 3, f[1].hasSuffix(":\(port)"), f[3] == "0A" { listeners.append(String(f[1])) }
+            }
+        }
+        #expect(listeners == ["0100007F:\(port)"], "admin listeners: \(listeners)")
+        let (data, _) = try await URLSession.shared.data(from: URL(string: "http://127.0.0.1:9464/metrics")!)
+        let metrics = String(decoding: data, as: UTF8.self)
+        #expect(metrics.contains("foldspace_sync_users"))
+        #expect(!metrics.contains(key))
+        daemon.signal(SIGTERM)
+        #expect(await daemon.wait(timeout: .seconds(30)) == 0)
+        #expect(!(daemon.stdout + daemon.stderr).contains(key))
+        await sandbox.stop()
+    }
 }

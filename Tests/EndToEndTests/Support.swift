@@ -24,8 +24,10 @@ final class Child: @unchecked Sendable {
     let process = Process()
     let stdoutURL: URL
     let stderrURL: URL
+    /// The child's standard input, when asked for one.
+    let input: Pipe?
 
-    init(_ args: [String], env: [String: String] = [:]) throws {
+    init(_ args: [String], env: [String: String] = [:], withInput: Bool = false) throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("fss-e2e-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         stdoutURL = dir.appendingPathComponent("stdout")
@@ -40,6 +42,8 @@ final class Child: @unchecked Sendable {
         process.environment = environment
         process.standardOutput = try FileHandle(forWritingTo: stdoutURL)
         process.standardError = try FileHandle(forWritingTo: stderrURL)
+        input = withInput ? Pipe() : nil
+        if let input { process.standardInput = input }
         try process.run()
     }
 
@@ -76,8 +80,8 @@ final class MockKafkaProcess: @unchecked Sendable {
     let child: Child
     let bootstrap: String
 
-    init(topics: [String]) async throws {
-        child = try Child(["mock-kafka"] + topics.flatMap { ["--topic", $0] })
+    init(topics: [String], brokers: Int = 1) async throws {
+        child = try Child(["mock-kafka", "--brokers", String(brokers)] + topics.flatMap { ["--topic", $0] }, withInput: true)
         let deadline = ContinuousClock.now + .seconds(20)
         while ContinuousClock.now < deadline {
             if let line = child.stdout.split(separator: "\n").first, line.contains(":") {
@@ -87,6 +91,25 @@ final class MockKafkaProcess: @unchecked Sendable {
             try await Task.sleep(for: .milliseconds(50))
         }
         throw TestFailure("mock-kafka printed no bootstrap address: \(child.stderr)")
+    }
+
+    /// Sends a fault command (see `mock-kafka --help`) and waits for its `ok`.
+    func control(_ command: String) async throws {
+        guard let input = child.input else { throw TestFailure("mock-kafka has no control input") }
+        let before = child.stdout.components(separatedBy: "\n").count
+        input.fileHandleForWriting.write(Data((command + "\n").utf8))
+        let deadline = ContinuousClock.now + .seconds(10)
+        while ContinuousClock.now < deadline {
+            let lines = child.stdout.components(separatedBy: "\n")
+            if lines.count > before {
+                for line in lines.dropFirst(before - 1) {
+                    if line == "ok \(command)" { return }
+                    if line.hasPrefix("error:") { throw TestFailure("mock-kafka refused \(command): \(line)") }
+                }
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        throw TestFailure("mock-kafka did not answer \(command)")
     }
 
     func stop() async {

@@ -1,0 +1,304 @@
+import FoldspaceSandbox
+import Foundation
+import Testing
+
+/// The one verifier every fault case ends with: each user's last acknowledged body equals
+/// an independent fold of all its events (visits, first and last seen: a lost event or a
+/// double count shows), no request arrived inside a `Retry-After` window, no request broke
+/// the schema, and every daemon still running stayed within a peak RSS bound.
+struct FaultVerifier {
+    var reference: VisitReference
+    let sandbox: FoldspaceSandbox
+    var peakRSSLimitKiB = 400 * 1024
+
+    func settleAndVerify(_ running: [Child], _ context: String, timeout: Duration = .seconds(60)) async {
+        _ = await waitUntil(timeout) { reference.allDelivered(sandbox) }
+        let mismatches = reference.mismatches(sandbox)
+        #expect(mismatches.isEmpty, "\(context): \(mismatches.prefix(8)); \(running.last?.stderr.suffix(1500) ?? "")")
+        let inside = sandbox.retryAfterViolations
+        #expect(inside.isEmpty, "\(context): \(inside.count) requests inside Retry-After: \(inside.prefix(5))")
+        #expect(sandbox.violationCount == 0, "\(context): \(sandbox.violationCount) requests broke the schema")
+        for d in running {
+            #expect(d.process.isRunning, "\(context): a daemon exited: \(d.stderr.suffix(1500))")
+            let rss = peakRSSKiB(d.process.processIdentifier)
+            #expect(rss > 0 && rss < peakRSSLimitKiB, "\(context): peak RSS \(rss) KiB")
+        }
+    }
+}
+
+/// VmHWM of a process, in KiB (0 if unknown).
+func peakRSSKiB(_ pid: Int32) -> Int {
+    guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return 0 }
+    for line in text.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+        return Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0
+    }
+    return 0
+}
+
+/// Every fault of the suite against the built binary: the Kafka cluster in another
+/// process (faults injected through `mock-kafka`'s control input), events produced by
+/// `kcat`, Foldspace as a scripted in-process stand-in, and ``FaultVerifier`` at the end.
+/// Durable state (the default) throughout.
+@Suite(.serialized) struct FaultSuiteTests {
+    let apiKey = "fault-key-\(UUID().uuidString.prefix(8))"
+
+    struct Setup {
+        let kafka: MockKafkaProcess
+        let sandbox: FoldspaceSandbox
+        let group: String
+        var verifier: FaultVerifier
+    }
+
+    func setUp(_ name: String, partitions: Int = 4, brokers: Int = 1, users: Int = 12) async throws -> Setup {
+        let group = "\(name)-\(UUID().uuidString.prefix(6))"
+        let kafka = try await MockKafkaProcess(topics: ["events:\(partitions)", "\(group)-state:\(partitions)"], brokers: brokers)
+        let sandbox = FoldspaceSandbox(apiKeys: [apiKey])
+        try await sandbox.start()
+        return Setup(kafka: kafka, sandbox: sandbox, group: group,
+                     verifier: FaultVerifier(reference: VisitReference(users: users, prefix: "\(name)-"), sandbox: sandbox))
+    }
+
+    func tearDown(_ s: Setup, _ daemons: [Child]) async {
+        for d in daemons { d.signal(SIGTERM) }
+        for d in daemons { #expect(await d.wait(timeout: .seconds(40)) == 0, "exit: \(d.stderr.suffix(1000))") }
+        let output = daemons.map { $0.stdout + $0.stderr }.joined()
+        #expect(!output.contains(apiKey), "the API key reached the logs")
+        await s.sandbox.stop()
+        await s.kafka.stop()
+    }
+
+    func daemon(_ s: Setup, env: [String: String] = [:], args: [String] = [], keyFromEnvironment: Bool = true) throws -> Child {
+        var e = ["FOLDSPACE_SYNC_SEND_NUMBER_OF_VISITS": "true",
+                 "FOLDSPACE_SYNC_COMMIT_INTERVAL": "300ms", "FOLDSPACE_SYNC_SHUTDOWN_TIMEOUT": "10s",
+                 "FOLDSPACE_SYNC_KAFKA_PROPERTIES": "session.timeout.ms=6000,heartbeat.interval.ms=500,retry.backoff.ms=50"]
+        if keyFromEnvironment { e["FOLDSPACE_API_KEY"] = apiKey }
+        for (k, v) in env { e[k] = v }
+        return try Child(["run", "--brokers", s.kafka.bootstrap, "--topic", "events", "--group", s.group,
+                          "--foldspace-url", s.sandbox.baseURL, "--debounce", "200ms", "--max-wait", "1s",
+                          "--admin-listen", "127.0.0.1:0"] + args, env: e)
+    }
+
+    func produce(_ s: inout Setup, _ range: Range<Int>) throws {
+        try kcatProduce(bootstrap: s.kafka.bootstrap, topic: "events", s.verifier.reference.messages(range))
+    }
+
+    // MARK: Kafka faults
+
+    @Test func brokerLossAndLeaderMoves() async throws {
+        var s = try await setUp("brokers", brokers: 3)
+        try produce(&s, 0..<120)
+        let d = try daemon(s)
+        #expect(await waitUntil { s.verifier.reference.allDelivered(s.sandbox) }, "\(d.stderr.suffix(1500))")
+        // A broker goes away for a while (events keep being produced: those for its
+        // partitions wait in the producer), partitions change leaders, it comes back.
+        try await s.kafka.control("broker-down 2")
+        let during = s.verifier.reference.messages(120..<240)
+        let bootstrap = s.kafka.bootstrap
+        let producing = Task.detached { try kcatProduce(bootstrap: bootstrap, topic: "events", during) }
+        try await Task.sleep(for: .seconds(3))
+        try await s.kafka.control("leader events 0 3")
+        try await s.kafka.control("leader events 1 1")
+        try await s.kafka.control("broker-up 2")
+        try await producing.value
+        try await s.kafka.control("leader events 2 2")
+        try produce(&s, 240..<360)
+        await s.verifier.settleAndVerify([d], "broker loss and leader moves")
+        await tearDown(s, [d])
+    }
+
+    @Test func requestErrorsOnFetchCommitJoinAndProduce() async throws {
+        var s = try await setUp("reqerr")
+        try produce(&s, 0..<120)
+        try await s.kafka.control("errors JoinGroup 2 15")  // COORDINATOR_NOT_AVAILABLE on the first joins
+        let d = try daemon(s)
+        #expect(await waitUntil { s.verifier.reference.allDelivered(s.sandbox) }, "\(d.stderr.suffix(1500))")
+        try await s.kafka.control("errors Fetch 5")         // REQUEST_TIMED_OUT
+        try await s.kafka.control("errors OffsetCommit 3")
+        try await s.kafka.control("errors Produce 3")       // the changelog's writes
+        try produce(&s, 120..<300)
+        await s.verifier.settleAndVerify([d], "request errors")
+        await tearDown(s, [d])
+    }
+
+    // MARK: Foldspace faults
+
+    @Test func foldspaceDownForSixtySeconds() async throws {
+        var s = try await setUp("down", partitions: 2, users: 20)
+        s.sandbox.scriptAll(Array(repeating: .init(status: 503), count: 1_000_000))
+        try produce(&s, 0..<200)
+        let d = try daemon(s)
+        let start = ContinuousClock.now
+        // Events keep coming while Foldspace is down.
+        for k in 1..<6 {
+            try await Task.sleep(for: .seconds(10))
+            try produce(&s, (k * 200)..<((k + 1) * 200))
+        }
+        try await Task.sleep(until: start + .seconds(60))
+        #expect(s.sandbox.latestAcknowledged().isEmpty)
+        #expect(d.process.isRunning)
+        s.sandbox.clearScripts() // Foldspace is back
+        await s.verifier.settleAndVerify([d], "after 60 s of Foldspace down")
+        await tearDown(s, [d])
+    }
+
+    @Test func a429Storm() async throws {
+        var s = try await setUp("storm", users: 30)
+        // Every request for a while is refused with Retry-After: 1 (and one with 2).
+        s.sandbox.scriptAll(Array(repeating: .init(status: 429, retryAfter: "1"), count: 20)
+            + [.init(status: 429, retryAfter: "2")] + Array(repeating: .init(status: 429, retryAfter: "1"), count: 10))
+        try produce(&s, 0..<300)
+        let d = try daemon(s)
+        await s.verifier.settleAndVerify([d], "a 429 storm", timeout: .seconds(90))
+        #expect(s.sandbox.requests.filter { $0.status == 429 }.count == 31)
+        await tearDown(s, [d])
+    }
+
+    @Test func fiveSecondsOfLatency() async throws {
+        var s = try await setUp("slow", users: 16)
+        s.sandbox.setLatency(ms: 5_000)
+        try produce(&s, 0..<160)
+        let d = try daemon(s)
+        try await Task.sleep(for: .seconds(3))
+        try produce(&s, 160..<320) // changes while requests are in flight
+        await s.verifier.settleAndVerify([d], "5 s latency", timeout: .seconds(90))
+        s.sandbox.setLatency(ms: 0)
+        await tearDown(s, [d])
+    }
+
+    @Test func unauthorizedThenKeyRotationBySighup() async throws {
+        var s = try await setUp("rotate", users: 8)
+        let keyFile = FileManager.default.temporaryDirectory.appendingPathComponent("key-\(UUID().uuidString)")
+        try "old-key-that-was-revoked\n".write(to: keyFile, atomically: true, encoding: .utf8)
+        try produce(&s, 0..<80)
+        let d = try daemon(s, args: ["--api-key-file", keyFile.path], keyFromEnvironment: false)
+        #expect(await waitUntil(.seconds(30)) { s.sandbox.requests.contains { $0.status == 401 } })
+        try await Task.sleep(for: .seconds(1))
+        // The breaker is open: besides what was already in flight, nothing more is sent
+        // (the next probe is 30 s away), and nothing is dropped.
+        let refused = s.sandbox.requestCount
+        #expect(refused <= 8)
+        try produce(&s, 80..<160)
+        try await Task.sleep(for: .milliseconds(1500))
+        #expect(s.sandbox.requestCount == refused)
+        try "\(apiKey)\n".write(to: keyFile, atomically: true, encoding: .utf8)
+        d.signal(SIGHUP)
+        await s.verifier.settleAndVerify([d], "after the key was rotated")
+        #expect(d.stderr.contains("refused the API key"))
+        #expect(!d.stderr.contains("old-key-that-was-revoked"))
+        await tearDown(s, [d])
+    }
+
+    // MARK: Process faults
+
+    @Test func sigkillInTheMiddleOfFlushes() async throws {
+        var s = try await setUp("kill", partitions: 3, users: 12)
+        try produce(&s, 0..<240)
+        let first = try daemon(s)
+        // Kill as soon as delivery starts: likely before the checkpoint of what was folded.
+        #expect(await waitUntil(.seconds(30)) { s.sandbox.requestCount >= 1 }, "\(first.stderr.suffix(1500))")
+        first.signal(SIGKILL)
+        _ = await first.wait(timeout: .seconds(10))
+        try produce(&s, 240..<480)
+        let second = try daemon(s)
+        await s.verifier.settleAndVerify([second], "after kill -9")
+        #expect(second.stderr.contains("partition restored"))
+        await tearDown(s, [second])
+    }
+
+    @Test func sigtermDuringARebalance() async throws {
+        var s = try await setUp("rebal")
+        try produce(&s, 0..<240)
+        let a = try daemon(s)
+        #expect(await waitUntil(.seconds(30)) { a.stderr.contains("partitions assigned") })
+        // b joins: the group rebalances; a is told to stop while that is under way.
+        let b = try daemon(s)
+        try await Task.sleep(for: .milliseconds(300))
+        a.signal(SIGTERM)
+        #expect(await a.wait(timeout: .seconds(40)) == 0, "\(a.stderr.suffix(1500))")
+        try produce(&s, 240..<480)
+        await s.verifier.settleAndVerify([b], "after SIGTERM during a rebalance")
+        await tearDown(s, [b])
+    }
+
+    // MARK: Hostile input
+
+    @Test func hostileInputIsCountedAndDeadLetteredWhileGoodEventsFlow() async throws {
+        var s = try await setUp("hostile", partitions: 2, users: 6)
+        let tenThousand = #"{"batch":["# + Array(repeating: #"{"type":"track","userId":"b"}"#, count: 10_000).joined(separator: ",") + "]}"
+        let hostile: [(reason: String, value: [UInt8])] = [
+            ("not-json", Array("this is not json".utf8)),
+            ("not-object", Array("[1,2,3]".utf8)),
+            ("too-deep", Array((#"{"type":"track","userId":"d","x":"# + String(repeating: "[", count: 65) + String(repeating: "]", count: 65) + "}").utf8)),
+            ("invalid-utf8", Array(#"{"type":"track","userId":""#.utf8) + [0xC3, 0x28, 0xFF] + Array(#""}"#.utf8)),
+            ("not-json", Array(#"{"type":"track","userId":"a"#.utf8) + [0] + Array(#"b"}"#.utf8)),
+            ("too-large", Array((#"{"type":"track","userId":"big","pad":""# + String(repeating: "x", count: 450_000) + #""}"#).utf8)),
+            ("number-out-of-range", Array(#"{"type":"track","userId":"n","timestamp":1e999}"#.utf8)),
+            ("wrong-type", Array(#"{"type":"identify","userId":"w","traits":{"email":1}}"#.utf8)),
+            ("wrong-type", Array(#"{"type":"track","userId":"w","context":{"location":{"city":3}}}"#.utf8)),
+            ("wrong-type", Array(#"{"type":"identify","userId":"w","traits":{"pqlScore":"high"}}"#.utf8)),
+            ("batch-too-large", Array(tenThousand.utf8)),
+            ("duplicate-key", Array(#"{"type":"track","userId":"a","userId":"b"}"#.utf8)),
+        ]
+        // Good events before, between and after the garbage.
+        var values: [[UInt8]] = []
+        for (i, m) in s.verifier.reference.messages(0..<60).enumerated() {
+            values.append(Array(m.value.utf8))
+            if i % 5 == 0, i / 5 < hostile.count { values.append(hostile[i / 5].value) }
+        }
+        // A far-future timestamp is not dead-lettered: the event is folded at its Kafka time, and counted.
+        values.append(Array(#"{"type":"track","userId":"future","timestamp":"2999-01-01T00:00:00Z"}"#.utf8))
+        try kcatProduceValues(bootstrap: s.kafka.bootstrap, topic: "events", values)
+        let d = try daemon(s, env: ["FOLDSPACE_SYNC_MAX_MESSAGE_BYTES": "400000"],
+                           args: ["--dead-letter-topic", "dead-letters"])
+        #expect(await waitUntil { s.sandbox.latestAcknowledged()["future"] != nil })
+        await s.verifier.settleAndVerify([d], "hostile input")
+        let future = s.sandbox.latestAcknowledged()["future"]?.json?["lastSeenDate"] as? Int64 ?? .max
+        #expect(future <= Int64(Date().timeIntervalSince1970 * 1000), "the far-future time was used")
+
+        // Every hostile message is one dead letter naming its reason and source position.
+        var headers: [String] = []
+        _ = await waitUntil(.seconds(30)) {
+            headers = (try? kcatConsumeHeaders(bootstrap: s.kafka.bootstrap, topic: "dead-letters")) ?? []
+            return headers.count >= hostile.count
+        }
+        #expect(headers.count == hostile.count, "\(headers)")
+        let reasons = headers.compactMap { h in h.split(separator: ",").first { $0.hasPrefix("reason=") }?.dropFirst(7) }.map(String.init)
+        #expect(reasons.sorted() == hostile.map(\.reason).sorted())
+        #expect(headers.allSatisfy { $0.contains("source.topic=events") && $0.contains("source.offset=") })
+        await tearDown(s, [d])
+    }
+}
+
+/// Produces raw values (no key) with kcat, zstd; values must not contain a newline.
+func kcatProduceValues(bootstrap: String, topic: String, _ values: [[UInt8]]) throws {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    p.arguments = ["kcat", "-P", "-b", bootstrap, "-t", topic, "-z", "zstd", "-X", "log_level=3", "-X", "message.max.bytes=2000000"]
+    let pipe = Pipe()
+    p.standardInput = pipe
+    try p.run()
+    var data = Data()
+    for v in values {
+        precondition(!v.contains(0x0A))
+        data.append(contentsOf: v)
+        data.append(0x0A)
+    }
+    pipe.fileHandleForWriting.write(data)
+    try pipe.fileHandleForWriting.close()
+    p.waitUntilExit()
+    if p.terminationStatus != 0 { throw TestFailure("kcat exited \(p.terminationStatus)") }
+}
+
+/// Every record's headers (`k=v,k=v`) of a topic, read from the beginning with kcat.
+func kcatConsumeHeaders(bootstrap: String, topic: String) throws -> [String] {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    p.arguments = ["kcat", "-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-q", "-f", "%h\n", "-X", "log_level=0"]
+    let pipe = Pipe()
+    p.standardOutput = pipe
+    p.standardError = FileHandle.nullDevice
+    try p.run()
+    let out = pipe.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return String(decoding: out, as: UTF8.self).split(separator: "\n").map(String.init)
+}
