@@ -75,13 +75,14 @@ public final class KafkaConsumer: @unchecked Sendable {
         "partition.assignment.strategy": "cooperative-sticky",
         "enable.partition.eof": "false",
         "session.timeout.ms": "10000",
-        // Prefetch deep enough that the fetcher never idles while the poll thread folds:
-        // with 20000 messages the read rate of a consumer doing ~6 µs of work per message
-        // fell to 30k/s on the mock cluster (fetches stalled between refills); with
-        // 100000 and 64 MiB it stays near the CPU bound (~130k/s), at the cost of up to
-        // 64 MiB of prefetched messages. See docs/performance.md.
-        "queued.min.messages": "100000",
-        "queued.max.messages.kbytes": "65536",
+        // Prefetch more than one second of folding. Once the consumer queue is over
+        // either threshold, this librdkafka's fetcher stops and only re-checks when its
+        // broker thread next wakes, up to a second later: a queue that drains faster
+        // than that leaves the poll thread idle. With 100000 messages / 64 MiB the
+        // folded rate was 136k/s with the machine 70 % idle; with 300000 / 128 MiB,
+        // 253k/s, for up to 128 MiB of prefetched messages. See docs/performance.md.
+        "queued.min.messages": "300000",
+        "queued.max.messages.kbytes": "131072",
     ]
 
     /// - Parameters:
