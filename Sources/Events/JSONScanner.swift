@@ -196,6 +196,15 @@ struct JSONScanner: ~Copyable {
         let start = pos
         var escaped = false
         while pos < bytes.count {
+            // Eight bytes at a time while none is a quote, a backslash or a control
+            // character: the common case of a plain run of text.
+            if let base = bytes.baseAddress {
+                while pos &+ 8 <= bytes.count,
+                      !Self.hasSpecialByte(UnsafeRawPointer(base + pos).loadUnaligned(as: UInt64.self)) {
+                    pos &+= 8
+                }
+                guard pos < bytes.count else { break }
+            }
             let c = bytes[pos]
             if c == UInt8(ascii: "\"") {
                 let key = JSONKey(start: start, end: pos, escaped: escaped)
@@ -233,6 +242,19 @@ struct JSONScanner: ~Copyable {
             pos += 1
         }
         throw .syntax
+    }
+
+    /// Whether any of the eight bytes in `x` is `"`, `\\` or below 0x20 (exact: the
+    /// classic "has a zero byte" bit trick, no false answers either way).
+    @inline(__always)
+    static func hasSpecialByte(_ x: UInt64) -> Bool {
+        let ones: UInt64 = 0x0101_0101_0101_0101
+        let highs: UInt64 = 0x8080_8080_8080_8080
+        func hasZero(_ v: UInt64) -> UInt64 { (v &- ones) & ~v & highs }
+        let quote = hasZero(x ^ (ones &* 0x22))
+        let backslash = hasZero(x ^ (ones &* 0x5C))
+        let control = (x &- ones &* 0x20) & ~x & highs
+        return (quote | backslash | control) != 0
     }
 
     /// The value of the four hex digits at `at` (after `\u`).

@@ -174,9 +174,10 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     private var partitionTotal: (@Sendable () -> Int)?
     private var lastBreakerLogMs: Int64 = 0
 
-    /// Decoded messages of the batch being consumed; only the poll thread touches it.
-    private var scratch: [(message: Int, decoded: Decoded)] = []
-    private var scratchOne: [Decoded] = []
+    /// The decoded calls of the batch being consumed and the message each came from;
+    /// only the poll thread touches them. Kept between batches for their capacity.
+    private var scratch: [Decoded] = []
+    private var scratchMessage: [Int32] = []
 
     public init(options: EngineOptions, deadLetters: DeadLetterSink, logger: Logger, clock: EngineClock = .system) {
         self.options = options
@@ -349,26 +350,32 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
 
     public func consume(_ batch: [ConsumedMessage]) {
         let nowEpoch = clock.epochMs()
+        // Decode outside the lock, straight into the reused scratch array.
         scratch.removeAll(keepingCapacity: true)
-        for (i, m) in batch.enumerated() {
-            scratchOne.removeAll(keepingCapacity: true)
-            decoder.decode(m.value, nowMs: nowEpoch, into: &scratchOne)
-            for d in scratchOne { scratch.append((i, d)) }
-            if scratchOne.isEmpty { scratch.append((i, .ignored(""))) }
+        scratchMessage.removeAll(keepingCapacity: true)
+        for i in batch.indices {
+            let before = scratch.count
+            decoder.decode(batch[i].value, nowMs: nowEpoch, into: &scratch)
+            if scratch.count == before { scratch.append(.ignored("")) }
+            for _ in before..<scratch.count { scratchMessage.append(Int32(truncatingIfNeeded: i)) }
         }
         var invalid: [(Int, DecodeFailure)] = []
         let now = clock.monotonicMs()
         lock.withLock {
             var last = -1
             var pidx: OffsetTracker.PartitionIndex = 0
-            for (i, d) in scratch {
+            for j in scratch.indices {
+                let i = Int(scratchMessage[j])
                 let m = batch[i]
                 if i != last {
                     pidx = index(of: m.topicPartition)
                     offsets.saw(pidx, offset: m.offset)
                     last = i
                 }
-                switch d {
+                // Move the call out of the array (no copy of its strings), fold, drop it.
+                var d = Decoded.ignored("")
+                swap(&d, &scratch[j])
+                switch consume d {
                 case .event(let e):
                     fold(e, message: m, partition: pidx, nowEpoch: nowEpoch, nowMono: now)
                 case .ignored:

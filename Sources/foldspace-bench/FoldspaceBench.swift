@@ -24,6 +24,16 @@ let quiet: Logger = {
     return l
 }()
 
+/// librdkafka properties from an environment variable, `k=v,k=v`, for experiments.
+func environmentProperties(_ name: String) -> [String: String] {
+    var props: [String: String] = [:]
+    for kv in (ProcessInfo.processInfo.environment[name] ?? "").split(separator: ",") {
+        let p = kv.split(separator: "=", maxSplits: 1)
+        if p.count == 2 { props[String(p[0])] = String(p[1]) }
+    }
+    return props
+}
+
 func uptimeSeconds() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
 
 func rssKiB(_ field: String = "VmRSS:") -> Int {
@@ -113,10 +123,7 @@ extension FoldspaceBench {
         func run() async throws {
             let h = Counter()
             var props = ["bootstrap.servers": brokers, "group.id": "raw-\(UUID().uuidString.prefix(8))", "log_level": "3"]
-            for kv in (ProcessInfo.processInfo.environment["RAW_PROPS"] ?? "").split(separator: ",") {
-                let p = kv.split(separator: "=", maxSplits: 1)
-                if p.count == 2 { props[String(p[0])] = String(p[1]) }
-            }
+            props.merge(environmentProperties("RAW_PROPS")) { $1 }
             let c = try KafkaConsumer(config: KafkaClientConfig(props), topics: [topic], handler: h, logger: quiet)
             c.start()
             let deadline = uptimeSeconds() + 300
@@ -143,6 +150,7 @@ extension FoldspaceBench {
             var c = SyncConfiguration.local(brokers: brokers, topic: topic, group: "bench-\(UUID().uuidString.prefix(8))",
                                             foldspaceURL: sandbox.baseURL)
             c.stateMode = "memory"
+            c.kafkaProperties.merge(environmentProperties("PIPELINE_PROPS")) { $1 }
             // Phase 1: a long debounce, so HTTP is not the limit of the folded rate.
             c.engine.debounceMs = 600_000
             c.engine.maxWaitMs = 600_000
@@ -322,11 +330,7 @@ extension FoldspaceBench {
                 if missing == 0 { break }
                 try await Task.sleep(for: .seconds(1))
             }
-            let requests = sandbox.requests.sorted { $0.arrivedMs < $1.arrivedMs }
-            var insideRetryAfter = 0
-            for (i, r) in requests.enumerated() where r.status == 429 {
-                insideRetryAfter += requests[(i + 1)...].prefix { $0.arrivedMs < r.arrivedMs + 1_000 }.filter { $0.arrivedMs > r.arrivedMs + 50 }.count
-            }
+            let insideRetryAfter = sandbox.retryAfterViolations.count
             pipeline.requestStop()
             try await task.value
             await sandbox.stop()

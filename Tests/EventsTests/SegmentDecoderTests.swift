@@ -254,4 +254,30 @@ private func failure(_ json: String) -> DecodeFailure? {
         guard case .event(let e) = d.first else { Issue.record("event"); return }
         #expect(e.traits?.custom == [CustomTrait(name: "plan", json: #""pro""#), CustomTrait(name: "seats", json: "5")])
     }
+
+    @Test func eightByteScanAgreesWithBytewiseChecks() {
+        // The string scanner's fast path: every byte value in every lane, plus random words.
+        func naive(_ x: UInt64) -> Bool {
+            (0..<8).contains { k in let b = UInt8(truncatingIfNeeded: x >> (8 * k)); return b == 0x22 || b == 0x5C || b < 0x20 }
+        }
+        let plain: UInt64 = 0x6161_6161_6161_6161 // "aaaaaaaa"
+        for lane in 0..<8 {
+            for b in 0...255 {
+                let x = plain & ~(UInt64(0xFF) << (8 * lane)) | UInt64(b) << (8 * lane)
+                #expect(JSONScanner.hasSpecialByte(x) == naive(x), "byte \(b) in lane \(lane)")
+            }
+        }
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<100_000 {
+            let x = rng.next() as UInt64
+            if JSONScanner.hasSpecialByte(x) != naive(x) { Issue.record("word \(String(x, radix: 16))"); break }
+        }
+        // Strings whose special byte sits at every offset from a fast-path boundary.
+        for k in 0..<20 {
+            let text = String(repeating: "x", count: k)
+            guard case .event(let e)? = decode(#"{"type":"track","userId":"\#(text)\"q"}"#).first else { Issue.record("escape at \(k)"); continue }
+            #expect(e.identity == text + "\"q")
+            #expect(failure("{\"type\":\"track\",\"userId\":\"\(text)\u{1}\"}")?.reason == .notJSON)
+        }
+    }
 }
