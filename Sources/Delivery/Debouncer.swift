@@ -1,21 +1,22 @@
 /// Per-user delivery bookkeeping, kept inside each user's entry so that no second map
 /// is needed. Times are monotonic milliseconds from the engine's injected clock.
 public struct DeliveryState: Sendable, Equatable {
+    // 8-byte fields first: no padding (one of these per user).
     /// When the user became dirty (0: clean).
     public var dirtySinceMs: Int64 = 0
     /// The last change to the user's state.
     public var lastChangeMs: Int64 = 0
     /// Not before this time (retry backoff).
     public var notBeforeMs: Int64 = 0
-    /// Bumped on every change; a flush records the version it sent.
-    public var version: UInt32 = 0
-    public var sentVersion: UInt32 = 0
-    public var inFlight = false
-    /// Consecutive failed attempts, for the backoff.
-    public var attempts: UInt16 = 0
     /// Hash of the last body Foldspace acknowledged (or that was dead-lettered): a body
     /// with this hash is not sent again.
     public var settledHash: UInt64 = 0
+    /// Bumped on every change; a flush records the version it sent.
+    public var version: UInt32 = 0
+    public var sentVersion: UInt32 = 0
+    /// Consecutive failed attempts, for the backoff.
+    public var attempts: UInt16 = 0
+    public var inFlight = false
     /// Whether the user sits in the debouncer's timer heap.
     public var scheduled = false
 

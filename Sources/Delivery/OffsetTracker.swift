@@ -103,37 +103,46 @@ public struct OffsetTracker: Sendable {
 /// A user's holds: at most one per partition, the lowest unsettled offset there.
 /// Nearly every user lives on one partition, so the first hold is stored inline.
 public struct Holds: Sendable, Equatable {
-    public var first: (OffsetTracker.PartitionIndex, Int64)?
-    public var more: [(OffsetTracker.PartitionIndex, Int64)] = []
+    // The first hold inline (offset -1: none), any others (a user whose events came from
+    // several partitions) in an array: 24 bytes for the common case.
+    private var firstOffset: Int64 = -1
+    private var firstPartition: OffsetTracker.PartitionIndex = 0
+    public private(set) var more: [(OffsetTracker.PartitionIndex, Int64)] = []
 
     public init() {}
 
-    public static func == (a: Holds, b: Holds) -> Bool {
-        a.first?.0 == b.first?.0 && a.first?.1 == b.first?.1 && a.more.elementsEqual(b.more, by: { $0 == $1 })
+    public var first: (OffsetTracker.PartitionIndex, Int64)? {
+        firstOffset < 0 ? nil : (firstPartition, firstOffset)
     }
 
-    public var isEmpty: Bool { first == nil }
+    public static func == (a: Holds, b: Holds) -> Bool {
+        a.firstOffset == b.firstOffset && (a.firstOffset < 0 || a.firstPartition == b.firstPartition)
+            && a.more.elementsEqual(b.more, by: { $0 == $1 })
+    }
+
+    public var isEmpty: Bool { firstOffset < 0 }
 
     /// Adds a hold on `offset` unless the user already holds an earlier offset of that
     /// partition. Returns whether the tracker must record a new hold.
     public mutating func add(_ p: OffsetTracker.PartitionIndex, _ offset: Int64) -> Bool {
-        if let f = first {
-            if f.0 == p { return false }
+        if firstOffset >= 0 {
+            if firstPartition == p { return false }
             if more.contains(where: { $0.0 == p }) { return false }
             more.append((p, offset))
             return true
         }
-        first = (p, offset)
+        firstPartition = p
+        firstOffset = offset
         return true
     }
 
     public func forEach(_ body: (OffsetTracker.PartitionIndex, Int64) -> Void) {
-        if let f = first { body(f.0, f.1) }
+        if firstOffset >= 0 { body(firstPartition, firstOffset) }
         for m in more { body(m.0, m.1) }
     }
 
     public mutating func removeAll() {
-        first = nil
+        firstOffset = -1
         more = []
     }
 }

@@ -35,6 +35,7 @@ public struct Folder: Sendable {
         s.appliedSource = source
         s.appliedOffset = offset
         let stamp = Stamp(timeMs: timeMs, offset: offset)
+        var text = TextFields.Writes(capacity: 8)
         var changed = foldVisit(timeMs, into: &s)
         if timeMs < s.firstVisitMs { s.firstVisitMs = timeMs; changed = true }
         if timeMs > s.lastSeenMs { s.lastSeenMs = timeMs; changed = true }
@@ -45,27 +46,28 @@ public struct Folder: Sendable {
             if let v = t.userType, let ut = UserType(trait: v) {
                 changed = Latest.write(&s.explicitUserType, ut, at: stamp) || changed
             }
-            if let v = t.email { changed = Latest.write(&s.email, v, at: stamp) || changed }
+            if let v = t.email { text.add(.email, v) }
             if let v = t.name ?? Self.joinedName(t.firstName, t.lastName) {
-                changed = Latest.write(&s.name, v, at: stamp) || changed
+                text.add(.name, v)
             }
-            if let v = t.role ?? t.title { changed = Latest.write(&s.role, v, at: stamp) || changed }
-            if let v = t.phone { changed = Latest.write(&s.phone, v, at: stamp) || changed }
-            if let v = t.avatar ?? t.image { changed = Latest.write(&s.image, v, at: stamp) || changed }
+            if let v = t.role ?? t.title { text.add(.role, v) }
+            if let v = t.phone { text.add(.phone, v) }
+            if let v = t.avatar ?? t.image { text.add(.image, v) }
             if let v = t.leadDate, v < (s.leadDate ?? .max) { s.leadDate = v; changed = true }
             if let v = t.signUpDate ?? t.createdAt, v < (s.signUpDate ?? .max) { s.signUpDate = v; changed = true }
-            if e.timezone == nil, let v = t.timezone { changed = Latest.write(&s.timezone, v, at: stamp) || changed }
-            if let a = t.address { changed = foldLocation(a, at: stamp, into: &s) || changed }
-            if let v = t.subscriptionId { changed = foldSubscription(v, at: stamp, into: &s) || changed }
+            if e.timezone == nil, let v = t.timezone { text.add(.timezone, v) }
+            if let a = t.address { foldLocation(a, into: &text) }
+            if let v = t.subscriptionId { changed = foldSubscription(v, at: stamp, into: &s, &text) || changed }
             if let v = t.pqlScore, v.isFinite, v >= 0, v <= 100 {
                 changed = Latest.write(&s.pqlTrait, v, at: stamp) || changed
             }
             for c in t.custom { changed = foldCustom(c, at: stamp, into: &s) || changed }
         }
-        if let v = e.timezone { changed = Latest.write(&s.timezone, v, at: stamp) || changed }
-        if let l = e.location { changed = foldLocation(l, at: stamp, into: &s) || changed }
-        if let v = e.groupId { changed = foldSubscription(v, at: stamp, into: &s) || changed }
-        if let v = e.contextGroupId { changed = foldSubscription(v, at: stamp, into: &s) || changed }
+        if let v = e.timezone { text.add(.timezone, v) }
+        if let l = e.location { foldLocation(l, into: &text) }
+        if let v = e.groupId { changed = foldSubscription(v, at: stamp, into: &s, &text) || changed }
+        if let v = e.contextGroupId { changed = foldSubscription(v, at: stamp, into: &s, &text) || changed }
+        changed = s.text.apply(text, at: stamp) || changed
         if let p = e.product {
             if p.product.unicodeScalars.count > FoldspaceLimits.productCode
                 || p.environment.map({ !FoldspaceLimits.environments.contains($0) }) == true {
@@ -86,10 +88,10 @@ public struct Folder: Sendable {
         return changed
     }
 
-    private func foldSubscription(_ id: String, at stamp: Stamp, into s: inout UserState) -> Bool {
-        var changed = Latest.write(&s.lastSubscription, id, at: stamp)
-        changed = s.subscriptions.insert(id, at: stamp, limit: UserState.subscriptionLimit) || changed
-        return changed
+    private func foldSubscription(_ id: String, at stamp: Stamp, into s: inout UserState,
+                                  _ text: inout TextFields.Writes) -> Bool {
+        text.add(.lastSubscription, id)
+        return s.subscriptions.insert(id, at: stamp, limit: UserState.subscriptionLimit)
     }
 
     private func foldCustom(_ c: CustomTrait, at stamp: Stamp, into s: inout UserState) -> Bool {
@@ -104,14 +106,12 @@ public struct Folder: Sendable {
         return true
     }
 
-    private func foldLocation(_ l: Location, at stamp: Stamp, into s: inout UserState) -> Bool {
-        var changed = false
-        if let v = l.country { changed = Latest.write(&s.country, v, at: stamp) || changed }
-        if let v = l.region { changed = Latest.write(&s.region, v, at: stamp) || changed }
-        if let v = l.city { changed = Latest.write(&s.city, v, at: stamp) || changed }
-        if let v = l.postalCode { changed = Latest.write(&s.postalCode, v, at: stamp) || changed }
-        if let v = l.countryCode { changed = Latest.write(&s.countryCode, v, at: stamp) || changed }
-        return changed
+    private func foldLocation(_ l: Location, into text: inout TextFields.Writes) {
+        if let v = l.country { text.add(.country, v) }
+        if let v = l.region { text.add(.region, v) }
+        if let v = l.city { text.add(.city, v) }
+        if let v = l.postalCode { text.add(.postalCode, v) }
+        if let v = l.countryCode { text.add(.countryCode, v) }
     }
 
     /// Sessionizes by event time: a visit is a run of events with no gap over
@@ -120,50 +120,72 @@ public struct Folder: Sendable {
     /// span kept is assumed to belong to an already counted visit.
     private func foldVisit(_ t: Int64, into s: inout UserState) -> Bool {
         let gap = config.visitGapMs
-        if s.spans.isEmpty {
+        if !s.hasSpans {
             guard s.visits == 0 else { return false }
-            s.spans = [VisitSpan(start: t, end: t)]
+            s.startSpan(at: t)
             s.visits = 1
             return true
         }
-        // Spans are sorted by start, oldest first.
-        guard let i = s.spans.firstIndex(where: { t <= $0.end + gap }) else {
-            s.spans.append(VisitSpan(start: t, end: t))
+        // The common cases touch only the most recent span: an event inside or just
+        // after it, or one starting a new visit after it.
+        let last = s.lastSpan
+        if t > last.end + gap {
+            s.startSpan(at: t)
             s.visits += 1
-            trimSpans(&s)
             return true
         }
-        if t >= s.spans[i].start - gap {
+        if t >= last.start {
+            s.extendLastSpan(to: t)
+            return false
+        }
+        // A late event: the general rules over every span kept.
+        var spans = s.spans
+        var visits = s.visits
+        let changed = foldLateVisit(t, gap: gap, spans: &spans, visits: &visits)
+        s.spans = spans
+        s.visits = visits
+        return changed
+    }
+
+    /// Spans are sorted by start, oldest first.
+    private func foldLateVisit(_ t: Int64, gap: Int64, spans: inout [VisitSpan], visits: inout UInt32) -> Bool {
+        guard let i = spans.firstIndex(where: { t <= $0.end + gap }) else {
+            spans.append(VisitSpan(start: t, end: t))
+            visits += 1
+            trimSpans(&spans)
+            return true
+        }
+        if t >= spans[i].start - gap {
             // Joins span i, maybe bridging to its neighbours.
-            let visitsBefore = s.visits
-            var sp = s.spans[i]
+            let visitsBefore = visits
+            var sp = spans[i]
             sp.start = min(sp.start, t)
             sp.end = max(sp.end, t)
-            s.spans[i] = sp
+            spans[i] = sp
             var j = i
-            if j > 0 && s.spans[j].start - s.spans[j - 1].end <= gap {
-                s.spans[j - 1].end = max(s.spans[j - 1].end, s.spans[j].end)
-                s.spans.remove(at: j)
-                s.visits -= 1
+            if j > 0 && spans[j].start - spans[j - 1].end <= gap {
+                spans[j - 1].end = max(spans[j - 1].end, spans[j].end)
+                spans.remove(at: j)
+                visits -= 1
                 j -= 1
             }
-            if j + 1 < s.spans.count && s.spans[j + 1].start - s.spans[j].end <= gap {
-                s.spans[j].end = max(s.spans[j].end, s.spans[j + 1].end)
-                s.spans.remove(at: j + 1)
-                s.visits -= 1
+            if j + 1 < spans.count && spans[j + 1].start - spans[j].end <= gap {
+                spans[j].end = max(spans[j].end, spans[j + 1].end)
+                spans.remove(at: j + 1)
+                visits -= 1
             }
-            return s.visits != visitsBefore
+            return visits != visitsBefore
         }
         // Falls in a gap before span i: a visit of its own, unless older than what is kept.
-        if i == 0 && s.visits > UInt32(s.spans.count) { return false }
-        s.spans.insert(VisitSpan(start: t, end: t), at: i)
-        s.visits += 1
-        trimSpans(&s)
+        if i == 0 && visits > UInt32(spans.count) { return false }
+        spans.insert(VisitSpan(start: t, end: t), at: i)
+        visits += 1
+        trimSpans(&spans)
         return true
     }
 
-    private func trimSpans(_ s: inout UserState) {
-        if s.spans.count > UserState.maxSpans { s.spans.removeFirst(s.spans.count - UserState.maxSpans) }
+    private func trimSpans(_ spans: inout [VisitSpan]) {
+        if spans.count > UserState.maxSpans { spans.removeFirst(spans.count - UserState.maxSpans) }
     }
 
     /// Marks the UTC day of `t` in the 64-day activity bitset.

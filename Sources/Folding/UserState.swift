@@ -88,44 +88,35 @@ public struct VisitSpan: Sendable, Equatable {
 
 /// Everything folded for one user. Every field is bounded: the state does not grow with
 /// the number of events.
+///
+/// Laid out for memory (an instance holds every user of its partitions): the text
+/// attributes are packed into one buffer (``TextFields``), the lists most users never
+/// have (subscriptions, products, custom attributes, key event counts, a PQL trait) live
+/// in one shared box allocated on first use and copied on write, and absent dates are a
+/// sentinel rather than an optional. The properties keep the shape of a plain struct.
 public struct UserState: Sendable, Equatable {
-    public var explicitUserType: Latest<UserType>?
-    /// A `userId` was seen for this identity.
-    public var sawUserId = false
-    public var email: Latest<String>?
-    /// The raw display name (`name`, or `firstName lastName`); fitted at projection.
-    public var name: Latest<String>?
-    public var role: Latest<String>?
-    public var phone: Latest<String>?
-    public var timezone: Latest<String>?
-    public var image: Latest<String>?
-    public var leadDate: Int64?
-    public var signUpDate: Int64?
+    // Stored fields in an order that leaves no padding: 8-byte ones, then the rest.
+    /// The text attributes; the named properties below read and write them.
+    public var text = TextFields()
+    private var leadDateMs: Int64 = .max
+    private var signUpDateMs: Int64 = .max
     public var firstVisitMs: Int64 = .max
     public var lastSeenMs: Int64 = .min
-    public var country: Latest<String>?
-    public var region: Latest<String>?
-    public var city: Latest<String>?
-    public var postalCode: Latest<String>?
-    public var countryCode: Latest<String>?
-    public var lastSubscription: Latest<String>?
-    public var subscriptions = RecentSet<String>()
-    public var products = RecentSet<ProductKey>()
-    public var custom: [Latest<CustomTrait>] = []
-    public var pqlTrait: Latest<Double>?
-
-    /// Visits counted so far, and the most recent spans (for late events).
-    public var visits: UInt32 = 0
-    public var spans: [VisitSpan] = []
+    private var rare: Rare?
+    /// The most recent visit's span inline (start `.max`: none), and the ones before it
+    /// (for late events) in an array most users never need.
+    public private(set) var lastSpan = VisitSpan(start: .max, end: .max)
+    public private(set) var olderSpans: [VisitSpan] = []
     /// Bit k: the user was active on UTC day `activeDayAnchor - k`.
     public var activeDays: UInt64 = 0
-    public var activeDayAnchor: Int32 = .min
-    /// Counts of configured key events: (index into the configuration, count).
-    public var keyEventCounts: [KeyEventCount] = []
-
     /// The last applied source position, so a replayed event is skipped.
-    public var appliedSource: UInt32 = 0
     public var appliedOffset: Int64 = -1
+    public var appliedSource: UInt32 = 0
+    /// Visits counted so far.
+    public var visits: UInt32 = 0
+    public var activeDayAnchor: Int32 = .min
+    /// A `userId` was seen for this identity.
+    public var sawUserId = false
 
     public static let maxSpans = 8
     public static let subscriptionLimit = 100
@@ -133,20 +124,157 @@ public struct UserState: Sendable, Equatable {
 
     public init() {}
 
+    /// The lists few users have, shared between copies until one writes.
+    private final class Rare: @unchecked Sendable {
+        var explicitUserType: Latest<UserType>?
+        var subscriptions = RecentSet<String>()
+        var products = RecentSet<ProductKey>()
+        var custom: [Latest<CustomTrait>] = []
+        var pqlTrait: Latest<Double>?
+        var keyEventCounts: [KeyEventCount] = []
+
+        init() {}
+
+        init(copying o: Rare) {
+            explicitUserType = o.explicitUserType
+            subscriptions = o.subscriptions
+            products = o.products
+            custom = o.custom
+            pqlTrait = o.pqlTrait
+            keyEventCounts = o.keyEventCounts
+        }
+    }
+
+    private mutating func writableRare() -> Rare {
+        if let r = rare, isKnownUniquelyReferenced(&rare!) { return r }
+        let r = rare.map(Rare.init(copying:)) ?? Rare()
+        rare = r
+        return r
+    }
+
+    // MARK: Text attributes
+
+    public var email: Latest<String>? { get { text.get(.email) } set { text.set(.email, newValue) } }
+    /// The raw display name (`name`, or `firstName lastName`); fitted at projection.
+    public var name: Latest<String>? { get { text.get(.name) } set { text.set(.name, newValue) } }
+    public var role: Latest<String>? { get { text.get(.role) } set { text.set(.role, newValue) } }
+    public var phone: Latest<String>? { get { text.get(.phone) } set { text.set(.phone, newValue) } }
+    public var timezone: Latest<String>? { get { text.get(.timezone) } set { text.set(.timezone, newValue) } }
+    public var image: Latest<String>? { get { text.get(.image) } set { text.set(.image, newValue) } }
+    public var country: Latest<String>? { get { text.get(.country) } set { text.set(.country, newValue) } }
+    public var region: Latest<String>? { get { text.get(.region) } set { text.set(.region, newValue) } }
+    public var city: Latest<String>? { get { text.get(.city) } set { text.set(.city, newValue) } }
+    public var postalCode: Latest<String>? { get { text.get(.postalCode) } set { text.set(.postalCode, newValue) } }
+    public var countryCode: Latest<String>? { get { text.get(.countryCode) } set { text.set(.countryCode, newValue) } }
+    public var lastSubscription: Latest<String>? {
+        get { text.get(.lastSubscription) }
+        set { text.set(.lastSubscription, newValue) }
+    }
+
+    // MARK: Dates
+
+    public var leadDate: Int64? {
+        get { leadDateMs == .max ? nil : leadDateMs }
+        set { leadDateMs = newValue ?? .max }
+    }
+    public var signUpDate: Int64? {
+        get { signUpDateMs == .max ? nil : signUpDateMs }
+        set { signUpDateMs = newValue ?? .max }
+    }
+
+    // MARK: Visits
+
+    /// The most recent spans, oldest first (at most ``maxSpans``).
+    public var spans: [VisitSpan] {
+        get { lastSpan.start == .max ? [] : olderSpans + [lastSpan] }
+        set {
+            if let last = newValue.last {
+                lastSpan = last
+                olderSpans = Array(newValue.dropLast())
+            } else {
+                lastSpan = VisitSpan(start: .max, end: .max)
+                olderSpans = []
+            }
+        }
+    }
+
+    public var hasSpans: Bool { lastSpan.start != .max }
+
+    /// Extends the most recent span to `t` (the caller checked it belongs there).
+    public mutating func extendLastSpan(to t: Int64) {
+        lastSpan.start = min(lastSpan.start, t)
+        lastSpan.end = max(lastSpan.end, t)
+    }
+
+    /// Starts a new most recent span at `t`, keeping at most ``maxSpans``.
+    public mutating func startSpan(at t: Int64) {
+        if hasSpans {
+            olderSpans.append(lastSpan)
+            if olderSpans.count > Self.maxSpans - 1 { olderSpans.removeFirst(olderSpans.count - (Self.maxSpans - 1)) }
+        }
+        lastSpan = VisitSpan(start: t, end: t)
+    }
+
+    // MARK: Rare lists
+
+    /// A user type set by a `userType` trait.
+    public var explicitUserType: Latest<UserType>? {
+        get { rare?.explicitUserType }
+        set { if newValue != nil || rare != nil { writableRare().explicitUserType = newValue } }
+    }
+
+    public var subscriptions: RecentSet<String> {
+        get { rare?.subscriptions ?? RecentSet() }
+        set { writableRare().subscriptions = newValue }
+        _modify { let r = writableRare(); yield &r.subscriptions }
+    }
+    public var products: RecentSet<ProductKey> {
+        get { rare?.products ?? RecentSet() }
+        set { writableRare().products = newValue }
+        _modify { let r = writableRare(); yield &r.products }
+    }
+    public var custom: [Latest<CustomTrait>] {
+        get { rare?.custom ?? [] }
+        set { writableRare().custom = newValue }
+        _modify { let r = writableRare(); yield &r.custom }
+    }
+    public var pqlTrait: Latest<Double>? {
+        get { rare?.pqlTrait }
+        set { if newValue != nil || rare != nil { writableRare().pqlTrait = newValue } }
+    }
+    /// Counts of configured key events: (index into the configuration, count).
+    public var keyEventCounts: [KeyEventCount] {
+        get { rare?.keyEventCounts ?? [] }
+        set { writableRare().keyEventCounts = newValue }
+        _modify { let r = writableRare(); yield &r.keyEventCounts }
+    }
+
+    public static func == (a: UserState, b: UserState) -> Bool {
+        a.text == b.text && a.explicitUserType == b.explicitUserType && a.sawUserId == b.sawUserId
+            && a.leadDateMs == b.leadDateMs && a.signUpDateMs == b.signUpDateMs
+            && a.firstVisitMs == b.firstVisitMs && a.lastSeenMs == b.lastSeenMs
+            && a.visits == b.visits && a.lastSpan == b.lastSpan && a.olderSpans == b.olderSpans && a.activeDays == b.activeDays
+            && a.activeDayAnchor == b.activeDayAnchor && a.appliedSource == b.appliedSource
+            && a.appliedOffset == b.appliedOffset
+            && a.subscriptions == b.subscriptions && a.products == b.products && a.custom == b.custom
+            && a.pqlTrait == b.pqlTrait && a.keyEventCounts == b.keyEventCounts
+    }
+
     /// An estimate of the bytes this state occupies: the struct itself plus the heap
-    /// storage of its arrays and of strings too long to be stored inline (over 15 UTF-8
-    /// bytes). Used by tests and the benchmark to show the state is bounded.
+    /// storage of its buffers, arrays and of strings too long to be stored inline (over
+    /// 15 UTF-8 bytes). Used by tests and the benchmark to show the state is bounded.
     public var approximateBytes: Int {
         func str(_ s: String?) -> Int { guard let s, s.utf8.count > 15 else { return 0 }; return 32 + s.utf8.count }
         func arr<T>(_ a: [T]) -> Int { a.capacity == 0 ? 0 : 32 + a.capacity * MemoryLayout<T>.stride }
-        var n = MemoryLayout<UserState>.size
-        n += str(email?.value) + str(name?.value) + str(role?.value) + str(phone?.value) + str(timezone?.value)
-        n += str(image?.value) + str(country?.value) + str(region?.value) + str(city?.value) + str(postalCode?.value)
-        n += str(countryCode?.value) + str(lastSubscription?.value)
-        n += arr(subscriptions.items) + subscriptions.items.reduce(0) { $0 + str($1.value) }
-        n += arr(products.items) + products.items.reduce(0) { $0 + str($1.value.product) }
-        n += arr(custom) + custom.reduce(0) { $0 + str($1.value.name) + str($1.value.json) }
-        n += arr(spans) + arr(keyEventCounts)
+        var n = MemoryLayout<UserState>.size + text.heapBytes + arr(olderSpans)
+        if let r = rare {
+            n += 16 + MemoryLayout<RecentSet<String>>.size * 2 + MemoryLayout<[Latest<CustomTrait>]>.size
+                + MemoryLayout<Latest<Double>?>.size + MemoryLayout<[KeyEventCount]>.size
+            n += arr(r.subscriptions.items) + r.subscriptions.items.reduce(0) { $0 + str($1.value) }
+            n += arr(r.products.items) + r.products.items.reduce(0) { $0 + str($1.value.product) }
+            n += arr(r.custom) + r.custom.reduce(0) { $0 + str($1.value.name) + str($1.value.json) }
+            n += arr(r.keyEventCounts)
+        }
         return n
     }
 

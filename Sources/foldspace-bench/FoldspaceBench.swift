@@ -346,6 +346,8 @@ extension FoldspaceBench {
     /// Memory per tracked user: 1M users folded into the engine directly.
     struct Memory: AsyncParsableCommand {
         @Option var users = 1_000_000
+        @Flag(help: "Deliver every user as it is folded (steady state: users held, none dirty), instead of holding all dirty.")
+        var settled = false
 
         struct NoDeadLetters: DeadLetterSink {
             func deadLetter(kind: String, key: [UInt8]?, value: [UInt8], headers: [(String, String)]) {}
@@ -353,9 +355,12 @@ extension FoldspaceBench {
 
         func run() async throws {
             var o = EngineOptions()
-            o.debounceMs = 600_000
-            o.maxWaitMs = 600_000
+            o.debounceMs = settled ? 0 : 600_000
+            o.maxWaitMs = settled ? 0 : 600_000
             o.maxDirtyUsers = 10_000_000
+            o.requestsPerSecond = 1e12
+            o.burst = 1e12
+            o.maxInFlight = 1_000_000
             let engine = SyncEngine(options: o, deadLetters: NoDeadLetters(), logger: quiet)
             let tp = TopicPartition("bench", 0)
             engine.partitionsAssigned([tp])
@@ -387,13 +392,22 @@ extension FoldspaceBench {
                 let c0 = uptimeSeconds()
                 withExtendedLifetime(storage) { engine.consume(batch) }
                 consumeSeconds += uptimeSeconds() - c0
+                // Settled: every changed user is sent and acknowledged (what a running
+                // daemon converges to between bursts).
+                while settled, case .send(let jobs) = engine.takeDue(limit: 10_000) {
+                    for j in jobs { engine.complete(j, outcome: .acknowledged) }
+                }
             }
             print("engine_consume_rate=\(Int(Double(users) / max(consumeSeconds, 1e-9)))")
             print("memory_total_seconds=\(String(format: "%.1f", uptimeSeconds() - t0))")
             let after = rssKiB()
             let s = engine.snapshot()
             print("memory_users=\(s.users)")
-            print("bytes_per_user=\((after - before) * 1024 / max(1, s.users))")
+            print("memory_dirty_users=\(s.dirtyUsers)")
+            print("bytes_per_user\(settled ? "_settled" : "")=\((after - before) * 1024 / max(1, s.users))")
+            print("user_entry_inline_bytes=\(SyncEngine.userEntryInlineBytes)")
+            print("user_state_inline_bytes=\(MemoryLayout<UserState>.stride)")
+            print("delivery_inline_bytes=\(MemoryLayout<DeliveryState>.size) holds_inline_bytes=\(MemoryLayout<Holds>.size)")
             print("memory_peak_rss_kib=\(rssKiB("VmHWM:"))")
         }
     }

@@ -1,0 +1,252 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A user's text attributes (email, name, location, …), each a last-writer-wins register,
+/// packed into one byte buffer.
+///
+/// A state of twelve `Latest<String>?` fields takes ~480 bytes inline whether or not any
+/// is set, plus a heap string per value over 15 bytes. Packed, a user with an email, a
+/// name, a role, a city, a country and a timezone takes ~130 bytes, and one with none
+/// takes 8. The fields written by one event share its stamp, so stamps are kept once in a
+/// small table that the fields point into.
+///
+/// Layout (canonical, so that equal contents are equal bytes): the stamp count, the
+/// stamps (time then offset, 8 bytes each, little endian) in order of first use, then
+/// each present field in ``Field`` order as tag, stamp index, LEB128 length and UTF-8.
+public struct TextFields: Sendable, Equatable {
+    /// The text writes of one event, applied together (they share its stamp). Within one
+    /// event the first value given for a field is the one written, as with separate
+    /// last-writer-wins writes at the same stamp.
+    public struct Writes: Sendable {
+        fileprivate var items: [(Field, String)] = []
+        public init() {}
+        public init(capacity: Int) { items.reserveCapacity(capacity) }
+        public var isEmpty: Bool { items.isEmpty }
+        public mutating func add(_ field: Field, _ value: String) {
+            if !items.contains(where: { $0.0 == field }) { items.append((field, value)) }
+        }
+    }
+
+    public enum Field: UInt8, CaseIterable, Sendable {
+        case email, name, role, phone, timezone, image
+        case country, region, city, postalCode, countryCode, lastSubscription
+    }
+
+    private var buf: [UInt8] = []
+
+    public init() {}
+
+    /// Equal when every field holds the same value at the same stamp (stamps rewritten
+    /// in place may leave the table with duplicates, so the bytes are not compared).
+    public static func == (a: TextFields, b: TextFields) -> Bool {
+        if a.buf == b.buf { return true }
+        return Field.allCases.allSatisfy { a.get($0) == b.get($0) }
+    }
+
+    /// Bytes held on the heap (0 when no field is set).
+    public var heapBytes: Int { buf.capacity == 0 ? 0 : 32 + buf.capacity }
+
+    /// The register of `field`, if set.
+    public func get(_ field: Field) -> Latest<String>? {
+        guard !buf.isEmpty else { return nil }
+        return buf.withUnsafeBufferPointer { b in
+            var r = Reader(b)
+            guard let entry = r.find(field) else { return nil }
+            return Latest(value: String(decoding: b[entry.value], as: UTF8.self), stamp: r.stamp(entry.stamp))
+        }
+    }
+
+    /// Writes `value` if `stamp` is newer than the field's (or the field is unset);
+    /// returns whether the value changed. A newer stamp with the same value still moves
+    /// the stamp, so that an older event arriving late cannot overwrite it.
+    public mutating func write(_ field: Field, _ value: String, at stamp: Stamp) -> Bool {
+        var same = false
+        if !buf.isEmpty {
+            let verdict: Bool? = buf.withUnsafeBufferPointer { b in
+                var r = Reader(b)
+                guard let entry = r.find(field) else { return nil }
+                guard r.stamp(entry.stamp) < stamp else { return false }
+                same = Self.same(value, b, entry.value)
+                return true
+            }
+            if verdict == false { return false }
+        }
+        set(field, Latest(value: value, stamp: stamp))
+        return !same
+    }
+
+    /// Applies one event's writes at `stamp`; returns whether any value changed. When
+    /// every write only moves the stamp (the same values again, the common case for
+    /// repeated identify traits and page locations) and no other field shares the stamps
+    /// being replaced, the stamps are rewritten in place.
+    public mutating func apply(_ writes: Writes, at stamp: Stamp) -> Bool {
+        guard !writes.isEmpty else { return false }
+        if !buf.isEmpty {
+            let inPlace: UInt16? = buf.withUnsafeBufferPointer { b in
+                var r = Reader(b)
+                // Per stamp entry (at most one per field, so at most 12): how many fields
+                // use it, and how many of those this event rewrites. On the stack.
+                var refs = SIMD16<UInt8>()
+                var moved = SIMD16<UInt8>()
+                var pending = writes.items.count
+                while let e = r.next() {
+                    refs[Int(e.stamp)] += 1
+                    guard let w = writes.items.first(where: { $0.0 == e.field }) else { continue }
+                    pending -= 1
+                    guard r.stamp(e.stamp) < stamp else { continue } // newer already: ignored
+                    guard Self.same(w.1, b, e.value) else { return nil }
+                    moved[Int(e.stamp)] += 1
+                }
+                guard pending == 0 else { return nil } // a new field
+                var entries: UInt16 = 0 // bit i: rewrite stamp entry i
+                for i in 0..<Int(b[0]) where moved[i] > 0 {
+                    guard moved[i] == refs[i] else { return nil }
+                    entries |= 1 << UInt16(i)
+                }
+                return entries
+            }
+            if let inPlace {
+                buf.withUnsafeMutableBytes { raw in
+                    var m = inPlace
+                    while m != 0 {
+                        let i = m.trailingZeroBitCount
+                        m &= m &- 1
+                        raw.storeBytes(of: UInt64(bitPattern: stamp.timeMs).littleEndian, toByteOffset: 1 + 16 * i, as: UInt64.self)
+                        raw.storeBytes(of: UInt64(bitPattern: stamp.offset).littleEndian, toByteOffset: 9 + 16 * i, as: UInt64.self)
+                    }
+                }
+                return false
+            }
+        }
+        // Decode once, apply every write by the register rule, encode once.
+        var entries = decodedEntries()
+        var changed = false
+        for (f, v) in writes.items {
+            let bytes = Array(v.utf8)
+            if let i = entries.firstIndex(where: { $0.0 == f }) {
+                guard entries[i].1 < stamp else { continue }
+                if entries[i].2 != bytes { changed = true }
+                entries[i] = (f, stamp, bytes)
+            } else {
+                let at = entries.firstIndex { $0.0.rawValue > f.rawValue } ?? entries.count
+                entries.insert((f, stamp, bytes), at: at)
+                changed = true
+            }
+        }
+        buf = Self.encode(entries)
+        return changed
+    }
+
+    /// Whether `s` is exactly the bytes `b[r]`.
+    @inline(__always)
+    private static func same(_ s: String, _ b: UnsafeBufferPointer<UInt8>, _ r: Range<Int>) -> Bool {
+        let fast = s.utf8.withContiguousStorageIfAvailable { u -> Bool in
+            u.count == r.count && (r.isEmpty || memcmp(u.baseAddress!, b.baseAddress! + r.lowerBound, r.count) == 0)
+        }
+        return fast ?? s.utf8.elementsEqual(b[r])
+    }
+
+    private func decodedEntries() -> [(Field, Stamp, [UInt8])] {
+        guard !buf.isEmpty else { return [] }
+        return buf.withUnsafeBufferPointer { b in
+            var out: [(Field, Stamp, [UInt8])] = []
+            var r = Reader(b)
+            while let e = r.next() { out.append((e.field, r.stamp(e.stamp), Array(b[e.value]))) }
+            return out
+        }
+    }
+
+    /// Sets or clears a field outright (decoding a stored state, tests).
+    public mutating func set(_ field: Field, _ register: Latest<String>?) {
+        var entries = decodedEntries()
+        entries.removeAll { $0.0 == field }
+        if let register {
+            let at = entries.firstIndex { $0.0.rawValue > field.rawValue } ?? entries.count
+            entries.insert((field, register.stamp, Array(register.value.utf8)), at: at)
+        }
+        buf = Self.encode(entries)
+    }
+
+    private static func encode(_ entries: [(Field, Stamp, [UInt8])]) -> [UInt8] {
+        guard !entries.isEmpty else { return [] }
+        var stamps: [Stamp] = []
+        var index: [UInt8] = []
+        for e in entries {
+            if let i = stamps.firstIndex(of: e.1) {
+                index.append(UInt8(i))
+            } else {
+                index.append(UInt8(stamps.count))
+                stamps.append(e.1)
+            }
+        }
+        var out: [UInt8] = []
+        out.reserveCapacity(1 + stamps.count * 16 + entries.reduce(0) { $0 + 4 + $1.2.count })
+        out.append(UInt8(stamps.count))
+        for s in stamps {
+            for v in [s.timeMs, s.offset] {
+                let u = UInt64(bitPattern: v)
+                for k in 0..<8 { out.append(UInt8(truncatingIfNeeded: u >> (8 * UInt64(k)))) }
+            }
+        }
+        for (i, e) in entries.enumerated() {
+            out.append(e.0.rawValue)
+            out.append(index[i])
+            var n = e.2.count
+            while n >= 0x80 {
+                out.append(UInt8(n & 0x7F) | 0x80)
+                n >>= 7
+            }
+            out.append(UInt8(n))
+            out.append(contentsOf: e.2)
+        }
+        return out
+    }
+
+    /// Walks a buffer written by ``encode(_:)``.
+    private struct Reader {
+        let b: UnsafeBufferPointer<UInt8>
+        var pos: Int
+
+        init(_ b: UnsafeBufferPointer<UInt8>) {
+            self.b = b
+            pos = 1 + 16 * Int(b[0])
+        }
+
+        func stamp(_ i: UInt8) -> Stamp {
+            Stamp(timeMs: int64(1 + 16 * Int(i)), offset: int64(9 + 16 * Int(i)))
+        }
+
+        private func int64(_ at: Int) -> Int64 {
+            Int64(bitPattern: UInt64(littleEndian: UnsafeRawPointer(b.baseAddress! + at).loadUnaligned(as: UInt64.self)))
+        }
+
+        mutating func next() -> (field: Field, stamp: UInt8, value: Range<Int>)? {
+            guard pos < b.count, let field = Field(rawValue: b[pos]) else { return nil }
+            let stamp = b[pos + 1]
+            pos += 2
+            var n = 0
+            var shift = 0
+            while true {
+                let c = b[pos]
+                pos += 1
+                n |= Int(c & 0x7F) << shift
+                if c < 0x80 { break }
+                shift += 7
+            }
+            let value = pos..<(pos + n)
+            pos += n
+            return (field, stamp, value)
+        }
+
+        mutating func find(_ field: Field) -> (field: Field, stamp: UInt8, value: Range<Int>)? {
+            while let e = next() {
+                if e.field == field { return e }
+                if e.field.rawValue > field.rawValue { return nil }
+            }
+            return nil
+        }
+    }
+}

@@ -1,0 +1,111 @@
+import Testing
+@testable import Folding
+
+/// The packed text attributes and the shared box of rare lists behave like the plain
+/// registers and arrays they replace.
+@Suite struct CompactStateTests {
+    let all = TextFields.Field.allCases
+
+    @Test func textRegistersAreLastWriterWinsWithTies() {
+        var t = TextFields()
+        do { let changed = t.write(.email, "a@x.io", at: Stamp(timeMs: 10, offset: 1)); #expect(changed) }
+        do { let changed = t.write(.email, "old@x.io", at: Stamp(timeMs: 9, offset: 5)); #expect(!changed) }        // older: ignored
+        do { let changed = t.write(.email, "tie@x.io", at: Stamp(timeMs: 10, offset: 0)); #expect(!changed) }       // same time, lower offset
+        do { let changed = t.write(.email, "b@x.io", at: Stamp(timeMs: 10, offset: 2)); #expect(changed) }          // same time, higher offset
+        do { let changed = t.write(.email, "b@x.io", at: Stamp(timeMs: 20, offset: 3)); #expect(!changed) }         // same value: no change...
+        #expect(t.get(.email) == Latest(value: "b@x.io", stamp: Stamp(timeMs: 20, offset: 3))) // ...but the stamp moved
+        do { let changed = t.write(.email, "late@x.io", at: Stamp(timeMs: 15, offset: 9)); #expect(!changed) }      // so a late older one loses
+        #expect(t.get(.name) == nil)
+    }
+
+    @Test func matchesPlainRegistersUnderRandomWrites() {
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<300 {
+            var packed = TextFields()
+            var plain: [TextFields.Field: Latest<String>] = [:]
+            for _ in 0..<40 {
+                let f = all.randomElement(using: &rng)!
+                // Long values cross the one-byte length; some are not ASCII.
+                let value = ["", "é", "x", String(repeating: "y", count: Int.random(in: 100...300, using: &rng)), "Zoë 😀"]
+                    .randomElement(using: &rng)! + String(Int.random(in: 0..<3, using: &rng))
+                let stamp = Stamp(timeMs: Int64.random(in: 0..<6, using: &rng), offset: Int64.random(in: 0..<4, using: &rng))
+                var reg = plain[f]
+                let expected = Latest.write(&reg, value, at: stamp)
+                plain[f] = reg
+                let changed = packed.write(f, value, at: stamp)
+                #expect(changed == expected)
+            }
+            for f in all { #expect(packed.get(f) == plain[f], "\(f)") }
+        }
+    }
+
+    @Test func oneEventsWritesTogetherMatchSeparateWrites() {
+        // Batches of an event's writes, including repeats of the same values (the in-place
+        // stamp path) and stamps shared with fields outside the batch (the rebuild path).
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<300 {
+            var packed = TextFields()
+            var plain: [TextFields.Field: Latest<String>] = [:]
+            for event in 0..<30 {
+                let stamp = Stamp(timeMs: Int64(event / 3) * (Bool.random(using: &rng) ? 1 : -1) + 100, offset: Int64(event))
+                var writes = TextFields.Writes()
+                var expected = false
+                var seen: Set<TextFields.Field> = []
+                for _ in 0..<Int.random(in: 1...4, using: &rng) {
+                    let f = [TextFields.Field.city, .country, .region, .email].randomElement(using: &rng)!
+                    let v = ["Paris", "Berlin", "x@y.io"].randomElement(using: &rng)!
+                    writes.add(f, v)
+                    if seen.insert(f).inserted {
+                        var reg = plain[f]
+                        expected = Latest.write(&reg, v, at: stamp) || expected
+                        plain[f] = reg
+                    }
+                }
+                let changed = packed.apply(writes, at: stamp)
+                #expect(changed == expected)
+                for f in all { #expect(packed.get(f) == plain[f], "\(f) after event \(event)") }
+            }
+        }
+    }
+
+    @Test func equalContentsAreEqualWhateverTheWriteOrder() {
+        var a = TextFields()
+        var b = TextFields()
+        let s1 = Stamp(timeMs: 5, offset: 1)
+        let s2 = Stamp(timeMs: 6, offset: 2)
+        _ = a.write(.city, "Paris", at: s1); _ = a.write(.email, "e@x.io", at: s2); _ = a.write(.country, "France", at: s1)
+        _ = b.write(.country, "France", at: s1); _ = b.write(.email, "e@x.io", at: s2); _ = b.write(.city, "Paris", at: s1)
+        #expect(a == b)
+        b.set(.city, nil)
+        #expect(a != b)
+        #expect(b.get(.city) == nil && b.get(.country)?.value == "France")
+    }
+
+    @Test func aTypicalUserIsSmall() {
+        var s = UserState()
+        let st = Stamp(timeMs: 1_764_000_000_000, offset: 42)
+        for (f, v) in [(TextFields.Field.email, "user-123456@example.com"), (.name, "Chloé Dubois"), (.role, "Engineer"),
+                       (.city, "Berlin"), (.country, "Germany"), (.timezone, "Europe/Berlin")] {
+            _ = s.text.write(f, v, at: st)
+        }
+        // Six attributes written by one event share one stamp.
+        #expect(s.text.heapBytes < 160, "\(s.text.heapBytes)")
+        #expect(MemoryLayout<UserState>.size <= 128, "\(MemoryLayout<UserState>.size)")
+    }
+
+    @Test func rareListsAreCopiedOnWrite() {
+        var a = UserState()
+        _ = a.subscriptions.insert("acct-1", at: Stamp(timeMs: 1, offset: 1), limit: 100)
+        a.keyEventCounts.append(KeyEventCount(index: 0, count: 1))
+        var b = a
+        _ = b.subscriptions.insert("acct-2", at: Stamp(timeMs: 2, offset: 2), limit: 100)
+        b.keyEventCounts[0].count += 1
+        #expect(a.subscriptions.items.map(\.value) == ["acct-1"])
+        #expect(b.subscriptions.items.map(\.value) == ["acct-2", "acct-1"])
+        #expect(a.keyEventCounts[0].count == 1 && b.keyEventCounts[0].count == 2)
+        #expect(a != b)
+        b = a
+        #expect(a == b)
+        #expect(UserState().pqlTrait == nil && UserState().custom.isEmpty)
+    }
+}
