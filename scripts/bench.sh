@@ -45,6 +45,7 @@ for _ in $(seq 100); do [ -s "$out/mock2" ] && break; sleep 0.1; done
 "$BIN/foldspace-bench" latency --brokers "$(head -1 "$out/mock2")" --topic lat --rate 10000 --seconds 10 > "$out/latency"
 echo "memory per user ($MEMORY_USERS users)..." >&2
 "$BIN/foldspace-bench" memory --users "$MEMORY_USERS" > "$out/memory"
+"$BIN/foldspace-bench" memory --users "$MEMORY_USERS" --settled | grep settled >> "$out/memory"
 echo "pure core costs..." >&2
 "$BIN/foldspace-bench" core > "$out/core"
 
@@ -72,7 +73,8 @@ rows = [
     ("peak RSS of the pipeline run (KiB)", g("peak_rss_kib")),
     ("event → PUT p50 at 10k ev/s, debounce 1 s (ms)", g("latency_p50_ms")),
     ("event → PUT p99 at 10k ev/s, debounce 1 s (ms)", g("latency_p99_ms")),
-    (f"bytes per tracked user ({g('memory_users')} users)", g("bytes_per_user")),
+    (f"bytes per tracked user, settled ({g('memory_users')} users)", g("bytes_per_user_settled")),
+    (f"bytes per tracked user, all dirty ({g('memory_users')} users)", g("bytes_per_user")),
     ("core: decode (ns/event)", g("core_decode_ns")),
     ("core: fold (ns/event)", g("core_fold_ns")),
     ("core: project (ns/user)", g("core_project_ns")),

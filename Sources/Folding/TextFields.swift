@@ -85,32 +85,37 @@ public struct TextFields: Sendable, Equatable {
     public mutating func apply(_ writes: Writes, at stamp: Stamp) -> Bool {
         guard !writes.isEmpty else { return false }
         if !buf.isEmpty {
-            let inPlace: UInt16? = buf.withUnsafeBufferPointer { b in
+            // nil: a value changes or a field is new (rebuild). Otherwise the stamp
+            // entries to rewrite, and whether fields sharing them stay behind.
+            let plan: (entries: UInt16, shared: Bool)? = buf.withUnsafeBufferPointer { b in
                 var r = Reader(b)
-                // Per stamp entry (at most one per field, so at most 12): how many fields
-                // use it, and how many of those this event rewrites. On the stack.
+                // Per stamp entry (at most 16): how many fields use it, and how many of
+                // those this event rewrites. On the stack.
                 var refs = SIMD16<UInt8>()
                 var moved = SIMD16<UInt8>()
                 var pending = writes.items.count
                 while let e = r.next() {
-                    refs[Int(e.stamp)] += 1
+                    refs[Int(e.stamp)] &+= 1
                     guard let w = writes.items.first(where: { $0.0 == e.field }) else { continue }
                     pending -= 1
                     guard r.stamp(e.stamp) < stamp else { continue } // newer already: ignored
                     guard Self.same(w.1, b, e.value) else { return nil }
-                    moved[Int(e.stamp)] += 1
+                    moved[Int(e.stamp)] &+= 1
                 }
                 guard pending == 0 else { return nil } // a new field
-                var entries: UInt16 = 0 // bit i: rewrite stamp entry i
+                var entries: UInt16 = 0 // bit i: stamp entry i is moved
+                var shared = false
                 for i in 0..<Int(b[0]) where moved[i] > 0 {
-                    guard moved[i] == refs[i] else { return nil }
+                    if moved[i] != refs[i] { shared = true }
                     entries |= 1 << UInt16(i)
                 }
-                return entries
+                return (entries, shared)
             }
-            if let inPlace {
+            if let plan, !plan.shared {
+                // The same values again at a newer stamp, whose old stamps nothing else
+                // uses: rewrite those stamps in place.
                 buf.withUnsafeMutableBytes { raw in
-                    var m = inPlace
+                    var m = plan.entries
                     while m != 0 {
                         let i = m.trailingZeroBitCount
                         m &= m &- 1
@@ -118,6 +123,31 @@ public struct TextFields: Sendable, Equatable {
                         raw.storeBytes(of: UInt64(bitPattern: stamp.offset).littleEndian, toByteOffset: 9 + 16 * i, as: UInt64.self)
                     }
                 }
+                return false
+            }
+            if let plan, Int(buf[0]) < 15 {
+                // The same values again, but other fields share their old stamps (an
+                // identify's traits and location, then a page with the location only):
+                // add the new stamp to the table and point the moved fields at it.
+                let n = Int(buf[0])
+                var bytes = [UInt8](repeating: 0, count: 16)
+                bytes.withUnsafeMutableBytes { raw in
+                    raw.storeBytes(of: UInt64(bitPattern: stamp.timeMs).littleEndian, toByteOffset: 0, as: UInt64.self)
+                    raw.storeBytes(of: UInt64(bitPattern: stamp.offset).littleEndian, toByteOffset: 8, as: UInt64.self)
+                }
+                buf.insert(contentsOf: bytes, at: 1 + 16 * n)
+                buf[0] = UInt8(n + 1)
+                var positions: [Int] = []
+                buf.withUnsafeBufferPointer { b in
+                    var r = Reader(b)
+                    while true {
+                        let at = r.pos
+                        guard let e = r.next() else { break }
+                        if plan.entries & (1 << UInt16(e.stamp)) != 0,
+                           writes.items.contains(where: { $0.0 == e.field }) { positions.append(at + 1) }
+                    }
+                }
+                for p in positions { buf[p] = UInt8(n) }
                 return false
             }
         }

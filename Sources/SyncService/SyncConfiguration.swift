@@ -100,6 +100,7 @@ public struct SyncConfiguration: Sendable {
         Key(name: "connect_timeout", type: "duration", defaultText: "5s", secret: false, help: "Foldspace connect timeout"),
         Key(name: "request_timeout", type: "duration", defaultText: "30s", secret: false, help: "Foldspace request timeout"),
         Key(name: "max_in_flight", type: "integer", defaultText: "16", secret: false, help: "concurrent requests to Foldspace"),
+        Key(name: "decode_threads", type: "integer", defaultText: "2", secret: false, help: "threads decoding each batch of messages (capped at the cores; the fold is one thread)"),
         Key(name: "requests_per_second", type: "number", defaultText: "20", secret: false, help: "request rate for the API key (split across instances by partition share)"),
         Key(name: "burst", type: "number", defaultText: "40", secret: false, help: "token-bucket burst for the API key"),
         Key(name: "max_dirty_users", type: "integer", defaultText: "1000000", secret: false, help: "pause consuming above this many users awaiting delivery; resume below 80 %"),
@@ -262,6 +263,7 @@ public struct SyncConfiguration: Sendable {
         if let v = try duration("connect_timeout") { c.connectTimeoutMs = v }
         if let v = try duration("request_timeout") { c.requestTimeoutMs = v }
         if let v = try integer("max_in_flight", min: 1) { c.engine.maxInFlight = v }
+        if let v = try integer("decode_threads", min: 1) { c.engine.decodeThreads = v }
         if let v = try duration("breaker_probe_interval") { c.engine.breakerProbeIntervalMs = max(v, 100) }
         if let v = try number("requests_per_second") { c.engine.requestsPerSecond = v }
         if let v = try number("burst") { c.engine.burst = v }
@@ -391,6 +393,7 @@ public struct SyncConfiguration: Sendable {
         add("connect_timeout", formatDuration(connectTimeoutMs))
         add("request_timeout", formatDuration(requestTimeoutMs))
         add("max_in_flight", String(engine.maxInFlight))
+        add("decode_threads", String(engine.decodeThreads))
         add("requests_per_second", String(engine.requestsPerSecond))
         add("burst", String(engine.burst))
         add("max_dirty_users", String(engine.maxDirtyUsers))

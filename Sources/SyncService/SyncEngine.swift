@@ -44,6 +44,9 @@ public struct EngineOptions: Sendable {
     /// While Foldspace refuses the key, one probe request goes out this often.
     public var breakerProbeIntervalMs: Int64 = 30_000
     public var decoder = DecoderOptions()
+    /// Threads that decode one batch of messages (the fold itself is single-threaded);
+    /// capped at the cores available.
+    public var decodeThreads = 2
     /// Visits, key events, the PQL model, custom attributes.
     public var fold = FoldConfig()
     /// Durable mode: state is checkpointed to a changelog and offsets are committed
@@ -241,14 +244,17 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
 
     /// The decoded calls of the batch being consumed and the message each came from;
     /// only the poll thread touches them. Kept between batches for their capacity.
-    private var scratch: [Decoded] = []
-    private var scratchMessage: [Int32] = []
+    private var scratch: [[Decoded]] = []
+    private var scratchMessage: [[Int32]] = []
+    /// Threads decoding one batch (``EngineOptions/decodeThreads``, at most the cores).
+    private let decodeParallelism: Int
 
     public init(options: EngineOptions, deadLetters: DeadLetterSink, logger: Logger, clock: EngineClock = .system) {
         self.options = options
         self.logger = logger
         self.clock = clock
         self.deadLetters = deadLetters
+        decodeParallelism = max(1, min(options.decodeThreads, ProcessInfo.processInfo.activeProcessorCount))
         var decoderOptions = options.decoder
         decoderOptions.customAttributes = options.fold.customAttributes
         decoder = SegmentDecoder(options: decoderOptions)
@@ -415,22 +421,42 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
 
     public func consume(_ batch: [ConsumedMessage]) {
         let nowEpoch = clock.epochMs()
-        // Decode outside the lock, straight into the reused scratch array.
-        scratch.removeAll(keepingCapacity: true)
-        scratchMessage.removeAll(keepingCapacity: true)
-        for i in batch.indices {
-            let before = scratch.count
-            decoder.decode(batch[i].value, nowMs: nowEpoch, into: &scratch)
-            if scratch.count == before { scratch.append(.ignored("")) }
-            for _ in before..<scratch.count { scratchMessage.append(Int32(truncatingIfNeeded: i)) }
+        // Decode outside the lock, straight into reused scratch arrays; a large batch is
+        // split across threads (decoding is pure and about half the cost of an event),
+        // the fold below stays on this thread and in order.
+        let chunks = batch.count >= 256 ? decodeParallelism : 1
+        while scratch.count < chunks {
+            scratch.append([])
+            scratchMessage.append([])
+        }
+        let decoder = self.decoder
+        scratch.withUnsafeMutableBufferPointer { calls in
+            scratchMessage.withUnsafeMutableBufferPointer { origins in
+                nonisolated(unsafe) let calls = calls
+                nonisolated(unsafe) let origins = origins
+                // Each chunk writes only its own scratch arrays; the messages are read-only.
+                nonisolated(unsafe) let batch = batch
+                let decodeChunk: @Sendable (Int) -> Void = { c in
+                    calls[c].removeAll(keepingCapacity: true)
+                    origins[c].removeAll(keepingCapacity: true)
+                    for i in (batch.count * c / chunks)..<(batch.count * (c + 1) / chunks) {
+                        let before = calls[c].count
+                        decoder.decode(batch[i].value, nowMs: nowEpoch, into: &calls[c])
+                        if calls[c].count == before { calls[c].append(.ignored("")) }
+                        for _ in before..<calls[c].count { origins[c].append(Int32(truncatingIfNeeded: i)) }
+                    }
+                }
+                if chunks == 1 { decodeChunk(0) } else { DispatchQueue.concurrentPerform(iterations: chunks, execute: decodeChunk) }
+            }
         }
         var invalid: [(Int, DecodeFailure)] = []
         let now = clock.monotonicMs()
         lock.withLock {
             var last = -1
             var pidx: OffsetTracker.PartitionIndex = 0
-            for j in scratch.indices {
-                let i = Int(scratchMessage[j])
+            for c in 0..<chunks {
+            for j in scratch[c].indices {
+                let i = Int(scratchMessage[c][j])
                 let m = batch[i]
                 if i != last {
                     pidx = index(of: m.topicPartition)
@@ -439,7 +465,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                 }
                 // Move the call out of the array (no copy of its strings), fold, drop it.
                 var d = Decoded.ignored("")
-                swap(&d, &scratch[j])
+                swap(&d, &scratch[c][j])
                 switch consume d {
                 case .event(let e):
                     fold(e, message: m, partition: pidx, nowEpoch: nowEpoch, nowMono: now)
@@ -449,6 +475,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                     stats.invalid[f.reason.rawValue, default: 0] += 1
                     invalid.append((i, f))
                 }
+            }
             }
             publishOffsets()
         }
