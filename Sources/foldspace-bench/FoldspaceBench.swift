@@ -249,6 +249,7 @@ extension FoldspaceBench {
             print("latency_puts=\(lat.count)")
             print("latency_p50_ms=\(q(0.5))")
             print("latency_p99_ms=\(q(0.99))")
+            print("latency_p90_ms=\(q(0.90))")
             await sandbox.stop()
         }
     }
