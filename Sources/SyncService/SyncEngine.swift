@@ -81,6 +81,9 @@ public struct EngineStats: Sendable {
     public var suppressed = 0
     public var adjustments = Adjustments()
     public var requestDuration = Histogram()
+    /// How long after it was due (its debounce, max wait or retry time passed) each
+    /// request was handed to the HTTP client: the daemon's own scheduling delay.
+    public var sendLateness = Histogram(bounds: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10])
     public var users = 0
     public var dirtyUsers = 0
     public var oldestDirtyMs: Int64 = 0
@@ -95,18 +98,37 @@ public struct EngineStats: Sendable {
 /// A Prometheus histogram with fixed buckets (seconds).
 public struct Histogram: Sendable {
     public static let bounds: [Double] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
+    public let bounds: [Double]
     /// Cumulative counts per bound, then +Inf.
-    public private(set) var counts = [Int](repeating: 0, count: Histogram.bounds.count + 1)
+    public private(set) var counts: [Int]
     public private(set) var sum = 0.0
     public private(set) var count = 0
 
-    public init() {}
+    public init(bounds: [Double] = Histogram.bounds) {
+        self.bounds = bounds
+        counts = [Int](repeating: 0, count: bounds.count + 1)
+    }
 
     public mutating func observe(_ v: Double) {
-        for (i, b) in Self.bounds.enumerated() where v <= b { counts[i] += 1 }
-        counts[Self.bounds.count] += 1
+        for (i, b) in bounds.enumerated() where v <= b { counts[i] += 1 }
+        counts[bounds.count] += 1
         sum += v
         count += 1
+    }
+
+    /// The smallest bound holding at least the fraction `q` of the observations (nil if
+    /// none, +infinity if only the overflow bucket does).
+    public func quantileBound(_ q: Double) -> Double? {
+        guard count > 0 else { return nil }
+        let need = Int((Double(count) * q).rounded(.up))
+        for (i, b) in bounds.enumerated() where counts[i] >= need { return b }
+        return .infinity
+    }
+
+    /// The fraction of observations at or below `bound` (which must be one of the bounds).
+    public func fraction(atMost bound: Double) -> Double {
+        guard count > 0, let i = bounds.firstIndex(of: bound) else { return 0 }
+        return Double(counts[i]) / Double(count)
     }
 }
 
@@ -697,6 +719,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                     limiter.refund(permit)
                     continue
                 }
+                stats.sendLateness.observe(Double(max(0, now - debouncer.dueMs(entry.delivery))) / 1000)
                 debouncer.willSend(&entry.delivery)
                 users[key] = entry
                 jobs.append(FlushJob(identifyId: key, body: body, hash: hash, isProbe: permit == .probe))

@@ -207,7 +207,7 @@ extension FoldspaceBench {
             var c = SyncConfiguration.local(brokers: brokers, topic: topic, group: "lat-\(UUID().uuidString.prefix(8))",
                                             foldspaceURL: sandbox.baseURL)
             c.stateMode = "memory"
-            c.engine.debounceMs = 1_000
+            c.engine.debounceMs = Int64(ProcessInfo.processInfo.environment["LATENCY_DEBOUNCE_MS"] ?? "1000") ?? 1_000
             c.engine.maxWaitMs = 5_000
             c.engine.requestsPerSecond = 1_000_000
             c.engine.burst = 1_000_000
@@ -237,8 +237,13 @@ extension FoldspaceBench {
             }
             p.flush()
             try await Task.sleep(for: .seconds(7))
+            let lateness = pipeline.engine.snapshot().sendLateness
             pipeline.requestStop()
             try await task.value
+            // The daemon's own share: from due to handed to the HTTP client.
+            print("send_lateness_p50_ms=\(Int((lateness.quantileBound(0.5) ?? -0.001) * 1000))")
+            print("send_lateness_p99_ms=\(Int((lateness.quantileBound(0.99) ?? -0.001) * 1000))")
+            print("send_lateness_within_100ms=\(String(format: "%.4f", lateness.fraction(atMost: 0.1)))")
             var lat: [Int64] = []
             for r in sandbox.requests {
                 if let seen = r.json?["lastSeenDate"] as? Int64 { lat.append(r.arrivedMs - seen) }

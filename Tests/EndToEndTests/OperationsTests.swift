@@ -147,7 +147,7 @@ final class NotifySocket: @unchecked Sendable {
         try await Task.sleep(for: .milliseconds(500))
         let (data, _) = try await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)/metrics")!)
         let text = String(decoding: data, as: UTF8.self)
-        for series in ["foldspace_sync_events_total", "foldspace_sync_requests_total", "foldspace_sync_request_duration_seconds_bucket",
+        for series in ["foldspace_sync_events_total", "foldspace_sync_requests_total", "foldspace_sync_request_duration_seconds_bucket", "foldspace_sync_send_lateness_seconds_bucket",
                        "foldspace_sync_users", "foldspace_sync_dirty_users", "foldspace_sync_oldest_dirty_seconds",
                        "foldspace_sync_dead_letters_total", "foldspace_sync_consumer_lag", "foldspace_sync_breaker_open",
                        "foldspace_sync_rate_limit_rps"] {

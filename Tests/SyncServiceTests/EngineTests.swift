@@ -97,6 +97,26 @@ func feed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: Int64,
         #expect(engine.snapshot().dirtyUsers == 0)
     }
 
+    @Test func sendLatenessIsTheTimeFromDueToSent() {
+        let clock = ManualClock()
+        let (engine, _) = makeEngine(clock)
+        feed(engine, [(tp, 0, #"{"type":"track","userId":"on-time"}"#)])
+        clock.advance(1_000) // exactly due
+        let first = jobs(engine.takeDue(limit: 10))
+        #expect(first.count == 1)
+        feed(engine, [(tp, 1, #"{"type":"track","userId":"late"}"#)])
+        clock.advance(1_300) // due 300 ms ago
+        let second = jobs(engine.takeDue(limit: 10))
+        #expect(second.map(\.identifyId) == ["late"])
+        let h = engine.snapshot().sendLateness
+        #expect(h.count == 2)
+        #expect(h.fraction(atMost: 0.001) == 0.5)  // on time
+        #expect(h.fraction(atMost: 0.25) == 0.5)   // the late one is over 250 ms...
+        #expect(h.fraction(atMost: 0.5) == 1.0)    // ...and under 500 ms
+        #expect(h.quantileBound(0.5) == 0.001)
+        #expect(h.quantileBound(0.99) == 0.5)
+    }
+
     @Test func offsetsWaitForTheSlowestUser() {
         let clock = ManualClock()
         let (engine, offsets) = makeEngine(clock)
