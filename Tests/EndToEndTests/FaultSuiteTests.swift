@@ -1,6 +1,9 @@
 import FoldspaceSandbox
 import Foundation
 import Testing
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
 
 /// The one verifier every fault case ends with: each user's last acknowledged body equals
 /// an independent fold of all its events (visits, first and last seen: a lost event or a
@@ -265,6 +268,20 @@ func peakRSSKiB(_ pid: Int32) -> Int {
         let reasons = headers.compactMap { h in h.split(separator: ",").first { $0.hasPrefix("reason=") }?.dropFirst(7) }.map(String.init)
         #expect(reasons.sorted() == hostile.map(\.reason).sorted())
         #expect(headers.allSatisfy { $0.contains("source.topic=events") && $0.contains("source.offset=") })
+        let deadLetters = (try? kcatConsume(bootstrap: s.kafka.bootstrap, topic: "dead-letters", format: "%k %s\n")) ?? ""
+        #expect(!deadLetters.isEmpty && !deadLetters.contains(apiKey), "the API key reached a dead letter")
+
+        // Counted: by reason, and the far-future time separately.
+        let line = d.stderr.split(separator: "\n").first { $0.contains("admin server listening") }
+        let port = try #require(line.flatMap { l in l.range(of: "127.0.0.1:").map { Int(l[$0.upperBound...].prefix { $0.isNumber }) } } ?? nil)
+        let (data, _) = try await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)/metrics")!)
+        let metrics = String(decoding: data, as: UTF8.self)
+        #expect(metrics.contains(#"foldspace_sync_events_total{result="invalid"} \#(hostile.count)"#), "\(metrics.prefix(3000))")
+        for (reason, n) in Dictionary(hostile.map { ($0.reason, 1) }, uniquingKeysWith: +) {
+            #expect(metrics.contains(#"foldspace_sync_invalid_events_total{reason="\#(reason)"} \#(n)"#), "\(reason)")
+        }
+        #expect(metrics.contains("foldspace_sync_implausible_time_total 1"))
+        #expect(!metrics.contains(apiKey))
         await tearDown(s, [d])
     }
 }
@@ -287,6 +304,20 @@ func kcatProduceValues(bootstrap: String, topic: String, _ values: [[UInt8]]) th
     try pipe.fileHandleForWriting.close()
     p.waitUntilExit()
     if p.terminationStatus != 0 { throw TestFailure("kcat exited \(p.terminationStatus)") }
+}
+
+/// Every record of a topic, read from the beginning with kcat and formatted by `format`.
+func kcatConsume(bootstrap: String, topic: String, format: String) throws -> String {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    p.arguments = ["kcat", "-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-q", "-f", format, "-X", "log_level=0"]
+    let pipe = Pipe()
+    p.standardOutput = pipe
+    p.standardError = FileHandle.nullDevice
+    try p.run()
+    let out = pipe.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return String(decoding: out, as: UTF8.self)
 }
 
 /// Every record's headers (`k=v,k=v`) of a topic, read from the beginning with kcat.
