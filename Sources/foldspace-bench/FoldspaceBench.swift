@@ -151,6 +151,7 @@ extension FoldspaceBench {
                                             foldspaceURL: sandbox.baseURL)
             c.stateMode = "memory"
             c.kafkaProperties.merge(environmentProperties("PIPELINE_PROPS")) { $1 }
+            if let v = ProcessInfo.processInfo.environment["PIPELINE_DECODE_THREADS"].flatMap(Int.init) { c.engine.decodeThreads = v }
             // Phase 1: a long debounce, so HTTP is not the limit of the folded rate.
             c.engine.debounceMs = 600_000
             c.engine.maxWaitMs = 600_000
