@@ -98,7 +98,12 @@ public struct Traits: Sendable, Equatable {
 
     public init() { custom = [] }
 
-    public var isEmpty: Bool { self == Traits() }
+    public var isEmpty: Bool {
+        userType == nil && email == nil && name == nil && firstName == nil && lastName == nil && role == nil
+            && title == nil && phone == nil && timezone == nil && leadDate == nil && signUpDate == nil
+            && createdAt == nil && subscriptionId == nil && address == nil && avatar == nil && image == nil
+            && pqlScore == nil && custom.isEmpty
+    }
 
     /// Fills every field this value lacks from `other` (used to put identify `traits`
     /// over `context.traits`).

@@ -280,4 +280,18 @@ private func failure(_ json: String) -> DecodeFailure? {
             #expect(failure("{\"type\":\"track\",\"userId\":\"\(text)\u{1}\"}")?.reason == .notJSON)
         }
     }
+
+    @Test func traitsWithAnySingleFieldAreNotEmpty() {
+        var cases: [Traits] = []
+        func with(_ f: (inout Traits) -> Void) { var t = Traits(); f(&t); cases.append(t) }
+        with { $0.userType = "LEAD" }; with { $0.email = "e" }; with { $0.name = "n" }; with { $0.firstName = "f" }
+        with { $0.lastName = "l" }; with { $0.role = "r" }; with { $0.title = "t" }; with { $0.phone = "p" }
+        with { $0.timezone = "z" }; with { $0.leadDate = 1 }; with { $0.signUpDate = 1 }; with { $0.createdAt = 1 }
+        with { $0.subscriptionId = "s" }; with { $0.address = Location(city: "c") }; with { $0.avatar = "a" }
+        with { $0.image = "i" }; with { $0.pqlScore = 1 }; with { $0.custom = [CustomTrait(name: "k", json: "1")] }
+        // Every stored field is covered: a field added to Traits must be added to isEmpty and here.
+        #expect(cases.count == Mirror(reflecting: Traits()).children.count)
+        for t in cases { #expect(!t.isEmpty, "\(t)") }
+        #expect(Traits().isEmpty)
+    }
 }
