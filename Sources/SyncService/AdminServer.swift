@@ -57,20 +57,17 @@ public enum MetricsText {
         sample("foldspace_sync_implausible_time_total", [], String(s.implausibleTime))
         family("foldspace_sync_requests_total", "counter", "Requests to Foldspace, by status code or failure.")
         for (c, n) in s.requests.sorted(by: { $0.key < $1.key }) { sample("foldspace_sync_requests_total", [("code", c)], String(n)) }
-        family("foldspace_sync_request_duration_seconds", "histogram", "Time from sending a request to Foldspace to its answer.")
-        for (i, b) in s.requestDuration.bounds.enumerated() {
-            sample("foldspace_sync_request_duration_seconds_bucket", [("le", String(b))], String(s.requestDuration.counts[i]))
+        func histogram(_ name: String, _ help: String, _ h: Histogram) {
+            family(name, "histogram", help)
+            for (i, b) in h.bounds.enumerated() { sample("\(name)_bucket", [("le", String(b))], String(h.counts[i])) }
+            sample("\(name)_bucket", [("le", "+Inf")], String(h.count))
+            sample("\(name)_sum", [], String(format: "%.6f", h.sum))
+            sample("\(name)_count", [], String(h.count))
         }
-        sample("foldspace_sync_request_duration_seconds_bucket", [("le", "+Inf")], String(s.requestDuration.count))
-        sample("foldspace_sync_request_duration_seconds_sum", [], String(format: "%.6f", s.requestDuration.sum))
-        sample("foldspace_sync_request_duration_seconds_count", [], String(s.requestDuration.count))
-        family("foldspace_sync_send_lateness_seconds", "histogram", "Time from when a user was due (debounce, max wait or retry passed) to its request being sent.")
-        for (i, b) in s.sendLateness.bounds.enumerated() {
-            sample("foldspace_sync_send_lateness_seconds_bucket", [("le", String(b))], String(s.sendLateness.counts[i]))
-        }
-        sample("foldspace_sync_send_lateness_seconds_bucket", [("le", "+Inf")], String(s.sendLateness.count))
-        sample("foldspace_sync_send_lateness_seconds_sum", [], String(format: "%.6f", s.sendLateness.sum))
-        sample("foldspace_sync_send_lateness_seconds_count", [], String(s.sendLateness.count))
+        histogram("foldspace_sync_request_duration_seconds", "Time from sending a request to Foldspace to its answer.",
+                  s.requestDuration)
+        histogram("foldspace_sync_send_lateness_seconds",
+                  "Time from when a user was due (debounce, max wait or retry passed) to its request being sent.", s.sendLateness)
         family("foldspace_sync_retries_total", "counter", "Retried deliveries, by reason.")
         for (c, n) in s.retries.sorted(by: { $0.key < $1.key }) { sample("foldspace_sync_retries_total", [("reason", c)], String(n)) }
         family("foldspace_sync_suppressed_total", "counter", "Flushes skipped because Foldspace already has the body.")

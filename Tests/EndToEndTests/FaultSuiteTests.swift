@@ -286,50 +286,7 @@ func peakRSSKiB(_ pid: Int32) -> Int {
     }
 }
 
-/// Produces raw values (no key) with kcat, zstd; values must not contain a newline.
-func kcatProduceValues(bootstrap: String, topic: String, _ values: [[UInt8]]) throws {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    p.arguments = ["kcat", "-P", "-b", bootstrap, "-t", topic, "-z", "zstd", "-X", "log_level=3", "-X", "message.max.bytes=2000000"]
-    let pipe = Pipe()
-    p.standardInput = pipe
-    try p.run()
-    var data = Data()
-    for v in values {
-        precondition(!v.contains(0x0A))
-        data.append(contentsOf: v)
-        data.append(0x0A)
-    }
-    pipe.fileHandleForWriting.write(data)
-    try pipe.fileHandleForWriting.close()
-    p.waitUntilExit()
-    if p.terminationStatus != 0 { throw TestFailure("kcat exited \(p.terminationStatus)") }
-}
-
-/// Every record of a topic, read from the beginning with kcat and formatted by `format`.
-func kcatConsume(bootstrap: String, topic: String, format: String) throws -> String {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    p.arguments = ["kcat", "-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-q", "-f", format, "-X", "log_level=0"]
-    let pipe = Pipe()
-    p.standardOutput = pipe
-    p.standardError = FileHandle.nullDevice
-    try p.run()
-    let out = pipe.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return String(decoding: out, as: UTF8.self)
-}
-
 /// Every record's headers (`k=v,k=v`) of a topic, read from the beginning with kcat.
 func kcatConsumeHeaders(bootstrap: String, topic: String) throws -> [String] {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    p.arguments = ["kcat", "-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-q", "-f", "%h\n", "-X", "log_level=0"]
-    let pipe = Pipe()
-    p.standardOutput = pipe
-    p.standardError = FileHandle.nullDevice
-    try p.run()
-    let out = pipe.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return String(decoding: out, as: UTF8.self).split(separator: "\n").map(String.init)
+    try kcatConsume(bootstrap: bootstrap, topic: topic, format: "%h\n").split(separator: "\n").map(String.init)
 }

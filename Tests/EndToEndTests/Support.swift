@@ -118,23 +118,55 @@ final class MockKafkaProcess: @unchecked Sendable {
     }
 }
 
-/// Produces `key<TAB>value` lines with kcat (zstd), as an outside producer.
-func kcatProduce(bootstrap: String, topic: String, _ messages: [(key: String, value: String)]) throws {
+/// Runs kcat with `args`, `input` on its standard input; returns its standard output.
+/// Throws on a non-zero exit when `check` is set.
+@discardableResult
+func runKcat(_ args: [String], input: Data? = nil, check: Bool = true) throws -> Data {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    p.arguments = ["kcat", "-P", "-b", bootstrap, "-t", topic, "-K", "\t", "-z", "zstd", "-X", "log_level=3"]
-    let pipe = Pipe()
-    p.standardInput = pipe
+    p.arguments = ["kcat"] + args
+    let stdin = Pipe()
+    let stdout = Pipe()
+    if input != nil { p.standardInput = stdin }
+    p.standardOutput = stdout
+    p.standardError = FileHandle.nullDevice
     try p.run()
+    if let input {
+        stdin.fileHandleForWriting.write(input)
+        try stdin.fileHandleForWriting.close()
+    }
+    let out = stdout.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    if check && p.terminationStatus != 0 { throw TestFailure("kcat \(args.first ?? "") exited \(p.terminationStatus)") }
+    return out
+}
+
+/// Produces `key<TAB>value` lines with kcat (zstd), as an outside producer.
+func kcatProduce(bootstrap: String, topic: String, _ messages: [(key: String, value: String)]) throws {
     var data = Data()
     for m in messages {
         precondition(!m.key.contains("\t") && !m.key.contains("\n") && !m.value.contains("\n"))
         data.append(Data("\(m.key)\t\(m.value)\n".utf8))
     }
-    pipe.fileHandleForWriting.write(data)
-    try pipe.fileHandleForWriting.close()
-    p.waitUntilExit()
-    if p.terminationStatus != 0 { throw TestFailure("kcat exited \(p.terminationStatus)") }
+    try runKcat(["-P", "-b", bootstrap, "-t", topic, "-K", "\t", "-z", "zstd", "-X", "log_level=3"], input: data)
+}
+
+/// Produces raw values (no key) with kcat, zstd; values must not contain a newline.
+func kcatProduceValues(bootstrap: String, topic: String, _ values: [[UInt8]]) throws {
+    var data = Data()
+    for v in values {
+        precondition(!v.contains(0x0A))
+        data.append(contentsOf: v)
+        data.append(0x0A)
+    }
+    try runKcat(["-P", "-b", bootstrap, "-t", topic, "-z", "zstd", "-X", "log_level=3", "-X", "message.max.bytes=2000000"], input: data)
+}
+
+/// Every record of a topic, read from the beginning with kcat and formatted by `format`.
+func kcatConsume(bootstrap: String, topic: String, format: String) throws -> String {
+    let out = try runKcat(["-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-q", "-f", format, "-X", "log_level=0"],
+                          check: false)
+    return String(decoding: out, as: UTF8.self)
 }
 
 func waitUntil(_ timeout: Duration = .seconds(60), _ cond: () -> Bool) async -> Bool {
