@@ -107,13 +107,9 @@ public struct Holds: Sendable, Equatable {
     // several partitions) in an array: 24 bytes for the common case.
     private var firstOffset: Int64 = -1
     private var firstPartition: OffsetTracker.PartitionIndex = 0
-    public private(set) var more: [(OffsetTracker.PartitionIndex, Int64)] = []
+    private var more: [(OffsetTracker.PartitionIndex, Int64)] = []
 
     public init() {}
-
-    public var first: (OffsetTracker.PartitionIndex, Int64)? {
-        firstOffset < 0 ? nil : (firstPartition, firstOffset)
-    }
 
     public static func == (a: Holds, b: Holds) -> Bool {
         a.firstOffset == b.firstOffset && (a.firstOffset < 0 || a.firstPartition == b.firstPartition)

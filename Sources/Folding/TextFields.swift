@@ -63,19 +63,9 @@ public struct TextFields: Sendable, Equatable {
     /// returns whether the value changed. A newer stamp with the same value still moves
     /// the stamp, so that an older event arriving late cannot overwrite it.
     public mutating func write(_ field: Field, _ value: String, at stamp: Stamp) -> Bool {
-        var same = false
-        if !buf.isEmpty {
-            let verdict: Bool? = buf.withUnsafeBufferPointer { b in
-                var r = Reader(b)
-                guard let entry = r.find(field) else { return nil }
-                guard r.stamp(entry.stamp) < stamp else { return false }
-                same = Self.same(value, b, entry.value)
-                return true
-            }
-            if verdict == false { return false }
-        }
-        set(field, Latest(value: value, stamp: stamp))
-        return !same
+        var one = Writes()
+        one.add(field, value)
+        return apply(one, at: stamp)
     }
 
     /// Applies one event's writes at `stamp`; returns whether any value changed. When
