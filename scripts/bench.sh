@@ -35,6 +35,11 @@ kcat_rate=$(python3 -c "print(int($kcat_n / ($t1 - $t0)))")
 
 echo "raw read with a minimal librdkafka consumer..." >&2
 "$BIN/foldspace-bench" raw --brokers "$B" --topic bench --expect "$EVENTS" > "$out/raw"
+echo "a Python stream processor folding the same events (confluent-kafka + json.loads)..." >&2
+: > "$out/python"
+if python3 -c "import confluent_kafka" 2>/dev/null || pip install --quiet --break-system-packages confluent-kafka >/dev/null 2>&1; then
+  python3 scripts/python-fold.py "$B" bench "$EVENTS" > "$out/python" || true
+fi
 echo "the daemon's pipeline..." >&2
 "$BIN/foldspace-bench" pipeline --brokers "$B" --topic bench --expect "$EVENTS" > "$out/pipeline"
 echo "latency at a steady 10k events/s, debounce 1 s..." >&2
@@ -52,7 +57,7 @@ echo "memory per user ($MEMORY_USERS users)..." >&2
 echo "pure core costs..." >&2
 "$BIN/foldspace-bench" core > "$out/core"
 
-cat "$out"/produce "$out"/raw "$out"/pipeline "$out"/latency "$out"/memory "$out"/core > "$out/all"
+cat "$out"/produce "$out"/raw "$out"/python "$out"/pipeline "$out"/latency "$out"/memory "$out"/core > "$out/all"
 echo "kcat_messages=$kcat_n" >> "$out/all"
 echo "kcat_rate=$kcat_rate" >> "$out/all"
 python3 - "$out/all" <<'PY'
@@ -69,6 +74,8 @@ rows = [
     ("folded by the daemon (events/s)", g("folded_rate")),
     ("folded / raw librdkafka", f"{folded / raw:.2f}" if raw else "?"),
     ("folded / raw kcat", f"{folded / kc:.2f}" if kc else "?"),
+    ("folded by Python (confluent-kafka + json.loads)", g("python_fold_rate")),
+    ("folded / Python", f"{folded / int(g('python_fold_rate')):.1f}" if g("python_fold_rate").isdigit() and int(g("python_fold_rate")) else "?"),
     ("users held after the run", g("users")),
     ("PUTs per event (one flush of all users)", g("puts_per_event")),
     ("no-op PUTs", g("noop_puts")),
