@@ -152,8 +152,7 @@ public struct Folder: Sendable {
         guard let i = spans.firstIndex(where: { t <= $0.end + gap }) else {
             spans.append(VisitSpan(start: t, end: t))
             visits += 1
-            trimSpans(&spans)
-            return true
+            return true // the state keeps the newest maxSpans
         }
         if t >= spans[i].start - gap {
             // Joins span i, maybe bridging to its neighbours.
@@ -180,12 +179,7 @@ public struct Folder: Sendable {
         if i == 0 && visits > UInt32(spans.count) { return false }
         spans.insert(VisitSpan(start: t, end: t), at: i)
         visits += 1
-        trimSpans(&spans)
         return true
-    }
-
-    private func trimSpans(_ spans: inout [VisitSpan]) {
-        if spans.count > UserState.maxSpans { spans.removeFirst(spans.count - UserState.maxSpans) }
     }
 
     /// Marks the UTC day of `t` in the 64-day activity bitset.

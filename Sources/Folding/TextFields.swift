@@ -107,10 +107,8 @@ public struct TextFields: Sendable, Equatable {
                 buf.withUnsafeMutableBytes { raw in
                     var m = plan.entries
                     while m != 0 {
-                        let i = m.trailingZeroBitCount
+                        Self.store(stamp, entry: m.trailingZeroBitCount, into: raw)
                         m &= m &- 1
-                        raw.storeBytes(of: UInt64(bitPattern: stamp.timeMs).littleEndian, toByteOffset: 1 + 16 * i, as: UInt64.self)
-                        raw.storeBytes(of: UInt64(bitPattern: stamp.offset).littleEndian, toByteOffset: 9 + 16 * i, as: UInt64.self)
                     }
                 }
                 return false
@@ -120,13 +118,9 @@ public struct TextFields: Sendable, Equatable {
                 // identify's traits and location, then a page with the location only):
                 // add the new stamp to the table and point the moved fields at it.
                 let n = Int(buf[0])
-                var bytes = [UInt8](repeating: 0, count: 16)
-                bytes.withUnsafeMutableBytes { raw in
-                    raw.storeBytes(of: UInt64(bitPattern: stamp.timeMs).littleEndian, toByteOffset: 0, as: UInt64.self)
-                    raw.storeBytes(of: UInt64(bitPattern: stamp.offset).littleEndian, toByteOffset: 8, as: UInt64.self)
-                }
-                buf.insert(contentsOf: bytes, at: 1 + 16 * n)
+                buf.insert(contentsOf: repeatElement(0, count: 16), at: 1 + 16 * n)
                 buf[0] = UInt8(n + 1)
+                buf.withUnsafeMutableBytes { Self.store(stamp, entry: n, into: $0) }
                 var positions: [Int] = []
                 buf.withUnsafeBufferPointer { b in
                     var r = Reader(b)
@@ -151,8 +145,7 @@ public struct TextFields: Sendable, Equatable {
                 if entries[i].2 != bytes { changed = true }
                 entries[i] = (f, stamp, bytes)
             } else {
-                let at = entries.firstIndex { $0.0.rawValue > f.rawValue } ?? entries.count
-                entries.insert((f, stamp, bytes), at: at)
+                Self.insertInOrder((f, stamp, bytes), into: &entries)
                 changed = true
             }
         }
@@ -183,11 +176,20 @@ public struct TextFields: Sendable, Equatable {
     public mutating func set(_ field: Field, _ register: Latest<String>?) {
         var entries = decodedEntries()
         entries.removeAll { $0.0 == field }
-        if let register {
-            let at = entries.firstIndex { $0.0.rawValue > field.rawValue } ?? entries.count
-            entries.insert((field, register.stamp, Array(register.value.utf8)), at: at)
-        }
+        if let register { Self.insertInOrder((field, register.stamp, Array(register.value.utf8)), into: &entries) }
         buf = Self.encode(entries)
+    }
+
+    /// Fields are kept in ``Field`` order.
+    private static func insertInOrder(_ e: (Field, Stamp, [UInt8]), into entries: inout [(Field, Stamp, [UInt8])]) {
+        let at = entries.firstIndex { $0.0.rawValue > e.0.rawValue } ?? entries.count
+        entries.insert(e, at: at)
+    }
+
+    /// Writes `stamp` as stamp table entry `entry` (time then offset, little endian).
+    private static func store(_ stamp: Stamp, entry: Int, into raw: UnsafeMutableRawBufferPointer) {
+        raw.storeBytes(of: UInt64(bitPattern: stamp.timeMs).littleEndian, toByteOffset: 1 + 16 * entry, as: UInt64.self)
+        raw.storeBytes(of: UInt64(bitPattern: stamp.offset).littleEndian, toByteOffset: 9 + 16 * entry, as: UInt64.self)
     }
 
     private static func encode(_ entries: [(Field, Stamp, [UInt8])]) -> [UInt8] {
@@ -202,14 +204,11 @@ public struct TextFields: Sendable, Equatable {
                 stamps.append(e.1)
             }
         }
-        var out: [UInt8] = []
-        out.reserveCapacity(1 + stamps.count * 16 + entries.reduce(0) { $0 + 4 + $1.2.count })
-        out.append(UInt8(stamps.count))
-        for s in stamps {
-            for v in [s.timeMs, s.offset] {
-                let u = UInt64(bitPattern: v)
-                for k in 0..<8 { out.append(UInt8(truncatingIfNeeded: u >> (8 * UInt64(k)))) }
-            }
+        var out = [UInt8](repeating: 0, count: 1 + stamps.count * 16)
+        out.reserveCapacity(out.count + entries.reduce(0) { $0 + 4 + $1.2.count })
+        out[0] = UInt8(stamps.count)
+        out.withUnsafeMutableBytes { raw in
+            for (i, s) in stamps.enumerated() { store(s, entry: i, into: raw) }
         }
         for (i, e) in entries.enumerated() {
             out.append(e.0.rawValue)

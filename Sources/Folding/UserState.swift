@@ -184,13 +184,14 @@ public struct UserState: Sendable, Equatable {
 
     // MARK: Visits
 
-    /// The most recent spans, oldest first (at most ``maxSpans``).
+    /// The most recent spans, oldest first; setting more than ``maxSpans`` keeps the
+    /// newest (the state's one bound on spans).
     public var spans: [VisitSpan] {
         get { lastSpan.start == .max ? [] : olderSpans + [lastSpan] }
         set {
             if let last = newValue.last {
                 lastSpan = last
-                olderSpans = Array(newValue.dropLast())
+                olderSpans = Array(newValue.suffix(Self.maxSpans).dropLast())
             } else {
                 lastSpan = VisitSpan(start: .max, end: .max)
                 olderSpans = []
@@ -210,7 +211,7 @@ public struct UserState: Sendable, Equatable {
     public mutating func startSpan(at t: Int64) {
         if hasSpans {
             olderSpans.append(lastSpan)
-            if olderSpans.count > Self.maxSpans - 1 { olderSpans.removeFirst(olderSpans.count - (Self.maxSpans - 1)) }
+            if olderSpans.count >= Self.maxSpans { olderSpans.removeFirst() }
         }
         lastSpan = VisitSpan(start: t, end: t)
     }

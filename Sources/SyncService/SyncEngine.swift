@@ -477,27 +477,27 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             var last = -1
             var pidx: OffsetTracker.PartitionIndex = 0
             for c in 0..<chunks {
-            for j in scratch[c].indices {
-                let i = Int(scratchMessage[c][j])
-                let m = batch[i]
-                if i != last {
-                    pidx = index(of: m.topicPartition)
-                    offsets.saw(pidx, offset: m.offset)
-                    last = i
+                for j in scratch[c].indices {
+                    let i = Int(scratchMessage[c][j])
+                    let m = batch[i]
+                    if i != last {
+                        pidx = index(of: m.topicPartition)
+                        offsets.saw(pidx, offset: m.offset)
+                        last = i
+                    }
+                    // Move the call out of the array (no copy of its strings), fold, drop it.
+                    var d = Decoded.ignored("")
+                    swap(&d, &scratch[c][j])
+                    switch consume d {
+                    case .event(let e):
+                        fold(e, message: m, partition: pidx, nowEpoch: nowEpoch, nowMono: now)
+                    case .ignored:
+                        stats.ignored += 1
+                    case .invalid(let f):
+                        stats.invalid[f.reason.rawValue, default: 0] += 1
+                        invalid.append((i, f))
+                    }
                 }
-                // Move the call out of the array (no copy of its strings), fold, drop it.
-                var d = Decoded.ignored("")
-                swap(&d, &scratch[c][j])
-                switch consume d {
-                case .event(let e):
-                    fold(e, message: m, partition: pidx, nowEpoch: nowEpoch, nowMono: now)
-                case .ignored:
-                    stats.ignored += 1
-                case .invalid(let f):
-                    stats.invalid[f.reason.rawValue, default: 0] += 1
-                    invalid.append((i, f))
-                }
-            }
             }
             publishOffsets()
         }
