@@ -50,7 +50,7 @@ for _ in $(seq 100); do [ -s "$out/mock2" ] && break; sleep 0.1; done
 "$BIN/foldspace-bench" latency --brokers "$(head -1 "$out/mock2")" --topic lat --rate 10000 --seconds 10 > "$out/latency"
 echo "no debounce at 2k events/s (the Kafka and HTTP path alone)..." >&2
 LATENCY_DEBOUNCE_MS=0 "$BIN/foldspace-bench" latency --brokers "$(head -1 "$out/mock2")" --topic lat0 --rate 2000 --seconds 10 \
-    | sed 's/^latency_/nodebounce_latency_/; s/^send_lateness/nodebounce_send_lateness/' >> "$out/latency"
+    | sed 's/^latency_/nodebounce_latency_/; s/^send_lateness/nodebounce_send_lateness/; s/^request_duration/nodebounce_request_duration/' >> "$out/latency"
 echo "memory per user ($MEMORY_USERS users)..." >&2
 "$BIN/foldspace-bench" memory --users "$MEMORY_USERS" > "$out/memory"
 "$BIN/foldspace-bench" memory --users "$MEMORY_USERS" --settled | grep settled >> "$out/memory"
@@ -85,6 +85,7 @@ rows = [
     ("event → PUT p99 at 10k ev/s, debounce 1 s (ms)", g("latency_p99_ms")),
     ("  sent within 100 ms of being due (fraction)", g("send_lateness_within_100ms")),
     ("  p99 from due to sent, bucket bound (ms)", g("send_lateness_p99_ms")),
+    ("  p99 request duration, bucket bound (ms)", g("request_duration_p99_ms")),
     ("event → PUT p50 / p99, no debounce, 2k ev/s (ms)", f'{g("nodebounce_latency_p50_ms")} / {g("nodebounce_latency_p99_ms")}'),
     (f"bytes per tracked user, settled ({g('memory_users')} users)", g("bytes_per_user_settled")),
     (f"bytes per tracked user, all dirty ({g('memory_users')} users)", g("bytes_per_user")),
