@@ -196,12 +196,17 @@ struct JSONScanner: ~Copyable {
         let start = pos
         var escaped = false
         while pos < bytes.count {
-            // Eight bytes at a time while none is a quote, a backslash or a control
-            // character: the common case of a plain run of text.
+            // Eight bytes at a time: plain runs of text are stepped over, and the first
+            // quote, backslash or control character in a word is jumped to directly.
             if let base = bytes.baseAddress {
-                while pos &+ 8 <= bytes.count,
-                      !Self.hasSpecialByte(UnsafeRawPointer(base + pos).loadUnaligned(as: UInt64.self)) {
-                    pos &+= 8
+                while pos &+ 8 <= bytes.count {
+                    let special = Self.specialBytes(UnsafeRawPointer(base + pos).loadUnaligned(as: UInt64.self))
+                    if special == 0 {
+                        pos &+= 8
+                    } else {
+                        pos &+= special.trailingZeroBitCount &>> 3
+                        break
+                    }
                 }
                 guard pos < bytes.count else { break }
             }
@@ -244,17 +249,19 @@ struct JSONScanner: ~Copyable {
         throw .syntax
     }
 
-    /// Whether any of the eight bytes in `x` is `"`, `\\` or below 0x20 (exact: the
-    /// classic "has a zero byte" bit trick, no false answers either way).
+    /// Flags the bytes of the little-endian word `x` that are `"`, `\\` or below 0x20:
+    /// zero when there are none, else the lowest set bit is the high bit of the first
+    /// one (the classic "has a zero byte" trick: a borrow only starts at a flagged byte,
+    /// so bytes above it may be flagged wrongly, never the ones below).
     @inline(__always)
-    static func hasSpecialByte(_ x: UInt64) -> Bool {
+    static func specialBytes(_ x: UInt64) -> UInt64 {
         let ones: UInt64 = 0x0101_0101_0101_0101
         let highs: UInt64 = 0x8080_8080_8080_8080
-        func hasZero(_ v: UInt64) -> UInt64 { (v &- ones) & ~v & highs }
-        let quote = hasZero(x ^ (ones &* 0x22))
-        let backslash = hasZero(x ^ (ones &* 0x5C))
+        func zeroBytes(_ v: UInt64) -> UInt64 { (v &- ones) & ~v & highs }
+        let quote = zeroBytes(x ^ (ones &* 0x22))
+        let backslash = zeroBytes(x ^ (ones &* 0x5C))
         let control = (x &- ones &* 0x20) & ~x & highs
-        return (quote | backslash | control) != 0
+        return quote | backslash | control
     }
 
     /// The value of the four hex digits at `at` (after `\u`).
