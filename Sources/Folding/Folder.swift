@@ -42,7 +42,8 @@ public struct Folder: Sendable {
         if e.hasUserId && !s.sawUserId { s.sawUserId = true; changed = true }
         changed = foldActiveDay(timeMs, into: &s) || changed
 
-        if let t = e.traits {
+        // In place: the traits stay in the event's box, not copied out.
+        _ = e.withTraits { t in
             if let v = t.userType, let ut = UserType(trait: v) {
                 changed = Latest.write(&s.explicitUserType, ut, at: stamp) || changed
             }
