@@ -100,7 +100,7 @@ public struct SyncConfiguration: Sendable {
         Key(name: "connect_timeout", type: "duration", defaultText: "5s", secret: false, help: "Foldspace connect timeout"),
         Key(name: "request_timeout", type: "duration", defaultText: "30s", secret: false, help: "Foldspace request timeout"),
         Key(name: "max_in_flight", type: "integer", defaultText: "16", secret: false, help: "concurrent requests to Foldspace"),
-        Key(name: "decode_threads", type: "integer", defaultText: "2", secret: false, help: "threads decoding each batch of messages (capped at the cores; the fold is one thread)"),
+        Key(name: "decode_threads", type: "integer", defaultText: "2", secret: false, help: "threads decoding messages, the poll thread included: it folds each chunk in order as soon as it is decoded and decodes what no helper has taken (capped at the cores)"),
         Key(name: "requests_per_second", type: "number", defaultText: "20", secret: false, help: "request rate for the API key (split across instances by partition share)"),
         Key(name: "burst", type: "number", defaultText: "40", secret: false, help: "token-bucket burst for the API key"),
         Key(name: "max_dirty_users", type: "integer", defaultText: "1000000", secret: false, help: "pause consuming above this many users awaiting delivery; resume below 80 %"),

@@ -44,8 +44,8 @@ public struct EngineOptions: Sendable {
     /// While Foldspace refuses the key, one probe request goes out this often.
     public var breakerProbeIntervalMs: Int64 = 30_000
     public var decoder = DecoderOptions()
-    /// Threads that decode one batch of messages (the fold itself is single-threaded);
-    /// capped at the cores available.
+    /// Threads that decode messages, the poll thread included (it folds, in order, and
+    /// decodes the chunks no helper has taken yet); capped at the cores available.
     public var decodeThreads = 2
     /// Visits, key events, the PQL model, custom attributes.
     public var fold = FoldConfig()
@@ -268,7 +268,8 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// only the poll thread touches them. Kept between batches for their capacity.
     private var scratch: [[Decoded]] = []
     private var scratchMessage: [[Int32]] = []
-    /// Threads decoding one batch (``EngineOptions/decodeThreads``, at most the cores).
+    /// Threads decoding a batch, the poll thread included (``EngineOptions/decodeThreads``,
+    /// at most the cores).
     private let decodeParallelism: Int
 
     public init(options: EngineOptions, deadLetters: DeadLetterSink, logger: Logger, clock: EngineClock = .system) {
@@ -443,15 +444,18 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
 
     public func consume(_ batch: [ConsumedMessage]) {
         let nowEpoch = clock.epochMs()
-        // Decode outside the lock, straight into reused scratch arrays; a large batch is
-        // split across threads (decoding is pure and about half the cost of an event),
-        // the fold below stays on this thread and in order.
-        let chunks = batch.count >= 256 ? decodeParallelism : 1
+        // Decoding is pure and the larger share of an event's cost; folding must stay in
+        // order on this thread. So the batch is cut into chunks that helper threads
+        // decode ahead, outside the lock, into reused scratch arrays, while this thread
+        // folds each chunk as soon as it is decoded (decoding the next one itself when
+        // no helper has taken it yet).
+        let chunks = max(1, (batch.count + Self.decodeChunk - 1) / Self.decodeChunk)
         while scratch.count < chunks {
             scratch.append([])
             scratchMessage.append([])
         }
         let decoder = self.decoder
+        var invalid: [(Int, DecodeFailure)] = []
         scratch.withUnsafeMutableBufferPointer { calls in
             scratchMessage.withUnsafeMutableBufferPointer { origins in
                 nonisolated(unsafe) let calls = calls
@@ -461,45 +465,37 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                 let decodeChunk: @Sendable (Int) -> Void = { c in
                     calls[c].removeAll(keepingCapacity: true)
                     origins[c].removeAll(keepingCapacity: true)
-                    for i in (batch.count * c / chunks)..<(batch.count * (c + 1) / chunks) {
+                    for i in (c * Self.decodeChunk)..<min(batch.count, (c + 1) * Self.decodeChunk) {
                         let before = calls[c].count
                         decoder.decode(batch[i].value, nowMs: nowEpoch, into: &calls[c])
                         if calls[c].count == before { calls[c].append(.ignored("")) }
                         for _ in before..<calls[c].count { origins[c].append(Int32(truncatingIfNeeded: i)) }
                     }
                 }
-                if chunks == 1 { decodeChunk(0) } else { DispatchQueue.concurrentPerform(iterations: chunks, execute: decodeChunk) }
-            }
-        }
-        var invalid: [(Int, DecodeFailure)] = []
-        let now = clock.monotonicMs()
-        lock.withLock {
-            var last = -1
-            var pidx: OffsetTracker.PartitionIndex = 0
-            for c in 0..<chunks {
-                for j in scratch[c].indices {
-                    let i = Int(scratchMessage[c][j])
-                    let m = batch[i]
-                    if i != last {
-                        pidx = index(of: m.topicPartition)
-                        offsets.saw(pidx, offset: m.offset)
-                        last = i
-                    }
-                    // Move the call out of the array (no copy of its strings), fold, drop it.
-                    var d = Decoded.ignored("")
-                    swap(&d, &scratch[c][j])
-                    switch consume d {
-                    case .event(let e):
-                        fold(e, message: m, partition: pidx, nowEpoch: nowEpoch, nowMono: now)
-                    case .ignored:
-                        stats.ignored += 1
-                    case .invalid(let f):
-                        stats.invalid[f.reason.rawValue, default: 0] += 1
-                        invalid.append((i, f))
+                let progress = ChunkProgress(chunks: chunks)
+                let helpers = min(decodeParallelism - 1, chunks - 1)
+                for _ in 0..<max(0, helpers) {
+                    DispatchQueue.global().async {
+                        while let c = progress.claim() {
+                            decodeChunk(c)
+                            progress.finish(c)
+                        }
                     }
                 }
+                for k in 0..<chunks {
+                    // Chunk k must be decoded before it is folded: decode whatever is
+                    // unclaimed meanwhile, then wait for the helper that has it.
+                    while !progress.isDone(k) {
+                        if let c = progress.claim() {
+                            decodeChunk(c)
+                            progress.finish(c)
+                        } else {
+                            progress.wait(for: k)
+                        }
+                    }
+                    foldChunk(&calls[k], origins[k], batch: batch, nowEpoch: nowEpoch, last: k == chunks - 1, invalid: &invalid)
+                }
             }
-            publishOffsets()
         }
         for (i, f) in invalid {
             let m = batch[i]
@@ -512,6 +508,48 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             if let field = f.field { headers.append(("field", field)) }
             deadLetters.deadLetter(kind: "invalid-event", key: m.key.isEmpty ? nil : Array(m.key),
                                    value: Array(m.value), headers: headers)
+        }
+    }
+
+    /// Events per decode chunk: small enough that folding starts soon after a batch
+    /// arrives, large enough that handing chunks between threads costs little.
+    static let decodeChunk = 128
+
+    /// Folds one decoded chunk of `batch` (its calls, and the message each came from)
+    /// under the lock, in order.
+    private func foldChunk(_ calls: inout [Decoded], _ origins: [Int32], batch: [ConsumedMessage], nowEpoch: Int64,
+                           last: Bool, invalid: inout [(Int, DecodeFailure)]) {
+        let now = clock.monotonicMs()
+        lock.withLock {
+            var previous = -1
+            var pidx: OffsetTracker.PartitionIndex = 0
+            var previousPartition: TopicPartition? = nil
+            for j in calls.indices {
+                let i = Int(origins[j])
+                let m = batch[i]
+                if i != previous {
+                    // Runs of one partition are the rule: look its index up once per run.
+                    if m.topicPartition != previousPartition {
+                        pidx = index(of: m.topicPartition)
+                        previousPartition = m.topicPartition
+                    }
+                    offsets.saw(pidx, offset: m.offset)
+                    previous = i
+                }
+                // Move the call out of the array (no copy of its strings), fold, drop it.
+                var d = Decoded.ignored("")
+                swap(&d, &calls[j])
+                switch consume d {
+                case .event(let e):
+                    fold(e, message: m, partition: pidx, nowEpoch: nowEpoch, nowMono: now)
+                case .ignored:
+                    stats.ignored += 1
+                case .invalid(let f):
+                    stats.invalid[f.reason.rawValue, default: 0] += 1
+                    invalid.append((i, f))
+                }
+            }
+            if last { publishOffsets() }
         }
     }
 
@@ -893,4 +931,43 @@ func stableSourceId(_ tp: TopicPartition) -> UInt32 {
         h = h &* 0x0100_0193
     }
     return h
+}
+
+/// Which decode chunks of a batch are claimed and which are done, shared by the poll
+/// thread and the decode helpers.
+final class ChunkProgress: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var next = 0
+    private var done: [Bool]
+
+    init(chunks: Int) { done = Array(repeating: false, count: chunks) }
+
+    /// The next chunk nobody has taken, now taken by the caller.
+    func claim() -> Int? {
+        condition.lock()
+        defer { condition.unlock() }
+        guard next < done.count else { return nil }
+        next += 1
+        return next - 1
+    }
+
+    func finish(_ c: Int) {
+        condition.lock()
+        done[c] = true
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    func isDone(_ c: Int) -> Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        return done[c]
+    }
+
+    /// Waits until chunk `c` is done.
+    func wait(for c: Int) {
+        condition.lock()
+        while !done[c] { condition.wait() }
+        condition.unlock()
+    }
 }
