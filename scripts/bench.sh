@@ -55,7 +55,7 @@ echo "memory per user ($MEMORY_USERS users)..." >&2
 "$BIN/foldspace-bench" memory --users "$MEMORY_USERS" > "$out/memory"
 "$BIN/foldspace-bench" memory --users "$MEMORY_USERS" --settled | grep settled >> "$out/memory"
 echo "pure core costs..." >&2
-"$BIN/foldspace-bench" core > "$out/core"
+"$BIN/foldspace-bench" core --rounds 5 > "$out/core"
 
 cat "$out"/produce "$out"/raw "$out"/python "$out"/pipeline "$out"/latency "$out"/memory "$out"/core > "$out/all"
 echo "kcat_messages=$kcat_n" >> "$out/all"

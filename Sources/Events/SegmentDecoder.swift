@@ -477,7 +477,8 @@ private struct CallFields {
         if failure == nil { failure = DecodeFailure(reason, field: field.description) }
     }
 
-    func finish(nowMs: Int64) -> Decoded {
+    /// Consuming: the strings move into the event instead of being copied and released.
+    consuming func finish(nowMs: Int64) -> Decoded {
         if let failure { return .invalid(failure) }
         guard let typeText else { return .invalid(DecodeFailure(.missingType, field: "type")) }
         guard let type = EventType(segmentName: typeText) else { return .ignored(typeText) }
@@ -510,10 +511,16 @@ private struct CallFields {
         e.timezone = timezone
         e.location = location
         e.product = contextProduct ?? propertiesProduct
-        // Group calls carry the group's traits, not the user's.
-        var t = (type == .identify ? traits : nil) ?? Traits()
-        if let contextTraits { t.fillMissing(from: contextTraits) }
-        e.traits = t.isEmpty ? nil : t
+        // Group calls carry the group's traits, not the user's. Both sources are nil
+        // when empty (readTraits), and merging cannot empty them.
+        switch (type == .identify ? traits : nil, contextTraits) {
+        case (nil, nil): break
+        case (let t?, nil): e.traits = t
+        case (nil, let c?): e.traits = c
+        case (var t?, let c?):
+            t.fillMissing(from: c)
+            e.traits = t
+        }
         return .event(e)
     }
 }

@@ -429,10 +429,11 @@ extension FoldspaceBench {
     /// Costs of the pure core per event: decode, fold, project, validate.
     struct Core: AsyncParsableCommand {
         @Option var events = 200_000
+        @Option var users = 10_000
         @Option(help: "Decode and fold the messages this many times (steadier figures, for profiling).") var rounds = 1
 
         func run() async throws {
-            var gen = PaddedTraffic(users: 10_000)
+            var gen = PaddedTraffic(users: users)
             let messages = (0..<events).map { gen.next($0).value }
             let decoder = SegmentDecoder()
             let now = Int64(Date().timeIntervalSince1970 * 1000)
