@@ -49,6 +49,11 @@ public struct TextFields: Sendable, Equatable {
     /// Bytes held on the heap (0 when no field is set).
     public var heapBytes: Int { buf.capacity == 0 ? 0 : 32 + buf.capacity }
 
+    /// Reads the buffer's first and last cache lines, so that a caller can start their
+    /// loads for many users before folding into any (the value means nothing).
+    @inline(__always)
+    public var warm: Int { buf.isEmpty ? 0 : Int(buf[0]) &+ Int(buf[buf.count - 1]) }
+
     /// The register of `field`, if set.
     public func get(_ field: Field) -> Latest<String>? {
         guard !buf.isEmpty else { return nil }
@@ -83,13 +88,21 @@ public struct TextFields: Sendable, Equatable {
                 // those this event rewrites. On the stack.
                 var refs = SIMD16<UInt8>()
                 var moved = SIMD16<UInt8>()
+                // Which fields this event writes, and where each write sits: one pass
+                // over the writes instead of a search per field (no copies of values).
+                var written: UInt16 = 0
+                var at = SIMD16<UInt8>()
+                for (i, w) in writes.items.enumerated() {
+                    written |= 1 << UInt16(w.0.rawValue)
+                    at[Int(w.0.rawValue)] = UInt8(i)
+                }
                 var pending = writes.items.count
                 while let e = r.next() {
                     refs[Int(e.stamp)] &+= 1
-                    guard let w = writes.items.first(where: { $0.0 == e.field }) else { continue }
+                    guard written & (1 << UInt16(e.field.rawValue)) != 0 else { continue }
                     pending -= 1
                     guard r.stamp(e.stamp) < stamp else { continue } // newer already: ignored
-                    guard Self.same(w.1, b, e.value) else { return nil }
+                    guard Self.same(writes.items[Int(at[Int(e.field.rawValue)])].1, b, e.value) else { return nil }
                     moved[Int(e.stamp)] &+= 1
                 }
                 guard pending == 0 else { return nil } // a new field

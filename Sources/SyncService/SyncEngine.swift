@@ -188,6 +188,10 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
 
         mutating func modify<R>(_ slot: Int, _ body: (inout UserEntry) -> R) -> R { body(&entries[slot]) }
 
+        /// Loads the entry, or its packed text (for their cache lines; the value is noise).
+        func warmEntry(_ slot: Int) -> Int { Int(entries[slot].delivery.version) }
+        func warmText(_ slot: Int) -> Int { entries[slot].state.text.warm }
+
         /// Every user, as (identity, entry) pairs (a snapshot: the table may change while
         /// it is walked).
         var all: [(String, UserEntry)] { slots.map { ($0.key, entries[Int($0.value)]) } }
@@ -268,6 +272,12 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// only the poll thread touches them. Kept between batches for their capacity.
     private var scratch: [[Decoded]] = []
     private var scratchMessage: [[Int32]] = []
+    /// The slot of each call of the chunk being folded (`~slot` for a new user,
+    /// ``noSlot`` for a call that is not an event).
+    private var slotScratch: [Int32] = []
+    private static let noSlot = Int32.min
+    /// Keeps the warming loads of ``foldChunk`` from being optimized away.
+    private var warmSink = 0
     /// Threads decoding a batch, the poll thread included (``EngineOptions/decodeThreads``,
     /// at most the cores).
     private let decodeParallelism: Int
@@ -521,6 +531,25 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                            last: Bool, invalid: inout [(Int, DecodeFailure)]) {
         let now = clock.monotonicMs()
         lock.withLock {
+            // First reach every user of the chunk: the index lookups and the loads of
+            // each entry and its packed text are independent of one another, so the
+            // CPU overlaps their cache misses; folding event by event it would wait for
+            // each in turn (at 100k users that was ~0.7 µs an event).
+            slotScratch.removeAll(keepingCapacity: true)
+            for j in calls.indices {
+                if case .event(let e) = calls[j] {
+                    let (slot, isNew) = users.slot(e.identity)
+                    slotScratch.append(isNew ? ~Int32(slot) : Int32(slot))
+                } else {
+                    slotScratch.append(Self.noSlot)
+                }
+            }
+            // Short loops, so that many loads are in flight at once: the entries, then
+            // the packed text each one points to.
+            var warm = 0
+            for s in slotScratch where s != Self.noSlot { warm &+= users.warmEntry(Int(s < 0 ? ~s : s)) }
+            for s in slotScratch where s != Self.noSlot { warm &+= users.warmText(Int(s < 0 ? ~s : s)) }
+            warmSink = warm
             var previous = -1
             var pidx: OffsetTracker.PartitionIndex = 0
             var previousPartition: TopicPartition? = nil
@@ -541,7 +570,9 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                 swap(&d, &calls[j])
                 switch consume d {
                 case .event(let e):
-                    fold(e, message: m, partition: pidx, nowEpoch: nowEpoch, nowMono: now)
+                    let slot = slotScratch[j]
+                    fold(e, slot: slot < 0 ? Int(~slot) : Int(slot), isNew: slot < 0, message: m, partition: pidx,
+                         nowEpoch: nowEpoch, nowMono: now)
                 case .ignored:
                     stats.ignored += 1
                 case .invalid(let f):
@@ -554,13 +585,12 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     }
 
     /// Folds one event; called with the lock held.
-    private func fold(_ e: SegmentEvent, message m: ConsumedMessage, partition pidx: OffsetTracker.PartitionIndex,
-                      nowEpoch: Int64, nowMono: Int64) {
+    private func fold(_ e: SegmentEvent, slot: Int, isNew: Bool, message m: ConsumedMessage,
+                      partition pidx: OffsetTracker.PartitionIndex, nowEpoch: Int64, nowMono: Int64) {
         if e.timeImplausible { stats.implausibleTime += 1 }
         let t = e.timeMs ?? m.timestampMs ?? nowEpoch
         // Mutate the entry in place in the table's storage: one hash lookup for a known
         // user, no copy of the entry out and back.
-        let (slot, isNew) = users.slot(e.identity)
         users.modify(slot) { entry in
             apply(e, timeMs: t, message: m, partition: pidx, isNew: isNew, nowMono: nowMono, to: &entry)
         }
