@@ -29,19 +29,14 @@ public struct SegmentEvent: Sendable, Equatable {
     /// `context.product`, else `properties.product`.
     public var product: ProductRef?
     /// The user's traits: identify `traits` merged over `context.traits`.
-    public var traits: Traits? {
-        get { traitsBox?.value }
-        set { traitsBox = newValue.map(TraitsBox.init) }
-    }
+    public var traits: Traits?
 
-    /// Traits are large (~300 bytes) and most calls carry none: boxed, an event is a
-    /// third of the size, which is what moving decoded events between threads copies.
-    private var traitsBox: TraitsBox?
-
-    /// Runs `body` on the traits in place, without copying them out of the event.
+    /// Runs `body` on the traits where they are, without copying them out of the event.
     public func withTraits<R>(_ body: (borrowing Traits) -> R) -> R? {
-        guard let box = traitsBox else { return nil }
-        return body(box.value)
+        switch traits {
+        case .some(let t): return body(t)
+        case .none: return nil
+        }
     }
 
     public init(type: EventType, identity: String, hasUserId: Bool) {
@@ -51,12 +46,6 @@ public struct SegmentEvent: Sendable, Equatable {
         self.timeMs = nil
         self.timeImplausible = false
     }
-}
-
-private final class TraitsBox: Sendable, Equatable {
-    let value: Traits
-    init(_ value: Traits) { self.value = value }
-    static func == (a: TraitsBox, b: TraitsBox) -> Bool { a === b || a.value == b.value }
 }
 
 /// A place, from `context.location` or `traits.address`.

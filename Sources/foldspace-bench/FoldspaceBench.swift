@@ -375,6 +375,7 @@ extension FoldspaceBench {
             o.requestsPerSecond = 1e12
             o.burst = 1e12
             o.maxInFlight = 1_000_000
+            if let v = ProcessInfo.processInfo.environment["MEMORY_DECODE_THREADS"].flatMap(Int.init) { o.decodeThreads = v }
             let engine = SyncEngine(options: o, deadLetters: NoDeadLetters(), logger: quiet)
             let tp = TopicPartition("bench", 0)
             engine.partitionsAssigned([tp])
