@@ -36,6 +36,14 @@ public enum Decoded: Sendable, Equatable {
     /// A well-formed call of a type the mapping does not use (the type as sent).
     case ignored(String)
     case invalid(DecodeFailure)
+
+    /// The identity of an event, read in place (the event is not copied).
+    public var identity: String? {
+        switch self {
+        case .event(let e): return e.identity
+        default: return nil
+        }
+    }
 }
 
 /// Limits and options of the decoder.
@@ -129,7 +137,7 @@ public struct SegmentDecoder: Sendable {
                         }
                         var element = CallFields()
                         try readCall(&s, into: &element)
-                        elements.append(element.finish(nowMs: nowMs))
+                        elements.append((consume element).finish(nowMs: nowMs))
                     }
                     batch = count > options.maxBatchEvents
                         ? [.invalid(DecodeFailure(.batchTooLarge))]
@@ -142,7 +150,7 @@ public struct SegmentDecoder: Sendable {
             if let batch, call.typeText == nil {
                 out.append(contentsOf: batch)
             } else {
-                out.append(call.finish(nowMs: nowMs))
+                out.append((consume call).finish(nowMs: nowMs))
             }
         } catch {
             out.removeSubrange(mark...)

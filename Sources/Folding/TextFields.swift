@@ -92,9 +92,10 @@ public struct TextFields: Sendable, Equatable {
                 // over the writes instead of a search per field (no copies of values).
                 var written: UInt16 = 0
                 var at = SIMD16<UInt8>()
-                for (i, w) in writes.items.enumerated() {
-                    written |= 1 << UInt16(w.0.rawValue)
-                    at[Int(w.0.rawValue)] = UInt8(i)
+                for i in writes.items.indices {
+                    let f = writes.items[i].0
+                    written |= 1 << UInt16(f.rawValue)
+                    at[Int(f.rawValue)] = UInt8(i)
                 }
                 var pending = writes.items.count
                 while let e = r.next() {

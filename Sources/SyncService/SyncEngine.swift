@@ -537,8 +537,8 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             // each in turn (at 100k users that was ~0.7 µs an event).
             slotScratch.removeAll(keepingCapacity: true)
             for j in calls.indices {
-                if case .event(let e) = calls[j] {
-                    let (slot, isNew) = users.slot(e.identity)
+                if let identity = calls[j].identity {
+                    let (slot, isNew) = users.slot(identity)
                     slotScratch.append(isNew ? ~Int32(slot) : Int32(slot))
                 } else {
                     slotScratch.append(Self.noSlot)
@@ -589,8 +589,8 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                       partition pidx: OffsetTracker.PartitionIndex, nowEpoch: Int64, nowMono: Int64) {
         if e.timeImplausible { stats.implausibleTime += 1 }
         let t = e.timeMs ?? m.timestampMs ?? nowEpoch
-        // Mutate the entry in place in the table's storage: one hash lookup for a known
-        // user, no copy of the entry out and back.
+        // Mutate the entry in place in the table's storage (its slot was looked up with
+        // the rest of the chunk's): no copy of the entry out and back.
         users.modify(slot) { entry in
             apply(e, timeMs: t, message: m, partition: pidx, isNew: isNew, nowMono: nowMono, to: &entry)
         }
