@@ -212,7 +212,7 @@ extension FoldspaceBench {
             c.engine.maxWaitMs = 5_000
             c.engine.requestsPerSecond = 1_000_000
             c.engine.burst = 1_000_000
-            c.engine.maxInFlight = 64
+            c.engine.maxInFlight = ProcessInfo.processInfo.environment["LATENCY_MAX_IN_FLIGHT"].flatMap(Int.init) ?? 64
             let pipeline = try SyncPipeline(config: c, keys: APIKeyStore(key: "bench"), logger: quiet)
             let task = Task { try await pipeline.run() }
             while !pipeline.engine.snapshot().ready { try await Task.sleep(for: .milliseconds(50)) }
