@@ -208,6 +208,54 @@ func feed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: Int64,
         #expect(dl.all[0].headers.contains { $0 == ("source.topic", "events") })
     }
 
+    @Test func decodingAheadFoldsInOrderAcrossChunks() {
+        // One batch of 1,000 messages is eight decode chunks: with a helper decoding ahead
+        // (on 2+ cores) every user must end exactly as with decoding on the poll thread
+        // alone. Folding a later chunk first would skip the earlier one's events as
+        // replays (offsets at or below the applied one) and lose visits and emails.
+        let base: Int64 = 1_763_978_400_000
+        let messages: [(tp: TopicPartition, offset: Int64, json: String)] = (0..<1_000).map { i in
+            let u = i % 50
+            let t = base + Int64(i) * 60_000 // per user, events 50 minutes apart: a new visit each
+            if i % 37 == 0 { return (tp, Int64(i), "not json \(i)") }
+            if i % 5 == 0 {
+                return (tp, Int64(i), #"{"type":"identify","userId":"u\#(u)","timestamp":\#(t),"traits":{"email":"e\#(i)@x.io"}}"#)
+            }
+            return (tp, Int64(i), #"{"type":"page","userId":"u\#(u)","timestamp":\#(t),"context":{"location":{"city":"C\#(i % 7)"}}}"#)
+        }
+        func run(decodeThreads: Int) -> (bodies: [String: [UInt8]], deadLetterOffsets: [String], committed: Int64?) {
+            let clock = ManualClock()
+            let dl = RecordingDeadLetters()
+            let (engine, offsets) = makeEngine(clock, dl: dl) {
+                $0.decodeThreads = decodeThreads
+                $0.requestsPerSecond = 100_000
+                $0.burst = 100_000
+            }
+            feed(engine, messages)
+            clock.advance(20_000)
+            var bodies: [String: [UInt8]] = [:]
+            for j in jobs(engine.takeDue(limit: 1_000)) {
+                bodies[j.identifyId] = j.body
+                engine.complete(j, outcome: .acknowledged)
+            }
+            let dlOffsets = dl.all.compactMap { $0.headers.first { $0.0 == "source.offset" }?.1 }
+            return (bodies, dlOffsets, offsets[tp])
+        }
+        let alone = run(decodeThreads: 1)
+        let ahead = run(decodeThreads: 2)
+        #expect(alone.bodies.count == 50)
+        #expect(ahead.bodies == alone.bodies)
+        #expect(ahead.deadLetterOffsets == alone.deadLetterOffsets)
+        #expect(alone.deadLetterOffsets == stride(from: 0, to: 1_000, by: 37).map(String.init))
+        #expect(ahead.committed == 1_000)
+        #expect(alone.committed == 1_000)
+        // And that shared outcome is the fold of every event: the last email and time win.
+        let u5 = try! JSONSerialization.jsonObject(with: Data(alone.bodies["u5"]!)) as! [String: Any]
+        #expect(u5["email"] as? String == "e955@x.io")
+        #expect(u5["lastSeenDate"] as? Int64 == base + 955 * 60_000)
+        #expect(u5["firstVisitDate"] as? Int64 == base + 5 * 60_000)
+    }
+
     @Test func notFoundPolicies() {
         for policy in UserNotFoundPolicy.allCases {
             let clock = ManualClock()
