@@ -253,7 +253,7 @@ extension FoldspaceBench {
             print("send_lateness_p99_ms=\(Int((lateness.quantileBound(0.99) ?? -0.001) * 1000))")
             print("send_lateness_within_100ms=\(String(format: "%.4f", lateness.fraction(atMost: 0.1)))")
             var lat: [Int64] = []
-            for r in sandbox.requests {
+            for r in sandbox.requests where r.identifyId != "lat-warmup" {
                 if let seen = r.json?["lastSeenDate"] as? Int64 { lat.append(r.arrivedMs - seen) }
             }
             lat.sort()
