@@ -31,14 +31,6 @@ public struct SegmentEvent: Sendable, Equatable {
     /// The user's traits: identify `traits` merged over `context.traits`.
     public var traits: Traits?
 
-    /// Runs `body` on the traits where they are, without copying them out of the event.
-    public func withTraits<R>(_ body: (borrowing Traits) -> R) -> R? {
-        switch traits {
-        case .some(let t): return body(t)
-        case .none: return nil
-        }
-    }
-
     public init(type: EventType, identity: String, hasUserId: Bool) {
         self.type = type
         self.identity = identity

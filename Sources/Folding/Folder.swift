@@ -42,8 +42,7 @@ public struct Folder: Sendable {
         if e.hasUserId && !s.sawUserId { s.sawUserId = true; changed = true }
         changed = foldActiveDay(timeMs, into: &s) || changed
 
-        // Read in place, not copied out of the event (~300 bytes of optional strings).
-        _ = e.withTraits { t in
+        if let t = e.traits {
             if let v = t.userType, let ut = UserType(trait: v) {
                 changed = Latest.write(&s.explicitUserType, ut, at: stamp) || changed
             }
