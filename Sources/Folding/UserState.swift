@@ -201,6 +201,17 @@ public struct UserState: Sendable, Equatable {
 
     public var hasSpans: Bool { lastSpan.start != .max }
 
+    /// Loads the heap storage an event may write (the packed text, the older spans, the
+    /// rare lists' box), so that a caller can start these loads for many users before
+    /// folding into any. The value means nothing.
+    @inline(__always)
+    public var warm: Int {
+        var w = text.warm
+        if let r = rare { w &+= r.keyEventCounts.count }
+        if let s = olderSpans.last { w &+= Int(truncatingIfNeeded: s.end) }
+        return w
+    }
+
     /// Extends the most recent span to `t` (the caller checked it belongs there).
     public mutating func extendLastSpan(to t: Int64) {
         lastSpan.start = min(lastSpan.start, t)

@@ -148,24 +148,40 @@ public struct FlushJob: Sendable {
 /// and reports answers (``complete(_:outcome:)``). Offsets become committable only when
 /// every user holding them is settled, and are handed to `storeOffsets`.
 public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
-    /// Users by identity: a map from identity to a slot of one dense array of entries.
-    /// Growing the map then moves 20-byte index records rather than whole entries, and
-    /// the entries carry none of the map's spare capacity (a hash map of 1M users has 2M
-    /// buckets).
+    /// Users by identity: an index from identity to a slot of one dense array of entries
+    /// (each entry carries its identity). Growing the index then moves 8-byte records
+    /// rather than whole entries, and the entries carry none of the index's spare
+    /// capacity.
     struct UserTable {
-        private var slots: [String: Int32] = [:]
+        private var index = IdentityIndex()
+        /// Free slots hold an empty entry (empty identity; identities are never empty).
         private var entries: ContiguousArray<UserEntry> = []
         private var free: [Int32] = []
 
-        var count: Int { slots.count }
+        var count: Int { index.count }
+
+        /// The hash the index files `key` under (computed once per event, before the
+        /// lookups of a chunk).
+        func hash(_ key: String) -> UInt64 { index.seed.hash(key) }
+
+        private func find(_ key: String, hash h: UInt64) -> Int32? {
+            entries.withUnsafeBufferPointer { e in index.find(h) { e[Int($0)].identity == key } }
+        }
 
         subscript(key: String) -> UserEntry? {
-            get { slots[key].map { entries[Int($0)] } }
+            get { find(key, hash: hash(key)).map { entries[Int($0)] } }
             set {
-                if let newValue {
-                    let (i, _) = slot(key)
+                guard !key.isEmpty else { return } // no event has an empty identity
+                let h = hash(key)
+                if var newValue {
+                    newValue.identity = key
+                    let (i, _) = slot(key, hash: h)
                     entries[i] = newValue
-                } else if let i = slots.removeValue(forKey: key) {
+                } else if let i = find(key, hash: h) {
+                    let seed = index.seed
+                    entries.withUnsafeBufferPointer { e in
+                        index.remove(h, slot: i) { seed.hash(e[Int($0)].identity) }
+                    }
                     entries[Int(i)] = UserEntry() // releases what the entry held
                     free.append(i)
                 }
@@ -173,36 +189,52 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         }
 
         /// The slot of `key`, with an empty entry created if there was none.
-        mutating func slot(_ key: String) -> (index: Int, isNew: Bool) {
-            if let i = slots[key] { return (Int(i), false) }
+        mutating func slot(_ key: String) -> (index: Int, isNew: Bool) { slot(key, hash: hash(key)) }
+
+        /// As ``slot(_:)``, with the key's ``hash(_:)`` computed already.
+        mutating func slot(_ key: String, hash h: UInt64) -> (index: Int, isNew: Bool) {
+            if let i = find(key, hash: h) { return (Int(i), false) }
             let i: Int32
             if let f = free.popLast() {
                 i = f
+                entries[Int(i)].identity = key
             } else {
                 i = Int32(entries.count)
-                entries.append(UserEntry())
+                var e = UserEntry()
+                e.identity = key
+                entries.append(e)
             }
-            slots[key] = i
+            let seed = index.seed
+            entries.withUnsafeBufferPointer { e in
+                index.insert(h, slot: i) { seed.hash(e[Int($0)].identity) }
+            }
             return (Int(i), true)
         }
 
         mutating func modify<R>(_ slot: Int, _ body: (inout UserEntry) -> R) -> R { body(&entries[slot]) }
 
-        /// Loads the entry, or its packed text (for their cache lines; the value is noise).
+        /// Loads the index bucket a lookup of `hash` starts at, the entry, or the heap
+        /// storage it points to (for their cache lines; the value is noise).
+        func warmBucket(_ hash: UInt64) -> Int { index.warm(hash) }
         func warmEntry(_ slot: Int) -> Int { Int(entries[slot].delivery.version) }
-        func warmText(_ slot: Int) -> Int { entries[slot].state.text.warm }
+        func warmText(_ slot: Int) -> Int { entries[slot].state.warm }
 
         /// Every user, as (identity, entry) pairs (a snapshot: the table may change while
         /// it is walked).
-        var all: [(String, UserEntry)] { slots.map { ($0.key, entries[Int($0.value)]) } }
+        var all: [(String, UserEntry)] { entries.compactMap { $0.identity.isEmpty ? nil : ($0.identity, $0) } }
 
         func forEachEntry(_ body: (UserEntry) -> Void) {
-            for i in slots.values { body(entries[Int(i)]) }
+            for e in entries where !e.identity.isEmpty { body(e) }
         }
+
+        /// Bytes of the index (the entries are counted per user).
+        var indexBytes: Int { index.bytes }
     }
 
     struct UserEntry {
         // In this order the entry has no padding (one per user).
+        /// The user's identity (empty in a free slot of the table).
+        var identity = ""
         var state = UserState()
         var delivery = DeliveryState()
         /// The partition this user's events last came from.
@@ -275,6 +307,8 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// The slot of each call of the chunk being folded (`~slot` for a new user,
     /// ``noSlot`` for a call that is not an event).
     private var slotScratch: [Int32] = []
+    /// The identity hash of each call of the chunk being folded (0 for non-events).
+    private var hashScratch: [UInt64] = []
     private static let noSlot = Int32.min
     /// Keeps the warming loads of ``foldChunk`` from being optimized away.
     private var warmSink = 0
@@ -415,7 +449,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         lock.withLock {
             let pidx = index(of: tp)
             for (key, value) in latest {
-                guard let value else { continue } // tombstone
+                guard let value, !key.isEmpty else { continue } // a tombstone (or a key no event has)
                 guard let stored = try? StateCodec.decode(value) else {
                     failures += 1
                     continue
@@ -535,49 +569,60 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             // each entry and its packed text are independent of one another, so the
             // CPU overlaps their cache misses; folding event by event it would wait for
             // each in turn (at 100k users that was ~0.7 µs an event).
+            // Short loops, so that many loads are in flight at once: the index buckets,
+            // then (looking the users up) the entries, then the heap storage each one
+            // points to.
+            var warm = 0
+            hashScratch.removeAll(keepingCapacity: true)
+            for j in calls.indices {
+                let h = calls[j].identity.map { users.hash($0) } ?? 0
+                hashScratch.append(h)
+                warm &+= users.warmBucket(h)
+            }
             slotScratch.removeAll(keepingCapacity: true)
             for j in calls.indices {
                 if let identity = calls[j].identity {
-                    let (slot, isNew) = users.slot(identity)
+                    let (slot, isNew) = users.slot(identity, hash: hashScratch[j])
                     slotScratch.append(isNew ? ~Int32(slot) : Int32(slot))
                 } else {
                     slotScratch.append(Self.noSlot)
                 }
             }
-            // Short loops, so that many loads are in flight at once: the entries, then
-            // the packed text each one points to.
-            var warm = 0
             for s in slotScratch where s != Self.noSlot { warm &+= users.warmEntry(Int(s < 0 ? ~s : s)) }
             for s in slotScratch where s != Self.noSlot { warm &+= users.warmText(Int(s < 0 ? ~s : s)) }
             warmSink = warm
             var previous = -1
             var pidx: OffsetTracker.PartitionIndex = 0
             var previousPartition: TopicPartition? = nil
-            for j in calls.indices {
-                let i = Int(origins[j])
-                let m = batch[i]
-                if i != previous {
-                    // Runs of one partition are the rule: look its index up once per run.
-                    if m.topicPartition != previousPartition {
-                        pidx = index(of: m.topicPartition)
-                        previousPartition = m.topicPartition
+            calls.withUnsafeMutableBufferPointer { calls in
+                guard let base = calls.baseAddress else { return }
+                for j in calls.indices {
+                    let i = Int(origins[j])
+                    let m = batch[i]
+                    if i != previous {
+                        // Runs of one partition are the rule: look its index up once per run.
+                        if m.topicPartition != previousPartition {
+                            pidx = index(of: m.topicPartition)
+                            previousPartition = m.topicPartition
+                        }
+                        offsets.saw(pidx, offset: m.offset)
+                        previous = i
                     }
-                    offsets.saw(pidx, offset: m.offset)
-                    previous = i
-                }
-                // Move the call out of the array (no copy of its strings), fold, drop it.
-                var d = Decoded.ignored("")
-                swap(&d, &calls[j])
-                switch consume d {
-                case .event(let e):
-                    let slot = slotScratch[j]
-                    fold(e, slot: slot < 0 ? Int(~slot) : Int(slot), isNew: slot < 0, message: m, partition: pidx,
-                         nowEpoch: nowEpoch, nowMono: now)
-                case .ignored:
-                    stats.ignored += 1
-                case .invalid(let f):
-                    stats.invalid[f.reason.rawValue, default: 0] += 1
-                    invalid.append((i, f))
+                    // Move the call out of the array (no copy of its strings, one copy of
+                    // the value; a swap made three), leaving a trivial one in its place.
+                    let d = (base + j).move()
+                    (base + j).initialize(to: .ignored(""))
+                    switch consume d {
+                    case .event(let e):
+                        let slot = slotScratch[j]
+                        fold(e, slot: slot < 0 ? Int(~slot) : Int(slot), isNew: slot < 0, message: m, partition: pidx,
+                             nowEpoch: nowEpoch, nowMono: now)
+                    case .ignored:
+                        stats.ignored += 1
+                    case .invalid(let f):
+                        stats.invalid[f.reason.rawValue, default: 0] += 1
+                        invalid.append((i, f))
+                    }
                 }
             }
             if last { publishOffsets() }
