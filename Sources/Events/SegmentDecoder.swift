@@ -137,7 +137,7 @@ public struct SegmentDecoder: Sendable {
                         }
                         var element = CallFields()
                         try readCall(&s, into: &element)
-                        elements.append((consume element).finish(nowMs: nowMs))
+                        elements.append(element.finish(nowMs: nowMs))
                     }
                     batch = count > options.maxBatchEvents
                         ? [.invalid(DecodeFailure(.batchTooLarge))]
@@ -150,7 +150,7 @@ public struct SegmentDecoder: Sendable {
             if let batch, call.typeText == nil {
                 out.append(contentsOf: batch)
             } else {
-                out.append((consume call).finish(nowMs: nowMs))
+                out.append(call.finish(nowMs: nowMs))
             }
         } catch {
             out.removeSubrange(mark...)
@@ -485,17 +485,19 @@ private struct CallFields {
         if failure == nil { failure = DecodeFailure(reason, field: field.description) }
     }
 
-    /// Consuming: the strings move into the event instead of being copied and released.
-    consuming func finish(nowMs: Int64) -> Decoded {
+    /// Moves the fields into the event (`take()`: no string is copied or released, and
+    /// unlike a `consuming` method, the kilobyte of fields is not copied to be passed).
+    /// The fields are spent afterwards.
+    mutating func finish(nowMs: Int64) -> Decoded {
         if let failure { return .invalid(failure) }
         guard let typeText else { return .invalid(DecodeFailure(.missingType, field: "type")) }
         guard let type = EventType(segmentName: typeText) else { return .ignored(typeText) }
         let identity: String
         let hasUserId: Bool
-        if let userId {
+        if let userId = userId.take() {
             identity = userId
             hasUserId = true
-        } else if let anonymousId {
+        } else if let anonymousId = anonymousId.take() {
             identity = anonymousId
             hasUserId = false
         } else {
@@ -513,15 +515,15 @@ private struct CallFields {
                 e.timeImplausible = true
             }
         }
-        if type == .track { e.eventName = eventName }
-        if type == .group { e.groupId = groupId }
-        e.contextGroupId = contextGroupId
-        e.timezone = timezone
-        e.location = location
-        e.product = contextProduct ?? propertiesProduct
+        if type == .track { e.eventName = eventName.take() }
+        if type == .group { e.groupId = groupId.take() }
+        e.contextGroupId = contextGroupId.take()
+        e.timezone = timezone.take()
+        e.location = location.take()
+        e.product = contextProduct.take() ?? propertiesProduct.take()
         // Group calls carry the group's traits, not the user's. Both sources are nil
         // when empty (readTraits), and merging cannot empty them.
-        switch (type == .identify ? traits : nil, contextTraits) {
+        switch (type == .identify ? traits.take() : nil, contextTraits.take()) {
         case (nil, nil): break
         case (let t?, nil): e.traits = t
         case (nil, let c?): e.traits = c
