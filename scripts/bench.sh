@@ -91,6 +91,7 @@ rows = [
     (f"bytes per tracked user, all dirty ({g('memory_users')} users)", g("bytes_per_user")),
     ("core: decode (ns/event)", g("core_decode_ns")),
     ("core: fold (ns/event)", g("core_fold_ns")),
+    ("core: the engine, decode to fold, one thread (ns/event)", g("core_engine_ns")),
     ("core: project (ns/user)", g("core_project_ns")),
     ("core: schema check of a body (ns)", g("core_validate_ns")),
 ]

@@ -435,7 +435,8 @@ extension FoldspaceBench {
 
         func run() async throws {
             var gen = PaddedTraffic(users: users)
-            let messages = (0..<events).map { gen.next($0).value }
+            let traffic = (0..<events).map { gen.next($0) }
+            let messages = traffic.map(\.value)
             let decoder = SegmentDecoder()
             let now = Int64(Date().timeIntervalSince1970 * 1000)
             var decoded: [SegmentEvent] = []
@@ -477,6 +478,57 @@ extension FoldspaceBench {
             print("core_project_ns=\(Int(projectNs))")
             print("core_validate_ns=\(Int(validateNs))")
             print("core_schema_violations=\(violations)")
+            print("core_decoded_inline_bytes=\(MemoryLayout<Decoded>.size)")
+            print("core_engine_ns=\(Int(engineNs(traffic, now: now)))")
+        }
+
+        /// The engine's whole cost of an event on one thread (decode, look up, fold,
+        /// debounce, offsets), without Kafka: what the poll thread and its decode helpers
+        /// share. 16 partitions, a user's events in one of them (by key, as produced),
+        /// handed over in batches of 1,000 from one partition after another.
+        func engineNs(_ traffic: [TrafficGenerator.Message], now: Int64) -> Double {
+            var o = EngineOptions()
+            o.debounceMs = 600_000
+            o.maxWaitMs = 600_000
+            o.maxDirtyUsers = 10_000_000
+            o.decodeThreads = 1
+            let tps = (0..<16).map { TopicPartition("bench", Int32($0)) }
+            var byPartition = [[[UInt8]]](repeating: [], count: 16)
+            for m in traffic {
+                var h: UInt32 = 2_166_136_261 // FNV-1a of the key
+                for b in m.key.utf8 { h = (h ^ UInt32(b)) &* 16_777_619 }
+                byPartition[Int(h % 16)].append(m.value)
+            }
+            let storage = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: traffic.reduce(0) { $0 + $1.value.count })
+            defer { storage.deallocate() }
+            var batches: [[ConsumedMessage]] = []
+            var at = 0
+            var next = [Int](repeating: 0, count: 16)
+            while batches.reduce(0, { $0 + $1.count }) < traffic.count {
+                for p in 0..<16 where next[p] < byPartition[p].count {
+                    var batch: [ConsumedMessage] = []
+                    for i in next[p]..<min(byPartition[p].count, next[p] + 1000) {
+                        let m = byPartition[p][i]
+                        let region = UnsafeMutableBufferPointer(rebasing: storage[at..<(at + m.count)])
+                        _ = region.initialize(from: m)
+                        batch.append(ConsumedMessage(topicPartition: tps[p], offset: Int64(i), timestampMs: now,
+                                                     key: UnsafeBufferPointer(start: nil, count: 0),
+                                                     value: UnsafeBufferPointer(region)))
+                        at += m.count
+                    }
+                    next[p] += batch.count
+                    batches.append(batch)
+                }
+            }
+            var best = Double.infinity
+            for _ in 0..<max(1, rounds) {
+                let engine = SyncEngine(options: o, deadLetters: Memory.NoDeadLetters(), logger: quiet)
+                engine.partitionsAssigned(tps)
+                let t0 = uptimeSeconds()
+                for b in batches { engine.consume(b) }
+                best = min(best, (uptimeSeconds() - t0) * 1e9 / Double(traffic.count))
+            }
+            return best
         }
     }
 }
