@@ -1,4 +1,5 @@
 import Folding
+import Kafka
 import Foundation
 import Testing
 @testable import SyncService
@@ -98,6 +99,26 @@ import Testing
         for k in SyncConfiguration.keys {
             #expect(text.contains("| `\(k.name)` |"), "docs/configuration.md lacks \(k.name)")
         }
+    }
+
+    @Test func theLibrdkafkaDefaultsTableMatchesTheCode() throws {
+        // docs/configuration.md states the librdkafka properties the daemon sets; the
+        // prefetch sizes in particular are a documented memory cost, so the table must
+        // say what the consumer really sets.
+        let doc = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("docs/configuration.md")
+        let text = try String(contentsOf: doc, encoding: .utf8)
+        var checked = 0
+        for line in text.split(separator: "\n") where line.hasPrefix("| `") {
+            let cells = line.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }
+            guard cells.count >= 2 else { continue }
+            let names = cells[0].split(separator: "/").map { $0.trimmingCharacters(in: .whitespaces).trimmingCharacters(in: CharacterSet(charactersIn: "`")) }
+            guard names.allSatisfy({ KafkaConsumer.defaults[$0] != nil }) else { continue }
+            let values = cells[1].split(separator: "/").map { $0.trimmingCharacters(in: .whitespaces).replacingOccurrences(of: " (always)", with: "") }
+            #expect(names.map { KafkaConsumer.defaults[$0]! } == values, "\(line)")
+            checked += names.count
+        }
+        #expect(checked >= 8)
     }
 
     @Test func secretsFromFilesAndSystemdCredentials() throws {
