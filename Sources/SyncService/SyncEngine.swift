@@ -302,7 +302,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
 
     /// The decoded calls of the batch being consumed and the message each came from;
     /// only the poll thread touches them. Kept between batches for their capacity.
-    private var scratch: [[Decoded]] = []
+    private var scratch: [DecodedCalls] = []
     private var scratchMessage: [[Int32]] = []
     /// The slot of each call of the chunk being folded (`~slot` for a new user,
     /// ``noSlot`` for a call that is not an event).
@@ -495,7 +495,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         // no helper has taken it yet).
         let chunks = max(1, (batch.count + Self.decodeChunk - 1) / Self.decodeChunk)
         while scratch.count < chunks {
-            scratch.append([])
+            scratch.append(DecodedCalls())
             scratchMessage.append([])
         }
         let decoder = self.decoder
@@ -507,7 +507,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                 // Each chunk writes only its own scratch arrays; the messages are read-only.
                 nonisolated(unsafe) let batch = batch
                 let decodeChunk: @Sendable (Int) -> Void = { c in
-                    calls[c].removeAll(keepingCapacity: true)
+                    calls[c].removeAll()
                     origins[c].removeAll(keepingCapacity: true)
                     for i in (c * Self.decodeChunk)..<min(batch.count, (c + 1) * Self.decodeChunk) {
                         let before = calls[c].count
@@ -561,7 +561,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
 
     /// Folds one decoded chunk of `batch` (its calls, and the message each came from)
     /// under the lock, in order.
-    private func foldChunk(_ calls: inout [Decoded], _ origins: [Int32], batch: [ConsumedMessage], nowEpoch: Int64,
+    private func foldChunk(_ calls: inout DecodedCalls, _ origins: [Int32], batch: [ConsumedMessage], nowEpoch: Int64,
                            last: Bool, invalid: inout [(Int, DecodeFailure)]) {
         let now = clock.monotonicMs()
         lock.withLock {
@@ -574,14 +574,15 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             // points to.
             var warm = 0
             hashScratch.removeAll(keepingCapacity: true)
-            for j in calls.indices {
-                let h = calls[j].identity.map { users.hash($0) } ?? 0
+            let n = calls.count
+            for j in 0..<n {
+                let h = calls.identity(j).map { users.hash($0) } ?? 0
                 hashScratch.append(h)
                 warm &+= users.warmBucket(h)
             }
             slotScratch.removeAll(keepingCapacity: true)
-            for j in calls.indices {
-                if let identity = calls[j].identity {
+            for j in 0..<n {
+                if let identity = calls.identity(j) {
                     let (slot, isNew) = users.slot(identity, hash: hashScratch[j])
                     slotScratch.append(isNew ? ~Int32(slot) : Int32(slot))
                 } else {
@@ -594,9 +595,10 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             var previous = -1
             var pidx: OffsetTracker.PartitionIndex = 0
             var previousPartition: TopicPartition? = nil
-            calls.withUnsafeMutableBufferPointer { calls in
-                guard let base = calls.baseAddress else { return }
-                for j in calls.indices {
+            // Each event is folded where the decoder wrote it (no copy), then dropped
+            // with the rest of the chunk.
+            calls.events.withUnsafeBufferPointer { events in
+                for (j, outcome) in calls.outcomes.enumerated() {
                     let i = Int(origins[j])
                     let m = batch[i]
                     if i != previous {
@@ -608,15 +610,11 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                         offsets.saw(pidx, offset: m.offset)
                         previous = i
                     }
-                    // Move the call out of the array (no copy of its strings, one copy of
-                    // the value; a swap made three), leaving a trivial one in its place.
-                    let d = (base + j).move()
-                    (base + j).initialize(to: .ignored(""))
-                    switch consume d {
-                    case .event(let e):
+                    switch outcome {
+                    case .event(let k):
                         let slot = slotScratch[j]
-                        fold(e, slot: slot < 0 ? Int(~slot) : Int(slot), isNew: slot < 0, message: m, partition: pidx,
-                             nowEpoch: nowEpoch, nowMono: now)
+                        fold(events[Int(k)], slot: slot < 0 ? Int(~slot) : Int(slot), isNew: slot < 0, message: m,
+                             partition: pidx, nowEpoch: nowEpoch, nowMono: now)
                     case .ignored:
                         stats.ignored += 1
                     case .invalid(let f):
@@ -625,6 +623,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                     }
                 }
             }
+            calls.removeAll()
             if last { publishOffsets() }
         }
     }

@@ -155,6 +155,42 @@ private func failure(_ json: String) -> DecodeFailure? {
         #expect(d == [.invalid(DecodeFailure(.batchTooLarge))])
     }
 
+    @Test func eventsWrittenInPlaceMatchTheArrayOfCalls() {
+        // The engine decodes into DecodedCalls (events apart from outcomes); a message that
+        // fails or turns out not to be a batch rolls back what it appended. Both sinks must
+        // hold the same calls, and no event may outlive its outcome.
+        var o = DecoderOptions()
+        o.maxBatchEvents = 3
+        let decoder = SegmentDecoder(options: o)
+        let messages = [
+            #"{"type":"identify","userId":"a","traits":{"email":"a@x.io"},"context":{"traits":{"name":"A"},"location":{"city":"Oslo"}}}"#,
+            #"{"batch":[{"type":"track","userId":"b"},{"type":"page"},7]}"#,
+            #"{"batch":[{"type":"track","userId":"c"},{},{},{}]}"#, // too large: one failure, no events
+            #"{"batch":[{"type":"track","userId":"d"}],"type":"page","userId":"e"}"#, // a call, not a batch
+            #"{"batch":[{"type":"track","userId":"f"}],"x":}"#, // broken after an element was appended
+            #"{"type":"alias","userId":"g"}"#,
+            #"{"type":"flush","userId":"z"}"#, // not a Segment call: ignored
+            #"{"type":"group","userId":"h","groupId":"acct","traits":{"name":"Acme"}}"#,
+            "not json",
+        ]
+        var calls = DecodedCalls()
+        var array: [Decoded] = []
+        for m in messages {
+            Array(m.utf8).withUnsafeBufferPointer { b in
+                decoder.decode(b, nowMs: 1_764_000_000_000, into: &calls)
+                decoder.decode(b, nowMs: 1_764_000_000_000, into: &array)
+            }
+        }
+        #expect(calls.count == array.count)
+        #expect((0..<calls.count).map { calls[$0] } == array)
+        #expect((0..<calls.count).compactMap { calls.identity($0) } == ["a", "b", "e", "g", "h"])
+        #expect(calls.events.map(\.identity) == ["a", "b", "e", "g", "h"])
+        #expect(array.contains(.ignored("flush")))
+        #expect(array.filter { if case .invalid(let f) = $0 { f.reason == .batchTooLarge } else { false } }.count == 1)
+        calls.removeAll()
+        #expect(calls.count == 0 && calls.events.isEmpty)
+    }
+
     @Test func invalidClasses() {
         #expect(failure("not json")?.reason == .notJSON)
         #expect(failure("")?.reason == .notJSON)
