@@ -26,7 +26,16 @@ public func fuzzOne(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let folder = Folder(config: config)
     let projector = Projector(config: config)
     var states: [String: UserState] = [:]
-    for (i, d) in decoder.decode(bytes, nowMs: 1_764_000_000_000).enumerated() {
+    let decoded = decoder.decode(bytes, nowMs: 1_764_000_000_000)
+    // The engine's sink (events written in place, rolled back with their message) must
+    // hold exactly the same calls, and no event without its outcome.
+    var calls = DecodedCalls()
+    decoder.decode(bytes, nowMs: 1_764_000_000_000, into: &calls)
+    if (0..<calls.count).map({ calls[$0] }) != decoded
+        || calls.events.count != calls.outcomes.filter({ if case .event = $0 { true } else { false } }).count {
+        fatalError("DecodedCalls differs from [Decoded]")
+    }
+    for (i, d) in decoded.enumerated() {
         guard case .event(let e) = d else { continue }
         folder.fold(e, timeMs: e.timeMs ?? 1_764_000_000_000, offset: Int64(i), into: &states[e.identity, default: UserState()])
     }
