@@ -98,9 +98,6 @@ struct IdentityIndex {
             b = (b + 1) & mask
         }
     }
-
-    /// Bytes of the table (for the memory figures).
-    var bytes: Int { buckets.count * MemoryLayout<UInt64>.stride }
 }
 
 /// A keyed 64-bit hash of identities' UTF-8 bytes: 16 bytes a step folded with a

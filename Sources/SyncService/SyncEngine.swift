@@ -226,9 +226,6 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         func forEachEntry(_ body: (UserEntry) -> Void) {
             for e in entries where !e.identity.isEmpty { body(e) }
         }
-
-        /// Bytes of the index (the entries are counted per user).
-        var indexBytes: Int { index.bytes }
     }
 
     struct UserEntry {
@@ -565,13 +562,12 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                            last: Bool, invalid: inout [(Int, DecodeFailure)]) {
         let now = clock.monotonicMs()
         lock.withLock {
-            // First reach every user of the chunk: the index lookups and the loads of
-            // each entry and its packed text are independent of one another, so the
-            // CPU overlaps their cache misses; folding event by event it would wait for
-            // each in turn (at 100k users that was ~0.7 µs an event).
-            // Short loops, so that many loads are in flight at once: the index buckets,
-            // then (looking the users up) the entries, then the heap storage each one
-            // points to.
+            // First reach every user of the chunk: the loads of each index bucket, entry
+            // and packed text are independent of one another, so the CPU overlaps their
+            // cache misses; folding event by event it would wait for each in turn (at
+            // 100k users that was ~0.7 µs an event). Short loops, so that many loads are
+            // in flight at once: the index buckets, then (looking the users up) the
+            // entries, then the heap storage each one points to.
             var warm = 0
             hashScratch.removeAll(keepingCapacity: true)
             let n = calls.count
