@@ -28,6 +28,12 @@ struct IdentityIndex {
     @inline(__always)
     private static func tag(_ hash: UInt64) -> UInt64 { (hash >> 32) << 32 }
 
+    @inline(__always)
+    private static func record(_ hash: UInt64, _ slot: Int32) -> UInt64 { tag(hash) | UInt64(UInt32(slot) + 1) }
+
+    @inline(__always)
+    private static func slot(of record: UInt64) -> Int32 { Int32(truncatingIfNeeded: record & 0xFFFF_FFFF) - 1 }
+
     /// Loads the bucket where a lookup of `hash` starts (the value means nothing).
     @inline(__always)
     func warm(_ hash: UInt64) -> Int { Int(truncatingIfNeeded: buckets[Int(truncatingIfNeeded: hash) & mask]) }
@@ -40,10 +46,7 @@ struct IdentityIndex {
         while true {
             let r = buckets[b]
             if r == 0 { return nil }
-            if r & 0xFFFF_FFFF_0000_0000 == tag {
-                let slot = Int32(truncatingIfNeeded: r & 0xFFFF_FFFF) - 1
-                if matches(slot) { return slot }
-            }
+            if r & 0xFFFF_FFFF_0000_0000 == tag, matches(Self.slot(of: r)) { return Self.slot(of: r) }
             b = (b + 1) & mask
         }
     }
@@ -52,7 +55,7 @@ struct IdentityIndex {
     /// hash of a stored slot, for growing.
     mutating func insert(_ hash: UInt64, slot: Int32, rehash: (Int32) -> UInt64) {
         if (count + 1) * 4 > buckets.count * 3 { grow(rehash: rehash) }
-        place(Self.tag(hash) | UInt64(UInt32(slot) + 1), at: Int(truncatingIfNeeded: hash) & mask)
+        place(Self.record(hash, slot), at: Int(truncatingIfNeeded: hash) & mask)
         count += 1
     }
 
@@ -67,8 +70,7 @@ struct IdentityIndex {
         buckets = [UInt64](repeating: 0, count: old.count * 2)
         mask = buckets.count - 1
         for r in old where r != 0 {
-            let slot = Int32(truncatingIfNeeded: r & 0xFFFF_FFFF) - 1
-            place(r, at: Int(truncatingIfNeeded: rehash(slot)) & mask)
+            place(r, at: Int(truncatingIfNeeded: rehash(Self.slot(of: r))) & mask)
         }
     }
 
@@ -76,7 +78,7 @@ struct IdentityIndex {
     /// that every lookup still finds its record before an empty bucket. `rehash` gives
     /// the hash of a stored slot.
     mutating func remove(_ hash: UInt64, slot: Int32, rehash: (Int32) -> UInt64) {
-        let record = Self.tag(hash) | UInt64(UInt32(slot) + 1)
+        let record = Self.record(hash, slot)
         var hole = Int(truncatingIfNeeded: hash) & mask
         while buckets[hole] != record {
             guard buckets[hole] != 0 else { return }
@@ -87,7 +89,7 @@ struct IdentityIndex {
         var b = (hole + 1) & mask
         while buckets[b] != 0 {
             let r = buckets[b]
-            let home = Int(truncatingIfNeeded: rehash(Int32(truncatingIfNeeded: r & 0xFFFF_FFFF) - 1)) & mask
+            let home = Int(truncatingIfNeeded: rehash(Self.slot(of: r))) & mask
             // The record may fill the hole if its home is not in (hole, b], cyclically.
             let fits = hole <= b ? (home <= hole || home > b) : (home <= hole && home > b)
             if fits {
