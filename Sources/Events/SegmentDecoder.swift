@@ -64,8 +64,8 @@ extension Array: DecodeSink where Element == Decoded {
 }
 
 /// Decoded calls with the events held apart from what each call came to: an event is
-/// written where it lies and read there by the fold, never moved (an event is 560 bytes,
-/// and moving them through an array of ``Decoded`` was ~9 % of the engine's cost).
+/// written where it lies, never moved between arrays (an event is 560 bytes, and moving
+/// them through an array of ``Decoded`` was ~9 % of the engine's cost).
 public struct DecodedCalls: DecodeSink, Sendable {
     /// What a call came to; an event is an index into ``events``.
     public enum Outcome: Sendable, Equatable {
@@ -246,8 +246,9 @@ public struct SegmentDecoder: Sendable {
                 }
             }
             try s.expectEnd()
-            if let batchMark, call.typeText != nil { out.rollBack(to: batchMark) }
             if batchMark == nil || call.typeText != nil {
+                // One call (an envelope with a `type` is one: its elements go).
+                if let batchMark { out.rollBack(to: batchMark) }
                 out.appendCall(&call, nowMs: nowMs)
             }
         } catch {
@@ -557,9 +558,8 @@ public struct SegmentDecoder: Sendable {
     }
 }
 
-/// The fields of one call as read, before the identity and time rules are applied.
-/// The fields of one call as read, before the event is put together (opaque outside
-/// the decoder).
+/// The fields of one call as read, before the identity and time rules are applied
+/// (opaque outside the decoder).
 public struct CallFields {
     var typeText: String?
     var userId: String?
