@@ -504,7 +504,8 @@ extension FoldspaceBench {
             var batches: [[ConsumedMessage]] = []
             var at = 0
             var next = [Int](repeating: 0, count: 16)
-            while batches.reduce(0, { $0 + $1.count }) < traffic.count {
+            var queued = 0
+            while queued < traffic.count {
                 for p in 0..<16 where next[p] < byPartition[p].count {
                     var batch: [ConsumedMessage] = []
                     for i in next[p]..<min(byPartition[p].count, next[p] + 1000) {
@@ -517,6 +518,7 @@ extension FoldspaceBench {
                         at += m.count
                     }
                     next[p] += batch.count
+                    queued += batch.count
                     batches.append(batch)
                 }
             }
