@@ -212,7 +212,7 @@ struct JSONScanner: ~Copyable {
             }
             let c = bytes[pos]
             if c == UInt8(ascii: "\"") {
-                let key = JSONKey(start: start, end: pos, escaped: escaped)
+                let key = JSONKey(base: bytes.baseAddress!, start: start, end: pos, escaped: escaped)
                 pos += 1
                 return key
             }
@@ -278,60 +278,7 @@ struct JSONScanner: ~Copyable {
     /// Reads a string value and decodes its escapes.
     mutating func readString() throws(JSONError) -> String {
         guard peek() == UInt8(ascii: "\"") else { throw .syntax }
-        let raw = try scanStringRaw()
-        return try string(of: raw)
-    }
-
-    /// The text of a scanned string token, escapes decoded.
-    func string(of raw: JSONKey) throws(JSONError) -> String {
-        let slice = UnsafeBufferPointer(rebasing: bytes[raw.start..<raw.end])
-        if !raw.escaped {
-            return String(decoding: slice, as: UTF8.self)
-        }
-        var out: [UInt8] = []
-        out.reserveCapacity(slice.count)
-        var i = 0
-        while i < slice.count {
-            let c = slice[i]
-            if c != UInt8(ascii: "\\") {
-                out.append(c)
-                i += 1
-                continue
-            }
-            let e = slice[i + 1]
-            i += 2
-            switch e {
-            case UInt8(ascii: "b"): out.append(0x08)
-            case UInt8(ascii: "f"): out.append(0x0C)
-            case UInt8(ascii: "n"): out.append(0x0A)
-            case UInt8(ascii: "r"): out.append(0x0D)
-            case UInt8(ascii: "t"): out.append(0x09)
-            case UInt8(ascii: "u"):
-                var scalar = hex4(slice, i)
-                i += 4
-                if (0xD800...0xDBFF).contains(scalar) {
-                    // A high surrogate must be followed by an escaped low surrogate.
-                    guard i + 6 <= slice.count, slice[i] == UInt8(ascii: "\\"), slice[i + 1] == UInt8(ascii: "u")
-                    else { throw .invalidUnicode }
-                    let low = hex4(slice, i + 2)
-                    guard (0xDC00...0xDFFF).contains(low) else { throw .invalidUnicode }
-                    i += 6
-                    scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
-                } else if (0xDC00...0xDFFF).contains(scalar) {
-                    throw .invalidUnicode
-                }
-                guard let us = Unicode.Scalar(scalar) else { throw .invalidUnicode }
-                out.append(contentsOf: UTF8.encode(us)!)
-            default: out.append(e) // " \ /
-            }
-        }
-        return String(decoding: out, as: UTF8.self)
-    }
-
-    private func hex4(_ s: UnsafeBufferPointer<UInt8>, _ at: Int) -> UInt32 {
-        var v: UInt32 = 0
-        for k in 0..<4 { v = v << 4 | UInt32(hexValue(s[at + k]) ?? 0) }
-        return v
+        return try scanStringRaw().text()
     }
 
     /// Scans a number token and returns its byte range; the grammar is RFC 8259's.
@@ -389,24 +336,62 @@ struct JSONScanner: ~Copyable {
     func text(_ r: Range<Int>) -> String {
         String(decoding: UnsafeBufferPointer(rebasing: bytes[r]), as: UTF8.self)
     }
+}
 
-    /// Whether a scanned key equals an ASCII literal. Escaped keys are compared after
-    /// decoding, so `"e\u006dail"` is still `email`.
-    @inline(__always)
-    func key(_ k: JSONKey, is lit: StaticString) -> Bool {
-        let n = lit.utf8CodeUnitCount
-        if !k.escaped {
-            guard k.end - k.start == n else { return false }
-            let p = lit.utf8Start
-            var i = 0
-            while i < n {
-                if bytes[k.start + i] != p[i] { return false }
-                i += 1
-            }
-            return true
+extension JSONKey {
+    /// The token's bytes, between its quotes.
+    var bytes: UnsafeBufferPointer<UInt8> { UnsafeBufferPointer(start: base + start, count: end - start) }
+
+    /// The token's text, escapes decoded.
+    func text() throws(JSONError) -> String {
+        let slice = bytes
+        if !escaped {
+            return String(decoding: slice, as: UTF8.self)
         }
-        guard let s = try? string(of: k) else { return false }
-        return s.utf8.elementsEqual(UnsafeBufferPointer(start: lit.utf8Start, count: n))
+        var out: [UInt8] = []
+        out.reserveCapacity(slice.count)
+        var i = 0
+        while i < slice.count {
+            let c = slice[i]
+            if c != UInt8(ascii: "\\") {
+                out.append(c)
+                i += 1
+                continue
+            }
+            let e = slice[i + 1]
+            i += 2
+            switch e {
+            case UInt8(ascii: "b"): out.append(0x08)
+            case UInt8(ascii: "f"): out.append(0x0C)
+            case UInt8(ascii: "n"): out.append(0x0A)
+            case UInt8(ascii: "r"): out.append(0x0D)
+            case UInt8(ascii: "t"): out.append(0x09)
+            case UInt8(ascii: "u"):
+                var scalar = hex4(slice, i)
+                i += 4
+                if (0xD800...0xDBFF).contains(scalar) {
+                    // A high surrogate must be followed by an escaped low surrogate.
+                    guard i + 6 <= slice.count, slice[i] == UInt8(ascii: "\\"), slice[i + 1] == UInt8(ascii: "u")
+                    else { throw .invalidUnicode }
+                    let low = hex4(slice, i + 2)
+                    guard (0xDC00...0xDFFF).contains(low) else { throw .invalidUnicode }
+                    i += 6
+                    scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
+                } else if (0xDC00...0xDFFF).contains(scalar) {
+                    throw .invalidUnicode
+                }
+                guard let us = Unicode.Scalar(scalar) else { throw .invalidUnicode }
+                out.append(contentsOf: UTF8.encode(us)!)
+            default: out.append(e) // " \ /
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    private func hex4(_ s: UnsafeBufferPointer<UInt8>, _ at: Int) -> UInt32 {
+        var v: UInt32 = 0
+        for k in 0..<4 { v = v << 4 | UInt32(hexValue(s[at + k]) ?? 0) }
+        return v
     }
 }
 
@@ -421,11 +406,33 @@ struct JSONScanner: ~Copyable {
     }
 }
 
-/// A string token's place in the message: the bytes between its quotes.
+/// A string token's place in the message: the bytes between its quotes. It carries the
+/// message's base address, so that keys are matched without reading the scanner (whose
+/// position was just stored: reading the whole scanner back stalled on it).
 struct JSONKey {
+    let base: UnsafePointer<UInt8>
     var start: Int
     var end: Int
     var escaped: Bool
+
+    /// Whether the key equals an ASCII literal. Escaped keys are compared after
+    /// decoding, so `"e\u006dail"` is still `email`.
+    @inline(__always)
+    func `is`(_ lit: StaticString) -> Bool {
+        let n = lit.utf8CodeUnitCount
+        if !escaped {
+            guard end - start == n else { return false }
+            let p = lit.utf8Start
+            var i = 0
+            while i < n {
+                if base[start + i] != p[i] { return false }
+                i += 1
+            }
+            return true
+        }
+        guard let s = try? text() else { return false }
+        return s.utf8.elementsEqual(UnsafeBufferPointer(start: lit.utf8Start, count: n))
+    }
 }
 
 enum JSONKind { case object, array, string, number, bool, null }

@@ -214,7 +214,7 @@ public struct SegmentDecoder: Sendable {
             var first = true
             while let k = try s.nextKey(first: first) {
                 first = false
-                if s.key(k, is: "batch") {
+                if k.is("batch") {
                     guard batchMark == nil else { call.fail(.duplicateKey, "batch"); try s.skipValue(); continue }
                     guard try s.peekKind() == .array else { call.fail(.wrongType, "batch"); try s.skipValue(); continue }
                     batchMark = out.mark
@@ -273,38 +273,38 @@ public struct SegmentDecoder: Sendable {
     }
 
     private func readCallField(_ s: inout JSONScanner, key k: JSONKey, into c: inout CallFields) throws(JSONError) {
-        if s.key(k, is: "type") {
+        if k.is("type") {
             c.typeText = try readText(&s, &c, .type, "type")
-        } else if s.key(k, is: "userId") {
+        } else if k.is("userId") {
             c.userId = try readText(&s, &c, .userId, "userId", numbers: true)
-        } else if s.key(k, is: "anonymousId") {
+        } else if k.is("anonymousId") {
             c.anonymousId = try readText(&s, &c, .anonymousId, "anonymousId", numbers: true)
-        } else if s.key(k, is: "timestamp") {
+        } else if k.is("timestamp") {
             c.timestamp = try readTime(&s, &c, .timestamp, "timestamp")
-        } else if s.key(k, is: "originalTimestamp") {
+        } else if k.is("originalTimestamp") {
             c.originalTimestamp = try readTime(&s, &c, .originalTimestamp, "originalTimestamp")
-        } else if s.key(k, is: "sentAt") {
+        } else if k.is("sentAt") {
             c.sentAt = try readTime(&s, &c, .sentAt, "sentAt")
-        } else if s.key(k, is: "receivedAt") {
+        } else if k.is("receivedAt") {
             c.receivedAt = try readTime(&s, &c, .receivedAt, "receivedAt")
-        } else if s.key(k, is: "event") {
+        } else if k.is("event") {
             c.eventName = try readText(&s, &c, .event, "event")
-        } else if s.key(k, is: "groupId") {
+        } else if k.is("groupId") {
             c.groupId = try readText(&s, &c, .groupId, "groupId", numbers: true)
-        } else if s.key(k, is: "traits") {
+        } else if k.is("traits") {
             guard c.seen.insert(.traits) else { c.fail(.duplicateKey, "traits"); try s.skipValue(); return }
             c.traits = try readTraits(&s, &c, path: "traits")
-        } else if s.key(k, is: "context") {
+        } else if k.is("context") {
             guard c.seen.insert(.context) else { c.fail(.duplicateKey, "context"); try s.skipValue(); return }
             try readContext(&s, &c)
-        } else if s.key(k, is: "properties") {
+        } else if k.is("properties") {
             guard c.seen.insert(.properties) else { c.fail(.duplicateKey, "properties"); try s.skipValue(); return }
             guard try objectOrAbsent(&s, &c, "properties") else { return }
             try s.beginObject()
             var first = true
             while let pk = try s.nextKey(first: first) {
                 first = false
-                if s.key(pk, is: "product") {
+                if pk.is("product") {
                     c.propertiesProduct = try readProduct(&s, &c, "properties.product")
                 } else {
                     try s.skipValue()
@@ -322,17 +322,17 @@ public struct SegmentDecoder: Sendable {
         var seen = FieldSet()
         while let k = try s.nextKey(first: first) {
             first = false
-            if s.key(k, is: "traits") {
+            if k.is("traits") {
                 guard seen.insert(.contextTraits) else { c.fail(.duplicateKey, "context.traits"); try s.skipValue(); continue }
                 c.contextTraits = try readTraits(&s, &c, path: "context.traits")
-            } else if s.key(k, is: "timezone") {
+            } else if k.is("timezone") {
                 c.timezone = try readText(&s, &c, .contextTimezone, "context.timezone", seen: &seen)
-            } else if s.key(k, is: "groupId") {
+            } else if k.is("groupId") {
                 c.contextGroupId = try readText(&s, &c, .contextGroupId, "context.groupId", numbers: true, seen: &seen)
-            } else if s.key(k, is: "location") {
+            } else if k.is("location") {
                 guard seen.insert(.contextLocation) else { c.fail(.duplicateKey, "context.location"); try s.skipValue(); continue }
                 c.location = try readLocation(&s, &c, path: "context.location", stateKey: "region")
-            } else if s.key(k, is: "product") {
+            } else if k.is("product") {
                 guard seen.insert(.contextProduct) else { c.fail(.duplicateKey, "context.product"); try s.skipValue(); continue }
                 c.contextProduct = try readProduct(&s, &c, "context.product")
             } else {
@@ -349,40 +349,40 @@ public struct SegmentDecoder: Sendable {
         var first = true
         while let k = try s.nextKey(first: first) {
             first = false
-            if s.key(k, is: "email") {
+            if k.is("email") {
                 t.email = try readText(&s, &c, .email, "traits.email", seen: &seen)
-            } else if s.key(k, is: "name") {
+            } else if k.is("name") {
                 t.name = try readText(&s, &c, .name, "traits.name", seen: &seen)
-            } else if s.key(k, is: "firstName") {
+            } else if k.is("firstName") {
                 t.firstName = try readText(&s, &c, .firstName, "traits.firstName", seen: &seen)
-            } else if s.key(k, is: "lastName") {
+            } else if k.is("lastName") {
                 t.lastName = try readText(&s, &c, .lastName, "traits.lastName", seen: &seen)
-            } else if s.key(k, is: "userType") {
+            } else if k.is("userType") {
                 t.userType = try readText(&s, &c, .userType, "traits.userType", seen: &seen)
-            } else if s.key(k, is: "role") {
+            } else if k.is("role") {
                 t.role = try readText(&s, &c, .role, "traits.role", seen: &seen)
-            } else if s.key(k, is: "title") {
+            } else if k.is("title") {
                 t.title = try readText(&s, &c, .title, "traits.title", seen: &seen)
-            } else if s.key(k, is: "phone") {
+            } else if k.is("phone") {
                 t.phone = try readText(&s, &c, .phone, "traits.phone", numbers: true, seen: &seen)
-            } else if s.key(k, is: "timezone") {
+            } else if k.is("timezone") {
                 t.timezone = try readText(&s, &c, .traitTimezone, "traits.timezone", seen: &seen)
-            } else if s.key(k, is: "leadDate") {
+            } else if k.is("leadDate") {
                 t.leadDate = try readTime(&s, &c, .leadDate, "traits.leadDate", seen: &seen)
-            } else if s.key(k, is: "signUpDate") {
+            } else if k.is("signUpDate") {
                 t.signUpDate = try readTime(&s, &c, .signUpDate, "traits.signUpDate", seen: &seen)
-            } else if s.key(k, is: "createdAt") {
+            } else if k.is("createdAt") {
                 t.createdAt = try readTime(&s, &c, .createdAt, "traits.createdAt", seen: &seen)
-            } else if s.key(k, is: "subscriptionId") {
+            } else if k.is("subscriptionId") {
                 t.subscriptionId = try readText(&s, &c, .subscriptionId, "traits.subscriptionId", numbers: true, seen: &seen)
-            } else if s.key(k, is: "avatar") {
+            } else if k.is("avatar") {
                 t.avatar = try readText(&s, &c, .avatar, "traits.avatar", seen: &seen)
-            } else if s.key(k, is: "image") {
+            } else if k.is("image") {
                 t.image = try readText(&s, &c, .image, "traits.image", seen: &seen)
-            } else if s.key(k, is: "address") {
+            } else if k.is("address") {
                 guard seen.insert(.address) else { c.fail(.duplicateKey, "traits.address"); try s.skipValue(); continue }
                 t.address = try readLocation(&s, &c, path: "traits.address", stateKey: "state")
-            } else if s.key(k, is: "pqlScore") {
+            } else if k.is("pqlScore") {
                 guard seen.insert(.pqlScore) else { c.fail(.duplicateKey, "traits.pqlScore"); try s.skipValue(); continue }
                 switch try s.peekKind() {
                 case .number: t.pqlScore = try s.readNumber().asDouble
@@ -407,7 +407,7 @@ public struct SegmentDecoder: Sendable {
     }
 
     private func customName(_ s: borrowing JSONScanner, _ k: JSONKey) -> String? {
-        guard let name = try? s.string(of: k) else { return nil }
+        guard let name = try? k.text() else { return nil }
         let u = Array(name.utf8)
         return customKeys.contains(u) ? name : nil
     }
@@ -421,15 +421,15 @@ public struct SegmentDecoder: Sendable {
         var first = true
         while let k = try s.nextKey(first: first) {
             first = false
-            if s.key(k, is: "country") {
+            if k.is("country") {
                 l.country = try readText(&s, &c, .country, path, seen: &seen)
-            } else if s.key(k, is: stateKey) {
+            } else if k.is(stateKey) {
                 l.region = try readText(&s, &c, .region, path, seen: &seen)
-            } else if s.key(k, is: "city") {
+            } else if k.is("city") {
                 l.city = try readText(&s, &c, .city, path, seen: &seen)
-            } else if s.key(k, is: "postalCode") {
+            } else if k.is("postalCode") {
                 l.postalCode = try readText(&s, &c, .postalCode, path, numbers: true, seen: &seen)
-            } else if s.key(k, is: "countryCode") {
+            } else if k.is("countryCode") {
                 l.countryCode = try readText(&s, &c, .countryCode, path, seen: &seen)
             } else {
                 try s.skipValue()
@@ -455,9 +455,9 @@ public struct SegmentDecoder: Sendable {
             var first = true
             while let k = try s.nextKey(first: first) {
                 first = false
-                if s.key(k, is: "product") || s.key(k, is: "code") || s.key(k, is: "id") {
+                if k.is("product") || k.is("code") || k.is("id") {
                     code = try readText(&s, &c, .product, path, numbers: true, seen: &seen)
-                } else if s.key(k, is: "environment") {
+                } else if k.is("environment") {
                     guard seen.insert(.environment) else { c.fail(.duplicateKey, path); try s.skipValue(); continue }
                     switch try s.peekKind() {
                     case .number:
@@ -532,10 +532,10 @@ public struct SegmentDecoder: Sendable {
             guard s.peek() == UInt8(ascii: "\"") else { throw .syntax }
             let raw = try s.scanStringRaw()
             if raw.end == raw.start { return nil }
-            if !raw.escaped, let ms = Timestamp.parseISO8601(UnsafeBufferPointer(rebasing: s.bytes[raw.start..<raw.end])) {
+            if !raw.escaped, let ms = Timestamp.parseISO8601(raw.bytes) {
                 return ms
             }
-            if raw.escaped, let text = try? s.string(of: raw), let ms = Timestamp.parseISO8601(text) {
+            if raw.escaped, let text = try? raw.text(), let ms = Timestamp.parseISO8601(text) {
                 return ms
             }
             c.fail(.badTimestamp, path)
@@ -715,3 +715,4 @@ func compactJSON(_ text: String) -> String {
     }
     return String(decoding: out, as: UTF8.self)
 }
+
