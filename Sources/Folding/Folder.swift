@@ -35,7 +35,7 @@ public struct Folder: Sendable {
         s.appliedSource = source
         s.appliedOffset = offset
         let stamp = Stamp(timeMs: timeMs, offset: offset)
-        var text = TextFields.Writes(capacity: 8)
+        var text = TextFields.Writes()
         var changed = foldVisit(timeMs, into: &s)
         if timeMs < s.firstVisitMs { s.firstVisitMs = timeMs; changed = true }
         if timeMs > s.lastSeenMs { s.lastSeenMs = timeMs; changed = true }

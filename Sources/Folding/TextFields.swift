@@ -19,15 +19,23 @@ import Darwin
 public struct TextFields: Sendable, Equatable {
     /// The text writes of one event, applied together (they share its stamp). Within one
     /// event the first value given for a field is the one written, as with separate
-    /// last-writer-wins writes at the same stamp.
+    /// last-writer-wins writes at the same stamp. Held inline, one slot per field: an
+    /// event's writes cost no allocation.
     public struct Writes: Sendable {
-        fileprivate var items: [(Field, String)] = []
+        fileprivate var values = InlineArray<12, String?>(repeating: nil)
+        /// Bit `f.rawValue`: field `f` is written.
+        fileprivate var mask: UInt16 = 0
         public init() {}
-        public init(capacity: Int) { items.reserveCapacity(capacity) }
-        public var isEmpty: Bool { items.isEmpty }
+        public var isEmpty: Bool { mask == 0 }
         public mutating func add(_ field: Field, _ value: String) {
-            if !items.contains(where: { $0.0 == field }) { items.append((field, value)) }
+            let bit: UInt16 = 1 << UInt16(field.rawValue)
+            if mask & bit == 0 {
+                mask |= bit
+                values[Int(field.rawValue)] = value
+            }
         }
+        fileprivate func has(_ field: Field) -> Bool { mask & (1 << UInt16(field.rawValue)) != 0 }
+        fileprivate func value(_ field: Field) -> String { values[Int(field.rawValue)]! }
     }
 
     public enum Field: UInt8, CaseIterable, Sendable {
@@ -88,22 +96,13 @@ public struct TextFields: Sendable, Equatable {
                 // those this event rewrites. On the stack.
                 var refs = SIMD16<UInt8>()
                 var moved = SIMD16<UInt8>()
-                // Which fields this event writes, and where each write sits: one pass
-                // over the writes instead of a search per field (no copies of values).
-                var written: UInt16 = 0
-                var at = SIMD16<UInt8>()
-                for i in writes.items.indices {
-                    let f = writes.items[i].0
-                    written |= 1 << UInt16(f.rawValue)
-                    at[Int(f.rawValue)] = UInt8(i)
-                }
-                var pending = writes.items.count
+                var pending = writes.mask.nonzeroBitCount
                 while let e = r.next() {
                     refs[Int(e.stamp)] &+= 1
-                    guard written & (1 << UInt16(e.field.rawValue)) != 0 else { continue }
+                    guard writes.has(e.field) else { continue }
                     pending -= 1
                     guard r.stamp(e.stamp) < stamp else { continue } // newer already: ignored
-                    guard Self.same(writes.items[Int(at[Int(e.field.rawValue)])].1, b, e.value) else { return nil }
+                    guard Self.same(writes.value(e.field), b, e.value) else { return nil }
                     moved[Int(e.stamp)] &+= 1
                 }
                 guard pending == 0 else { return nil } // a new field
@@ -134,37 +133,125 @@ public struct TextFields: Sendable, Equatable {
                 let n = Int(buf[0])
                 buf.insert(contentsOf: repeatElement(0, count: 16), at: 1 + 16 * n)
                 buf[0] = UInt8(n + 1)
-                buf.withUnsafeMutableBytes { Self.store(stamp, entry: n, into: $0) }
-                var positions: [Int] = []
-                buf.withUnsafeBufferPointer { b in
-                    var r = Reader(b)
+                buf.withUnsafeMutableBufferPointer { mb in
+                    Self.store(stamp, entry: n, into: UnsafeMutableRawBufferPointer(mb))
+                    // The reader is past an entry's stamp byte when it returns it.
+                    var r = Reader(UnsafeBufferPointer(mb))
                     while true {
                         let at = r.pos
                         guard let e = r.next() else { break }
-                        if plan.entries & (1 << UInt16(e.stamp)) != 0,
-                           writes.items.contains(where: { $0.0 == e.field }) { positions.append(at + 1) }
+                        if plan.entries & (1 << UInt16(e.stamp)) != 0, writes.has(e.field) { mb[at + 1] = UInt8(n) }
                     }
                 }
-                for p in positions { buf[p] = UInt8(n) }
                 return false
             }
         }
-        // Decode once, apply every write by the register rule, encode once.
-        var entries = decodedEntries()
+        return rebuild(writes, at: stamp)
+    }
+
+    /// Applies `writes` by the register rule (or `outright`, whatever the stamps, after
+    /// dropping the fields in `clearing`) and encodes the result in one pass over the old
+    /// buffer and one allocation: the fields' places and stamps are kept on the stack.
+    private mutating func rebuild(_ writes: Writes, at stamp: Stamp, outright: Bool = false,
+                                  clearing: UInt16 = 0) -> Bool {
+        let fields = Field.allCases.count
         var changed = false
-        for (f, v) in writes.items {
-            let bytes = Array(v.utf8)
-            if let i = entries.firstIndex(where: { $0.0 == f }) {
-                guard entries[i].1 < stamp else { continue }
-                if entries[i].2 != bytes { changed = true }
-                entries[i] = (f, stamp, bytes)
-            } else {
-                Self.insertInOrder((f, stamp, bytes), into: &entries)
-                changed = true
+        var present: UInt16 = 0 // fields in the result
+        var fromWrite: UInt16 = 0 // of which this event's writes
+        var oldValue = InlineArray<12, Range<Int>>(repeating: 0..<0)
+        var fieldStamp = InlineArray<12, UInt8>(repeating: 0) // index into `stamps`
+        var stamps = InlineArray<12, Stamp>(repeating: Stamp(timeMs: 0, offset: 0))
+        var stampCount = 0
+        var bytes = 1
+        let old = buf
+        buf = old.withUnsafeBufferPointer { b -> [UInt8] in
+            var oldStamp = InlineArray<12, Stamp>(repeating: Stamp(timeMs: 0, offset: 0))
+            if !b.isEmpty {
+                var r = Reader(b)
+                while let e = r.next() {
+                    let f = Int(e.field.rawValue)
+                    present |= 1 << UInt16(f)
+                    oldValue[f] = e.value
+                    oldStamp[f] = r.stamp(e.stamp)
+                }
+            }
+            present &= ~clearing
+            for f in 0..<fields {
+                let bit: UInt16 = 1 << UInt16(f)
+                let field = Field(rawValue: UInt8(f))!
+                let s: Stamp
+                let length: Int
+                if writes.mask & bit != 0 && (outright || present & bit == 0 || oldStamp[f] < stamp) {
+                    let v = writes.value(field)
+                    if present & bit == 0 || !Self.same(v, b, oldValue[f]) { changed = true }
+                    present |= bit
+                    fromWrite |= bit
+                    s = stamp
+                    length = v.utf8.count
+                } else if present & bit != 0 {
+                    s = oldStamp[f]
+                    length = oldValue[f].count
+                } else {
+                    continue
+                }
+                var i = 0
+                while i < stampCount && stamps[i] != s { i += 1 }
+                if i == stampCount {
+                    stamps[i] = s
+                    stampCount += 1
+                }
+                fieldStamp[f] = UInt8(i)
+                bytes += 2 + Self.lengthBytes(length) + length
+            }
+            guard present != 0 else { return [] }
+            bytes += 16 * stampCount
+            return [UInt8](unsafeUninitializedCapacity: bytes) { out, count in
+                out[0] = UInt8(stampCount)
+                let raw = UnsafeMutableRawBufferPointer(out)
+                for i in 0..<stampCount { Self.store(stamps[i], entry: i, into: raw) }
+                var at = 1 + 16 * stampCount
+                for f in 0..<fields where present & (1 << UInt16(f)) != 0 {
+                    out[at] = UInt8(f)
+                    out[at + 1] = fieldStamp[f]
+                    at += 2
+                    if fromWrite & (1 << UInt16(f)) != 0 {
+                        var v = writes.value(Field(rawValue: UInt8(f))!)
+                        v.withUTF8 { u in
+                            at = Self.putLength(u.count, into: out, at: at)
+                            if let src = u.baseAddress { (out.baseAddress! + at).update(from: src, count: u.count) }
+                            at += u.count
+                        }
+                    } else {
+                        let r = oldValue[f]
+                        at = Self.putLength(r.count, into: out, at: at)
+                        if !r.isEmpty { (out.baseAddress! + at).update(from: b.baseAddress! + r.lowerBound, count: r.count) }
+                        at += r.count
+                    }
+                }
+                count = at
             }
         }
-        buf = Self.encode(entries)
         return changed
+    }
+
+    /// Bytes of the LEB128 encoding of `n`.
+    private static func lengthBytes(_ n: Int) -> Int {
+        var k = 1
+        var v = n >> 7
+        while v > 0 { k += 1; v >>= 7 }
+        return k
+    }
+
+    private static func putLength(_ n: Int, into out: UnsafeMutableBufferPointer<UInt8>, at: Int) -> Int {
+        var n = n
+        var at = at
+        while n >= 0x80 {
+            out[at] = UInt8(n & 0x7F) | 0x80
+            n >>= 7
+            at += 1
+        }
+        out[at] = UInt8(n)
+        return at + 1
     }
 
     /// Whether `s` is exactly the bytes `b[r]`.
@@ -176,28 +263,12 @@ public struct TextFields: Sendable, Equatable {
         return fast ?? s.utf8.elementsEqual(b[r])
     }
 
-    private func decodedEntries() -> [(Field, Stamp, [UInt8])] {
-        guard !buf.isEmpty else { return [] }
-        return buf.withUnsafeBufferPointer { b in
-            var out: [(Field, Stamp, [UInt8])] = []
-            var r = Reader(b)
-            while let e = r.next() { out.append((e.field, r.stamp(e.stamp), Array(b[e.value]))) }
-            return out
-        }
-    }
-
     /// Sets or clears a field outright (decoding a stored state, tests).
     public mutating func set(_ field: Field, _ register: Latest<String>?) {
-        var entries = decodedEntries()
-        entries.removeAll { $0.0 == field }
-        if let register { Self.insertInOrder((field, register.stamp, Array(register.value.utf8)), into: &entries) }
-        buf = Self.encode(entries)
-    }
-
-    /// Fields are kept in ``Field`` order.
-    private static func insertInOrder(_ e: (Field, Stamp, [UInt8]), into entries: inout [(Field, Stamp, [UInt8])]) {
-        let at = entries.firstIndex { $0.0.rawValue > e.0.rawValue } ?? entries.count
-        entries.insert(e, at: at)
+        var one = Writes()
+        if let register { one.add(field, register.value) }
+        _ = rebuild(one, at: register?.stamp ?? Stamp(timeMs: 0, offset: 0), outright: true,
+                    clearing: 1 << UInt16(field.rawValue))
     }
 
     /// Writes `stamp` as stamp table entry `entry` (time then offset, little endian).
@@ -206,39 +277,7 @@ public struct TextFields: Sendable, Equatable {
         raw.storeBytes(of: UInt64(bitPattern: stamp.offset).littleEndian, toByteOffset: 9 + 16 * entry, as: UInt64.self)
     }
 
-    private static func encode(_ entries: [(Field, Stamp, [UInt8])]) -> [UInt8] {
-        guard !entries.isEmpty else { return [] }
-        var stamps: [Stamp] = []
-        var index: [UInt8] = []
-        for e in entries {
-            if let i = stamps.firstIndex(of: e.1) {
-                index.append(UInt8(i))
-            } else {
-                index.append(UInt8(stamps.count))
-                stamps.append(e.1)
-            }
-        }
-        var out = [UInt8](repeating: 0, count: 1 + stamps.count * 16)
-        out.reserveCapacity(out.count + entries.reduce(0) { $0 + 4 + $1.2.count })
-        out[0] = UInt8(stamps.count)
-        out.withUnsafeMutableBytes { raw in
-            for (i, s) in stamps.enumerated() { store(s, entry: i, into: raw) }
-        }
-        for (i, e) in entries.enumerated() {
-            out.append(e.0.rawValue)
-            out.append(index[i])
-            var n = e.2.count
-            while n >= 0x80 {
-                out.append(UInt8(n & 0x7F) | 0x80)
-                n >>= 7
-            }
-            out.append(UInt8(n))
-            out.append(contentsOf: e.2)
-        }
-        return out
-    }
-
-    /// Walks a buffer written by ``encode(_:)``.
+    /// Walks a buffer written by ``rebuild(_:at:outright:clearing:)``.
     private struct Reader {
         let b: UnsafeBufferPointer<UInt8>
         var pos: Int

@@ -68,6 +68,36 @@ import Testing
         }
     }
 
+    @Test func setsAreOutrightAndMixWithWrites() {
+        // `set` (a stored state being decoded) replaces or clears a field whatever the
+        // stamps; writes after it follow the register rule from there.
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<200 {
+            var packed = TextFields()
+            var plain: [TextFields.Field: Latest<String>] = [:]
+            for _ in 0..<30 {
+                let f = all.randomElement(using: &rng)!
+                let v = ["Paris", "Zoë", String(repeating: "z", count: 200)].randomElement(using: &rng)!
+                let stamp = Stamp(timeMs: Int64.random(in: 0..<5, using: &rng), offset: Int64.random(in: 0..<3, using: &rng))
+                switch Int.random(in: 0..<3, using: &rng) {
+                case 0:
+                    packed.set(f, nil)
+                    plain[f] = nil
+                case 1:
+                    packed.set(f, Latest(value: v, stamp: stamp))
+                    plain[f] = Latest(value: v, stamp: stamp)
+                default:
+                    var reg = plain[f]
+                    let expected = Latest.write(&reg, v, at: stamp)
+                    plain[f] = reg
+                    #expect(packed.write(f, v, at: stamp) == expected)
+                }
+                for g in all { #expect(packed.get(g) == plain[g], "\(g)") }
+            }
+            if plain.isEmpty { #expect(packed.heapBytes == 0) }
+        }
+    }
+
     @Test func equalContentsAreEqualWhateverTheWriteOrder() {
         var a = TextFields()
         var b = TextFields()
