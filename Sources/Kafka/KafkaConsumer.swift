@@ -65,6 +65,9 @@ public final class KafkaConsumer: @unchecked Sendable {
     private var fetchingStopped = false
 
     private var lastLoopNs: UInt64 = DispatchTime.now().uptimeNanoseconds
+    private var nudging = false
+    private var lastNudgeNs: UInt64 = 0
+    private var nudges = 0
 
     /// Properties that make this consumer safe, set unless the operator overrides them.
     public static let defaults: [String: String] = [
@@ -283,6 +286,7 @@ public final class KafkaConsumer: @unchecked Sendable {
                 rd_kafka_consume_batch_queue(queue, 0, buf.baseAddress, maxBatch)
             }
             if n == 0 {
+                if !paused { nudgeFetcherIfStalled() }
                 // Nothing ready: block briefly in consumer_poll, which also serves callbacks.
                 if let m = rd_kafka_consumer_poll(rk, 100) {
                     messages[0] = m
@@ -331,6 +335,41 @@ public final class KafkaConsumer: @unchecked Sendable {
         lock.withLock { loopEnded = true }
         finished.signal()
     }
+
+    /// Wakes librdkafka's fetcher when the queue has run dry while the partitions still
+    /// have messages to read.
+    ///
+    /// This librdkafka (2.0) stops fetching a partition once the consumer queue is over
+    /// `queued.min.messages` or `queued.max.messages.kbytes`, and decides again only when
+    /// the broker's thread next wakes: on network traffic, on a request of its own, or
+    /// after up to a second. A poll thread that drains the queue faster waits out the
+    /// rest of that second (later librdkafka has `fetch.queue.backoff.ms` for it). Any
+    /// request to the partition leaders wakes their threads, so the consumer asks them
+    /// for the end offsets, off the poll thread, at most every 20 ms and only while the
+    /// cached watermarks show messages not yet read: a consumer that has caught up never
+    /// sends one.
+    private func nudgeFetcherIfStalled() {
+        let now = DispatchTime.now().uptimeNanoseconds
+        let due = lock.withLock { !nudging && now &- lastNudgeNs >= 20_000_000 }
+        guard due else { return }
+        let behind = lag().filter { $0.value > 0 }.map(\.key)
+        guard !behind.isEmpty else { return }
+        lock.withLock {
+            nudging = true
+            lastNudgeNs = now
+            nudges += 1
+        }
+        DispatchQueue.global().async { [self] in
+            // Offsets for "latest" (-1): a ListOffsets request to each partition's leader.
+            _ = withPartitionList(behind.map { ($0, Int64(RD_KAFKA_OFFSET_END)) }) { list in
+                rd_kafka_offsets_for_times(rk, list, 1000)
+            }
+            lock.withLock { nudging = false }
+        }
+    }
+
+    /// How many times the fetcher was woken by ``nudgeFetcherIfStalled()``.
+    public var fetcherNudges: Int { lock.withLock { nudges } }
 
     private func reportMessageError(_ m: UnsafeMutablePointer<rd_kafka_message_t>) {
         let err = m.pointee.err

@@ -22,6 +22,9 @@ public final class SyncPipeline: Service, @unchecked Sendable {
     private let stopContinuation: AsyncStream<Void>.Continuation
     private let lock = NSLock()
     private var consumer: KafkaConsumer?
+
+    /// How often the consumer woke librdkafka's fetcher on a drained queue (benchmark).
+    public var fetcherWakeups: Int { lock.withLock { consumer }?.fetcherNudges ?? 0 }
     private var admin: AdminServer?
     private var producer: KafkaProducer?
     private var started = false

@@ -177,6 +177,7 @@ extension FoldspaceBench {
             print("folded_events=\(seen)")
             print("folded_rate=\(Int(Double(seen) / max(last - first, 1e-6)))")
             print("users=\(stats.users)")
+            print("fetcher_wakeups=\(pipeline.fetcherWakeups)")
             // Phase 2: flush everyone at once; PUT/s against the stand-in.
             let putStart = uptimeSeconds()
             let before = sandbox.requestCount

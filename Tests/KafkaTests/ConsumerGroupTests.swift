@@ -84,6 +84,38 @@ func produce(_ cluster: MockCluster, topic: String, _ values: [String]) throws {
         #expect(handler.log.last == "revoked 2") // close settles the partitions through the callback
     }
 
+    @Test func aDrainedQueueWakesTheFetcher() async throws {
+        // A queue limit of 1 KB and fetches of at most 4 KB: librdkafka stops fetching
+        // after every few messages and, left alone, decides again only when its broker
+        // thread wakes (up to a second later), so 200 messages would take minutes. The
+        // consumer wakes it when the queue runs dry with messages still to read.
+        let cluster = try MockCluster(brokers: 1)
+        try cluster.createTopic("t-nudge", partitions: 1)
+        let p = try KafkaProducer(config: KafkaClientConfig([
+            "bootstrap.servers": cluster.bootstrapServers, "log_level": "3", "batch.num.messages": "2", "linger.ms": "0",
+        ]), logger: quiet)
+        let pad = String(repeating: "x", count: 1000)
+        for i in 0..<200 { try p.send(topic: "t-nudge", key: nil, value: Array("\(i) \(pad)".utf8)) }
+        #expect(p.flush(timeoutMs: 10_000))
+        p.close()
+        var config = consumerConfig(cluster, group: "g-nudge")
+        config["queued.max.messages.kbytes"] = "1"
+        config["queued.min.messages"] = "1"
+        config["max.partition.fetch.bytes"] = "8192"
+        let handler = RecordingHandler()
+        let consumer = try KafkaConsumer(config: config, topics: ["t-nudge"], handler: handler, logger: quiet)
+        handler.consumer = consumer
+        consumer.start()
+        #expect(await eventually(.seconds(40)) { handler.values.count == 200 })
+        #expect(handler.values.map { $0.prefix { $0 != " " } } == (0..<200).map { Substring(String($0)) })
+        #expect(consumer.fetcherNudges > 10, "\(consumer.fetcherNudges)")
+        let nudges = consumer.fetcherNudges
+        // Caught up: the cached watermarks show nothing left, so no more wake-ups.
+        try await Task.sleep(for: .milliseconds(600))
+        #expect(consumer.fetcherNudges == nudges)
+        consumer.stop()
+    }
+
     @Test func resumesFromTheCommittedOffset() async throws {
         let cluster = try MockCluster(brokers: 1)
         try cluster.createTopic("t2", partitions: 1)
