@@ -22,6 +22,7 @@ public struct TextFields: Sendable, Equatable {
     /// last-writer-wins writes at the same stamp. Held inline, one slot per field: an
     /// event's writes cost no allocation.
     public struct Writes: Sendable {
+        // 12 slots here and in `rebuild`: one per ``Field`` (a test keeps them in step).
         fileprivate var values = InlineArray<12, String?>(repeating: nil)
         /// Bit `f.rawValue`: field `f` is written.
         fileprivate var mask: UInt16 = 0
@@ -37,6 +38,9 @@ public struct TextFields: Sendable, Equatable {
         fileprivate func has(_ field: Field) -> Bool { mask & (1 << UInt16(field.rawValue)) != 0 }
         fileprivate func value(_ field: Field) -> String { values[Int(field.rawValue)]! }
     }
+
+    /// Slots of the inline storage of ``Writes`` and of `rebuild`, one per field.
+    static let inlineSlots = InlineArray<12, UInt8>(repeating: 0).count
 
     public enum Field: UInt8, CaseIterable, Sendable {
         case email, name, role, phone, timezone, image

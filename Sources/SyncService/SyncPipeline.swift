@@ -22,9 +22,6 @@ public final class SyncPipeline: Service, @unchecked Sendable {
     private let stopContinuation: AsyncStream<Void>.Continuation
     private let lock = NSLock()
     private var consumer: KafkaConsumer?
-
-    /// How often the consumer woke librdkafka's fetcher on a drained queue (benchmark).
-    public var fetcherWakeups: Int { lock.withLock { consumer }?.fetcherNudges ?? 0 }
     private var admin: AdminServer?
     private var producer: KafkaProducer?
     private var started = false
@@ -54,6 +51,9 @@ public final class SyncPipeline: Service, @unchecked Sendable {
 
     /// The admin server's port once running (useful with `admin_listen` port 0).
     public var adminPort: Int? { lock.withLock { admin?.port } }
+
+    /// How often the consumer woke librdkafka's fetcher on a drained queue (benchmark).
+    public var fetcherWakeups: Int { lock.withLock { consumer }?.fetcherNudges ?? 0 }
 
     /// Asks the pipeline to shut down as on SIGTERM.
     public func requestStop() { stopContinuation.yield() }

@@ -68,6 +68,12 @@ import Testing
         }
     }
 
+    @Test func inlineStorageHoldsEveryField() {
+        // A field added without growing the inline slots would write out of bounds.
+        #expect(TextFields.inlineSlots == TextFields.Field.allCases.count)
+        #expect(TextFields.Field.allCases.map(\.rawValue) == Array(0..<UInt8(TextFields.inlineSlots)))
+    }
+
     @Test func setsAreOutrightAndMixWithWrites() {
         // `set` (a stored state being decoded) replaces or clears a field whatever the
         // stamps; writes after it follow the register rule from there.
