@@ -153,11 +153,11 @@ public struct TextFields: Sendable, Equatable {
         return rebuild(writes, at: stamp)
     }
 
-    /// Applies `writes` by the register rule (or `outright`, whatever the stamps, after
-    /// dropping the fields in `clearing`) and encodes the result in one pass over the old
-    /// buffer and one allocation: the fields' places and stamps are kept on the stack.
-    private mutating func rebuild(_ writes: Writes, at stamp: Stamp, outright: Bool = false,
-                                  clearing: UInt16 = 0) -> Bool {
+    /// Drops the fields in `clearing`, applies `writes` by the register rule (a cleared
+    /// field takes its write whatever the stamps: that is `set`) and encodes the result
+    /// in one pass over the old buffer and one allocation: the fields' places and stamps
+    /// are kept on the stack.
+    private mutating func rebuild(_ writes: Writes, at stamp: Stamp, clearing: UInt16 = 0) -> Bool {
         let fields = Field.allCases.count
         var changed = false
         var present: UInt16 = 0 // fields in the result
@@ -185,7 +185,7 @@ public struct TextFields: Sendable, Equatable {
                 let field = Field(rawValue: UInt8(f))!
                 let s: Stamp
                 let length: Int
-                if writes.mask & bit != 0 && (outright || present & bit == 0 || oldStamp[f] < stamp) {
+                if writes.mask & bit != 0 && (present & bit == 0 || oldStamp[f] < stamp) {
                     let v = writes.value(field)
                     if present & bit == 0 || !Self.same(v, b, oldValue[f]) { changed = true }
                     present |= bit
@@ -271,8 +271,7 @@ public struct TextFields: Sendable, Equatable {
     public mutating func set(_ field: Field, _ register: Latest<String>?) {
         var one = Writes()
         if let register { one.add(field, register.value) }
-        _ = rebuild(one, at: register?.stamp ?? Stamp(timeMs: 0, offset: 0), outright: true,
-                    clearing: 1 << UInt16(field.rawValue))
+        _ = rebuild(one, at: register?.stamp ?? Stamp(timeMs: 0, offset: 0), clearing: 1 << UInt16(field.rawValue))
     }
 
     /// Writes `stamp` as stamp table entry `entry` (time then offset, little endian).
@@ -281,7 +280,7 @@ public struct TextFields: Sendable, Equatable {
         raw.storeBytes(of: UInt64(bitPattern: stamp.offset).littleEndian, toByteOffset: 9 + 16 * entry, as: UInt64.self)
     }
 
-    /// Walks a buffer written by ``rebuild(_:at:outright:clearing:)``.
+    /// Walks a buffer written by ``rebuild(_:at:clearing:)``.
     private struct Reader {
         let b: UnsafeBufferPointer<UInt8>
         var pos: Int

@@ -18,7 +18,9 @@ import Testing
         #expect(t.get(.name) == nil)
     }
 
-    @Test func matchesPlainRegistersUnderRandomWrites() {
+    @Test func matchesPlainRegistersUnderRandomWritesAndSets() {
+        // Writes follow the register rule; `set` (a stored state being decoded) replaces
+        // or clears a field outright, whatever the stamps.
         var rng = SystemRandomNumberGenerator()
         for _ in 0..<300 {
             var packed = TextFields()
@@ -29,13 +31,23 @@ import Testing
                 let value = ["", "é", "x", String(repeating: "y", count: Int.random(in: 100...300, using: &rng)), "Zoë 😀"]
                     .randomElement(using: &rng)! + String(Int.random(in: 0..<3, using: &rng))
                 let stamp = Stamp(timeMs: Int64.random(in: 0..<6, using: &rng), offset: Int64.random(in: 0..<4, using: &rng))
-                var reg = plain[f]
-                let expected = Latest.write(&reg, value, at: stamp)
-                plain[f] = reg
-                let changed = packed.write(f, value, at: stamp)
-                #expect(changed == expected)
+                switch Int.random(in: 0..<8, using: &rng) {
+                case 0:
+                    packed.set(f, nil)
+                    plain[f] = nil
+                case 1:
+                    packed.set(f, Latest(value: value, stamp: stamp))
+                    plain[f] = Latest(value: value, stamp: stamp)
+                default:
+                    var reg = plain[f]
+                    let expected = Latest.write(&reg, value, at: stamp)
+                    plain[f] = reg
+                    let changed = packed.write(f, value, at: stamp)
+                    #expect(changed == expected)
+                }
             }
             for f in all { #expect(packed.get(f) == plain[f], "\(f)") }
+            if plain.isEmpty { #expect(packed.heapBytes == 0) }
         }
     }
 
@@ -72,36 +84,6 @@ import Testing
         // A field added without growing the inline slots would write out of bounds.
         #expect(TextFields.inlineSlots == TextFields.Field.allCases.count)
         #expect(TextFields.Field.allCases.map(\.rawValue) == Array(0..<UInt8(TextFields.inlineSlots)))
-    }
-
-    @Test func setsAreOutrightAndMixWithWrites() {
-        // `set` (a stored state being decoded) replaces or clears a field whatever the
-        // stamps; writes after it follow the register rule from there.
-        var rng = SystemRandomNumberGenerator()
-        for _ in 0..<200 {
-            var packed = TextFields()
-            var plain: [TextFields.Field: Latest<String>] = [:]
-            for _ in 0..<30 {
-                let f = all.randomElement(using: &rng)!
-                let v = ["Paris", "Zoë", String(repeating: "z", count: 200)].randomElement(using: &rng)!
-                let stamp = Stamp(timeMs: Int64.random(in: 0..<5, using: &rng), offset: Int64.random(in: 0..<3, using: &rng))
-                switch Int.random(in: 0..<3, using: &rng) {
-                case 0:
-                    packed.set(f, nil)
-                    plain[f] = nil
-                case 1:
-                    packed.set(f, Latest(value: v, stamp: stamp))
-                    plain[f] = Latest(value: v, stamp: stamp)
-                default:
-                    var reg = plain[f]
-                    let expected = Latest.write(&reg, v, at: stamp)
-                    plain[f] = reg
-                    #expect(packed.write(f, v, at: stamp) == expected)
-                }
-                for g in all { #expect(packed.get(g) == plain[g], "\(g)") }
-            }
-            if plain.isEmpty { #expect(packed.heapBytes == 0) }
-        }
     }
 
     @Test func equalContentsAreEqualWhateverTheWriteOrder() {
