@@ -37,7 +37,8 @@ public final class AdminServer: Sendable {
 
 /// Renders the engine's counters as Prometheus text.
 public enum MetricsText {
-    public static func render(_ s: EngineStats, lag: [(topic: String, partition: Int32, lag: Int64)]) -> String {
+    public static func render(_ s: EngineStats, lag: [(topic: String, partition: Int32, lag: Int64)],
+                              fetcherWakeups: Int = 0) -> String {
         var out = ""
         func family(_ name: String, _ type: String, _ help: String) {
             out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
@@ -93,6 +94,9 @@ public enum MetricsText {
         sample("foldspace_sync_rate_limit_rps", [], String(format: "%.3f", s.rateLimit))
         family("foldspace_sync_consumer_lag", "gauge", "Messages behind the high watermark, per partition.")
         for l in lag { sample("foldspace_sync_consumer_lag", [("topic", l.topic), ("partition", String(l.partition))], String(l.lag)) }
+        family("foldspace_sync_kafka_fetcher_wakeups_total", "counter",
+               "Times librdkafka's fetcher was woken because the queue ran dry with messages left to read.")
+        sample("foldspace_sync_kafka_fetcher_wakeups_total", [], String(fetcherWakeups))
         return out
     }
 

@@ -52,7 +52,7 @@ public final class SyncPipeline: Service, @unchecked Sendable {
     /// The admin server's port once running (useful with `admin_listen` port 0).
     public var adminPort: Int? { lock.withLock { admin?.port } }
 
-    /// How often the consumer woke librdkafka's fetcher on a drained queue (benchmark).
+    /// How often the consumer woke librdkafka's fetcher on a drained queue.
     public var fetcherWakeups: Int { lock.withLock { consumer }?.fetcherNudges ?? 0 }
 
     /// Asks the pipeline to shut down as on SIGTERM.
@@ -101,7 +101,10 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         let notifier = SystemdNotifier()
         let admin = try await AdminServer.start(
             host: host, port: port,
-            metrics: { MetricsText.render(engine.snapshot(), lag: consumer.lag().map { ($0.key.topic, $0.key.partition, $0.value) }) },
+            metrics: {
+                MetricsText.render(engine.snapshot(), lag: consumer.lag().map { ($0.key.topic, $0.key.partition, $0.value) },
+                                   fetcherWakeups: consumer.fetcherNudges)
+            },
             healthy: { alive.healthy && !consumer.hasFatalError },
             ready: { engine.snapshot().ready })
         lock.withLock {

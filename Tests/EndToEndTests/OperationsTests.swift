@@ -150,7 +150,7 @@ final class NotifySocket: @unchecked Sendable {
         for series in ["foldspace_sync_events_total", "foldspace_sync_requests_total", "foldspace_sync_request_duration_seconds_bucket", "foldspace_sync_send_lateness_seconds_bucket",
                        "foldspace_sync_users", "foldspace_sync_dirty_users", "foldspace_sync_oldest_dirty_seconds",
                        "foldspace_sync_dead_letters_total", "foldspace_sync_consumer_lag", "foldspace_sync_breaker_open",
-                       "foldspace_sync_rate_limit_rps"] {
+                       "foldspace_sync_rate_limit_rps", "foldspace_sync_kafka_fetcher_wakeups_total"] {
             #expect(text.contains(series), "missing \(series)")
         }
         #expect(text.contains(#"foldspace_sync_events_total{result="folded"} 30"#))
