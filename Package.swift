@@ -38,10 +38,12 @@ let package = Package(
             "CRdKafka",
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: hotPath),
+        // A prefetch hint for the fold's warm-up (Swift has none).
+        .target(name: "CPrefetch"),
         // Pure: Segment-spec decoding.
         .target(name: "Events", swiftSettings: hotPath),
         // Pure: user state, fold rules, projection, constraints.
-        .target(name: "Folding", dependencies: ["Events"], swiftSettings: hotPath),
+        .target(name: "Folding", dependencies: ["Events", "CPrefetch"], swiftSettings: hotPath),
         // Delivery: debouncer, offset tracking, backoff, and the Foldspace HTTP client.
         .target(name: "Delivery", dependencies: [
             "Folding",
@@ -61,7 +63,7 @@ let package = Package(
         .target(name: "FoldspaceSandbox", dependencies: ["HTTPServing"]),
         // Wiring: configuration, the engine, services, demo.
         .target(name: "SyncService", dependencies: [
-            "Kafka", "Events", "Folding", "Delivery", "HTTPServing", "FoldspaceSandbox",
+            "Kafka", "Events", "Folding", "Delivery", "HTTPServing", "FoldspaceSandbox", "CPrefetch",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "UnixSignals", package: "swift-service-lifecycle"),

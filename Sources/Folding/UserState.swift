@@ -1,3 +1,4 @@
+import CPrefetch
 import Events
 
 /// When a value was written: event time first, then the source position, so that a
@@ -201,15 +202,18 @@ public struct UserState: Sendable, Equatable {
 
     public var hasSpans: Bool { lastSpan.start != .max }
 
-    /// Loads the heap storage an event may write (the packed text, the older spans, the
-    /// rare lists' box), so that a caller can start these loads for many users before
-    /// folding into any. The value means nothing.
+    /// Starts loading the heap storage an event may write (the packed text, the older
+    /// spans, the rare lists' box) without waiting, so that a caller can reach many
+    /// users before folding into any.
     @inline(__always)
-    public var warm: Int {
-        var w = text.warm
-        if let r = rare { w &+= r.keyEventCounts.count }
-        if let s = olderSpans.last { w &+= Int(truncatingIfNeeded: s.end) }
-        return w
+    public func prefetch() {
+        text.prefetch()
+        // The spans' storage (header and the few spans kept) and the rare box, by the
+        // references' bits: nothing is retained or counted on the way.
+        let spans = unsafeBitCast(olderSpans, to: UnsafeRawPointer.self)
+        fs_prefetch(spans)
+        fs_prefetch(spans + 64)
+        if let box = unsafeBitCast(rare, to: UnsafeRawPointer?.self) { fs_prefetch(box) }
     }
 
     /// Extends the most recent span to `t` (the caller checked it belongs there).

@@ -1,3 +1,5 @@
+import CPrefetch
+
 /// The map from a user's identity to its slot in the engine's table of users: an
 /// open-addressing hash table of 8-byte records (linear probing, backward-shift
 /// deletion), with the identities themselves kept by the caller next to the entries.
@@ -34,9 +36,25 @@ struct IdentityIndex {
     @inline(__always)
     private static func slot(of record: UInt64) -> Int32 { Int32(truncatingIfNeeded: record & 0xFFFF_FFFF) - 1 }
 
-    /// Loads the bucket where a lookup of `hash` starts (the value means nothing).
+    /// Starts loading the bucket where a lookup of `hash` starts, without waiting.
     @inline(__always)
-    func warm(_ hash: UInt64) -> Int { Int(truncatingIfNeeded: buckets[Int(truncatingIfNeeded: hash) & mask]) }
+    func prefetch(_ hash: UInt64) {
+        buckets.withUnsafeBufferPointer { fs_prefetch($0.baseAddress! + (Int(truncatingIfNeeded: hash) & mask)) }
+    }
+
+    /// The first slot filed under `hash`'s tag: the likely match, before any identity is
+    /// compared (so that its entry can be fetched early).
+    @inline(__always)
+    func candidate(_ hash: UInt64) -> Int32? {
+        let tag = Self.tag(hash)
+        var b = Int(truncatingIfNeeded: hash) & mask
+        while true {
+            let r = buckets[b]
+            if r == 0 { return nil }
+            if r & 0xFFFF_FFFF_0000_0000 == tag { return Self.slot(of: r) }
+            b = (b + 1) & mask
+        }
+    }
 
     /// The slot stored for `hash` whose identity `matches`, if any.
     @inline(__always)
