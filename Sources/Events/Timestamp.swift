@@ -21,6 +21,37 @@ public enum Timestamp {
     }
 
     public static func parseISO8601(_ b: UnsafeBufferPointer<UInt8>) -> Int64? {
+        if b.count == 24, let ms = canonical(b) { return ms }
+        return general(b)
+    }
+
+    /// `YYYY-MM-DDTHH:MM:SS.mmmZ`, the form Segment's libraries send, read straight from
+    /// fixed positions; `nil` for anything else (which ``general(_:)`` then reads, or
+    /// rejects). The same result as ``general(_:)`` wherever it gives one.
+    @inline(__always)
+    static func canonical(_ b: UnsafeBufferPointer<UInt8>) -> Int64? {
+        guard let p = b.baseAddress, b.count == 24, p[4] == 0x2D, p[7] == 0x2D, p[10] == 0x54, p[13] == 0x3A,
+              p[16] == 0x3A, p[19] == 0x2E, p[23] == 0x5A else { return nil }
+        @inline(__always) func d(_ i: Int) -> Int { Int(p[i]) &- 0x30 }
+        // Every digit position: a byte outside 0-9 makes its value negative or over 9.
+        var any = 0
+        for i in [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18, 20, 21, 22] { any |= d(i) | (9 &- d(i)) }
+        guard any >= 0 else { return nil }
+        let year = d(0) * 1000 + d(1) * 100 + d(2) * 10 + d(3)
+        let month = d(5) * 10 + d(6)
+        let day = d(8) * 10 + d(9)
+        let hour = d(11) * 10 + d(12)
+        let minute = d(14) * 10 + d(15)
+        let second = d(17) * 10 + d(18)
+        let millis = d(20) * 100 + d(21) * 10 + d(22)
+        guard (1...12).contains(month), day >= 1, day <= daysInMonth(year: year, month: month),
+              hour <= 23, minute <= 59, second <= 60 else { return nil }
+        let secs = Int64(daysFromCivil(year: year, month: month, day: day)) * 86400 + Int64(hour * 3600 + minute * 60 + second)
+        return secs * 1000 + Int64(millis)
+    }
+
+    /// Every form the parser accepts (see the `StringProtocol` overload).
+    static func general(_ b: UnsafeBufferPointer<UInt8>) -> Int64? {
         var i = 0
         func digits(_ n: Int) -> Int? {
             guard i + n <= b.count else { return nil }

@@ -47,6 +47,28 @@ private func failure(_ json: String) -> DecodeFailure? {
         #expect(Timestamp.parseISO8601(text) == nil)
     }
 
+    @Test func theCanonicalFastPathAgreesWithTheGeneralParser() {
+        // Segment's own form takes a shortcut; on it and on every one-byte mutation of it
+        // (bad digits, separators, impossible dates) the result must be the general one.
+        var rng = SystemRandomNumberGenerator() // a failure prints its input
+        let bytes = Array("0123456789-:.TZ x/".utf8)
+        for _ in 0..<20_000 {
+            let ms = Int64.random(in: 0..<4_102_444_800_000, using: &rng) // 1970 to 2100
+            var text = Array(Timestamp.formatISO8601(ms).utf8)
+            #expect(text.count == 24)
+            #expect(text.withUnsafeBufferPointer { Timestamp.parseISO8601($0) } == ms)
+            for _ in 0..<Int.random(in: 1...2, using: &rng) { text[Int.random(in: 0..<24, using: &rng)] = bytes.randomElement(using: &rng)! }
+            text.withUnsafeBufferPointer { b in
+                #expect(Timestamp.parseISO8601(b) == Timestamp.general(b), "\(String(decoding: text, as: UTF8.self))")
+            }
+        }
+        // Dates that exist only in some years or months.
+        for text in ["2024-02-29T00:00:00.000Z", "2023-02-29T00:00:00.000Z", "2025-04-31T00:00:00.000Z", "2025-12-31T23:59:60.999Z"] {
+            let b = Array(text.utf8)
+            b.withUnsafeBufferPointer { #expect(Timestamp.parseISO8601($0) == Timestamp.general($0), "\(text)") }
+        }
+    }
+
     @Test func formatsRoundTrip() {
         for ms: Int64 in [0, 1_763_978_400_123, 951_782_400_000, 4_102_444_800_999] {
             #expect(Timestamp.parseISO8601(Timestamp.formatISO8601(ms)) == ms)
