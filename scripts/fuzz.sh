@@ -12,8 +12,10 @@ rm -f "$work"/src/*.swift
 for f in Sources/Events/*.swift Sources/Folding/*.swift Sources/FoldspaceSandbox/FoldspaceSchema.swift fuzz/FuzzTarget.swift; do
   sed -e '/^import Events$/d' "$f" > "$work/src/$(basename "$(dirname "$f")")-$(basename "$f")"
 done
-if [ ! -x "$work/fuzz-decoder" ] || [ -n "$(find Sources/Events Sources/Folding fuzz -newer "$work/fuzz-decoder" -name '*.swift' | head -1)" ]; then
-  swiftc -parse-as-library -O -sanitize=fuzzer,address -module-name FuzzTarget "$work"/src/*.swift -o "$work/fuzz-decoder"
+if [ ! -x "$work/fuzz-decoder" ] || [ -n "$(find Sources/Events Sources/Folding Sources/CPrefetch fuzz -newer "$work/fuzz-decoder" \( -name '*.swift' -o -name '*.h' -o -name '*.modulemap' \) | head -1)" ]; then
+  # CPrefetch (a C header with its module map) is the one module the pure sources import.
+  swiftc -parse-as-library -O -sanitize=fuzzer,address -module-name FuzzTarget -I Sources/CPrefetch/include \
+    "$work"/src/*.swift -o "$work/fuzz-decoder"
 fi
 args=("$@")
 [ ${#args[@]} -eq 0 ] && args=(-runs=10000000)
