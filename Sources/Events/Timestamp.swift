@@ -33,9 +33,15 @@ public enum Timestamp {
         guard let p = b.baseAddress, b.count == 24, p[4] == 0x2D, p[7] == 0x2D, p[10] == 0x54, p[13] == 0x3A,
               p[16] == 0x3A, p[19] == 0x2E, p[23] == 0x5A else { return nil }
         @inline(__always) func d(_ i: Int) -> Int { Int(p[i]) &- 0x30 }
-        // Every digit position: a byte outside 0-9 makes its value negative or over 9.
+        // Every digit position (bit i of the mask: 0-3, 5-6, 8-9, 11-12, 14-15, 17-18,
+        // 20-22): a byte outside 0-9 makes its value negative or over 9.
         var any = 0
-        for i in [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18, 20, 21, 22] { any |= d(i) | (9 &- d(i)) }
+        var digits: UInt32 = 0x76_DB6F
+        while digits != 0 {
+            let i = digits.trailingZeroBitCount
+            any |= d(i) | (9 &- d(i))
+            digits &= digits &- 1
+        }
         guard any >= 0 else { return nil }
         let year = d(0) * 1000 + d(1) * 100 + d(2) * 10 + d(3)
         let month = d(5) * 10 + d(6)

@@ -1,5 +1,3 @@
-import CPrefetch
-
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -62,18 +60,6 @@ public struct TextFields: Sendable, Equatable {
 
     /// Bytes held on the heap (0 when no field is set).
     public var heapBytes: Int { buf.capacity == 0 ? 0 : 32 + buf.capacity }
-
-    /// Starts loading the buffer's first cache lines (a user's text is ~130-200 bytes with
-    /// its header), without waiting, so that a caller can reach many users before folding
-    /// into any. The buffer's address is read from the array reference itself: reading
-    /// its count would wait for the very line being fetched. A prefetch never faults.
-    @inline(__always)
-    public func prefetch() {
-        let p = unsafeBitCast(buf, to: UnsafeRawPointer.self)
-        fs_prefetch(p)
-        fs_prefetch(p + 64)
-        fs_prefetch(p + 128)
-    }
 
     /// The register of `field`, if set.
     public func get(_ field: Field) -> Latest<String>? {

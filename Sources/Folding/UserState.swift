@@ -203,17 +203,22 @@ public struct UserState: Sendable, Equatable {
     public var hasSpans: Bool { lastSpan.start != .max }
 
     /// Starts loading the heap storage an event may write (the packed text, the older
-    /// spans, the rare lists' box) without waiting, so that a caller can reach many
-    /// users before folding into any.
-    @inline(__always)
-    public func prefetch() {
-        text.prefetch()
-        // The spans' storage (header and the few spans kept) and the rare box, by the
-        // references' bits: nothing is retained or counted on the way.
-        let spans = unsafeBitCast(olderSpans, to: UnsafeRawPointer.self)
+    /// spans, the rare lists' box) of the state at `s`, without waiting, so that a caller
+    /// can reach many users before folding into any. It takes the state's address: a
+    /// copy would retain those buffers, and a retain writes to the very cache line being
+    /// fetched (so waits for it).
+    public static func prefetch(_ s: UnsafePointer<UserState>) {
+        // Each of these is one reference, read as bits where it lies: nothing is retained.
+        // The packed text (one buffer, ~130-200 bytes with its header), the spans'
+        // storage (header and the few spans kept), and the rare box.
+        let text = unsafeBitCast(s.pointee.text, to: UnsafeRawPointer.self)
+        fs_prefetch(text)
+        fs_prefetch(text + 64)
+        fs_prefetch(text + 128)
+        let spans = unsafeBitCast(s.pointee.olderSpans, to: UnsafeRawPointer.self)
         fs_prefetch(spans)
         fs_prefetch(spans + 64)
-        if let box = unsafeBitCast(rare, to: UnsafeRawPointer?.self) { fs_prefetch(box) }
+        if let box = unsafeBitCast(s.pointee.rare, to: UnsafeRawPointer?.self) { fs_prefetch(box) }
     }
 
     /// Extends the most recent span to `t` (the caller checked it belongs there).

@@ -214,20 +214,39 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
 
         mutating func modify<R>(_ slot: Int, _ body: (inout UserEntry) -> R) -> R { body(&entries[slot]) }
 
-        /// Start loading, without waiting: the index bucket a lookup of `hash` starts at;
-        /// the entry that bucket most likely leads to (an entry spans four cache lines,
-        /// the fold reads the first three); the heap storage an entry points to.
-        func prefetchBucket(_ hash: UInt64) { index.prefetch(hash) }
-        func prefetchEntry(_ hash: UInt64) {
-            guard let slot = index.candidate(hash) else { return }
+        // Prefetch hints for a chunk of events, each pass over the whole chunk in one
+        // call (a call per event copied the table, retaining its three arrays each time).
+
+        /// Starts loading the index bucket each lookup of `hashes` starts at.
+        func prefetchBuckets(_ hashes: [UInt64]) {
+            for h in hashes { index.prefetch(h) }
+        }
+
+        /// Starts loading the entry each of `hashes` most likely leads to (the first slot
+        /// under its tag; an entry spans four cache lines, the fold reads the first three).
+        func prefetchEntries(_ hashes: [UInt64]) {
             entries.withUnsafeBufferPointer { e in
-                let p = UnsafeRawPointer(e.baseAddress! + Int(slot))
-                fs_prefetch(p)
-                fs_prefetch(p + 64)
-                fs_prefetch(p + 128)
+                for h in hashes {
+                    guard let slot = index.candidate(h) else { continue }
+                    let p = UnsafeRawPointer(e.baseAddress! + Int(slot))
+                    fs_prefetch(p)
+                    fs_prefetch(p + 64)
+                    fs_prefetch(p + 128)
+                }
             }
         }
-        func prefetchStorage(_ slot: Int) { entries[slot].state.prefetch() }
+
+        /// Starts loading the heap storage the entries at `slots` point to (a negative
+        /// slot `s` stands for `~s`; `skip` for none), read in place.
+        func prefetchStorage(_ slots: [Int32], skip: Int32) {
+            let offset = MemoryLayout<UserEntry>.offset(of: \UserEntry.state)!
+            entries.withUnsafeBufferPointer { e in
+                for s in slots where s != skip {
+                    let entry = UnsafeRawPointer(e.baseAddress! + Int(s < 0 ? ~s : s))
+                    UserState.prefetch((entry + offset).assumingMemoryBound(to: UserState.self))
+                }
+            }
+        }
 
         /// Every user, as (identity, entry) pairs (a snapshot: the table may change while
         /// it is walked).
@@ -578,12 +597,9 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             // to, the lookups themselves, then the heap storage each entry points to.
             hashScratch.removeAll(keepingCapacity: true)
             let n = calls.count
-            for j in 0..<n {
-                let h = calls.identity(j).map { users.hash($0) } ?? 0
-                hashScratch.append(h)
-                users.prefetchBucket(h)
-            }
-            for j in 0..<n where calls.identity(j) != nil { users.prefetchEntry(hashScratch[j]) }
+            for j in 0..<n { hashScratch.append(calls.identity(j).map { users.hash($0) } ?? 0) }
+            users.prefetchBuckets(hashScratch)
+            users.prefetchEntries(hashScratch) // a non-event's 0: a harmless hint
             slotScratch.removeAll(keepingCapacity: true)
             for j in 0..<n {
                 if let identity = calls.identity(j) {
@@ -593,7 +609,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                     slotScratch.append(Self.noSlot)
                 }
             }
-            for s in slotScratch where s != Self.noSlot { users.prefetchStorage(Int(s < 0 ? ~s : s)) }
+            users.prefetchStorage(slotScratch, skip: Self.noSlot)
             var previous = -1
             var pidx: OffsetTracker.PartitionIndex = 0
             var previousPartition: TopicPartition? = nil
