@@ -45,16 +45,7 @@ struct IdentityIndex {
     /// The first slot filed under `hash`'s tag: the likely match, before any identity is
     /// compared (so that its entry can be fetched early).
     @inline(__always)
-    func candidate(_ hash: UInt64) -> Int32? {
-        let tag = Self.tag(hash)
-        var b = Int(truncatingIfNeeded: hash) & mask
-        while true {
-            let r = buckets[b]
-            if r == 0 { return nil }
-            if r & 0xFFFF_FFFF_0000_0000 == tag { return Self.slot(of: r) }
-            b = (b + 1) & mask
-        }
-    }
+    func candidate(_ hash: UInt64) -> Int32? { find(hash) { _ in true } }
 
     /// The slot stored for `hash` whose identity `matches`, if any.
     @inline(__always)
