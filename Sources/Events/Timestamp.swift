@@ -50,9 +50,18 @@ public enum Timestamp {
         let minute = d(14) * 10 + d(15)
         let second = d(17) * 10 + d(18)
         let millis = d(20) * 100 + d(21) * 10 + d(22)
+        return epochMs(year: year, month: month, day: day, hour: hour, minute: minute, second: second, millis: millis)
+    }
+
+    /// Epoch milliseconds of a date and time at a UTC offset, or `nil` when a field is
+    /// out of range (the one check and sum of both parsers).
+    @inline(__always)
+    static func epochMs(year: Int, month: Int, day: Int, hour: Int, minute: Int, second: Int, millis: Int,
+                        offsetSeconds: Int = 0) -> Int64? {
         guard (1...12).contains(month), day >= 1, day <= daysInMonth(year: year, month: month),
               hour <= 23, minute <= 59, second <= 60 else { return nil }
-        let secs = Int64(daysFromCivil(year: year, month: month, day: day)) * 86400 + Int64(hour * 3600 + minute * 60 + second)
+        let days = daysFromCivil(year: year, month: month, day: day)
+        let secs = Int64(days) * 86400 + Int64(hour * 3600 + minute * 60 + second) - Int64(offsetSeconds)
         return secs * 1000 + Int64(millis)
     }
 
@@ -78,7 +87,6 @@ public enum Timestamp {
         guard let year = digits(4), expect(UInt8(ascii: "-")),
               let month = digits(2), expect(UInt8(ascii: "-")),
               let day = digits(2) else { return nil }
-        guard (1...12).contains(month), day >= 1, day <= daysInMonth(year: year, month: month) else { return nil }
         var hour = 0, minute = 0, second = 0, millis = 0
         var offsetSeconds = 0
         if i < b.count {
@@ -104,7 +112,6 @@ public enum Timestamp {
                     millis = frac
                 }
             }
-            guard hour <= 23, minute <= 59, second <= 60 else { return nil }
             if i < b.count {
                 if b[i] == UInt8(ascii: "Z") || b[i] == UInt8(ascii: "z") {
                     i += 1
@@ -128,9 +135,8 @@ public enum Timestamp {
             }
             guard i == b.count else { return nil }
         }
-        let days = daysFromCivil(year: year, month: month, day: day)
-        let secs = Int64(days) * 86400 + Int64(hour * 3600 + minute * 60 + second) - Int64(offsetSeconds)
-        return secs * 1000 + Int64(millis)
+        return epochMs(year: year, month: month, day: day, hour: hour, minute: minute, second: second, millis: millis,
+                       offsetSeconds: offsetSeconds)
     }
 
     /// Formats epoch milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC).
