@@ -389,7 +389,7 @@ public struct SegmentDecoder: Sendable {
                 case .null: try s.readNull()
                 default: c.fail(.wrongType, "traits.pqlScore"); try s.skipValue()
                 }
-            } else if !customKeys.isEmpty, let name = customName(s, k) {
+            } else if !customKeys.isEmpty, let name = customName(k) {
                 let start = s.pos
                 try s.skipValue()
                 // Compact JSON text of the value; the projector decides what to send.
@@ -406,7 +406,7 @@ public struct SegmentDecoder: Sendable {
         return t.isEmpty ? nil : t
     }
 
-    private func customName(_ s: borrowing JSONScanner, _ k: JSONKey) -> String? {
+    private func customName(_ k: JSONKey) -> String? {
         guard let name = try? k.text() else { return nil }
         let u = Array(name.utf8)
         return customKeys.contains(u) ? name : nil
