@@ -114,6 +114,12 @@ public struct DecodedCalls: DecodeSink, Sendable {
         }
     }
 
+    /// The events where they lie, for a consumer that spends them (the next
+    /// ``removeAll()`` drops them).
+    public mutating func withEvents<R>(_ body: (UnsafeMutableBufferPointer<SegmentEvent>) throws -> R) rethrows -> R {
+        try events.withUnsafeMutableBufferPointer { try body($0) }
+    }
+
     /// The identity of call `i` if it is an event.
     public func identity(_ i: Int) -> String? {
         if case .event(let k) = outcomes[i] { return events[Int(k)].identity }

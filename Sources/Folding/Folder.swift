@@ -31,6 +31,17 @@ public struct Folder: Sendable {
     @discardableResult
     public func fold(_ e: SegmentEvent, timeMs: Int64, offset: Int64, source: UInt32 = 0, into s: inout UserState,
                      adjustments: inout Adjustments) -> Bool {
+        var e = e
+        return fold(spending: &e, timeMs: timeMs, offset: offset, source: source, into: &s, adjustments: &adjustments)
+    }
+
+    /// As ``fold(_:timeMs:offset:source:into:adjustments:)``, reading the event where it
+    /// lies and moving its strings into the state: `e` is spent afterwards. For the
+    /// engine, which drops each event after its fold: passing the event by value copied
+    /// its 568 bytes and retained every string in it, per event.
+    @discardableResult
+    public func fold(spending e: inout SegmentEvent, timeMs: Int64, offset: Int64, source: UInt32 = 0,
+                     into s: inout UserState, adjustments: inout Adjustments) -> Bool {
         if s.hasApplied(source: source, offset: offset) { return false }
         s.appliedSource = source
         s.appliedOffset = offset
@@ -42,31 +53,14 @@ public struct Folder: Sendable {
         if e.hasUserId && !s.sawUserId { s.sawUserId = true; changed = true }
         changed = foldActiveDay(timeMs, into: &s) || changed
 
-        if let t = e.traits {
-            if let v = t.userType, let ut = UserType(trait: v) {
-                changed = Latest.write(&s.explicitUserType, ut, at: stamp) || changed
-            }
-            if let v = t.email { text.add(.email, v) }
-            if let v = t.name ?? Self.joinedName(t.firstName, t.lastName) {
-                text.add(.name, v)
-            }
-            if let v = t.role ?? t.title { text.add(.role, v) }
-            if let v = t.phone { text.add(.phone, v) }
-            if let v = t.avatar ?? t.image { text.add(.image, v) }
-            if let v = t.leadDate, v < (s.leadDate ?? .max) { s.leadDate = v; changed = true }
-            if let v = t.signUpDate ?? t.createdAt, v < (s.signUpDate ?? .max) { s.signUpDate = v; changed = true }
-            if e.timezone == nil, let v = t.timezone { text.add(.timezone, v) }
-            if let a = t.address { foldLocation(a, into: &text) }
-            if let v = t.subscriptionId { changed = foldSubscription(v, at: stamp, into: &s, &text) || changed }
-            if let v = t.pqlScore, v.isFinite, v >= 0, v <= 100 {
-                changed = Latest.write(&s.pqlTrait, v, at: stamp) || changed
-            }
-            for c in t.custom { changed = foldCustom(c, at: stamp, into: &s) || changed }
+        if e.traits != nil {
+            let contextTimezone = e.timezone != nil
+            changed = foldTraits(&e.traits!, contextTimezone: contextTimezone, at: stamp, into: &s, &text) || changed
         }
-        if let v = e.timezone { text.add(.timezone, v) }
-        if let l = e.location { foldLocation(l, into: &text) }
-        if let v = e.groupId { changed = foldSubscription(v, at: stamp, into: &s, &text) || changed }
-        if let v = e.contextGroupId { changed = foldSubscription(v, at: stamp, into: &s, &text) || changed }
+        if let v = e.timezone.take() { text.add(.timezone, v) }
+        if e.location != nil { foldLocation(&e.location!, into: &text) }
+        if let v = e.groupId.take() { changed = foldSubscription(v, at: stamp, into: &s, &text) || changed }
+        if let v = e.contextGroupId.take() { changed = foldSubscription(v, at: stamp, into: &s, &text) || changed }
         changed = s.text.apply(text, at: stamp) || changed
         if let p = e.product {
             if p.product.unicodeScalars.count > FoldspaceLimits.productCode
@@ -88,6 +82,33 @@ public struct Folder: Sendable {
         return changed
     }
 
+    /// The user's traits of one event, moved into `text` and the state.
+    private func foldTraits(_ t: inout Traits, contextTimezone: Bool, at stamp: Stamp, into s: inout UserState,
+                            _ text: inout TextFields.Writes) -> Bool {
+        var changed = false
+        if let v = t.userType, let ut = UserType(trait: v) {
+            changed = Latest.write(&s.explicitUserType, ut, at: stamp) || changed
+        }
+        if let v = t.email.take() { text.add(.email, v) }
+        if let v = t.name.take() ?? Self.joinedName(t.firstName, t.lastName) {
+            text.add(.name, v)
+        }
+        if let v = t.role.take() ?? t.title { text.add(.role, v) }
+        if let v = t.phone.take() { text.add(.phone, v) }
+        if let v = t.avatar.take() ?? t.image { text.add(.image, v) }
+        if let v = t.leadDate, v < (s.leadDate ?? .max) { s.leadDate = v; changed = true }
+        if let v = t.signUpDate ?? t.createdAt, v < (s.signUpDate ?? .max) { s.signUpDate = v; changed = true }
+        // The event's own `context.timezone` wins over the trait.
+        if !contextTimezone, let v = t.timezone.take() { text.add(.timezone, v) }
+        if t.address != nil { foldLocation(&t.address!, into: &text) }
+        if let v = t.subscriptionId.take() { changed = foldSubscription(v, at: stamp, into: &s, &text) || changed }
+        if let v = t.pqlScore, v.isFinite, v >= 0, v <= 100 {
+            changed = Latest.write(&s.pqlTrait, v, at: stamp) || changed
+        }
+        for c in t.custom { changed = foldCustom(c, at: stamp, into: &s) || changed }
+        return changed
+    }
+
     private func foldSubscription(_ id: String, at stamp: Stamp, into s: inout UserState,
                                   _ text: inout TextFields.Writes) -> Bool {
         text.add(.lastSubscription, id)
@@ -106,12 +127,12 @@ public struct Folder: Sendable {
         return true
     }
 
-    private func foldLocation(_ l: Location, into text: inout TextFields.Writes) {
-        if let v = l.country { text.add(.country, v) }
-        if let v = l.region { text.add(.region, v) }
-        if let v = l.city { text.add(.city, v) }
-        if let v = l.postalCode { text.add(.postalCode, v) }
-        if let v = l.countryCode { text.add(.countryCode, v) }
+    private func foldLocation(_ l: inout Location, into text: inout TextFields.Writes) {
+        if let v = l.country.take() { text.add(.country, v) }
+        if let v = l.region.take() { text.add(.region, v) }
+        if let v = l.city.take() { text.add(.city, v) }
+        if let v = l.postalCode.take() { text.add(.postalCode, v) }
+        if let v = l.countryCode.take() { text.add(.countryCode, v) }
     }
 
     /// Sessionizes by event time: a visit is a run of events with no gap over

@@ -28,7 +28,7 @@ public struct TextFields: Sendable, Equatable {
         fileprivate var mask: UInt16 = 0
         public init() {}
         public var isEmpty: Bool { mask == 0 }
-        public mutating func add(_ field: Field, _ value: String) {
+        public mutating func add(_ field: Field, _ value: consuming String) {
             let bit: UInt16 = 1 << UInt16(field.rawValue)
             if mask & bit == 0 {
                 mask |= bit

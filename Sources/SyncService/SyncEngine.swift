@@ -613,11 +613,11 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             var previous = -1
             var pidx: OffsetTracker.PartitionIndex = 0
             var previousPartition: TopicPartition? = nil
-            // Each event is read where the decoder wrote it, then dropped with the rest
-            // of the chunk. (Passing it to `fold` still copies it once: the compiler
-            // cannot prove the array unchanged during the call. See performance.md.)
-            calls.events.withUnsafeBufferPointer { events in
-                for (j, outcome) in calls.outcomes.enumerated() {
+            // Each event is folded where the decoder wrote it, its strings moved into the
+            // state, and dropped with the rest of the chunk.
+            let outcomes = calls.outcomes
+            calls.withEvents { events in
+                for (j, outcome) in outcomes.enumerated() {
                     let i = Int(origins[j])
                     let m = batch[i]
                     if i != previous {
@@ -632,7 +632,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                     switch outcome {
                     case .event(let k):
                         let slot = slotScratch[j]
-                        fold(events[Int(k)], slot: slot < 0 ? Int(~slot) : Int(slot), isNew: slot < 0, message: m,
+                        fold(events.baseAddress! + Int(k), slot: slot < 0 ? Int(~slot) : Int(slot), isNew: slot < 0, message: m,
                              partition: pidx, nowEpoch: nowEpoch, nowMono: now)
                     case .ignored:
                         stats.ignored += 1
@@ -648,10 +648,10 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     }
 
     /// Folds one event; called with the lock held.
-    private func fold(_ e: SegmentEvent, slot: Int, isNew: Bool, message m: ConsumedMessage,
+    private func fold(_ e: UnsafeMutablePointer<SegmentEvent>, slot: Int, isNew: Bool, message m: ConsumedMessage,
                       partition pidx: OffsetTracker.PartitionIndex, nowEpoch: Int64, nowMono: Int64) {
-        if e.timeImplausible { stats.implausibleTime += 1 }
-        let t = e.timeMs ?? m.timestampMs ?? nowEpoch
+        if e.pointee.timeImplausible { stats.implausibleTime += 1 }
+        let t = e.pointee.timeMs ?? m.timestampMs ?? nowEpoch
         // Mutate the entry in place in the table's storage (its slot was looked up with
         // the rest of the chunk's): no copy of the entry out and back.
         users.modify(slot) { entry in
@@ -659,7 +659,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         }
     }
 
-    private func apply(_ e: SegmentEvent, timeMs t: Int64, message m: ConsumedMessage, partition pidx: OffsetTracker.PartitionIndex,
+    private func apply(_ e: UnsafeMutablePointer<SegmentEvent>, timeMs t: Int64, message m: ConsumedMessage, partition pidx: OffsetTracker.PartitionIndex,
                        isNew: Bool, nowMono: Int64, to entry: inout UserEntry) {
         entry.home = pidx
         let source = sourceIds[Int(pidx)]
@@ -668,13 +668,13 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             return
         }
         stats.folded += 1
-        let changed = folder.fold(e, timeMs: t, offset: m.offset, source: source, into: &entry.state,
+        let changed = folder.fold(spending: &e.pointee, timeMs: t, offset: m.offset, source: source, into: &entry.state,
                                   adjustments: &stats.adjustments)
         // Every applied event moves the applied offset (and maybe visit spans): persist.
-        markForCheckpoint(e.identity, &entry)
+        markForCheckpoint(e.pointee.identity, &entry)
         if changed || isNew {
             let wasDirty = entry.delivery.isDirty
-            debouncer.changed(e.identity, &entry.delivery, nowMs: nowMono)
+            debouncer.changed(e.pointee.identity, &entry.delivery, nowMs: nowMono)
             if !wasDirty { dirtyCount += 1 }
             let added = entry.delivery.inFlight
                 ? entry.flightHolds.add(pidx, m.offset)
