@@ -35,9 +35,11 @@ let package = Package(
         ),
         // The only module that sees librdkafka's C types.
         .target(name: "Kafka", dependencies: [
-            "CRdKafka",
+            "CRdKafka", "CZstdSizeHint",
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: hotPath),
+        // librdkafka's zstd batches sized before decompressing (see its header).
+        .target(name: "CZstdSizeHint"),
         // A prefetch hint for the fold's warm-up (Swift has none).
         .target(name: "CPrefetch"),
         // Pure: Segment-spec decoding.

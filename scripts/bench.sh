@@ -34,7 +34,10 @@ kcat_n=$(cat "$out/kcat_count")
 kcat_rate=$(python3 -c "print(int($kcat_n / ($t1 - $t0)))")
 
 echo "raw read with a minimal librdkafka consumer..." >&2
-"$BIN/foldspace-bench" raw --brokers "$B" --topic bench --expect "$EVENTS" > "$out/raw"
+# Plain librdkafka is the reference: without the daemon's zstd size hint (ZstdSizeHint),
+# then, for comparison, with it.
+ZSTD_HINT=0 "$BIN/foldspace-bench" raw --brokers "$B" --topic bench --expect "$EVENTS" > "$out/raw"
+"$BIN/foldspace-bench" raw --brokers "$B" --topic bench --expect "$EVENTS" | sed 's/^raw_/rawhint_/' >> "$out/raw"
 echo "a Python stream processor folding the same events (confluent-kafka + json.loads)..." >&2
 : > "$out/python"
 if python3 -c "import confluent_kafka" 2>/dev/null || pip install --quiet --break-system-packages confluent-kafka >/dev/null 2>&1; then
@@ -71,7 +74,9 @@ rows = [
     ("events produced (zstd)", f'{g("produced")} ({g("avg_event_bytes")} B avg)'),
     ("raw read, kcat (msgs/s, incl. start-up)", g("kcat_rate")),
     ("raw read, librdkafka consumer (msgs/s)", g("raw_rate")),
+    ("  the same with the daemon's zstd size hint (msgs/s)", g("rawhint_rate")),
     ("folded by the daemon (events/s)", g("folded_rate")),
+    ("  zstd batches the hint sized for librdkafka", g("zstd_frames_sized")),
     ("folded / raw librdkafka", f"{folded / raw:.2f}" if raw else "?"),
     ("folded / raw kcat", f"{folded / kc:.2f}" if kc else "?"),
     ("folded by Python (confluent-kafka + json.loads)", g("python_fold_rate")),

@@ -1,4 +1,5 @@
 import CRdKafka
+import Foundation
 import Logging
 
 /// librdkafka configuration: every property passes through unchanged, so operators can
@@ -61,6 +62,14 @@ final class CallbackContext: @unchecked Sendable {
     weak var consumer: KafkaConsumer?
     /// Set for producers: receives delivery reports on the producer's poll thread.
     weak var producer: KafkaProducer?
+
+    /// librdkafka's latest statistics (JSON), when `statistics.interval.ms` is set.
+    private let statsLock = NSLock()
+    private var stats: String?
+    var statistics: String? {
+        get { statsLock.withLock { stats } }
+        set { statsLock.withLock { stats = newValue } }
+    }
 
     init(logger: Logger) {
         self.logger = logger

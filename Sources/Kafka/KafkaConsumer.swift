@@ -117,6 +117,13 @@ public final class KafkaConsumer: @unchecked Sendable {
             let ctx = Unmanaged<CallbackContext>.fromOpaque(opaque).takeUnretainedValue()
             ctx.consumer?.rebalance(rk: rk, err: err, list: list)
         }
+        // Only with `statistics.interval.ms` set (tests read librdkafka's counters).
+        rd_kafka_conf_set_stats_cb(conf) { _, json, length, opaque in
+            guard let json, let opaque else { return 0 }
+            let ctx = Unmanaged<CallbackContext>.fromOpaque(opaque).takeUnretainedValue()
+            ctx.statistics = String(decoding: UnsafeRawBufferPointer(start: json, count: length), as: UTF8.self)
+            return 0
+        }
         var errbuf = [CChar](repeating: 0, count: 512)
         guard let handle = rd_kafka_new(RD_KAFKA_CONSUMER, conf, &errbuf, errbuf.count) else {
             rd_kafka_conf_destroy(conf)
@@ -370,6 +377,9 @@ public final class KafkaConsumer: @unchecked Sendable {
 
     /// How many times the fetcher was woken by ``nudgeFetcherIfStalled()``.
     public var fetcherNudges: Int { lock.withLock { nudges } }
+
+    /// librdkafka's latest statistics JSON, when `statistics.interval.ms` is set.
+    var latestStatistics: String? { context.statistics }
 
     private func reportMessageError(_ m: UnsafeMutablePointer<rd_kafka_message_t>) {
         let err = m.pointee.err

@@ -38,7 +38,7 @@ public final class AdminServer: Sendable {
 /// Renders the engine's counters as Prometheus text.
 public enum MetricsText {
     public static func render(_ s: EngineStats, lag: [(topic: String, partition: Int32, lag: Int64)],
-                              fetcherWakeups: Int = 0) -> String {
+                              fetcherWakeups: Int = 0, zstdBatchesSized: UInt64 = 0) -> String {
         var out = ""
         func family(_ name: String, _ type: String, _ help: String) {
             out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
@@ -97,6 +97,9 @@ public enum MetricsText {
         family("foldspace_sync_kafka_fetcher_wakeups_total", "counter",
                "Times librdkafka's fetcher was woken because the queue ran dry with messages left to read.")
         sample("foldspace_sync_kafka_fetcher_wakeups_total", [], String(fetcherWakeups))
+        family("foldspace_sync_kafka_zstd_batches_sized_total", "counter",
+               "zstd batches without a stated size that librdkafka decompressed once, sized by libzstd's bound (zstd_size_hint).")
+        sample("foldspace_sync_kafka_zstd_batches_sized_total", [], String(zstdBatchesSized))
         return out
     }
 

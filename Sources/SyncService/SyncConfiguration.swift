@@ -53,6 +53,9 @@ public struct SyncConfiguration: Sendable {
     /// The changelog topic; default `<group>-state`.
     public var stateTopic: String?
     public var commitIntervalMs: Int64 = 5_000
+    /// Size librdkafka's zstd batches by libzstd's bound when the producer left the size
+    /// out (``ZstdSizeHint``): one decompression per batch instead of up to three.
+    public var zstdSizeHint = true
 
     public var effectiveStateTopic: String { stateTopic ?? "\(group)-state" }
 
@@ -122,6 +125,7 @@ public struct SyncConfiguration: Sendable {
         Key(name: "state_topic", type: "string", defaultText: "<group>-state", secret: false, help: "the changelog topic, created compacted with the source's partition count when missing"),
         Key(name: "commit_interval", type: "duration", defaultText: "5s", secret: false, help: "how often changed state is written and source offsets committed"),
         Key(name: "group_instance_id", type: "string", defaultText: "none", secret: false, help: "static group membership (group.instance.id), e.g. the pod name of a StatefulSet"),
+        Key(name: "zstd_size_hint", type: "boolean", defaultText: "true", secret: false, help: "decompress each zstd batch once: when a producer left the batch's size out (the Java client; librdkafka built against a shared libzstd), librdkafka 2.0 guesses and decompresses again, up to three times; this gives it libzstd's bound instead"),
         Key(name: "kafka.properties", type: "map of strings", defaultText: "{}", secret: false, help: "librdkafka properties, passed through unchanged"),
         Key(name: "kafka.secret_files", type: "map of property → file", defaultText: "{}", secret: false, help: "librdkafka properties read from files at start (sasl.password, ssl.key.password, …); never printed"),
     ]
@@ -304,6 +308,7 @@ public struct SyncConfiguration: Sendable {
         }
         if let v = try duration("visit_gap") { c.engine.fold.visitGapMs = max(v, 1) }
         if let v = try bool("send_number_of_visits") { c.engine.fold.sendNumberOfVisits = v }
+        if let v = try bool("zstd_size_hint") { c.zstdSizeHint = v }
         if let v = try list("custom_attributes") { c.engine.fold.customAttributes = v }
         if let t = try text("pql.source") {
             guard let src = FoldConfig.PQLSource(rawValue: t) else {
@@ -415,6 +420,7 @@ public struct SyncConfiguration: Sendable {
         add("state_topic", effectiveStateTopic)
         add("commit_interval", formatDuration(commitIntervalMs))
         add("group_instance_id", groupInstanceId ?? "(none)")
+        add("zstd_size_hint", String(zstdSizeHint))
         for (k, v) in kafkaProperties.sorted(by: { $0.key < $1.key }) {
             add("kafka.properties.\(k)", KafkaClientConfig.isSecret(k) ? "<redacted>" : v)
         }

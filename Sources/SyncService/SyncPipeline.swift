@@ -76,6 +76,10 @@ public final class SyncPipeline: Service, @unchecked Sendable {
             stateStore = store
             engine.setStateStore(store)
         }
+        ZstdSizeHint.setEnabled(config.zstdSizeHint)
+        if config.zstdSizeHint && !ZstdSizeHint.isInstalled {
+            logger.warning("zstd_size_hint: librdkafka does not call this executable's hint; zstd batches without a stated size are sized by librdkafka's guesses")
+        }
         let consumer = try KafkaConsumer(config: kafka, topics: config.topics, handler: engine, logger: logger)
         stateStore?.attach(consumer: consumer)
         engine.setOffsetSink { consumer.storeOffsets($0) }
@@ -103,7 +107,7 @@ public final class SyncPipeline: Service, @unchecked Sendable {
             host: host, port: port,
             metrics: {
                 MetricsText.render(engine.snapshot(), lag: consumer.lag().map { ($0.key.topic, $0.key.partition, $0.value) },
-                                   fetcherWakeups: consumer.fetcherNudges)
+                                   fetcherWakeups: consumer.fetcherNudges, zstdBatchesSized: ZstdSizeHint.framesSized)
             },
             healthy: { alive.healthy && !consumer.hasFatalError },
             ready: { engine.snapshot().ready })

@@ -90,7 +90,10 @@ extension FoldspaceBench {
         }
     }
 
-    /// Plain librdkafka: a group consumer counting messages, no processing.
+    /// `ZSTD_HINT=0` measures librdkafka's own sizing of zstd batches (``ZstdSizeHint``).
+    static var zstdHintFromEnvironment: Bool { ProcessInfo.processInfo.environment["ZSTD_HINT"] != "0" }
+
+/// Plain librdkafka: a group consumer counting messages, no processing.
     struct RawRead: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "raw")
         @Option var brokers: String
@@ -121,6 +124,7 @@ extension FoldspaceBench {
         }
 
         func run() async throws {
+            ZstdSizeHint.setEnabled(FoldspaceBench.zstdHintFromEnvironment)
             let h = Counter()
             var props = ["bootstrap.servers": brokers, "group.id": "raw-\(UUID().uuidString.prefix(8))", "log_level": "3"]
             props.merge(environmentProperties("RAW_PROPS")) { $1 }
@@ -134,6 +138,7 @@ extension FoldspaceBench {
             c.stop()
             print("raw_messages=\(n)")
             print("raw_rate=\(Int(Double(n) / max(last - first, 1e-6)))")
+            print("raw_zstd_frames_sized=\(ZstdSizeHint.framesSized)")
         }
     }
 
@@ -152,6 +157,7 @@ extension FoldspaceBench {
             c.stateMode = "memory"
             c.kafkaProperties.merge(environmentProperties("PIPELINE_PROPS")) { $1 }
             if let v = ProcessInfo.processInfo.environment["PIPELINE_DECODE_THREADS"].flatMap(Int.init) { c.engine.decodeThreads = v }
+            c.zstdSizeHint = FoldspaceBench.zstdHintFromEnvironment
             // Phase 1: a long debounce, so HTTP is not the limit of the folded rate.
             c.engine.debounceMs = 600_000
             c.engine.maxWaitMs = 600_000
@@ -178,6 +184,7 @@ extension FoldspaceBench {
             print("folded_rate=\(Int(Double(seen) / max(last - first, 1e-6)))")
             print("users=\(stats.users)")
             print("fetcher_wakeups=\(pipeline.fetcherWakeups)")
+            print("zstd_frames_sized=\(ZstdSizeHint.framesSized)")
             // Phase 2: flush everyone at once; PUT/s against the stand-in.
             let putStart = uptimeSeconds()
             let before = sandbox.requestCount
