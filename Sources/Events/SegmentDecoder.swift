@@ -106,7 +106,8 @@ public struct DecodedCalls: DecodeSink, Sendable {
 
     public mutating func appendCall(_ call: inout CallFields, nowMs: Int64) {
         switch call.head() {
-        case .other(let d): append(d)
+        case .ignored(let t): outcomes.append(.ignored(t))
+        case .invalid(let f): outcomes.append(.invalid(f))
         case .event(let h):
             events.append(SegmentEvent(type: h.type, identity: h.identity, hasUserId: h.hasUserId))
             call.fill(&events[events.count - 1], type: h.type, nowMs: nowMs)
@@ -599,17 +600,19 @@ public struct CallFields {
         var hasUserId: Bool
     }
 
+    /// Small on purpose (not a ``Decoded``, which holds a whole event): it is returned
+    /// for every call.
     enum Start {
         case event(Head)
-        /// Not an event: what the call comes to.
-        case other(Decoded)
+        case ignored(String)
+        case invalid(DecodeFailure)
     }
 
     /// The call's type and identity, or what the call comes to when it is not an event.
     mutating func head() -> Start {
-        if let failure { return .other(.invalid(failure)) }
-        guard let typeText else { return .other(.invalid(DecodeFailure(.missingType, field: "type"))) }
-        guard let type = EventType(segmentName: typeText) else { return .other(.ignored(typeText)) }
+        if let failure { return .invalid(failure) }
+        guard let typeText else { return .invalid(DecodeFailure(.missingType, field: "type")) }
+        guard let type = EventType(segmentName: typeText) else { return .ignored(typeText) }
         let identity: String
         let hasUserId: Bool
         if let userId = userId.take() {
@@ -619,11 +622,11 @@ public struct CallFields {
             identity = anonymousId
             hasUserId = false
         } else {
-            return .other(.invalid(DecodeFailure(.missingIdentity, field: "userId")))
+            return .invalid(DecodeFailure(.missingIdentity, field: "userId"))
         }
         // Foldspace takes at most 255 characters; a longer id can never be delivered.
         if identity.utf8.count > 255 && identity.unicodeScalars.count > 255 {
-            return .other(.invalid(DecodeFailure(.identityTooLong, field: hasUserId ? "userId" : "anonymousId")))
+            return .invalid(DecodeFailure(.identityTooLong, field: hasUserId ? "userId" : "anonymousId"))
         }
         return .event(Head(type: type, identity: identity, hasUserId: hasUserId))
     }
@@ -659,7 +662,8 @@ public struct CallFields {
     /// The call as one value (spends the fields).
     mutating func finish(nowMs: Int64) -> Decoded {
         switch head() {
-        case .other(let d): return d
+        case .ignored(let t): return .ignored(t)
+        case .invalid(let f): return .invalid(f)
         case .event(let h):
             var e = SegmentEvent(type: h.type, identity: h.identity, hasUserId: h.hasUserId)
             fill(&e, type: h.type, nowMs: nowMs)
