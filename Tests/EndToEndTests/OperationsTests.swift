@@ -150,9 +150,15 @@ final class NotifySocket: @unchecked Sendable {
         for series in ["foldspace_sync_events_total", "foldspace_sync_requests_total", "foldspace_sync_request_duration_seconds_bucket", "foldspace_sync_send_lateness_seconds_bucket",
                        "foldspace_sync_users", "foldspace_sync_dirty_users", "foldspace_sync_oldest_dirty_seconds",
                        "foldspace_sync_dead_letters_total", "foldspace_sync_consumer_lag", "foldspace_sync_breaker_open",
-                       "foldspace_sync_rate_limit_rps", "foldspace_sync_kafka_fetcher_wakeups_total"] {
+                       "foldspace_sync_rate_limit_rps", "foldspace_sync_kafka_fetcher_wakeups_total",
+                       "foldspace_sync_kafka_zstd_batches_sized_total"] {
             #expect(text.contains(series), "missing \(series)")
         }
+        // kcat (Debian's librdkafka) streams its zstd batches: no stated size, so each
+        // batch read was sized by the hint.
+        let sized = text.split(separator: "\n").first { $0.hasPrefix("foldspace_sync_kafka_zstd_batches_sized_total ") }
+            .flatMap { Int($0.split(separator: " ")[1]) }
+        #expect((sized ?? 0) >= 1, "\(sized as Any)")
         #expect(text.contains(#"foldspace_sync_events_total{result="folded"} 30"#))
         #expect(text.contains(#"foldspace_sync_events_total{result="invalid"} 1"#))
         #expect(text.contains(#"foldspace_sync_requests_total{code="2xx"} \#(sandbox.requestCount)"#))
