@@ -53,9 +53,8 @@ public struct Folder: Sendable {
         if e.hasUserId && !s.sawUserId { s.sawUserId = true; changed = true }
         changed = foldActiveDay(timeMs, into: &s) || changed
 
-        if e.traits != nil {
-            let contextTimezone = e.timezone != nil
-            changed = foldTraits(&e.traits!, contextTimezone: contextTimezone, at: stamp, into: &s, &text) || changed
+        if var t = e.traits.take() {
+            changed = foldTraits(&t, contextTimezone: e.timezone != nil, at: stamp, into: &s, &text) || changed
         }
         if let v = e.timezone.take() { text.add(.timezone, v) }
         if e.location != nil { foldLocation(&e.location!, into: &text) }
