@@ -1,4 +1,7 @@
 // See include/CZstdSizeHint.h for why this exists.
+#include "CZstdSizeHint.h"
+
+#if defined(__linux__)
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <link.h>
@@ -7,8 +10,6 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
-
-#include "CZstdSizeHint.h"
 
 // libzstd's sentinels (zstd.h), declared here so that building needs no libzstd-dev.
 #define CONTENTSIZE_UNKNOWN (0ULL - 1)
@@ -71,3 +72,11 @@ int fs_zstd_hint_installed(void) {
     void *bound = dlsym(RTLD_DEFAULT, "ZSTD_getFrameContentSize");
     return bound == (void *)ZSTD_getFrameContentSize && real_content_size != NULL;
 }
+
+#else
+// Elsewhere (two-level namespaces on Darwin) an executable's definition does not replace
+// a library's: the hint is never installed.
+void fs_zstd_hint_enable(int on) { (void)on; }
+unsigned long long fs_zstd_hint_count(void) { return 0; }
+int fs_zstd_hint_installed(void) { return 0; }
+#endif

@@ -76,10 +76,13 @@ public final class SyncPipeline: Service, @unchecked Sendable {
             stateStore = store
             engine.setStateStore(store)
         }
-        ZstdSizeHint.setEnabled(config.zstdSizeHint)
+        // Process-wide, and on unless a configuration turns it off.
+        if !config.zstdSizeHint { ZstdSizeHint.setEnabled(false) }
+        #if os(Linux)
         if config.zstdSizeHint && !ZstdSizeHint.isInstalled {
             logger.warning("zstd_size_hint: librdkafka does not call this executable's hint; zstd batches without a stated size are sized by librdkafka's guesses")
         }
+        #endif
         let consumer = try KafkaConsumer(config: kafka, topics: config.topics, handler: engine, logger: logger)
         stateStore?.attach(consumer: consumer)
         engine.setOffsetSink { consumer.storeOffsets($0) }

@@ -3,6 +3,7 @@ import Testing
 import TestSupport
 @testable import Kafka
 
+#if os(Linux) // the hint replaces a library's definition only under ELF's flat namespace
 /// librdkafka's zstd batches without a stated size, decompressed once (``ZstdSizeHint``).
 @Suite(.serialized) struct ZstdSizeHintTests {
     @Test func librdkafkaCallsTheHint() {
@@ -54,8 +55,11 @@ import TestSupport
 
         // Without the hint, librdkafka's own guessing: the same messages, each batch
         // decompressed again into larger buffers, and nothing answered by the hint.
+        // (The switch is process-wide: other suites' consumers go without it meanwhile,
+        // and a call already past the switch may still count: let those finish first.)
         ZstdSizeHint.setEnabled(false)
         defer { ZstdSizeHint.setEnabled(true) }
+        try await Task.sleep(for: .milliseconds(100))
         let sizedOff = ZstdSizeHint.framesSized
         let (plain, plainGrows) = try await consumeAll(cluster, topic: "t-zstd", count: values.count, group: "g-zstd-off")
         #expect(plain == values)
@@ -63,3 +67,4 @@ import TestSupport
         #expect(ZstdSizeHint.framesSized == sizedOff)
     }
 }
+#endif
