@@ -93,7 +93,7 @@ extension FoldspaceBench {
     /// `ZSTD_HINT=0` measures librdkafka's own sizing of zstd batches (``ZstdSizeHint``).
     static var zstdHintFromEnvironment: Bool { ProcessInfo.processInfo.environment["ZSTD_HINT"] != "0" }
 
-/// Plain librdkafka: a group consumer counting messages, no processing.
+    /// Plain librdkafka: a group consumer counting messages, no processing.
     struct RawRead: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "raw")
         @Option var brokers: String
