@@ -214,6 +214,12 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
 
         mutating func modify<R>(_ slot: Int, _ body: (inout UserEntry) -> R) -> R { body(&entries[slot]) }
 
+        /// Mutates `key`'s entry in place, if there is one (no copy out and back).
+        mutating func modify<R>(_ key: String, _ body: (inout UserEntry) -> R) -> R? {
+            guard let i = find(key, hash: hash(key)) else { return nil }
+            return body(&entries[Int(i)])
+        }
+
         // Prefetch hints for a chunk of events, each pass over the whole chunk in one
         // call (a call per event copied the table, retaining its three arrays each time).
 
@@ -402,7 +408,11 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         checkpointLock.lock()
         defer { checkpointLock.unlock() }
         guard let store = lock.withLock({ stateStore }) else { return false }
-        var records: [(partition: Int32, key: [UInt8], value: [UInt8])] = []
+        // Under the lock, only a copy of each changed user's state is taken (a few
+        // retains; copy-on-write keeps it intact while folding goes on); encoding happens
+        // after, outside the lock. Encoding under it stalled the poll thread for the
+        // whole checkpoint: ~0.2 s for 100k changed users.
+        var snapshot: [(partition: Int32, key: String, stored: StoredUser)] = []
         var keys: [(OffsetTracker.PartitionIndex, String)] = []
         var commit: [TopicPartition: Int64] = [:]
         var positions: [(OffsetTracker.PartitionIndex, Int64)] = []
@@ -410,14 +420,17 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             let scope = partitions ?? Array(assigned)
             for p in scope {
                 for key in pendingCheckpoint.removeValue(forKey: p) ?? [] {
-                    guard var entry = users[key], entry.checkpointPending else { continue }
-                    entry.checkpointPending = false
-                    let stored = StoredUser(state: entry.state, dirty: entry.delivery.isDirty,
-                                            settledHash: entry.delivery.settledHash, sourcePartitions: store.sourcePartitions)
-                    records.append((store.statePartition(for: partitionsByIndex[Int(entry.home)].partition),
-                                    Array(key.utf8), StateCodec.encode(stored)))
-                    keys.append((entry.home, key))
-                    users[key] = entry
+                    let taken: (Int32, StoredUser, OffsetTracker.PartitionIndex)? = users.modify(key) { entry in
+                        guard entry.checkpointPending else { return nil }
+                        entry.checkpointPending = false
+                        return (store.statePartition(for: partitionsByIndex[Int(entry.home)].partition),
+                                StoredUser(state: entry.state, dirty: entry.delivery.isDirty,
+                                           settledHash: entry.delivery.settledHash, sourcePartitions: store.sourcePartitions),
+                                entry.home)
+                    } ?? nil
+                    guard let (partition, stored, home) = taken else { continue }
+                    snapshot.append((partition, key, stored))
+                    keys.append((home, key))
                 }
                 if let pos = offsets.consumedPosition(p), pos > (lastCommitted[p] ?? -1) {
                     commit[partitionsByIndex[Int(p)]] = pos
@@ -425,6 +438,8 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                 }
             }
         }
+        let records = snapshot.map { ($0.partition, Array($0.key.utf8), StateCodec.encode($0.stored)) }
+        snapshot = []
         do {
             if !records.isEmpty { try store.write(records) }
             if !commit.isEmpty { try store.commit(commit) }
