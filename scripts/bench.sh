@@ -45,6 +45,8 @@ if python3 -c "import confluent_kafka" 2>/dev/null || pip install --quiet --brea
 fi
 echo "the daemon's pipeline..." >&2
 "$BIN/foldspace-bench" pipeline --brokers "$B" --topic bench --expect "$EVENTS" > "$out/pipeline"
+echo "the daemon's binary as a separate process (durable state, its default), rate read from its /metrics..." >&2
+"$BIN/foldspace-bench" binary --bin "$BIN/foldspace-sync" --brokers "$B" --topic bench --expect "$EVENTS" > "$out/binary"
 echo "latency at a steady 10k events/s, debounce 1 s..." >&2
 "$BIN/foldspace-sync" mock-kafka --topic "lat:4" > "$out/mock2" 2>/dev/null &
 MOCK2=$!
@@ -60,7 +62,7 @@ echo "memory per user ($MEMORY_USERS users)..." >&2
 echo "pure core costs..." >&2
 "$BIN/foldspace-bench" core --rounds 5 > "$out/core"
 
-cat "$out"/produce "$out"/raw "$out"/python "$out"/pipeline "$out"/latency "$out"/memory "$out"/core > "$out/all"
+cat "$out"/produce "$out"/raw "$out"/python "$out"/pipeline "$out"/binary "$out"/latency "$out"/memory "$out"/core > "$out/all"
 echo "kcat_messages=$kcat_n" >> "$out/all"
 echo "kcat_rate=$kcat_rate" >> "$out/all"
 python3 - "$out/all" <<'PY'
@@ -79,6 +81,8 @@ rows = [
     ("  zstd batches the hint sized for librdkafka", g("zstd_frames_sized")),
     ("folded / raw librdkafka", f"{folded / raw:.2f}" if raw else "?"),
     ("folded / raw kcat", f"{folded / kc:.2f}" if kc else "?"),
+    ("folded by the binary, a separate process, durable state (events/s)", g("binary_folded_rate")),
+    ("  binary folded / raw kcat", f'{int(g("binary_folded_rate")) / kc:.2f}' if kc and g("binary_folded_rate").isdigit() else "?"),
     ("folded by Python (confluent-kafka + json.loads)", g("python_fold_rate")),
     ("folded / Python", f"{folded / int(g('python_fold_rate')):.1f}" if g("python_fold_rate").isdigit() and int(g("python_fold_rate")) else "?"),
     ("users held after the run", g("users")),
