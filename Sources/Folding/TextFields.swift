@@ -35,9 +35,15 @@ public struct TextFields: Sendable, Equatable {
                 values[Int(field.rawValue)] = value
             }
         }
-        fileprivate func has(_ field: Field) -> Bool { mask & (1 << UInt16(field.rawValue)) != 0 }
-        fileprivate func value(_ field: Field) -> String { values[Int(field.rawValue)]! }
+        fileprivate func has(_ field: Field) -> Bool { has(field.rawValue) }
+        fileprivate func value(_ field: Field) -> String { value(field.rawValue) }
+        fileprivate func has(_ raw: UInt8) -> Bool { mask & (1 << UInt16(raw)) != 0 }
+        fileprivate func value(_ raw: UInt8) -> String { values[Int(raw)]! }
     }
+
+    /// How many fields there are: raw values are 0 up to this, exclusive (a literal, so
+    /// that the hot loop reads no lazily initialized global; a test keeps it in step).
+    static let fieldCount: UInt8 = 12
 
     /// Slots of the inline storage of ``Writes`` and of `rebuild`, one per field.
     static let inlineSlots = InlineArray<12, UInt8>(repeating: 0).count
@@ -92,23 +98,29 @@ public struct TextFields: Sendable, Equatable {
             let plan: (entries: UInt16, shared: Bool)? = buf.withUnsafeBufferPointer { b in
                 var r = Reader(b)
                 // Per stamp entry (at most 16): how many fields use it, and how many of
-                // those this event rewrites. On the stack.
-                var refs = SIMD16<UInt8>()
-                var moved = SIMD16<UInt8>()
+                // those this event rewrites, four bits each (at most 12 fields) in a
+                // register. (A SIMD16 here was updated a byte at a time through the
+                // stack, and each reload of the vector stalled on the store before it.)
+                var refs: UInt64 = 0
+                var moved: UInt64 = 0
                 var pending = writes.mask.nonzeroBitCount
                 while let e = r.next() {
-                    refs[Int(e.stamp)] &+= 1
+                    guard e.stamp < 16 else { return nil } // not written by rebuild: rebuild it
+                    let nibble: UInt64 = 1 &<< (4 &* UInt64(e.stamp))
+                    refs &+= nibble
                     guard writes.has(e.field) else { continue }
                     pending -= 1
                     guard r.stamp(e.stamp) < stamp else { continue } // newer already: ignored
                     guard Self.same(writes.value(e.field), b, e.value) else { return nil }
-                    moved[Int(e.stamp)] &+= 1
+                    moved &+= nibble
                 }
                 guard pending == 0 else { return nil } // a new field
                 var entries: UInt16 = 0 // bit i: stamp entry i is moved
                 var shared = false
-                for i in 0..<Int(b[0]) where moved[i] > 0 {
-                    if moved[i] != refs[i] { shared = true }
+                for i in 0..<min(Int(b[0]), 16) {
+                    let m = (moved &>> (4 &* UInt64(i))) & 0xF
+                    guard m > 0 else { continue }
+                    if m != (refs &>> (4 &* UInt64(i))) & 0xF { shared = true }
                     entries |= 1 << UInt16(i)
                 }
                 return (entries, shared)
@@ -168,7 +180,7 @@ public struct TextFields: Sendable, Equatable {
             if !b.isEmpty {
                 var r = Reader(b)
                 while let e = r.next() {
-                    let f = Int(e.field.rawValue)
+                    let f = Int(e.field)
                     present |= 1 << UInt16(f)
                     oldValue[f] = e.value
                     oldStamp[f] = r.stamp(e.stamp)
@@ -293,8 +305,12 @@ public struct TextFields: Sendable, Equatable {
             Int64(bitPattern: UInt64(littleEndian: UnsafeRawPointer(b.baseAddress! + at).loadUnaligned(as: UInt64.self)))
         }
 
-        mutating func next() -> (field: Field, stamp: UInt8, value: Range<Int>)? {
-            guard pos < b.count, let field = Field(rawValue: b[pos]) else { return nil }
+        /// The next field: its ``Field`` raw value (checked; the enum itself was built by
+        /// a call per field, in the fold's hottest loop), stamp index and value bytes.
+        mutating func next() -> (field: UInt8, stamp: UInt8, value: Range<Int>)? {
+            guard pos < b.count else { return nil }
+            let field = b[pos]
+            guard field < TextFields.fieldCount else { return nil }
             let stamp = b[pos + 1]
             pos += 2
             var n = 0
@@ -311,10 +327,10 @@ public struct TextFields: Sendable, Equatable {
             return (field, stamp, value)
         }
 
-        mutating func find(_ field: Field) -> (field: Field, stamp: UInt8, value: Range<Int>)? {
+        mutating func find(_ field: Field) -> (field: UInt8, stamp: UInt8, value: Range<Int>)? {
             while let e = next() {
-                if e.field == field { return e }
-                if e.field.rawValue > field.rawValue { return nil }
+                if e.field == field.rawValue { return e }
+                if e.field > field.rawValue { return nil }
             }
             return nil
         }

@@ -83,6 +83,7 @@ import Testing
     @Test func inlineStorageHoldsEveryField() {
         // A field added without growing the inline slots would write out of bounds.
         #expect(TextFields.inlineSlots == TextFields.Field.allCases.count)
+        #expect(Int(TextFields.fieldCount) == TextFields.Field.allCases.count)
         #expect(TextFields.Field.allCases.map(\.rawValue) == Array(0..<UInt8(TextFields.inlineSlots)))
     }
 
