@@ -43,6 +43,10 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
         p["enable.idempotence"] = "true"
         p["acks"] = "all"
         p["linger.ms"] = "5"
+        // A checkpoint writes every changed user at once (~310 bytes each: ~35 MB for
+        // 100k users); lz4 about halves what the brokers receive and keep, for little
+        // CPU. An operator's choice in kafka.properties stands.
+        if p["compression.type"] == nil && p["compression.codec"] == nil { p["compression.type"] = "lz4" }
         producer = try KafkaProducer(config: p, logger: logger)
     }
 
