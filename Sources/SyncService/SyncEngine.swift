@@ -154,10 +154,12 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// rather than whole entries, and the entries carry none of the index's spare
     /// capacity.
     struct UserTable {
-        private var index = IdentityIndex()
+        private var index: IdentityIndex
         /// Free slots hold an empty entry (empty identity; identities are never empty).
         private var entries: ContiguousArray<UserEntry> = []
         private var free: [Int32] = []
+
+        init(seed: IdentityHash) { index = IdentityIndex(seed: seed) }
 
         var count: Int { index.count }
 
@@ -305,7 +307,10 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
 
     // Everything below is guarded by `lock`.
     private let lock = NSLock()
-    private var users = UserTable()
+    private var users: UserTable
+    /// The user table's hash key, immutable: decode helpers hash identities with it
+    /// outside the lock.
+    private let identitySeed = IdentityHash()
     private var debouncer: Debouncer<String>
     private var offsets = OffsetTracker()
     private var partitionIndex: [TopicPartition: OffsetTracker.PartitionIndex] = [:]
@@ -337,11 +342,12 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// only the poll thread touches them. Kept between batches for their capacity.
     private var scratch: [DecodedCalls] = []
     private var scratchMessage: [[Int32]] = []
+    /// The identity hash of each call of a chunk (0 for non-events), computed by whichever
+    /// thread decoded it.
+    private var scratchHash: [[UInt64]] = []
     /// The slot of each call of the chunk being folded (`~slot` for a new user,
     /// ``noSlot`` for a call that is not an event).
     private var slotScratch: [Int32] = []
-    /// The identity hash of each call of the chunk being folded (0 for non-events).
-    private var hashScratch: [UInt64] = []
     private static let noSlot = Int32.min
     /// Threads decoding a batch, the poll thread included (``EngineOptions/decodeThreads``,
     /// at most the cores).
@@ -353,6 +359,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         self.clock = clock
         self.deadLetters = deadLetters
         decodeParallelism = max(1, min(options.decodeThreads, ProcessInfo.processInfo.activeProcessorCount))
+        users = UserTable(seed: identitySeed)
         var decoderOptions = options.decoder
         decoderOptions.customAttributes = options.fold.customAttributes
         decoder = SegmentDecoder(options: decoderOptions)
@@ -537,16 +544,24 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         while scratch.count < chunks {
             scratch.append(DecodedCalls())
             scratchMessage.append([])
+            scratchHash.append([])
         }
+        // Chunks this batch does not reach still hold an earlier batch's leftovers.
+        for c in chunks..<scratch.count where scratch[c].count > 0 { scratch[c].removeAll() }
         let decoder = self.decoder
         var invalid: [(Int, DecodeFailure)] = []
+        let seed = identitySeed
         scratch.withUnsafeMutableBufferPointer { calls in
-            scratchMessage.withUnsafeMutableBufferPointer { origins in
+          scratchMessage.withUnsafeMutableBufferPointer { origins in
+            scratchHash.withUnsafeMutableBufferPointer { hashes in
                 nonisolated(unsafe) let calls = calls
                 nonisolated(unsafe) let origins = origins
+                nonisolated(unsafe) let hashes = hashes
                 // Each chunk writes only its own scratch arrays; the messages are read-only.
                 nonisolated(unsafe) let batch = batch
                 let decodeChunk: @Sendable (Int) -> Void = { c in
+                    // The previous batch's leftovers of this chunk are dropped here, by the
+                    // decoding thread: the poll thread, the busier one, only folds them.
                     calls[c].removeAll()
                     origins[c].removeAll(keepingCapacity: true)
                     for i in (c * Self.decodeChunk)..<min(batch.count, (c + 1) * Self.decodeChunk) {
@@ -555,6 +570,10 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                         if calls[c].count == before { calls[c].append(.ignored("")) }
                         for _ in before..<calls[c].count { origins[c].append(Int32(truncatingIfNeeded: i)) }
                     }
+                    // Identities are hashed here too (the table's key is immutable), for
+                    // the same reason.
+                    hashes[c].removeAll(keepingCapacity: true)
+                    for j in 0..<calls[c].count { hashes[c].append(calls[c].identity(j).map { seed.hash($0) } ?? 0) }
                 }
                 let progress = ChunkProgress(chunks: chunks)
                 let helpers = min(decodeParallelism - 1, chunks - 1)
@@ -577,9 +596,11 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                             progress.wait(for: k)
                         }
                     }
-                    foldChunk(&calls[k], origins[k], batch: batch, nowEpoch: nowEpoch, last: k == chunks - 1, invalid: &invalid)
+                    foldChunk(&calls[k], origins[k], hashes[k], batch: batch, nowEpoch: nowEpoch, last: k == chunks - 1,
+                              invalid: &invalid)
                 }
             }
+          }
         }
         for (i, f) in invalid {
             let m = batch[i]
@@ -601,7 +622,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
 
     /// Folds one decoded chunk of `batch` (its calls, and the message each came from)
     /// under the lock, in order.
-    private func foldChunk(_ calls: inout DecodedCalls, _ origins: [Int32], batch: [ConsumedMessage], nowEpoch: Int64,
+    private func foldChunk(_ calls: inout DecodedCalls, _ origins: [Int32], _ hashes: [UInt64], batch: [ConsumedMessage], nowEpoch: Int64,
                            last: Bool, invalid: inout [(Int, DecodeFailure)]) {
         let now = clock.monotonicMs()
         lock.withLock {
@@ -609,17 +630,16 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             // the next pass needs without waiting for them (prefetch hints), so that their
             // cache misses overlap; folding event by event it would wait for each in turn
             // (at 100k users that was ~0.7 µs an event). The passes: the index buckets
-            // (the identities hashed first), the entries those buckets most likely lead
-            // to, the lookups themselves, then the heap storage each entry points to.
-            hashScratch.removeAll(keepingCapacity: true)
+            // (of the identities' hashes, computed with the decoding), the entries those
+            // buckets most likely lead to, the lookups themselves, then the heap storage
+            // each entry points to.
             let n = calls.count
-            for j in 0..<n { hashScratch.append(calls.identity(j).map { users.hash($0) } ?? 0) }
-            users.prefetchBuckets(hashScratch)
-            users.prefetchEntries(hashScratch) // a non-event's 0: a harmless hint
+            users.prefetchBuckets(hashes)
+            users.prefetchEntries(hashes) // a non-event's 0: a harmless hint
             slotScratch.removeAll(keepingCapacity: true)
             for j in 0..<n {
                 if let identity = calls.identity(j) {
-                    let (slot, isNew) = users.slot(identity, hash: hashScratch[j])
+                    let (slot, isNew) = users.slot(identity, hash: hashes[j])
                     slotScratch.append(isNew ? ~Int32(slot) : Int32(slot))
                 } else {
                     slotScratch.append(Self.noSlot)
@@ -630,7 +650,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             var pidx: OffsetTracker.PartitionIndex = 0
             var previousPartition: TopicPartition? = nil
             // Each event is folded where the decoder wrote it, its strings moved into the
-            // state, and dropped with the rest of the chunk.
+            // state; the rest of the chunk is dropped when its scratch is next decoded into.
             let outcomes = calls.outcomes
             calls.withEvents { events in
                 for (j, outcome) in outcomes.enumerated() {
@@ -658,7 +678,6 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                     }
                 }
             }
-            calls.removeAll()
             if last { publishOffsets() }
         }
     }
