@@ -86,7 +86,7 @@ public enum MetricsText {
         sample("foldspace_sync_users", [], String(s.users))
         family("foldspace_sync_dirty_users", "gauge", "Users with changes not yet acknowledged.")
         sample("foldspace_sync_dirty_users", [], String(s.dirtyUsers))
-        family("foldspace_sync_oldest_dirty_seconds", "gauge", "Age of the oldest unacknowledged change.")
+        family("foldspace_sync_oldest_dirty_seconds", "gauge", "Age of the oldest unacknowledged change (to 0.1 s, never under).")
         sample("foldspace_sync_oldest_dirty_seconds", [], String(format: "%.3f", Double(s.oldestDirtyMs) / 1000))
         family("foldspace_sync_breaker_open", "gauge", "1 while Foldspace refuses the API key.")
         sample("foldspace_sync_breaker_open", [], s.breakerOpen ? "1" : "0")
