@@ -552,55 +552,55 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         var invalid: [(Int, DecodeFailure)] = []
         let seed = identitySeed
         scratch.withUnsafeMutableBufferPointer { calls in
-          scratchMessage.withUnsafeMutableBufferPointer { origins in
-            scratchHash.withUnsafeMutableBufferPointer { hashes in
-                nonisolated(unsafe) let calls = calls
-                nonisolated(unsafe) let origins = origins
-                nonisolated(unsafe) let hashes = hashes
-                // Each chunk writes only its own scratch arrays; the messages are read-only.
-                nonisolated(unsafe) let batch = batch
-                let decodeChunk: @Sendable (Int) -> Void = { c in
-                    // The previous batch's leftovers of this chunk are dropped here, by the
-                    // decoding thread: the poll thread, the busier one, only folds them.
-                    calls[c].removeAll()
-                    origins[c].removeAll(keepingCapacity: true)
-                    for i in (c * Self.decodeChunk)..<min(batch.count, (c + 1) * Self.decodeChunk) {
-                        let before = calls[c].count
-                        decoder.decode(batch[i].value, nowMs: nowEpoch, into: &calls[c])
-                        if calls[c].count == before { calls[c].append(.ignored("")) }
-                        for _ in before..<calls[c].count { origins[c].append(Int32(truncatingIfNeeded: i)) }
+            scratchMessage.withUnsafeMutableBufferPointer { origins in
+                scratchHash.withUnsafeMutableBufferPointer { hashes in
+                    nonisolated(unsafe) let calls = calls
+                    nonisolated(unsafe) let origins = origins
+                    nonisolated(unsafe) let hashes = hashes
+                    // Each chunk writes only its own scratch arrays; the messages are read-only.
+                    nonisolated(unsafe) let batch = batch
+                    let decodeChunk: @Sendable (Int) -> Void = { c in
+                        // The previous batch's leftovers of this chunk are dropped here, by the
+                        // decoding thread: the poll thread, the busier one, only folds them.
+                        calls[c].removeAll()
+                        origins[c].removeAll(keepingCapacity: true)
+                        for i in (c * Self.decodeChunk)..<min(batch.count, (c + 1) * Self.decodeChunk) {
+                            let before = calls[c].count
+                            decoder.decode(batch[i].value, nowMs: nowEpoch, into: &calls[c])
+                            if calls[c].count == before { calls[c].append(.ignored("")) }
+                            for _ in before..<calls[c].count { origins[c].append(Int32(truncatingIfNeeded: i)) }
+                        }
+                        // Identities are hashed here too (the table's key is immutable), for
+                        // the same reason.
+                        hashes[c].removeAll(keepingCapacity: true)
+                        for j in 0..<calls[c].count { hashes[c].append(calls[c].identity(j).map { seed.hash($0) } ?? 0) }
                     }
-                    // Identities are hashed here too (the table's key is immutable), for
-                    // the same reason.
-                    hashes[c].removeAll(keepingCapacity: true)
-                    for j in 0..<calls[c].count { hashes[c].append(calls[c].identity(j).map { seed.hash($0) } ?? 0) }
-                }
-                let progress = ChunkProgress(chunks: chunks)
-                let helpers = min(decodeParallelism - 1, chunks - 1)
-                for _ in 0..<max(0, helpers) {
-                    DispatchQueue.global().async {
-                        while let c = progress.claim() {
-                            decodeChunk(c)
-                            progress.finish(c)
+                    let progress = ChunkProgress(chunks: chunks)
+                    let helpers = min(decodeParallelism - 1, chunks - 1)
+                    for _ in 0..<max(0, helpers) {
+                        DispatchQueue.global().async {
+                            while let c = progress.claim() {
+                                decodeChunk(c)
+                                progress.finish(c)
+                            }
                         }
                     }
-                }
-                for k in 0..<chunks {
-                    // Chunk k must be decoded before it is folded: decode whatever is
-                    // unclaimed meanwhile, then wait for the helper that has it.
-                    while !progress.isDone(k) {
-                        if let c = progress.claim() {
-                            decodeChunk(c)
-                            progress.finish(c)
-                        } else {
-                            progress.wait(for: k)
+                    for k in 0..<chunks {
+                        // Chunk k must be decoded before it is folded: decode whatever is
+                        // unclaimed meanwhile, then wait for the helper that has it.
+                        while !progress.isDone(k) {
+                            if let c = progress.claim() {
+                                decodeChunk(c)
+                                progress.finish(c)
+                            } else {
+                                progress.wait(for: k)
+                            }
                         }
+                        foldChunk(&calls[k], origins[k], hashes[k], batch: batch, nowEpoch: nowEpoch, last: k == chunks - 1,
+                                  invalid: &invalid)
                     }
-                    foldChunk(&calls[k], origins[k], hashes[k], batch: batch, nowEpoch: nowEpoch, last: k == chunks - 1,
-                              invalid: &invalid)
                 }
             }
-          }
         }
         for (i, f) in invalid {
             let m = batch[i]
