@@ -203,9 +203,6 @@ extension FoldspaceBench {
         }
     }
 
-    /// Event-to-PUT latency at a steady rate with a 1 s debounce: for every PUT, the time
-    /// from the user's last event (its `lastSeenDate`, stamped at produce time) to the
-    /// PUT's arrival at the stand-in.
     /// The daemon's own binary, as an operator runs it: a separate process against the
     /// topic and a fast local stand-in, configured by environment only (the defaults
     /// otherwise, durable state included), its folded rate read from its own `/metrics`
@@ -313,6 +310,9 @@ extension FoldspaceBench {
         }
     }
 
+    /// Event-to-PUT latency at a steady rate with a 1 s debounce: for every PUT, the time
+    /// from the user's last event (its `lastSeenDate`, stamped at produce time) to the
+    /// PUT's arrival at the stand-in.
     struct Latency: AsyncParsableCommand {
         @Option var brokers: String
         @Option var topic: String
