@@ -51,8 +51,8 @@ for round in $(seq "$ROUNDS"); do
   "$BIN/foldspace-bench" binary --bin "$BIN/foldspace-sync" --brokers "$B" --topic bench --expect "$EVENTS" >> "$out/rounds"
 done
 # Medians (and ranges) of the rates; the last round's value of everything else.
-echo "rounds=$ROUNDS" > "$out/pipeline"
-python3 - "$out/rounds" >> "$out/pipeline" <<'PY'
+echo "rounds=$ROUNDS" > "$out/rates"
+python3 - "$out/rounds" >> "$out/rates" <<'PY'
 import sys, statistics, collections
 vals = collections.defaultdict(list)
 for line in open(sys.argv[1]):
@@ -87,7 +87,7 @@ echo "memory per user ($MEMORY_USERS users)..." >&2
 echo "pure core costs..." >&2
 "$BIN/foldspace-bench" core --rounds 5 > "$out/core"
 
-cat "$out"/produce "$out"/python "$out"/pipeline "$out"/latency "$out"/memory "$out"/core > "$out/all"
+cat "$out"/produce "$out"/python "$out"/rates "$out"/latency "$out"/memory "$out"/core > "$out/all"
 python3 - "$out/all" <<'PY'
 import sys
 v = dict(l.strip().split("=", 1) for l in open(sys.argv[1]) if "=" in l)
