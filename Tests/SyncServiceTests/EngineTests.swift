@@ -117,7 +117,7 @@ func feed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: Int64,
         #expect(h.quantileBound(0.99) == 0.5)
     }
 
-    @Test func oldestDirtyAgeFollowsTransitionsWithoutAWalk() {
+    @Test func oldestDirtyAgeFollowsTransitionsWithoutAWalk() throws {
         let clock = ManualClock()
         let (engine, _) = makeEngine(clock) { $0.debounceMs = 1_000; $0.maxWaitMs = 1_000 }
         #expect(engine.snapshot().oldestDirtyMs == 0)
@@ -132,25 +132,27 @@ func feed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: Int64,
         clock.advance(100)
         let a = jobs(engine.takeDue(limit: 10))
         #expect(a.map(\.identifyId) == ["a"])
+        let sentA = try #require(a.first)
         // In flight still counts as unacknowledged; a change meanwhile makes a dirty
         // again from that change once the request settles.
         clock.advance(200)
         feed(engine, [(tp, 2, #"{"type":"track","userId":"a","timestamp":"2025-11-24T10:00:05Z"}"#)])
         clock.advance(300)
-        engine.complete(a[0], outcome: .acknowledged)
+        engine.complete(sentA, outcome: .acknowledged)
         s = engine.snapshot()
         #expect(s.dirtyUsers == 2)
         #expect((900...999).contains(s.oldestDirtyMs), "b's age: \(s.oldestDirtyMs)")
         clock.advance(200) // b due (1 s), a not yet (its change was 500 ms ago)
         let b = jobs(engine.takeDue(limit: 10))
         #expect(b.map(\.identifyId) == ["b"])
-        engine.complete(b[0], outcome: .acknowledged)
+        engine.complete(try #require(b.first), outcome: .acknowledged)
         s = engine.snapshot()
         #expect(s.dirtyUsers == 1)
         #expect((500...599).contains(s.oldestDirtyMs), "a's second change: \(s.oldestDirtyMs)")
         clock.advance(500)
         let a2 = jobs(engine.takeDue(limit: 10))
-        engine.complete(a2[0], outcome: .acknowledged)
+        #expect(a2.map(\.identifyId) == ["a"])
+        engine.complete(try #require(a2.first), outcome: .acknowledged)
         s = engine.snapshot()
         #expect(s.dirtyUsers == 0)
         #expect(s.oldestDirtyMs == 0)
