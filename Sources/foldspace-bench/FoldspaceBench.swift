@@ -274,7 +274,7 @@ extension FoldspaceBench {
             if let first, last.t > first.t {
                 print("binary_folded_rate=\(Int(Double(last.n - first.n) / (last.t - first.t)))")
             }
-            print("binary_start_to_last_s=\(String(format: "%.2f", last.t - started))")
+            if last.n > 0 { print("binary_start_to_last_s=\(String(format: "%.2f", last.t - started))") }
             process.terminate()
             process.waitUntilExit()
             await sandbox.stop()
