@@ -17,6 +17,7 @@ public enum KafkaAdmin {
             throw KafkaError(message: "cannot create admin client: \(errorText(errbuf))")
         }
         defer { rd_kafka_destroy(rk) }
+        try requireController(rk, timeoutMs: timeoutMs)
         var newTopic: OpaquePointer? = rd_kafka_NewTopic_new(topic, Int32(partitions), Int32(replicationFactor), &errbuf, errbuf.count)
         guard newTopic != nil else { throw KafkaError(message: "bad topic spec for \(topic): \(errorText(errbuf))") }
         defer { rd_kafka_NewTopic_destroy(newTopic) }
@@ -49,6 +50,24 @@ public enum KafkaAdmin {
         if err == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS { return false }
         let msg = rd_kafka_topic_result_error_string(t).map { String(cString: $0) } ?? ""
         throw KafkaError(code: err.rawValue, message: "create topic \(topic): \(msg)")
+    }
+
+    /// Fails at once when the cluster's metadata names a controller that is not one of
+    /// its brokers: nothing would take the Admin request, and librdkafka would wait out
+    /// the whole timeout for one. librdkafka's mock cluster answers so (controller 0,
+    /// brokers from 1); a real cluster names a live broker. An unknown controller (-1,
+    /// say mid-election) is not taken as an answer: the request is tried.
+    private static func requireController(_ rk: OpaquePointer, timeoutMs: Int32) throws(KafkaError) {
+        var md: UnsafePointer<rd_kafka_metadata>?
+        let err = rd_kafka_metadata(rk, 0, nil, &md, timeoutMs)
+        guard err == RD_KAFKA_RESP_ERR_NO_ERROR, let md else { return }
+        defer { rd_kafka_metadata_destroy(md) }
+        let brokers = (0..<Int(md.pointee.broker_cnt)).map { md.pointee.brokers[$0].id }
+        let controller = rd_kafka_controllerid(rk, 0)
+        if controller >= 0 && !brokers.isEmpty && !brokers.contains(controller) {
+            throw KafkaError(message: "the cluster names controller \(controller), which is none of its brokers "
+                             + "\(brokers.sorted()): it cannot take Admin requests")
+        }
     }
 
     /// The names of all topics, from metadata (a listing never auto-creates anything).

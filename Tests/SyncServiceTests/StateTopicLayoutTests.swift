@@ -58,4 +58,21 @@ import Testing
         try write(cluster, topic: "g-state", partition: 0, sourcePartitions: 2) // our own records
         #expect(try KafkaStateStore.prepare(topic: "g-state", sourceTopic: "src", config: config(cluster), logger: logger).state == 4)
     }
+    /// The mock names a controller that is none of its brokers, so nothing would answer a
+    /// CreateTopics request: the daemon is told so at once (and falls back to the
+    /// auto-created topic) instead of waiting out the Admin API's timeout at each start.
+    @Test func aClusterWithoutAControllerIsRefusedAtOnceNotTimedOut() throws {
+        let cluster = try MockCluster()
+        try cluster.createTopic("src", partitions: 2)
+        do {
+            _ = try KafkaAdmin.createTopicIfMissing(config: config(cluster), topic: "g-state", partitions: 2,
+                                                    topicConfig: ["cleanup.policy": "compact"], logger: logger)
+            Issue.record("the mock cluster took a CreateTopics request")
+        } catch {
+            #expect("\(error)".contains("controller") && "\(error)".contains("cannot take Admin requests"), "\(error)")
+        }
+        // The start goes on with the topic the cluster auto-creates.
+        let layout = try KafkaStateStore.prepare(topic: "g-state", sourceTopic: "src", config: config(cluster), logger: logger)
+        #expect(layout.source == 2 && layout.state >= 1)
+    }
 }
