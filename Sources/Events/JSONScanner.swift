@@ -8,8 +8,9 @@
 /// out strings and numbers only for the keys the caller reads. Everything else is
 /// skipped in place.
 ///
-/// - Important: the buffer must stay valid for the scanner's lifetime. UTF-8 validity
-///   of the whole message is checked separately, once, by ``UTF8Check``.
+/// - Important: the buffer must stay valid for the scanner's lifetime. UTF-8 is checked
+///   in strings as they are scanned; a non-ASCII byte elsewhere is a syntax error, which
+///   the caller may want to report as invalid UTF-8 (``UTF8Check``).
 struct JSONScanner: ~Copyable {
     let bytes: UnsafeBufferPointer<UInt8>
     var pos: Int = 0
@@ -243,13 +244,42 @@ struct JSONScanner: ~Copyable {
                 }
                 continue
             }
+            if c >= 0x80 {
+                pos += try Self.utf8Sequence(bytes, at: pos)
+                continue
+            }
             if c < 0x20 { throw .syntax }
             pos += 1
         }
         throw .syntax
     }
 
-    /// Flags the bytes of the little-endian word `x` that are `"`, `\\` or below 0x20:
+    /// The length of the well-formed UTF-8 sequence at `at` (whose first byte is not
+    /// ASCII): no overlong forms, surrogates or scalars past U+10FFFF.
+    @inline(__always)
+    static func utf8Sequence(_ b: UnsafeBufferPointer<UInt8>, at i: Int) throws(JSONError) -> Int {
+        let c = b[i]
+        let len: Int
+        let minScalar: UInt32
+        var scalar: UInt32
+        switch c {
+        case 0xC2...0xDF: len = 2; scalar = UInt32(c & 0x1F); minScalar = 0x80
+        case 0xE0...0xEF: len = 3; scalar = UInt32(c & 0x0F); minScalar = 0x800
+        case 0xF0...0xF4: len = 4; scalar = UInt32(c & 0x07); minScalar = 0x10000
+        default: throw .invalidUTF8
+        }
+        guard i + len <= b.count else { throw .invalidUTF8 }
+        for k in 1..<len {
+            let cc = b[i + k]
+            guard cc & 0xC0 == 0x80 else { throw .invalidUTF8 }
+            scalar = scalar << 6 | UInt32(cc & 0x3F)
+        }
+        if scalar < minScalar || scalar > 0x10FFFF || (0xD800...0xDFFF).contains(scalar) { throw .invalidUTF8 }
+        return len
+    }
+
+    /// Flags the bytes of the little-endian word `x` that are `"`, `\\`, below 0x20 or
+    /// not ASCII (UTF-8 is checked where it can occur, inside strings):
     /// zero when there are none, else the lowest set bit is the high bit of the first
     /// one (the classic "has a zero byte" trick: a borrow only starts at a flagged byte,
     /// so bytes above it may be flagged wrongly, never the ones below).
@@ -261,7 +291,7 @@ struct JSONScanner: ~Copyable {
         let quote = zeroBytes(x ^ (ones &* 0x22))
         let backslash = zeroBytes(x ^ (ones &* 0x5C))
         let control = (x &- ones &* 0x20) & ~x & highs
-        return quote | backslash | control
+        return quote | backslash | control | (x & highs)
     }
 
     /// The value of the four hex digits at `at` (after `\u`).
@@ -451,6 +481,9 @@ enum JSONNumber {
 
 enum JSONError: Error, Equatable {
     case syntax
+    /// Not well-formed UTF-8 (found inside a string; anywhere else a non-ASCII byte is a
+    /// syntax error, and the decoder tells the two apart).
+    case invalidUTF8
     case tooDeep
     case numberOutOfRange
     case invalidUnicode

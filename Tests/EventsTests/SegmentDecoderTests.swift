@@ -238,6 +238,37 @@ private func failure(_ json: String) -> DecodeFailure? {
         #expect(e.identity == "Zoë 😀")
     }
 
+    /// UTF-8 is checked inside strings as they are scanned, and a message that fails for
+    /// any other reason is checked whole: invalid UTF-8 is the reason wherever it is.
+    @Test func invalidUTF8IsFoundWhereverItIs() {
+        func reason(_ parts: [[UInt8]]) -> InvalidReason? {
+            guard case .invalid(let f) = SegmentDecoder().decode(Array(parts.joined()), nowMs: now).first else { return nil }
+            return f.reason
+        }
+        let bad: [UInt8] = [0xE2, 0x82] // a truncated three-byte sequence
+        #expect(reason([Array(#"{"type":"track","userId":"u","integrations":{"x":""#.utf8), bad, Array(#""}}"#.utf8)]) == .invalidUTF8)
+        #expect(reason([Array(#"{"type":"track","userId":"u",""#.utf8), bad, Array(#"":1}"#.utf8)]) == .invalidUTF8) // a key
+        #expect(reason([Array(#"{"type":"track","userId":"u"}"#.utf8), [0xFF]]) == .invalidUTF8) // after the object
+        #expect(reason([Array(#"{"type":"track","userId":"u","a":"#.utf8), [0xED, 0xA0, 0x80], Array("}".utf8)]) == .invalidUTF8) // a surrogate, unquoted
+        #expect(reason([Array(#"{"a":,"b":""#.utf8), [0xF5, 0x80, 0x80, 0x80], Array(#""}"#.utf8)]) == .invalidUTF8) // past a syntax error
+        #expect(reason([Array(#"{"type":"track","userId":"u"} é"#.utf8)]) == .notJSON) // valid, but outside a string
+        #expect(reason([Array(#"{"type":"track","userId":"u","x":"é 😀 \#u{10FFFF}"}"#.utf8)]) == nil)
+
+        // Any byte flipped in a real message: invalid UTF-8 exactly when Swift's own
+        // validation says so.
+        var rng = SystemRandomNumberGenerator()
+        let base = Array(#"{"type":"identify","userId":"Zoë","traits":{"email":"z@example.com","name":"Zoë Ünal","x":"日本"},"context":{"location":{"city":"Łódź"}}}"#.utf8)
+        for _ in 0..<3_000 {
+            var m = base
+            for _ in 0..<Int.random(in: 1...3, using: &rng) {
+                m[Int.random(in: 0..<m.count, using: &rng)] = UInt8.random(in: 0x80...0xFF, using: &rng)
+            }
+            let valid = String(validating: m, as: UTF8.self) != nil
+            let r = reason([m])
+            #expect((r == .invalidUTF8) == !valid, "\(m)")
+        }
+    }
+
     @Test func nestingLimit() {
         let ok = #"{"type":"track","userId":"u","extra":"# + String(repeating: "[", count: 62) + String(repeating: "]", count: 62) + "}"
         #expect(failure(ok) == nil)
@@ -314,11 +345,14 @@ private func failure(_ json: String) -> DecodeFailure? {
     }
 
     @Test func eightByteScanFindsTheFirstSpecialByte() {
-        // The string scanner's fast path jumps to the first quote, backslash or control
-        // byte of a word: every byte value in every lane (over plain text and over a
-        // word with another special byte above it), plus random words.
+        // The string scanner's fast path jumps to the first quote, backslash, control or
+        // non-ASCII byte of a word: every byte value in every lane (over plain text and
+        // over a word with another special byte above it), plus random words.
         func naive(_ x: UInt64) -> Int? {
-            (0..<8).first { k in let b = UInt8(truncatingIfNeeded: x >> (8 * k)); return b == 0x22 || b == 0x5C || b < 0x20 }
+            (0..<8).first { k in
+                let b = UInt8(truncatingIfNeeded: x >> (8 * k))
+                return b == 0x22 || b == 0x5C || b < 0x20 || b >= 0x80
+            }
         }
         func fast(_ x: UInt64) -> Int? {
             let m = JSONScanner.specialBytes(x)
