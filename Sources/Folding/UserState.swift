@@ -228,10 +228,28 @@ public struct UserState: Sendable, Equatable {
     }
 
     /// Starts a new most recent span at `t`, keeping at most ``maxSpans``.
+    ///
+    /// The older spans grow in two steps (room for 2, then for all 7) rather than by
+    /// doubling from 1, and a full list shifts in place rather than growing to 8 and
+    /// dropping its first: a user with many visits costs two allocations in all, not four
+    /// reallocations and copies (in a profile of the benchmark's fold, starting spans went
+    /// from 5.5 % to 4 % of all samples). The price: a user with 3 or 4 older spans holds
+    /// room for 7 (144 bytes instead of 96).
     public mutating func startSpan(at t: Int64) {
         if hasSpans {
-            olderSpans.append(lastSpan)
-            if olderSpans.count >= Self.maxSpans { olderSpans.removeFirst() }
+            let room = Self.maxSpans - 1
+            if olderSpans.count == room {
+                let last = lastSpan
+                olderSpans.withUnsafeMutableBufferPointer { b in
+                    for i in 0..<(room - 1) { b[i] = b[i + 1] }
+                    b[room - 1] = last
+                }
+            } else {
+                if olderSpans.count == olderSpans.capacity {
+                    olderSpans.reserveCapacity(olderSpans.count < 2 ? 2 : room)
+                }
+                olderSpans.append(lastSpan)
+            }
         }
         lastSpan = VisitSpan(start: t, end: t)
     }

@@ -203,6 +203,31 @@ private func project(_ calls: [(String, Int64)], config: FoldConfig = FoldConfig
         #expect(expected == 4)
     }
 
+    /// The spans kept are the newest `maxSpans`, oldest first, however many visits came
+    /// before (the list grows in steps and then shifts in place); a late event is judged
+    /// against them.
+    @Test func theNewestSpansAreKeptInOrder() {
+        let folder = Folder()
+        var s = UserState()
+        var copies: [UserState] = []
+        for v in 0..<20 {
+            let t = Int64(v) * gap * 3
+            folder.fold(SegmentEvent(type: .page, identity: "u", hasUserId: true), timeMs: t, offset: Int64(2 * v), into: &s)
+            folder.fold(SegmentEvent(type: .page, identity: "u", hasUserId: true), timeMs: t + 60_000, offset: Int64(2 * v + 1), into: &s)
+            copies.append(s) // a copy kept (as a checkpoint does) must not see later spans
+            let kept = max(0, v + 1 - UserState.maxSpans)...v
+            #expect(s.spans.map(\.start) == kept.map { Int64($0) * gap * 3 }, "after visit \(v)")
+            #expect(s.spans.allSatisfy { $0.end == $0.start + 60_000 })
+        }
+        #expect(s.visits == 20)
+        for (v, c) in copies.enumerated() { #expect(c.spans.last?.start == Int64(v) * gap * 3 && c.visits == UInt32(v + 1)) }
+        // Inside the oldest span kept: the same visit. Between two kept spans: a new one.
+        folder.fold(SegmentEvent(type: .page, identity: "u", hasUserId: true), timeMs: 12 * gap * 3 + 1_000, offset: 100, into: &s)
+        #expect(s.visits == 20)
+        folder.fold(SegmentEvent(type: .page, identity: "u", hasUserId: true), timeMs: 13 * gap * 3 + gap + gap / 2, offset: 101, into: &s)
+        #expect(s.visits == 21)
+    }
+
     @Test func activeDaysBitsetAndScoreFormula() {
         var config = FoldConfig()
         config.keyEvents = [.init(name: "Report Created", weight: 4, cap: 3)]
