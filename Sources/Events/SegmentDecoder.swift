@@ -285,7 +285,7 @@ public struct SegmentDecoder: Sendable {
 
     private func readCallField(_ s: inout JSONScanner, key k: JSONKey, into c: inout CallFields) throws(JSONError) {
         if k.is("type") {
-            c.typeText = try readText(&s, &c, .type, "type")
+            try readType(&s, &c)
         } else if k.is("userId") {
             c.userId = try readText(&s, &c, .userId, "userId", numbers: true)
         } else if k.is("anonymousId") {
@@ -491,6 +491,27 @@ public struct SegmentDecoder: Sendable {
 
     // MARK: Typed reads
 
+    /// `type`, as ``readText(_:_:_:_:numbers:)`` reads it, but a type the mapping knows,
+    /// sent plainly, is recognized in the message's bytes: no string is made and matched
+    /// for it (this is read once for every call).
+    private func readType(_ s: inout JSONScanner, _ c: inout CallFields) throws(JSONError) {
+        c.type = nil
+        let kind = try s.peekKind()
+        if c.seen.contains(.type) || kind != .string {
+            c.typeText = try readText(&s, &c, .type, "type")
+            return
+        }
+        _ = c.seen.insert(.type)
+        let raw = try s.scanStringRaw()
+        if !raw.escaped, let t = EventType(segmentName: raw.bytes) {
+            c.type = t
+            c.typeText = t.segmentName
+            return
+        }
+        let v = try raw.text()
+        c.typeText = v.isEmpty ? nil : v
+    }
+
     private func objectOrAbsent(_ s: inout JSONScanner, _ c: inout CallFields, _ path: StaticString) throws(JSONError) -> Bool {
         switch try s.peekKind() {
         case .object: return true
@@ -573,6 +594,8 @@ public struct SegmentDecoder: Sendable {
 /// (opaque outside the decoder).
 public struct CallFields {
     var typeText: String?
+    /// The type, when `typeText` was recognized as it was read.
+    var type: EventType?
     var userId: String?
     var anonymousId: String?
     // The event-time sources, in order of preference.
@@ -616,7 +639,7 @@ public struct CallFields {
     mutating func head() -> Start {
         if let failure { return .invalid(failure) }
         guard let typeText else { return .invalid(DecodeFailure(.missingType, field: "type")) }
-        guard let type = EventType(segmentName: typeText) else { return .ignored(typeText) }
+        guard let type = type ?? EventType(segmentName: typeText) else { return .ignored(typeText) }
         let identity: String
         let hasUserId: Bool
         if let userId = userId.take() {
@@ -677,6 +700,36 @@ public struct CallFields {
 }
 
 extension EventType {
+    /// The name Segment's calls give the type.
+    var segmentName: String {
+        switch self {
+        case .identify: "identify"
+        case .track: "track"
+        case .page: "page"
+        case .screen: "screen"
+        case .group: "group"
+        case .alias: "alias"
+        }
+    }
+
+    /// The type whose name is exactly `bytes`, if any.
+    init?(segmentName bytes: UnsafeBufferPointer<UInt8>) {
+        // Told apart by length and first byte; the rest is checked against the name.
+        let t: EventType
+        switch (bytes.count, bytes.first) {
+        case (8, UInt8(ascii: "i")?): t = .identify
+        case (5, UInt8(ascii: "t")?): t = .track
+        case (4, UInt8(ascii: "p")?): t = .page
+        case (6, UInt8(ascii: "s")?): t = .screen
+        case (5, UInt8(ascii: "g")?): t = .group
+        case (5, UInt8(ascii: "a")?): t = .alias
+        default: return nil
+        }
+        var name = t.segmentName
+        guard name.withUTF8({ $0.elementsEqual(bytes) }) else { return nil }
+        self = t
+    }
+
     init?(segmentName: String) {
         switch segmentName {
         case "identify": self = .identify
@@ -702,6 +755,7 @@ enum Field: UInt8 {
 
 struct FieldSet {
     private var bits: UInt64 = 0
+    func contains(_ f: Field) -> Bool { bits & (1 << UInt64(f.rawValue)) != 0 }
     /// Inserts `f`; returns `false` when it was already there.
     mutating func insert(_ f: Field) -> Bool {
         let m: UInt64 = 1 << UInt64(f.rawValue)

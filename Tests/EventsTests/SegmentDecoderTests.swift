@@ -161,6 +161,29 @@ private func failure(_ json: String) -> DecodeFailure? {
         #expect(failure(#"{"userId":"u"}"#)?.reason == .missingType)
     }
 
+    /// Known types are recognized in the message's bytes; everything else goes the way of
+    /// any text field. Each type, and near misses of each (same length and first byte,
+    /// other case, escaped, duplicated, null, empty, a number).
+    @Test func typesAreMatchedExactly() {
+        for t in EventType.allCases {
+            let name = "\(t)"
+            guard case .event(let e) = decode(#"{"userId":"u","type":"\#(name)"}"#).first else { Issue.record("\(name)"); continue }
+            #expect(e.type == t)
+            let near = name.dropLast() + (name.last == "x" ? "y" : "x")
+            #expect(decode(#"{"userId":"u","type":"\#(near)"}"#) == [.ignored(String(near))])
+            let upper = name.prefix(1).uppercased() + name.dropFirst()
+            #expect(decode(#"{"userId":"u","type":"\#(upper)"}"#) == [.ignored(upper)])
+            let escaped = "\\u00" + String(name.utf8.first!, radix: 16) + name.dropFirst()
+            guard case .event(let e2) = decode(#"{"userId":"u","type":"\#(escaped)"}"#).first else { Issue.record("\(escaped)"); continue }
+            #expect(e2.type == t)
+        }
+        #expect(failure(#"{"type":"track","userId":"u","type":"page"}"#) == DecodeFailure(.duplicateKey, field: "type"))
+        #expect(failure(#"{"type":"flush","userId":"u","type":"page"}"#) == DecodeFailure(.duplicateKey, field: "type"))
+        #expect(failure(#"{"type":null,"userId":"u"}"#)?.reason == .missingType)
+        #expect(failure(#"{"type":"","userId":"u"}"#)?.reason == .missingType)
+        #expect(failure(#"{"type":3,"userId":"u"}"#) == DecodeFailure(.wrongType, field: "type"))
+    }
+
     @Test func batchEnvelope() {
         let d = decode(#"{"batch":[{"type":"track","userId":"a"},{"type":"page","anonymousId":"b"},{"type":"track"},5],"sentAt":"2025-11-24T10:00:00Z"}"#)
         #expect(d.count == 4)
