@@ -70,7 +70,8 @@ public struct Folder: Sendable {
                                             limit: UserState.productLimit) || changed
             }
         }
-        if let name = e.eventName, let i = keyEventIndex[name] {
+        // (Most configurations name no key events: then no event name is hashed.)
+        if !keyEventIndex.isEmpty, let name = e.eventName, let i = keyEventIndex[name] {
             if let k = s.keyEventCounts.firstIndex(where: { $0.index == i }) {
                 if s.keyEventCounts[k].count < UInt32.max { s.keyEventCounts[k].count += 1 }
             } else {
