@@ -64,6 +64,10 @@ public final class KafkaConsumer: @unchecked Sendable {
     private var loopEnded = false
     private var fetchingStopped = false
 
+    /// Where consumed messages are destroyed, in order, off the poll thread.
+    private let releases = DispatchQueue(label: "foldspace-sync.kafka.release")
+    private let releasing = DispatchGroup()
+
     private var lastLoopNs: UInt64 = DispatchTime.now().uptimeNanoseconds
     private var nudging = false
     private var lastNudgeNs: UInt64 = 0
@@ -276,6 +280,8 @@ public final class KafkaConsumer: @unchecked Sendable {
         var batch: [ConsumedMessage] = []
         batch.reserveCapacity(maxBatch)
         var topicCache: [UnsafeMutableRawPointer: String] = [:]
+        // Messages come in runs of one topic: the last one's name is reused unhashed.
+        var lastTopic: (handle: UnsafeMutableRawPointer, name: String)?
         while true {
             let now = DispatchTime.now().uptimeNanoseconds
             let (stop, isFatal) = lock.withLock { () -> (Bool, Bool) in
@@ -309,14 +315,16 @@ public final class KafkaConsumer: @unchecked Sendable {
                     continue
                 }
                 let topicName: String
-                if let rkt = m.pointee.rkt, let cached = topicCache[UnsafeMutableRawPointer(rkt)] {
+                guard let rkt = m.pointee.rkt.map(UnsafeMutableRawPointer.init) else { continue }
+                if let last = lastTopic, last.handle == rkt {
+                    topicName = last.name
+                } else if let cached = topicCache[rkt] {
                     topicName = cached
-                } else if let rkt = m.pointee.rkt {
-                    topicName = String(cString: rd_kafka_topic_name(rkt))
-                    topicCache[UnsafeMutableRawPointer(rkt)] = topicName
                 } else {
-                    continue
+                    topicName = String(cString: rd_kafka_topic_name(OpaquePointer(rkt)))
+                    topicCache[rkt] = topicName
                 }
+                lastTopic = (rkt, topicName)
                 var tsType = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
                 let ts = rd_kafka_message_timestamp(m, &tsType)
                 let value = m.pointee.payload.map {
@@ -333,11 +341,16 @@ public final class KafkaConsumer: @unchecked Sendable {
             }
             if !batch.isEmpty { handler.consume(batch) }
             batch.removeAll(keepingCapacity: true)
-            for i in 0..<n {
-                if let m = messages[i] { rd_kafka_message_destroy(m) }
-                messages[i] = nil
+            // Freeing a batch's messages (an allocation each, and the fetch buffers they
+            // share) is left to another thread: this one is the pipeline's busiest.
+            nonisolated(unsafe) let spent = Array(messages[0..<n]) // handed over: this thread drops them
+            for i in 0..<n { messages[i] = nil }
+            releases.async(group: releasing) {
+                for m in spent { if let m { rd_kafka_message_destroy(m) } }
             }
         }
+        // Every message must be back before the consumer closes.
+        releasing.wait()
         close()
         lock.withLock { loopEnded = true }
         finished.signal()
