@@ -53,8 +53,15 @@ public struct Folder: Sendable {
         if e.hasUserId && !s.sawUserId { s.sawUserId = true; changed = true }
         changed = foldActiveDay(timeMs, into: &s) || changed
 
-        if var t = e.traits.take() {
-            changed = foldTraits(&t, contextTimezone: e.timezone != nil, at: stamp, into: &s, &text) || changed
+        if case .some = e.traits {
+            // Read where they lie: taking them out (`take()`, or an inout force-unwrap)
+            // made the compiler copy all 344 bytes of them up to four times an event.
+            // A single-payload enum keeps its payload at offset 0 (Swift's ABI).
+            let hasTimezone = e.timezone != nil
+            changed = withUnsafeMutablePointer(to: &e.traits) { p in
+                foldTraits(UnsafeMutableRawPointer(p).assumingMemoryBound(to: Traits.self), contextTimezone: hasTimezone,
+                           at: stamp, into: &s, &text)
+            } || changed
         }
         if let v = e.timezone.take() { text.add(.timezone, v) }
         if e.location != nil { foldLocation(&e.location!, into: &text) }
@@ -82,30 +89,31 @@ public struct Folder: Sendable {
         return changed
     }
 
-    /// The user's traits of one event, moved into `text` and the state.
-    private func foldTraits(_ t: inout Traits, contextTimezone: Bool, at stamp: Stamp, into s: inout UserState,
+    /// The user's traits of one event (at `t`, where they lie), moved into `text` and
+    /// the state.
+    private func foldTraits(_ t: UnsafeMutablePointer<Traits>, contextTimezone: Bool, at stamp: Stamp, into s: inout UserState,
                             _ text: inout TextFields.Writes) -> Bool {
         var changed = false
-        if let v = t.userType, let ut = UserType(trait: v) {
+        if let v = t.pointee.userType, let ut = UserType(trait: v) {
             changed = Latest.write(&s.explicitUserType, ut, at: stamp) || changed
         }
-        if let v = t.email.take() { text.add(.email, v) }
-        if let v = t.name.take() ?? Self.joinedName(t.firstName, t.lastName) {
+        if let v = t.pointee.email.take() { text.add(.email, v) }
+        if let v = t.pointee.name.take() ?? Self.joinedName(t.pointee.firstName, t.pointee.lastName) {
             text.add(.name, v)
         }
-        if let v = t.role.take() ?? t.title { text.add(.role, v) }
-        if let v = t.phone.take() { text.add(.phone, v) }
-        if let v = t.avatar.take() ?? t.image { text.add(.image, v) }
-        if let v = t.leadDate, v < (s.leadDate ?? .max) { s.leadDate = v; changed = true }
-        if let v = t.signUpDate ?? t.createdAt, v < (s.signUpDate ?? .max) { s.signUpDate = v; changed = true }
+        if let v = t.pointee.role.take() ?? t.pointee.title { text.add(.role, v) }
+        if let v = t.pointee.phone.take() { text.add(.phone, v) }
+        if let v = t.pointee.avatar.take() ?? t.pointee.image { text.add(.image, v) }
+        if let v = t.pointee.leadDate, v < (s.leadDate ?? .max) { s.leadDate = v; changed = true }
+        if let v = t.pointee.signUpDate ?? t.pointee.createdAt, v < (s.signUpDate ?? .max) { s.signUpDate = v; changed = true }
         // The event's own `context.timezone` wins over the trait.
-        if !contextTimezone, let v = t.timezone.take() { text.add(.timezone, v) }
-        if t.address != nil { foldLocation(&t.address!, into: &text) }
-        if let v = t.subscriptionId.take() { changed = foldSubscription(v, at: stamp, into: &s, &text) || changed }
-        if let v = t.pqlScore, v.isFinite, v >= 0, v <= 100 {
+        if !contextTimezone, let v = t.pointee.timezone.take() { text.add(.timezone, v) }
+        if var a = t.pointee.address.take() { foldLocation(&a, into: &text) }
+        if let v = t.pointee.subscriptionId.take() { changed = foldSubscription(v, at: stamp, into: &s, &text) || changed }
+        if let v = t.pointee.pqlScore, v.isFinite, v >= 0, v <= 100 {
             changed = Latest.write(&s.pqlTrait, v, at: stamp) || changed
         }
-        for c in t.custom { changed = foldCustom(c, at: stamp, into: &s) || changed }
+        for c in t.pointee.custom { changed = foldCustom(c, at: stamp, into: &s) || changed }
         return changed
     }
 
