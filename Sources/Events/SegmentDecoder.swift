@@ -675,14 +675,32 @@ public struct CallFields {
         e.location = location.take()
         e.product = contextProduct.take() ?? propertiesProduct.take()
         // Group calls carry the group's traits, not the user's. Both sources are nil
-        // when empty (readTraits), and merging cannot empty them.
-        switch (type == .identify ? traits.take() : nil, contextTraits.take()) {
-        case (nil, nil): break
-        case (let t?, nil): e.traits = t
-        case (nil, let c?): e.traits = c
-        case (var t?, let c?):
-            t.fillMissing(from: c)
-            e.traits = t
+        // when empty (readTraits), and merging cannot empty them. The common cases move
+        // them with one copy of their bytes: the pattern match over both, with take(),
+        // copied all 344 bytes four to six times (~8 % of decoding).
+        // (Matched without binding: `== nil` took each by value, a copy.)
+        if type != .identify { traits = nil }
+        var hasTraits = false
+        var hasContextTraits = false
+        if case .some = traits { hasTraits = true }
+        if case .some = contextTraits { hasContextTraits = true }
+        if hasTraits {
+            if hasContextTraits { traits!.fillMissing(from: contextTraits!) }
+            Self.move(&traits, into: &e.traits)
+        } else if hasContextTraits {
+            Self.move(&contextTraits, into: &e.traits)
+        }
+    }
+
+    /// Moves `source` into `destination`, which must be nil, leaving `source` nil.
+    @inline(__always)
+    private static func move(_ source: inout Traits?, into destination: inout Traits?) {
+        withUnsafeMutablePointer(to: &source) { s in
+            withUnsafeMutablePointer(to: &destination) { d in
+                // d holds nil (nothing to release); s is left uninitialized, then nil.
+                d.moveUpdate(from: s, count: 1)
+                s.initialize(to: nil)
+            }
         }
     }
 
