@@ -27,10 +27,10 @@ echo "mock cluster at $B; producing $EVENTS events over $USERS users..." >&2
 "$BIN/foldspace-bench" produce --brokers "$B" --topic bench --events "$EVENTS" --users "$USERS" > "$out/produce"
 
 # The read and fold rates swing by 10-20 % from one run to the next on a shared 2-core
-# machine (kcat alone: 0.6M-0.86M messages/s). So each is measured ROUNDS times,
+# machine (kcat alone: 0.6M-0.93M messages/s). So each is measured ROUNDS times (5),
 # interleaved (kcat, raw consumer, pipeline, binary, then again), and the table shows
 # medians with the range: a ratio of two medians of one run, not of two lucky draws.
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 : > "$out/rounds"
 for round in $(seq "$ROUNDS"); do
   echo "round $round of $ROUNDS: kcat..." >&2
