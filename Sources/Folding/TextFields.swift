@@ -35,8 +35,6 @@ public struct TextFields: Sendable, Equatable {
                 values[Int(field.rawValue)] = value
             }
         }
-        fileprivate func has(_ field: Field) -> Bool { has(field.rawValue) }
-        fileprivate func value(_ field: Field) -> String { value(field.rawValue) }
         fileprivate func has(_ raw: UInt8) -> Bool { mask & (1 << UInt16(raw)) != 0 }
         fileprivate func value(_ raw: UInt8) -> String { values[Int(raw)]! }
     }
@@ -189,11 +187,10 @@ public struct TextFields: Sendable, Equatable {
             present &= ~clearing
             for f in 0..<fields {
                 let bit: UInt16 = 1 << UInt16(f)
-                let field = Field(rawValue: UInt8(f))!
                 let s: Stamp
                 let length: Int
                 if writes.mask & bit != 0 && (present & bit == 0 || oldStamp[f] < stamp) {
-                    let v = writes.value(field)
+                    let v = writes.value(UInt8(f))
                     if present & bit == 0 || !Self.same(v, b, oldValue[f]) { changed = true }
                     present |= bit
                     fromWrite |= bit
@@ -226,7 +223,7 @@ public struct TextFields: Sendable, Equatable {
                     out[at + 1] = fieldStamp[f]
                     at += 2
                     if fromWrite & (1 << UInt16(f)) != 0 {
-                        var v = writes.value(Field(rawValue: UInt8(f))!)
+                        var v = writes.value(UInt8(f))
                         v.withUTF8 { u in
                             at = Self.putLength(u.count, into: out, at: at)
                             if let src = u.baseAddress { (out.baseAddress! + at).update(from: src, count: u.count) }
