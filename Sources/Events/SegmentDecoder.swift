@@ -748,16 +748,11 @@ extension EventType {
         self = t
     }
 
+    /// The type named `segmentName`, if any (the same match as for raw bytes).
     init?(segmentName: String) {
-        switch segmentName {
-        case "identify": self = .identify
-        case "track": self = .track
-        case "page": self = .page
-        case "screen": self = .screen
-        case "group": self = .group
-        case "alias": self = .alias
-        default: return nil
-        }
+        var name = segmentName
+        guard let t = name.withUTF8({ EventType(segmentName: $0) }) else { return nil }
+        self = t
     }
 }
 
