@@ -82,6 +82,18 @@ public enum MetricsText {
             let parts = k.split(separator: "|")
             sample("foldspace_sync_adjustments_total", [("field", String(parts[0])), ("action", String(parts.last ?? ""))], String(n))
         }
+        family("foldspace_sync_checkpoints_total", "counter", "Durable state: checkpoints, by result (a failed one commits nothing and is retried).")
+        sample("foldspace_sync_checkpoints_total", [("result", "ok")], String(s.checkpoints))
+        sample("foldspace_sync_checkpoints_total", [("result", "failed")], String(s.checkpointFailures))
+        family("foldspace_sync_checkpoint_users_total", "counter", "Durable state: user states written to the changelog by checkpoints.")
+        sample("foldspace_sync_checkpoint_users_total", [], String(s.checkpointRecords))
+        histogram("foldspace_sync_checkpoint_duration_seconds",
+                  "Durable state: from a checkpoint's snapshot to Kafka acknowledging its writes and commit.", s.checkpointDuration)
+        family("foldspace_sync_restored_users_total", "counter", "Durable state: users loaded from the changelog when partitions were assigned.")
+        sample("foldspace_sync_restored_users_total", [], String(s.restoredUsers))
+        family("foldspace_sync_restore_failures_total", "counter",
+               "Durable state: changelog reads that failed and records that could not be decoded (those users start with no state).")
+        sample("foldspace_sync_restore_failures_total", [], String(s.restoreFailures))
         family("foldspace_sync_users", "gauge", "Users held in memory.")
         sample("foldspace_sync_users", [], String(s.users))
         family("foldspace_sync_dirty_users", "gauge", "Users with changes not yet acknowledged.")

@@ -71,9 +71,13 @@ public struct EngineStats: Sendable {
     public var implausibleTime = 0
     /// Events at or below a user's applied offset: replays, skipped.
     public var skippedReplays = 0
+    /// Durable mode: checkpoints that wrote and committed (or had nothing to), users
+    /// written by them, and checkpoints that failed (nothing committed, retried).
     public var checkpoints = 0
     public var checkpointRecords = 0
     public var checkpointFailures = 0
+    /// From a checkpoint's snapshot to Kafka's acknowledgement of its writes and commit.
+    public var checkpointDuration = Histogram()
     public var restoredUsers = 0
     public var restoreFailures = 0
     public var requests: [String: Int] = [:]
@@ -421,6 +425,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         checkpointLock.lock()
         defer { checkpointLock.unlock() }
         guard let store = lock.withLock({ stateStore }) else { return false }
+        let started = clock.monotonicMs()
         // Under the lock, only a copy of each changed user's state is taken (a few
         // retains; copy-on-write keeps it intact while folding goes on); encoding happens
         // after, outside the lock. Encoding under it stalled the poll thread for the
@@ -460,11 +465,13 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                 for (p, pos) in positions { lastCommitted[p] = max(lastCommitted[p] ?? -1, pos) }
                 stats.checkpoints += 1
                 stats.checkpointRecords += records.count
+                stats.checkpointDuration.observe(Double(clock.monotonicMs() - started) / 1000)
             }
             return true
         } catch {
             lock.withLock {
                 stats.checkpointFailures += 1
+                stats.checkpointDuration.observe(Double(clock.monotonicMs() - started) / 1000)
                 for (p, key) in keys {
                     guard var entry = users[key] else { continue }
                     if !entry.checkpointPending {

@@ -140,18 +140,29 @@ final class NotifySocket: @unchecked Sendable {
         try kcatProduce(bootstrap: kafka.bootstrap, topic: "events", messages)
         let daemon = try Child(["run", "--brokers", kafka.bootstrap, "--topic", "events", "--group", "met-\(UUID().uuidString.prefix(6))",
                                 "--foldspace-url", sandbox.baseURL, "--admin-listen", "127.0.0.1:0", "--debounce", "200ms"],
-                               env: ["FOLDSPACE_API_KEY": "k"])
+                               // Durable state (the default), checkpointing often enough to be seen.
+                               env: ["FOLDSPACE_API_KEY": "k", "FOLDSPACE_SYNC_COMMIT_INTERVAL": "200ms"])
         #expect(await waitUntil(.seconds(30)) { sandbox.latestAcknowledged().count == 15 })
         let line = daemon.stderr.split(separator: "\n").first { $0.contains("admin server listening") }
         let port = try #require(line.flatMap { l in l.range(of: "127.0.0.1:").map { Int(l[$0.upperBound...].prefix { $0.isNumber }) } } ?? nil)
-        try await Task.sleep(for: .milliseconds(500))
-        let (data, _) = try await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)/metrics")!)
-        let text = String(decoding: data, as: UTF8.self)
+        let url = URL(string: "http://127.0.0.1:\(port)/metrics")!
+        func value(_ name: String, in text: String) -> Int {
+            text.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Int($0.split(separator: " ")[1]) } ?? -1
+        }
+        // The state changelog's first write waits for the producer's metadata: every user
+        // reaches it within a few checkpoints.
+        var text = ""
+        for _ in 0..<100 {
+            text = String(decoding: try await URLSession.shared.data(from: url).0, as: UTF8.self)
+            if value("foldspace_sync_checkpoint_users_total", in: text) >= 15 { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
         for series in ["foldspace_sync_events_total", "foldspace_sync_requests_total", "foldspace_sync_request_duration_seconds_bucket", "foldspace_sync_send_lateness_seconds_bucket",
                        "foldspace_sync_users", "foldspace_sync_dirty_users", "foldspace_sync_oldest_dirty_seconds",
                        "foldspace_sync_dead_letters_total", "foldspace_sync_consumer_lag", "foldspace_sync_breaker_open",
                        "foldspace_sync_rate_limit_rps", "foldspace_sync_kafka_fetcher_wakeups_total",
-                       "foldspace_sync_kafka_zstd_batches_sized_total"] {
+                       "foldspace_sync_kafka_zstd_batches_sized_total", "foldspace_sync_checkpoint_duration_seconds_bucket",
+                       "foldspace_sync_restored_users_total", "foldspace_sync_restore_failures_total"] {
             #expect(text.contains(series), "missing \(series)")
         }
         // kcat (Debian's librdkafka) streams its zstd batches: no stated size, so each
@@ -165,6 +176,12 @@ final class NotifySocket: @unchecked Sendable {
         #expect(text.contains("foldspace_sync_users 15"))
         #expect(text.contains(#"foldspace_sync_dead_letters_total{kind="invalid-event"} 1"#))
         #expect(text.contains("foldspace_sync_request_duration_seconds_count \(sandbox.requestCount)"))
+        // Every user was written to the changelog by a checkpoint; none failed.
+        #expect(value(#"foldspace_sync_checkpoints_total{result="ok"}"#, in: text) >= 1)
+        #expect(value(#"foldspace_sync_checkpoints_total{result="failed"}"#, in: text) == 0)
+        #expect(value("foldspace_sync_checkpoint_users_total", in: text) >= 15)
+        #expect(value("foldspace_sync_checkpoint_duration_seconds_count", in: text)
+                == value(#"foldspace_sync_checkpoints_total{result="ok"}"#, in: text))
         let (ready, _) = try await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)/readyz")!)
         #expect(String(decoding: ready, as: UTF8.self) == "ready\n")
         daemon.signal(SIGTERM)

@@ -12,6 +12,8 @@ final class MemoryStateStore: StateStore, @unchecked Sendable {
     private var log: [Int32: [(key: [UInt8], value: [UInt8]?)]] = [:]
     private(set) var commits: [[TopicPartition: Int64]] = []
     var failWrites = false
+    /// Called inside each write (before it fails or lands): lets a test move its clock.
+    var duringWrite: (() -> Void)?
     let partitions: Int32
     var sourcePartitions: Int32 { partitions }
 
@@ -20,6 +22,7 @@ final class MemoryStateStore: StateStore, @unchecked Sendable {
     func statePartition(for sourcePartition: Int32) -> Int32 { sourcePartition % partitions }
     func read(partition: Int32) throws -> [(key: [UInt8], value: [UInt8]?)] { lock.withLock { log[partition] ?? [] } }
     func write(_ records: [(partition: Int32, key: [UInt8], value: [UInt8])]) throws {
+        duringWrite?()
         try lock.withLock {
             if failWrites { throw TestError("write failed") }
             for r in records { log[r.partition, default: []].append((r.key, r.value)) }
@@ -97,6 +100,32 @@ struct TestError: Error { let m: String; init(_ m: String) { self.m = m } }
         #expect(e.checkpoint())
         #expect(store.recordCount == 2)
         #expect(store.lastCommit[tp] == 6)
+    }
+
+    @Test func checkpointsAreCountedAndTimedInTheMetrics() {
+        let clock = ManualClock()
+        let store = MemoryStateStore()
+        let e = engine(clock, store)
+        store.duringWrite = { clock.advance(300) }
+        feed(e, events(0..<6))
+        store.failWrites = true
+        #expect(!e.checkpoint())
+        store.failWrites = false
+        #expect(e.checkpoint())
+        let lines = Set(MetricsText.render(e.snapshot(), lag: [], fetcherWakeups: 0, zstdBatchesSized: 0).split(separator: "\n"))
+        for want in [#"foldspace_sync_checkpoints_total{result="ok"} 1"#, #"foldspace_sync_checkpoints_total{result="failed"} 1"#,
+                     "foldspace_sync_checkpoint_users_total 2",
+                     // Both took 0.3 s (the write), the failed one included.
+                     "foldspace_sync_checkpoint_duration_seconds_count 2", "foldspace_sync_checkpoint_duration_seconds_sum 0.600000",
+                     #"foldspace_sync_checkpoint_duration_seconds_bucket{le="0.25"} 0"#,
+                     #"foldspace_sync_checkpoint_duration_seconds_bucket{le="0.5"} 2"#,
+                     "foldspace_sync_restored_users_total 0", "foldspace_sync_restore_failures_total 0"] {
+            #expect(lines.contains(Substring(want)), "missing \(want)")
+        }
+        // The next owner's restore shows too.
+        let next = engine(clock, store)
+        let restored = MetricsText.render(next.snapshot(), lag: [], fetcherWakeups: 0, zstdBatchesSized: 0)
+        #expect(restored.contains("\nfoldspace_sync_restored_users_total 2\n"))
     }
 
     @Test func restartFromTheChangelogCountsEverythingExactlyOnce() {
