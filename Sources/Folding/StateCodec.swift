@@ -50,7 +50,9 @@ public enum StateCodec {
 
     public static func encode(_ u: StoredUser) -> [UInt8] {
         var w = Writer()
-        w.bytes = [0x46, 0x53, version]
+        // Room for a typical user (~310 bytes) at once: a record grows without copies.
+        w.bytes.reserveCapacity(384)
+        w.bytes.append(contentsOf: [0x46, 0x53, version])
         let s = u.state
         if let v = s.explicitUserType {
             w.field(.explicitUserType) { f in
@@ -242,12 +244,22 @@ public enum StateCodec {
             zigzag(s.offset)
         }
 
+        /// The tag, the body's length, the body. The body is written in place after a
+        /// one-byte length; the rare body of 128 bytes or more then moves over for the
+        /// longer varint (no buffer per field: a checkpoint encodes every changed user).
         mutating func field(_ tag: Tag, _ body: (inout Writer) -> Void) {
-            var f = Writer()
-            body(&f)
             u8(tag.rawValue)
-            varint(UInt64(f.bytes.count))
-            bytes.append(contentsOf: f.bytes)
+            let lengthAt = bytes.count
+            bytes.append(0)
+            body(&self)
+            let length = bytes.count - lengthAt - 1
+            if length < 0x80 {
+                bytes[lengthAt] = UInt8(length)
+            } else {
+                var prefix = Writer()
+                prefix.varint(UInt64(length))
+                bytes.replaceSubrange(lengthAt..<lengthAt + 1, with: prefix.bytes)
+            }
         }
 
         mutating func latest(_ tag: Tag, _ v: Latest<String>?) {

@@ -100,11 +100,11 @@ public final class KafkaProducer: @unchecked Sendable {
     /// Sends records and waits until each is acknowledged (with `acks=all` and
     /// idempotence, the defaults here). Throws if any failed or the wait timed out, so
     /// that the caller does not commit offsets past unwritten state.
-    public func sendAndWait(_ records: [(topic: String, partition: Int32, key: [UInt8], value: [UInt8])],
+    public func sendAndWait(topic: String, _ records: [(partition: Int32, key: [UInt8], value: [UInt8])],
                             timeoutMs: Int32 = 30_000) throws(KafkaError) {
         guard !records.isEmpty else { return }
         let before = deliveryCounts
-        for r in records { try send(topic: r.topic, partition: r.partition, key: r.key, value: r.value) }
+        for r in records { try send(topic: topic, partition: r.partition, key: r.key, value: r.value) }
         let flushed = rd_kafka_flush(rk, timeoutMs)
         let after = deliveryCounts
         if flushed != RD_KAFKA_RESP_ERR_NO_ERROR {

@@ -62,7 +62,7 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
     }
 
     public func write(_ records: [(partition: Int32, key: [UInt8], value: [UInt8])]) throws {
-        try producer.sendAndWait(records.map { (topic, $0.partition, $0.key, $0.value) })
+        try producer.sendAndWait(topic: topic, records)
     }
 
     public func commit(_ offsets: [TopicPartition: Int64]) throws {

@@ -436,14 +436,20 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         var positions: [(OffsetTracker.PartitionIndex, Int64)] = []
         lock.withLock {
             let scope = partitions ?? Array(assigned)
+            // Asked of the store once, not per user.
+            let statePartitions = partitionsByIndex.map { store.statePartition(for: $0.partition) }
+            let sourcePartitions = store.sourcePartitions
+            let pending = scope.map { pendingCheckpoint[$0]?.count ?? 0 }.reduce(0, +)
+            snapshot.reserveCapacity(pending)
+            keys.reserveCapacity(pending)
             for p in scope {
                 for key in pendingCheckpoint.removeValue(forKey: p) ?? [] {
                     let taken: (Int32, StoredUser, OffsetTracker.PartitionIndex)? = users.modify(key) { entry in
                         guard entry.checkpointPending else { return nil }
                         entry.checkpointPending = false
-                        return (store.statePartition(for: partitionsByIndex[Int(entry.home)].partition),
+                        return (statePartitions[Int(entry.home)],
                                 StoredUser(state: entry.state, dirty: entry.delivery.isDirty,
-                                           settledHash: entry.delivery.settledHash, sourcePartitions: store.sourcePartitions),
+                                           settledHash: entry.delivery.settledHash, sourcePartitions: sourcePartitions),
                                 entry.home)
                     } ?? nil
                     guard let (partition, stored, home) = taken else { continue }
@@ -456,7 +462,12 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                 }
             }
         }
-        let records = snapshot.map { ($0.partition, Array($0.key.utf8), StateCodec.encode($0.stored)) }
+        var records: [(partition: Int32, key: [UInt8], value: [UInt8])] = []
+        records.reserveCapacity(snapshot.count)
+        // By index: `for s in snapshot` copied (retained) every state once more.
+        for i in snapshot.indices {
+            records.append((snapshot[i].partition, Array(snapshot[i].key.utf8), StateCodec.encode(snapshot[i].stored)))
+        }
         snapshot = []
         do {
             if !records.isEmpty { try store.write(records) }

@@ -1,4 +1,5 @@
 import Events
+import Foundation
 import Testing
 @testable import Folding
 
@@ -43,6 +44,31 @@ import Testing
         #expect(back.state.visits == 3)
         #expect(back.state.keyEventCounts == [KeyEventCount(index: 1, count: 2)])
         #expect(bytes.count < 600, "\(bytes.count) bytes for a user with every field set")
+    }
+
+    /// The bytes of a rich user, one field longer than 127 bytes (a two-byte length):
+    /// how the writer builds a record may change, what it writes may not.
+    @Test func theEncodingIsStableByteForByte() throws {
+        var s = richState()
+        s.custom.append(Latest(value: CustomTrait(name: "notes", json: "\"" + String(repeating: "n", count: 150) + "\""),
+                               stamp: Stamp(timeMs: 1_764_000_000_000, offset: 10)))
+        let bytes = StateCodec.encode(StoredUser(state: s, dirty: true, settledHash: 0x0102_0304_0506_0708, sourcePartitions: 4))
+        let hex = bytes.map { String(format: "%02x", $0) }.joined()
+        let before =
+            "46530101080180a0bfe9d6661402010103170f616e6e406578616d706c652e636f6d80a0bfe9d66614040f07416e6e20" +
+            "4c656580a0bfe9d66614050d0541646d696e80a0bfe9d666140619112b3333203120323320343520363720383980a0bf" +
+            "e9d6661407140c4575726f70652f506172697380a0bfe9d6661408251d68747470733a2f2f696d672e6578616d706c65" +
+            "2e636f6d2f612e706e6780a0bfe9d66614090680a0abfef9620a068090ccbdaf620b0680d0a6f2d4660c0680daf6ecd6" +
+            "660d0e064672616e636580a0bfe9d666140e0b0349444680a0bfe9d666140f0d05506172697380a0bfe9d66614100d05" +
+            "373530303180a0bfe9d66614110a02465280a0bfe9d66614120d057375622d3180a0bfe9d66614131c02057375622d31" +
+            "80a0bfe9d6661406616363742d3180a0bfe9d666141417020250320080daf6ecd666160250310680a0bfe9d6661415ba" +
+            "010204706c616e052270726f2280a0bfe9d66614056e6f746573980122"
+        let after =
+            "2280a0bfe9d66614160f000000000040454080a0bfe9d6661417010318250380d0a6f2d46680d0a6f2d46680a0bfe9d6" +
+            "6680a0bfe9d66680daf6ecd66680daf6ecd666190b090000000000000080bf021a030101021b024d1828010129080807" +
+            "0605040302012a0104"
+        #expect(hex == before + String(repeating: "6e", count: 150) + after)
+        #expect(try StateCodec.decode(bytes).state.custom.count == 2)
     }
 
     @Test func emptyStateRoundTrips() throws {
