@@ -87,10 +87,12 @@ public final class KafkaConsumer: @unchecked Sendable {
         // when its broker thread next wakes, up to a second later; the poll loop wakes it
         // when the queue runs dry (nudgeFetcherIfStalled). Without that wake-up a queue
         // had to hold over a second of folding (256 MiB at ~470k events/s); with it,
-        // 300000 / 128 MiB folds as fast (527k-552k against 468k-526k events/s, three
-        // interleaved pairs) with ~150 MB less peak RSS. See docs/performance.md.
+        // 64 MiB (~110k of the benchmark's events, ~0.17 s of folding) folds as fast as
+        // 128 MiB did (the binary: medians 582k/640k and 644k/606k events/s in two runs
+        // of interleaved rounds; the pipeline: ~731k/~730k in eight pairs) with ~100 MB
+        // less peak RSS; 32 MiB was slower (~657k). See docs/performance.md.
         "queued.min.messages": "300000",
-        "queued.max.messages.kbytes": "131072",
+        "queued.max.messages.kbytes": "65536",
         // A broker answers a waiting Fetch as soon as data arrives, so this wait only
         // bounds idle round trips (20/s per broker at 50 ms). Brokers that hold an empty
         // Fetch for the whole wait (librdkafka's mock cluster, some Kafka-compatible
