@@ -28,7 +28,7 @@ echo "mock cluster at $B; producing $EVENTS events over $USERS users..." >&2
 
 # The read and fold rates swing by 10-20 % from one run to the next on a shared 2-core
 # machine (kcat alone: 0.6M-0.93M messages/s). So each is measured ROUNDS times (5),
-# interleaved (kcat, raw consumer, pipeline, binary, then again), and the table shows
+# interleaved (kcat twice, raw consumer, pipeline, binary, then again), and the table shows
 # medians with the range: a ratio of two medians of one run, not of two lucky draws.
 ROUNDS=${ROUNDS:-5}
 : > "$out/rounds"
@@ -41,6 +41,12 @@ for round in $(seq "$ROUNDS"); do
   t1=$(date +%s.%N)
   echo "kcat_rate=$(python3 -c "print(int($kcat_n / ($t1 - $t0)))")" >> "$out/rounds"
   echo "kcat_messages=$kcat_n" >> "$out/rounds"
+  # kcat in its plain form (`kcat -C -e -q -o beginning`): payloads printed, one per line,
+  # counted by wc. The usual way to time "what librdkafka reads", and the gentler reference.
+  t0=$(date +%s.%N)
+  kcatp_n=$(kcat -C -b "$B" -t bench -o beginning -e -q -X log_level=3 | wc -l)
+  t1=$(date +%s.%N)
+  echo "kcatpayload_rate=$(python3 -c "print(int($kcatp_n / ($t1 - $t0)))")" >> "$out/rounds"
   echo "round $round of $ROUNDS: a minimal librdkafka consumer, plain, then with the zstd size hint..." >&2
   # Plain librdkafka is the reference: without the daemon's zstd size hint (ZstdSizeHint).
   ZSTD_HINT=0 "$BIN/foldspace-bench" raw --brokers "$B" --topic bench --expect "$EVENTS" >> "$out/rounds"
@@ -94,6 +100,7 @@ v = dict(l.strip().split("=", 1) for l in open(sys.argv[1]) if "=" in l)
 g = lambda k: v.get(k, "?")
 raw = int(g("raw_rate")) if g("raw_rate").isdigit() else 0
 kc = int(g("kcat_rate")) if g("kcat_rate").isdigit() else 0
+kp = int(g("kcatpayload_rate")) if g("kcatpayload_rate").isdigit() else 0
 folded = int(g("folded_rate")) if g("folded_rate").isdigit() else 0
 binary = int(g("binary_folded_rate")) if g("binary_folded_rate").isdigit() else 0
 rounds = g("rounds")
@@ -107,14 +114,16 @@ def r(k):
 rows = [
     ("events produced (zstd)", f'{g("produced")} ({g("avg_event_bytes")} B avg)'),
     (f"rates below: the median of {rounds} interleaved rounds", ""),
-    ("raw read, kcat (msgs/s, incl. start-up)", r("kcat_rate")),
+    ("raw read, kcat -f '\\n': a bare newline per message (msgs/s, incl. start-up)", r("kcat_rate")),
+    ("raw read, kcat -C -e -q -o beginning: payloads printed (msgs/s, incl. start-up)", r("kcatpayload_rate")),
     ("raw read, librdkafka consumer (msgs/s)", r("raw_rate")),
     ("  the same with the daemon's zstd size hint (msgs/s)", r("rawhint_rate")),
     ("folded by the daemon's pipeline, in process (events/s)", r("folded_rate")),
     ("  zstd batches the hint sized for librdkafka", g("zstd_frames_sized")),
     ("folded by the binary, a separate process, durable state (events/s)", r("binary_folded_rate")),
-    ("binary folded / raw kcat", f"{binary / kc:.2f}" if kc and binary else "?"),
-    ("pipeline folded / raw kcat", f"{folded / kc:.2f}" if kc else "?"),
+    ("binary folded / raw kcat -f '\\n'", f"{binary / kc:.2f}" if kc and binary else "?"),
+    ("binary folded / raw kcat printing payloads", f"{binary / kp:.2f}" if kp and binary else "?"),
+    ("pipeline folded / raw kcat -f '\\n'", f"{folded / kc:.2f}" if kc else "?"),
     ("pipeline folded / raw librdkafka consumer", f"{folded / raw:.2f}" if raw else "?"),
     ("folded by Python (confluent-kafka + json.loads)", g("python_fold_rate")),
     ("pipeline folded / Python", f"{folded / int(g('python_fold_rate')):.1f}" if g("python_fold_rate").isdigit() and int(g("python_fold_rate")) else "?"),
