@@ -60,6 +60,14 @@ public final class KafkaConsumer: @unchecked Sendable {
     private var thread: Thread?
     private let finished = DispatchSemaphore(value: 0)
     private var assigned: Set<TopicPartition> = []
+    /// Each assigned partition's committed offset as read after the assignment (or
+    /// `RD_KAFKA_OFFSET_INVALID`: none). Until a partition's first message librdkafka
+    /// knows no position for it, and its lag would be counted from the oldest retained
+    /// message: an instance restarted on an idle, fully committed topic showed the
+    /// whole topic as lag.
+    private var committedAtAssignment: [TopicPartition: Int64] = [:]
+    /// Where a partition without a committed offset starts (`auto.offset.reset`).
+    private let startsAtEnd: Bool
     private var paused = false
     private var loopEnded = false
     private var fetchingStopped = false
@@ -111,6 +119,7 @@ public final class KafkaConsumer: @unchecked Sendable {
         var cfg = KafkaClientConfig(Self.defaults)
         for (k, v) in config.properties { cfg[k] = v }
         cfg["enable.auto.offset.store"] = "false"
+        startsAtEnd = ["latest", "end", "largest"].contains(cfg["auto.offset.reset"] ?? "")
         self.topics = topics
         self.handler = handler
         self.logger = logger
@@ -263,14 +272,21 @@ public final class KafkaConsumer: @unchecked Sendable {
             }
             return r
         }
+        let committed = lock.withLock { committedAtAssignment }
         for tp in parts {
             var low: Int64 = 0
             var high: Int64 = 0
-            if rd_kafka_get_watermark_offsets(rk, tp.topic, tp.partition, &low, &high) == RD_KAFKA_RESP_ERR_NO_ERROR,
-               high >= 0 {
-                let pos = positions[tp] ?? -1
-                out[tp] = pos >= 0 ? max(0, high - pos) : max(0, high - low)
+            guard rd_kafka_get_watermark_offsets(rk, tp.topic, tp.partition, &low, &high) == RD_KAFKA_RESP_ERR_NO_ERROR,
+                  high >= 0 else { continue }
+            if let pos = positions[tp], pos >= 0 {
+                out[tp] = max(0, high - pos)
+            } else if let c = committed[tp] {
+                // Nothing consumed yet: reading starts at the committed offset (not
+                // before the oldest retained message), or where auto.offset.reset says.
+                let start = c >= 0 ? max(c, low) : (startsAtEnd ? high : low)
+                out[tp] = max(0, high - start)
             }
+            // Else the committed offset is still being read: unknown for a moment.
         }
         return out
     }
@@ -390,6 +406,31 @@ public final class KafkaConsumer: @unchecked Sendable {
         }
     }
 
+    /// Reads the committed offsets of newly assigned partitions for ``lag()``, off the
+    /// poll thread (a round trip to the group coordinator). On failure the lag of a
+    /// partition stays unknown until its first message.
+    private func readCommittedOffsets(_ parts: [TopicPartition]) {
+        guard !parts.isEmpty else { return }
+        DispatchQueue.global().async { [self] in
+            var found: [TopicPartition: Int64] = [:]
+            let err = withPartitionList(parts.map { ($0, nil) }) { list in
+                let err = rd_kafka_committed(rk, list, 10_000)
+                if err == RD_KAFKA_RESP_ERR_NO_ERROR {
+                    for i in 0..<Int(list.pointee.cnt) where list.pointee.elems[i].err == RD_KAFKA_RESP_ERR_NO_ERROR {
+                        let el = list.pointee.elems[i]
+                        found[TopicPartition(String(cString: el.topic), el.partition)] = el.offset
+                    }
+                }
+                return err
+            }
+            if err != RD_KAFKA_RESP_ERR_NO_ERROR {
+                logger.warning("could not read the committed offsets; the lag of a partition shows from its first message",
+                               metadata: ["error": "\(KafkaError(err, context: "committed offsets"))"])
+            }
+            lock.withLock { for (tp, o) in found where assigned.contains(tp) { committedAtAssignment[tp] = o } }
+        }
+    }
+
     /// How many times the fetcher was woken by ``nudgeFetcherIfStalled()``.
     public var fetcherNudges: Int { lock.withLock { nudges } }
 
@@ -446,13 +487,17 @@ public final class KafkaConsumer: @unchecked Sendable {
             if paused {
                 _ = withPartitionList(parts.map { ($0, nil) }) { rd_kafka_pause_partitions(rk, $0) }
             }
+            readCommittedOffsets(parts)
             logger.info("partitions assigned", metadata: ["partitions": "\(parts.map(\.description).joined(separator: ","))"])
         case RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS:
             handler.partitionsRevoked(parts)
             if rd_kafka_assignment_lost(rk) == 0 {
                 commitStoredSync()
             }
-            lock.withLock { assigned.subtract(parts) }
+            lock.withLock {
+                assigned.subtract(parts)
+                for tp in parts { committedAtAssignment[tp] = nil }
+            }
             if cooperative {
                 if let e = rd_kafka_incremental_unassign(rk, list) {
                     logger.error("incremental unassign", metadata: ["error": "\(KafkaError(consuming: e, context: "unassign"))"])
@@ -464,7 +509,10 @@ public final class KafkaConsumer: @unchecked Sendable {
         default:
             logger.error("rebalance error", metadata: ["error": "\(KafkaError(err, context: "rebalance"))"])
             _ = rd_kafka_assign(rk, nil)
-            lock.withLock { assigned.removeAll() }
+            lock.withLock {
+                assigned.removeAll()
+                committedAtAssignment.removeAll()
+            }
         }
     }
 }

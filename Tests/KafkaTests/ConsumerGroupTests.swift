@@ -138,6 +138,33 @@ func produce(_ cluster: MockCluster, topic: String, _ values: [String]) throws {
         c2.stop()
     }
 
+    /// Restarted on a fully committed, idle partition: librdkafka knows no position
+    /// until a message arrives, and the lag used to be counted from the oldest message.
+    @Test func theLagOfAnIdleCommittedPartitionIsZero() async throws {
+        let cluster = try MockCluster(brokers: 1)
+        try cluster.createTopic("t5", partitions: 2)
+        try produce(cluster, topic: "t5", (0..<40).map { "a\($0)" })
+        let first = RecordingHandler()
+        let c1 = try KafkaConsumer(config: consumerConfig(cluster, group: "g5"), topics: ["t5"], handler: first, logger: quiet)
+        first.consumer = c1
+        c1.start()
+        #expect(await eventually { first.values.count == 40 })
+        #expect(await eventually { c1.lag().count == 2 && c1.lag().values.allSatisfy { $0 == 0 } })
+        c1.stop() // commits on close
+        let second = RecordingHandler()
+        let c2 = try KafkaConsumer(config: consumerConfig(cluster, group: "g5"), topics: ["t5"], handler: second, logger: quiet)
+        second.consumer = c2
+        c2.start()
+        #expect(await eventually { c2.assignment.count == 2 && c2.lag().count == 2 })
+        #expect(c2.lag().values.reduce(0, +) == 0, "\(c2.lag())")
+        // New messages show as lag until read, then it is 0 again.
+        try produce(cluster, topic: "t5", (0..<10).map { "b\($0)" })
+        #expect(await eventually { second.values.count == 10 })
+        #expect(await eventually { c2.lag().values.reduce(0, +) == 0 })
+        #expect(second.values.sorted() == (0..<10).map { "b\($0)" }.sorted())
+        c2.stop()
+    }
+
     @Test func rebalanceBetweenTwoConsumersLosesNothing() async throws {
         let cluster = try MockCluster(brokers: 1)
         try cluster.createTopic("t3", partitions: 4)
