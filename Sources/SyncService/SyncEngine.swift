@@ -338,6 +338,9 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     private var rng = SystemRandomNumberGenerator()
     private var storeOffsets: (@Sendable ([TopicPartition: Int64]) -> Void)?
     private var hasBeenAssigned = false
+    /// From the latest assignment until the consumer has caught up: what was folded and
+    /// when, for the log line that says how fast the backlog was read.
+    private var catchUp: (assignedMs: Int64, folded: Int, firstFoldMs: Int64?, lastFoldMs: Int64)?
     /// Durable mode: users to write at the next checkpoint, per partition index.
     private var pendingCheckpoint: [OffsetTracker.PartitionIndex: [String]] = [:]
     private var lastCommitted: [OffsetTracker.PartitionIndex: Int64] = [:]
@@ -653,6 +656,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                            last: Bool, invalid: inout [(Int, DecodeFailure)]) {
         let now = clock.monotonicMs()
         lock.withLock {
+            if catchUp != nil && catchUp!.firstFoldMs == nil { catchUp!.firstFoldMs = now }
             // First reach every user of the chunk, in passes that each start the loads
             // the next pass needs without waiting for them (prefetch hints), so that their
             // cache misses overlap; folding event by event it would wait for each in turn
@@ -715,6 +719,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                 }
             }
             if last { publishOffsets() }
+            if catchUp != nil { catchUp!.lastFoldMs = clock.monotonicMs() }
         }
     }
 
@@ -781,8 +786,35 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                 pendingCheckpoint[i] = nil
             }
             hasBeenAssigned = true
+            if !partitions.isEmpty { catchUp = (clock.monotonicMs(), stats.folded, nil, 0) }
         }
         updateRateShare()
+    }
+
+    /// What was read since the latest assignment, until the consumer caught up.
+    public struct CaughtUp: Sendable, Equatable {
+        /// Events folded since the assignment.
+        public var events: Int
+        /// From the first folded chunk to the last.
+        public var foldSeconds: Double
+        /// From the assignment (restores included) to now.
+        public var sinceAssignmentSeconds: Double
+    }
+
+    /// Whether an assignment's backlog has not been reported caught up yet.
+    public var awaitingCatchUp: Bool { lock.withLock { catchUp != nil } }
+
+    /// Called once the consumer has caught up with its partitions: what was folded
+    /// since the latest assignment, reported once (nil if nothing was, or already).
+    public func takeCatchUp() -> CaughtUp? {
+        let now = clock.monotonicMs()
+        return lock.withLock {
+            guard let c = catchUp else { return nil }
+            catchUp = nil
+            guard let first = c.firstFoldMs, stats.folded > c.folded else { return nil }
+            return CaughtUp(events: stats.folded - c.folded, foldSeconds: Double(c.lastFoldMs - first) / 1000,
+                            sinceAssignmentSeconds: Double(now - c.assignedMs) / 1000)
+        }
     }
 
     /// Settles the revoked partitions before they move: every dirty user is flushed

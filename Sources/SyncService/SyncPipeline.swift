@@ -139,6 +139,26 @@ public final class SyncPipeline: Service, @unchecked Sendable {
                 await Self.blocking { engine.checkpoint() }
             }
         } : nil
+        // After each assignment, one line saying how fast its backlog was read: once the
+        // consumer is within a batch of the end of every partition it holds.
+        let catchUpWatch = Task { [logger = self.logger] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(100))
+                guard engine.awaitingCatchUp else { continue }
+                let assigned = consumer.assignment
+                let lag = consumer.lag()
+                guard !assigned.isEmpty, lag.count == assigned.count, lag.values.reduce(0, +) < 1_000,
+                      let c = engine.takeCatchUp() else { continue }
+                var metadata: Logger.Metadata = [
+                    "events": "\(c.events)", "partitions": "\(assigned.count)",
+                    "fold_seconds": "\(String(format: "%.3f", c.foldSeconds))",
+                    "seconds_since_assignment": "\(String(format: "%.2f", c.sinceAssignmentSeconds))",
+                ]
+                // A rate only over a span long enough to mean one.
+                if c.foldSeconds >= 0.05 { metadata["events_per_second"] = "\(Int(Double(c.events) / c.foldSeconds))" }
+                logger.info("caught up with the assigned partitions", metadata: metadata)
+            }
+        }
         notifier.ready(status: "consuming \(config.topics.joined(separator: ",")) as group \(config.group)")
         // Liveness: both loops must go round. The poll thread may legitimately sit in a
         // rebalance callback for up to the drain timeout.
@@ -205,6 +225,7 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         flushTask.cancel()
         await flushTask.value
         heartbeat.cancel()
+        catchUpWatch.cancel()
         hupTask.cancel()
         await admin.stop()
         await client?.shutdown()

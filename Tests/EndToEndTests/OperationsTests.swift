@@ -188,6 +188,14 @@ final class NotifySocket: @unchecked Sendable {
         #expect(await daemon.wait(timeout: .seconds(30)) == 0)
         // Logs are JSON lines when stderr is not a terminal.
         let lines = daemon.stderr.split(separator: "\n")
+        // One line says the backlog was read (30 events; the last batch may still have
+        // been folding when the lag was looked at).
+        let caughtUp = lines.filter { $0.contains("caught up with the assigned partitions") }
+        #expect(caughtUp.count == 1, "\(daemon.stderr.suffix(2000))")
+        if let line = caughtUp.first, let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] {
+            #expect(o["partitions"] as? String == "2")
+            #expect((1...30).contains(Int(o["events"] as? String ?? "") ?? 0), "\(line)")
+        }
         #expect(lines.count > 3)
         for l in lines {
             let o = try? JSONSerialization.jsonObject(with: Data(l.utf8)) as? [String: Any]

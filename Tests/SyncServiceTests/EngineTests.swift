@@ -97,6 +97,30 @@ func feed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: Int64,
         #expect(engine.snapshot().dirtyUsers == 0)
     }
 
+    @Test func aCatchUpIsReportedOncePerAssignmentWithItsSpan() {
+        let clock = ManualClock()
+        let (engine, _) = makeEngine(clock) // assigned at t0
+        let track = { (i: Int) in (self.tp, Int64(i), #"{"type":"track","userId":"u\#(i % 7)","timestamp":"2025-11-24T10:00:00Z"}"#) }
+        #expect(engine.awaitingCatchUp)
+        clock.advance(200) // the restore, the first fetch
+        feed(engine, (0..<300).map(track)) // three chunks, at t0+200
+        clock.advance(500)
+        feed(engine, (300..<400).map(track)) // at t0+700
+        feed(engine, [(tp, 400, "{not json")]) // not folded, not counted
+        clock.advance(100)
+        let c = engine.takeCatchUp()
+        #expect(c == SyncEngine.CaughtUp(events: 400, foldSeconds: 0.5, sinceAssignmentSeconds: 0.8))
+        #expect(!engine.awaitingCatchUp)
+        #expect(engine.takeCatchUp() == nil) // once
+        feed(engine, (401..<410).map(track))
+        #expect(engine.takeCatchUp() == nil)
+        // A new assignment starts over; with nothing folded since, nothing to report.
+        engine.partitionsAssigned([TopicPartition("events", 1)])
+        #expect(engine.awaitingCatchUp)
+        #expect(engine.takeCatchUp() == nil)
+        #expect(!engine.awaitingCatchUp)
+    }
+
     @Test func sendLatenessIsTheTimeFromDueToSent() {
         let clock = ManualClock()
         let (engine, _) = makeEngine(clock)
