@@ -412,22 +412,13 @@ public final class KafkaConsumer: @unchecked Sendable {
     private func readCommittedOffsets(_ parts: [TopicPartition]) {
         guard !parts.isEmpty else { return }
         DispatchQueue.global().async { [self] in
-            var found: [TopicPartition: Int64] = [:]
-            let err = withPartitionList(parts.map { ($0, nil) }) { list in
-                let err = rd_kafka_committed(rk, list, 10_000)
-                if err == RD_KAFKA_RESP_ERR_NO_ERROR {
-                    for i in 0..<Int(list.pointee.cnt) where list.pointee.elems[i].err == RD_KAFKA_RESP_ERR_NO_ERROR {
-                        let el = list.pointee.elems[i]
-                        found[TopicPartition(String(cString: el.topic), el.partition)] = el.offset
-                    }
-                }
-                return err
-            }
-            if err != RD_KAFKA_RESP_ERR_NO_ERROR {
+            do {
+                let found = try committed(parts, timeoutMs: 10_000)
+                lock.withLock { for (tp, o) in found where assigned.contains(tp) { committedAtAssignment[tp] = o } }
+            } catch {
                 logger.warning("could not read the committed offsets; the lag of a partition shows from its first message",
-                               metadata: ["error": "\(KafkaError(err, context: "committed offsets"))"])
+                               metadata: ["error": "\(error)"])
             }
-            lock.withLock { for (tp, o) in found where assigned.contains(tp) { committedAtAssignment[tp] = o } }
         }
     }
 

@@ -65,15 +65,24 @@ func produce(_ cluster: MockCluster, topic: String, _ values: [String]) throws {
     p.close()
 }
 
+/// A consumer of `topic` in `group` (with `config`, else the tests' usual one), polling,
+/// with the handler that records it.
+func startedConsumer(_ cluster: MockCluster, group: String, topic: String,
+                     config: KafkaClientConfig? = nil) throws -> (KafkaConsumer, RecordingHandler) {
+    let handler = RecordingHandler()
+    let consumer = try KafkaConsumer(config: config ?? consumerConfig(cluster, group: group), topics: [topic],
+                                     handler: handler, logger: quiet)
+    handler.consumer = consumer
+    consumer.start()
+    return (consumer, handler)
+}
+
 @Suite(.serialized) struct ConsumerGroupTests {
     @Test func joinsConsumesAndCommits() async throws {
         let cluster = try MockCluster(brokers: 1)
         try cluster.createTopic("t1", partitions: 2)
         try produce(cluster, topic: "t1", (0..<100).map { "m\($0)" })
-        let handler = RecordingHandler()
-        let consumer = try KafkaConsumer(config: consumerConfig(cluster, group: "g1"), topics: ["t1"], handler: handler, logger: quiet)
-        handler.consumer = consumer
-        consumer.start()
+        let (consumer, handler) = try startedConsumer(cluster, group: "g1", topic: "t1")
         #expect(await eventually { handler.values.count == 100 })
         #expect(Set(handler.values) == Set((0..<100).map { "m\($0)" }))
         consumer.commitStoredSync()
@@ -102,10 +111,7 @@ func produce(_ cluster: MockCluster, topic: String, _ values: [String]) throws {
         config["queued.max.messages.kbytes"] = "1"
         config["queued.min.messages"] = "1"
         config["max.partition.fetch.bytes"] = "8192"
-        let handler = RecordingHandler()
-        let consumer = try KafkaConsumer(config: config, topics: ["t-nudge"], handler: handler, logger: quiet)
-        handler.consumer = consumer
-        consumer.start()
+        let (consumer, handler) = try startedConsumer(cluster, group: "g-nudge", topic: "t-nudge", config: config)
         #expect(await eventually(.seconds(40)) { handler.values.count == 200 })
         #expect(handler.values.map { $0.prefix { $0 != " " } } == (0..<200).map { Substring(String($0)) })
         #expect(consumer.fetcherNudges > 10, "\(consumer.fetcherNudges)")
@@ -120,17 +126,11 @@ func produce(_ cluster: MockCluster, topic: String, _ values: [String]) throws {
         let cluster = try MockCluster(brokers: 1)
         try cluster.createTopic("t2", partitions: 1)
         try produce(cluster, topic: "t2", (0..<50).map { "a\($0)" })
-        let first = RecordingHandler()
-        let c1 = try KafkaConsumer(config: consumerConfig(cluster, group: "g2"), topics: ["t2"], handler: first, logger: quiet)
-        first.consumer = c1
-        c1.start()
+        let (c1, first) = try startedConsumer(cluster, group: "g2", topic: "t2")
         #expect(await eventually { first.values.count == 50 })
         c1.stop() // commits on close
         try produce(cluster, topic: "t2", (0..<30).map { "b\($0)" })
-        let second = RecordingHandler()
-        let c2 = try KafkaConsumer(config: consumerConfig(cluster, group: "g2"), topics: ["t2"], handler: second, logger: quiet)
-        second.consumer = c2
-        c2.start()
+        let (c2, second) = try startedConsumer(cluster, group: "g2", topic: "t2")
         #expect(await eventually { second.values.count >= 30 })
         try? await Task.sleep(for: .milliseconds(500))
         #expect(second.values == (0..<30).map { "b\($0)" })
@@ -144,17 +144,11 @@ func produce(_ cluster: MockCluster, topic: String, _ values: [String]) throws {
         let cluster = try MockCluster(brokers: 1)
         try cluster.createTopic("t5", partitions: 2)
         try produce(cluster, topic: "t5", (0..<40).map { "a\($0)" })
-        let first = RecordingHandler()
-        let c1 = try KafkaConsumer(config: consumerConfig(cluster, group: "g5"), topics: ["t5"], handler: first, logger: quiet)
-        first.consumer = c1
-        c1.start()
+        let (c1, first) = try startedConsumer(cluster, group: "g5", topic: "t5")
         #expect(await eventually { first.values.count == 40 })
         #expect(await eventually { c1.lag().count == 2 && c1.lag().values.allSatisfy { $0 == 0 } })
         c1.stop() // commits on close
-        let second = RecordingHandler()
-        let c2 = try KafkaConsumer(config: consumerConfig(cluster, group: "g5"), topics: ["t5"], handler: second, logger: quiet)
-        second.consumer = c2
-        c2.start()
+        let (c2, second) = try startedConsumer(cluster, group: "g5", topic: "t5")
         #expect(await eventually { c2.assignment.count == 2 && c2.lag().count == 2 })
         #expect(c2.lag().values.reduce(0, +) == 0, "\(c2.lag())")
         // New messages show as lag until read, then it is 0 again.
@@ -168,16 +162,10 @@ func produce(_ cluster: MockCluster, topic: String, _ values: [String]) throws {
     @Test func rebalanceBetweenTwoConsumersLosesNothing() async throws {
         let cluster = try MockCluster(brokers: 1)
         try cluster.createTopic("t3", partitions: 4)
-        let a = RecordingHandler()
-        let ca = try KafkaConsumer(config: consumerConfig(cluster, group: "g3"), topics: ["t3"], handler: a, logger: quiet)
-        a.consumer = ca
-        ca.start()
+        let (ca, a) = try startedConsumer(cluster, group: "g3", topic: "t3")
         try produce(cluster, topic: "t3", (0..<200).map { "x\($0)" })
         #expect(await eventually { a.values.count == 200 })
-        let b = RecordingHandler()
-        let cb = try KafkaConsumer(config: consumerConfig(cluster, group: "g3"), topics: ["t3"], handler: b, logger: quiet)
-        b.consumer = cb
-        cb.start()
+        let (cb, b) = try startedConsumer(cluster, group: "g3", topic: "t3")
         // Wait until b owns partitions, then produce more: both share the load.
         #expect(await eventually { b.log.contains { $0.hasPrefix("assigned") } })
         try produce(cluster, topic: "t3", (200..<400).map { "x\($0)" })

@@ -17,10 +17,7 @@ import TestSupport
     private func consumeAll(_ cluster: MockCluster, topic: String, count: Int, group: String) async throws -> ([String], Int) {
         var config = consumerConfig(cluster, group: group)
         config["statistics.interval.ms"] = "100"
-        let handler = RecordingHandler()
-        let consumer = try KafkaConsumer(config: config, topics: [topic], handler: handler, logger: quiet)
-        handler.consumer = consumer
-        consumer.start()
+        let (consumer, handler) = try startedConsumer(cluster, group: group, topic: topic, config: config)
         #expect(await eventually(.seconds(30)) { handler.values.count == count })
         // Statistics (every 100 ms) emitted after the last fetch.
         try await Task.sleep(for: .milliseconds(300))
