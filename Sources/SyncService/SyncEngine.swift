@@ -79,6 +79,10 @@ public struct EngineStats: Sendable {
     /// From a checkpoint's snapshot to Kafka's acknowledgement of its writes and commit.
     public var checkpointDuration = Histogram()
     public var restoredUsers = 0
+    /// Users still waiting for Foldspace when the latest revocation let them go: their
+    /// offsets stay uncommitted (memory) or their state carries them (durable), so the
+    /// next owner sends them.
+    public var unsettledAtLastRevocation = 0
     public var restoreFailures = 0
     public var requests: [String: Int] = [:]
     public var retries: [String: Int] = [:]
@@ -843,15 +847,20 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             if !store.isEmpty && !options.durable { storeOffsets?(store) }
             let revoked = Set(idxs)
             var dropped = 0
+            var unsettled = 0
             for (key, entry) in users.all where revoked.contains(entry.home) {
                 var keep = false
                 entry.holds.forEach { p, _ in if !revoked.contains(p) { keep = true } }
                 entry.flightHolds.forEach { p, _ in if !revoked.contains(p) { keep = true } }
                 if keep { continue }
-                if entry.delivery.isDirty { dirty.cleared(since: entry.delivery.dirtySinceMs) }
+                if entry.delivery.isDirty {
+                    dirty.cleared(since: entry.delivery.dirtySinceMs)
+                    unsettled += 1
+                }
                 users[key] = nil
                 dropped += 1
             }
+            stats.unsettledAtLastRevocation = unsettled
             for i in idxs {
                 offsets.deactivate(i)
                 assigned.remove(i)
@@ -860,7 +869,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             }
             logger.info("partitions settled", metadata: [
                 "partitions": "\(partitions.map(\.description).joined(separator: ","))",
-                "users_dropped": "\(dropped)", "ms": "\(clock.monotonicMs() - start)",
+                "users_dropped": "\(dropped)", "users_unsettled": "\(unsettled)", "ms": "\(clock.monotonicMs() - start)",
             ])
         }
         updateRateShare()

@@ -232,8 +232,10 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         producer?.close()
         stateStore?.close()
         let stats = engine.snapshot()
+        // Unsettled: still held, or let go unsettled by the final revocation (the next
+        // owner sends those; the "partitions settled" line says the same per partition set).
         logger.info("stopped", metadata: [
-            "events_folded": "\(stats.folded)", "users_unsettled": "\(stats.dirtyUsers)",
+            "events_folded": "\(stats.folded)", "users_unsettled": "\(stats.dirtyUsers + stats.unsettledAtLastRevocation)",
         ])
         if consumer.hasFatalError {
             throw ConfigurationError("the Kafka consumer hit a fatal error")

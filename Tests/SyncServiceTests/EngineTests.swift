@@ -402,6 +402,32 @@ func feed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: Int64,
         #expect(offsets[tp] == 2)
         #expect(engine.snapshot().users == 0)
         #expect(engine.snapshot().requestTotal == 2)
+        #expect(engine.snapshot().unsettledAtLastRevocation == 0)
+    }
+
+    @Test func aRevocationThatCannotSettleSaysHowManyUsersItLetGo() {
+        let clock = ManualClock()
+        let (engine, offsets) = makeEngine(clock) { $0.drainTimeoutMs = 50 }
+        feed(engine, [(tp, 0, #"{"type":"page","userId":"a"}"#), (tp, 1, #"{"type":"page","userId":"b"}"#),
+                      (tp, 2, #"{"type":"page","userId":"c"}"#)])
+        // Nobody sends: the drain waits out its timeout on the test's clock, moved by a
+        // thread of its own (a task could wait behind tests blocking the shared pool).
+        let stop = Flag()
+        let stopped = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            while !stop.isSet {
+                clock.advance(10)
+                Thread.sleep(forTimeInterval: 0.002)
+            }
+            stopped.signal()
+        }
+        engine.partitionsRevoked([tp])
+        stop.set()
+        stopped.wait()
+        let s = engine.snapshot()
+        #expect(s.users == 0 && s.dirtyUsers == 0)
+        #expect(s.unsettledAtLastRevocation == 3)
+        #expect((offsets[tp] ?? 0) == 0) // nothing past the first event committed: read again
     }
 }
 
