@@ -79,11 +79,11 @@ public struct EngineStats: Sendable {
     /// From a checkpoint's snapshot to Kafka's acknowledgement of its writes and commit.
     public var checkpointDuration = Histogram()
     public var restoredUsers = 0
+    public var restoreFailures = 0
     /// Users still waiting for Foldspace when the latest revocation let them go: their
     /// offsets stay uncommitted (memory) or their state carries them (durable), so the
     /// next owner sends them.
     public var unsettledAtLastRevocation = 0
-    public var restoreFailures = 0
     public var requests: [String: Int] = [:]
     public var retries: [String: Int] = [:]
     public var deadLetters: [String: Int] = [:]
