@@ -62,8 +62,13 @@ public struct TextFields: Sendable, Equatable {
         return Field.allCases.allSatisfy { a.get($0) == b.get($0) }
     }
 
-    /// Bytes held on the heap (0 when no field is set).
+    /// Bytes held on the heap (0 when no field is set): the array's header and the
+    /// capacity malloc granted, which may exceed what was asked for by the allocator's
+    /// rounding and, when it hands out a free chunk too small to split, a little more.
     public var heapBytes: Int { buf.capacity == 0 ? 0 : 32 + buf.capacity }
+
+    /// Bytes of the packed encoding itself (what a rebuild asks malloc for).
+    var packedBytes: Int { buf.count }
 
     /// The register of `field`, if set.
     public func get(_ field: Field) -> Latest<String>? {
