@@ -426,27 +426,35 @@ public struct SegmentDecoder: Sendable {
     private func readLocation(_ s: inout JSONScanner, _ c: inout CallFields, path: StaticString,
                               stateKey: StaticString) throws(JSONError) -> Location? {
         guard try objectOrAbsent(&s, &c, path) else { return nil }
-        var l = Location()
+        // Read into locals and moved into the result once: a `Location` variable written
+        // field by field was copied and destroyed twice per call (~2.7 % of the engine's
+        // instructions, by callgrind).
+        var country: String?
+        var region: String?
+        var city: String?
+        var postalCode: String?
+        var countryCode: String?
         var seen = FieldSet()
         try s.beginObject()
         var first = true
         while let k = try s.nextKey(first: first) {
             first = false
             if k.is("country") {
-                l.country = try readText(&s, &c, .country, path, seen: &seen)
+                country = try readText(&s, &c, .country, path, seen: &seen)
             } else if k.is(stateKey) {
-                l.region = try readText(&s, &c, .region, path, seen: &seen)
+                region = try readText(&s, &c, .region, path, seen: &seen)
             } else if k.is("city") {
-                l.city = try readText(&s, &c, .city, path, seen: &seen)
+                city = try readText(&s, &c, .city, path, seen: &seen)
             } else if k.is("postalCode") {
-                l.postalCode = try readText(&s, &c, .postalCode, path, numbers: true, seen: &seen)
+                postalCode = try readText(&s, &c, .postalCode, path, numbers: true, seen: &seen)
             } else if k.is("countryCode") {
-                l.countryCode = try readText(&s, &c, .countryCode, path, seen: &seen)
+                countryCode = try readText(&s, &c, .countryCode, path, seen: &seen)
             } else {
                 try s.skipValue()
             }
         }
-        return l.isEmpty ? nil : l
+        guard country != nil || region != nil || city != nil || postalCode != nil || countryCode != nil else { return nil }
+        return Location(country: country, region: region, city: city, postalCode: postalCode, countryCode: countryCode)
     }
 
     /// A product is `{"product": code, "environment": 1..4}` or a bare code string.

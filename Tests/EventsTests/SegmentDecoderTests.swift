@@ -144,6 +144,23 @@ private func failure(_ json: String) -> DecodeFailure? {
         #expect(e.product == ProductRef(product: "P1", environment: 2))
     }
 
+    /// Every field of a location lands in its own place; one with none of them is no
+    /// location at all; an address in the traits reads `state` where the context reads
+    /// `region`.
+    @Test func locationFieldsAndEmptyLocations() throws {
+        let full = try event(#"""
+        {"type":"page","userId":"u","context":{"location":{"country":"France","region":"IDF","city":"Paris",
+         "postalCode":75001,"countryCode":"FR","latitude":48.8}}}
+        """#)
+        #expect(full.location == Location(country: "France", region: "IDF", city: "Paris", postalCode: "75001", countryCode: "FR"))
+        #expect(try event(#"{"type":"page","userId":"u","context":{"location":{}}}"#).location == nil)
+        #expect(try event(#"{"type":"page","userId":"u","context":{"location":{"latitude":1,"city":""}}}"#).location == nil)
+        #expect(try event(#"{"type":"page","userId":"u","context":{"location":{"countryCode":"DE"}}}"#).location
+            == Location(countryCode: "DE"))
+        let address = try event(#"{"type":"identify","userId":"u","traits":{"address":{"state":"CA","region":"x","city":"SF"}}}"#)
+        #expect(address.traits?.address == Location(region: "CA", city: "SF"))
+    }
+
     @Test func identifyTraitsWinOverContextTraits() throws {
         let e = try event(#"{"type":"identify","userId":"u","traits":{"email":"a@x"},"context":{"traits":{"email":"b@x","phone":"123"}}}"#)
         #expect(e.traits?.email == "a@x")
