@@ -57,14 +57,17 @@ public struct Folder: Sendable {
             // Read where they lie: taking them out (`take()`, or an inout force-unwrap)
             // made the compiler copy all 344 bytes of them up to four times an event.
             // A single-payload enum keeps its payload at offset 0 (Swift's ABI).
-            let hasTimezone = e.timezone != nil
+            var hasTimezone = false
+            if case .some = e.timezone { hasTimezone = true }
             changed = withUnsafeMutablePointer(to: &e.traits) { p in
                 foldTraits(UnsafeMutableRawPointer(p).assumingMemoryBound(to: Traits.self), contextTimezone: hasTimezone,
                            at: stamp, into: &s, &text)
             } || changed
         }
         if let v = e.timezone.take() { text.add(.timezone, v) }
-        if e.location != nil { foldLocation(&e.location!, into: &text) }
+        // Taken out, not tested with `!= nil` and written through `!`: the comparison
+        // copied and destroyed the whole optional location through generic witnesses.
+        if var l = e.location.take() { foldLocation(&l, into: &text) }
         if let v = e.groupId.take() { changed = foldSubscription(v, at: stamp, into: &s, &text) || changed }
         if let v = e.contextGroupId.take() { changed = foldSubscription(v, at: stamp, into: &s, &text) || changed }
         changed = s.text.apply(text, at: stamp) || changed
