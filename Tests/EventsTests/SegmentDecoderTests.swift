@@ -420,6 +420,65 @@ private func failure(_ json: String) -> DecodeFailure? {
         }
     }
 
+    /// The string scanner's inlined fast path hands over to the rest of the scan at the
+    /// first special byte, or when fewer than eight bytes are left: strings of every
+    /// length up to three words, with each kind of special byte at each place, and 0 to 9
+    /// bytes after the closing quote, scan as a byte-by-byte reference says.
+    @Test func stringsScanAlikeWhereverTheFastPathStops() {
+        enum Outcome: Equatable { case string(end: Int, escaped: Bool, next: Int), error }
+        let specials: [[UInt8]] = [[], Array(#"\n"#.utf8), Array(#"\""#.utf8), Array(#"\u00e9"#.utf8),
+                                   Array("é".utf8), [0x01], [0xFF], [0xE2, 0x82]]
+        func reference(_ b: [UInt8]) -> Outcome {
+            var i = 1
+            var escaped = false
+            while i < b.count {
+                switch b[i] {
+                case 0x22: return .string(end: i, escaped: escaped, next: i + 1)
+                case 0x5C:
+                    escaped = true
+                    guard i + 1 < b.count else { return .error }
+                    i += b[i + 1] == UInt8(ascii: "u") ? 6 : 2
+                case 0..<0x20: return .error
+                case 0x80...:
+                    guard let n = b.withUnsafeBufferPointer({ UTF8Check.sequenceLength($0, at: i) }) else { return .error }
+                    i += n
+                default: i += 1
+                }
+            }
+            return .error
+        }
+        var checked = 0
+        for length in 0...24 {
+            for special in specials {
+                for at in 0...length {
+                    for after in 0...9 {
+                        var text = [UInt8](repeating: UInt8(ascii: "a"), count: length)
+                        text.insert(contentsOf: special, at: at)
+                        let b = [0x22] + text + [0x22] + [UInt8](repeating: UInt8(ascii: " "), count: after)
+                        let got: Outcome = b.withUnsafeBufferPointer { p in
+                            var s = JSONScanner(p, maxDepth: 8)
+                            guard let k = try? s.scanStringRaw() else { return .error }
+                            #expect(k.start == 1)
+                            return .string(end: k.end, escaped: k.escaped, next: s.pos)
+                        }
+                        #expect(got == reference(b), "\(length) bytes, \(special) at \(at), \(after) after")
+                        checked += 1
+                    }
+                }
+            }
+        }
+        #expect(checked == 8 * 10 * (1...25).reduce(0, +))
+        // Unterminated strings, ending in plain text or inside an escape.
+        for b in ["\"abc", "\"abcdefghijklmnop", "\"abcdefghijklmnop\\", "\""] {
+            let bytes = Array(b.utf8)
+            let failed = bytes.withUnsafeBufferPointer { p in
+                var s = JSONScanner(p, maxDepth: 8)
+                return (try? s.scanStringRaw()) == nil
+            }
+            #expect(failed, "\(b)")
+        }
+    }
+
     @Test func traitsWithAnySingleFieldAreNotEmpty() {
         var cases: [Traits] = []
         func with(_ f: (inout Traits) -> Void) { var t = Traits(); f(&t); cases.append(t) }
