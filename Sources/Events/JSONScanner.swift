@@ -70,6 +70,33 @@ struct JSONScanner: ~Copyable {
     /// Returns `nil` (and consumes the `}`) when the object ends. `first` tells whether
     /// this is the first call for this object, which decides whether a comma is due.
     mutating func nextKey(first: Bool) throws(JSONError) -> JSONKey? {
+        // Compact JSON first (`,"key":` with no whitespace, what Segment's libraries and
+        // most producers send): ~40 % of this function's instructions were `peek()`s
+        // and their checks (callgrind). Anything else takes the general way below from
+        // where it started.
+        if let base = bytes.baseAddress {
+            let n = bytes.count
+            var p = pos
+            var compact = true
+            if !first {
+                if p < n && base[p] == UInt8(ascii: ",") { p &+= 1 } else { compact = false }
+            }
+            if compact && p < n && base[p] == UInt8(ascii: "\"") {
+                pos = p
+                let key = try scanStringRaw()
+                if pos < n && base[pos] == UInt8(ascii: ":") {
+                    pos &+= 1
+                } else {
+                    guard peek() == UInt8(ascii: ":") else { throw .syntax }
+                    pos += 1
+                }
+                return key
+            }
+        }
+        return try nextKeyGeneral(first: first)
+    }
+
+    private mutating func nextKeyGeneral(first: Bool) throws(JSONError) -> JSONKey? {
         guard var c = peek() else { throw .syntax }
         if c == UInt8(ascii: "}") {
             pos += 1

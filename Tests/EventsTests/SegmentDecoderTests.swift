@@ -479,6 +479,37 @@ private func failure(_ json: String) -> DecodeFailure? {
         }
     }
 
+    /// Keys are read by a compact-JSON fast path and a general one: whitespace anywhere
+    /// between tokens reads the same, and a missing or extra separator is rejected either
+    /// way.
+    @Test func whitespaceBetweenTokensChangesNothing() throws {
+        let compact = #"{"type":"identify","userId":"u1","traits":{"email":"a@x.io","address":{"city":"Oslo"}},"context":{"location":{"country":"Norway"},"library":{"name":"x"}},"properties":{}}"#
+        let expected = try event(compact)
+        #expect(expected.traits?.address?.city == "Oslo" && expected.location?.country == "Norway")
+        var inString = false
+        var escaped = false
+        var places = 0
+        for (i, ch) in compact.utf8.enumerated() {
+            defer {
+                if inString {
+                    if escaped { escaped = false } else if ch == 0x5C { escaped = true } else if ch == 0x22 { inString = false }
+                } else if ch == 0x22 { inString = true }
+            }
+            guard !inString, i > 0 else { continue }
+            var b = Array(compact.utf8)
+            b.insert(contentsOf: Array(" \n\t ".utf8), at: i)
+            let spaced = String(decoding: b, as: UTF8.self)
+            #expect(try event(spaced) == expected, "whitespace at \(i): \(spaced)")
+            places += 1
+        }
+        #expect(places == 49) // before every token but the first
+        for bad in [#"{"type":"page" "userId":"u"}"#, #"{"type":"page",,"userId":"u"}"#, #"{,"type":"page","userId":"u"}"#,
+                    #"{"type":"page","userId":"u",}"#, #"{"type" "page","userId":"u"}"#, #"{"type":"page","userId":"u", }"#,
+                    #"{"type":"page", ,"userId":"u"}"#, #"{"type":"page","userId""u"}"#, #"{"type":"page","userId":"u""#] {
+            #expect(failure(bad)?.reason == .notJSON, "\(bad)")
+        }
+    }
+
     @Test func traitsWithAnySingleFieldAreNotEmpty() {
         var cases: [Traits] = []
         func with(_ f: (inout Traits) -> Void) { var t = Traits(); f(&t); cases.append(t) }
