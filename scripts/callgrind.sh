@@ -7,10 +7,13 @@
 #   scripts/callgrind.sh                 # 20000 events over 2000 users, ~1 min
 #   EVENTS=50000 USERS=5000 scripts/callgrind.sh
 #   KEEP=/tmp/cg scripts/callgrind.sh    # keep callgrind.out for callgrind_annotate/kcachegrind
+#   LINES=1 KEEP=/tmp/cg scripts/callgrind.sh   # with source lines (a separate build, ~5 min the first time)
 #
 # Needs valgrind (apt-get install -y valgrind). Debian's valgrind 3.19 cannot read the
-# DWARF 5 that Swift emits, so the profile runs on a copy of the binary stripped of its
-# debug info: functions are named from the symbol table, without line numbers.
+# DWARF 5 that Swift emits, so by default the profile runs on a copy of the binary stripped
+# of its debug info: functions are named from the symbol table, without line numbers.
+# LINES=1 builds a second copy with DWARF 4 under .build/callgrind instead, which
+# `callgrind_annotate $KEEP/engine.out Sources/Events/JSONScanner.swift` annotates by line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,12 +23,17 @@ TOP=${TOP:-25}
 
 command -v valgrind > /dev/null || { echo "callgrind.sh: valgrind is not installed (apt-get install -y valgrind)" >&2; exit 1; }
 
-swift build -c release --product foldspace-bench >&2
-BIN=$(swift build -c release --show-bin-path)
-
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-objcopy --strip-debug "$BIN/foldspace-bench" "$work/foldspace-bench"
+if [ -n "${LINES:-}" ]; then
+    scratch=${CALLGRIND_SCRATCH:-.build/callgrind}
+    dwarf4=(-c release --product foldspace-bench --scratch-path "$scratch" -Xswiftc -dwarf-version=4 -Xcc -gdwarf-4)
+    swift build "${dwarf4[@]}" >&2
+    cp "$(swift build "${dwarf4[@]}" --show-bin-path)/foldspace-bench" "$work/foldspace-bench"
+else
+    swift build -c release --product foldspace-bench >&2
+    objcopy --strip-debug "$(swift build -c release --show-bin-path)/foldspace-bench" "$work/foldspace-bench"
+fi
 
 echo "callgrind: foldspace-bench core --events $EVENTS --users $USERS (about 60x slower than native)..." >&2
 valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" \
