@@ -587,6 +587,7 @@ extension FoldspaceBench {
             var states: [String: UserState] = [:]
             var foldNs = Double.infinity
             for _ in 0..<max(1, rounds) {
+                states = [:] // the last round's users freed outside the timing
                 let t0 = uptimeSeconds()
                 states = Self.foldRound(decoded, now: now)
                 foldNs = min(foldNs, (uptimeSeconds() - t0) * 1e9 / Double(decoded.count))
