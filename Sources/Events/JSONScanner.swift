@@ -501,37 +501,10 @@ struct JSONKey {
         let n = lit.utf8CodeUnitCount
         if !escaped {
             guard end - start == n else { return false }
-            return Self.equalBytes(base + start, lit.utf8Start, count: n)
+            return ByteRuns.equal(base + start, lit.utf8Start, count: n)
         }
         guard let s = try? text() else { return false }
         return s.utf8.elementsEqual(UnsafeBufferPointer(start: lit.utf8Start, count: n))
-    }
-
-    /// Whether the `count` bytes at `a` and `b` are equal, compared a word at a time: the
-    /// first and the last word of the width that fits (they overlap when `count` is not a
-    /// multiple of it), never reading outside either run. With `count` a literal's length,
-    /// as in ``is(_:)``, the width is chosen at compile time (a byte loop here was ~4 %
-    /// of the engine's instructions, by callgrind).
-    @inline(__always)
-    static func equalBytes(_ a: UnsafePointer<UInt8>, _ b: UnsafePointer<UInt8>, count n: Int) -> Bool {
-        @inline(__always) func word<T: FixedWidthInteger>(_ p: UnsafePointer<UInt8>, _ at: Int, _: T.Type) -> T {
-            UnsafeRawPointer(p + at).loadUnaligned(as: T.self)
-        }
-        if n >= 8 {
-            var i = 0
-            while i + 8 < n {
-                if word(a, i, UInt64.self) != word(b, i, UInt64.self) { return false }
-                i += 8
-            }
-            return word(a, n - 8, UInt64.self) == word(b, n - 8, UInt64.self)
-        }
-        if n >= 4 {
-            return word(a, 0, UInt32.self) == word(b, 0, UInt32.self) && word(a, n - 4, UInt32.self) == word(b, n - 4, UInt32.self)
-        }
-        if n >= 2 {
-            return word(a, 0, UInt16.self) == word(b, 0, UInt16.self) && word(a, n - 2, UInt16.self) == word(b, n - 2, UInt16.self)
-        }
-        return n == 0 || a[0] == b[0]
     }
 }
 

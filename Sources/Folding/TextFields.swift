@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Events
 
 /// A user's text attributes (email, name, location, …), each a last-writer-wins register,
 /// packed into one byte buffer.
@@ -271,27 +272,9 @@ public struct TextFields: Sendable, Equatable {
     @inline(__always)
     private static func same(_ s: String, _ b: UnsafeBufferPointer<UInt8>, _ r: Range<Int>) -> Bool {
         let fast = s.utf8.withContiguousStorageIfAvailable { u -> Bool in
-            u.count == r.count && (r.isEmpty || equalBytes(u.baseAddress!, b.baseAddress! + r.lowerBound, r.count))
+            u.count == r.count && (r.isEmpty || ByteRuns.equal(u.baseAddress!, b.baseAddress! + r.lowerBound, count: r.count))
         }
         return fast ?? s.utf8.elementsEqual(b[r])
-    }
-
-    /// `memcmp(a, b, n) == 0` in line, eight bytes at a time: the values compared here
-    /// are short (names, cities, emails), and the call to libc's was ~5 % of the fold.
-    @inline(__always)
-    private static func equalBytes(_ a: UnsafePointer<UInt8>, _ b: UnsafePointer<UInt8>, _ n: Int) -> Bool {
-        var i = 0
-        while i &+ 8 <= n {
-            if UnsafeRawPointer(a + i).loadUnaligned(as: UInt64.self) != UnsafeRawPointer(b + i).loadUnaligned(as: UInt64.self) {
-                return false
-            }
-            i &+= 8
-        }
-        while i < n {
-            if a[i] != b[i] { return false }
-            i &+= 1
-        }
-        return true
     }
 
     /// Sets or clears a field outright (decoding a stored state, tests).

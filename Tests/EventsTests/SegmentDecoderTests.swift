@@ -510,9 +510,10 @@ private func failure(_ json: String) -> DecodeFailure? {
         }
     }
 
-    /// Keys are compared with literals a word at a time (first and last word, possibly
-    /// overlapping): runs of every length up to five words, equal, and different in
-    /// each single byte, each compared within buffers of exactly that length.
+    /// Keys are compared with literals, and the fold's values with stored ones, a word at
+    /// a time (first and last word, possibly overlapping): runs of every length up to
+    /// five words, equal, and different in each single byte, each compared within
+    /// buffers of exactly that length.
     @Test func keysCompareEqualOnlyWhenEveryByteIs() throws {
         var rng = SystemRandomNumberGenerator()
         for n in 0...40 {
@@ -520,12 +521,12 @@ private func failure(_ json: String) -> DecodeFailure? {
             let b = UnsafeMutablePointer<UInt8>.allocate(capacity: max(n, 1))
             defer { a.deallocate(); b.deallocate() }
             for i in 0..<n { a[i] = UInt8.random(in: 0x20...0x7E, using: &rng); b[i] = a[i] }
-            #expect(JSONKey.equalBytes(a, b, count: n), "equal, \(n) bytes")
+            #expect(ByteRuns.equal(a, b, count: n), "equal, \(n) bytes")
             for i in 0..<n {
                 b[i] ^= 0x01
-                #expect(!JSONKey.equalBytes(a, b, count: n), "byte \(i) of \(n) differs")
+                #expect(!ByteRuns.equal(a, b, count: n), "byte \(i) of \(n) differs")
                 b[i] ^= 0x81 // a high bit only
-                #expect(!JSONKey.equalBytes(a, b, count: n), "byte \(i) of \(n) differs in its high bit")
+                #expect(!ByteRuns.equal(a, b, count: n), "byte \(i) of \(n) differs in its high bit")
                 b[i] = a[i]
             }
         }
