@@ -227,27 +227,18 @@ struct JSONScanner: ~Copyable {
     /// whether it holds escapes. Control characters inside are a syntax error.
     ///
     /// Inlined where it is called: the common string (plain ASCII, its closing quote the
-    /// first special byte, at least eight bytes before the message's end) is stepped over
-    /// here, and anything else continues in ``scanStringRest(start:)``. A call per string
+    /// first special byte, or the first byte of the message's last few left unchecked) is
+    /// stepped over here, and anything else continues in ``scanStringRest(start:)``. A call per string
     /// cost ~40 instructions of set-up and return, ~40 times an event (callgrind).
     @inline(__always)
     mutating func scanStringRaw() throws(JSONError) -> JSONKey {
         let start = pos &+ 1 // after the opening quote
         if let base = bytes.baseAddress {
             let n = bytes.count
-            var p = start
-            while p &+ 8 <= n {
-                let special = Self.specialBytes(UnsafeRawPointer(base + p).loadUnaligned(as: UInt64.self))
-                if special == 0 {
-                    p &+= 8
-                    continue
-                }
-                p &+= special.trailingZeroBitCount &>> 3
-                if base[p] == UInt8(ascii: "\"") {
-                    pos = p &+ 1
-                    return JSONKey(base: base, start: start, end: p, escaped: false)
-                }
-                break
+            let p = Self.skipPlain(base, from: start, count: n)
+            if p < n && base[p] == UInt8(ascii: "\"") {
+                pos = p &+ 1
+                return JSONKey(base: base, start: start, end: p, escaped: false)
             }
             pos = p
         } else {
@@ -256,24 +247,28 @@ struct JSONScanner: ~Copyable {
         return try scanStringRest(start: start)
     }
 
+    /// Steps over plain text eight bytes at a time from `p`: returns the first quote,
+    /// backslash, control or non-ASCII byte found in a word, or, if none is, where fewer
+    /// than eight bytes are left (bytes from there on are unchecked).
+    @inline(__always)
+    static func skipPlain(_ base: UnsafePointer<UInt8>, from p: Int, count n: Int) -> Int {
+        var p = p
+        while p &+ 8 <= n {
+            let special = specialBytes(UnsafeRawPointer(base + p).loadUnaligned(as: UInt64.self))
+            if special != 0 { return p &+ (special.trailingZeroBitCount &>> 3) }
+            p &+= 8
+        }
+        return p
+    }
+
     /// The rest of ``scanStringRaw()`` from `pos`, for strings with escapes, non-ASCII
     /// text or control characters, and those near the message's end.
     @inline(never)
     private mutating func scanStringRest(start: Int) throws(JSONError) -> JSONKey {
         var escaped = false
         while pos < bytes.count {
-            // Eight bytes at a time: plain runs of text are stepped over, and the first
-            // quote, backslash or control character in a word is jumped to directly.
             if let base = bytes.baseAddress {
-                while pos &+ 8 <= bytes.count {
-                    let special = Self.specialBytes(UnsafeRawPointer(base + pos).loadUnaligned(as: UInt64.self))
-                    if special == 0 {
-                        pos &+= 8
-                    } else {
-                        pos &+= special.trailingZeroBitCount &>> 3
-                        break
-                    }
-                }
+                pos = Self.skipPlain(base, from: pos, count: bytes.count)
                 guard pos < bytes.count else { break }
             }
             let c = bytes[pos]

@@ -754,12 +754,7 @@ extension EventType {
         case (5, UInt8(ascii: "a")?): t = .alias; name = "alias"
         default: return nil
         }
-        let p = name.utf8Start
-        var i = 1
-        while i < bytes.count {
-            if bytes[i] != p[i] { return nil }
-            i += 1
-        }
+        guard let b = bytes.baseAddress, ByteRuns.equal(b, name.utf8Start, count: bytes.count) else { return nil }
         self = t
     }
 
