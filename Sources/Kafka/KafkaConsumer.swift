@@ -107,6 +107,9 @@ public final class KafkaConsumer: @unchecked Sendable {
         // servers) add up to it to every event's latency: librdkafka's 500 ms put p99
         // event → PUT at 1.5 s for a 1 s debounce on the mock; 50 ms, at 1.06 s.
         "fetch.wait.max.ms": "50",
+        // The statistics /metrics reports (broker RTT, rebalances, fetch queue): one JSON
+        // document per interval, kept as text and parsed only when scraped.
+        "statistics.interval.ms": "15000",
     ]
 
     /// - Parameters:
@@ -132,7 +135,7 @@ public final class KafkaConsumer: @unchecked Sendable {
             let ctx = Unmanaged<CallbackContext>.fromOpaque(opaque).takeUnretainedValue()
             ctx.consumer?.rebalance(rk: rk, err: err, list: list)
         }
-        // Only with `statistics.interval.ms` set (tests read librdkafka's counters).
+        // Every `statistics.interval.ms`: keep the text; parsing waits for a scrape.
         rd_kafka_conf_set_stats_cb(conf) { _, json, length, opaque in
             guard let json, let opaque else { return 0 }
             let ctx = Unmanaged<CallbackContext>.fromOpaque(opaque).takeUnretainedValue()
@@ -427,6 +430,9 @@ public final class KafkaConsumer: @unchecked Sendable {
 
     /// librdkafka's latest statistics JSON, when `statistics.interval.ms` is set.
     var latestStatistics: String? { context.statistics }
+    /// The broker RTTs, rebalances and fetch queue from librdkafka's latest statistics
+    /// (every `statistics.interval.ms`, 15 s by default here); nil until the first.
+    public var statistics: KafkaStatistics? { context.parsedStatistics }
 
     private func reportMessageError(_ m: UnsafeMutablePointer<rd_kafka_message_t>) {
         let err = m.pointee.err
