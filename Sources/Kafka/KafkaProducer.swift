@@ -16,6 +16,9 @@ public final class KafkaProducer: @unchecked Sendable {
     private let stopped = DispatchSemaphore(value: 0)
     private var failed = 0
     private var delivered = 0
+    /// Failed deliveries log one line per error kind per interval, with the count: a
+    /// broker outage fails every queued message, and one line each would flood the log.
+    private let failureLog: LogSummariser
 
     public static let defaults: [String: String] = [
         "enable.idempotence": "true",
@@ -24,7 +27,9 @@ public final class KafkaProducer: @unchecked Sendable {
         "compression.codec": "zstd",
     ]
 
-    public init(config: KafkaClientConfig, logger: Logger) throws(KafkaError) {
+    public init(config: KafkaClientConfig, logger: Logger,
+                failureLog: LogSummariser = LogSummariser()) throws(KafkaError) {
+        self.failureLog = failureLog
         guard config["bootstrap.servers"] != nil else { throw KafkaError(message: "kafka producer needs bootstrap.servers") }
         var cfg = KafkaClientConfig(Self.defaults)
         for (k, v) in config.properties { cfg[k] = v }
@@ -45,7 +50,11 @@ public final class KafkaProducer: @unchecked Sendable {
         rk = handle
         context.producer = self
         let t = Thread { [self] in
-            while lock.withLock({ running }) { rd_kafka_poll(rk, 100) }
+            while lock.withLock({ running }) {
+                rd_kafka_poll(rk, 100)
+                logFailureSummaries()
+            }
+            logFailureSummaries()
             stopped.signal()
         }
         t.name = "kafka-producer-poll"
@@ -63,9 +72,22 @@ public final class KafkaProducer: @unchecked Sendable {
             if err == RD_KAFKA_RESP_ERR_NO_ERROR { delivered += 1 } else { failed += 1 }
         }
         if err != RD_KAFKA_RESP_ERR_NO_ERROR {
-            logger.error("kafka delivery failed", metadata: ["error": "\(String(cString: rd_kafka_err2name(err)))"])
+            let name = String(cString: rd_kafka_err2name(err))
+            if let n = failureLog.note(name) {
+                logger.error("kafka delivery failed", metadata: ["error": "\(name)", "count": .stringConvertible(n)])
+            }
         }
     }
+
+    /// Failures counted since their kind's last line, once its interval has passed.
+    private func logFailureSummaries() {
+        for (name, n) in failureLog.due() {
+            logger.error("kafka delivery failed", metadata: ["error": "\(name)", "count": .stringConvertible(n)])
+        }
+    }
+
+    /// Messages queued in librdkafka and not yet acknowledged (or failed).
+    public var queueLength: Int { Int(rd_kafka_outq_len(rk)) }
 
     /// Messages acknowledged and failed so far.
     public var deliveryCounts: (delivered: Int, failed: Int) { lock.withLock { (delivered, failed) } }

@@ -8,18 +8,26 @@ public final class KafkaDeadLetters: DeadLetterSink {
     private let producer: KafkaProducer
     private let topic: String
     private let logger: Logger
+    /// One line per kind and error per interval, with the count, not one per message.
+    private let failureLog: LogSummariser
 
-    public init(producer: KafkaProducer, topic: String, logger: Logger) {
+    public init(producer: KafkaProducer, topic: String, logger: Logger, failureLog: LogSummariser = LogSummariser()) {
         self.producer = producer
         self.topic = topic
         self.logger = logger
+        self.failureLog = failureLog
     }
 
     public func deadLetter(kind: String, key: [UInt8]?, value: [UInt8], headers: [(String, String)]) {
         do {
             try producer.send(topic: topic, key: key, value: value, headers: [("kind", kind)] + headers)
         } catch {
-            logger.error("cannot write dead letter", metadata: ["kind": "\(kind)", "error": "\(error)"])
+            let why = "\(error)"
+            // The count covers the failures since this kind's last line (a later failure
+            // after the interval reports them; the next success does not).
+            if let n = failureLog.note(kind + "\u{1}" + why) {
+                logger.error("cannot write dead letter", metadata: ["kind": "\(kind)", "error": "\(why)", "count": .stringConvertible(n)])
+            }
         }
     }
 }
