@@ -20,3 +20,4 @@ if [ "${1:-}" = "--with-test-tools" ] && ! command -v kubernetes-validate >/dev/
   # Optional: without it the manifest test is skipped, with a message.
   python3 -m pip install -q kubernetes-validate >/dev/null 2>&1 || echo "kubernetes-validate not installed; its test will be skipped" >&2
 fi
+[ "${1:-}" != "--with-test-tools" ] || python3 -c "import prometheus_client" 2>/dev/null || python3 -m pip install -q prometheus_client || { echo "cannot install prometheus_client: the metrics tests parse /metrics with it" >&2; exit 1; }

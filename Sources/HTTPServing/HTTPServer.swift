@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -40,21 +41,56 @@ public struct HTTPResponse: Sendable {
     }
 }
 
+/// The open connections of a server: at most `limit`, all closed on stop.
+private final class Connections: @unchecked Sendable {
+    private let lock = NSLock()
+    private var open: [ObjectIdentifier: Channel] = [:]
+    private var stopped = false
+    let limit: Int?
+
+    init(limit: Int?) { self.limit = limit }
+
+    /// False (and the caller closes it) when stopped or at the limit.
+    func admit(_ c: Channel) -> Bool {
+        lock.withLock {
+            if stopped { return false }
+            if let limit, open.count >= limit { return false }
+            open[ObjectIdentifier(c)] = c
+            return true
+        }
+    }
+
+    func remove(_ c: Channel) { _ = lock.withLock { open.removeValue(forKey: ObjectIdentifier(c)) } }
+
+    func stop() -> [Channel] {
+        lock.withLock {
+            stopped = true
+            return Array(open.values)
+        }
+    }
+}
+
 /// A small HTTP/1.1 server on SwiftNIO, for the admin endpoints and the Foldspace
-/// sandbox: keep-alive, whole-body requests, an async handler per request.
+/// sandbox: keep-alive, whole-body requests, an async handler per request. `HEAD` gets
+/// the headers of the answer without its body.
 public final class HTTPServer: Sendable {
     public typealias Handler = @Sendable (HTTPRequest) async -> HTTPResponse
 
     private let channel: Channel
+    private let connections: Connections
     /// The bound host and port (port 0 asks the OS for a free one).
     public let host: String
     public let port: Int
 
     /// Binds and starts serving. Request bodies over `maxBodyBytes` get 413. With
-    /// `tls` (a PEM certificate chain and key), it serves HTTPS.
+    /// `tls` (a PEM certificate chain and key), it serves HTTPS. `idleTimeout`: a
+    /// connection with no request in progress and nothing read for that long is closed.
+    /// `maxConnections`: connections beyond it are closed as they are accepted.
     public static func start(host: String, port: Int, maxBodyBytes: Int = 4 << 20,
                              tls: (certificatePEM: String, keyPEM: String)? = nil,
+                             idleTimeout: TimeAmount? = nil, maxConnections: Int? = nil,
                              handler: @escaping Handler) async throws -> HTTPServer {
+        let connections = Connections(limit: maxConnections.map { max(1, $0) })
         var sslContext: NIOSSLContext? = nil
         if let tls {
             let chain = try NIOSSLCertificate.fromPEMFile(tls.certificatePEM).map { NIOSSLCertificateSource.certificate($0) }
@@ -66,7 +102,12 @@ public final class HTTPServer: Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                guard connections.admit(channel) else { return channel.close() }
+                channel.closeFuture.whenComplete { _ in connections.remove(channel) }
+                return channel.eventLoop.makeCompletedFuture {
+                    if let idleTimeout {
+                        try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: idleTimeout))
+                    }
                     if let sslContext {
                         try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: sslContext))
                     }
@@ -77,18 +118,20 @@ public final class HTTPServer: Sendable {
             }
         let channel = try await bootstrap.bind(host: host, port: port).get()
         let bound = channel.localAddress?.port ?? port
-        return HTTPServer(channel: channel, host: host, port: bound)
+        return HTTPServer(channel: channel, connections: connections, host: host, port: bound)
     }
 
-    private init(channel: Channel, host: String, port: Int) {
+    private init(channel: Channel, connections: Connections, host: String, port: Int) {
         self.channel = channel
+        self.connections = connections
         self.host = host
         self.port = port
     }
 
-    /// Stops accepting; open connections close as they finish.
+    /// Stops accepting and closes every open connection.
     public func stop() async {
         try? await channel.close()
+        for c in connections.stop() { try? await c.close() }
     }
 }
 
@@ -101,10 +144,20 @@ private final class RequestHandler: ChannelInboundHandler {
     private var head: HTTPRequestHead?
     private var body: [UInt8] = []
     private var tooLarge = false
+    /// Requests read and not yet answered: an idle timeout closes only between them.
+    private var inFlight = 0
 
     init(handler: @escaping HTTPServer.Handler, maxBodyBytes: Int) {
         self.handler = handler
         self.maxBodyBytes = maxBodyBytes
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent {
+            if head == nil && inFlight == 0 { context.close(promise: nil) }
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -128,6 +181,9 @@ private final class RequestHandler: ChannelInboundHandler {
                 headers: head.headers.map { ($0.name, $0.value) }, body: body)
             body = []
             let version = head.version
+            let isHead = head.method == .HEAD
+            inFlight += 1
+            let loopSelf = NIOLoopBound(self, eventLoop: context.eventLoop)
             let loopContext = NIOLoopBound(context, eventLoop: context.eventLoop)
             let promise = context.eventLoop.makePromise(of: HTTPResponse.self)
             if tooLarge {
@@ -138,15 +194,19 @@ private final class RequestHandler: ChannelInboundHandler {
             }
             promise.futureResult.whenSuccess { response in
                 let context = loopContext.value
+                loopSelf.value.inFlight -= 1
                 var headers = HTTPHeaders(response.headers.map { ($0.name, $0.value) })
                 headers.replaceOrAdd(name: "Content-Length", value: String(response.body.count))
                 headers.replaceOrAdd(name: "Connection", value: keepAlive ? "keep-alive" : "close")
                 let responseHead = HTTPResponseHead(
                     version: version, status: HTTPResponseStatus(statusCode: response.status), headers: headers)
                 context.write(NIOAny(HTTPServerResponsePart.head(responseHead)), promise: nil)
-                var buffer = context.channel.allocator.buffer(capacity: response.body.count)
-                buffer.writeBytes(response.body)
-                context.write(NIOAny(HTTPServerResponsePart.body(.byteBuffer(buffer))), promise: nil)
+                // HEAD: the GET answer's headers (its Content-Length too), no body.
+                if !isHead {
+                    var buffer = context.channel.allocator.buffer(capacity: response.body.count)
+                    buffer.writeBytes(response.body)
+                    context.write(NIOAny(HTTPServerResponsePart.body(.byteBuffer(buffer))), promise: nil)
+                }
                 let done = context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)))
                 if !keepAlive {
                     done.whenComplete { _ in loopContext.value.close(promise: nil) }

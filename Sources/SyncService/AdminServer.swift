@@ -1,8 +1,12 @@
 import Foundation
 import HTTPServing
+import Kafka
+import Delivery
 
 /// The admin endpoints: `/metrics` (Prometheus text format 0.0.4), `/healthz` (the
 /// process loops are alive) and `/readyz` (partitions assigned, breaker closed).
+/// `GET` and `HEAD` only (405 with `Allow` otherwise); idle connections close after
+/// `idleTimeout`, at most `maxConnections` are open, and stopping closes them all.
 public final class AdminServer: Sendable {
     private let server: HTTPServer
 
@@ -10,8 +14,16 @@ public final class AdminServer: Sendable {
 
     public static func start(host: String, port: Int, metrics: @escaping @Sendable () -> String,
                              healthy: @escaping @Sendable () -> Bool,
-                             ready: @escaping @Sendable () -> Bool) async throws -> AdminServer {
-        let server = try await HTTPServer.start(host: host, port: port, maxBodyBytes: 1024) { req in
+                             ready: @escaping @Sendable () -> Bool,
+                             idleTimeout: Duration = .seconds(60), maxConnections: Int = 64) async throws -> AdminServer {
+        let server = try await HTTPServer.start(host: host, port: port, maxBodyBytes: 1024,
+                                                idleTimeout: .nanoseconds(Int64(idleTimeout.components.seconds) * 1_000_000_000
+                                                    + idleTimeout.components.attoseconds / 1_000_000_000),
+                                                maxConnections: maxConnections) { req in
+            guard req.method == "GET" || req.method == "HEAD" else {
+                return HTTPResponse(status: 405, contentType: "text/plain", text: "method not allowed\n",
+                                    headers: [("Allow", "GET, HEAD")])
+            }
             switch req.path {
             case "/metrics":
                 return HTTPResponse(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", text: metrics())
@@ -38,7 +50,9 @@ public final class AdminServer: Sendable {
 /// Renders the engine's counters as Prometheus text.
 public enum MetricsText {
     public static func render(_ s: EngineStats, lag: [(topic: String, partition: Int32, lag: Int64)],
-                              fetcherWakeups: Int = 0, zstdBatchesSized: UInt64 = 0) -> String {
+                              fetcherWakeups: Int = 0, zstdBatchesSized: UInt64 = 0,
+                              kafka: KafkaStatistics? = nil, producerQueues: [(producer: String, messages: Int)] = [],
+                              process: ProcessMetrics? = nil) -> String {
         var out = ""
         func family(_ name: String, _ type: String, _ help: String) {
             out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
@@ -56,8 +70,10 @@ public enum MetricsText {
         for (r, n) in s.invalid.sorted(by: { $0.key < $1.key }) { sample("foldspace_sync_invalid_events_total", [("reason", r)], String(n)) }
         family("foldspace_sync_implausible_time_total", "counter", "Event times replaced by the Kafka timestamp.")
         sample("foldspace_sync_implausible_time_total", [], String(s.implausibleTime))
-        family("foldspace_sync_requests_total", "counter", "Requests to Foldspace, by status code or failure.")
+        family("foldspace_sync_requests_total", "counter", "Answers from Foldspace, by status code (2xx for every success).")
         for (c, n) in s.requests.sorted(by: { $0.key < $1.key }) { sample("foldspace_sync_requests_total", [("code", c)], String(n)) }
+        family("foldspace_sync_request_errors_total", "counter", "Requests to Foldspace that got no answer, by kind (timeout, connection, tls).")
+        for (k, n) in s.requestErrors.sorted(by: { $0.key < $1.key }) { sample("foldspace_sync_request_errors_total", [("kind", k)], String(n)) }
         func histogram(_ name: String, _ help: String, _ h: Histogram) {
             family(name, "histogram", help)
             for (i, b) in h.bounds.enumerated() { sample("\(name)_bucket", [("le", String(b))], String(h.counts[i])) }
@@ -102,8 +118,8 @@ public enum MetricsText {
         sample("foldspace_sync_oldest_dirty_seconds", [], String(format: "%.3f", Double(s.oldestDirtyMs) / 1000))
         family("foldspace_sync_breaker_open", "gauge", "1 while Foldspace refuses the API key.")
         sample("foldspace_sync_breaker_open", [], s.breakerOpen ? "1" : "0")
-        family("foldspace_sync_rate_limit_rps", "gauge", "Current request rate limit of this instance.")
-        sample("foldspace_sync_rate_limit_rps", [], String(format: "%.3f", s.rateLimit))
+        family("foldspace_sync_rate_limit_requests_per_second", "gauge", "Current request rate limit of this instance.")
+        sample("foldspace_sync_rate_limit_requests_per_second", [], number(s.rateLimit))
         family("foldspace_sync_consumer_lag", "gauge", "Messages behind the high watermark, per partition.")
         for l in lag { sample("foldspace_sync_consumer_lag", [("topic", l.topic), ("partition", String(l.partition))], String(l.lag)) }
         family("foldspace_sync_kafka_fetcher_wakeups_total", "counter",
@@ -112,11 +128,69 @@ public enum MetricsText {
         family("foldspace_sync_kafka_zstd_batches_sized_total", "counter",
                "zstd batches without a stated size that librdkafka decompressed once, sized by libzstd's bound (zstd_size_hint).")
         sample("foldspace_sync_kafka_zstd_batches_sized_total", [], String(zstdBatchesSized))
+        if let kafka {
+            family("foldspace_sync_kafka_broker_up", "gauge", "1 while librdkafka's connection to the broker is up (statistics).")
+            for b in kafka.brokers { sample("foldspace_sync_kafka_broker_up", [("broker", b.name)], b.state == "UP" ? "1" : "0") }
+            family("foldspace_sync_kafka_broker_rtt_seconds", "gauge",
+                   "Average round-trip time to the broker over librdkafka's last statistics interval.")
+            for b in kafka.brokers { if let v = b.rttAvgSeconds { sample("foldspace_sync_kafka_broker_rtt_seconds", [("broker", b.name)], number(v)) } }
+            family("foldspace_sync_kafka_broker_rtt_p99_seconds", "gauge",
+                   "99th percentile round-trip time to the broker over librdkafka's last statistics interval.")
+            for b in kafka.brokers { if let v = b.rttP99Seconds { sample("foldspace_sync_kafka_broker_rtt_p99_seconds", [("broker", b.name)], number(v)) } }
+            family("foldspace_sync_kafka_rebalances_total", "counter", "Consumer group rebalances (assign or revoke) seen by this instance.")
+            sample("foldspace_sync_kafka_rebalances_total", [], String(kafka.rebalances))
+            family("foldspace_sync_kafka_fetch_queue_messages", "gauge", "Messages fetched by librdkafka and not yet read by the daemon.")
+            sample("foldspace_sync_kafka_fetch_queue_messages", [], String(kafka.fetchQueueMessages))
+            family("foldspace_sync_kafka_fetch_queue_bytes", "gauge", "Bytes fetched by librdkafka and not yet read by the daemon.")
+            sample("foldspace_sync_kafka_fetch_queue_bytes", [], String(kafka.fetchQueueBytes))
+        }
+        family("foldspace_sync_kafka_producer_queue_messages", "gauge",
+               "Messages queued in a producer (state changelog, dead letters) and not yet acknowledged.")
+        for q in producerQueues { sample("foldspace_sync_kafka_producer_queue_messages", [("producer", q.producer)], String(q.messages)) }
+        family("foldspace_sync_build_info", "gauge", "Always 1: the daemon's version and the librdkafka it runs.")
+        sample("foldspace_sync_build_info", [("version", foldspaceSyncVersion), ("librdkafka_version", librdkafkaVersion)], "1")
+        if let p = process {
+            family("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.")
+            sample("process_cpu_seconds_total", [], number(p.cpuSeconds))
+            family("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.")
+            sample("process_resident_memory_bytes", [], String(p.residentBytes))
+            family("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.")
+            sample("process_virtual_memory_bytes", [], String(p.virtualBytes))
+            family("process_open_fds", "gauge", "Number of open file descriptors.")
+            sample("process_open_fds", [], String(p.openFds))
+            if let m = p.maxFds {
+                family("process_max_fds", "gauge", "Maximum number of open file descriptors.")
+                sample("process_max_fds", [], String(m))
+            }
+            family("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.")
+            sample("process_start_time_seconds", [], number(p.startTimeSeconds))
+        }
         return out
+    }
+
+    /// A sample value: Go's float format for non-finite values, else the shortest exact.
+    static func number(_ v: Double) -> String {
+        if v.isNaN { return "NaN" }
+        if v.isInfinite { return v > 0 ? "+Inf" : "-Inf" }
+        return "\(v)"
     }
 
     private static func escape(_ s: String) -> String {
         s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
             .replacingOccurrences(of: "\n", with: "\\n")
+    }
+}
+
+extension EngineStats {
+    /// Counts one answer (or failure) from Foldspace for `/metrics`.
+    /// Status codes go to `requests`; failures with no status (timeout, connection, tls)
+    /// to `requestErrors`, by kind.
+    public mutating func countRequest(_ outcome: DeliveryOutcome) {
+        let label = outcome.codeLabel
+        if label == "2xx" || label.allSatisfy(\.isNumber) {
+            requests[label, default: 0] += 1
+        } else {
+            requestErrors[label, default: 0] += 1
+        }
     }
 }

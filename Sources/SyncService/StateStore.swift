@@ -72,6 +72,9 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
 
     public func close() { producer.close() }
 
+    /// Changelog records queued and not yet acknowledged (`/metrics`).
+    public var queueLength: Int { producer.queueLength }
+
     /// Makes sure the changelog exists, compacted, with the source's partition count,
     /// and returns its partition count.
     ///

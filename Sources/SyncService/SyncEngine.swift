@@ -84,7 +84,10 @@ public struct EngineStats: Sendable {
     /// offsets stay uncommitted (memory) or their state carries them (durable), so the
     /// next owner sends them.
     public var unsettledAtLastRevocation = 0
+    /// Answers from Foldspace by status code; failures without one (timeout,
+    /// connection, tls) in `requestErrors` by kind.
     public var requests: [String: Int] = [:]
+    public var requestErrors: [String: Int] = [:]
     public var retries: [String: Int] = [:]
     public var deadLetters: [String: Int] = [:]
     public var suppressed = 0
@@ -982,7 +985,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             let delay = backoff.delayMs(attempt: Int(users[job.identifyId]?.delivery.attempts ?? 0), using: &rng)
             let wasOpen = limiter.breakerOpen
             limiter.record(outcome, wasProbe: job.isProbe, nowMs: now, backoffMs: delay)
-            stats.requests[outcome.codeLabel, default: 0] += 1
+            stats.countRequest(outcome)
             if let seconds { stats.requestDuration.observe(seconds) }
             if limiter.breakerOpen != wasOpen {
                 if limiter.breakerOpen {

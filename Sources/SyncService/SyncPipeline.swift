@@ -106,11 +106,16 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         let engine = self.engine
         let alive = loopsAlive
         let notifier = SystemdNotifier()
+        let deadLetterProducer = lock.withLock { producer }
         let admin = try await AdminServer.start(
             host: host, port: port,
-            metrics: {
-                MetricsText.render(engine.snapshot(), lag: consumer.lag().map { ($0.key.topic, $0.key.partition, $0.value) },
-                                   fetcherWakeups: consumer.fetcherNudges, zstdBatchesSized: ZstdSizeHint.framesSized)
+            metrics: { [stateStore] in
+                var queues: [(producer: String, messages: Int)] = []
+                if let stateStore { queues.append(("state", stateStore.queueLength)) }
+                if let deadLetterProducer { queues.append(("dead-letters", deadLetterProducer.queueLength)) }
+                return MetricsText.render(engine.snapshot(), lag: consumer.lag().map { ($0.key.topic, $0.key.partition, $0.value) },
+                                          fetcherWakeups: consumer.fetcherNudges, zstdBatchesSized: ZstdSizeHint.framesSized,
+                                          kafka: consumer.statistics, producerQueues: queues, process: ProcessMetrics.read())
             },
             healthy: { alive.healthy && !consumer.hasFatalError },
             ready: { engine.snapshot().ready })
@@ -150,12 +155,14 @@ public final class SyncPipeline: Service, @unchecked Sendable {
                 guard !assigned.isEmpty, lag.count == assigned.count, lag.values.reduce(0, +) < 1_000,
                       let c = engine.takeCatchUp() else { continue }
                 var metadata: Logger.Metadata = [
-                    "events": "\(c.events)", "partitions": "\(assigned.count)",
-                    "fold_seconds": "\(String(format: "%.3f", c.foldSeconds))",
-                    "seconds_since_assignment": "\(String(format: "%.2f", c.sinceAssignmentSeconds))",
+                    "events": .stringConvertible(c.events), "partitions": .stringConvertible(assigned.count),
+                    "fold_seconds": .stringConvertible((c.foldSeconds * 1000).rounded() / 1000),
+                    "seconds_since_assignment": .stringConvertible((c.sinceAssignmentSeconds * 100).rounded() / 100),
                 ]
                 // A rate only over a span long enough to mean one.
-                if c.foldSeconds >= 0.05 { metadata["events_per_second"] = "\(Int(Double(c.events) / c.foldSeconds))" }
+                if c.foldSeconds >= 0.05, let rate = Int(exactly: (Double(c.events) / c.foldSeconds).rounded(.down)) {
+                    metadata["events_per_second"] = .stringConvertible(rate)
+                }
                 logger.info("caught up with the assigned partitions", metadata: metadata)
             }
         }

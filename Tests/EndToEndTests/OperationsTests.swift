@@ -1,6 +1,7 @@
 import FoldspaceSandbox
 import Foundation
 import Testing
+import TestSupport
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
@@ -141,7 +142,9 @@ final class NotifySocket: @unchecked Sendable {
         let daemon = try Child(["run", "--brokers", kafka.bootstrap, "--topic", "events", "--group", "met-\(UUID().uuidString.prefix(6))",
                                 "--foldspace-url", sandbox.baseURL, "--admin-listen", "127.0.0.1:0", "--debounce", "200ms"],
                                // Durable state (the default), checkpointing often enough to be seen.
-                               env: ["FOLDSPACE_API_KEY": "k", "FOLDSPACE_SYNC_COMMIT_INTERVAL": "200ms"])
+                               env: ["FOLDSPACE_API_KEY": "k", "FOLDSPACE_SYNC_COMMIT_INTERVAL": "200ms",
+                                     // librdkafka's statistics every 500 ms, not 15 s, to be seen.
+                                     "FOLDSPACE_SYNC_KAFKA_PROPERTIES": "statistics.interval.ms=500"])
         #expect(await waitUntil(.seconds(30)) { sandbox.latestAcknowledged().count == 15 })
         let line = daemon.stderr.split(separator: "\n").first { $0.contains("admin server listening") }
         let port = try #require(line.flatMap { l in l.range(of: "127.0.0.1:").map { Int(l[$0.upperBound...].prefix { $0.isNumber }) } } ?? nil)
@@ -154,16 +157,30 @@ final class NotifySocket: @unchecked Sendable {
         var text = ""
         for _ in 0..<100 {
             text = String(decoding: try await URLSession.shared.data(from: url).0, as: UTF8.self)
-            if value("foldspace_sync_checkpoint_users_total", in: text) >= 15 { break }
+            if value("foldspace_sync_checkpoint_users_total", in: text) >= 15,
+               text.contains("\nfoldspace_sync_kafka_fetch_queue_bytes ") { break }
             try await Task.sleep(for: .milliseconds(100))
         }
         for series in ["foldspace_sync_events_total", "foldspace_sync_requests_total", "foldspace_sync_request_duration_seconds_bucket", "foldspace_sync_send_lateness_seconds_bucket",
                        "foldspace_sync_users", "foldspace_sync_dirty_users", "foldspace_sync_oldest_dirty_seconds",
                        "foldspace_sync_dead_letters_total", "foldspace_sync_consumer_lag", "foldspace_sync_breaker_open",
-                       "foldspace_sync_rate_limit_rps", "foldspace_sync_kafka_fetcher_wakeups_total",
+                       "foldspace_sync_rate_limit_requests_per_second", "foldspace_sync_kafka_fetcher_wakeups_total",
                        "foldspace_sync_kafka_zstd_batches_sized_total", "foldspace_sync_checkpoint_duration_seconds_bucket",
                        "foldspace_sync_restored_users_total", "foldspace_sync_restore_failures_total"] {
             #expect(text.contains(series), "missing \(series)")
+        }
+        // The whole exposition through a real parser: every family typed and described,
+        // every sample line a sample, the build and process series there.
+        let families = try parsePrometheus(text)
+        for f in families {
+            #expect(f["type"] as? String != "unknown" && !((f["help"] as? String) ?? "").isEmpty, "\(f["name"] ?? "")")
+        }
+        #expect(families.reduce(0) { $0 + (($1["samples"] as? [Any])?.count ?? 0) }
+                == text.split(separator: "\n").filter { !$0.hasPrefix("#") }.count)
+        let familyNames = Set(families.compactMap { $0["name"] as? String })
+        for name in ["foldspace_sync_build_info", "process_cpu_seconds", "process_resident_memory_bytes", "process_open_fds",
+                     "process_start_time_seconds", "foldspace_sync_request_errors", "foldspace_sync_kafka_fetch_queue_bytes"] {
+            #expect(familyNames.contains(name), "missing family \(name)")
         }
         // kcat (Debian's librdkafka) streams its zstd batches: no stated size, so each
         // batch read was sized by the hint.
@@ -193,8 +210,9 @@ final class NotifySocket: @unchecked Sendable {
         let caughtUp = lines.filter { $0.contains("caught up with the assigned partitions") }
         #expect(caughtUp.count == 1, "\(daemon.stderr.suffix(2000))")
         if let line = caughtUp.first, let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] {
-            #expect(o["partitions"] as? String == "2")
-            #expect((1...30).contains(Int(o["events"] as? String ?? "") ?? 0), "\(line)")
+            // Numbers as JSON numbers.
+            #expect((o["partitions"] as? NSNumber)?.intValue == 2 && !(o["partitions"] is String), "\(line)")
+            #expect((1...30).contains((o["events"] as? NSNumber)?.intValue ?? 0), "\(line)")
         }
         #expect(lines.count > 3)
         for l in lines {
@@ -210,13 +228,20 @@ final class NotifySocket: @unchecked Sendable {
         let key = "admin-secret-\(UUID().uuidString.prefix(8))"
         let sandbox = FoldspaceSandbox(apiKeys: [key])
         try await sandbox.start()
-        // No --admin-listen: the default address.
+        // The default address is loopback (the port is fixed, so the daemon below asks
+        // for a free one on the default host instead: another process may hold 9464).
+        let defaults = try Child(["check-config", "--brokers", "b:1", "--topic", "t", "--group", "g"], env: ["FOLDSPACE_API_KEY": key])
+        #expect(await defaults.wait(timeout: .seconds(20)) == 0)
+        #expect(defaults.stdout.contains("admin_listen: 127.0.0.1:9464"), "\(defaults.stdout)")
         let daemon = try Child(["run", "--brokers", kafka.bootstrap, "--topic", "events", "--group", "adm-\(UUID().uuidString.prefix(6))",
-                                "--foldspace-url", sandbox.baseURL],
+                                "--foldspace-url", sandbox.baseURL, "--admin-listen", "127.0.0.1:0"],
                                env: ["FOLDSPACE_API_KEY": key, "FOLDSPACE_SYNC_STATE": "memory"])
         #expect(await waitUntil(.seconds(30)) { daemon.stderr.contains("admin server listening") }, "\(daemon.stderr.suffix(1000))")
+        let line = daemon.stderr.split(separator: "\n").first { $0.contains("admin server listening") }
+        let bound = try #require(line.flatMap { l in l.range(of: "127.0.0.1:").map { Int(l[$0.upperBound...].prefix { $0.isNumber }) } } ?? nil)
+        #expect(bound != 0)
         // /proc/net/tcp{,6}: local address and port in hex, state 0A is LISTEN.
-        let port = String(format: "%04X", 9464)
+        let port = String(format: "%04X", bound)
         var listeners: [String] = []
         for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
             let text = (try? String(contentsOfFile: file, encoding: .utf8)) ?? ""
@@ -226,7 +251,7 @@ final class NotifySocket: @unchecked Sendable {
             }
         }
         #expect(listeners == ["0100007F:\(port)"], "admin listeners: \(listeners)")
-        let (data, _) = try await URLSession.shared.data(from: URL(string: "http://127.0.0.1:9464/metrics")!)
+        let (data, _) = try await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(bound)/metrics")!)
         let metrics = String(decoding: data, as: UTF8.self)
         #expect(metrics.contains("foldspace_sync_users"))
         #expect(!metrics.contains(key))
