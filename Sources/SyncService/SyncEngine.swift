@@ -407,8 +407,8 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             let share = Double(max(assigned.count, 1)) / Double(n)
             limiter.setShare(share, nowMs: now)
             logger.info("rate share updated", metadata: [
-                "assigned": "\(assigned.count)", "partitions": "\(n)",
-                "requests_per_second": "\(String(format: "%.2f", limiter.currentRate))",
+                "assigned": .stringConvertible(assigned.count), "partitions": .stringConvertible(n),
+                "requests_per_second": .stringConvertible((limiter.currentRate * 100).rounded() / 100),
             ])
         }
     }
@@ -555,8 +555,8 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             stats.restoreFailures += failures
         }
         logger.info("partition restored", metadata: [
-            "partition": "\(tp)", "records": "\(records.count)", "users": "\(restored)", "dirty": "\(dirty)",
-            "undecodable": "\(failures)", "ms": "\(clock.monotonicMs() - start)",
+            "partition": "\(tp)", "records": .stringConvertible(records.count), "users": .stringConvertible(restored),
+            "dirty": .stringConvertible(dirty), "undecodable": .stringConvertible(failures), "ms": .stringConvertible(clock.monotonicMs() - start),
         ])
     }
 
@@ -872,7 +872,8 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             }
             logger.info("partitions settled", metadata: [
                 "partitions": "\(partitions.map(\.description).joined(separator: ","))",
-                "users_dropped": "\(dropped)", "users_unsettled": "\(unsettled)", "ms": "\(clock.monotonicMs() - start)",
+                "users_dropped": .stringConvertible(dropped), "users_unsettled": .stringConvertible(unsettled),
+                "ms": .stringConvertible(clock.monotonicMs() - start),
             ])
         }
         updateRateShare()

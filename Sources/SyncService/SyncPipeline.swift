@@ -242,7 +242,8 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         // Unsettled: still held, or let go unsettled by the final revocation (the next
         // owner sends those; the "partitions settled" line says the same per partition set).
         logger.info("stopped", metadata: [
-            "events_folded": "\(stats.folded)", "users_unsettled": "\(stats.dirtyUsers + stats.unsettledAtLastRevocation)",
+            "events_folded": .stringConvertible(stats.folded),
+            "users_unsettled": .stringConvertible(stats.dirtyUsers &+ stats.unsettledAtLastRevocation),
         ])
         if consumer.hasFatalError {
             throw ConfigurationError("the Kafka consumer hit a fatal error")

@@ -214,6 +214,10 @@ final class NotifySocket: @unchecked Sendable {
             #expect((o["partitions"] as? NSNumber)?.intValue == 2 && !(o["partitions"] is String), "\(line)")
             #expect((1...30).contains((o["events"] as? NSNumber)?.intValue ?? 0), "\(line)")
         }
+        let stopped = lines.last { $0.contains("\"msg\":\"stopped\"") }
+        let stoppedFields = stopped.flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        #expect((stoppedFields?["events_folded"] as? NSNumber)?.intValue == 30 && !(stoppedFields?["events_folded"] is String),
+                "\(stopped ?? "no stopped line")")
         #expect(lines.count > 3)
         for l in lines {
             let o = try? JSONSerialization.jsonObject(with: Data(l.utf8)) as? [String: Any]
