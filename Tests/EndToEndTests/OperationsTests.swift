@@ -226,6 +226,44 @@ final class NotifySocket: @unchecked Sendable {
         await sandbox.stop()
     }
 
+    /// Under systemd with stderr on the journal (JOURNAL_STREAM names its device and
+    /// inode), every line starts with its syslog priority, so `journalctl -p` filters.
+    @Test func underTheJournalEveryLineCarriesItsPriority() async throws {
+        let kafka = try await MockKafkaProcess(topics: ["events:1"])
+        defer { Task { await kafka.stop() } }
+        let sandbox = FoldspaceSandbox(apiKeys: ["k"])
+        try await sandbox.start()
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("journal-\(UUID().uuidString)").path
+        FileManager.default.createFile(atPath: path, contents: nil)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        var st = stat()
+        #expect(stat(path, &st) == 0)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: try binaryPath())
+        p.arguments = ["run", "--brokers", kafka.bootstrap, "--topic", "events", "--group", "jrn-\(UUID().uuidString.prefix(6))",
+                       "--foldspace-url", sandbox.baseURL, "--admin-listen", "127.0.0.1:0"]
+        var env = ProcessInfo.processInfo.environment
+        env["FOLDSPACE_API_KEY"] = "k"
+        env["FOLDSPACE_SYNC_STATE"] = "memory"
+        env["JOURNAL_STREAM"] = "\(st.st_dev):\(st.st_ino)"
+        p.environment = env
+        p.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+        p.standardOutput = FileHandle.nullDevice
+        try p.run()
+        func text() -> String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
+        #expect(await waitUntil(.seconds(30)) { text().contains("admin server listening") }, "\(text().suffix(1000))")
+        kill(p.processIdentifier, SIGTERM)
+        #expect(await waitUntil(.seconds(30)) { !p.isRunning })
+        let lines = text().split(separator: "\n")
+        #expect(!lines.isEmpty)
+        for l in lines {
+            let prefix = l.prefix(3)
+            #expect(["<2>", "<3>", "<4>", "<5>", "<6>", "<7>"].contains(prefix) && l.dropFirst(3).hasPrefix("{"), "\(l)")
+        }
+        #expect(lines.first { $0.contains("admin server listening") }?.hasPrefix("<6>{") == true)
+        await sandbox.stop()
+    }
+
     @Test func adminServerBindsLoopbackByDefaultAndMetricsHoldNoSecret() async throws {
         let kafka = try await MockKafkaProcess(topics: ["events:1"])
         defer { Task { await kafka.stop() } }
