@@ -104,7 +104,8 @@ public struct EngineStats: Sendable {
     public var ready = false
 
     public var invalidTotal: Int { invalid.values.reduce(0, +) }
-    public var requestTotal: Int { requests.values.reduce(0, +) }
+    /// Every request sent: answered (any status) or not.
+    public var requestTotal: Int { requests.values.reduce(0, +) + requestErrors.values.reduce(0, +) }
 }
 
 /// A Prometheus histogram with fixed buckets (seconds).
