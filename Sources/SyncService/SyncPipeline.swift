@@ -106,14 +106,22 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         let engine = self.engine
         let alive = loopsAlive
         let notifier = SystemdNotifier()
-        let admin = try await AdminServer.start(
-            host: host, port: port,
-            metrics: {
-                MetricsText.render(engine.snapshot(), lag: consumer.lag().map { ($0.key.topic, $0.key.partition, $0.value) },
-                                   fetcherWakeups: consumer.fetcherNudges, zstdBatchesSized: ZstdSizeHint.framesSized)
-            },
-            healthy: { alive.healthy && !consumer.hasFatalError },
-            ready: { engine.snapshot().ready })
+        let admin: AdminServer
+        do {
+            admin = try await AdminServer.start(
+                host: host, port: port,
+                metrics: {
+                    MetricsText.render(engine.snapshot(), lag: consumer.lag().map { ($0.key.topic, $0.key.partition, $0.value) },
+                                       fetcherWakeups: consumer.fetcherNudges, zstdBatchesSized: ZstdSizeHint.framesSized)
+                },
+                healthy: { alive.healthy && !consumer.hasFatalError },
+                ready: { engine.snapshot().ready })
+        } catch {
+            // The admin address is taken (or cannot be bound): the HTTP client must be
+            // shut down before it is released (async-http-client traps otherwise).
+            await client?.shutdown()
+            throw error
+        }
         lock.withLock {
             self.consumer = consumer
             self.admin = admin
