@@ -481,3 +481,65 @@ extension DeploymentTests {
         }
     }
 }
+
+/// `6.2` or `6.3.1` as comparable numbers.
+private func versionNumbers(_ s: Substring) -> [Int] { s.split(separator: ".").map { Int($0) ?? 0 } }
+private func atLeast(_ a: [Int], _ b: [Int]) -> Bool {
+    for i in 0..<max(a.count, b.count) {
+        let x = i < a.count ? a[i] : 0, y = i < b.count ? b[i] : 0
+        if x != y { return x > y }
+    }
+    return true
+}
+private func toolsVersion(_ manifest: String) -> [Int]? {
+    guard let first = manifest.split(separator: "\n").first, let r = first.range(of: "swift-tools-version:") else { return nil }
+    return versionNumbers(first[r.upperBound...].drop { $0 == " " }.prefix { $0.isNumber || $0 == "." })
+}
+
+extension DeploymentTests {
+    /// No Docker engine here: the Dockerfile is read. Its Swift image can build a
+    /// manifest of this tools version, which is the floor the pinned dependencies need;
+    /// every path it copies exists; the backtracer it ships is the one it points at.
+    @Test func dockerfileBuildsWithTheToolsVersionItNeeds() throws {
+        let docker = try String(contentsOf: repoRoot.appendingPathComponent("deploy/Dockerfile"), encoding: .utf8)
+        let manifest = try String(contentsOf: repoRoot.appendingPathComponent("Package.swift"), encoding: .utf8)
+        let tools = try #require(toolsVersion(manifest))
+        let lines = docker.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
+        let froms = lines.filter { $0.hasPrefix("FROM ") }
+        let swiftImage = try #require(froms.first { $0.hasPrefix("FROM swift:") })
+        let tag = swiftImage.dropFirst("FROM swift:".count).prefix { $0 != " " }
+        let imageVersion = versionNumbers(tag.prefix { $0.isNumber || $0 == "." })
+        #expect(imageVersion.count >= 2 && atLeast(imageVersion, tools), "image swift:\(tag) is older than swift-tools-version \(tools)")
+        // The floor is real: it is the highest a resolved dependency declares.
+        let checkouts = repoRoot.appendingPathComponent(".build/checkouts")
+        let deps = (try? FileManager.default.contentsOfDirectory(atPath: checkouts.path)) ?? []
+        #expect(!deps.isEmpty, "no .build/checkouts: build first")
+        var floor: [Int] = [5, 0]
+        for d in deps {
+            guard let m = try? String(contentsOf: checkouts.appendingPathComponent("\(d)/Package.swift"), encoding: .utf8),
+                  let v = toolsVersion(m) else { continue }
+            if !atLeast(floor, v) { floor = v }
+        }
+        #expect(tools == floor, "swift-tools-version \(tools), the dependencies need \(floor)")
+        // Dependencies are pinned.
+        let packages = manifest.split(separator: "\n").filter { $0.contains(".package(url:") }
+        #expect(packages.count >= 6)
+        for p in packages { #expect(p.contains("exact:"), "not pinned: \(p)") }
+        // Every COPY from the context exists; the runtime image gets the backtracer the
+        // environment names, and it is where the toolchain keeps it.
+        for l in lines where l.hasPrefix("COPY ") && !l.contains("--from=") {
+            let parts = l.split(separator: " ").dropFirst().filter { !$0.hasPrefix("--") }
+            for src in parts.dropLast() {
+                #expect(FileManager.default.fileExists(atPath: repoRoot.appendingPathComponent(String(src)).path), "COPY \(src): no such path")
+            }
+        }
+        let backtracer = try #require(lines.first { $0.hasPrefix("COPY --from=build") && $0.contains("swift-backtrace") })
+        let dest = try #require(backtracer.split(separator: " ").last)
+        #expect(lines.contains { $0.hasPrefix("ENV SWIFT_BACKTRACE=") && $0.contains("swift-backtrace=\(dest)") && $0.contains("enable=yes") })
+        let toolchain = URL(fileURLWithPath: try requireTool("swift")).resolvingSymlinksInPath().deletingLastPathComponent().deletingLastPathComponent()
+        let src = String(backtracer.split(separator: " ")[2])  // /usr/libexec/... in the image (toolchain under /usr)
+        #expect(FileManager.default.isExecutableFile(atPath: toolchain.path + src.dropFirst("/usr".count)), "\(src) not in the toolchain at \(toolchain.path)")
+        // The runtime image says which librdkafka it runs and why.
+        #expect(docker.contains("librdkafka1") && docker.contains("2.0.2") && docker.contains("4312") && docker.contains("4527"))
+    }
+}
