@@ -2,7 +2,7 @@ import Foundation
 import HTTPServing
 
 /// The admin endpoints: `/metrics` (Prometheus text format 0.0.4), `/healthz` (the
-/// process loops are alive) and `/readyz` (partitions assigned, breaker closed).
+/// process loops are alive) and `/readyz` (joined, assigned partitions restored).
 public final class AdminServer: Sendable {
     private let server: HTTPServer
 
