@@ -8,6 +8,7 @@ import PackageDescription
 // - swift-log: one logging API for our code and librdkafka's log callback.
 // - swift-argument-parser: the command line.
 // - swift-service-lifecycle: one ServiceGroup that owns signals and ordered shutdown.
+// - Yams: configuration files in YAML beside JSON.
 // The per-event path (decode, fold, the engine's maps) runs without the runtime's dynamic
 // exclusivity checks in release builds: every shared structure is behind a lock, and the
 // test suite (debug) keeps the checks on. Measured: about 4 % of the folded rate.
@@ -30,6 +31,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", exact: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", exact: "1.8.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", exact: "2.13.0"),
+        .package(url: "https://github.com/jpsim/Yams.git", exact: "6.2.2"),
     ],
     targets: [
         .systemLibrary(
@@ -73,6 +75,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            .product(name: "Yams", package: "Yams"),
         ], swiftSettings: hotPath),
         .executableTarget(name: "foldspace-sync", dependencies: [
             "SyncService", "Kafka",

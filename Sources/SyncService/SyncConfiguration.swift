@@ -3,12 +3,13 @@ import Events
 import Folding
 import Foundation
 import Kafka
+import Yams
 
 /// The daemon's effective configuration.
 ///
 /// Sources, highest precedence first: command-line flags, environment variables
 /// (`FOLDSPACE_SYNC_` + the key in upper case, dots as underscores), the configuration
-/// file (JSON, `--config`), then defaults. ``SyncConfiguration/keys`` is the single
+/// file (JSON or YAML, `--config`), then defaults. ``SyncConfiguration/keys`` is the single
 /// table of keys, types and defaults; `docs/configuration.md` documents the same.
 public struct SyncConfiguration: Sendable {
     /// The librdkafka properties to use: passthrough properties, secrets read from their
@@ -141,10 +142,23 @@ public struct SyncConfiguration: Sendable {
             do { data = try Data(contentsOf: URL(fileURLWithPath: file)) } catch {
                 throw ConfigurationError("config: cannot read \(file)")
             }
-            guard let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
-                throw ConfigurationError("config: \(file) is not a JSON object")
+            let lower = file.lowercased()
+            if lower.hasSuffix(".yaml") || lower.hasSuffix(".yml") {
+                guard let text = String(data: data, encoding: .utf8) else { throw ConfigurationError("config: \(file) is not UTF-8") }
+                let node: Node?
+                do { node = try Yams.compose(yaml: text) } catch {
+                    throw ConfigurationError("config: \(file) is not valid YAML: \(error)")
+                }
+                guard let node, let obj = try yamlValue(node) as? [String: Any] else {
+                    throw ConfigurationError("config: \(file) is not a YAML mapping")
+                }
+                try flatten(obj, prefix: "", into: &raw)
+            } else {
+                guard let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+                    throw ConfigurationError("config: \(file) is not a JSON object")
+                }
+                try flatten(obj, prefix: "", into: &raw)
             }
-            try flatten(obj, prefix: "", into: &raw)
         }
         let known = Set(keys.map(\.name))
         var unknownVariables: [String] = []
@@ -231,6 +245,26 @@ public struct SyncConfiguration: Sendable {
             m[String(kv[0]).trimmingCharacters(in: .whitespaces)] = String(kv[1])
         }
         return m
+    }
+
+    /// A YAML node as the JSON reader's values: scalars as their text (the keys parse
+    /// text anyway), null as empty, mappings and sequences as dictionaries and arrays.
+    static func yamlValue(_ node: Node) throws -> Any {
+        switch node {
+        case .scalar(let scalar):
+            return node.null != nil ? "" : scalar.string
+        case .mapping(let mapping):
+            var o: [String: Any] = [:]
+            for (k, v) in mapping {
+                guard let key = k.string else { throw ConfigurationError("config: a YAML key that is not a string") }
+                o[key] = try yamlValue(v)
+            }
+            return o
+        case .sequence(let sequence):
+            return try sequence.map { try yamlValue($0) }
+        case .alias:
+            throw ConfigurationError("config: YAML aliases are not supported")
+        }
     }
 
     /// A value before parsing.

@@ -45,7 +45,7 @@ let exitRuntimeFailure: Int32 = 1
 /// Flags shared by `run` and `check-config`. Every flag is also a configuration key
 /// (file and `FOLDSPACE_SYNC_*` environment); flags win.
 struct ConfigFlags: ParsableArguments {
-    @Option(help: "Configuration file (JSON).") var config: String?
+    @Option(help: "Configuration file: JSON, or YAML when named .yaml or .yml.") var config: String?
     @Option(help: "Kafka bootstrap servers, host:port[,host:port].") var brokers: String?
     @Option(name: .customLong("topic"), help: "Source topic; repeat for several.") var topics: [String] = []
     @Option(help: "Kafka consumer group id.") var group: String?

@@ -221,6 +221,41 @@ import Testing
         expectError("kafka.secret_files") { try missing.validate(requireKey: false) }
     }
 
+    @Test func aYAMLFileIsReadLikeTheJSONOne() throws {
+        let yaml = FileManager.default.temporaryDirectory.appendingPathComponent("cfg-\(UUID().uuidString).yaml")
+        try """
+        # YAML, as in a ConfigMap
+        brokers: "k1:9092,k2:9092"
+        topics: [segment-events]
+        group: foldspace-sync
+        debounce: 2s
+        requests_per_second: 12.5
+        send_number_of_visits: true
+        pql:
+          day_weight: 3
+          key_events:
+            - {name: Report Created, weight: 5, cap: 10}
+            - name: Invite Sent
+        kafka:
+          properties:
+            security.protocol: SASL_SSL
+            fetch.max.bytes: 1048576
+        """.write(to: yaml, atomically: true, encoding: .utf8)
+        let c = try SyncConfiguration.load(file: yaml.path, environment: [:], flags: [:])
+        #expect(c.brokers == "k1:9092,k2:9092" && c.topics == ["segment-events"] && c.group == "foldspace-sync")
+        #expect(c.engine.debounceMs == 2_000 && c.engine.requestsPerSecond == 12.5 && c.engine.fold.sendNumberOfVisits)
+        #expect(c.engine.fold.pql.dayWeight == 3)
+        #expect(c.engine.fold.keyEvents == [.init(name: "Report Created", weight: 5, cap: 10), .init(name: "Invite Sent", weight: 3, cap: 20)])
+        #expect(c.kafkaProperties == ["security.protocol": "SASL_SSL", "fetch.max.bytes": "1048576"])
+        // The same rules as JSON: an unknown key is an error naming it.
+        let bad = FileManager.default.temporaryDirectory.appendingPathComponent("cfg-\(UUID().uuidString).yml")
+        try "group: g\nnonsense: 1\n".write(to: bad, atomically: true, encoding: .utf8)
+        expectError("nonsense") { _ = try SyncConfiguration.load(file: bad.path, environment: [:], flags: [:]) }
+        let notAMap = FileManager.default.temporaryDirectory.appendingPathComponent("cfg-\(UUID().uuidString).yaml")
+        try "- a\n- b\n".write(to: notAMap, atomically: true, encoding: .utf8)
+        expectError("config") { _ = try SyncConfiguration.load(file: notAMap.path, environment: [:], flags: [:]) }
+    }
+
     @Test func durations() {
         #expect(parseDuration("250ms") == 250)
         #expect(parseDuration("5s") == 5_000)
