@@ -473,6 +473,11 @@ extension DeploymentTests {
         let trigger = (dig(custom.all("ScaledObject").first, "spec", "triggers") as? [Object])?.first
         #expect(dig(trigger, "metadata", "topic") as? String == "clicks" && dig(trigger, "metadata", "consumerGroup") as? String == "g2")
         #expect(dig(try renderHelm(#"{"statefulset":{"enabled":true}}"#).workload, "kind") as? String == "StatefulSet")
+        // helm lint --strict and values.schema.json refuse values that would not run.
+        for bad in [#"{"replicas":"two"}"#, #"{"topics":[]}"#, #"{"apiKeySecret":{"name":""}}"#] {
+            let (status, out) = try runTool(["python3", "scripts/helm-template.py", "deploy/helm/foldspace-sync", "foldspace-sync", bad])
+            #expect(status != 0 && out.contains("helm lint"), "\(bad) accepted: \(out.prefix(300))")
+        }
     }
 
     @Test func theBinaryStartsWithThePodEnvironmentOfTheHelmChart() async throws {
