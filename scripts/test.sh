@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: a fuzz smoke run, unit tests, integration tests on librdkafka's mock
-# cluster, and black-box tests of the built binary. Installs librdkafka-dev, kcat and
-# kubernetes-validate when missing.
+# cluster, and black-box tests of the built binary. Installs librdkafka-dev and every
+# tool the tests run (scripts/deps.sh lists them) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh --with-test-tools

@@ -4,7 +4,7 @@ import Kafka
 import Delivery
 
 /// The admin endpoints: `/metrics` (Prometheus text format 0.0.4), `/healthz` (the
-/// process loops are alive) and `/readyz` (partitions assigned, breaker closed).
+/// process loops are alive) and `/readyz` (joined, assigned partitions restored).
 /// `GET` and `HEAD` only (405 with `Allow` otherwise); idle connections close after
 /// `idleTimeout`, at most `maxConnections` are open, and stopping closes them all.
 public final class AdminServer: Sendable {

@@ -3,12 +3,13 @@ import Events
 import Folding
 import Foundation
 import Kafka
+import Yams
 
 /// The daemon's effective configuration.
 ///
 /// Sources, highest precedence first: command-line flags, environment variables
 /// (`FOLDSPACE_SYNC_` + the key in upper case, dots as underscores), the configuration
-/// file (JSON, `--config`), then defaults. ``SyncConfiguration/keys`` is the single
+/// file (JSON or YAML, `--config`), then defaults. ``SyncConfiguration/keys`` is the single
 /// table of keys, types and defaults; `docs/configuration.md` documents the same.
 public struct SyncConfiguration: Sendable {
     /// The librdkafka properties to use: passthrough properties, secrets read from their
@@ -56,6 +57,9 @@ public struct SyncConfiguration: Sendable {
     /// Size librdkafka's zstd batches by libzstd's bound when the producer left the size
     /// out (``ZstdSizeHint``): one decompression per batch instead of up to three.
     public var zstdSizeHint = true
+    /// Problems that do not stop the daemon (environment variables that name no key),
+    /// for the caller to log once logging is set up.
+    public var warnings: [String] = []
 
     public var effectiveStateTopic: String { stateTopic ?? "\(group)-state" }
 
@@ -97,7 +101,7 @@ public struct SyncConfiguration: Sendable {
         Key(name: "max_wait", type: "duration", defaultText: "60s", secret: false, help: "longest a changed user waits, however busy it is"),
         Key(name: "admin_listen", type: "host:port", defaultText: "127.0.0.1:9464", secret: false, help: "admin HTTP (/metrics, /healthz, /readyz); port 0 picks one"),
         Key(name: "dead_letter_topic", type: "string", defaultText: "none", secret: false, help: "topic for invalid input and refused updates; none: counted and logged"),
-        Key(name: "log_format", type: "json|text", defaultText: "json unless stdout is a terminal", secret: false, help: "log line format"),
+        Key(name: "log_format", type: "json|text", defaultText: "json unless stderr is a terminal", secret: false, help: "log line format"),
         Key(name: "log_level", type: "trace|debug|info|notice|warning|error|critical", defaultText: "info", secret: false, help: "lowest level logged"),
         Key(name: "shutdown_timeout", type: "duration", defaultText: "30s", secret: false, help: "on SIGTERM, the longest wait for Foldspace before giving up (unsettled offsets stay uncommitted)"),
         Key(name: "connect_timeout", type: "duration", defaultText: "5s", secret: false, help: "Foldspace connect timeout"),
@@ -126,8 +130,8 @@ public struct SyncConfiguration: Sendable {
         Key(name: "commit_interval", type: "duration", defaultText: "5s", secret: false, help: "how often changed state is written and source offsets committed"),
         Key(name: "group_instance_id", type: "string", defaultText: "none", secret: false, help: "static group membership (group.instance.id), e.g. the pod name of a StatefulSet"),
         Key(name: "zstd_size_hint", type: "boolean", defaultText: "true", secret: false, help: "decompress each zstd batch once: when a producer left the batch's size out (the Java client; librdkafka built against a shared libzstd), librdkafka 2.0 guesses and decompresses again, up to three times; this gives it libzstd's bound instead"),
-        Key(name: "kafka.properties", type: "map of strings", defaultText: "{}", secret: false, help: "librdkafka properties, passed through unchanged"),
-        Key(name: "kafka.secret_files", type: "map of property → file", defaultText: "{}", secret: false, help: "librdkafka properties read from files at start (sasl.password, ssl.key.password, …); never printed"),
+        Key(name: "kafka.properties", type: "map of strings", defaultText: "{}", secret: false, help: "librdkafka properties, passed through unchanged; FOLDSPACE_SYNC_KAFKA_PROPERTIES adds to or replaces the file's per property"),
+        Key(name: "kafka.secret_files", type: "map of property → file", defaultText: "{}", secret: false, help: "librdkafka properties read from files at start (sasl.password, ssl.key.password, …); never printed; FOLDSPACE_SYNC_KAFKA_SECRET_FILES merges per property"),
     ]
 
     /// Builds the configuration from the three sources. Every error names its key.
@@ -138,26 +142,45 @@ public struct SyncConfiguration: Sendable {
             do { data = try Data(contentsOf: URL(fileURLWithPath: file)) } catch {
                 throw ConfigurationError("config: cannot read \(file)")
             }
-            guard let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
-                throw ConfigurationError("config: \(file) is not a JSON object")
+            let lower = file.lowercased()
+            if lower.hasSuffix(".yaml") || lower.hasSuffix(".yml") {
+                guard let text = String(data: data, encoding: .utf8) else { throw ConfigurationError("config: \(file) is not UTF-8") }
+                let node: Node?
+                do { node = try Yams.compose(yaml: text) } catch {
+                    throw ConfigurationError("config: \(file) is not valid YAML: \(error)")
+                }
+                guard let node, let obj = try yamlValue(node) as? [String: Any] else {
+                    throw ConfigurationError("config: \(file) is not a YAML mapping")
+                }
+                try flatten(obj, prefix: "", into: &raw)
+            } else {
+                guard let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+                    throw ConfigurationError("config: \(file) is not a JSON object")
+                }
+                try flatten(obj, prefix: "", into: &raw)
             }
-            try flatten(obj, prefix: "", into: &raw)
         }
         let known = Set(keys.map(\.name))
+        var unknownVariables: [String] = []
         for (name, value) in environment where name.hasPrefix("FOLDSPACE_SYNC_") {
             let key = name.dropFirst("FOLDSPACE_SYNC_".count).lowercased()
-            if key == "kafka_properties" {
-                var props: [String: String] = [:]
-                for pair in value.split(separator: ",") {
-                    let kv = pair.split(separator: "=", maxSplits: 1)
-                    guard kv.count == 2 else { throw ConfigurationError("kafka.properties: expected k=v pairs in FOLDSPACE_SYNC_KAFKA_PROPERTIES") }
-                    props[String(kv[0]).trimmingCharacters(in: .whitespaces)] = String(kv[1])
-                }
-                raw["kafka.properties"] = .map(props)
+            if key == "kafka_properties" || key == "kafka_secret_files" {
+                // Merged per key over the file's map: the environment adds or replaces
+                // single properties, it does not drop the file's others.
+                let dotted = key == "kafka_properties" ? "kafka.properties" : "kafka.secret_files"
+                var merged: [String: String] = [:]
+                if case .map(let m) = raw[dotted] { merged = m }
+                for (k, v) in try parsePairs(value, key: dotted, variable: name) { merged[k] = v }
+                raw[dotted] = .map(merged)
                 continue
             }
-            let dotted = known.first { $0.replacingOccurrences(of: ".", with: "_") == key }
-            guard let k = dotted else { throw ConfigurationError("\(key): unknown key (from environment \(name))") }
+            guard let k = known.first(where: { $0.replacingOccurrences(of: ".", with: "_") == key }) else {
+                // Not ours: the kubelet's service links for a Service named
+                // foldspace-sync-* (FOLDSPACE_SYNC_METRICS_SERVICE_HOST, …) share the
+                // prefix. Named in one warning; a misspelt key shows up there too.
+                unknownVariables.append(name)
+                continue
+            }
             raw[k] = k == "topics" ? .list(value.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }) : .text(value)
         }
         for (k, v) in flags { raw[k] = v }
@@ -167,7 +190,81 @@ public struct SyncConfiguration: Sendable {
             let path = (dir as NSString).appendingPathComponent("foldspace-api-key")
             if FileManager.default.fileExists(atPath: path) { raw["api_key_file"] = .text(path) }
         }
-        return try build(raw)
+        var c = try build(raw)
+        if !unknownVariables.isEmpty {
+            c.warnings.append("ignoring environment variables that name no configuration key: "
+                + unknownVariables.sorted().joined(separator: ", "))
+        }
+        return c
+    }
+
+    /// `FOLDSPACE_SYNC_KAFKA_PROPERTIES` / `_SECRET_FILES`: a JSON object, or
+    /// `name=value` entries separated by commas or newlines, where `\,` is a comma in a
+    /// value and `\\` a backslash.
+    static func parsePairs(_ value: String, key: String, variable: String) throws -> [String: String] {
+        let trimmed = value.trimmingCharacters(in: .whitespacesAndNewlines)
+        if trimmed.hasPrefix("{") {
+            guard let obj = try? JSONSerialization.jsonObject(with: Data(trimmed.utf8)) as? [String: Any] else {
+                throw ConfigurationError("\(key): \(variable) starts with { but is not a JSON object")
+            }
+            var m: [String: String] = [:]
+            for (k, v) in obj {
+                guard !(v is [Any]), !(v is [String: Any]) else { throw ConfigurationError("\(key): \(variable): \(k) is not a string or number") }
+                m[k] = scalarText(v)
+            }
+            return m
+        }
+        var entries: [String] = []
+        var current = ""
+        var escaped = false
+        for ch in value {
+            if escaped {
+                // Only \, and \\ are escapes; any other backslash stays as it is.
+                if ch != "," && ch != "\\" && ch != "\n" { current.append("\\") }
+                current.append(ch)
+                escaped = false
+            } else if ch == "\\" {
+                escaped = true
+            } else if ch == "," || ch == "\n" || ch == "\r\n" {
+                entries.append(current)
+                current = ""
+            } else {
+                current.append(ch)
+            }
+        }
+        if escaped { current.append("\\") }
+        entries.append(current)
+        var m: [String: String] = [:]
+        for entry in entries {
+            let e = entry.trimmingCharacters(in: .whitespacesAndNewlines)
+            if e.isEmpty { continue }
+            let kv = e.split(separator: "=", maxSplits: 1)
+            guard kv.count == 2, !kv[0].trimmingCharacters(in: .whitespaces).isEmpty else {
+                throw ConfigurationError("\(key): expected name=value entries in \(variable), got an entry without = (write a comma inside a value as \\,)")
+            }
+            m[String(kv[0]).trimmingCharacters(in: .whitespaces)] = String(kv[1])
+        }
+        return m
+    }
+
+    /// A YAML node as the JSON reader's values: scalars as their text (the keys parse
+    /// text anyway), null as empty, mappings and sequences as dictionaries and arrays.
+    static func yamlValue(_ node: Node) throws -> Any {
+        switch node {
+        case .scalar(let scalar):
+            return node.null != nil ? "" : scalar.string
+        case .mapping(let mapping):
+            var o: [String: Any] = [:]
+            for (k, v) in mapping {
+                guard let key = k.string else { throw ConfigurationError("config: a YAML key that is not a string") }
+                o[key] = try yamlValue(v)
+            }
+            return o
+        case .sequence(let sequence):
+            return try sequence.map { try yamlValue($0) }
+        case .alias:
+            throw ConfigurationError("config: YAML aliases are not supported")
+        }
     }
 
     /// A value before parsing.
@@ -182,7 +279,7 @@ public struct SyncConfiguration: Sendable {
         for (k, v) in obj {
             let name = prefix + k
             if name == "kafka.properties" || name == "kafka.secret_files" {
-                guard let m = v as? [String: Any] else { throw ConfigurationError("kafka.properties: expected an object") }
+                guard let m = v as? [String: Any] else { throw ConfigurationError("\(name): expected an object") }
                 var props: [String: String] = [:]
                 for (pk, pv) in m { props[pk] = scalarText(pv) }
                 raw[name] = .map(props)
@@ -392,7 +489,7 @@ public struct SyncConfiguration: Sendable {
         add("max_wait", formatDuration(engine.maxWaitMs))
         add("admin_listen", adminListen)
         add("dead_letter_topic", deadLetterTopic ?? "(none)")
-        add("log_format", logFormat ?? "(json unless stdout is a terminal)")
+        add("log_format", logFormat ?? "(json unless stderr is a terminal)")
         add("log_level", logLevel)
         add("shutdown_timeout", formatDuration(shutdownTimeoutMs))
         add("connect_timeout", formatDuration(connectTimeoutMs))

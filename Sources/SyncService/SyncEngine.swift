@@ -1116,7 +1116,10 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             s.oldestDirtyMs = dirty.oldestSinceMs.map { max(0, now - $0) } ?? 0
             s.breakerOpen = limiter.breakerOpen
             s.rateLimit = limiter.currentRate
-            s.ready = hasBeenAssigned && restoring == 0 && !limiter.breakerOpen
+            // Ready: joined, and every assigned partition restored (no partition is
+            // fine). An open breaker is foldspace_sync_breaker_open and an alert, not
+            // unreadiness: that would block drains and hide the metrics that fire it.
+            s.ready = hasBeenAssigned && restoring == 0
             return s
         }
     }

@@ -107,18 +107,26 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         let alive = loopsAlive
         let notifier = SystemdNotifier()
         let deadLetterProducer = lock.withLock { producer }
-        let admin = try await AdminServer.start(
-            host: host, port: port,
-            metrics: { [stateStore] in
-                var queues: [(producer: String, messages: Int)] = []
-                if let stateStore { queues.append(("state", stateStore.queueLength)) }
-                if let deadLetterProducer { queues.append(("dead-letters", deadLetterProducer.queueLength)) }
-                return MetricsText.render(engine.snapshot(), lag: consumer.lag().map { ($0.key.topic, $0.key.partition, $0.value) },
-                                          fetcherWakeups: consumer.fetcherNudges, zstdBatchesSized: ZstdSizeHint.framesSized,
-                                          kafka: consumer.statistics, producerQueues: queues, process: ProcessMetrics.read())
-            },
-            healthy: { alive.healthy && !consumer.hasFatalError },
-            ready: { engine.snapshot().ready })
+        let admin: AdminServer
+        do {
+            admin = try await AdminServer.start(
+                host: host, port: port,
+                metrics: { [stateStore] in
+                    var queues: [(producer: String, messages: Int)] = []
+                    if let stateStore { queues.append(("state", stateStore.queueLength)) }
+                    if let deadLetterProducer { queues.append(("dead-letters", deadLetterProducer.queueLength)) }
+                    return MetricsText.render(engine.snapshot(), lag: consumer.lag().map { ($0.key.topic, $0.key.partition, $0.value) },
+                                              fetcherWakeups: consumer.fetcherNudges, zstdBatchesSized: ZstdSizeHint.framesSized,
+                                              kafka: consumer.statistics, producerQueues: queues, process: ProcessMetrics.read())
+                },
+                healthy: { alive.healthy && !consumer.hasFatalError },
+                ready: { engine.snapshot().ready })
+        } catch {
+            // The admin address is taken (or cannot be bound): the HTTP client must be
+            // shut down before it is released (async-http-client traps otherwise).
+            await client?.shutdown()
+            throw error
+        }
         lock.withLock {
             self.consumer = consumer
             self.admin = admin

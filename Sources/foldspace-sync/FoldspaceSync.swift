@@ -14,12 +14,38 @@ struct FoldspaceSync: AsyncParsableCommand {
         abstract: "Folds product-analytics events from Kafka into Foldspace users.",
         version: foldspaceSyncVersion,
         subcommands: [Run.self, Demo.self, CheckConfig.self, MockKafka.self])
+
+    /// Exit statuses (docs/operations.md, deploy/systemd): 0 a clean stop, 1 a failure
+    /// while running, 2 a usage or configuration error (systemd does not restart on 2:
+    /// `RestartPreventExitStatus=2`). ArgumentParser's own usage errors (EX_USAGE, 64)
+    /// are mapped to 2 here.
+    static func main() async {
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            if exitCode(for: error) == .validationFailure {
+                FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
+                Foundation.exit(exitConfigurationError)
+            }
+            exit(withError: error)
+        }
+    }
 }
+
+/// A usage or configuration error: a restart cannot help.
+let exitConfigurationError: Int32 = 2
+/// A failure while running (Kafka fatal error, the admin port taken, …).
+let exitRuntimeFailure: Int32 = 1
 
 /// Flags shared by `run` and `check-config`. Every flag is also a configuration key
 /// (file and `FOLDSPACE_SYNC_*` environment); flags win.
 struct ConfigFlags: ParsableArguments {
-    @Option(help: "Configuration file (JSON).") var config: String?
+    @Option(help: "Configuration file: JSON, or YAML when named .yaml or .yml.") var config: String?
     @Option(help: "Kafka bootstrap servers, host:port[,host:port].") var brokers: String?
     @Option(name: .customLong("topic"), help: "Source topic; repeat for several.") var topics: [String] = []
     @Option(help: "Kafka consumer group id.") var group: String?
@@ -77,18 +103,26 @@ extension FoldspaceSync {
                 try config.validate()
             } catch {
                 FileHandle.standardError.write(Data("foldspace-sync: \(error)\n".utf8))
-                throw ExitCode(2)
+                throw ExitCode(exitConfigurationError)
             }
             LogSetup.bootstrap(format: config.logFormat, level: parseLogLevel(config.logLevel) ?? .info)
             let logger = Logger(label: "foldspace-sync")
+            for warning in config.warnings { logger.warning("\(warning)") }
             let keys: APIKeyStore
             do {
                 if let file = config.apiKeyFile { keys = try APIKeyStore(file: file) } else { keys = try APIKeyStore(key: config.apiKey ?? "") }
             } catch {
                 logger.critical("cannot load the API key", metadata: ["error": "\(error)"])
-                throw ExitCode(2)
+                throw ExitCode(exitConfigurationError)
             }
-            let pipeline = try SyncPipeline(config: config, keys: keys, logger: logger)
+            let pipeline: SyncPipeline
+            do {
+                pipeline = try SyncPipeline(config: config, keys: keys, logger: logger)
+            } catch {
+                // Secret files and librdkafka's check of the properties: configuration.
+                logger.critical("cannot start", metadata: ["error": "\(error)"])
+                throw ExitCode(exitConfigurationError)
+            }
             let group = ServiceGroup(configuration: .init(
                 services: [.init(service: pipeline)],
                 gracefulShutdownSignals: [.sigterm, .sigint],
@@ -97,7 +131,10 @@ extension FoldspaceSync {
                 try await group.run()
             } catch {
                 logger.critical("stopped on error", metadata: ["error": "\(error)"])
-                throw ExitCode(1)
+                // librdkafka refusing a property (a KafkaError without a code) is a
+                // configuration error; anything else failed while running.
+                if let k = error as? KafkaError, k.code == nil { throw ExitCode(exitConfigurationError) }
+                throw ExitCode(exitRuntimeFailure)
             }
         }
     }
@@ -124,7 +161,7 @@ extension FoldspaceSync {
     struct CheckConfig: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "check-config",
-            abstract: "Validate the configuration and print it, secrets redacted. Exit 1 on any error.")
+            abstract: "Validate the configuration and print it, secrets redacted. Exit 2 on a configuration error.")
 
         @OptionGroup var flags: ConfigFlags
 
@@ -132,10 +169,11 @@ extension FoldspaceSync {
             do {
                 let config = try flags.load()
                 try config.validate()
+                for warning in config.warnings { FileHandle.standardError.write(Data("foldspace-sync: warning: \(warning)\n".utf8)) }
                 print(config.describe())
             } catch {
                 FileHandle.standardError.write(Data("foldspace-sync: \(error)\n".utf8))
-                throw ExitCode(1)
+                throw ExitCode(exitConfigurationError)
             }
         }
     }

@@ -150,7 +150,7 @@ import Testing
         ]
         for (args, key) in cases {
             let c = try Child(args, env: ["FOLDSPACE_API_KEY": "k"])
-            #expect(await c.wait(timeout: .seconds(20)) == 1)
+            #expect(await c.wait(timeout: .seconds(20)) == 2) // a configuration error
             #expect(c.stderr.contains(key), "\(args): \(c.stderr)")
         }
         let ok = try Child(["check-config", "--brokers", "b:1", "--topic", "t", "--group", "g"], env: ["FOLDSPACE_API_KEY": apiKey])

@@ -73,24 +73,6 @@ final class NotifySocket: @unchecked Sendable {
 }
 
 @Suite(.serialized) struct OperationsTests {
-    @Test(.enabled(if: which("systemd-analyze") != nil, "systemd-analyze is not installed"))
-    func systemdUnitVerifies() throws {
-        let unit = try String(contentsOf: repoRoot.appendingPathComponent("deploy/systemd/foldspace-sync.service"), encoding: .utf8)
-        #expect(unit.contains("Type=notify") && unit.contains("WatchdogSec=") && unit.contains("LoadCredential=foldspace-api-key"))
-        for hardening in ["DynamicUser=yes", "ProtectSystem=strict", "NoNewPrivileges=yes", "PrivateTmp=yes", "Restart=on-failure"] {
-            #expect(unit.contains(hardening), "\(hardening)")
-        }
-        // verify checks that ExecStart's binary exists: point it at the built one.
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("unit-\(UUID().uuidString.prefix(8))")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        let copy = dir.appendingPathComponent("foldspace-sync.service")
-        try unit.replacingOccurrences(of: "/usr/local/bin/foldspace-sync", with: try binaryPath())
-            .write(to: copy, atomically: true, encoding: .utf8)
-        let (status, output) = try run(["systemd-analyze", "verify", copy.path])
-        #expect(status == 0, "\(output)")
-        #expect(!output.contains("foldspace-sync.service:"), "\(output)")
-    }
-
     @Test func notifiesSystemdReadyWatchdogAndStopping() async throws {
         let kafka = try await MockKafkaProcess(topics: ["events:1"])
         defer { Task { await kafka.stop() } }
@@ -113,21 +95,7 @@ final class NotifySocket: @unchecked Sendable {
         await sandbox.stop()
     }
 
-    @Test(.enabled(if: which("kubectl") != nil && which("kubernetes-validate") != nil, "kubectl or kubernetes-validate missing"))
-    func kubernetesManifestsRenderAndValidate() throws {
-        for overlay in ["base", "overlays/statefulset", "overlays/keda"] {
-            let (status, rendered) = try run(["kubectl", "kustomize", "deploy/kubernetes/\(overlay)"])
-            #expect(status == 0, "\(overlay): \(rendered)")
-            let file = FileManager.default.temporaryDirectory.appendingPathComponent("k8s-\(UUID().uuidString.prefix(8)).yaml")
-            try rendered.write(to: file, atomically: true, encoding: .utf8)
-            let (vs, out) = try run(["kubernetes-validate", "--strict", file.path])
-            #expect(vs == 0, "\(overlay): \(out)")
-            #expect(!out.contains("ERROR"), "\(overlay): \(out)")
-            if overlay != "overlays/keda" { #expect(rendered.contains("terminationGracePeriodSeconds: 60")) }
-            #expect(rendered.contains("readOnlyRootFilesystem: true") && rendered.contains("runAsNonRoot: true"))
-            #expect(rendered.contains("livenessProbe") && rendered.contains("readinessProbe"))
-        }
-    }
+    // The systemd unit and the Kubernetes manifests: DeploymentTests.swift.
 
     @Test func metricsExposeTheNamedSeriesAndMatchTheTraffic() async throws {
         let kafka = try await MockKafkaProcess(topics: ["events:2"])

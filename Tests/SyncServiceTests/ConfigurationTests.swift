@@ -101,6 +101,18 @@ import Testing
         }
     }
 
+    @Test func everyKeyRowHasFourCells() throws {
+        // A | in a type such as json|text ends the cell unless escaped.
+        let doc = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("docs/configuration.md")
+        let text = try String(contentsOf: doc, encoding: .utf8)
+        for k in SyncConfiguration.keys {
+            let row = try #require(text.split(separator: "\n").first { $0.hasPrefix("| `\(k.name)` |") })
+            let separators = row.replacingOccurrences(of: "\\|", with: "").filter { $0 == "|" }.count
+            #expect(separators == 5, "\(row)")
+        }
+    }
+
     @Test func theLibrdkafkaDefaultsTableMatchesTheCode() throws {
         // docs/configuration.md states the librdkafka properties the daemon sets; the
         // prefetch sizes in particular are a documented memory cost, so the table must
@@ -137,6 +149,111 @@ import Testing
         // An explicit key wins over the credential.
         let e = try SyncConfiguration.load(file: f, environment: ["CREDENTIALS_DIRECTORY": dir.path, "FOLDSPACE_API_KEY": "k"], flags: [:])
         #expect(e.apiKeyFile == nil && e.apiKey == "k")
+    }
+
+    /// The variables the kubelet's service links put in a pod of this namespace for the
+    /// shipped `foldspace-sync-metrics` Service (and would for a `foldspace-sync` one).
+    static let serviceLinks = [
+        "FOLDSPACE_SYNC_METRICS_SERVICE_HOST": "10.0.0.7", "FOLDSPACE_SYNC_METRICS_SERVICE_PORT": "9464",
+        "FOLDSPACE_SYNC_METRICS_SERVICE_PORT_ADMIN": "9464", "FOLDSPACE_SYNC_METRICS_PORT": "tcp://10.0.0.7:9464",
+        "FOLDSPACE_SYNC_METRICS_PORT_9464_TCP": "tcp://10.0.0.7:9464", "FOLDSPACE_SYNC_METRICS_PORT_9464_TCP_PROTO": "tcp",
+        "FOLDSPACE_SYNC_METRICS_PORT_9464_TCP_PORT": "9464", "FOLDSPACE_SYNC_METRICS_PORT_9464_TCP_ADDR": "10.0.0.7",
+        "FOLDSPACE_SYNC_SERVICE_HOST": "10.0.0.8", "FOLDSPACE_SYNC_PORT": "tcp://10.0.0.8:9464",
+    ]
+
+    @Test func environmentVariablesThatNameNoKeyGiveOneWarningNotAnError() throws {
+        var env = Self.serviceLinks
+        env["FOLDSPACE_SYNC_BROKERS"] = "b:1"
+        env["FOLDSPACE_SYNC_TOPICS"] = "t"
+        env["FOLDSPACE_SYNC_GROUP"] = "g"
+        let c = try SyncConfiguration.load(file: nil, environment: env, flags: [:])
+        #expect(c.brokers == "b:1" && c.topics == ["t"] && c.group == "g")
+        #expect(c.warnings.count == 1, "\(c.warnings)")
+        let warning = try #require(c.warnings.first)
+        for name in Self.serviceLinks.keys { #expect(warning.contains(name), "\(warning) lacks \(name)") }
+        // Names only: a value could be anything.
+        #expect(!warning.contains("10.0.0.7") && !warning.contains("tcp://"))
+        #expect(!warning.contains("FOLDSPACE_SYNC_BROKERS"))
+        // Known keys only: no warning.
+        let quiet = try SyncConfiguration.load(file: nil, environment: ["FOLDSPACE_SYNC_GROUP": "g"], flags: [:])
+        #expect(quiet.warnings.isEmpty)
+        // The file is ours alone: an unknown key there stays an error.
+        expectError("metrics_port_9464_tcp_addr") {
+            _ = try SyncConfiguration.load(file: try file(#"{"metrics_port_9464_tcp_addr":"x"}"#), environment: env, flags: [:])
+        }
+    }
+
+    @Test func kafkaPropertiesFromTheEnvironmentMergePerKeyAndCarryCommas() throws {
+        let f = try file(#"{"brokers":"b:1","topics":["t"],"group":"g","kafka":{"properties":{"security.protocol":"SASL_SSL","sasl.username":"file-user"}}}"#)
+        let c = try SyncConfiguration.load(file: f, environment: [
+            "FOLDSPACE_SYNC_KAFKA_PROPERTIES": #"sasl.username=env-user, sasl.oauthbearer.config=scope=a\,b principal=p"#,
+        ], flags: [:])
+        #expect(c.kafkaProperties == ["security.protocol": "SASL_SSL", "sasl.username": "env-user",
+                                      "sasl.oauthbearer.config": "scope=a,b principal=p"])
+        // Newlines separate entries too (a YAML block in a pod spec), and a JSON object works.
+        let n = try SyncConfiguration.load(file: f, environment: ["FOLDSPACE_SYNC_KAFKA_PROPERTIES": "a.b=1\nc.d=x\\,y\n"], flags: [:])
+        #expect(n.kafkaProperties["a.b"] == "1" && n.kafkaProperties["c.d"] == "x,y" && n.kafkaProperties["security.protocol"] == "SASL_SSL")
+        let j = try SyncConfiguration.load(file: f, environment: ["FOLDSPACE_SYNC_KAFKA_PROPERTIES": #"{"ssl.cipher.suites":"A,B","fetch.max.bytes":1000}"#], flags: [:])
+        #expect(j.kafkaProperties["ssl.cipher.suites"] == "A,B" && j.kafkaProperties["fetch.max.bytes"] == "1000" && j.kafkaProperties["sasl.username"] == "file-user")
+        // A backslash before anything else stays.
+        let b = try SyncConfiguration.load(file: nil, environment: ["FOLDSPACE_SYNC_KAFKA_PROPERTIES": #"ssl.ca.location=C:\certs"#], flags: [:])
+        #expect(b.kafkaProperties["ssl.ca.location"] == #"C:\certs"#)
+        expectError("kafka.properties") {
+            _ = try SyncConfiguration.load(file: nil, environment: ["FOLDSPACE_SYNC_KAFKA_PROPERTIES": "bootstrap.servers=a:1,b:2"], flags: [:])
+        }
+    }
+
+    @Test func kafkaSecretFilesFromTheEnvironmentAreHonoured() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sf-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        try "from-env\n".write(to: dir.appendingPathComponent("pw"), atomically: true, encoding: .utf8)
+        try "from-file\n".write(to: dir.appendingPathComponent("key-pw"), atomically: true, encoding: .utf8)
+        let f = try file(#"{"brokers":"b:1","topics":["t"],"group":"g","kafka":{"secret_files":{"ssl.key.password":"\#(dir.path)/key-pw"}}}"#)
+        let c = try SyncConfiguration.load(file: f, environment: ["FOLDSPACE_SYNC_KAFKA_SECRET_FILES": "sasl.password=\(dir.path)/pw"], flags: [:])
+        let p = try c.resolvedKafkaProperties()
+        #expect(p["sasl.password"] == "from-env")
+        #expect(p["ssl.key.password"] == "from-file")
+        #expect(c.warnings.isEmpty)
+        // A file that cannot be read stops the start, naming the key.
+        let missing = try SyncConfiguration.load(file: nil, environment: [
+            "FOLDSPACE_SYNC_BROKERS": "b:1", "FOLDSPACE_SYNC_TOPICS": "t", "FOLDSPACE_SYNC_GROUP": "g",
+            "FOLDSPACE_SYNC_KAFKA_SECRET_FILES": "sasl.password=\(dir.path)/nope"], flags: [:])
+        expectError("kafka.secret_files") { try missing.validate(requireKey: false) }
+    }
+
+    @Test func aYAMLFileIsReadLikeTheJSONOne() throws {
+        let yaml = FileManager.default.temporaryDirectory.appendingPathComponent("cfg-\(UUID().uuidString).yaml")
+        try """
+        # YAML, as in a ConfigMap
+        brokers: "k1:9092,k2:9092"
+        topics: [segment-events]
+        group: foldspace-sync
+        debounce: 2s
+        requests_per_second: 12.5
+        send_number_of_visits: true
+        pql:
+          day_weight: 3
+          key_events:
+            - {name: Report Created, weight: 5, cap: 10}
+            - name: Invite Sent
+        kafka:
+          properties:
+            security.protocol: SASL_SSL
+            fetch.max.bytes: 1048576
+        """.write(to: yaml, atomically: true, encoding: .utf8)
+        let c = try SyncConfiguration.load(file: yaml.path, environment: [:], flags: [:])
+        #expect(c.brokers == "k1:9092,k2:9092" && c.topics == ["segment-events"] && c.group == "foldspace-sync")
+        #expect(c.engine.debounceMs == 2_000 && c.engine.requestsPerSecond == 12.5 && c.engine.fold.sendNumberOfVisits)
+        #expect(c.engine.fold.pql.dayWeight == 3)
+        #expect(c.engine.fold.keyEvents == [.init(name: "Report Created", weight: 5, cap: 10), .init(name: "Invite Sent", weight: 3, cap: 20)])
+        #expect(c.kafkaProperties == ["security.protocol": "SASL_SSL", "fetch.max.bytes": "1048576"])
+        // The same rules as JSON: an unknown key is an error naming it.
+        let bad = FileManager.default.temporaryDirectory.appendingPathComponent("cfg-\(UUID().uuidString).yml")
+        try "group: g\nnonsense: 1\n".write(to: bad, atomically: true, encoding: .utf8)
+        expectError("nonsense") { _ = try SyncConfiguration.load(file: bad.path, environment: [:], flags: [:]) }
+        let notAMap = FileManager.default.temporaryDirectory.appendingPathComponent("cfg-\(UUID().uuidString).yaml")
+        try "- a\n- b\n".write(to: notAMap, atomically: true, encoding: .utf8)
+        expectError("config") { _ = try SyncConfiguration.load(file: notAMap.path, environment: [:], flags: [:]) }
     }
 
     @Test func durations() {
