@@ -75,6 +75,16 @@ private final class Connections: @unchecked Sendable {
 /// the headers of the answer without its body.
 public final class HTTPServer: Sendable {
     public typealias Handler = @Sendable (HTTPRequest) async -> HTTPResponse
+    /// A handler that answers without awaiting anything. It runs on NIO's blocking thread
+    /// pool, not on Swift's cooperative pool: the admin endpoints answer even when every
+    /// thread of that pool is busy (a liveness probe must not wait for the work it watches).
+    public typealias BlockingHandler = @Sendable (HTTPRequest) -> HTTPResponse
+
+    /// How a request is answered: a task on the cooperative pool, or NIO's thread pool.
+    fileprivate enum Serve: Sendable {
+        case async(Handler)
+        case blocking(BlockingHandler)
+    }
 
     private let channel: Channel
     private let connections: Connections
@@ -90,6 +100,22 @@ public final class HTTPServer: Sendable {
                              tls: (certificatePEM: String, keyPEM: String)? = nil,
                              idleTimeout: TimeAmount? = nil, maxConnections: Int? = nil,
                              handler: @escaping Handler) async throws -> HTTPServer {
+        try await start(host: host, port: port, maxBodyBytes: maxBodyBytes, tls: tls, idleTimeout: idleTimeout,
+                        maxConnections: maxConnections, serve: .async(handler))
+    }
+
+    /// As ``start(host:port:maxBodyBytes:tls:idleTimeout:maxConnections:handler:)``, with a
+    /// handler that never awaits, run off Swift's cooperative pool (``BlockingHandler``).
+    public static func start(host: String, port: Int, maxBodyBytes: Int = 4 << 20,
+                             tls: (certificatePEM: String, keyPEM: String)? = nil,
+                             idleTimeout: TimeAmount? = nil, maxConnections: Int? = nil,
+                             blockingHandler: @escaping BlockingHandler) async throws -> HTTPServer {
+        try await start(host: host, port: port, maxBodyBytes: maxBodyBytes, tls: tls, idleTimeout: idleTimeout,
+                        maxConnections: maxConnections, serve: .blocking(blockingHandler))
+    }
+
+    private static func start(host: String, port: Int, maxBodyBytes: Int, tls: (certificatePEM: String, keyPEM: String)?,
+                              idleTimeout: TimeAmount?, maxConnections: Int?, serve: Serve) async throws -> HTTPServer {
         let connections = Connections(limit: maxConnections.map { max(1, $0) })
         var sslContext: NIOSSLContext? = nil
         if let tls {
@@ -113,7 +139,7 @@ public final class HTTPServer: Sendable {
                     }
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                     try channel.pipeline.syncOperations.addHandler(
-                        RequestHandler(handler: handler, maxBodyBytes: maxBodyBytes))
+                        RequestHandler(serve: serve, maxBodyBytes: maxBodyBytes))
                 }
             }
         let channel = try await bootstrap.bind(host: host, port: port).get()
@@ -139,7 +165,7 @@ private final class RequestHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
-    private let handler: HTTPServer.Handler
+    private let serve: HTTPServer.Serve
     private let maxBodyBytes: Int
     private var head: HTTPRequestHead?
     private var body: [UInt8] = []
@@ -147,8 +173,8 @@ private final class RequestHandler: ChannelInboundHandler {
     /// Requests read and not yet answered: an idle timeout closes only between them.
     private var inFlight = 0
 
-    init(handler: @escaping HTTPServer.Handler, maxBodyBytes: Int) {
-        self.handler = handler
+    init(serve: HTTPServer.Serve, maxBodyBytes: Int) {
+        self.serve = serve
         self.maxBodyBytes = maxBodyBytes
     }
 
@@ -189,9 +215,15 @@ private final class RequestHandler: ChannelInboundHandler {
             if tooLarge {
                 promise.succeed(HTTPResponse(status: 413, contentType: "text/plain", text: "request body too large"))
             } else {
-                let handler = self.handler
-                promise.completeWithTask { await handler(request) }
+                switch serve {
+                case .async(let handler):
+                    promise.completeWithTask { await handler(request) }
+                case .blocking(let handler):
+                    promise.completeWith(NIOThreadPool.singleton.runIfActive(eventLoop: context.eventLoop) { handler(request) })
+                }
             }
+            // Only a thread pool that is shutting down fails the promise: nothing to answer.
+            promise.futureResult.whenFailure { _ in loopContext.value.close(promise: nil) }
             promise.futureResult.whenSuccess { response in
                 let context = loopContext.value
                 loopSelf.value.inFlight -= 1

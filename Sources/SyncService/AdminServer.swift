@@ -19,7 +19,7 @@ public final class AdminServer: Sendable {
         let server = try await HTTPServer.start(host: host, port: port, maxBodyBytes: 1024,
                                                 idleTimeout: .nanoseconds(Int64(idleTimeout.components.seconds) * 1_000_000_000
                                                     + idleTimeout.components.attoseconds / 1_000_000_000),
-                                                maxConnections: maxConnections) { req in
+                                                maxConnections: maxConnections, blockingHandler: { req in
             guard req.method == "GET" || req.method == "HEAD" else {
                 return HTTPResponse(status: 405, contentType: "text/plain", text: "method not allowed\n",
                                     headers: [("Allow", "GET, HEAD")])
@@ -38,7 +38,7 @@ public final class AdminServer: Sendable {
             default:
                 return HTTPResponse(status: 404, contentType: "text/plain", text: "not found\n")
             }
-        }
+        })
         return AdminServer(server: server)
     }
 

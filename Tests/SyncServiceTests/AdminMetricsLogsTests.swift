@@ -153,6 +153,38 @@ private func startAdmin(idleTimeout: Duration = .seconds(60), maxConnections: In
         await admin.stop()
     }
 
+    /// The admin endpoints answer while every thread of Swift's cooperative pool is busy:
+    /// a liveness probe must not wait for the tasks it is there to watch (in CI the test
+    /// process's own parallel tests exhausted the pool, and 405 answers did not come).
+    @Test func answersWhileTheCooperativePoolIsBlocked() async throws {
+        let admin = try await startAdmin()
+        let port = admin.port
+        let width = ProcessInfo.processInfo.activeProcessorCount
+        let started = DispatchSemaphore(value: 0)
+        let release = DispatchSemaphore(value: 0)
+        // Everything that waits runs on a Dispatch thread: the pool is what is blocked.
+        let outcome: (allBlocked: Bool, head: String?) = await withCheckedContinuation { done in
+            DispatchQueue.global().async {
+                var blockers: [Task<Void, Never>] = []
+                for _ in 0..<width {
+                    blockers.append(Task.detached { started.signal(); release.wait() })
+                }
+                var allBlocked = true
+                for _ in 0..<width where started.wait(timeout: .now() + 20) == .timedOut { allBlocked = false }
+                var head: String? = nil
+                if allBlocked, let c = try? RawConnection(port: port, receiveTimeoutMs: 5000) {
+                    c.send("POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    head = c.readResponse()?.head
+                }
+                for _ in blockers { release.signal() }
+                done.resume(returning: (allBlocked, head))
+            }
+        }
+        #expect(outcome.allBlocked, "the blocking tasks never all started")
+        #expect(outcome.head?.hasPrefix("HTTP/1.1 405") == true, "\(outcome.head ?? "no answer")")
+        await admin.stop()
+    }
+
     @Test func stopClosesOpenConnections() async throws {
         let admin = try await startAdmin()
         let c = try RawConnection(port: admin.port, receiveTimeoutMs: 5000)
