@@ -35,10 +35,18 @@ public func fuzzOne(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         || calls.events.count != calls.outcomes.filter({ if case .event = $0 { true } else { false } }).count {
         fatalError("DecodedCalls differs from [Decoded]")
     }
+    // One message: every call shares its offset (as the engine folds it) and is told
+    // apart by its index within the envelope. No call may be taken for a replay.
     for (i, d) in decoded.enumerated() {
         guard case .event(let e) = d else { continue }
-        folder.fold(e, timeMs: e.timeMs ?? 1_764_000_000_000, offset: Int64(i), into: &states[e.identity, default: UserState()])
+        if states[e.identity]?.hasApplied(source: 0, offset: 0, call: UInt32(i)) == true {
+            fatalError("call \(i) of the envelope taken for a replay")
+        }
+        folder.fold(e, timeMs: e.timeMs ?? 1_764_000_000_000, offset: 0, call: UInt32(i), kafkaMs: 1_764_000_000_000,
+                    into: &states[e.identity, default: UserState()])
     }
+    // The changelog decoder on the same bytes: it must never trap.
+    _ = try? StateCodec.decode(Array(bytes))
     for (id, s) in states {
         var adj = Adjustments()
         guard let body = projector.body(identifyId: id, state: s, nowMs: 1_764_000_000_000, adjustments: &adj) else { continue }

@@ -58,11 +58,24 @@ public struct OffsetTracker: Sendable {
     }
 
     /// A user releases its hold on `offset`.
+    ///
+    /// Released offsets leave the heap lazily, when ``committable(_:)`` meets them at its
+    /// top; durable mode never asks for it (checkpoints commit what was consumed), so the
+    /// heap is also rebuilt from the live holds whenever it holds more than twice as many
+    /// entries as they are (plus a little): it stays O(holds), at O(1) amortized a release.
     public mutating func release(_ index: PartitionIndex, offset: Int64) {
         let i = Int(index)
         guard i < partitions.count, let n = partitions[i].holds[offset] else { return }
         if n <= 1 { partitions[i].holds[offset] = nil } else { partitions[i].holds[offset] = n - 1 }
+        if partitions[i].heap.count > 2 * partitions[i].holds.count + Self.heapSlack {
+            var heap = MinHeap<Int64>()
+            for o in partitions[i].holds.keys { heap.push(o, at: o) }
+            partitions[i].heap = heap
+        }
     }
+
+    /// Released entries the heap may carry beyond twice the live holds before a rebuild.
+    static let heapSlack = 32
 
     /// The offset to commit for a partition (the next one to read), or nil if nothing
     /// was consumed yet.

@@ -16,35 +16,38 @@ public struct Folder: Sendable {
     }
 
     /// Applies one event at `timeMs` (already resolved: payload time, else Kafka time)
-    /// from position `offset` of `source`. Returns whether anything the projection reads
-    /// changed. An event at or before the state's applied position of the same source
-    /// is a replay and changes nothing.
+    /// from position `offset` of `source`, call `call` of that message (a batch
+    /// envelope's calls share its offset), whose Kafka time was `kafkaMs` (-1: unknown).
+    /// Returns whether anything the projection reads changed. A call at or before the
+    /// state's applied position of the same source (offset, then call) is a replay and
+    /// changes nothing.
     @discardableResult
-    public func fold(_ e: SegmentEvent, timeMs: Int64, offset: Int64, source: UInt32 = 0, into s: inout UserState) -> Bool {
+    public func fold(_ e: SegmentEvent, timeMs: Int64, offset: Int64, source: UInt32 = 0, call: UInt32 = 0, kafkaMs: Int64 = -1,
+                     into s: inout UserState) -> Bool {
         var ignored = Adjustments()
-        return fold(e, timeMs: timeMs, offset: offset, source: source, into: &s, adjustments: &ignored)
+        return fold(e, timeMs: timeMs, offset: offset, source: source, call: call, kafkaMs: kafkaMs, into: &s, adjustments: &ignored)
     }
 
-    /// As ``fold(_:timeMs:offset:source:into:)``, counting what was dropped because
+    /// As ``fold(_:timeMs:offset:source:call:kafkaMs:into:)``, counting what was dropped because
     /// Foldspace could never take it (product codes over 16 characters, environments
     /// outside 1…4), so that such values do not crowd out valid ones.
     @discardableResult
-    public func fold(_ e: SegmentEvent, timeMs: Int64, offset: Int64, source: UInt32 = 0, into s: inout UserState,
-                     adjustments: inout Adjustments) -> Bool {
+    public func fold(_ e: SegmentEvent, timeMs: Int64, offset: Int64, source: UInt32 = 0, call: UInt32 = 0, kafkaMs: Int64 = -1,
+                     into s: inout UserState, adjustments: inout Adjustments) -> Bool {
         var e = e
-        return fold(spending: &e, timeMs: timeMs, offset: offset, source: source, into: &s, adjustments: &adjustments)
+        return fold(spending: &e, timeMs: timeMs, offset: offset, source: source, call: call, kafkaMs: kafkaMs, into: &s,
+                    adjustments: &adjustments)
     }
 
-    /// As ``fold(_:timeMs:offset:source:into:adjustments:)``, reading the event where it
+    /// As ``fold(_:timeMs:offset:source:call:kafkaMs:into:adjustments:)``, reading the event where it
     /// lies and moving its strings into the state: `e` is spent afterwards. For the
     /// engine, which drops each event after its fold: passing the event by value copied
     /// its 568 bytes and retained every string in it, per event.
     @discardableResult
-    public func fold(spending e: inout SegmentEvent, timeMs: Int64, offset: Int64, source: UInt32 = 0,
-                     into s: inout UserState, adjustments: inout Adjustments) -> Bool {
-        if s.hasApplied(source: source, offset: offset) { return false }
-        s.appliedSource = source
-        s.appliedOffset = offset
+    public func fold(spending e: inout SegmentEvent, timeMs: Int64, offset: Int64, source: UInt32 = 0, call: UInt32 = 0,
+                     kafkaMs: Int64 = -1, into s: inout UserState, adjustments: inout Adjustments) -> Bool {
+        if s.hasApplied(source: source, offset: offset, call: call) { return false }
+        s.recordApplied(AppliedPosition(source: source, offset: offset, call: call, kafkaMs: kafkaMs))
         let stamp = Stamp(timeMs: timeMs, offset: offset)
         var text = TextFields.Writes()
         var changed = foldVisit(timeMs, into: &s)

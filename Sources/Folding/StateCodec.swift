@@ -22,26 +22,36 @@ public struct StoredUser: Sendable, Equatable {
 
 /// The changelog record format: compact, versioned, and tolerant.
 ///
-/// Layout: the magic bytes `F S`, a format version (1), then fields as
+/// Layout: the magic bytes `F S`, a format version (2), then fields as
 /// `tag (1 byte) · length (varint) · payload`. A reader skips tags it does not know, so a
 /// newer writer can add fields without breaking older readers, and a newer reader fills
 /// defaults for fields an older writer did not have. Integers are LEB128 varints (signed
 /// ones zigzag-encoded); strings are length-prefixed UTF-8.
+///
+/// Version 2 replaced the single applied position (tag 27: source, offset) with one per
+/// source partition, each with the call index within its message and the message's
+/// Kafka time in seconds (tag 28); a version-1 record is still read (its position gets call 0 and
+/// an unknown Kafka time). A record of a later version is refused with
+/// ``DecodeError/newerVersion(_:)``: its fields may mean what this build cannot know.
+/// Decoding never traps, whatever the bytes: every length and value read is checked.
 public enum StateCodec {
-    public static let version: UInt8 = 1
+    public static let version: UInt8 = 2
 
     enum Tag: UInt8 {
         case explicitUserType = 1, sawUserId, email, name, role, phone, timezone, image
         case leadDate, signUpDate, firstVisit, lastSeen
         case country, region, city, postalCode, countryCode
         case lastSubscription, subscriptions, products, custom, pqlTrait
-        case visits, spans, activeDays, keyEventCounts, applied
+        case visits, spans, activeDays, keyEventCounts, applied, appliedPositions
         case dirty = 40, settledHash, sourcePartitions
     }
 
     public enum DecodeError: Error, Equatable {
         case badMagic
+        /// Version 0: never written.
         case unsupportedVersion(UInt8)
+        /// Written by a later format version than this build reads.
+        case newerVersion(UInt8)
         case truncated
         case badValue
     }
@@ -116,8 +126,12 @@ public enum StateCodec {
                 for k in s.keyEventCounts { f.u8(k.index); f.varint(UInt64(k.count)) }
             }
         }
-        if s.appliedOffset >= 0 {
-            w.field(.applied) { f in f.varint(UInt64(s.appliedSource)); f.zigzag(s.appliedOffset) }
+        let applied = s.appliedPositions
+        if !applied.isEmpty {
+            w.field(.appliedPositions) { f in
+                f.varint(UInt64(applied.count))
+                for p in applied { f.varint(UInt64(p.source)); f.zigzag(p.offset); f.varint(UInt64(p.call)); f.varint(UInt64(p.kafkaSeconds)) }
+            }
         }
         if u.dirty { w.field(.dirty) { $0.u8(1) } }
         if u.settledHash != 0 { w.field(.settledHash) { $0.u64(u.settledHash) } }
@@ -131,15 +145,15 @@ public enum StateCodec {
         var r = Reader(bytes: bytes)
         guard try r.u8() == 0x46, try r.u8() == 0x53 else { throw .badMagic }
         let v = try r.u8()
-        guard v >= 1 && v <= version else { throw .unsupportedVersion(v) }
+        guard v >= 1 else { throw .unsupportedVersion(v) }
+        guard v <= version else { throw .newerVersion(v) }
         var s = UserState()
         var dirty = false
         var hash: UInt64 = 0
         var sourcePartitions: Int32 = 0
         while !r.atEnd {
             let tag = try r.u8()
-            let len = Int(try r.varint())
-            guard len >= 0, r.pos + len <= bytes.count else { throw .truncated }
+            let len = try r.length()
             var f = Reader(bytes: bytes, pos: r.pos, end: r.pos + len)
             r.pos += len
             guard let t = Tag(rawValue: tag) else { continue } // a newer writer's field
@@ -176,6 +190,7 @@ public enum StateCodec {
                 for _ in 0..<n {
                     let code = try f.string()
                     let env = try f.zigzag()
+                    guard env != .min else { throw .badValue }
                     let key = ProductKey(product: code, environment: env == 0 ? nil : env - 1)
                     _ = s.products.insert(key, at: try f.stamp(), limit: UserState.productLimit)
                 }
@@ -188,6 +203,7 @@ public enum StateCodec {
                 }
             case .pqlTrait:
                 let d = Double(bitPattern: try f.u64())
+                guard d.isFinite, d >= 0, d <= 100 else { throw .badValue } // as the fold accepts it
                 s.pqlTrait = Latest(value: d, stamp: try f.stamp())
             case .visits: s.visits = UInt32(truncatingIfNeeded: try f.varint())
             case .spans:
@@ -201,9 +217,22 @@ public enum StateCodec {
                 for _ in 0..<n {
                     s.keyEventCounts.append(KeyEventCount(index: try f.u8(), count: UInt32(truncatingIfNeeded: try f.varint())))
                 }
-            case .applied:
-                s.appliedSource = UInt32(truncatingIfNeeded: try f.varint())
-                s.appliedOffset = try f.zigzag()
+            case .applied: // version 1
+                let source = UInt32(truncatingIfNeeded: try f.varint())
+                let offset = try f.zigzag()
+                if offset >= 0 { s.appliedPositions = [AppliedPosition(source: source, offset: offset)] }
+            case .appliedPositions:
+                let n = try f.count(limit: UserState.maxAppliedSources)
+                var positions: [AppliedPosition] = []
+                for _ in 0..<n {
+                    let source = UInt32(truncatingIfNeeded: try f.varint())
+                    let offset = try f.zigzag()
+                    let call = UInt32(truncatingIfNeeded: try f.varint())
+                    let kafkaSeconds = UInt32(truncatingIfNeeded: try f.varint())
+                    guard offset >= 0 else { throw .badValue }
+                    positions.append(AppliedPosition(source: source, offset: offset, call: call, kafkaSeconds: kafkaSeconds))
+                }
+                s.appliedPositions = positions
             case .dirty: dirty = try f.u8() != 0
             case .settledHash: hash = try f.u64()
             case .sourcePartitions: sourcePartitions = Int32(truncatingIfNeeded: try f.varint())
@@ -318,9 +347,15 @@ public enum StateCodec {
             return Int(n)
         }
 
+        /// A length prefix: at most what is left to read (so no sum with it can overflow).
+        mutating func length() throws(DecodeError) -> Int {
+            let n = try varint()
+            guard n <= UInt64(end - pos) else { throw .truncated }
+            return Int(n)
+        }
+
         mutating func string() throws(DecodeError) -> String {
-            let n = Int(try varint())
-            guard n >= 0, pos + n <= end else { throw .truncated }
+            let n = try length()
             defer { pos += n }
             guard let s = String(validating: bytes[pos..<(pos + n)], as: UTF8.self) else { throw .badValue }
             return s

@@ -110,9 +110,16 @@ public struct UserState: Sendable, Equatable {
     public private(set) var olderSpans: [VisitSpan] = []
     /// Bit k: the user was active on UTC day `activeDayAnchor - k`.
     public var activeDays: UInt64 = 0
-    /// The last applied source position, so a replayed event is skipped.
-    public var appliedOffset: Int64 = -1
-    public var appliedSource: UInt32 = 0
+    /// The applied position of the source partition this user's latest event came from
+    /// (offset -1: none), inline; those of other source partitions, if any, are in the
+    /// rare box (``appliedPositions``). A replayed call is skipped by them.
+    public private(set) var appliedOffset: Int64 = -1
+    public private(set) var appliedSource: UInt32 = 0
+    /// The call's index within its message (a batch envelope's calls share the offset).
+    public private(set) var appliedCall: UInt32 = 0
+    /// The Kafka time of the message at `appliedOffset`, in seconds (0: unknown), to tell
+    /// a recreated topic (offsets restarted) from a replay.
+    public private(set) var appliedKafkaSeconds: UInt32 = 0
     /// Visits counted so far.
     public var visits: UInt32 = 0
     public var activeDayAnchor: Int32 = .min
@@ -120,6 +127,10 @@ public struct UserState: Sendable, Equatable {
     public var sawUserId = false
 
     public static let maxSpans = 8
+    /// Source partitions whose applied positions a user keeps. A user whose events come
+    /// from more keeps the most recently applied ones: a replay from a partition it has
+    /// forgotten is folded again (counted by the engine, see docs/decisions.md).
+    public static let maxAppliedSources = 8
     public static let subscriptionLimit = 100
     public static let productLimit = 20
 
@@ -133,6 +144,9 @@ public struct UserState: Sendable, Equatable {
         var custom: [Latest<CustomTrait>] = []
         var pqlTrait: Latest<Double>?
         var keyEventCounts: [KeyEventCount] = []
+        /// Applied positions of source partitions other than the inline one, most
+        /// recently applied first.
+        var otherApplied: [AppliedPosition] = []
 
         init() {}
 
@@ -143,6 +157,7 @@ public struct UserState: Sendable, Equatable {
             custom = o.custom
             pqlTrait = o.pqlTrait
             keyEventCounts = o.keyEventCounts
+            otherApplied = o.otherApplied
         }
     }
 
@@ -293,8 +308,7 @@ public struct UserState: Sendable, Equatable {
             && a.leadDateMs == b.leadDateMs && a.signUpDateMs == b.signUpDateMs
             && a.firstVisitMs == b.firstVisitMs && a.lastSeenMs == b.lastSeenMs
             && a.visits == b.visits && a.lastSpan == b.lastSpan && a.olderSpans == b.olderSpans && a.activeDays == b.activeDays
-            && a.activeDayAnchor == b.activeDayAnchor && a.appliedSource == b.appliedSource
-            && a.appliedOffset == b.appliedOffset
+            && a.activeDayAnchor == b.activeDayAnchor && a.appliedPositions == b.appliedPositions
             && a.subscriptions == b.subscriptions && a.products == b.products && a.custom == b.custom
             && a.pqlTrait == b.pqlTrait && a.keyEventCounts == b.keyEventCounts
     }
@@ -312,15 +326,128 @@ public struct UserState: Sendable, Equatable {
             n += arr(r.subscriptions.items) + r.subscriptions.items.reduce(0) { $0 + str($1.value) }
             n += arr(r.products.items) + r.products.items.reduce(0) { $0 + str($1.value.product) }
             n += arr(r.custom) + r.custom.reduce(0) { $0 + str($1.value.name) + str($1.value.json) }
-            n += arr(r.keyEventCounts)
+            n += arr(r.keyEventCounts) + arr(r.otherApplied)
         }
         return n
     }
 
-    /// Whether the event at `offset` of `source` is already folded into this state.
+    // MARK: Applied positions
+
+    /// Every applied position, the inline one (the latest event's source) first, then
+    /// the others, most recently applied first. Setting keeps the first
+    /// ``maxAppliedSources`` with a non-negative offset, one per source.
+    public var appliedPositions: [AppliedPosition] {
+        get {
+            guard appliedOffset >= 0 else { return [] }
+            let first = AppliedPosition(source: appliedSource, offset: appliedOffset, call: appliedCall, kafkaSeconds: appliedKafkaSeconds)
+            guard let others = rare?.otherApplied, !others.isEmpty else { return [first] }
+            return [first] + others
+        }
+        set {
+            var seen: Set<UInt32> = []
+            let kept = newValue.filter { $0.offset >= 0 && seen.insert($0.source).inserted }.prefix(Self.maxAppliedSources)
+            if let first = kept.first {
+                setInline(first)
+            } else {
+                appliedOffset = -1
+                appliedSource = 0
+                appliedCall = 0
+                appliedKafkaSeconds = 0
+            }
+            let others = Array(kept.dropFirst())
+            if !others.isEmpty || rare?.otherApplied.isEmpty == false { writableRare().otherApplied = others }
+        }
+    }
+
+    private mutating func setInline(_ p: AppliedPosition) {
+        appliedOffset = p.offset
+        appliedSource = p.source
+        appliedCall = p.call
+        appliedKafkaSeconds = p.kafkaSeconds
+    }
+
+    /// The applied position of `source`, if this state has one.
     @inline(__always)
-    public func hasApplied(source: UInt32, offset: Int64) -> Bool {
-        appliedOffset >= 0 && source == appliedSource && offset <= appliedOffset
+    public func appliedPosition(source: UInt32) -> AppliedPosition? {
+        guard appliedOffset >= 0 else { return nil }
+        if source == appliedSource {
+            return AppliedPosition(source: source, offset: appliedOffset, call: appliedCall, kafkaSeconds: appliedKafkaSeconds)
+        }
+        return rare?.otherApplied.first { $0.source == source }
+    }
+
+    /// Whether call `call` of the message at `offset` of `source` is already folded into
+    /// this state.
+    @inline(__always)
+    public func hasApplied(source: UInt32, offset: Int64, call: UInt32 = 0) -> Bool {
+        guard appliedOffset >= 0 else { return false }
+        if source == appliedSource {
+            return offset < appliedOffset || (offset == appliedOffset && call <= appliedCall)
+        }
+        guard let p = rare?.otherApplied.first(where: { $0.source == source }) else { return false }
+        return offset < p.offset || (offset == p.offset && call <= p.call)
+    }
+
+    /// Whether recording a position of `source` would make the state forget another
+    /// source's (it already keeps ``maxAppliedSources`` others).
+    public func wouldForgetASource(recording source: UInt32) -> Bool {
+        guard appliedOffset >= 0, source != appliedSource, let others = rare?.otherApplied else { return false }
+        return others.count >= Self.maxAppliedSources - 1 && !others.contains { $0.source == source }
+    }
+
+    /// Records `position` as its source's applied position (it becomes the inline one).
+    /// The same source as the latest event's (the rule) touches only the inline fields.
+    @inline(__always)
+    public mutating func recordApplied(_ position: AppliedPosition) {
+        if appliedOffset < 0 || position.source == appliedSource {
+            setInline(position)
+            return
+        }
+        let previous = AppliedPosition(source: appliedSource, offset: appliedOffset, call: appliedCall, kafkaSeconds: appliedKafkaSeconds)
+        let r = writableRare()
+        r.otherApplied.removeAll { $0.source == position.source }
+        r.otherApplied.insert(previous, at: 0)
+        if r.otherApplied.count > Self.maxAppliedSources - 1 { r.otherApplied.removeLast(r.otherApplied.count - (Self.maxAppliedSources - 1)) }
+        setInline(position)
+    }
+
+    /// Forgets the applied position of `source` (its topic was recreated: its offsets
+    /// mean other events now).
+    public mutating func forgetApplied(source: UInt32) {
+        appliedPositions = appliedPositions.filter { $0.source != source }
+    }
+
+    /// Whether this state has applied, for every source partition `other` has a position
+    /// of, at least as far as `other` (so `other` is not newer anywhere).
+    public func covers(_ other: UserState) -> Bool {
+        other.appliedPositions.allSatisfy { p in
+            guard let mine = appliedPosition(source: p.source) else { return false }
+            return mine.offset > p.offset || (mine.offset == p.offset && mine.call >= p.call)
+        }
+    }
+}
+
+/// Where a user's events from one source partition were last applied: the message's
+/// offset, the call's index within the message (the calls of a batch envelope share its
+/// offset), and the message's Kafka time in whole seconds (0: unknown; seconds keep the
+/// inline position at 20 bytes, and telling a recreated topic apart needs no more).
+public struct AppliedPosition: Sendable, Equatable {
+    /// A stable id of the source partition (a hash of topic and partition).
+    public var source: UInt32
+    public var offset: Int64
+    public var call: UInt32
+    public var kafkaSeconds: UInt32
+
+    public init(source: UInt32, offset: Int64, call: UInt32 = 0, kafkaSeconds: UInt32) {
+        self.source = source
+        self.offset = offset
+        self.call = call
+        self.kafkaSeconds = kafkaSeconds
+    }
+
+    /// As the engine knows it: the Kafka time in milliseconds (negative: unknown).
+    public init(source: UInt32, offset: Int64, call: UInt32 = 0, kafkaMs: Int64 = -1) {
+        self.init(source: source, offset: offset, call: call, kafkaSeconds: kafkaMs < 0 ? 0 : UInt32(clamping: kafkaMs / 1000))
     }
 }
 

@@ -70,6 +70,15 @@ public enum MetricsText {
         for (r, n) in s.invalid.sorted(by: { $0.key < $1.key }) { sample("foldspace_sync_invalid_events_total", [("reason", r)], String(n)) }
         family("foldspace_sync_implausible_time_total", "counter", "Event times replaced by the Kafka timestamp.")
         sample("foldspace_sync_implausible_time_total", [], String(s.implausibleTime))
+        family("foldspace_sync_source_recreated_total", "counter",
+               "Source partitions whose offsets restarted below users' applied positions with newer Kafka times (a recreated topic): their events are folded, not skipped.")
+        sample("foldspace_sync_source_recreated_total", [], String(s.recreatedSources))
+        family("foldspace_sync_applied_sources_forgotten_total", "counter",
+               "Applied positions users forgot because their events came from more source partitions than they keep (a replay from a forgotten one is folded again).")
+        sample("foldspace_sync_applied_sources_forgotten_total", [], String(s.appliedSourcesForgotten))
+        family("foldspace_sync_restore_kept_newer_total", "counter",
+               "Durable state: restored records not loaded because the user in memory had applied as much or more.")
+        sample("foldspace_sync_restore_kept_newer_total", [], String(s.restoreKeptNewer))
         family("foldspace_sync_requests_total", "counter", "Answers from Foldspace, by status code (2xx for every success).")
         for (c, n) in s.requests.sorted(by: { $0.key < $1.key }) { sample("foldspace_sync_requests_total", [("code", c)], String(n)) }
         family("foldspace_sync_request_errors_total", "counter", "Requests to Foldspace that got no answer, by kind (timeout, connection, tls).")

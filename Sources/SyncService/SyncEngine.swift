@@ -71,6 +71,14 @@ public struct EngineStats: Sendable {
     public var implausibleTime = 0
     /// Events at or below a user's applied offset: replays, skipped.
     public var skippedReplays = 0
+    /// Source partitions detected as recreated (offsets restarted under the same name):
+    /// events at or below a user's applied offset with a newer Kafka time, folded.
+    public var recreatedSources = 0
+    /// Applied positions a user forgot because its events came from more than
+    /// ``UserState/maxAppliedSources`` source partitions.
+    public var appliedSourcesForgotten = 0
+    /// Restored records not loaded because the user in memory had applied as much or more.
+    public var restoreKeptNewer = 0
     /// Durable mode: checkpoints that wrote and committed (or had nothing to), users
     /// written by them, and checkpoints that failed (nothing committed, retried).
     public var checkpoints = 0
@@ -353,6 +361,9 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     private var pendingCheckpoint: [OffsetTracker.PartitionIndex: [String]] = [:]
     private var lastCommitted: [OffsetTracker.PartitionIndex: Int64] = [:]
     private var restoring = 0
+    /// Partitions whose replay skipping / recreation was logged since their assignment.
+    private var replayNoted: Set<OffsetTracker.PartitionIndex> = []
+    private var recreationNoted: Set<OffsetTracker.PartitionIndex> = []
     private var stateStore: StateStore?
     /// Serializes checkpoints, so commits of one partition never go backwards.
     private let checkpointLock = NSLock()
@@ -539,6 +550,13 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                 // A changelog partition shared by several source partitions holds
                 // others' users too: only this partition's are ours.
                 guard stored.state.appliedSource == source else { continue }
+                // A user already in memory (restored from another partition's changelog,
+                // or folded meanwhile) keeps its state unless the record has applied
+                // everything it has: an older record must never overwrite a newer state.
+                if let old = users[key], !stored.state.covers(old.state) {
+                    stats.restoreKeptNewer += 1
+                    continue
+                }
                 var entry = UserEntry()
                 entry.state = stored.state
                 entry.home = pidx
@@ -691,6 +709,8 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             for j in 0..<min(2 * ahead, n) where slotScratch[j] != Self.noSlot { users.prefetchEntryRest(slotScratch[j]) }
             for j in 0..<min(ahead, n) where slotScratch[j] != Self.noSlot { users.prefetchStorage(slotScratch[j]) }
             var previous = -1
+            // The call's index within its message (every call of a message is in one chunk).
+            var call: UInt32 = 0
             var pidx: OffsetTracker.PartitionIndex = 0
             var previousPartition: TopicPartition? = nil
             // Each event is folded where the decoder wrote it, its strings moved into the
@@ -712,12 +732,15 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                         }
                         offsets.saw(pidx, offset: m.offset)
                         previous = i
+                        call = 0
+                    } else {
+                        call &+= 1
                     }
                     switch outcome {
                     case .event(let k):
                         let slot = slotScratch[j]
                         fold(events.baseAddress! + Int(k), slot: slot < 0 ? Int(~slot) : Int(slot), isNew: slot < 0, message: m,
-                             partition: pidx, nowEpoch: nowEpoch, nowMono: now)
+                             call: call, partition: pidx, nowEpoch: nowEpoch, nowMono: now)
                     case .ignored:
                         stats.ignored += 1
                     case .invalid(let f):
@@ -732,28 +755,39 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     }
 
     /// Folds one event; called with the lock held.
-    private func fold(_ e: UnsafeMutablePointer<SegmentEvent>, slot: Int, isNew: Bool, message m: ConsumedMessage,
+    private func fold(_ e: UnsafeMutablePointer<SegmentEvent>, slot: Int, isNew: Bool, message m: ConsumedMessage, call: UInt32,
                       partition pidx: OffsetTracker.PartitionIndex, nowEpoch: Int64, nowMono: Int64) {
         if e.pointee.timeImplausible { stats.implausibleTime += 1 }
         let t = e.pointee.timeMs ?? m.timestampMs ?? nowEpoch
         // Mutate the entry in place in the table's storage (its slot was looked up with
         // the rest of the chunk's): no copy of the entry out and back.
         users.modify(slot) { entry in
-            apply(e, timeMs: t, message: m, partition: pidx, isNew: isNew, nowMono: nowMono, to: &entry)
+            apply(e, timeMs: t, message: m, call: call, partition: pidx, isNew: isNew, nowMono: nowMono, to: &entry)
         }
     }
 
-    private func apply(_ e: UnsafeMutablePointer<SegmentEvent>, timeMs t: Int64, message m: ConsumedMessage, partition pidx: OffsetTracker.PartitionIndex,
-                       isNew: Bool, nowMono: Int64, to entry: inout UserEntry) {
+    private func apply(_ e: UnsafeMutablePointer<SegmentEvent>, timeMs t: Int64, message m: ConsumedMessage, call: UInt32,
+                       partition pidx: OffsetTracker.PartitionIndex, isNew: Bool, nowMono: Int64, to entry: inout UserEntry) {
         entry.home = pidx
         let source = sourceIds[Int(pidx)]
-        if entry.state.hasApplied(source: source, offset: m.offset) {
-            stats.skippedReplays += 1
-            return
+        let kafkaMs = m.timestampMs ?? -1
+        if entry.state.hasApplied(source: source, offset: m.offset, call: call) {
+            if !isRecreation(entry.state, source: source, kafkaMs: kafkaMs, partition: pidx, offset: m.offset) {
+                stats.skippedReplays += 1
+                if !replayNoted.contains(pidx) {
+                    replayNoted.insert(pidx)
+                    logger.info("skipping replayed events (already in the users' state)", metadata: [
+                        "partition": "\(partitionsByIndex[Int(pidx)])", "first_offset": "\(m.offset)",
+                    ])
+                }
+                return
+            }
+            entry.state.forgetApplied(source: source)
         }
+        if entry.state.wouldForgetASource(recording: source) { stats.appliedSourcesForgotten += 1 }
         stats.folded += 1
-        let changed = folder.fold(spending: &e.pointee, timeMs: t, offset: m.offset, source: source, into: &entry.state,
-                                  adjustments: &stats.adjustments)
+        let changed = folder.fold(spending: &e.pointee, timeMs: t, offset: m.offset, source: source, call: call, kafkaMs: kafkaMs,
+                                  into: &entry.state, adjustments: &stats.adjustments)
         // Every applied event moves the applied offset (and maybe visit spans): persist.
         markForCheckpoint(e.pointee.identity, &entry)
         if changed || isNew {
@@ -766,6 +800,32 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             if added { offsets.hold(pidx, offset: m.offset) }
         }
     }
+
+    /// A call at or below the user's applied position of its source whose message is
+    /// newer, by Kafka time, than the applied one by over ``recreationToleranceMs``: a
+    /// replay reads the very messages again (same times), so the offsets restarted, the
+    /// topic was deleted and created again under its name. Said once per partition and
+    /// assignment (log and metric); the caller then folds the event. Called with the lock
+    /// held.
+    private func isRecreation(_ s: UserState, source: UInt32, kafkaMs: Int64, partition pidx: OffsetTracker.PartitionIndex,
+                              offset: Int64) -> Bool {
+        guard kafkaMs >= 0, let applied = s.appliedPosition(source: source), applied.kafkaSeconds > 0,
+              kafkaMs / 1000 > Int64(applied.kafkaSeconds) + Self.recreationToleranceMs / 1000 else { return false }
+        if !recreationNoted.contains(pidx) {
+            recreationNoted.insert(pidx)
+            stats.recreatedSources += 1
+            logger.error("source partition restarted below the users' applied offsets with newer messages: the topic was recreated; its events are folded, not skipped as replays", metadata: [
+                "partition": "\(partitionsByIndex[Int(pidx)])", "offset": "\(offset)", "applied_offset": "\(applied.offset)",
+                "kafka_ms": "\(kafkaMs)", "applied_kafka_s": "\(applied.kafkaSeconds)",
+            ])
+        }
+        return true
+    }
+
+    /// How much newer (Kafka time) a message at or below a user's applied offset must be
+    /// than the applied one to be taken for a recreated topic rather than a replay
+    /// (producers' clocks and batching make `CreateTime` only roughly ordered).
+    static let recreationToleranceMs: Int64 = 3_600_000
 
     private func index(of tp: TopicPartition) -> OffsetTracker.PartitionIndex {
         if let i = partitionIndex[tp] { return i }
@@ -790,6 +850,8 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                 let i = index(of: tp)
                 offsets.activate(i)
                 assigned.insert(i)
+                replayNoted.remove(i)
+                recreationNoted.remove(i)
                 lastCommitted[i] = nil
                 pendingCheckpoint[i] = nil
             }

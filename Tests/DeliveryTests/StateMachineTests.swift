@@ -143,6 +143,26 @@ import Testing
         #expect(v20 == 6)
     }
 
+    /// Durable mode never asks for the committable offset (the checkpoint commits what
+    /// was consumed), so released holds must not pile up in the heap until it is.
+    @Test func theHeapStaysBoundedWhenCommittableIsNeverAsked() {
+        var t = OffsetTracker()
+        t.activate(0)
+        t.hold(0, offset: 0) // one user that never settles
+        for o: Int64 in 1...100_000 {
+            t.saw(0, offset: o)
+            t.hold(0, offset: o)
+            t.release(0, offset: o)
+        }
+        #expect(t.holdCount(0) == 1)
+        #expect(t.partitions[0].heap.count <= 64, "\(t.partitions[0].heap.count) heap entries for one hold")
+        let c = t.committable(0)
+        #expect(c == 0)
+        t.release(0, offset: 0)
+        let c2 = t.committable(0)
+        #expect(c2 == 100_001)
+    }
+
     @Test func advancedReportsOnlyForwardMoves() {
         var t = OffsetTracker()
         t.activate(0)

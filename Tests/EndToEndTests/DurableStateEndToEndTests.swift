@@ -19,7 +19,8 @@ extension VisitReference {
                    "--admin-listen", "127.0.0.1:0"],
                   env: ["FOLDSPACE_API_KEY": apiKey, "FOLDSPACE_SYNC_SEND_NUMBER_OF_VISITS": "true",
                         "FOLDSPACE_SYNC_COMMIT_INTERVAL": "300ms", "FOLDSPACE_SYNC_SHUTDOWN_TIMEOUT": "10s",
-                        "FOLDSPACE_SYNC_KAFKA_PROPERTIES": "session.timeout.ms=6000,heartbeat.interval.ms=500"])
+                        "FOLDSPACE_SYNC_KAFKA_PROPERTIES": "session.timeout.ms=6000,heartbeat.interval.ms=500"]
+                    .merging(VisitReference.pqlEnvironment) { a, _ in a })
     }
 
     @Test func survivorTakesOverAKilledInstance() async throws {

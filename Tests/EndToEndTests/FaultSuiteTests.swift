@@ -6,8 +6,8 @@ import FoundationNetworking
 #endif
 
 /// The one verifier every fault case ends with: each user's last acknowledged body equals
-/// an independent fold of all its events (visits, first and last seen: a lost event or a
-/// double count shows), no request arrived inside a `Retry-After` window, no request broke
+/// an independent fold of all its events (visits, first and last seen: a lost event shows;
+/// the "Step" key event's count read back from the PQL score: a double count shows), no request arrived inside a `Retry-After` window, no request broke
 /// the schema, and every daemon still running stayed within a peak RSS bound.
 struct FaultVerifier {
     var reference: VisitReference
@@ -74,6 +74,7 @@ func peakRSSKiB(_ pid: Int32) -> Int {
         var e = ["FOLDSPACE_SYNC_SEND_NUMBER_OF_VISITS": "true",
                  "FOLDSPACE_SYNC_COMMIT_INTERVAL": "300ms", "FOLDSPACE_SYNC_SHUTDOWN_TIMEOUT": "10s",
                  "FOLDSPACE_SYNC_KAFKA_PROPERTIES": "session.timeout.ms=6000,heartbeat.interval.ms=500,retry.backoff.ms=50"]
+        for (k, v) in VisitReference.pqlEnvironment { e[k] = v } // the "Step" count the verifier reads back
         if keyFromEnvironment { e["FOLDSPACE_API_KEY"] = apiKey }
         for (k, v) in env { e[k] = v }
         return try Child(["run", "--brokers", s.kafka.bootstrap, "--topic", "events", "--group", s.group,

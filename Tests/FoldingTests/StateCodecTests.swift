@@ -55,7 +55,7 @@ import Testing
         let bytes = StateCodec.encode(StoredUser(state: s, dirty: true, settledHash: 0x0102_0304_0506_0708, sourcePartitions: 4))
         let hex = bytes.map { String(format: "%02x", $0) }.joined()
         let before =
-            "46530101080180a0bfe9d6661402010103170f616e6e406578616d706c652e636f6d80a0bfe9d66614040f07416e6e20" +
+            "46530201080180a0bfe9d6661402010103170f616e6e406578616d706c652e636f6d80a0bfe9d66614040f07416e6e20" +
             "4c656580a0bfe9d66614050d0541646d696e80a0bfe9d666140619112b3333203120323320343520363720383980a0bf" +
             "e9d6661407140c4575726f70652f506172697380a0bfe9d6661408251d68747470733a2f2f696d672e6578616d706c65" +
             "2e636f6d2f612e706e6780a0bfe9d66614090680a0abfef9620a068090ccbdaf620b0680d0a6f2d4660c0680daf6ecd6" +
@@ -65,8 +65,8 @@ import Testing
             "010204706c616e052270726f2280a0bfe9d66614056e6f746573980122"
         let after =
             "2280a0bfe9d66614160f000000000040454080a0bfe9d6661417010318250380d0a6f2d46680d0a6f2d46680a0bfe9d6" +
-            "6680a0bfe9d66680daf6ecd66680daf6ecd666190b090000000000000080bf021a030101021b024d1828010129080807" +
-            "0605040302012a0104"
+            "6680a0bfe9d66680daf6ecd66680daf6ecd666190b090000000000000080bf021a030101021c05014d180000280101290808" +
+            "070605040302012a0104"
         #expect(hex == before + String(repeating: "6e", count: 150) + after)
         #expect(try StateCodec.decode(bytes).state.custom.count == 2)
     }
@@ -77,8 +77,8 @@ import Testing
         #expect(StateCodec.encode(stored).count == 3)
     }
 
-    /// A version-1 record as written by this release, kept byte for byte: every later
-    /// version must still read it.
+    /// A version-1 record as written by the first release, kept byte for byte: every
+    /// later version must still read it (version 2 changed the applied position's layout).
     @Test func readsTheVersionOneFixture() throws {
         let fixture: [UInt8] = [
             0x46, 0x53, 0x01,                                     // magic, version 1
@@ -96,9 +96,73 @@ import Testing
         #expect(u.state.firstVisitMs == 1000)
         #expect(u.state.lastSeenMs == 2000)
         #expect(u.state.visits == 2)
-        #expect(u.state.appliedSource == 5 && u.state.appliedOffset == 7)
+        #expect(u.state.appliedPositions == [AppliedPosition(source: 5, offset: 7, call: 0, kafkaSeconds: 0)])
+        // Read as version 2 writes it: the position now per source, with its call.
+        #expect(try StateCodec.decode(StateCodec.encode(u)) == u)
         #expect(u.dirty)
         #expect(u.sourcePartitions == 0) // absent: the default
+    }
+
+    /// Records crafted to hit each arithmetic the decoder does on what it reads: lengths
+    /// past `Int.max`, a length that overflows the position, a product environment of
+    /// `Int64.min`, string lengths past `Int.max`. Each must be an error, not a trap.
+    @Test func craftedRecordsAreErrorsNotTraps() {
+        let huge: [UInt8] = Array(repeating: 0xFF, count: 9) + [0x01] // 2^64 - 1
+        let intMax: [UInt8] = Array(repeating: 0xFF, count: 8) + [0x7F] // Int.max
+        let crafted: [[UInt8]] = [
+            [0x46, 0x53, 0x01, 0x03] + huge,                                   // field length 2^64 - 1
+            [0x46, 0x53, 0x01, 0x03] + intMax,                                 // position + Int.max
+            [0x46, 0x53, 0x01, 0x03, 0x0C] + huge + [0x00, 0x00],              // email: string length 2^64 - 1
+            [0x46, 0x53, 0x01, 0x03, 0x0A] + intMax + [0x00],                  // email: position + Int.max
+            [0x46, 0x53, 0x01, 0x14, 0x0F, 0x01, 0x01, 0x61] + huge + [0x00, 0x00], // product environment Int64.min
+            [0x46, 0x53, 0x01, 0x16, 0x0A] + Array(repeating: 0xFF, count: 8) + [0x00, 0x00], // pqlTrait NaN
+        ]
+        for b in crafted {
+            #expect(throws: StateCodec.DecodeError.self, "\(b)") { try StateCodec.decode(b) }
+        }
+    }
+
+    /// Any bytes: random ones, and records built from known tags with random lengths and
+    /// extreme varints. Decoding either throws or returns; it never traps.
+    @Test func decodingArbitraryBytesNeverTraps() {
+        var rng = SystemRandomNumberGenerator()
+        let extremes: [[UInt8]] = [
+            [0x00], [0x01], [0x7F], [0x80, 0x01], Array(repeating: 0xFF, count: 9) + [0x01],
+            Array(repeating: 0xFF, count: 8) + [0x7F], Array(repeating: 0x80, count: 9) + [0x01], [0xFE, 0xFF, 0xFF, 0xFF, 0x0F],
+        ]
+        for round in 0..<20_000 {
+            var b: [UInt8] = [0x46, 0x53, UInt8.random(in: 1...StateCodec.version, using: &rng)]
+            if round % 4 == 0 {
+                for _ in 0..<Int.random(in: 0..<64, using: &rng) { b.append(UInt8.random(in: 0...255, using: &rng)) }
+            } else {
+                for _ in 0..<Int.random(in: 1..<8, using: &rng) {
+                    b.append(UInt8.random(in: 1...44, using: &rng))
+                    var body: [UInt8] = []
+                    for _ in 0..<Int.random(in: 0..<6, using: &rng) {
+                        body += Bool.random(using: &rng) ? extremes.randomElement(using: &rng)! : [UInt8.random(in: 0...255, using: &rng)]
+                    }
+                    b += Bool.random(using: &rng) ? [UInt8(body.count)] : extremes.randomElement(using: &rng)!
+                    b += body
+                }
+            }
+            _ = try? StateCodec.decode(b)
+        }
+    }
+
+    /// A record of a format version this build does not know is a distinct error naming
+    /// that version (a newer writer), so that a restore can stop on it instead of
+    /// skipping it.
+    @Test func aNewerFormatVersionIsReportedAsSuch() {
+        let newer = StateCodec.version &+ 1
+        var bytes = StateCodec.encode(StoredUser(state: richState(), dirty: false, settledHash: 1))
+        bytes[2] = newer
+        do {
+            _ = try StateCodec.decode(bytes)
+            Issue.record("a newer version was decoded")
+        } catch {
+            #expect("\(error)" == "newerVersion(\(newer))")
+        }
+        #expect(throws: StateCodec.DecodeError.unsupportedVersion(0)) { try StateCodec.decode([0x46, 0x53, 0x00]) }
     }
 
     @Test func skipsFieldsItDoesNotKnow() throws {
@@ -110,7 +174,7 @@ import Testing
 
     @Test func rejectsGarbageWithoutTrapping() {
         #expect(throws: StateCodec.DecodeError.badMagic) { try StateCodec.decode([0x00, 0x01, 0x02]) }
-        #expect(throws: StateCodec.DecodeError.unsupportedVersion(9)) { try StateCodec.decode([0x46, 0x53, 0x09]) }
+        #expect(throws: StateCodec.DecodeError.newerVersion(9)) { try StateCodec.decode([0x46, 0x53, 0x09]) }
         #expect(throws: StateCodec.DecodeError.truncated) { try StateCodec.decode([0x46, 0x53, 0x01, 0x03, 0x50, 0x01]) }
         var rng = SystemRandomNumberGenerator()
         let good = StateCodec.encode(StoredUser(state: richState(), dirty: true, settledHash: 9))

@@ -16,6 +16,12 @@ import TestSupport
             c.stateMode = "durable"
             c.commitIntervalMs = 300
             c.engine.fold.sendNumberOfVisits = true
+            // The model ``VisitReference`` checks the "Step" count through.
+            c.engine.fold.pql.visitWeight = 0
+            c.engine.fold.pql.dayWeight = 0
+            c.engine.fold.pql.k = VisitReference.pqlK
+            c.engine.fold.pql.halfLifeDays = 10_000_000
+            c.engine.fold.keyEvents = [.init(name: "Step", weight: VisitReference.stepWeight, cap: 1_000_000)]
             c.kafkaProperties["retry.backoff.ms"] = "50"
         }
     }
@@ -31,6 +37,24 @@ import TestSupport
         h.cluster.setBroker(1, up: true)
         try h.produce(r.messages(80..<160))
         #expect(await eventually(.seconds(60)) { r.allDelivered(h.sandbox) }, "\(r.mismatches(h.sandbox).prefix(5))")
+        try await h.stop()
+    }
+
+    /// The verifier itself: a double count (here: events delivered twice, at new offsets,
+    /// which the reference does not know of) must show. Visits and first/last seen do
+    /// not change when an event is counted again; the "Step" count does.
+    @Test func theVerifierSeesADoubleCount() async throws {
+        let h = try await PipelineHarness(partitions: 2)
+        var r = VisitReference(users: 4, prefix: "d")
+        let messages = r.messages(0..<40)
+        try h.produce(messages)
+        try durable(h, group: "fault-double")
+        #expect(await eventually { r.allDelivered(h.sandbox) }, "\(r.mismatches(h.sandbox).prefix(5))")
+        // User d1's track events again (as a replay that was not skipped would count them).
+        try h.produce(messages.filter { $0.key == "d1" && $0.value.contains(#""type":"track""#) })
+        #expect(await eventually(.seconds(30)) { r.mismatches(h.sandbox).contains { $0.hasPrefix("d1: pqlScore") } },
+                "\(r.mismatches(h.sandbox))")
+        #expect(r.mismatches(h.sandbox).allSatisfy { $0.hasPrefix("d1: pqlScore") }, "\(r.mismatches(h.sandbox))")
         try await h.stop()
     }
 

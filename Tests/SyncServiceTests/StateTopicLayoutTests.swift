@@ -21,7 +21,7 @@ import Testing
     func write(_ cluster: MockCluster, topic: String, partition: Int32, sourcePartitions: Int32) throws {
         let p = try KafkaProducer(config: config(cluster), logger: logger)
         var s = UserState()
-        s.appliedOffset = 1
+        s.recordApplied(AppliedPosition(source: 0, offset: 1))
         try p.send(topic: topic, partition: partition, key: Array("u".utf8),
                    value: StateCodec.encode(StoredUser(state: s, dirty: false, settledHash: 0, sourcePartitions: sourcePartitions)))
         #expect(p.flush())

@@ -20,12 +20,41 @@ public func iso8601(_ ms: Int64) -> String {
 
 /// A stream of events with several visits per user, and an independent reference of
 /// what each user's last delivered body must say: visits (sessions split by gaps over
-/// 30 minutes), first and last seen. Written without the daemon's code on purpose.
+/// 30 minutes), first and last seen, and the count of the key event "Step" through a PQL
+/// model that is an exact function of it (``pqlEnvironment``). A replayed event never
+/// changes visits or first/last seen; it does change that count, so a double count shows.
+/// Written without the daemon's code on purpose.
 public struct VisitReference: Sendable {
     public let users: Int
     public let prefix: String
     public let base = Int64(Date().timeIntervalSince1970 * 1000) - 10 * 86_400_000
     public private(set) var times: [String: [Int64]] = [:]
+    /// "Step" track events per user.
+    public private(set) var steps: [String: Int] = [:]
+
+    /// The PQL model the daemon under test must run with: no visit or day terms, "Step"
+    /// weighted 10 with no practical cap, k = 1000, a half-life of ~27,000 years. Then
+    /// `score = 100·(1 − e^(−count/100))` to one decimal, and each extra count moves it by
+    /// more than 0.3 for any count below 100: the count can be read back from the score.
+    public static let stepWeight = 10.0
+    public static let pqlK = 1_000.0
+    public static let pqlEnvironment: [String: String] = [
+        "FOLDSPACE_SYNC_PQL_VISIT_WEIGHT": "0", "FOLDSPACE_SYNC_PQL_DAY_WEIGHT": "0",
+        "FOLDSPACE_SYNC_PQL_K": "1000", "FOLDSPACE_SYNC_PQL_HALF_LIFE": "10000000d",
+        "FOLDSPACE_SYNC_PQL_KEY_EVENTS": "Step:10:1000000",
+    ]
+
+    /// The score the model gives `count` "Step" events (the decay over days is below
+    /// 0.001 and is left out).
+    public static func expectedScore(steps count: Int) -> Double {
+        (100 * (1 - exp(-stepWeight * Double(count) / pqlK)) * 10).rounded() / 10
+    }
+
+    /// The count a delivered score stands for.
+    public static func steps(fromScore score: Double) -> Int {
+        guard score < 100 else { return Int.max }
+        return Int((-log(1 - score / 100) * pqlK / stepWeight).rounded())
+    }
 
     public init(users: Int, prefix: String = "v") {
         self.users = users
@@ -43,6 +72,7 @@ public struct VisitReference: Sendable {
             let t = base + Int64(k / 3) * 7_200_000 + Int64(k % 3) * 60_000 + Int64(i % users)
             times[user, default: []].append(t)
             let type = k % 2 == 0 ? "page" : "track"
+            if type == "track" { steps[user, default: 0] += 1 }
             return (user, #"{"type":"\#(type)","event":"Step","userId":"\#(user)","messageId":"m\#(i)","timestamp":"\#(iso8601(t))","context":{"library":{"name":"analytics-node","version":"6.0.0"}}}"#)
         }
     }
@@ -70,6 +100,11 @@ public struct VisitReference: Sendable {
             }
             if body["firstVisitDate"] as? Int64 != want.first { out.append("\(user): firstVisitDate differs") }
             if body["lastSeenDate"] as? Int64 != want.last { out.append("\(user): lastSeenDate differs") }
+            let wantSteps = steps[user] ?? 0
+            let score = (body["pqlScore"] as? NSNumber)?.doubleValue ?? -1
+            if abs(score - Self.expectedScore(steps: wantSteps)) > 0.05 + 1e-9 || Self.steps(fromScore: score) != wantSteps {
+                out.append("\(user): pqlScore \(score) counts \(Self.steps(fromScore: score)) Step events, expected \(wantSteps) (score \(Self.expectedScore(steps: wantSteps)))")
+            }
         }
         return out
     }
