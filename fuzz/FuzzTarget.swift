@@ -35,15 +35,33 @@ public func fuzzOne(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         || calls.events.count != calls.outcomes.filter({ if case .event = $0 { true } else { false } }).count {
         fatalError("DecodedCalls differs from [Decoded]")
     }
+    // A Kafka timestamp from the input's last eight bytes (any Int64, absurd ones
+    // included), resolved as the engine does: a call without a plausible payload time
+    // takes it only if it is plausible too, else the call is invalid.
+    var kafkaMs: Int64 = 1_764_000_000_000
+    if size >= 8 { kafkaMs = UnsafeRawPointer(data + size - 8).loadUnaligned(as: Int64.self) }
+    calls.resolveTimes(from: 0, kafkaMs: kafkaMs, nowMs: 1_764_000_000_000)
     // One message: every call shares its offset (as the engine folds it) and is told
     // apart by its index within the envelope. No call may be taken for a replay.
-    for (i, d) in decoded.enumerated() {
-        guard case .event(let e) = d else { continue }
+    var raw: [String: UserState] = [:]
+    for i in 0..<calls.count {
+        guard case .event(let e) = calls[i] else { continue }
+        guard let t = e.timeMs, Timestamp.isPlausible(t, nowMs: 1_764_000_000_000) else {
+            fatalError("call \(i) reached the fold without a plausible time")
+        }
         if states[e.identity]?.hasApplied(source: 0, offset: 0, call: UInt32(i)) == true {
             fatalError("call \(i) of the envelope taken for a replay")
         }
-        folder.fold(e, timeMs: e.timeMs ?? 1_764_000_000_000, offset: 0, call: UInt32(i), kafkaMs: 1_764_000_000_000,
-                    into: &states[e.identity, default: UserState()])
+        folder.fold(e, timeMs: t, offset: 0, call: UInt32(i), kafkaMs: kafkaMs, into: &states[e.identity, default: UserState()])
+        // The raw Kafka time, unchecked, must not trap the fold either (a restored state
+        // may hold any time).
+        folder.fold(e, timeMs: kafkaMs, offset: Int64(i), into: &raw[e.identity, default: UserState()])
+        folder.fold(e, timeMs: kafkaMs &+ Int64(i), offset: Int64(i) + 1_000, into: &raw[e.identity, default: UserState()])
+    }
+    for (id, s) in raw {
+        var adj = Adjustments()
+        _ = projector.body(identifyId: id, state: s, nowMs: 1_764_000_000_000, adjustments: &adj)
+        _ = try? StateCodec.decode(StateCodec.encode(StoredUser(state: s, dirty: true, settledHash: 1)))
     }
     // The changelog decoder on the same bytes: it must never trap.
     _ = try? StateCodec.decode(Array(bytes))

@@ -115,6 +115,25 @@ public struct DecodedCalls: DecodeSink, Sendable {
         }
     }
 
+    /// Resolves the time of every event from call `mark` on that carries no plausible
+    /// payload time to the Kafka time of its message, `kafkaMs`, which must pass the same
+    /// rule (``Timestamp/isPlausible(_:nowMs:)``): when it does not, the event becomes
+    /// invalid (`bad-timestamp`, field `kafka.timestamp`). A Kafka time near `Int64.max`
+    /// once reached the fold unchecked and trapped it on every restart. Without a Kafka
+    /// time (`nil`) nothing changes: the caller then uses the wall clock.
+    public mutating func resolveTimes(from mark: Int, kafkaMs: Int64?, nowMs: Int64) {
+        guard let kafkaMs else { return }
+        let plausible = Timestamp.isPlausible(kafkaMs, nowMs: nowMs)
+        for j in mark..<outcomes.count {
+            guard case .event(let k) = outcomes[j], events[Int(k)].timeMs == nil else { continue }
+            if plausible {
+                events[Int(k)].timeMs = kafkaMs
+            } else {
+                outcomes[j] = .invalid(DecodeFailure(.badTimestamp, field: "kafka.timestamp"))
+            }
+        }
+    }
+
     /// The events where they lie, for a consumer that spends them (the next
     /// ``removeAll()`` drops them).
     public mutating func withEvents<R>(_ body: (UnsafeMutableBufferPointer<SegmentEvent>) throws -> R) rethrows -> R {
@@ -694,8 +713,10 @@ public struct CallFields {
         if case .some = contextTraits { hasContextTraits = true }
         if hasTraits {
             if hasContextTraits { traits!.fillMissing(from: contextTraits!) }
+            e.implausibleTraitDates = traits!.dropImplausibleDates(nowMs: nowMs)
             Self.move(&traits, into: &e.traits)
         } else if hasContextTraits {
+            e.implausibleTraitDates = contextTraits!.dropImplausibleDates(nowMs: nowMs)
             Self.move(&contextTraits, into: &e.traits)
         }
     }

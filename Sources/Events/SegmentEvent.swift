@@ -16,6 +16,9 @@ public struct SegmentEvent: Sendable, Equatable {
     public var timeMs: Int64?
     /// A payload time was present but implausible (far future, or before 2000).
     public var timeImplausible: Bool
+    /// Trait dates (`leadDate`, `signUpDate`, `createdAt`) dropped as implausible by the
+    /// same rule: one bad value would otherwise stay in the user's earliest-date register.
+    public var implausibleTraitDates: UInt8
     /// `event` of a track call.
     public var eventName: String?
     /// `groupId` of a group call.
@@ -37,6 +40,7 @@ public struct SegmentEvent: Sendable, Equatable {
         self.hasUserId = hasUserId
         self.timeMs = nil
         self.timeImplausible = false
+        self.implausibleTraitDates = 0
     }
 }
 
@@ -107,6 +111,16 @@ public struct Traits: Sendable, Equatable {
 
     /// Fills every field this value lacks from `other` (used to put identify `traits`
     /// over `context.traits`).
+    /// Drops trait dates that are not plausible event times when the wall clock reads
+    /// `nowMs` (``Timestamp/isPlausible(_:nowMs:)``); returns how many.
+    public mutating func dropImplausibleDates(nowMs: Int64) -> UInt8 {
+        var n: UInt8 = 0
+        if let v = leadDate, !Timestamp.isPlausible(v, nowMs: nowMs) { leadDate = nil; n += 1 }
+        if let v = signUpDate, !Timestamp.isPlausible(v, nowMs: nowMs) { signUpDate = nil; n += 1 }
+        if let v = createdAt, !Timestamp.isPlausible(v, nowMs: nowMs) { createdAt = nil; n += 1 }
+        return n
+    }
+
     public mutating func fillMissing(from other: Traits) {
         userType = userType ?? other.userType
         email = email ?? other.email

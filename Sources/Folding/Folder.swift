@@ -164,9 +164,9 @@ public struct Folder: Sendable {
         // The common cases touch only the most recent span: an event inside or just
         // after it, or one starting a new visit after it.
         let last = s.lastSpan
-        if t > last.end + gap {
+        if t > last.end.adding(saturating: gap) {
             s.startSpan(at: t)
-            s.visits += 1
+            s.visits.increment()
             return true
         }
         if t >= last.start {
@@ -184,12 +184,12 @@ public struct Folder: Sendable {
 
     /// Spans are sorted by start, oldest first.
     private func foldLateVisit(_ t: Int64, gap: Int64, spans: inout [VisitSpan], visits: inout UInt32) -> Bool {
-        guard let i = spans.firstIndex(where: { t <= $0.end + gap }) else {
+        guard let i = spans.firstIndex(where: { t <= $0.end.adding(saturating: gap) }) else {
             spans.append(VisitSpan(start: t, end: t))
-            visits += 1
+            visits.increment()
             return true // the state keeps the newest maxSpans
         }
-        if t >= spans[i].start - gap {
+        if t >= spans[i].start.subtracting(saturating: gap) {
             // Joins span i, maybe bridging to its neighbours.
             let visitsBefore = visits
             var sp = spans[i]
@@ -197,29 +197,29 @@ public struct Folder: Sendable {
             sp.end = max(sp.end, t)
             spans[i] = sp
             var j = i
-            if j > 0 && spans[j].start - spans[j - 1].end <= gap {
+            if j > 0 && spans[j].start.subtracting(saturating: spans[j - 1].end) <= gap {
                 spans[j - 1].end = max(spans[j - 1].end, spans[j].end)
                 spans.remove(at: j)
-                visits -= 1
+                visits.decrement()
                 j -= 1
             }
-            if j + 1 < spans.count && spans[j + 1].start - spans[j].end <= gap {
+            if j + 1 < spans.count && spans[j + 1].start.subtracting(saturating: spans[j].end) <= gap {
                 spans[j].end = max(spans[j].end, spans[j + 1].end)
                 spans.remove(at: j + 1)
-                visits -= 1
+                visits.decrement()
             }
             return visits != visitsBefore
         }
         // Falls in a gap before span i: a visit of its own, unless older than what is kept.
         if i == 0 && visits > UInt32(spans.count) { return false }
         spans.insert(VisitSpan(start: t, end: t), at: i)
-        visits += 1
+        visits.increment()
         return true
     }
 
     /// Marks the UTC day of `t` in the 64-day activity bitset.
     private func foldActiveDay(_ t: Int64, into s: inout UserState) -> Bool {
-        let day = Int32(clamping: t >= 0 ? t / 86_400_000 : (t - 86_399_999) / 86_400_000)
+        let day = Int32(clamping: t >= 0 ? t / 86_400_000 : t.subtracting(saturating: 86_399_999) / 86_400_000)
         if s.activeDayAnchor == .min {
             s.activeDayAnchor = day
             s.activeDays = 1
@@ -248,4 +248,33 @@ public struct Folder: Sendable {
         default: return nil
         }
     }
+}
+
+// Time and count arithmetic on folded state never traps: event times are plausible by the
+// time they reach the fold, but a state restored from a record written before that was
+// enforced, or crafted, may hold any value (a Kafka time near `Int64.max` once made every
+// restart trap on the same user).
+extension Int64 {
+    /// `self + other`, clamped to the type's range instead of trapping.
+    @inline(__always)
+    func adding(saturating other: Int64) -> Int64 {
+        let (r, overflow) = addingReportingOverflow(other)
+        return overflow ? (other > 0 ? .max : .min) : r
+    }
+
+    /// `self - other`, clamped to the type's range instead of trapping.
+    @inline(__always)
+    func subtracting(saturating other: Int64) -> Int64 {
+        let (r, overflow) = subtractingReportingOverflow(other)
+        return overflow ? (other < 0 ? .max : .min) : r
+    }
+}
+
+extension UInt32 {
+    /// Adds one, staying at `.max`.
+    @inline(__always)
+    mutating func increment() { if self < .max { self += 1 } }
+    /// Takes one away, staying at 0.
+    @inline(__always)
+    mutating func decrement() { if self > 0 { self -= 1 } }
 }

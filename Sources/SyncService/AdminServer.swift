@@ -70,6 +70,9 @@ public enum MetricsText {
         for (r, n) in s.invalid.sorted(by: { $0.key < $1.key }) { sample("foldspace_sync_invalid_events_total", [("reason", r)], String(n)) }
         family("foldspace_sync_implausible_time_total", "counter", "Event times replaced by the Kafka timestamp.")
         sample("foldspace_sync_implausible_time_total", [], String(s.implausibleTime))
+        family("foldspace_sync_implausible_trait_dates_total", "counter",
+               "Trait dates (leadDate, signUpDate, createdAt) ignored: before 2000 or over 24 h ahead of the clock.")
+        sample("foldspace_sync_implausible_trait_dates_total", [], String(s.implausibleTraitDates))
         family("foldspace_sync_source_recreated_total", "counter",
                "Source partitions whose offsets restarted below users' applied positions with newer Kafka times (a recreated topic): their events are folded, not skipped.")
         sample("foldspace_sync_source_recreated_total", [], String(s.recreatedSources))

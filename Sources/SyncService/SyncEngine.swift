@@ -71,6 +71,8 @@ public struct EngineStats: Sendable {
     public var implausibleTime = 0
     /// Events at or below a user's applied offset: replays, skipped.
     public var skippedReplays = 0
+    /// Trait dates (`leadDate`, `signUpDate`, `createdAt`) ignored as implausible.
+    public var implausibleTraitDates = 0
     /// Source partitions detected as recreated (offsets restarted under the same name):
     /// events at or below a user's applied offset with a newer Kafka time, folded.
     public var recreatedSources = 0
@@ -624,6 +626,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                             for _ in before..<calls[c].count { origins[c].append(Int32(truncatingIfNeeded: i)) }
                         }
                         // Identities are hashed here too (the table's key is immutable), for
+                            calls[c].resolveTimes(from: before, kafkaMs: batch[i].timestampMs, nowMs: nowEpoch)
                         // the same reason.
                         hashes[c].removeAll(keepingCapacity: true)
                         for j in 0..<calls[c].count { hashes[c].append(calls[c].identity(j).map { seed.hash($0) } ?? 0) }
@@ -758,7 +761,10 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     private func fold(_ e: UnsafeMutablePointer<SegmentEvent>, slot: Int, isNew: Bool, message m: ConsumedMessage, call: UInt32,
                       partition pidx: OffsetTracker.PartitionIndex, nowEpoch: Int64, nowMono: Int64) {
         if e.pointee.timeImplausible { stats.implausibleTime += 1 }
-        let t = e.pointee.timeMs ?? m.timestampMs ?? nowEpoch
+        if e.pointee.implausibleTraitDates != 0 { stats.implausibleTraitDates += Int(e.pointee.implausibleTraitDates) }
+        // The decode resolved a missing payload time to a plausible Kafka time (or made
+        // the event invalid); a message without a Kafka time takes the wall clock.
+        let t = e.pointee.timeMs ?? nowEpoch
         // Mutate the entry in place in the table's storage (its slot was looked up with
         // the rest of the chunk's): no copy of the entry out and back.
         users.modify(slot) { entry in
