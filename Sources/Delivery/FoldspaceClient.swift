@@ -104,6 +104,10 @@ public final class FoldspaceClient: UserUpdateSender {
         clock = epochMs
     }
 
+    /// How much of an answer's body is kept, and how much is read at most.
+    static let keptBodyBytes = 4096
+    static let maxDiscardedBodyBytes = 4 << 20
+
     public func shutdown() async {
         try? await http.shutdown()
     }
@@ -124,15 +128,21 @@ public final class FoldspaceClient: UserUpdateSender {
         do {
             let response = try await http.execute(request, timeout: .milliseconds(options.requestTimeoutMs))
             let status = Int(response.status.code)
-            var text = ""
-            if !(200..<300).contains(status) {
-                let buf = try await response.body.collect(upTo: 64 * 1024)
-                text = String(buffer: buf)
-                if text.utf8.count > 4096 { text = String(text.prefix(4096)) }
-            } else {
-                // Drain so the connection returns to the pool.
-                for try await _ in response.body {}
+            // The answer's first 4 KiB are kept (for dead letters and logs); the rest is
+            // read and dropped, so the connection goes back to the pool. An answer over
+            // `maxDiscardedBodyBytes` is left unread (its connection closes with it): the
+            // status alone classifies it. Reading with a size limit once made every error
+            // page over 64 KB an endless "connection" retry.
+            var kept: [UInt8] = []
+            var read = 0
+            for try await chunk in response.body {
+                if kept.count < Self.keptBodyBytes {
+                    kept += chunk.readableBytesView.prefix(Self.keptBodyBytes - kept.count)
+                }
+                read += chunk.readableBytes
+                if read > Self.maxDiscardedBodyBytes { break }
             }
+            let text = (200..<300).contains(status) ? "" : String(decoding: kept, as: UTF8.self)
             let retryAfter = response.headers.first(name: "Retry-After").flatMap { parseRetryAfter($0, nowEpochMs: clock()) }
             return DeliveryOutcome.classify(status: status, response: text, retryAfterMs: retryAfter)
         } catch let error as HTTPClientError {

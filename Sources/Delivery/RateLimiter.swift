@@ -1,6 +1,14 @@
 /// The client-wide sending policy as a state machine: a token bucket, an adaptive rate
 /// (multiplicative decrease on 429, additive recovery), the `Retry-After` pause, and the
-/// 401/403 circuit breaker. Time is injected (monotonic milliseconds).
+/// circuit breaker for faults that are not any one user's. Time is injected (monotonic
+/// milliseconds).
+///
+/// The breaker opens on 401/403 (the key), on a ``DeliveryOutcome/systemic(status:response:)``
+/// status (a redirect, 405, 407, 501: the URL or a proxy), and when one final status that
+/// could be a user's own (404, 409, any other 4xx but 400) comes back for
+/// ``systemicRun`` different users in a row with no success between. Such a status
+/// settles a user only once the endpoint is proven (a 2xx or a 400 since the start, or
+/// since a systemic fault): a wrong base URL answering 404 to everyone settles nobody.
 ///
 /// Foldspace limits requests per subscription, so one of these serves every user of an
 /// instance; with several instances on one key, ``share`` scales the rate by this
@@ -19,6 +27,16 @@ public struct RateLimiter: Sendable {
     public private(set) var pausedUntilMs: Int64 = 0
     /// The breaker: open means no request except one probe per `probeIntervalMs`.
     public private(set) var breakerOpen = false
+    /// The status that opened the breaker (401, 403, or a systemic one).
+    public private(set) var breakerStatus = 0
+    /// Whether a 2xx or 400 showed that the endpoint and the key work, since the start or
+    /// since the last systemic fault: only then does a final status settle a user.
+    public private(set) var endpointProven = false
+    /// Different users in a row that got the same final status (no success between)
+    /// that make it systemic.
+    public var systemicRun = 20
+    private var runStatus = 0
+    private var runUsers: Set<UInt64> = []
     public private(set) var nextProbeMs: Int64 = 0
     public var probeIntervalMs: Int64 = 30_000
     private var probeInFlight = false
@@ -91,29 +109,73 @@ public struct RateLimiter: Sendable {
         }
     }
 
-    /// Records an answer. `retryAfterMs` applies to 429s.
-    public mutating func record(_ outcome: DeliveryOutcome, wasProbe: Bool, nowMs: Int64, backoffMs: Int64) {
+    /// Records an answer for the user whose id hashes to `user`. `retryAfterMs` applies
+    /// to 429s. Returns whether a final status (400, 404, or another 4xx) may settle that
+    /// user: false while the breaker is open or the endpoint is not proven, and for the
+    /// answer that makes a run of them systemic.
+    @discardableResult
+    public mutating func record(_ outcome: DeliveryOutcome, wasProbe: Bool, nowMs: Int64, backoffMs: Int64,
+                                user: UInt64 = 0) -> Bool {
         if wasProbe { probeInFlight = false }
         switch outcome {
         case .rateLimited(let retryAfter):
             refill(nowMs)
             factor = max(minFactor, factor * 0.5)
             tokens = min(tokens, 0)
-            let until = nowMs + (retryAfter ?? backoffMs)
-            pausedUntilMs = max(pausedUntilMs, until)
-        case .unauthorized:
-            if !breakerOpen {
-                breakerOpen = true
-                nextProbeMs = nowMs + probeIntervalMs
-            }
-        case .acknowledged, .rejected, .notFound, .unexpected:
-            // Any answer that proves the key works closes the breaker.
+            let until = nowMs.addingReportingOverflow(retryAfter ?? backoffMs)
+            pausedUntilMs = max(pausedUntilMs, until.overflow ? .max : until.partialValue)
+            return false
+        case .unauthorized(let status):
+            open(status, nowMs: nowMs)
+            return false
+        case .systemic(let status, _):
+            open(status, nowMs: nowMs)
+            endpointProven = false
+            return false
+        case .acknowledged, .rejected:
+            // The key and the endpoint work.
+            close()
+            endpointProven = true
+            runUsers.removeAll()
+            return true
+        case .notFound, .unexpected:
+            let status: Int
+            if case .unexpected(let s, _) = outcome { status = s } else { status = 404 }
             if breakerOpen {
-                breakerOpen = false
-                probeInFlight = false
+                // An answer past authentication: a key breaker closes, a systemic one
+                // waits for a success.
+                guard breakerStatus == 401 || breakerStatus == 403 else { return false }
+                close()
             }
+            if status != runStatus {
+                runStatus = status
+                runUsers.removeAll()
+            }
+            runUsers.insert(user)
+            if runUsers.count >= systemicRun {
+                open(status, nowMs: nowMs)
+                endpointProven = false
+                runUsers.removeAll()
+                return false
+            }
+            return endpointProven
         case .retryable:
-            break
+            return false
+        }
+    }
+
+    private mutating func open(_ status: Int, nowMs: Int64) {
+        breakerStatus = status
+        if !breakerOpen {
+            breakerOpen = true
+            nextProbeMs = nowMs + probeIntervalMs
+        }
+    }
+
+    private mutating func close() {
+        if breakerOpen {
+            breakerOpen = false
+            probeInFlight = false
         }
     }
 

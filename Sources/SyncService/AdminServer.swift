@@ -128,8 +128,11 @@ public enum MetricsText {
         sample("foldspace_sync_dirty_users", [], String(s.dirtyUsers))
         family("foldspace_sync_oldest_dirty_seconds", "gauge", "Age of the oldest unacknowledged change (to 0.1 s, never under).")
         sample("foldspace_sync_oldest_dirty_seconds", [], String(format: "%.3f", Double(s.oldestDirtyMs) / 1000))
-        family("foldspace_sync_breaker_open", "gauge", "1 while Foldspace refuses the API key.")
+        family("foldspace_sync_breaker_open", "gauge", "1 while sending is paused for a fault that is no one user's (the key refused, or the URL or a proxy wrong).")
         sample("foldspace_sync_breaker_open", [], s.breakerOpen ? "1" : "0")
+        family("foldspace_sync_breaker_status", "gauge",
+               "The HTTP status that opened the breaker (401/403: the key; a redirect, 404, 405, 407, 501...: the URL or a proxy); 0 while closed.")
+        sample("foldspace_sync_breaker_status", [], String(s.breakerStatus))
         family("foldspace_sync_rate_limit_requests_per_second", "gauge", "Current request rate limit of this instance.")
         sample("foldspace_sync_rate_limit_requests_per_second", [], number(s.rateLimit))
         family("foldspace_sync_consumer_lag", "gauge", "Messages behind the high watermark, per partition.")

@@ -44,6 +44,8 @@ public struct EngineOptions: Sendable {
     public var drainTimeoutMs: Int64 = 30_000
     /// While Foldspace refuses the key, one probe request goes out this often.
     public var breakerProbeIntervalMs: Int64 = 30_000
+    /// Foldspace's base URL, for the breaker's log lines (the engine sends nothing itself).
+    public var foldspaceURL = ""
     public var decoder = DecoderOptions()
     /// Threads that decode messages, the poll thread included (it folds, in order, and
     /// decodes the chunks no helper has taken yet); capped at the cores available.
@@ -69,10 +71,10 @@ public struct EngineStats: Sendable {
     public var ignored = 0
     public var invalid: [String: Int] = [:]
     public var implausibleTime = 0
-    /// Events at or below a user's applied offset: replays, skipped.
-    public var skippedReplays = 0
     /// Trait dates (`leadDate`, `signUpDate`, `createdAt`) ignored as implausible.
     public var implausibleTraitDates = 0
+    /// Events at or below a user's applied offset: replays, skipped.
+    public var skippedReplays = 0
     /// Source partitions detected as recreated (offsets restarted under the same name):
     /// events at or below a user's applied offset with a newer Kafka time, folded.
     public var recreatedSources = 0
@@ -110,6 +112,8 @@ public struct EngineStats: Sendable {
     public var dirtyUsers = 0
     public var oldestDirtyMs: Int64 = 0
     public var breakerOpen = false
+    /// The status that opened the breaker (0 while it is closed).
+    public var breakerStatus = 0
     public var rateLimit = 0.0
     public var ready = false
 
@@ -622,11 +626,11 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                         for i in (c * Self.decodeChunk)..<min(batch.count, (c + 1) * Self.decodeChunk) {
                             let before = calls[c].count
                             decoder.decode(batch[i].value, nowMs: nowEpoch, into: &calls[c])
+                            calls[c].resolveTimes(from: before, kafkaMs: batch[i].timestampMs, nowMs: nowEpoch)
                             if calls[c].count == before { calls[c].append(.ignored("")) }
                             for _ in before..<calls[c].count { origins[c].append(Int32(truncatingIfNeeded: i)) }
                         }
                         // Identities are hashed here too (the table's key is immutable), for
-                            calls[c].resolveTimes(from: before, kafkaMs: batch[i].timestampMs, nowMs: nowEpoch)
                         // the same reason.
                         hashes[c].removeAll(keepingCapacity: true)
                         for j in 0..<calls[c].count { hashes[c].append(calls[c].identity(j).map { seed.hash($0) } ?? 0) }
@@ -997,9 +1001,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             var wake: Int64? = nil
             if limiter.breakerOpen && now - lastBreakerLogMs >= 60_000 {
                 lastBreakerLogMs = now
-                logger.error("Foldspace refuses the API key; sending is paused, nothing is dropped", metadata: [
-                    "dirty_users": "\(dirty.count)",
-                ])
+                logBreaker("sending is paused, nothing is dropped", dirtyUsers: dirty.count)
             }
             while jobs.count < limit {
                 guard let next = debouncer.nextCheckMs else { break }
@@ -1054,37 +1056,48 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         lock.withLock {
             let delay = backoff.delayMs(attempt: Int(users[job.identifyId]?.delivery.attempts ?? 0), using: &rng)
             let wasOpen = limiter.breakerOpen
-            limiter.record(outcome, wasProbe: job.isProbe, nowMs: now, backoffMs: delay)
+            // Whether a final status may settle this user: only per-user evidence does
+            // (the endpoint proven, and the status not repeating across users).
+            let settles = limiter.record(outcome, wasProbe: job.isProbe, nowMs: now, backoffMs: delay,
+                                         user: identitySeed.hash(job.identifyId))
             stats.countRequest(outcome)
             if let seconds { stats.requestDuration.observe(seconds) }
             if limiter.breakerOpen != wasOpen {
                 if limiter.breakerOpen {
                     lastBreakerLogMs = now
-                    logger.error("Foldspace refused the API key; sending is paused until it is accepted (SIGHUP re-reads the key file)")
+                    logBreaker("sending is paused until it answers otherwise; one probe every \(options.breakerProbeIntervalMs / 1000) s",
+                               dirtyUsers: dirty.count)
                 } else {
-                    logger.info("Foldspace accepted the API key again; sending resumed")
+                    logger.info("Foldspace answers again; sending resumed")
                 }
             }
             guard var entry = users[job.identifyId] else { return }
             switch outcome {
             case .acknowledged:
                 settle(job, &entry, now)
-            case .rejected(let status, let response), .unexpected(let status, let response):
+            case .rejected(let status, let response):
                 deadLetter = ("rejected-update", status, response)
                 settle(job, &entry, now)
+            case .unexpected(let status, let response):
+                if settles {
+                    deadLetter = ("rejected-update", status, response)
+                    settle(job, &entry, now)
+                } else {
+                    fail(job, &entry, retryAtMs: now + delay, reason: String(status))
+                }
             case .notFound(let response):
                 switch options.onUserNotFound {
-                case .deadLetter:
+                case .deadLetter where settles:
                     deadLetter = ("user-not-found", 404, response)
                     settle(job, &entry, now)
-                case .drop:
+                case .drop where settles:
                     settle(job, &entry, now)
-                case .retry:
+                case .deadLetter, .drop, .retry:
                     fail(job, &entry, retryAtMs: now + delay, reason: "404")
                 }
             case .rateLimited:
                 fail(job, &entry, retryAtMs: max(limiter.pausedUntilMs, now + 1), reason: "429")
-            case .unauthorized(let status):
+            case .unauthorized(let status), .systemic(let status, _):
                 fail(job, &entry, retryAtMs: now, reason: String(status))
             case .retryable(let reason):
                 fail(job, &entry, retryAtMs: now + delay, reason: reason)
@@ -1099,6 +1112,18 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                 ("reason", dl.kind), ("status", String(dl.status)), ("response", String(dl.response.prefix(1024))),
             ])
         }
+    }
+
+    /// The breaker's error line: which status, at which URL, and what it means. Called
+    /// with the lock held.
+    private func logBreaker(_ what: String, dirtyUsers: Int) {
+        let status = limiter.breakerStatus
+        let cause = status == 401 || status == 403
+            ? "Foldspace refuses the API key (SIGHUP re-reads the key file)"
+            : "Foldspace answers \(status) for every user: not about any one user (a wrong foldspace_url, a redirect, a proxy)"
+        logger.error("\(cause); \(what)", metadata: [
+            "status": "\(status)", "foldspace_url": "\(options.foldspaceURL)", "dirty_users": "\(dirtyUsers)",
+        ])
     }
 
     private func settle(_ job: FlushJob, _ entry: inout UserEntry, _ now: Int64) {
@@ -1183,6 +1208,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             // the poll thread, for ~1 ms per 10k users.
             s.oldestDirtyMs = dirty.oldestSinceMs.map { max(0, now - $0) } ?? 0
             s.breakerOpen = limiter.breakerOpen
+            s.breakerStatus = limiter.breakerOpen ? limiter.breakerStatus : 0
             s.rateLimit = limiter.currentRate
             // Ready: joined, and every assigned partition restored (no partition is
             // fine). An open breaker is foldspace_sync_breaker_open and an alert, not

@@ -45,7 +45,9 @@ public final class SyncPipeline: Service, @unchecked Sendable {
             sink = LoggingDeadLetters(logger: logger)
         }
         self.producer = producer
-        engine = SyncEngine(options: config.engine, deadLetters: sink, logger: logger)
+        var engineOptions = config.engine
+        engineOptions.foldspaceURL = config.foldspaceURL
+        engine = SyncEngine(options: engineOptions, deadLetters: sink, logger: logger)
         (stopStream, stopContinuation) = AsyncStream.makeStream()
     }
 

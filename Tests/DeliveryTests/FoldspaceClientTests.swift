@@ -88,6 +88,25 @@ import Testing
         await gone.shutdown()
     }
 
+    /// An error page over 64 KB (a proxy's, a gateway's) is classified by its status:
+    /// reading it with a size limit made it an endless "connection" retry.
+    @Test func aLargeErrorBodyIsClassifiedByItsStatus() async throws {
+        let page = String(repeating: "<p>not here</p>\n", count: 20_000) // 320 KB
+        let server = try await HTTPServer.start(host: "127.0.0.1", port: 0) { req in
+            switch req.path {
+            case "/v1/user/gone": return HTTPResponse(status: 404, contentType: "text/html", text: page)
+            case "/v1/user/bad": return HTTPResponse(status: 400, contentType: "text/html", text: page)
+            default: return HTTPResponse(status: 200, contentType: "text/html", text: page)
+            }
+        }
+        let c = try client("http://127.0.0.1:\(server.port)", key: "k")
+        #expect(await c.send(identifyId: "gone", body: Array("{}".utf8)) == .notFound(response: String(page.prefix(4096))))
+        #expect(await c.send(identifyId: "bad", body: Array("{}".utf8)) == .rejected(status: 400, response: String(page.prefix(4096))))
+        #expect(await c.send(identifyId: "ok", body: Array("{}".utf8)) == .acknowledged)
+        await c.shutdown()
+        await server.stop()
+    }
+
     @Test func aKeyThatCouldInjectAHeaderIsRefused() {
         #expect(throws: (any Error).self) { try APIKeyStore(key: "abc\r\nX-Evil: 1") }
         #expect(throws: (any Error).self) { try APIKeyStore(key: "   ") }

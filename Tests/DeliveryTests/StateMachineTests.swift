@@ -274,7 +274,73 @@ import Testing
         #expect(DeliveryOutcome.classify(status: 429, response: "", retryAfterMs: 1000) == .rateLimited(retryAfterMs: 1000))
         #expect(DeliveryOutcome.classify(status: 408, response: "", retryAfterMs: nil) == .retryable(reason: "408"))
         #expect(DeliveryOutcome.classify(status: 503, response: "", retryAfterMs: nil) == .retryable(reason: "503"))
-        #expect(DeliveryOutcome.classify(status: 501, response: "", retryAfterMs: nil) == .unexpected(status: 501, response: ""))
+        #expect(DeliveryOutcome.classify(status: 409, response: "", retryAfterMs: nil) == .unexpected(status: 409, response: ""))
+        // Statuses about the URL or a proxy, never about one user.
+        for status in [301, 302, 303, 307, 308, 405, 407, 501] {
+            #expect(DeliveryOutcome.classify(status: status, response: "", retryAfterMs: nil) == .systemic(status: status, response: ""))
+        }
+    }
+
+    /// A redirect, 405, 407 or 501 opens the breaker at once and settles no one; only a
+    /// success closes it.
+    @Test func systemicStatusesOpenTheBreaker() {
+        var r = RateLimiter(ratePerSecond: 100, burst: 100, nowMs: 0)
+        #expect(rec(&r, .acknowledged, wasProbe: false, nowMs: 0, backoffMs: 0))
+        #expect(!rec(&r, .systemic(status: 307, response: ""), wasProbe: false, nowMs: 10, backoffMs: 0, user: 1))
+        #expect(r.breakerOpen && r.breakerStatus == 307)
+        #expect(acq(&r, 20) == .waitUntil(30_010))
+        #expect(acq(&r, 30_010) == .probe)
+        // A user's own status on the probe is no proof the URL is right again.
+        #expect(!rec(&r, .notFound(response: ""), wasProbe: true, nowMs: 30_020, backoffMs: 0, user: 2))
+        #expect(r.breakerOpen)
+        #expect(acq(&r, 60_020) == .probe)
+        #expect(rec(&r, .acknowledged, wasProbe: true, nowMs: 60_030, backoffMs: 0, user: 3))
+        #expect(!r.breakerOpen)
+    }
+
+    /// 404 (or another 4xx but 400) settles a user only once the endpoint is proven, and
+    /// the same status for `systemicRun` different users in a row opens the breaker.
+    @Test func aFinalStatusSettlesOnlyOnPerUserEvidence() {
+        var r = RateLimiter(ratePerSecond: 100, burst: 100, nowMs: 0)
+        r.systemicRun = 3
+        // A wrong base URL: 404 for everyone from the start. Nobody settles; the third
+        // user opens the breaker.
+        #expect(!rec(&r, .notFound(response: ""), wasProbe: false, nowMs: 0, backoffMs: 0, user: 1))
+        #expect(!rec(&r, .notFound(response: ""), wasProbe: false, nowMs: 1, backoffMs: 0, user: 1)) // the same user again
+        #expect(!r.breakerOpen)
+        #expect(!rec(&r, .notFound(response: ""), wasProbe: false, nowMs: 2, backoffMs: 0, user: 2))
+        #expect(!rec(&r, .notFound(response: ""), wasProbe: false, nowMs: 3, backoffMs: 0, user: 3))
+        #expect(r.breakerOpen && r.breakerStatus == 404)
+        // A success proves the endpoint: then 404 is that user's.
+        #expect(rec(&r, .acknowledged, wasProbe: true, nowMs: 4, backoffMs: 0, user: 4))
+        #expect(!r.breakerOpen)
+        #expect(rec(&r, .notFound(response: ""), wasProbe: false, nowMs: 5, backoffMs: 0, user: 5))
+        #expect(rec(&r, .unexpected(status: 409, response: ""), wasProbe: false, nowMs: 6, backoffMs: 0, user: 6))
+        #expect(rec(&r, .notFound(response: ""), wasProbe: false, nowMs: 7, backoffMs: 0, user: 7))
+        // Successes between them break the run.
+        #expect(rec(&r, .acknowledged, wasProbe: false, nowMs: 8, backoffMs: 0, user: 8))
+        #expect(rec(&r, .notFound(response: ""), wasProbe: false, nowMs: 9, backoffMs: 0, user: 9))
+        #expect(rec(&r, .notFound(response: ""), wasProbe: false, nowMs: 10, backoffMs: 0, user: 10))
+        // ...but a third in a row is systemic, and the endpoint must be proven again.
+        #expect(!rec(&r, .notFound(response: ""), wasProbe: false, nowMs: 11, backoffMs: 0, user: 11))
+        #expect(r.breakerOpen && !r.endpointProven)
+        // A 401 breaker closes on any answer past authentication.
+        var k = RateLimiter(ratePerSecond: 100, burst: 100, nowMs: 0)
+        k.record(.acknowledged, wasProbe: false, nowMs: 0, backoffMs: 0)
+        k.record(.unauthorized(status: 401), wasProbe: false, nowMs: 1, backoffMs: 0)
+        #expect(rec(&k, .notFound(response: ""), wasProbe: true, nowMs: 2, backoffMs: 0, user: 1))
+        #expect(!k.breakerOpen)
+    }
+
+    /// A `Retry-After` far in the future pauses at most the cap, never traps.
+    @Test func aHugeRetryAfterIsCapped() {
+        var r = RateLimiter(ratePerSecond: 100, burst: 100, nowMs: 1_000)
+        r.record(.rateLimited(retryAfterMs: .max), wasProbe: false, nowMs: 1_000, backoffMs: 0)
+        #expect(r.pausedUntilMs == .max)
+        r = RateLimiter(ratePerSecond: 100, burst: 100, nowMs: 1_000)
+        r.record(.rateLimited(retryAfterMs: parseRetryAfter("99999999999999999999999", nowEpochMs: 0)), wasProbe: false, nowMs: 1_000,
+                 backoffMs: 0)
+        #expect(r.pausedUntilMs == 1_000 + retryAfterCapMs)
     }
 
     @Test func retryAfterForms() {
@@ -285,6 +351,21 @@ import Testing
         #expect(parseRetryAfter("Sun, 06 Nov 1994 08:49:37 GMT", nowEpochMs: 784_111_790_000) == 0)
         #expect(parseRetryAfter("soon", nowEpochMs: 0) == nil)
         #expect(parseRetryAfter("-3", nowEpochMs: 0) == nil)
+        // The obsolete forms RFC 9110 says a recipient must accept.
+        #expect(parseRetryAfter("Sunday, 06-Nov-94 08:49:37 GMT", nowEpochMs: 784_111_770_000) == 7000)
+        #expect(parseRetryAfter("Sun Nov  6 08:49:37 1994", nowEpochMs: 784_111_770_000) == 7000)
+        #expect(parseRetryAfter("Sun Nov  6 08:59:37 1994", nowEpochMs: 784_111_770_000) == 607_000)
+        #expect(parseRetryAfter("Wed Nov 16 08:49:37 1994", nowEpochMs: 784_111_770_000) == retryAfterCapMs)
+        // Both forms are capped.
+        #expect(parseRetryAfter("86400", nowEpochMs: 0) == retryAfterCapMs)
+        #expect(parseRetryAfter("99999999999999999999999", nowEpochMs: 0) == retryAfterCapMs)
+        #expect(parseRetryAfter("Sun, 06 Nov 2094 08:49:37 GMT", nowEpochMs: 784_111_770_000) == retryAfterCapMs)
+        // Out-of-range fields are no date (a year of eleven digits overflowed and trapped).
+        #expect(parseRetryAfter("Sun, 06 Nov 99999999999 08:49:37 GMT", nowEpochMs: 0) == nil)
+        #expect(parseRetryAfter("Sun, 06 Nov 1994 08:49:99 GMT", nowEpochMs: 0) == nil)
+        #expect(parseRetryAfter("Sun, 32 Nov 1994 08:49:37 GMT", nowEpochMs: 0) == nil)
+        #expect(parseRetryAfter("Sun, 06 Nov 1994 8:49:37 GMT", nowEpochMs: 0) == nil)
+        #expect(parseRetryAfter("", nowEpochMs: 0) == nil)
     }
 
     @Test func backoffIsBoundedFullJitter() {
@@ -323,3 +404,9 @@ extension String {
         return String(decoding: out, as: UTF8.self)
     }
 }
+
+/// `record` and `acquire` through a function, for use inside `#expect`.
+private func rec(_ r: inout RateLimiter, _ o: DeliveryOutcome, wasProbe: Bool, nowMs: Int64, backoffMs: Int64, user: UInt64 = 0) -> Bool {
+    r.record(o, wasProbe: wasProbe, nowMs: nowMs, backoffMs: backoffMs, user: user)
+}
+private func acq(_ r: inout RateLimiter, _ nowMs: Int64) -> RateLimiter.Permit { r.acquire(nowMs: nowMs) }

@@ -187,7 +187,7 @@ func peakRSSKiB(_ pid: Int32) -> Int {
         try "\(apiKey)\n".write(to: keyFile, atomically: true, encoding: .utf8)
         d.signal(SIGHUP)
         await s.verifier.settleAndVerify([d], "after the key was rotated")
-        #expect(d.stderr.contains("refused the API key"))
+        #expect(d.stderr.contains("refuses the API key"))
         #expect(!d.stderr.contains("old-key-that-was-revoked"))
         await tearDown(s, [d])
     }
