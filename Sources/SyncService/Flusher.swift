@@ -42,7 +42,16 @@ public final class Flusher: Sendable {
                         group.addTask { [engine, sender, inFlight, beforeProbe] in
                             if job.isProbe { beforeProbe() }
                             while let wait = engine.retryAfterRemainingMs() {
-                                try? await Task.sleep(for: .milliseconds(wait))
+                                do {
+                                    try await Task.sleep(for: .milliseconds(wait))
+                                } catch {
+                                    // Cancelled (shutdown) inside a Retry-After pause: the
+                                    // user goes back unsent. Looping on a sleep that throws
+                                    // at once spun a core until the pause ended.
+                                    engine.returnUnsent(job)
+                                    inFlight.add(-1)
+                                    return
+                                }
                             }
                             let start = ContinuousClock.now
                             let outcome = await sender.send(identifyId: job.identifyId, body: job.body)

@@ -1114,6 +1114,18 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         }
     }
 
+    /// Hands back a job that was taken but never sent (the flusher stopped inside a
+    /// `Retry-After` pause): the user stays dirty, due again at once, its offsets held.
+    public func returnUnsent(_ job: FlushJob) {
+        let now = clock.monotonicMs()
+        lock.withLock {
+            if job.isProbe { limiter.refund(.probe) }
+            guard var entry = users[job.identifyId] else { return }
+            fail(job, &entry, retryAtMs: now, reason: "unsent")
+            users[job.identifyId] = entry
+        }
+    }
+
     /// The breaker's error line: which status, at which URL, and what it means. Called
     /// with the lock held.
     private func logBreaker(_ what: String, dirtyUsers: Int) {

@@ -1,0 +1,55 @@
+import Delivery
+import Foundation
+import Kafka
+import Testing
+import TestSupport
+@testable import SyncService
+
+/// Counts the requests it is asked to send and acknowledges them.
+final class CountingSender: UserUpdateSender, @unchecked Sendable {
+    private let lock = NSLock()
+    private var n = 0
+    var sent: Int { lock.withLock { n } }
+    func send(identifyId: String, body: [UInt8]) async -> DeliveryOutcome {
+        lock.withLock { n += 1 }
+        return .acknowledged
+    }
+}
+
+@Suite struct FlusherTests {
+    /// A flusher stopped while a request waits out a `Retry-After` pause returns at once
+    /// and hands the user back unsent. Its loop used to retry a sleep that throws at
+    /// once when cancelled: 100 % of a core until the pause ended, and no return.
+    @Test func stoppingInsideARetryAfterPauseReturnsTheUserUnsent() async throws {
+        var o = EngineOptions()
+        o.debounceMs = 1
+        o.maxWaitMs = 10
+        o.breakerProbeIntervalMs = 10
+        let engine = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger)
+        let tp = TopicPartition("events", 0)
+        engine.partitionsAssigned([tp])
+        feed(engine, [(tp, 0, #"{"type":"page","userId":"u","timestamp":"2025-11-24T10:00:00Z"}"#)])
+        // The breaker is open, so the user goes out as a probe; just before it is sent a
+        // 429 with an hour's Retry-After arrives (for another request): it waits.
+        engine.complete(FlushJob(identifyId: "other", body: [], hash: 0, isProbe: false), outcome: .unauthorized(status: 401))
+        let probed = Flag()
+        let sender = CountingSender()
+        let flusher = Flusher(engine: engine, sender: sender, maxInFlight: 4) {
+            engine.complete(FlushJob(identifyId: "other", body: [], hash: 0, isProbe: false),
+                            outcome: .rateLimited(retryAfterMs: 3_600_000))
+            probed.set()
+        }
+        let done = Flag()
+        let task = Task {
+            await flusher.run()
+            done.set()
+        }
+        #expect(await eventually(.seconds(20)) { probed.isSet })
+        task.cancel()
+        #expect(await eventually(.seconds(20)) { done.isSet }, "the flusher did not return inside the pause")
+        #expect(sender.sent == 0)
+        let s = engine.snapshot()
+        #expect(s.dirtyUsers == 1)
+        #expect(s.retries["unsent"] == 1)
+    }
+}
