@@ -19,6 +19,9 @@ public struct DeliveryState: Sendable, Equatable {
     public var inFlight = false
     /// Whether the user sits in the debouncer's timer heap.
     public var scheduled = false
+    /// A request for this user ended without an answer (a timeout, a dropped
+    /// connection): Foldspace may still apply it, after a newer one.
+    public var unknownOutcome = false
 
     public init() {}
 
@@ -102,11 +105,25 @@ public struct Debouncer<Key: Hashable & Sendable>: Sendable {
     /// The request for `key` finished and its body is settled (acknowledged or
     /// dead-lettered). Returns `true` when the user is now clean; otherwise it changed
     /// while the request was out and is scheduled again.
+    ///
+    /// After an unknown outcome (see ``failed(_:_:retryAtMs:unknownOutcome:)``) the
+    /// acknowledged body is not trusted to be Foldspace's last word: the earlier request
+    /// may be applied after it. The user is then due once more a quiet period later, and
+    /// its body is sent even if unchanged (no settled hash).
     public mutating func settled(_ key: Key, _ s: inout DeliveryState, hash: UInt64, nowMs: Int64) -> Bool {
         s.inFlight = false
         s.attempts = 0
         s.notBeforeMs = 0
         s.settledHash = hash
+        if s.unknownOutcome {
+            s.unknownOutcome = false
+            s.settledHash = 0
+            s.lastChangeMs = nowMs
+            s.dirtySinceMs = max(nowMs, 1)
+            s.scheduled = true
+            heap.push(key, at: dueMs(s))
+            return false
+        }
         if s.version == s.sentVersion {
             s.dirtySinceMs = 0
             return true
@@ -118,8 +135,11 @@ public struct Debouncer<Key: Hashable & Sendable>: Sendable {
         return false
     }
 
-    /// The request failed and will be retried not before `retryAtMs`.
-    public mutating func failed(_ key: Key, _ s: inout DeliveryState, retryAtMs: Int64) {
+    /// The request failed and will be retried not before `retryAtMs`. With
+    /// `unknownOutcome` (no answer: Foldspace may have applied it, or may yet) the user
+    /// is sent once more after its next acknowledgement.
+    public mutating func failed(_ key: Key, _ s: inout DeliveryState, retryAtMs: Int64, unknownOutcome: Bool = false) {
+        if unknownOutcome { s.unknownOutcome = true }
         s.inFlight = false
         s.attempts &+= 1
         s.notBeforeMs = retryAtMs

@@ -1100,7 +1100,9 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             case .unauthorized(let status), .systemic(let status, _):
                 fail(job, &entry, retryAtMs: now, reason: String(status))
             case .retryable(let reason):
-                fail(job, &entry, retryAtMs: now + delay, reason: reason)
+                // No answer: the request may still be applied, after a newer one.
+                fail(job, &entry, retryAtMs: now + delay, reason: reason,
+                     unknownOutcome: reason == "timeout" || reason == "connection")
             }
             markForCheckpoint(job.identifyId, &entry)
             users[job.identifyId] = entry
@@ -1151,7 +1153,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         }
     }
 
-    private func fail(_ job: FlushJob, _ entry: inout UserEntry, retryAtMs: Int64, reason: String) {
+    private func fail(_ job: FlushJob, _ entry: inout UserEntry, retryAtMs: Int64, reason: String, unknownOutcome: Bool = false) {
         stats.retries[reason, default: 0] += 1
         // Keep the lowest hold per partition: flight holds are later than holds.
         entry.flightHolds.forEach { p, o in
@@ -1160,7 +1162,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             }
         }
         entry.flightHolds = Holds()
-        debouncer.failed(job.identifyId, &entry.delivery, retryAtMs: retryAtMs)
+        debouncer.failed(job.identifyId, &entry.delivery, retryAtMs: retryAtMs, unknownOutcome: unknownOutcome)
     }
 
     private func release(_ holds: inout Holds) {

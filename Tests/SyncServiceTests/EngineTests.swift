@@ -219,6 +219,42 @@ func feed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: Int64,
         #expect(engine.snapshot().requestTotal == 1)
     }
 
+    /// A request that timed out may still be applied by Foldspace, after the newer one
+    /// that was acknowledged: the newest state goes once more, though unchanged, a quiet
+    /// period after that acknowledgement.
+    @Test func aTimedOutRequestIsFollowedByOneMoreSendOfTheNewestState() {
+        let clock = ManualClock()
+        let (engine, _) = makeEngine(clock)
+        feed(engine, [(tp, 0, #"{"type":"identify","userId":"u","traits":{"email":"a@x.io"},"timestamp":"2025-11-24T10:00:00Z"}"#)])
+        clock.advance(1_000)
+        let first = jobs(engine.takeDue(limit: 10))
+        engine.complete(first[0], outcome: .retryable(reason: "timeout"))
+        feed(engine, [(tp, 1, #"{"type":"identify","userId":"u","traits":{"email":"b@x.io"},"timestamp":"2025-11-24T10:00:01Z"}"#)])
+        clock.advance(31_000)
+        let second = jobs(engine.takeDue(limit: 10))
+        #expect(second.count == 1)
+        engine.complete(second[0], outcome: .acknowledged)
+        clock.advance(500)
+        #expect(jobs(engine.takeDue(limit: 10)).isEmpty) // not before a quiet period
+        clock.advance(1_000)
+        let third = jobs(engine.takeDue(limit: 10))
+        #expect(third.map(\.body) == second.map(\.body)) // the same, newest body
+        engine.complete(third[0], outcome: .acknowledged)
+        clock.advance(60_000)
+        #expect(jobs(engine.takeDue(limit: 10)).isEmpty) // once, not for ever
+        #expect(engine.snapshot().dirtyUsers == 0)
+        // An answer (even an error) is no unknown outcome.
+        feed(engine, [(tp, 2, #"{"type":"identify","userId":"u","traits":{"email":"c@x.io"},"timestamp":"2025-11-24T10:00:02Z"}"#)])
+        clock.advance(1_000)
+        let fourth = jobs(engine.takeDue(limit: 10))
+        engine.complete(fourth[0], outcome: .retryable(reason: "503"))
+        clock.advance(31_000)
+        let fifth = jobs(engine.takeDue(limit: 10))
+        engine.complete(fifth[0], outcome: .acknowledged)
+        clock.advance(60_000)
+        #expect(jobs(engine.takeDue(limit: 10)).isEmpty)
+    }
+
     @Test func changesDuringAFlightAreSentAfterIt() {
         let clock = ManualClock()
         let (engine, offsets) = makeEngine(clock)
@@ -326,22 +362,40 @@ func feed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: Int64,
             let clock = ManualClock()
             let dl = RecordingDeadLetters()
             let (engine, offsets) = makeEngine(clock, dl: dl) { $0.onUserNotFound = policy }
+            // Another user's 2xx first: it proves the endpoint, so a 404 is u's own.
+            feed(engine, [(tp, 0, #"{"type":"page","userId":"known"}"#), (tp, 1, #"{"type":"page","userId":"u"}"#)])
+            clock.advance(1_000)
+            let j = jobs(engine.takeDue(limit: 10))
+            #expect(j.map(\.identifyId) == ["known", "u"])
+            engine.complete(j[0], outcome: .acknowledged)
+            engine.complete(j[1], outcome: .notFound(response: ""))
+            switch policy {
+            case .deadLetter:
+                #expect(dl.all.map(\.kind) == ["user-not-found"])
+                #expect(offsets[tp] == 2)
+            case .drop:
+                #expect(dl.all.isEmpty)
+                #expect(offsets[tp] == 2)
+            case .retry:
+                #expect(offsets[tp] == 1)
+                clock.advance(31_000)
+                #expect(jobs(engine.takeDue(limit: 10)).count == 1)
+            }
+        }
+        // With nothing proven yet, a 404 settles no one under any policy: the user is
+        // tried again.
+        for policy in UserNotFoundPolicy.allCases {
+            let clock = ManualClock()
+            let dl = RecordingDeadLetters()
+            let (engine, offsets) = makeEngine(clock, dl: dl) { $0.onUserNotFound = policy }
             feed(engine, [(tp, 0, #"{"type":"page","userId":"u"}"#)])
             clock.advance(1_000)
             let j = jobs(engine.takeDue(limit: 10))
             engine.complete(j[0], outcome: .notFound(response: ""))
-            switch policy {
-            case .deadLetter:
-                #expect(dl.all.map(\.kind) == ["user-not-found"])
-                #expect(offsets[tp] == 1)
-            case .drop:
-                #expect(dl.all.isEmpty)
-                #expect(offsets[tp] == 1)
-            case .retry:
-                #expect(offsets[tp] == 0)
-                clock.advance(31_000)
-                #expect(jobs(engine.takeDue(limit: 10)).count == 1)
-            }
+            #expect(dl.all.isEmpty)
+            #expect(offsets[tp] == 0)
+            clock.advance(31_000)
+            #expect(jobs(engine.takeDue(limit: 10)).map(\.identifyId) == ["u"])
         }
     }
 
