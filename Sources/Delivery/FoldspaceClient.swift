@@ -64,7 +64,7 @@ public struct ConfigurationError: Error, CustomStringConvertible, Sendable {
 }
 
 /// Sends `PUT {base}/v1/user/{identifyId}` with AsyncHTTPClient: the only code that
-/// sees it. TLS is verified against the system roots, or a configured CA file.
+/// sees it. TLS is verified against the system roots and, when configured, a CA file.
 public final class FoldspaceClient: UserUpdateSender {
     public struct Options: Sendable {
         public var baseURL: String
@@ -77,6 +77,8 @@ public final class FoldspaceClient: UserUpdateSender {
     }
 
     private let http: HTTPClient
+    /// The TLS settings the client runs with (tests read them).
+    let tlsConfiguration: TLSConfiguration
     private let options: Options
     private let base: String
     private let keys: APIKeyStore
@@ -85,8 +87,10 @@ public final class FoldspaceClient: UserUpdateSender {
     public init(options: Options, keys: APIKeyStore, epochMs: @escaping @Sendable () -> Int64) throws {
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.certificateVerification = .fullVerification
+        // The CA file adds to the system roots (a private CA for a proxy or a stand-in),
+        // it does not replace them.
         if let ca = options.caFile {
-            tls.trustRoots = .file(ca)
+            tls.additionalTrustRoots = [.file(ca)]
         }
         var config = HTTPClient.Configuration(
             tlsConfiguration: tls,
@@ -95,6 +99,7 @@ public final class FoldspaceClient: UserUpdateSender {
             connectionPool: .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: options.maxConnections),
             ignoreUncleanSSLShutdown: false)
         config.httpVersion = .http1Only
+        tlsConfiguration = tls
         http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
         self.options = options
         var b = options.baseURL

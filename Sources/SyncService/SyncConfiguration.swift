@@ -35,6 +35,8 @@ public struct SyncConfiguration: Sendable {
     /// From `FOLDSPACE_API_KEY`; never printed.
     public var apiKey: String?
     public var caFile: String?
+    /// Whether an `http://` Foldspace URL may name a host other than a loopback address.
+    public var allowInsecureHTTP = false
     public var deadLetterTopic: String?
     public var adminListen = "127.0.0.1:9464"
     public var logFormat: String?
@@ -96,7 +98,8 @@ public struct SyncConfiguration: Sendable {
         Key(name: "group", type: "string", defaultText: "(required)", secret: false, help: "Kafka consumer group id"),
         Key(name: "foldspace_url", type: "URL", defaultText: "https://api.foldspace.ai", secret: false, help: "Foldspace API base URL"),
         Key(name: "api_key_file", type: "path", defaultText: "none", secret: false, help: "file holding the API key (re-read on SIGHUP); else FOLDSPACE_API_KEY"),
-        Key(name: "ca_file", type: "path", defaultText: "system roots", secret: false, help: "PEM file of CAs trusted for Foldspace's TLS certificate"),
+        Key(name: "ca_file", type: "path", defaultText: "none", secret: false, help: "PEM file of CAs trusted for Foldspace's TLS certificate in addition to the system roots"),
+        Key(name: "allow_insecure_http", type: "boolean", defaultText: "false", secret: false, help: "allow an http:// foldspace_url whose host is not a loopback address (the API key and users' data then cross the network in clear text)"),
         Key(name: "debounce", type: "duration", defaultText: "5s", secret: false, help: "quiet period after a user's last change before it is sent"),
         Key(name: "max_wait", type: "duration", defaultText: "60s", secret: false, help: "longest a changed user waits, however busy it is"),
         Key(name: "admin_listen", type: "host:port", defaultText: "127.0.0.1:9464", secret: false, help: "admin HTTP (/metrics, /healthz, /readyz); port 0 picks one"),
@@ -354,6 +357,7 @@ public struct SyncConfiguration: Sendable {
         c.apiKeyFile = try text("api_key_file")
         c.apiKey = try text("api_key")
         c.caFile = try text("ca_file")
+        if let v = try bool("allow_insecure_http") { c.allowInsecureHTTP = v }
         c.deadLetterTopic = try text("dead_letter_topic").flatMap { $0.isEmpty ? nil : $0 }
         if let v = try text("admin_listen") { c.adminListen = v }
         c.logFormat = try text("log_format")
@@ -456,6 +460,9 @@ public struct SyncConfiguration: Sendable {
               scheme == "https" || scheme == "http", url.host != nil else {
             throw ConfigurationError("foldspace_url: \"\(foldspaceURL)\" is not an http(s) URL")
         }
+        if scheme == "http", !allowInsecureHTTP, let host = url.host, !isLoopbackHost(host) {
+            throw ConfigurationError("foldspace_url: http:// to \(host) would send the API key and users' data in clear text; use https://, a loopback address (a local stand-in or sidecar), or set allow_insecure_http: true")
+        }
         if let f = logFormat, f != "json", f != "text" { throw ConfigurationError("log_format: expected json or text, got \"\(f)\"") }
         if parseLogLevel(logLevel) == nil { throw ConfigurationError("log_level: unknown level \"\(logLevel)\"") }
         if parseHostPort(adminListen) == nil { throw ConfigurationError("admin_listen: expected host:port, got \"\(adminListen)\"") }
@@ -484,7 +491,8 @@ public struct SyncConfiguration: Sendable {
         add("foldspace_url", foldspaceURL)
         add("api_key", apiKey == nil ? "(not set)" : "<redacted>")
         add("api_key_file", apiKeyFile ?? "(not set)")
-        add("ca_file", caFile ?? "(system roots)")
+        add("ca_file", caFile ?? "(none: system roots)")
+        add("allow_insecure_http", String(allowInsecureHTTP))
         add("debounce", formatDuration(engine.debounceMs))
         add("max_wait", formatDuration(engine.maxWaitMs))
         add("admin_listen", adminListen)
@@ -555,4 +563,16 @@ public func parseHostPort(_ s: String) -> (host: String, port: Int)? {
     if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
     guard let port = Int(s[s.index(after: colon)...]), (0...65535).contains(port), !host.isEmpty else { return nil }
     return (host, port)
+}
+
+/// Whether `host` (as a URL gives it) is a loopback address: `localhost`, `::1`, or
+/// any address in 127.0.0.0/8.
+func isLoopbackHost(_ host: String) -> Bool {
+    var h = host.lowercased()
+    if h.hasPrefix("[") && h.hasSuffix("]") { h = String(h.dropFirst().dropLast()) }
+    if h == "localhost" || h == "::1" || h == "0:0:0:0:0:0:0:1" { return true }
+    let octets = h.split(separator: ".", omittingEmptySubsequences: false)
+    guard octets.count == 4, octets.allSatisfy({ !$0.isEmpty && $0.count <= 3 && $0.allSatisfy(\.isNumber) }),
+          let values = Optional(octets.compactMap { Int($0) }), values.count == 4, values.allSatisfy({ $0 <= 255 }) else { return false }
+    return values[0] == 127
 }

@@ -1,5 +1,6 @@
 import Foundation
 import HTTPServing
+import NIOSSL
 import Testing
 @testable import Delivery
 
@@ -105,6 +106,17 @@ import Testing
         #expect(await c.send(identifyId: "ok", body: Array("{}".utf8)) == .acknowledged)
         await c.shutdown()
         await server.stop()
+    }
+
+    /// `ca_file` adds to the system roots; it does not replace them (README and code once
+    /// disagreed: a private CA for a proxy then broke the public API's certificate).
+    @Test func theCAFileAddsToTheSystemRoots() async throws {
+        let (cert, _) = try selfSigned()
+        let c = try client("https://127.0.0.1:1", ca: cert)
+        #expect(c.tlsConfiguration.trustRoots == nil || c.tlsConfiguration.trustRoots == .default)
+        #expect(c.tlsConfiguration.additionalTrustRoots == [.file(cert)])
+        #expect(c.tlsConfiguration.certificateVerification == .fullVerification)
+        await c.shutdown()
     }
 
     @Test func aKeyThatCouldInjectAHeaderIsRefused() {

@@ -24,6 +24,29 @@ import Testing
         #expect(c.engine.maxInFlight == 16)     // default
     }
 
+    /// `http://` sends the key in clear text: only to a loopback address (a local stand-in
+    /// or sidecar), or with `allow_insecure_http: true`.
+    @Test func plainHTTPIsRefusedUnlessLoopbackOrAllowed() throws {
+        func config(_ url: String, allow: Bool? = nil) throws -> SyncConfiguration {
+            var env = ["FOLDSPACE_SYNC_BROKERS": "b:1", "FOLDSPACE_SYNC_TOPICS": "t", "FOLDSPACE_SYNC_GROUP": "g",
+                       "FOLDSPACE_SYNC_FOLDSPACE_URL": url, "FOLDSPACE_API_KEY": "k"]
+            if let allow { env["FOLDSPACE_SYNC_ALLOW_INSECURE_HTTP"] = String(allow) }
+            return try SyncConfiguration.load(file: nil, environment: env, flags: [:])
+        }
+        for url in ["http://api.foldspace.ai", "http://10.0.0.7:8080", "http://128.0.0.1", "http://127.0.0.1.example.com"] {
+            do {
+                try config(url).validate()
+                Issue.record("\(url) was accepted")
+            } catch {
+                #expect("\(error)".contains("allow_insecure_http"), "\(error)")
+            }
+            try config(url, allow: true).validate()
+        }
+        for url in ["https://api.foldspace.ai", "http://127.0.0.1:9000", "http://127.8.9.10", "http://localhost:1", "http://[::1]:8080"] {
+            try config(url).validate()
+        }
+    }
+
     @Test func foldKeysFromFileAndEnvironment() throws {
         let f = try file(#"""
         {"brokers":"b:1","topics":["t"],"group":"g","visit_gap":"10m","send_number_of_visits":true,
