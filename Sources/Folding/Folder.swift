@@ -64,7 +64,7 @@ public struct Folder: Sendable {
             if case .some = e.timezone { hasTimezone = true }
             changed = withUnsafeMutablePointer(to: &e.traits) { p in
                 foldTraits(UnsafeMutableRawPointer(p).assumingMemoryBound(to: Traits.self), contextTimezone: hasTimezone,
-                           at: stamp, into: &s, &text)
+                           at: stamp, into: &s, &text, &adjustments)
             } || changed
         }
         if let v = e.timezone.take() { text.add(.timezone, v) }
@@ -73,6 +73,11 @@ public struct Folder: Sendable {
         if var l = e.location.take() { foldLocation(&l, into: &text) }
         if let v = e.groupId.take() { changed = foldSubscription(v, at: stamp, into: &s, &text) || changed }
         if let v = e.contextGroupId.take() { changed = foldSubscription(v, at: stamp, into: &s, &text) || changed }
+        if text.capped != 0 {
+            for f in TextFields.Field.allCases where text.capped & (1 << UInt16(f.rawValue)) != 0 {
+                adjustments.record(f.bodyName, .capped)
+            }
+        }
         changed = s.text.apply(text, at: stamp) || changed
         if let p = e.product {
             if p.product.unicodeScalars.count > FoldspaceLimits.productCode
@@ -98,7 +103,7 @@ public struct Folder: Sendable {
     /// The user's traits of one event (at `t`, where they lie), moved into `text` and
     /// the state.
     private func foldTraits(_ t: UnsafeMutablePointer<Traits>, contextTimezone: Bool, at stamp: Stamp, into s: inout UserState,
-                            _ text: inout TextFields.Writes) -> Bool {
+                            _ text: inout TextFields.Writes, _ adjustments: inout Adjustments) -> Bool {
         var changed = false
         if let v = t.pointee.userType, let ut = UserType(trait: v) {
             changed = Latest.write(&s.explicitUserType, ut, at: stamp) || changed
@@ -119,14 +124,24 @@ public struct Folder: Sendable {
         if let v = t.pointee.pqlScore, v.isFinite, v >= 0, v <= 100 {
             changed = Latest.write(&s.pqlTrait, v, at: stamp) || changed
         }
-        for c in t.pointee.custom { changed = foldCustom(c, at: stamp, into: &s) || changed }
+        for c in t.pointee.custom {
+            // A value is JSON and cannot be cut: one over the bound is not kept.
+            guard c.json.utf8.count <= Self.customValueLimitBytes else {
+                adjustments.record("customAttributes", .capped)
+                continue
+            }
+            changed = foldCustom(c, at: stamp, into: &s) || changed
+        }
         return changed
     }
 
     private func foldSubscription(_ id: String, at stamp: Stamp, into s: inout UserState,
                                   _ text: inout TextFields.Writes) -> Bool {
         text.add(.lastSubscription, id)
-        return s.subscriptions.insert(id, at: stamp, limit: UserState.subscriptionLimit)
+        // Cut like the text fields: an id over Foldspace's limit is never sent, and stays
+        // over it when cut.
+        let stored = TextFields.prefix(id, bytes: TextFields.Field.lastSubscription.storedLimitBytes)
+        return s.subscriptions.insert(stored, at: stamp, limit: UserState.subscriptionLimit)
     }
 
     private func foldCustom(_ c: CustomTrait, at stamp: Stamp, into s: inout UserState) -> Bool {
@@ -239,6 +254,10 @@ public struct Folder: Sendable {
         s.activeDays |= bit
         return true
     }
+
+    /// The largest custom attribute value (compact JSON) a user keeps: Foldspace documents
+    /// no limit, and an unbounded one would make every record and body unbounded.
+    public static let customValueLimitBytes = 4096
 
     static func joinedName(_ first: String?, _ last: String?) -> String? {
         switch (first, last) {

@@ -22,6 +22,8 @@ public enum FoldspaceLimits {
 public struct Adjustments: Sendable, Equatable {
     public enum Action: String, Sendable, CaseIterable {
         case truncated, omitted, transliterated
+        /// Cut when folded, to a bound the API can still use (the state stays small).
+        case capped
     }
 
     public private(set) var counts: [String: Int] = [:]

@@ -27,12 +27,19 @@ public struct TextFields: Sendable, Equatable {
         fileprivate var values = InlineArray<12, String?>(repeating: nil)
         /// Bit `f.rawValue`: field `f` is written.
         fileprivate var mask: UInt16 = 0
+        /// Bit `f.rawValue`: field `f`'s value was cut to ``Field/storedLimitBytes``.
+        public private(set) var capped: UInt16 = 0
         public init() {}
         public var isEmpty: Bool { mask == 0 }
         public mutating func add(_ field: Field, _ value: consuming String) {
             let bit: UInt16 = 1 << UInt16(field.rawValue)
             if mask & bit == 0 {
                 mask |= bit
+                let limit = field.storedLimitBytes
+                if value.utf8.count > limit {
+                    value = TextFields.prefix(value, bytes: limit)
+                    capped |= bit
+                }
                 values[Int(field.rawValue)] = value
             }
         }
@@ -50,6 +57,58 @@ public struct TextFields: Sendable, Equatable {
     public enum Field: UInt8, CaseIterable, Sendable {
         case email, name, role, phone, timezone, image
         case country, region, city, postalCode, countryCode, lastSubscription
+
+        /// The most UTF-8 bytes a value of this field is stored with: four per character
+        /// of what Foldspace accepts, and one character more. What is cut could never be
+        /// sent (the projection truncates to the limit, or omits a value over it, and the
+        /// value kept is still over it), so the body is the same; the state, and its
+        /// changelog record, stay bounded whatever an event carries (a 1 MiB value was
+        /// copied by every later event of its user).
+        public var storedLimitBytes: Int { 4 * apiLimit + 4 }
+
+        /// Foldspace's limit for the field, in characters.
+        public var apiLimit: Int {
+            switch self {
+            case .email: return FoldspaceLimits.email
+            case .name: return FoldspaceLimits.name
+            case .role: return FoldspaceLimits.role
+            case .phone: return FoldspaceLimits.phone
+            case .timezone: return FoldspaceLimits.timezone
+            case .image: return FoldspaceLimits.image
+            case .country, .region, .city, .postalCode: return FoldspaceLimits.locationField
+            case .countryCode: return FoldspaceLimits.countryCode
+            case .lastSubscription: return FoldspaceLimits.subscriptionIdentifier
+            }
+        }
+
+        /// The field's name in the body (and in `foldspace_sync_adjustments_total`).
+        public var bodyName: String {
+            switch self {
+            case .email: return "email"
+            case .name: return "name"
+            case .role: return "role"
+            case .phone: return "phone"
+            case .timezone: return "timezone"
+            case .image: return "image"
+            case .country: return "location.country"
+            case .region: return "location.region"
+            case .city: return "location.city"
+            case .postalCode: return "location.postalCode"
+            case .countryCode: return "location.countryCode"
+            case .lastSubscription: return "lastSubscriptionIdentifier"
+            }
+        }
+    }
+
+    /// The longest prefix of `s` of at most `bytes` UTF-8 bytes that ends on a character
+    /// (scalar) boundary.
+    static func prefix(_ s: String, bytes: Int) -> String {
+        let u = s.utf8
+        guard u.count > bytes else { return s }
+        var end = u.index(u.startIndex, offsetBy: bytes)
+        // Back off continuation bytes (10xxxxxx) to the start of the scalar cut through.
+        while end > u.startIndex, u[end] & 0xC0 == 0x80 { end = u.index(before: end) }
+        return String(decoding: u[..<end], as: UTF8.self)
     }
 
     private var buf: [UInt8] = []

@@ -36,11 +36,14 @@ import Testing
                     packed.set(f, nil)
                     plain[f] = nil
                 case 1:
+                    // Set (a stored state decoded) cuts too: an old record's huge value
+                    // is cut when restored.
                     packed.set(f, Latest(value: value, stamp: stamp))
-                    plain[f] = Latest(value: value, stamp: stamp)
+                    plain[f] = Latest(value: TextFields.prefix(value, bytes: f.storedLimitBytes), stamp: stamp)
                 default:
+                    // A write keeps at most the field's stored limit (cut when folded).
                     var reg = plain[f]
-                    let expected = Latest.write(&reg, value, at: stamp)
+                    let expected = Latest.write(&reg, TextFields.prefix(value, bytes: f.storedLimitBytes), at: stamp)
                     plain[f] = reg
                     let changed = packed.write(f, value, at: stamp)
                     #expect(changed == expected)

@@ -59,11 +59,11 @@ private func project(_ calls: [(String, Int64)], config: FoldConfig = FoldConfig
 
     @Test func earliestDatesWin() {
         let b = project([
-            (#"{"type":"identify","userId":"u","traits":{"leadDate":2000,"createdAt":"2025-01-02T00:00:00Z"}}"#, 10),
-            (#"{"type":"identify","userId":"u","traits":{"leadDate":1000,"createdAt":"2025-01-01T00:00:00Z"}}"#, 20),
-            (#"{"type":"identify","userId":"u","traits":{"leadDate":3000}}"#, 30),
+            (#"{"type":"identify","userId":"u","traits":{"leadDate":1735000002000,"createdAt":"2025-01-02T00:00:00Z"}}"#, 10),
+            (#"{"type":"identify","userId":"u","traits":{"leadDate":1735000001000,"createdAt":"2025-01-01T00:00:00Z"}}"#, 20),
+            (#"{"type":"identify","userId":"u","traits":{"leadDate":1735000003000}}"#, 30),
         ])
-        #expect(b["leadDate"] as? Int64 == 1000)
+        #expect(b["leadDate"] as? Int64 == 1_735_000_001_000)
         #expect(b["signUpDate"] as? Int64 == 1_735_689_600_000)
     }
 
