@@ -94,7 +94,7 @@ public final class KafkaProducer: @unchecked Sendable {
 
     /// Queues one message. `partition` nil lets the partitioner choose by key.
     /// Blocks briefly (and retries) while librdkafka's queue is full.
-    public func send(topic: String, partition: Int32? = nil, key: [UInt8]?, value: [UInt8],
+    public func send(topic: String, partition: Int32? = nil, key: [UInt8]?, value: [UInt8]?,
                      headers: [(String, String)] = []) throws(KafkaError) {
         while true {
             var hdrs: OpaquePointer? = nil
@@ -102,11 +102,12 @@ public final class KafkaProducer: @unchecked Sendable {
                 hdrs = rd_kafka_headers_new(headers.count)
                 for (k, v) in headers { _ = rd_kafka_header_add(hdrs, k, -1, v, -1) }
             }
-            let err = value.withUnsafeBytes { vb in
+            // A nil value is a null payload: a tombstone on a compacted topic.
+            let err = (value ?? []).withUnsafeBytes { vb in
                 (key ?? []).withUnsafeBytes { kb in
                     fs_rd_kafka_produce(rk, topic, partition ?? RD_KAFKA_PARTITION_UA,
                                         key == nil ? nil : kb.baseAddress, key == nil ? 0 : kb.count,
-                                        vb.baseAddress, vb.count, hdrs, nil)
+                                        value == nil ? nil : vb.baseAddress, value == nil ? 0 : vb.count, hdrs, nil)
                 }
             }
             if err == RD_KAFKA_RESP_ERR_NO_ERROR { return }
@@ -122,7 +123,7 @@ public final class KafkaProducer: @unchecked Sendable {
     /// Sends records and waits until each is acknowledged (with `acks=all` and
     /// idempotence, the defaults here). Throws if any failed or the wait timed out, so
     /// that the caller does not commit offsets past unwritten state.
-    public func sendAndWait(topic: String, _ records: [(partition: Int32, key: [UInt8], value: [UInt8])],
+    public func sendAndWait(topic: String, _ records: [(partition: Int32, key: [UInt8], value: [UInt8]?)],
                             timeoutMs: Int32 = 30_000) throws(KafkaError) {
         guard !records.isEmpty else { return }
         let before = deliveryCounts

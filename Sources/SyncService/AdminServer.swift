@@ -124,6 +124,10 @@ public enum MetricsText {
         sample("foldspace_sync_restore_failures_total", [], String(s.restoreFailures))
         family("foldspace_sync_users", "gauge", "Users held in memory.")
         sample("foldspace_sync_users", [], String(s.users))
+        family("foldspace_sync_users_by_type", "gauge", "Users held in memory by the type their body carries, as of the last full sweep of the user table (every few seconds).")
+        for t in ["ANONYMOUS", "LEAD", "USER"] { sample("foldspace_sync_users_by_type", [("type", t)], String(s.usersByType[t] ?? 0)) }
+        family("foldspace_sync_users_expired_total", "counter", "Users dropped from memory (and tombstoned in the changelog) by inactive_user_ttl.")
+        sample("foldspace_sync_users_expired_total", [], String(s.expiredUsers))
         family("foldspace_sync_dirty_users", "gauge", "Users with changes not yet acknowledged.")
         sample("foldspace_sync_dirty_users", [], String(s.dirtyUsers))
         family("foldspace_sync_oldest_dirty_seconds", "gauge", "Age of the oldest unacknowledged change (to 0.1 s, never under).")

@@ -13,8 +13,8 @@ public protocol StateStore: Sendable {
     func statePartition(for sourcePartition: Int32) -> Int32
     /// The source topic's partition count, recorded in each record.
     var sourcePartitions: Int32 { get }
-    /// Writes records and returns once all are acknowledged.
-    func write(_ records: [(partition: Int32, key: [UInt8], value: [UInt8])]) throws
+    /// Writes records (a nil value: a tombstone) and returns once all are acknowledged.
+    func write(_ records: [(partition: Int32, key: [UInt8], value: [UInt8]?)]) throws
     /// Commits source offsets (the next offset to read, per partition).
     func commit(_ offsets: [TopicPartition: Int64]) throws
 }
@@ -61,7 +61,7 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
                                      topic: topic, partition: partition, logger: logger)
     }
 
-    public func write(_ records: [(partition: Int32, key: [UInt8], value: [UInt8])]) throws {
+    public func write(_ records: [(partition: Int32, key: [UInt8], value: [UInt8]?)]) throws {
         try producer.sendAndWait(topic: topic, records)
     }
 

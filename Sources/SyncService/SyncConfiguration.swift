@@ -131,6 +131,7 @@ public struct SyncConfiguration: Sendable {
         Key(name: "state", type: "durable|memory", defaultText: "durable", secret: false, help: "durable: user state in a compacted changelog topic, restored on assignment, effectively-once; memory: nothing persisted (development)"),
         Key(name: "state_topic", type: "string", defaultText: "<group>-state", secret: false, help: "the changelog topic, created compacted with the source's partition count when missing"),
         Key(name: "commit_interval", type: "duration", defaultText: "5s", secret: false, help: "how often changed state is written and source offsets committed"),
+        Key(name: "inactive_user_ttl", type: "duration", defaultText: "off", secret: false, help: "users not seen (by event time) for this long are dropped from memory and tombstoned in the changelog; off (or 0) keeps every user"),
         Key(name: "group_instance_id", type: "string", defaultText: "none", secret: false, help: "static group membership (group.instance.id), e.g. the pod name of a StatefulSet"),
         Key(name: "zstd_size_hint", type: "boolean", defaultText: "true", secret: false, help: "decompress each zstd batch once: when a producer left the batch's size out (the Java client; librdkafka built against a shared libzstd), librdkafka 2.0 guesses and decompresses again, up to three times; this gives it libzstd's bound instead"),
         Key(name: "kafka.properties", type: "map of strings", defaultText: "{}", secret: false, help: "librdkafka properties, passed through unchanged; FOLDSPACE_SYNC_KAFKA_PROPERTIES adds to or replaces the file's per property"),
@@ -390,6 +391,15 @@ public struct SyncConfiguration: Sendable {
         }
         c.stateTopic = try text("state_topic").flatMap { $0.isEmpty ? nil : $0 }
         if let v = try duration("commit_interval") { c.commitIntervalMs = max(v, 100) }
+        if let t = try text("inactive_user_ttl") {
+            if t == "off" || t == "0" {
+                c.engine.inactiveUserTTLMs = 0
+            } else if let ms = parseDuration(t), ms > 0 {
+                c.engine.inactiveUserTTLMs = ms
+            } else {
+                throw ConfigurationError("inactive_user_ttl: expected off or a duration (30d, 12h), got \"\(t)\"")
+            }
+        }
         c.engine.durable = c.stateMode == "durable"
         func list(_ k: String) throws -> [String]? {
             switch raw[k] {
@@ -524,6 +534,7 @@ public struct SyncConfiguration: Sendable {
         add("state", stateMode)
         add("state_topic", effectiveStateTopic)
         add("commit_interval", formatDuration(commitIntervalMs))
+        add("inactive_user_ttl", engine.inactiveUserTTLMs > 0 ? formatDuration(engine.inactiveUserTTLMs) : "off")
         add("group_instance_id", groupInstanceId ?? "(none)")
         add("zstd_size_hint", String(zstdSizeHint))
         for (k, v) in kafkaProperties.sorted(by: { $0.key < $1.key }) {

@@ -46,6 +46,9 @@ public struct EngineOptions: Sendable {
     public var breakerProbeIntervalMs: Int64 = 30_000
     /// Foldspace's base URL, for the breaker's log lines (the engine sends nothing itself).
     public var foldspaceURL = ""
+    /// Users not seen (by event time) for this long are dropped from memory and, in
+    /// durable mode, tombstoned in the changelog; 0: never.
+    public var inactiveUserTTLMs: Int64 = 0
     public var decoder = DecoderOptions()
     /// Threads that decode messages, the poll thread included (it folds, in order, and
     /// decodes the chunks no helper has taken yet); capped at the cores available.
@@ -109,6 +112,11 @@ public struct EngineStats: Sendable {
     /// request was handed to the HTTP client: the daemon's own scheduling delay.
     public var sendLateness = Histogram(bounds: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10])
     public var users = 0
+    /// Users by the type their body would carry (ANONYMOUS, LEAD, USER), as of the last
+    /// complete sweep of the user table.
+    public var usersByType: [String: Int] = [:]
+    /// Users dropped (and tombstoned) by `inactive_user_ttl`.
+    public var expiredUsers = 0
     public var dirtyUsers = 0
     public var oldestDirtyMs: Int64 = 0
     public var breakerOpen = false
@@ -292,6 +300,15 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         /// it is walked).
         var all: [(String, UserEntry)] { entries.compactMap { $0.identity.isEmpty ? nil : ($0.identity, $0) } }
 
+        /// Calls `body` for the users in slots `cursor ..< cursor + limit`; returns where
+        /// the next call should start (0 once the table was walked to its end).
+        func scan(from cursor: Int, limit: Int, _ body: (UserEntry) -> Void) -> Int {
+            let end = min(entries.count, cursor + limit)
+            guard cursor < end else { return 0 }
+            for i in cursor..<end where !entries[i].identity.isEmpty { body(entries[i]) }
+            return end == entries.count ? 0 : end
+        }
+
         func forEachEntry(_ body: (UserEntry) -> Void) {
             for e in entries where !e.identity.isEmpty { body(e) }
         }
@@ -365,6 +382,14 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     private var catchUp: (assignedMs: Int64, folded: Int, firstFoldMs: Int64?, lastFoldMs: Int64)?
     /// Durable mode: users to write at the next checkpoint, per partition index.
     private var pendingCheckpoint: [OffsetTracker.PartitionIndex: [String]] = [:]
+    /// Durable mode: users expired by `inactive_user_ttl`, to tombstone at the next
+    /// checkpoint, by the partition they lived in.
+    private var pendingTombstones: [OffsetTracker.PartitionIndex: [String]] = [:]
+    /// Where the next sweep of the user table starts, and the user types counted so far
+    /// in this round of sweeps (published when a round ends).
+    private var sweepCursor = 0
+    private var typeTally = [0, 0, 0]
+    private var usersByType = [0, 0, 0]
     private var lastCommitted: [OffsetTracker.PartitionIndex: Int64] = [:]
     private var restoring = 0
     /// Partitions whose replay skipping / recreation was logged since their assignment.
@@ -443,6 +468,43 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         pendingCheckpoint[entry.home, default: []].append(key)
     }
 
+    /// Walks the next `limit` slots of the user table: counts users by type (published
+    /// when a round of sweeps ends) and, with `inactive_user_ttl`, drops users not seen
+    /// for that long (by event time) that have nothing pending: not dirty, no request in
+    /// flight, no offset held. In durable mode each gets a tombstone at the next
+    /// checkpoint. Cheap enough to call every second: the whole table is walked in
+    /// rounds, never under the lock at once.
+    public func sweep(limit: Int = 65_536) {
+        let nowEpoch = clock.epochMs()
+        lock.withLock {
+            let ttl = options.inactiveUserTTLMs
+            let cutoff = ttl > 0 ? nowEpoch.subtractingReportingOverflow(ttl).partialValue : .min
+            var expired: [(String, OffsetTracker.PartitionIndex)] = []
+            let next = users.scan(from: sweepCursor, limit: max(1, limit)) { e in
+                if ttl > 0, e.state.lastSeenMs < cutoff, !e.delivery.isDirty, !e.delivery.inFlight,
+                   e.holds.isEmpty, e.flightHolds.isEmpty {
+                    expired.append((e.identity, e.home))
+                    return
+                }
+                switch projector.userType(e.state) {
+                case .anonymous: typeTally[0] += 1
+                case .lead: typeTally[1] += 1
+                case .user: typeTally[2] += 1
+                }
+            }
+            for (key, home) in expired {
+                users[key] = nil
+                if options.durable { pendingTombstones[home, default: []].append(key) }
+            }
+            stats.expiredUsers += expired.count
+            if next == 0 {
+                usersByType = typeTally
+                typeTally = [0, 0, 0]
+            }
+            sweepCursor = next
+        }
+    }
+
     /// Writes every user changed since the last checkpoint (of `partitions`, or of all
     /// assigned ones), waits until Kafka acknowledged them, then commits the source
     /// positions consumed at the moment of the snapshot. On failure nothing is
@@ -462,6 +524,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         var keys: [(OffsetTracker.PartitionIndex, String)] = []
         var commit: [TopicPartition: Int64] = [:]
         var positions: [(OffsetTracker.PartitionIndex, Int64)] = []
+        var tombstones: [(partition: Int32, key: String, home: OffsetTracker.PartitionIndex)] = []
         lock.withLock {
             let scope = partitions ?? Array(assigned)
             // Asked of the store once, not per user.
@@ -484,19 +547,24 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                     snapshot.append((partition, key, stored))
                     keys.append((home, key))
                 }
+                // Expired users: a tombstone, unless an event brought the user back.
+                for key in pendingTombstones.removeValue(forKey: p) ?? [] where users[key] == nil {
+                    tombstones.append((statePartitions[Int(p)], key, p))
+                }
                 if let pos = offsets.consumedPosition(p), pos > (lastCommitted[p] ?? -1) {
                     commit[partitionsByIndex[Int(p)]] = pos
                     positions.append((p, pos))
                 }
             }
         }
-        var records: [(partition: Int32, key: [UInt8], value: [UInt8])] = []
+        var records: [(partition: Int32, key: [UInt8], value: [UInt8]?)] = []
         records.reserveCapacity(snapshot.count)
         // By index: `for s in snapshot` copied (retained) every state once more.
         for i in snapshot.indices {
             records.append((snapshot[i].partition, Array(snapshot[i].key.utf8), StateCodec.encode(snapshot[i].stored)))
         }
         snapshot = []
+        for t in tombstones { records.append((t.partition, Array(t.key.utf8), nil)) }
         do {
             if !records.isEmpty { try store.write(records) }
             if !commit.isEmpty { try store.commit(commit) }
@@ -511,6 +579,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             lock.withLock {
                 stats.checkpointFailures += 1
                 stats.checkpointDuration.observe(Double(clock.monotonicMs() - started) / 1000)
+                for t in tombstones where users[t.key] == nil { pendingTombstones[t.home, default: []].append(t.key) }
                 for (p, key) in keys {
                     guard var entry = users[key] else { continue }
                     if !entry.checkpointPending {
@@ -864,6 +933,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                 recreationNoted.remove(i)
                 lastCommitted[i] = nil
                 pendingCheckpoint[i] = nil
+                pendingTombstones[i] = nil
             }
             hasBeenAssigned = true
             if !partitions.isEmpty { catchUp = (clock.monotonicMs(), stats.folded, nil, 0) }
@@ -941,6 +1011,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                 offsets.deactivate(i)
                 assigned.remove(i)
                 pendingCheckpoint[i] = nil
+                pendingTombstones[i] = nil
                 lastCommitted[i] = nil
             }
             logger.info("partitions settled", metadata: [
@@ -1217,6 +1288,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         return lock.withLock {
             var s = stats
             s.users = users.count
+            s.usersByType = ["ANONYMOUS": usersByType[0], "LEAD": usersByType[1], "USER": usersByType[2]]
             s.dirtyUsers = dirty.count
             // From the tally, not a walk over every user: a scrape held the lock, and so
             // the poll thread, for ~1 ms per 10k users.

@@ -154,6 +154,14 @@ public final class SyncPipeline: Service, @unchecked Sendable {
                 await Self.blocking { engine.checkpoint() }
             }
         } : nil
+        // The user table is walked in slices: users by type, and inactive_user_ttl.
+        let sweepTask = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(1))
+                if Task.isCancelled { break }
+                engine.sweep()
+            }
+        }
         // After each assignment, one line saying how fast its backlog was read: once the
         // consumer is within a batch of the end of every partition it holds.
         let catchUpWatch = Task { [logger = self.logger] in
@@ -227,6 +235,8 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         notifier.stopping()
         checkpointTask?.cancel()
         await checkpointTask?.value
+        sweepTask.cancel()
+        await sweepTask.value
         let durable = config.engine.durable
         let drainMs = config.shutdownTimeoutMs / 2
         await Self.blocking {

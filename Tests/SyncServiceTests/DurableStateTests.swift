@@ -21,7 +21,7 @@ final class MemoryStateStore: StateStore, @unchecked Sendable {
 
     func statePartition(for sourcePartition: Int32) -> Int32 { sourcePartition % partitions }
     func read(partition: Int32) throws -> [(key: [UInt8], value: [UInt8]?)] { lock.withLock { log[partition] ?? [] } }
-    func write(_ records: [(partition: Int32, key: [UInt8], value: [UInt8])]) throws {
+    func write(_ records: [(partition: Int32, key: [UInt8], value: [UInt8]?)]) throws {
         duringWrite?()
         try lock.withLock {
             if failWrites { throw TestError("write failed") }
