@@ -956,7 +956,10 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
 
     /// Called once the consumer has caught up with its partitions: what was folded
     /// since the latest assignment, reported once (nil if nothing was, or already).
-    public func takeCatchUp() -> CaughtUp? {
+    /// With `backlog` (messages still to read) and nothing folded yet, the consumer has
+    /// not started: it keeps waiting (a look between the assignment and the first fetch
+    /// used to end the wait with nothing to report).
+    public func takeCatchUp(backlog: Int64 = 0) -> CaughtUp? {
         let now = clock.monotonicMs()
         return lock.withLock {
             guard let c = catchUp else { return nil }
@@ -997,6 +1000,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             for (key, entry) in users.all where revoked.contains(entry.home) {
                 var keep = false
                 entry.holds.forEach { p, _ in if !revoked.contains(p) { keep = true } }
+            if c.firstFoldMs == nil && backlog > 0 { return nil }
                 entry.flightHolds.forEach { p, _ in if !revoked.contains(p) { keep = true } }
                 if keep { continue }
                 if entry.delivery.isDirty {

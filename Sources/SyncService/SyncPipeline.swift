@@ -171,7 +171,7 @@ public final class SyncPipeline: Service, @unchecked Sendable {
                 let assigned = consumer.assignment
                 let lag = consumer.lag()
                 guard !assigned.isEmpty, lag.count == assigned.count, lag.values.reduce(0, +) < 1_000,
-                      let c = engine.takeCatchUp() else { continue }
+                      let c = engine.takeCatchUp(backlog: lag.values.reduce(0, +)) else { continue }
                 var metadata: Logger.Metadata = [
                     "events": .stringConvertible(c.events), "partitions": .stringConvertible(assigned.count),
                     "fold_seconds": .stringConvertible((c.foldSeconds * 1000).rounded() / 1000),

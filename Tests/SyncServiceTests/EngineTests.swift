@@ -104,6 +104,9 @@ func feed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: Int64,
         #expect(engine.awaitingCatchUp)
         clock.advance(200) // the restore, the first fetch
         feed(engine, (0..<300).map(track)) // three chunks, at t0+200
+        // A look before the first fetch, with a backlog ahead, does not end the wait.
+        #expect(engine.takeCatchUp(backlog: 400) == nil)
+        #expect(engine.awaitingCatchUp)
         clock.advance(500)
         feed(engine, (300..<400).map(track)) // at t0+700
         feed(engine, [(tp, 400, "{not json")]) // not folded, not counted
