@@ -15,7 +15,9 @@ static inline rd_kafka_resp_err_t fs_rd_kafka_produce(rd_kafka_t *rk,
                                                       const void *key, size_t key_len,
                                                       const void *value, size_t value_len,
                                                       rd_kafka_headers_t *headers,
-                                                      void *opaque) {
+                                                      void *opaque,
+                                                      int64_t timestamp) {
+    /* timestamp 0: librdkafka stamps the message with the current time. */
     if (headers) {
         return rd_kafka_producev(rk,
                                  RD_KAFKA_V_TOPIC(topic),
@@ -25,6 +27,7 @@ static inline rd_kafka_resp_err_t fs_rd_kafka_produce(rd_kafka_t *rk,
                                  RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
                                  RD_KAFKA_V_HEADERS(headers),
                                  RD_KAFKA_V_OPAQUE(opaque),
+                                 RD_KAFKA_V_TIMESTAMP(timestamp),
                                  RD_KAFKA_V_END);
     }
     return rd_kafka_producev(rk,
@@ -34,6 +37,7 @@ static inline rd_kafka_resp_err_t fs_rd_kafka_produce(rd_kafka_t *rk,
                              RD_KAFKA_V_VALUE((void *)value, value_len),
                              RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
                              RD_KAFKA_V_OPAQUE(opaque),
+                             RD_KAFKA_V_TIMESTAMP(timestamp),
                              RD_KAFKA_V_END);
 }
 

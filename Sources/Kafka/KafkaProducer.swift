@@ -41,6 +41,10 @@ public final class KafkaProducer: @unchecked Sendable {
             guard let opaque, let msg else { return }
             let ctx = Unmanaged<CallbackContext>.fromOpaque(opaque).takeUnretainedValue()
             ctx.producer?.delivery(err: msg.pointee.err)
+            // A message sent with `onDelivery` carries its callback (retained once).
+            if let p = msg.pointee._private {
+                Unmanaged<DeliveryCallback>.fromOpaque(p).takeRetainedValue().body(msg.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR)
+            }
         }
         var errbuf = [CChar](repeating: 0, count: 512)
         guard let handle = rd_kafka_new(RD_KAFKA_PRODUCER, conf, &errbuf, errbuf.count) else {
@@ -96,6 +100,17 @@ public final class KafkaProducer: @unchecked Sendable {
     /// Blocks briefly (and retries) while librdkafka's queue is full.
     public func send(topic: String, partition: Int32? = nil, key: [UInt8]?, value: [UInt8]?,
                      headers: [(String, String)] = []) throws(KafkaError) {
+        try send(topic: topic, partition: partition, key: key, value: value, headers: headers, onDelivery: nil)
+    }
+
+    /// As ``send(topic:partition:key:value:headers:)``; `onDelivery` is called once, on
+    /// the producer's poll thread, with whether the message was written (after
+    /// librdkafka's own retries). Not called when this throws.
+    /// `timestampMs`: the message's CreateTime (nil: now).
+    public func send(topic: String, partition: Int32? = nil, key: [UInt8]?, value: [UInt8]?,
+                     headers: [(String, String)] = [], timestampMs: Int64? = nil,
+                     onDelivery: (@Sendable (Bool) -> Void)?) throws(KafkaError) {
+        let callback = onDelivery.map { Unmanaged.passRetained(DeliveryCallback($0)).toOpaque() }
         while true {
             var hdrs: OpaquePointer? = nil
             if !headers.isEmpty {
@@ -107,7 +122,8 @@ public final class KafkaProducer: @unchecked Sendable {
                 (key ?? []).withUnsafeBytes { kb in
                     fs_rd_kafka_produce(rk, topic, partition ?? RD_KAFKA_PARTITION_UA,
                                         key == nil ? nil : kb.baseAddress, key == nil ? 0 : kb.count,
-                                        value == nil ? nil : vb.baseAddress, value == nil ? 0 : vb.count, hdrs, nil)
+                                        value == nil ? nil : vb.baseAddress, value == nil ? 0 : vb.count, hdrs, callback,
+                                        timestampMs ?? 0)
                 }
             }
             if err == RD_KAFKA_RESP_ERR_NO_ERROR { return }
@@ -116,6 +132,7 @@ public final class KafkaProducer: @unchecked Sendable {
                 rd_kafka_poll(rk, 10)
                 continue
             }
+            if let callback { Unmanaged<DeliveryCallback>.fromOpaque(callback).release() }
             throw KafkaError(err, context: "produce to \(topic)")
         }
     }
@@ -171,4 +188,10 @@ public final class KafkaProducer: @unchecked Sendable {
         if t.err != RD_KAFKA_RESP_ERR_NO_ERROR { throw KafkaError(t.err, context: "topic \(topic)") }
         return Int(t.partition_cnt)
     }
+}
+
+/// A message's delivery callback, passed through librdkafka as the message's opaque.
+final class DeliveryCallback: @unchecked Sendable {
+    let body: @Sendable (Bool) -> Void
+    init(_ body: @escaping @Sendable (Bool) -> Void) { self.body = body }
 }

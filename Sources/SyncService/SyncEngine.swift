@@ -46,6 +46,12 @@ public struct EngineOptions: Sendable {
     public var breakerProbeIntervalMs: Int64 = 30_000
     /// Foldspace's base URL, for the breaker's log lines (the engine sends nothing itself).
     public var foldspaceURL = ""
+    /// Dead letters queued and not yet written, in bytes, above which consuming pauses
+    /// (it resumes below 80 %).
+    public var maxDeadLetterBacklogBytes = 64 << 20
+    /// How long a durable checkpoint waits for the dead letters its offsets cover before
+    /// it leaves the offsets to a later checkpoint (the state is written either way).
+    public var deadLetterWaitMs: Int64 = 5_000
     /// Users not seen (by event time) for this long are dropped from memory and, in
     /// durable mode, tombstoned in the changelog; 0: never.
     public var inactiveUserTTLMs: Int64 = 0
@@ -65,7 +71,20 @@ public struct EngineOptions: Sendable {
 /// Where dead letters go: a Kafka topic, or (with none configured) a count and a log
 /// line without PII.
 public protocol DeadLetterSink: Sendable {
-    func deadLetter(kind: String, key: [UInt8]?, value: [UInt8], headers: [(String, String)])
+    /// Queues a dead letter without blocking; `delivered` is called once it is written
+    /// (at once by a sink that writes nothing). Never called with the engine's lock held.
+    func deadLetter(kind: String, key: [UInt8]?, value: [UInt8], headers: [(String, String)],
+                    delivered: @escaping @Sendable () -> Void)
+    /// Bytes of dead letters queued and not yet written: consuming pauses above
+    /// ``EngineOptions/maxDeadLetterBacklogBytes``.
+    var backlogBytes: Int { get }
+}
+
+extension DeadLetterSink {
+    public func deadLetter(kind: String, key: [UInt8]?, value: [UInt8], headers: [(String, String)]) {
+        deadLetter(kind: kind, key: key, value: value, headers: headers, delivered: {})
+    }
+    public var backlogBytes: Int { 0 }
 }
 
 /// Counters for metrics and the demo's summary.
@@ -385,6 +404,13 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// Durable mode: users expired by `inactive_user_ttl`, to tombstone at the next
     /// checkpoint, by the partition they lived in.
     private var pendingTombstones: [OffsetTracker.PartitionIndex: [String]] = [:]
+    /// Dead letters decided and not yet written, by sequence number, with what each keeps
+    /// from being committed: the offset of an invalid message, or (memory mode) the
+    /// offsets a rejected user's body covered. A durable checkpoint waits for those
+    /// decided before its snapshot.
+    private enum DeadLetterHold { case offset(OffsetTracker.PartitionIndex, Int64), holds(Holds), none }
+    private var deadLetterSeq: UInt64 = 0
+    private var undeliveredDeadLetters: [UInt64: DeadLetterHold] = [:]
     /// Where the next sweep of the user table starts, and the user types counted so far
     /// in this round of sweeps (published when a round ends).
     private var sweepCursor = 0
@@ -525,7 +551,9 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         var commit: [TopicPartition: Int64] = [:]
         var positions: [(OffsetTracker.PartitionIndex, Int64)] = []
         var tombstones: [(partition: Int32, key: String, home: OffsetTracker.PartitionIndex)] = []
+        var deadLetterBarrier: UInt64 = 0
         lock.withLock {
+            deadLetterBarrier = deadLetterSeq
             let scope = partitions ?? Array(assigned)
             // Asked of the store once, not per user.
             let statePartitions = partitionsByIndex.map { store.statePartition(for: $0.partition) }
@@ -567,9 +595,16 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         for t in tombstones { records.append((t.partition, Array(t.key.utf8), nil)) }
         do {
             if !records.isEmpty { try store.write(records) }
-            if !commit.isEmpty { try store.commit(commit) }
+            // The dead letters of what these offsets cover are written first; if they
+            // are not yet, the offsets wait for a later checkpoint.
+            let letters = commit.isEmpty || waitForDeadLetters(below: deadLetterBarrier, timeoutMs: options.deadLetterWaitMs)
+            if !letters {
+                logger.warning("dead letters not written yet; source offsets are committed by a later checkpoint",
+                               metadata: ["partitions": .stringConvertible(commit.count)])
+            }
+            if letters && !commit.isEmpty { try store.commit(commit) }
             lock.withLock {
-                for (p, pos) in positions { lastCommitted[p] = max(lastCommitted[p] ?? -1, pos) }
+                if letters { for (p, pos) in positions { lastCommitted[p] = max(lastCommitted[p] ?? -1, pos) } }
                 stats.checkpoints += 1
                 stats.checkpointRecords += records.count
                 stats.checkpointDuration.observe(Double(clock.monotonicMs() - started) / 1000)
@@ -677,7 +712,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         // Chunks this batch does not reach still hold an earlier batch's leftovers.
         for c in chunks..<scratch.count where scratch[c].count > 0 { scratch[c].removeAll() }
         let decoder = self.decoder
-        var invalid: [(Int, DecodeFailure)] = []
+        var invalid: [(Int, DecodeFailure, UInt64)] = []
         let seed = identitySeed
         scratch.withUnsafeMutableBufferPointer { calls in
             scratchMessage.withUnsafeMutableBufferPointer { origins in
@@ -731,7 +766,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                 }
             }
         }
-        for (i, f) in invalid {
+        for (i, f, seq) in invalid {
             let m = batch[i]
             var headers = [
                 ("reason", f.reason.rawValue),
@@ -741,7 +776,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             ]
             if let field = f.field { headers.append(("field", field)) }
             deadLetters.deadLetter(kind: "invalid-event", key: m.key.isEmpty ? nil : Array(m.key),
-                                   value: Array(m.value), headers: headers)
+                                   value: Array(m.value), headers: headers) { [weak self] in self?.deadLetterDelivered(seq) }
         }
     }
 
@@ -755,7 +790,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// Folds one decoded chunk of `batch` (its calls, and the message each came from)
     /// under the lock, in order.
     private func foldChunk(_ calls: inout DecodedCalls, _ origins: [Int32], _ hashes: [UInt64], batch: [ConsumedMessage], nowEpoch: Int64,
-                           last: Bool, invalid: inout [(Int, DecodeFailure)]) {
+                           last: Bool, invalid: inout [(Int, DecodeFailure, UInt64)]) {
         let now = clock.monotonicMs()
         lock.withLock {
             if catchUp != nil && catchUp!.firstFoldMs == nil { catchUp!.firstFoldMs = now }
@@ -821,7 +856,9 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                         stats.ignored += 1
                     case .invalid(let f):
                         stats.invalid[f.reason.rawValue, default: 0] += 1
-                        invalid.append((i, f))
+                        // Its offset is held until the dead letter is written.
+                        offsets.hold(pidx, offset: m.offset)
+                        invalid.append((i, f, reserveDeadLetter(.offset(pidx, m.offset))))
                     }
                 }
             }
@@ -963,6 +1000,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         let now = clock.monotonicMs()
         return lock.withLock {
             guard let c = catchUp else { return nil }
+            if c.firstFoldMs == nil && backlog > 0 { return nil }
             catchUp = nil
             guard let first = c.firstFoldMs, stats.folded > c.folded else { return nil }
             return CaughtUp(events: stats.folded - c.folded, foldSeconds: Double(c.lastFoldMs - first) / 1000,
@@ -1000,7 +1038,6 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             for (key, entry) in users.all where revoked.contains(entry.home) {
                 var keep = false
                 entry.holds.forEach { p, _ in if !revoked.contains(p) { keep = true } }
-            if c.firstFoldMs == nil && backlog > 0 { return nil }
                 entry.flightHolds.forEach { p, _ in if !revoked.contains(p) { keep = true } }
                 if keep { continue }
                 if entry.delivery.isDirty {
@@ -1048,10 +1085,13 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     }
 
     public var wantsPause: Bool {
-        lock.withLock {
-            if dirty.count > options.maxDirtyUsers {
+        // Read before the lock: the sink has a lock of its own.
+        let backlog = deadLetters.backlogBytes
+        return lock.withLock {
+            if dirty.count > options.maxDirtyUsers || backlog > options.maxDeadLetterBacklogBytes {
                 pausedForCapacity = true
-            } else if pausedForCapacity && dirty.count < options.maxDirtyUsers * 8 / 10 {
+            } else if pausedForCapacity && dirty.count < options.maxDirtyUsers * 8 / 10
+                        && backlog < options.maxDeadLetterBacklogBytes / 10 * 8 {
                 pausedForCapacity = false
             }
             return pausedForCapacity
@@ -1128,6 +1168,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     public func complete(_ job: FlushJob, outcome: DeliveryOutcome, seconds: Double? = nil) {
         let now = clock.monotonicMs()
         var deadLetter: (kind: String, status: Int, response: String)? = nil
+        var deadLetterSeq: UInt64 = 0
         lock.withLock {
             let delay = backoff.delayMs(attempt: Int(users[job.identifyId]?.delivery.attempts ?? 0), using: &rng)
             let wasOpen = limiter.breakerOpen
@@ -1152,10 +1193,12 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                 settle(job, &entry, now)
             case .rejected(let status, let response):
                 deadLetter = ("rejected-update", status, response)
+                deadLetterSeq = reserveDeadLetter(for: &entry)
                 settle(job, &entry, now)
             case .unexpected(let status, let response):
                 if settles {
                     deadLetter = ("rejected-update", status, response)
+                    deadLetterSeq = reserveDeadLetter(for: &entry)
                     settle(job, &entry, now)
                 } else {
                     fail(job, &entry, retryAtMs: now + delay, reason: String(status))
@@ -1164,6 +1207,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                 switch options.onUserNotFound {
                 case .deadLetter where settles:
                     deadLetter = ("user-not-found", 404, response)
+                    deadLetterSeq = reserveDeadLetter(for: &entry)
                     settle(job, &entry, now)
                 case .drop where settles:
                     settle(job, &entry, now)
@@ -1185,9 +1229,54 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             publishOffsets()
         }
         if let dl = deadLetter {
+            let seq = deadLetterSeq
             deadLetters.deadLetter(kind: dl.kind, key: Array(job.identifyId.utf8), value: job.body, headers: [
                 ("reason", dl.kind), ("status", String(dl.status)), ("response", String(dl.response.prefix(1024))),
-            ])
+            ]) { [weak self] in self?.deadLetterDelivered(seq) }
+        }
+    }
+
+    /// Numbers a dead letter about to be queued and records what it holds back from
+    /// being committed. Called with the lock held.
+    private func reserveDeadLetter(_ hold: DeadLetterHold) -> UInt64 {
+        let seq = deadLetterSeq
+        deadLetterSeq &+= 1
+        undeliveredDeadLetters[seq] = hold
+        return seq
+    }
+
+    /// As ``reserveDeadLetter(_:)`` for a user's rejected body: in memory mode the
+    /// offsets that body covered stay held (taken out of the entry, so settling does not
+    /// release them) until the letter is written. Called with the lock held.
+    private func reserveDeadLetter(for entry: inout UserEntry) -> UInt64 {
+        guard !options.durable else { return reserveDeadLetter(.none) }
+        let taken = entry.holds
+        entry.holds = Holds()
+        return reserveDeadLetter(.holds(taken))
+    }
+
+    /// A dead letter was written: what it held back may be committed.
+    private func deadLetterDelivered(_ seq: UInt64) {
+        lock.withLock {
+            switch undeliveredDeadLetters.removeValue(forKey: seq) {
+            case .offset(let p, let o)?: offsets.release(p, offset: o)
+            case .holds(var h)?: release(&h)
+            case .none?, nil: break
+            }
+            publishOffsets()
+        }
+    }
+
+    /// Durable mode: waits until every dead letter numbered below `seq` is written, up
+    /// to `timeoutMs`. Returns whether they all were.
+    private func waitForDeadLetters(below seq: UInt64, timeoutMs: Int64) -> Bool {
+        // Real time, not the engine's clock: this waits for another thread's work.
+        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(max(0, timeoutMs)) * 1_000_000
+        while true {
+            let done = lock.withLock { undeliveredDeadLetters.keys.allSatisfy { $0 >= seq } }
+            if done { return true }
+            if DispatchTime.now().uptimeNanoseconds >= deadline { return false }
+            Thread.sleep(forTimeInterval: 0.005)
         }
     }
 

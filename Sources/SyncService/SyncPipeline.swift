@@ -24,6 +24,7 @@ public final class SyncPipeline: Service, @unchecked Sendable {
     private var consumer: KafkaConsumer?
     private var admin: AdminServer?
     private var producer: KafkaProducer?
+    private var deadLetterWriter: KafkaDeadLetters?
     private var started = false
     private let loopsAlive = LoopsAlive()
 
@@ -34,17 +35,22 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         self.keys = keys
         self.senderOverride = sender
         var producer: KafkaProducer? = nil
+        var deadLetterWriter: KafkaDeadLetters? = nil
         var kafka = KafkaClientConfig(try config.resolvedKafkaProperties())
         kafka["group.instance.id"] = nil
         let sink: DeadLetterSink
         if let topic = config.deadLetterTopic {
             let p = try KafkaProducer(config: kafka, logger: logger)
             producer = p
-            sink = KafkaDeadLetters(producer: p, topic: topic, logger: logger)
+            let writer = KafkaDeadLetters(producer: p, topic: topic, logger: logger,
+                                          maxMessageBytes: kafka["message.max.bytes"].flatMap { Int($0) } ?? 1_000_000)
+            deadLetterWriter = writer
+            sink = writer
         } else {
             sink = LoggingDeadLetters(logger: logger)
         }
         self.producer = producer
+        self.deadLetterWriter = deadLetterWriter
         var engineOptions = config.engine
         engineOptions.foldspaceURL = config.foldspaceURL
         engine = SyncEngine(options: engineOptions, deadLetters: sink, logger: logger)
@@ -256,6 +262,7 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         hupTask.cancel()
         await admin.stop()
         await client?.shutdown()
+        deadLetterWriter?.close()
         producer?.close()
         stateStore?.close()
         let stats = engine.snapshot()

@@ -1,5 +1,7 @@
 import FoldspaceSandbox
 import Foundation
+import Kafka
+import Logging
 import Testing
 #if canImport(FoundationNetworking)
 import FoundationNetworking
@@ -235,7 +237,9 @@ func peakRSSKiB(_ pid: Int32) -> Int {
             ("too-deep", Array((#"{"type":"track","userId":"d","x":"# + String(repeating: "[", count: 65) + String(repeating: "]", count: 65) + "}").utf8)),
             ("invalid-utf8", Array(#"{"type":"track","userId":""#.utf8) + [0xC3, 0x28, 0xFF] + Array(#""}"#.utf8)),
             ("not-json", Array(#"{"type":"track","userId":"a"#.utf8) + [0] + Array(#"b"}"#.utf8)),
-            ("too-large", Array((#"{"type":"track","userId":"big","pad":""# + String(repeating: "x", count: 450_000) + #""}"#).utf8)),
+            // Over the default max_message_bytes (1 MiB), and over the producer's default
+            // message.max.bytes too: its dead letter is truncated, not dropped.
+            ("too-large", Array((#"{"type":"track","userId":"big","pad":""# + String(repeating: "x", count: 1_100_000) + #""}"#).utf8)),
             ("number-out-of-range", Array(#"{"type":"track","userId":"n","timestamp":1e999}"#.utf8)),
             ("wrong-type", Array(#"{"type":"identify","userId":"w","traits":{"email":1}}"#.utf8)),
             ("wrong-type", Array(#"{"type":"track","userId":"w","context":{"location":{"city":3}}}"#.utf8)),
@@ -251,9 +255,23 @@ func peakRSSKiB(_ pid: Int32) -> Int {
         }
         // A far-future timestamp is not dead-lettered: the event is folded at its Kafka time, and counted.
         values.append(Array(#"{"type":"track","userId":"future","timestamp":"2999-01-01T00:00:00Z"}"#.utf8))
+        // Valid, but with a 900 KB name: folded, the name cut to Foldspace's 255 characters.
+        let hugeName = String(repeating: "N", count: 900_000)
+        values.append(Array(#"{"type":"identify","userId":"huge","timestamp":"\#(iso8601(s.verifier.reference.base))","traits":{"name":"\#(hugeName)"}}"#.utf8))
         try kcatProduceValues(bootstrap: s.kafka.bootstrap, topic: "events", values)
-        let d = try daemon(s, env: ["FOLDSPACE_SYNC_MAX_MESSAGE_BYTES": "400000"],
-                           args: ["--dead-letter-topic", "dead-letters"])
+        // No payload time and a Kafka CreateTime near Int64.max, twice for one user: this
+        // made every start of the daemon trap. Now invalid (bad-timestamp), dead-lettered.
+        let absurd = try KafkaProducer(config: KafkaClientConfig(["bootstrap.servers": s.kafka.bootstrap, "log_level": "3"]),
+                                       logger: Logger(label: "test"))
+        for _ in 0..<2 {
+            try absurd.send(topic: "events", key: Array("clock".utf8), value: Array(#"{"type":"track","event":"Step","userId":"clock"}"#.utf8),
+                            timestampMs: .max - 1, onDelivery: nil)
+        }
+        #expect(absurd.flush(timeoutMs: 10_000))
+        absurd.close()
+        let expected = hostile + [("bad-timestamp", []), ("bad-timestamp", [])]
+        // Every limit at its default.
+        let d = try daemon(s, args: ["--dead-letter-topic", "dead-letters"])
         #expect(await waitUntil { s.sandbox.latestAcknowledged()["future"] != nil })
         await s.verifier.settleAndVerify([d], "hostile input")
         let future = s.sandbox.latestAcknowledged()["future"]?.json?["lastSeenDate"] as? Int64 ?? .max
@@ -263,12 +281,16 @@ func peakRSSKiB(_ pid: Int32) -> Int {
         var headers: [String] = []
         _ = await waitUntil(.seconds(30)) {
             headers = (try? kcatConsumeHeaders(bootstrap: s.kafka.bootstrap, topic: "dead-letters")) ?? []
-            return headers.count >= hostile.count
+            return headers.count >= expected.count
         }
-        #expect(headers.count == hostile.count, "\(headers)")
+        #expect(headers.count == expected.count, "\(headers)")
         let reasons = headers.compactMap { h in h.split(separator: ",").first { $0.hasPrefix("reason=") }?.dropFirst(7) }.map(String.init)
-        #expect(reasons.sorted() == hostile.map(\.reason).sorted())
+        #expect(reasons.sorted() == expected.map(\.reason).sorted())
         #expect(headers.allSatisfy { $0.contains("source.topic=events") && $0.contains("source.offset=") })
+        #expect(headers.filter { $0.contains("truncated=true") }.count == 1, "the too-large one, cut to fit")
+        #expect(headers.contains { $0.contains("reason=too-large") && $0.contains("original.bytes=") })
+        let huge = s.sandbox.latestAcknowledged()["huge"]?.json?["name"] as? String
+        #expect(huge == String(repeating: "N", count: 255))
         let deadLetters = (try? kcatConsume(bootstrap: s.kafka.bootstrap, topic: "dead-letters", format: "%k %s\n")) ?? ""
         #expect(!deadLetters.isEmpty && !deadLetters.contains(apiKey), "the API key reached a dead letter")
 
@@ -277,8 +299,8 @@ func peakRSSKiB(_ pid: Int32) -> Int {
         let port = try #require(line.flatMap { l in l.range(of: "127.0.0.1:").map { Int(l[$0.upperBound...].prefix { $0.isNumber }) } } ?? nil)
         let (data, _) = try await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)/metrics")!)
         let metrics = String(decoding: data, as: UTF8.self)
-        #expect(metrics.contains(#"foldspace_sync_events_total{result="invalid"} \#(hostile.count)"#), "\(metrics.prefix(3000))")
-        for (reason, n) in Dictionary(hostile.map { ($0.reason, 1) }, uniquingKeysWith: +) {
+        #expect(metrics.contains(#"foldspace_sync_events_total{result="invalid"} \#(expected.count)"#), "\(metrics.prefix(3000))")
+        for (reason, n) in Dictionary(expected.map { ($0.reason, 1) }, uniquingKeysWith: +) {
             #expect(metrics.contains(#"foldspace_sync_invalid_events_total{reason="\#(reason)"} \#(n)"#), "\(reason)")
         }
         #expect(metrics.contains("foldspace_sync_implausible_time_total 1"))

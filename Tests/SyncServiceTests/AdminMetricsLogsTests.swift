@@ -121,11 +121,12 @@ private func startAdmin(idleTimeout: Duration = .seconds(60), maxConnections: In
     }
 
     @Test func anIdleConnectionIsClosed() async throws {
+        // The server closes the connection (not the client's 30 s receive timeout, and
+        // not the server's default of a minute). No bound on how soon: the machines
+        // that run the tests are busy, and timing is not what this checks.
         let admin = try await startAdmin(idleTimeout: .milliseconds(300))
-        let c = try RawConnection(port: admin.port, receiveTimeoutMs: 5000)
-        let start = ContinuousClock.now
+        let c = try RawConnection(port: admin.port, receiveTimeoutMs: 30_000)
         #expect(await c.next() == .closed)
-        #expect(ContinuousClock.now - start < .seconds(4))
         await admin.stop()
     }
 
@@ -445,18 +446,22 @@ final class LineCollector: @unchecked Sendable {
         producer.close()
     }
 
-    /// Dead letters the producer refuses (over its size limit) log once an interval.
-    @Test func refusedDeadLettersAreSummarised() throws {
+    /// Dead letters that cannot be written (the broker is down) are retried, and their
+    /// failures log once an interval, not once per letter and attempt.
+    @Test func failingDeadLettersAreSummarised() async throws {
         let cluster = try MockCluster(brokers: 1)
         try cluster.createTopic("dl", partitions: 1)
+        cluster.setBroker(1, up: false)
         let log = LineCollector()
         let producer = try KafkaProducer(config: KafkaClientConfig([
-            "bootstrap.servers": cluster.bootstrapServers, "message.max.bytes": "1000", "log_level": "0",
+            "bootstrap.servers": cluster.bootstrapServers, "message.timeout.ms": "300", "log_level": "0",
         ]), logger: log.logger)
-        let sink = KafkaDeadLetters(producer: producer, topic: "dl", logger: log.logger)
+        let sink = KafkaDeadLetters(producer: producer, topic: "dl", logger: log.logger, retryDelayMs: 50)
         for _ in 0..<25 { sink.deadLetter(kind: "invalid-event", key: nil, value: [UInt8](repeating: 65, count: 5000), headers: []) }
-        let lines = log.lines.filter { $0.message == "cannot write dead letter" }
-        #expect(lines.count == 1, "\(lines.count) lines for 25 refusals")
+        #expect(await eventually(.seconds(20)) { sink.retries >= 50 }, "\(sink.retries) retries")
+        let lines = log.lines.filter { $0.message.hasPrefix("cannot write dead letter") }
+        #expect(lines.count == 1, "\(lines.count) lines for \(sink.retries) failures")
+        sink.close(timeoutMs: 1_000)
         producer.close()
     }
 

@@ -21,8 +21,10 @@ final class ManualClock: @unchecked Sendable {
 final class RecordingDeadLetters: DeadLetterSink, @unchecked Sendable {
     private let lock = NSLock()
     private var items: [(kind: String, key: [UInt8]?, value: [UInt8], headers: [(String, String)])] = []
-    func deadLetter(kind: String, key: [UInt8]?, value: [UInt8], headers: [(String, String)]) {
+    func deadLetter(kind: String, key: [UInt8]?, value: [UInt8], headers: [(String, String)],
+                    delivered: @escaping @Sendable () -> Void) {
         lock.withLock { items.append((kind, key, value, headers)) }
+        delivered()
     }
     var all: [(kind: String, key: [UInt8]?, value: [UInt8], headers: [(String, String)])] { lock.withLock { items } }
 }
@@ -102,11 +104,11 @@ func feed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: Int64,
         let (engine, _) = makeEngine(clock) // assigned at t0
         let track = { (i: Int) in (self.tp, Int64(i), #"{"type":"track","userId":"u\#(i % 7)","timestamp":"2025-11-24T10:00:00Z"}"#) }
         #expect(engine.awaitingCatchUp)
-        clock.advance(200) // the restore, the first fetch
-        feed(engine, (0..<300).map(track)) // three chunks, at t0+200
         // A look before the first fetch, with a backlog ahead, does not end the wait.
         #expect(engine.takeCatchUp(backlog: 400) == nil)
         #expect(engine.awaitingCatchUp)
+        clock.advance(200) // the restore, the first fetch
+        feed(engine, (0..<300).map(track)) // three chunks, at t0+200
         clock.advance(500)
         feed(engine, (300..<400).map(track)) // at t0+700
         feed(engine, [(tp, 400, "{not json")]) // not folded, not counted

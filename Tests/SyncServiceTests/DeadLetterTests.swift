@@ -1,0 +1,166 @@
+import Delivery
+import Foundation
+import Kafka
+import Logging
+import Testing
+import TestSupport
+@testable import SyncService
+
+/// A sink that keeps each letter's `delivered` until the test lets it go.
+final class DeferredDeadLetters: DeadLetterSink, @unchecked Sendable {
+    private let lock = NSLock()
+    private var pending: [@Sendable () -> Void] = []
+    var backlog = 0
+    var backlogBytes: Int { lock.withLock { backlog } }
+    var count: Int { lock.withLock { pending.count } }
+    func deadLetter(kind: String, key: [UInt8]?, value: [UInt8], headers: [(String, String)],
+                    delivered: @escaping @Sendable () -> Void) {
+        lock.withLock { pending.append(delivered) }
+    }
+    /// Calls every `delivered` kept so far.
+    func deliverAll() {
+        let all = lock.withLock { () -> [@Sendable () -> Void] in
+            defer { pending = [] }
+            return pending
+        }
+        for d in all { d() }
+    }
+    func setBacklog(_ n: Int) { lock.withLock { backlog = n } }
+}
+
+/// Reads a whole topic with kcat (as an outside client would): key, headers, value.
+func readTopic(_ bootstrap: String, _ topic: String) throws -> [(key: String, headers: String, value: String)] {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    p.arguments = ["kcat", "-C", "-b", bootstrap, "-t", topic, "-e", "-q", "-f", "%k\u{1}%h\u{1}%s\u{2}", "-X", "log_level=3"]
+    let out = Pipe()
+    p.standardOutput = out
+    try p.run()
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return String(decoding: data, as: UTF8.self).split(separator: "\u{2}").map {
+        let f = $0.split(separator: "\u{1}", omittingEmptySubsequences: false).map(String.init)
+        return (f[0], f.count > 1 ? f[1] : "", f.count > 2 ? f[2] : "")
+    }
+}
+
+/// Dead letters (issue "Hostile input", item 11): written before the offsets they cover
+/// are committed, in both state modes; truncated, never dropped, when over the
+/// producer's limit; retried when they fail; a backlog that pauses consuming.
+@Suite(.serialized) struct DeadLetterTests {
+    let tp = TopicPartition("events", 0)
+
+    func engine(_ clock: ManualClock, _ dl: DeadLetterSink, store: StateStore? = nil) -> (SyncEngine, OffsetLog) {
+        var o = EngineOptions()
+        o.debounceMs = 1_000
+        o.maxWaitMs = 5_000
+        o.requestsPerSecond = 1_000
+        o.burst = 1_000
+        o.durable = store != nil
+        o.deadLetterWaitMs = 50
+        o.maxDeadLetterBacklogBytes = 1_000
+        let e = SyncEngine(options: o, deadLetters: dl, logger: quietLogger, clock: clock.engineClock)
+        if let store { e.setStateStore(store) }
+        let log = OffsetLog()
+        e.setOffsetSink { log.store($0) }
+        e.partitionsAssigned([tp])
+        return (e, log)
+    }
+
+    @Test func memoryModeCommitsAnInvalidMessageOnlyOnceItsDeadLetterIsWritten() {
+        let clock = ManualClock()
+        let dl = DeferredDeadLetters()
+        let (e, offsets) = engine(clock, dl)
+        feed(e, [(tp, 0, #"{"type":"page"}"#), // no identity: invalid
+                 (tp, 1, #"{"type":"page","userId":"u","timestamp":"2025-11-24T10:00:00Z"}"#)])
+        clock.advance(2_000)
+        guard case .send(let jobs) = e.takeDue(limit: 10) else { Issue.record("nothing due"); return }
+        for j in jobs { e.complete(j, outcome: .acknowledged) }
+        #expect(dl.count == 1)
+        #expect((offsets[tp] ?? 0) == 0, "committed past a dead letter not yet written")
+        dl.deliverAll()
+        #expect(offsets[tp] == 2)
+    }
+
+    @Test func memoryModeHoldsARejectedUsersOffsetsUntilItsDeadLetterIsWritten() {
+        let clock = ManualClock()
+        let dl = DeferredDeadLetters()
+        let (e, offsets) = engine(clock, dl)
+        feed(e, [(tp, 0, #"{"type":"page","userId":"r","timestamp":"2025-11-24T10:00:00Z"}"#)])
+        clock.advance(2_000)
+        guard case .send(let jobs) = e.takeDue(limit: 10) else { Issue.record("nothing due"); return }
+        e.complete(jobs[0], outcome: .rejected(status: 400, response: "bad"))
+        #expect((offsets[tp] ?? 0) == 0)
+        dl.deliverAll()
+        #expect(offsets[tp] == 1)
+    }
+
+    @Test func aDurableCheckpointCommitsOnlyOnceTheDeadLettersAreWritten() {
+        let clock = ManualClock()
+        let dl = DeferredDeadLetters()
+        let store = MemoryStateStore()
+        let (e, _) = engine(clock, dl, store: store)
+        feed(e, [(tp, 0, #"{"type":"page","userId":"u","timestamp":"2025-11-24T10:00:00Z"}"#),
+                 (tp, 1, #"not json"#)])
+        #expect(e.checkpoint())
+        #expect(store.recordCount == 1)      // the state is written either way...
+        #expect(store.lastCommit[tp] == nil) // ...the offsets wait for the dead letter
+        dl.deliverAll()
+        #expect(e.checkpoint())
+        #expect(store.lastCommit[tp] == 2)
+    }
+
+    @Test func aDeadLetterBacklogPausesConsuming() {
+        let clock = ManualClock()
+        let dl = DeferredDeadLetters()
+        let (e, _) = engine(clock, dl)
+        #expect(!e.wantsPause)
+        dl.setBacklog(1_001)
+        #expect(e.wantsPause)
+        dl.setBacklog(900) // above 80 %: still paused
+        #expect(e.wantsPause)
+        dl.setBacklog(700)
+        #expect(!e.wantsPause)
+    }
+
+    @Test func aDeadLetterOverTheProducersLimitIsTruncatedNotDropped() async throws {
+        let cluster = try MockCluster(brokers: 1)
+        try cluster.createTopic("dl", partitions: 1)
+        let producer = try KafkaProducer(config: KafkaClientConfig([
+            "bootstrap.servers": cluster.bootstrapServers, "message.max.bytes": "20000", "log_level": "3",
+        ]), logger: quietLogger)
+        let sink = KafkaDeadLetters(producer: producer, topic: "dl", logger: quietLogger, maxMessageBytes: 20_000)
+        let delivered = Flag()
+        sink.deadLetter(kind: "invalid-event", key: Array("k".utf8), value: [UInt8](repeating: 0x61, count: 100_000),
+                        headers: [("reason", "too-large")]) { delivered.set() }
+        #expect(await eventually(.seconds(20)) { delivered.isSet })
+        #expect(sink.backlogBytes == 0)
+        sink.close()
+        producer.close()
+        let got = try readTopic(cluster.bootstrapServers, "dl")
+        #expect(got.count == 1)
+        #expect(got.first?.headers.contains("truncated=true") == true, "\(got.first?.headers ?? "")")
+        #expect(got.first?.headers.contains("original.bytes=100000") == true)
+        #expect((got.first?.value.count ?? 0) > 10_000 && (got.first?.value.count ?? 0) < 20_000)
+    }
+
+    @Test func aDeadLetterThatFailsIsWrittenAgain() async throws {
+        let cluster = try MockCluster(brokers: 1)
+        try cluster.createTopic("dl", partitions: 1)
+        let producer = try KafkaProducer(config: KafkaClientConfig([
+            "bootstrap.servers": cluster.bootstrapServers, "message.timeout.ms": "300", "log_level": "0",
+        ]), logger: quietLogger)
+        let sink = KafkaDeadLetters(producer: producer, topic: "dl", logger: quietLogger, retryDelayMs: 100)
+        cluster.setBroker(1, up: false)
+        let delivered = Flag()
+        sink.deadLetter(kind: "invalid-event", key: nil, value: Array("lost?".utf8), headers: []) { delivered.set() }
+        #expect(await eventually(.seconds(20)) { sink.retries >= 1 }, "the first attempt did not fail")
+        #expect(!delivered.isSet)
+        cluster.setBroker(1, up: true)
+        #expect(await eventually(.seconds(30)) { delivered.isSet })
+        sink.close()
+        producer.close()
+        let got = try readTopic(cluster.bootstrapServers, "dl")
+        #expect(got.map(\.value).contains("lost?"))
+    }
+}
