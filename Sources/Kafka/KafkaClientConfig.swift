@@ -184,6 +184,7 @@ func installLogging(_ conf: OpaquePointer, context: CallbackContext) {
                 "reason": "\(errorText(buf))",
             ])
             ctx.consumer?.noteFatal()
+            ctx.producer?.noteFatal()
         }
         if !fatal {
             // Transport errors (broker down, all brokers down) are retried by librdkafka.

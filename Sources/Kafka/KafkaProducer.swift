@@ -16,6 +16,7 @@ public final class KafkaProducer: @unchecked Sendable {
     private let stopped = DispatchSemaphore(value: 0)
     private var failed = 0
     private var delivered = 0
+    private var fatal = false
     /// Failed deliveries log one line per error kind per interval, with the count: a
     /// broker outage fails every queued message, and one line each would flood the log.
     private let failureLog: LogSummariser
@@ -88,6 +89,18 @@ public final class KafkaProducer: @unchecked Sendable {
         for (name, n) in failureLog.due() {
             logger.error("kafka delivery failed", metadata: ["error": "\(name)", "count": .stringConvertible(n)])
         }
+    }
+
+    /// Whether librdkafka reported a fatal error (an idempotent producer's sequence is
+    /// lost, …): the instance can write nothing more, and the process must restart.
+    public var hasFatalError: Bool { lock.withLock { fatal } }
+
+    func noteFatal() { lock.withLock { fatal = true } }
+
+    /// Raises a fatal error as librdkafka would (its own testing hook), for tests of
+    /// what the daemon does then.
+    public func raiseFatalErrorForTesting() {
+        _ = rd_kafka_test_fatal_error(rk, RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER, "raised by a test")
     }
 
     /// Messages queued in librdkafka and not yet acknowledged (or failed).

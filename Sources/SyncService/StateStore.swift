@@ -17,6 +17,12 @@ public protocol StateStore: Sendable {
     func write(_ records: [(partition: Int32, key: [UInt8], value: [UInt8]?)]) throws
     /// Commits source offsets (the next offset to read, per partition).
     func commit(_ offsets: [TopicPartition: Int64]) throws
+    /// Whether the store's writer hit a fatal error: nothing more can be written.
+    var hasFatalError: Bool { get }
+}
+
+extension StateStore {
+    public var hasFatalError: Bool { false }
 }
 
 /// The changelog on Kafka: an idempotent producer with `acks=all` for writes, a
@@ -27,6 +33,7 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
     public let partitions: Int32
     /// The source topic's partition count, written into every record.
     public let sourcePartitions: Int32
+    public var hasFatalError: Bool { producer.hasFatalError }
     private let producer: KafkaProducer
     private let config: KafkaClientConfig
     private let logger: Logger

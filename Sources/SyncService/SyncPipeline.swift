@@ -66,6 +66,9 @@ public final class SyncPipeline: Service, @unchecked Sendable {
     /// Asks the pipeline to shut down as on SIGTERM.
     public func requestStop() { stopContinuation.yield() }
 
+    /// Raises a fatal error in the dead-letter producer (tests of what follows).
+    func raiseDeadLetterProducerFatalErrorForTesting() { producer?.raiseFatalErrorForTesting() }
+
     public func run() async throws {
         var kafka = KafkaClientConfig(try config.resolvedKafkaProperties())
         kafka["group.id"] = config.group
@@ -93,6 +96,13 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         #endif
         let consumer = try KafkaConsumer(config: kafka, topics: config.topics, handler: engine, logger: logger)
         stateStore?.attach(consumer: consumer)
+        // A fatal error of any Kafka client (the consumer, the state writer, the
+        // dead-letter writer) fails /healthz and stops the process with status 1: the
+        // instance can no longer do its work, and a restart is the remedy.
+        let deadLetterProducer = lock.withLock { producer }
+        let kafkaFatal: @Sendable () -> Bool = { [stateStore] in
+            consumer.hasFatalError || (stateStore?.hasFatalError ?? false) || (deadLetterProducer?.hasFatalError ?? false)
+        }
         engine.setOffsetSink { consumer.storeOffsets($0) }
         engine.setPartitionTotal { consumer.subscribedPartitionCount() }
 
@@ -114,7 +124,6 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         let engine = self.engine
         let alive = loopsAlive
         let notifier = SystemdNotifier()
-        let deadLetterProducer = lock.withLock { producer }
         let admin: AdminServer
         do {
             admin = try await AdminServer.start(
@@ -127,7 +136,7 @@ public final class SyncPipeline: Service, @unchecked Sendable {
                                               fetcherWakeups: consumer.fetcherNudges, zstdBatchesSized: ZstdSizeHint.framesSized,
                                               kafka: consumer.statistics, producerQueues: queues, process: ProcessMetrics.read())
                 },
-                healthy: { alive.healthy && !consumer.hasFatalError },
+                healthy: { alive.healthy && !kafkaFatal() },
                 ready: { engine.snapshot().ready })
         } catch {
             // The admin address is taken (or cannot be bound): the HTTP client must be
@@ -230,7 +239,7 @@ public final class SyncPipeline: Service, @unchecked Sendable {
             group.addTask { try? await gracefulShutdown() }
             group.addTask { for await _ in stopStream { return } }
             group.addTask {
-                while !consumer.isFinished && !Task.isCancelled {
+                while !consumer.isFinished && !kafkaFatal() && !Task.isCancelled {
                     try? await Task.sleep(for: .milliseconds(200))
                 }
             }
@@ -272,8 +281,8 @@ public final class SyncPipeline: Service, @unchecked Sendable {
             "events_folded": .stringConvertible(stats.folded),
             "users_unsettled": .stringConvertible(stats.dirtyUsers &+ stats.unsettledAtLastRevocation),
         ])
-        if consumer.hasFatalError {
-            throw ConfigurationError("the Kafka consumer hit a fatal error")
+        if kafkaFatal() {
+            throw ConfigurationError("a Kafka client hit a fatal error (see the critical log line); exiting so that the process is restarted")
         }
     }
 }

@@ -159,6 +159,31 @@ func peakRSSKiB(_ pid: Int32) -> Int {
         await tearDown(s, [d])
     }
 
+    /// Answers that once settled users silently, crashed, or were trusted too soon: a
+    /// redirect (the breaker opens, nobody is settled or dead-lettered), a 429 whose
+    /// Retry-After is an HTTP-date with an eleven-digit year (it overflowed and trapped),
+    /// and answers slower than the request timeout (the outcome is unknown: the newest
+    /// state goes again after the next acknowledgement).
+    @Test func redirectsAbsurdRetryAfterAndTimeouts() async throws {
+        var s = try await setUp("answers", users: 6)
+        s.sandbox.scriptAll([.init(status: 307), .init(status: 307),
+                             .init(status: 429, retryAfter: "Sun, 06 Nov 99999999999 08:49:37 GMT"),
+                             .init(status: 200, delayMs: 2_500), .init(status: 200, delayMs: 2_500)])
+        try produce(&s, 0..<60)
+        let d = try daemon(s, env: ["FOLDSPACE_SYNC_REQUEST_TIMEOUT": "1s", "FOLDSPACE_SYNC_BREAKER_PROBE_INTERVAL": "500ms"],
+                           args: ["--dead-letter-topic", "dead-letters"])
+        await s.verifier.settleAndVerify([d], "redirects, an absurd Retry-After and timeouts")
+        #expect(d.process.isRunning)
+        #expect(d.stderr.contains("Foldspace answers 307 for every user"), "the breaker named the status")
+        let statuses = s.sandbox.requests.map(\.status)
+        #expect(statuses.filter { $0 == 307 }.count == 2)
+        // Two requests timed out (their answers came after 1 s); each user still ends
+        // acknowledged with its newest state (the verifier), and nothing was dead-lettered.
+        let letters = (try? kcatConsume(bootstrap: s.kafka.bootstrap, topic: "dead-letters", format: "%k\n")) ?? ""
+        #expect(letters.isEmpty, "\(letters)")
+        await tearDown(s, [d])
+    }
+
     @Test func fiveSecondsOfLatency() async throws {
         var s = try await setUp("slow", users: 16)
         s.sandbox.setLatency(ms: 5_000)
@@ -218,7 +243,8 @@ func peakRSSKiB(_ pid: Int32) -> Int {
         #expect(await waitUntil(.seconds(30)) { a.stderr.contains("partitions assigned") })
         // b joins: the group rebalances; a is told to stop while that is under way.
         let b = try daemon(s)
-        try await Task.sleep(for: .milliseconds(300))
+        // The rebalance is under way once a gives partitions up to b.
+        #expect(await waitUntil(.seconds(30)) { a.stderr.contains("partitions revoked") }, "\(a.stderr.suffix(1500))")
         a.signal(SIGTERM)
         #expect(await a.wait(timeout: .seconds(40)) == 0, "\(a.stderr.suffix(1500))")
         try produce(&s, 240..<480)

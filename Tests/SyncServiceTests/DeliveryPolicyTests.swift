@@ -94,13 +94,20 @@ func pageEvents(users: [String], perUser: Int, base: Int64 = 1_764_000_000_000) 
 }
 
 /// Updates for one user must never go backwards: lastSeenDate never decreases.
-func expectNoReordering(_ requests: [FoldspaceSandbox.Received]) {
+/// Passing needs something to order: at least one user with two requests that carry a
+/// body (with none, the check would pass on nothing).
+func expectNoReordering(_ requests: [FoldspaceSandbox.Received], sourceLocation: SourceLocation = #_sourceLocation) {
     var last: [String: Int64] = [:]
+    var compared = 0
     for r in requests {
         guard let seen = r.json?["lastSeenDate"] as? Int64 else { continue }
-        if let prev = last[r.identifyId] { #expect(seen >= prev, "update for \(r.identifyId) went backwards") }
+        if let prev = last[r.identifyId] {
+            #expect(seen >= prev, "update for \(r.identifyId) went backwards", sourceLocation: sourceLocation)
+            compared += 1
+        }
         last[r.identifyId] = seen
     }
+    #expect(compared > 0, "no user had two requests with a body: nothing was ordered", sourceLocation: sourceLocation)
 }
 
 @Suite(.serialized) struct DeliveryPolicyTests {
@@ -231,6 +238,25 @@ func expectNoReordering(_ requests: [FoldspaceSandbox.Received]) {
         #expect(try h.deadLetters().isEmpty)
     }
 
+    /// A fatal error of the dead-letter producer (any Kafka client) stops the daemon with
+    /// an error, so that systemd or Kubernetes restarts it: only the consumer's counted.
+    @Test func aFatalProducerErrorStopsThePipelineWithAnError() async throws {
+        let h = try await PipelineHarness()
+        try h.produce(pageEvents(users: ["fatal-1"], perUser: 1))
+        try h.start()
+        #expect(await eventually { h.sandbox.latestAcknowledged().count == 1 })
+        h.pipeline.raiseDeadLetterProducerFatalErrorForTesting()
+        let ended = Flag()
+        let watcher = Task { [task = h.task!] in
+            let r = await task.result
+            ended.set()
+            return r
+        }
+        #expect(await eventually(.seconds(30)) { ended.isSet }, "the pipeline kept running after a fatal error")
+        if case .success = await watcher.value { Issue.record("run() ended without an error") }
+        await h.sandbox.stop()
+    }
+
     @Test func a429StormIsWaitedOutWithoutRequestsInsideRetryAfter() async throws {
         let h = try await PipelineHarness()
         // Every request for a while gets 429 Retry-After: 1, then Foldspace recovers.
@@ -257,7 +283,14 @@ func expectNoReordering(_ requests: [FoldspaceSandbox.Received]) {
         let users = (0..<20).map { "slow5-\($0)" }
         try h.produce(pageEvents(users: users, perUser: 2))
         try h.start { c in c.requestTimeoutMs = 30_000 }
-        #expect(await eventually(.seconds(60)) { h.sandbox.latestAcknowledged().count == users.count })
+        // Newer events once the first answers are back: those users are sent again, so
+        // there is an order to keep.
+        #expect(await eventually(.seconds(60)) { h.sandbox.latestAcknowledged().count >= 1 })
+        try h.produce(pageEvents(users: users, perUser: 1, base: 1_764_000_100_000))
+        #expect(await eventually(.seconds(90)) {
+            let acked = h.sandbox.latestAcknowledged()
+            return users.allSatisfy { acked[$0]?.json?["lastSeenDate"] as? Int64 == 1_764_000_100_000 }
+        })
         expectNoReordering(h.sandbox.requests)
         try await h.stop()
     }
@@ -268,7 +301,12 @@ func expectNoReordering(_ requests: [FoldspaceSandbox.Received]) {
         let users = (0..<24).map { "s\($0)" }
         try h.produce(pageEvents(users: users, perUser: 2))
         try h.start { c in c.engine.maxInFlight = 16 }
-        #expect(await eventually(.seconds(40)) { h.sandbox.latestAcknowledged().count == users.count })
+        #expect(await eventually(.seconds(40)) { h.sandbox.latestAcknowledged().count >= 1 })
+        try h.produce(pageEvents(users: users, perUser: 1, base: 1_764_000_100_000))
+        #expect(await eventually(.seconds(60)) {
+            let acked = h.sandbox.latestAcknowledged()
+            return users.allSatisfy { acked[$0]?.json?["lastSeenDate"] as? Int64 == 1_764_000_100_000 }
+        })
         expectNoReordering(h.sandbox.requests)
         try await h.stop()
     }
