@@ -139,7 +139,11 @@ public struct Debouncer<Key: Hashable & Sendable>: Sendable {
     /// `unknownOutcome` (no answer: Foldspace may have applied it, or may yet) the user
     /// is sent once more after its next acknowledgement.
     public mutating func failed(_ key: Key, _ s: inout DeliveryState, retryAtMs: Int64, unknownOutcome: Bool = false) {
-        if unknownOutcome { s.unknownOutcome = true }
+        if unknownOutcome {
+            s.unknownOutcome = true
+            // What Foldspace holds is unknown: no body counts as already there.
+            s.settledHash = 0
+        }
         s.inFlight = false
         s.attempts &+= 1
         s.notBeforeMs = retryAtMs

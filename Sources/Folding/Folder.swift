@@ -110,7 +110,9 @@ public struct Folder: Sendable {
         }
         if let v = t.pointee.email.take() { text.add(.email, v) }
         if let v = t.pointee.name.take() ?? Self.joinedName(t.pointee.firstName, t.pointee.lastName) {
-            text.add(.name, v)
+            // Fitted when folded, not only when projected: a cut of the raw value could
+            // drop what fitting keeps (300 emoji, then "John Smith", is "John Smith").
+            text.add(.name, Self.fitName(v, &adjustments))
         }
         if let v = t.pointee.role.take() ?? t.pointee.title { text.add(.role, v) }
         if let v = t.pointee.phone.take() { text.add(.phone, v) }
@@ -258,6 +260,19 @@ public struct Folder: Sendable {
     /// The largest custom attribute value (compact JSON) a user keeps: Foldspace documents
     /// no limit, and an unbounded one would make every record and body unbounded.
     public static let customValueLimitBytes = 4096
+
+    /// A name as Foldspace takes it (``NameFitter``, then at most its limit), with the
+    /// adjustments counted; the projection of a fitted name changes nothing more.
+    static func fitName(_ raw: String, _ adjustments: inout Adjustments) -> String {
+        var fitted = NameFitter.fit(raw)
+        if fitted != raw { adjustments.record("name", .transliterated) }
+        if fitted.unicodeScalars.count > FoldspaceLimits.name {
+            fitted = String(String.UnicodeScalarView(fitted.unicodeScalars.prefix(FoldspaceLimits.name)))
+            while fitted.hasSuffix(" ") { fitted.removeLast() }
+            adjustments.record("name", .truncated)
+        }
+        return fitted
+    }
 
     static func joinedName(_ first: String?, _ last: String?) -> String? {
         switch (first, last) {

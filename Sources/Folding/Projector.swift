@@ -60,13 +60,9 @@ public struct Projector: Sendable {
         w.field("identifyId", identifyId)
         if let v = s.email?.value { fitOrOmit(&w, "email", v, FoldspaceLimits.email, &adjustments) }
         if let raw = s.name?.value {
-            var fitted = NameFitter.fit(raw)
-            if fitted != raw { adjustments.record("name", .transliterated) }
-            if fitted.unicodeScalars.count > FoldspaceLimits.name {
-                fitted = String(String.UnicodeScalarView(fitted.unicodeScalars.prefix(FoldspaceLimits.name)))
-                while fitted.hasSuffix(" ") { fitted.removeLast() }
-                adjustments.record("name", .truncated)
-            }
+            // Folded names are fitted already (a state restored from an older record may
+            // hold a raw one).
+            let fitted = Folder.fitName(raw, &adjustments)
             if fitted.isEmpty { adjustments.record("name", .omitted) } else { w.field("name", fitted) }
         }
         if let v = s.role?.value { truncate(&w, "role", v, FoldspaceLimits.role, &adjustments) }

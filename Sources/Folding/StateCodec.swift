@@ -30,8 +30,8 @@ public struct StoredUser: Sendable, Equatable {
 ///
 /// Version 2 replaced the single applied position (tag 27: source, offset) with one per
 /// source partition, each with the call index within its message and the message's
-/// Kafka time in seconds (tag 28); a version-1 record is still read (its position gets call 0 and
-/// an unknown Kafka time). A record of a later version is refused with
+/// Kafka time in seconds (tag 28); a version-1 record is still read (its position covers
+/// every call of its message, as version 1 skipped them all, with an unknown Kafka time). A record of a later version is refused with
 /// ``DecodeError/newerVersion(_:)``: its fields may mean what this build cannot know.
 /// Decoding never traps, whatever the bytes: every length and value read is checked.
 public enum StateCodec {
@@ -220,7 +220,9 @@ public enum StateCodec {
             case .applied: // version 1
                 let source = UInt32(truncatingIfNeeded: try f.varint())
                 let offset = try f.zigzag()
-                if offset >= 0 { s.appliedPositions = [AppliedPosition(source: source, offset: offset)] }
+                // Version 1 skipped every call at or below its offset: the whole message
+                // was applied, so every call of it counts as applied.
+                if offset >= 0 { s.appliedPositions = [AppliedPosition(source: source, offset: offset, call: .max, kafkaSeconds: 0)] }
             case .appliedPositions:
                 let n = try f.count(limit: UserState.maxAppliedSources)
                 var positions: [AppliedPosition] = []

@@ -263,6 +263,16 @@ public final class KafkaConsumer: @unchecked Sendable {
 
     /// Lag per assigned partition: high watermark minus the consumer's position,
     /// from librdkafka's cached watermarks (no broker round trip).
+    /// A partition's high watermark as last fetched (librdkafka's cached value; nil
+    /// before a fetch has told it).
+    public func highWatermark(_ tp: TopicPartition) -> Int64? {
+        var low: Int64 = 0
+        var high: Int64 = 0
+        guard rd_kafka_get_watermark_offsets(rk, tp.topic, tp.partition, &low, &high) == RD_KAFKA_RESP_ERR_NO_ERROR,
+              high >= 0 else { return nil }
+        return high
+    }
+
     public func lag() -> [TopicPartition: Int64] {
         let parts = assignment
         var out: [TopicPartition: Int64] = [:]

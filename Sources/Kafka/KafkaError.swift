@@ -31,6 +31,11 @@ public struct KafkaError: Error, CustomStringConvertible, Sendable {
     }
 
     public var description: String { message }
+
+    /// The record (or its batch) is over a size limit of the producer or the broker.
+    public var isMessageTooLarge: Bool {
+        code == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE.rawValue || code == RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE.rawValue
+    }
 }
 
 /// A partition of a topic.

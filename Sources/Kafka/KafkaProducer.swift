@@ -44,7 +44,9 @@ public final class KafkaProducer: @unchecked Sendable {
             ctx.producer?.delivery(err: msg.pointee.err)
             // A message sent with `onDelivery` carries its callback (retained once).
             if let p = msg.pointee._private {
-                Unmanaged<DeliveryCallback>.fromOpaque(p).takeRetainedValue().body(msg.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR)
+                let err = msg.pointee.err
+                Unmanaged<DeliveryCallback>.fromOpaque(p).takeRetainedValue()
+                    .body(err == RD_KAFKA_RESP_ERR_NO_ERROR ? nil : KafkaError(err, context: "delivery"))
             }
         }
         var errbuf = [CChar](repeating: 0, count: 512)
@@ -117,12 +119,12 @@ public final class KafkaProducer: @unchecked Sendable {
     }
 
     /// As ``send(topic:partition:key:value:headers:)``; `onDelivery` is called once, on
-    /// the producer's poll thread, with whether the message was written (after
-    /// librdkafka's own retries). Not called when this throws.
+    /// the producer's poll thread, with nil once the message is written, or the error it
+    /// failed with (after librdkafka's own retries). Not called when this throws.
     /// `timestampMs`: the message's CreateTime (nil: now).
     public func send(topic: String, partition: Int32? = nil, key: [UInt8]?, value: [UInt8]?,
                      headers: [(String, String)] = [], timestampMs: Int64? = nil,
-                     onDelivery: (@Sendable (Bool) -> Void)?) throws(KafkaError) {
+                     onDelivery: (@Sendable (KafkaError?) -> Void)?) throws(KafkaError) {
         let callback = onDelivery.map { Unmanaged.passRetained(DeliveryCallback($0)).toOpaque() }
         while true {
             var hdrs: OpaquePointer? = nil
@@ -205,6 +207,6 @@ public final class KafkaProducer: @unchecked Sendable {
 
 /// A message's delivery callback, passed through librdkafka as the message's opaque.
 final class DeliveryCallback: @unchecked Sendable {
-    let body: @Sendable (Bool) -> Void
-    init(_ body: @escaping @Sendable (Bool) -> Void) { self.body = body }
+    let body: @Sendable (KafkaError?) -> Void
+    init(_ body: @escaping @Sendable (KafkaError?) -> Void) { self.body = body }
 }

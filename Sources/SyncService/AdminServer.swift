@@ -76,6 +76,9 @@ public enum MetricsText {
         family("foldspace_sync_source_recreated_total", "counter",
                "Source partitions whose offsets restarted below users' applied positions with newer Kafka times (a recreated topic): their events are folded, not skipped.")
         sample("foldspace_sync_source_recreated_total", [], String(s.recreatedSources))
+        family("foldspace_sync_source_recreation_suspected_total", "counter",
+               "Source partitions where a message below users' applied offsets was much newer by Kafka time while the log was longer than those offsets: skipped as replays (reset the state if the topic was recreated).")
+        sample("foldspace_sync_source_recreation_suspected_total", [], String(s.suspectedRecreations))
         family("foldspace_sync_applied_sources_forgotten_total", "counter",
                "Applied positions users forgot because their events came from more source partitions than they keep (a replay from a forgotten one is folded again).")
         sample("foldspace_sync_applied_sources_forgotten_total", [], String(s.appliedSourcesForgotten))

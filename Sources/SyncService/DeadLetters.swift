@@ -32,6 +32,10 @@ public final class KafkaDeadLetters: DeadLetterSink, @unchecked Sendable {
         var size: Int
         /// Not produced before this (monotonic ms): a retry's pause.
         var notBeforeMs: Int64 = 0
+        /// The size the record must fit: the producer's limit, halved each time Kafka
+        /// finds it too large all the same (a broker or topic limit below it).
+        var limit: Int
+        var originalBytes: Int
     }
 
     private let cond = NSCondition()
@@ -66,7 +70,8 @@ public final class KafkaDeadLetters: DeadLetterSink, @unchecked Sendable {
 
     public func deadLetter(kind: String, key: [UInt8]?, value: [UInt8], headers: [(String, String)],
                            delivered: @escaping @Sendable () -> Void) {
-        var letter = Letter(key: key, value: value, headers: [("kind", kind)] + headers, kind: kind, delivered: delivered, size: 0)
+        var letter = Letter(key: key, value: value, headers: [("kind", kind)] + headers, kind: kind, delivered: delivered, size: 0,
+                            limit: maxMessageBytes, originalBytes: value.count)
         fit(&letter)
         cond.withLock {
             bytes += letter.size
@@ -78,17 +83,27 @@ public final class KafkaDeadLetters: DeadLetterSink, @unchecked Sendable {
     /// Record overhead beyond key, value and headers (batch and record headers).
     static let overheadBytes = 512
 
-    /// Cuts the value so that the record fits `message.max.bytes`, saying so in headers.
+    /// Cuts the value (and, past all reason, the key and header values) so that the
+    /// record fits `l.limit`, saying so in headers.
     private func fit(_ l: inout Letter) {
-        let headerBytes = l.headers.reduce(0) { $0 + $1.0.utf8.count + $1.1.utf8.count + 8 }
-        let fixed = (l.key?.count ?? 0) + headerBytes + Self.overheadBytes + 64 // the two headers added below
-        if fixed + l.value.count > maxMessageBytes {
-            let original = l.value.count
-            l.value = Array(l.value.prefix(max(0, maxMessageBytes - fixed)))
-            l.headers.append(("truncated", "true"))
-            l.headers.append(("original.bytes", String(original)))
+        let oldSize = l.size
+        func headerBytes() -> Int { l.headers.reduce(0) { $0 + $1.0.utf8.count + $1.1.utf8.count + 8 } }
+        var fixed = (l.key?.count ?? 0) + headerBytes() + Self.overheadBytes + 64 // the two headers added below
+        if fixed > l.limit / 2 {
+            // A key or headers that take the room themselves: cut them too.
+            if let k = l.key, k.count > l.limit / 8 { l.key = Array(k.prefix(l.limit / 8)) }
+            l.headers = l.headers.map { ($0.0, String(decoding: Array($0.1.utf8.prefix(max(16, l.limit / 64))), as: UTF8.self)) }
+            fixed = (l.key?.count ?? 0) + headerBytes() + Self.overheadBytes + 64
         }
-        l.size = (l.key?.count ?? 0) + l.value.count + headerBytes
+        if fixed + l.value.count > l.limit {
+            l.value = Array(l.value.prefix(max(0, l.limit - fixed)))
+            if !l.headers.contains(where: { $0.0 == "truncated" }) {
+                l.headers.append(("truncated", "true"))
+                l.headers.append(("original.bytes", String(l.originalBytes)))
+            }
+        }
+        l.size = (l.key?.count ?? 0) + l.value.count + headerBytes()
+        if oldSize != 0 { cond.withLock { bytes += l.size - oldSize } }
     }
 
     private static func nowMs() -> Int64 { Int64(DispatchTime.now().uptimeNanoseconds / 1_000_000) }
@@ -127,20 +142,20 @@ public final class KafkaDeadLetters: DeadLetterSink, @unchecked Sendable {
 
     private func produce(_ letter: Letter) {
         do {
-            try producer.send(topic: topic, key: letter.key, value: letter.value, headers: letter.headers) { [self] ok in
-                if ok {
+            try producer.send(topic: topic, key: letter.key, value: letter.value, headers: letter.headers) { [self] error in
+                if let error {
+                    retry(letter, why: "\(error)", tooLarge: error.isMessageTooLarge)
+                } else {
                     cond.withLock { bytes -= letter.size }
                     letter.delivered()
-                } else {
-                    retry(letter, why: "delivery failed")
                 }
             }
         } catch {
-            retry(letter, why: "\(error)")
+            retry(letter, why: "\(error)", tooLarge: error.isMessageTooLarge)
         }
     }
 
-    private func retry(_ letter: Letter, why: String) {
+    private func retry(_ letter: Letter, why: String, tooLarge: Bool) {
         if let n = failureLog.note(letter.kind + "\u{1}" + why) {
             logger.error("cannot write dead letter; it is retried, and the offsets it covers stay uncommitted", metadata: [
                 "kind": "\(letter.kind)", "error": "\(why)", "count": .stringConvertible(n),
@@ -148,6 +163,11 @@ public final class KafkaDeadLetters: DeadLetterSink, @unchecked Sendable {
         }
         var again = letter
         again.notBeforeMs = Self.nowMs() + retryDelayMs
+        if tooLarge && again.limit > 1024 {
+            // A limit below the producer's (the broker's or the topic's): smaller.
+            again.limit = max(1024, again.limit / 2)
+            fit(&again)
+        }
         cond.withLock {
             retried += 1
             queue.append(again)

@@ -52,8 +52,9 @@ public struct EngineOptions: Sendable {
     /// How long a durable checkpoint waits for the dead letters its offsets cover before
     /// it leaves the offsets to a later checkpoint (the state is written either way).
     public var deadLetterWaitMs: Int64 = 5_000
-    /// Users not seen (by event time) for this long are dropped from memory and, in
-    /// durable mode, tombstoned in the changelog; 0: never.
+    /// Users whose last event is this much older than their partition's latest event
+    /// (never past the wall clock) are dropped from memory and, in durable mode,
+    /// tombstoned in the changelog; 0: never.
     public var inactiveUserTTLMs: Int64 = 0
     public var decoder = DecoderOptions()
     /// Threads that decode messages, the poll thread included (it folds, in order, and
@@ -100,6 +101,9 @@ public struct EngineStats: Sendable {
     /// Source partitions detected as recreated (offsets restarted under the same name):
     /// events at or below a user's applied offset with a newer Kafka time, folded.
     public var recreatedSources = 0
+    /// Calls that looked newer than users' applied positions by Kafka time while the log
+    /// was longer than those positions: skipped as replays, and said.
+    public var suspectedRecreations = 0
     /// Applied positions a user forgot because its events came from more than
     /// ``UserState/maxAppliedSources`` source partitions.
     public var appliedSourcesForgotten = 0
@@ -408,9 +412,17 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// from being committed: the offset of an invalid message, or (memory mode) the
     /// offsets a rejected user's body covered. A durable checkpoint waits for those
     /// decided before its snapshot.
-    private enum DeadLetterHold { case offset(OffsetTracker.PartitionIndex, Int64), holds(Holds), none }
+    /// `user`: durable mode, a rejected user's letter; until it is written the user is
+    /// checkpointed as dirty with no settled body (``pendingUserLetters``), so that a
+    /// crash before the letter lands sends the body again (and so dead-letters it again).
+    private enum DeadLetterHold { case offset(OffsetTracker.PartitionIndex, Int64), holds(Holds), user(String), none }
     private var deadLetterSeq: UInt64 = 0
     private var undeliveredDeadLetters: [UInt64: DeadLetterHold] = [:]
+    private var pendingUserLetters: [String: Int] = [:]
+    /// Per partition, the latest event time folded (the partition's "stream time"):
+    /// `inactive_user_ttl` counts from it, not from the wall clock, so a backlog of old
+    /// events being read does not expire its users as it goes.
+    private var streamTimeMs: [Int64] = []
     /// Where the next sweep of the user table starts, and the user types counted so far
     /// in this round of sweeps (published when a round ends).
     private var sweepCursor = 0
@@ -421,6 +433,8 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// Partitions whose replay skipping / recreation was logged since their assignment.
     private var replayNoted: Set<OffsetTracker.PartitionIndex> = []
     private var recreationNoted: Set<OffsetTracker.PartitionIndex> = []
+    private var recreationSuspected: Set<OffsetTracker.PartitionIndex> = []
+    private var highWatermark: (@Sendable (TopicPartition) -> Int64?)?
     private var stateStore: StateStore?
     /// Serializes checkpoints, so commits of one partition never go backwards.
     private let checkpointLock = NSLock()
@@ -465,6 +479,12 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         lock.withLock { partitionTotal = total }
     }
 
+    /// Where a source partition's high watermark is read (the consumer's cached one):
+    /// the proof that a topic was recreated.
+    public func setHighWatermarkSource(_ source: @escaping @Sendable (TopicPartition) -> Int64?) {
+        lock.withLock { highWatermark = source }
+    }
+
     /// Recomputes this instance's share of the rate from its assignment. Called on the
     /// poll thread after each rebalance (the metadata call happens outside the lock).
     private func updateRateShare() {
@@ -495,8 +515,9 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     }
 
     /// Walks the next `limit` slots of the user table: counts users by type (published
-    /// when a round of sweeps ends) and, with `inactive_user_ttl`, drops users not seen
-    /// for that long (by event time) that have nothing pending: not dirty, no request in
+    /// when a round of sweeps ends) and, with `inactive_user_ttl`, drops users whose last
+    /// event is that much older than their partition's latest one, if nothing of theirs
+    /// is pending: not dirty, no request in
     /// flight, no offset held. In durable mode each gets a tombstone at the next
     /// checkpoint. Cheap enough to call every second: the whole table is walked in
     /// rounds, never under the lock at once.
@@ -504,11 +525,14 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         let nowEpoch = clock.epochMs()
         lock.withLock {
             let ttl = options.inactiveUserTTLMs
-            let cutoff = ttl > 0 ? nowEpoch.subtractingReportingOverflow(ttl).partialValue : .min
+            // Per partition: its stream time (never past the wall clock) less the TTL.
+            let cutoffs = streamTimeMs.map { t in
+                ttl > 0 && t != .min ? min(t, nowEpoch).subtractingReportingOverflow(ttl).partialValue : Int64.min
+            }
             var expired: [(String, OffsetTracker.PartitionIndex)] = []
             let next = users.scan(from: sweepCursor, limit: max(1, limit)) { e in
-                if ttl > 0, e.state.lastSeenMs < cutoff, !e.delivery.isDirty, !e.delivery.inFlight,
-                   e.holds.isEmpty, e.flightHolds.isEmpty {
+                if ttl > 0, Int(e.home) < cutoffs.count, e.state.lastSeenMs < cutoffs[Int(e.home)], !e.delivery.isDirty,
+                   !e.delivery.inFlight, e.holds.isEmpty, e.flightHolds.isEmpty, pendingUserLetters[e.identity] == nil {
                     expired.append((e.identity, e.home))
                     return
                 }
@@ -566,9 +590,13 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                     let taken: (Int32, StoredUser, OffsetTracker.PartitionIndex)? = users.modify(key) { entry in
                         guard entry.checkpointPending else { return nil }
                         entry.checkpointPending = false
+                        // A rejected body whose dead letter is not written yet: stored as
+                        // not settled, so that a crash before the letter lands sends it again.
+                        let letterPending = pendingUserLetters[key] != nil
                         return (statePartitions[Int(entry.home)],
-                                StoredUser(state: entry.state, dirty: entry.delivery.isDirty,
-                                           settledHash: entry.delivery.settledHash, sourcePartitions: sourcePartitions),
+                                StoredUser(state: entry.state, dirty: entry.delivery.isDirty || letterPending,
+                                           settledHash: letterPending ? 0 : entry.delivery.settledHash,
+                                           sourcePartitions: sourcePartitions),
                                 entry.home)
                     } ?? nil
                     guard let (partition, stored, home) = taken else { continue }
@@ -884,7 +912,11 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
 
     private func apply(_ e: UnsafeMutablePointer<SegmentEvent>, timeMs t: Int64, message m: ConsumedMessage, call: UInt32,
                        partition pidx: OffsetTracker.PartitionIndex, isNew: Bool, nowMono: Int64, to entry: inout UserEntry) {
+        // A user waiting for a checkpoint under another partition is queued under this
+        // one too: revoking this one must write it before its offset is committed.
+        if entry.checkpointPending && entry.home != pidx { pendingCheckpoint[pidx, default: []].append(e.pointee.identity) }
         entry.home = pidx
+        if t > streamTimeMs[Int(pidx)] { streamTimeMs[Int(pidx)] = t }
         let source = sourceIds[Int(pidx)]
         let kafkaMs = m.timestampMs ?? -1
         if entry.state.hasApplied(source: source, offset: m.offset, call: call) {
@@ -917,16 +949,32 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         }
     }
 
-    /// A call at or below the user's applied position of its source whose message is
-    /// newer, by Kafka time, than the applied one by over ``recreationToleranceMs``: a
-    /// replay reads the very messages again (same times), so the offsets restarted, the
-    /// topic was deleted and created again under its name. Said once per partition and
-    /// assignment (log and metric); the caller then folds the event. Called with the lock
-    /// held.
+    /// Whether a call at or below the user's applied position of its source comes from
+    /// a recreated topic (offsets restarted under the same name), to be folded, rather
+    /// than a replay, to be skipped. Two signs are needed: its message is newer, by Kafka
+    /// time, than the applied one by over ``recreationToleranceMs`` (a replay reads the
+    /// same messages), and the partition's high watermark is at or below the applied
+    /// offset (the log is shorter than what was applied: it restarted). The time alone is
+    /// no proof — producers that stamp `CreateTime` with event times make it go back and
+    /// forth, and folding a replay counts it twice — so then the call is skipped, and the
+    /// suspicion is said (warning, `foldspace_sync_source_recreation_suspected_total`).
+    /// Said once per partition and assignment. Called with the lock held.
     private func isRecreation(_ s: UserState, source: UInt32, kafkaMs: Int64, partition pidx: OffsetTracker.PartitionIndex,
                               offset: Int64) -> Bool {
         guard kafkaMs >= 0, let applied = s.appliedPosition(source: source), applied.kafkaSeconds > 0,
               kafkaMs / 1000 > Int64(applied.kafkaSeconds) + Self.recreationToleranceMs / 1000 else { return false }
+        let tp = partitionsByIndex[Int(pidx)]
+        guard let hw = highWatermark?(tp), hw >= 0, hw <= applied.offset else {
+            if !recreationSuspected.contains(pidx) {
+                recreationSuspected.insert(pidx)
+                stats.suspectedRecreations += 1
+                logger.warning("a message at or below users' applied offsets is much newer (Kafka time) than the one they applied, but the log is longer than those offsets: skipped as a replay; if the topic was recreated, reset this group's state", metadata: [
+                    "partition": "\(tp)", "offset": "\(offset)", "applied_offset": "\(applied.offset)",
+                    "kafka_ms": "\(kafkaMs)", "applied_kafka_s": "\(applied.kafkaSeconds)",
+                ])
+            }
+            return false
+        }
         if !recreationNoted.contains(pidx) {
             recreationNoted.insert(pidx)
             stats.recreatedSources += 1
@@ -949,6 +997,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         partitionIndex[tp] = i
         partitionsByIndex.append(tp)
         sourceIds.append(stableSourceId(tp))
+        streamTimeMs.append(.min)
         offsets.activate(i)
         return i
     }
@@ -968,6 +1017,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                 assigned.insert(i)
                 replayNoted.remove(i)
                 recreationNoted.remove(i)
+                recreationSuspected.remove(i)
                 lastCommitted[i] = nil
                 pendingCheckpoint[i] = nil
                 pendingTombstones[i] = nil
@@ -1045,9 +1095,11 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                     unsettled += 1
                 }
                 users[key] = nil
+                pendingUserLetters[key] = nil
                 dropped += 1
             }
             stats.unsettledAtLastRevocation = unsettled
+            forgetDeadLetterHolds(of: revoked)
             for i in idxs {
                 offsets.deactivate(i)
                 assigned.remove(i)
@@ -1067,13 +1119,15 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// Flushes every dirty user until the given partitions hold no offsets (or all
     /// users are settled when `partitions` is nil), or the timeout passes.
     public func drain(partitions: [OffsetTracker.PartitionIndex]?, timeoutMs: Int64) {
-        let deadline = clock.monotonicMs() + timeoutMs
+        // Real time, not the engine's clock: this waits for other threads' work (a
+        // manual clock in tests would never reach the deadline).
+        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(max(0, timeoutMs)) * 1_000_000
         lock.withLock {
             draining = true
             debouncer.rescheduleAll(at: clock.monotonicMs())
         }
         defer { lock.withLock { draining = false } }
-        while clock.monotonicMs() < deadline {
+        while DispatchTime.now().uptimeNanoseconds < deadline {
             let done: Bool = lock.withLock {
                 if let partitions { return partitions.allSatisfy { offsets.holdCount($0) == 0 } }
                 return dirty.count == 0
@@ -1219,9 +1273,10 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             case .unauthorized(let status), .systemic(let status, _):
                 fail(job, &entry, retryAtMs: now, reason: String(status))
             case .retryable(let reason):
-                // No answer: the request may still be applied, after a newer one.
+                // No answer, or a gateway's (502, 504): the request may still be applied,
+                // after a newer one.
                 fail(job, &entry, retryAtMs: now + delay, reason: reason,
-                     unknownOutcome: reason == "timeout" || reason == "connection")
+                     unknownOutcome: ["timeout", "connection", "502", "504"].contains(reason))
             }
             markForCheckpoint(job.identifyId, &entry)
             users[job.identifyId] = entry
@@ -1249,10 +1304,30 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// offsets that body covered stay held (taken out of the entry, so settling does not
     /// release them) until the letter is written. Called with the lock held.
     private func reserveDeadLetter(for entry: inout UserEntry) -> UInt64 {
-        guard !options.durable else { return reserveDeadLetter(.none) }
+        guard !options.durable else {
+            pendingUserLetters[entry.identity, default: 0] += 1
+            return reserveDeadLetter(.user(entry.identity))
+        }
         let taken = entry.holds
         entry.holds = Holds()
         return reserveDeadLetter(.holds(taken))
+    }
+
+    /// Revoked partitions' offsets are no longer this instance's to hold: a letter
+    /// delivered after they come back must not release a hold taken since. Called with
+    /// the lock held, before the partitions are deactivated.
+    private func forgetDeadLetterHolds(of revoked: Set<OffsetTracker.PartitionIndex>) {
+        for (seq, hold) in undeliveredDeadLetters {
+            switch hold {
+            case .offset(let p, _) where revoked.contains(p):
+                undeliveredDeadLetters[seq] = DeadLetterHold.none
+            case .holds(let h):
+                var kept = Holds()
+                h.forEach { p, o in if !revoked.contains(p) { _ = kept.add(p, o) } }
+                undeliveredDeadLetters[seq] = .holds(kept)
+            default: break
+            }
+        }
     }
 
     /// A dead letter was written: what it held back may be committed.
@@ -1261,6 +1336,12 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             switch undeliveredDeadLetters.removeValue(forKey: seq) {
             case .offset(let p, let o)?: offsets.release(p, offset: o)
             case .holds(var h)?: release(&h)
+            case .user(let key)?:
+                if let n = pendingUserLetters[key] {
+                    pendingUserLetters[key] = n > 1 ? n - 1 : nil
+                    // The next checkpoint stores the user settled.
+                    if n <= 1 { _ = users.modify(key) { entry in markForCheckpoint(key, &entry) } }
+                }
             case .none?, nil: break
             }
             publishOffsets()

@@ -105,6 +105,7 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         }
         engine.setOffsetSink { consumer.storeOffsets($0) }
         engine.setPartitionTotal { consumer.subscribedPartitionCount() }
+        engine.setHighWatermarkSource { consumer.highWatermark($0) }
 
         let sender: UserUpdateSender
         var client: FoldspaceClient? = nil

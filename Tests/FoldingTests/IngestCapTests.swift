@@ -38,7 +38,9 @@ import Testing
         // Bounded: five cut text fields and one subscription id, ~1 KiB each.
         #expect(s.approximateBytes < 12 * 1024, "\(s.approximateBytes)")
         #expect(adj.counts["email|capped"] == 1)
-        #expect(adj.counts["name|capped"] == 1)
+        // The name is fitted when folded (transliterated, then cut to 255), not capped.
+        #expect(adj.counts["name|transliterated"] == 1)
+        #expect(adj.counts["name|truncated"] == 1)
         #expect(adj.counts["location.city|capped"] == 1)
         #expect(adj.counts["lastSubscriptionIdentifier|capped"] == 1)
         #expect(adj.counts["customAttributes|capped"] == 1)
@@ -54,6 +56,16 @@ import Testing
         // A later event of the user is cheap again: the state did not hold the megabyte.
         folder.fold(decode(#"{"type":"page","userId":"u","timestamp":"2025-11-24T10:00:01Z"}"#), timeMs: nowMs, offset: 1, into: &s)
         #expect(s.approximateBytes < 12 * 1024)
+    }
+
+    /// The name is fitted before anything is cut: 300 emoji then a name is that name.
+    @Test func aNameIsFittedNotCutRaw() {
+        let json = #"{"type":"identify","userId":"u","timestamp":"2025-11-24T10:00:00Z","traits":{"name":"\#(String(repeating: "😀", count: 300)) John Smith"}}"#
+        var s = UserState()
+        var adj = Adjustments()
+        Folder(config: FoldConfig()).fold(decode(json), timeMs: nowMs - 1_000, offset: 0, into: &s, adjustments: &adj)
+        var padj = Adjustments()
+        #expect(project(s, &padj)["name"] as? String == "John Smith")
     }
 
     @Test func aCutNeverSplitsACharacter() {

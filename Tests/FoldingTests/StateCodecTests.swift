@@ -96,7 +96,11 @@ import Testing
         #expect(u.state.firstVisitMs == 1000)
         #expect(u.state.lastSeenMs == 2000)
         #expect(u.state.visits == 2)
-        #expect(u.state.appliedPositions == [AppliedPosition(source: 5, offset: 7, call: 0, kafkaSeconds: 0)])
+        // Version 1 skipped every call of the message at its offset: all of them count
+        // as applied (call 0 would fold a replayed envelope's later calls again).
+        #expect(u.state.appliedPositions == [AppliedPosition(source: 5, offset: 7, call: .max, kafkaSeconds: 0)])
+        #expect(u.state.hasApplied(source: 5, offset: 7, call: 3))
+        #expect(!u.state.hasApplied(source: 5, offset: 8, call: 0))
         // Read as version 2 writes it: the position now per source, with its call.
         #expect(try StateCodec.decode(StateCodec.encode(u)) == u)
         #expect(u.dirty)

@@ -170,8 +170,10 @@ func feedTimed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: I
         feedTimed(a, (0..<5).map { (p0, Int64($0), t0 + Int64($0), paid($0)) })
         #expect(a.checkpoint())
         // The topic is deleted and created again under the same name: offsets restart at
-        // 0, the events are new (Kafka times a day later).
+        // 0, the events are new (Kafka times a day later), and the log is shorter than
+        // the offsets users applied (high watermark 3 ≤ 4).
         let b = engine(clock, store, assign: [p0])
+        b.setHighWatermarkSource { _ in 3 }
         feedTimed(b, (0..<3).map { (p0, Int64($0), t0 + day + Int64($0), paid(10 + $0)) })
         #expect(body(b, "u")["pqlScore"] as? Double == score(8), "\(body(b, "u"))")
         let s = b.snapshot()
@@ -183,5 +185,30 @@ func feedTimed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: I
         feedTimed(b, [(p0, 2, t0 + day + 2, paid(12))])
         #expect(b.snapshot().skippedReplays == 1)
         #expect(body(b, "u")["pqlScore"] as? Double == score(8))
+    }
+
+    /// Newer by Kafka time alone is no proof: producers that stamp CreateTime with event
+    /// times make a replay's earlier offsets look newer. While the log is longer than
+    /// the applied offsets, such calls are skipped (never counted twice) and said.
+    @Test func aReplayWithNewerKafkaTimesIsSkippedAndSaid() {
+        let clock = ManualClock()
+        let store = MemoryStateStore()
+        let day: Int64 = 86_400_000
+        let t0: Int64 = 1_764_000_000_000
+        let paid = { (m: Int) in #"{"type":"track","userId":"u","event":"Paid","timestamp":"2025-11-24T10:\#(10 + m):00Z"}"# }
+        // Offsets 0-2 stamped a day after offsets 3-4 (a backfill wrote the later ones).
+        let times = [t0 + day, t0 + day + 1, t0 + day + 2, t0, t0 + 1]
+        let a = engine(clock, store, assign: [p0])
+        feedTimed(a, (0..<5).map { (p0, Int64($0), times[$0], paid($0)) })
+        #expect(a.checkpoint())
+        // A restart before the commit took: the same five messages again.
+        let b = engine(clock, store, assign: [p0])
+        b.setHighWatermarkSource { _ in 5 }
+        feedTimed(b, (0..<5).map { (p0, Int64($0), times[$0], paid($0)) })
+        #expect(body(b, "u")["pqlScore"] as? Double == score(5), "\(body(b, "u"))")
+        let s = b.snapshot()
+        #expect(s.recreatedSources == 0)
+        #expect(s.suspectedRecreations == 1)
+        #expect(s.skippedReplays == 5)
     }
 }

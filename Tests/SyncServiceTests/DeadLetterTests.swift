@@ -1,4 +1,5 @@
 import Delivery
+import Folding
 import Foundation
 import Kafka
 import Logging
@@ -26,6 +27,11 @@ final class DeferredDeadLetters: DeadLetterSink, @unchecked Sendable {
         for d in all { d() }
     }
     func setBacklog(_ n: Int) { lock.withLock { backlog = n } }
+    /// Calls the oldest `delivered` kept.
+    func deliverFirst() {
+        let first = lock.withLock { pending.isEmpty ? nil : pending.removeFirst() }
+        first?()
+    }
 }
 
 /// Reads a whole topic with kcat (as an outside client would): key, headers, value.
@@ -110,6 +116,57 @@ func readTopic(_ bootstrap: String, _ topic: String) throws -> [(key: String, he
         #expect(store.lastCommit[tp] == 2)
     }
 
+    /// Durable mode: a rejected body's letter not yet written keeps the user stored as
+    /// not settled, so that a crash before the letter lands sends it (and dead-letters
+    /// it) again; once written, the user is stored settled.
+    @Test func aDurableRejectedUserIsStoredUnsettledUntilItsLetterIsWritten() throws {
+        let clock = ManualClock()
+        let dl = DeferredDeadLetters()
+        let store = MemoryStateStore()
+        let (e, _) = engine(clock, dl, store: store)
+        feed(e, [(tp, 0, #"{"type":"page","userId":"r","timestamp":"2025-11-24T10:00:00Z"}"#)])
+        clock.advance(2_000)
+        guard case .send(let jobs) = e.takeDue(limit: 10) else { Issue.record("nothing due"); return }
+        e.complete(jobs[0], outcome: .rejected(status: 400, response: "bad"))
+        #expect(e.checkpoint())
+        let pending = try StateCodec.decode(try #require(try store.read(partition: 0).last?.value))
+        #expect(pending.dirty)
+        #expect(pending.settledHash == 0)
+        dl.deliverAll()
+        #expect(e.checkpoint())
+        let settled = try StateCodec.decode(try #require(try store.read(partition: 0).last?.value))
+        #expect(!settled.dirty)
+        #expect(settled.settledHash == jobs[0].hash)
+    }
+
+    /// Memory mode: a letter written after its partition was revoked and assigned back
+    /// must not release a hold taken since (it would commit past an unsent update).
+    @Test func aLateLetterDoesNotReleaseAHoldTakenAfterAReassignment() {
+        let clock = ManualClock()
+        let dl = DeferredDeadLetters()
+        var o = EngineOptions()
+        o.debounceMs = 1_000
+        o.maxWaitMs = 5_000
+        o.drainTimeoutMs = 10
+        let e = SyncEngine(options: o, deadLetters: dl, logger: quietLogger, clock: clock.engineClock)
+        let offsets = OffsetLog()
+        e.setOffsetSink { offsets.store($0) }
+        e.partitionsAssigned([tp])
+        feed(e, [(tp, 0, #"{"type":"page"}"#)]) // invalid: its letter holds offset 0
+        e.partitionsRevoked([tp])
+        e.partitionsAssigned([tp])
+        // Read again from 0: the invalid message (a second letter) and a user's event.
+        feed(e, [(tp, 0, #"{"type":"page"}"#), (tp, 1, #"{"type":"page","userId":"u","timestamp":"2025-11-24T10:00:00Z"}"#)])
+        dl.deliverFirst() // the old letter: the new one, for the same offset, is not written
+        #expect((offsets[tp] ?? 0) == 0, "committed past a letter not written")
+        dl.deliverFirst()
+        #expect((offsets[tp] ?? 0) <= 1, "committed past u's unsent event")
+        clock.advance(2_000)
+        guard case .send(let jobs) = e.takeDue(limit: 10) else { Issue.record("nothing due"); return }
+        e.complete(jobs[0], outcome: .acknowledged)
+        #expect(offsets[tp] == 2)
+    }
+
     @Test func aDeadLetterBacklogPausesConsuming() {
         let clock = ManualClock()
         let dl = DeferredDeadLetters()
@@ -142,6 +199,27 @@ func readTopic(_ bootstrap: String, _ topic: String) throws -> [(key: String, he
         #expect(got.first?.headers.contains("truncated=true") == true, "\(got.first?.headers ?? "")")
         #expect(got.first?.headers.contains("original.bytes=100000") == true)
         #expect((got.first?.value.count ?? 0) > 10_000 && (got.first?.value.count ?? 0) < 20_000)
+    }
+
+    /// A limit below the producer's (here the sink is told 1 MB, the producer refuses
+    /// over 20 kB, as a broker or topic limit would): the letter is cut further until it
+    /// fits, instead of failing for ever.
+    @Test func aLetterRefusedAsTooLargeIsCutUntilItFits() async throws {
+        let cluster = try MockCluster(brokers: 1)
+        try cluster.createTopic("dl", partitions: 1)
+        let producer = try KafkaProducer(config: KafkaClientConfig([
+            "bootstrap.servers": cluster.bootstrapServers, "message.max.bytes": "20000", "log_level": "0",
+        ]), logger: quietLogger)
+        let sink = KafkaDeadLetters(producer: producer, topic: "dl", logger: quietLogger, maxMessageBytes: 1_000_000, retryDelayMs: 10)
+        let delivered = Flag()
+        sink.deadLetter(kind: "invalid-event", key: nil, value: [UInt8](repeating: 0x62, count: 300_000), headers: []) { delivered.set() }
+        #expect(await eventually(.seconds(30)) { delivered.isSet })
+        #expect(sink.backlogBytes == 0)
+        sink.close()
+        producer.close()
+        let got = try readTopic(cluster.bootstrapServers, "dl")
+        #expect(got.count == 1)
+        #expect(got.first?.headers.contains("original.bytes=300000") == true)
     }
 
     @Test func aDeadLetterThatFailsIsWrittenAgain() async throws {

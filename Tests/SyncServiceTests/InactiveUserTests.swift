@@ -86,13 +86,28 @@ import Testing
     @Test func inMemoryModeDropsWithoutATombstone() {
         let clock = ManualClock()
         let e = engine(clock, ttlMs: 86_400_000, store: nil)
-        feed(e, [(tp, 0, #"{"type":"page","anonymousId":"old","timestamp":"\#(iso(clock, daysAgo: 3))"}"#)])
+        feed(e, [(tp, 0, #"{"type":"page","anonymousId":"old","timestamp":"\#(iso(clock, daysAgo: 3))"}"#),
+                 (tp, 1, #"{"type":"page","anonymousId":"new","timestamp":"\#(iso(clock, daysAgo: 0))"}"#)])
         settleAll(e, clock)
         e.sweep()
-        #expect(e.snapshot().users == 0)
+        #expect(e.snapshot().users == 1)
         #expect(e.snapshot().expiredUsers == 1)
         // Seen again, the user starts over.
-        feed(e, [(tp, 1, #"{"type":"page","anonymousId":"old","timestamp":"\#(iso(clock, daysAgo: 0))"}"#)])
-        #expect(e.snapshot().users == 1)
+        feed(e, [(tp, 2, #"{"type":"page","anonymousId":"old","timestamp":"\#(iso(clock, daysAgo: 0))"}"#)])
+        #expect(e.snapshot().users == 2)
+    }
+
+    /// The TTL counts from the partition's latest event time, not the wall clock: a
+    /// backlog of old events being read does not expire its users as it goes.
+    @Test func anOldBacklogIsNotExpiredWhileItIsRead() {
+        let clock = ManualClock()
+        let e = engine(clock, ttlMs: 86_400_000, store: nil)
+        feed(e, (0..<20).map { (tp, Int64($0), #"{"type":"page","anonymousId":"b\#($0)","timestamp":"\#(iso(clock, daysAgo: 60 - $0 / 10))"}"#) })
+        settleAll(e, clock)
+        e.sweep()
+        // b0-b9 are a day older than b10-b19 (the partition's latest): only the TTL
+        // between them counts, and they are exactly one day apart, not over it.
+        #expect(e.snapshot().expiredUsers == 0)
+        #expect(e.snapshot().users == 20)
     }
 }
