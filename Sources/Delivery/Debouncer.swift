@@ -38,6 +38,10 @@ public struct DeliveryState: Sendable, Equatable {
 public struct Debouncer<Key: Hashable & Sendable>: Sendable {
     public var debounceMs: Int64
     public var maxWaitMs: Int64
+    /// After an unknown outcome is followed by an acknowledgement, how long until the
+    /// newest state goes once more: long enough for the unanswered request, if it was
+    /// still being processed, to have landed first.
+    public var unknownOutcomeResendMs: Int64 = 0
     private var heap = MinHeap<Key>()
 
     public init(debounceMs: Int64, maxWaitMs: Int64) {
@@ -108,8 +112,9 @@ public struct Debouncer<Key: Hashable & Sendable>: Sendable {
     ///
     /// After an unknown outcome (see ``failed(_:_:retryAtMs:unknownOutcome:)``) the
     /// acknowledged body is not trusted to be Foldspace's last word: the earlier request
-    /// may be applied after it. The user is then due once more a quiet period later, and
-    /// its body is sent even if unchanged (no settled hash).
+    /// may be applied after it. The user is then due once more, a quiet period and
+    /// ``unknownOutcomeResendMs`` later, and its body is sent even if unchanged (no
+    /// settled hash).
     public mutating func settled(_ key: Key, _ s: inout DeliveryState, hash: UInt64, nowMs: Int64) -> Bool {
         s.inFlight = false
         s.attempts = 0
@@ -120,6 +125,7 @@ public struct Debouncer<Key: Hashable & Sendable>: Sendable {
             s.settledHash = 0
             s.lastChangeMs = nowMs
             s.dirtySinceMs = max(nowMs, 1)
+            s.notBeforeMs = nowMs + unknownOutcomeResendMs
             s.scheduled = true
             heap.push(key, at: dueMs(s))
             return false

@@ -46,6 +46,9 @@ public struct EngineOptions: Sendable {
     public var breakerProbeIntervalMs: Int64 = 30_000
     /// Foldspace's base URL, for the breaker's log lines (the engine sends nothing itself).
     public var foldspaceURL = ""
+    /// After a request without an answer is followed by an acknowledgement, how long until
+    /// the newest state is sent once more (the pipeline sets twice the request timeout).
+    public var unknownOutcomeResendMs: Int64 = 60_000
     /// Dead letters queued and not yet written, in bytes, above which consuming pauses
     /// (it resumes below 80 %).
     public var maxDeadLetterBacklogBytes = 64 << 20
@@ -469,6 +472,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         folder = Folder(config: options.fold)
         projector = Projector(config: options.fold)
         debouncer = Debouncer(debounceMs: options.debounceMs, maxWaitMs: options.maxWaitMs)
+        debouncer.unknownOutcomeResendMs = options.unknownOutcomeResendMs
         limiter = RateLimiter(ratePerSecond: options.requestsPerSecond, burst: options.burst, nowMs: clock.monotonicMs())
         limiter.probeIntervalMs = options.breakerProbeIntervalMs
     }

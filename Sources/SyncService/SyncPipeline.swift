@@ -53,6 +53,8 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         self.deadLetterWriter = deadLetterWriter
         var engineOptions = config.engine
         engineOptions.foldspaceURL = config.foldspaceURL
+        // An unanswered request may still be processed for about as long as we waited.
+        engineOptions.unknownOutcomeResendMs = 2 * config.requestTimeoutMs
         engine = SyncEngine(options: engineOptions, deadLetters: sink, logger: logger)
         (stopStream, stopContinuation) = AsyncStream.makeStream()
     }

@@ -177,8 +177,20 @@ func peakRSSKiB(_ pid: Int32) -> Int {
         #expect(d.stderr.contains("Foldspace answers 307 for every user"), "the breaker named the status")
         let statuses = s.sandbox.requests.map(\.status)
         #expect(statuses.filter { $0 == 307 }.count == 2)
-        // Two requests timed out (their answers came after 1 s); each user still ends
-        // acknowledged with its newest state (the verifier), and nothing was dead-lettered.
+        // Two requests timed out (their answers came after 1 s, so Foldspace applied them
+        // then): each of those users was sent again after that late application, so the
+        // stale write did not have the last word.
+        // (The stand-in records a request when it answers: wait for the slow two.)
+        var late: [FoldspaceSandbox.Received] = []
+        #expect(await waitUntil(.seconds(30)) {
+            late = s.sandbox.requests.filter { $0.respondedMs - $0.arrivedMs >= 2_000 }
+            return late.count == 2
+        }, "\(s.sandbox.requests.map { ($0.identifyId, $0.status, $0.respondedMs - $0.arrivedMs) })")
+        #expect(await waitUntil(.seconds(30)) {
+            late.allSatisfy { r in (s.sandbox.latestAcknowledged()[r.identifyId]?.arrivedMs ?? 0) > r.respondedMs }
+        }, "a late write kept the last word")
+        // Every user ends acknowledged with its newest state (the verifier), and nothing
+        // was dead-lettered.
         let letters = (try? kcatConsume(bootstrap: s.kafka.bootstrap, topic: "dead-letters", format: "%k\n")) ?? ""
         #expect(letters.isEmpty, "\(letters)")
         await tearDown(s, [d])
@@ -331,7 +343,30 @@ func peakRSSKiB(_ pid: Int32) -> Int {
         }
         #expect(metrics.contains("foldspace_sync_implausible_time_total 1"))
         #expect(!metrics.contains(apiKey))
-        await tearDown(s, [d])
+
+        // It committed to the end of the topic: stopped and started again, the daemon
+        // has nothing left to read (no lag from the committed offsets) and folds nothing.
+        d.signal(SIGTERM)
+        #expect(await d.wait(timeout: .seconds(40)) == 0, "\(d.stderr.suffix(1000))")
+        let again = try daemon(s, args: ["--dead-letter-topic", "dead-letters"])
+        var after = ""
+        var caughtUp = false
+        let deadline = ContinuousClock.now + .seconds(60)
+        while !caughtUp && ContinuousClock.now < deadline {
+            if let l = again.stderr.split(separator: "\n").first(where: { $0.contains("admin server listening") }),
+               let r = l.range(of: "127.0.0.1:"), let p = Int(l[r.upperBound...].prefix { $0.isNumber }),
+               let (data, _) = try? await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(p)/metrics")!) {
+                after = String(decoding: data, as: UTF8.self)
+                let lag = after.split(separator: "\n").filter { $0.hasPrefix("foldspace_sync_consumer_lag{") }
+                caughtUp = again.stderr.components(separatedBy: "partition restored").count - 1 == 2
+                    && lag.count == 2 && lag.allSatisfy { $0.hasSuffix(" 0") }
+            }
+            if !caughtUp { try await Task.sleep(for: .milliseconds(200)) }
+        }
+        #expect(caughtUp, "\(after.split(separator: "\n").filter { $0.contains("consumer_lag") }) \(again.stderr.suffix(1500))")
+        #expect(after.contains(#"foldspace_sync_events_total{result="folded"} 0"#), "read again after a restart")
+        #expect(after.contains(#"foldspace_sync_events_total{result="invalid"} 0"#), "read again after a restart")
+        await tearDown(s, [again])
     }
 }
 

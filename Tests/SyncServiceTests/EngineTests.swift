@@ -239,8 +239,10 @@ func feed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: Int64,
         let second = jobs(engine.takeDue(limit: 10))
         #expect(second.count == 1)
         engine.complete(second[0], outcome: .acknowledged)
-        clock.advance(500)
-        #expect(jobs(engine.takeDue(limit: 10)).isEmpty) // not before a quiet period
+        clock.advance(59_000)
+        // Not before the unanswered request could have landed (twice the request
+        // timeout: 60 s by default).
+        #expect(jobs(engine.takeDue(limit: 10)).isEmpty)
         clock.advance(1_000)
         let third = jobs(engine.takeDue(limit: 10))
         #expect(third.map(\.body) == second.map(\.body)) // the same, newest body
