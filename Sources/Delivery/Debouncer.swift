@@ -22,6 +22,9 @@ public struct DeliveryState: Sendable, Equatable {
     /// A request for this user ended without an answer (a timeout, a dropped
     /// connection): Foldspace may still apply it, after a newer one.
     public var unknownOutcome = false
+    /// The once-more send after an unknown outcome is what holds the user back (its
+    /// `notBeforeMs`): a drain sends it at once.
+    public var resendScheduled = false
 
     public init() {}
 
@@ -82,7 +85,9 @@ public struct Debouncer<Key: Hashable & Sendable>: Sendable {
         while out.count < limit, let top = heap.peek, top.at <= nowMs {
             _ = heap.pop()
             guard let s = state(top.key), s.isDirty, !s.inFlight else { continue }
-            let due = force ? s.notBeforeMs : dueMs(s)
+            // Draining: the debounce is ignored, and so is the wait before a resend after
+            // an unknown outcome (it cannot wait past a shutdown); a retry's backoff is not.
+            let due = force ? (s.resendScheduled ? nowMs : s.notBeforeMs) : dueMs(s)
             if due > nowMs {
                 heap.push(top.key, at: due)
             } else {
@@ -94,6 +99,7 @@ public struct Debouncer<Key: Hashable & Sendable>: Sendable {
 
     /// Marks the user as sent: its request is out with the current version.
     public func willSend(_ s: inout DeliveryState) {
+        s.resendScheduled = false
         s.inFlight = true
         s.scheduled = false
         s.sentVersion = s.version
@@ -126,6 +132,7 @@ public struct Debouncer<Key: Hashable & Sendable>: Sendable {
             s.lastChangeMs = nowMs
             s.dirtySinceMs = max(nowMs, 1)
             s.notBeforeMs = nowMs + unknownOutcomeResendMs
+            s.resendScheduled = true
             s.scheduled = true
             heap.push(key, at: dueMs(s))
             return false

@@ -603,9 +603,9 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                                            sourcePartitions: sourcePartitions),
                                 entry.home)
                     } ?? nil
-                    guard let (partition, stored, home) = taken else { continue }
+                    guard let (partition, stored, _) = taken else { continue }
                     snapshot.append((partition, key, stored))
-                    keys.append((home, key))
+                    keys.append((p, key))
                 }
                 // Expired users: a tombstone, unless an event brought the user back.
                 for key in pendingTombstones.removeValue(forKey: p) ?? [] where users[key] == nil {
@@ -651,7 +651,10 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                     guard var entry = users[key] else { continue }
                     if !entry.checkpointPending {
                         entry.checkpointPending = true
+                        // Under the partition whose list it came from, and its home if
+                        // that is another: revoking either must write it first.
                         pendingCheckpoint[p, default: []].append(key)
+                        if entry.home != p { pendingCheckpoint[entry.home, default: []].append(key) }
                         users[key] = entry
                     }
                 }
@@ -968,24 +971,20 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         guard kafkaMs >= 0, let applied = s.appliedPosition(source: source), applied.kafkaSeconds > 0,
               kafkaMs / 1000 > Int64(applied.kafkaSeconds) + Self.recreationToleranceMs / 1000 else { return false }
         let tp = partitionsByIndex[Int(pidx)]
+        let metadata: Logger.Metadata = [
+            "partition": "\(tp)", "offset": "\(offset)", "applied_offset": "\(applied.offset)",
+            "kafka_ms": "\(kafkaMs)", "applied_kafka_s": "\(applied.kafkaSeconds)",
+        ]
         guard let hw = highWatermark?(tp), hw >= 0, hw <= applied.offset else {
-            if !recreationSuspected.contains(pidx) {
-                recreationSuspected.insert(pidx)
+            if recreationSuspected.insert(pidx).inserted {
                 stats.suspectedRecreations += 1
-                logger.warning("a message at or below users' applied offsets is much newer (Kafka time) than the one they applied, but the log is longer than those offsets: skipped as a replay; if the topic was recreated, reset this group's state", metadata: [
-                    "partition": "\(tp)", "offset": "\(offset)", "applied_offset": "\(applied.offset)",
-                    "kafka_ms": "\(kafkaMs)", "applied_kafka_s": "\(applied.kafkaSeconds)",
-                ])
+                logger.warning("a message at or below users' applied offsets is much newer (Kafka time) than the one they applied, but the log is longer than those offsets: skipped as a replay; if the topic was recreated, reset this group's state", metadata: metadata)
             }
             return false
         }
-        if !recreationNoted.contains(pidx) {
-            recreationNoted.insert(pidx)
+        if recreationNoted.insert(pidx).inserted {
             stats.recreatedSources += 1
-            logger.error("source partition restarted below the users' applied offsets with newer messages: the topic was recreated; its events are folded, not skipped as replays", metadata: [
-                "partition": "\(partitionsByIndex[Int(pidx)])", "offset": "\(offset)", "applied_offset": "\(applied.offset)",
-                "kafka_ms": "\(kafkaMs)", "applied_kafka_s": "\(applied.kafkaSeconds)",
-            ])
+            logger.error("source partition restarted below the users' applied offsets with newer messages: the topic was recreated; its events are folded, not skipped as replays", metadata: metadata)
         }
         return true
     }
@@ -1089,6 +1088,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             let revoked = Set(idxs)
             var dropped = 0
             var unsettled = 0
+            var droppedUsers: Set<String> = []
             for (key, entry) in users.all where revoked.contains(entry.home) {
                 var keep = false
                 entry.holds.forEach { p, _ in if !revoked.contains(p) { keep = true } }
@@ -1099,11 +1099,11 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                     unsettled += 1
                 }
                 users[key] = nil
-                pendingUserLetters[key] = nil
+                if pendingUserLetters.removeValue(forKey: key) != nil { droppedUsers.insert(key) }
                 dropped += 1
             }
             stats.unsettledAtLastRevocation = unsettled
-            forgetDeadLetterHolds(of: revoked)
+            forgetDeadLetterHolds(of: revoked, droppedUsers: droppedUsers)
             for i in idxs {
                 offsets.deactivate(i)
                 assigned.remove(i)
@@ -1320,10 +1320,14 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// Revoked partitions' offsets are no longer this instance's to hold: a letter
     /// delivered after they come back must not release a hold taken since. Called with
     /// the lock held, before the partitions are deactivated.
-    private func forgetDeadLetterHolds(of revoked: Set<OffsetTracker.PartitionIndex>) {
+    private func forgetDeadLetterHolds(of revoked: Set<OffsetTracker.PartitionIndex>, droppedUsers: Set<String>) {
         for (seq, hold) in undeliveredDeadLetters {
             switch hold {
             case .offset(let p, _) where revoked.contains(p):
+                undeliveredDeadLetters[seq] = DeadLetterHold.none
+            case .user(let key) where droppedUsers.contains(key):
+                // The user left with its state stored unsettled; if it comes back, a
+                // letter of this time must not mark a later one written.
                 undeliveredDeadLetters[seq] = DeadLetterHold.none
             case .holds(let h):
                 var kept = Holds()

@@ -264,6 +264,31 @@ import Testing
     }
 }
 
+@Suite struct UnknownOutcomeTests {
+    /// After an unknown outcome and the next acknowledgement, the user goes once more
+    /// after the resend wait; a drain (shutdown, revocation) sends it at once.
+    @Test func theResendWaitsButNotForADrain() {
+        var d = Debouncer<String>(debounceMs: 100, maxWaitMs: 1_000)
+        d.unknownOutcomeResendMs = 60_000
+        var s = DeliveryState()
+        d.changed("u", &s, nowMs: 0)
+        #expect(d.popDue(nowMs: 100, limit: 10) { _ in s } == ["u"])
+        d.willSend(&s)
+        d.failed("u", &s, retryAtMs: 300, unknownOutcome: true)
+        #expect(s.settledHash == 0)
+        #expect(d.popDue(nowMs: 300, limit: 10) { _ in s } == ["u"])
+        d.willSend(&s)
+        #expect(!d.settled("u", &s, hash: 42, nowMs: 400)) // not clean: once more to go
+        #expect(s.settledHash == 0)
+        #expect(d.popDue(nowMs: 30_000, limit: 10) { _ in s }.isEmpty)
+        d.rescheduleAll(at: 30_000) // as a drain does
+        #expect(d.popDue(nowMs: 30_000, limit: 10, force: true) { _ in s } == ["u"])
+        d.willSend(&s)
+        #expect(d.settled("u", &s, hash: 42, nowMs: 30_100))
+        #expect(!s.resendScheduled)
+    }
+}
+
 @Suite struct HTTPPolicyTests {
     @Test func classification() {
         #expect(DeliveryOutcome.classify(status: 200, response: "", retryAfterMs: nil) == .acknowledged)

@@ -7,7 +7,7 @@ import Testing
 import TestSupport
 @testable import SyncService
 
-/// Feeds messages with their own Kafka timestamps (``feed`` gives every message the same).
+/// Feeds messages to the engine as the poll thread would, each with its own Kafka time.
 func feedTimed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: Int64, kafkaMs: Int64, json: String)]) {
     let buffers = messages.map { m -> UnsafeMutableBufferPointer<UInt8> in
         let b = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: max(1, m.json.utf8.count))

@@ -139,6 +139,32 @@ func readTopic(_ bootstrap: String, _ topic: String) throws -> [(key: String, he
         #expect(settled.settledHash == jobs[0].hash)
     }
 
+    /// Durable mode: a letter from before a revocation, written after the user came back
+    /// and was rejected again, must not mark the new letter written.
+    @Test func aLateLetterDoesNotSettleAUserRejectedAgainAfterAReassignment() throws {
+        let clock = ManualClock()
+        let dl = DeferredDeadLetters()
+        let store = MemoryStateStore()
+        let (e, _) = engine(clock, dl, store: store)
+        feed(e, [(tp, 0, #"{"type":"page","userId":"r","timestamp":"2025-11-24T10:00:00Z"}"#)])
+        clock.advance(2_000)
+        guard case .send(let first) = e.takeDue(limit: 10) else { Issue.record("nothing due"); return }
+        e.complete(first[0], outcome: .rejected(status: 400, response: "bad")) // letter 1, not written
+        e.partitionsRevoked([tp])
+        e.partitionsAssigned([tp]) // r restored unsettled, and due
+        clock.advance(2_000)
+        guard case .send(let second) = e.takeDue(limit: 10) else { Issue.record("r was not sent again"); return }
+        e.complete(second[0], outcome: .rejected(status: 400, response: "bad")) // letter 2
+        dl.deliverFirst() // letter 1 lands
+        #expect(e.checkpoint())
+        let stored = try StateCodec.decode(try #require(try store.read(partition: 0).last?.value))
+        #expect(stored.dirty && stored.settledHash == 0, "stored settled while letter 2 is not written")
+        dl.deliverFirst()
+        #expect(e.checkpoint())
+        let settled = try StateCodec.decode(try #require(try store.read(partition: 0).last?.value))
+        #expect(!settled.dirty)
+    }
+
     /// Memory mode: a letter written after its partition was revoked and assigned back
     /// must not release a hold taken since (it would commit past an unsent update).
     @Test func aLateLetterDoesNotReleaseAHoldTakenAfterAReassignment() {

@@ -60,19 +60,7 @@ final class PipelineHarness: @unchecked Sendable {
 
     /// Reads the dead-letter topic with kcat: key, headers and value of each record.
     func deadLetters() throws -> [(key: String, headers: String, value: String)] {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["kcat", "-C", "-b", cluster.bootstrapServers, "-t", "dead-letters", "-e", "-q",
-                       "-f", "%k\u{1}%h\u{1}%s\u{2}", "-X", "log_level=3"]
-        let out = Pipe()
-        p.standardOutput = out
-        try p.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return String(decoding: data, as: UTF8.self).split(separator: "\u{2}").map {
-            let f = $0.split(separator: "\u{1}", omittingEmptySubsequences: false).map(String.init)
-            return (f[0], f.count > 1 ? f[1] : "", f.count > 2 ? f[2] : "")
-        }
+        try readTopic(cluster.bootstrapServers, "dead-letters")
     }
 }
 

@@ -43,20 +43,9 @@ final class OffsetLog: @unchecked Sendable {
     subscript(tp: TopicPartition) -> Int64? { lock.withLock { latest[tp] } }
 }
 
-/// Feeds messages to the engine as the poll thread would.
+/// Feeds messages to the engine as the poll thread would, each with the same Kafka time.
 func feed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: Int64, json: String)]) {
-    let buffers = messages.map { m -> UnsafeMutableBufferPointer<UInt8> in
-        let b = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: max(1, m.json.utf8.count))
-        _ = b.initialize(from: m.json.utf8)
-        return b
-    }
-    defer { buffers.forEach { $0.deallocate() } }
-    let batch = zip(messages, buffers).map { m, b in
-        ConsumedMessage(topicPartition: m.tp, offset: m.offset, timestampMs: 1_764_000_000_000,
-                        key: UnsafeBufferPointer(start: nil, count: 0),
-                        value: UnsafeBufferPointer(start: b.baseAddress, count: m.json.utf8.count))
-    }
-    engine.consume(batch)
+    feedTimed(engine, messages.map { ($0.tp, $0.offset, 1_764_000_000_000, $0.json) })
 }
 
 @Suite struct EngineTests {
