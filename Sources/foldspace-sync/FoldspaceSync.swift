@@ -13,7 +13,7 @@ struct FoldspaceSync: AsyncParsableCommand {
         commandName: "foldspace-sync",
         abstract: "Folds product-analytics events from Kafka into Foldspace users.",
         version: foldspaceSyncVersion,
-        subcommands: [Run.self, Demo.self, CheckConfig.self, MockKafka.self])
+        subcommands: [Run.self, Demo.self, CheckConfig.self, Inspect.self, MockKafka.self])
 
     /// Exit statuses (docs/operations.md, deploy/systemd): 0 a clean stop, 1 a failure
     /// while running, 2 a usage or configuration error (systemd does not restart on 2:
@@ -174,6 +174,38 @@ extension FoldspaceSync {
             } catch {
                 FileHandle.standardError.write(Data("foldspace-sync: \(error)\n".utf8))
                 throw ExitCode(exitConfigurationError)
+            }
+        }
+    }
+
+    struct Inspect: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Print what the changelog holds for users, as JSON: state, the body that would be sent, applied positions.",
+            discussion: """
+                Reads the group's state topic (durable mode) with the same configuration as `run` \
+                (brokers, group, state_topic, kafka.properties); joins no group, writes nothing. \
+                The output holds users' data: for a terminal, not for logs.
+                """)
+
+        @OptionGroup var flags: ConfigFlags
+        @Argument(help: "identifyIds to look up") var ids: [String]
+
+        func run() async throws {
+            let config: SyncConfiguration
+            do {
+                config = try flags.load()
+                try config.validate(requireKey: false)
+            } catch {
+                FileHandle.standardError.write(Data("foldspace-sync: \(error)\n".utf8))
+                throw ExitCode(exitConfigurationError)
+            }
+            var logger = Logger(label: "foldspace-sync")
+            logger.logLevel = .error
+            do {
+                print(try SyncService.Inspect.run(config: config, ids: ids, logger: logger))
+            } catch {
+                FileHandle.standardError.write(Data("foldspace-sync: inspect: \(error)\n".utf8))
+                throw ExitCode(exitRuntimeFailure)
             }
         }
     }

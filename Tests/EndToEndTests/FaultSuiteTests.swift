@@ -196,6 +196,47 @@ func peakRSSKiB(_ pid: Int32) -> Int {
         await tearDown(s, [d])
     }
 
+    /// `inspect` reads the changelog from outside: a user's state, the body that would go
+    /// now (equal to what Foldspace acknowledged, once settled), the positions applied;
+    /// an unknown id is said to be missing.
+    @Test func inspectShowsWhatTheChangelogHolds() async throws {
+        var s = try await setUp("inspect", partitions: 2, users: 3)
+        try produce(&s, 0..<30)
+        let d = try daemon(s)
+        await s.verifier.settleAndVerify([d], "before inspect")
+        let user = "inspect-1"
+        var entries: [[String: Any]] = []
+        // The changelog is written every commit_interval (300 ms here): until the settled
+        // state is there, the body may still differ.
+        let deadline = ContinuousClock.now + .seconds(30)
+        repeat {
+            // With the daemon's configuration (its PQL model, numberOfVisits), as an
+            // operator would run it.
+            var env = VisitReference.pqlEnvironment
+            env["FOLDSPACE_SYNC_SEND_NUMBER_OF_VISITS"] = "true"
+            let c = try Child(["inspect", "--brokers", s.kafka.bootstrap, "--topic", "events", "--group", s.group, user, "nobody"],
+                              env: env)
+            #expect(await c.wait(timeout: .seconds(30)) == 0, "\(c.stderr.suffix(1000))")
+            entries = (try? JSONSerialization.jsonObject(with: Data(c.stdout.utf8)) as? [[String: Any]]) ?? []
+            if entries.first?["differsFromAcknowledged"] as? Bool == false { break }
+            try await Task.sleep(for: .milliseconds(300))
+        } while ContinuousClock.now < deadline
+        #expect(entries.count == 2)
+        let u = entries.first ?? [:]
+        #expect(u["found"] as? Bool == true)
+        #expect(u["differsFromAcknowledged"] as? Bool == false, "\(u)")
+        let body = u["body"] as? [String: Any]
+        let acked = s.sandbox.latestAcknowledged()[user]?.json
+        #expect(body?["lastSeenDate"] as? Int64 == acked?["lastSeenDate"] as? Int64)
+        #expect(body?["numberOfVisits"] as? Int64 == acked?["numberOfVisits"] as? Int64)
+        #expect(((u["state"] as? [String: Any])?["keyEventCounts"] as? [String: Any])?["Step"] != nil)
+        let positions = u["appliedPositions"] as? [[String: Any]] ?? []
+        #expect(!positions.isEmpty && positions.allSatisfy { ($0["source"] as? String)?.hasPrefix("events[") == true }, "\(positions)")
+        #expect(entries.last?["identifyId"] as? String == "nobody")
+        #expect(entries.last?["found"] as? Bool == false)
+        await tearDown(s, [d])
+    }
+
     @Test func fiveSecondsOfLatency() async throws {
         var s = try await setUp("slow", users: 16)
         s.sandbox.setLatency(ms: 5_000)

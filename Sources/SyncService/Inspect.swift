@@ -1,0 +1,93 @@
+import Delivery
+import Folding
+import Foundation
+import Kafka
+import Logging
+
+/// `foldspace-sync inspect ID…`: what the changelog holds for some users, for support
+/// questions ("why does Foldspace show X?"). Read-only: it joins no group and writes
+/// nothing.
+public enum Inspect {
+    /// Reads every partition of the group's changelog and describes each of `ids` as a
+    /// JSON object: whether a record is there (or a tombstone), the folded state, the
+    /// body the daemon would send now, whether that differs from the last body Foldspace
+    /// acknowledged, and the source positions applied. Returns a JSON array, in the
+    /// order of `ids`. The output holds users' data (emails, names): it is for the
+    /// operator's terminal, never for logs.
+    public static func run(config: SyncConfiguration, ids: [String], logger: Logger,
+                           nowMs: Int64 = Int64(Date().timeIntervalSince1970 * 1000)) throws -> String {
+        let admin = KafkaClientConfig(try config.resolvedKafkaProperties()).withoutConsumerProperties
+        let topic = config.effectiveStateTopic
+        let partitions = try KafkaAdmin.partitionCount(config: admin, topic: topic)
+        let wanted = Set(ids)
+        var latest: [String: (partition: Int32, value: [UInt8]?)] = [:]
+        for p in 0..<Int32(partitions) {
+            for r in try KafkaAdmin.readPartition(config: admin, topic: topic, partition: p, logger: logger) {
+                let key = String(decoding: r.key, as: UTF8.self)
+                if wanted.contains(key) { latest[key] = (p, r.value) }
+            }
+        }
+        // Source ids back to names: the source topics' partitions.
+        var sources: [UInt32: String] = [:]
+        for t in config.topics {
+            guard let n = try? KafkaAdmin.partitionCount(config: admin, topic: t) else { continue }
+            for p in 0..<Int32(n) { sources[stableSourceId(TopicPartition(t, p))] = "\(t)[\(p)]" }
+        }
+        let projector = Projector(config: config.engine.fold)
+        var out: [[String: Any]] = []
+        for id in ids {
+            var o: [String: Any] = ["identifyId": id, "stateTopic": topic]
+            guard let found = latest[id] else {
+                o["found"] = false
+                out.append(o)
+                continue
+            }
+            o["partition"] = Int(found.partition)
+            guard let value = found.value else {
+                o["found"] = false
+                o["tombstone"] = true // dropped by inactive_user_ttl
+                out.append(o)
+                continue
+            }
+            o["found"] = true
+            let stored: StoredUser
+            do {
+                stored = try StateCodec.decode(value)
+            } catch {
+                o["error"] = "the record cannot be decoded: \(error)"
+                out.append(o)
+                continue
+            }
+            let s = stored.state
+            var adjustments = Adjustments()
+            if let body = projector.body(identifyId: id, state: s, nowMs: nowMs, adjustments: &adjustments) {
+                o["body"] = (try? JSONSerialization.jsonObject(with: Data(body))) ?? String(decoding: body, as: UTF8.self)
+                o["differsFromAcknowledged"] = bodyHash(body) != stored.settledHash
+            }
+            o["dirty"] = stored.dirty
+            var state: [String: Any] = [
+                "visits": Int(s.visits),
+                "userType": projector.userType(s).rawValue,
+                "activeDaysLast64": s.activeDays.nonzeroBitCount,
+            ]
+            if s.firstVisitMs != .max { state["firstVisitDate"] = s.firstVisitMs }
+            if s.lastSeenMs != .min { state["lastSeenDate"] = s.lastSeenMs }
+            var keyEvents: [String: Int] = [:]
+            for k in s.keyEventCounts where Int(k.index) < config.engine.fold.keyEvents.count {
+                keyEvents[config.engine.fold.keyEvents[Int(k.index)].name] = Int(k.count)
+            }
+            if !keyEvents.isEmpty { state["keyEventCounts"] = keyEvents }
+            o["state"] = state
+            o["appliedPositions"] = s.appliedPositions.map { p -> [String: Any] in
+                var a: [String: Any] = ["offset": p.offset, "call": Int(p.call)]
+                a["source"] = sources[p.source] ?? String(p.source)
+                if p.kafkaSeconds > 0 { a["kafkaTime"] = Int64(p.kafkaSeconds) * 1000 }
+                return a
+            }
+            if !adjustments.counts.isEmpty { o["adjustments"] = adjustments.counts }
+            out.append(o)
+        }
+        let data = try JSONSerialization.data(withJSONObject: out, options: [.prettyPrinted, .sortedKeys])
+        return String(decoding: data, as: UTF8.self)
+    }
+}
