@@ -54,7 +54,7 @@ let package = Package(
         .target(name: "Folding", dependencies: ["Events", "CPrefetch"], swiftSettings: hotPath),
         // Delivery: debouncer, offset tracking, backoff, and the Foldspace HTTP client.
         .target(name: "Delivery", dependencies: [
-            "Folding",
+            "Events", "Folding",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
             .product(name: "NIOCore", package: "swift-nio"),

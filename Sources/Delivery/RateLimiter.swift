@@ -1,3 +1,5 @@
+import Events
+
 /// The client-wide sending policy as a state machine: a token bucket, an adaptive rate
 /// (multiplicative decrease on 429, additive recovery), the `Retry-After` pause, and the
 /// circuit breaker for faults that are not any one user's. Time is injected (monotonic
@@ -122,8 +124,7 @@ public struct RateLimiter: Sendable {
             refill(nowMs)
             factor = max(minFactor, factor * 0.5)
             tokens = min(tokens, 0)
-            let until = nowMs.addingReportingOverflow(retryAfter ?? backoffMs)
-            pausedUntilMs = max(pausedUntilMs, until.overflow ? .max : until.partialValue)
+            pausedUntilMs = max(pausedUntilMs, nowMs.adding(saturating: retryAfter ?? backoffMs))
             return false
         case .unauthorized(let status):
             open(status, nowMs: nowMs)

@@ -287,23 +287,8 @@ public struct Folder: Sendable {
 // Time and count arithmetic on folded state never traps: event times are plausible by the
 // time they reach the fold, but a state restored from a record written before that was
 // enforced, or crafted, may hold any value (a Kafka time near `Int64.max` once made every
-// restart trap on the same user).
-extension Int64 {
-    /// `self + other`, clamped to the type's range instead of trapping.
-    @inline(__always)
-    func adding(saturating other: Int64) -> Int64 {
-        let (r, overflow) = addingReportingOverflow(other)
-        return overflow ? (other > 0 ? .max : .min) : r
-    }
-
-    /// `self - other`, clamped to the type's range instead of trapping.
-    @inline(__always)
-    func subtracting(saturating other: Int64) -> Int64 {
-        let (r, overflow) = subtractingReportingOverflow(other)
-        return overflow ? (other < 0 ? .max : .min) : r
-    }
-}
-
+// restart trap on the same user). `Int64.adding(saturating:)` and
+// `subtracting(saturating:)` are in Events.
 extension UInt32 {
     /// Adds one, staying at `.max`.
     @inline(__always)

@@ -531,7 +531,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             let ttl = options.inactiveUserTTLMs
             // Per partition: its stream time (never past the wall clock) less the TTL.
             let cutoffs = streamTimeMs.map { t in
-                ttl > 0 && t != .min ? min(t, nowEpoch).subtractingReportingOverflow(ttl).partialValue : Int64.min
+                ttl > 0 && t != .min ? min(t, nowEpoch).subtracting(saturating: ttl) : Int64.min
             }
             var expired: [(String, OffsetTracker.PartitionIndex)] = []
             let next = users.scan(from: sweepCursor, limit: max(1, limit)) { e in

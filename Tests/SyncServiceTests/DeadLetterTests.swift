@@ -50,6 +50,20 @@ func readTopic(_ bootstrap: String, _ topic: String) throws -> [(key: String, he
     }
 }
 
+/// A dead-letter writer to topic "dl" of a new mock cluster, its producer set with
+/// `properties` (librdkafka's own logs off).
+func sinkOnMock(_ properties: [String: String], maxMessageBytes: Int = 1_000_000,
+                retryDelayMs: Int64 = 1_000) throws -> (MockCluster, KafkaProducer, KafkaDeadLetters) {
+    let cluster = try MockCluster(brokers: 1)
+    try cluster.createTopic("dl", partitions: 1)
+    var config = KafkaClientConfig(["bootstrap.servers": cluster.bootstrapServers, "log_level": "0"])
+    for (k, v) in properties { config[k] = v }
+    let producer = try KafkaProducer(config: config, logger: quietLogger)
+    let sink = KafkaDeadLetters(producer: producer, topic: "dl", logger: quietLogger, maxMessageBytes: maxMessageBytes,
+                                retryDelayMs: retryDelayMs)
+    return (cluster, producer, sink)
+}
+
 /// Dead letters (issue "Hostile input", item 11): written before the offsets they cover
 /// are committed, in both state modes; truncated, never dropped, when over the
 /// producer's limit; retried when they fail; a backlog that pauses consuming.
@@ -207,12 +221,7 @@ func readTopic(_ bootstrap: String, _ topic: String) throws -> [(key: String, he
     }
 
     @Test func aDeadLetterOverTheProducersLimitIsTruncatedNotDropped() async throws {
-        let cluster = try MockCluster(brokers: 1)
-        try cluster.createTopic("dl", partitions: 1)
-        let producer = try KafkaProducer(config: KafkaClientConfig([
-            "bootstrap.servers": cluster.bootstrapServers, "message.max.bytes": "20000", "log_level": "3",
-        ]), logger: quietLogger)
-        let sink = KafkaDeadLetters(producer: producer, topic: "dl", logger: quietLogger, maxMessageBytes: 20_000)
+        let (cluster, producer, sink) = try sinkOnMock(["message.max.bytes": "20000"], maxMessageBytes: 20_000)
         let delivered = Flag()
         sink.deadLetter(kind: "invalid-event", key: Array("k".utf8), value: [UInt8](repeating: 0x61, count: 100_000),
                         headers: [("reason", "too-large")]) { delivered.set() }
@@ -231,12 +240,7 @@ func readTopic(_ bootstrap: String, _ topic: String) throws -> [(key: String, he
     /// over 20 kB, as a broker or topic limit would): the letter is cut further until it
     /// fits, instead of failing for ever.
     @Test func aLetterRefusedAsTooLargeIsCutUntilItFits() async throws {
-        let cluster = try MockCluster(brokers: 1)
-        try cluster.createTopic("dl", partitions: 1)
-        let producer = try KafkaProducer(config: KafkaClientConfig([
-            "bootstrap.servers": cluster.bootstrapServers, "message.max.bytes": "20000", "log_level": "0",
-        ]), logger: quietLogger)
-        let sink = KafkaDeadLetters(producer: producer, topic: "dl", logger: quietLogger, maxMessageBytes: 1_000_000, retryDelayMs: 10)
+        let (cluster, producer, sink) = try sinkOnMock(["message.max.bytes": "20000"], maxMessageBytes: 1_000_000, retryDelayMs: 10)
         let delivered = Flag()
         sink.deadLetter(kind: "invalid-event", key: nil, value: [UInt8](repeating: 0x62, count: 300_000), headers: []) { delivered.set() }
         #expect(await eventually(.seconds(30)) { delivered.isSet })
@@ -249,12 +253,7 @@ func readTopic(_ bootstrap: String, _ topic: String) throws -> [(key: String, he
     }
 
     @Test func aDeadLetterThatFailsIsWrittenAgain() async throws {
-        let cluster = try MockCluster(brokers: 1)
-        try cluster.createTopic("dl", partitions: 1)
-        let producer = try KafkaProducer(config: KafkaClientConfig([
-            "bootstrap.servers": cluster.bootstrapServers, "message.timeout.ms": "300", "log_level": "0",
-        ]), logger: quietLogger)
-        let sink = KafkaDeadLetters(producer: producer, topic: "dl", logger: quietLogger, retryDelayMs: 100)
+        let (cluster, producer, sink) = try sinkOnMock(["message.timeout.ms": "300"], retryDelayMs: 100)
         cluster.setBroker(1, up: false)
         let delivered = Flag()
         sink.deadLetter(kind: "invalid-event", key: nil, value: Array("lost?".utf8), headers: []) { delivered.set() }
