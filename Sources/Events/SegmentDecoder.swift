@@ -16,6 +16,9 @@ public enum InvalidReason: String, Sendable, CaseIterable {
     case batchTooLarge = "batch-too-large"
     case missingType = "missing-type"
     case identityTooLong = "identity-too-long"
+    /// A control record (the key `foldspace-sync.control`) that is not a request this
+    /// version understands.
+    case invalidControl = "invalid-control"
 }
 
 /// A rejected message or batch element, with the field at fault where there is one.

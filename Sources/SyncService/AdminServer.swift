@@ -125,6 +125,14 @@ public enum MetricsText {
         family("foldspace_sync_restore_failures_total", "counter",
                "Durable state: changelog reads that failed and records that could not be decoded (those users start with no state).")
         sample("foldspace_sync_restore_failures_total", [], String(s.restoreFailures))
+        family("foldspace_sync_resync_requests_total", "counter",
+               "Resync control records applied (one per source partition of a `foldspace-sync resync`).")
+        sample("foldspace_sync_resync_requests_total", [], String(s.resyncRequests))
+        family("foldspace_sync_resync_users_total", "counter", "Users queued to be sent again by a resync.")
+        sample("foldspace_sync_resync_users_total", [], String(s.resyncUsers))
+        family("foldspace_sync_resync_pending_partitions", "gauge",
+               "Partitions whose resync of all users has not queued every user yet (it waits while many users await delivery).")
+        sample("foldspace_sync_resync_pending_partitions", [], String(s.resyncPendingPartitions))
         family("foldspace_sync_users", "gauge", "Users held in memory.")
         sample("foldspace_sync_users", [], String(s.users))
         family("foldspace_sync_users_by_type", "gauge", "Users held in memory by the type their body carries, as of the last full sweep of the user table (every few seconds).")

@@ -121,6 +121,11 @@ public struct EngineStats: Sendable {
     public var checkpointDuration = Histogram()
     public var restoredUsers = 0
     public var restoreFailures = 0
+    /// Resync control records applied (one per partition of a request), users queued to
+    /// be sent again by them, and partitions whose all-users resync is not through yet.
+    public var resyncRequests = 0
+    public var resyncUsers = 0
+    public var resyncPendingPartitions = 0
     /// Users still waiting for Foldspace when the latest revocation let them go: their
     /// offsets stay uncommitted (memory) or their state carries them (durable), so the
     /// next owner sends them.
@@ -335,6 +340,17 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             return end == entries.count ? 0 : end
         }
 
+        /// As ``scan(from:limit:_:)``, with each entry mutable in place; stops early, at
+        /// the slot after the one for which `body` returned false.
+        mutating func scanModifying(from cursor: Int, limit: Int, _ body: (inout UserEntry) -> Bool) -> Int {
+            let end = min(entries.count, cursor + limit)
+            guard cursor < end else { return 0 }
+            for i in cursor..<end where !entries[i].identity.isEmpty {
+                if !body(&entries[i]) { return i + 1 == entries.count ? 0 : i + 1 }
+            }
+            return end == entries.count ? 0 : end
+        }
+
         func forEachEntry(_ body: (UserEntry) -> Void) {
             for e in entries where !e.identity.isEmpty { body(e) }
         }
@@ -438,6 +454,12 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     private var recreationNoted: Set<OffsetTracker.PartitionIndex> = []
     private var recreationSuspected: Set<OffsetTracker.PartitionIndex> = []
     private var highWatermark: (@Sendable (TopicPartition) -> Int64?)?
+    /// All-users resyncs requested and not started, and those of the round under way: by
+    /// partition, the offset of the control record, held (uncommitted) until the round
+    /// has queued every user of the partition. ``resyncCursor``: the round's next slot.
+    private var resyncQueued: [OffsetTracker.PartitionIndex: Int64] = [:]
+    private var resyncRound: [OffsetTracker.PartitionIndex: Int64] = [:]
+    private var resyncCursor = 0
     private var stateStore: StateStore?
     /// Serializes checkpoints, so commits of one partition never go backwards.
     private let checkpointLock = NSLock()
@@ -551,6 +573,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                 if options.durable { pendingTombstones[home, default: []].append(key) }
             }
             stats.expiredUsers += expired.count
+            resyncStep(nowMono: clock.monotonicMs(), slots: max(1, limit))
             if next == 0 {
                 usersByType = typeTally
                 typeTally = [0, 0, 0]
@@ -611,7 +634,10 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                 for key in pendingTombstones.removeValue(forKey: p) ?? [] where users[key] == nil {
                     tombstones.append((statePartitions[Int(p)], key, p))
                 }
-                if let pos = offsets.consumedPosition(p), pos > (lastCommitted[p] ?? -1) {
+                // Not past a resync that has not queued every user yet.
+                if var pos = offsets.consumedPosition(p) {
+                    if let floor = resyncFloor(p) { pos = min(pos, floor) }
+                    guard pos > (lastCommitted[p] ?? -1) else { continue }
                     commit[partitionsByIndex[Int(p)]] = pos
                     positions.append((p, pos))
                 }
@@ -764,6 +790,11 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                         origins[c].removeAll(keepingCapacity: true)
                         for i in (c * Self.decodeChunk)..<min(batch.count, (c + 1) * Self.decodeChunk) {
                             let before = calls[c].count
+                            if ResyncRequest.isControl(key: batch[i].key) {
+                                calls[c].append(.ignored(Self.controlMarker))
+                                origins[c].append(Int32(truncatingIfNeeded: i))
+                                continue
+                            }
                             decoder.decode(batch[i].value, nowMs: nowEpoch, into: &calls[c])
                             calls[c].resolveTimes(from: before, kafkaMs: batch[i].timestampMs, nowMs: nowEpoch)
                             if calls[c].count == before { calls[c].append(.ignored("")) }
@@ -818,6 +849,9 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// Events per decode chunk: small enough that folding starts soon after a batch
     /// arrives, large enough that handing chunks between threads costs little.
     static let decodeChunk = 128
+    /// What the decode puts for a control record (``ResyncRequest/key``): the fold
+    /// applies it in order with the events around it.
+    static let controlMarker = "foldspace-sync.control"
     /// How many events ahead of the fold a user's storage is requested (its entry's
     /// other lines twice as far ahead, so that its pointers are there to be read).
     static let prefetchAhead = 4
@@ -887,8 +921,16 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                         let slot = slotScratch[j]
                         fold(events.baseAddress! + Int(k), slot: slot < 0 ? Int(~slot) : Int(slot), isNew: slot < 0, message: m,
                              call: call, partition: pidx, nowEpoch: nowEpoch, nowMono: now)
-                    case .ignored:
-                        stats.ignored += 1
+                    case .ignored(let t):
+                        if t == Self.controlMarker, ResyncRequest.isControl(key: m.key) {
+                            if !control(m, partition: pidx, nowMono: now) {
+                                stats.invalid[InvalidReason.invalidControl.rawValue, default: 0] += 1
+                                offsets.hold(pidx, offset: m.offset)
+                                invalid.append((i, DecodeFailure(.invalidControl), reserveDeadLetter(.offset(pidx, m.offset))))
+                            }
+                        } else {
+                            stats.ignored += 1
+                        }
                     case .invalid(let f):
                         stats.invalid[f.reason.rawValue, default: 0] += 1
                         // Its offset is held until the dead letter is written.
@@ -994,6 +1036,126 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// (producers' clocks and batching make `CreateTime` only roughly ordered).
     static let recreationToleranceMs: Int64 = 3_600_000
 
+    // MARK: Resync (control records; see ``ResyncRequest``)
+
+    /// Applies a control record read from partition `p`; false if it is not a request
+    /// this version understands (dead-lettered). Called with the lock held.
+    private func control(_ m: ConsumedMessage, partition p: OffsetTracker.PartitionIndex, nowMono: Int64) -> Bool {
+        guard let request = ResyncRequest(value: m.value) else { return false }
+        stats.resyncRequests += 1
+        switch request.scope {
+        case .all:
+            // One round covers any number of requests read before it starts; the first
+            // one's offset stays uncommitted until the round has queued every user.
+            if resyncQueued[p] == nil {
+                resyncQueued[p] = m.offset
+                offsets.hold(p, offset: m.offset)
+                stats.resyncPendingPartitions = Set(resyncRound.keys).union(resyncQueued.keys).count
+            }
+            logger.info("resync of all users requested", metadata: [
+                "partition": "\(partitionsByIndex[Int(p)])", "offset": .stringConvertible(m.offset),
+                "request_id": .string(request.requestId),
+            ])
+        case .ids(let ids):
+            var queued = 0
+            for id in ids {
+                // Each partition's owner reads the same list: the user's home partition's
+                // owner sends it, once.
+                users.modify(id) { e in
+                    guard e.home == p else { return }
+                    markForResync(&e, partition: p, offset: m.offset, nowMono: nowMono)
+                    queued += 1
+                }
+            }
+            logger.info("resync of listed users requested", metadata: [
+                "partition": "\(partitionsByIndex[Int(p)])", "offset": .stringConvertible(m.offset),
+                "request_id": .string(request.requestId), "listed": .stringConvertible(ids.count),
+                "queued": .stringConvertible(queued),
+            ])
+        }
+        return true
+    }
+
+    /// Queues a user to be sent again as it is now, as a change read at `offset` of
+    /// partition `p` would: no body counts as already acknowledged, the debouncer
+    /// schedules it, and (memory mode) the offset stays uncommitted until it is settled.
+    /// Called with the lock held.
+    private func markForResync(_ entry: inout UserEntry, partition p: OffsetTracker.PartitionIndex, offset: Int64, nowMono: Int64) {
+        entry.delivery.settledHash = 0
+        let wasDirty = entry.delivery.isDirty
+        debouncer.changed(entry.identity, &entry.delivery, nowMs: nowMono)
+        if !wasDirty { dirty.became(since: entry.delivery.dirtySinceMs) }
+        let added = entry.delivery.inFlight ? entry.flightHolds.add(p, offset) : entry.holds.add(p, offset)
+        if added { offsets.hold(p, offset: offset) }
+        // Durable mode: stored as dirty with no settled body, so a crash does not lose it.
+        markForCheckpoint(entry.identity, &entry)
+        stats.resyncUsers += 1
+    }
+
+    /// How many users awaiting delivery a resync round lets build up before it queues
+    /// more: about 30 s of this instance's request rate (at least 1,000, at most half of
+    /// `max_dirty_users`), so that it never pauses consumption and changes read meanwhile
+    /// wait at most that long behind it.
+    private var resyncDirtyTarget: Int {
+        let rate = limiter.configuredRate * limiter.share
+        return max(1_000, min(options.maxDirtyUsers / 2, Int(min(max(rate, 0) * 30, 1e9))))
+    }
+
+    /// Advances the all-users resync: starts a round for the partitions requested, and
+    /// queues the next of their users while fewer than ``resyncDirtyTarget`` users await
+    /// delivery. A round ends when the table was walked to its end; then the control
+    /// records' offsets are released. Called with the lock held.
+    private func resyncStep(nowMono: Int64, slots: Int) {
+        if resyncRound.isEmpty && !resyncQueued.isEmpty {
+            resyncRound = resyncQueued
+            resyncQueued = [:]
+            resyncCursor = 0
+        }
+        defer { stats.resyncPendingPartitions = Set(resyncRound.keys).union(resyncQueued.keys).count }
+        guard !resyncRound.isEmpty else { return }
+        var budget = resyncDirtyTarget - dirty.count
+        guard budget > 0 else { return }
+        let round = resyncRound
+        resyncCursor = users.scanModifying(from: resyncCursor, limit: max(1, slots)) { e in
+            guard let offset = round[e.home] else { return true }
+            markForResync(&e, partition: e.home, offset: offset, nowMono: nowMono)
+            budget -= 1
+            return budget > 0
+        }
+        if resyncCursor == 0 {
+            for (p, offset) in round { offsets.release(p, offset: offset) }
+            logger.info("resync of all users queued", metadata: [
+                "partitions": .stringConvertible(round.count),
+            ])
+            resyncRound = [:]
+        }
+    }
+
+    /// The lowest offset of a partition's resync not yet queued whole: nothing at or past
+    /// it is committed (durable mode), so that a crash or a move re-reads the request.
+    private func resyncFloor(_ p: OffsetTracker.PartitionIndex) -> Int64? {
+        switch (resyncQueued[p], resyncRound[p]) {
+        case (let a?, let b?): return min(a, b)
+        case (let a?, nil): return a
+        case (nil, let b?): return b
+        case (nil, nil): return nil
+        }
+    }
+
+    /// Forgets the resyncs of revoked partitions, releasing their holds; returns the
+    /// offsets not to commit past (the next owner reads those requests again).
+    private func dropResyncs(of revoked: Set<OffsetTracker.PartitionIndex>) -> [OffsetTracker.PartitionIndex: Int64] {
+        var floors: [OffsetTracker.PartitionIndex: Int64] = [:]
+        for p in revoked {
+            guard let floor = resyncFloor(p) else { continue }
+            floors[p] = floor
+            if let o = resyncQueued.removeValue(forKey: p) { offsets.release(p, offset: o) }
+            if let o = resyncRound.removeValue(forKey: p) { offsets.release(p, offset: o) }
+        }
+        stats.resyncPendingPartitions = Set(resyncRound.keys).union(resyncQueued.keys).count
+        return floors
+    }
+
     private func index(of tp: TopicPartition) -> OffsetTracker.PartitionIndex {
         if let i = partitionIndex[tp] { return i }
         let i = OffsetTracker.PartitionIndex(partitionsByIndex.count)
@@ -1024,6 +1186,8 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                 lastCommitted[i] = nil
                 pendingCheckpoint[i] = nil
                 pendingTombstones[i] = nil
+                resyncQueued[i] = nil
+                resyncRound[i] = nil
             }
             hasBeenAssigned = true
             if !partitions.isEmpty { catchUp = (clock.monotonicMs(), stats.folded, nil, 0) }
@@ -1070,19 +1234,24 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             partitions.compactMap { partitionIndex[$0] }
         }
         let start = clock.monotonicMs()
+        // A resync not queued whole stays uncommitted: the next owner reads it again.
+        var resyncFloors: [OffsetTracker.PartitionIndex: Int64] = [:]
         if options.durable {
             // The state moves with the partition: checkpoint it, commit, and let the
             // next owner restore it. No waiting for Foldspace.
             if !checkpoint(partitions: idxs) {
                 logger.warning("revoked partitions could not be checkpointed; the next owner re-reads from the last commit")
             }
+            lock.withLock { _ = dropResyncs(of: Set(idxs)) }
         } else {
+            // Its hold released first, or the drain would wait for it to its timeout.
+            resyncFloors = lock.withLock { dropResyncs(of: Set(idxs)) }
             drain(partitions: idxs, timeoutMs: options.drainTimeoutMs)
         }
         lock.withLock {
             var store: [TopicPartition: Int64] = [:]
             for i in idxs {
-                if let c = offsets.committable(i) { store[partitionsByIndex[Int(i)]] = c }
+                if let c = offsets.committable(i) { store[partitionsByIndex[Int(i)]] = min(c, resyncFloors[i] ?? .max) }
             }
             if !store.isEmpty && !options.durable { storeOffsets?(store) }
             let revoked = Set(idxs)

@@ -13,7 +13,7 @@ struct FoldspaceSync: AsyncParsableCommand {
         commandName: "foldspace-sync",
         abstract: "Folds product-analytics events from Kafka into Foldspace users.",
         version: foldspaceSyncVersion,
-        subcommands: [Run.self, Demo.self, CheckConfig.self, Inspect.self, MockKafka.self])
+        subcommands: [Run.self, Demo.self, CheckConfig.self, Inspect.self, ResyncCommand.self, MockKafka.self])
 
     /// Exit statuses (docs/operations.md, deploy/systemd): 0 a clean stop, 1 a failure
     /// while running, 2 a usage or configuration error (systemd does not restart on 2:
@@ -205,6 +205,50 @@ extension FoldspaceSync {
                 print(try SyncService.Inspect.run(config: config, ids: ids, logger: logger))
             } catch {
                 FileHandle.standardError.write(Data("foldspace-sync: inspect: \(error)\n".utf8))
+                throw ExitCode(exitRuntimeFailure)
+            }
+        }
+    }
+
+    struct ResyncCommand: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "resync",
+            abstract: "Ask the running group to send users' current state to Foldspace again.",
+            discussion: """
+                Writes a control record (key foldspace-sync.control) to every partition of every source \
+                topic, with the same configuration as `run`. Each partition's owner re-sends that partition's \
+                users through its own debouncer and rate limiter, in order with the events around the record; \
+                progress is in /metrics (foldspace_sync_resync_*). Safe while the daemon runs, and idempotent: \
+                a request read twice sends the same state twice. Users dropped by inactive_user_ttl are not sent.
+                """)
+
+        @OptionGroup var flags: ConfigFlags
+        @Flag(help: "Re-send every user.") var all = false
+        @Argument(help: "identifyIds to re-send (instead of --all)") var ids: [String] = []
+
+        func validate() throws {
+            if all == !ids.isEmpty { throw ValidationError("give either --all or one or more identifyIds") }
+            if ids.contains(where: \.isEmpty) { throw ValidationError("an identifyId cannot be empty") }
+        }
+
+        func run() async throws {
+            let config: SyncConfiguration
+            do {
+                config = try flags.load()
+                try config.validate(requireKey: false)
+            } catch {
+                FileHandle.standardError.write(Data("foldspace-sync: \(error)\n".utf8))
+                throw ExitCode(exitConfigurationError)
+            }
+            var logger = Logger(label: "foldspace-sync")
+            logger.logLevel = .error
+            do {
+                let written = try SyncService.Resync.run(config: config, ids: ids, logger: logger)
+                let o: [String: Any] = ["request_id": written.requestId, "control_records": written.records]
+                let data = try JSONSerialization.data(withJSONObject: o, options: [.sortedKeys])
+                print(String(decoding: data, as: UTF8.self))
+            } catch {
+                FileHandle.standardError.write(Data("foldspace-sync: resync: \(error)\n".utf8))
                 throw ExitCode(exitRuntimeFailure)
             }
         }

@@ -237,6 +237,47 @@ func peakRSSKiB(_ pid: Int32) -> Int {
         await tearDown(s, [d])
     }
 
+    /// `foldspace-sync resync` against a running daemon: every user once more (same body),
+    /// then one listed user only, counted in /metrics; the fold is untouched.
+    @Test func resyncResendsThroughTheRunningDaemon() async throws {
+        var s = try await setUp("resync", partitions: 2, users: 6)
+        try produce(&s, 0..<60)
+        let d = try daemon(s)
+        await s.verifier.settleAndVerify([d], "before resync")
+        let users = (0..<6).map { s.verifier.reference.id($0) }
+        func acknowledged() -> [String: Int] {
+            var n: [String: Int] = [:]
+            for r in s.sandbox.requests where (200..<300).contains(r.status) { n[r.identifyId, default: 0] += 1 }
+            return n
+        }
+        let before = acknowledged()
+        let bodies = s.sandbox.latestAcknowledged().mapValues { $0.body }
+        let all = try Child(["resync", "--all", "--brokers", s.kafka.bootstrap, "--topic", "events", "--group", s.group])
+        #expect(await all.wait(timeout: .seconds(30)) == 0, "\(all.stderr.suffix(1000))")
+        let written = try JSONSerialization.jsonObject(with: Data(all.stdout.utf8)) as? [String: Any]
+        #expect((written?["control_records"] as? [String: Int]) == ["events": 2], "\(all.stdout)")
+        #expect(await waitUntil(.seconds(30)) { users.allSatisfy { acknowledged()[$0] == (before[$0] ?? 0) + 1 } },
+                "\(acknowledged()) after \(before); \(d.stderr.suffix(1500))")
+        for u in users { #expect(s.sandbox.latestAcknowledged()[u]?.body == bodies[u], "\(u): the same state again") }
+
+        let one = try Child(["resync", users[1], "--brokers", s.kafka.bootstrap, "--topic", "events", "--group", s.group])
+        #expect(await one.wait(timeout: .seconds(30)) == 0, "\(one.stderr.suffix(1000))")
+        #expect(await waitUntil(.seconds(30)) { acknowledged()[users[1]] == (before[users[1]] ?? 0) + 2 })
+        let line = d.stderr.split(separator: "\n").first { $0.contains("admin server listening") }
+        let port = try #require(line.flatMap { l in l.range(of: "127.0.0.1:").map { Int(l[$0.upperBound...].prefix { $0.isNumber }) } } ?? nil)
+        let (data, _) = try await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)/metrics")!)
+        let metrics = String(decoding: data, as: UTF8.self)
+        #expect(metrics.contains("foldspace_sync_resync_requests_total 4"), "two requests, each on both partitions")
+        #expect(metrics.contains("foldspace_sync_resync_users_total 7"), "six users, then one")
+        #expect(metrics.contains("foldspace_sync_resync_pending_partitions 0"))
+        let now = acknowledged()
+        for u in users where u != users[1] { #expect(now[u] == (before[u] ?? 0) + 1, "\(u) was not listed") }
+        // Still folding as before: more events, and the verifier's counts.
+        try produce(&s, 60..<90)
+        await s.verifier.settleAndVerify([d], "after resync")
+        await tearDown(s, [d])
+    }
+
     @Test func fiveSecondsOfLatency() async throws {
         var s = try await setUp("slow", users: 16)
         s.sandbox.setLatency(ms: 5_000)
