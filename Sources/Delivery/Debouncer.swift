@@ -25,6 +25,9 @@ public struct DeliveryState: Sendable, Equatable {
     /// The once-more send after an unknown outcome is what holds the user back (its
     /// `notBeforeMs`): a drain sends it at once.
     public var resendScheduled = false
+    /// A resend was asked for while a request was in flight: its acknowledgement does
+    /// not settle the body (it went out before the ask).
+    public var resendAfterFlight = false
 
     public init() {}
 
@@ -126,6 +129,10 @@ public struct Debouncer<Key: Hashable & Sendable>: Sendable {
         s.attempts = 0
         s.notBeforeMs = 0
         s.settledHash = hash
+        if s.resendAfterFlight {
+            s.resendAfterFlight = false
+            s.settledHash = 0
+        }
         if s.unknownOutcome {
             s.unknownOutcome = false
             s.settledHash = 0
@@ -157,6 +164,8 @@ public struct Debouncer<Key: Hashable & Sendable>: Sendable {
             // What Foldspace holds is unknown: no body counts as already there.
             s.settledHash = 0
         }
+        // The retry goes out after any resend was asked for: it is that resend.
+        s.resendAfterFlight = false
         s.inFlight = false
         s.attempts &+= 1
         s.notBeforeMs = retryAtMs

@@ -117,6 +117,9 @@ public enum KafkaAdmin {
         cfg["enable.auto.commit"] = "false"
         cfg["enable.auto.offset.store"] = "false"
         cfg["enable.partition.eof"] = "true"
+        // Only what was committed: a changelog written in transactions holds aborted
+        // writes of fenced owners too.
+        cfg["isolation.level"] = "read_committed"
         cfg["partition.assignment.strategy"] = nil
         let conf = try cfg.makeConf()
         var errbuf = [CChar](repeating: 0, count: 512)

@@ -234,6 +234,12 @@ public final class KafkaConsumer: @unchecked Sendable {
         }
     }
 
+    /// The group's current generation and this member's id, for offsets sent in a
+    /// producer's transaction (nil before the consumer has joined).
+    public func groupMetadata() -> KafkaGroupMetadata? {
+        rd_kafka_consumer_group_metadata(rk).map(KafkaGroupMetadata.init)
+    }
+
     /// The committed offsets of `partitions`, asked of the group coordinator.
     public func committed(_ partitions: [TopicPartition], timeoutMs: Int32 = 5000) throws(KafkaError) -> [TopicPartition: Int64] {
         var result: [TopicPartition: Int64] = [:]

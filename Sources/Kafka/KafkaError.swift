@@ -9,6 +9,8 @@ public struct KafkaError: Error, CustomStringConvertible, Sendable {
     public var isFatal: Bool
     /// The operation may succeed when tried again.
     public var isRetriable: Bool
+    /// A transaction call failed in a way that leaves the transaction to be aborted.
+    public var requiresAbort = false
 
     public init(code: Int32? = nil, message: String, isFatal: Bool = false, isRetriable: Bool = false) {
         self.code = code
@@ -27,10 +29,17 @@ public struct KafkaError: Error, CustomStringConvertible, Sendable {
         self.init(code: rd_kafka_error_code(error).rawValue, message: "\(context): \(msg)",
                   isFatal: rd_kafka_error_is_fatal(error) != 0,
                   isRetriable: rd_kafka_error_is_retriable(error) != 0)
+        requiresAbort = rd_kafka_error_txn_requires_abort(error) != 0
         rd_kafka_error_destroy(error)
     }
 
     public var description: String { message }
+
+    /// A newer producer with the same transactional id exists: this one was fenced.
+    public var isFenced: Bool {
+        code == RD_KAFKA_RESP_ERR__FENCED.rawValue || code == RD_KAFKA_RESP_ERR_PRODUCER_FENCED.rawValue
+            || code == RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH.rawValue
+    }
 
     /// The record (or its batch) is over a size limit of the producer or the broker.
     public var isMessageTooLarge: Bool {

@@ -105,6 +105,40 @@ public final class KafkaProducer: @unchecked Sendable {
         _ = rd_kafka_test_fatal_error(rk, RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER, "raised by a test")
     }
 
+    // MARK: Transactions (a producer made with `transactional.id`)
+
+    /// Registers the transactional id with its coordinator: any earlier producer with the
+    /// same id is fenced from then on (its open transaction aborted, its next call failing
+    /// with a fatal error), and this one may begin transactions.
+    public func initTransactions(timeoutMs: Int32 = 30_000) throws(KafkaError) {
+        if let e = rd_kafka_init_transactions(rk, Int32(timeoutMs)) { throw KafkaError(consuming: e, context: "init transactions") }
+    }
+
+    public func beginTransaction() throws(KafkaError) {
+        if let e = rd_kafka_begin_transaction(rk) { throw KafkaError(consuming: e, context: "begin transaction") }
+    }
+
+    /// Adds source offsets to the open transaction: committed for `group` only if the
+    /// transaction commits (the group coordinator also refuses them from a member of an
+    /// older generation).
+    public func sendOffsetsToTransaction(_ offsets: [TopicPartition: Int64], group: KafkaGroupMetadata,
+                                         timeoutMs: Int32 = 30_000) throws(KafkaError) {
+        guard !offsets.isEmpty else { return }
+        let e: OpaquePointer? = withPartitionList(offsets.map { ($0.key, $0.value) }) {
+            rd_kafka_send_offsets_to_transaction(rk, $0, group.handle, Int32(timeoutMs))
+        }
+        if let e { throw KafkaError(consuming: e, context: "send offsets to transaction") }
+    }
+
+    /// Flushes the transaction's messages and commits it.
+    public func commitTransaction(timeoutMs: Int32 = 60_000) throws(KafkaError) {
+        if let e = rd_kafka_commit_transaction(rk, Int32(timeoutMs)) { throw KafkaError(consuming: e, context: "commit transaction") }
+    }
+
+    public func abortTransaction(timeoutMs: Int32 = 30_000) throws(KafkaError) {
+        if let e = rd_kafka_abort_transaction(rk, Int32(timeoutMs)) { throw KafkaError(consuming: e, context: "abort transaction") }
+    }
+
     /// Messages queued in librdkafka and not yet acknowledged (or failed).
     public var queueLength: Int { Int(rd_kafka_outq_len(rk)) }
 
@@ -209,4 +243,11 @@ public final class KafkaProducer: @unchecked Sendable {
 final class DeliveryCallback: @unchecked Sendable {
     let body: @Sendable (KafkaError?) -> Void
     init(_ body: @escaping @Sendable (KafkaError?) -> Void) { self.body = body }
+}
+
+/// A consumer's group metadata (group id, generation, member id), owned.
+public final class KafkaGroupMetadata: @unchecked Sendable {
+    let handle: OpaquePointer
+    init(_ handle: OpaquePointer) { self.handle = handle }
+    deinit { rd_kafka_consumer_group_metadata_destroy(handle) }
 }

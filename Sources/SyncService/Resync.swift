@@ -92,12 +92,19 @@ public enum Resync {
         if ids.isEmpty {
             chunks = [ResyncRequest(scope: .all, requestId: requestId)]
         } else {
-            var start = 0
-            while start < ids.count {
-                let end = min(ids.count, start + ResyncRequest.maxIds)
-                chunks.append(ResyncRequest(scope: .ids(Array(ids[start..<end])), requestId: requestId))
-                start = end
+            // At most maxIds per record, and well under Kafka's default 1 MB message.
+            var chunk: [String] = []
+            var bytes = 0
+            for id in ids {
+                if chunk.count == ResyncRequest.maxIds || bytes + id.utf8.count * 6 + 3 > 256 * 1024 {
+                    chunks.append(ResyncRequest(scope: .ids(chunk), requestId: requestId))
+                    chunk = []
+                    bytes = 0
+                }
+                chunk.append(id)
+                bytes += id.utf8.count * 6 + 3 // escaped, at worst
             }
+            if !chunk.isEmpty { chunks.append(ResyncRequest(scope: .ids(chunk), requestId: requestId)) }
         }
         let values = chunks.map { $0.encoded() }
         let producer = try KafkaProducer(config: kafka, logger: logger)

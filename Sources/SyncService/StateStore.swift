@@ -19,33 +19,84 @@ public protocol StateStore: Sendable {
     func commit(_ offsets: [TopicPartition: Int64]) throws
     /// Whether the store's writer hit a fatal error: nothing more can be written.
     var hasFatalError: Bool { get }
+    /// Takes over source partitions before their state is restored: with transactions,
+    /// fences every former owner's writer first (its open transaction aborted), so that
+    /// the restore reads all that will ever be committed for them.
+    func claim(_ partitions: [TopicPartition]) throws
+    /// Lets partitions go (after their last checkpoint).
+    func relinquish(_ partitions: [TopicPartition])
+    /// Writes each group's records and commits its source offset: with transactions,
+    /// atomically per group (a group fails or commits whole); without, every write, then
+    /// every commit.
+    func checkpoint(_ groups: [CheckpointGroup]) throws
+}
+
+/// One source partition's share of a checkpoint.
+public struct CheckpointGroup: Sendable {
+    public var source: TopicPartition
+    public var records: [(partition: Int32, key: [UInt8], value: [UInt8]?)]
+    /// The source offset to commit (the next to read), if it moved.
+    public var offset: Int64?
+
+    public init(source: TopicPartition, records: [(partition: Int32, key: [UInt8], value: [UInt8]?)], offset: Int64?) {
+        self.source = source
+        self.records = records
+        self.offset = offset
+    }
 }
 
 extension StateStore {
     public var hasFatalError: Bool { false }
+    public func claim(_ partitions: [TopicPartition]) throws {}
+    public func relinquish(_ partitions: [TopicPartition]) {}
+    public func checkpoint(_ groups: [CheckpointGroup]) throws {
+        let records = groups.flatMap(\.records)
+        if !records.isEmpty { try write(records) }
+        var offsets: [TopicPartition: Int64] = [:]
+        for g in groups { if let o = g.offset { offsets[g.source] = o } }
+        if !offsets.isEmpty { try commit(offsets) }
+    }
 }
 
 /// The changelog on Kafka: an idempotent producer with `acks=all` for writes, a
 /// throw-away assigned consumer for restores, and the group consumer for commits.
+///
+/// With transactions (the default), one transactional producer per owned source
+/// partition (`<group>-state-<topic>-<partition>`) writes that partition's users and
+/// sends its offset in one transaction: the owner that claims a partition fences every
+/// earlier producer of it (Kafka bumps the id's epoch and aborts its open transaction),
+/// so a paused or partitioned former owner can write nothing after the new owner
+/// restored. A fenced producer's error is fatal: the process exits and rejoins.
 public final class KafkaStateStore: StateStore, @unchecked Sendable {
     public let topic: String
     /// The changelog's partition count; source partition p lives in p mod this.
     public let partitions: Int32
     /// The source topic's partition count, written into every record.
     public let sourcePartitions: Int32
-    public var hasFatalError: Bool { producer.hasFatalError }
+    public var hasFatalError: Bool {
+        producer.hasFatalError || lock.withLock { fenced || owners.values.contains { $0.hasFatalError } }
+    }
+    /// Whether checkpoints are transactions (``SyncConfiguration/stateTransactions``).
+    public let transactional: Bool
     private let producer: KafkaProducer
+    private let producerConfig: KafkaClientConfig
     private let config: KafkaClientConfig
     private let logger: Logger
     private let lock = NSLock()
     private var consumer: KafkaConsumer?
+    /// With transactions: the producer of each claimed source partition.
+    private var owners: [TopicPartition: KafkaProducer] = [:]
+    /// A transaction was refused because another owner took over.
+    private var fenced = false
 
-    public init(topic: String, partitions: Int, sourcePartitions: Int, config: KafkaClientConfig, logger: Logger) throws {
+    public init(topic: String, partitions: Int, sourcePartitions: Int, config: KafkaClientConfig, logger: Logger,
+                transactional: Bool = false) throws {
         self.topic = topic
         self.sourcePartitions = Int32(sourcePartitions)
         self.partitions = Int32(max(1, partitions))
         self.config = config
         self.logger = logger
+        self.transactional = transactional
         var p = config.withoutConsumerProperties
         p["enable.idempotence"] = "true"
         p["acks"] = "all"
@@ -54,7 +105,93 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
         // 100k users); lz4 about halves what the brokers receive and keep, for little
         // CPU. An operator's choice in kafka.properties stands.
         if p["compression.type"] == nil && p["compression.codec"] == nil { p["compression.type"] = "lz4" }
+        producerConfig = p
         producer = try KafkaProducer(config: p, logger: logger)
+    }
+
+    /// The transactional id of a source partition's changelog writer.
+    public static func transactionalId(group: String, _ tp: TopicPartition) -> String {
+        "\(group)-state-\(tp.topic)-\(tp.partition)"
+    }
+
+    public func claim(_ partitions: [TopicPartition]) throws {
+        guard transactional else { return }
+        let group = config["group.id"] ?? "foldspace-sync"
+        for tp in partitions where lock.withLock({ owners[tp] == nil }) {
+            var p = producerConfig
+            p["transactional.id"] = Self.transactionalId(group: group, tp)
+            do throws(KafkaError) {
+                let writer = try KafkaProducer(config: p, logger: logger)
+                do throws(KafkaError) {
+                    try writer.initTransactions()
+                } catch {
+                    writer.close()
+                    throw error
+                }
+                lock.withLock { owners[tp] = writer }
+            } catch {
+                // Without its writer the partition can be neither checkpointed nor
+                // safely consumed: fail the process (it exits and rejoins).
+                lock.withLock { fenced = true }
+                throw error
+            }
+        }
+    }
+
+    public func relinquish(_ partitions: [TopicPartition]) {
+        let gone = lock.withLock { partitions.compactMap { owners.removeValue(forKey: $0) } }
+        for w in gone { w.close() }
+    }
+
+    public func checkpoint(_ groups: [CheckpointGroup]) throws {
+        guard transactional else {
+            let records = groups.flatMap(\.records)
+            if !records.isEmpty { try write(records) }
+            var offsets: [TopicPartition: Int64] = [:]
+            for g in groups { if let o = g.offset { offsets[g.source] = o } }
+            if !offsets.isEmpty { try commit(offsets) }
+            return
+        }
+        let consumer = lock.withLock { self.consumer }
+        var committed: [TopicPartition: Int64] = [:]
+        for g in groups where !g.records.isEmpty || g.offset != nil {
+            guard let writer = lock.withLock({ owners[g.source] }) else {
+                throw KafkaError(message: "checkpoint of \(g.source): the partition is not claimed (revoked meanwhile?)", isRetriable: true)
+            }
+            do throws(KafkaError) {
+                try writer.beginTransaction()
+                for r in g.records { try writer.send(topic: topic, partition: r.partition, key: r.key, value: r.value) }
+                if let o = g.offset {
+                    guard let metadata = consumer?.groupMetadata() else {
+                        throw KafkaError(message: "checkpoint of \(g.source): no group metadata yet", isRetriable: true)
+                    }
+                    try writer.sendOffsetsToTransaction([g.source: o], group: metadata)
+                }
+                try writer.commitTransaction()
+            } catch {
+                if error.isFenced || error.isFatal || writer.hasFatalError {
+                    // Another instance claimed the partition: this one was paused or cut
+                    // off past its session, and what it holds is stale. It must write and
+                    // send nothing more; the process exits (1) and rejoins.
+                    lock.withLock { fenced = true }
+                    logger.critical("the changelog writer of a partition was fenced (another instance owns the partition now) or failed fatally; exiting to rejoin the group", metadata: [
+                        "partition": "\(g.source)", "error": "\(error)",
+                    ])
+                } else {
+                    // Whatever state the transaction is in, abort it: the next checkpoint
+                    // writes these users again.
+                    do { try writer.abortTransaction() } catch {
+                        logger.warning("aborting a failed checkpoint transaction failed", metadata: ["error": "\(error)"])
+                    }
+                }
+                throw error
+            }
+            if let o = g.offset { committed[g.source] = o }
+        }
+        // The same offsets committed plainly too: Kafka has applied them with the
+        // transaction already (a no-op then), but librdkafka's mock cluster does not
+        // apply transactional offset commits to the group.
+        if !committed.isEmpty { try commit(committed) }
     }
 
     public func attach(consumer: KafkaConsumer) {
@@ -77,7 +214,10 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
         try c.commitSync(offsets)
     }
 
-    public func close() { producer.close() }
+    public func close() {
+        producer.close()
+        relinquish(lock.withLock { Array(owners.keys) })
+    }
 
     /// Changelog records queued and not yet acknowledged (`/metrics`).
     public var queueLength: Int { producer.queueLength }

@@ -55,6 +55,9 @@ public struct SyncConfiguration: Sendable {
     }
     /// The changelog topic; default `<group>-state`.
     public var stateTopic: String?
+    /// Durable mode: each checkpoint writes a partition's users and commits its source
+    /// offset in one Kafka transaction, fenced by the broker (docs/decisions.md).
+    public var stateTransactions = true
     public var commitIntervalMs: Int64 = 5_000
     /// Size librdkafka's zstd batches by libzstd's bound when the producer left the size
     /// out (``ZstdSizeHint``): one decompression per batch instead of up to three.
@@ -130,6 +133,7 @@ public struct SyncConfiguration: Sendable {
         Key(name: "pql.key_events", type: "list of {name, weight, cap} or \"name[:weight[:cap]]\"", defaultText: "[]", secret: false, help: "track events counted for the score (at most 32; weight 3, cap 20 by default)"),
         Key(name: "state", type: "durable|memory", defaultText: "durable", secret: false, help: "durable: user state in a compacted changelog topic, restored on assignment, effectively-once; memory: nothing persisted (development)"),
         Key(name: "state_topic", type: "string", defaultText: "<group>-state", secret: false, help: "the changelog topic, created compacted with the source's partition count when missing"),
+        Key(name: "state.transactions", type: "boolean", defaultText: "true", secret: false, help: "durable state: write each partition's changed users and commit its source offset in one Kafka transaction (transactional id <group>-state-<topic>-<partition>), so that a former owner is fenced; false for brokers without transactions (see docs/decisions.md for what that weakens)"),
         Key(name: "commit_interval", type: "duration", defaultText: "5s", secret: false, help: "how often changed state is written and source offsets committed"),
         Key(name: "inactive_user_ttl", type: "duration", defaultText: "off", secret: false, help: "users whose last event is this much older than their partition's latest event are dropped from memory and tombstoned in the changelog; off (or 0) keeps every user"),
         Key(name: "group_instance_id", type: "string", defaultText: "none", secret: false, help: "static group membership (group.instance.id), e.g. the pod name of a StatefulSet"),
@@ -419,6 +423,7 @@ public struct SyncConfiguration: Sendable {
         }
         if let v = try duration("visit_gap") { c.engine.fold.visitGapMs = max(v, 1) }
         if let v = try bool("send_number_of_visits") { c.engine.fold.sendNumberOfVisits = v }
+        if let v = try bool("state.transactions") { c.stateTransactions = v }
         if let v = try bool("zstd_size_hint") { c.zstdSizeHint = v }
         if let v = try list("custom_attributes") { c.engine.fold.customAttributes = v }
         if let t = try text("pql.source") {
@@ -533,6 +538,7 @@ public struct SyncConfiguration: Sendable {
         add("pql.key_events", engine.fold.keyEvents.map { "\($0.name):\($0.weight):\($0.cap)" }.joined(separator: ","))
         add("state", stateMode)
         add("state_topic", effectiveStateTopic)
+        add("state.transactions", String(stateTransactions))
         add("commit_interval", formatDuration(commitIntervalMs))
         add("inactive_user_ttl", engine.inactiveUserTTLMs > 0 ? formatDuration(engine.inactiveUserTTLMs) : "off")
         add("group_instance_id", groupInstanceId ?? "(none)")

@@ -416,6 +416,9 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     private var dirty = DirtyTally()
     private var pausedForCapacity = false
     private var draining = false
+    /// The state store was fenced (another instance owns our partitions) or failed
+    /// fatally: what this instance holds may be stale, so nothing more is sent.
+    private var halted = false
     private var rng = SystemRandomNumberGenerator()
     private var storeOffsets: (@Sendable ([TopicPartition: Int64]) -> Void)?
     private var hasBeenAssigned = false
@@ -460,6 +463,10 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     private var resyncQueued: [OffsetTracker.PartitionIndex: Int64] = [:]
     private var resyncRound: [OffsetTracker.PartitionIndex: Int64] = [:]
     private var resyncCursor = 0
+    /// Memory mode, while partitions are being revoked: their unfinished resyncs' offsets,
+    /// which no offset published meanwhile may pass (their holds were released so that
+    /// the drain can end).
+    private var revokingFloors: [OffsetTracker.PartitionIndex: Int64] = [:]
     private var stateStore: StateStore?
     /// Serializes checkpoints, so commits of one partition never go backwards.
     private let checkpointLock = NSLock()
@@ -599,6 +606,9 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         // whole checkpoint: ~0.2 s for 100k changed users.
         var snapshot: [(partition: Int32, key: String, stored: StoredUser)] = []
         var keys: [(OffsetTracker.PartitionIndex, String)] = []
+        // Per source partition of the scope: its users' records (from `start`) and
+        // tombstones, and the offset to commit with them.
+        var groups: [(source: TopicPartition, index: OffsetTracker.PartitionIndex, start: Int, tombstones: Int)] = []
         var commit: [TopicPartition: Int64] = [:]
         var positions: [(OffsetTracker.PartitionIndex, Int64)] = []
         var tombstones: [(partition: Int32, key: String, home: OffsetTracker.PartitionIndex)] = []
@@ -613,6 +623,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             snapshot.reserveCapacity(pending)
             keys.reserveCapacity(pending)
             for p in scope {
+                groups.append((partitionsByIndex[Int(p)], p, snapshot.count, tombstones.count))
                 for key in pendingCheckpoint.removeValue(forKey: p) ?? [] {
                     let taken: (Int32, StoredUser, OffsetTracker.PartitionIndex)? = users.modify(key) { entry in
                         guard entry.checkpointPending else { return nil }
@@ -643,33 +654,44 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                 }
             }
         }
-        var records: [(partition: Int32, key: [UInt8], value: [UInt8]?)] = []
-        records.reserveCapacity(snapshot.count)
-        // By index: `for s in snapshot` copied (retained) every state once more.
-        for i in snapshot.indices {
-            records.append((snapshot[i].partition, Array(snapshot[i].key.utf8), StateCodec.encode(snapshot[i].stored)))
+        // The dead letters of what these offsets cover are written first; if they are not
+        // yet, the offsets wait for a later checkpoint (the users are written now).
+        let letters = commit.isEmpty || waitForDeadLetters(below: deadLetterBarrier, timeoutMs: options.deadLetterWaitMs)
+        if !letters {
+            logger.warning("dead letters not written yet; source offsets are committed by a later checkpoint",
+                           metadata: ["partitions": .stringConvertible(commit.count)])
+        }
+        var batches: [CheckpointGroup] = []
+        var recordCount = 0
+        for (g, group) in groups.enumerated() {
+            let end = g + 1 < groups.count ? groups[g + 1].start : snapshot.count
+            let tombstonesEnd = g + 1 < groups.count ? groups[g + 1].tombstones : tombstones.count
+            var records: [(partition: Int32, key: [UInt8], value: [UInt8]?)] = []
+            records.reserveCapacity(end - group.start + tombstonesEnd - group.tombstones)
+            // By index: `for s in snapshot` copied (retained) every state once more.
+            for i in group.start..<end {
+                records.append((snapshot[i].partition, Array(snapshot[i].key.utf8), StateCodec.encode(snapshot[i].stored)))
+            }
+            for t in tombstones[group.tombstones..<tombstonesEnd] { records.append((t.partition, Array(t.key.utf8), nil)) }
+            let offset = letters ? commit[group.source] : nil
+            guard !records.isEmpty || offset != nil else { continue }
+            recordCount += records.count
+            batches.append(CheckpointGroup(source: group.source, records: records, offset: offset))
         }
         snapshot = []
-        for t in tombstones { records.append((t.partition, Array(t.key.utf8), nil)) }
         do {
-            if !records.isEmpty { try store.write(records) }
-            // The dead letters of what these offsets cover are written first; if they
-            // are not yet, the offsets wait for a later checkpoint.
-            let letters = commit.isEmpty || waitForDeadLetters(below: deadLetterBarrier, timeoutMs: options.deadLetterWaitMs)
-            if !letters {
-                logger.warning("dead letters not written yet; source offsets are committed by a later checkpoint",
-                               metadata: ["partitions": .stringConvertible(commit.count)])
-            }
-            if letters && !commit.isEmpty { try store.commit(commit) }
+            try store.checkpoint(batches)
             lock.withLock {
                 if letters { for (p, pos) in positions { lastCommitted[p] = max(lastCommitted[p] ?? -1, pos) } }
                 stats.checkpoints += 1
-                stats.checkpointRecords += records.count
+                stats.checkpointRecords += recordCount
                 stats.checkpointDuration.observe(Double(clock.monotonicMs() - started) / 1000)
             }
             return true
         } catch {
+            let storeFailed = store.hasFatalError
             lock.withLock {
+                if storeFailed { halted = true }
                 stats.checkpointFailures += 1
                 stats.checkpointDuration.observe(Double(clock.monotonicMs() - started) / 1000)
                 for t in tombstones where users[t.key] == nil { pendingTombstones[t.home, default: []].append(t.key) }
@@ -1059,10 +1081,10 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         case .ids(let ids):
             var queued = 0
             for id in ids {
-                // Each partition's owner reads the same list: the user's home partition's
-                // owner sends it, once.
+                // Each partition's owner reads the same list: the owner of a partition the
+                // user's events came from sends it.
                 users.modify(id) { e in
-                    guard e.home == p else { return }
+                    guard e.home == p || e.state.appliedPosition(source: sourceIds[Int(p)]) != nil else { return }
                     markForResync(&e, partition: p, offset: m.offset, nowMono: nowMono)
                     queued += 1
                 }
@@ -1082,6 +1104,9 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// Called with the lock held.
     private func markForResync(_ entry: inout UserEntry, partition p: OffsetTracker.PartitionIndex, offset: Int64, nowMono: Int64) {
         entry.delivery.settledHash = 0
+        // A request in flight went out before the request was read: its answer must not
+        // count as this resend.
+        if entry.delivery.inFlight { entry.delivery.resendAfterFlight = true }
         let wasDirty = entry.delivery.isDirty
         debouncer.changed(entry.identity, &entry.delivery, nowMs: nowMono)
         if !wasDirty { dirty.became(since: entry.delivery.dirtySinceMs) }
@@ -1092,19 +1117,21 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         stats.resyncUsers += 1
     }
 
-    /// How many users awaiting delivery a resync round lets build up before it queues
-    /// more: about 30 s of this instance's request rate (at least 1,000, at most half of
-    /// `max_dirty_users`), so that it never pauses consumption and changes read meanwhile
-    /// wait at most that long behind it.
-    private var resyncDirtyTarget: Int {
-        let rate = limiter.configuredRate * limiter.share
-        return max(1_000, min(options.maxDirtyUsers / 2, Int(min(max(rate, 0) * 30, 1e9))))
+    /// How many users one step of a resync round (one a second) queues: what this
+    /// instance may send in that second (its current rate, which 429s lower), so that
+    /// the round keeps pace with sending and changes read meanwhile do not wait behind a
+    /// long queue; none while half of `max_dirty_users` await delivery, so that a resync
+    /// never pauses consumption.
+    private var resyncStepBudget: Int {
+        guard dirty.count < max(1, options.maxDirtyUsers / 2) else { return 0 }
+        let rate = limiter.currentRate
+        return max(1, Int(min(max(rate, 0).rounded(.up), 1e9)))
     }
 
     /// Advances the all-users resync: starts a round for the partitions requested, and
-    /// queues the next of their users while fewer than ``resyncDirtyTarget`` users await
-    /// delivery. A round ends when the table was walked to its end; then the control
-    /// records' offsets are released. Called with the lock held.
+    /// queues the next ``resyncStepBudget`` of their users. A round ends when the table
+    /// was walked to its end; then the control records' offsets are released. Called
+    /// with the lock held.
     private func resyncStep(nowMono: Int64, slots: Int) {
         if resyncRound.isEmpty && !resyncQueued.isEmpty {
             resyncRound = resyncQueued
@@ -1113,7 +1140,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         }
         defer { stats.resyncPendingPartitions = Set(resyncRound.keys).union(resyncQueued.keys).count }
         guard !resyncRound.isEmpty else { return }
-        var budget = resyncDirtyTarget - dirty.count
+        var budget = resyncStepBudget
         guard budget > 0 else { return }
         let round = resyncRound
         resyncCursor = users.scanModifying(from: resyncCursor, limit: max(1, slots)) { e in
@@ -1170,8 +1197,20 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     public func partitionsAssigned(_ partitions: [TopicPartition]) {
         if options.durable {
             // Restore before the partition is consumed: this runs inside the rebalance
-            // callback, so no message of it is fetched until it returns.
+            // callback, so no message of it is fetched until it returns. First the
+            // partitions are claimed: with transactions that fences their former owners,
+            // whose last open transaction is aborted, so the restore reads all there is.
             lock.withLock { restoring += 1 }
+            if let store = lock.withLock({ stateStore }) {
+                do {
+                    try store.claim(partitions)
+                } catch {
+                    // The store reports itself failed: the process exits and rejoins.
+                    logger.critical("could not take over the changelog writers of assigned partitions", metadata: [
+                        "partitions": "\(partitions.map(\.description).joined(separator: ","))", "error": "\(error)",
+                    ])
+                }
+            }
             for tp in partitions { restore(tp) }
             lock.withLock { restoring -= 1 }
         }
@@ -1242,10 +1281,16 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             if !checkpoint(partitions: idxs) {
                 logger.warning("revoked partitions could not be checkpointed; the next owner re-reads from the last commit")
             }
+            lock.withLock { stateStore }?.relinquish(partitions)
             lock.withLock { _ = dropResyncs(of: Set(idxs)) }
         } else {
-            // Its hold released first, or the drain would wait for it to its timeout.
-            resyncFloors = lock.withLock { dropResyncs(of: Set(idxs)) }
+            // Its hold released first, or the drain would wait for it to its timeout; what
+            // is published meanwhile stays below it.
+            resyncFloors = lock.withLock {
+                let floors = dropResyncs(of: Set(idxs))
+                revokingFloors.merge(floors) { min($0, $1) }
+                return floors
+            }
             drain(partitions: idxs, timeoutMs: options.drainTimeoutMs)
         }
         lock.withLock {
@@ -1274,6 +1319,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             stats.unsettledAtLastRevocation = unsettled
             forgetDeadLetterHolds(of: revoked, droppedUsers: droppedUsers)
             for i in idxs {
+                revokingFloors[i] = nil
                 offsets.deactivate(i)
                 assigned.remove(i)
                 pendingCheckpoint[i] = nil
@@ -1292,6 +1338,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// Flushes every dirty user until the given partitions hold no offsets (or all
     /// users are settled when `partitions` is nil), or the timeout passes.
     public func drain(partitions: [OffsetTracker.PartitionIndex]?, timeoutMs: Int64) {
+        if lock.withLock({ halted }) { return }
         // Real time, not the engine's clock: this waits for other threads' work (a
         // manual clock in tests would never reach the deadline).
         let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(max(0, timeoutMs)) * 1_000_000
@@ -1339,6 +1386,8 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         let now = clock.monotonicMs()
         let nowEpoch = clock.epochMs()
         return lock.withLock {
+            // A fenced instance's state may be older than what its successor sent.
+            if halted { return .sleepUntil(nil) }
             var jobs: [FlushJob] = []
             var wake: Int64? = nil
             if limiter.breakerOpen && now - lastBreakerLogMs >= 60_000 {
@@ -1598,7 +1647,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         let adv = offsets.advanced()
         guard !adv.isEmpty, let storeOffsets else { return }
         var m: [TopicPartition: Int64] = [:]
-        for (i, o) in adv where assigned.contains(i) { m[partitionsByIndex[Int(i)]] = o }
+        for (i, o) in adv where assigned.contains(i) { m[partitionsByIndex[Int(i)]] = min(o, revokingFloors[i] ?? .max) }
         if !m.isEmpty { storeOffsets(m) }
     }
 
@@ -1614,6 +1663,12 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     }
 
     /// Lets the breaker probe right away (the key was re-read).
+    /// Stops all sending for good: the process is about to exit on a fatal Kafka error
+    /// (a fenced instance must not send what may be stale).
+    public func halt() {
+        lock.withLock { halted = true }
+    }
+
     public func keyReloaded() {
         let now = clock.monotonicMs()
         lock.withLock { limiter.probeSoon(nowMs: now) }

@@ -85,7 +85,7 @@ public final class SyncPipeline: Service, @unchecked Sendable {
                 try KafkaStateStore.prepare(topic: topic, sourceTopic: self.config.topics[0], config: prepareConfig, logger: self.logger)
             }
             let store = try KafkaStateStore(topic: topic, partitions: layout.state, sourcePartitions: layout.source,
-                                            config: kafka, logger: logger)
+                                            config: kafka, logger: logger, transactional: config.stateTransactions)
             stateStore = store
             engine.setStateStore(store)
         }
@@ -257,8 +257,11 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         await sweepTask.value
         let durable = config.engine.durable
         let drainMs = config.shutdownTimeoutMs / 2
+        // Fenced, or a client failed: nothing more is sent (what this instance holds may
+        // be older than what another instance sent since).
+        if kafkaFatal() { engine.halt() }
         await Self.blocking {
-            if durable {
+            if durable && !kafkaFatal() {
                 // Stop fetching, send what is pending while time allows (the state is
                 // checkpointed either way), then close: the final revocation
                 // checkpoints and commits.

@@ -27,14 +27,14 @@ final class Child: @unchecked Sendable {
     /// The child's standard input, when asked for one.
     let input: Pipe?
 
-    init(_ args: [String], env: [String: String] = [:], withInput: Bool = false) throws {
+    init(_ args: [String], env: [String: String] = [:], withInput: Bool = false, executable: String? = nil) throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("fss-e2e-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         stdoutURL = dir.appendingPathComponent("stdout")
         stderrURL = dir.appendingPathComponent("stderr")
         FileManager.default.createFile(atPath: stdoutURL.path, contents: nil)
         FileManager.default.createFile(atPath: stderrURL.path, contents: nil)
-        process.executableURL = URL(fileURLWithPath: try binaryPath())
+        process.executableURL = URL(fileURLWithPath: try executable ?? binaryPath())
         process.arguments = args
         var environment = ProcessInfo.processInfo.environment
         environment["FOLDSPACE_API_KEY"] = nil
@@ -121,8 +121,9 @@ final class MockKafkaProcess: @unchecked Sendable {
 /// Runs kcat with `args`, `input` on its standard input; returns its standard output.
 /// Throws on a non-zero exit when `check` is set.
 @discardableResult
-func runKcat(_ args: [String], input: Data? = nil, check: Bool = true) throws -> Data {
+func runKcat(_ args: [String], input: Data? = nil, check: Bool = true, env: [String: String] = [:]) throws -> Data {
     let p = Process()
+    if !env.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 } }
     p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
     p.arguments = ["kcat"] + args
     let stdin = Pipe()

@@ -1,0 +1,92 @@
+import FoldspaceSandbox
+import Foundation
+import Testing
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// Exactly-once state against a broker that fences (tansu; see ``TansuBroker``): a former
+/// owner that wakes up after its partitions moved writes nothing that counts.
+@Suite(.serialized) struct FencingTests {
+    let apiKey = "fence-key-\(UUID().uuidString.prefix(8))"
+
+    func daemon(_ tansu: TansuBroker, _ sandbox: FoldspaceSandbox, group: String, commitInterval: String) throws -> Child {
+        var env = tansu.environment
+        env["FOLDSPACE_API_KEY"] = apiKey
+        env["FOLDSPACE_SYNC_SEND_NUMBER_OF_VISITS"] = "true"
+        env["FOLDSPACE_SYNC_COMMIT_INTERVAL"] = commitInterval
+        env["FOLDSPACE_SYNC_SHUTDOWN_TIMEOUT"] = "10s"
+        // One record per batch: tansu's high watermark counts batches (restores read to it).
+        env["FOLDSPACE_SYNC_KAFKA_PROPERTIES"] = "session.timeout.ms=6000,heartbeat.interval.ms=500,batch.num.messages=1,log_level=3"
+        for (k, v) in VisitReference.pqlEnvironment { env[k] = v }
+        return try Child(["run", "--brokers", tansu.bootstrap, "--topic", "events", "--group", group,
+                          "--foldspace-url", sandbox.baseURL, "--debounce", "200ms", "--max-wait", "1s",
+                          "--admin-listen", "127.0.0.1:0"], env: env)
+    }
+
+    /// Lines of a daemon's log that say which partitions it was given.
+    func assignedBoth(_ d: Child) -> Bool {
+        d.stderr.split(separator: "\n").contains {
+            $0.contains("partitions assigned") && $0.contains("events[0]") && $0.contains("events[1]")
+        }
+    }
+
+    @Test func aZombieIsFencedAndTheNewOwnersStateWins() async throws {
+        let group = "zombie-\(UUID().uuidString.prefix(6))"
+        let tansu = try await TansuBroker(topics: [("events", 2), ("\(group)-state", 2)])
+        let sandbox = FoldspaceSandbox(apiKeys: [apiKey])
+        try await sandbox.start()
+        var verifier = FaultVerifier(reference: VisitReference(users: 6, prefix: "zombie-"), sandbox: sandbox)
+        try tansu.produce(topic: "events", verifier.reference.messages(0..<60))
+
+        // A folds and sends everything, but checkpoints only once a minute: when it is
+        // stopped, its changelog writes are still to come.
+        let a = try daemon(tansu, sandbox, group: group, commitInterval: "60s")
+        await verifier.settleAndVerify([a], "A alone")
+        a.signal(SIGSTOP)
+
+        // B takes over once A's session has timed out: claiming the partitions fences A's
+        // changelog writers; B reads the events again from the last commit (none).
+        let b = try daemon(tansu, sandbox, group: group, commitInterval: "300ms")
+        #expect(await waitUntil(.seconds(60)) { assignedBoth(b) }, "\(b.stderr.suffix(2000))")
+        try tansu.produce(topic: "events", verifier.reference.messages(60..<120))
+        await verifier.settleAndVerify([b], "B took over")
+
+        // A wakes up believing it owns both partitions, with 60 events' worth of state
+        // to write: the broker refuses its transaction, and it exits to rejoin.
+        a.signal(SIGCONT)
+        let status = await a.wait(timeout: .seconds(60))
+        #expect(status == 1, "the zombie: \(a.stderr.suffix(3000))")
+        #expect(a.stderr.contains("fenced"), "\(a.stderr.suffix(2000))")
+
+        // What the changelog holds is B's: a new owner would restore every user with
+        // each Step event counted once (a zombie's write of its older state would show).
+        var env = tansu.environment
+        for (k, v) in VisitReference.pqlEnvironment { env[k] = v }
+        let users = (0..<6).map { verifier.reference.id($0) }
+        func changelogSteps() async throws -> [String: Int] {
+            let inspect = try Child(["inspect", "--brokers", tansu.bootstrap, "--topic", "events", "--group", group] + users, env: env)
+            #expect(await inspect.wait(timeout: .seconds(30)) == 0, "\(inspect.stderr.suffix(1000))")
+            let entries = (try? JSONSerialization.jsonObject(with: Data(inspect.stdout.utf8)) as? [[String: Any]]) ?? []
+            var steps: [String: Int] = [:]
+            for e in entries {
+                let counts = (e["state"] as? [String: Any])?["keyEventCounts"] as? [String: Any]
+                steps[e["identifyId"] as? String ?? ""] = counts?["Step"] as? Int
+            }
+            return steps
+        }
+        let steps = try await changelogSteps()
+        for u in users {
+            #expect(steps[u] == verifier.reference.steps[u], "\(u): the changelog counts \(String(describing: steps[u])) Step events")
+        }
+
+        // B goes on.
+        try tansu.produce(topic: "events", verifier.reference.messages(120..<150))
+        await verifier.settleAndVerify([b], "after the zombie")
+        b.signal(SIGTERM)
+        #expect(await b.wait(timeout: .seconds(40)) == 0, "\(b.stderr.suffix(1000))")
+        #expect(!(a.stderr + b.stderr).contains(apiKey), "the API key reached the logs")
+        await sandbox.stop()
+        await tansu.stop()
+    }
+}
