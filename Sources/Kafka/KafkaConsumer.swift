@@ -37,6 +37,14 @@ public protocol ConsumerHandler: AnyObject, Sendable {
     func partitionsRevoked(_ partitions: [TopicPartition])
     /// Checked after each batch: while `true`, the consumer pauses fetching.
     var wantsPause: Bool { get }
+    /// Asked right after ``partitionsAssigned(_:)``: which of the new partitions must
+    /// not be fetched yet (their state is being restored). They stay paused until
+    /// ``KafkaConsumer/release(_:)``.
+    func partitionsToHold(_ partitions: [TopicPartition]) -> [TopicPartition]
+}
+
+extension ConsumerHandler {
+    public func partitionsToHold(_ partitions: [TopicPartition]) -> [TopicPartition] { [] }
 }
 
 /// A consumer-group member polled on a dedicated thread.
@@ -69,6 +77,10 @@ public final class KafkaConsumer: @unchecked Sendable {
     /// Where a partition without a committed offset starts (`auto.offset.reset`).
     private let startsAtEnd: Bool
     private var paused = false
+    /// Assigned partitions kept paused until the handler releases them, and those it
+    /// released since the poll thread last looked (resumed there).
+    private var held: Set<TopicPartition> = []
+    private var released: [TopicPartition] = []
     private var loopEnded = false
     private var fetchingStopped = false
 
@@ -331,6 +343,14 @@ public final class KafkaConsumer: @unchecked Sendable {
             // polling so rebalance callbacks are still served.
             let wantsPause = handler.wantsPause || lock.withLock { fetchingStopped }
             if wantsPause != paused { setPaused(wantsPause) }
+            // Partitions the handler is now ready for (their state restored).
+            let ready = lock.withLock { () -> [TopicPartition] in
+                defer { released = [] }
+                return released.filter { assigned.contains($0) && !held.contains($0) }
+            }
+            if !ready.isEmpty && !paused {
+                _ = withPartitionList(ready.map { ($0, nil) }) { rd_kafka_resume_partitions(rk, $0) }
+            }
 
             var n = messages.withUnsafeMutableBufferPointer { buf in
                 rd_kafka_consume_batch_queue(queue, 0, buf.baseAddress, maxBatch)
@@ -459,8 +479,18 @@ public final class KafkaConsumer: @unchecked Sendable {
         ])
     }
 
+    /// Lets partitions held at their assignment (``ConsumerHandler/partitionsToHold(_:)``)
+    /// be fetched. Thread-safe; the poll thread resumes them on its next round.
+    public func release(_ partitions: [TopicPartition]) {
+        lock.withLock {
+            held.subtract(partitions)
+            released.append(contentsOf: partitions)
+        }
+    }
+
     private func setPaused(_ pause: Bool) {
-        let parts = Array(lock.withLock { assigned })
+        // Resuming leaves the held partitions paused.
+        let parts = Array(lock.withLock { pause ? assigned : assigned.subtracting(held) })
         paused = pause
         guard !parts.isEmpty else { return }
         _ = withPartitionList(parts.map { ($0, nil) }) { list in
@@ -488,7 +518,13 @@ public final class KafkaConsumer: @unchecked Sendable {
         switch err {
         case RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:
             handler.partitionsAssigned(parts)
-            lock.withLock { assigned.formUnion(parts) }
+            let hold = handler.partitionsToHold(parts)
+            lock.withLock {
+                assigned.formUnion(parts)
+                // A restore may have finished (and released) already.
+                let early = Set(released)
+                held.formUnion(hold.filter { !early.contains($0) })
+            }
             if cooperative {
                 if let e = rd_kafka_incremental_assign(rk, list) {
                     logger.error("incremental assign", metadata: ["error": "\(KafkaError(consuming: e, context: "assign"))"])
@@ -497,8 +533,10 @@ public final class KafkaConsumer: @unchecked Sendable {
                 let e = rd_kafka_assign(rk, list)
                 if e != RD_KAFKA_RESP_ERR_NO_ERROR { logger.error("assign", metadata: ["error": "\(KafkaError(e, context: "assign"))"]) }
             }
-            if paused {
-                _ = withPartitionList(parts.map { ($0, nil) }) { rd_kafka_pause_partitions(rk, $0) }
+            // Paused before this callback returns: nothing of them is fetched until then.
+            let pausing = paused ? parts : hold
+            if !pausing.isEmpty {
+                _ = withPartitionList(pausing.map { ($0, nil) }) { rd_kafka_pause_partitions(rk, $0) }
             }
             readCommittedOffsets(parts)
             logger.info("partitions assigned", metadata: ["partitions": "\(parts.map(\.description).joined(separator: ","))"])
@@ -509,6 +547,8 @@ public final class KafkaConsumer: @unchecked Sendable {
             }
             lock.withLock {
                 assigned.subtract(parts)
+                held.subtract(parts)
+                released.removeAll { parts.contains($0) }
                 for tp in parts { committedAtAssignment[tp] = nil }
             }
             if cooperative {
@@ -524,6 +564,7 @@ public final class KafkaConsumer: @unchecked Sendable {
             _ = rd_kafka_assign(rk, nil)
             lock.withLock {
                 assigned.removeAll()
+                held.removeAll()
                 committedAtAssignment.removeAll()
             }
         }

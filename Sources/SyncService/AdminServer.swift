@@ -123,7 +123,7 @@ public enum MetricsText {
         family("foldspace_sync_restored_users_total", "counter", "Durable state: users loaded from the changelog when partitions were assigned.")
         sample("foldspace_sync_restored_users_total", [], String(s.restoredUsers))
         family("foldspace_sync_restore_failures_total", "counter",
-               "Durable state: changelog reads that failed and records that could not be decoded (those users start with no state).")
+               "Durable state: restores (and claims of a partition's changelog writer) that failed; each is tried again, the partition held meanwhile.")
         sample("foldspace_sync_restore_failures_total", [], String(s.restoreFailures))
         family("foldspace_sync_resync_requests_total", "counter",
                "Resync control records applied (one per source partition of a `foldspace-sync resync`).")

@@ -42,6 +42,8 @@ public struct EngineOptions: Sendable {
     /// How long a revocation or shutdown waits for Foldspace before giving up (the
     /// unsettled offsets then stay uncommitted, so nothing is lost).
     public var drainTimeoutMs: Int64 = 30_000
+    /// The first wait before a failed restore is tried again (doubling to 30 s).
+    public var restoreRetryMs: Int64 = 1_000
     /// While Foldspace refuses the key, one probe request goes out this often.
     public var breakerProbeIntervalMs: Int64 = 30_000
     /// Foldspace's base URL, for the breaker's log lines (the engine sends nothing itself).
@@ -451,7 +453,14 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     private var typeTally = [0, 0, 0]
     private var usersByType = [0, 0, 0]
     private var lastCommitted: [OffsetTracker.PartitionIndex: Int64] = [:]
-    private var restoring = 0
+    /// Durable mode: partitions assigned and not restored yet, by the assignment's
+    /// generation (a revocation, or a new assignment, makes a restore under way stale).
+    /// They are not in `assigned` until restored: never checkpointed, never committed.
+    private var restoringGeneration: [TopicPartition: UInt64] = [:]
+    private var assignGeneration: UInt64 = 0
+    private var restoredSink: (@Sendable ([TopicPartition]) -> Void)?
+    /// One restorer at a time: an old one's claim never races a new one's.
+    private let restoreLock = NSLock()
     /// Partitions whose replay skipping / recreation was logged since their assignment.
     private var replayNoted: Set<OffsetTracker.PartitionIndex> = []
     private var recreationNoted: Set<OffsetTracker.PartitionIndex> = []
@@ -712,37 +721,106 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         }
     }
 
-    /// Loads a partition's users from the changelog before the partition is consumed.
-    private func restore(_ tp: TopicPartition) {
-        guard options.durable, let store = lock.withLock({ stateStore }) else { return }
+    /// Restores assigned partitions (durable mode): claims them (with transactions this
+    /// fences their former owners) and loads their users from the changelog. With
+    /// `retry`, partitions that fail are tried again, 1 s later, then twice as long each
+    /// time up to 30 s, until they are restored or no longer assigned; each restored one
+    /// is handed to `ready` (the consumer resumes it). Without, one attempt each (the
+    /// partitions that fail stay unassigned: never consumed, never checkpointed).
+    private func runRestores(_ partitions: [TopicPartition], generation: UInt64, retry: Bool,
+                             ready: (@Sendable ([TopicPartition]) -> Void)?) {
+        guard let store = lock.withLock({ stateStore }) else { return }
+        restoreLock.lock()
+        defer { restoreLock.unlock() }
+        var pending = partitions
+        var delayMs = max(1, options.restoreRetryMs)
+        while true {
+            pending = lock.withLock { halted ? [] : pending.filter { restoringGeneration[$0] == generation } }
+            if pending.isEmpty { return }
+            var failed: [TopicPartition] = []
+            do {
+                try store.claim(pending)
+                // Revoked while being claimed: let the writers go again.
+                let stale = lock.withLock { pending.filter { restoringGeneration[$0] != generation } }
+                if !stale.isEmpty { store.relinquish(stale) }
+                for tp in pending where !stale.contains(tp) {
+                    if let reason = restore(tp, generation: generation) {
+                        logger.error("state restore failed; the partition is not consumed until it succeeds", metadata: [
+                            "partition": "\(tp)", "reason": "\(reason)",
+                            "retry_in_ms": retry ? .stringConvertible(delayMs) : "never",
+                        ])
+                        lock.withLock { stats.restoreFailures += 1 }
+                        failed.append(tp)
+                    } else {
+                        ready?([tp])
+                    }
+                }
+            } catch {
+                logger.error("could not claim the changelog writers of assigned partitions; they are not consumed until it succeeds", metadata: [
+                    "partitions": "\(pending.map(\.description).joined(separator: ","))", "error": "\(error)",
+                    "retry_in_ms": retry ? .stringConvertible(delayMs) : "never",
+                ])
+                lock.withLock { stats.restoreFailures += 1 }
+                failed = pending
+            }
+            pending = failed
+            guard retry, !pending.isEmpty else { return }
+            // Real time (a test's manual clock would never get there), in slices: a
+            // revocation ends the wait.
+            let until = DispatchTime.now().uptimeNanoseconds + UInt64(delayMs) * 1_000_000
+            while DispatchTime.now().uptimeNanoseconds < until {
+                if lock.withLock({ pending.allSatisfy { restoringGeneration[$0] != generation } }) { return }
+                Thread.sleep(forTimeInterval: 0.05)
+            }
+            delayMs = min(delayMs * 2, 30_000)
+        }
+    }
+
+    /// Loads a partition's users from the changelog and makes the partition consumable;
+    /// returns why not, if it cannot. Every record of the partition's source must decode:
+    /// one that does not (a newer format version, or damage) fails the restore, since
+    /// consuming without that user's state would send a regressed body (visits reset, a
+    /// later first visit) and the next checkpoint would overwrite the record.
+    private func restore(_ tp: TopicPartition, generation: UInt64) -> String? {
+        guard let store = lock.withLock({ stateStore }) else { return "no state store" }
         let start = clock.monotonicMs()
         let records: [(key: [UInt8], value: [UInt8]?)]
         do {
             records = try store.read(partition: store.statePartition(for: tp.partition))
         } catch {
-            logger.error("state restore failed; the partition starts from its committed offset with no state",
-                         metadata: ["partition": "\(tp)", "error": "\(error)"])
-            lock.withLock { stats.restoreFailures += 1 }
-            return
+            return "reading the changelog failed: \(error)"
         }
         var latest: [String: [UInt8]?] = [:]
         for r in records { latest[String(decoding: r.key, as: UTF8.self)] = r.value }
+        // Decoded outside the lock: folding goes on meanwhile.
+        let source = stableSourceId(tp)
+        var decoded: [(key: String, stored: StoredUser)] = []
+        decoded.reserveCapacity(latest.count)
+        var undecodable = 0
+        for (key, value) in latest {
+            guard let value, !key.isEmpty else { continue } // a tombstone (or a key no event has)
+            do {
+                let stored = try StateCodec.decode(value)
+                // A changelog partition shared by several source partitions holds
+                // others' users too: only this partition's are ours.
+                if stored.state.appliedSource == source { decoded.append((key, stored)) }
+            } catch StateCodec.DecodeError.newerVersion(let v) {
+                return "the changelog holds records of format version \(v), written by a newer foldspace-sync (this one reads up to \(StateCodec.version)): upgrade this instance"
+            } catch {
+                undecodable += 1
+            }
+        }
+        if undecodable > 0 {
+            return "\(undecodable) changelog records cannot be decoded (damaged, or not written by foldspace-sync); see docs/operations.md"
+        }
         let now = clock.monotonicMs()
         var restored = 0
         var dirty = 0
-        var failures = 0
-        let source = stableSourceId(tp)
-        lock.withLock {
+        let loaded: Bool = lock.withLock {
+            // Revoked (or assigned again) meanwhile: this restore is stale.
+            guard restoringGeneration[tp] == generation else { return false }
             let pidx = index(of: tp)
-            for (key, value) in latest {
-                guard let value, !key.isEmpty else { continue } // a tombstone (or a key no event has)
-                guard let stored = try? StateCodec.decode(value) else {
-                    failures += 1
-                    continue
-                }
-                // A changelog partition shared by several source partitions holds
-                // others' users too: only this partition's are ours.
-                guard stored.state.appliedSource == source else { continue }
+            for (key, stored) in decoded {
                 // A user already in memory (restored from another partition's changelog,
                 // or folded meanwhile) keeps its state unless the record has applied
                 // everything it has: an older record must never overwrite a newer state.
@@ -764,12 +842,28 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                 restored += 1
             }
             stats.restoredUsers += restored
-            stats.restoreFailures += failures
+            restoringGeneration[tp] = nil
+            assigned.insert(pidx)
+            return true
         }
+        guard loaded else { return nil }
+        updateRateShare()
         logger.info("partition restored", metadata: [
             "partition": "\(tp)", "records": .stringConvertible(records.count), "users": .stringConvertible(restored),
-            "dirty": .stringConvertible(dirty), "undecodable": .stringConvertible(failures), "ms": .stringConvertible(clock.monotonicMs() - start),
+            "dirty": .stringConvertible(dirty), "ms": .stringConvertible(clock.monotonicMs() - start),
         ])
+        return nil
+    }
+
+    /// Where restored partitions go to be fetched (the consumer's ``KafkaConsumer/release(_:)``).
+    /// Set, restores run in the background and their partitions are held paused until
+    /// then; unset (tests, tools), they run inside ``partitionsAssigned(_:)``, once.
+    public func setRestoredSink(_ sink: @escaping @Sendable ([TopicPartition]) -> Void) {
+        lock.withLock { restoredSink = sink }
+    }
+
+    public func partitionsToHold(_ partitions: [TopicPartition]) -> [TopicPartition] {
+        lock.withLock { partitions.filter { restoringGeneration[$0] != nil } }
     }
 
     /// Where committable offsets go (the consumer's offset store).
@@ -1194,31 +1288,25 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         return i
     }
 
+    /// Durable mode: each partition is restored before it is consumed, off the poll
+    /// thread (``setRestoredSink(_:)``): the consumer holds it paused meanwhile, and
+    /// readiness waits for it. Memory mode: consumed at once.
     public func partitionsAssigned(_ partitions: [TopicPartition]) {
-        if options.durable {
-            // Restore before the partition is consumed: this runs inside the rebalance
-            // callback, so no message of it is fetched until it returns. First the
-            // partitions are claimed: with transactions that fences their former owners,
-            // whose last open transaction is aborted, so the restore reads all there is.
-            lock.withLock { restoring += 1 }
-            if let store = lock.withLock({ stateStore }) {
-                do {
-                    try store.claim(partitions)
-                } catch {
-                    // The store reports itself failed: the process exits and rejoins.
-                    logger.critical("could not take over the changelog writers of assigned partitions", metadata: [
-                        "partitions": "\(partitions.map(\.description).joined(separator: ","))", "error": "\(error)",
-                    ])
-                }
-            }
-            for tp in partitions { restore(tp) }
-            lock.withLock { restoring -= 1 }
-        }
+        let durable = options.durable && lock.withLock { stateStore != nil }
+        var generation: UInt64 = 0
+        var sink: (@Sendable ([TopicPartition]) -> Void)?
         lock.withLock {
+            assignGeneration &+= 1
+            generation = assignGeneration
+            sink = restoredSink
             for tp in partitions {
                 let i = index(of: tp)
                 offsets.activate(i)
-                assigned.insert(i)
+                if durable {
+                    restoringGeneration[tp] = generation
+                } else {
+                    assigned.insert(i)
+                }
                 replayNoted.remove(i)
                 recreationNoted.remove(i)
                 recreationSuspected.remove(i)
@@ -1230,6 +1318,14 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             }
             hasBeenAssigned = true
             if !partitions.isEmpty { catchUp = (clock.monotonicMs(), stats.folded, nil, 0) }
+        }
+        if durable {
+            if let sink {
+                let generation = generation
+                Thread.detachNewThread { [self] in runRestores(partitions, generation: generation, retry: true, ready: sink) }
+            } else {
+                runRestores(partitions, generation: generation, retry: false, ready: nil)
+            }
         }
         updateRateShare()
     }
@@ -1270,7 +1366,9 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// uncommitted, so the next owner reads it again.
     public func partitionsRevoked(_ partitions: [TopicPartition]) {
         let idxs: [OffsetTracker.PartitionIndex] = lock.withLock {
-            partitions.compactMap { partitionIndex[$0] }
+            // A restore under way is stale from now on.
+            for tp in partitions { restoringGeneration[tp] = nil }
+            return partitions.compactMap { partitionIndex[$0] }
         }
         let start = clock.monotonicMs()
         // A resync not queued whole stays uncommitted: the next owner reads it again.
@@ -1705,7 +1803,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             // Ready: joined, and every assigned partition restored (no partition is
             // fine). An open breaker is foldspace_sync_breaker_open and an alert, not
             // unreadiness: that would block drains and hide the metrics that fire it.
-            s.ready = hasBeenAssigned && restoring == 0
+            s.ready = hasBeenAssigned && restoringGeneration.isEmpty
             return s
         }
     }

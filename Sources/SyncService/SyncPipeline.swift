@@ -98,6 +98,9 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         #endif
         let consumer = try KafkaConsumer(config: kafka, topics: config.topics, handler: engine, logger: logger)
         stateStore?.attach(consumer: consumer)
+        // Restores run off the poll thread; the consumer holds each partition paused
+        // until its state is loaded.
+        engine.setRestoredSink { [weak consumer] in consumer?.release($0) }
         // A fatal error of any Kafka client (the consumer, the state writer, the
         // dead-letter writer) fails /healthz and stops the process with status 1: the
         // instance can no longer do its work, and a restart is the remedy.

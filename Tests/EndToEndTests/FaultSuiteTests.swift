@@ -278,6 +278,36 @@ func peakRSSKiB(_ pid: Int32) -> Int {
         await tearDown(s, [d])
     }
 
+    /// A changelog partition holding a record the daemon cannot decode: that partition is
+    /// held (nothing of it is consumed, /readyz says not ready, /healthz stays alive), the
+    /// other goes on; a tombstone for the damaged key heals it, and nothing is lost.
+    @Test func aRestoreThatFailsHoldsItsPartitionUntilItHeals() async throws {
+        var s = try await setUp("heal", partitions: 2, users: 8)
+        try runKcat(["-P", "-b", s.kafka.bootstrap, "-t", "\(s.group)-state", "-p", "0", "-K", "\t", "-X", "log_level=3"],
+                    input: Data("damaged\tnot a state record\n".utf8))
+        try produce(&s, 0..<80)
+        let d = try daemon(s)
+        let line = { d.stderr.split(separator: "\n").first { $0.contains("admin server listening") } }
+        #expect(await waitUntil(.seconds(30)) { line() != nil })
+        let port = try #require(line().flatMap { l in l.range(of: "127.0.0.1:").map { Int(l[$0.upperBound...].prefix { $0.isNumber }) } } ?? nil)
+        func status(_ path: String) async -> Int? {
+            guard let (_, r) = try? await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)\(path)")!) else { return nil }
+            return (r as? HTTPURLResponse)?.statusCode
+        }
+        #expect(await waitUntil(.seconds(60)) { d.stderr.components(separatedBy: "state restore failed").count > 2 },
+                "\(d.stderr.suffix(2000))")
+        // The other partition is restored and consumed: some users arrive, not all.
+        #expect(await waitUntil(.seconds(30)) { !s.sandbox.latestAcknowledged().isEmpty })
+        #expect(!s.verifier.reference.allDelivered(s.sandbox), "partition 0 was consumed with no state")
+        #expect(await status("/readyz") == 503)
+        #expect(await status("/healthz") == 200, "a restore never stalls liveness")
+        try runKcat(["-P", "-b", s.kafka.bootstrap, "-t", "\(s.group)-state", "-p", "0", "-K", "\t", "-Z", "-X", "log_level=3"],
+                    input: Data("damaged\t\n".utf8))
+        await s.verifier.settleAndVerify([d], "after the tombstone")
+        #expect(await status("/readyz") == 200)
+        await tearDown(s, [d])
+    }
+
     @Test func fiveSecondsOfLatency() async throws {
         var s = try await setUp("slow", users: 16)
         s.sandbox.setLatency(ms: 5_000)

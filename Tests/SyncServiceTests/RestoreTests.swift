@@ -1,0 +1,142 @@
+import Delivery
+import Folding
+import Foundation
+import Kafka
+import Testing
+import TestSupport
+@testable import SyncService
+
+/// A changelog whose reads fail while `failing` is set.
+final class FlakyStore: StateStore, @unchecked Sendable {
+    let inner: MemoryStateStore
+    private let lock = NSLock()
+    private var failures = 0
+    var failing: Bool {
+        get { lock.withLock { _failing } }
+        set { lock.withLock { _failing = newValue } }
+    }
+    private var _failing = true
+    var readFailures: Int { lock.withLock { failures } }
+
+    init(_ inner: MemoryStateStore) { self.inner = inner }
+
+    var sourcePartitions: Int32 { inner.sourcePartitions }
+    func statePartition(for sourcePartition: Int32) -> Int32 { inner.statePartition(for: sourcePartition) }
+    func read(partition: Int32) throws -> [(key: [UInt8], value: [UInt8]?)] {
+        try lock.withLock {
+            if _failing {
+                failures += 1
+                throw TestError("the changelog is unavailable")
+            }
+        }
+        return try inner.read(partition: partition)
+    }
+    func write(_ records: [(partition: Int32, key: [UInt8], value: [UInt8]?)]) throws { try inner.write(records) }
+    func commit(_ offsets: [TopicPartition: Int64]) throws { try inner.commit(offsets) }
+}
+
+final class Released: @unchecked Sendable {
+    private let lock = NSLock()
+    private var items: [TopicPartition] = []
+    func add(_ p: [TopicPartition]) { lock.withLock { items += p } }
+    var all: [TopicPartition] { lock.withLock { items } }
+}
+
+/// Restores (issue "Exactly-once state", items 2 and 6): off the poll thread, the
+/// partition held until its state is loaded, a failure retried and never consumed past.
+@Suite struct RestoreTests {
+    let p0 = TopicPartition("events", 0)
+
+    func engine(_ clock: ManualClock, _ store: StateStore, log: CapturedLog? = nil) -> (SyncEngine, Released) {
+        var o = EngineOptions()
+        o.debounceMs = 1_000
+        o.maxWaitMs = 5_000
+        o.durable = true
+        o.restoreRetryMs = 20
+        o.fold.keyEvents = [.init(name: "Step", weight: 10, cap: 1_000)]
+        let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: log?.logger(.text) ?? quietLogger,
+                           clock: clock.engineClock)
+        e.setStateStore(store)
+        let released = Released()
+        e.setRestoredSink { released.add($0) }
+        return (e, released)
+    }
+
+    func track(_ user: String, _ second: Int) -> String {
+        #"{"type":"track","event":"Step","userId":"\#(user)","timestamp":"2025-11-20T10:00:\#(String(format: "%02d", second))Z"}"#
+    }
+
+    /// A changelog holding user `a` with one Step, written by an engine that folded it.
+    func seeded() -> MemoryStateStore {
+        let store = MemoryStateStore()
+        let clock = ManualClock()
+        var o = EngineOptions()
+        o.durable = true
+        o.fold.keyEvents = [.init(name: "Step", weight: 10, cap: 1_000)]
+        let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: clock.engineClock)
+        e.setStateStore(store)
+        e.partitionsAssigned([p0])
+        feed(e, [(p0, 0, track("a", 1))])
+        _ = e.checkpoint()
+        return store
+    }
+
+    @Test func aFailedRestoreHoldsThePartitionAndIsRetriedUntilItHeals() async throws {
+        let clock = ManualClock()
+        let flaky = FlakyStore(seeded())
+        let (e, released) = engine(clock, flaky)
+        e.partitionsAssigned([p0])
+        #expect(e.partitionsToHold([p0]) == [p0], "held paused while restoring")
+        #expect(await eventually(.seconds(10)) { flaky.readFailures >= 3 })
+        #expect(released.all.isEmpty, "not released before it is restored")
+        #expect(!e.snapshot().ready)
+        #expect(e.snapshot().restoreFailures >= 3)
+        // Nothing of it is checkpointed or committed meanwhile.
+        #expect(e.checkpoint())
+        #expect(flaky.inner.lastCommit[p0] == 1, "only what the seeding engine committed")
+        flaky.failing = false
+        #expect(await eventually(.seconds(10)) { released.all == [p0] })
+        #expect(e.snapshot().ready)
+        #expect(e.snapshot().restoredUsers == 1)
+        #expect(e.partitionsToHold([p0]).isEmpty)
+    }
+
+    @Test func aRecordOfANewerFormatStopsThePartitionAndNamesTheVersion() async throws {
+        let clock = ManualClock()
+        let store = seeded()
+        // The seeded record, as a later version would write it.
+        var record = try #require(try store.read(partition: 0).last)
+        var bytes = try #require(record.value)
+        let versionAt = try #require((0..<bytes.count).first { bytes[$0] == StateCodec.version })
+        bytes[versionAt] = StateCodec.version + 1
+        record.value = bytes
+        try store.write([(0, record.key, record.value)])
+        let log = CapturedLog()
+        let (e, released) = engine(clock, store, log: log)
+        e.partitionsAssigned([p0])
+        #expect(await eventually(.seconds(10)) { e.snapshot().restoreFailures >= 2 })
+        #expect(released.all.isEmpty)
+        #expect(!e.snapshot().ready)
+        #expect(log.lines.contains { $0.contains("format version \(StateCodec.version + 1)") }, "\(log.lines.suffix(3))")
+        // Revoked: the retries stop, and nothing is released.
+        e.partitionsRevoked([p0])
+        let failures = e.snapshot().restoreFailures
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(e.snapshot().restoreFailures <= failures + 1)
+        #expect(released.all.isEmpty)
+    }
+
+    @Test func aDamagedRecordFailsTheRestoreInsteadOfDroppingTheUser() async throws {
+        let clock = ManualClock()
+        let store = seeded()
+        try store.write([(0, Array("b".utf8), [0xFF, 0x00, 0x01])])
+        let (e, released) = engine(clock, store)
+        e.partitionsAssigned([p0])
+        #expect(await eventually(.seconds(10)) { e.snapshot().restoreFailures >= 2 })
+        #expect(released.all.isEmpty)
+        // A tombstone for the damaged key heals it.
+        try store.write([(0, Array("b".utf8), nil)])
+        #expect(await eventually(.seconds(10)) { released.all == [p0] })
+        #expect(e.snapshot().restoredUsers == 1)
+    }
+}
