@@ -120,21 +120,15 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
         for tp in partitions where lock.withLock({ owners[tp] == nil }) {
             var p = producerConfig
             p["transactional.id"] = Self.transactionalId(group: group, tp)
+            // On failure the engine holds the partition and tries again later.
+            let writer = try KafkaProducer(config: p, logger: logger)
             do throws(KafkaError) {
-                let writer = try KafkaProducer(config: p, logger: logger)
-                do throws(KafkaError) {
-                    try writer.initTransactions()
-                } catch {
-                    writer.close()
-                    throw error
-                }
-                lock.withLock { owners[tp] = writer }
+                try writer.initTransactions()
             } catch {
-                // Without its writer the partition can be neither checkpointed nor
-                // safely consumed: fail the process (it exits and rejoins).
-                lock.withLock { fenced = true }
+                writer.close()
                 throw error
             }
+            lock.withLock { owners[tp] = writer }
         }
     }
 
