@@ -19,6 +19,8 @@ public protocol StateStore: Sendable {
     func commit(_ offsets: [TopicPartition: Int64]) throws
     /// Whether the store's writer hit a fatal error: nothing more can be written.
     var hasFatalError: Bool { get }
+    /// The largest record (key and value) a checkpoint may write.
+    var maxRecordBytes: Int { get }
     /// Takes over source partitions before their state is restored: with transactions,
     /// fences every former owner's writer first (its open transaction aborted), so that
     /// the restore reads all that will ever be committed for them.
@@ -47,6 +49,7 @@ public struct CheckpointGroup: Sendable {
 
 extension StateStore {
     public var hasFatalError: Bool { false }
+    public var maxRecordBytes: Int { 1_000_000 - 1_024 }
     public func claim(_ partitions: [TopicPartition]) throws {}
     public func relinquish(_ partitions: [TopicPartition]) {}
     public func checkpoint(_ groups: [CheckpointGroup]) throws {
@@ -107,6 +110,13 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
         if p["compression.type"] == nil && p["compression.codec"] == nil { p["compression.type"] = "lz4" }
         producerConfig = p
         producer = try KafkaProducer(config: p, logger: logger)
+    }
+
+    /// The producer's `message.max.bytes` (librdkafka's default 1,000,000) less room for
+    /// the record's framing and headers.
+    public var maxRecordBytes: Int {
+        let limit = producerConfig["message.max.bytes"].flatMap { Int($0) } ?? 1_000_000
+        return max(4_096, limit - 1_024)
     }
 
     /// The transactional id of a source partition's changelog writer.

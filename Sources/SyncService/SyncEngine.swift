@@ -125,6 +125,9 @@ public struct EngineStats: Sendable {
     public var restoreFailures = 0
     /// Resync control records applied (one per partition of a request), users queued to
     /// be sent again by them, and partitions whose all-users resync is not through yet.
+    /// Durable mode: user states left out of a checkpoint because their record exceeds
+    /// what the changelog accepts (dead-lettered as `state-too-large`).
+    public var oversizedStates = 0
     public var resyncRequests = 0
     public var resyncUsers = 0
     public var resyncPendingPartitions = 0
@@ -663,6 +666,49 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                 }
             }
         }
+        // Encoded outside the lock; a record over what the changelog accepts is left out
+        // (one user must never hold back every commit) and dead-lettered.
+        var encoded: [[(partition: Int32, key: [UInt8], value: [UInt8]?)]] = []
+        var oversized: [(key: String, bytes: Int, source: TopicPartition)] = []
+        let maxRecordBytes = store.maxRecordBytes
+        for (g, group) in groups.enumerated() {
+            let end = g + 1 < groups.count ? groups[g + 1].start : snapshot.count
+            let tombstonesEnd = g + 1 < groups.count ? groups[g + 1].tombstones : tombstones.count
+            var records: [(partition: Int32, key: [UInt8], value: [UInt8]?)] = []
+            records.reserveCapacity(end - group.start + tombstonesEnd - group.tombstones)
+            // By index: `for s in snapshot` copied (retained) every state once more.
+            for i in group.start..<end {
+                let key = Array(snapshot[i].key.utf8)
+                let value = StateCodec.encode(snapshot[i].stored)
+                if key.count + value.count > maxRecordBytes {
+                    oversized.append((snapshot[i].key, value.count, group.source))
+                    continue
+                }
+                records.append((snapshot[i].partition, key, value))
+            }
+            for t in tombstones[group.tombstones..<tombstonesEnd] { records.append((t.partition, Array(t.key.utf8), nil)) }
+            encoded.append(records)
+        }
+        snapshot = []
+        if !oversized.isEmpty {
+            var seqs: [UInt64] = []
+            lock.withLock {
+                stats.oversizedStates += oversized.count
+                stats.deadLetters["state-too-large", default: 0] += oversized.count
+                for _ in oversized { seqs.append(reserveDeadLetter(.none)) }
+                deadLetterBarrier = deadLetterSeq
+            }
+            for (o, seq) in zip(oversized, seqs) {
+                // No PII in the log: the partition and the size say enough to find it.
+                logger.error("a user's state is larger than the changelog accepts; it is not checkpointed (dead-lettered)", metadata: [
+                    "partition": "\(o.source)", "bytes": .stringConvertible(o.bytes), "limit": .stringConvertible(maxRecordBytes),
+                ])
+                deadLetters.deadLetter(kind: "state-too-large", key: Array(o.key.utf8), value: [], headers: [
+                    ("reason", "state-too-large"), ("bytes", String(o.bytes)), ("source.topic", o.source.topic),
+                    ("source.partition", String(o.source.partition)),
+                ]) { [weak self] in self?.deadLetterDelivered(seq) }
+            }
+        }
         // The dead letters of what these offsets cover are written first; if they are not
         // yet, the offsets wait for a later checkpoint (the users are written now).
         let letters = commit.isEmpty || waitForDeadLetters(below: deadLetterBarrier, timeoutMs: options.deadLetterWaitMs)
@@ -673,21 +719,12 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         var batches: [CheckpointGroup] = []
         var recordCount = 0
         for (g, group) in groups.enumerated() {
-            let end = g + 1 < groups.count ? groups[g + 1].start : snapshot.count
-            let tombstonesEnd = g + 1 < groups.count ? groups[g + 1].tombstones : tombstones.count
-            var records: [(partition: Int32, key: [UInt8], value: [UInt8]?)] = []
-            records.reserveCapacity(end - group.start + tombstonesEnd - group.tombstones)
-            // By index: `for s in snapshot` copied (retained) every state once more.
-            for i in group.start..<end {
-                records.append((snapshot[i].partition, Array(snapshot[i].key.utf8), StateCodec.encode(snapshot[i].stored)))
-            }
-            for t in tombstones[group.tombstones..<tombstonesEnd] { records.append((t.partition, Array(t.key.utf8), nil)) }
+            let records = encoded[g]
             let offset = letters ? commit[group.source] : nil
             guard !records.isEmpty || offset != nil else { continue }
             recordCount += records.count
             batches.append(CheckpointGroup(source: group.source, records: records, offset: offset))
         }
-        snapshot = []
         do {
             try store.checkpoint(batches)
             lock.withLock {

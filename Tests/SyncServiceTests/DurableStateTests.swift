@@ -16,6 +16,7 @@ final class MemoryStateStore: StateStore, @unchecked Sendable {
     var duringWrite: (() -> Void)?
     let partitions: Int32
     var sourcePartitions: Int32 { partitions }
+    var maxRecordBytes = 1_000_000 - 1_024
 
     init(partitions: Int32 = 1) { self.partitions = partitions }
 
@@ -25,6 +26,10 @@ final class MemoryStateStore: StateStore, @unchecked Sendable {
         duringWrite?()
         try lock.withLock {
             if failWrites { throw TestError("write failed") }
+            // As Kafka: a record over the limit fails the write (MSG_SIZE_TOO_LARGE).
+            if records.contains(where: { $0.key.count + ($0.value?.count ?? 0) > maxRecordBytes }) {
+                throw TestError("message too large")
+            }
             for r in records { log[r.partition, default: []].append((r.key, r.value)) }
         }
     }

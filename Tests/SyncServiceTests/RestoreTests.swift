@@ -140,3 +140,33 @@ final class Released: @unchecked Sendable {
         #expect(e.snapshot().restoredUsers == 1)
     }
 }
+
+/// Records that always fit (issue "Exactly-once state", item 5): a user whose record is
+/// over the changelog's limit is left out and dead-lettered; the others are written and
+/// the offsets committed.
+@Suite struct CheckpointSizeTests {
+    let p0 = TopicPartition("events", 0)
+
+    @Test func anOversizedStateNeverHoldsBackTheOthersCommit() throws {
+        let clock = ManualClock()
+        let store = MemoryStateStore()
+        store.maxRecordBytes = 400
+        var o = EngineOptions()
+        o.durable = true
+        let dl = RecordingDeadLetters()
+        let e = SyncEngine(options: o, deadLetters: dl, logger: quietLogger, clock: clock.engineClock)
+        e.setStateStore(store)
+        e.partitionsAssigned([p0])
+        let long = String(repeating: "n", count: 250)
+        feed(e, [(p0, 0, #"{"type":"identify","userId":"small","timestamp":"2025-11-20T10:00:00Z"}"#),
+                 (p0, 1, #"{"type":"identify","userId":"big","traits":{"name":"\#(long)","title":"\#(long)"},"timestamp":"2025-11-20T10:00:01Z"}"#)])
+        #expect(e.checkpoint())
+        #expect(e.checkpoint())
+        let written = try store.read(partition: 0).map { String(decoding: $0.key, as: UTF8.self) }
+        #expect(written == ["small"])
+        #expect(store.lastCommit[p0] == 2, "the others' commit is not held back")
+        #expect(e.snapshot().oversizedStates == 1)
+        #expect(dl.all.map(\.kind) == ["state-too-large"])
+        #expect(dl.all.first?.headers.contains { $0 == ("reason", "state-too-large") } == true)
+    }
+}
