@@ -70,6 +70,52 @@ public enum KafkaAdmin {
         }
     }
 
+    /// A topic's configuration as the brokers report it (DescribeConfigs), by name.
+    /// Throws when the cluster cannot answer (librdkafka's mock cluster has no
+    /// DescribeConfigs, and names a controller that is none of its brokers).
+    public static func topicConfig(config: KafkaClientConfig, topic: String, timeoutMs: Int32 = 10_000) throws(KafkaError) -> [String: String] {
+        let conf = try config.withoutConsumerProperties.makeConf()
+        var errbuf = [CChar](repeating: 0, count: 512)
+        guard let rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, &errbuf, errbuf.count) else {
+            rd_kafka_conf_destroy(conf)
+            throw KafkaError(message: "cannot create admin client: \(errorText(errbuf))")
+        }
+        defer { rd_kafka_destroy(rk) }
+        try requireController(rk, timeoutMs: timeoutMs)
+        var resource: OpaquePointer? = rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_TOPIC, topic)
+        guard resource != nil else { throw KafkaError(message: "bad config resource for \(topic)") }
+        defer { rd_kafka_ConfigResource_destroy(resource) }
+        let queue = rd_kafka_queue_new(rk)
+        defer { rd_kafka_queue_destroy(queue) }
+        let options = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_DESCRIBECONFIGS)
+        defer { rd_kafka_AdminOptions_destroy(options) }
+        _ = rd_kafka_AdminOptions_set_request_timeout(options, timeoutMs, &errbuf, errbuf.count)
+        rd_kafka_DescribeConfigs(rk, &resource, 1, options, queue)
+        guard let event = rd_kafka_queue_poll(queue, timeoutMs + 2_000) else {
+            throw KafkaError(message: "describing topic \(topic)'s configuration timed out")
+        }
+        defer { rd_kafka_event_destroy(event) }
+        let err = rd_kafka_event_error(event)
+        if err != RD_KAFKA_RESP_ERR_NO_ERROR { throw KafkaError(err, context: "describe configs of \(topic)") }
+        guard let result = rd_kafka_event_DescribeConfigs_result(event) else {
+            throw KafkaError(message: "describe configs of \(topic): no result")
+        }
+        var n = 0
+        guard let resources = rd_kafka_DescribeConfigs_result_resources(result, &n), n > 0, let r = resources[0] else {
+            throw KafkaError(message: "describe configs of \(topic): no resource in the answer")
+        }
+        let rerr = rd_kafka_ConfigResource_error(r)
+        if rerr != RD_KAFKA_RESP_ERR_NO_ERROR { throw KafkaError(rerr, context: "describe configs of \(topic)") }
+        var count = 0
+        var out: [String: String] = [:]
+        guard let entries = rd_kafka_ConfigResource_configs(r, &count) else { return out }
+        for i in 0..<count {
+            guard let e = entries[i], let name = rd_kafka_ConfigEntry_name(e) else { continue }
+            out[String(cString: name)] = rd_kafka_ConfigEntry_value(e).map { String(cString: $0) }
+        }
+        return out
+    }
+
     /// The names of all topics, from metadata (a listing never auto-creates anything).
     public static func listTopics(config: KafkaClientConfig, timeoutMs: Int32 = 10_000) throws(KafkaError) -> Set<String> {
         let rk = try metadataClient(config)

@@ -119,6 +119,31 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
         return max(4_096, limit - 1_024)
     }
 
+    /// Refuses a changelog whose `cleanup.policy` is not `compact`: with `delete` (the
+    /// broker's default for a topic auto-created without it) or `compact,delete`, users
+    /// not written for the retention period (7 days by default) silently lose their
+    /// state. A cluster that cannot describe topic configurations (librdkafka's mock)
+    /// gets a warning.
+    static func checkCleanupPolicy(topic: String, config: KafkaClientConfig, logger: Logger) throws {
+        let described: [String: String]
+        do {
+            described = try KafkaAdmin.topicConfig(config: config, topic: topic)
+        } catch {
+            logger.warning("could not read the state topic's configuration; make sure its cleanup.policy is compact", metadata: [
+                "topic": "\(topic)", "error": "\(error)",
+            ])
+            return
+        }
+        let policy = described["cleanup.policy"] ?? "delete"
+        let parts = Set(policy.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
+        guard parts == ["compact"] else {
+            throw ConfigurationError(
+                "state_topic: \(topic) has cleanup.policy=\(policy); it must be compact (with delete, users not written "
+                + "within the topic's retention lose their state). Change it, e.g. kafka-configs.sh --alter --entity-type topics "
+                + "--entity-name \(topic) --add-config cleanup.policy=compact")
+        }
+    }
+
     /// The transactional id of a source partition's changelog writer.
     public static func transactionalId(group: String, _ tp: TopicPartition) -> String {
         "\(group)-state-\(tp.topic)-\(tp.partition)"
@@ -248,6 +273,7 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
                 ])
             }
         }
+        try checkCleanupPolicy(topic: topic, config: admin, logger: logger)
         let statePartitions = try KafkaAdmin.partitionCount(config: admin, topic: topic)
         if statePartitions != sourcePartitions {
             // Usable only if it holds nothing, or only what this daemon wrote for a source

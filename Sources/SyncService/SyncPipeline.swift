@@ -291,7 +291,7 @@ public final class SyncPipeline: Service, @unchecked Sendable {
             "users_unsettled": .stringConvertible(stats.dirtyUsers &+ stats.unsettledAtLastRevocation),
         ])
         if kafkaFatal() {
-            throw ConfigurationError("a Kafka client hit a fatal error (see the critical log line); exiting so that the process is restarted")
+            throw RuntimeFailure("a Kafka client hit a fatal error, or this instance was fenced by a newer owner of its partitions (see the critical log line); exiting so that the process is restarted")
         }
     }
 }
@@ -322,4 +322,11 @@ final class LoopsAlive: @unchecked Sendable {
     var healthy: Bool {
         lock.withLock { DispatchTime.now().uptimeNanoseconds - last.uptimeNanoseconds < 10_000_000_000 }
     }
+}
+
+/// A failure while running that a restart can mend (exit status 1), as opposed to a
+/// ``ConfigurationError`` found at start (exit status 2).
+public struct RuntimeFailure: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
 }

@@ -134,6 +134,8 @@ extension FoldspaceSync {
                 // librdkafka refusing a property (a KafkaError without a code) is a
                 // configuration error; anything else failed while running.
                 if let k = error as? KafkaError, k.code == nil { throw ExitCode(exitConfigurationError) }
+                // A changelog that cannot be used as it is (its layout, its cleanup.policy).
+                if error is ConfigurationError { throw ExitCode(exitConfigurationError) }
                 throw ExitCode(exitRuntimeFailure)
             }
         }

@@ -31,9 +31,23 @@ import FoundationNetworking
         }
     }
 
+    /// A changelog that is not compacted loses users after its retention: refused at
+    /// start (exit 2, a configuration error), naming the topic and its policy.
+    @Test func aChangelogThatIsNotCompactedIsRefused() async throws {
+        let group = "policy-\(UUID().uuidString.prefix(6))"
+        let tansu = try await TansuBroker(topics: [("events", 1, [:]), ("\(group)-state", 1, ["cleanup.policy": "delete"])])
+        let sandbox = FoldspaceSandbox(apiKeys: [apiKey])
+        try await sandbox.start()
+        let d = try daemon(tansu, sandbox, group: group, commitInterval: "1s")
+        #expect(await d.wait(timeout: .seconds(60)) == 2, "\(d.stderr.suffix(1500))")
+        #expect(d.stderr.contains("\(group)-state has cleanup.policy=delete"), "\(d.stderr.suffix(1500))")
+        await sandbox.stop()
+        await tansu.stop()
+    }
+
     @Test func aZombieIsFencedAndTheNewOwnersStateWins() async throws {
         let group = "zombie-\(UUID().uuidString.prefix(6))"
-        let tansu = try await TansuBroker(topics: [("events", 2), ("\(group)-state", 2)])
+        let tansu = try await TansuBroker(topics: [("events", 2, [:]), ("\(group)-state", 2, ["cleanup.policy": "compact"])])
         let sandbox = FoldspaceSandbox(apiKeys: [apiKey])
         try await sandbox.start()
         var verifier = FaultVerifier(reference: VisitReference(users: 6, prefix: "zombie-"), sandbox: sandbox)

@@ -21,7 +21,7 @@ final class TansuBroker: @unchecked Sendable {
     /// The environment a process talking to tansu needs.
     var environment: [String: String] { ["LD_LIBRARY_PATH": libraryFolder] }
 
-    init(topics: [(name: String, partitions: Int)]) async throws {
+    init(topics: [(name: String, partitions: Int, config: [String: String])]) async throws {
         let locate = Process()
         locate.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         locate.arguments = ["python3", "-c", """
@@ -56,7 +56,8 @@ final class TansuBroker: @unchecked Sendable {
             throw TestFailure("tansu did not start: \(child.stdout) \(child.stderr)")
         }
         for t in topics {
-            let create = try Child(["topic", "create", t.name, "--partitions", String(t.partitions), "--broker", url], executable: binary)
+            let create = try Child(["topic", "create", t.name, "--partitions", String(t.partitions), "--broker", url]
+                                   + t.config.flatMap { ["--config", "\($0.key)=\($0.value)"] }, executable: binary)
             guard await create.wait(timeout: .seconds(20)) == 0 else { throw TestFailure("tansu topic create \(t.name): \(create.stderr)") }
         }
     }
