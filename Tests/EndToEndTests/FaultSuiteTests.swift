@@ -308,6 +308,34 @@ func peakRSSKiB(_ pid: Int32) -> Int {
         await tearDown(s, [d])
     }
 
+    /// Twenty SIGKILLs at random points while events arrive and checkpoints (every
+    /// 300 ms, each a transaction) are written, batch envelopes among the events: the
+    /// verifier's Step count shows any event lost or counted twice across the restarts.
+    @Test func twentySigkillsDuringCheckpoints() async throws {
+        var s = try await setUp("kill9", partitions: 2, users: 10)
+        var rng = SystemRandomNumberGenerator()
+        let fast = ["FOLDSPACE_SYNC_KAFKA_PROPERTIES": "session.timeout.ms=3000,heartbeat.interval.ms=300,retry.backoff.ms=50"]
+        var produced = 0
+        for round in 0..<20 {
+            let d = try daemon(s, env: fast)
+            #expect(await waitUntil(.seconds(60)) { d.stderr.contains("partitions assigned") }, "round \(round): \(d.stderr.suffix(1500))")
+            // Half the slice as single events, half as one batch envelope per user.
+            let slice = s.verifier.reference.messages(produced..<produced + 20)
+            produced += 20
+            try kcatProduce(bootstrap: s.kafka.bootstrap, topic: "events", Array(slice.prefix(10)))
+            var envelopes: [String: [String]] = [:]
+            for m in slice.dropFirst(10) { envelopes[m.key, default: []].append(m.value) }
+            try kcatProduce(bootstrap: s.kafka.bootstrap, topic: "events",
+                            envelopes.map { (key: $0.key, value: #"{"batch":[\#($0.value.joined(separator: ","))]}"#) })
+            try await Task.sleep(for: .milliseconds(Int.random(in: 100...1_500, using: &rng)))
+            d.signal(SIGKILL)
+            _ = await d.wait(timeout: .seconds(10))
+        }
+        let last = try daemon(s, env: fast)
+        await s.verifier.settleAndVerify([last], "after 20 SIGKILLs", timeout: .seconds(120))
+        await tearDown(s, [last])
+    }
+
     @Test func fiveSecondsOfLatency() async throws {
         var s = try await setUp("slow", users: 16)
         s.sandbox.setLatency(ms: 5_000)
