@@ -10,6 +10,7 @@ EVENTS=${EVENTS:-1000000}
 USERS=${USERS:-100000}
 PARTITIONS=${PARTITIONS:-16}   # the mock keeps ~5 MiB per partition: spread the data
 MEMORY_USERS=${MEMORY_USERS:-1000000}
+RESTORE_USERS=${RESTORE_USERS:-1000000}
 
 bash scripts/deps.sh --with-test-tools
 swift build -c release --product foldspace-sync >&2
@@ -17,7 +18,7 @@ swift build -c release --product foldspace-bench >&2
 BIN=$(swift build -c release --show-bin-path)
 out=$(mktemp -d)
 
-"$BIN/foldspace-sync" mock-kafka --topic "bench:$PARTITIONS" > "$out/mock" 2>/dev/null &
+"$BIN/foldspace-sync" mock-kafka --topic "bench:$PARTITIONS" --topic "bench-state:32" > "$out/mock" 2>/dev/null &
 MOCK=$!
 trap 'kill $MOCK 2>/dev/null || true' EXIT
 for _ in $(seq 100); do [ -s "$out/mock" ] && break; sleep 0.1; done
@@ -92,8 +93,14 @@ echo "memory per user ($MEMORY_USERS users)..." >&2
 "$BIN/foldspace-bench" memory --users "$MEMORY_USERS" --settled | grep settled >> "$out/memory"
 echo "pure core costs..." >&2
 "$BIN/foldspace-bench" core --rounds 5 > "$out/core"
+echo "restore speed ($RESTORE_USERS users' changelog records over 32 partitions)..." >&2
+"$BIN/foldspace-bench" restore --brokers "$B" --topic bench-state --users "$RESTORE_USERS" --partitions 32 > "$out/restore"
+t0=$(date +%s.%N)
+restore_kcat_n=$(kcat -C -b "$B" -t bench-state -o beginning -e -q -f '\n' -X log_level=3 | wc -l)
+t1=$(date +%s.%N)
+echo "restore_kcat_rate=$(python3 -c "print(int($restore_kcat_n / ($t1 - $t0)))")" >> "$out/restore"
 
-cat "$out"/produce "$out"/python "$out"/rates "$out"/latency "$out"/memory "$out"/core > "$out/all"
+cat "$out"/produce "$out"/python "$out"/rates "$out"/latency "$out"/memory "$out"/core "$out"/restore > "$out/all"
 python3 - "$out/all" <<'PY'
 import sys
 v = dict(l.strip().split("=", 1) for l in open(sys.argv[1]) if "=" in l)
@@ -145,6 +152,12 @@ rows = [
     ("core: the engine, decode to fold, one thread (ns/event)", g("core_engine_ns")),
     ("core: project (ns/user)", g("core_project_ns")),
     ("core: schema check of a body (ns)", g("core_validate_ns")),
+    (f"changelog records for the restore ({g('restore_record_bytes')} B avg)", g("restore_records")),
+    ("restore: changelog read raw, kcat -f '\\n' (records/s)", g("restore_kcat_rate")),
+    ("restore: changelog read raw into memory, as the restore reads (records/s)", g("restore_raw_rate")),
+    ("restore: the engine's restore, read + decode + load (users/s)", g("restore_rate")),
+    ("restore / raw read into memory", f"{int(g('restore_rate')) / int(g('restore_raw_rate')):.2f}" if g("restore_rate").isdigit() and g("restore_raw_rate").isdigit() and int(g("restore_raw_rate")) else "?"),
+    ("restore / raw kcat", f"{int(g('restore_rate')) / int(g('restore_kcat_rate')):.2f}" if g("restore_rate").isdigit() and g("restore_kcat_rate").isdigit() and int(g("restore_kcat_rate")) else "?"),
 ]
 w = max(len(r[0]) for r in rows)
 print(f"| {'measure'.ljust(w)} | value |")
