@@ -424,6 +424,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// The state store was fenced (another instance owns our partitions) or failed
     /// fatally: what this instance holds may be stale, so nothing more is sent.
     private var halted = false
+    private var sendGate: (@Sendable () -> Bool)?
     private var rng = SystemRandomNumberGenerator()
     private var storeOffsets: (@Sendable ([TopicPartition: Int64]) -> Void)?
     private var hasBeenAssigned = false
@@ -1523,6 +1524,8 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         return lock.withLock {
             // A fenced instance's state may be older than what its successor sent.
             if halted { return .sleepUntil(nil) }
+            // Not while the process may just have been woken from a stop (FreezeWatch).
+            if let gate = sendGate, !gate() { return .sleepUntil(now + 100) }
             var jobs: [FlushJob] = []
             var wake: Int64? = nil
             if limiter.breakerOpen && now - lastBreakerLogMs >= 60_000 {
@@ -1798,6 +1801,11 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     }
 
     /// Lets the breaker probe right away (the key was re-read).
+    /// Sending happens only while `gate` says yes (checked on each take).
+    public func setSendGate(_ gate: @escaping @Sendable () -> Bool) {
+        lock.withLock { sendGate = gate }
+    }
+
     /// Stops all sending for good: the process is about to exit on a fatal Kafka error
     /// (a fenced instance must not send what may be stale).
     public func halt() {

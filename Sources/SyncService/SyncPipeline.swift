@@ -105,8 +105,21 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         // dead-letter writer) fails /healthz and stops the process with status 1: the
         // instance can no longer do its work, and a restart is the remedy.
         let deadLetterProducer = lock.withLock { producer }
+        // A process stopped as long as the session timeout lost its partitions: it must
+        // not send what it holds (FreezeWatch).
+        let sessionTimeoutMs = kafka["session.timeout.ms"].flatMap { Int64($0) } ?? 10_000
+        let freezeWatch = FreezeWatch(sessionTimeoutMs: sessionTimeoutMs) { [logger, engine] seconds in
+            engine.halt()
+            logger.critical("the process did not run for as long as the group's session timeout (stopped or paused): another instance owns its partitions now; it sends nothing more and exits to rejoin", metadata: [
+                "seconds": .stringConvertible((seconds * 10).rounded() / 10), "session_timeout_ms": .stringConvertible(sessionTimeoutMs),
+            ])
+        }
+        freezeWatch.start()
+        defer { freezeWatch.stop() }
+        engine.setSendGate { freezeWatch.allowsSending }
         let kafkaFatal: @Sendable () -> Bool = { [stateStore] in
             consumer.hasFatalError || (stateStore?.hasFatalError ?? false) || (deadLetterProducer?.hasFatalError ?? false)
+                || freezeWatch.hasFrozen
         }
         engine.setOffsetSink { consumer.storeOffsets($0) }
         engine.setPartitionTotal { consumer.subscribedPartitionCount() }

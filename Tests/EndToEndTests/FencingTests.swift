@@ -9,10 +9,13 @@ import FoundationNetworking
 /// owner that wakes up after its partitions moved writes nothing that counts.
 @Suite(.serialized) struct FencingTests {
     let apiKey = "fence-key-\(UUID().uuidString.prefix(8))"
+    /// The zombie's own key: the stand-in tells its requests apart by it.
+    let zombieKey = "zombie-key-\(UUID().uuidString.prefix(8))"
 
-    func daemon(_ tansu: TansuBroker, _ sandbox: FoldspaceSandbox, group: String, commitInterval: String) throws -> Child {
+    func daemon(_ tansu: TansuBroker, _ sandbox: FoldspaceSandbox, group: String, commitInterval: String,
+                key: String? = nil, debounce: String = "200ms", maxWait: String = "1s") throws -> Child {
         var env = tansu.environment
-        env["FOLDSPACE_API_KEY"] = apiKey
+        env["FOLDSPACE_API_KEY"] = key ?? apiKey
         env["FOLDSPACE_SYNC_SEND_NUMBER_OF_VISITS"] = "true"
         env["FOLDSPACE_SYNC_COMMIT_INTERVAL"] = commitInterval
         env["FOLDSPACE_SYNC_SHUTDOWN_TIMEOUT"] = "10s"
@@ -20,7 +23,7 @@ import FoundationNetworking
         env["FOLDSPACE_SYNC_KAFKA_PROPERTIES"] = "session.timeout.ms=6000,heartbeat.interval.ms=500,batch.num.messages=1,log_level=3"
         for (k, v) in VisitReference.pqlEnvironment { env[k] = v }
         return try Child(["run", "--brokers", tansu.bootstrap, "--topic", "events", "--group", group,
-                          "--foldspace-url", sandbox.baseURL, "--debounce", "200ms", "--max-wait", "1s",
+                          "--foldspace-url", sandbox.baseURL, "--debounce", debounce, "--max-wait", maxWait,
                           "--admin-listen", "127.0.0.1:0"], env: env)
     }
 
@@ -48,15 +51,27 @@ import FoundationNetworking
     @Test func aZombieIsFencedAndTheNewOwnersStateWins() async throws {
         let group = "zombie-\(UUID().uuidString.prefix(6))"
         let tansu = try await TansuBroker(topics: [("events", 2, [:]), ("\(group)-state", 2, ["cleanup.policy": "compact"])])
-        let sandbox = FoldspaceSandbox(apiKeys: [apiKey])
+        let sandbox = FoldspaceSandbox(apiKeys: [apiKey, zombieKey])
         try await sandbox.start()
         var verifier = FaultVerifier(reference: VisitReference(users: 6, prefix: "zombie-"), sandbox: sandbox)
         try tansu.produce(topic: "events", verifier.reference.messages(0..<60))
 
-        // A folds and sends everything, but checkpoints only once a minute: when it is
-        // stopped, its changelog writes are still to come.
-        let a = try daemon(tansu, sandbox, group: group, commitInterval: "60s")
-        await verifier.settleAndVerify([a], "A alone")
+        // A folds everything, but sends only after a 5 s quiet period and checkpoints
+        // once a minute: when it is stopped, its requests and changelog writes are still
+        // to come.
+        let a = try daemon(tansu, sandbox, group: group, commitInterval: "60s", key: zombieKey, debounce: "5s", maxWait: "10s")
+        let line = { a.stderr.split(separator: "\n").first { $0.contains("admin server listening") } }
+        #expect(await waitUntil(.seconds(30)) { line() != nil })
+        let port = try #require(line().flatMap { l in l.range(of: "127.0.0.1:").map { Int(l[$0.upperBound...].prefix { $0.isNumber }) } } ?? nil)
+        var folded = false
+        let deadline = ContinuousClock.now + .seconds(60)
+        while !folded && ContinuousClock.now < deadline {
+            if let (data, _) = try? await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)/metrics")!) {
+                folded = String(decoding: data, as: UTF8.self).contains(#"foldspace_sync_events_total{result="folded"} 60"#)
+            }
+            if !folded { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        #expect(folded, "\(a.stderr.suffix(1500))")
         a.signal(SIGSTOP)
 
         // B takes over once A's session has timed out: claiming the partitions fences A's
@@ -66,12 +81,15 @@ import FoundationNetworking
         try tansu.produce(topic: "events", verifier.reference.messages(60..<120))
         await verifier.settleAndVerify([b], "B took over")
 
-        // A wakes up believing it owns both partitions, with 60 events' worth of state
-        // to write: the broker refuses its transaction, and it exits to rejoin.
+        // A wakes up believing it owns both partitions, with users due to be sent and 60
+        // events' worth of state to write: it sends nothing (it notices it was stopped
+        // past its session), the broker refuses its transaction, and it exits to rejoin.
         a.signal(SIGCONT)
         let status = await a.wait(timeout: .seconds(60))
         #expect(status == 1, "the zombie: \(a.stderr.suffix(3000))")
-        #expect(a.stderr.contains("fenced"), "\(a.stderr.suffix(2000))")
+        #expect(a.stderr.contains("did not run for as long as the group's session timeout") || a.stderr.contains("fenced"),
+                "\(a.stderr.suffix(2000))")
+        #expect(sandbox.requests.filter { $0.apiKey == zombieKey }.isEmpty, "the zombie sent what it held")
 
         // What the changelog holds is B's: a new owner would restore every user with
         // each Step event counted once (a zombie's write of its older state would show).
