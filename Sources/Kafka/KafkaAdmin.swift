@@ -177,9 +177,20 @@ public enum KafkaAdmin {
             _ = rd_kafka_assign(rk, nil)
             rd_kafka_destroy(rk)
         }
+        // The end to read to is the high watermark, asked read_uncommitted: asked
+        // read_committed, it would be the last stable offset, which another producer's
+        // open transaction holds back (the read then waits for it to end).
         var low: Int64 = 0
         var high: Int64 = 0
-        let wm = rd_kafka_query_watermark_offsets(rk, topic, partition, &low, &high, 10_000)
+        var wcfg = KafkaClientConfig(cfg.properties)
+        wcfg["isolation.level"] = "read_uncommitted"
+        let wconf = try wcfg.makeConf()
+        guard let wk = rd_kafka_new(RD_KAFKA_CONSUMER, wconf, &errbuf, errbuf.count) else {
+            rd_kafka_conf_destroy(wconf)
+            throw KafkaError(message: "cannot create restore client: \(errorText(errbuf))")
+        }
+        let wm = rd_kafka_query_watermark_offsets(wk, topic, partition, &low, &high, 10_000)
+        rd_kafka_destroy(wk)
         if wm != RD_KAFKA_RESP_ERR_NO_ERROR { throw KafkaError(wm, context: "watermarks of \(topic)[\(partition)]") }
         if high <= low { return [] }
         rd_kafka_poll_set_consumer(rk)

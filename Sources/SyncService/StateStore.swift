@@ -77,7 +77,7 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
     /// The source topic's partition count, written into every record.
     public let sourcePartitions: Int32
     public var hasFatalError: Bool {
-        producer.hasFatalError || lock.withLock { fenced || owners.values.contains { $0.hasFatalError } }
+        producer.hasFatalError || lock.withLock { failed || owners.values.contains { $0.hasFatalError } }
     }
     /// Whether checkpoints are transactions (``SyncConfiguration/stateTransactions``).
     public let transactional: Bool
@@ -89,8 +89,11 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
     private var consumer: KafkaConsumer?
     /// With transactions: the producer of each claimed source partition.
     private var owners: [TopicPartition: KafkaProducer] = [:]
-    /// A transaction was refused because another owner took over.
-    private var fenced = false
+    /// A transaction was refused because another owner took over, or a writer failed in
+    /// a way no retry mends: the process must restart.
+    private var failed = false
+    /// Partitions whose writer was let go after a transaction it could not end.
+    private var wedged: Set<TopicPartition> = []
 
     public init(topic: String, partitions: Int, sourcePartitions: Int, config: KafkaClientConfig, logger: Logger,
                 transactional: Bool = false) throws {
@@ -155,11 +158,19 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
         for tp in partitions where lock.withLock({ owners[tp] == nil }) {
             var p = producerConfig
             p["transactional.id"] = Self.transactionalId(group: group, tp)
-            // On failure the engine holds the partition and tries again later.
+            // On failure the engine holds the partition and tries again later; an error no
+            // retry mends (the transactional id not authorized, transactions unsupported)
+            // fails the process, which says why.
             let writer = try KafkaProducer(config: p, logger: logger)
             do throws(KafkaError) {
                 try writer.initTransactions()
             } catch {
+                if error.isFatal || writer.hasFatalError {
+                    lock.withLock { failed = true }
+                    logger.critical("the changelog writer of a partition cannot be initialised; exiting (set state.transactions: false for brokers without transactions)", metadata: [
+                        "partition": "\(tp)", "error": "\(error)",
+                    ])
+                }
                 writer.close()
                 throw error
             }
@@ -168,7 +179,10 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
     }
 
     public func relinquish(_ partitions: [TopicPartition]) {
-        let gone = lock.withLock { partitions.compactMap { owners.removeValue(forKey: $0) } }
+        let gone = lock.withLock {
+            wedged.subtract(partitions)
+            return partitions.compactMap { owners.removeValue(forKey: $0) }
+        }
         for w in gone { w.close() }
     }
 
@@ -184,6 +198,12 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
         let consumer = lock.withLock { self.consumer }
         var committed: [TopicPartition: Int64] = [:]
         for g in groups where !g.records.isEmpty || g.offset != nil {
+            // A writer dropped after a transaction it could not end is claimed again
+            // (which aborts that transaction); a partition let go is never claimed here.
+            if lock.withLock({ owners[g.source] == nil && wedged.contains(g.source) }) {
+                try claim([g.source])
+                lock.withLock { _ = wedged.remove(g.source) }
+            }
             guard let writer = lock.withLock({ owners[g.source] }) else {
                 throw KafkaError(message: "checkpoint of \(g.source): the partition is not claimed (revoked meanwhile?)", isRetriable: true)
             }
@@ -196,31 +216,71 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
                     }
                     try writer.sendOffsetsToTransaction([g.source: o], group: metadata)
                 }
-                try writer.commitTransaction()
+                try commitTransaction(writer)
             } catch {
                 if error.isFenced || error.isFatal || writer.hasFatalError {
                     // Another instance claimed the partition: this one was paused or cut
                     // off past its session, and what it holds is stale. It must write and
                     // send nothing more; the process exits (1) and rejoins.
-                    lock.withLock { fenced = true }
+                    lock.withLock { failed = true }
                     logger.critical("the changelog writer of a partition was fenced (another instance owns the partition now) or failed fatally; exiting to rejoin the group", metadata: [
                         "partition": "\(g.source)", "error": "\(error)",
                     ])
-                } else {
-                    // Whatever state the transaction is in, abort it: the next checkpoint
-                    // writes these users again.
-                    do { try writer.abortTransaction() } catch {
-                        logger.warning("aborting a failed checkpoint transaction failed", metadata: ["error": "\(error)"])
+                } else if !abort(writer) {
+                    // Neither committed nor aborted (librdkafka keeps the unfinished call
+                    // current, and refuses every other until it ends): the writer is let go
+                    // and the partition claimed again by the next checkpoint.
+                    logger.warning("a checkpoint transaction could neither commit nor abort; its writer is claimed anew", metadata: [
+                        "partition": "\(g.source)", "error": "\(error)",
+                    ])
+                    lock.withLock {
+                        if owners[g.source] === writer { owners[g.source] = nil }
+                        wedged.insert(g.source)
                     }
+                    writer.close()
                 }
                 throw error
             }
             if let o = g.offset { committed[g.source] = o }
         }
-        // The same offsets committed plainly too: Kafka has applied them with the
-        // transaction already (a no-op then), but librdkafka's mock cluster does not
-        // apply transactional offset commits to the group.
-        if !committed.isEmpty { try commit(committed) }
+        // The same offsets committed plainly too, best effort: Kafka has applied them
+        // with the transaction already (a no-op then), but librdkafka's mock cluster does
+        // not apply transactional offset commits to the group.
+        if !committed.isEmpty {
+            do { try commit(committed) } catch {
+                logger.debug("plain commit after the checkpoint transactions failed", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
+    /// Commits the open transaction; a retriable failure (a flush or the coordinator timing
+    /// out) is resumed by calling again, as librdkafka asks, a few times.
+    private func commitTransaction(_ writer: KafkaProducer) throws(KafkaError) {
+        var attempt = 0
+        while true {
+            do throws(KafkaError) {
+                try writer.commitTransaction()
+                return
+            } catch {
+                attempt += 1
+                guard error.isRetriable, !error.requiresAbort, attempt < 3 else { throw error }
+            }
+        }
+    }
+
+    /// Aborts the open transaction (retried while librdkafka says it may succeed);
+    /// whether it ended.
+    private func abort(_ writer: KafkaProducer) -> Bool {
+        for _ in 0..<3 {
+            do throws(KafkaError) {
+                try writer.abortTransaction()
+                return true
+            } catch {
+                logger.warning("aborting a failed checkpoint transaction failed", metadata: ["error": "\(error)"])
+                if !error.isRetriable { return false }
+            }
+        }
+        return false
     }
 
     public func attach(consumer: KafkaConsumer) {

@@ -463,8 +463,12 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     private var restoringGeneration: [TopicPartition: UInt64] = [:]
     private var assignGeneration: UInt64 = 0
     private var restoredSink: (@Sendable ([TopicPartition]) -> Void)?
-    /// One restorer at a time: an old one's claim never races a new one's.
+    /// One restore attempt at a time: an old assignment's claim never races a new one's.
     private let restoreLock = NSLock()
+    /// Partitions whose changelog writer is being claimed right now: a revocation waits
+    /// for the claim to end before letting the partition go, so that a late claim never
+    /// fences the partition's next owner.
+    private var claiming: Set<TopicPartition> = []
     /// Partitions whose replay skipping / recreation was logged since their assignment.
     private var replayNoted: Set<OffsetTracker.PartitionIndex> = []
     private var recreationNoted: Set<OffsetTracker.PartitionIndex> = []
@@ -759,47 +763,29 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         }
     }
 
-    /// Restores assigned partitions (durable mode): claims them (with transactions this
-    /// fences their former owners) and loads their users from the changelog. With
-    /// `retry`, partitions that fail are tried again, 1 s later, then twice as long each
-    /// time up to 30 s, until they are restored or no longer assigned; each restored one
-    /// is handed to `ready` (the consumer resumes it). Without, one attempt each (the
+    /// Restores assigned partitions (durable mode): each is claimed (with transactions
+    /// this fences its former owners) and its users loaded from the changelog. With
+    /// `retry`, a partition that fails is tried again, 1 s later, then twice as long each
+    /// time up to 30 s, until it is restored or no longer assigned; each restored one is
+    /// handed to `ready` (the consumer resumes it). Without, one attempt each (the
     /// partitions that fail stay unassigned: never consumed, never checkpointed).
+    ///
+    /// One attempt at a time in the process (`restoreLock`, held for one partition's
+    /// attempt, never across a wait): an old assignment's claim never races a new one's,
+    /// and a partition that keeps failing does not hold back the others.
     private func runRestores(_ partitions: [TopicPartition], generation: UInt64, retry: Bool,
                              ready: (@Sendable ([TopicPartition]) -> Void)?) {
         guard let store = lock.withLock({ stateStore }) else { return }
-        restoreLock.lock()
-        defer { restoreLock.unlock() }
         var pending = partitions
         var delayMs = max(1, options.restoreRetryMs)
         while true {
-            pending = lock.withLock { halted ? [] : pending.filter { restoringGeneration[$0] == generation } }
-            if pending.isEmpty { return }
             var failed: [TopicPartition] = []
-            do {
-                try store.claim(pending)
-                // Revoked while being claimed: let the writers go again.
-                let stale = lock.withLock { pending.filter { restoringGeneration[$0] != generation } }
-                if !stale.isEmpty { store.relinquish(stale) }
-                for tp in pending where !stale.contains(tp) {
-                    if let reason = restore(tp, generation: generation) {
-                        logger.error("state restore failed; the partition is not consumed until it succeeds", metadata: [
-                            "partition": "\(tp)", "reason": "\(reason)",
-                            "retry_in_ms": retry ? .stringConvertible(delayMs) : "never",
-                        ])
-                        lock.withLock { stats.restoreFailures += 1 }
-                        failed.append(tp)
-                    } else {
-                        ready?([tp])
-                    }
+            for tp in pending {
+                switch attemptRestore(tp, generation: generation, store: store, retryInMs: retry ? delayMs : nil) {
+                case .restored: ready?([tp])
+                case .stale: break
+                case .failed: failed.append(tp)
                 }
-            } catch {
-                logger.error("could not claim the changelog writers of assigned partitions; they are not consumed until it succeeds", metadata: [
-                    "partitions": "\(pending.map(\.description).joined(separator: ","))", "error": "\(error)",
-                    "retry_in_ms": retry ? .stringConvertible(delayMs) : "never",
-                ])
-                lock.withLock { stats.restoreFailures += 1 }
-                failed = pending
             }
             pending = failed
             guard retry, !pending.isEmpty else { return }
@@ -807,26 +793,76 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             // revocation ends the wait.
             let until = DispatchTime.now().uptimeNanoseconds + UInt64(delayMs) * 1_000_000
             while DispatchTime.now().uptimeNanoseconds < until {
-                if lock.withLock({ pending.allSatisfy { restoringGeneration[$0] != generation } }) { return }
+                if lock.withLock({ halted || pending.allSatisfy { restoringGeneration[$0] != generation } }) { return }
                 Thread.sleep(forTimeInterval: 0.05)
             }
             delayMs = min(delayMs * 2, 30_000)
         }
     }
 
+    enum RestoreAttempt { case restored, stale, failed }
+
+    /// One attempt to claim and restore `tp` for the assignment `generation`.
+    private func attemptRestore(_ tp: TopicPartition, generation: UInt64, store: StateStore, retryInMs: Int64?) -> RestoreAttempt {
+        restoreLock.lock()
+        defer { restoreLock.unlock() }
+        // Revoked (or assigned again) meanwhile, or the process is stopping: nothing to do.
+        let current = lock.withLock {
+            let ok = !halted && restoringGeneration[tp] == generation
+            if ok { claiming.insert(tp) }
+            return ok
+        }
+        guard current else { return .stale }
+        let retryText: Logger.MetadataValue = retryInMs.map { .stringConvertible($0) } ?? "never"
+        do {
+            try store.claim([tp])
+        } catch {
+            lock.withLock {
+                claiming.remove(tp)
+                stats.restoreFailures += 1
+            }
+            logger.error("could not claim the changelog writer of an assigned partition; it is not consumed until it succeeds", metadata: [
+                "partition": "\(tp)", "error": "\(error)", "retry_in_ms": retryText,
+            ])
+            return .failed
+        }
+        // Revoked while being claimed: the writer goes again (the revocation waited for
+        // this claim to end, so it cannot have let it go itself).
+        let stillCurrent = lock.withLock {
+            claiming.remove(tp)
+            return restoringGeneration[tp] == generation
+        }
+        guard stillCurrent else {
+            store.relinquish([tp])
+            return .stale
+        }
+        switch restore(tp, generation: generation) {
+        case .restored: return .restored
+        case .stale: return .stale
+        case .failed(let reason):
+            logger.error("state restore failed; the partition is not consumed until it succeeds", metadata: [
+                "partition": "\(tp)", "reason": "\(reason)", "retry_in_ms": retryText,
+            ])
+            lock.withLock { stats.restoreFailures += 1 }
+            return .failed
+        }
+    }
+
+    enum RestoreOutcome { case restored, stale, failed(String) }
+
     /// Loads a partition's users from the changelog and makes the partition consumable;
     /// returns why not, if it cannot. Every record of the partition's source must decode:
     /// one that does not (a newer format version, or damage) fails the restore, since
     /// consuming without that user's state would send a regressed body (visits reset, a
     /// later first visit) and the next checkpoint would overwrite the record.
-    private func restore(_ tp: TopicPartition, generation: UInt64) -> String? {
-        guard let store = lock.withLock({ stateStore }) else { return "no state store" }
+    private func restore(_ tp: TopicPartition, generation: UInt64) -> RestoreOutcome {
+        guard let store = lock.withLock({ stateStore }) else { return .failed("no state store") }
         let start = clock.monotonicMs()
         let records: [(key: [UInt8], value: [UInt8]?)]
         do {
             records = try store.read(partition: store.statePartition(for: tp.partition))
         } catch {
-            return "reading the changelog failed: \(error)"
+            return .failed("reading the changelog failed: \(error)")
         }
         var latest: [String: [UInt8]?] = [:]
         for r in records { latest[String(decoding: r.key, as: UTF8.self)] = r.value }
@@ -843,13 +879,13 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                 // others' users too: only this partition's are ours.
                 if stored.state.appliedSource == source { decoded.append((key, stored)) }
             } catch StateCodec.DecodeError.newerVersion(let v) {
-                return "the changelog holds records of format version \(v), written by a newer foldspace-sync (this one reads up to \(StateCodec.version)): upgrade this instance"
+                return .failed("the changelog holds records of format version \(v), written by a newer foldspace-sync (this one reads up to \(StateCodec.version)): upgrade this instance")
             } catch {
                 undecodable += 1
             }
         }
         if undecodable > 0 {
-            return "\(undecodable) changelog records cannot be decoded (damaged, or not written by foldspace-sync); see docs/operations.md"
+            return .failed("\(undecodable) changelog records cannot be decoded (damaged, or not written by foldspace-sync); see docs/operations.md")
         }
         let now = clock.monotonicMs()
         var restored = 0
@@ -866,6 +902,25 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                     stats.restoreKeptNewer += 1
                     continue
                 }
+                if users.modify(key, { (old: inout UserEntry) -> Bool in
+                    // A live entry (its events also came from another partition): the
+                    // restored state replaces its state only; its delivery bookkeeping (a
+                    // request in flight, holds) stays, and the restored state is sent
+                    // (after any request in flight, which went out with the older one).
+                    let wasDirty = old.delivery.isDirty
+                    old.state = stored.state
+                    old.home = pidx
+                    old.delivery.settledHash = 0
+                    if old.delivery.inFlight { old.delivery.resendAfterFlight = true }
+                    debouncer.changed(key, &old.delivery, nowMs: now)
+                    if !wasDirty { self.dirty.became(since: old.delivery.dirtySinceMs) }
+                    markForCheckpoint(key, &old)
+                    return true
+                }) != nil {
+                    dirty += 1
+                    restored += 1
+                    continue
+                }
                 var entry = UserEntry()
                 entry.state = stored.state
                 entry.home = pidx
@@ -875,7 +930,6 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                     self.dirty.became(since: entry.delivery.dirtySinceMs)
                     dirty += 1
                 }
-                if let old = users[key], old.delivery.isDirty { self.dirty.cleared(since: old.delivery.dirtySinceMs) }
                 users[key] = entry
                 restored += 1
             }
@@ -884,13 +938,13 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             assigned.insert(pidx)
             return true
         }
-        guard loaded else { return nil }
+        guard loaded else { return .stale }
         updateRateShare()
         logger.info("partition restored", metadata: [
             "partition": "\(tp)", "records": .stringConvertible(records.count), "users": .stringConvertible(restored),
             "dirty": .stringConvertible(dirty), "ms": .stringConvertible(clock.monotonicMs() - start),
         ])
-        return nil
+        return .restored
     }
 
     /// Where restored partitions go to be fetched (the consumer's ``KafkaConsumer/release(_:)``).
@@ -1412,10 +1466,20 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         // A resync not queued whole stays uncommitted: the next owner reads it again.
         var resyncFloors: [OffsetTracker.PartitionIndex: Int64] = [:]
         if options.durable {
+            // Out of the periodic checkpoints' scope first: after this one (which waits
+            // for any under way) nothing more is written for them.
+            lock.withLock { for i in idxs { assigned.remove(i) } }
             // The state moves with the partition: checkpoint it, commit, and let the
             // next owner restore it. No waiting for Foldspace.
             if !checkpoint(partitions: idxs) {
                 logger.warning("revoked partitions could not be checkpointed; the next owner re-reads from the last commit")
+            }
+            // A claim of them under way (a restore) ends first: a claim landing after the
+            // next owner's would fence it.
+            let deadline = DispatchTime.now().uptimeNanoseconds + 40_000_000_000
+            while lock.withLock({ partitions.contains { claiming.contains($0) } }),
+                  DispatchTime.now().uptimeNanoseconds < deadline {
+                Thread.sleep(forTimeInterval: 0.01)
             }
             lock.withLock { stateStore }?.relinquish(partitions)
             lock.withLock { _ = dropResyncs(of: Set(idxs)) }

@@ -170,3 +170,80 @@ final class Released: @unchecked Sendable {
         #expect(dl.all.first?.headers.contains { $0 == ("reason", "state-too-large") } == true)
     }
 }
+
+/// A changelog whose first (and second) read block until let go, and whose reads of one
+/// partition can fail.
+final class GatedStore: StateStore, @unchecked Sendable {
+    let inner: MemoryStateStore
+    private let lock = NSLock()
+    let firstGate = DispatchSemaphore(value: 0)
+    let secondGate = DispatchSemaphore(value: 0)
+    var blockFirst = true
+    var blockSecond = false
+    var failing: Int32?
+    private var count = 0
+    var reads: Int { lock.withLock { count } }
+    init(_ inner: MemoryStateStore) { self.inner = inner }
+    var sourcePartitions: Int32 { inner.sourcePartitions }
+    func statePartition(for sourcePartition: Int32) -> Int32 { inner.statePartition(for: sourcePartition) }
+    func read(partition: Int32) throws -> [(key: [UInt8], value: [UInt8]?)] {
+        let (n, fail, first, second) = lock.withLock { () -> (Int, Bool, Bool, Bool) in
+            count += 1
+            return (count, failing == partition, blockFirst, blockSecond)
+        }
+        if fail { throw TestError("the partition's changelog is damaged") }
+        if n == 1 && first { firstGate.wait() }
+        if n == 2 && second { secondGate.wait() }
+        return try inner.read(partition: partition)
+    }
+    func write(_ records: [(partition: Int32, key: [UInt8], value: [UInt8]?)]) throws { try inner.write(records) }
+    func commit(_ offsets: [TopicPartition: Int64]) throws { try inner.commit(offsets) }
+}
+
+/// Races of background restores (found by review): a stale restore never releases a
+/// partition assigned again, and one failing partition never holds back the others.
+@Suite struct RestoreRaceTests {
+    let p0 = TopicPartition("events", 0)
+    let p1 = TopicPartition("events", 1)
+
+    func engine(_ store: StateStore) -> (SyncEngine, Released) {
+        var o = EngineOptions()
+        o.durable = true
+        o.restoreRetryMs = 20
+        let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: ManualClock().engineClock)
+        e.setStateStore(store)
+        let released = Released()
+        e.setRestoredSink { released.add($0) }
+        return (e, released)
+    }
+
+    @Test func aStaleRestoreNeverReleasesThePartitionAssignedAgain() async throws {
+        let store = GatedStore(MemoryStateStore(partitions: 2))
+        store.blockSecond = true
+        let (e, released) = engine(store)
+        e.partitionsAssigned([p0]) // its read blocks
+        #expect(await eventually(.seconds(5)) { store.reads == 1 })
+        e.partitionsRevoked([p0])
+        e.partitionsAssigned([p0]) // again: its restore waits for the first to end
+        store.firstGate.signal() // the first ends, stale
+        // The second is reading (blocked): the partition must still be held.
+        #expect(await eventually(.seconds(5)) { store.reads == 2 })
+        #expect(released.all.isEmpty, "released before its state was restored")
+        #expect(e.partitionsToHold([p0]) == [p0])
+        store.secondGate.signal()
+        #expect(await eventually(.seconds(5)) { released.all == [p0] })
+    }
+
+    @Test func aPartitionThatKeepsFailingDoesNotHoldBackTheOthers() async throws {
+        let store = GatedStore(MemoryStateStore(partitions: 2))
+        store.blockFirst = false
+        store.failing = 0
+        let (e, released) = engine(store)
+        e.partitionsAssigned([p0])
+        #expect(await eventually(.seconds(5)) { store.reads >= 2 })
+        e.partitionsAssigned([p1]) // a later, incremental assignment
+        #expect(await eventually(.seconds(10)) { released.all == [p1] })
+        #expect(e.partitionsToHold([p0]) == [p0])
+        e.partitionsRevoked([p0, p1])
+    }
+}
