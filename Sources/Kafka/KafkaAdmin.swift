@@ -10,14 +10,9 @@ public enum KafkaAdmin {
     public static func createTopicIfMissing(config: KafkaClientConfig, topic: String, partitions: Int,
                                             replicationFactor: Int = -1, topicConfig: [String: String],
                                             logger: Logger, timeoutMs: Int32 = 15_000) throws(KafkaError) -> Bool {
-        let conf = try config.withoutConsumerProperties.makeConf()
-        var errbuf = [CChar](repeating: 0, count: 512)
-        guard let rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, &errbuf, errbuf.count) else {
-            rd_kafka_conf_destroy(conf)
-            throw KafkaError(message: "cannot create admin client: \(errorText(errbuf))")
-        }
+        let rk = try adminClient(config, timeoutMs: timeoutMs)
         defer { rd_kafka_destroy(rk) }
-        try requireController(rk, timeoutMs: timeoutMs)
+        var errbuf = [CChar](repeating: 0, count: 512)
         var newTopic: OpaquePointer? = rd_kafka_NewTopic_new(topic, Int32(partitions), Int32(replicationFactor), &errbuf, errbuf.count)
         guard newTopic != nil else { throw KafkaError(message: "bad topic spec for \(topic): \(errorText(errbuf))") }
         defer { rd_kafka_NewTopic_destroy(newTopic) }
@@ -25,14 +20,8 @@ public enum KafkaAdmin {
             let e = rd_kafka_NewTopic_set_config(newTopic, k, v)
             if e != RD_KAFKA_RESP_ERR_NO_ERROR { throw KafkaError(e, context: "topic config \(k)") }
         }
-        let queue = rd_kafka_queue_new(rk)
-        defer { rd_kafka_queue_destroy(queue) }
-        let options = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS)
-        defer { rd_kafka_AdminOptions_destroy(options) }
-        _ = rd_kafka_AdminOptions_set_request_timeout(options, timeoutMs, &errbuf, errbuf.count)
-        rd_kafka_CreateTopics(rk, &newTopic, 1, options, queue)
-        guard let event = rd_kafka_queue_poll(queue, timeoutMs + 2_000) else {
-            throw KafkaError(message: "creating topic \(topic) timed out")
+        let event = try adminRequest(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS, timeoutMs: timeoutMs, what: "creating topic \(topic)") {
+            rd_kafka_CreateTopics(rk, &newTopic, 1, $0, $1)
         }
         defer { rd_kafka_event_destroy(event) }
         if rd_kafka_event_error(event) != RD_KAFKA_RESP_ERR_NO_ERROR {
@@ -50,6 +39,39 @@ public enum KafkaAdmin {
         if err == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS { return false }
         let msg = rd_kafka_topic_result_error_string(t).map { String(cString: $0) } ?? ""
         throw KafkaError(code: err.rawValue, message: "create topic \(topic): \(msg)")
+    }
+
+    /// A short-lived client for one Admin request, once the cluster has a controller
+    /// that can take it (``requireController(_:timeoutMs:)``). The caller destroys it.
+    private static func adminClient(_ config: KafkaClientConfig, timeoutMs: Int32) throws(KafkaError) -> OpaquePointer {
+        let conf = try config.withoutConsumerProperties.makeConf()
+        var errbuf = [CChar](repeating: 0, count: 512)
+        guard let rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, &errbuf, errbuf.count) else {
+            rd_kafka_conf_destroy(conf)
+            throw KafkaError(message: "cannot create admin client: \(errorText(errbuf))")
+        }
+        do {
+            try requireController(rk, timeoutMs: timeoutMs)
+        } catch {
+            rd_kafka_destroy(rk)
+            throw error
+        }
+        return rk
+    }
+
+    /// Sends one Admin request (`send` gets the options and the queue its answer goes to)
+    /// and returns the answer's event, which the caller destroys.
+    private static func adminRequest(_ rk: OpaquePointer, _ op: rd_kafka_admin_op_t, timeoutMs: Int32, what: String,
+                                     _ send: (OpaquePointer?, OpaquePointer?) -> Void) throws(KafkaError) -> OpaquePointer {
+        var errbuf = [CChar](repeating: 0, count: 512)
+        let queue = rd_kafka_queue_new(rk)
+        defer { rd_kafka_queue_destroy(queue) }
+        let options = rd_kafka_AdminOptions_new(rk, op)
+        defer { rd_kafka_AdminOptions_destroy(options) }
+        _ = rd_kafka_AdminOptions_set_request_timeout(options, timeoutMs, &errbuf, errbuf.count)
+        send(options, queue)
+        guard let event = rd_kafka_queue_poll(queue, timeoutMs + 2_000) else { throw KafkaError(message: "\(what) timed out") }
+        return event
     }
 
     /// Fails at once when the cluster's metadata names a controller that is not one of
@@ -74,25 +96,15 @@ public enum KafkaAdmin {
     /// Throws when the cluster cannot answer (librdkafka's mock cluster has no
     /// DescribeConfigs, and names a controller that is none of its brokers).
     public static func topicConfig(config: KafkaClientConfig, topic: String, timeoutMs: Int32 = 10_000) throws(KafkaError) -> [String: String] {
-        let conf = try config.withoutConsumerProperties.makeConf()
-        var errbuf = [CChar](repeating: 0, count: 512)
-        guard let rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, &errbuf, errbuf.count) else {
-            rd_kafka_conf_destroy(conf)
-            throw KafkaError(message: "cannot create admin client: \(errorText(errbuf))")
-        }
+        let rk = try adminClient(config, timeoutMs: timeoutMs)
         defer { rd_kafka_destroy(rk) }
-        try requireController(rk, timeoutMs: timeoutMs)
+        var errbuf = [CChar](repeating: 0, count: 512)
         var resource: OpaquePointer? = rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_TOPIC, topic)
         guard resource != nil else { throw KafkaError(message: "bad config resource for \(topic)") }
         defer { rd_kafka_ConfigResource_destroy(resource) }
-        let queue = rd_kafka_queue_new(rk)
-        defer { rd_kafka_queue_destroy(queue) }
-        let options = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_DESCRIBECONFIGS)
-        defer { rd_kafka_AdminOptions_destroy(options) }
-        _ = rd_kafka_AdminOptions_set_request_timeout(options, timeoutMs, &errbuf, errbuf.count)
-        rd_kafka_DescribeConfigs(rk, &resource, 1, options, queue)
-        guard let event = rd_kafka_queue_poll(queue, timeoutMs + 2_000) else {
-            throw KafkaError(message: "describing topic \(topic)'s configuration timed out")
+        let event = try adminRequest(rk, RD_KAFKA_ADMIN_OP_DESCRIBECONFIGS, timeoutMs: timeoutMs,
+                                     what: "describing topic \(topic)'s configuration") {
+            rd_kafka_DescribeConfigs(rk, &resource, 1, $0, $1)
         }
         defer { rd_kafka_event_destroy(event) }
         let err = rd_kafka_event_error(event)

@@ -80,6 +80,23 @@ struct ConfigFlags: ParsableArguments {
     func load() throws -> SyncConfiguration {
         try SyncConfiguration.load(file: config, environment: ProcessInfo.processInfo.environment, flags: overrides)
     }
+
+    /// The configuration for a one-shot tool (`inspect`, `resync`): validated without
+    /// requiring the API key (exit 2 naming the problem), and a logger that says only
+    /// errors, on stderr (the tool's output is on stdout).
+    func loadForTool() throws -> (SyncConfiguration, Logger) {
+        let config: SyncConfiguration
+        do {
+            config = try load()
+            try config.validate(requireKey: false)
+        } catch {
+            FileHandle.standardError.write(Data("foldspace-sync: \(error)\n".utf8))
+            throw ExitCode(exitConfigurationError)
+        }
+        var logger = Logger(label: "foldspace-sync")
+        logger.logLevel = .error
+        return (config, logger)
+    }
 }
 
 extension FoldspaceSync {
@@ -193,16 +210,7 @@ extension FoldspaceSync {
         @Argument(help: "identifyIds to look up") var ids: [String]
 
         func run() async throws {
-            let config: SyncConfiguration
-            do {
-                config = try flags.load()
-                try config.validate(requireKey: false)
-            } catch {
-                FileHandle.standardError.write(Data("foldspace-sync: \(error)\n".utf8))
-                throw ExitCode(exitConfigurationError)
-            }
-            var logger = Logger(label: "foldspace-sync")
-            logger.logLevel = .error
+            let (config, logger) = try flags.loadForTool()
             do {
                 print(try SyncService.Inspect.run(config: config, ids: ids, logger: logger))
             } catch {
@@ -234,16 +242,7 @@ extension FoldspaceSync {
         }
 
         func run() async throws {
-            let config: SyncConfiguration
-            do {
-                config = try flags.load()
-                try config.validate(requireKey: false)
-            } catch {
-                FileHandle.standardError.write(Data("foldspace-sync: \(error)\n".utf8))
-                throw ExitCode(exitConfigurationError)
-            }
-            var logger = Logger(label: "foldspace-sync")
-            logger.logLevel = .error
+            let (config, logger) = try flags.loadForTool()
             do {
                 let written = try SyncService.Resync.run(config: config, ids: ids, logger: logger)
                 let o: [String: Any] = ["request_id": written.requestId, "control_records": written.records]
