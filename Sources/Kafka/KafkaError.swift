@@ -41,6 +41,14 @@ public struct KafkaError: Error, CustomStringConvertible, Sendable {
             || code == RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH.rawValue
     }
 
+    /// Transactions cannot work here, whatever the retries: the broker does not support
+    /// them, or the transactional id (or the cluster) is not authorized.
+    public var isUnrecoverableForTransactions: Bool {
+        [RD_KAFKA_RESP_ERR_UNSUPPORTED_VERSION, RD_KAFKA_RESP_ERR__UNSUPPORTED_FEATURE,
+         RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED, RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED]
+            .contains { $0.rawValue == code }
+    }
+
     /// The record (or its batch) is over a size limit of the producer or the broker.
     public var isMessageTooLarge: Bool {
         code == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE.rawValue || code == RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE.rawValue

@@ -53,6 +53,13 @@ public final class Flusher: Sendable {
                                     return
                                 }
                             }
+                            // Checked again right before the wire: a job taken before the
+                            // process was stopped, or that waited out a pause, may no longer go.
+                            guard engine.maySend() else {
+                                engine.returnUnsent(job)
+                                inFlight.add(-1)
+                                return
+                            }
                             let start = ContinuousClock.now
                             let outcome = await sender.send(identifyId: job.identifyId, body: job.body)
                             let elapsed = ContinuousClock.now - start

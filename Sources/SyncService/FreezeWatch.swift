@@ -1,13 +1,15 @@
 import Foundation
 
-/// Notices that the whole process was stopped (SIGSTOP, a paused VM or container) for
-/// as long as the consumer group's session timeout: the group has then given its
+/// Notices that the whole process was stopped (SIGSTOP, a frozen cgroup) for about as
+/// long as the consumer group's session timeout: the group may then have given its
 /// partitions to another instance, which has sent since what this one still holds.
+/// (A paused VM whose clock stops with it is not seen: no clock inside can tell.)
 ///
 /// A thread that does nothing but sleep 100 ms is late by seconds only when the
 /// process did not run. Each round it records when it ran; the flusher sends only while
 /// that is recent (``allowsSending``), so after a stop nothing leaves before the watch
-/// has looked; and a gap of the session timeout or more is a freeze (``hasFrozen``):
+/// has looked; and a gap of the limit (the session timeout less a heartbeat interval and
+/// a margin) or more is a freeze (``hasFrozen``):
 /// the daemon stops sending for good and exits 1 to rejoin, as a fenced one does.
 final class FreezeWatch: @unchecked Sendable {
     private let lock = NSLock()
@@ -17,8 +19,8 @@ final class FreezeWatch: @unchecked Sendable {
     private let limitNs: UInt64
     private let onFreeze: @Sendable (Double) -> Void
 
-    init(sessionTimeoutMs: Int64, onFreeze: @escaping @Sendable (Double) -> Void) {
-        limitNs = UInt64(max(1_000, sessionTimeoutMs)) * 1_000_000
+    init(limitMs: Int64, onFreeze: @escaping @Sendable (Double) -> Void) {
+        limitNs = UInt64(max(1_000, limitMs)) * 1_000_000
         lastTickNs = DispatchTime.now().uptimeNanoseconds
         self.onFreeze = onFreeze
     }

@@ -165,7 +165,7 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
             do throws(KafkaError) {
                 try writer.initTransactions()
             } catch {
-                if error.isFatal || writer.hasFatalError {
+                if error.isFatal || writer.hasFatalError || error.isUnrecoverableForTransactions {
                     lock.withLock { failed = true }
                     logger.critical("the changelog writer of a partition cannot be initialised; exiting (set state.transactions: false for brokers without transactions)", metadata: [
                         "partition": "\(tp)", "error": "\(error)",

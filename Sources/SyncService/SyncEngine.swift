@@ -613,6 +613,8 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     @discardableResult
     public func checkpoint(partitions: [OffsetTracker.PartitionIndex]? = nil) -> Bool {
         guard options.durable else { return true }
+        // Fenced or stopped past its session: what it holds is not to be written.
+        if lock.withLock({ halted }) { return false }
         checkpointLock.lock()
         defer { checkpointLock.unlock() }
         guard let store = lock.withLock({ stateStore }) else { return false }
@@ -781,9 +783,8 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         while true {
             var failed: [TopicPartition] = []
             for tp in pending {
-                switch attemptRestore(tp, generation: generation, store: store, retryInMs: retry ? delayMs : nil) {
-                case .restored: ready?([tp])
-                case .stale: break
+                switch attemptRestore(tp, generation: generation, store: store, retryInMs: retry ? delayMs : nil, ready: ready) {
+                case .restored, .stale: break
                 case .failed: failed.append(tp)
                 }
             }
@@ -802,10 +803,13 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
 
     enum RestoreAttempt { case restored, stale, failed }
 
-    /// One attempt to claim and restore `tp` for the assignment `generation`.
-    private func attemptRestore(_ tp: TopicPartition, generation: UInt64, store: StateStore, retryInMs: Int64?) -> RestoreAttempt {
+    /// One attempt to claim and restore `tp` for the assignment `generation`. Only the
+    /// claim holds `restoreLock`: the changelog read (up to a minute) does not.
+    private func attemptRestore(_ tp: TopicPartition, generation: UInt64, store: StateStore, retryInMs: Int64?,
+                                ready: (@Sendable ([TopicPartition]) -> Void)?) -> RestoreAttempt {
         restoreLock.lock()
-        defer { restoreLock.unlock() }
+        var locked = true
+        defer { if locked { restoreLock.unlock() } }
         // Revoked (or assigned again) meanwhile, or the process is stopping: nothing to do.
         let current = lock.withLock {
             let ok = !halted && restoringGeneration[tp] == generation
@@ -836,7 +840,9 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             store.relinquish([tp])
             return .stale
         }
-        switch restore(tp, generation: generation) {
+        restoreLock.unlock()
+        locked = false
+        switch restore(tp, generation: generation, ready: ready) {
         case .restored: return .restored
         case .stale: return .stale
         case .failed(let reason):
@@ -855,7 +861,8 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// one that does not (a newer format version, or damage) fails the restore, since
     /// consuming without that user's state would send a regressed body (visits reset, a
     /// later first visit) and the next checkpoint would overwrite the record.
-    private func restore(_ tp: TopicPartition, generation: UInt64) -> RestoreOutcome {
+    private func restore(_ tp: TopicPartition, generation: UInt64,
+                         ready: (@Sendable ([TopicPartition]) -> Void)? = nil) -> RestoreOutcome {
         guard let store = lock.withLock({ stateStore }) else { return .failed("no state store") }
         let start = clock.monotonicMs()
         let records: [(key: [UInt8], value: [UInt8]?)]
@@ -908,6 +915,9 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                     // request in flight, holds) stays, and the restored state is sent
                     // (after any request in flight, which went out with the older one).
                     let wasDirty = old.delivery.isDirty
+                    // Queued under its old home already: under the new one too, so that
+                    // revoking either writes it first.
+                    if old.checkpointPending && old.home != pidx { pendingCheckpoint[pidx, default: []].append(key) }
                     old.state = stored.state
                     old.home = pidx
                     old.delivery.settledHash = 0
@@ -936,6 +946,9 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             stats.restoredUsers += restored
             restoringGeneration[tp] = nil
             assigned.insert(pidx)
+            // Released under the lock, while this assignment is known current: a later
+            // revocation clears the release, and no stale one can follow.
+            ready?([tp])
             return true
         }
         guard loaded else { return .stale }
@@ -1865,6 +1878,12 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     }
 
     /// Lets the breaker probe right away (the key was re-read).
+    /// Whether a request may go on the wire now: not halted, and the send gate open.
+    public func maySend() -> Bool {
+        let gate = lock.withLock { halted ? nil : (sendGate ?? { true }) }
+        return gate?() ?? false
+    }
+
     /// Sending happens only while `gate` says yes (checked on each take).
     public func setSendGate(_ gate: @escaping @Sendable () -> Bool) {
         lock.withLock { sendGate = gate }

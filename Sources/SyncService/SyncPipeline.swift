@@ -107,10 +107,15 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         let deadLetterProducer = lock.withLock { producer }
         // A process stopped as long as the session timeout lost its partitions: it must
         // not send what it holds (FreezeWatch).
+        // The group expires a member a session after its last heartbeat, which may be a
+        // heartbeat interval before the stop: the limit is that much shorter, and half a
+        // second more.
         let sessionTimeoutMs = kafka["session.timeout.ms"].flatMap { Int64($0) } ?? 10_000
-        let freezeWatch = FreezeWatch(sessionTimeoutMs: sessionTimeoutMs) { [logger, engine] seconds in
+        let heartbeatMs = kafka["heartbeat.interval.ms"].flatMap { Int64($0) } ?? 3_000
+        let freezeLimitMs = max(1_000, sessionTimeoutMs - heartbeatMs - 500)
+        let freezeWatch = FreezeWatch(limitMs: freezeLimitMs) { [logger, engine] seconds in
             engine.halt()
-            logger.critical("the process did not run for as long as the group's session timeout (stopped or paused): another instance owns its partitions now; it sends nothing more and exits to rejoin", metadata: [
+            logger.critical("the process did not run for about as long as the group's session timeout (stopped or paused): another instance may own its partitions now; it sends nothing more and exits to rejoin", metadata: [
                 "seconds": .stringConvertible((seconds * 10).rounded() / 10), "session_timeout_ms": .stringConvertible(sessionTimeoutMs),
             ])
         }

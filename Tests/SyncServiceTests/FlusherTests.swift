@@ -52,4 +52,33 @@ final class CountingSender: UserUpdateSender, @unchecked Sendable {
         #expect(s.dirtyUsers == 1)
         #expect(s.retries["unsent"] == 1)
     }
+
+    /// A job taken while sending was allowed is not put on the wire once the gate has
+    /// closed (the process was stopped past its session between the take and the send):
+    /// it goes back unsent.
+    @Test func aJobIsCheckedAgainstTheGateRightBeforeTheWire() async throws {
+        var o = EngineOptions()
+        o.debounceMs = 1
+        o.maxWaitMs = 10
+        let engine = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger)
+        let tp = TopicPartition("events", 0)
+        engine.partitionsAssigned([tp])
+        feed(engine, [(tp, 0, #"{"type":"page","userId":"u","timestamp":"2025-11-24T10:00:00Z"}"#)])
+        // Open for the take, closed from then on.
+        final class Once: @unchecked Sendable {
+            let lock = NSLock()
+            var calls = 0
+            func next() -> Bool { lock.withLock { calls += 1; return calls == 1 } }
+        }
+        let once = Once()
+        engine.setSendGate { once.next() }
+        let sender = CountingSender()
+        let flusher = Flusher(engine: engine, sender: sender, maxInFlight: 4) {}
+        let task = Task { await flusher.run() }
+        #expect(await eventually(.seconds(20)) { engine.snapshot().retries["unsent"] == 1 })
+        task.cancel()
+        _ = await task.value
+        #expect(sender.sent == 0, "sent after the gate closed")
+        #expect(engine.snapshot().dirtyUsers == 1)
+    }
 }
