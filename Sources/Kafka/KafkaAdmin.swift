@@ -98,7 +98,6 @@ public enum KafkaAdmin {
     public static func topicConfig(config: KafkaClientConfig, topic: String, timeoutMs: Int32 = 10_000) throws(KafkaError) -> [String: String] {
         let rk = try adminClient(config, timeoutMs: timeoutMs)
         defer { rd_kafka_destroy(rk) }
-        var errbuf = [CChar](repeating: 0, count: 512)
         var resource: OpaquePointer? = rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_TOPIC, topic)
         guard resource != nil else { throw KafkaError(message: "bad config resource for \(topic)") }
         defer { rd_kafka_ConfigResource_destroy(resource) }
@@ -169,65 +168,6 @@ public enum KafkaAdmin {
     /// start, and returns its records in order (key, value; a null value is a tombstone).
     public static func readPartition(config: KafkaClientConfig, topic: String, partition: Int32, logger: Logger,
                                      timeoutMs: Int32 = 60_000, fromLast: Bool = false) throws(KafkaError) -> [(key: [UInt8], value: [UInt8]?)] {
-        var cfg = KafkaClientConfig(config.properties)
-        cfg["group.id"] = "foldspace-sync-restore"
-        cfg["group.instance.id"] = nil
-        cfg["enable.auto.commit"] = "false"
-        cfg["enable.auto.offset.store"] = "false"
-        cfg["enable.partition.eof"] = "true"
-        // Only what was committed: a changelog written in transactions holds aborted
-        // writes of fenced owners too.
-        cfg["isolation.level"] = "read_committed"
-        cfg["partition.assignment.strategy"] = nil
-        let conf = try cfg.makeConf()
-        var errbuf = [CChar](repeating: 0, count: 512)
-        guard let rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, &errbuf, errbuf.count) else {
-            rd_kafka_conf_destroy(conf)
-            throw KafkaError(message: "cannot create restore client: \(errorText(errbuf))")
-        }
-        defer {
-            _ = rd_kafka_assign(rk, nil)
-            rd_kafka_destroy(rk)
-        }
-        // The end to read to is the high watermark, asked read_uncommitted: asked
-        // read_committed, it would be the last stable offset, which another producer's
-        // open transaction holds back (the read then waits for it to end).
-        var low: Int64 = 0
-        var high: Int64 = 0
-        var wcfg = KafkaClientConfig(cfg.properties)
-        wcfg["isolation.level"] = "read_uncommitted"
-        let wconf = try wcfg.makeConf()
-        guard let wk = rd_kafka_new(RD_KAFKA_CONSUMER, wconf, &errbuf, errbuf.count) else {
-            rd_kafka_conf_destroy(wconf)
-            throw KafkaError(message: "cannot create restore client: \(errorText(errbuf))")
-        }
-        let wm = rd_kafka_query_watermark_offsets(wk, topic, partition, &low, &high, 10_000)
-        rd_kafka_destroy(wk)
-        if wm != RD_KAFKA_RESP_ERR_NO_ERROR { throw KafkaError(wm, context: "watermarks of \(topic)[\(partition)]") }
-        if high <= low { return [] }
-        rd_kafka_poll_set_consumer(rk)
-        let startAt = fromLast ? max(low, high - 1) : Int64(RD_KAFKA_OFFSET_BEGINNING)
-        let assigned: rd_kafka_resp_err_t = withPartitionList([(TopicPartition(topic, partition), startAt)]) {
-            rd_kafka_assign(rk, $0)
-        }
-        if assigned != RD_KAFKA_RESP_ERR_NO_ERROR { throw KafkaError(assigned, context: "assign \(topic)[\(partition)]") }
-        var out: [(key: [UInt8], value: [UInt8]?)] = []
-        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(timeoutMs) * 1_000_000
-        while DispatchTime.now().uptimeNanoseconds < deadline {
-            guard let m = rd_kafka_consumer_poll(rk, 200) else { continue }
-            defer { rd_kafka_message_destroy(m) }
-            if m.pointee.err == RD_KAFKA_RESP_ERR__PARTITION_EOF {
-                if m.pointee.offset >= high { return out }
-                continue
-            }
-            if m.pointee.err != RD_KAFKA_RESP_ERR_NO_ERROR {
-                throw KafkaError(m.pointee.err, context: "reading \(topic)[\(partition)]")
-            }
-            let key = m.pointee.key.map { Array(UnsafeRawBufferPointer(start: $0, count: m.pointee.key_len)) } ?? []
-            let value = m.pointee.payload.map { Array(UnsafeRawBufferPointer(start: $0, count: m.pointee.len)) }
-            out.append((key, value))
-            if m.pointee.offset + 1 >= high { return out }
-        }
-        throw KafkaError(message: "reading \(topic)[\(partition)] timed out after \(timeoutMs) ms")
+        try PartitionReader(config: config).read(topic: topic, partition: partition, timeoutMs: timeoutMs, fromLast: fromLast)
     }
 }

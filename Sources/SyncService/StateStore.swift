@@ -9,6 +9,8 @@ import Logging
 public protocol StateStore: Sendable {
     /// Every record of changelog partition `partition`, oldest first.
     func read(partition: Int32) throws -> [(key: [UInt8], value: [UInt8]?)]
+    /// As ``read(partition:)`` for several partitions at once.
+    func read(partitions: [Int32]) throws -> [Int32: [(key: [UInt8], value: [UInt8]?)]]
     /// The changelog partition holding a source partition's users.
     func statePartition(for sourcePartition: Int32) -> Int32
     /// The source topic's partition count, recorded in each record.
@@ -48,6 +50,11 @@ public struct CheckpointGroup: Sendable {
 }
 
 extension StateStore {
+    public func read(partitions: [Int32]) throws -> [Int32: [(key: [UInt8], value: [UInt8]?)]] {
+        var out: [Int32: [(key: [UInt8], value: [UInt8]?)]] = [:]
+        for p in partitions { out[p] = try read(partition: p) }
+        return out
+    }
     public var hasFatalError: Bool { false }
     public var maxRecordBytes: Int { 1_000_000 - 1_024 }
     public func claim(_ partitions: [TopicPartition]) throws {}
@@ -87,6 +94,7 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
     private let logger: Logger
     private let lock = NSLock()
     private var consumer: KafkaConsumer?
+    private var reader: PartitionReader?
     /// With transactions: the producer of each claimed source partition.
     private var owners: [TopicPartition: KafkaProducer] = [:]
     /// A transaction was refused because another owner took over, or a writer failed in
@@ -290,8 +298,18 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
     public func statePartition(for sourcePartition: Int32) -> Int32 { sourcePartition % partitions }
 
     public func read(partition: Int32) throws -> [(key: [UInt8], value: [UInt8]?)] {
-        try KafkaAdmin.readPartition(config: config.withoutConsumerProperties,
-                                     topic: topic, partition: partition, logger: logger)
+        try read(partitions: [partition])[partition] ?? []
+    }
+
+    public func read(partitions: [Int32]) throws -> [Int32: [(key: [UInt8], value: [UInt8]?)]] {
+        // One reader for every restore of this process (made at the first).
+        let reader = try lock.withLock { () throws -> PartitionReader in
+            if let r = self.reader { return r }
+            let r = try PartitionReader(config: config.withoutConsumerProperties)
+            self.reader = r
+            return r
+        }
+        return try reader.read(topic: topic, partitions: partitions)
     }
 
     public func write(_ records: [(partition: Int32, key: [UInt8], value: [UInt8]?)]) throws {

@@ -781,11 +781,41 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         var pending = partitions
         var delayMs = max(1, options.restoreRetryMs)
         while true {
+            let retryText: Logger.MetadataValue = retry ? .stringConvertible(delayMs) : "never"
             var failed: [TopicPartition] = []
+            var claimed: [TopicPartition] = []
             for tp in pending {
-                switch attemptRestore(tp, generation: generation, store: store, retryInMs: retry ? delayMs : nil, ready: ready) {
-                case .restored, .stale: break
+                switch claimForRestore(tp, generation: generation, store: store, retryText: retryText) {
+                case .restored: claimed.append(tp)
+                case .stale: break
                 case .failed: failed.append(tp)
+                }
+            }
+            // Their changelog partitions in one read: one client for all of them, each
+            // read to its high watermark (one partition after the other paid the
+            // client's round trips each time).
+            if !claimed.isEmpty {
+                let statePartitions = Array(Set(claimed.map { store.statePartition(for: $0.partition) })).sorted()
+                do {
+                    let records = try store.read(partitions: statePartitions)
+                    for tp in claimed {
+                        switch restore(tp, generation: generation, records: records[store.statePartition(for: tp.partition)] ?? [], ready: ready) {
+                        case .restored, .stale: break
+                        case .failed(let reason):
+                            logger.error("state restore failed; the partition is not consumed until it succeeds", metadata: [
+                                "partition": "\(tp)", "reason": "\(reason)", "retry_in_ms": retryText,
+                            ])
+                            lock.withLock { stats.restoreFailures += 1 }
+                            failed.append(tp)
+                        }
+                    }
+                } catch {
+                    logger.error("state restore failed; the partitions are not consumed until it succeeds", metadata: [
+                        "partitions": "\(claimed.map(\.description).joined(separator: ","))",
+                        "reason": "reading the changelog failed: \(error)", "retry_in_ms": retryText,
+                    ])
+                    lock.withLock { stats.restoreFailures += 1 }
+                    failed += claimed
                 }
             }
             pending = failed
@@ -803,13 +833,13 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
 
     enum RestoreAttempt { case restored, stale, failed }
 
-    /// One attempt to claim and restore `tp` for the assignment `generation`. Only the
-    /// claim holds `restoreLock`: the changelog read (up to a minute) does not.
-    private func attemptRestore(_ tp: TopicPartition, generation: UInt64, store: StateStore, retryInMs: Int64?,
-                                ready: (@Sendable ([TopicPartition]) -> Void)?) -> RestoreAttempt {
+    /// Claims `tp`'s changelog writer for the assignment `generation` (`.restored` here
+    /// means claimed and still current). One claim at a time in the process
+    /// (`restoreLock`): an old assignment's claim never races a new one's.
+    private func claimForRestore(_ tp: TopicPartition, generation: UInt64, store: StateStore,
+                                 retryText: Logger.MetadataValue) -> RestoreAttempt {
         restoreLock.lock()
-        var locked = true
-        defer { if locked { restoreLock.unlock() } }
+        defer { restoreLock.unlock() }
         // Revoked (or assigned again) meanwhile, or the process is stopping: nothing to do.
         let current = lock.withLock {
             let ok = !halted && restoringGeneration[tp] == generation
@@ -817,7 +847,6 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             return ok
         }
         guard current else { return .stale }
-        let retryText: Logger.MetadataValue = retryInMs.map { .stringConvertible($0) } ?? "never"
         do {
             try store.claim([tp])
         } catch {
@@ -840,18 +869,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             store.relinquish([tp])
             return .stale
         }
-        restoreLock.unlock()
-        locked = false
-        switch restore(tp, generation: generation, ready: ready) {
-        case .restored: return .restored
-        case .stale: return .stale
-        case .failed(let reason):
-            logger.error("state restore failed; the partition is not consumed until it succeeds", metadata: [
-                "partition": "\(tp)", "reason": "\(reason)", "retry_in_ms": retryText,
-            ])
-            lock.withLock { stats.restoreFailures += 1 }
-            return .failed
-        }
+        return .restored
     }
 
     enum RestoreOutcome { case restored, stale, failed(String) }
@@ -861,16 +879,9 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// one that does not (a newer format version, or damage) fails the restore, since
     /// consuming without that user's state would send a regressed body (visits reset, a
     /// later first visit) and the next checkpoint would overwrite the record.
-    private func restore(_ tp: TopicPartition, generation: UInt64,
+    private func restore(_ tp: TopicPartition, generation: UInt64, records: [(key: [UInt8], value: [UInt8]?)],
                          ready: (@Sendable ([TopicPartition]) -> Void)? = nil) -> RestoreOutcome {
-        guard let store = lock.withLock({ stateStore }) else { return .failed("no state store") }
         let start = clock.monotonicMs()
-        let records: [(key: [UInt8], value: [UInt8]?)]
-        do {
-            records = try store.read(partition: store.statePartition(for: tp.partition))
-        } catch {
-            return .failed("reading the changelog failed: \(error)")
-        }
         var latest: [String: [UInt8]?] = [:]
         for r in records { latest[String(decoding: r.key, as: UTF8.self)] = r.value }
         // Decoded outside the lock: folding goes on meanwhile.

@@ -768,13 +768,12 @@ extension FoldspaceBench {
             print("restore_records=\(records.count)")
             print("restore_record_bytes=\(records.reduce(0) { $0 + $1.key.count + ($1.value?.count ?? 0) } / max(1, records.count))")
 
-            // 2. Raw: every record of every partition read into memory.
+            // 2. Raw: every record of every partition read into memory, with the reader
+            //    the restore uses (one client, all partitions at once).
             let config = KafkaClientConfig(["bootstrap.servers": brokers])
             var t0 = uptimeSeconds()
-            var raw = 0
-            for p in 0..<Int32(partitions) {
-                raw += try KafkaAdmin.readPartition(config: config, topic: topic, partition: p, logger: quiet).count
-            }
+            let raw = try PartitionReader(config: config).read(topic: topic, partitions: Array(0..<Int32(partitions)))
+                .values.reduce(0) { $0 + $1.count }
             let rawSeconds = uptimeSeconds() - t0
             print("restore_raw_rate=\(Int(Double(raw) / max(rawSeconds, 1e-9)))")
 
