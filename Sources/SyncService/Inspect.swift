@@ -21,8 +21,10 @@ public enum Inspect {
         let partitions = try KafkaAdmin.partitionCount(config: admin, topic: topic)
         let wanted = Set(ids)
         var latest: [String: (partition: Int32, value: [UInt8]?)] = [:]
-        for p in 0..<Int32(partitions) {
-            for r in try KafkaAdmin.readPartition(config: admin, topic: topic, partition: p, logger: logger) {
+        // Every partition at once, on one client (as restores read).
+        let all = try PartitionReader(config: admin).read(topic: topic, partitions: Array(0..<Int32(partitions)))
+        for (p, records) in all {
+            for r in records {
                 let key = String(decoding: r.key, as: UTF8.self)
                 if wanted.contains(key) { latest[key] = (p, r.value) }
             }
