@@ -786,7 +786,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             var claimed: [TopicPartition] = []
             for tp in pending {
                 switch claimForRestore(tp, generation: generation, store: store, retryText: retryText) {
-                case .restored: claimed.append(tp)
+                case .claimed: claimed.append(tp)
                 case .stale: break
                 case .failed: failed.append(tp)
                 }
@@ -831,13 +831,13 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         }
     }
 
-    enum RestoreAttempt { case restored, stale, failed }
+    enum ClaimOutcome { case claimed, stale, failed }
 
-    /// Claims `tp`'s changelog writer for the assignment `generation` (`.restored` here
-    /// means claimed and still current). One claim at a time in the process
+    /// Claims `tp`'s changelog writer for the assignment `generation` (`.claimed`: and the
+    /// assignment still current). One claim at a time in the process
     /// (`restoreLock`): an old assignment's claim never races a new one's.
     private func claimForRestore(_ tp: TopicPartition, generation: UInt64, store: StateStore,
-                                 retryText: Logger.MetadataValue) -> RestoreAttempt {
+                                 retryText: Logger.MetadataValue) -> ClaimOutcome {
         restoreLock.lock()
         defer { restoreLock.unlock() }
         // Revoked (or assigned again) meanwhile, or the process is stopping: nothing to do.
@@ -869,7 +869,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             store.relinquish([tp])
             return .stale
         }
-        return .restored
+        return .claimed
     }
 
     enum RestoreOutcome { case restored, stale, failed(String) }
