@@ -263,8 +263,7 @@ func peakRSSKiB(_ pid: Int32) -> Int {
         let one = try Child(["resync", users[1], "--brokers", s.kafka.bootstrap, "--topic", "events", "--group", s.group])
         #expect(await one.wait(timeout: .seconds(30)) == 0, "\(one.stderr.suffix(1000))")
         #expect(await waitUntil(.seconds(30)) { acknowledged()[users[1]] == (before[users[1]] ?? 0) + 2 })
-        let line = d.stderr.split(separator: "\n").first { $0.contains("admin server listening") }
-        let port = try #require(line.flatMap { l in l.range(of: "127.0.0.1:").map { Int(l[$0.upperBound...].prefix { $0.isNumber }) } } ?? nil)
+        let port = try #require(await adminPort(d), "\(d.stderr.suffix(1000))")
         let (data, _) = try await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)/metrics")!)
         let metrics = String(decoding: data, as: UTF8.self)
         #expect(metrics.contains("foldspace_sync_resync_requests_total 4"), "two requests, each on both partitions")
@@ -287,9 +286,7 @@ func peakRSSKiB(_ pid: Int32) -> Int {
                     input: Data("damaged\tnot a state record\n".utf8))
         try produce(&s, 0..<80)
         let d = try daemon(s)
-        let line = { d.stderr.split(separator: "\n").first { $0.contains("admin server listening") } }
-        #expect(await waitUntil(.seconds(30)) { line() != nil })
-        let port = try #require(line().flatMap { l in l.range(of: "127.0.0.1:").map { Int(l[$0.upperBound...].prefix { $0.isNumber }) } } ?? nil)
+        let port = try #require(await adminPort(d), "\(d.stderr.suffix(1000))")
         func status(_ path: String) async -> Int? {
             guard let (_, r) = try? await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)\(path)")!) else { return nil }
             return (r as? HTTPURLResponse)?.statusCode
@@ -473,8 +470,7 @@ func peakRSSKiB(_ pid: Int32) -> Int {
         #expect(!deadLetters.isEmpty && !deadLetters.contains(apiKey), "the API key reached a dead letter")
 
         // Counted: by reason, and the far-future time separately.
-        let line = d.stderr.split(separator: "\n").first { $0.contains("admin server listening") }
-        let port = try #require(line.flatMap { l in l.range(of: "127.0.0.1:").map { Int(l[$0.upperBound...].prefix { $0.isNumber }) } } ?? nil)
+        let port = try #require(await adminPort(d), "\(d.stderr.suffix(1000))")
         let (data, _) = try await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)/metrics")!)
         let metrics = String(decoding: data, as: UTF8.self)
         #expect(metrics.contains(#"foldspace_sync_events_total{result="invalid"} \#(expected.count)"#), "\(metrics.prefix(3000))")

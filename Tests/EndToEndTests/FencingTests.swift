@@ -60,9 +60,7 @@ import FoundationNetworking
         // once a minute: when it is stopped, its requests and changelog writes are still
         // to come.
         let a = try daemon(tansu, sandbox, group: group, commitInterval: "60s", key: zombieKey, debounce: "5s", maxWait: "10s")
-        let line = { a.stderr.split(separator: "\n").first { $0.contains("admin server listening") } }
-        #expect(await waitUntil(.seconds(30)) { line() != nil })
-        let port = try #require(line().flatMap { l in l.range(of: "127.0.0.1:").map { Int(l[$0.upperBound...].prefix { $0.isNumber }) } } ?? nil)
+        let port = try #require(await adminPort(a), "\(a.stderr.suffix(1000))")
         var folded = false
         let deadline = ContinuousClock.now + .seconds(60)
         while !folded && ContinuousClock.now < deadline {

@@ -216,3 +216,14 @@ struct Scenario {
     }
 }
 
+
+/// The admin port a daemon logged (`admin server listening … address=127.0.0.1:PORT`),
+/// waiting up to `timeout` for the line; nil if it never came.
+func adminPort(_ d: Child, timeout: Duration = .seconds(30)) async -> Int? {
+    let port = {
+        d.stderr.split(separator: "\n").first { $0.contains("admin server listening") }
+            .flatMap { l in l.range(of: "127.0.0.1:").flatMap { Int(l[$0.upperBound...].prefix { $0.isNumber }) } }
+    }
+    _ = await waitUntil(timeout) { port() != nil }
+    return port()
+}
