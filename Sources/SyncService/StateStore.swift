@@ -59,7 +59,10 @@ extension StateStore {
     public var maxRecordBytes: Int { 1_000_000 - 1_024 }
     public func claim(_ partitions: [TopicPartition]) throws {}
     public func relinquish(_ partitions: [TopicPartition]) {}
-    public func checkpoint(_ groups: [CheckpointGroup]) throws {
+    public func checkpoint(_ groups: [CheckpointGroup]) throws { try writeThenCommit(groups) }
+
+    /// A checkpoint without transactions: every group's records, then every offset.
+    public func writeThenCommit(_ groups: [CheckpointGroup]) throws {
         let records = groups.flatMap(\.records)
         if !records.isEmpty { try write(records) }
         var offsets: [TopicPartition: Int64] = [:]
@@ -195,14 +198,7 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
     }
 
     public func checkpoint(_ groups: [CheckpointGroup]) throws {
-        guard transactional else {
-            let records = groups.flatMap(\.records)
-            if !records.isEmpty { try write(records) }
-            var offsets: [TopicPartition: Int64] = [:]
-            for g in groups { if let o = g.offset { offsets[g.source] = o } }
-            if !offsets.isEmpty { try commit(offsets) }
-            return
-        }
+        guard transactional else { return try writeThenCommit(groups) }
         let consumer = lock.withLock { self.consumer }
         var committed: [TopicPartition: Int64] = [:]
         for g in groups where !g.records.isEmpty || g.offset != nil {

@@ -1282,7 +1282,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             if resyncQueued[p] == nil {
                 resyncQueued[p] = m.offset
                 offsets.hold(p, offset: m.offset)
-                stats.resyncPendingPartitions = Set(resyncRound.keys).union(resyncQueued.keys).count
+                countResyncPending()
             }
             logger.info("resync of all users requested", metadata: [
                 "partition": "\(partitionsByIndex[Int(p)])", "offset": .stringConvertible(m.offset),
@@ -1348,7 +1348,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             resyncQueued = [:]
             resyncCursor = 0
         }
-        defer { stats.resyncPendingPartitions = Set(resyncRound.keys).union(resyncQueued.keys).count }
+        defer { countResyncPending() }
         guard !resyncRound.isEmpty else { return }
         var budget = resyncStepBudget
         guard budget > 0 else { return }
@@ -1366,6 +1366,12 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             ])
             resyncRound = [:]
         }
+    }
+
+    /// Publishes how many partitions have an all-users resync not queued whole. Called
+    /// with the lock held.
+    private func countResyncPending() {
+        stats.resyncPendingPartitions = Set(resyncRound.keys).union(resyncQueued.keys).count
     }
 
     /// The lowest offset of a partition's resync not yet queued whole: nothing at or past
@@ -1389,7 +1395,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             if let o = resyncQueued.removeValue(forKey: p) { offsets.release(p, offset: o) }
             if let o = resyncRound.removeValue(forKey: p) { offsets.release(p, offset: o) }
         }
-        stats.resyncPendingPartitions = Set(resyncRound.keys).union(resyncQueued.keys).count
+        countResyncPending()
         return floors
     }
 
