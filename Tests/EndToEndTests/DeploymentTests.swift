@@ -263,8 +263,7 @@ func startAsThePodWould(_ r: Rendered) async throws {
     #expect(await waitUntil(.seconds(30)) { daemon.stderr.contains("admin server listening") || !daemon.process.isRunning },
             "\(n): \(daemon.stderr.suffix(1500))")
     #expect(daemon.process.isRunning, "\(n): exited \(daemon.process.terminationStatus): \(daemon.stderr.suffix(1500))")
-    let line = daemon.stderr.split(separator: "\n").first { $0.contains("admin server listening") }
-    let port = try #require(line.flatMap { l in l.range(of: "127.0.0.1:").map { Int(l[$0.upperBound...].prefix { $0.isNumber }) } } ?? nil)
+    let port = try #require(await adminPort(daemon), "\(daemon.stderr.suffix(1000))")
     let ready = await waitUntilAsync(.seconds(30)) { await httpStatus("http://127.0.0.1:\(port)/readyz") == 200 }
     #expect(ready, "\(n): never ready: \(daemon.stderr.suffix(1500))")
     #expect(await waitUntil(.seconds(30)) { sandbox.latestAcknowledged().count == 20 }, "\(n): \(sandbox.latestAcknowledged().count) users delivered")
@@ -437,8 +436,7 @@ extension DeploymentTests {
         // The admin port is taken: a failure while running.
         let first = try Child(base + ["--admin-listen", "127.0.0.1:0"], env: ["FOLDSPACE_API_KEY": "k", "FOLDSPACE_SYNC_STATE": "memory"])
         #expect(await waitUntil(.seconds(30)) { first.stderr.contains("admin server listening") }, "\(first.stderr.suffix(1000))")
-        let line = first.stderr.split(separator: "\n").first { $0.contains("admin server listening") }
-        let port = try #require(line.flatMap { l in l.range(of: "127.0.0.1:").map { Int(l[$0.upperBound...].prefix { $0.isNumber }) } } ?? nil)
+        let port = try #require(await adminPort(first), "\(first.stderr.suffix(1000))")
         let second = try Child(base + ["--admin-listen", "127.0.0.1:\(port)"], env: ["FOLDSPACE_API_KEY": "k", "FOLDSPACE_SYNC_STATE": "memory"])
         #expect(await second.wait(timeout: .seconds(30)) == 1, "\(second.stderr.suffix(1000))")
         first.signal(SIGTERM)

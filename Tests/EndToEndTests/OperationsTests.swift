@@ -114,8 +114,7 @@ final class NotifySocket: @unchecked Sendable {
                                      // librdkafka's statistics every 500 ms, not 15 s, to be seen.
                                      "FOLDSPACE_SYNC_KAFKA_PROPERTIES": "statistics.interval.ms=500"])
         #expect(await waitUntil(.seconds(30)) { sandbox.latestAcknowledged().count == 15 })
-        let line = daemon.stderr.split(separator: "\n").first { $0.contains("admin server listening") }
-        let port = try #require(line.flatMap { l in l.range(of: "127.0.0.1:").map { Int(l[$0.upperBound...].prefix { $0.isNumber }) } } ?? nil)
+        let port = try #require(await adminPort(daemon), "\(daemon.stderr.suffix(1000))")
         let url = URL(string: "http://127.0.0.1:\(port)/metrics")!
         func value(_ name: String, in text: String) -> Int {
             text.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Int($0.split(separator: " ")[1]) } ?? -1
@@ -247,8 +246,7 @@ final class NotifySocket: @unchecked Sendable {
                                 "--foldspace-url", sandbox.baseURL, "--admin-listen", "127.0.0.1:0"],
                                env: ["FOLDSPACE_API_KEY": key, "FOLDSPACE_SYNC_STATE": "memory"])
         #expect(await waitUntil(.seconds(30)) { daemon.stderr.contains("admin server listening") }, "\(daemon.stderr.suffix(1000))")
-        let line = daemon.stderr.split(separator: "\n").first { $0.contains("admin server listening") }
-        let bound = try #require(line.flatMap { l in l.range(of: "127.0.0.1:").map { Int(l[$0.upperBound...].prefix { $0.isNumber }) } } ?? nil)
+        let bound = try #require(await adminPort(daemon), "\(daemon.stderr.suffix(1000))")
         #expect(bound != 0)
         // /proc/net/tcp{,6}: local address and port in hex, state 0A is LISTEN.
         let port = String(format: "%04X", bound)
