@@ -257,8 +257,11 @@ public final class KafkaConsumer: @unchecked Sendable {
         var result: [TopicPartition: Int64] = [:]
         let err: rd_kafka_resp_err_t = withPartitionList(partitions.map { ($0, nil) }) { list in
             let e = rd_kafka_committed(rk, list, timeoutMs)
+            guard e == RD_KAFKA_RESP_ERR_NO_ERROR else { return e }
             for i in 0..<Int(list.pointee.cnt) {
                 let el = list.pointee.elems[i]
+                // A partition's own error: its offset is unknown, not absent.
+                if el.err != RD_KAFKA_RESP_ERR_NO_ERROR { return el.err }
                 result[TopicPartition(String(cString: el.topic), el.partition)] = el.offset
             }
             return e

@@ -125,6 +125,9 @@ public enum MetricsText {
         family("foldspace_sync_restore_failures_total", "counter",
                "Durable state: restores (and claims of a partition's changelog writer) that failed; each is tried again, the partition held meanwhile.")
         sample("foldspace_sync_restore_failures_total", [], String(s.restoreFailures))
+        family("foldspace_sync_restore_changelog_missing_total", "counter",
+               "Durable state: restores refused because the changelog holds nothing for a partition whose offsets the group has committed (the changelog was deleted or recreated); the partition is held.")
+        sample("foldspace_sync_restore_changelog_missing_total", [], String(s.changelogMissing))
         family("foldspace_sync_resync_requests_total", "counter",
                "Resync control records applied (one per source partition of a `foldspace-sync resync`).")
         sample("foldspace_sync_resync_requests_total", [], String(s.resyncRequests))

@@ -33,6 +33,43 @@ public protocol StateStore: Sendable {
     /// atomically per group (a group fails or commits whole); without, every write, then
     /// every commit.
     func checkpoint(_ groups: [CheckpointGroup]) throws
+    /// The group's committed offset of a source partition (the next to read), nil when it
+    /// has none. Asked when a partition's changelog holds nothing for it.
+    func committedOffset(_ tp: TopicPartition) throws -> Int64?
+}
+
+/// The record each checkpoint that commits a source partition's offset writes beside its
+/// users, in the same transaction (or before the commit): the changelog's proof that it
+/// holds that partition's state up to the offset. Compaction keeps the latest, one per
+/// source partition.
+///
+/// A restore that finds neither a marker nor a user of its partition while the group has
+/// an offset committed for it knows the changelog was lost (deleted, recreated empty, or
+/// `state_topic` changed): consuming on would send regressed users and checkpoint them
+/// over what was lost, so the partition is held instead. A changelog written before
+/// markers existed holds users, so it is not mistaken for a lost one.
+///
+/// The key starts with 0xFF, a byte no UTF-8 text (so no user key) holds; the value is
+/// JSON, for people reading the topic.
+public enum ChangelogMarker {
+    public static func key(_ tp: TopicPartition) -> [UInt8] {
+        [0xFF] + Array("foldspace-sync.source/\(tp.topic)/\(tp.partition)".utf8)
+    }
+
+    public static func isMarker(key: [UInt8]) -> Bool { key.first == 0xFF }
+
+    public static func value(_ tp: TopicPartition, offset: Int64, sourcePartitions: Int32) -> [UInt8] {
+        // Kafka topic names are [a-zA-Z0-9._-]: nothing to escape.
+        Array(#"{"foldspace_sync":"source","topic":"\#(tp.topic)","partition":\#(tp.partition),"offset":\#(offset),"source_partitions":\#(sourcePartitions)}"#.utf8)
+    }
+
+    /// The source's partition count a marker records (nil: not a marker's value).
+    public static func sourcePartitions(ofValue value: [UInt8]) -> Int32? {
+        guard let o = try? JSONSerialization.jsonObject(with: Data(value)) as? [String: Any],
+              o["foldspace_sync"] as? String == "source", let n = o["source_partitions"] as? Int,
+              let v = Int32(exactly: n) else { return nil }
+        return v
+    }
 }
 
 /// One source partition's share of a checkpoint.
@@ -60,6 +97,7 @@ extension StateStore {
     public func claim(_ partitions: [TopicPartition]) throws {}
     public func relinquish(_ partitions: [TopicPartition]) {}
     public func checkpoint(_ groups: [CheckpointGroup]) throws { try writeThenCommit(groups) }
+    public func committedOffset(_ tp: TopicPartition) throws -> Int64? { nil }
 
     /// A checkpoint without transactions: every group's records, then every offset.
     public func writeThenCommit(_ groups: [CheckpointGroup]) throws {
@@ -317,6 +355,14 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
         try c.commitSync(offsets)
     }
 
+    public func committedOffset(_ tp: TopicPartition) throws -> Int64? {
+        guard let c = lock.withLock({ consumer }) else {
+            throw KafkaError(message: "the committed offset is read through the group's consumer, which is not attached")
+        }
+        guard let o = try c.committed([tp], timeoutMs: 10_000)[tp], o >= 0 else { return nil }
+        return o
+    }
+
     public func close() {
         producer.close()
         relinquish(lock.withLock { Array(owners.keys) })
@@ -354,7 +400,7 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
             // of the current size (each record carries the source's partition count).
             for p in 0..<Int32(statePartitions) {
                 guard let last = try KafkaAdmin.lastValue(config: admin, topic: topic, partition: p, logger: logger) else { continue }
-                let written = (try? StateCodec.decode(last))?.sourcePartitions ?? -1
+                let written = (try? StateCodec.decode(last))?.sourcePartitions ?? ChangelogMarker.sourcePartitions(ofValue: last) ?? -1
                 if written != Int32(sourcePartitions) {
                     throw ConfigurationError(
                         "state_topic: \(topic) has \(statePartitions) partitions but \(sourceTopic) has \(sourcePartitions), "

@@ -123,6 +123,9 @@ public struct EngineStats: Sendable {
     public var checkpointDuration = Histogram()
     public var restoredUsers = 0
     public var restoreFailures = 0
+    /// Restores refused because the changelog holds nothing for a source partition whose
+    /// offsets are committed (the changelog was deleted or recreated; see ``ChangelogMarker``).
+    public var changelogMissing = 0
     /// Resync control records applied (one per partition of a request), users queued to
     /// be sent again by them, and partitions whose all-users resync is not through yet.
     /// Durable mode: user states left out of a checkpoint because their record exceeds
@@ -726,10 +729,14 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         var batches: [CheckpointGroup] = []
         var recordCount = 0
         for (g, group) in groups.enumerated() {
-            let records = encoded[g]
+            var records = encoded[g]
             let offset = letters ? commit[group.source] : nil
             guard !records.isEmpty || offset != nil else { continue }
             recordCount += records.count
+            if let offset {
+                records.append((store.statePartition(for: group.source.partition), ChangelogMarker.key(group.source),
+                                ChangelogMarker.value(group.source, offset: offset, sourcePartitions: store.sourcePartitions)))
+            }
             batches.append(CheckpointGroup(source: group.source, records: records, offset: offset))
         }
         do {
@@ -799,7 +806,8 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                 do {
                     let records = try store.read(partitions: statePartitions)
                     for tp in claimed {
-                        switch restore(tp, generation: generation, records: records[store.statePartition(for: tp.partition)] ?? [], ready: ready) {
+                        switch restore(tp, generation: generation, records: records[store.statePartition(for: tp.partition)] ?? [],
+                                       store: store, ready: ready) {
                         case .restored, .stale: break
                         case .failed(let reason):
                             logger.error("state restore failed; the partition is not consumed until it succeeds", metadata: [
@@ -880,10 +888,18 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// consuming without that user's state would send a regressed body (visits reset, a
     /// later first visit) and the next checkpoint would overwrite the record.
     private func restore(_ tp: TopicPartition, generation: UInt64, records: [(key: [UInt8], value: [UInt8]?)],
-                         ready: (@Sendable ([TopicPartition]) -> Void)? = nil) -> RestoreOutcome {
+                         store: StateStore, ready: (@Sendable ([TopicPartition]) -> Void)? = nil) -> RestoreOutcome {
         let start = clock.monotonicMs()
         var latest: [String: [UInt8]?] = [:]
-        for r in records { latest[String(decoding: r.key, as: UTF8.self)] = r.value }
+        let markerKey = ChangelogMarker.key(tp)
+        var marked = false
+        for r in records {
+            if ChangelogMarker.isMarker(key: r.key) {
+                if r.key == markerKey { marked = r.value != nil }
+                continue
+            }
+            latest[String(decoding: r.key, as: UTF8.self)] = r.value
+        }
         // Decoded outside the lock: folding goes on meanwhile.
         let source = stableSourceId(tp)
         var decoded: [(key: String, stored: StoredUser)] = []
@@ -904,6 +920,23 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         }
         if undecodable > 0 {
             return .failed("\(undecodable) changelog records cannot be decoded (damaged, or not written by foldspace-sync); see docs/operations.md")
+        }
+        // Nothing of this partition in its changelog: a new partition, unless the group
+        // has an offset committed for it (see ``ChangelogMarker``).
+        if !marked && decoded.isEmpty {
+            let committed: Int64?
+            do {
+                committed = try store.committedOffset(tp)
+            } catch {
+                return .failed("the changelog holds nothing for this partition and its committed offset could not be read: \(error)")
+            }
+            if let committed {
+                lock.withLock { stats.changelogMissing += 1 }
+                return .failed("the changelog holds nothing for this partition, but the group has committed its offset \(committed): "
+                    + "the changelog was deleted or recreated, or state_topic changed. Consuming on would send regressed users. "
+                    + "To fold the partition's retained events again, reset the group's offsets to the earliest; to accept the loss, "
+                    + "delete them (docs/operations.md, \"A lost changelog\")")
+            }
         }
         let now = clock.monotonicMs()
         var restored = 0

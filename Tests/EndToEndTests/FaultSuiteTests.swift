@@ -54,9 +54,10 @@ func peakRSSKiB(_ pid: Int32) -> Int {
         var verifier: FaultVerifier
     }
 
-    func setUp(_ name: String, partitions: Int = 4, brokers: Int = 1, users: Int = 12) async throws -> Setup {
+    func setUp(_ name: String, partitions: Int = 4, brokers: Int = 1, users: Int = 12, moreStateTopics: [String] = []) async throws -> Setup {
         let group = "\(name)-\(UUID().uuidString.prefix(6))"
-        let kafka = try await MockKafkaProcess(topics: ["events:\(partitions)", "\(group)-state:\(partitions)"], brokers: brokers)
+        let kafka = try await MockKafkaProcess(topics: ["events:\(partitions)", "\(group)-state:\(partitions)"]
+                                                   + moreStateTopics.map { "\(group)-\($0):\(partitions)" }, brokers: brokers)
         let sandbox = FoldspaceSandbox(apiKeys: [apiKey])
         try await sandbox.start()
         return Setup(kafka: kafka, sandbox: sandbox, group: group,
@@ -302,6 +303,40 @@ func peakRSSKiB(_ pid: Int32) -> Int {
                     input: Data("damaged\t\n".utf8))
         await s.verifier.settleAndVerify([d], "after the tombstone")
         #expect(await status("/readyz") == 200)
+        await tearDown(s, [d])
+    }
+
+    /// A changelog lost under the group's committed offsets (deleted, recreated empty, or
+    /// `state_topic` pointed elsewhere; here the last): the daemon must not consume on
+    /// with no state, which sends every user regressed (visits from zero, a later first
+    /// visit) and checkpoints that over what was lost. It holds the partitions, says so,
+    /// and sends nothing.
+    @Test func aLostChangelogHoldsItsPartitionsInsteadOfSendingRegressedUsers() async throws {
+        var s = try await setUp("lost", partitions: 2, users: 8, moreStateTopics: ["empty"])
+        try produce(&s, 0..<80)
+        let first = try daemon(s)
+        await s.verifier.settleAndVerify([first], "before the changelog is lost")
+        first.signal(SIGTERM)
+        #expect(await first.wait(timeout: .seconds(40)) == 0, "\(first.stderr.suffix(1000))")
+        let sent = s.sandbox.requestCount
+        let d = try daemon(s, env: ["FOLDSPACE_SYNC_STATE_TOPIC": "\(s.group)-empty"])
+        let port = try #require(await adminPort(d), "\(d.stderr.suffix(1000))")
+        func get(_ path: String) async -> (Int, String)? {
+            guard let (data, r) = try? await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)\(path)")!) else { return nil }
+            return ((r as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
+        }
+        try produce(&s, 80..<160)
+        // Both partitions refused, each at least twice (so the events above were there
+        // to be consumed for a while).
+        #expect(await waitUntil(.seconds(60)) {
+            d.stderr.components(separatedBy: "the changelog holds nothing for this partition").count > 4
+        }, "\(d.stderr.suffix(2000))")
+        #expect(await get("/readyz")?.0 == 503)
+        let metrics = await get("/metrics")?.1 ?? ""
+        let refused = metrics.split(separator: "\n").first { $0.hasPrefix("foldspace_sync_restore_changelog_missing_total ") }
+            .flatMap { Int($0.split(separator: " ").last ?? "") }
+        #expect((refused ?? 0) >= 4, "\(refused.map(String.init) ?? "no metric")")
+        #expect(s.sandbox.requestCount == sent, "users sent with no state")
         await tearDown(s, [d])
     }
 

@@ -143,12 +143,12 @@ func sinkOnMock(_ properties: [String: String], maxMessageBytes: Int = 1_000_000
         guard case .send(let jobs) = e.takeDue(limit: 10) else { Issue.record("nothing due"); return }
         e.complete(jobs[0], outcome: .rejected(status: 400, response: "bad"))
         #expect(e.checkpoint())
-        let pending = try StateCodec.decode(try #require(try store.read(partition: 0).last?.value))
+        let pending = try StateCodec.decode(try #require(store.userRecords(0).last?.value))
         #expect(pending.dirty)
         #expect(pending.settledHash == 0)
         dl.deliverAll()
         #expect(e.checkpoint())
-        let settled = try StateCodec.decode(try #require(try store.read(partition: 0).last?.value))
+        let settled = try StateCodec.decode(try #require(store.userRecords(0).last?.value))
         #expect(!settled.dirty)
         #expect(settled.settledHash == jobs[0].hash)
     }
@@ -171,11 +171,11 @@ func sinkOnMock(_ properties: [String: String], maxMessageBytes: Int = 1_000_000
         e.complete(second[0], outcome: .rejected(status: 400, response: "bad")) // letter 2
         dl.deliverFirst() // letter 1 lands
         #expect(e.checkpoint())
-        let stored = try StateCodec.decode(try #require(try store.read(partition: 0).last?.value))
+        let stored = try StateCodec.decode(try #require(store.userRecords(0).last?.value))
         #expect(stored.dirty && stored.settledHash == 0, "stored settled while letter 2 is not written")
         dl.deliverFirst()
         #expect(e.checkpoint())
-        let settled = try StateCodec.decode(try #require(try store.read(partition: 0).last?.value))
+        let settled = try StateCodec.decode(try #require(store.userRecords(0).last?.value))
         #expect(!settled.dirty)
     }
 

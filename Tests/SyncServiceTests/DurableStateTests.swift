@@ -34,10 +34,21 @@ final class MemoryStateStore: StateStore, @unchecked Sendable {
         }
     }
     func commit(_ offsets: [TopicPartition: Int64]) throws { lock.withLock { commits.append(offsets) } }
+    func committedOffset(_ tp: TopicPartition) throws -> Int64? { lastCommit[tp] }
+    /// As an operator deleting the group's committed offsets.
+    func forgetCommits() { lock.withLock { commits = [] } }
+    /// Drops every record whose key passes `drop` (as a changelog written before a record kind existed).
+    func removeRecords(where drop: ([UInt8]) -> Bool) { lock.withLock { for p in log.keys { log[p]!.removeAll { drop($0.key) } } } }
     var lastCommit: [TopicPartition: Int64] {
         lock.withLock { commits.reduce(into: [:]) { acc, c in for (k, v) in c { acc[k] = v } } }
     }
-    var recordCount: Int { lock.withLock { log.values.reduce(0) { $0 + $1.count } } }
+    /// The users' records (and tombstones) of a partition, oldest first: without the
+    /// markers each offset commit writes beside them (``ChangelogMarker``).
+    func userRecords(_ partition: Int32) -> [(key: [UInt8], value: [UInt8]?)] {
+        lock.withLock { (log[partition] ?? []).filter { !ChangelogMarker.isMarker(key: $0.key) } }
+    }
+    var recordCount: Int { lock.withLock { log.values.reduce(0) { $0 + $1.count { !ChangelogMarker.isMarker(key: $0.key) } } } }
+    var markerCount: Int { lock.withLock { log.values.reduce(0) { $0 + $1.count { ChangelogMarker.isMarker(key: $0.key) } } } }
 }
 
 struct TestError: Error { let m: String; init(_ m: String) { self.m = m } }

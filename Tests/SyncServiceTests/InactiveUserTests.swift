@@ -53,7 +53,7 @@ import Testing
         #expect(e.projection(of: "recent") != nil)
         #expect(e.projection(of: "old-dirty") != nil)
         #expect(e.checkpoint())
-        let written = try store.read(partition: 0).suffix(store.recordCount - before)
+        let written = store.userRecords(0).suffix(store.recordCount - before)
         #expect(written.map { String(decoding: $0.key, as: UTF8.self) } == ["old"])
         #expect(written.allSatisfy { $0.value == nil }, "a tombstone")
         // Once settled, the other old user goes too.
@@ -62,8 +62,8 @@ import Testing
         #expect(e.snapshot().expiredUsers == 2)
         #expect(e.snapshot().users == 1)
         #expect(e.checkpoint())
-        #expect(try store.read(partition: 0).last.map { String(decoding: $0.key, as: UTF8.self) } == "old-dirty")
-        #expect(try store.read(partition: 0).last?.value == nil)
+        #expect(store.userRecords(0).last.map { String(decoding: $0.key, as: UTF8.self) } == "old-dirty")
+        #expect(store.userRecords(0).last?.value == nil)
     }
 
     @Test func withoutATTLNobodyIsDroppedAndUsersAreCountedByType() {

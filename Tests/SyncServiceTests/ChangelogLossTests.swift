@@ -1,0 +1,98 @@
+import Delivery
+import Folding
+import Foundation
+import Kafka
+import Testing
+import TestSupport
+@testable import SyncService
+
+/// A changelog recreated empty (or deleted and auto-created, or a new `state_topic`)
+/// under the group's committed offsets (issue "Exactly-once state", item 2): consuming
+/// from the committed offset with no state would send regressed bodies (visits reset, a
+/// later first visit) and checkpoint them over what was lost. The partition is held
+/// instead, with an error that says so, until an operator decides.
+@Suite struct ChangelogLossTests {
+    let p0 = TopicPartition("events", 0)
+
+    func engine(_ store: StateStore, log: CapturedLog? = nil) -> (SyncEngine, Released) {
+        var o = EngineOptions()
+        o.durable = true
+        o.restoreRetryMs = 20
+        o.fold.keyEvents = [.init(name: "Step", weight: 10, cap: 1_000)]
+        let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: log?.logger(.text) ?? quietLogger,
+                           clock: ManualClock().engineClock)
+        e.setStateStore(store)
+        let released = Released()
+        e.setRestoredSink { released.add($0) }
+        return (e, released)
+    }
+
+    /// Folds `events` on p0 into `store` and checkpoints (committing their offsets).
+    func fold(into store: MemoryStateStore, _ events: [String]) {
+        var o = EngineOptions()
+        o.durable = true
+        let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: ManualClock().engineClock)
+        e.setStateStore(store)
+        e.partitionsAssigned([p0])
+        feed(e, events.enumerated().map { (p0, Int64($0.offset), $0.element) })
+        _ = e.checkpoint()
+    }
+
+    let step = #"{"type":"track","event":"Step","userId":"a","timestamp":"2025-11-20T10:00:01Z"}"#
+
+    @Test func aChangelogRecreatedEmptyUnderCommittedOffsetsHoldsThePartition() async throws {
+        let old = MemoryStateStore()
+        fold(into: old, [step])
+        let commits = old.lastCommit
+        #expect(commits[p0] == 1)
+        // The changelog is gone; the group's offsets are not.
+        let recreated = MemoryStateStore()
+        try recreated.commit(commits)
+        let log = CapturedLog()
+        let (e, released) = engine(recreated, log: log)
+        e.partitionsAssigned([p0])
+        #expect(await eventually(.seconds(10)) { e.snapshot().restoreFailures >= 2 })
+        #expect(released.all.isEmpty, "consumed with no state")
+        #expect(!e.snapshot().ready)
+        #expect(e.snapshot().changelogMissing >= 1)
+        #expect(log.lines.contains { $0.contains("holds nothing for this partition") }, "\(log.lines.suffix(3))")
+        // Nothing is checkpointed or committed for it meanwhile.
+        #expect(e.checkpoint())
+        #expect(recreated.recordCount == 0)
+        // The operator deletes the group's offsets (to fold the topic's history again, or
+        // to accept the loss): the partition starts as a new one.
+        recreated.forgetCommits()
+        #expect(await eventually(.seconds(10)) { released.all == [p0] })
+        #expect(e.snapshot().ready)
+    }
+
+    @Test func aPartitionWhoseEventsMadeNoUsersIsRestoredAfterARestart() async throws {
+        // Offsets committed, but nothing of the partition's events made a user.
+        let store = MemoryStateStore()
+        fold(into: store, ["not json", #"{"type":"track","timestamp":"2025-11-20T10:00:01Z"}"#])
+        #expect(store.lastCommit[p0] == 2)
+        let (e, released) = engine(store)
+        e.partitionsAssigned([p0])
+        #expect(await eventually(.seconds(10)) { released.all == [p0] })
+        #expect(e.snapshot().restoreFailures == 0)
+    }
+
+    @Test func aChangelogWrittenBeforeMarkersIsRestored() async throws {
+        let store = MemoryStateStore()
+        fold(into: store, [step])
+        // As a changelog written by an earlier version: users only.
+        store.removeRecords { $0.first == 0xFF }
+        #expect(store.recordCount == 1)
+        let (e, released) = engine(store)
+        e.partitionsAssigned([p0])
+        #expect(await eventually(.seconds(10)) { released.all == [p0] })
+        #expect(e.snapshot().restoredUsers == 1)
+    }
+
+    @Test func aNewPartitionStartsWithNoState() async throws {
+        let (e, released) = engine(MemoryStateStore())
+        e.partitionsAssigned([p0])
+        #expect(await eventually(.seconds(10)) { released.all == [p0] })
+        #expect(e.snapshot().restoreFailures == 0)
+    }
+}
