@@ -31,8 +31,10 @@ public protocol StateStore: Sendable {
     func relinquish(_ partitions: [TopicPartition])
     /// Writes each group's records and commits its source offset: with transactions,
     /// atomically per group (a group fails or commits whole); without, every write, then
-    /// every commit.
-    func checkpoint(_ groups: [CheckpointGroup]) throws
+    /// every commit. With a `deadline` (a revocation, inside the rebalance callback), no
+    /// group is begun after it and no call waits past it; the groups not committed by
+    /// then fail the checkpoint (their offsets stay where they were).
+    func checkpoint(_ groups: [CheckpointGroup], deadline: DispatchTime?) throws
     /// The group's committed offset of a source partition (the next to read), nil when it
     /// has none. Asked when a partition's changelog holds nothing for it.
     func committedOffset(_ tp: TopicPartition) throws -> Int64?
@@ -96,7 +98,7 @@ extension StateStore {
     public var maxRecordBytes: Int { 1_000_000 - 1_024 }
     public func claim(_ partitions: [TopicPartition]) throws {}
     public func relinquish(_ partitions: [TopicPartition]) {}
-    public func checkpoint(_ groups: [CheckpointGroup]) throws { try writeThenCommit(groups) }
+    public func checkpoint(_ groups: [CheckpointGroup], deadline: DispatchTime?) throws { try writeThenCommit(groups) }
     public func committedOffset(_ tp: TopicPartition) throws -> Int64? { nil }
 
     /// A checkpoint without transactions: every group's records, then every offset.
@@ -235,11 +237,24 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
         for w in gone { w.close() }
     }
 
-    public func checkpoint(_ groups: [CheckpointGroup]) throws {
+    public func checkpoint(_ groups: [CheckpointGroup], deadline: DispatchTime? = nil) throws {
         guard transactional else { return try writeThenCommit(groups) }
         let consumer = lock.withLock { self.consumer }
         var committed: [TopicPartition: Int64] = [:]
-        for g in groups where !g.records.isEmpty || g.offset != nil {
+        // Each call's timeout, cut to what is left before the deadline (a second at
+        // least: an abort must get its chance).
+        func budget(_ full: Int32) -> Int32 {
+            guard let deadline else { return full }
+            let now = DispatchTime.now().uptimeNanoseconds
+            let left = deadline.uptimeNanoseconds > now ? Int64((deadline.uptimeNanoseconds - now) / 1_000_000) : 0
+            return Int32(max(1_000, min(Int64(full), left)))
+        }
+        let work = groups.filter { !$0.records.isEmpty || $0.offset != nil }
+        for (n, g) in work.enumerated() {
+            if let deadline, DispatchTime.now() >= deadline {
+                throw KafkaError(message: "checkpoint deadline passed; not checkpointed: \(work[n...].map(\.source.description).joined(separator: ","))",
+                                 isRetriable: true)
+            }
             // A writer dropped after a transaction it could not end is claimed again
             // (which aborts that transaction); a partition let go is never claimed here.
             if lock.withLock({ owners[g.source] == nil && wedged.contains(g.source) }) {
@@ -256,9 +271,9 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
                     guard let metadata = consumer?.groupMetadata() else {
                         throw KafkaError(message: "checkpoint of \(g.source): no group metadata yet", isRetriable: true)
                     }
-                    try writer.sendOffsetsToTransaction([g.source: o], group: metadata)
+                    try writer.sendOffsetsToTransaction([g.source: o], group: metadata, timeoutMs: budget(30_000))
                 }
-                try commitTransaction(writer)
+                try commitTransaction(writer, deadline: deadline, budget: budget)
             } catch {
                 if error.isFenced || error.isFatal || writer.hasFatalError {
                     // Another instance claimed the partition: this one was paused or cut
@@ -268,7 +283,7 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
                     logger.critical("the changelog writer of a partition was fenced (another instance owns the partition now) or failed fatally; exiting to rejoin the group", metadata: [
                         "partition": "\(g.source)", "error": "\(error)",
                     ])
-                } else if !abort(writer) {
+                } else if !abort(writer, budget: budget) {
                     // Neither committed nor aborted (librdkafka keeps the unfinished call
                     // current, and refuses every other until it ends): the writer is let go
                     // and the partition claimed again by the next checkpoint.
@@ -297,25 +312,27 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
 
     /// Commits the open transaction; a retriable failure (a flush or the coordinator timing
     /// out) is resumed by calling again, as librdkafka asks, a few times.
-    private func commitTransaction(_ writer: KafkaProducer) throws(KafkaError) {
+    private func commitTransaction(_ writer: KafkaProducer, deadline: DispatchTime?,
+                                   budget: (Int32) -> Int32) throws(KafkaError) {
         var attempt = 0
         while true {
             do throws(KafkaError) {
-                try writer.commitTransaction()
+                try writer.commitTransaction(timeoutMs: budget(60_000))
                 return
             } catch {
                 attempt += 1
-                guard error.isRetriable, !error.requiresAbort, attempt < 3 else { throw error }
+                let late = deadline.map { DispatchTime.now() >= $0 } ?? false
+                guard error.isRetriable, !error.requiresAbort, attempt < 3, !late else { throw error }
             }
         }
     }
 
     /// Aborts the open transaction (retried while librdkafka says it may succeed);
     /// whether it ended.
-    private func abort(_ writer: KafkaProducer) -> Bool {
+    private func abort(_ writer: KafkaProducer, budget: (Int32) -> Int32) -> Bool {
         for _ in 0..<3 {
             do throws(KafkaError) {
-                try writer.abortTransaction()
+                try writer.abortTransaction(timeoutMs: budget(30_000))
                 return true
             } catch {
                 logger.warning("aborting a failed checkpoint transaction failed", metadata: ["error": "\(error)"])

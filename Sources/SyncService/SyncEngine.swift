@@ -614,7 +614,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// positions consumed at the moment of the snapshot. On failure nothing is
     /// committed and the users stay queued.
     @discardableResult
-    public func checkpoint(partitions: [OffsetTracker.PartitionIndex]? = nil) -> Bool {
+    public func checkpoint(partitions: [OffsetTracker.PartitionIndex]? = nil, deadline: DispatchTime? = nil) -> Bool {
         guard options.durable else { return true }
         // Fenced or stopped past its session: what it holds is not to be written.
         if lock.withLock({ halted }) { return false }
@@ -740,7 +740,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             batches.append(CheckpointGroup(source: group.source, records: records, offset: offset))
         }
         do {
-            try store.checkpoint(batches)
+            try store.checkpoint(batches, deadline: deadline)
             lock.withLock {
                 if letters { for (p, pos) in positions { lastCommitted[p] = max(lastCommitted[p] ?? -1, pos) } }
                 stats.checkpoints += 1
@@ -1533,8 +1533,12 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             // for any under way) nothing more is written for them.
             lock.withLock { for i in idxs { assigned.remove(i) } }
             // The state moves with the partition: checkpoint it, commit, and let the
-            // next owner restore it. No waiting for Foldspace.
-            if !checkpoint(partitions: idxs) {
+            // next owner restore it. No waiting for Foldspace. Inside the rebalance
+            // callback, so bounded (one transaction per partition, each of which could
+            // otherwise wait a minute on a slow coordinator): what is not committed by
+            // the drain timeout is read again by the next owner.
+            let until = DispatchTime.now() + .milliseconds(Int(clamping: max(1_000, options.drainTimeoutMs)))
+            if !checkpoint(partitions: idxs, deadline: until) {
                 logger.warning("revoked partitions could not be checkpointed; the next owner re-reads from the last commit")
             }
             // A claim of them under way (a restore) ends first: a claim landing after the
