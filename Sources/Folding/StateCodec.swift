@@ -151,6 +151,8 @@ public enum StateCodec {
         var dirty = false
         var hash: UInt64 = 0
         var sourcePartitions: Int32 = 0
+        // The text fields, packed once at the end (see ``TextFields/Registers``).
+        var text = TextFields.Registers()
         while !r.atEnd {
             let tag = try r.u8()
             let len = try r.length()
@@ -163,22 +165,22 @@ public enum StateCodec {
                 guard i < UserType.allCases.count else { throw .badValue }
                 s.explicitUserType = Latest(value: UserType.allCases[i], stamp: try f.stamp())
             case .sawUserId: s.sawUserId = try f.u8() != 0
-            case .email: s.email = try f.latest()
-            case .name: s.name = try f.latest()
-            case .role: s.role = try f.latest()
-            case .phone: s.phone = try f.latest()
-            case .timezone: s.timezone = try f.latest()
-            case .image: s.image = try f.latest()
+            case .email: text.set(.email, try f.latest())
+            case .name: text.set(.name, try f.latest())
+            case .role: text.set(.role, try f.latest())
+            case .phone: text.set(.phone, try f.latest())
+            case .timezone: text.set(.timezone, try f.latest())
+            case .image: text.set(.image, try f.latest())
             case .leadDate: s.leadDate = try f.zigzag()
             case .signUpDate: s.signUpDate = try f.zigzag()
             case .firstVisit: s.firstVisitMs = try f.zigzag()
             case .lastSeen: s.lastSeenMs = try f.zigzag()
-            case .country: s.country = try f.latest()
-            case .region: s.region = try f.latest()
-            case .city: s.city = try f.latest()
-            case .postalCode: s.postalCode = try f.latest()
-            case .countryCode: s.countryCode = try f.latest()
-            case .lastSubscription: s.lastSubscription = try f.latest()
+            case .country: text.set(.country, try f.latest())
+            case .region: text.set(.region, try f.latest())
+            case .city: text.set(.city, try f.latest())
+            case .postalCode: text.set(.postalCode, try f.latest())
+            case .countryCode: text.set(.countryCode, try f.latest())
+            case .lastSubscription: text.set(.lastSubscription, try f.latest())
             case .subscriptions:
                 let n = try f.count(limit: UserState.subscriptionLimit)
                 for _ in 0..<n {
@@ -240,6 +242,7 @@ public enum StateCodec {
             case .sourcePartitions: sourcePartitions = Int32(truncatingIfNeeded: try f.varint())
             }
         }
+        s.text = TextFields(text)
         return StoredUser(state: s, dirty: dirty, settledHash: hash, sourcePartitions: sourcePartitions)
     }
 

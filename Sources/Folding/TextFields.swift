@@ -336,6 +336,64 @@ public struct TextFields: Sendable, Equatable {
         return fast ?? s.utf8.elementsEqual(b[r])
     }
 
+    /// Registers with a stamp each (a stored state's fields, decoded one by one), packed
+    /// by ``init(_:)`` in one pass and one allocation: setting them one at a time rebuilt
+    /// the buffer once per field, the larger part of decoding a changelog record.
+    public struct Registers: Sendable {
+        fileprivate var writes = Writes()
+        fileprivate var stamps = InlineArray<12, Stamp>(repeating: Stamp(timeMs: 0, offset: 0))
+        public init() {}
+        /// As ``TextFields/set(_:_:)``: the last register given for a field is the one kept.
+        public mutating func set(_ field: Field, _ register: Latest<String>) {
+            writes.mask &= ~(1 << UInt16(field.rawValue))
+            writes.add(field, register.value)
+            stamps[Int(field.rawValue)] = register.stamp
+        }
+    }
+
+    /// The fields of `registers`: the same bytes as setting each in turn.
+    public init(_ registers: Registers) {
+        let w = registers.writes
+        guard w.mask != 0 else { return }
+        let fields = Int(Self.fieldCount)
+        var fieldStamp = InlineArray<12, UInt8>(repeating: 0) // index into `stamps`
+        var stamps = InlineArray<12, Stamp>(repeating: Stamp(timeMs: 0, offset: 0))
+        var stampCount = 0
+        var bytes = 1
+        // Stamps in order of first use, fields in ``Field`` order: the canonical layout.
+        for f in 0..<fields where w.has(UInt8(f)) {
+            let s = registers.stamps[f]
+            var i = 0
+            while i < stampCount && stamps[i] != s { i += 1 }
+            if i == stampCount {
+                stamps[i] = s
+                stampCount += 1
+            }
+            fieldStamp[f] = UInt8(i)
+            let length = w.value(UInt8(f)).utf8.count
+            bytes += 2 + Self.lengthBytes(length) + length
+        }
+        bytes += 16 * stampCount
+        buf = [UInt8](unsafeUninitializedCapacity: bytes) { out, count in
+            out[0] = UInt8(stampCount)
+            let raw = UnsafeMutableRawBufferPointer(out)
+            for i in 0..<stampCount { Self.store(stamps[i], entry: i, into: raw) }
+            var at = 1 + 16 * stampCount
+            for f in 0..<fields where w.has(UInt8(f)) {
+                out[at] = UInt8(f)
+                out[at + 1] = fieldStamp[f]
+                at += 2
+                var v = w.value(UInt8(f))
+                v.withUTF8 { u in
+                    at = Self.putLength(u.count, into: out, at: at)
+                    if let src = u.baseAddress { (out.baseAddress! + at).update(from: src, count: u.count) }
+                    at += u.count
+                }
+            }
+            count = at
+        }
+    }
+
     /// Sets or clears a field outright (decoding a stored state, tests).
     public mutating func set(_ field: Field, _ register: Latest<String>?) {
         var one = Writes()

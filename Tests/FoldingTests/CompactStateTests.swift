@@ -54,6 +54,28 @@ import Testing
         }
     }
 
+    @Test func registersPackedTogetherAreTheBytesOfSettingEachInTurn() {
+        // A stored state's fields, decoded with a stamp each (some repeated, some shared,
+        // values over the stored limit cut): packed at once as set one by one.
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<300 {
+            var registers = TextFields.Registers()
+            var oneByOne = TextFields()
+            for _ in 0..<Int.random(in: 0..<16, using: &rng) {
+                let f = all.randomElement(using: &rng)!
+                let value = ["", "é", "x", String(repeating: "y", count: Int.random(in: 100...1_200, using: &rng)), "Zoë 😀"]
+                    .randomElement(using: &rng)! + String(Int.random(in: 0..<3, using: &rng))
+                let r = Latest(value: value, stamp: Stamp(timeMs: Int64.random(in: 0..<4, using: &rng), offset: Int64.random(in: 0..<3, using: &rng)))
+                registers.set(f, r)
+                oneByOne.set(f, r)
+            }
+            let packed = TextFields(registers)
+            #expect(packed.packedBytes == oneByOne.packedBytes)
+            #expect(packed == oneByOne)
+            for f in all { #expect(packed.get(f) == oneByOne.get(f), "\(f)") }
+        }
+    }
+
     @Test func oneEventsWritesTogetherMatchSeparateWrites() {
         // Batches of an event's writes, including repeats of the same values (the in-place
         // stamp path) and stamps shared with fields outside the batch (the rebuild path).
