@@ -55,7 +55,10 @@ def collector(args):
                 return self.answer(404, {"error": "not found"})
             if self.headers.get("Authorization") != expected_auth:
                 return self.answer(401, {"error": "invalid write key"})
-            raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            try:
+                raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            except ValueError:
+                return self.answer(400, {"error": "bad Content-Length"})
             if self.headers.get("Content-Encoding") == "gzip":
                 raw = gzip.decompress(raw)
             try:
@@ -66,14 +69,17 @@ def collector(args):
             for call in batch:
                 key = call.get("userId") or call.get("anonymousId") or ""
                 by_user.setdefault(key, []).append(call)
-            failures = []
-            for key, calls in by_user.items():
-                producer.produce(args.topic, key=key.encode(), value=json.dumps({"batch": calls}).encode(),
-                                 on_delivery=lambda err, msg: err and failures.append(str(err)))
-            producer.flush(30)
-            if failures or len(producer) > 0:
-                return self.answer(503, {"error": "kafka: %s" % (failures[:1] or ["not acknowledged"])})
+            # One batch at a time: the flush and the queue length are the producer's, not
+            # this request's (a batch answered 503 for another's queue would be sent
+            # again by the client and its events written twice).
             with lock:
+                failures = []
+                for key, calls in by_user.items():
+                    producer.produce(args.topic, key=key.encode(), value=json.dumps({"batch": calls}).encode(),
+                                     on_delivery=lambda err, msg: err and failures.append(str(err)))
+                producer.flush(30)
+                if failures or len(producer) > 0:
+                    return self.answer(503, {"error": "kafka: %s" % (failures[:1] or ["not acknowledged"])})
                 totals["envelopes"] += len(by_user)
                 totals["calls"] += len(batch)
                 print("wrote envelopes=%d calls=%d" % (totals["envelopes"], totals["calls"]), flush=True)

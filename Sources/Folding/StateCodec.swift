@@ -11,12 +11,16 @@ public struct StoredUser: Sendable, Equatable {
     /// The source topic's partition count when this was written: if the source is
     /// repartitioned, keys move, and the changelog no longer matches it.
     public var sourcePartitions: Int32
+    /// Set on a changelog marker (no user): the source offset committed with the
+    /// checkpoint that wrote it (see ``StateCodec/encodeMarker(committedOffset:sourcePartitions:)``).
+    public var markerOffset: Int64?
 
-    public init(state: UserState, dirty: Bool, settledHash: UInt64, sourcePartitions: Int32 = 0) {
+    public init(state: UserState, dirty: Bool, settledHash: UInt64, sourcePartitions: Int32 = 0, markerOffset: Int64? = nil) {
         self.state = state
         self.dirty = dirty
         self.settledHash = settledHash
         self.sourcePartitions = sourcePartitions
+        self.markerOffset = markerOffset
     }
 }
 
@@ -44,6 +48,10 @@ public enum StateCodec {
         case lastSubscription, subscriptions, products, custom, pqlTrait
         case visits, spans, activeDays, keyEventCounts, applied, appliedPositions
         case dirty = 40, settledHash, sourcePartitions
+        /// Only in a marker record. A reader that does not know it (written before it
+        /// existed) skips it as a newer writer's field and reads an empty user, which
+        /// applied nothing of any source partition: it is never restored as one.
+        case markerOffset
     }
 
     public enum DecodeError: Error, Equatable {
@@ -57,6 +65,14 @@ public enum StateCodec {
     }
 
     // MARK: Encoding
+
+    /// A changelog marker's value: an empty user carrying the source offset committed
+    /// with it and the source's partition count. Readers of this format that predate
+    /// markers decode it as an empty user of no partition and leave it.
+    public static func encodeMarker(committedOffset: Int64, sourcePartitions: Int32) -> [UInt8] {
+        encode(StoredUser(state: UserState(), dirty: false, settledHash: 0, sourcePartitions: sourcePartitions,
+                          markerOffset: committedOffset))
+    }
 
     public static func encode(_ u: StoredUser) -> [UInt8] {
         var w = Writer()
@@ -136,6 +152,7 @@ public enum StateCodec {
         if u.dirty { w.field(.dirty) { $0.u8(1) } }
         if u.settledHash != 0 { w.field(.settledHash) { $0.u64(u.settledHash) } }
         if u.sourcePartitions > 0 { w.field(.sourcePartitions) { $0.varint(UInt64(u.sourcePartitions)) } }
+        if let o = u.markerOffset { w.field(.markerOffset) { $0.zigzag(o) } }
         return w.bytes
     }
 
@@ -151,6 +168,7 @@ public enum StateCodec {
         var dirty = false
         var hash: UInt64 = 0
         var sourcePartitions: Int32 = 0
+        var markerOffset: Int64?
         // The text fields, packed once at the end (see ``TextFields/Registers``).
         var text = TextFields.Registers()
         while !r.atEnd {
@@ -240,10 +258,11 @@ public enum StateCodec {
             case .dirty: dirty = try f.u8() != 0
             case .settledHash: hash = try f.u64()
             case .sourcePartitions: sourcePartitions = Int32(truncatingIfNeeded: try f.varint())
+            case .markerOffset: markerOffset = try f.zigzag()
             }
         }
         s.text = TextFields(text)
-        return StoredUser(state: s, dirty: dirty, settledHash: hash, sourcePartitions: sourcePartitions)
+        return StoredUser(state: s, dirty: dirty, settledHash: hash, sourcePartitions: sourcePartitions, markerOffset: markerOffset)
     }
 
     // MARK: Primitives

@@ -286,6 +286,15 @@ public final class KafkaConsumer: @unchecked Sendable {
     /// from librdkafka's cached watermarks (no broker round trip).
     /// A partition's high watermark as last fetched (librdkafka's cached value; nil
     /// before a fetch has told it).
+    /// The partition's first retained offset and high watermark, asked of its leader.
+    public func watermarks(_ tp: TopicPartition, timeoutMs: Int32 = 5000) throws(KafkaError) -> (low: Int64, high: Int64) {
+        var low: Int64 = 0
+        var high: Int64 = 0
+        let err = rd_kafka_query_watermark_offsets(rk, tp.topic, tp.partition, &low, &high, timeoutMs)
+        if err != RD_KAFKA_RESP_ERR_NO_ERROR { throw KafkaError(err, context: "watermarks of \(tp)") }
+        return (low, high)
+    }
+
     public func highWatermark(_ tp: TopicPartition) -> Int64? {
         var low: Int64 = 0
         var high: Int64 = 0

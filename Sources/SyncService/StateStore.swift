@@ -35,24 +35,29 @@ public protocol StateStore: Sendable {
     /// group is begun after it and no call waits past it; the groups not committed by
     /// then fail the checkpoint (their offsets stay where they were).
     func checkpoint(_ groups: [CheckpointGroup], deadline: DispatchTime?) throws
-    /// The group's committed offset of a source partition (the next to read), nil when it
-    /// has none. Asked when a partition's changelog holds nothing for it.
-    func committedOffset(_ tp: TopicPartition) throws -> Int64?
+    /// The group's committed offset of a source partition (the next to read) when it is
+    /// past the partition's first retained offset: something was consumed. nil when none
+    /// is committed, or it is at the log's start (never consumed, or reset to the
+    /// earliest to fold the history again). Asked when a partition's changelog holds
+    /// nothing for it.
+    func committedPastStart(_ tp: TopicPartition) throws -> Int64?
 }
 
 /// The record each checkpoint that commits a source partition's offset writes beside its
 /// users, in the same transaction (or before the commit): the changelog's proof that it
-/// holds that partition's state up to the offset. Compaction keeps the latest, one per
-/// source partition.
+/// holds that partition's state. Compaction keeps the latest, one per source partition.
 ///
-/// A restore that finds neither a marker nor a user of its partition while the group has
-/// an offset committed for it knows the changelog was lost (deleted, recreated empty, or
-/// `state_topic` changed): consuming on would send regressed users and checkpoint them
-/// over what was lost, so the partition is held instead. A changelog written before
-/// markers existed holds users, so it is not mistaken for a lost one.
+/// A restore that finds neither its marker nor a user of its partition, in a changelog
+/// partition that holds markers or nothing at all, while the group has consumed from the
+/// partition (an offset committed past its first retained one), knows the changelog was
+/// lost (deleted, recreated empty, or `state_topic` changed): consuming on would send
+/// regressed users and checkpoint them over what was lost, so the partition is held. A
+/// changelog partition with records and no marker was written before markers existed
+/// and is taken as it is.
 ///
-/// The key starts with 0xFF, a byte no UTF-8 text (so no user key) holds; the value is
-/// JSON, for people reading the topic.
+/// The key starts with 0xFF, a byte no UTF-8 text (so no user key) holds. The value is a
+/// state record (``StateCodec/encodeMarker(committedOffset:sourcePartitions:)``) that
+/// builds written before markers read as an empty user of no partition.
 public enum ChangelogMarker {
     public static func key(_ tp: TopicPartition) -> [UInt8] {
         [0xFF] + Array("foldspace-sync.source/\(tp.topic)/\(tp.partition)".utf8)
@@ -60,17 +65,8 @@ public enum ChangelogMarker {
 
     public static func isMarker(key: [UInt8]) -> Bool { key.first == 0xFF }
 
-    public static func value(_ tp: TopicPartition, offset: Int64, sourcePartitions: Int32) -> [UInt8] {
-        // Kafka topic names are [a-zA-Z0-9._-]: nothing to escape.
-        Array(#"{"foldspace_sync":"source","topic":"\#(tp.topic)","partition":\#(tp.partition),"offset":\#(offset),"source_partitions":\#(sourcePartitions)}"#.utf8)
-    }
-
-    /// The source's partition count a marker records (nil: not a marker's value).
-    public static func sourcePartitions(ofValue value: [UInt8]) -> Int32? {
-        guard let o = try? JSONSerialization.jsonObject(with: Data(value)) as? [String: Any],
-              o["foldspace_sync"] as? String == "source", let n = o["source_partitions"] as? Int,
-              let v = Int32(exactly: n) else { return nil }
-        return v
+    public static func value(offset: Int64, sourcePartitions: Int32) -> [UInt8] {
+        StateCodec.encodeMarker(committedOffset: offset, sourcePartitions: sourcePartitions)
     }
 }
 
@@ -99,7 +95,7 @@ extension StateStore {
     public func claim(_ partitions: [TopicPartition]) throws {}
     public func relinquish(_ partitions: [TopicPartition]) {}
     public func checkpoint(_ groups: [CheckpointGroup], deadline: DispatchTime?) throws { try writeThenCommit(groups) }
-    public func committedOffset(_ tp: TopicPartition) throws -> Int64? { nil }
+    public func committedPastStart(_ tp: TopicPartition) throws -> Int64? { nil }
 
     /// A checkpoint without transactions: every group's records, then every offset.
     public func writeThenCommit(_ groups: [CheckpointGroup]) throws {
@@ -145,6 +141,10 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
     private var failed = false
     /// Partitions whose writer was let go after a transaction it could not end.
     private var wedged: Set<TopicPartition> = []
+    /// Offsets committed in transactions whose plain commit (for brokers that do not
+    /// apply transactional offset commits, such as librdkafka's mock) failed: tried again
+    /// with the next checkpoint, or that partition's position is never committed there.
+    private var plainPending: [TopicPartition: Int64] = [:]
 
     public init(topic: String, partitions: Int, sourcePartitions: Int, config: KafkaClientConfig, logger: Logger,
                 transactional: Bool = false) throws {
@@ -232,6 +232,7 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
     public func relinquish(_ partitions: [TopicPartition]) {
         let gone = lock.withLock {
             wedged.subtract(partitions)
+            for tp in partitions { plainPending[tp] = nil }
             return partitions.compactMap { owners.removeValue(forKey: $0) }
         }
         for w in gone { w.close() }
@@ -240,7 +241,6 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
     public func checkpoint(_ groups: [CheckpointGroup], deadline: DispatchTime? = nil) throws {
         guard transactional else { return try writeThenCommit(groups) }
         let consumer = lock.withLock { self.consumer }
-        var committed: [TopicPartition: Int64] = [:]
         // Each call's timeout, cut to what is left before the deadline (a second at
         // least: an abort must get its chance).
         func budget(_ full: Int32) -> Int32 {
@@ -298,14 +298,19 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
                 }
                 throw error
             }
-            if let o = g.offset { committed[g.source] = o }
+            // Kept at once: a later group's failure must not lose this plain commit.
+            if let o = g.offset { lock.withLock { plainPending[g.source] = max(plainPending[g.source] ?? o, o) } }
         }
         // The same offsets committed plainly too, best effort: Kafka has applied them
         // with the transaction already (a no-op then), but librdkafka's mock cluster does
         // not apply transactional offset commits to the group.
-        if !committed.isEmpty {
-            do { try commit(committed) } catch {
-                logger.debug("plain commit after the checkpoint transactions failed", metadata: ["error": "\(error)"])
+        let plain = lock.withLock { plainPending }
+        if !plain.isEmpty {
+            do {
+                try commit(plain)
+                lock.withLock { for (tp, o) in plain where plainPending[tp] == o { plainPending[tp] = nil } }
+            } catch {
+                logger.debug("plain commit after the checkpoint transactions failed; tried again with the next", metadata: ["error": "\(error)"])
             }
         }
     }
@@ -372,12 +377,12 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
         try c.commitSync(offsets)
     }
 
-    public func committedOffset(_ tp: TopicPartition) throws -> Int64? {
+    public func committedPastStart(_ tp: TopicPartition) throws -> Int64? {
         guard let c = lock.withLock({ consumer }) else {
             throw KafkaError(message: "the committed offset is read through the group's consumer, which is not attached")
         }
         guard let o = try c.committed([tp], timeoutMs: 10_000)[tp], o >= 0 else { return nil }
-        return o
+        return o > (try c.watermarks(tp, timeoutMs: 10_000).low) ? o : nil
     }
 
     public func close() {
@@ -417,7 +422,7 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
             // of the current size (each record carries the source's partition count).
             for p in 0..<Int32(statePartitions) {
                 guard let last = try KafkaAdmin.lastValue(config: admin, topic: topic, partition: p, logger: logger) else { continue }
-                let written = (try? StateCodec.decode(last))?.sourcePartitions ?? ChangelogMarker.sourcePartitions(ofValue: last) ?? -1
+                let written = (try? StateCodec.decode(last))?.sourcePartitions ?? -1
                 if written != Int32(sourcePartitions) {
                     throw ConfigurationError(
                         "state_topic: \(topic) has \(statePartitions) partitions but \(sourceTopic) has \(sourcePartitions), "

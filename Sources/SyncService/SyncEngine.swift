@@ -735,7 +735,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             recordCount += records.count
             if let offset {
                 records.append((store.statePartition(for: group.source.partition), ChangelogMarker.key(group.source),
-                                ChangelogMarker.value(group.source, offset: offset, sourcePartitions: store.sourcePartitions)))
+                                ChangelogMarker.value(offset: offset, sourcePartitions: store.sourcePartitions)))
             }
             batches.append(CheckpointGroup(source: group.source, records: records, offset: offset))
         }
@@ -913,10 +913,12 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         let start = clock.monotonicMs()
         var latest: [String: [UInt8]?] = [:]
         let markerKey = ChangelogMarker.key(tp)
-        var marked = false
+        var marker: [UInt8]?
+        var markers = false
         for r in records {
             if ChangelogMarker.isMarker(key: r.key) {
-                if r.key == markerKey { marked = r.value != nil }
+                markers = true
+                if r.key == markerKey { marker = r.value }
                 continue
             }
             latest[String(decoding: r.key, as: UTF8.self)] = r.value
@@ -939,21 +941,23 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                 undecodable += 1
             }
         }
+        if let marker, (try? StateCodec.decode(marker))?.markerOffset == nil { undecodable += 1 }
         if undecodable > 0 {
             return .failed("\(undecodable) changelog records cannot be decoded (damaged, or not written by foldspace-sync); see docs/operations.md")
         }
-        // Nothing of this partition in its changelog: a new partition, unless the group
-        // has an offset committed for it (see ``ChangelogMarker``).
-        if !marked && decoded.isEmpty {
+        // Nothing of this partition in a changelog partition that holds markers (or
+        // nothing): a new partition, unless the group has consumed from it (see
+        // ``ChangelogMarker``). Records and no marker at all: written before markers.
+        if marker == nil && decoded.isEmpty && (markers || records.isEmpty) {
             let committed: Int64?
             do {
-                committed = try store.committedOffset(tp)
+                committed = try store.committedPastStart(tp)
             } catch {
                 return .failed("the changelog holds nothing for this partition and its committed offset could not be read: \(error)")
             }
             if let committed {
                 lock.withLock { stats.changelogMissing += 1 }
-                return .failed("the changelog holds nothing for this partition, but the group has committed its offset \(committed): "
+                return .failed("the changelog holds nothing for this partition, but the group has consumed it up to offset \(committed): "
                     + "the changelog was deleted or recreated, or state_topic changed. Consuming on would send regressed users. "
                     + "To fold the partition's retained events again, reset the group's offsets to the earliest; to accept the loss, "
                     + "delete them (docs/operations.md, \"A lost changelog\")")

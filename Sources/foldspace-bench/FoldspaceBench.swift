@@ -728,7 +728,7 @@ extension FoldspaceBench {
             func read(partition: Int32) throws -> [(key: [UInt8], value: [UInt8]?)] { [] }
             func write(_ r: [(partition: Int32, key: [UInt8], value: [UInt8]?)]) throws { lock.withLock { records += r } }
             func commit(_ offsets: [TopicPartition: Int64]) throws {}
-            func committedOffset(_ tp: TopicPartition) throws -> Int64? { nil }
+            func committedPastStart(_ tp: TopicPartition) throws -> Int64? { nil }
         }
 
         func run() async throws {

@@ -59,11 +59,53 @@ import TestSupport
         // Nothing is checkpointed or committed for it meanwhile.
         #expect(e.checkpoint())
         #expect(recreated.recordCount == 0)
-        // The operator deletes the group's offsets (to fold the topic's history again, or
-        // to accept the loss): the partition starts as a new one.
+        // The operator deletes the group's offsets (to accept the loss): the partition
+        // starts as a new one.
         recreated.forgetCommits()
         #expect(await eventually(.seconds(10)) { released.all == [p0] })
         #expect(e.snapshot().ready)
+    }
+
+    @Test func offsetsResetToTheEarliestReleaseALostChangelogsPartition() async throws {
+        let old = MemoryStateStore()
+        fold(into: old, [step, step])
+        let recreated = MemoryStateStore()
+        try recreated.commit(old.lastCommit)
+        let (e, released) = engine(recreated)
+        e.partitionsAssigned([p0])
+        #expect(await eventually(.seconds(10)) { e.snapshot().changelogMissing >= 1 })
+        #expect(released.all.isEmpty)
+        // `kafka-consumer-groups --reset-offsets --to-earliest`: the committed offset is
+        // the partition's first retained one (here 1: offset 0 is gone), so the
+        // partition's retained history is folded again.
+        recreated.logStart[p0] = 1
+        try recreated.commit([p0: 1])
+        #expect(await eventually(.seconds(10)) { released.all == [p0] })
+    }
+
+    @Test func aChangelogWrittenBeforeMarkersWhosePartitionHoldsOnlyTombstonesIsRestored() async throws {
+        // Every user of the partition expired (tombstones), written by an earlier version.
+        let store = MemoryStateStore()
+        fold(into: store, [step])
+        store.removeRecords { $0.first == 0xFF }
+        try store.write([(0, Array("a".utf8), nil)])
+        let (e, released) = engine(store)
+        e.partitionsAssigned([p0])
+        #expect(await eventually(.seconds(10)) { released.all == [p0] })
+        #expect(e.snapshot().changelogMissing == 0)
+    }
+
+    @Test func aMarkerReadsAsAnEmptyUserOfNoPartitionToBuildsThatPredateIt() throws {
+        // Earlier builds skip the field they do not know: what they decode must be a user
+        // they never restore (its applied source matches no partition) and a record that
+        // names the source's partition count (checked at start).
+        let value = ChangelogMarker.value(offset: 42, sourcePartitions: 6)
+        let stored = try StateCodec.decode(value)
+        #expect(stored.markerOffset == 42)
+        #expect(stored.sourcePartitions == 6)
+        #expect(stored.state == UserState())
+        #expect(stored.state.appliedSource == 0)
+        #expect(!stored.dirty)
     }
 
     @Test func aPartitionWhoseEventsMadeNoUsersIsRestoredAfterARestart() async throws {

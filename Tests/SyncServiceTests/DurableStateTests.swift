@@ -34,7 +34,12 @@ final class MemoryStateStore: StateStore, @unchecked Sendable {
         }
     }
     func commit(_ offsets: [TopicPartition: Int64]) throws { lock.withLock { commits.append(offsets) } }
-    func committedOffset(_ tp: TopicPartition) throws -> Int64? { lastCommit[tp] }
+    /// Each source partition's first retained offset (0 unless a test says otherwise).
+    var logStart: [TopicPartition: Int64] = [:]
+    func committedPastStart(_ tp: TopicPartition) throws -> Int64? {
+        guard let c = lastCommit[tp], c > (logStart[tp] ?? 0) else { return nil }
+        return c
+    }
     /// As an operator deleting the group's committed offsets.
     func forgetCommits() { lock.withLock { commits = [] } }
     /// Drops every record whose key passes `drop` (as a changelog written before a record kind existed).

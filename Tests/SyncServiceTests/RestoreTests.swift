@@ -33,7 +33,7 @@ final class FlakyStore: StateStore, @unchecked Sendable {
     }
     func write(_ records: [(partition: Int32, key: [UInt8], value: [UInt8]?)]) throws { try inner.write(records) }
     func commit(_ offsets: [TopicPartition: Int64]) throws { try inner.commit(offsets) }
-    func committedOffset(_ tp: TopicPartition) throws -> Int64? { try inner.committedOffset(tp) }
+    func committedPastStart(_ tp: TopicPartition) throws -> Int64? { try inner.committedPastStart(tp) }
 }
 
 final class Released: @unchecked Sendable {
@@ -199,7 +199,7 @@ final class GatedStore: StateStore, @unchecked Sendable {
     }
     func write(_ records: [(partition: Int32, key: [UInt8], value: [UInt8]?)]) throws { try inner.write(records) }
     func commit(_ offsets: [TopicPartition: Int64]) throws { try inner.commit(offsets) }
-    func committedOffset(_ tp: TopicPartition) throws -> Int64? { try inner.committedOffset(tp) }
+    func committedPastStart(_ tp: TopicPartition) throws -> Int64? { try inner.committedPastStart(tp) }
 }
 
 /// Races of background restores (found by review): a stale restore never releases a
