@@ -234,8 +234,7 @@ public struct TextFields: Sendable, Equatable {
         var fromWrite: UInt16 = 0 // of which this event's writes
         var oldValue = InlineArray<12, Range<Int>>(repeating: 0..<0)
         var fieldStamp = InlineArray<12, UInt8>(repeating: 0) // index into `stamps`
-        var stamps = InlineArray<12, Stamp>(repeating: Stamp(timeMs: 0, offset: 0))
-        var stampCount = 0
+        var stamps = StampTable()
         var bytes = 1
         let old = buf
         buf = old.withUnsafeBufferPointer { b -> [UInt8] in
@@ -267,22 +266,13 @@ public struct TextFields: Sendable, Equatable {
                 } else {
                     continue
                 }
-                var i = 0
-                while i < stampCount && stamps[i] != s { i += 1 }
-                if i == stampCount {
-                    stamps[i] = s
-                    stampCount += 1
-                }
-                fieldStamp[f] = UInt8(i)
+                fieldStamp[f] = stamps.index(of: s)
                 bytes += 2 + Self.lengthBytes(length) + length
             }
             guard present != 0 else { return [] }
-            bytes += 16 * stampCount
+            bytes += 16 * stamps.count
             return [UInt8](unsafeUninitializedCapacity: bytes) { out, count in
-                out[0] = UInt8(stampCount)
-                let raw = UnsafeMutableRawBufferPointer(out)
-                for i in 0..<stampCount { Self.store(stamps[i], entry: i, into: raw) }
-                var at = 1 + 16 * stampCount
+                var at = stamps.write(into: out)
                 for f in 0..<fields where present & (1 << UInt16(f)) != 0 {
                     out[at] = UInt8(f)
                     out[at + 1] = fieldStamp[f]
@@ -357,28 +347,17 @@ public struct TextFields: Sendable, Equatable {
         guard w.mask != 0 else { return }
         let fields = Int(Self.fieldCount)
         var fieldStamp = InlineArray<12, UInt8>(repeating: 0) // index into `stamps`
-        var stamps = InlineArray<12, Stamp>(repeating: Stamp(timeMs: 0, offset: 0))
-        var stampCount = 0
+        var stamps = StampTable()
         var bytes = 1
         // Stamps in order of first use, fields in ``Field`` order: the canonical layout.
         for f in 0..<fields where w.has(UInt8(f)) {
-            let s = registers.stamps[f]
-            var i = 0
-            while i < stampCount && stamps[i] != s { i += 1 }
-            if i == stampCount {
-                stamps[i] = s
-                stampCount += 1
-            }
-            fieldStamp[f] = UInt8(i)
+            fieldStamp[f] = stamps.index(of: registers.stamps[f])
             let length = w.value(UInt8(f)).utf8.count
             bytes += 2 + Self.lengthBytes(length) + length
         }
-        bytes += 16 * stampCount
+        bytes += 16 * stamps.count
         buf = [UInt8](unsafeUninitializedCapacity: bytes) { out, count in
-            out[0] = UInt8(stampCount)
-            let raw = UnsafeMutableRawBufferPointer(out)
-            for i in 0..<stampCount { Self.store(stamps[i], entry: i, into: raw) }
-            var at = 1 + 16 * stampCount
+            var at = stamps.write(into: out)
             for f in 0..<fields where w.has(UInt8(f)) {
                 out[at] = UInt8(f)
                 out[at + 1] = fieldStamp[f]
@@ -399,6 +378,31 @@ public struct TextFields: Sendable, Equatable {
         var one = Writes()
         if let register { one.add(field, register.value) }
         _ = rebuild(one, at: register?.stamp ?? Stamp(timeMs: 0, offset: 0), clearing: 1 << UInt16(field.rawValue))
+    }
+
+    /// The stamps of a buffer being written, in order of first use (at most one per field).
+    private struct StampTable {
+        private var stamps = InlineArray<12, Stamp>(repeating: Stamp(timeMs: 0, offset: 0))
+        private(set) var count = 0
+
+        /// The entry of `s`, added if new.
+        mutating func index(of s: Stamp) -> UInt8 {
+            var i = 0
+            while i < count && stamps[i] != s { i += 1 }
+            if i == count {
+                stamps[i] = s
+                count += 1
+            }
+            return UInt8(i)
+        }
+
+        /// Writes the count and the table at the buffer's start; returns where fields begin.
+        func write(into out: UnsafeMutableBufferPointer<UInt8>) -> Int {
+            out[0] = UInt8(count)
+            let raw = UnsafeMutableRawBufferPointer(out)
+            for i in 0..<count { TextFields.store(stamps[i], entry: i, into: raw) }
+            return 1 + 16 * count
+        }
     }
 
     /// Writes `stamp` as stamp table entry `entry` (time then offset, little endian).
