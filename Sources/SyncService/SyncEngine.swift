@@ -912,6 +912,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                          store: StateStore, ready: (@Sendable ([TopicPartition]) -> Void)? = nil) -> RestoreOutcome {
         let start = clock.monotonicMs()
         var latest: [String: [UInt8]?] = [:]
+        latest.reserveCapacity(records.count)
         let markerKey = ChangelogMarker.key(tp)
         var marker: [UInt8]?
         var markers = false
@@ -971,14 +972,29 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             guard restoringGeneration[tp] == generation else { return false }
             let pidx = index(of: tp)
             for (key, stored) in decoded {
-                // A user already in memory (restored from another partition's changelog,
-                // or folded meanwhile) keeps its state unless the record has applied
-                // everything it has: an older record must never overwrite a newer state.
-                if let old = users[key], !stored.state.covers(old.state) {
-                    stats.restoreKeptNewer += 1
+                // One lookup per user: a new one is filled in its slot (three lookups and
+                // a copy of the entry out and back were a third of the load).
+                let (slot, isNew) = users.slot(key)
+                if isNew {
+                    let isDirty = users.modify(slot) { (entry: inout UserEntry) -> Bool in
+                        entry.state = stored.state
+                        entry.home = pidx
+                        entry.delivery.settledHash = stored.settledHash
+                        guard stored.dirty else { return false }
+                        debouncer.changed(key, &entry.delivery, nowMs: now)
+                        self.dirty.became(since: entry.delivery.dirtySinceMs)
+                        return true
+                    }
+                    if isDirty { dirty += 1 }
+                    restored += 1
                     continue
                 }
-                if users.modify(key, { (old: inout UserEntry) -> Bool in
+                let replaced = users.modify(slot) { (old: inout UserEntry) -> Bool in
+                    // A user already in memory (restored from another partition's
+                    // changelog, or folded meanwhile) keeps its state unless the record has
+                    // applied everything it has: an older record must never overwrite a
+                    // newer state.
+                    guard stored.state.covers(old.state) else { return false }
                     // A live entry (its events also came from another partition): the
                     // restored state replaces its state only; its delivery bookkeeping (a
                     // request in flight, holds) stays, and the restored state is sent
@@ -995,22 +1011,13 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                     if !wasDirty { self.dirty.became(since: old.delivery.dirtySinceMs) }
                     markForCheckpoint(key, &old)
                     return true
-                }) != nil {
+                }
+                if replaced {
                     dirty += 1
                     restored += 1
-                    continue
+                } else {
+                    stats.restoreKeptNewer += 1
                 }
-                var entry = UserEntry()
-                entry.state = stored.state
-                entry.home = pidx
-                entry.delivery.settledHash = stored.settledHash
-                if stored.dirty {
-                    debouncer.changed(key, &entry.delivery, nowMs: now)
-                    self.dirty.became(since: entry.delivery.dirtySinceMs)
-                    dirty += 1
-                }
-                users[key] = entry
-                restored += 1
             }
             stats.restoredUsers += restored
             restoringGeneration[tp] = nil
