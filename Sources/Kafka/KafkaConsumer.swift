@@ -236,9 +236,9 @@ public final class KafkaConsumer: @unchecked Sendable {
 
     /// Commits the given offsets (the next offset to read, per partition) and waits for
     /// the broker's answer.
-    public func commitSync(_ offsets: [TopicPartition: Int64]) throws(KafkaError) {
+    public func commitSync(_ offsets: [TopicPartition: Int64], metadata: String? = commitMetadata) throws(KafkaError) {
         guard !offsets.isEmpty else { return }
-        let err: rd_kafka_resp_err_t = withPartitionList(offsets.map { ($0.key, $0.value) }) {
+        let err: rd_kafka_resp_err_t = withPartitionList(offsets.map { ($0.key, $0.value) }, metadata: metadata) {
             rd_kafka_commit(rk, $0, 0)
         }
         if err != RD_KAFKA_RESP_ERR_NO_ERROR && err != RD_KAFKA_RESP_ERR__NO_OFFSET {
@@ -254,7 +254,14 @@ public final class KafkaConsumer: @unchecked Sendable {
 
     /// The committed offsets of `partitions`, asked of the group coordinator.
     public func committed(_ partitions: [TopicPartition], timeoutMs: Int32 = 5000) throws(KafkaError) -> [TopicPartition: Int64] {
-        var result: [TopicPartition: Int64] = [:]
+        try committedWithMetadata(partitions, timeoutMs: timeoutMs).mapValues(\.offset)
+    }
+
+    /// As ``committed(_:timeoutMs:)``, with the metadata each offset was committed with
+    /// (``commitMetadata`` when foldspace-sync committed it).
+    public func committedWithMetadata(_ partitions: [TopicPartition], timeoutMs: Int32 = 5000) throws(KafkaError)
+        -> [TopicPartition: (offset: Int64, metadata: String)] {
+        var result: [TopicPartition: (offset: Int64, metadata: String)] = [:]
         let err: rd_kafka_resp_err_t = withPartitionList(partitions.map { ($0, nil) }) { list in
             let e = rd_kafka_committed(rk, list, timeoutMs)
             guard e == RD_KAFKA_RESP_ERR_NO_ERROR else { return e }
@@ -262,7 +269,8 @@ public final class KafkaConsumer: @unchecked Sendable {
                 let el = list.pointee.elems[i]
                 // A partition's own error: its offset is unknown, not absent.
                 if el.err != RD_KAFKA_RESP_ERR_NO_ERROR { return el.err }
-                result[TopicPartition(String(cString: el.topic), el.partition)] = el.offset
+                let metadata = el.metadata.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: el.metadata_size), as: UTF8.self) } ?? ""
+                result[TopicPartition(String(cString: el.topic), el.partition)] = (el.offset, metadata)
             }
             return e
         }
@@ -282,10 +290,6 @@ public final class KafkaConsumer: @unchecked Sendable {
     /// The current assignment as seen by the poll thread.
     public var assignment: Set<TopicPartition> { lock.withLock { assigned } }
 
-    /// Lag per assigned partition: high watermark minus the consumer's position,
-    /// from librdkafka's cached watermarks (no broker round trip).
-    /// A partition's high watermark as last fetched (librdkafka's cached value; nil
-    /// before a fetch has told it).
     /// The partition's first retained offset and high watermark, asked of its leader.
     public func watermarks(_ tp: TopicPartition, timeoutMs: Int32 = 5000) throws(KafkaError) -> (low: Int64, high: Int64) {
         var low: Int64 = 0
@@ -295,6 +299,8 @@ public final class KafkaConsumer: @unchecked Sendable {
         return (low, high)
     }
 
+    /// A partition's high watermark as last fetched (librdkafka's cached value; nil
+    /// before a fetch has told it).
     public func highWatermark(_ tp: TopicPartition) -> Int64? {
         var low: Int64 = 0
         var high: Int64 = 0
@@ -303,6 +309,8 @@ public final class KafkaConsumer: @unchecked Sendable {
         return high
     }
 
+    /// Lag per assigned partition: high watermark minus the consumer's position,
+    /// from librdkafka's cached watermarks (no broker round trip).
     public func lag() -> [TopicPartition: Int64] {
         let parts = assignment
         var out: [TopicPartition: Int64] = [:]

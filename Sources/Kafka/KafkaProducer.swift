@@ -124,7 +124,7 @@ public final class KafkaProducer: @unchecked Sendable {
     public func sendOffsetsToTransaction(_ offsets: [TopicPartition: Int64], group: KafkaGroupMetadata,
                                          timeoutMs: Int32 = 30_000) throws(KafkaError) {
         guard !offsets.isEmpty else { return }
-        let e: OpaquePointer? = withPartitionList(offsets.map { ($0.key, $0.value) }) {
+        let e: OpaquePointer? = withPartitionList(offsets.map { ($0.key, $0.value) }, metadata: commitMetadata) {
             rd_kafka_send_offsets_to_transaction(rk, $0, group.handle, Int32(timeoutMs))
         }
         if let e { throw KafkaError(consuming: e, context: "send offsets to transaction") }

@@ -35,11 +35,11 @@ public protocol StateStore: Sendable {
     /// group is begun after it and no call waits past it; the groups not committed by
     /// then fail the checkpoint (their offsets stay where they were).
     func checkpoint(_ groups: [CheckpointGroup], deadline: DispatchTime?) throws
-    /// The group's committed offset of a source partition (the next to read) when it is
-    /// past the partition's first retained offset: something was consumed. nil when none
-    /// is committed, or it is at the log's start (never consumed, or reset to the
-    /// earliest to fold the history again). Asked when a partition's changelog holds
-    /// nothing for it.
+    /// The group's committed offset of a source partition (the next to read) when events
+    /// were consumed from it: committed by foldspace-sync (``commitMetadata``), or by
+    /// someone else past the partition's first retained offset. nil when none is
+    /// committed, or an operator reset it to the log's start (to fold the history again).
+    /// Asked when a partition's changelog holds nothing for it.
     func committedPastStart(_ tp: TopicPartition) throws -> Int64?
 }
 
@@ -381,7 +381,12 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
         guard let c = lock.withLock({ consumer }) else {
             throw KafkaError(message: "the committed offset is read through the group's consumer, which is not attached")
         }
-        guard let o = try c.committed([tp], timeoutMs: 10_000)[tp], o >= 0 else { return nil }
+        guard let (o, metadata) = try c.committedWithMetadata([tp], timeoutMs: 10_000)[tp], o >= 0 else { return nil }
+        // Committed by foldspace-sync: consumed, wherever the log starts now (retention
+        // may have caught up with a quiet partition's committed offset). Committed by
+        // someone else (`--reset-offsets` writes no metadata): consumed only if past the
+        // first retained offset, so that a reset to the earliest folds the history again.
+        if metadata == commitMetadata { return o }
         return o > (try c.watermarks(tp, timeoutMs: 10_000).low) ? o : nil
     }
 

@@ -460,6 +460,10 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     private var typeTally = [0, 0, 0]
     private var usersByType = [0, 0, 0]
     private var lastCommitted: [OffsetTracker.PartitionIndex: Int64] = [:]
+    /// Restored partitions whose changelog marker has not been written since: the next
+    /// checkpoint writes it even if their offset has not moved (a quiet partition that
+    /// shares a changelog partition with a busy one must not read as lost).
+    private var markerDue: Set<OffsetTracker.PartitionIndex> = []
     /// Durable mode: partitions assigned and not restored yet, by the assignment's
     /// generation (a revocation, or a new assignment, makes a restore under way stale).
     /// They are not in `assigned` until restored: never checkpointed, never committed.
@@ -728,14 +732,18 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         }
         var batches: [CheckpointGroup] = []
         var recordCount = 0
+        let due = lock.withLock { markerDue }
+        var marked: [OffsetTracker.PartitionIndex] = []
         for (g, group) in groups.enumerated() {
             var records = encoded[g]
             let offset = letters ? commit[group.source] : nil
-            guard !records.isEmpty || offset != nil else { continue }
+            guard !records.isEmpty || offset != nil || due.contains(group.index) else { continue }
             recordCount += records.count
-            if let offset {
+            if offset != nil || due.contains(group.index) {
+                // -1: written at an assignment's first checkpoint, with no offset.
                 records.append((store.statePartition(for: group.source.partition), ChangelogMarker.key(group.source),
-                                ChangelogMarker.value(offset: offset, sourcePartitions: store.sourcePartitions)))
+                                ChangelogMarker.value(offset: offset ?? -1, sourcePartitions: store.sourcePartitions)))
+                marked.append(group.index)
             }
             batches.append(CheckpointGroup(source: group.source, records: records, offset: offset))
         }
@@ -743,6 +751,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             try store.checkpoint(batches, deadline: deadline)
             lock.withLock {
                 if letters { for (p, pos) in positions { lastCommitted[p] = max(lastCommitted[p] ?? -1, pos) } }
+                markerDue.subtract(marked)
                 stats.checkpoints += 1
                 stats.checkpointRecords += recordCount
                 stats.checkpointDuration.observe(Double(clock.monotonicMs() - started) / 1000)
@@ -903,6 +912,10 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
 
     enum RestoreOutcome { case restored, stale, failed(String) }
 
+    static func newerVersion(_ v: UInt8) -> String {
+        "the changelog holds records of format version \(v), written by a newer foldspace-sync (this one reads up to \(StateCodec.version)): upgrade this instance"
+    }
+
     /// Loads a partition's users from the changelog and makes the partition consumable;
     /// returns why not, if it cannot. Every record of the partition's source must decode:
     /// one that does not (a newer format version, or damage) fails the restore, since
@@ -937,12 +950,20 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                 // others' users too: only this partition's are ours.
                 if stored.state.appliedSource == source { decoded.append((key, stored)) }
             } catch StateCodec.DecodeError.newerVersion(let v) {
-                return .failed("the changelog holds records of format version \(v), written by a newer foldspace-sync (this one reads up to \(StateCodec.version)): upgrade this instance")
+                return .failed(Self.newerVersion(v))
             } catch {
                 undecodable += 1
             }
         }
-        if let marker, (try? StateCodec.decode(marker))?.markerOffset == nil { undecodable += 1 }
+        if let marker {
+            do {
+                if try StateCodec.decode(marker).markerOffset == nil { undecodable += 1 }
+            } catch StateCodec.DecodeError.newerVersion(let v) {
+                return .failed(Self.newerVersion(v))
+            } catch {
+                undecodable += 1
+            }
+        }
         if undecodable > 0 {
             return .failed("\(undecodable) changelog records cannot be decoded (damaged, or not written by foldspace-sync); see docs/operations.md")
         }
@@ -1022,6 +1043,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             stats.restoredUsers += restored
             restoringGeneration[tp] = nil
             assigned.insert(pidx)
+            markerDue.insert(pidx)
             // Released under the lock, while this assignment is known current: a later
             // revocation clears the release, and no stale one can follow.
             ready?([tp])
@@ -1498,6 +1520,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                 recreationNoted.remove(i)
                 recreationSuspected.remove(i)
                 lastCommitted[i] = nil
+                markerDue.remove(i)
                 pendingCheckpoint[i] = nil
                 pendingTombstones[i] = nil
                 resyncQueued[i] = nil

@@ -252,7 +252,9 @@ final class NotifySocket: @unchecked Sendable {
         let port = String(format: "%04X", bound)
         var listeners: [String] = []
         for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
-            let text = (try? String(contentsOfFile: file, encoding: .utf8)) ?? ""
+            // Read to the end in a loop: a procfs file reports size 0, and a read sized by
+            // it can stop at the first page (the listener was missed in a busy full run).
+            let text = String(decoding: (try? FileHandle(forReadingFrom: URL(fileURLWithPath: file)).readToEnd()) ?? Data(), as: UTF8.self)
             for line in text.split(separator: "\n").dropFirst() {
                 let f = line.split(separator: " ")
                 if f.count > 3, f[1].hasSuffix(":\(port)"), f[3] == "0A" { listeners.append(String(f[1])) }

@@ -95,6 +95,37 @@ import TestSupport
         #expect(e.snapshot().changelogMissing == 0)
     }
 
+    @Test func aQuietPartitionSharingAChangelogPartitionGetsItsMarkerAtItsFirstCheckpoint() async throws {
+        // Two source partitions in one changelog partition (a changelog with fewer
+        // partitions than the source); p1's events made no user.
+        let p1 = TopicPartition("events", 1)
+        let store = MemoryStateStore(partitions: 1)
+        do {
+            var o = EngineOptions()
+            o.durable = true
+            let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: ManualClock().engineClock)
+            e.setStateStore(store)
+            e.partitionsAssigned([p0, p1])
+            feed(e, [(p0, 0, step), (p1, 0, "not json")])
+            _ = e.checkpoint()
+        }
+        // As written before markers existed.
+        store.removeRecords { $0.first == 0xFF }
+        // An upgraded instance restores both (no marker anywhere: written before them);
+        // only p0's offset moves afterwards.
+        let (upgraded, released) = engine(store)
+        upgraded.partitionsAssigned([p0, p1])
+        #expect(await eventually(.seconds(10)) { Set(released.all) == [p0, p1] })
+        feed(upgraded, [(p0, 1, step)])
+        #expect(upgraded.checkpoint())
+        upgraded.partitionsRevoked([p0, p1])
+        // The next restore finds p0's marker; p1 must have one too, or it reads as lost.
+        let (next, again) = engine(store)
+        next.partitionsAssigned([p0, p1])
+        #expect(await eventually(.seconds(10)) { Set(again.all) == [p0, p1] })
+        #expect(next.snapshot().changelogMissing == 0)
+    }
+
     @Test func aMarkerReadsAsAnEmptyUserOfNoPartitionToBuildsThatPredateIt() throws {
         // Earlier builds skip the field they do not know: what they decode must be a user
         // they never restore (its applied source matches no partition) and a record that
@@ -136,5 +167,41 @@ import TestSupport
         e.partitionsAssigned([p0])
         #expect(await eventually(.seconds(10)) { released.all == [p0] })
         #expect(e.snapshot().restoreFailures == 0)
+    }
+}
+
+/// What counts as "consumed" when the changelog holds nothing, asked of a (mock) broker:
+/// an offset foldspace-sync committed, wherever the log starts (retention can catch up
+/// with a quiet partition's committed offset); someone else's only past the log's start
+/// (`kafka-consumer-groups --reset-offsets --to-earliest` writes no metadata).
+@Suite struct CommittedPastStartTests {
+    final class Idle: ConsumerHandler, @unchecked Sendable {
+        func consume(_ batch: [ConsumedMessage]) {}
+        func partitionsAssigned(_ partitions: [TopicPartition]) {}
+        func partitionsRevoked(_ partitions: [TopicPartition]) {}
+        var wantsPause: Bool { false }
+    }
+
+    @Test func anOffsetCommittedByFoldspaceSyncCountsAsConsumedAtTheLogStart() async throws {
+        let cluster = try MockCluster(brokers: 1)
+        try cluster.createTopic("events", partitions: 1)
+        try cluster.createTopic("state", partitions: 1)
+        let config = KafkaClientConfig(["bootstrap.servers": cluster.bootstrapServers, "group.id": "g", "log_level": "3"])
+        let consumer = try KafkaConsumer(config: config, topics: ["events"], handler: Idle(), logger: quietLogger)
+        // Started (a consumer destroyed unstarted trips an assertion in librdkafka 2.0.2).
+        consumer.start()
+        defer { consumer.stop() }
+        #expect(await eventually(.seconds(30)) { !consumer.assignment.isEmpty }, "joined the group")
+        let store = try KafkaStateStore(topic: "state", partitions: 1, sourcePartitions: 1, config: config, logger: quietLogger)
+        defer { store.close() }
+        store.attach(consumer: consumer)
+        let tp = TopicPartition("events", 0)
+        #expect(try store.committedPastStart(tp) == nil, "nothing committed")
+        // Someone else's commit at the log's start (an operator's reset to the earliest).
+        try consumer.commitSync([tp: 0], metadata: nil)
+        #expect(try store.committedPastStart(tp) == nil)
+        // Ours at the same offset: consumed.
+        try consumer.commitSync([tp: 0])
+        #expect(try store.committedPastStart(tp) == 0)
     }
 }
