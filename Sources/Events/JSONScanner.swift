@@ -527,9 +527,10 @@ enum JSONError: Error, Equatable {
     case invalidUnicode
 }
 
-/// UTF-8 validation of a whole message, with an ASCII fast path eight bytes at a time.
-enum UTF8Check {
-    static func isValid(_ b: UnsafeBufferPointer<UInt8>) -> Bool {
+/// UTF-8 validation of a whole message, with an ASCII fast path eight bytes at a time
+/// (also the changelog decoder's, which packs text fields straight from a record's bytes).
+public enum UTF8Check {
+    public static func isValid(_ b: UnsafeBufferPointer<UInt8>) -> Bool {
         var i = 0
         let n = b.count
         guard let base = b.baseAddress else { return true }

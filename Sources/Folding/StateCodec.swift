@@ -159,6 +159,13 @@ public enum StateCodec {
     // MARK: Decoding
 
     public static func decode(_ bytes: [UInt8]) throws(DecodeError) -> StoredUser {
+        try bytes.withUnsafeBufferPointer { (b) throws(DecodeError) -> StoredUser in try decode(b) }
+    }
+
+    /// As ``decode(_:)-([UInt8])``, from bytes held elsewhere (read only during the call).
+    /// Text fields are checked as UTF-8 and packed straight from them: no `String` per
+    /// field (a `String` each was most of a restore's decoding).
+    public static func decode(_ bytes: UnsafeBufferPointer<UInt8>) throws(DecodeError) -> StoredUser {
         var r = Reader(bytes: bytes)
         guard try r.u8() == 0x46, try r.u8() == 0x53 else { throw .badMagic }
         let v = try r.u8()
@@ -183,22 +190,22 @@ public enum StateCodec {
                 guard i < UserType.allCases.count else { throw .badValue }
                 s.explicitUserType = Latest(value: UserType.allCases[i], stamp: try f.stamp())
             case .sawUserId: s.sawUserId = try f.u8() != 0
-            case .email: text.set(.email, try f.latest())
-            case .name: text.set(.name, try f.latest())
-            case .role: text.set(.role, try f.latest())
-            case .phone: text.set(.phone, try f.latest())
-            case .timezone: text.set(.timezone, try f.latest())
-            case .image: text.set(.image, try f.latest())
+            case .email: try f.text(.email, into: &text)
+            case .name: try f.text(.name, into: &text)
+            case .role: try f.text(.role, into: &text)
+            case .phone: try f.text(.phone, into: &text)
+            case .timezone: try f.text(.timezone, into: &text)
+            case .image: try f.text(.image, into: &text)
             case .leadDate: s.leadDate = try f.zigzag()
             case .signUpDate: s.signUpDate = try f.zigzag()
             case .firstVisit: s.firstVisitMs = try f.zigzag()
             case .lastSeen: s.lastSeenMs = try f.zigzag()
-            case .country: text.set(.country, try f.latest())
-            case .region: text.set(.region, try f.latest())
-            case .city: text.set(.city, try f.latest())
-            case .postalCode: text.set(.postalCode, try f.latest())
-            case .countryCode: text.set(.countryCode, try f.latest())
-            case .lastSubscription: text.set(.lastSubscription, try f.latest())
+            case .country: try f.text(.country, into: &text)
+            case .region: try f.text(.region, into: &text)
+            case .city: try f.text(.city, into: &text)
+            case .postalCode: try f.text(.postalCode, into: &text)
+            case .countryCode: try f.text(.countryCode, into: &text)
+            case .lastSubscription: try f.text(.lastSubscription, into: &text)
             case .subscriptions:
                 let n = try f.count(limit: UserState.subscriptionLimit)
                 for _ in 0..<n {
@@ -261,7 +268,7 @@ public enum StateCodec {
             case .markerOffset: markerOffset = try f.zigzag()
             }
         }
-        s.text = TextFields(text)
+        s.text = TextFields(text, from: bytes)
         return StoredUser(state: s, dirty: dirty, settledHash: hash, sourcePartitions: sourcePartitions, markerOffset: markerOffset)
     }
 
@@ -321,12 +328,14 @@ public enum StateCodec {
         }
     }
 
+    /// Reads within `pos..<end` of `bytes`: every read checks its length against `end`
+    /// first, and `end` never passes the buffer's count.
     struct Reader {
-        let bytes: [UInt8]
+        let bytes: UnsafeBufferPointer<UInt8>
         var pos = 0
         var end: Int
 
-        init(bytes: [UInt8], pos: Int = 0, end: Int? = nil) {
+        init(bytes: UnsafeBufferPointer<UInt8>, pos: Int = 0, end: Int? = nil) {
             self.bytes = bytes
             self.pos = pos
             self.end = end ?? bytes.count
@@ -378,20 +387,29 @@ public enum StateCodec {
             return Int(n)
         }
 
-        mutating func string() throws(DecodeError) -> String {
+        /// Where a length-prefixed UTF-8 string's bytes are in ``bytes``.
+        mutating func utf8() throws(DecodeError) -> Range<Int> {
             let n = try length()
-            defer { pos += n }
-            guard let s = String(validating: bytes[pos..<(pos + n)], as: UTF8.self) else { throw .badValue }
-            return s
+            let range = pos..<(pos + n)
+            guard UTF8Check.isValid(UnsafeBufferPointer(rebasing: bytes[range])) else { throw .badValue }
+            pos += n
+            return range
+        }
+
+        mutating func string() throws(DecodeError) -> String {
+            String(decoding: UnsafeBufferPointer(rebasing: bytes[try utf8()]), as: UTF8.self)
+        }
+
+        /// A text field's register (string then stamp), set in `registers` as where its
+        /// bytes are in ``bytes``.
+        mutating func text(_ field: TextFields.Field, into registers: inout TextFields.Registers) throws(DecodeError) {
+            let value = try utf8()
+            registers.set(field, bytes: value, of: bytes, stamp: try stamp())
         }
 
         mutating func stamp() throws(DecodeError) -> Stamp {
             Stamp(timeMs: try zigzag(), offset: try zigzag())
         }
 
-        mutating func latest() throws(DecodeError) -> Latest<String> {
-            let v = try string()
-            return Latest(value: v, stamp: try stamp())
-        }
     }
 }

@@ -344,26 +344,26 @@ public struct UserState: Sendable, Equatable {
             return [first] + others
         }
         set {
+            // One position and none kept aside (almost every user, and every restored
+            // one of a single partition): set inline, nothing allocated.
+            if newValue.count <= 1 && rare?.otherApplied.isEmpty != false {
+                setInline(newValue.first.flatMap { $0.offset >= 0 ? $0 : nil })
+                return
+            }
             var seen: Set<UInt32> = []
             let kept = newValue.filter { $0.offset >= 0 && seen.insert($0.source).inserted }.prefix(Self.maxAppliedSources)
-            if let first = kept.first {
-                setInline(first)
-            } else {
-                appliedOffset = -1
-                appliedSource = 0
-                appliedCall = 0
-                appliedKafkaSeconds = 0
-            }
+            setInline(kept.first)
             let others = Array(kept.dropFirst())
             if !others.isEmpty || rare?.otherApplied.isEmpty == false { writableRare().otherApplied = others }
         }
     }
 
-    private mutating func setInline(_ p: AppliedPosition) {
-        appliedOffset = p.offset
-        appliedSource = p.source
-        appliedCall = p.call
-        appliedKafkaSeconds = p.kafkaSeconds
+    /// The inline position (none: cleared).
+    private mutating func setInline(_ p: AppliedPosition?) {
+        appliedOffset = p?.offset ?? -1
+        appliedSource = p?.source ?? 0
+        appliedCall = p?.call ?? 0
+        appliedKafkaSeconds = p?.kafkaSeconds ?? 0
     }
 
     /// The applied position of `source`, if this state has one.

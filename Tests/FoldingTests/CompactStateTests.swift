@@ -59,17 +59,25 @@ import Testing
         // values over the stored limit cut): packed at once as set one by one.
         var rng = SystemRandomNumberGenerator()
         for _ in 0..<300 {
-            var registers = TextFields.Registers()
             var oneByOne = TextFields()
+            // The values one after the other in one buffer, as a record holds them.
+            var source: [UInt8] = [0x2A]
+            var sets: [(TextFields.Field, Range<Int>, Stamp)] = []
             for _ in 0..<Int.random(in: 0..<16, using: &rng) {
                 let f = all.randomElement(using: &rng)!
-                let value = ["", "é", "x", String(repeating: "y", count: Int.random(in: 100...1_200, using: &rng)), "Zoë 😀"]
+                let value = ["", "é", "x", String(repeating: "y", count: Int.random(in: 100...1_200, using: &rng)),
+                             String(repeating: "é", count: Int.random(in: 100...700, using: &rng)), "Zoë 😀"]
                     .randomElement(using: &rng)! + String(Int.random(in: 0..<3, using: &rng))
                 let r = Latest(value: value, stamp: Stamp(timeMs: Int64.random(in: 0..<4, using: &rng), offset: Int64.random(in: 0..<3, using: &rng)))
-                registers.set(f, r)
+                sets.append((f, source.count..<(source.count + value.utf8.count), r.stamp))
+                source += value.utf8
                 oneByOne.set(f, r)
             }
-            let packed = TextFields(registers)
+            let packed = source.withUnsafeBufferPointer { b in
+                var registers = TextFields.Registers()
+                for (f, range, stamp) in sets { registers.set(f, bytes: range, of: b, stamp: stamp) }
+                return TextFields(registers, from: b)
+            }
             #expect(packed.packedBytes == oneByOne.packedBytes)
             #expect(packed == oneByOne)
             for f in all { #expect(packed.get(f) == oneByOne.get(f), "\(f)") }

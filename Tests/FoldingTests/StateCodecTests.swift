@@ -126,6 +126,61 @@ import Testing
         }
     }
 
+    /// Text is checked as UTF-8 where it is read (the decoder packs text fields from the
+    /// record's bytes, without a `String` that would have checked them): a text field, a
+    /// subscription id and a custom trait's name with bytes that are not UTF-8 (a lone
+    /// continuation byte, an overlong form, a surrogate, a cut sequence) are errors.
+    @Test func textThatIsNotUTF8IsAnError() {
+        let bad: [[UInt8]] = [[0x80], [0xC0, 0xAF], [0xED, 0xA0, 0x80], [0xE2, 0x82], [0x61, 0xFF]]
+        for b in bad {
+            let n = UInt8(b.count)
+            let records: [[UInt8]] = [
+                [0x46, 0x53, 0x02, 0x03, 3 + n, n] + b + [0x00, 0x00],              // email
+                [0x46, 0x53, 0x02, 0x0F, 3 + n, n] + b + [0x00, 0x00],              // city
+                [0x46, 0x53, 0x02, 0x13, 4 + n, 0x01, n] + b + [0x00, 0x00],        // a subscription
+                [0x46, 0x53, 0x02, 0x15, 6 + n, 0x01, n] + b + [0x01, 0x31, 0x00, 0x00], // a custom trait's name
+            ]
+            for r in records {
+                #expect(throws: StateCodec.DecodeError.badValue, "\(r)") { try StateCodec.decode(r) }
+            }
+        }
+        // The same records with UTF-8 decode, with the text where it was.
+        let ok: [UInt8] = Array("Zoë 😀".utf8)
+        let n = UInt8(ok.count)
+        let u = try? StateCodec.decode([0x46, 0x53, 0x02, 0x03, 3 + n, n] + ok + [0x04, 0x02, 0x0F, 3 + n, n] + ok + [0x00, 0x00])
+        #expect(u?.state.text.get(.email) == Latest(value: "Zoë 😀", stamp: Stamp(timeMs: 2, offset: 1)))
+        #expect(u?.state.text.get(.city) == Latest(value: "Zoë 😀", stamp: Stamp(timeMs: 0, offset: 0)))
+    }
+
+    /// A text value over its field's stored limit (written before values were capped) is
+    /// cut where a fold would cut it, at the start of the character the limit falls in:
+    /// records built by hand (the encoder never writes one), with characters of two,
+    /// three and four bytes across the limit.
+    @Test func aStoredTextOverItsLimitIsCutAtACharacter() throws {
+        func varint(_ n: Int) -> [UInt8] {
+            var n = n, out: [UInt8] = []
+            while n >= 0x80 { out.append(UInt8(n & 0x7F) | 0x80); n >>= 7 }
+            return out + [UInt8(n)]
+        }
+        let tags: [TextFields.Field: UInt8] = [.email: 3, .name: 4, .role: 5, .phone: 6, .timezone: 7, .image: 8, .country: 13,
+                                              .region: 14, .city: 15, .postalCode: 16, .countryCode: 17, .lastSubscription: 18]
+        for (field, tag) in tags {
+            let limit = field.storedLimitBytes
+            for character in ["é", "€", "😀"] {
+                for lead in 0..<4 { // every alignment of the characters against the limit
+                    let value = String(repeating: "a", count: lead) + String(repeating: character, count: limit)
+                    let text = varint(value.utf8.count) + Array(value.utf8) + [0x04, 0x02] // stamp (2, 1)
+                    let record: [UInt8] = [0x46, 0x53, StateCodec.version, tag] + varint(text.count) + text
+                    let u = try StateCodec.decode(record)
+                    let kept = try #require(u.state.text.get(field), "\(field)")
+                    #expect(kept.value == TextFields.prefix(value, bytes: limit), "\(field) \(character) \(lead)")
+                    #expect(kept.value.utf8.count <= limit && kept.value.utf8.count > limit - 4, "\(field)")
+                    #expect(kept.stamp == Stamp(timeMs: 2, offset: 1))
+                }
+            }
+        }
+    }
+
     /// Any bytes: random ones, and records built from known tags with random lengths and
     /// extreme varints. Decoding either throws or returns; it never traps.
     @Test func decodingArbitraryBytesNeverTraps() {
