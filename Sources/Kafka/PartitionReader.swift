@@ -27,6 +27,13 @@ public final class PartitionReader: @unchecked Sendable {
         // A read ends at the high watermark: nothing is gained by the broker holding a
         // fetch at the end of the log (the default waits 500 ms).
         if cfg["fetch.wait.max.ms"] == nil { cfg["fetch.wait.max.ms"] = "10" }
+        // Every partition's fetch queue forwards to the one queue read here, and a
+        // partition's "enough queued" check reads that queue's length: with the default
+        // (100,000 messages) all partitions stopped fetching once that many were queued
+        // in all, and the fetcher looked again only at its next wakeup (up to half a
+        // second). The read went at half kcat's rate, its consumer idle in between.
+        // Memory stays bounded by queued.max.messages.kbytes.
+        if cfg["queued.min.messages"] == nil { cfg["queued.min.messages"] = "1000000" }
         var errbuf = [CChar](repeating: 0, count: 512)
         let conf = try cfg.makeConf()
         guard let rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, &errbuf, errbuf.count) else {
@@ -63,37 +70,51 @@ public final class PartitionReader: @unchecked Sendable {
     /// Every record of the partition, oldest first (with `fromLast`, only the last).
     public func read(topic: String, partition: Int32, timeoutMs: Int32 = 60_000,
                      fromLast: Bool = false) throws(KafkaError) -> [(key: [UInt8], value: [UInt8]?)] {
-        try read(topic: topic, partitions: [partition], timeoutMs: timeoutMs, fromLast: fromLast)[partition] ?? []
+        try read(topic: topic, partitions: [partition], timeoutMs: timeoutMs, fromLast: fromLast)[partition]?.records ?? []
     }
 
     /// Every record of each of `partitions`, oldest first per partition, read together
     /// (one fetch session for all: a partition after the other paid the round trips of
     /// each). With `fromLast`, only each one's last record.
     public func read(topic: String, partitions: [Int32], timeoutMs: Int32 = 60_000,
-                     fromLast: Bool = false) throws(KafkaError) -> [Int32: [(key: [UInt8], value: [UInt8]?)]] {
+                     fromLast: Bool = false) throws(KafkaError) -> [Int32: PackedRecords] {
         lock.lock()
         defer { lock.unlock() }
-        var out: [Int32: [(key: [UInt8], value: [UInt8]?)]] = [:]
+        // The whole read, its start-up included, is bounded by `timeoutMs`.
+        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(max(0, timeoutMs)) * 1_000_000
+        func remainingMs() -> Int32 {
+            let now = DispatchTime.now().uptimeNanoseconds
+            return now >= deadline ? 0 : Int32(clamping: (deadline - now) / 1_000_000)
+        }
+        var out: [Int32: PackedRecords] = [:]
         // Where each partition ends; the ones with nothing to read are done already.
         var ends: [Int32: Int64] = [:]
         var starts: [(TopicPartition, Int64?)] = []
         for p in Set(partitions) {
             var low: Int64 = 0
             var high: Int64 = 0
-            let wm = rd_kafka_query_watermark_offsets(watermarks, topic, p, &low, &high, 10_000)
+            let wm = rd_kafka_query_watermark_offsets(watermarks, topic, p, &low, &high, min(10_000, max(1, remainingMs())))
             if wm != RD_KAFKA_RESP_ERR_NO_ERROR { throw KafkaError(wm, context: "watermarks of \(topic)[\(p)]") }
-            out[p] = []
+            out[p] = PackedRecords()
             guard high > low else { continue }
             ends[p] = high
             starts.append((TopicPartition(topic, p), fromLast ? max(low, high - 1) : Int64(RD_KAFKA_OFFSET_BEGINNING)))
         }
         if ends.isEmpty { return out }
+        // The partitions' leaders known before they are assigned: assigned first, each
+        // waited for its leader on a one-second timer before its first fetch.
+        if let rkt = rd_kafka_topic_new(rk, topic, nil) {
+            var md: UnsafePointer<rd_kafka_metadata>?
+            if rd_kafka_metadata(rk, 0, rkt, &md, min(10_000, max(1, remainingMs()))) == RD_KAFKA_RESP_ERR_NO_ERROR, let md {
+                rd_kafka_metadata_destroy(md)
+            }
+            rd_kafka_topic_destroy(rkt)
+        }
         let assigned: rd_kafka_resp_err_t = withPartitionList(starts) { rd_kafka_assign(rk, $0) }
         if assigned != RD_KAFKA_RESP_ERR_NO_ERROR { throw KafkaError(assigned, context: "assign \(topic)") }
         defer { _ = rd_kafka_assign(rk, nil) }
         let batch = 4_096
         var messages = [UnsafeMutablePointer<rd_kafka_message_t>?](repeating: nil, count: batch)
-        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(timeoutMs) * 1_000_000
         // The topic's handle, once a message named it: compared by pointer after that (a
         // name built per message cost more than the rest of the loop).
         var topicHandle: OpaquePointer?
@@ -124,9 +145,9 @@ public final class PartitionReader: @unchecked Sendable {
                     failure = KafkaError(m.pointee.err, context: "reading \(topic)[\(p)]")
                     continue
                 }
-                let key = m.pointee.key.map { Array(UnsafeRawBufferPointer(start: $0, count: m.pointee.key_len)) } ?? []
-                let value = m.pointee.payload.map { Array(UnsafeRawBufferPointer(start: $0, count: m.pointee.len)) }
-                out[p, default: []].append((key, value))
+                let key = UnsafeRawBufferPointer(start: m.pointee.key, count: m.pointee.key == nil ? 0 : m.pointee.key_len)
+                let value = m.pointee.payload.map { UnsafeRawBufferPointer(start: $0, count: m.pointee.len) }
+                out[p, default: PackedRecords()].append(key: key, value: value)
                 if m.pointee.offset + 1 >= end { ends[p] = nil }
             }
             if let failure { throw failure }

@@ -74,9 +74,20 @@ struct IdentityIndex {
         buckets[b] = record
     }
 
-    private mutating func grow(rehash: (Int32) -> UInt64) {
+    /// Makes room for `count` records in all without growing (a restore sizes the
+    /// index once for every user it loads: growing by doubling rehashed every identity
+    /// again at each step).
+    mutating func reserve(_ count: Int, rehash: (Int32) -> UInt64) {
+        var size = buckets.count
+        while count * 4 > size * 3 { size *= 2 }
+        if size > buckets.count { grow(to: size, rehash: rehash) }
+    }
+
+    private mutating func grow(rehash: (Int32) -> UInt64) { grow(to: buckets.count * 2, rehash: rehash) }
+
+    private mutating func grow(to size: Int, rehash: (Int32) -> UInt64) {
         let old = buckets
-        buckets = [UInt64](repeating: 0, count: old.count * 2)
+        buckets = [UInt64](repeating: 0, count: size)
         mask = buckets.count - 1
         for r in old where r != 0 {
             place(r, at: Int(truncatingIfNeeded: rehash(Self.slot(of: r))) & mask)

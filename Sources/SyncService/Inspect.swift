@@ -23,8 +23,8 @@ public enum Inspect {
         var latest: [String: (partition: Int32, value: [UInt8]?)] = [:]
         // Every partition at once, on one client (as restores read).
         let all = try PartitionReader(config: admin).read(topic: topic, partitions: Array(0..<Int32(partitions)))
-        for (p, records) in all {
-            for r in records where !ChangelogMarker.isMarker(key: r.key) {
+        for (p, packed) in all {
+            for r in packed.records where !ChangelogMarker.isMarker(key: r.key) {
                 let key = String(decoding: r.key, as: UTF8.self)
                 if wanted.contains(key) { latest[key] = (p, r.value) }
             }

@@ -9,8 +9,9 @@ import Logging
 public protocol StateStore: Sendable {
     /// Every record of changelog partition `partition`, oldest first.
     func read(partition: Int32) throws -> [(key: [UInt8], value: [UInt8]?)]
-    /// As ``read(partition:)`` for several partitions at once.
-    func read(partitions: [Int32]) throws -> [Int32: [(key: [UInt8], value: [UInt8]?)]]
+    /// As ``read(partition:)`` for several partitions at once, each packed in one buffer
+    /// (what restores read).
+    func read(partitions: [Int32]) throws -> [Int32: PackedRecords]
     /// The changelog partition holding a source partition's users.
     func statePartition(for sourcePartition: Int32) -> Int32
     /// The source topic's partition count, recorded in each record.
@@ -64,6 +65,7 @@ public enum ChangelogMarker {
     }
 
     public static func isMarker(key: [UInt8]) -> Bool { key.first == 0xFF }
+    public static func isMarker(key: UnsafeBufferPointer<UInt8>) -> Bool { key.first == 0xFF }
 
     public static func value(offset: Int64, sourcePartitions: Int32) -> [UInt8] {
         StateCodec.encodeMarker(committedOffset: offset, sourcePartitions: sourcePartitions)
@@ -85,9 +87,9 @@ public struct CheckpointGroup: Sendable {
 }
 
 extension StateStore {
-    public func read(partitions: [Int32]) throws -> [Int32: [(key: [UInt8], value: [UInt8]?)]] {
-        var out: [Int32: [(key: [UInt8], value: [UInt8]?)]] = [:]
-        for p in partitions { out[p] = try read(partition: p) }
+    public func read(partitions: [Int32]) throws -> [Int32: PackedRecords] {
+        var out: [Int32: PackedRecords] = [:]
+        for p in partitions { out[p] = PackedRecords(try read(partition: p)) }
         return out
     }
     public var hasFatalError: Bool { false }
@@ -354,10 +356,10 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
     public func statePartition(for sourcePartition: Int32) -> Int32 { sourcePartition % partitions }
 
     public func read(partition: Int32) throws -> [(key: [UInt8], value: [UInt8]?)] {
-        try read(partitions: [partition])[partition] ?? []
+        try read(partitions: [partition])[partition]?.records ?? []
     }
 
-    public func read(partitions: [Int32]) throws -> [Int32: [(key: [UInt8], value: [UInt8]?)]] {
+    public func read(partitions: [Int32]) throws -> [Int32: PackedRecords] {
         // One reader for every restore of this process (made at the first).
         let reader = try lock.withLock { () throws -> PartitionReader in
             if let r = self.reader { return r }

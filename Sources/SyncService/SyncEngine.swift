@@ -264,6 +264,19 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             }
         }
 
+        /// Makes room for `more` users beyond those held, so that adding them neither
+        /// grows the index nor copies the entries.
+        mutating func reserve(_ more: Int) {
+            let total = entries.count + max(0, more - free.count)
+            // At least doubled when it grows (as appending would): assignments arrive in
+            // increments, and an exact size would copy the whole table at each.
+            if total > entries.capacity { entries.reserveCapacity(max(total, 2 * entries.capacity)) }
+            let seed = index.seed
+            entries.withUnsafeBufferPointer { e in
+                index.reserve(total) { seed.hash(e[Int($0)].identity) }
+            }
+        }
+
         /// The slot of `key`, with an empty entry created if there was none.
         mutating func slot(_ key: String) -> (index: Int, isNew: Bool) { slot(key, hash: hash(key)) }
 
@@ -299,13 +312,13 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         // call (a call per event copied the table, retaining its three arrays each time).
 
         /// Starts loading the index bucket each lookup of `hashes` starts at.
-        func prefetchBuckets(_ hashes: [UInt64]) {
+        func prefetchBuckets(_ hashes: some Collection<UInt64>) {
             for h in hashes { index.prefetch(h) }
         }
 
         /// Starts loading the first line of the entry each of `hashes` most likely leads
         /// to (the first slot under its tag): the identity, which the lookup compares.
-        func prefetchEntries(_ hashes: [UInt64]) {
+        func prefetchEntries(_ hashes: some Collection<UInt64>) {
             entries.withUnsafeBufferPointer { e in
                 for h in hashes {
                     guard let slot = index.candidate(h) else { continue }
@@ -814,15 +827,23 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                 let statePartitions = Array(Set(claimed.map { store.statePartition(for: $0.partition) })).sorted()
                 do {
                     let records = try store.read(partitions: statePartitions)
+                    let partitions = claimed
+                    // Each changelog partition's last value per key (once, however many
+                    // source partitions share it), then the table sized once for the
+                    // users expected, then each source partition decoded and loaded.
+                    let slots = ParallelSlots(count: statePartitions.count, ChangelogView())
+                    DispatchQueue.concurrentPerform(iterations: statePartitions.count) { i in
+                        slots[i] = ChangelogView(records[statePartitions[i]] ?? PackedRecords())
+                    }
+                    let views = Dictionary(uniqueKeysWithValues: zip(statePartitions, slots.all))
+                    lock.withLock { users.reserve(Self.expectedUsers(partitions, views: views, store: store)) }
                     // Decoded on every core, a partition each (loading into the table
                     // takes the engine's lock, a partition at a time): decoding on one
                     // thread bounded the restore at half the raw read.
-                    let outcomes = RestoreOutcomes(count: claimed.count)
-                    let partitions = claimed
+                    let outcomes = ParallelSlots(count: partitions.count, RestoreOutcome.stale)
                     DispatchQueue.concurrentPerform(iterations: partitions.count) { i in
-                        let tp = partitions[i]
-                        outcomes[i] = restore(tp, generation: generation, records: records[store.statePartition(for: tp.partition)] ?? [],
-                                              store: store, ready: ready)
+                        let view = views[store.statePartition(for: partitions[i].partition)] ?? ChangelogView()
+                        outcomes[i] = restore(partitions[i], generation: generation, view: view, store: store, ready: ready)
                     }
                     for (tp, outcome) in zip(claimed, outcomes.all) {
                         switch outcome {
@@ -859,16 +880,27 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
 
     enum ClaimOutcome { case claimed, stale, failed }
 
-    /// The outcomes of restores run in parallel, one slot each.
-    final class RestoreOutcomes: @unchecked Sendable {
+    /// The results of work run in parallel, one slot each.
+    final class ParallelSlots<T>: @unchecked Sendable {
         private let lock = NSLock()
-        private var items: [RestoreOutcome]
-        init(count: Int) { items = Array(repeating: .stale, count: count) }
-        subscript(i: Int) -> RestoreOutcome {
+        private var items: [T]
+        private let empty: T
+        init(count: Int, _ empty: T) {
+            items = Array(repeating: empty, count: count)
+            self.empty = empty
+        }
+        subscript(i: Int) -> T {
             get { lock.withLock { items[i] } }
             set { lock.withLock { items[i] = newValue } }
         }
-        var all: [RestoreOutcome] { lock.withLock { items } }
+        /// Slot `i`'s result, left empty (its only copy, handed on).
+        func take(_ i: Int) -> T {
+            lock.withLock {
+                defer { items[i] = empty }
+                return items[i]
+            }
+        }
+        var all: [T] { lock.withLock { items } }
     }
 
     /// Claims `tp`'s changelog writer for the assignment `generation` (`.claimed`: and the
@@ -912,8 +944,67 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
 
     enum RestoreOutcome { case restored, stale, failed(String) }
 
+    /// Users loaded per burst of prefetch hints in a restore.
+    static let restoreChunk = 256
+
     static func newerVersion(_ v: UInt8) -> String {
         "the changelog holds records of format version \(v), written by a newer foldspace-sync (this one reads up to \(StateCodec.version)): upgrade this instance"
+    }
+
+    /// What a restore of one source partition reads of its changelog partition: the last
+    /// value of each user key, whether the partition holds markers and this source
+    /// partition's, and how many records it holds.
+    struct ChangelogView: Sendable {
+        var records = PackedRecords()
+        /// The last record of each user key (an index into ``records``), in the records'
+        /// order: decoded in a hash table's order, each record's first byte was a cache
+        /// miss, half of decoding.
+        var latest: [(key: String, record: Int)] = []
+        /// Each marker's last value, by its key (nil: a tombstone).
+        var markers: [[UInt8]: [UInt8]?] = [:]
+
+        init() {}
+
+        init(_ records: PackedRecords) {
+            self.records = records
+            var last: [String: Int] = [:]
+            last.reserveCapacity(records.count)
+            records.bytes.withUnsafeBufferPointer { b in
+                for i in 0..<records.count {
+                    let key = UnsafeBufferPointer(rebasing: b[records.keyRange(i)])
+                    if ChangelogMarker.isMarker(key: key) {
+                        markers.updateValue(records.valueRange(i).map { Array(b[$0]) }, forKey: Array(key))
+                        continue
+                    }
+                    last[String(decoding: key, as: UTF8.self)] = i
+                }
+            }
+            var keyAt = [String?](repeating: nil, count: records.count)
+            for (key, i) in last { keyAt[i] = key }
+            latest.reserveCapacity(last.count)
+            for (i, key) in keyAt.enumerated() { if let key { latest.append((key, i)) } }
+        }
+
+        /// Source partition `tp`'s marker, if the changelog partition holds one.
+        func marker(of tp: TopicPartition) -> [UInt8]? { markers[ChangelogMarker.key(tp)] ?? nil }
+    }
+
+    /// How many users a restore of `partitions` is likely to load: each changelog
+    /// partition's keys (tombstones included), shared in proportion among the source
+    /// partitions it holds, of which only the ones restored here count. (Counting every
+    /// key for each source partition of a shared changelog partition sized the table for
+    /// users that other instances own.)
+    static func expectedUsers(_ partitions: [TopicPartition], views: [Int32: ChangelogView], store: StateStore) -> Int {
+        var restoring: [Int32: Int] = [:]
+        for tp in partitions { restoring[store.statePartition(for: tp.partition), default: 0] += 1 }
+        var sharing: [Int32: Int] = [:]
+        for s in 0..<max(0, store.sourcePartitions) { sharing[store.statePartition(for: s), default: 0] += 1 }
+        var total = 0
+        for (p, n) in restoring {
+            let keys = views[p]?.latest.count ?? 0
+            total += keys * n / max(n, sharing[p] ?? 0, 1)
+        }
+        return total
     }
 
     /// Loads a partition's users from the changelog and makes the partition consumable;
@@ -921,40 +1012,34 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// one that does not (a newer format version, or damage) fails the restore, since
     /// consuming without that user's state would send a regressed body (visits reset, a
     /// later first visit) and the next checkpoint would overwrite the record.
-    private func restore(_ tp: TopicPartition, generation: UInt64, records: [(key: [UInt8], value: [UInt8]?)],
+    private func restore(_ tp: TopicPartition, generation: UInt64, view: ChangelogView,
                          store: StateStore, ready: (@Sendable ([TopicPartition]) -> Void)? = nil) -> RestoreOutcome {
         let start = clock.monotonicMs()
-        var latest: [String: [UInt8]?] = [:]
-        latest.reserveCapacity(records.count)
-        let markerKey = ChangelogMarker.key(tp)
-        var marker: [UInt8]?
-        var markers = false
-        for r in records {
-            if ChangelogMarker.isMarker(key: r.key) {
-                markers = true
-                if r.key == markerKey { marker = r.value }
-                continue
-            }
-            latest[String(decoding: r.key, as: UTF8.self)] = r.value
-        }
+        let (latest, marker, markers, records) = (view.latest, view.marker(of: tp), !view.markers.isEmpty, view.records.count)
         // Decoded outside the lock: folding goes on meanwhile.
         let source = stableSourceId(tp)
         var decoded: [(key: String, stored: StoredUser)] = []
         decoded.reserveCapacity(latest.count)
         var undecodable = 0
-        for (key, value) in latest {
-            guard let value, !key.isEmpty else { continue } // a tombstone (or a key no event has)
-            do {
-                let stored = try StateCodec.decode(value)
-                // A changelog partition shared by several source partitions holds
-                // others' users too: only this partition's are ours.
-                if stored.state.appliedSource == source { decoded.append((key, stored)) }
-            } catch StateCodec.DecodeError.newerVersion(let v) {
-                return .failed(Self.newerVersion(v))
-            } catch {
-                undecodable += 1
+        var newer: UInt8?
+        view.records.bytes.withUnsafeBufferPointer { b in
+            for (key, i) in latest {
+                // A tombstone (or a key no event has).
+                guard let value = view.records.valueRange(i), !key.isEmpty else { continue }
+                do {
+                    let stored = try StateCodec.decode(UnsafeBufferPointer(rebasing: b[value]))
+                    // A changelog partition shared by several source partitions holds
+                    // others' users too: only this partition's are ours.
+                    if stored.state.appliedSource == source { decoded.append((key, stored)) }
+                } catch StateCodec.DecodeError.newerVersion(let v) {
+                    newer = v
+                    return
+                } catch {
+                    undecodable += 1
+                }
             }
         }
+        if let newer { return .failed(Self.newerVersion(newer)) }
         if let marker {
             do {
                 if try StateCodec.decode(marker).markerOffset == nil { undecodable += 1 }
@@ -970,7 +1055,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         // Nothing of this partition in a changelog partition that holds markers (or
         // nothing): a new partition, unless the group has consumed from it (see
         // ``ChangelogMarker``). Records and no marker at all: written before markers.
-        if marker == nil && decoded.isEmpty && (markers || records.isEmpty) {
+        if marker == nil && decoded.isEmpty && (markers || records == 0) {
             let committed: Int64?
             do {
                 committed = try store.committedPastStart(tp)
@@ -988,14 +1073,22 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         let now = clock.monotonicMs()
         var restored = 0
         var dirty = 0
+        // Hashed outside the lock; inside, each chunk's index buckets are requested before
+        // its lookups (prefetch hints), so that their cache misses overlap.
+        let hashes = decoded.map { identitySeed.hash($0.key) }
         let loaded: Bool = lock.withLock {
             // Revoked (or assigned again) meanwhile: this restore is stale.
             guard restoringGeneration[tp] == generation else { return false }
             let pidx = index(of: tp)
-            for (key, stored) in decoded {
+            for (j, (key, stored)) in decoded.enumerated() {
+                if j % Self.restoreChunk == 0 {
+                    let chunk = hashes[j..<min(hashes.count, j + Self.restoreChunk)]
+                    users.prefetchBuckets(chunk)
+                    users.prefetchEntries(chunk)
+                }
                 // One lookup per user: a new one is filled in its slot (three lookups and
                 // a copy of the entry out and back were a third of the load).
-                let (slot, isNew) = users.slot(key)
+                let (slot, isNew) = users.slot(key, hash: hashes[j])
                 if isNew {
                     let isDirty = users.modify(slot) { (entry: inout UserEntry) -> Bool in
                         entry.state = stored.state
@@ -1052,7 +1145,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         guard loaded else { return .stale }
         updateRateShare()
         logger.info("partition restored", metadata: [
-            "partition": "\(tp)", "records": .stringConvertible(records.count), "users": .stringConvertible(restored),
+            "partition": "\(tp)", "records": .stringConvertible(records), "users": .stringConvertible(restored),
             "dirty": .stringConvertible(dirty), "ms": .stringConvertible(clock.monotonicMs() - start),
         ])
         return .restored

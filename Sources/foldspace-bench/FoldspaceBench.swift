@@ -717,6 +717,8 @@ extension FoldspaceBench {
         @Option var topic = "bench-state"
         @Option var users = 1_000_000
         @Option var partitions = 32
+        @Flag(help: "The topic holds the records of an earlier run: read them only (for profiling).")
+        var readOnly = false
 
         final class CaptureStore: StateStore, @unchecked Sendable {
             let lock = NSLock()
@@ -733,10 +735,36 @@ extension FoldspaceBench {
 
         func run() async throws {
             let sources = (0..<Int32(partitions)).map { TopicPartition("bench-src", $0) }
-            // 1. The records, as checkpoints write them.
             var o = EngineOptions()
             o.durable = true
             o.maxDirtyUsers = 10_000_000
+            if !readOnly { try write(sources, o) }
+
+            // 2. Raw: every record of every partition read into memory, with the reader
+            //    the restore uses (one client, all partitions at once).
+            let config = KafkaClientConfig(["bootstrap.servers": brokers])
+            var t0 = uptimeSeconds()
+            let raw = try PartitionReader(config: config).read(topic: topic, partitions: Array(0..<Int32(partitions)))
+                .values.reduce(0) { $0 + $1.count }
+            let rawSeconds = uptimeSeconds() - t0
+            print("restore_raw_rate=\(Int(Double(raw) / max(rawSeconds, 1e-9)))")
+
+            // 3. The engine's restore of every partition: read, decode, load.
+            let store = try KafkaStateStore(topic: topic, partitions: partitions, sourcePartitions: partitions,
+                                            config: config, logger: quiet, transactional: false)
+            let reader = SyncEngine(options: o, deadLetters: Memory.NoDeadLetters(), logger: quiet)
+            reader.setStateStore(store)
+            t0 = uptimeSeconds()
+            reader.partitionsAssigned(sources)
+            let seconds = uptimeSeconds() - t0
+            let restored = reader.snapshot().restoredUsers
+            store.close()
+            print("restore_users=\(restored)")
+            print("restore_rate=\(Int(Double(restored) / max(seconds, 1e-9)))")
+        }
+
+        /// 1. The records, as checkpoints write them.
+        func write(_ sources: [TopicPartition], _ o: EngineOptions) throws {
             let capture = CaptureStore(partitions: Int32(partitions))
             let writer = SyncEngine(options: o, deadLetters: Memory.NoDeadLetters(), logger: quiet)
             writer.setStateStore(capture)
@@ -768,28 +796,6 @@ extension FoldspaceBench {
             producer.close()
             print("restore_records=\(records.count)")
             print("restore_record_bytes=\(records.reduce(0) { $0 + $1.key.count + ($1.value?.count ?? 0) } / max(1, records.count))")
-
-            // 2. Raw: every record of every partition read into memory, with the reader
-            //    the restore uses (one client, all partitions at once).
-            let config = KafkaClientConfig(["bootstrap.servers": brokers])
-            var t0 = uptimeSeconds()
-            let raw = try PartitionReader(config: config).read(topic: topic, partitions: Array(0..<Int32(partitions)))
-                .values.reduce(0) { $0 + $1.count }
-            let rawSeconds = uptimeSeconds() - t0
-            print("restore_raw_rate=\(Int(Double(raw) / max(rawSeconds, 1e-9)))")
-
-            // 3. The engine's restore of every partition: read, decode, load.
-            let store = try KafkaStateStore(topic: topic, partitions: partitions, sourcePartitions: partitions,
-                                            config: config, logger: quiet, transactional: false)
-            let reader = SyncEngine(options: o, deadLetters: Memory.NoDeadLetters(), logger: quiet)
-            reader.setStateStore(store)
-            t0 = uptimeSeconds()
-            reader.partitionsAssigned(sources)
-            let seconds = uptimeSeconds() - t0
-            let restored = reader.snapshot().restoredUsers
-            store.close()
-            print("restore_users=\(restored)")
-            print("restore_rate=\(Int(Double(restored) / max(seconds, 1e-9)))")
         }
     }
 }

@@ -136,12 +136,23 @@ func feedTimed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: I
         #expect(a.checkpoint())
         feed(a, [(p0, 0, paid(1)), (p0, 1, paid(2))])
         #expect(a.checkpoint())
-        // The next owner restores partition 0, then partition 1 (the older record).
-        let b = engine(clock, store, assign: [p0, p1])
+        // The next owner restores partition 0, then partition 1 (the older record, kept
+        // out). Assigned one after the other: restores of one assignment run in parallel,
+        // in either order.
+        let b = engine(clock, store, assign: [p0])
+        b.partitionsAssigned([p1])
         #expect(body(b, "u")["pqlScore"] as? Double == score(3), "\(body(b, "u"))")
         #expect(b.snapshot().restoreKeptNewer == 1)
         feed(b, [(p0, 2, paid(3))])
         #expect(body(b, "u")["pqlScore"] as? Double == score(4))
+        // The other order: the older record first, then replaced by the newer one.
+        let c = engine(clock, store, assign: [p1])
+        c.partitionsAssigned([p0])
+        #expect(body(c, "u")["pqlScore"] as? Double == score(3), "\(body(c, "u"))")
+        #expect(c.snapshot().restoreKeptNewer == 0)
+        // Both in one assignment, whichever loads first: the newer state.
+        let d = engine(clock, store, assign: [p0, p1])
+        #expect(body(d, "u")["pqlScore"] as? Double == score(3), "\(body(d, "u"))")
     }
 
     @Test func aUserOnMorePartitionsThanItKeepsIsCounted() {

@@ -56,6 +56,26 @@ import Testing
         #expect(m.find("k0", 7) == nil)
     }
 
+    @Test func reservingRoomKeepsEveryKeyAndGrowsNoMore() {
+        // A restore sizes the index once for all it loads: the keys already in it are
+        // still found (rehashed into the larger table), and adding up to the reserved
+        // count does not grow it again (a growth would show as a larger capacity).
+        var m = Model()
+        for i in 0..<100 { m.add("k\(i)", UInt64(i % 7) &* 0x1_0000_0001 &+ UInt64(i)) }
+        let hs = m.hashes
+        m.index.reserve(5_000) { hs[Int($0)] }
+        let reserved = m.index.capacity
+        #expect(reserved >= 5_000 * 4 / 3)
+        for i in 0..<100 { #expect(m.find("k\(i)", UInt64(i % 7) &* 0x1_0000_0001 &+ UInt64(i)) == Int32(i)) }
+        for i in 100..<5_000 { m.add("k\(i)", UInt64(i % 7) &* 0x1_0000_0001 &+ UInt64(i)) }
+        #expect(m.index.capacity == reserved)
+        for i in 0..<5_000 { #expect(m.find("k\(i)", UInt64(i % 7) &* 0x1_0000_0001 &+ UInt64(i)) == Int32(i)) }
+        // Reserving less than is held changes nothing.
+        let all = m.hashes
+        m.index.reserve(10) { all[Int($0)] }
+        #expect(m.index.capacity == reserved)
+    }
+
     @Test func removingFromTheMiddleOfARunKeepsEveryOtherKeyFindable() {
         var rng = SystemRandomNumberGenerator()
         for trial in 0..<60 {

@@ -1,0 +1,64 @@
+import Foundation
+import Kafka
+import Testing
+@testable import SyncService
+
+/// What a restore reads of a changelog partition (``SyncEngine/ChangelogView``): the last
+/// record of each key in the records' order, each source partition's marker, and the
+/// users a restore sizes its table for.
+@Suite struct ChangelogViewTests {
+    let tp0 = TopicPartition("events", 0)
+    let tp1 = TopicPartition("events", 1)
+
+    @Test func theLastRecordOfEachKeyInTheRecordsOrder() {
+        let u = { (s: String) in Array(s.utf8) }
+        let records: [(key: [UInt8], value: [UInt8]?)] = [
+            (u("a"), [1]),                          // 0: replaced by 2
+            (u("b"), [2]),                          // 1: replaced by the tombstone 3
+            (u("a"), [3]),                          // 2
+            (u("b"), nil),                          // 3: a tombstone, kept as one
+            (ChangelogMarker.key(tp0), [9]),        // 4: replaced by its tombstone 6
+            (ChangelogMarker.key(tp1), [8]),        // 5
+            (ChangelogMarker.key(tp0), nil),        // 6
+            (u(""), [4]),                           // 7: an empty key, kept (the restore skips it)
+            (u("c"), []),                           // 8: an empty value is not a tombstone
+        ]
+        let view = SyncEngine.ChangelogView(PackedRecords(records))
+        #expect(view.latest.map(\.key) == ["a", "b", "", "c"])
+        #expect(view.latest.map(\.record) == [2, 3, 7, 8])
+        #expect(view.records.valueRange(3) == nil)
+        #expect(view.records.valueRange(8)?.isEmpty == true)
+        #expect(view.marker(of: tp0) == nil)
+        #expect(view.marker(of: tp1) == [8])
+        #expect(view.marker(of: TopicPartition("events", 2)) == nil)
+        #expect(view.markers.count == 2) // the tombstoned one still says the partition has markers
+        let empty = SyncEngine.ChangelogView(PackedRecords())
+        #expect(empty.latest.isEmpty && empty.markers.isEmpty)
+    }
+
+    /// A changelog partition shared by the source partitions that map to it.
+    struct SharedStore: StateStore {
+        let statePartitions: Int32
+        let sourcePartitions: Int32
+        func statePartition(for sourcePartition: Int32) -> Int32 { sourcePartition % statePartitions }
+        func read(partition: Int32) throws -> [(key: [UInt8], value: [UInt8]?)] { [] }
+        func write(_ records: [(partition: Int32, key: [UInt8], value: [UInt8]?)]) throws {}
+        func commit(_ offsets: [TopicPartition: Int64]) throws {}
+    }
+
+    @Test func aSharedChangelogPartitionSizesTheTableForTheShareRestored() {
+        let keys = (0..<3_200).map { (key: Array("user-\($0)".utf8), value: Optional([UInt8(1)])) }
+        let view = SyncEngine.ChangelogView(PackedRecords(keys))
+        // One changelog partition for 32 source partitions: 4 of them restored here expect
+        // an eighth of its users, not four times all of them.
+        let shared = SharedStore(statePartitions: 1, sourcePartitions: 32)
+        let four = (0..<4).map { TopicPartition("events", Int32($0)) }
+        #expect(SyncEngine.expectedUsers(four, views: [0: view], store: shared) == 400)
+        // Co-partitioned: each restored partition its own changelog partition's keys.
+        let own = SharedStore(statePartitions: 4, sourcePartitions: 4)
+        #expect(SyncEngine.expectedUsers(four, views: [0: view, 1: view, 2: view, 3: view], store: own) == 4 * 3_200)
+        // A store that does not know the source's partitions: every key counts.
+        let unknown = SharedStore(statePartitions: 1, sourcePartitions: 0)
+        #expect(SyncEngine.expectedUsers(four, views: [0: view], store: unknown) == 3_200)
+    }
+}
