@@ -76,16 +76,16 @@ public final class PartitionReader: @unchecked Sendable {
     /// Every record of each of `partitions`, oldest first per partition, read together
     /// (one fetch session for all: a partition after the other paid the round trips of
     /// each). With `fromLast`, only each one's last record.
+    ///
+    /// `timeoutMs` is the longest wait for progress (each start-up call, then each wait
+    /// for the next record), not a bound on the whole read: a changelog that takes
+    /// longer than that to read was failed at every attempt, its partitions held for ever.
     public func read(topic: String, partitions: [Int32], timeoutMs: Int32 = 60_000,
                      fromLast: Bool = false) throws(KafkaError) -> [Int32: PackedRecords] {
         lock.lock()
         defer { lock.unlock() }
-        // The whole read, its start-up included, is bounded by `timeoutMs`.
-        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(max(0, timeoutMs)) * 1_000_000
-        func remainingMs() -> Int32 {
-            let now = DispatchTime.now().uptimeNanoseconds
-            return now >= deadline ? 0 : Int32(clamping: (deadline - now) / 1_000_000)
-        }
+        let patience = UInt64(max(0, timeoutMs)) * 1_000_000
+        let callMs = min(10_000, max(1, timeoutMs))
         var out: [Int32: PackedRecords] = [:]
         // Where each partition ends; the ones with nothing to read are done already.
         var ends: [Int32: Int64] = [:]
@@ -93,7 +93,7 @@ public final class PartitionReader: @unchecked Sendable {
         for p in Set(partitions) {
             var low: Int64 = 0
             var high: Int64 = 0
-            let wm = rd_kafka_query_watermark_offsets(watermarks, topic, p, &low, &high, min(10_000, max(1, remainingMs())))
+            let wm = rd_kafka_query_watermark_offsets(watermarks, topic, p, &low, &high, callMs)
             if wm != RD_KAFKA_RESP_ERR_NO_ERROR { throw KafkaError(wm, context: "watermarks of \(topic)[\(p)]") }
             out[p] = PackedRecords()
             guard high > low else { continue }
@@ -105,7 +105,7 @@ public final class PartitionReader: @unchecked Sendable {
         // waited for its leader on a one-second timer before its first fetch.
         if let rkt = rd_kafka_topic_new(rk, topic, nil) {
             var md: UnsafePointer<rd_kafka_metadata>?
-            if rd_kafka_metadata(rk, 0, rkt, &md, min(10_000, max(1, remainingMs()))) == RD_KAFKA_RESP_ERR_NO_ERROR, let md {
+            if rd_kafka_metadata(rk, 0, rkt, &md, callMs) == RD_KAFKA_RESP_ERR_NO_ERROR, let md {
                 rd_kafka_metadata_destroy(md)
             }
             rd_kafka_topic_destroy(rkt)
@@ -118,6 +118,7 @@ public final class PartitionReader: @unchecked Sendable {
         // The topic's handle, once a message named it: compared by pointer after that (a
         // name built per message cost more than the rest of the loop).
         var topicHandle: OpaquePointer?
+        var deadline = DispatchTime.now().uptimeNanoseconds + patience
         while DispatchTime.now().uptimeNanoseconds < deadline {
             // librdkafka's batch call waits until the batch is full or the timeout passes:
             // with 200 ms, every batch short of 4,096 messages (each fetch's tail) waited
@@ -126,6 +127,7 @@ public final class PartitionReader: @unchecked Sendable {
             let n = messages.withUnsafeMutableBufferPointer { rd_kafka_consume_batch_queue(queue, 5, $0.baseAddress, batch) }
             guard n > 0 else { continue }
             var failure: KafkaError?
+            var progressed = false
             for i in 0..<n {
                 guard let m = messages[i] else { continue }
                 defer { rd_kafka_message_destroy(m) }
@@ -139,6 +141,7 @@ public final class PartitionReader: @unchecked Sendable {
                 }
                 if m.pointee.err == RD_KAFKA_RESP_ERR__PARTITION_EOF {
                     if m.pointee.offset >= end { ends[p] = nil }
+                    progressed = true
                     continue
                 }
                 if m.pointee.err != RD_KAFKA_RESP_ERR_NO_ERROR {
@@ -148,11 +151,13 @@ public final class PartitionReader: @unchecked Sendable {
                 let key = UnsafeRawBufferPointer(start: m.pointee.key, count: m.pointee.key == nil ? 0 : m.pointee.key_len)
                 let value = m.pointee.payload.map { UnsafeRawBufferPointer(start: $0, count: m.pointee.len) }
                 out[p, default: PackedRecords()].append(key: key, value: value)
+                progressed = true
                 if m.pointee.offset + 1 >= end { ends[p] = nil }
             }
             if let failure { throw failure }
             if ends.isEmpty { return out }
+            if progressed { deadline = DispatchTime.now().uptimeNanoseconds + patience }
         }
-        throw KafkaError(message: "reading \(topic) \(ends.keys.sorted()) timed out after \(timeoutMs) ms")
+        throw KafkaError(message: "reading \(topic) \(ends.keys.sorted()): nothing read for \(timeoutMs) ms")
     }
 }

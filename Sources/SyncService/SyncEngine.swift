@@ -884,21 +884,10 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     final class ParallelSlots<T>: @unchecked Sendable {
         private let lock = NSLock()
         private var items: [T]
-        private let empty: T
-        init(count: Int, _ empty: T) {
-            items = Array(repeating: empty, count: count)
-            self.empty = empty
-        }
+        init(count: Int, _ empty: T) { items = Array(repeating: empty, count: count) }
         subscript(i: Int) -> T {
             get { lock.withLock { items[i] } }
             set { lock.withLock { items[i] = newValue } }
-        }
-        /// Slot `i`'s result, left empty (its only copy, handed on).
-        func take(_ i: Int) -> T {
-            lock.withLock {
-                defer { items[i] = empty }
-                return items[i]
-            }
         }
         var all: [T] { lock.withLock { items } }
     }
@@ -958,8 +947,12 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         var records = PackedRecords()
         /// The last record of each user key (an index into ``records``), in the records'
         /// order: decoded in a hash table's order, each record's first byte was a cache
-        /// miss, half of decoding.
+        /// miss, half of decoding. Keys are told apart by their bytes, as the user table
+        /// tells identities apart (``RawKey``).
         var latest: [(key: String, record: Int)] = []
+        /// How many of those are users: a value (not a tombstone) under a key no event
+        /// has (empty).
+        var users = 0
         /// Each marker's last value, by its key (nil: a tombstone).
         var markers: [[UInt8]: [UInt8]?] = [:]
 
@@ -967,7 +960,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
 
         init(_ records: PackedRecords) {
             self.records = records
-            var last: [String: Int] = [:]
+            var last: [RawKey: Int] = [:]
             last.reserveCapacity(records.count)
             records.bytes.withUnsafeBufferPointer { b in
                 for i in 0..<records.count {
@@ -976,21 +969,42 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
                         markers.updateValue(records.valueRange(i).map { Array(b[$0]) }, forKey: Array(key))
                         continue
                     }
-                    last[String(decoding: key, as: UTF8.self)] = i
+                    last[RawKey(String(decoding: key, as: UTF8.self))] = i
                 }
             }
             var keyAt = [String?](repeating: nil, count: records.count)
-            for (key, i) in last { keyAt[i] = key }
+            for (key, i) in last { keyAt[i] = key.string }
             latest.reserveCapacity(last.count)
-            for (i, key) in keyAt.enumerated() { if let key { latest.append((key, i)) } }
+            for (i, key) in keyAt.enumerated() {
+                guard let key else { continue }
+                latest.append((key, i))
+                if !key.isEmpty && records.valueRange(i) != nil { users += 1 }
+            }
         }
 
         /// Source partition `tp`'s marker, if the changelog partition holds one.
         func marker(of tp: TopicPartition) -> [UInt8]? { markers[ChangelogMarker.key(tp)] ?? nil }
     }
 
+    /// A key compared and hashed as its UTF-8 bytes, as the user table compares
+    /// identities' hashes: `String` equality is canonical equivalence, under which "é" as
+    /// one scalar and "e" with a combining accent are one key (and two users' records
+    /// were taken for one).
+    struct RawKey: Hashable {
+        let string: String
+        init(_ string: String) { self.string = string }
+        static func == (a: RawKey, b: RawKey) -> Bool {
+            var x = a.string, y = b.string
+            return x.withUTF8 { p in y.withUTF8 { q in p.count == q.count && (p.isEmpty || memcmp(p.baseAddress!, q.baseAddress!, p.count) == 0) } }
+        }
+        func hash(into h: inout Hasher) {
+            var s = string
+            s.withUTF8 { h.combine(bytes: UnsafeRawBufferPointer($0)) }
+        }
+    }
+
     /// How many users a restore of `partitions` is likely to load: each changelog
-    /// partition's keys (tombstones included), shared in proportion among the source
+    /// partition's users, shared in proportion among the source
     /// partitions it holds, of which only the ones restored here count. (Counting every
     /// key for each source partition of a shared changelog partition sized the table for
     /// users that other instances own.)
@@ -1001,7 +1015,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         for s in 0..<max(0, store.sourcePartitions) { sharing[store.statePartition(for: s), default: 0] += 1 }
         var total = 0
         for (p, n) in restoring {
-            let keys = views[p]?.latest.count ?? 0
+            let keys = views[p]?.users ?? 0
             total += keys * n / max(n, sharing[p] ?? 0, 1)
         }
         return total

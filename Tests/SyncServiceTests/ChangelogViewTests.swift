@@ -36,6 +36,31 @@ import Testing
         #expect(empty.latest.isEmpty && empty.markers.isEmpty)
     }
 
+    /// Keys are users' identities byte for byte, as the user table hashes them: two
+    /// spellings of "é" (one precomposed scalar; "e" and a combining accent) are two
+    /// users, which a `String`-keyed table (equal under canonical equivalence) merged,
+    /// the later one's state restored under the earlier one's identity.
+    @Test func keysThatAreEqualAsTextButNotAsBytesAreTwoUsers() {
+        let composed = Array("\u{e9}".utf8)
+        let decomposed = Array("e\u{301}".utf8)
+        #expect(composed != decomposed)
+        let view = SyncEngine.ChangelogView(PackedRecords([(composed, [1]), (decomposed, [2])]))
+        #expect(view.latest.count == 2)
+        #expect(view.latest.map { Array($0.key.utf8) } == [composed, decomposed])
+        #expect(view.latest.map(\.record) == [0, 1])
+    }
+
+    /// Keys whose last record is a tombstone are no users: the table is not sized for them
+    /// (compaction keeps tombstones a day, so after many users expired at once the table
+    /// would have been sized for all of them).
+    @Test func tombstonesAreNotCountedAsUsersToCome() {
+        let records = (0..<100).map { (key: Array("u\($0)".utf8), value: $0 < 30 ? Optional([UInt8(1)]) : nil) }
+        let view = SyncEngine.ChangelogView(PackedRecords(records))
+        #expect(view.users == 30)
+        let own = SharedStore(statePartitions: 1, sourcePartitions: 1)
+        #expect(SyncEngine.expectedUsers([tp0], views: [0: view], store: own) == 30)
+    }
+
     /// A changelog partition shared by the source partitions that map to it.
     struct SharedStore: StateStore {
         let statePartitions: Int32

@@ -1,0 +1,48 @@
+import Foundation
+import Logging
+import Testing
+@testable import Kafka
+
+/// The reader of whole partitions (restores, `inspect`): its timeout is the longest wait
+/// for progress, not a bound on the whole read. A changelog larger than the timeout's
+/// worth of reading was failed at every attempt, and its partitions held for ever.
+@Suite struct PartitionReaderTests {
+    @Test func aReadThatKeepsProgressingIsNotCutByItsTimeout() throws {
+        let cluster = try MockCluster(brokers: 1)
+        try cluster.createTopic("log", partitions: 1)
+        let config = KafkaClientConfig(["bootstrap.servers": cluster.bootstrapServers])
+        let producer = try KafkaProducer(config: config, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+        // Twelve batches: the mock broker answers a fetch with one batch per partition.
+        let batches = 12
+        for b in 0..<batches {
+            try producer.send(topic: "log", partition: 0, key: Array("k\(b)".utf8), value: Array("v\(b)".utf8))
+            #expect(producer.flush(timeoutMs: 10_000))
+        }
+        producer.close()
+        // Every round trip 200 ms: twelve fetches take well over the 1 s timeout, and no
+        // wait for one is near it.
+        _ = cluster.control("rtt 1 200")
+        let started = ContinuousClock.now
+        let read = try PartitionReader(config: config).read(topic: "log", partitions: [0], timeoutMs: 1_000)
+        let took = ContinuousClock.now - started
+        #expect(read[0]?.count == batches)
+        #expect(read[0]?.records.last?.value == Array("v\(batches - 1)".utf8))
+        // The read did outlast the timeout: otherwise this test would show nothing.
+        #expect(took > .seconds(1), "\(took)")
+    }
+
+    @Test func aReadThatStallsFailsAfterItsTimeout() throws {
+        let cluster = try MockCluster(brokers: 1)
+        try cluster.createTopic("log", partitions: 1)
+        let config = KafkaClientConfig(["bootstrap.servers": cluster.bootstrapServers])
+        let producer = try KafkaProducer(config: config, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+        try producer.send(topic: "log", partition: 0, key: Array("k".utf8), value: Array("v".utf8))
+        #expect(producer.flush(timeoutMs: 10_000))
+        producer.close()
+        let reader = try PartitionReader(config: config)
+        #expect(try reader.read(topic: "log", partitions: [0], timeoutMs: 5_000)[0]?.count == 1)
+        // The broker stops answering: the read fails instead of waiting for ever.
+        _ = cluster.control("rtt 1 4000")
+        #expect(throws: KafkaError.self) { try reader.read(topic: "log", partitions: [0], timeoutMs: 1_000) }
+    }
+}
