@@ -1,5 +1,4 @@
 import Foundation
-import Logging
 import Testing
 @testable import Kafka
 
@@ -7,18 +6,24 @@ import Testing
 /// for progress, not a bound on the whole read. A changelog larger than the timeout's
 /// worth of reading was failed at every attempt, and its partitions held for ever.
 @Suite struct PartitionReaderTests {
-    @Test func aReadThatKeepsProgressingIsNotCutByItsTimeout() throws {
+    /// A mock broker with one partition of `batches` records, each produced as its own
+    /// batch (the mock answers a fetch with one batch per partition).
+    func log(batches: Int) throws -> (MockCluster, KafkaClientConfig) {
         let cluster = try MockCluster(brokers: 1)
         try cluster.createTopic("log", partitions: 1)
         let config = KafkaClientConfig(["bootstrap.servers": cluster.bootstrapServers])
-        let producer = try KafkaProducer(config: config, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
-        // Twelve batches: the mock broker answers a fetch with one batch per partition.
-        let batches = 12
+        let producer = try KafkaProducer(config: config, logger: quiet)
         for b in 0..<batches {
             try producer.send(topic: "log", partition: 0, key: Array("k\(b)".utf8), value: Array("v\(b)".utf8))
             #expect(producer.flush(timeoutMs: 10_000))
         }
         producer.close()
+        return (cluster, config)
+    }
+
+    @Test func aReadThatKeepsProgressingIsNotCutByItsTimeout() throws {
+        let batches = 12
+        let (cluster, config) = try log(batches: batches)
         // Every round trip 200 ms: twelve fetches take well over the 1 s timeout, and no
         // wait for one is near it.
         _ = cluster.control("rtt 1 200")
@@ -32,13 +37,7 @@ import Testing
     }
 
     @Test func aReadThatStallsFailsAfterItsTimeout() throws {
-        let cluster = try MockCluster(brokers: 1)
-        try cluster.createTopic("log", partitions: 1)
-        let config = KafkaClientConfig(["bootstrap.servers": cluster.bootstrapServers])
-        let producer = try KafkaProducer(config: config, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
-        try producer.send(topic: "log", partition: 0, key: Array("k".utf8), value: Array("v".utf8))
-        #expect(producer.flush(timeoutMs: 10_000))
-        producer.close()
+        let (cluster, config) = try log(batches: 1)
         let reader = try PartitionReader(config: config)
         #expect(try reader.read(topic: "log", partitions: [0], timeoutMs: 5_000)[0]?.count == 1)
         // The broker stops answering: the read fails instead of waiting for ever.
