@@ -940,9 +940,9 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         "the changelog holds records of format version \(v), written by a newer foldspace-sync (this one reads up to \(StateCodec.version)): upgrade this instance"
     }
 
-    /// What a restore of one source partition reads of its changelog partition: the last
-    /// value of each user key, whether the partition holds markers and this source
-    /// partition's, and how many records it holds.
+    /// What restores read of a changelog partition, once for all the source partitions
+    /// it holds: its records, the last one of each user key, and each source partition's
+    /// marker.
     struct ChangelogView: Sendable {
         var records = PackedRecords()
         /// The last record of each user key (an index into ``records``), in the records'

@@ -157,31 +157,42 @@ private func startAdmin(idleTimeout: Duration = .seconds(60), maxConnections: In
     /// The admin endpoints answer while every thread of Swift's cooperative pool is busy:
     /// a liveness probe must not wait for the tasks it is there to watch (in CI the test
     /// process's own parallel tests exhausted the pool, and 405 answers did not come).
+    ///
+    /// Blocking the whole pool while other tests run starves them too: an attempt whose
+    /// blockers do not all start within a second (other tests hold threads) lets go of the
+    /// ones that did and tries again a little later. Holding them for up to 20 s each
+    /// (as it first did) stalled every other test of the process past its timeouts.
     @Test func answersWhileTheCooperativePoolIsBlocked() async throws {
         let admin = try await startAdmin()
         let port = admin.port
         let width = ProcessInfo.processInfo.activeProcessorCount
-        let started = DispatchSemaphore(value: 0)
-        let release = DispatchSemaphore(value: 0)
-        // Everything that waits runs on a Dispatch thread: the pool is what is blocked.
-        let outcome: (allBlocked: Bool, head: String?) = await withCheckedContinuation { done in
-            DispatchQueue.global().async {
-                var blockers: [Task<Void, Never>] = []
-                for _ in 0..<width {
-                    blockers.append(Task.detached { started.signal(); release.wait() })
+        var outcome: (allBlocked: Bool, head: String?) = (false, nil)
+        for _ in 0..<60 where !outcome.allBlocked {
+            // Everything that waits runs on a Dispatch thread: the pool is what is blocked.
+            outcome = await withCheckedContinuation { done in
+                DispatchQueue.global().async {
+                    let started = DispatchSemaphore(value: 0)
+                    let release = DispatchSemaphore(value: 0)
+                    var blockers: [Task<Void, Never>] = []
+                    for _ in 0..<width {
+                        blockers.append(Task.detached { started.signal(); release.wait() })
+                    }
+                    let deadline = DispatchTime.now() + 1
+                    var allBlocked = true
+                    for _ in 0..<width where started.wait(timeout: deadline) == .timedOut { allBlocked = false }
+                    var head: String? = nil
+                    if allBlocked, let c = try? RawConnection(port: port, receiveTimeoutMs: 5000) {
+                        c.send("POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        head = c.readResponse()?.head
+                    }
+                    // Each blocker, started or still queued, gets its release.
+                    for _ in blockers { release.signal() }
+                    done.resume(returning: (allBlocked, head))
                 }
-                var allBlocked = true
-                for _ in 0..<width where started.wait(timeout: .now() + 20) == .timedOut { allBlocked = false }
-                var head: String? = nil
-                if allBlocked, let c = try? RawConnection(port: port, receiveTimeoutMs: 5000) {
-                    c.send("POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                    head = c.readResponse()?.head
-                }
-                for _ in blockers { release.signal() }
-                done.resume(returning: (allBlocked, head))
             }
+            if !outcome.allBlocked { try await Task.sleep(for: .milliseconds(200)) }
         }
-        #expect(outcome.allBlocked, "the blocking tasks never all started")
+        #expect(outcome.allBlocked, "the blocking tasks never all started at once")
         #expect(outcome.head?.hasPrefix("HTTP/1.1 405") == true, "\(outcome.head ?? "no answer")")
         await admin.stop()
     }

@@ -9,7 +9,12 @@ import TestSupport
 /// liveness limit. With a deadline, no transaction is begun after it; what is left is
 /// not committed (the next owner reads it again) and the error names it.
 @Suite struct CheckpointDeadlineTests {
-    @Test func noTransactionIsBegunAfterTheDeadline() throws {
+    @Test func noTransactionIsBegunAfterTheDeadline() async throws {
+        // Seconds of blocking calls: off the cooperative pool (``offThePool``).
+        try await offThePool { try Self.checkpointPastTheDeadline() }
+    }
+
+    static func checkpointPastTheDeadline() throws {
         let cluster = try MockCluster(brokers: 1)
         try cluster.createTopic("state", partitions: 4)
         let config = KafkaClientConfig(["bootstrap.servers": cluster.bootstrapServers])

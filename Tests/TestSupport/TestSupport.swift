@@ -11,6 +11,16 @@ public func eventually(_ timeout: Duration = .seconds(40), _ condition: () -> Bo
     return condition()
 }
 
+/// Runs `body`, which blocks (a Kafka client's calls, a mock broker's round trips), on a
+/// Dispatch thread and awaits it. A test that blocks on Swift's cooperative pool holds one
+/// of its threads (two, on two cores) from every other test of the process: their
+/// timeouts passed while they waited for a thread.
+public func offThePool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { c in
+        DispatchQueue.global().async { c.resume(with: Result { try body() }) }
+    }
+}
+
 /// ISO-8601 with milliseconds, as Segment libraries send it.
 public func iso8601(_ ms: Int64) -> String {
     let f = ISO8601DateFormatter()
