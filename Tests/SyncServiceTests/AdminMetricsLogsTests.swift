@@ -61,13 +61,10 @@ final class RawConnection: @unchecked Sendable {
 
     // Blocking reads run on a Dispatch thread: on the cooperative pool they would starve
     // the server's own handler tasks (2 cores, 2 pool threads).
-    private func offPool<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
-        await withCheckedContinuation { c in DispatchQueue.global().async { c.resume(returning: body()) } }
-    }
-    func next() async -> Read { await offPool { self.read() } }
-    func untilClose() async -> [UInt8]? { await offPool { self.readToClose() } }
+    func next() async -> Read { await offThePool { self.read() } }
+    func untilClose() async -> [UInt8]? { await offThePool { self.readToClose() } }
     func response(head isHead: Bool = false) async -> (head: String, body: [UInt8])? {
-        await offPool { self.readResponse(head: isHead).map { ($0.head, $0.body) } }
+        await offThePool { self.readResponse(head: isHead).map { ($0.head, $0.body) } }
     }
 
     /// One response with a Content-Length body (or none for HEAD): head text and body.

@@ -21,6 +21,11 @@ public func offThePool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) 
     }
 }
 
+/// As ``offThePool(_:)-(()throws->T)``, for a body that cannot fail.
+public func offThePool<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+    await withCheckedContinuation { c in DispatchQueue.global().async { c.resume(returning: body()) } }
+}
+
 /// ISO-8601 with milliseconds, as Segment libraries send it.
 public func iso8601(_ ms: Int64) -> String {
     let f = ISO8601DateFormatter()
