@@ -105,10 +105,18 @@ public struct TextFields: Sendable, Equatable {
     static func prefix(_ s: String, bytes: Int) -> String {
         let u = s.utf8
         guard u.count > bytes else { return s }
-        var end = u.index(u.startIndex, offsetBy: bytes)
-        // Back off continuation bytes (10xxxxxx) to the start of the scalar cut through.
-        while end > u.startIndex, u[end] & 0xC0 == 0x80 { end = u.index(before: end) }
-        return String(decoding: u[..<end], as: UTF8.self)
+        let kept = keptBytes(count: u.count, limit: bytes) { u[u.index(u.startIndex, offsetBy: $0)] }
+        return String(decoding: u.prefix(kept), as: UTF8.self)
+    }
+
+    /// How many of a UTF-8 value's `count` bytes fit in `limit`: all, or `limit` backed
+    /// off over continuation bytes (10xxxxxx) to the start of the scalar it cuts through.
+    /// `byte(i)` is the value's byte at `i`.
+    static func keptBytes(count: Int, limit: Int, byte: (Int) -> UInt8) -> Int {
+        guard count > limit else { return count }
+        var kept = limit
+        while kept > 0, byte(kept) & 0xC0 == 0x80 { kept -= 1 }
+        return kept
     }
 
     private var buf: [UInt8] = []
@@ -345,13 +353,7 @@ public struct TextFields: Sendable, Equatable {
         /// through (as ``TextFields/Writes/add(_:_:)`` cuts it).
         public mutating func set(_ field: Field, bytes: Range<Int>, of source: UnsafeBufferPointer<UInt8>, stamp: Stamp) {
             let f = Int(field.rawValue)
-            var count = bytes.count
-            let limit = field.storedLimitBytes
-            if count > limit {
-                count = limit
-                // Back off continuation bytes (10xxxxxx) to the start of the scalar cut through.
-                while count > 0, source[bytes.lowerBound + count] & 0xC0 == 0x80 { count -= 1 }
-            }
+            let count = TextFields.keptBytes(count: bytes.count, limit: field.storedLimitBytes) { source[bytes.lowerBound + $0] }
             mask |= 1 << UInt16(f)
             starts[f] = bytes.lowerBound
             counts[f] = count

@@ -64,8 +64,7 @@ public enum ChangelogMarker {
         [0xFF] + Array("foldspace-sync.source/\(tp.topic)/\(tp.partition)".utf8)
     }
 
-    public static func isMarker(key: [UInt8]) -> Bool { key.first == 0xFF }
-    public static func isMarker(key: UnsafeBufferPointer<UInt8>) -> Bool { key.first == 0xFF }
+    public static func isMarker(key: some Collection<UInt8>) -> Bool { key.first == 0xFF }
 
     public static func value(offset: Int64, sourcePartitions: Int32) -> [UInt8] {
         StateCodec.encodeMarker(committedOffset: offset, sourcePartitions: sourcePartitions)
