@@ -1,0 +1,184 @@
+import CPrefetch
+import Delivery
+import Events
+import Folding
+import Foundation
+import Kafka
+import Logging
+
+extension SyncEngine {
+    /// Called with the lock held: queue the user for the next checkpoint.
+    func markForCheckpoint(_ key: String, _ entry: inout UserEntry) {
+        guard options.durable, !entry.checkpointPending else { return }
+        entry.checkpointPending = true
+        pendingCheckpoint[entry.home, default: []].append(key)
+    }
+
+    /// Writes every user changed since the last checkpoint (of `partitions`, or of all
+    /// assigned ones), waits until Kafka acknowledged them, then commits the source
+    /// positions consumed at the moment of the snapshot. On failure nothing is
+    /// committed and the users stay queued.
+    @discardableResult
+    public func checkpoint(partitions: [OffsetTracker.PartitionIndex]? = nil, deadline: DispatchTime? = nil) -> Bool {
+        guard options.durable else { return true }
+        // Fenced or stopped past its session: what it holds is not to be written.
+        if lock.withLock({ halted }) { return false }
+        checkpointLock.lock()
+        defer { checkpointLock.unlock() }
+        guard let store = lock.withLock({ stateStore }) else { return false }
+        let started = clock.monotonicMs()
+        // Under the lock, only a copy of each changed user's state is taken (a few
+        // retains; copy-on-write keeps it intact while folding goes on); encoding happens
+        // after, outside the lock. Encoding under it stalled the poll thread for the
+        // whole checkpoint: ~0.2 s for 100k changed users.
+        var snapshot: [(partition: Int32, key: String, stored: StoredUser)] = []
+        var keys: [(OffsetTracker.PartitionIndex, String)] = []
+        // Per source partition of the scope: its users' records (from `start`) and
+        // tombstones, and the offset to commit with them.
+        var groups: [(source: TopicPartition, index: OffsetTracker.PartitionIndex, start: Int, tombstones: Int)] = []
+        var commit: [TopicPartition: Int64] = [:]
+        var positions: [(OffsetTracker.PartitionIndex, Int64)] = []
+        var tombstones: [(partition: Int32, key: String, home: OffsetTracker.PartitionIndex)] = []
+        var deadLetterBarrier: UInt64 = 0
+        lock.withLock {
+            deadLetterBarrier = deadLetterSeq
+            let scope = partitions ?? Array(assigned)
+            // Asked of the store once, not per user.
+            let statePartitions = partitionsByIndex.map { store.statePartition(for: $0.partition) }
+            let sourcePartitions = store.sourcePartitions
+            let pending = scope.map { pendingCheckpoint[$0]?.count ?? 0 }.reduce(0, +)
+            snapshot.reserveCapacity(pending)
+            keys.reserveCapacity(pending)
+            for p in scope {
+                groups.append((partitionsByIndex[Int(p)], p, snapshot.count, tombstones.count))
+                for key in pendingCheckpoint.removeValue(forKey: p) ?? [] {
+                    let taken: (Int32, StoredUser, OffsetTracker.PartitionIndex)? = users.modify(key) { entry in
+                        guard entry.checkpointPending else { return nil }
+                        entry.checkpointPending = false
+                        // A rejected body whose dead letter is not written yet: stored as
+                        // not settled, so that a crash before the letter lands sends it again.
+                        let letterPending = pendingUserLetters[key] != nil
+                        return (statePartitions[Int(entry.home)],
+                                StoredUser(state: entry.state, dirty: entry.delivery.isDirty || letterPending,
+                                           settledHash: letterPending ? 0 : entry.delivery.settledHash,
+                                           sourcePartitions: sourcePartitions),
+                                entry.home)
+                    } ?? nil
+                    guard let (partition, stored, _) = taken else { continue }
+                    snapshot.append((partition, key, stored))
+                    keys.append((p, key))
+                }
+                // Expired users: a tombstone, unless an event brought the user back.
+                for key in pendingTombstones.removeValue(forKey: p) ?? [] where users[key] == nil {
+                    tombstones.append((statePartitions[Int(p)], key, p))
+                }
+                // Not past a resync that has not queued every user yet.
+                if var pos = offsets.consumedPosition(p) {
+                    if let floor = resyncFloor(p) { pos = min(pos, floor) }
+                    guard pos > (lastCommitted[p] ?? -1) else { continue }
+                    commit[partitionsByIndex[Int(p)]] = pos
+                    positions.append((p, pos))
+                }
+            }
+        }
+        // Encoded outside the lock; a record over what the changelog accepts is left out
+        // (one user must never hold back every commit) and dead-lettered.
+        var encoded: [[(partition: Int32, key: [UInt8], value: [UInt8]?)]] = []
+        var oversized: [(key: String, bytes: Int, source: TopicPartition)] = []
+        let maxRecordBytes = store.maxRecordBytes
+        for (g, group) in groups.enumerated() {
+            let end = g + 1 < groups.count ? groups[g + 1].start : snapshot.count
+            let tombstonesEnd = g + 1 < groups.count ? groups[g + 1].tombstones : tombstones.count
+            var records: [(partition: Int32, key: [UInt8], value: [UInt8]?)] = []
+            records.reserveCapacity(end - group.start + tombstonesEnd - group.tombstones)
+            // By index: `for s in snapshot` copied (retained) every state once more.
+            for i in group.start..<end {
+                let key = Array(snapshot[i].key.utf8)
+                let value = StateCodec.encode(snapshot[i].stored)
+                if key.count + value.count > maxRecordBytes {
+                    oversized.append((snapshot[i].key, value.count, group.source))
+                    continue
+                }
+                records.append((snapshot[i].partition, key, value))
+            }
+            for t in tombstones[group.tombstones..<tombstonesEnd] { records.append((t.partition, Array(t.key.utf8), nil)) }
+            encoded.append(records)
+        }
+        snapshot = []
+        if !oversized.isEmpty {
+            var seqs: [UInt64] = []
+            lock.withLock {
+                stats.oversizedStates += oversized.count
+                stats.deadLetters["state-too-large", default: 0] += oversized.count
+                for _ in oversized { seqs.append(reserveDeadLetter(.none)) }
+                deadLetterBarrier = deadLetterSeq
+            }
+            for (o, seq) in zip(oversized, seqs) {
+                // No PII in the log: the partition and the size say enough to find it.
+                logger.error("a user's state is larger than the changelog accepts; it is not checkpointed (dead-lettered)", metadata: [
+                    "partition": "\(o.source)", "bytes": .stringConvertible(o.bytes), "limit": .stringConvertible(maxRecordBytes),
+                ])
+                deadLetters.deadLetter(kind: "state-too-large", key: Array(o.key.utf8), value: [], headers: [
+                    ("reason", "state-too-large"), ("bytes", String(o.bytes)), ("source.topic", o.source.topic),
+                    ("source.partition", String(o.source.partition)),
+                ]) { [weak self] in self?.deadLetterDelivered(seq) }
+            }
+        }
+        // The dead letters of what these offsets cover are written first; if they are not
+        // yet, the offsets wait for a later checkpoint (the users are written now).
+        let letters = commit.isEmpty || waitForDeadLetters(below: deadLetterBarrier, timeoutMs: options.deadLetterWaitMs)
+        if !letters {
+            logger.warning("dead letters not written yet; source offsets are committed by a later checkpoint",
+                           metadata: ["partitions": .stringConvertible(commit.count)])
+        }
+        var batches: [CheckpointGroup] = []
+        var recordCount = 0
+        let due = lock.withLock { markerDue }
+        var marked: [OffsetTracker.PartitionIndex] = []
+        for (g, group) in groups.enumerated() {
+            var records = encoded[g]
+            let offset = letters ? commit[group.source] : nil
+            guard !records.isEmpty || offset != nil || due.contains(group.index) else { continue }
+            recordCount += records.count
+            if offset != nil || due.contains(group.index) {
+                // -1: written at an assignment's first checkpoint, with no offset.
+                records.append((store.statePartition(for: group.source.partition), ChangelogMarker.key(group.source),
+                                ChangelogMarker.value(offset: offset ?? -1, sourcePartitions: store.sourcePartitions)))
+                marked.append(group.index)
+            }
+            batches.append(CheckpointGroup(source: group.source, records: records, offset: offset))
+        }
+        do {
+            try store.checkpoint(batches, deadline: deadline)
+            lock.withLock {
+                if letters { for (p, pos) in positions { lastCommitted[p] = max(lastCommitted[p] ?? -1, pos) } }
+                markerDue.subtract(marked)
+                stats.checkpoints += 1
+                stats.checkpointRecords += recordCount
+                stats.checkpointDuration.observe(Double(clock.monotonicMs() - started) / 1000)
+            }
+            return true
+        } catch {
+            let storeFailed = store.hasFatalError
+            lock.withLock {
+                if storeFailed { halted = true }
+                stats.checkpointFailures += 1
+                stats.checkpointDuration.observe(Double(clock.monotonicMs() - started) / 1000)
+                for t in tombstones where users[t.key] == nil { pendingTombstones[t.home, default: []].append(t.key) }
+                for (p, key) in keys {
+                    guard var entry = users[key] else { continue }
+                    if !entry.checkpointPending {
+                        entry.checkpointPending = true
+                        // Under the partition whose list it came from, and its home if
+                        // that is another: revoking either must write it first.
+                        pendingCheckpoint[p, default: []].append(key)
+                        if entry.home != p { pendingCheckpoint[entry.home, default: []].append(key) }
+                        users[key] = entry
+                    }
+                }
+            }
+            logger.error("checkpoint failed; offsets not committed, will retry", metadata: ["error": "\(error)"])
+            return false
+        }
+    }
+}

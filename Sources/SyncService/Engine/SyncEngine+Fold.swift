@@ -1,0 +1,288 @@
+import CPrefetch
+import Delivery
+import Events
+import Folding
+import Foundation
+import Kafka
+import Logging
+
+extension SyncEngine {
+    public func consume(_ batch: [ConsumedMessage]) {
+        let nowEpoch = clock.epochMs()
+        // Decoding is pure and the larger share of an event's cost; folding must stay in
+        // order on this thread. So the batch is cut into chunks that helper threads
+        // decode ahead, outside the lock, into reused scratch arrays, while this thread
+        // folds each chunk as soon as it is decoded (decoding the next one itself when
+        // no helper has taken it yet).
+        let chunks = max(1, (batch.count + Self.decodeChunk - 1) / Self.decodeChunk)
+        while scratch.count < chunks {
+            scratch.append(DecodedCalls())
+            scratchMessage.append([])
+            scratchHash.append([])
+        }
+        // Chunks this batch does not reach still hold an earlier batch's leftovers.
+        for c in chunks..<scratch.count where scratch[c].count > 0 { scratch[c].removeAll() }
+        let decoder = self.decoder
+        var invalid: [(Int, DecodeFailure, UInt64)] = []
+        let seed = identitySeed
+        scratch.withUnsafeMutableBufferPointer { calls in
+            scratchMessage.withUnsafeMutableBufferPointer { origins in
+                scratchHash.withUnsafeMutableBufferPointer { hashes in
+                    nonisolated(unsafe) let calls = calls
+                    nonisolated(unsafe) let origins = origins
+                    nonisolated(unsafe) let hashes = hashes
+                    // Each chunk writes only its own scratch arrays; the messages are read-only.
+                    nonisolated(unsafe) let batch = batch
+                    let decodeChunk: @Sendable (Int) -> Void = { c in
+                        // The previous batch's leftovers of this chunk are dropped here, by the
+                        // decoding thread: the poll thread, the busier one, only folds them.
+                        calls[c].removeAll()
+                        origins[c].removeAll(keepingCapacity: true)
+                        for i in (c * Self.decodeChunk)..<min(batch.count, (c + 1) * Self.decodeChunk) {
+                            let before = calls[c].count
+                            if ResyncRequest.isControl(key: batch[i].key) {
+                                calls[c].append(.ignored(Self.controlMarker))
+                                origins[c].append(Int32(truncatingIfNeeded: i))
+                                continue
+                            }
+                            decoder.decode(batch[i].value, nowMs: nowEpoch, into: &calls[c])
+                            calls[c].resolveTimes(from: before, kafkaMs: batch[i].timestampMs, nowMs: nowEpoch)
+                            if calls[c].count == before { calls[c].append(.ignored("")) }
+                            for _ in before..<calls[c].count { origins[c].append(Int32(truncatingIfNeeded: i)) }
+                        }
+                        // Identities are hashed here too (the table's key is immutable), for
+                        // the same reason.
+                        hashes[c].removeAll(keepingCapacity: true)
+                        for j in 0..<calls[c].count { hashes[c].append(calls[c].identity(j).map { seed.hash($0) } ?? 0) }
+                    }
+                    let progress = ChunkProgress(chunks: chunks)
+                    let helpers = min(decodeParallelism - 1, chunks - 1)
+                    for _ in 0..<max(0, helpers) {
+                        DispatchQueue.global().async {
+                            while let c = progress.claim() {
+                                decodeChunk(c)
+                                progress.finish(c)
+                            }
+                        }
+                    }
+                    for k in 0..<chunks {
+                        // Chunk k must be decoded before it is folded: decode whatever is
+                        // unclaimed meanwhile, then wait for the helper that has it.
+                        while !progress.isDone(k) {
+                            if let c = progress.claim() {
+                                decodeChunk(c)
+                                progress.finish(c)
+                            } else {
+                                progress.wait(for: k)
+                            }
+                        }
+                        foldChunk(&calls[k], origins[k], hashes[k], batch: batch, nowEpoch: nowEpoch, last: k == chunks - 1,
+                                  invalid: &invalid)
+                    }
+                }
+            }
+        }
+        for (i, f, seq) in invalid {
+            let m = batch[i]
+            var headers = [
+                ("reason", f.reason.rawValue),
+                ("source.topic", m.topicPartition.topic),
+                ("source.partition", String(m.topicPartition.partition)),
+                ("source.offset", String(m.offset)),
+            ]
+            if let field = f.field { headers.append(("field", field)) }
+            deadLetters.deadLetter(kind: "invalid-event", key: m.key.isEmpty ? nil : Array(m.key),
+                                   value: Array(m.value), headers: headers) { [weak self] in self?.deadLetterDelivered(seq) }
+        }
+    }
+
+    /// Events per decode chunk: small enough that folding starts soon after a batch
+    /// arrives, large enough that handing chunks between threads costs little.
+    static let decodeChunk = 128
+    /// What the decode puts for a control record (``ResyncRequest/key``): the fold
+    /// applies it in order with the events around it.
+    static let controlMarker = "foldspace-sync.control"
+    /// How many events ahead of the fold a user's storage is requested (its entry's
+    /// other lines twice as far ahead, so that its pointers are there to be read).
+    static let prefetchAhead = 4
+
+    /// Folds one decoded chunk of `batch` (its calls, and the message each came from)
+    /// under the lock, in order.
+    func foldChunk(_ calls: inout DecodedCalls, _ origins: [Int32], _ hashes: [UInt64], batch: [ConsumedMessage], nowEpoch: Int64,
+                           last: Bool, invalid: inout [(Int, DecodeFailure, UInt64)]) {
+        let now = clock.monotonicMs()
+        lock.withLock {
+            if catchUp != nil && catchUp!.firstFoldMs == nil { catchUp!.firstFoldMs = now }
+            // First reach every user of the chunk, in passes that each start the loads
+            // the next pass needs without waiting for them (prefetch hints), so that their
+            // cache misses overlap; folding event by event it would wait for each in turn
+            // (at 100k users that was ~0.7 µs an event). The passes: the index buckets
+            // (of the identities' hashes, computed with the decoding), the entries those
+            // buckets most likely lead to, then the lookups themselves. The rest of each
+            // entry and the heap storage it points to are requested a few events ahead of
+            // the fold, not for the whole chunk at once: ~1,000 hints in one burst were
+            // largely lost by the time the fold got there (the visit spans' and packed
+            // text's first reads still stalled; ~2-3 % of the single-threaded engine).
+            let n = calls.count
+            users.prefetchBuckets(hashes)
+            users.prefetchEntries(hashes) // a non-event's 0: a harmless hint
+            slotScratch.removeAll(keepingCapacity: true)
+            for j in 0..<n {
+                if let identity = calls.identity(j) {
+                    let (slot, isNew) = users.slot(identity, hash: hashes[j])
+                    slotScratch.append(isNew ? ~Int32(slot) : Int32(slot))
+                } else {
+                    slotScratch.append(Self.noSlot)
+                }
+            }
+            let ahead = Self.prefetchAhead
+            for j in 0..<min(2 * ahead, n) where slotScratch[j] != Self.noSlot { users.prefetchEntryRest(slotScratch[j]) }
+            for j in 0..<min(ahead, n) where slotScratch[j] != Self.noSlot { users.prefetchStorage(slotScratch[j]) }
+            var previous = -1
+            // The call's index within its message (every call of a message is in one chunk).
+            var call: UInt32 = 0
+            var pidx: OffsetTracker.PartitionIndex = 0
+            var previousPartition: TopicPartition? = nil
+            // Each event is folded where the decoder wrote it, its strings moved into the
+            // state; the rest of the chunk is dropped when its scratch is next decoded into.
+            let outcomes = calls.outcomes
+            calls.withEvents { events in
+                for (j, outcome) in outcomes.enumerated() {
+                    if j + 2 * ahead < n, slotScratch[j + 2 * ahead] != Self.noSlot {
+                        users.prefetchEntryRest(slotScratch[j + 2 * ahead])
+                    }
+                    if j + ahead < n, slotScratch[j + ahead] != Self.noSlot { users.prefetchStorage(slotScratch[j + ahead]) }
+                    let i = Int(origins[j])
+                    let m = batch[i]
+                    if i != previous {
+                        // Runs of one partition are the rule: look its index up once per run.
+                        if m.topicPartition != previousPartition {
+                            pidx = index(of: m.topicPartition)
+                            previousPartition = m.topicPartition
+                        }
+                        offsets.saw(pidx, offset: m.offset)
+                        previous = i
+                        call = 0
+                    } else {
+                        call &+= 1
+                    }
+                    switch outcome {
+                    case .event(let k):
+                        let slot = slotScratch[j]
+                        fold(events.baseAddress! + Int(k), slot: slot < 0 ? Int(~slot) : Int(slot), isNew: slot < 0, message: m,
+                             call: call, partition: pidx, nowEpoch: nowEpoch, nowMono: now)
+                    case .ignored(let t):
+                        if t == Self.controlMarker, ResyncRequest.isControl(key: m.key) {
+                            if !control(m, partition: pidx, nowMono: now) {
+                                stats.invalid[InvalidReason.invalidControl.rawValue, default: 0] += 1
+                                offsets.hold(pidx, offset: m.offset)
+                                invalid.append((i, DecodeFailure(.invalidControl), reserveDeadLetter(.offset(pidx, m.offset))))
+                            }
+                        } else {
+                            stats.ignored += 1
+                        }
+                    case .invalid(let f):
+                        stats.invalid[f.reason.rawValue, default: 0] += 1
+                        // Its offset is held until the dead letter is written.
+                        offsets.hold(pidx, offset: m.offset)
+                        invalid.append((i, f, reserveDeadLetter(.offset(pidx, m.offset))))
+                    }
+                }
+            }
+            if last { publishOffsets() }
+            if catchUp != nil { catchUp!.lastFoldMs = clock.monotonicMs() }
+        }
+    }
+
+    /// Folds one event; called with the lock held.
+    func fold(_ e: UnsafeMutablePointer<SegmentEvent>, slot: Int, isNew: Bool, message m: ConsumedMessage, call: UInt32,
+                      partition pidx: OffsetTracker.PartitionIndex, nowEpoch: Int64, nowMono: Int64) {
+        if e.pointee.timeImplausible { stats.implausibleTime += 1 }
+        if e.pointee.implausibleTraitDates != 0 { stats.implausibleTraitDates += Int(e.pointee.implausibleTraitDates) }
+        // The decode resolved a missing payload time to a plausible Kafka time (or made
+        // the event invalid); a message without a Kafka time takes the wall clock.
+        let t = e.pointee.timeMs ?? nowEpoch
+        // Mutate the entry in place in the table's storage (its slot was looked up with
+        // the rest of the chunk's): no copy of the entry out and back.
+        users.modify(slot) { entry in
+            apply(e, timeMs: t, message: m, call: call, partition: pidx, isNew: isNew, nowMono: nowMono, to: &entry)
+        }
+    }
+
+    func apply(_ e: UnsafeMutablePointer<SegmentEvent>, timeMs t: Int64, message m: ConsumedMessage, call: UInt32,
+                       partition pidx: OffsetTracker.PartitionIndex, isNew: Bool, nowMono: Int64, to entry: inout UserEntry) {
+        // A user waiting for a checkpoint under another partition is queued under this
+        // one too: revoking this one must write it before its offset is committed.
+        if entry.checkpointPending && entry.home != pidx { pendingCheckpoint[pidx, default: []].append(e.pointee.identity) }
+        entry.home = pidx
+        if t > streamTimeMs[Int(pidx)] { streamTimeMs[Int(pidx)] = t }
+        let source = sourceIds[Int(pidx)]
+        let kafkaMs = m.timestampMs ?? -1
+        if entry.state.hasApplied(source: source, offset: m.offset, call: call) {
+            if !isRecreation(entry.state, source: source, kafkaMs: kafkaMs, partition: pidx, offset: m.offset) {
+                stats.skippedReplays += 1
+                if !replayNoted.contains(pidx) {
+                    replayNoted.insert(pidx)
+                    logger.info("skipping replayed events (already in the users' state)", metadata: [
+                        "partition": "\(partitionsByIndex[Int(pidx)])", "first_offset": "\(m.offset)",
+                    ])
+                }
+                return
+            }
+            entry.state.forgetApplied(source: source)
+        }
+        if entry.state.wouldForgetASource(recording: source) { stats.appliedSourcesForgotten += 1 }
+        stats.folded += 1
+        let changed = folder.fold(spending: &e.pointee, timeMs: t, offset: m.offset, source: source, call: call, kafkaMs: kafkaMs,
+                                  into: &entry.state, adjustments: &stats.adjustments)
+        // Every applied event moves the applied offset (and maybe visit spans): persist.
+        markForCheckpoint(e.pointee.identity, &entry)
+        if changed || isNew {
+            let wasDirty = entry.delivery.isDirty
+            debouncer.changed(e.pointee.identity, &entry.delivery, nowMs: nowMono)
+            if !wasDirty { dirty.became(since: entry.delivery.dirtySinceMs) }
+            let added = entry.delivery.inFlight
+                ? entry.flightHolds.add(pidx, m.offset)
+                : entry.holds.add(pidx, m.offset)
+            if added { offsets.hold(pidx, offset: m.offset) }
+        }
+    }
+
+    /// Whether a call at or below the user's applied position of its source comes from
+    /// a recreated topic (offsets restarted under the same name), to be folded, rather
+    /// than a replay, to be skipped. Two signs are needed: its message is newer, by Kafka
+    /// time, than the applied one by over ``recreationToleranceMs`` (a replay reads the
+    /// same messages), and the partition's high watermark is at or below the applied
+    /// offset (the log is shorter than what was applied: it restarted). The time alone is
+    /// no proof — producers that stamp `CreateTime` with event times make it go back and
+    /// forth, and folding a replay counts it twice — so then the call is skipped, and the
+    /// suspicion is said (warning, `foldspace_sync_source_recreation_suspected_total`).
+    /// Said once per partition and assignment. Called with the lock held.
+    func isRecreation(_ s: UserState, source: UInt32, kafkaMs: Int64, partition pidx: OffsetTracker.PartitionIndex,
+                              offset: Int64) -> Bool {
+        guard kafkaMs >= 0, let applied = s.appliedPosition(source: source), applied.kafkaSeconds > 0,
+              kafkaMs / 1000 > Int64(applied.kafkaSeconds) + Self.recreationToleranceMs / 1000 else { return false }
+        let tp = partitionsByIndex[Int(pidx)]
+        let metadata: Logger.Metadata = [
+            "partition": "\(tp)", "offset": "\(offset)", "applied_offset": "\(applied.offset)",
+            "kafka_ms": "\(kafkaMs)", "applied_kafka_s": "\(applied.kafkaSeconds)",
+        ]
+        guard let hw = highWatermark?(tp), hw >= 0, hw <= applied.offset else {
+            if recreationSuspected.insert(pidx).inserted {
+                stats.suspectedRecreations += 1
+                logger.warning("a message at or below users' applied offsets is much newer (Kafka time) than the one they applied, but the log is longer than those offsets: skipped as a replay; if the topic was recreated, reset this group's state", metadata: metadata)
+            }
+            return false
+        }
+        if recreationNoted.insert(pidx).inserted {
+            stats.recreatedSources += 1
+            logger.error("source partition restarted below the users' applied offsets with newer messages: the topic was recreated; its events are folded, not skipped as replays", metadata: metadata)
+        }
+        return true
+    }
+
+    /// How much newer (Kafka time) a message at or below a user's applied offset must be
+    /// than the applied one to be taken for a recreated topic rather than a replay
+    /// (producers' clocks and batching make `CreateTime` only roughly ordered).
+    static let recreationToleranceMs: Int64 = 3_600_000
+}

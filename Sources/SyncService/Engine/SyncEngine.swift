@@ -1,0 +1,223 @@
+import CPrefetch
+import Delivery
+import Events
+import Folding
+import Foundation
+import Kafka
+import Logging
+
+/// The heart of the daemon: per-user state, debouncing and offset safety, behind one
+/// lock.
+///
+/// The Kafka poll thread hands over batches (``consume(_:)``), decodes them outside the
+/// lock and folds them inside it; the ``Flusher`` takes due users (``takeDue(limit:)``)
+/// and reports answers (``complete(_:outcome:)``). Offsets become committable only when
+/// every user holding them is settled, and are handed to `storeOffsets`.
+public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
+    public let options: EngineOptions
+    let logger: Logger
+    let clock: EngineClock
+    let decoder: SegmentDecoder
+    let folder: Folder
+    let projector: Projector
+    let deadLetters: DeadLetterSink
+    let backoff = Backoff()
+
+    // Everything below is guarded by `lock`.
+    let lock = NSLock()
+    var users: UserTable
+    /// The user table's hash key, immutable: decode helpers hash identities with it
+    /// outside the lock.
+    let identitySeed = IdentityHash()
+    var debouncer: Debouncer<String>
+    var offsets = OffsetTracker()
+    var partitionIndex: [TopicPartition: OffsetTracker.PartitionIndex] = [:]
+    var partitionsByIndex: [TopicPartition] = []
+    /// A stable 32-bit id per partition (FNV-1a of topic and partition), stored in user
+    /// state with the applied offset; the index above is only this process's.
+    var sourceIds: [UInt32] = []
+    var assigned: Set<OffsetTracker.PartitionIndex> = []
+    var limiter: RateLimiter
+    var stats = EngineStats()
+    /// The users awaiting delivery (dirty, in flight included), and since when.
+    var dirty = DirtyTally()
+    var pausedForCapacity = false
+    var draining = false
+    /// The state store was fenced (another instance owns our partitions) or failed
+    /// fatally: what this instance holds may be stale, so nothing more is sent.
+    var halted = false
+    var sendGate: (@Sendable () -> Bool)?
+    var rng = SystemRandomNumberGenerator()
+    var storeOffsets: (@Sendable ([TopicPartition: Int64]) -> Void)?
+    var hasBeenAssigned = false
+    /// From the latest assignment until the consumer has caught up: what was folded and
+    /// when, for the log line that says how fast the backlog was read.
+    var catchUp: (assignedMs: Int64, folded: Int, firstFoldMs: Int64?, lastFoldMs: Int64)?
+    /// Durable mode: users to write at the next checkpoint, per partition index.
+    var pendingCheckpoint: [OffsetTracker.PartitionIndex: [String]] = [:]
+    /// Durable mode: users expired by `inactive_user_ttl`, to tombstone at the next
+    /// checkpoint, by the partition they lived in.
+    var pendingTombstones: [OffsetTracker.PartitionIndex: [String]] = [:]
+    /// Dead letters decided and not yet written, by sequence number, with what each keeps
+    /// from being committed: the offset of an invalid message, or (memory mode) the
+    /// offsets a rejected user's body covered. A durable checkpoint waits for those
+    /// decided before its snapshot.
+    /// `user`: durable mode, a rejected user's letter; until it is written the user is
+    /// checkpointed as dirty with no settled body (``pendingUserLetters``), so that a
+    /// crash before the letter lands sends the body again (and so dead-letters it again).
+    enum DeadLetterHold { case offset(OffsetTracker.PartitionIndex, Int64), holds(Holds), user(String), none }
+    var deadLetterSeq: UInt64 = 0
+    var undeliveredDeadLetters: [UInt64: DeadLetterHold] = [:]
+    var pendingUserLetters: [String: Int] = [:]
+    /// Per partition, the latest event time folded (the partition's "stream time"):
+    /// `inactive_user_ttl` counts from it, not from the wall clock, so a backlog of old
+    /// events being read does not expire its users as it goes.
+    var streamTimeMs: [Int64] = []
+    /// Where the next sweep of the user table starts, and the user types counted so far
+    /// in this round of sweeps (published when a round ends).
+    var sweepCursor = 0
+    var typeTally = [0, 0, 0]
+    var usersByType = [0, 0, 0]
+    var lastCommitted: [OffsetTracker.PartitionIndex: Int64] = [:]
+    /// Restored partitions whose changelog marker has not been written since: the next
+    /// checkpoint writes it even if their offset has not moved (a quiet partition that
+    /// shares a changelog partition with a busy one must not read as lost).
+    var markerDue: Set<OffsetTracker.PartitionIndex> = []
+    /// Durable mode: partitions assigned and not restored yet, by the assignment's
+    /// generation (a revocation, or a new assignment, makes a restore under way stale).
+    /// They are not in `assigned` until restored: never checkpointed, never committed.
+    var restoringGeneration: [TopicPartition: UInt64] = [:]
+    var assignGeneration: UInt64 = 0
+    var restoredSink: (@Sendable ([TopicPartition]) -> Void)?
+    /// One restore attempt at a time: an old assignment's claim never races a new one's.
+    let restoreLock = NSLock()
+    /// Partitions whose changelog writer is being claimed right now: a revocation waits
+    /// for the claim to end before letting the partition go, so that a late claim never
+    /// fences the partition's next owner.
+    var claiming: Set<TopicPartition> = []
+    /// Partitions whose replay skipping / recreation was logged since their assignment.
+    var replayNoted: Set<OffsetTracker.PartitionIndex> = []
+    var recreationNoted: Set<OffsetTracker.PartitionIndex> = []
+    var recreationSuspected: Set<OffsetTracker.PartitionIndex> = []
+    var highWatermark: (@Sendable (TopicPartition) -> Int64?)?
+    /// All-users resyncs requested and not started, and those of the round under way: by
+    /// partition, the offset of the control record, held (uncommitted) until the round
+    /// has queued every user of the partition. ``resyncCursor``: the round's next slot.
+    var resyncQueued: [OffsetTracker.PartitionIndex: Int64] = [:]
+    var resyncRound: [OffsetTracker.PartitionIndex: Int64] = [:]
+    var resyncCursor = 0
+    /// Memory mode, while partitions are being revoked: their unfinished resyncs' offsets,
+    /// which no offset published meanwhile may pass (their holds were released so that
+    /// the drain can end).
+    var revokingFloors: [OffsetTracker.PartitionIndex: Int64] = [:]
+    var stateStore: StateStore?
+    /// Serializes checkpoints, so commits of one partition never go backwards.
+    let checkpointLock = NSLock()
+    var partitionTotal: (@Sendable () -> Int)?
+    var lastBreakerLogMs: Int64 = 0
+
+    /// The decoded calls of the batch being consumed and the message each came from;
+    /// only the poll thread touches them. Kept between batches for their capacity.
+    var scratch: [DecodedCalls] = []
+    var scratchMessage: [[Int32]] = []
+    /// The identity hash of each call of a chunk (0 for non-events), computed by whichever
+    /// thread decoded it.
+    var scratchHash: [[UInt64]] = []
+    /// The slot of each call of the chunk being folded (`~slot` for a new user,
+    /// ``noSlot`` for a call that is not an event).
+    var slotScratch: [Int32] = []
+    static let noSlot = Int32.min
+    /// Threads decoding a batch, the poll thread included (``EngineOptions/decodeThreads``,
+    /// at most the cores).
+    let decodeParallelism: Int
+
+    public init(options: EngineOptions, deadLetters: DeadLetterSink, logger: Logger, clock: EngineClock = .system) {
+        self.options = options
+        self.logger = logger
+        self.clock = clock
+        self.deadLetters = deadLetters
+        decodeParallelism = max(1, min(options.decodeThreads, ProcessInfo.processInfo.activeProcessorCount))
+        users = UserTable(seed: identitySeed)
+        var decoderOptions = options.decoder
+        decoderOptions.customAttributes = options.fold.customAttributes
+        decoder = SegmentDecoder(options: decoderOptions)
+        folder = Folder(config: options.fold)
+        projector = Projector(config: options.fold)
+        debouncer = Debouncer(debounceMs: options.debounceMs, maxWaitMs: options.maxWaitMs)
+        debouncer.unknownOutcomeResendMs = options.unknownOutcomeResendMs
+        limiter = RateLimiter(ratePerSecond: options.requestsPerSecond, burst: options.burst, nowMs: clock.monotonicMs())
+        limiter.probeIntervalMs = options.breakerProbeIntervalMs
+    }
+
+    /// Tells the engine how many partitions the subscribed topics have in all, so that
+    /// its share of the API key's rate follows its share of the partitions.
+    public func setPartitionTotal(_ total: @escaping @Sendable () -> Int) {
+        lock.withLock { partitionTotal = total }
+    }
+
+    /// Where a source partition's high watermark is read (the consumer's cached one):
+    /// the proof that a topic was recreated.
+    public func setHighWatermarkSource(_ source: @escaping @Sendable (TopicPartition) -> Int64?) {
+        lock.withLock { highWatermark = source }
+    }
+
+    /// Recomputes this instance's share of the rate from its assignment. Called on the
+    /// poll thread after each rebalance (the metadata call happens outside the lock).
+    func updateRateShare() {
+        guard let total = lock.withLock({ partitionTotal }) else { return }
+        let n = total()
+        let now = clock.monotonicMs()
+        lock.withLock {
+            guard n > 0 else { return }
+            let share = Double(max(assigned.count, 1)) / Double(n)
+            limiter.setShare(share, nowMs: now)
+            logger.info("rate share updated", metadata: [
+                "assigned": .stringConvertible(assigned.count), "partitions": .stringConvertible(n),
+                "requests_per_second": .stringConvertible((limiter.currentRate * 100).rounded() / 100),
+            ])
+        }
+    }
+
+    /// Durable mode: where state is checkpointed and restored from.
+    public func setStateStore(_ store: StateStore) {
+        lock.withLock { stateStore = store }
+    }
+
+    /// Where restored partitions go to be fetched (the consumer's ``KafkaConsumer/release(_:)``).
+    /// Set, restores run in the background and their partitions are held paused until
+    /// then; unset (tests, tools), they run inside ``partitionsAssigned(_:)``, once.
+    public func setRestoredSink(_ sink: @escaping @Sendable ([TopicPartition]) -> Void) {
+        lock.withLock { restoredSink = sink }
+    }
+
+    public func partitionsToHold(_ partitions: [TopicPartition]) -> [TopicPartition] {
+        lock.withLock { partitions.filter { restoringGeneration[$0] != nil } }
+    }
+
+    /// Where committable offsets go (the consumer's offset store).
+    public func setOffsetSink(_ sink: @escaping @Sendable ([TopicPartition: Int64]) -> Void) {
+        lock.withLock { storeOffsets = sink }
+    }
+
+    /// Sending happens only while `gate` says yes (checked on each take).
+    public func setSendGate(_ gate: @escaping @Sendable () -> Bool) {
+        lock.withLock { sendGate = gate }
+    }
+
+    /// Stops all sending for good: the process is about to exit on a fatal Kafka error
+    /// (a fenced instance must not send what may be stale).
+    public func halt() {
+        lock.withLock { halted = true }
+    }
+
+    public func keyReloaded() {
+        let now = clock.monotonicMs()
+        lock.withLock { limiter.probeSoon(nowMs: now) }
+    }
+
+    /// Sets this instance's share of the API key's rate.
+    public func setRateShare(_ share: Double) {
+        let now = clock.monotonicMs()
+        lock.withLock { limiter.setShare(share, nowMs: now) }
+    }
+}

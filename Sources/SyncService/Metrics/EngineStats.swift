@@ -1,0 +1,79 @@
+import Delivery
+import Folding
+
+/// Counters for metrics and the demo's summary.
+public struct EngineStats: Sendable {
+    public var folded = 0
+    public var ignored = 0
+    public var invalid: [String: Int] = [:]
+    public var implausibleTime = 0
+    /// Trait dates (`leadDate`, `signUpDate`, `createdAt`) ignored as implausible.
+    public var implausibleTraitDates = 0
+    /// Events at or below a user's applied offset: replays, skipped.
+    public var skippedReplays = 0
+    /// Source partitions detected as recreated (offsets restarted under the same name):
+    /// events at or below a user's applied offset with a newer Kafka time, folded.
+    public var recreatedSources = 0
+    /// Calls that looked newer than users' applied positions by Kafka time while the log
+    /// was longer than those positions: skipped as replays, and said.
+    public var suspectedRecreations = 0
+    /// Applied positions a user forgot because its events came from more than
+    /// ``UserState/maxAppliedSources`` source partitions.
+    public var appliedSourcesForgotten = 0
+    /// Restored records not loaded because the user in memory had applied as much or more.
+    public var restoreKeptNewer = 0
+    /// Durable mode: checkpoints that wrote and committed (or had nothing to), users
+    /// written by them, and checkpoints that failed (nothing committed, retried).
+    public var checkpoints = 0
+    public var checkpointRecords = 0
+    public var checkpointFailures = 0
+    /// From a checkpoint's snapshot to Kafka's acknowledgement of its writes and commit.
+    public var checkpointDuration = Histogram()
+    public var restoredUsers = 0
+    public var restoreFailures = 0
+    /// Restores refused because the changelog holds nothing for a source partition whose
+    /// offsets are committed (the changelog was deleted or recreated; see ``ChangelogMarker``).
+    public var changelogMissing = 0
+    /// Resync control records applied (one per partition of a request), users queued to
+    /// be sent again by them, and partitions whose all-users resync is not through yet.
+    /// Durable mode: user states left out of a checkpoint because their record exceeds
+    /// what the changelog accepts (dead-lettered as `state-too-large`).
+    public var oversizedStates = 0
+    public var resyncRequests = 0
+    public var resyncUsers = 0
+    public var resyncPendingPartitions = 0
+    /// Users still waiting for Foldspace when the latest revocation let them go: their
+    /// offsets stay uncommitted (memory) or their state carries them (durable), so the
+    /// next owner sends them.
+    public var unsettledAtLastRevocation = 0
+    /// Answers from Foldspace by status code; failures without one (timeout,
+    /// connection, tls) in `requestErrors` by kind.
+    public var requests: [String: Int] = [:]
+    public var requestErrors: [String: Int] = [:]
+    public var retries: [String: Int] = [:]
+    public var deadLetters: [String: Int] = [:]
+    public var suppressed = 0
+    public var adjustments = Adjustments()
+    public var requestDuration = Histogram()
+    /// How long after it was due (its debounce, max wait or retry time passed) each
+    /// request was handed to the HTTP client: the daemon's own scheduling delay.
+    public var sendLateness = Histogram(bounds: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10])
+    public var users = 0
+    /// Users by the type their body would carry (ANONYMOUS, LEAD, USER), as of the last
+    /// complete sweep of the user table.
+    public var usersByType: [String: Int] = [:]
+    /// Users dropped (and tombstoned) by `inactive_user_ttl`.
+    public var expiredUsers = 0
+    public var dirtyUsers = 0
+    public var oldestDirtyMs: Int64 = 0
+    public var breakerOpen = false
+    /// The status that opened the breaker (0 while it is closed).
+    public var breakerStatus = 0
+    public var rateLimit = 0.0
+    public var ready = false
+
+    public var invalidTotal: Int { invalid.values.reduce(0, +) }
+    /// Every request sent: answered (any status) or not.
+    public var requestTotal: Int { requests.values.reduce(0, +) + requestErrors.values.reduce(0, +) }
+}
+

@@ -1,0 +1,40 @@
+import CPrefetch
+import Delivery
+import Events
+import Folding
+import Foundation
+import Kafka
+import Logging
+
+extension SyncEngine {
+    struct UserEntry {
+        // In this order the entry has no padding (one per user).
+        /// The user's identity (empty in a free slot of the table).
+        var identity = ""
+        var state = UserState()
+        var delivery = DeliveryState()
+        /// The partition this user's events last came from.
+        var home: OffsetTracker.PartitionIndex = 0
+        /// Durable mode: the state changed since the last checkpoint.
+        var checkpointPending = false
+        /// Lowest unsettled offsets from before the request in flight (or of now).
+        var holds = Holds()
+        /// Offsets of changes that arrived while a request was in flight: rare, so boxed
+        /// (8 bytes instead of 24 per user). The box is immutable; copies of an entry
+        /// never share a change.
+        private var flightBox: FlightHolds?
+
+        var flightHolds: Holds {
+            get { flightBox?.holds ?? Holds() }
+            set { flightBox = newValue.isEmpty ? nil : FlightHolds(newValue) }
+        }
+    }
+
+    final class FlightHolds: Sendable {
+        let holds: Holds
+        init(_ holds: Holds) { self.holds = holds }
+    }
+
+    /// Bytes of one user's entry stored inline in the table (heap buffers not counted).
+    public static var userEntryInlineBytes: Int { MemoryLayout<UserEntry>.stride }
+}
