@@ -117,7 +117,35 @@ public struct RateLimiter: Sendable {
     /// answer that makes a run of them systemic.
     @discardableResult
     public mutating func record(_ outcome: DeliveryOutcome, wasProbe: Bool, nowMs: Int64, backoffMs: Int64,
-                                user: UInt64 = 0) -> Bool {
+                                user: UInt64 = 0) -> Recorded {
+        let wasOpen = breakerOpen
+        let settles = apply(outcome, wasProbe: wasProbe, nowMs: nowMs, backoffMs: backoffMs, user: user)
+        let change: BreakerChange? = breakerOpen == wasOpen ? nil : breakerOpen ? .opened(status: breakerStatus) : .closed
+        return Recorded(settles: settles, breaker: change)
+    }
+
+    /// What ``record(_:wasProbe:nowMs:backoffMs:user:)`` found.
+    public struct Recorded: Sendable, Equatable {
+        /// Whether a final status may settle the user.
+        public var settles: Bool
+        /// The breaker opened or closed with this answer (nil: as it was).
+        public var breaker: BreakerChange?
+
+        public init(settles: Bool, breaker: BreakerChange?) {
+            self.settles = settles
+            self.breaker = breaker
+        }
+    }
+
+    public enum BreakerChange: Sendable, Equatable {
+        /// Sending pauses, one probe per ``probeIntervalMs``: the key is refused (401,
+        /// 403) or every user gets the same final status (`status`).
+        case opened(status: Int)
+        case closed
+    }
+
+    private mutating func apply(_ outcome: DeliveryOutcome, wasProbe: Bool, nowMs: Int64, backoffMs: Int64,
+                                user: UInt64) -> Bool {
         if wasProbe { probeInFlight = false }
         switch outcome {
         case .rateLimited(let retryAfter):

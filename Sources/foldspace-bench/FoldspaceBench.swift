@@ -498,7 +498,7 @@ extension FoldspaceBench {
         var settled = false
 
         struct NoDeadLetters: DeadLetterSink {
-            func deadLetter(kind: String, key: [UInt8]?, value: [UInt8], headers: [(String, String)],
+            func deadLetter(kind: DeadLetterKind, key: [UInt8]?, value: [UInt8], headers: [(String, String)],
                             delivered: @escaping @Sendable () -> Void) { delivered() }
         }
 

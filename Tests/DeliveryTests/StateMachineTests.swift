@@ -432,6 +432,6 @@ extension String {
 
 /// `record` and `acquire` through a function, for use inside `#expect`.
 private func rec(_ r: inout RateLimiter, _ o: DeliveryOutcome, wasProbe: Bool, nowMs: Int64, backoffMs: Int64, user: UInt64 = 0) -> Bool {
-    r.record(o, wasProbe: wasProbe, nowMs: nowMs, backoffMs: backoffMs, user: user)
+    r.record(o, wasProbe: wasProbe, nowMs: nowMs, backoffMs: backoffMs, user: user).settles
 }
 private func acq(_ r: inout RateLimiter, _ nowMs: Int64) -> RateLimiter.Permit { r.acquire(nowMs: nowMs) }

@@ -465,7 +465,7 @@ final class LineCollector: @unchecked Sendable {
             "bootstrap.servers": cluster.bootstrapServers, "message.timeout.ms": "300", "log_level": "0",
         ]), logger: log.logger)
         let sink = KafkaDeadLetters(producer: producer, topic: "dl", logger: log.logger, retryDelayMs: 50)
-        for _ in 0..<25 { sink.deadLetter(kind: "invalid-event", key: nil, value: [UInt8](repeating: 65, count: 5000), headers: []) }
+        for _ in 0..<25 { sink.deadLetter(kind: .invalidEvent, key: nil, value: [UInt8](repeating: 65, count: 5000), headers: []) }
         #expect(await eventually(.seconds(20)) { sink.retries >= 50 }, "\(sink.retries) retries")
         let lines = log.lines.filter { $0.message.hasPrefix("cannot write dead letter") }
         #expect(lines.count == 1, "\(lines.count) lines for \(sink.retries) failures")

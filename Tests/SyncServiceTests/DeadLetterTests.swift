@@ -14,7 +14,7 @@ final class DeferredDeadLetters: DeadLetterSink, @unchecked Sendable {
     var backlog = 0
     var backlogBytes: Int { lock.withLock { backlog } }
     var count: Int { lock.withLock { pending.count } }
-    func deadLetter(kind: String, key: [UInt8]?, value: [UInt8], headers: [(String, String)],
+    func deadLetter(kind: DeadLetterKind, key: [UInt8]?, value: [UInt8], headers: [(String, String)],
                     delivered: @escaping @Sendable () -> Void) {
         lock.withLock { pending.append(delivered) }
     }
@@ -223,7 +223,7 @@ func sinkOnMock(_ properties: [String: String], maxMessageBytes: Int = 1_000_000
     @Test func aDeadLetterOverTheProducersLimitIsTruncatedNotDropped() async throws {
         let (cluster, producer, sink) = try sinkOnMock(["message.max.bytes": "20000"], maxMessageBytes: 20_000)
         let delivered = Flag()
-        sink.deadLetter(kind: "invalid-event", key: Array("k".utf8), value: [UInt8](repeating: 0x61, count: 100_000),
+        sink.deadLetter(kind: .invalidEvent, key: Array("k".utf8), value: [UInt8](repeating: 0x61, count: 100_000),
                         headers: [("reason", "too-large")]) { delivered.set() }
         #expect(await eventually(.seconds(20)) { delivered.isSet })
         #expect(sink.backlogBytes == 0)
@@ -242,7 +242,7 @@ func sinkOnMock(_ properties: [String: String], maxMessageBytes: Int = 1_000_000
     @Test func aLetterRefusedAsTooLargeIsCutUntilItFits() async throws {
         let (cluster, producer, sink) = try sinkOnMock(["message.max.bytes": "20000"], maxMessageBytes: 1_000_000, retryDelayMs: 10)
         let delivered = Flag()
-        sink.deadLetter(kind: "invalid-event", key: nil, value: [UInt8](repeating: 0x62, count: 300_000), headers: []) { delivered.set() }
+        sink.deadLetter(kind: .invalidEvent, key: nil, value: [UInt8](repeating: 0x62, count: 300_000), headers: []) { delivered.set() }
         #expect(await eventually(.seconds(30)) { delivered.isSet })
         #expect(sink.backlogBytes == 0)
         sink.close()
@@ -256,7 +256,7 @@ func sinkOnMock(_ properties: [String: String], maxMessageBytes: Int = 1_000_000
         let (cluster, producer, sink) = try sinkOnMock(["message.timeout.ms": "300"], retryDelayMs: 100)
         cluster.setBroker(1, up: false)
         let delivered = Flag()
-        sink.deadLetter(kind: "invalid-event", key: nil, value: Array("lost?".utf8), headers: []) { delivered.set() }
+        sink.deadLetter(kind: .invalidEvent, key: nil, value: Array("lost?".utf8), headers: []) { delivered.set() }
         #expect(await eventually(.seconds(20)) { sink.retries >= 1 }, "the first attempt did not fail")
         #expect(!delivered.isSet)
         cluster.setBroker(1, up: true)

@@ -141,7 +141,7 @@ func expectNoReordering(_ requests: [FoldspaceSandbox.Received], sourceLocation:
         #expect(s.requests["500"] == 2)
         #expect(s.requests["429"] == 1)
         #expect(s.retries["500"] == 2)
-        #expect(s.deadLetters["rejected-update"] == 1)
+        #expect(s.deadLetters[.rejectedUpdate] == 1)
         try await h.stop()
     }
 

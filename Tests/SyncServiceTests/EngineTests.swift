@@ -21,9 +21,9 @@ final class ManualClock: @unchecked Sendable {
 final class RecordingDeadLetters: DeadLetterSink, @unchecked Sendable {
     private let lock = NSLock()
     private var items: [(kind: String, key: [UInt8]?, value: [UInt8], headers: [(String, String)])] = []
-    func deadLetter(kind: String, key: [UInt8]?, value: [UInt8], headers: [(String, String)],
+    func deadLetter(kind: DeadLetterKind, key: [UInt8]?, value: [UInt8], headers: [(String, String)],
                     delivered: @escaping @Sendable () -> Void) {
-        lock.withLock { items.append((kind, key, value, headers)) }
+        lock.withLock { items.append((kind.rawValue, key, value, headers)) }
         delivered()
     }
     var all: [(kind: String, key: [UInt8]?, value: [UInt8], headers: [(String, String)])] { lock.withLock { items } }

@@ -1,3 +1,4 @@
+import Delivery
 import Foundation
 import Kafka
 import Logging
@@ -68,9 +69,9 @@ public final class KafkaDeadLetters: DeadLetterSink, @unchecked Sendable {
 
     public var backlogBytes: Int { cond.withLock { bytes } }
 
-    public func deadLetter(kind: String, key: [UInt8]?, value: [UInt8], headers: [(String, String)],
+    public func deadLetter(kind: DeadLetterKind, key: [UInt8]?, value: [UInt8], headers: [(String, String)],
                            delivered: @escaping @Sendable () -> Void) {
-        var letter = Letter(key: key, value: value, headers: [("kind", kind)] + headers, kind: kind, delivered: delivered, size: 0,
+        var letter = Letter(key: key, value: value, headers: [("kind", kind.rawValue)] + headers, kind: kind.rawValue, delivered: delivered, size: 0,
                             limit: maxMessageBytes, originalBytes: value.count)
         fit(&letter)
         cond.withLock {
@@ -194,9 +195,9 @@ public struct LoggingDeadLetters: DeadLetterSink {
 
     public init(logger: Logger) { self.logger = logger }
 
-    public func deadLetter(kind: String, key: [UInt8]?, value: [UInt8], headers: [(String, String)],
+    public func deadLetter(kind: DeadLetterKind, key: [UInt8]?, value: [UInt8], headers: [(String, String)],
                            delivered: @escaping @Sendable () -> Void) {
-        var md: Logger.Metadata = ["kind": "\(kind)", "bytes": "\(value.count)"]
+        var md: Logger.Metadata = ["kind": "\(kind.rawValue)", "bytes": "\(value.count)"]
         for (k, v) in headers where k != "response" { md[k] = "\(v)" }
         logger.debug("dead letter (no dead-letter topic configured)", metadata: md)
         delivered()

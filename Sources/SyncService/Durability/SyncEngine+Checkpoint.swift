@@ -109,7 +109,7 @@ extension SyncEngine {
             var seqs: [UInt64] = []
             lock.withLock {
                 stats.oversizedStates += oversized.count
-                stats.deadLetters["state-too-large", default: 0] += oversized.count
+                stats.deadLetters[.stateTooLarge, default: 0] += oversized.count
                 for _ in oversized { seqs.append(reserveDeadLetter(.none)) }
                 deadLetterBarrier = deadLetterSeq
             }
@@ -118,8 +118,8 @@ extension SyncEngine {
                 logger.error("a user's state is larger than the changelog accepts; it is not checkpointed (dead-lettered)", metadata: [
                     "partition": "\(o.source)", "bytes": .stringConvertible(o.bytes), "limit": .stringConvertible(maxRecordBytes),
                 ])
-                deadLetters.deadLetter(kind: "state-too-large", key: Array(o.key.utf8), value: [], headers: [
-                    ("reason", "state-too-large"), ("bytes", String(o.bytes)), ("source.topic", o.source.topic),
+                deadLetters.deadLetter(kind: .stateTooLarge, key: Array(o.key.utf8), value: [], headers: [
+                    ("reason", DeadLetterKind.stateTooLarge.rawValue), ("bytes", String(o.bytes)), ("source.topic", o.source.topic),
                     ("source.partition", String(o.source.partition)),
                 ]) { [weak self] in self?.deadLetterDelivered(seq) }
             }

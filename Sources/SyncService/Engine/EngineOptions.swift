@@ -1,12 +1,6 @@
+import Delivery
 import Events
 import Folding
-
-/// What to do when Foldspace answers 404 for a user.
-public enum UserNotFoundPolicy: String, Sendable, CaseIterable {
-    case deadLetter = "dead-letter"
-    case retry
-    case drop
-}
 
 /// The engine's tunables; ``SyncConfiguration`` fills them from flags, environment and
 /// file.

@@ -75,76 +75,47 @@ extension SyncEngine {
         }
     }
 
-    /// Records Foldspace's answer for a job and applies the delivery policy.
+    /// Records Foldspace's answer for a job and carries out what ``DeliveryPolicy``
+    /// decides for it (settle, dead-letter and settle, or retry).
     public func complete(_ job: FlushJob, outcome: DeliveryOutcome, seconds: Double? = nil) {
         let now = clock.monotonicMs()
-        var deadLetter: (kind: String, status: Int, response: String)? = nil
-        var deadLetterSeq: UInt64 = 0
+        var letter: (kind: DeadLetterKind, status: Int, response: String, seq: UInt64)? = nil
         lock.withLock {
             let delay = backoff.delayMs(attempt: Int(users[job.identifyId]?.delivery.attempts ?? 0), using: &rng)
-            let wasOpen = limiter.breakerOpen
-            // Whether a final status may settle this user: only per-user evidence does
-            // (the endpoint proven, and the status not repeating across users).
-            let settles = limiter.record(outcome, wasProbe: job.isProbe, nowMs: now, backoffMs: delay,
-                                         user: identitySeed.hash(job.identifyId))
+            let recorded = limiter.record(outcome, wasProbe: job.isProbe, nowMs: now, backoffMs: delay,
+                                          user: identitySeed.hash(job.identifyId))
             stats.countRequest(outcome)
             if let seconds { stats.requestDuration.observe(seconds) }
-            if limiter.breakerOpen != wasOpen {
-                if limiter.breakerOpen {
-                    lastBreakerLogMs = now
-                    logBreaker("sending is paused until it answers otherwise; one probe every \(options.breakerProbeIntervalMs / 1000) s",
-                               dirtyUsers: dirty.count)
-                } else {
-                    logger.info("Foldspace answers again; sending resumed")
-                }
+            switch recorded.breaker {
+            case .opened:
+                lastBreakerLogMs = now
+                logBreaker("sending is paused until it answers otherwise; one probe every \(options.breakerProbeIntervalMs / 1000) s",
+                           dirtyUsers: dirty.count)
+            case .closed:
+                logger.info("Foldspace answers again; sending resumed")
+            case nil:
+                break
             }
             guard var entry = users[job.identifyId] else { return }
-            switch outcome {
-            case .acknowledged:
+            switch deliveryPolicy.action(for: outcome, settles: recorded.settles, nowMs: now, backoffMs: delay,
+                                         pausedUntilMs: limiter.pausedUntilMs) {
+            case .settle:
                 settle(job, &entry, now)
-            case .rejected(let status, let response):
-                deadLetter = ("rejected-update", status, response)
-                deadLetterSeq = reserveDeadLetter(for: &entry)
+            case .deadLetter(let kind, let status, let response):
+                letter = (kind, status, response, reserveDeadLetter(for: &entry))
                 settle(job, &entry, now)
-            case .unexpected(let status, let response):
-                if settles {
-                    deadLetter = ("rejected-update", status, response)
-                    deadLetterSeq = reserveDeadLetter(for: &entry)
-                    settle(job, &entry, now)
-                } else {
-                    fail(job, &entry, retryAtMs: now + delay, reason: String(status))
-                }
-            case .notFound(let response):
-                switch options.onUserNotFound {
-                case .deadLetter where settles:
-                    deadLetter = ("user-not-found", 404, response)
-                    deadLetterSeq = reserveDeadLetter(for: &entry)
-                    settle(job, &entry, now)
-                case .drop where settles:
-                    settle(job, &entry, now)
-                case .deadLetter, .drop, .retry:
-                    fail(job, &entry, retryAtMs: now + delay, reason: "404")
-                }
-            case .rateLimited:
-                fail(job, &entry, retryAtMs: max(limiter.pausedUntilMs, now + 1), reason: "429")
-            case .unauthorized(let status), .systemic(let status, _):
-                fail(job, &entry, retryAtMs: now, reason: String(status))
-            case .retryable(let reason):
-                // No answer, or a gateway's (502, 504): the request may still be applied,
-                // after a newer one.
-                fail(job, &entry, retryAtMs: now + delay, reason: reason,
-                     unknownOutcome: ["timeout", "connection", "502", "504"].contains(reason))
+                stats.deadLetters[kind, default: 0] += 1
+            case .retry(let at, let reason, let unknownOutcome):
+                fail(job, &entry, retryAtMs: at, reason: reason, unknownOutcome: unknownOutcome)
             }
             markForCheckpoint(job.identifyId, &entry)
             users[job.identifyId] = entry
-            if let dl = deadLetter { stats.deadLetters[dl.kind, default: 0] += 1 }
             publishOffsets()
         }
-        if let dl = deadLetter {
-            let seq = deadLetterSeq
-            deadLetters.deadLetter(kind: dl.kind, key: Array(job.identifyId.utf8), value: job.body, headers: [
-                ("reason", dl.kind), ("status", String(dl.status)), ("response", String(dl.response.prefix(1024))),
-            ]) { [weak self] in self?.deadLetterDelivered(seq) }
+        if let letter {
+            deadLetters.deadLetter(kind: letter.kind, key: Array(job.identifyId.utf8), value: job.body, headers: [
+                ("reason", letter.kind.rawValue), ("status", String(letter.status)), ("response", String(letter.response.prefix(1024))),
+            ]) { [weak self] in self?.deadLetterDelivered(letter.seq) }
         }
     }
 

@@ -91,7 +91,7 @@ extension SyncEngine {
                 ("source.offset", String(m.offset)),
             ]
             if let field = f.field { headers.append(("field", field)) }
-            deadLetters.deadLetter(kind: "invalid-event", key: m.key.isEmpty ? nil : Array(m.key),
+            deadLetters.deadLetter(kind: .invalidEvent, key: m.key.isEmpty ? nil : Array(m.key),
                                    value: Array(m.value), headers: headers) { [weak self] in self?.deadLetterDelivered(seq) }
         }
     }

@@ -201,17 +201,11 @@ extension SyncEngine {
         logger.warning("drain timed out; unsettled offsets stay uncommitted and will be read again")
     }
 
+    /// Whether consuming is to pause for capacity (``Backpressure``): called by the
+    /// consumer before each poll.
     public var wantsPause: Bool {
         // Read before the lock: the sink has a lock of its own.
         let backlog = deadLetters.backlogBytes
-        return lock.withLock {
-            if dirty.count > options.maxDirtyUsers || backlog > options.maxDeadLetterBacklogBytes {
-                pausedForCapacity = true
-            } else if pausedForCapacity && dirty.count < options.maxDirtyUsers * 8 / 10
-                        && backlog < options.maxDeadLetterBacklogBytes / 10 * 8 {
-                pausedForCapacity = false
-            }
-            return pausedForCapacity
-        }
+        return lock.withLock { backpressure.update(dirtyUsers: dirty.count, deadLetterBacklogBytes: backlog) }
     }
 }

@@ -22,6 +22,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     let projector: Projector
     let deadLetters: DeadLetterSink
     let backoff = Backoff()
+    let deliveryPolicy: DeliveryPolicy
 
     // Everything below is guarded by `lock`.
     let lock = NSLock()
@@ -41,7 +42,8 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     var stats = EngineStats()
     /// The users awaiting delivery (dirty, in flight included), and since when.
     var dirty = DirtyTally()
-    var pausedForCapacity = false
+    /// Whether consuming is paused for capacity (dirty users, dead-letter backlog).
+    var backpressure: Backpressure
     var draining = false
     /// The state store was fenced (another instance owns our partitions) or failed
     /// fatally: what this instance holds may be stale, so nothing more is sent.
@@ -147,6 +149,8 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         debouncer.unknownOutcomeResendMs = options.unknownOutcomeResendMs
         limiter = RateLimiter(ratePerSecond: options.requestsPerSecond, burst: options.burst, nowMs: clock.monotonicMs())
         limiter.probeIntervalMs = options.breakerProbeIntervalMs
+        deliveryPolicy = DeliveryPolicy(onUserNotFound: options.onUserNotFound)
+        backpressure = Backpressure(maxDirtyUsers: options.maxDirtyUsers, maxDeadLetterBacklogBytes: options.maxDeadLetterBacklogBytes)
     }
 
     /// Tells the engine how many partitions the subscribed topics have in all, so that

@@ -105,9 +105,9 @@ public enum MetricsText {
         family("foldspace_sync_suppressed_total", "counter", "Flushes skipped because Foldspace already has the body.")
         sample("foldspace_sync_suppressed_total", [], String(s.suppressed))
         family("foldspace_sync_dead_letters_total", "counter", "Dead letters, by kind.")
-        for (k, n) in s.deadLetters.sorted(by: { $0.key < $1.key }) { sample("foldspace_sync_dead_letters_total", [("kind", k)], String(n)) }
+        for (k, n) in s.deadLetters.sorted(by: { $0.key.rawValue < $1.key.rawValue }) { sample("foldspace_sync_dead_letters_total", [("kind", k.rawValue)], String(n)) }
         let invalid = s.invalidTotal
-        if invalid > 0 { sample("foldspace_sync_dead_letters_total", [("kind", "invalid-event")], String(invalid)) }
+        if invalid > 0 { sample("foldspace_sync_dead_letters_total", [("kind", DeadLetterKind.invalidEvent.rawValue)], String(invalid)) }
         family("foldspace_sync_adjustments_total", "counter", "Values changed to fit Foldspace's limits, by field and action.")
         for (k, n) in s.adjustments.counts.sorted(by: { $0.key < $1.key }) {
             let parts = k.split(separator: "|")

@@ -51,7 +51,7 @@ public struct EngineStats: Sendable {
     public var requests: [String: Int] = [:]
     public var requestErrors: [String: Int] = [:]
     public var retries: [String: Int] = [:]
-    public var deadLetters: [String: Int] = [:]
+    public var deadLetters: [DeadLetterKind: Int] = [:]
     public var suppressed = 0
     public var adjustments = Adjustments()
     public var requestDuration = Histogram()
