@@ -84,7 +84,7 @@ public struct Demo {
         let expected = options.events + TrafficGenerator.garbage.count
         while Date() < deadline {
             try await Task.sleep(for: .milliseconds(200))
-            let s = pipeline.engine.snapshot()
+            let s = pipeline.snapshot()
             let delivered = sandbox.latestAcknowledged().count
             if Date().timeIntervalSince(lastPrint) >= 1 {
                 lastPrint = Date()
@@ -99,7 +99,7 @@ public struct Demo {
         }
         pipeline.requestStop()
         try await runTask.value
-        let s = pipeline.engine.snapshot()
+        let s = pipeline.snapshot()
         let summary = Summary(
             events: s.folded, invalid: s.invalidTotal, users: seen.count,
             usersDelivered: sandbox.latestAcknowledged().count, puts: sandbox.requestCount,

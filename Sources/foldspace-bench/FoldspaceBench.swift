@@ -192,13 +192,13 @@ extension FoldspaceBench {
             var seen = 0
             let deadline = uptimeSeconds() + 300
             while uptimeSeconds() < deadline {
-                let n = pipeline.engine.eventsRead
+                let n = pipeline.eventsRead
                 if n > 0 && first == 0 { first = uptimeSeconds() }
                 if n > seen { seen = n; last = uptimeSeconds() }
                 if n >= expect { break }
                 try await Task.sleep(for: .milliseconds(5))
             }
-            let stats = pipeline.engine.snapshot()
+            let stats = pipeline.snapshot()
             print("folded_events=\(seen)")
             print("folded_rate=\(Int(Double(seen) / max(last - first, 1e-6)))")
             print("users=\(stats.users)")
@@ -349,7 +349,7 @@ extension FoldspaceBench {
             c.engine.maxInFlight = ProcessInfo.processInfo.environment["LATENCY_MAX_IN_FLIGHT"].flatMap(Int.init) ?? 64
             let pipeline = try SyncPipeline(config: c, keys: APIKeyStore(key: "bench"), logger: quiet)
             let task = Task { try await pipeline.run() }
-            while !pipeline.engine.snapshot().ready { try await Task.sleep(for: .milliseconds(50)) }
+            while !pipeline.snapshot().ready { try await Task.sleep(for: .milliseconds(50)) }
             try await Task.sleep(for: .seconds(1))
             let p = try KafkaProducer(config: KafkaClientConfig([
                 "bootstrap.servers": brokers, "compression.codec": "zstd", "linger.ms": "5", "log_level": "3",
@@ -376,7 +376,7 @@ extension FoldspaceBench {
             }
             p.flush()
             try await Task.sleep(for: .seconds(7))
-            let snap = pipeline.engine.snapshot()
+            let snap = pipeline.snapshot()
             let lateness = snap.sendLateness
             print("request_duration_p50_ms=\(Int((snap.requestDuration.quantileBound(0.5) ?? -0.001) * 1000))")
             print("request_duration_p99_ms=\(Int((snap.requestDuration.quantileBound(0.99) ?? -0.001) * 1000))")
@@ -460,8 +460,8 @@ extension FoldspaceBench {
                 }
                 if t >= nextReport {
                     nextReport += 10
-                    let s = pipeline.engine.snapshot()
-                    let read = pipeline.engine.eventsRead
+                    let s = pipeline.snapshot()
+                    let read = pipeline.eventsRead
                     print("\(Int(t)),\(rssKiB()),\(sent),\(read),\(sent - read),\(s.dirtyUsers),\(sandbox.requestCount)")
                 }
                 try await Task.sleep(for: .milliseconds(5))
@@ -752,8 +752,8 @@ extension FoldspaceBench {
             // 3. The engine's restore of every partition: read, decode, load.
             let store = try KafkaStateStore(topic: topic, partitions: partitions, sourcePartitions: partitions,
                                             config: config, logger: quiet, transactional: false)
-            let reader = SyncEngine(options: o, deadLetters: Memory.NoDeadLetters(), logger: quiet)
-            reader.setStateStore(store)
+            let reader = SyncEngine(options: o, deadLetters: Memory.NoDeadLetters(), logger: quiet,
+                                    links: EngineLinks(stateStore: store))
             t0 = uptimeSeconds()
             reader.partitionsAssigned(sources)
             let seconds = uptimeSeconds() - t0
@@ -766,8 +766,8 @@ extension FoldspaceBench {
         /// 1. The records, as checkpoints write them.
         func write(_ sources: [TopicPartition], _ o: EngineOptions) throws {
             let capture = CaptureStore(partitions: Int32(partitions))
-            let writer = SyncEngine(options: o, deadLetters: Memory.NoDeadLetters(), logger: quiet)
-            writer.setStateStore(capture)
+            let writer = SyncEngine(options: o, deadLetters: Memory.NoDeadLetters(), logger: quiet,
+                                    links: EngineLinks(stateStore: capture))
             writer.partitionsAssigned(sources)
             var storage: [[UInt8]] = []
             for start in stride(from: 0, to: users, by: 1_000) {

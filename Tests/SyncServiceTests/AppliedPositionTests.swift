@@ -29,7 +29,8 @@ func feedTimed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: I
     let p0 = TopicPartition("events", 0)
     let p1 = TopicPartition("events", 1)
 
-    func engine(_ clock: ManualClock, _ store: StateStore?, assign: [TopicPartition]) -> SyncEngine {
+    func engine(_ clock: ManualClock, _ store: StateStore?, assign: [TopicPartition],
+                highWatermark: (@Sendable (TopicPartition) -> Int64?)? = nil) -> SyncEngine {
         var o = EngineOptions()
         o.debounceMs = 1_000
         o.maxWaitMs = 5_000
@@ -42,8 +43,8 @@ func feedTimed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: I
         o.fold.pql.dayWeight = 0
         o.fold.pql.k = 1_000
         o.fold.pql.halfLifeDays = 1e9
-        let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: clock.engineClock)
-        if let store { e.setStateStore(store) }
+        let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: clock.engineClock,
+                           links: EngineLinks(stateStore: store, highWatermark: highWatermark))
         e.partitionsAssigned(assign)
         return e
     }
@@ -183,8 +184,7 @@ func feedTimed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: I
         // The topic is deleted and created again under the same name: offsets restart at
         // 0, the events are new (Kafka times a day later), and the log is shorter than
         // the offsets users applied (high watermark 3 ≤ 4).
-        let b = engine(clock, store, assign: [p0])
-        b.setHighWatermarkSource { _ in 3 }
+        let b = engine(clock, store, assign: [p0], highWatermark: { _ in 3 })
         feedTimed(b, (0..<3).map { (p0, Int64($0), t0 + day + Int64($0), paid(10 + $0)) })
         #expect(body(b, "u")["pqlScore"] as? Double == score(8), "\(body(b, "u"))")
         let s = b.snapshot()
@@ -213,8 +213,7 @@ func feedTimed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: I
         feedTimed(a, (0..<5).map { (p0, Int64($0), times[$0], paid($0)) })
         #expect(a.checkpoint())
         // A restart before the commit took: the same five messages again.
-        let b = engine(clock, store, assign: [p0])
-        b.setHighWatermarkSource { _ in 5 }
+        let b = engine(clock, store, assign: [p0], highWatermark: { _ in 5 })
         feedTimed(b, (0..<5).map { (p0, Int64($0), times[$0], paid($0)) })
         #expect(body(b, "u")["pqlScore"] as? Double == score(5), "\(body(b, "u"))")
         let s = b.snapshot()

@@ -19,11 +19,10 @@ import TestSupport
         o.durable = true
         o.restoreRetryMs = 20
         o.fold.keyEvents = [.init(name: "Step", weight: 10, cap: 1_000)]
-        let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: log?.logger(.text) ?? quietLogger,
-                           clock: ManualClock().engineClock)
-        e.setStateStore(store)
         let released = Released()
-        e.setRestoredSink { released.add($0) }
+        let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: log?.logger(.text) ?? quietLogger,
+                           clock: ManualClock().engineClock, links: EngineLinks(
+            stateStore: store, restored: { released.add($0) }))
         return (e, released)
     }
 
@@ -31,8 +30,7 @@ import TestSupport
     func fold(into store: MemoryStateStore, _ events: [String]) {
         var o = EngineOptions()
         o.durable = true
-        let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: ManualClock().engineClock)
-        e.setStateStore(store)
+        let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: ManualClock().engineClock, links: EngineLinks(stateStore: store))
         e.partitionsAssigned([p0])
         feed(e, events.enumerated().map { (p0, Int64($0.offset), $0.element) })
         _ = e.checkpoint()
@@ -103,8 +101,7 @@ import TestSupport
         do {
             var o = EngineOptions()
             o.durable = true
-            let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: ManualClock().engineClock)
-            e.setStateStore(store)
+            let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: ManualClock().engineClock, links: EngineLinks(stateStore: store))
             e.partitionsAssigned([p0, p1])
             feed(e, [(p0, 0, step), (p1, 0, "not json")])
             _ = e.checkpoint()

@@ -79,10 +79,9 @@ func sinkOnMock(_ properties: [String: String], maxMessageBytes: Int = 1_000_000
         o.durable = store != nil
         o.deadLetterWaitMs = 50
         o.maxDeadLetterBacklogBytes = 1_000
-        let e = SyncEngine(options: o, deadLetters: dl, logger: quietLogger, clock: clock.engineClock)
-        if let store { e.setStateStore(store) }
         let log = OffsetLog()
-        e.setOffsetSink { log.store($0) }
+        let e = SyncEngine(options: o, deadLetters: dl, logger: quietLogger, clock: clock.engineClock,
+                           links: EngineLinks(stateStore: store, storeOffsets: { log.store($0) }))
         e.partitionsAssigned([tp])
         return (e, log)
     }
@@ -188,9 +187,9 @@ func sinkOnMock(_ properties: [String: String], maxMessageBytes: Int = 1_000_000
         o.debounceMs = 1_000
         o.maxWaitMs = 5_000
         o.drainTimeoutMs = 10
-        let e = SyncEngine(options: o, deadLetters: dl, logger: quietLogger, clock: clock.engineClock)
         let offsets = OffsetLog()
-        e.setOffsetSink { offsets.store($0) }
+        let e = SyncEngine(options: o, deadLetters: dl, logger: quietLogger, clock: clock.engineClock,
+                           links: EngineLinks(storeOffsets: { offsets.store($0) }))
         e.partitionsAssigned([tp])
         feed(e, [(tp, 0, #"{"type":"page"}"#)]) // invalid: its letter holds offset 0
         e.partitionsRevoked([tp])

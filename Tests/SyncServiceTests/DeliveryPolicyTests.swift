@@ -112,7 +112,7 @@ func expectNoReordering(_ requests: [FoldspaceSandbox.Received], sourceLocation:
         try h.start()
         let expectedAcked = Set(users).subtracting(["refused", "missing"])
         #expect(await eventually { Set(h.sandbox.latestAcknowledged().keys) == expectedAcked })
-        #expect(await eventually { h.pipeline.engine.snapshot().dirtyUsers == 0 })
+        #expect(await eventually { h.pipeline.snapshot().dirtyUsers == 0 })
         let requests = h.sandbox.requests
         // No user lost, with the newest state.
         for u in expectedAcked {
@@ -137,7 +137,7 @@ func expectNoReordering(_ requests: [FoldspaceSandbox.Received], sourceLocation:
         #expect(rejected.first?.headers.contains("response=") == true)
         #expect(rejected.first?.value.contains(#""identifyId":"refused""#) == true)
         #expect(dl.filter { $0.headers.contains("kind=user-not-found") }.map(\.key) == ["missing"])
-        let s = h.pipeline.engine.snapshot()
+        let s = h.pipeline.snapshot()
         #expect(s.requests["500"] == 2)
         #expect(s.requests["429"] == 1)
         #expect(s.retries["500"] == 2)
@@ -168,9 +168,9 @@ func expectNoReordering(_ requests: [FoldspaceSandbox.Received], sourceLocation:
         h.sandbox.setValidKeys(["another-key"]) // 401 until switched back
         try h.produce(pageEvents(users: (0..<10).map { "b\($0)" }, perUser: 2))
         try h.start { c in c.engine.breakerProbeIntervalMs = 1_000 }
-        #expect(await eventually { h.pipeline.engine.snapshot().breakerOpen })
+        #expect(await eventually { h.pipeline.snapshot().breakerOpen })
         // An open breaker is a metric and an alert, not unreadiness.
-        #expect(h.pipeline.engine.snapshot().ready)
+        #expect(h.pipeline.snapshot().ready)
         let port = try #require(await waitForAdminPort(h.pipeline))
         #expect(await httpStatus("http://127.0.0.1:\(port)/readyz") == 200)
         // While open: at most one probe per interval.
@@ -179,7 +179,7 @@ func expectNoReordering(_ requests: [FoldspaceSandbox.Received], sourceLocation:
         #expect(h.sandbox.requestCount - before <= 3)
         h.sandbox.setValidKeys([h.apiKey])
         #expect(await eventually { h.sandbox.latestAcknowledged().count == 10 })
-        #expect(!h.pipeline.engine.snapshot().breakerOpen)
+        #expect(!h.pipeline.snapshot().breakerOpen)
         #expect(await httpStatus("http://127.0.0.1:\(port)/readyz") == 200)
         let metrics = await httpBody("http://127.0.0.1:\(port)/metrics")
         #expect(metrics.contains("foldspace_sync_requests_total{code=\"401\"}"))
@@ -198,8 +198,8 @@ func expectNoReordering(_ requests: [FoldspaceSandbox.Received], sourceLocation:
             c.engine.breakerProbeIntervalMs = 1_000
             c.engine.drainTimeoutMs = 1_000
         }
-        #expect(await eventually(.seconds(30)) { h.pipeline.engine.snapshot().breakerStatus == 404 })
-        let s = h.pipeline.engine.snapshot()
+        #expect(await eventually(.seconds(30)) { h.pipeline.snapshot().breakerStatus == 404 })
+        let s = h.pipeline.snapshot()
         #expect(s.breakerOpen)
         #expect(s.deadLetters.isEmpty, "\(s.deadLetters)")
         #expect(s.dirtyUsers == users.count)
@@ -217,7 +217,7 @@ func expectNoReordering(_ requests: [FoldspaceSandbox.Received], sourceLocation:
         try h.produce(pageEvents(users: users, perUser: 2))
         try h.start { c in c.engine.breakerProbeIntervalMs = 500 }
         #expect(await eventually(.seconds(30)) { h.sandbox.latestAcknowledged().count == users.count })
-        let s = h.pipeline.engine.snapshot()
+        let s = h.pipeline.snapshot()
         #expect(s.requests["307"] == 3)
         #expect(!s.breakerOpen)
         #expect(s.deadLetters.isEmpty)
@@ -261,7 +261,7 @@ func expectNoReordering(_ requests: [FoldspaceSandbox.Received], sourceLocation:
             #expect(inside.isEmpty, "\(inside.count) requests inside a Retry-After window")
         }
         expectNoReordering(requests)
-        #expect(h.pipeline.engine.snapshot().rateLimit < 200) // lowered after the storm, recovering
+        #expect(h.pipeline.snapshot().rateLimit < 200) // lowered after the storm, recovering
         try await h.stop()
     }
 

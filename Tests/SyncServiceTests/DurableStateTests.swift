@@ -70,8 +70,7 @@ struct TestError: Error { let m: String; init(_ m: String) { self.m = m } }
         o.durable = true
         o.fold.sendNumberOfVisits = true
         o.fold.keyEvents = [.init(name: "Paid")]
-        let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: clock.engineClock)
-        e.setStateStore(store)
+        let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: clock.engineClock, links: EngineLinks(stateStore: store))
         e.partitionsAssigned([tp])
         return e
     }

@@ -59,9 +59,9 @@ func feed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: Int64,
         o.requestsPerSecond = 1_000
         o.burst = 1_000
         configure(&o)
-        let e = SyncEngine(options: o, deadLetters: dl, logger: quietLogger, clock: clock.engineClock)
         let log = OffsetLog()
-        e.setOffsetSink { log.store($0) }
+        let e = SyncEngine(options: o, deadLetters: dl, logger: quietLogger, clock: clock.engineClock,
+                           links: EngineLinks(storeOffsets: { log.store($0) }))
         e.partitionsAssigned([tp])
         return (e, log)
     }

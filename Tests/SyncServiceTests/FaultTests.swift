@@ -73,7 +73,7 @@ import TestSupport
         try h.produce(r.messages(80..<200))
         #expect(await eventually(.seconds(60)) { r.allDelivered(h.sandbox) }, "\(r.mismatches(h.sandbox).prefix(5))")
         try await Task.sleep(for: .seconds(1))
-        let s = h.pipeline.engine.snapshot()
+        let s = h.pipeline.snapshot()
         #expect(s.checkpoints > 0)
         try await h.stop()
     }

@@ -60,10 +60,6 @@ final class CountingSender: UserUpdateSender, @unchecked Sendable {
         var o = EngineOptions()
         o.debounceMs = 1
         o.maxWaitMs = 10
-        let engine = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger)
-        let tp = TopicPartition("events", 0)
-        engine.partitionsAssigned([tp])
-        feed(engine, [(tp, 0, #"{"type":"page","userId":"u","timestamp":"2025-11-24T10:00:00Z"}"#)])
         // Open for the take, closed from then on.
         final class Once: @unchecked Sendable {
             let lock = NSLock()
@@ -71,7 +67,11 @@ final class CountingSender: UserUpdateSender, @unchecked Sendable {
             func next() -> Bool { lock.withLock { calls += 1; return calls == 1 } }
         }
         let once = Once()
-        engine.setSendGate { once.next() }
+        let engine = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger,
+                                links: EngineLinks(sendGate: { once.next() }))
+        let tp = TopicPartition("events", 0)
+        engine.partitionsAssigned([tp])
+        feed(engine, [(tp, 0, #"{"type":"page","userId":"u","timestamp":"2025-11-24T10:00:00Z"}"#)])
         let sender = CountingSender()
         let flusher = Flusher(engine: engine, sender: sender, maxInFlight: 4) {}
         let task = Task { await flusher.run() }

@@ -18,8 +18,8 @@ import Testing
         o.burst = 1_000
         o.inactiveUserTTLMs = ttlMs
         o.durable = store != nil
-        let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: clock.engineClock)
-        if let store { e.setStateStore(store) }
+        let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: clock.engineClock,
+                           links: EngineLinks(stateStore: store))
         e.partitionsAssigned([tp])
         return e
     }

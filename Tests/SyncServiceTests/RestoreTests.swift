@@ -55,11 +55,10 @@ final class Released: @unchecked Sendable {
         o.durable = true
         o.restoreRetryMs = 20
         o.fold.keyEvents = [.init(name: "Step", weight: 10, cap: 1_000)]
-        let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: log?.logger(.text) ?? quietLogger,
-                           clock: clock.engineClock)
-        e.setStateStore(store)
         let released = Released()
-        e.setRestoredSink { released.add($0) }
+        let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: log?.logger(.text) ?? quietLogger,
+                           clock: clock.engineClock, links: EngineLinks(
+            stateStore: store, restored: { released.add($0) }))
         return (e, released)
     }
 
@@ -74,8 +73,7 @@ final class Released: @unchecked Sendable {
         var o = EngineOptions()
         o.durable = true
         o.fold.keyEvents = [.init(name: "Step", weight: 10, cap: 1_000)]
-        let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: clock.engineClock)
-        e.setStateStore(store)
+        let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: clock.engineClock, links: EngineLinks(stateStore: store))
         e.partitionsAssigned([p0])
         feed(e, [(p0, 0, track("a", 1))])
         _ = e.checkpoint()
@@ -155,8 +153,7 @@ final class Released: @unchecked Sendable {
         var o = EngineOptions()
         o.durable = true
         let dl = RecordingDeadLetters()
-        let e = SyncEngine(options: o, deadLetters: dl, logger: quietLogger, clock: clock.engineClock)
-        e.setStateStore(store)
+        let e = SyncEngine(options: o, deadLetters: dl, logger: quietLogger, clock: clock.engineClock, links: EngineLinks(stateStore: store))
         e.partitionsAssigned([p0])
         let long = String(repeating: "n", count: 250)
         feed(e, [(p0, 0, #"{"type":"identify","userId":"small","timestamp":"2025-11-20T10:00:00Z"}"#),
@@ -212,10 +209,9 @@ final class GatedStore: StateStore, @unchecked Sendable {
         var o = EngineOptions()
         o.durable = true
         o.restoreRetryMs = 20
-        let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: ManualClock().engineClock)
-        e.setStateStore(store)
         let released = Released()
-        e.setRestoredSink { released.add($0) }
+        let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: ManualClock().engineClock, links: EngineLinks(
+            stateStore: store, restored: { released.add($0) }))
         return (e, released)
     }
 

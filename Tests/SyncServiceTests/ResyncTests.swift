@@ -34,10 +34,9 @@ func feedControl(_ engine: SyncEngine, _ tp: TopicPartition, _ offset: Int64, _ 
         o.durable = store != nil
         configure(&o)
         let dl = RecordingDeadLetters()
-        let e = SyncEngine(options: o, deadLetters: dl, logger: quietLogger, clock: clock.engineClock)
-        if let store { e.setStateStore(store) }
         let log = OffsetLog()
-        e.setOffsetSink { log.store($0) }
+        let e = SyncEngine(options: o, deadLetters: dl, logger: quietLogger, clock: clock.engineClock,
+                           links: EngineLinks(stateStore: store, storeOffsets: { log.store($0) }))
         e.partitionsAssigned([p0, p1])
         return (e, log, dl)
     }
@@ -189,9 +188,9 @@ func feedControl(_ engine: SyncEngine, _ tp: TopicPartition, _ offset: Int64, _ 
         o.requestsPerSecond = 1_000
         o.burst = 1_000_000
         o.drainTimeoutMs = 5_000
-        let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: clock.engineClock)
         let p0 = self.p0
-        e.setOffsetSink { m in history.lock.withLock { if let v = m[p0] { history.stored.append(v) } } }
+        let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: clock.engineClock,
+                           links: EngineLinks(storeOffsets: { m in history.lock.withLock { if let v = m[p0] { history.stored.append(v) } } }))
         e.partitionsAssigned([p0])
         feed(e, [(p0, 0, track("a", 1)), (p0, 1, track("b", 2))])
         settleAll(e, clock)

@@ -25,7 +25,7 @@ extension SyncEngine {
         if lock.withLock({ halted }) { return false }
         checkpointLock.lock()
         defer { checkpointLock.unlock() }
-        guard let store = lock.withLock({ stateStore }) else { return false }
+        guard let store = stateStore else { return false }
         let started = clock.monotonicMs()
         // Under the lock, only a copy of each changed user's state is taken (a few
         // retains; copy-on-write keeps it intact while folding goes on); encoding happens

@@ -19,7 +19,7 @@ extension SyncEngine {
     /// and a partition that keeps failing does not hold back the others.
     func runRestores(_ partitions: [TopicPartition], generation: UInt64, retry: Bool,
                              ready: (@Sendable ([TopicPartition]) -> Void)?) {
-        guard let store = lock.withLock({ stateStore }) else { return }
+        guard let store = stateStore else { return }
         var pending = partitions
         var delayMs = max(1, options.restoreRetryMs)
         while true {

@@ -19,10 +19,10 @@ extension SyncEngine {
     }
 
     /// Durable mode: each partition is restored before it is consumed, off the poll
-    /// thread (``setRestoredSink(_:)``): the consumer holds it paused meanwhile, and
+    /// thread (``EngineLinks/restored``): the consumer holds it paused meanwhile, and
     /// readiness waits for it. Memory mode: consumed at once.
     public func partitionsAssigned(_ partitions: [TopicPartition]) {
-        let durable = options.durable && lock.withLock { stateStore != nil }
+        let durable = options.durable && stateStore != nil
         var generation: UInt64 = 0
         var sink: (@Sendable ([TopicPartition]) -> Void)?
         lock.withLock {
@@ -124,7 +124,7 @@ extension SyncEngine {
                   DispatchTime.now().uptimeNanoseconds < deadline {
                 Thread.sleep(forTimeInterval: 0.01)
             }
-            lock.withLock { stateStore }?.relinquish(partitions)
+            stateStore?.relinquish(partitions)
             lock.withLock { _ = dropResyncs(of: Set(idxs)) }
         } else {
             // Its hold released first, or the drain would wait for it to its timeout; what

@@ -24,6 +24,14 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     let backoff = Backoff()
     let deliveryPolicy: DeliveryPolicy
 
+    // What ``EngineLinks`` gave (immutable).
+    let sendGate: (@Sendable () -> Bool)?
+    let storeOffsets: (@Sendable ([TopicPartition: Int64]) -> Void)?
+    let restoredSink: (@Sendable ([TopicPartition]) -> Void)?
+    let highWatermark: (@Sendable (TopicPartition) -> Int64?)?
+    let stateStore: StateStore?
+    let partitionTotal: (@Sendable () -> Int)?
+
     // Everything below is guarded by `lock`.
     let lock = NSLock()
     var users: UserTable
@@ -48,9 +56,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// The state store was fenced (another instance owns our partitions) or failed
     /// fatally: what this instance holds may be stale, so nothing more is sent.
     var halted = false
-    var sendGate: (@Sendable () -> Bool)?
     var rng = SystemRandomNumberGenerator()
-    var storeOffsets: (@Sendable ([TopicPartition: Int64]) -> Void)?
     var hasBeenAssigned = false
     /// From the latest assignment until the consumer has caught up: what was folded and
     /// when, for the log line that says how fast the backlog was read.
@@ -90,7 +96,6 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// They are not in `assigned` until restored: never checkpointed, never committed.
     var restoringGeneration: [TopicPartition: UInt64] = [:]
     var assignGeneration: UInt64 = 0
-    var restoredSink: (@Sendable ([TopicPartition]) -> Void)?
     /// One restore attempt at a time: an old assignment's claim never races a new one's.
     let restoreLock = NSLock()
     /// Partitions whose changelog writer is being claimed right now: a revocation waits
@@ -101,7 +106,6 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     var replayNoted: Set<OffsetTracker.PartitionIndex> = []
     var recreationNoted: Set<OffsetTracker.PartitionIndex> = []
     var recreationSuspected: Set<OffsetTracker.PartitionIndex> = []
-    var highWatermark: (@Sendable (TopicPartition) -> Int64?)?
     /// All-users resyncs requested and not started, and those of the round under way: by
     /// partition, the offset of the control record, held (uncommitted) until the round
     /// has queued every user of the partition. ``resyncCursor``: the round's next slot.
@@ -112,10 +116,8 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// which no offset published meanwhile may pass (their holds were released so that
     /// the drain can end).
     var revokingFloors: [OffsetTracker.PartitionIndex: Int64] = [:]
-    var stateStore: StateStore?
     /// Serializes checkpoints, so commits of one partition never go backwards.
     let checkpointLock = NSLock()
-    var partitionTotal: (@Sendable () -> Int)?
     var lastBreakerLogMs: Int64 = 0
 
     /// The decoded calls of the batch being consumed and the message each came from;
@@ -133,7 +135,14 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// at most the cores).
     let decodeParallelism: Int
 
-    public init(options: EngineOptions, deadLetters: DeadLetterSink, logger: Logger, clock: EngineClock = .system) {
+    public init(options: EngineOptions, deadLetters: DeadLetterSink, logger: Logger, clock: EngineClock = .system,
+                links: EngineLinks = EngineLinks()) {
+        stateStore = links.stateStore
+        storeOffsets = links.storeOffsets
+        restoredSink = links.restored
+        sendGate = links.sendGate
+        partitionTotal = links.partitionTotal
+        highWatermark = links.highWatermark
         self.options = options
         self.logger = logger
         self.clock = clock
@@ -153,22 +162,10 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         backpressure = Backpressure(maxDirtyUsers: options.maxDirtyUsers, maxDeadLetterBacklogBytes: options.maxDeadLetterBacklogBytes)
     }
 
-    /// Tells the engine how many partitions the subscribed topics have in all, so that
-    /// its share of the API key's rate follows its share of the partitions.
-    public func setPartitionTotal(_ total: @escaping @Sendable () -> Int) {
-        lock.withLock { partitionTotal = total }
-    }
-
-    /// Where a source partition's high watermark is read (the consumer's cached one):
-    /// the proof that a topic was recreated.
-    public func setHighWatermarkSource(_ source: @escaping @Sendable (TopicPartition) -> Int64?) {
-        lock.withLock { highWatermark = source }
-    }
-
     /// Recomputes this instance's share of the rate from its assignment. Called on the
     /// poll thread after each rebalance (the metadata call happens outside the lock).
     func updateRateShare() {
-        guard let total = lock.withLock({ partitionTotal }) else { return }
+        guard let total = partitionTotal else { return }
         let n = total()
         let now = clock.monotonicMs()
         lock.withLock {
@@ -182,30 +179,8 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         }
     }
 
-    /// Durable mode: where state is checkpointed and restored from.
-    public func setStateStore(_ store: StateStore) {
-        lock.withLock { stateStore = store }
-    }
-
-    /// Where restored partitions go to be fetched (the consumer's ``KafkaConsumer/release(_:)``).
-    /// Set, restores run in the background and their partitions are held paused until
-    /// then; unset (tests, tools), they run inside ``partitionsAssigned(_:)``, once.
-    public func setRestoredSink(_ sink: @escaping @Sendable ([TopicPartition]) -> Void) {
-        lock.withLock { restoredSink = sink }
-    }
-
     public func partitionsToHold(_ partitions: [TopicPartition]) -> [TopicPartition] {
         lock.withLock { partitions.filter { restoringGeneration[$0] != nil } }
-    }
-
-    /// Where committable offsets go (the consumer's offset store).
-    public func setOffsetSink(_ sink: @escaping @Sendable ([TopicPartition: Int64]) -> Void) {
-        lock.withLock { storeOffsets = sink }
-    }
-
-    /// Sending happens only while `gate` says yes (checked on each take).
-    public func setSendGate(_ gate: @escaping @Sendable () -> Bool) {
-        lock.withLock { sendGate = gate }
     }
 
     /// Stops all sending for good: the process is about to exit on a fatal Kafka error
@@ -217,11 +192,5 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     public func keyReloaded() {
         let now = clock.monotonicMs()
         lock.withLock { limiter.probeSoon(nowMs: now) }
-    }
-
-    /// Sets this instance's share of the API key's rate.
-    public func setRateShare(_ share: Double) {
-        let now = clock.monotonicMs()
-        lock.withLock { limiter.setShare(share, nowMs: now) }
     }
 }

@@ -14,7 +14,9 @@ import UnixSignals
 /// flusher, the HTTP client and the dead-letter producer stop.
 public final class SyncPipeline: Service, @unchecked Sendable {
     public let config: SyncConfiguration
-    public let engine: SyncEngine
+    private let engineOptions: EngineOptions
+    private let deadLetterSink: DeadLetterSink
+    private var runningEngine: SyncEngine?
     private let logger: Logger
     private let keys: APIKeyStore
     private let senderOverride: UserUpdateSender?
@@ -55,9 +57,20 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         engineOptions.foldspaceURL = config.foldspaceURL
         // An unanswered request may still be processed for about as long as we waited.
         engineOptions.unknownOutcomeResendMs = 2 * config.requestTimeoutMs
-        engine = SyncEngine(options: engineOptions, deadLetters: sink, logger: logger)
+        self.engineOptions = engineOptions
+        deadLetterSink = sink
         (stopStream, stopContinuation) = AsyncStream.makeStream()
     }
+
+    /// The engine, once ``run()`` has made it (it is made with the consumer and the
+    /// state store it links to).
+    public var engine: SyncEngine? { lock.withLock { runningEngine } }
+
+    /// The engine's counters (all zero, not ready, before ``run()`` has made it).
+    public func snapshot() -> EngineStats { engine?.snapshot() ?? EngineStats() }
+
+    /// Calls read so far (see ``SyncEngine/eventsRead``); 0 before ``run()``.
+    public var eventsRead: Int { engine?.eventsRead ?? 0 }
 
     /// The admin server's port once running (useful with `admin_listen` port 0).
     public var adminPort: Int? { lock.withLock { admin?.port } }
@@ -87,7 +100,6 @@ public final class SyncPipeline: Service, @unchecked Sendable {
             let store = try KafkaStateStore(topic: topic, partitions: layout.state, sourcePartitions: layout.source,
                                             config: kafka, logger: logger, transactional: config.stateTransactions)
             stateStore = store
-            engine.setStateStore(store)
         }
         // Process-wide, and on unless a configuration turns it off.
         if !config.zstdSizeHint { ZstdSizeHint.setEnabled(false) }
@@ -96,11 +108,12 @@ public final class SyncPipeline: Service, @unchecked Sendable {
             logger.warning("zstd_size_hint: librdkafka does not call this executable's hint; zstd batches without a stated size are sized by librdkafka's guesses")
         }
         #endif
-        let consumer = try KafkaConsumer(config: kafka, topics: config.topics, handler: engine, logger: logger)
-        stateStore?.attach(consumer: consumer)
-        // Restores run off the poll thread; the consumer holds each partition paused
-        // until its state is loaded.
-        engine.setRestoredSink { [weak consumer] in consumer?.release($0) }
+        // The engine and the consumer need each other: the consumer calls the engine
+        // (its handler), the engine stores offsets in the consumer and asks it for
+        // partition counts. The engine is made first and reaches the consumer through
+        // `consumerLink`, filled before the consumer starts (nothing calls it earlier).
+        let consumerLink = Late<KafkaConsumer>()
+        let engineLink = Late<SyncEngine>()
         // A fatal error of any Kafka client (the consumer, the state writer, the
         // dead-letter writer) fails /healthz and stops the process with status 1: the
         // instance can no longer do its work, and a restart is the remedy.
@@ -113,22 +126,32 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         let sessionTimeoutMs = kafka["session.timeout.ms"].flatMap { Int64($0) } ?? 10_000
         let heartbeatMs = kafka["heartbeat.interval.ms"].flatMap { Int64($0) } ?? 3_000
         let freezeLimitMs = max(1_000, sessionTimeoutMs - heartbeatMs - 500)
-        let freezeWatch = FreezeWatch(limitMs: freezeLimitMs) { [logger, engine] seconds in
-            engine.halt()
+        let freezeWatch = FreezeWatch(limitMs: freezeLimitMs) { [logger] seconds in
+            engineLink.value?.halt()
             logger.critical("the process did not run for about as long as the group's session timeout (stopped or paused): another instance may own its partitions now; it sends nothing more and exits to rejoin", metadata: [
                 "seconds": .stringConvertible((seconds * 10).rounded() / 10), "session_timeout_ms": .stringConvertible(sessionTimeoutMs),
             ])
         }
+        let engine = SyncEngine(options: engineOptions, deadLetters: deadLetterSink, logger: logger, links: EngineLinks(
+            stateStore: stateStore,
+            storeOffsets: { consumerLink.value?.storeOffsets($0) },
+            // Restores run off the poll thread; the consumer holds each partition paused
+            // until its state is loaded.
+            restored: { consumerLink.value?.release($0) },
+            sendGate: { freezeWatch.allowsSending },
+            partitionTotal: { consumerLink.value?.subscribedPartitionCount() ?? 0 },
+            highWatermark: { consumerLink.value?.highWatermark($0) }))
+        engineLink.value = engine
+        let consumer = try KafkaConsumer(config: kafka, topics: config.topics, handler: engine, logger: logger)
+        consumerLink.value = consumer
+        stateStore?.attach(consumer: consumer)
+        lock.withLock { runningEngine = engine }
         freezeWatch.start()
         defer { freezeWatch.stop() }
-        engine.setSendGate { freezeWatch.allowsSending }
         let kafkaFatal: @Sendable () -> Bool = { [stateStore] in
             consumer.hasFatalError || (stateStore?.hasFatalError ?? false) || (deadLetterProducer?.hasFatalError ?? false)
                 || freezeWatch.hasFrozen
         }
-        engine.setOffsetSink { consumer.storeOffsets($0) }
-        engine.setPartitionTotal { consumer.subscribedPartitionCount() }
-        engine.setHighWatermarkSource { consumer.highWatermark($0) }
 
         let sender: UserUpdateSender
         var client: FoldspaceClient? = nil
@@ -145,7 +168,6 @@ public final class SyncPipeline: Service, @unchecked Sendable {
             sender = c
         }
         let (host, port) = parseHostPort(config.adminListen) ?? ("127.0.0.1", 9464)
-        let engine = self.engine
         let alive = loopsAlive
         let notifier = SystemdNotifier()
         let admin: AdminServer
@@ -327,6 +349,18 @@ extension SyncPipeline {
         await withCheckedContinuation { (c: CheckedContinuation<T, Never>) in
             Thread.detachNewThread { c.resume(returning: work()) }
         }
+    }
+}
+
+/// A reference filled once, after what holds it was made: the one way round a cycle of
+/// parts that need each other at construction.
+final class Late<T: AnyObject & Sendable>: @unchecked Sendable {
+    private let lock = NSLock()
+    private weak var object: T?
+
+    var value: T? {
+        get { lock.withLock { object } }
+        set { lock.withLock { object = newValue } }
     }
 }
 
