@@ -22,12 +22,9 @@ public struct SystemdNotifier: Sendable {
         }
     }
 
-    public var isActive: Bool { socketPath != nil }
-
     public func ready(status: String) { send("READY=1\nSTATUS=\(status)") }
     public func stopping() { send("STOPPING=1\nSTATUS=stopping: settling users and committing offsets") }
     public func watchdog() { send("WATCHDOG=1") }
-    public func status(_ s: String) { send("STATUS=\(s)") }
 
     @discardableResult
     public func send(_ message: String) -> Bool {

@@ -156,9 +156,5 @@ extension SyncEngine {
             }
             return end == entries.count ? 0 : end
         }
-
-        func forEachEntry(_ body: (UserEntry) -> Void) {
-            for e in entries where !e.identity.isEmpty { body(e) }
-        }
     }
 }
