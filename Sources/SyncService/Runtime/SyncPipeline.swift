@@ -206,119 +206,40 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         let probeKeys = keys
         let flusher = Flusher(engine: engine, sender: sender, maxInFlight: config.engine.maxInFlight,
                               beforeProbe: { _ = try? probeKeys.reload() })
-        let flushTask = Task { await flusher.run() }
         let commitInterval = config.commitIntervalMs
-        let checkpointTask: Task<Void, Never>? = config.engine.durable ? Task {
-            while !Task.isCancelled {
-                try? await Task.sleep(for: .milliseconds(commitInterval))
-                if Task.isCancelled { break }
-                await Self.blocking { engine.checkpoint() }
-            }
-        } : nil
-        // The user table is walked in slices: users by type, and inactive_user_ttl.
-        let sweepTask = Task {
-            while !Task.isCancelled {
-                try? await Task.sleep(for: .seconds(1))
-                if Task.isCancelled { break }
-                engine.sweep()
-            }
-        }
-        // After each assignment, one line saying how fast its backlog was read: once the
-        // consumer is within a batch of the end of every partition it holds.
-        let catchUpWatch = Task { [logger = self.logger] in
-            while !Task.isCancelled {
-                try? await Task.sleep(for: .milliseconds(100))
-                guard engine.awaitingCatchUp else { continue }
-                let assigned = consumer.assignment
-                let lag = consumer.lag()
-                guard !assigned.isEmpty, lag.count == assigned.count, lag.values.reduce(0, +) < 1_000,
-                      let c = engine.takeCatchUp(backlog: lag.values.reduce(0, +)) else { continue }
-                var metadata: Logger.Metadata = [
-                    "events": .stringConvertible(c.events), "partitions": .stringConvertible(assigned.count),
-                    "fold_seconds": .stringConvertible((c.foldSeconds * 1000).rounded() / 1000),
-                    "seconds_since_assignment": .stringConvertible((c.sinceAssignmentSeconds * 100).rounded() / 100),
-                ]
-                // A rate only over a span long enough to mean one.
-                if c.foldSeconds >= 0.05, let rate = Int(exactly: (Double(c.events) / c.foldSeconds).rounded(.down)) {
-                    metadata["events_per_second"] = .stringConvertible(rate)
-                }
-                logger.info("caught up with the assigned partitions", metadata: metadata)
-            }
-        }
-        notifier.ready(status: "consuming \(config.topics.joined(separator: ",")) as group \(config.group)")
-        // Liveness: both loops must go round. The poll thread may legitimately sit in a
-        // rebalance callback for up to the drain timeout.
-        let pollLimit = Double(config.engine.drainTimeoutMs) / 1000 + 10
-        let heartbeat = Task {
-            var lastRounds = -1
-            var lastWatchdog = ContinuousClock.now
-            while !Task.isCancelled {
-                let rounds = flusher.rounds.value
-                if rounds != lastRounds && consumer.secondsSincePoll < pollLimit && !consumer.hasFatalError {
-                    alive.beat()
-                    if let interval = notifier.watchdogInterval, ContinuousClock.now - lastWatchdog >= interval {
-                        notifier.watchdog()
-                        lastWatchdog = ContinuousClock.now
-                    }
-                }
-                lastRounds = rounds
-                try? await Task.sleep(for: min(.seconds(1), notifier.watchdogInterval ?? .seconds(1)))
-            }
-        }
-        let keys = self.keys
         let logger = self.logger
-        let hupTask = Task {
-            for await _ in await UnixSignalsSequence(trapping: .sighup) {
-                do {
-                    let changed = try keys.reload()
-                    logger.info("SIGHUP: API key re-read", metadata: ["changed": "\(changed)"])
-                    engine.keyReloaded()
-                } catch {
-                    logger.error("SIGHUP: cannot re-read the API key", metadata: ["error": "\(error)"])
-                }
-            }
+        // Started in this order, shut down in the reverse one: stop requests first, then
+        // the sweeps and checkpoints, then the consumer (which drains through the flusher
+        // and commits), then the rest, the admin server last.
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: AdminEndpoint(admin: admin)),
+            .init(service: Loop("flusher") { await flusher.run() }),
+            .init(service: liveness(flusher: flusher, consumer: consumer, alive: alive, notifier: notifier,
+                                    pollLimit: Double(config.engine.drainTimeoutMs) / 1000 + 10)),
+            .init(service: keyReloads(keys: keys, engine: engine, logger: logger)),
+            .init(service: catchUpReports(engine: engine, consumer: consumer, logger: logger)),
+            // Run until asked to stop, or until the consumer ends on a fatal error.
+            .init(service: Consuming(consumer: consumer, engine: engine, durable: config.engine.durable,
+                                     drainMs: config.shutdownTimeoutMs / 2, fatal: kafkaFatal),
+                  successTerminationBehavior: .gracefullyShutdownGroup),
+        ]
+        if config.engine.durable {
+            services.append(.init(service: Every("checkpoints", .milliseconds(commitInterval)) {
+                _ = await Self.blocking { engine.checkpoint() }
+            }))
         }
+        // The user table is walked in slices: users by type, and inactive_user_ttl.
+        services.append(.init(service: Every("sweeps", .seconds(1)) { engine.sweep() }))
+        services.append(.init(service: StopRequests(requests: stopStream) {
+            logger.info("shutting down: settling users and committing offsets")
+            notifier.stopping()
+        }, successTerminationBehavior: .gracefullyShutdownGroup))
+        notifier.ready(status: "consuming \(config.topics.joined(separator: ",")) as group \(config.group)")
+        // The group's own log lines are about its mechanics: debug and below only.
+        var groupLogger = logger
+        groupLogger.logLevel = max(logger.logLevel, .info)
+        try? await ServiceGroup(configuration: .init(services: services, logger: groupLogger)).run()
 
-        // Run until asked to stop, or until the consumer ends on a fatal error.
-        let stopStream = self.stopStream
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { try? await gracefulShutdown() }
-            group.addTask { for await _ in stopStream { return } }
-            group.addTask {
-                while !consumer.isFinished && !kafkaFatal() && !Task.isCancelled {
-                    try? await Task.sleep(for: .milliseconds(200))
-                }
-            }
-            await group.next()
-            group.cancelAll()
-        }
-        logger.info("shutting down: settling users and committing offsets")
-        notifier.stopping()
-        checkpointTask?.cancel()
-        await checkpointTask?.value
-        sweepTask.cancel()
-        await sweepTask.value
-        let durable = config.engine.durable
-        let drainMs = config.shutdownTimeoutMs / 2
-        // Fenced, or a client failed: nothing more is sent (what this instance holds may
-        // be older than what another instance sent since).
-        if kafkaFatal() { engine.halt() }
-        await Self.blocking {
-            if durable && !kafkaFatal() {
-                // Stop fetching, send what is pending while time allows (the state is
-                // checkpointed either way), then close: the final revocation
-                // checkpoints and commits.
-                consumer.stopFetching()
-                engine.drain(partitions: nil, timeoutMs: drainMs)
-            }
-            consumer.stop()
-        }
-        flushTask.cancel()
-        await flushTask.value
-        heartbeat.cancel()
-        catchUpWatch.cancel()
-        hupTask.cancel()
-        await admin.stop()
         await client?.shutdown()
         deadLetterWriter?.close()
         producer?.close()

@@ -1,0 +1,171 @@
+import Delivery
+import Foundation
+import Kafka
+import Logging
+import ServiceLifecycle
+import UnixSignals
+
+// The long-running parts of a running pipeline, one `Service` each. ``SyncPipeline``
+// runs them in one `ServiceGroup`, which starts them in the order listed and shuts them
+// down in the reverse order, each after the one listed after it has ended.
+
+/// A part that runs `body` until the group shuts it down (`body` is then cancelled, and
+/// the part ends when it returns).
+struct Loop: Service, CustomStringConvertible {
+    let description: String
+    let body: @Sendable () async -> Void
+
+    init(_ name: String, _ body: @escaping @Sendable () async -> Void) {
+        description = name
+        self.body = body
+    }
+
+    func run() async {
+        await cancelWhenGracefulShutdown(body)
+    }
+}
+
+/// A part that does `work` every `interval` until the group shuts it down (a round under
+/// way is finished first).
+struct Every: Service, CustomStringConvertible {
+    let description: String
+    let interval: Duration
+    let work: @Sendable () async -> Void
+
+    init(_ name: String, _ interval: Duration, _ work: @escaping @Sendable () async -> Void) {
+        description = name
+        self.interval = interval
+        self.work = work
+    }
+
+    func run() async {
+        await cancelWhenGracefulShutdown { [interval, work] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: interval)
+                if Task.isCancelled { break }
+                await work()
+            }
+        }
+    }
+}
+
+/// The first part shut down: it says so (log, systemd), and it ends the group when
+/// ``SyncPipeline/requestStop()`` asks.
+struct StopRequests: Service, CustomStringConvertible {
+    let description = "stop requests"
+    let requests: AsyncStream<Void>
+    let stopping: @Sendable () -> Void
+
+    func run() async {
+        await cancelWhenGracefulShutdown { [requests] in
+            for await _ in requests { return }
+        }
+        stopping()
+    }
+}
+
+/// The consumer: it consumes (on its own poll thread) until the group shuts down or the
+/// consumer ends on a fatal error; then it stops fetching, sends what is pending while
+/// time allows (durable mode), and closes, its final revocation checkpointing and
+/// committing. The flusher, listed before it, is still running meanwhile.
+struct Consuming: Service, CustomStringConvertible {
+    let description = "consumer"
+    let consumer: KafkaConsumer
+    let engine: SyncEngine
+    let durable: Bool
+    let drainMs: Int64
+    let fatal: @Sendable () -> Bool
+
+    func run() async {
+        await cancelWhenGracefulShutdown { [consumer, fatal] in
+            while !consumer.isFinished && !fatal() && !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(200))
+            }
+        }
+        // Fenced, or a client failed: nothing more is sent (what this instance holds may
+        // be older than what another instance sent since).
+        if fatal() { engine.halt() }
+        await SyncPipeline.blocking { [consumer, engine, durable, drainMs, fatal] in
+            if durable && !fatal() {
+                // Stop fetching, send what is pending while time allows (the state is
+                // checkpointed either way), then close: the final revocation
+                // checkpoints and commits.
+                consumer.stopFetching()
+                engine.drain(partitions: nil, timeoutMs: drainMs)
+            }
+            consumer.stop()
+        }
+    }
+}
+
+/// The admin HTTP server (metrics, health, readiness): started before the group, the
+/// last part stopped.
+struct AdminEndpoint: Service, CustomStringConvertible {
+    let description = "admin server"
+    let admin: AdminServer
+
+    func run() async {
+        try? await gracefulShutdown()
+        await admin.stop()
+    }
+}
+
+/// `/healthz` and the systemd watchdog: both beat only while the flusher goes round and
+/// the consumer polls. The poll thread may legitimately sit in a rebalance callback for
+/// up to the drain timeout, hence `pollLimit`.
+func liveness(flusher: Flusher, consumer: KafkaConsumer, alive: LoopsAlive, notifier: SystemdNotifier,
+              pollLimit: Double) -> Loop {
+    Loop("liveness") {
+        var lastRounds = -1
+        var lastWatchdog = ContinuousClock.now
+        while !Task.isCancelled {
+            let rounds = flusher.rounds.value
+            if rounds != lastRounds && consumer.secondsSincePoll < pollLimit && !consumer.hasFatalError {
+                alive.beat()
+                if let interval = notifier.watchdogInterval, ContinuousClock.now - lastWatchdog >= interval {
+                    notifier.watchdog()
+                    lastWatchdog = ContinuousClock.now
+                }
+            }
+            lastRounds = rounds
+            try? await Task.sleep(for: min(.seconds(1), notifier.watchdogInterval ?? .seconds(1)))
+        }
+    }
+}
+
+/// SIGHUP re-reads the API key file (and lets the breaker probe at once).
+func keyReloads(keys: APIKeyStore, engine: SyncEngine, logger: Logger) -> Loop {
+    Loop("SIGHUP key reloads") {
+        for await _ in await UnixSignalsSequence(trapping: .sighup) {
+            do {
+                let changed = try keys.reload()
+                logger.info("SIGHUP: API key re-read", metadata: ["changed": "\(changed)"])
+                engine.keyReloaded()
+            } catch {
+                logger.error("SIGHUP: cannot re-read the API key", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+}
+
+/// After each assignment, one line saying how fast its backlog was read: once the
+/// consumer is within a batch of the end of every partition it holds.
+func catchUpReports(engine: SyncEngine, consumer: KafkaConsumer, logger: Logger) -> Every {
+    Every("catch-up reports", .milliseconds(100)) {
+        guard engine.awaitingCatchUp else { return }
+        let assigned = consumer.assignment
+        let lag = consumer.lag()
+        guard !assigned.isEmpty, lag.count == assigned.count, lag.values.reduce(0, +) < 1_000,
+              let c = engine.takeCatchUp(backlog: lag.values.reduce(0, +)) else { return }
+        var metadata: Logger.Metadata = [
+            "events": .stringConvertible(c.events), "partitions": .stringConvertible(assigned.count),
+            "fold_seconds": .stringConvertible((c.foldSeconds * 1000).rounded() / 1000),
+            "seconds_since_assignment": .stringConvertible((c.sinceAssignmentSeconds * 100).rounded() / 100),
+        ]
+        // A rate only over a span long enough to mean one.
+        if c.foldSeconds >= 0.05, let rate = Int(exactly: (Double(c.events) / c.foldSeconds).rounded(.down)) {
+            metadata["events_per_second"] = .stringConvertible(rate)
+        }
+        logger.info("caught up with the assigned partitions", metadata: metadata)
+    }
+}
