@@ -58,7 +58,7 @@ extension SegmentDecoder {
     /// `type`, as ``readText(_:_:_:_:numbers:seen:)`` reads it, but a type the mapping knows,
     /// sent plainly, is recognized in the message's bytes: no string is made and matched
     /// for it (this is read once for every call).
-    func readType(_ s: inout JSONScanner, _ c: inout CallFields, seen: inout FieldSet) throws(JSONError) {
+    private func readType(_ s: inout JSONScanner, _ c: inout CallFields, seen: inout FieldSet) throws(JSONError) {
         c.type = nil
         let kind = try s.peekKind()
         if seen.contains(.type) || kind != .string {

@@ -66,7 +66,7 @@ extension SegmentDecoder {
         return t.isEmpty ? nil : t
     }
 
-    func customName(_ k: JSONKey) -> String? {
+    private func customName(_ k: JSONKey) -> String? {
         guard let name = try? k.text() else { return nil }
         let u = Array(name.utf8)
         return customKeys.contains(u) ? name : nil

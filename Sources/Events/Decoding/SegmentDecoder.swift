@@ -56,7 +56,7 @@ public struct SegmentDecoder: Sendable {
     // Generic inside the module only, where it is specialized for each sink; the public
     // entry points above are concrete (a generic call from another module would run the
     // unspecialized code).
-    func decodeMessage<Sink: DecodeSink>(_ bytes: UnsafeBufferPointer<UInt8>, nowMs: Int64, into out: inout Sink) {
+    private func decodeMessage<Sink: DecodeSink>(_ bytes: UnsafeBufferPointer<UInt8>, nowMs: Int64, into out: inout Sink) {
         if bytes.count > options.maxMessageBytes {
             out.append(.invalid(DecodeFailure(.tooLarge)))
             return
