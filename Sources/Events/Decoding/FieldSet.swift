@@ -12,14 +12,19 @@ enum Field: UInt8 {
 struct FieldSet {
     private var bits: UInt64 = 0
 
-    func contains(_ f: Field) -> Bool { bits & (1 << UInt64(f.rawValue)) != 0 }
+    /// A field's bit (a masking shift: every raw value is below 64, and a plain shift
+    /// checked that on every guard).
+    @inline(__always)
+    private static func bit(_ f: Field) -> UInt64 { 1 &<< UInt64(f.rawValue) }
+
+    func contains(_ f: Field) -> Bool { bits & Self.bit(f) != 0 }
 
     /// Marks `f` as read in this object and returns `true`, or, when it was read already,
     /// fails the call (`duplicate-key` at `path`; a call keeps its first failure), skips
     /// the repeated value and returns `false`: the caller then reads nothing more of it.
     @inline(__always)
     mutating func mark(_ f: Field, _ path: StaticString, _ c: inout CallFields, _ s: inout JSONScanner) throws(JSONError) -> Bool {
-        let m: UInt64 = 1 << UInt64(f.rawValue)
+        let m = Self.bit(f)
         if bits & m == 0 {
             bits |= m
             return true
