@@ -13,7 +13,7 @@
 # DWARF 5 that Swift emits, so by default the profile runs on a copy of the binary stripped
 # of its debug info: functions are named from the symbol table, without line numbers.
 # LINES=1 builds a second copy with DWARF 4 under .build/callgrind instead, which
-# `callgrind_annotate $KEEP/engine.out Sources/Events/JSONScanner.swift` annotates by line.
+# `callgrind_annotate $KEEP/engine.out Sources/Events/JSON/JSONScanner.swift` annotates by line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

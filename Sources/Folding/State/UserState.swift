@@ -1,92 +1,5 @@
 import CPrefetch
 import Events
-
-/// When a value was written: event time first, then the source position, so that a
-/// late or replayed old event never overwrites a newer value and ties are decided the
-/// same way on every replay.
-public struct Stamp: Comparable, Sendable, Hashable {
-    public var timeMs: Int64
-    public var offset: Int64
-
-    public init(timeMs: Int64, offset: Int64) {
-        self.timeMs = timeMs
-        self.offset = offset
-    }
-
-    public static func < (a: Stamp, b: Stamp) -> Bool {
-        a.timeMs != b.timeMs ? a.timeMs < b.timeMs : a.offset < b.offset
-    }
-}
-
-/// A last-writer-wins register.
-public struct Latest<Value: Equatable & Sendable>: Equatable, Sendable {
-    public var value: Value
-    public var stamp: Stamp
-
-    /// Writes `value` if `stamp` is newer; returns whether the value changed.
-    @inline(__always)
-    public static func write(_ reg: inout Latest<Value>?, _ value: Value, at stamp: Stamp) -> Bool {
-        if let r = reg {
-            guard r.stamp < stamp else { return false }
-            reg = Latest(value: value, stamp: stamp)
-            return r.value != value
-        }
-        reg = Latest(value: value, stamp: stamp)
-        return true
-    }
-}
-
-/// The Foldspace user type.
-public enum UserType: String, Sendable, Equatable, CaseIterable {
-    case anonymous = "ANONYMOUS"
-    case lead = "LEAD"
-    case user = "USER"
-
-    public init?(trait: String) {
-        switch trait.uppercased() {
-        case "ANONYMOUS": self = .anonymous
-        case "LEAD": self = .lead
-        case "USER": self = .user
-        default: return nil
-        }
-    }
-}
-
-/// A set of the most recent distinct values, by stamp, holding at most `limit`.
-public struct RecentSet<Value: Hashable & Sendable>: Sendable, Equatable {
-    /// Newest first.
-    public private(set) var items: [Latest<Value>] = []
-
-    public init() {}
-
-    /// Records `value` at `stamp`; returns whether the set (or its order) changed.
-    public mutating func insert(_ value: Value, at stamp: Stamp, limit: Int) -> Bool {
-        if let i = items.firstIndex(where: { $0.value == value }) {
-            guard items[i].stamp < stamp else { return false }
-            items.remove(at: i)
-        } else if items.count >= limit, let oldest = items.last, stamp < oldest.stamp {
-            return false // older than everything kept: it would be dropped at once
-        }
-        let at = items.firstIndex { $0.stamp < stamp } ?? items.count
-        items.insert(Latest(value: value, stamp: stamp), at: at)
-        if items.count > limit { items.removeLast(items.count - limit) }
-        return true
-    }
-}
-
-/// A product association as Foldspace stores it.
-public struct ProductKey: Hashable, Sendable {
-    public var product: String
-    public var environment: Int64?
-}
-
-/// One visit: the first and last event time of a run of events with no gap longer than
-/// the visit gap.
-public struct VisitSpan: Sendable, Equatable {
-    public var start: Int64
-    public var end: Int64
-}
-
 /// Everything folded for one user. Every field is bounded: the state does not grow with
 /// the number of events.
 ///
@@ -247,9 +160,9 @@ public struct UserState: Sendable, Equatable {
     /// The older spans grow in two steps (room for 2, then for all 7) rather than by
     /// doubling from 1, and a full list shifts in place rather than growing to 8 and
     /// dropping its first: a user with many visits costs two allocations in all, not four
-    /// reallocations and copies (in a profile of the benchmark's fold, starting spans went
-    /// from 5.5 % to 4 % of all samples). The price: a user with 3 or 4 older spans holds
-    /// room for 7 (144 bytes instead of 96).
+    /// reallocations and copies (a profile of the benchmark's fold showed starting spans
+    /// take a smaller share of all samples this way). The price: a user with 3 or 4 older
+    /// spans holds room for 7 (144 bytes instead of 96).
     public mutating func startSpan(at t: Int64) {
         if hasSpans {
             let room = Self.maxSpans - 1
@@ -425,33 +338,4 @@ public struct UserState: Sendable, Equatable {
             return mine.offset > p.offset || (mine.offset == p.offset && mine.call >= p.call)
         }
     }
-}
-
-/// Where a user's events from one source partition were last applied: the message's
-/// offset, the call's index within the message (the calls of a batch envelope share its
-/// offset), and the message's Kafka time in whole seconds (0: unknown; seconds keep the
-/// inline position at 20 bytes, and telling a recreated topic apart needs no more).
-public struct AppliedPosition: Sendable, Equatable {
-    /// A stable id of the source partition (a hash of topic and partition).
-    public var source: UInt32
-    public var offset: Int64
-    public var call: UInt32
-    public var kafkaSeconds: UInt32
-
-    public init(source: UInt32, offset: Int64, call: UInt32 = 0, kafkaSeconds: UInt32) {
-        self.source = source
-        self.offset = offset
-        self.call = call
-        self.kafkaSeconds = kafkaSeconds
-    }
-
-    /// As the engine knows it: the Kafka time in milliseconds (negative: unknown).
-    public init(source: UInt32, offset: Int64, call: UInt32 = 0, kafkaMs: Int64 = -1) {
-        self.init(source: source, offset: offset, call: call, kafkaSeconds: kafkaMs < 0 ? 0 : UInt32(clamping: kafkaMs / 1000))
-    }
-}
-
-public struct KeyEventCount: Sendable, Equatable {
-    public var index: UInt8
-    public var count: UInt32
 }

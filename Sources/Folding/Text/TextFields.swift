@@ -119,7 +119,7 @@ public struct TextFields: Sendable, Equatable {
         return kept
     }
 
-    private var buf: [UInt8] = []
+    var buf: [UInt8] = []
 
     public init() {}
 
@@ -305,26 +305,6 @@ public struct TextFields: Sendable, Equatable {
         return changed
     }
 
-    /// Bytes of the LEB128 encoding of `n`.
-    private static func lengthBytes(_ n: Int) -> Int {
-        var k = 1
-        var v = n >> 7
-        while v > 0 { k += 1; v >>= 7 }
-        return k
-    }
-
-    private static func putLength(_ n: Int, into out: UnsafeMutableBufferPointer<UInt8>, at: Int) -> Int {
-        var n = n
-        var at = at
-        while n >= 0x80 {
-            out[at] = UInt8(n & 0x7F) | 0x80
-            n >>= 7
-            at += 1
-        }
-        out[at] = UInt8(n)
-        return at + 1
-    }
-
     /// Whether `s` is exactly the bytes `b[r]`.
     @inline(__always)
     private static func same(_ s: String, _ b: UnsafeBufferPointer<UInt8>, _ r: Range<Int>) -> Bool {
@@ -334,149 +314,10 @@ public struct TextFields: Sendable, Equatable {
         return fast ?? s.utf8.elementsEqual(b[r])
     }
 
-    /// Registers with a stamp each (a stored state's fields, decoded one by one), packed
-    /// by ``init(_:from:)`` in one pass and one allocation, straight from the bytes they
-    /// were decoded from: setting them one at a time rebuilt the buffer once per field,
-    /// and a `String` per field was most of the rest of decoding a changelog record.
-    public struct Registers: Sendable {
-        /// Bit `f.rawValue`: field `f` is set.
-        fileprivate var mask: UInt16 = 0
-        /// Where each set field's value is in the source bytes.
-        fileprivate var starts = InlineArray<12, Int>(repeating: 0)
-        fileprivate var counts = InlineArray<12, Int>(repeating: 0)
-        fileprivate var stamps = InlineArray<12, Stamp>(repeating: Stamp(timeMs: 0, offset: 0))
-        public init() {}
-
-        /// Field `field` holds `source[bytes]` (valid UTF-8, which the caller checked) at
-        /// `stamp`; the last register given for a field is the one kept. A value over the
-        /// field's ``Field/storedLimitBytes`` is cut there, at the start of the scalar cut
-        /// through (as ``TextFields/Writes/add(_:_:)`` cuts it).
-        public mutating func set(_ field: Field, bytes: Range<Int>, of source: UnsafeBufferPointer<UInt8>, stamp: Stamp) {
-            let f = Int(field.rawValue)
-            let count = TextFields.keptBytes(count: bytes.count, limit: field.storedLimitBytes) { source[bytes.lowerBound + $0] }
-            mask |= 1 << UInt16(f)
-            starts[f] = bytes.lowerBound
-            counts[f] = count
-            stamps[f] = stamp
-        }
-    }
-
-    /// The fields of `registers`, whose values are in `source`: the same bytes as setting
-    /// each in turn.
-    public init(_ registers: Registers, from source: UnsafeBufferPointer<UInt8>) {
-        guard registers.mask != 0, let src = source.baseAddress else { return }
-        let fields = Int(Self.fieldCount)
-        var fieldStamp = InlineArray<12, UInt8>(repeating: 0) // index into `stamps`
-        var stamps = StampTable()
-        var bytes = 1
-        let has = { (f: Int) in registers.mask & (1 << UInt16(f)) != 0 }
-        // Stamps in order of first use, fields in ``Field`` order: the canonical layout.
-        for f in 0..<fields where has(f) {
-            fieldStamp[f] = stamps.index(of: registers.stamps[f])
-            let length = registers.counts[f]
-            precondition(registers.starts[f] + length <= source.count, "registers packed from other bytes than they were set from")
-            bytes += 2 + Self.lengthBytes(length) + length
-        }
-        bytes += 16 * stamps.count
-        buf = [UInt8](unsafeUninitializedCapacity: bytes) { out, count in
-            var at = stamps.write(into: out)
-            for f in 0..<fields where has(f) {
-                out[at] = UInt8(f)
-                out[at + 1] = fieldStamp[f]
-                at += 2
-                let n = registers.counts[f]
-                at = Self.putLength(n, into: out, at: at)
-                (out.baseAddress! + at).update(from: src + registers.starts[f], count: n)
-                at += n
-            }
-            count = at
-        }
-    }
-
     /// Sets or clears a field outright (decoding a stored state, tests).
     public mutating func set(_ field: Field, _ register: Latest<String>?) {
         var one = Writes()
         if let register { one.add(field, register.value) }
         _ = rebuild(one, at: register?.stamp ?? Stamp(timeMs: 0, offset: 0), clearing: 1 << UInt16(field.rawValue))
-    }
-
-    /// The stamps of a buffer being written, in order of first use (at most one per field).
-    private struct StampTable {
-        private var stamps = InlineArray<12, Stamp>(repeating: Stamp(timeMs: 0, offset: 0))
-        private(set) var count = 0
-
-        /// The entry of `s`, added if new.
-        mutating func index(of s: Stamp) -> UInt8 {
-            var i = 0
-            while i < count && stamps[i] != s { i += 1 }
-            if i == count {
-                stamps[i] = s
-                count += 1
-            }
-            return UInt8(i)
-        }
-
-        /// Writes the count and the table at the buffer's start; returns where fields begin.
-        func write(into out: UnsafeMutableBufferPointer<UInt8>) -> Int {
-            out[0] = UInt8(count)
-            let raw = UnsafeMutableRawBufferPointer(out)
-            for i in 0..<count { TextFields.store(stamps[i], entry: i, into: raw) }
-            return 1 + 16 * count
-        }
-    }
-
-    /// Writes `stamp` as stamp table entry `entry` (time then offset, little endian).
-    private static func store(_ stamp: Stamp, entry: Int, into raw: UnsafeMutableRawBufferPointer) {
-        raw.storeBytes(of: UInt64(bitPattern: stamp.timeMs).littleEndian, toByteOffset: 1 + 16 * entry, as: UInt64.self)
-        raw.storeBytes(of: UInt64(bitPattern: stamp.offset).littleEndian, toByteOffset: 9 + 16 * entry, as: UInt64.self)
-    }
-
-    /// Walks a buffer written by ``rebuild(_:at:clearing:)``.
-    private struct Reader {
-        let b: UnsafeBufferPointer<UInt8>
-        var pos: Int
-
-        init(_ b: UnsafeBufferPointer<UInt8>) {
-            self.b = b
-            pos = 1 + 16 * Int(b[0])
-        }
-
-        func stamp(_ i: UInt8) -> Stamp {
-            Stamp(timeMs: int64(1 + 16 * Int(i)), offset: int64(9 + 16 * Int(i)))
-        }
-
-        private func int64(_ at: Int) -> Int64 {
-            Int64(bitPattern: UInt64(littleEndian: UnsafeRawPointer(b.baseAddress! + at).loadUnaligned(as: UInt64.self)))
-        }
-
-        /// The next field: its ``Field`` raw value (checked; the enum itself was built by
-        /// a call per field, in the fold's hottest loop), stamp index and value bytes.
-        mutating func next() -> (field: UInt8, stamp: UInt8, value: Range<Int>)? {
-            guard pos < b.count else { return nil }
-            let field = b[pos]
-            guard field < TextFields.fieldCount else { return nil }
-            let stamp = b[pos + 1]
-            pos += 2
-            var n = 0
-            var shift = 0
-            while true {
-                let c = b[pos]
-                pos += 1
-                n |= Int(c & 0x7F) << shift
-                if c < 0x80 { break }
-                shift += 7
-            }
-            let value = pos..<(pos + n)
-            pos += n
-            return (field, stamp, value)
-        }
-
-        mutating func find(_ field: Field) -> (field: UInt8, stamp: UInt8, value: Range<Int>)? {
-            while let e = next() {
-                if e.field == field.rawValue { return e }
-                if e.field > field.rawValue { return nil }
-            }
-            return nil
-        }
     }
 }
