@@ -173,7 +173,7 @@ extension FoldspaceBench {
             try await sandbox.start()
             var c = SyncConfiguration.local(brokers: brokers, topic: topic, group: "bench-\(UUID().uuidString.prefix(8))",
                                             foldspaceURL: sandbox.baseURL)
-            c.stateMode = "memory"
+            c.stateMode = .memory
             c.kafkaProperties.merge(environmentProperties("PIPELINE_PROPS")) { $1 }
             if let v = ProcessInfo.processInfo.environment["PIPELINE_DECODE_THREADS"].flatMap(Int.init) { c.engine.decodeThreads = v }
             c.zstdSizeHint = FoldspaceBench.zstdHintFromEnvironment
@@ -341,7 +341,7 @@ extension FoldspaceBench {
             try await sandbox.start()
             var c = SyncConfiguration.local(brokers: brokers, topic: topic, group: "lat-\(UUID().uuidString.prefix(8))",
                                             foldspaceURL: sandbox.baseURL)
-            c.stateMode = "memory"
+            c.stateMode = .memory
             c.engine.debounceMs = Int64(ProcessInfo.processInfo.environment["LATENCY_DEBOUNCE_MS"] ?? "1000") ?? 1_000
             c.engine.maxWaitMs = 5_000
             c.engine.requestsPerSecond = 1_000_000
