@@ -73,7 +73,6 @@ extension SyncConfiguration {
 // MARK: - Typed constructors, one per kind of value
 
 extension SyncConfiguration.Key {
-    typealias Config = SyncConfiguration
     typealias Value = SyncConfiguration.ConfigValue
     /// Where a key's value goes: a property of the configuration (or of its ``EngineOptions``).
     typealias Path<T> = WritableKeyPath<SyncConfiguration, T> & Sendable
