@@ -115,47 +115,6 @@ import Testing
         #expect(d.contains("kafka.properties.sasl.password: <redacted>"))
     }
 
-    @Test func everyKeyIsDocumented() throws {
-        let doc = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("docs/configuration.md")
-        let text = try String(contentsOf: doc, encoding: .utf8)
-        for k in SyncConfiguration.keys {
-            #expect(text.contains("| `\(k.name)` |"), "docs/configuration.md lacks \(k.name)")
-        }
-    }
-
-    @Test func everyKeyRowHasFourCells() throws {
-        // A | in a type such as json|text ends the cell unless escaped.
-        let doc = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("docs/configuration.md")
-        let text = try String(contentsOf: doc, encoding: .utf8)
-        for k in SyncConfiguration.keys {
-            let row = try #require(text.split(separator: "\n").first { $0.hasPrefix("| `\(k.name)` |") })
-            let separators = row.replacingOccurrences(of: "\\|", with: "").filter { $0 == "|" }.count
-            #expect(separators == 5, "\(row)")
-        }
-    }
-
-    @Test func theLibrdkafkaDefaultsTableMatchesTheCode() throws {
-        // docs/configuration.md states the librdkafka properties the daemon sets; the
-        // prefetch sizes in particular are a documented memory cost, so the table must
-        // say what the consumer really sets.
-        let doc = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("docs/configuration.md")
-        let text = try String(contentsOf: doc, encoding: .utf8)
-        var checked = 0
-        for line in text.split(separator: "\n") where line.hasPrefix("| `") {
-            let cells = line.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }
-            guard cells.count >= 2 else { continue }
-            let names = cells[0].split(separator: "/").map { $0.trimmingCharacters(in: .whitespaces).trimmingCharacters(in: CharacterSet(charactersIn: "`")) }
-            guard names.allSatisfy({ KafkaConsumer.defaults[$0] != nil }) else { continue }
-            let values = cells[1].split(separator: "/").map { $0.trimmingCharacters(in: .whitespaces).replacingOccurrences(of: " (always)", with: "") }
-            #expect(names.map { KafkaConsumer.defaults[$0]! } == values, "\(line)")
-            checked += names.count
-        }
-        #expect(checked >= 8)
-    }
-
     @Test func secretsFromFilesAndSystemdCredentials() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("creds-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)

@@ -45,7 +45,7 @@ final class PipelineHarness: @unchecked Sendable {
         c.engine.burst = 50
         c.engine.drainTimeoutMs = 10_000
         c.kafkaProperties["session.timeout.ms"] = "6000"
-        c.stateMode = "memory" // these tests are about delivery; durable state has its own
+        c.stateMode = .memory // these tests are about delivery; durable state has its own
         configure(&c)
         pipeline = try SyncPipeline(config: c, keys: try keys ?? APIKeyStore(key: apiKey), logger: quietLogger)
         let p = pipeline!

@@ -13,7 +13,7 @@ import TestSupport
         try h.cluster.createTopic("\(group)-state", partitions: 2)
         try h.start { c in
             c.group = group
-            c.stateMode = "durable"
+            c.stateMode = .durable
             c.commitIntervalMs = 300
             c.engine.fold.sendNumberOfVisits = true
             // The model ``VisitReference`` checks the "Step" count through.
