@@ -9,7 +9,7 @@ work=.build/fuzz
 mkdir -p "$work/src" fuzz/findings
 rm -f "$work"/src/*.swift
 # One module: the pure sources, their imports of each other removed.
-for f in Sources/Events/*.swift Sources/Folding/*.swift Sources/FoldspaceSandbox/FoldspaceSchema.swift fuzz/FuzzTarget.swift; do
+for f in Sources/Events/*.swift Sources/Folding/*.swift Sources/Simulation/FoldspaceSchema.swift fuzz/FuzzTarget.swift; do
   sed -e '/^import Events$/d' "$f" > "$work/src/$(basename "$(dirname "$f")")-$(basename "$f")"
 done
 if [ ! -x "$work/fuzz-decoder" ] || [ -n "$(find Sources/Events Sources/Folding Sources/CPrefetch fuzz -newer "$work/fuzz-decoder" \( -name '*.swift' -o -name '*.h' -o -name '*.modulemap' \) | head -1)" ]; then

@@ -1,6 +1,7 @@
 import Delivery
 import Events
 import Folding
+import FoldspaceAPI
 import Foundation
 import Kafka
 import Yams

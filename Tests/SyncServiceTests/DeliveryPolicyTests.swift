@@ -1,5 +1,6 @@
 import Delivery
-import FoldspaceSandbox
+import FoldspaceAPI
+import Simulation
 import Foundation
 #if canImport(FoundationNetworking)
 import FoundationNetworking
