@@ -1,4 +1,3 @@
-import Delivery
 import Folding
 import FoldspaceAPI
 import Foundation

@@ -1,4 +1,3 @@
-import Delivery
 import Events
 import Folding
 import FoldspaceAPI

@@ -1,5 +1,4 @@
 import ArgumentParser
-import Delivery
 import FoldspaceAPI
 import Foundation
 import Kafka

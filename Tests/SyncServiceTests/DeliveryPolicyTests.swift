@@ -1,4 +1,3 @@
-import Delivery
 import FoldspaceAPI
 import Simulation
 import Foundation
