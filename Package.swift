@@ -3,8 +3,8 @@ import PackageDescription
 
 // Dependencies, each for one reason:
 // - swift-nio: the admin server and the Foldspace sandbox speak HTTP/1.1 on NIO.
-// - async-http-client (+ swift-nio-ssl, already its dependency): the Foldspace client
-//   (connection pool, TLS verification with an optional CA file, timeouts).
+// - async-http-client (+ swift-nio-ssl, already its dependency): the Foldspace client in
+//   FoldspaceAPI (connection pool, TLS verification with an optional CA file, timeouts).
 // - swift-log: one logging API for our code and librdkafka's log callback.
 // - swift-argument-parser: the command line.
 // - swift-service-lifecycle: one ServiceGroup that owns signals and ordered shutdown.
@@ -52,14 +52,18 @@ let package = Package(
         .target(name: "Events", swiftSettings: hotPath),
         // Pure: user state, fold rules, projection, constraints.
         .target(name: "Folding", dependencies: ["Events", "CPrefetch"], swiftSettings: hotPath),
-        // Delivery: debouncer, offset tracking, backoff, and the Foldspace HTTP client.
-        .target(name: "Delivery", dependencies: [
-            "Events", "Folding",
-            .product(name: "Logging", package: "swift-log"),
+        // Pure: delivery rules (debouncer, rate limiter and breaker, backoff, offset
+        // tracking, outcomes) and the sender protocol; no I/O. Events: saturating arithmetic.
+        .target(name: "Delivery", dependencies: ["Events"], swiftSettings: hotPath),
+        // The Foldspace HTTP API: the client (the only AsyncHTTPClient code), the API key,
+        // Retry-After parsing, path encoding, and the operator's ConfigurationError.
+        // NIOCore: the request body's ByteBuffer; NIOSSL: TLS settings and errors.
+        .target(name: "FoldspaceAPI", dependencies: [
+            "Delivery",
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
-        ], swiftSettings: hotPath),
+        ]),
         // A small HTTP/1.1 server on NIO, for the admin endpoints and the sandbox.
         .target(name: "HTTPServing", dependencies: [
             .product(name: "NIOCore", package: "swift-nio"),
@@ -67,36 +71,39 @@ let package = Package(
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
         ]),
-        // An in-process Foldspace that checks every request against the documented schema.
-        .target(name: "FoldspaceSandbox", dependencies: ["HTTPServing"]),
-        // Wiring: configuration, the engine, services, demo.
+        // For the demo, the benchmarks and tests only (never in the daemon's library): an
+        // in-process Foldspace that checks every request against the documented schema,
+        // and generated Segment traffic. Events: the generator's ISO 8601 timestamps.
+        .target(name: "Simulation", dependencies: ["HTTPServing", "Events"]),
+        // Wiring: configuration, the engine, services.
         .target(name: "SyncService", dependencies: [
-            "Kafka", "Events", "Folding", "Delivery", "HTTPServing", "FoldspaceSandbox", "CPrefetch",
+            "Kafka", "Events", "Folding", "Delivery", "FoldspaceAPI", "HTTPServing", "CPrefetch",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             .product(name: "Yams", package: "Yams"),
         ], swiftSettings: hotPath),
+        // The daemon's command line; `demo` runs it against the Simulation.
         .executableTarget(name: "foldspace-sync", dependencies: [
-            "SyncService", "Kafka",
+            "SyncService", "Kafka", "FoldspaceAPI", "Simulation",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         // Benchmark driver for scripts/bench.sh (not shipped).
         .executableTarget(name: "foldspace-bench", dependencies: [
-            "SyncService", "Kafka", "Events", "Folding", "Delivery", "FoldspaceSandbox",
+            "SyncService", "Kafka", "Events", "Folding", "Delivery", "FoldspaceAPI", "Simulation",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         // Helpers shared by the test targets (polling, the reference fold of visits).
-        .target(name: "TestSupport", dependencies: ["FoldspaceSandbox"], path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["Simulation"], path: "Tests/TestSupport"),
         .testTarget(name: "EventsTests", dependencies: ["Events"]),
-        .testTarget(name: "FoldingTests", dependencies: ["Folding", "Events", "FoldspaceSandbox"]),
-        .testTarget(name: "DeliveryTests", dependencies: ["Delivery", "Folding", "FoldspaceSandbox", "HTTPServing"]),
+        .testTarget(name: "FoldingTests", dependencies: ["Folding", "Events", "Simulation"]),
+        .testTarget(name: "DeliveryTests", dependencies: ["Delivery", "FoldspaceAPI", "HTTPServing"]),
         .testTarget(name: "KafkaTests", dependencies: ["Kafka", "TestSupport"]),
-        .testTarget(name: "SyncServiceTests", dependencies: ["SyncService", "Kafka", "Delivery", "Folding", "Events", "FoldspaceSandbox", "TestSupport"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["FoldspaceSandbox", "Kafka", "SyncService", "TestSupport"]),
+        .testTarget(name: "SyncServiceTests", dependencies: ["SyncService", "Kafka", "Delivery", "FoldspaceAPI", "Folding", "Events", "Simulation", "TestSupport"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["Simulation", "Kafka", "SyncService", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -10,7 +10,7 @@ mkdir -p "$work/src" fuzz/findings
 rm -f "$work"/src/*.swift
 # One module: the pure sources (their subfolders too), their imports of each other removed.
 # Each copy is named by its whole path, so that files of the same name in two folders differ.
-for f in $(find Sources/Events Sources/Folding -name '*.swift' | sort) Sources/FoldspaceSandbox/FoldspaceSchema.swift fuzz/FuzzTarget.swift; do
+for f in $(find Sources/Events Sources/Folding -name '*.swift' | sort) Sources/Simulation/FoldspaceSchema.swift fuzz/FuzzTarget.swift; do
   sed -e '/^import Events$/d' "$f" > "$work/src/$(echo "${f%.swift}" | tr / -).swift"
 done
 if [ ! -x "$work/fuzz-decoder" ] || [ -n "$(find Sources/Events Sources/Folding Sources/CPrefetch fuzz -newer "$work/fuzz-decoder" \( -name '*.swift' -o -name '*.h' -o -name '*.modulemap' \) | head -1)" ]; then

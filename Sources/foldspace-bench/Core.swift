@@ -2,7 +2,8 @@ import ArgumentParser
 import Delivery
 import Events
 import Folding
-import FoldspaceSandbox
+import FoldspaceAPI
+import Simulation
 import Foundation
 #if canImport(FoundationNetworking)
 import FoundationNetworking

@@ -2,7 +2,8 @@ import ArgumentParser
 import Delivery
 import Events
 import Folding
-import FoldspaceSandbox
+import FoldspaceAPI
+import Simulation
 import Foundation
 #if canImport(FoundationNetworking)
 import FoundationNetworking
@@ -27,7 +28,7 @@ extension FoldspaceBench {
             try await sandbox.start()
             var c = SyncConfiguration.local(brokers: brokers, topic: topic, group: "lat-\(UUID().uuidString.prefix(8))",
                                             foldspaceURL: sandbox.baseURL)
-            c.stateMode = "memory"
+            c.stateMode = .memory
             c.engine.debounceMs = Int64(ProcessInfo.processInfo.environment["LATENCY_DEBOUNCE_MS"] ?? "1000") ?? 1_000
             c.engine.maxWaitMs = 5_000
             c.engine.requestsPerSecond = 1_000_000

@@ -2,7 +2,8 @@ import ArgumentParser
 import Delivery
 import Events
 import Folding
-import FoldspaceSandbox
+import FoldspaceAPI
+import Simulation
 import Foundation
 #if canImport(FoundationNetworking)
 import FoundationNetworking
@@ -24,7 +25,7 @@ extension FoldspaceBench {
             try await sandbox.start()
             var c = SyncConfiguration.local(brokers: brokers, topic: topic, group: "bench-\(UUID().uuidString.prefix(8))",
                                             foldspaceURL: sandbox.baseURL)
-            c.stateMode = "memory"
+            c.stateMode = .memory
             c.kafkaProperties.merge(environmentProperties("PIPELINE_PROPS")) { $1 }
             if let v = ProcessInfo.processInfo.environment["PIPELINE_DECODE_THREADS"].flatMap(Int.init) { c.engine.decodeThreads = v }
             c.zstdSizeHint = FoldspaceBench.zstdHintFromEnvironment

@@ -1,5 +1,5 @@
 import ArgumentParser
-import Delivery
+import FoldspaceAPI
 import Foundation
 import Kafka
 import Logging
@@ -168,11 +168,11 @@ extension FoldspaceSync {
 
         func run() async throws {
             LogSetup.bootstrap(format: "text", level: .warning)
-            var o = SyncService.Demo.Options()
+            var o = EmbeddedDemo.Options()
             o.users = users
             o.events = events
             o.timeoutMs = Int64(timeout) * 1000
-            let summary = try await SyncService.Demo(options: o, logger: Logger(label: "demo"), print: printLine).run()
+            let summary = try await EmbeddedDemo(options: o, logger: Logger(label: "demo"), print: printLine).run()
             if !summary.complete || summary.violations > 0 { throw ExitCode(1) }
         }
     }

@@ -1,3 +1,4 @@
+@testable import FoldspaceAPI
 import Foundation
 import HTTPServing
 import NIOSSL

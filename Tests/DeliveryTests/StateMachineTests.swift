@@ -1,3 +1,4 @@
+import FoldspaceAPI
 import Testing
 @testable import Delivery
 

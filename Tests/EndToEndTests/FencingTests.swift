@@ -1,4 +1,4 @@
-import FoldspaceSandbox
+import Simulation
 import Foundation
 import Testing
 #if canImport(FoundationNetworking)

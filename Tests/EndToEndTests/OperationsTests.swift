@@ -1,4 +1,4 @@
-import FoldspaceSandbox
+import Simulation
 import Foundation
 import Testing
 import TestSupport

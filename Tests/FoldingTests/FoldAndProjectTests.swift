@@ -1,6 +1,6 @@
 import Events
 import Foundation
-import FoldspaceSandbox
+import Simulation
 import Testing
 @testable import Folding
 

@@ -1,5 +1,5 @@
 import Events
-import FoldspaceSandbox
+import Simulation
 import Foundation
 import Testing
 @testable import Folding

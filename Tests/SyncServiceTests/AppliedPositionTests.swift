@@ -1,5 +1,5 @@
 import Delivery
-import FoldspaceSandbox
+import Simulation
 import Folding
 import Foundation
 import Kafka

@@ -1,5 +1,5 @@
-import Delivery
-import FoldspaceSandbox
+import FoldspaceAPI
+import Simulation
 import Foundation
 #if canImport(FoundationNetworking)
 import FoundationNetworking

@@ -1,4 +1,4 @@
-import FoldspaceSandbox
+import Simulation
 import Foundation
 
 /// Polls `condition` until it holds or `timeout` passes; returns its last value.

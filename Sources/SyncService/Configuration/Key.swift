@@ -1,4 +1,5 @@
 import Delivery
+import FoldspaceAPI
 import Foundation
 
 extension SyncConfiguration {

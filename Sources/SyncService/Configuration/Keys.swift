@@ -1,5 +1,6 @@
 import Delivery
 import Folding
+import FoldspaceAPI
 import Foundation
 import Kafka
 

@@ -1,5 +1,5 @@
-import Delivery
 import Folding
+import FoldspaceAPI
 import Foundation
 import Kafka
 import Logging

@@ -1,3 +1,4 @@
+import FoldspaceAPI
 import Foundation
 import HTTPServing
 import Kafka

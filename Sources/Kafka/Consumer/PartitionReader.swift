@@ -34,25 +34,15 @@ public final class PartitionReader: @unchecked Sendable {
         // second). The read went at half kcat's rate, its consumer idle in between.
         // Memory stays bounded by queued.max.messages.kbytes.
         if cfg["queued.min.messages"] == nil { cfg["queued.min.messages"] = "1000000" }
-        var errbuf = [CChar](repeating: 0, count: 512)
-        let conf = try cfg.makeConf()
-        guard let rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, &errbuf, errbuf.count) else {
-            rd_kafka_conf_destroy(conf)
-            throw KafkaError(message: "cannot create restore client: \(errorText(errbuf))")
-        }
+        let rk = try RDKafkaClient.create(RD_KAFKA_CONSUMER, config: cfg, what: "restore client")
         var wcfg = cfg
         wcfg["isolation.level"] = "read_uncommitted"
-        let wconf: OpaquePointer
+        let wk: OpaquePointer
         do {
-            wconf = try wcfg.makeConf()
+            wk = try RDKafkaClient.create(RD_KAFKA_CONSUMER, config: wcfg, what: "restore client")
         } catch {
             rd_kafka_destroy(rk)
             throw error
-        }
-        guard let wk = rd_kafka_new(RD_KAFKA_CONSUMER, wconf, &errbuf, errbuf.count) else {
-            rd_kafka_conf_destroy(wconf)
-            rd_kafka_destroy(rk)
-            throw KafkaError(message: "cannot create restore client: \(errorText(errbuf))")
         }
         rd_kafka_poll_set_consumer(rk)
         self.rk = rk

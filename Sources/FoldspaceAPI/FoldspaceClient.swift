@@ -1,67 +1,8 @@
 import AsyncHTTPClient
+import Delivery
 import Foundation
-import Logging
 import NIOCore
 import NIOSSL
-
-/// The product's version, sent as `User-Agent: foldspace-sync/<version>`.
-public let foldspaceSyncVersion = "0.1.0"
-
-/// The API key, replaceable at run time (SIGHUP re-reads its file).
-public final class APIKeyStore: @unchecked Sendable {
-    private let lock = NSLock()
-    private var key: String
-    public let file: String?
-
-    /// - Throws: when the key is empty or holds characters a header cannot carry.
-    public init(key: String, file: String? = nil) throws {
-        self.key = try Self.validated(key)
-        self.file = file
-    }
-
-    public init(file: String) throws {
-        self.file = file
-        self.key = try Self.validated(Self.read(file))
-    }
-
-    public var current: String { lock.withLock { key } }
-
-    /// Re-reads the key file, if there is one. Returns whether the key changed.
-    @discardableResult
-    public func reload() throws -> Bool {
-        guard let file else { return false }
-        let k = try Self.validated(Self.read(file))
-        return lock.withLock {
-            defer { key = k }
-            return key != k
-        }
-    }
-
-    static func read(_ file: String) throws -> String {
-        do {
-            return try String(contentsOfFile: file, encoding: .utf8)
-        } catch {
-            throw ConfigurationError("cannot read API key file \(file)")
-        }
-    }
-
-    /// Trims surrounding whitespace; refuses anything a header value cannot hold, so a
-    /// key file can never inject a header.
-    static func validated(_ raw: String) throws -> String {
-        let k = raw.trimmingCharacters(in: .whitespacesAndNewlines)
-        guard !k.isEmpty else { throw ConfigurationError("the API key is empty") }
-        guard k.unicodeScalars.allSatisfy({ $0.value >= 0x21 && $0.value <= 0x7E }) else {
-            throw ConfigurationError("the API key holds characters a header cannot carry")
-        }
-        return k
-    }
-}
-
-/// A configuration problem, with a message for the operator (never holding secrets).
-public struct ConfigurationError: Error, CustomStringConvertible, Sendable {
-    public var description: String
-    public init(_ message: String) { description = message }
-}
 
 /// Sends `PUT {base}/v1/user/{identifyId}` with AsyncHTTPClient: the only code that
 /// sees it. TLS is verified against the system roots and, when configured, a CA file.
@@ -162,28 +103,4 @@ public final class FoldspaceClient: UserUpdateSender {
             return .retryable(reason: "connection")
         }
     }
-}
-
-/// Percent-encodes a string as one URL path segment: only RFC 3986 unreserved
-/// characters stay as they are; `.` and `..` are encoded whole so that no server reads
-/// them as dot-segments.
-public func encodePathSegment(_ s: String) -> String {
-    if s == "." { return "%2E" }
-    if s == ".." { return "%2E%2E" }
-    let hex = Array("0123456789ABCDEF".utf8)
-    var out: [UInt8] = []
-    out.reserveCapacity(s.utf8.count)
-    for b in s.utf8 {
-        switch b {
-        case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
-             UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "-"), UInt8(ascii: "."),
-             UInt8(ascii: "_"), UInt8(ascii: "~"):
-            out.append(b)
-        default:
-            out.append(UInt8(ascii: "%"))
-            out.append(hex[Int(b >> 4)])
-            out.append(hex[Int(b & 0xF)])
-        }
-    }
-    return String(decoding: out, as: UTF8.self)
 }

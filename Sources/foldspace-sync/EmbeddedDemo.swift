@@ -1,45 +1,46 @@
-import Delivery
-import FoldspaceSandbox
+import FoldspaceAPI
 import Foundation
 import Kafka
 import Logging
+import Simulation
+import SyncService
 
 /// `foldspace-sync demo`: the whole pipeline in one process, nothing to install. An
 /// in-process librdkafka mock cluster, generated Segment traffic, the real engine and
 /// HTTP client, and a Foldspace sandbox that checks every request against the schema.
-public struct Demo {
-    public struct Options: Sendable {
-        public var users = 2_000
-        public var events = 40_000
-        public var partitions = 4
-        public var debounceMs: Int64 = 500
-        public var maxWaitMs: Int64 = 3_000
-        public var timeoutMs: Int64 = 30_000
-        public init() {}
+struct EmbeddedDemo {
+    struct Options: Sendable {
+        var users = 2_000
+        var events = 40_000
+        var partitions = 4
+        var debounceMs: Int64 = 500
+        var maxWaitMs: Int64 = 3_000
+        var timeoutMs: Int64 = 30_000
+        init() {}
     }
 
-    public struct Summary: Sendable {
-        public var events: Int
-        public var invalid: Int
-        public var users: Int
-        public var usersDelivered: Int
-        public var puts: Int
-        public var violations: Int
-        public var seconds: Double
-        public var complete: Bool
+    struct Summary: Sendable {
+        var events: Int
+        var invalid: Int
+        var users: Int
+        var usersDelivered: Int
+        var puts: Int
+        var violations: Int
+        var seconds: Double
+        var complete: Bool
     }
 
     let options: Options
     let logger: Logger
     let print: @Sendable (String) -> Void
 
-    public init(options: Options, logger: Logger, print: @escaping @Sendable (String) -> Void) {
+    init(options: Options, logger: Logger, print: @escaping @Sendable (String) -> Void) {
         self.options = options
         self.logger = logger
         self.print = print
     }
 
-    public func run() async throws -> Summary {
+    func run() async throws -> Summary {
         let start = Date()
         let cluster = try MockCluster(brokers: 1)
         let topic = "segment-events"

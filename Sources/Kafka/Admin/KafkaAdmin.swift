@@ -44,12 +44,7 @@ public enum KafkaAdmin {
     /// A short-lived client for one Admin request, once the cluster has a controller
     /// that can take it (``requireController(_:timeoutMs:)``). The caller destroys it.
     private static func adminClient(_ config: KafkaClientConfig, timeoutMs: Int32) throws(KafkaError) -> OpaquePointer {
-        let conf = try config.withoutConsumerProperties.makeConf()
-        var errbuf = [CChar](repeating: 0, count: 512)
-        guard let rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, &errbuf, errbuf.count) else {
-            rd_kafka_conf_destroy(conf)
-            throw KafkaError(message: "cannot create admin client: \(errorText(errbuf))")
-        }
+        let rk = try RDKafkaClient.create(RD_KAFKA_PRODUCER, config: config.withoutConsumerProperties, what: "admin client")
         do {
             try requireController(rk, timeoutMs: timeoutMs)
         } catch {
@@ -141,15 +136,9 @@ public enum KafkaAdmin {
     }
 
     private static func metadataClient(_ config: KafkaClientConfig) throws(KafkaError) -> OpaquePointer {
-        let conf = try KafkaClientConfig(["bootstrap.servers": config["bootstrap.servers"] ?? ""]
+        let metadataConfig = KafkaClientConfig(["bootstrap.servers": config["bootstrap.servers"] ?? ""]
             .merging(config.properties.filter { $0.key.hasPrefix("security.") || $0.key.hasPrefix("sasl.") || $0.key.hasPrefix("ssl.") }) { a, _ in a })
-            .makeConf()
-        var errbuf = [CChar](repeating: 0, count: 512)
-        guard let rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, &errbuf, errbuf.count) else {
-            rd_kafka_conf_destroy(conf)
-            throw KafkaError(message: "cannot create metadata client: \(errorText(errbuf))")
-        }
-        return rk
+        return try RDKafkaClient.create(RD_KAFKA_PRODUCER, config: metadataConfig, what: "metadata client")
     }
 
     /// The partition count of `topic` from cluster metadata.

@@ -35,26 +35,22 @@ public final class KafkaProducer: @unchecked Sendable {
         var cfg = KafkaClientConfig(Self.defaults)
         for (k, v) in config.properties { cfg[k] = v }
         self.logger = logger
-        context = CallbackContext(logger: logger)
-        let conf = try cfg.makeConf()
-        installLogging(conf, context: context)
-        rd_kafka_conf_set_dr_msg_cb(conf) { rk, msg, opaque in
-            guard let opaque, let msg else { return }
-            let ctx = Unmanaged<CallbackContext>.fromOpaque(opaque).takeUnretainedValue()
-            ctx.producer?.delivery(err: msg.pointee.err)
-            // A message sent with `onDelivery` carries its callback (retained once).
-            if let p = msg.pointee._private {
-                let err = msg.pointee.err
-                Unmanaged<DeliveryCallback>.fromOpaque(p).takeRetainedValue()
-                    .body(err == RD_KAFKA_RESP_ERR_NO_ERROR ? nil : KafkaError(err, context: "delivery"))
+        let context = CallbackContext(logger: logger)
+        self.context = context
+        rk = try RDKafkaClient.create(RD_KAFKA_PRODUCER, config: cfg, what: "kafka producer") { conf in
+            installLogging(conf, context: context)
+            rd_kafka_conf_set_dr_msg_cb(conf) { rk, msg, opaque in
+                guard let opaque, let msg else { return }
+                let ctx = Unmanaged<CallbackContext>.fromOpaque(opaque).takeUnretainedValue()
+                ctx.producer?.delivery(err: msg.pointee.err)
+                // A message sent with `onDelivery` carries its callback (retained once).
+                if let p = msg.pointee._private {
+                    let err = msg.pointee.err
+                    Unmanaged<DeliveryCallback>.fromOpaque(p).takeRetainedValue()
+                        .body(err == RD_KAFKA_RESP_ERR_NO_ERROR ? nil : KafkaError(err, context: "delivery"))
+                }
             }
         }
-        var errbuf = [CChar](repeating: 0, count: 512)
-        guard let handle = rd_kafka_new(RD_KAFKA_PRODUCER, conf, &errbuf, errbuf.count) else {
-            rd_kafka_conf_destroy(conf)
-            throw KafkaError(message: "cannot create kafka producer: \(errorText(errbuf))")
-        }
-        rk = handle
         context.producer = self
         let t = Thread { [self] in
             while lock.withLock({ running }) {

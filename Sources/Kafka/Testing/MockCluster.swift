@@ -17,10 +17,7 @@ public final class MockCluster: @unchecked Sendable {
         // A producer handle owns the cluster; it never sends anything itself.
         rd_kafka_conf_set(conf, "test.mock.num.brokers", String(max(1, brokers)), &errbuf, errbuf.count)
         rd_kafka_conf_set(conf, "log_level", "3", &errbuf, errbuf.count)
-        guard let handle = rd_kafka_new(RD_KAFKA_PRODUCER, conf, &errbuf, errbuf.count) else {
-            rd_kafka_conf_destroy(conf)
-            throw KafkaError(message: "cannot create mock cluster: \(errorText(errbuf))")
-        }
+        let handle = try RDKafkaClient.create(RD_KAFKA_PRODUCER, conf: conf, what: "mock cluster")
         guard let mc = rd_kafka_handle_mock_cluster(handle) else {
             rd_kafka_destroy(handle)
             throw KafkaError(message: "this librdkafka has no mock cluster")
