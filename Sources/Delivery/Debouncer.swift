@@ -55,8 +55,6 @@ public struct Debouncer<Key: Hashable & Sendable>: Sendable {
         self.maxWaitMs = max(maxWaitMs, debounceMs)
     }
 
-    /// How many users are scheduled (dirty and not in flight, or retrying).
-    public var scheduledCount: Int { heap.count }
 
     /// When the user is due, given its state.
     public func dueMs(_ s: DeliveryState) -> Int64 {

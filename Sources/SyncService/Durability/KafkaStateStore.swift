@@ -1,0 +1,341 @@
+import Folding
+import FoldspaceAPI
+import Foundation
+import Kafka
+import Logging
+
+/// The changelog on Kafka: an idempotent producer with `acks=all` for writes, a
+/// throw-away assigned consumer for restores, and the group consumer for commits.
+///
+/// With transactions (the default), one transactional producer per owned source
+/// partition (`<group>-state-<topic>-<partition>`) writes that partition's users and
+/// sends its offset in one transaction: the owner that claims a partition fences every
+/// earlier producer of it (Kafka bumps the id's epoch and aborts its open transaction),
+/// so a paused or partitioned former owner can write nothing after the new owner
+/// restored. A fenced producer's error is fatal: the process exits and rejoins.
+public final class KafkaStateStore: StateStore, @unchecked Sendable {
+    public let topic: String
+    /// The changelog's partition count; source partition p lives in p mod this.
+    public let partitions: Int32
+    /// The source topic's partition count, written into every record.
+    public let sourcePartitions: Int32
+    public var hasFatalError: Bool {
+        producer.hasFatalError || lock.withLock { failed || owners.values.contains { $0.hasFatalError } }
+    }
+    /// Whether checkpoints are transactions (``SyncConfiguration/stateTransactions``).
+    public let transactional: Bool
+    private let producer: KafkaProducer
+    private let producerConfig: KafkaClientConfig
+    private let config: KafkaClientConfig
+    private let logger: Logger
+    private let lock = NSLock()
+    private var consumer: KafkaConsumer?
+    private var reader: PartitionReader?
+    /// With transactions: the producer of each claimed source partition.
+    private var owners: [TopicPartition: KafkaProducer] = [:]
+    /// A transaction was refused because another owner took over, or a writer failed in
+    /// a way no retry mends: the process must restart.
+    private var failed = false
+    /// Partitions whose writer was let go after a transaction it could not end.
+    private var wedged: Set<TopicPartition> = []
+    /// Offsets committed in transactions whose plain commit (for brokers that do not
+    /// apply transactional offset commits, such as librdkafka's mock) failed: tried again
+    /// with the next checkpoint, or that partition's position is never committed there.
+    private var plainPending: [TopicPartition: Int64] = [:]
+
+    public init(topic: String, partitions: Int, sourcePartitions: Int, config: KafkaClientConfig, logger: Logger,
+                transactional: Bool = false) throws {
+        self.topic = topic
+        self.sourcePartitions = Int32(sourcePartitions)
+        self.partitions = Int32(max(1, partitions))
+        self.config = config
+        self.logger = logger
+        self.transactional = transactional
+        var p = config.withoutConsumerProperties
+        p["enable.idempotence"] = "true"
+        p["acks"] = "all"
+        p["linger.ms"] = "5"
+        // A checkpoint writes every changed user at once (~310 bytes each: ~35 MB for
+        // 100k users); lz4 about halves what the brokers receive and keep, for little
+        // CPU. An operator's choice in kafka.properties stands.
+        if p["compression.type"] == nil && p["compression.codec"] == nil { p["compression.type"] = "lz4" }
+        producerConfig = p
+        producer = try KafkaProducer(config: p, logger: logger)
+    }
+
+    /// The producer's `message.max.bytes` (librdkafka's default 1,000,000) less room for
+    /// the record's framing and headers.
+    public var maxRecordBytes: Int {
+        let limit = producerConfig["message.max.bytes"].flatMap { Int($0) } ?? 1_000_000
+        return max(4_096, limit - 1_024)
+    }
+
+    /// Refuses a changelog whose `cleanup.policy` is not `compact`: with `delete` (the
+    /// broker's default for a topic auto-created without it) or `compact,delete`, users
+    /// not written for the retention period (7 days by default) silently lose their
+    /// state. A cluster that cannot describe topic configurations (librdkafka's mock)
+    /// gets a warning.
+    static func checkCleanupPolicy(topic: String, config: KafkaClientConfig, logger: Logger) throws {
+        let described: [String: String]
+        do {
+            described = try KafkaAdmin.topicConfig(config: config, topic: topic)
+        } catch {
+            logger.warning("could not read the state topic's configuration; make sure its cleanup.policy is compact", metadata: [
+                "topic": "\(topic)", "error": "\(error)",
+            ])
+            return
+        }
+        let policy = described["cleanup.policy"] ?? "delete"
+        let parts = Set(policy.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
+        guard parts == ["compact"] else {
+            throw ConfigurationError(
+                "state_topic: \(topic) has cleanup.policy=\(policy); it must be compact (with delete, users not written "
+                + "within the topic's retention lose their state). Change it, e.g. kafka-configs.sh --alter --entity-type topics "
+                + "--entity-name \(topic) --add-config cleanup.policy=compact")
+        }
+    }
+
+    /// The transactional id of a source partition's changelog writer.
+    public static func transactionalId(group: String, _ tp: TopicPartition) -> String {
+        "\(group)-state-\(tp.topic)-\(tp.partition)"
+    }
+
+    public func claim(_ partitions: [TopicPartition]) throws {
+        guard transactional else { return }
+        let group = config["group.id"] ?? "foldspace-sync"
+        for tp in partitions where lock.withLock({ owners[tp] == nil }) {
+            var p = producerConfig
+            p["transactional.id"] = Self.transactionalId(group: group, tp)
+            // On failure the engine holds the partition and tries again later; an error no
+            // retry mends (the transactional id not authorized, transactions unsupported)
+            // fails the process, which says why.
+            let writer = try KafkaProducer(config: p, logger: logger)
+            do throws(KafkaError) {
+                try writer.initTransactions()
+            } catch {
+                if error.isFatal || writer.hasFatalError || error.isUnrecoverableForTransactions {
+                    lock.withLock { failed = true }
+                    logger.critical("the changelog writer of a partition cannot be initialised; exiting (set state.transactions: false for brokers without transactions)", metadata: [
+                        "partition": "\(tp)", "error": "\(error)",
+                    ])
+                }
+                writer.close()
+                throw error
+            }
+            lock.withLock { owners[tp] = writer }
+        }
+    }
+
+    public func relinquish(_ partitions: [TopicPartition]) {
+        let gone = lock.withLock {
+            wedged.subtract(partitions)
+            for tp in partitions { plainPending[tp] = nil }
+            return partitions.compactMap { owners.removeValue(forKey: $0) }
+        }
+        for w in gone { w.close() }
+    }
+
+    public func checkpoint(_ groups: [CheckpointGroup], deadline: DispatchTime? = nil) throws {
+        guard transactional else { return try writeThenCommit(groups) }
+        let consumer = lock.withLock { self.consumer }
+        // Each call's timeout, cut to what is left before the deadline (a second at
+        // least: an abort must get its chance).
+        func budget(_ full: Int32) -> Int32 {
+            guard let deadline else { return full }
+            let now = DispatchTime.now().uptimeNanoseconds
+            let left = deadline.uptimeNanoseconds > now ? Int64((deadline.uptimeNanoseconds - now) / 1_000_000) : 0
+            return Int32(max(1_000, min(Int64(full), left)))
+        }
+        let work = groups.filter { !$0.records.isEmpty || $0.offset != nil }
+        for (n, g) in work.enumerated() {
+            if let deadline, DispatchTime.now() >= deadline {
+                throw KafkaError(message: "checkpoint deadline passed; not checkpointed: \(work[n...].map(\.source.description).joined(separator: ","))",
+                                 isRetriable: true)
+            }
+            // A writer dropped after a transaction it could not end is claimed again
+            // (which aborts that transaction); a partition let go is never claimed here.
+            if lock.withLock({ owners[g.source] == nil && wedged.contains(g.source) }) {
+                try claim([g.source])
+                lock.withLock { _ = wedged.remove(g.source) }
+            }
+            guard let writer = lock.withLock({ owners[g.source] }) else {
+                throw KafkaError(message: "checkpoint of \(g.source): the partition is not claimed (revoked meanwhile?)", isRetriable: true)
+            }
+            do throws(KafkaError) {
+                try writer.beginTransaction()
+                for r in g.records { try writer.send(topic: topic, partition: r.partition, key: r.key, value: r.value) }
+                if let o = g.offset {
+                    guard let metadata = consumer?.groupMetadata() else {
+                        throw KafkaError(message: "checkpoint of \(g.source): no group metadata yet", isRetriable: true)
+                    }
+                    try writer.sendOffsetsToTransaction([g.source: o], group: metadata, timeoutMs: budget(30_000))
+                }
+                try commitTransaction(writer, deadline: deadline, budget: budget)
+            } catch {
+                if error.isFenced || error.isFatal || writer.hasFatalError {
+                    // Another instance claimed the partition: this one was paused or cut
+                    // off past its session, and what it holds is stale. It must write and
+                    // send nothing more; the process exits (1) and rejoins.
+                    lock.withLock { failed = true }
+                    logger.critical("the changelog writer of a partition was fenced (another instance owns the partition now) or failed fatally; exiting to rejoin the group", metadata: [
+                        "partition": "\(g.source)", "error": "\(error)",
+                    ])
+                } else if !abort(writer, budget: budget) {
+                    // Neither committed nor aborted (librdkafka keeps the unfinished call
+                    // current, and refuses every other until it ends): the writer is let go
+                    // and the partition claimed again by the next checkpoint.
+                    logger.warning("a checkpoint transaction could neither commit nor abort; its writer is claimed anew", metadata: [
+                        "partition": "\(g.source)", "error": "\(error)",
+                    ])
+                    lock.withLock {
+                        if owners[g.source] === writer { owners[g.source] = nil }
+                        wedged.insert(g.source)
+                    }
+                    writer.close()
+                }
+                throw error
+            }
+            // Kept at once: a later group's failure must not lose this plain commit.
+            if let o = g.offset { lock.withLock { plainPending[g.source] = max(plainPending[g.source] ?? o, o) } }
+        }
+        // The same offsets committed plainly too, best effort: Kafka has applied them
+        // with the transaction already (a no-op then), but librdkafka's mock cluster does
+        // not apply transactional offset commits to the group.
+        let plain = lock.withLock { plainPending }
+        if !plain.isEmpty {
+            do {
+                try commit(plain)
+                lock.withLock { for (tp, o) in plain where plainPending[tp] == o { plainPending[tp] = nil } }
+            } catch {
+                logger.debug("plain commit after the checkpoint transactions failed; tried again with the next", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
+    /// Commits the open transaction; a retriable failure (a flush or the coordinator timing
+    /// out) is resumed by calling again, as librdkafka asks, a few times.
+    private func commitTransaction(_ writer: KafkaProducer, deadline: DispatchTime?,
+                                   budget: (Int32) -> Int32) throws(KafkaError) {
+        var attempt = 0
+        while true {
+            do throws(KafkaError) {
+                try writer.commitTransaction(timeoutMs: budget(60_000))
+                return
+            } catch {
+                attempt += 1
+                let late = deadline.map { DispatchTime.now() >= $0 } ?? false
+                guard error.isRetriable, !error.requiresAbort, attempt < 3, !late else { throw error }
+            }
+        }
+    }
+
+    /// Aborts the open transaction (retried while librdkafka says it may succeed);
+    /// whether it ended.
+    private func abort(_ writer: KafkaProducer, budget: (Int32) -> Int32) -> Bool {
+        for _ in 0..<3 {
+            do throws(KafkaError) {
+                try writer.abortTransaction(timeoutMs: budget(30_000))
+                return true
+            } catch {
+                logger.warning("aborting a failed checkpoint transaction failed", metadata: ["error": "\(error)"])
+                if !error.isRetriable { return false }
+            }
+        }
+        return false
+    }
+
+    public func attach(consumer: KafkaConsumer) {
+        lock.withLock { self.consumer = consumer }
+    }
+
+    public func statePartition(for sourcePartition: Int32) -> Int32 { sourcePartition % partitions }
+
+    public func read(partition: Int32) throws -> [(key: [UInt8], value: [UInt8]?)] {
+        try read(partitions: [partition])[partition]?.records ?? []
+    }
+
+    public func read(partitions: [Int32]) throws -> [Int32: PackedRecords] {
+        // One reader for every restore of this process (made at the first).
+        let reader = try lock.withLock { () throws -> PartitionReader in
+            if let r = self.reader { return r }
+            let r = try PartitionReader(config: config.withoutConsumerProperties)
+            self.reader = r
+            return r
+        }
+        return try reader.read(topic: topic, partitions: partitions)
+    }
+
+    public func write(_ records: [(partition: Int32, key: [UInt8], value: [UInt8]?)]) throws {
+        try producer.sendAndWait(topic: topic, records)
+    }
+
+    public func commit(_ offsets: [TopicPartition: Int64]) throws {
+        guard let c = lock.withLock({ consumer }) else { return }
+        try c.commitSync(offsets)
+    }
+
+    public func committedPastStart(_ tp: TopicPartition) throws -> Int64? {
+        guard let c = lock.withLock({ consumer }) else {
+            throw KafkaError(message: "the committed offset is read through the group's consumer, which is not attached")
+        }
+        guard let (o, metadata) = try c.committedWithMetadata([tp], timeoutMs: 10_000)[tp], o >= 0 else { return nil }
+        // Committed by foldspace-sync: consumed, wherever the log starts now (retention
+        // may have caught up with a quiet partition's committed offset). Committed by
+        // someone else (`--reset-offsets` writes no metadata): consumed only if past the
+        // first retained offset, so that a reset to the earliest folds the history again.
+        if metadata == commitMetadata { return o }
+        return o > (try c.watermarks(tp, timeoutMs: 10_000).low) ? o : nil
+    }
+
+    public func close() {
+        producer.close()
+        relinquish(lock.withLock { Array(owners.keys) })
+    }
+
+    /// Changelog records queued and not yet acknowledged (`/metrics`).
+    public var queueLength: Int { producer.queueLength }
+
+    /// Makes sure the changelog exists, compacted, with the source's partition count,
+    /// and returns its partition count.
+    ///
+    /// - Throws: with a clear message when a changelog that already holds state has a
+    ///   different partition count. An *empty* changelog with another count (a cluster
+    ///   that auto-creates topics and has no Admin API, such as librdkafka's mock) is
+    ///   used with source partition p stored in changelog partition p mod count, and a
+    ///   warning: restores then filter records by their source.
+    public static func prepare(topic: String, sourceTopic: String, config: KafkaClientConfig, logger: Logger) throws -> (state: Int, source: Int) {
+        let admin = config.withoutConsumerProperties
+        let sourcePartitions = try KafkaAdmin.partitionCount(config: admin, topic: sourceTopic)
+        if !(try KafkaAdmin.listTopics(config: admin)).contains(topic) {
+            do {
+                _ = try KafkaAdmin.createTopicIfMissing(config: admin, topic: topic, partitions: sourcePartitions,
+                                                        topicConfig: ["cleanup.policy": "compact"], logger: logger,
+                                                        timeoutMs: 5_000)
+            } catch {
+                logger.warning("could not create the state topic through the Admin API", metadata: [
+                    "topic": "\(topic)", "error": "\(error)",
+                ])
+            }
+        }
+        try checkCleanupPolicy(topic: topic, config: admin, logger: logger)
+        let statePartitions = try KafkaAdmin.partitionCount(config: admin, topic: topic)
+        if statePartitions != sourcePartitions {
+            // Usable only if it holds nothing, or only what this daemon wrote for a source
+            // of the current size (each record carries the source's partition count).
+            for p in 0..<Int32(statePartitions) {
+                guard let last = try KafkaAdmin.lastValue(config: admin, topic: topic, partition: p, logger: logger) else { continue }
+                let written = (try? StateCodec.decode(last))?.sourcePartitions ?? -1
+                if written != Int32(sourcePartitions) {
+                    throw ConfigurationError(
+                        "state_topic: \(topic) has \(statePartitions) partitions but \(sourceTopic) has \(sourcePartitions), "
+                        + "and it holds state written for another layout; the changelog must be co-partitioned with the source "
+                        + "(recreate it, compacted, with \(sourcePartitions) partitions)")
+                }
+            }
+            logger.warning("state topic is not co-partitioned with the source; source partition p is stored in p mod its count", metadata: [
+                "state_topic": "\(topic)", "state_partitions": "\(statePartitions)", "source_partitions": "\(sourcePartitions)",
+            ])
+        }
+        return (statePartitions, sourcePartitions)
+    }
+}
