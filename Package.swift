@@ -18,7 +18,7 @@ let package = Package(
     name: "foldspace-sync",
     platforms: [.macOS(.v15)],
     products: [
-        .executable(name: "foldspace-sync", targets: ["foldspace-sync"]),
+        .executable(name: "foldspace-sync", targets: ["foldspace-sync"])
     ],
     // Exact versions, for a reproducible image without a committed Package.resolved (one
     // made here would carry mirror commit ids). swift-tools-version 6.2 is their floor
@@ -40,10 +40,12 @@ let package = Package(
             providers: [.apt(["librdkafka-dev"])]
         ),
         // The only module that sees librdkafka's C types.
-        .target(name: "Kafka", dependencies: [
-            "CRdKafka", "CZstdSizeHint",
-            .product(name: "Logging", package: "swift-log"),
-        ], swiftSettings: hotPath),
+        .target(
+            name: "Kafka",
+            dependencies: [
+                "CRdKafka", "CZstdSizeHint",
+                .product(name: "Logging", package: "swift-log"),
+            ], swiftSettings: hotPath),
         // librdkafka's zstd batches sized before decompressing (see its header).
         .target(name: "CZstdSizeHint"),
         // A prefetch hint for the fold's warm-up (Swift has none).
@@ -58,51 +60,63 @@ let package = Package(
         // The Foldspace HTTP API: the client (the only AsyncHTTPClient code), the API key,
         // Retry-After parsing, path encoding, and the operator's ConfigurationError.
         // NIOCore: the request body's ByteBuffer; NIOSSL: TLS settings and errors.
-        .target(name: "FoldspaceAPI", dependencies: [
-            "Delivery",
-            .product(name: "AsyncHTTPClient", package: "async-http-client"),
-            .product(name: "NIOCore", package: "swift-nio"),
-            .product(name: "NIOSSL", package: "swift-nio-ssl"),
-        ]),
+        .target(
+            name: "FoldspaceAPI",
+            dependencies: [
+                "Delivery",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]),
         // A small HTTP/1.1 server on NIO, for the admin endpoints and the sandbox.
-        .target(name: "HTTPServing", dependencies: [
-            .product(name: "NIOCore", package: "swift-nio"),
-            .product(name: "NIOPosix", package: "swift-nio"),
-            .product(name: "NIOHTTP1", package: "swift-nio"),
-            .product(name: "NIOSSL", package: "swift-nio-ssl"),
-        ]),
+        .target(
+            name: "HTTPServing",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]),
         // For the demo, the benchmarks and tests only (never in the daemon's library): an
         // in-process Foldspace that checks every request against the documented schema,
         // and generated Segment traffic. Events: the generator's ISO 8601 timestamps.
         .target(name: "Simulation", dependencies: ["HTTPServing", "Events"]),
         // Wiring: configuration, the engine, services.
-        .target(name: "SyncService", dependencies: [
-            "Kafka", "Events", "Folding", "Delivery", "FoldspaceAPI", "HTTPServing", "CPrefetch",
-            .product(name: "Logging", package: "swift-log"),
-            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-            .product(name: "UnixSignals", package: "swift-service-lifecycle"),
-            .product(name: "Yams", package: "Yams"),
-        ], swiftSettings: hotPath),
+        .target(
+            name: "SyncService",
+            dependencies: [
+                "Kafka", "Events", "Folding", "Delivery", "FoldspaceAPI", "HTTPServing", "CPrefetch",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "Yams", package: "Yams"),
+            ], swiftSettings: hotPath),
         // The daemon's command line; `demo` runs it against the Simulation.
-        .executableTarget(name: "foldspace-sync", dependencies: [
-            "SyncService", "Kafka", "FoldspaceAPI", "Simulation",
-            .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            .product(name: "Logging", package: "swift-log"),
-            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-        ]),
+        .executableTarget(
+            name: "foldspace-sync",
+            dependencies: [
+                "SyncService", "Kafka", "FoldspaceAPI", "Simulation",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]),
         // Benchmark driver for scripts/bench.sh (not shipped).
-        .executableTarget(name: "foldspace-bench", dependencies: [
-            "SyncService", "Kafka", "Events", "Folding", "Delivery", "FoldspaceAPI", "Simulation",
-            .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            .product(name: "Logging", package: "swift-log"),
-        ]),
+        .executableTarget(
+            name: "foldspace-bench",
+            dependencies: [
+                "SyncService", "Kafka", "Events", "Folding", "Delivery", "FoldspaceAPI", "Simulation",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         // Helpers shared by the test targets (polling, the reference fold of visits).
         .target(name: "TestSupport", dependencies: ["Simulation"], path: "Tests/TestSupport"),
         .testTarget(name: "EventsTests", dependencies: ["Events"]),
         .testTarget(name: "FoldingTests", dependencies: ["Folding", "Events", "Simulation"]),
         .testTarget(name: "DeliveryTests", dependencies: ["Delivery", "FoldspaceAPI", "HTTPServing"]),
         .testTarget(name: "KafkaTests", dependencies: ["Kafka", "TestSupport"]),
-        .testTarget(name: "SyncServiceTests", dependencies: ["SyncService", "Kafka", "Delivery", "FoldspaceAPI", "Folding", "Events", "Simulation", "TestSupport"]),
+        .testTarget(
+            name: "SyncServiceTests",
+            dependencies: ["SyncService", "Kafka", "Delivery", "FoldspaceAPI", "Folding", "Events", "Simulation", "TestSupport"]),
         .testTarget(name: "EndToEndTests", dependencies: ["Simulation", "Kafka", "SyncService", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]

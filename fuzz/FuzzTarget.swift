@@ -32,7 +32,8 @@ public func fuzzOne(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     var calls = DecodedCalls()
     decoder.decode(bytes, nowMs: 1_764_000_000_000, into: &calls)
     if (0..<calls.count).map({ calls[$0] }) != decoded
-        || calls.events.count != calls.outcomes.filter({ if case .event = $0 { true } else { false } }).count {
+        || calls.events.count != calls.outcomes.filter({ if case .event = $0 { true } else { false } }).count
+    {
         fatalError("DecodedCalls differs from [Decoded]")
     }
     // A Kafka timestamp from the input's last eight bytes (any Int64, absurd ones

@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh --with-test-tools
+# The tree is kept formatted by swift-format (the toolchain's `swift format`, with the
+# repository's .swift-format): `swift format format -i -r Sources Tests fuzz Package.swift`.
+swift format lint --strict --recursive --parallel Sources Tests fuzz/FuzzTarget.swift Package.swift \
+  || { echo "the tree is not formatted: run swift format format -i -r --parallel Sources Tests fuzz/FuzzTarget.swift Package.swift"; exit 1; }
 swift build --build-tests
 # A 30-second libFuzzer smoke run of the decoder, fold, projector and state codec
 # (scripts/fuzz.sh runs 10M inputs outside CI). FUZZ_SMOKE=0 skips it.

@@ -55,7 +55,6 @@ public struct Debouncer<Key: Hashable & Sendable>: Sendable {
         self.maxWaitMs = max(maxWaitMs, debounceMs)
     }
 
-
     /// When the user is due, given its state.
     public func dueMs(_ s: DeliveryState) -> Int64 {
         let due = min(s.lastChangeMs + debounceMs, s.dirtySinceMs + maxWaitMs)
@@ -202,7 +201,8 @@ struct MinHeap<Key: Sendable>: Sendable {
         let top = items.removeLast()
         var i = 0
         while true {
-            let l = 2 * i + 1, r = l + 1
+            let l = 2 * i + 1
+            let r = l + 1
             var m = i
             if l < items.count && items[l].at < items[m].at { m = l }
             if r < items.count && items[r].at < items[m].at { m = r }

@@ -116,8 +116,10 @@ public struct RateLimiter: Sendable {
     /// user: false while the breaker is open or the endpoint is not proven, and for the
     /// answer that makes a run of them systemic.
     @discardableResult
-    public mutating func record(_ outcome: DeliveryOutcome, wasProbe: Bool, nowMs: Int64, backoffMs: Int64,
-                                user: UInt64 = 0) -> Recorded {
+    public mutating func record(
+        _ outcome: DeliveryOutcome, wasProbe: Bool, nowMs: Int64, backoffMs: Int64,
+        user: UInt64 = 0
+    ) -> Recorded {
         let wasOpen = breakerOpen
         let settles = apply(outcome, wasProbe: wasProbe, nowMs: nowMs, backoffMs: backoffMs, user: user)
         let change: BreakerChange? = breakerOpen == wasOpen ? nil : breakerOpen ? .opened(status: breakerStatus) : .closed
@@ -144,8 +146,10 @@ public struct RateLimiter: Sendable {
         case closed
     }
 
-    private mutating func apply(_ outcome: DeliveryOutcome, wasProbe: Bool, nowMs: Int64, backoffMs: Int64,
-                                user: UInt64) -> Bool {
+    private mutating func apply(
+        _ outcome: DeliveryOutcome, wasProbe: Bool, nowMs: Int64, backoffMs: Int64,
+        user: UInt64
+    ) -> Bool {
         if wasProbe { probeInFlight = false }
         switch outcome {
         case .rateLimited(let retryAfter):

@@ -25,26 +25,38 @@ public func parseRetryAfter(_ value: String, nowEpochMs: Int64) -> Int64? {
 func parseHTTPDate(_ v: String) -> Int64? {
     let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
     let parts = v.split(separator: " ")
-    var day: Int?, month: Int?, year: Int?, time: Substring?
+    var day: Int?
+    var month: Int?
+    var year: Int?
+    var time: Substring?
     if parts.count == 6, parts[5] == "GMT", parts[0].hasSuffix(",") {
         // IMF-fixdate
-        day = Int(parts[1]); month = months.firstIndex(of: String(parts[2])); year = Int(parts[3]); time = parts[4]
+        day = Int(parts[1])
+        month = months.firstIndex(of: String(parts[2]))
+        year = Int(parts[3])
+        time = parts[4]
         if parts[3].count != 4 { return nil }
     } else if parts.count == 4, parts[3] == "GMT", parts[0].hasSuffix(",") {
         // RFC 850: a two-digit year; one more than 50 years ahead is taken for the past.
         let dmy = parts[1].split(separator: "-")
         guard dmy.count == 3, dmy[2].count == 2, let yy = Int(dmy[2]) else { return nil }
-        day = Int(dmy[0]); month = months.firstIndex(of: String(dmy[1])); time = parts[2]
+        day = Int(dmy[0])
+        month = months.firstIndex(of: String(dmy[1]))
+        time = parts[2]
         year = yy < 70 ? 2000 + yy : 1900 + yy
     } else if parts.count == 5 {
         // asctime (the day of month space-padded: split drops the padding)
-        month = months.firstIndex(of: String(parts[1])); day = Int(parts[2]); time = parts[3]; year = Int(parts[4])
+        month = months.firstIndex(of: String(parts[1]))
+        day = Int(parts[2])
+        time = parts[3]
+        year = Int(parts[4])
         if parts[4].count != 4 { return nil }
     }
     guard let day, let month, let year, let time, (1...31).contains(day), (1970...9999).contains(year) else { return nil }
     let hms = time.split(separator: ":", omittingEmptySubsequences: false)
     guard hms.count == 3, hms.allSatisfy({ $0.count == 2 }), let h = Int(hms[0]), let m = Int(hms[1]), let sec = Int(hms[2]),
-          (0...23).contains(h), (0...59).contains(m), (0...60).contains(sec) else { return nil }
+        (0...23).contains(h), (0...59).contains(m), (0...60).contains(sec)
+    else { return nil }
     // Days from the civil date (Howard Hinnant's algorithm); all values are small here.
     let y = month + 1 <= 2 ? year - 1 : year
     let era = y / 400

@@ -96,26 +96,34 @@ public final class HTTPServer: Sendable {
     /// `tls` (a PEM certificate chain and key), it serves HTTPS. `idleTimeout`: a
     /// connection with no request in progress and nothing read for that long is closed.
     /// `maxConnections`: connections beyond it are closed as they are accepted.
-    public static func start(host: String, port: Int, maxBodyBytes: Int = 4 << 20,
-                             tls: (certificatePEM: String, keyPEM: String)? = nil,
-                             idleTimeout: TimeAmount? = nil, maxConnections: Int? = nil,
-                             handler: @escaping Handler) async throws -> HTTPServer {
-        try await start(host: host, port: port, maxBodyBytes: maxBodyBytes, tls: tls, idleTimeout: idleTimeout,
-                        maxConnections: maxConnections, serve: .async(handler))
+    public static func start(
+        host: String, port: Int, maxBodyBytes: Int = 4 << 20,
+        tls: (certificatePEM: String, keyPEM: String)? = nil,
+        idleTimeout: TimeAmount? = nil, maxConnections: Int? = nil,
+        handler: @escaping Handler
+    ) async throws -> HTTPServer {
+        try await start(
+            host: host, port: port, maxBodyBytes: maxBodyBytes, tls: tls, idleTimeout: idleTimeout,
+            maxConnections: maxConnections, serve: .async(handler))
     }
 
     /// As ``start(host:port:maxBodyBytes:tls:idleTimeout:maxConnections:handler:)``, with a
     /// handler that never awaits, run off Swift's cooperative pool (``BlockingHandler``).
-    public static func start(host: String, port: Int, maxBodyBytes: Int = 4 << 20,
-                             tls: (certificatePEM: String, keyPEM: String)? = nil,
-                             idleTimeout: TimeAmount? = nil, maxConnections: Int? = nil,
-                             blockingHandler: @escaping BlockingHandler) async throws -> HTTPServer {
-        try await start(host: host, port: port, maxBodyBytes: maxBodyBytes, tls: tls, idleTimeout: idleTimeout,
-                        maxConnections: maxConnections, serve: .blocking(blockingHandler))
+    public static func start(
+        host: String, port: Int, maxBodyBytes: Int = 4 << 20,
+        tls: (certificatePEM: String, keyPEM: String)? = nil,
+        idleTimeout: TimeAmount? = nil, maxConnections: Int? = nil,
+        blockingHandler: @escaping BlockingHandler
+    ) async throws -> HTTPServer {
+        try await start(
+            host: host, port: port, maxBodyBytes: maxBodyBytes, tls: tls, idleTimeout: idleTimeout,
+            maxConnections: maxConnections, serve: .blocking(blockingHandler))
     }
 
-    private static func start(host: String, port: Int, maxBodyBytes: Int, tls: (certificatePEM: String, keyPEM: String)?,
-                              idleTimeout: TimeAmount?, maxConnections: Int?, serve: Serve) async throws -> HTTPServer {
+    private static func start(
+        host: String, port: Int, maxBodyBytes: Int, tls: (certificatePEM: String, keyPEM: String)?,
+        idleTimeout: TimeAmount?, maxConnections: Int?, serve: Serve
+    ) async throws -> HTTPServer {
         let connections = Connections(limit: maxConnections.map { max(1, $0) })
         var sslContext: NIOSSLContext? = nil
         if let tls {

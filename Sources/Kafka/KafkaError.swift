@@ -27,9 +27,10 @@ public struct KafkaError: Error, CustomStringConvertible, Sendable {
 
     init(consuming error: OpaquePointer, context: String) {
         let msg = String(cString: rd_kafka_error_string(error))
-        self.init(code: rd_kafka_error_code(error).rawValue, message: "\(context): \(msg)",
-                  isFatal: rd_kafka_error_is_fatal(error) != 0,
-                  isRetriable: rd_kafka_error_is_retriable(error) != 0)
+        self.init(
+            code: rd_kafka_error_code(error).rawValue, message: "\(context): \(msg)",
+            isFatal: rd_kafka_error_is_fatal(error) != 0,
+            isRetriable: rd_kafka_error_is_retriable(error) != 0)
         requiresAbort = rd_kafka_error_txn_requires_abort(error) != 0
         rd_kafka_error_destroy(error)
     }
@@ -45,9 +46,11 @@ public struct KafkaError: Error, CustomStringConvertible, Sendable {
     /// Transactions cannot work here, whatever the retries: the broker does not support
     /// them, or the transactional id (or the cluster) is not authorized.
     public var isUnrecoverableForTransactions: Bool {
-        [RD_KAFKA_RESP_ERR_UNSUPPORTED_VERSION, RD_KAFKA_RESP_ERR__UNSUPPORTED_FEATURE,
-         RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED, RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED]
-            .contains { $0.rawValue == code }
+        [
+            RD_KAFKA_RESP_ERR_UNSUPPORTED_VERSION, RD_KAFKA_RESP_ERR__UNSUPPORTED_FEATURE,
+            RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED, RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED,
+        ]
+        .contains { $0.rawValue == code }
     }
 
     /// The record (or its batch) is over a size limit of the producer or the broker.

@@ -147,7 +147,8 @@ public final class FoldspaceSandbox: @unchecked Sendable {
         lock.withLock {
             windows.removeAll { $0.end <= now }
             for w in windows where now > w.start + graceMs && insideWindows.count < 100 {
-                insideWindows.append("\(id ?? String(rawSegment)) arrived \(now - w.start) ms into a Retry-After window of \(w.end - w.start) ms")
+                insideWindows.append(
+                    "\(id ?? String(rawSegment)) arrived \(now - w.start) ms into a Retry-After window of \(w.end - w.start) ms")
             }
         }
         let (reply, latency, keyOK, keep) = lock.withLock { () -> (Reply?, Int, Bool, Bool) in

@@ -23,7 +23,10 @@ public enum FoldspaceSchema {
         for k in o.keys where !allowed.contains(k) { v.append("unknown field \(k)") }
         for (k, value) in o where value is NSNull { v.append("\(k) is null") }
 
-        guard let ut = o["userType"] as? String else { v.append("userType missing or not a string"); return v }
+        guard let ut = o["userType"] as? String else {
+            v.append("userType missing or not a string")
+            return v
+        }
         if !["ANONYMOUS", "LEAD", "USER"].contains(ut) { v.append("userType \(ut) not allowed") }
         if let id = o["identifyId"] as? String {
             checkLength(id, 255, "identifyId", &v)
@@ -81,7 +84,10 @@ public enum FoldspaceSchema {
                 if a.count > 20 { v.append("products has \(a.count) items, over 20") }
                 var seen = Set<String>()
                 for item in a {
-                    guard let po = item as? [String: Any] else { v.append("products item not an object"); continue }
+                    guard let po = item as? [String: Any] else {
+                        v.append("products item not an object")
+                        continue
+                    }
                     for k in po.keys where k != "product" && k != "environment" { v.append("unknown field products[].\(k)") }
                     let code = string(po, "product", 16, &v, prefix: "products[].")
                     var envText = "-"
@@ -99,7 +105,8 @@ public enum FoldspaceSchema {
             }
         }
         if let n = o["numberOfVisits"] {
-            if let num = n as? NSNumber, isInteger(num), num.int64Value >= 0, num.int64Value <= Int64(Int32.max) {} else {
+            if let num = n as? NSNumber, isInteger(num), num.int64Value >= 0, num.int64Value <= Int64(Int32.max) {
+            } else {
                 v.append("numberOfVisits not an int32")
             }
         }
@@ -118,7 +125,10 @@ public enum FoldspaceSchema {
     @discardableResult
     private static func string(_ o: [String: Any], _ k: String, _ max: Int, _ v: inout [String], prefix: String = "") -> String? {
         guard let raw = o[k] else { return nil }
-        guard let s = raw as? String else { v.append("\(prefix)\(k) not a string"); return nil }
+        guard let s = raw as? String else {
+            v.append("\(prefix)\(k) not a string")
+            return nil
+        }
         checkLength(s, max, prefix + k, &v)
         return s
     }
@@ -130,7 +140,10 @@ public enum FoldspaceSchema {
 
     private static func int64(_ o: [String: Any], _ k: String, _ v: inout [String]) {
         guard let raw = o[k] else { return }
-        guard let n = raw as? NSNumber, isInteger(n) else { v.append("\(k) not an integer"); return }
+        guard let n = raw as? NSNumber, isInteger(n) else {
+            v.append("\(k) not an integer")
+            return
+        }
         _ = n
     }
 
@@ -153,7 +166,8 @@ public func decodePathSegment(_ s: Substring) -> String? {
     while let b = it.popFirst() {
         if b == UInt8(ascii: "%") {
             guard it.count >= 2 else { return nil }
-            let h = it.popFirst()!, l = it.popFirst()!
+            let h = it.popFirst()!
+            let l = it.popFirst()!
             guard let hv = hexNibble(h), let lv = hexNibble(l) else { return nil }
             out.append(hv << 4 | lv)
         } else {

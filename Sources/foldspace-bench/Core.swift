@@ -3,14 +3,15 @@ import Delivery
 import Events
 import Folding
 import FoldspaceAPI
-import Simulation
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import Kafka
 import Logging
+import Simulation
 import SyncService
+
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
 
 extension FoldspaceBench {
     /// Costs of the pure core per event: decode, fold, project, validate.
@@ -39,7 +40,7 @@ extension FoldspaceBench {
             var states: [String: UserState] = [:]
             var foldNs = Double.infinity
             for _ in 0..<max(1, rounds) {
-                states = [:] // the last round's users freed outside the timing
+                states = [:]  // the last round's users freed outside the timing
                 let t0 = uptimeSeconds()
                 states = Self.foldRound(decoded, now: now)
                 foldNs = min(foldNs, (uptimeSeconds() - t0) * 1e9 / Double(decoded.count))
@@ -88,7 +89,9 @@ extension FoldspaceBench {
             let projector = Projector()
             var adj = Adjustments()
             var bodies: [[UInt8]] = []
-            for (id, s) in states { if let b = projector.body(identifyId: id, state: s, nowMs: now, adjustments: &adj) { bodies.append(b) } }
+            for (id, s) in states {
+                if let b = projector.body(identifyId: id, state: s, nowMs: now, adjustments: &adj) { bodies.append(b) }
+            }
             return bodies
         }
 
@@ -112,7 +115,7 @@ extension FoldspaceBench {
             let tps = (0..<16).map { TopicPartition("bench", Int32($0)) }
             var byPartition = [[[UInt8]]](repeating: [], count: 16)
             for m in traffic {
-                var h: UInt32 = 2_166_136_261 // FNV-1a of the key
+                var h: UInt32 = 2_166_136_261  // FNV-1a of the key
                 for b in m.key.utf8 { h = (h ^ UInt32(b)) &* 16_777_619 }
                 byPartition[Int(h % 16)].append(m.value)
             }
@@ -129,9 +132,11 @@ extension FoldspaceBench {
                         let m = byPartition[p][i]
                         let region = UnsafeMutableBufferPointer(rebasing: storage[at..<(at + m.count)])
                         _ = region.initialize(from: m)
-                        batch.append(ConsumedMessage(topicPartition: tps[p], offset: Int64(i), timestampMs: now,
-                                                     key: UnsafeBufferPointer(start: nil, count: 0),
-                                                     value: UnsafeBufferPointer(region)))
+                        batch.append(
+                            ConsumedMessage(
+                                topicPartition: tps[p], offset: Int64(i), timestampMs: now,
+                                key: UnsafeBufferPointer(start: nil, count: 0),
+                                value: UnsafeBufferPointer(region)))
                         at += m.count
                     }
                     next[p] += batch.count

@@ -3,14 +3,15 @@ import Delivery
 import Events
 import Folding
 import FoldspaceAPI
-import Simulation
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import Kafka
 import Logging
+import Simulation
 import SyncService
+
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
 
 /// The entry point: a synchronous main that waits for the command on a task. An async
 /// main ends in `dispatch_main`, whose signal thread calls `sigsuspend` with a mask in
@@ -35,7 +36,9 @@ struct FoldspaceBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "foldspace-bench",
         abstract: "Benchmarks for foldspace-sync: produce, raw read rate, folded rate, memory, core costs.",
-        subcommands: [Produce.self, RawRead.self, Pipeline.self, Binary.self, Latency.self, Memory.self, Core.self, Soak.self, Restore.self])
+        subcommands: [
+            Produce.self, RawRead.self, Pipeline.self, Binary.self, Latency.self, Memory.self, Core.self, Soak.self, Restore.self,
+        ])
 }
 
 extension FoldspaceBench {

@@ -3,14 +3,15 @@ import Delivery
 import Events
 import Folding
 import FoldspaceAPI
-import Simulation
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import Kafka
 import Logging
+import Simulation
 import SyncService
+
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
 
 extension FoldspaceBench {
     /// Event-to-PUT latency at a steady rate with a 1 s debounce: for every PUT, the time
@@ -26,8 +27,9 @@ extension FoldspaceBench {
         func run() async throws {
             let sandbox = FoldspaceSandbox(apiKeys: ["bench"])
             try await sandbox.start()
-            var c = SyncConfiguration.local(brokers: brokers, topic: topic, group: "lat-\(UUID().uuidString.prefix(8))",
-                                            foldspaceURL: sandbox.baseURL)
+            var c = SyncConfiguration.local(
+                brokers: brokers, topic: topic, group: "lat-\(UUID().uuidString.prefix(8))",
+                foldspaceURL: sandbox.baseURL)
             c.stateMode = .memory
             c.engine.debounceMs = Int64(ProcessInfo.processInfo.environment["LATENCY_DEBOUNCE_MS"] ?? "1000") ?? 1_000
             c.engine.maxWaitMs = 5_000
@@ -38,14 +40,16 @@ extension FoldspaceBench {
             let task = Task { try await pipeline.run() }
             while !pipeline.snapshot().ready { try await Task.sleep(for: .milliseconds(50)) }
             try await Task.sleep(for: .seconds(1))
-            let p = try KafkaProducer(config: KafkaClientConfig([
-                "bootstrap.servers": brokers, "compression.codec": "zstd", "linger.ms": "5", "log_level": "3",
-            ]), logger: quiet)
+            let p = try KafkaProducer(
+                config: KafkaClientConfig([
+                    "bootstrap.servers": brokers, "compression.codec": "zstd", "linger.ms": "5", "log_level": "3",
+                ]), logger: quiet)
             let pad = String(repeating: "x", count: 300)
             // Warm the producer up first: until it has the partition leaders, librdkafka
             // holds messages back (a while, on the mock), and that wait is not the daemon's.
-            try p.send(topic: topic, key: Array("lat-warmup".utf8),
-                       value: Array(#"{"type":"track","userId":"lat-warmup","event":"Warmup","properties":{}}"#.utf8))
+            try p.send(
+                topic: topic, key: Array("lat-warmup".utf8),
+                value: Array(#"{"type":"track","userId":"lat-warmup","event":"Warmup","properties":{}}"#.utf8))
             _ = p.flush(timeoutMs: 10_000)
             let start = uptimeSeconds()
             var sent = 0
@@ -55,7 +59,8 @@ extension FoldspaceBench {
                 while sent < due {
                     let u = Int(rng.next() % UInt64(users))
                     let now = Int64(Date().timeIntervalSince1970 * 1000)
-                    let json = #"{"type":"track","userId":"lat-\#(u)","event":"Clicked","timestamp":\#(now),"properties":{"pad":"\#(pad)"}}"#
+                    let json =
+                        #"{"type":"track","userId":"lat-\#(u)","event":"Clicked","timestamp":\#(now),"properties":{"pad":"\#(pad)"}}"#
                     try p.send(topic: topic, key: Array("lat-\(u)".utf8), value: Array(json.utf8))
                     sent += 1
                 }

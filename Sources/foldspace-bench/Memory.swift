@@ -3,14 +3,15 @@ import Delivery
 import Events
 import Folding
 import FoldspaceAPI
-import Simulation
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import Kafka
 import Logging
+import Simulation
 import SyncService
+
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
 
 extension FoldspaceBench {
     /// Memory per tracked user: 1M users folded into the engine directly.
@@ -20,8 +21,10 @@ extension FoldspaceBench {
         var settled = false
 
         struct NoDeadLetters: DeadLetterSink {
-            func deadLetter(kind: DeadLetterKind, key: [UInt8]?, value: [UInt8], headers: [(String, String)],
-                            delivered: @escaping @Sendable () -> Void) { delivered() }
+            func deadLetter(
+                kind: DeadLetterKind, key: [UInt8]?, value: [UInt8], headers: [(String, String)],
+                delivered: @escaping @Sendable () -> Void
+            ) { delivered() }
         }
 
         func run() async throws {
@@ -49,14 +52,18 @@ extension FoldspaceBench {
                     // One identify per user: every user tracked, each with typical traits.
                     var m = gen.next(i)
                     let id = "user-\(i)"
-                    m.value = Array(#"{"type":"identify","userId":"\#(id)","timestamp":"2025-11-20T10:00:00Z","traits":{"email":"\#(id)@example.com","name":"User \#(i)","title":"Engineer","createdAt":"2025-01-01T00:00:00Z"},"context":{"location":{"city":"Berlin","country":"Germany"},"timezone":"Europe/Berlin"}}"#.utf8)
+                    m.value = Array(
+                        #"{"type":"identify","userId":"\#(id)","timestamp":"2025-11-20T10:00:00Z","traits":{"email":"\#(id)@example.com","name":"User \#(i)","title":"Engineer","createdAt":"2025-01-01T00:00:00Z"},"context":{"location":{"city":"Berlin","country":"Germany"},"timezone":"Europe/Berlin"}}"#
+                            .utf8)
                     storage.append(m.value)
                 }
                 var batch: [ConsumedMessage] = []
                 for v in storage {
                     v.withUnsafeBufferPointer { p in
-                        batch.append(ConsumedMessage(topicPartition: tp, offset: offset, timestampMs: nil,
-                                                     key: UnsafeBufferPointer(start: nil, count: 0), value: p))
+                        batch.append(
+                            ConsumedMessage(
+                                topicPartition: tp, offset: offset, timestampMs: nil,
+                                key: UnsafeBufferPointer(start: nil, count: 0), value: p))
                     }
                     offset += 1
                 }

@@ -3,14 +3,15 @@ import Delivery
 import Events
 import Folding
 import FoldspaceAPI
-import Simulation
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import Kafka
 import Logging
+import Simulation
 import SyncService
+
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
 
 extension FoldspaceBench {
     /// The real pipeline against the topic and a fast local stand-in.
@@ -23,8 +24,9 @@ extension FoldspaceBench {
             let sandbox = FoldspaceSandbox(apiKeys: ["bench"])
             sandbox.setRecordBodies(false)
             try await sandbox.start()
-            var c = SyncConfiguration.local(brokers: brokers, topic: topic, group: "bench-\(UUID().uuidString.prefix(8))",
-                                            foldspaceURL: sandbox.baseURL)
+            var c = SyncConfiguration.local(
+                brokers: brokers, topic: topic, group: "bench-\(UUID().uuidString.prefix(8))",
+                foldspaceURL: sandbox.baseURL)
             c.stateMode = .memory
             c.kafkaProperties.merge(environmentProperties("PIPELINE_PROPS")) { $1 }
             if let v = ProcessInfo.processInfo.environment["PIPELINE_DECODE_THREADS"].flatMap(Int.init) { c.engine.decodeThreads = v }
@@ -46,7 +48,10 @@ extension FoldspaceBench {
             while uptimeSeconds() < deadline {
                 let n = pipeline.eventsRead
                 if n > 0 && first == 0 { first = uptimeSeconds() }
-                if n > seen { seen = n; last = uptimeSeconds() }
+                if n > seen {
+                    seen = n
+                    last = uptimeSeconds()
+                }
                 if n >= expect { break }
                 try await Task.sleep(for: .milliseconds(5))
             }
@@ -59,7 +64,7 @@ extension FoldspaceBench {
             // Phase 2: flush everyone at once; PUT/s against the stand-in.
             let putStart = uptimeSeconds()
             let before = sandbox.requestCount
-            pipeline.requestStop() // the drain sends every dirty user, unthrottled here
+            pipeline.requestStop()  // the drain sends every dirty user, unthrottled here
             try await task.value
             let puts = sandbox.requestCount - before
             print("puts=\(puts)")

@@ -3,14 +3,15 @@ import Delivery
 import Events
 import Folding
 import FoldspaceAPI
-import Simulation
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import Kafka
 import Logging
+import Simulation
 import SyncService
+
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
 
 extension FoldspaceBench {
     struct Produce: AsyncParsableCommand {
@@ -20,10 +21,11 @@ extension FoldspaceBench {
         @Option var users = 100_000
 
         func run() async throws {
-            let p = try KafkaProducer(config: KafkaClientConfig([
-                "bootstrap.servers": brokers, "compression.codec": "zstd", "linger.ms": "50",
-                "batch.size": "1000000", "queue.buffering.max.messages": "500000", "log_level": "3",
-            ]), logger: quiet)
+            let p = try KafkaProducer(
+                config: KafkaClientConfig([
+                    "bootstrap.servers": brokers, "compression.codec": "zstd", "linger.ms": "50",
+                    "batch.size": "1000000", "queue.buffering.max.messages": "500000", "log_level": "3",
+                ]), logger: quiet)
             var t = PaddedTraffic(users: users)
             var bytes = 0
             for n in 0..<events {

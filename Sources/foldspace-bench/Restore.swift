@@ -3,14 +3,15 @@ import Delivery
 import Events
 import Folding
 import FoldspaceAPI
-import Simulation
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import Kafka
 import Logging
+import Simulation
 import SyncService
+
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
 
 extension FoldspaceBench {
     /// Restore speed: `users` users folded across `partitions` source partitions, their
@@ -55,10 +56,12 @@ extension FoldspaceBench {
             print("restore_raw_rate=\(Int(Double(raw) / max(rawSeconds, 1e-9)))")
 
             // 3. The engine's restore of every partition: read, decode, load.
-            let store = try KafkaStateStore(topic: topic, partitions: partitions, sourcePartitions: partitions,
-                                            config: config, logger: quiet, transactional: false)
-            let reader = SyncEngine(options: o, deadLetters: Memory.NoDeadLetters(), logger: quiet,
-                                    links: EngineLinks(stateStore: store))
+            let store = try KafkaStateStore(
+                topic: topic, partitions: partitions, sourcePartitions: partitions,
+                config: config, logger: quiet, transactional: false)
+            let reader = SyncEngine(
+                options: o, deadLetters: Memory.NoDeadLetters(), logger: quiet,
+                links: EngineLinks(stateStore: store))
             t0 = uptimeSeconds()
             reader.partitionsAssigned(sources)
             let seconds = uptimeSeconds() - t0
@@ -71,31 +74,38 @@ extension FoldspaceBench {
         /// 1. The records, as checkpoints write them.
         func write(_ sources: [TopicPartition], _ o: EngineOptions) throws {
             let capture = CaptureStore(partitions: Int32(partitions))
-            let writer = SyncEngine(options: o, deadLetters: Memory.NoDeadLetters(), logger: quiet,
-                                    links: EngineLinks(stateStore: capture))
+            let writer = SyncEngine(
+                options: o, deadLetters: Memory.NoDeadLetters(), logger: quiet,
+                links: EngineLinks(stateStore: capture))
             writer.partitionsAssigned(sources)
             var storage: [[UInt8]] = []
             for start in stride(from: 0, to: users, by: 1_000) {
                 storage.removeAll(keepingCapacity: true)
                 for i in start..<min(users, start + 1_000) {
-                    storage.append(Array(#"{"type":"identify","userId":"user-\#(i)","timestamp":"2025-11-20T10:00:00Z","traits":{"email":"user-\#(i)@example.com","name":"User \#(i)","title":"Engineer"},"context":{"location":{"city":"Berlin","country":"Germany"}}}"#.utf8))
+                    storage.append(
+                        Array(
+                            #"{"type":"identify","userId":"user-\#(i)","timestamp":"2025-11-20T10:00:00Z","traits":{"email":"user-\#(i)@example.com","name":"User \#(i)","title":"Engineer"},"context":{"location":{"city":"Berlin","country":"Germany"}}}"#
+                                .utf8))
                 }
                 var batch: [ConsumedMessage] = []
                 for (k, v) in storage.enumerated() {
                     let i = start + k
                     v.withUnsafeBufferPointer { p in
-                        batch.append(ConsumedMessage(topicPartition: sources[i % partitions], offset: Int64(i / partitions), timestampMs: nil,
-                                                     key: UnsafeBufferPointer(start: nil, count: 0), value: p))
+                        batch.append(
+                            ConsumedMessage(
+                                topicPartition: sources[i % partitions], offset: Int64(i / partitions), timestampMs: nil,
+                                key: UnsafeBufferPointer(start: nil, count: 0), value: p))
                     }
                 }
                 withExtendedLifetime(storage) { writer.consume(batch) }
             }
             _ = writer.checkpoint()
             let records = capture.lock.withLock { capture.records }
-            let producer = try KafkaProducer(config: KafkaClientConfig([
-                "bootstrap.servers": brokers, "compression.codec": "zstd", "linger.ms": "50",
-                "batch.num.messages": "10000", "queue.buffering.max.messages": "2000000",
-            ]), logger: quiet)
+            let producer = try KafkaProducer(
+                config: KafkaClientConfig([
+                    "bootstrap.servers": brokers, "compression.codec": "zstd", "linger.ms": "50",
+                    "batch.num.messages": "10000", "queue.buffering.max.messages": "2000000",
+                ]), logger: quiet)
             for r in records { try producer.send(topic: topic, partition: r.partition, key: r.key, value: r.value) }
             guard producer.flush(timeoutMs: 120_000) else { throw ValidationError("changelog records not written") }
             producer.close()

@@ -3,14 +3,15 @@ import Delivery
 import Events
 import Folding
 import FoldspaceAPI
-import Simulation
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import Kafka
 import Logging
+import Simulation
 import SyncService
+
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
 
 extension FoldspaceBench {
     /// The soak run behind `scripts/soak.sh`: a steady event rate for minutes while the
@@ -38,9 +39,10 @@ extension FoldspaceBench {
             c.commitIntervalMs = 2_000
             let pipeline = try SyncPipeline(config: c, keys: APIKeyStore(key: "soak"), logger: quiet)
             let task = Task { try await pipeline.run() }
-            let p = try KafkaProducer(config: KafkaClientConfig([
-                "bootstrap.servers": cluster.bootstrapServers, "compression.codec": "zstd", "linger.ms": "20", "log_level": "3",
-            ]), logger: quiet)
+            let p = try KafkaProducer(
+                config: KafkaClientConfig([
+                    "bootstrap.servers": cluster.bootstrapServers, "compression.codec": "zstd", "linger.ms": "20", "log_level": "3",
+                ]), logger: quiet)
             var newest: [String: Int64] = [:]
             var rng = SplitMix64(seed: 11)
             let start = uptimeSeconds()

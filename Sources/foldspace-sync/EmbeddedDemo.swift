@@ -67,8 +67,9 @@ struct EmbeddedDemo {
         producer.close()
         print("demo: produced \(options.events) events for \(seen.count) users, and \(TrafficGenerator.garbage.count) broken messages")
 
-        var config = SyncConfiguration.local(brokers: cluster.bootstrapServers, topic: topic, group: "foldspace-sync-demo",
-                                             foldspaceURL: sandbox.baseURL)
+        var config = SyncConfiguration.local(
+            brokers: cluster.bootstrapServers, topic: topic, group: "foldspace-sync-demo",
+            foldspaceURL: sandbox.baseURL)
         config.engine.debounceMs = options.debounceMs
         config.engine.maxWaitMs = options.maxWaitMs
         config.engine.requestsPerSecond = 5_000
@@ -89,9 +90,11 @@ struct EmbeddedDemo {
             let delivered = sandbox.latestAcknowledged().count
             if Date().timeIntervalSince(lastPrint) >= 1 {
                 lastPrint = Date()
-                print(String(format: "demo: %5.1fs  events %6d  users %5d  dirty %5d  PUTs %5d  delivered users %5d",
-                             Date().timeIntervalSince(start), s.folded + s.invalidTotal + s.ignored, s.users, s.dirtyUsers,
-                             sandbox.requestCount, delivered))
+                print(
+                    String(
+                        format: "demo: %5.1fs  events %6d  users %5d  dirty %5d  PUTs %5d  delivered users %5d",
+                        Date().timeIntervalSince(start), s.folded + s.invalidTotal + s.ignored, s.users, s.dirtyUsers,
+                        sandbox.requestCount, delivered))
             }
             if s.folded + s.invalidTotal >= expected && s.dirtyUsers == 0 && delivered >= seen.count {
                 complete = true
@@ -106,18 +109,19 @@ struct EmbeddedDemo {
             usersDelivered: sandbox.latestAcknowledged().count, puts: sandbox.requestCount,
             violations: sandbox.violationCount, seconds: Date().timeIntervalSince(start), complete: complete)
         await sandbox.stop()
-        print("""
-        demo summary
-          events folded        \(summary.events)
-          invalid messages     \(summary.invalid) (counted and skipped; no dead-letter topic in the demo)
-          users                \(summary.users)
-          users delivered      \(summary.usersDelivered)
-          PUTs                 \(summary.puts)
-          events per PUT       \(String(format: "%.1f", Double(summary.events) / Double(max(1, summary.puts))))
-          schema violations    \(summary.violations)
-          time                 \(String(format: "%.1f", summary.seconds)) s
-          result               \(summary.complete && summary.violations == 0 ? "OK: every user delivered, every request valid" : "INCOMPLETE")
-        """)
+        print(
+            """
+            demo summary
+              events folded        \(summary.events)
+              invalid messages     \(summary.invalid) (counted and skipped; no dead-letter topic in the demo)
+              users                \(summary.users)
+              users delivered      \(summary.usersDelivered)
+              PUTs                 \(summary.puts)
+              events per PUT       \(String(format: "%.1f", Double(summary.events) / Double(max(1, summary.puts))))
+              schema violations    \(summary.violations)
+              time                 \(String(format: "%.1f", summary.seconds)) s
+              result               \(summary.complete && summary.violations == 0 ? "OK: every user delivered, every request valid" : "INCOMPLETE")
+            """)
         return summary
     }
 }

@@ -49,15 +49,21 @@ struct ConfigFlags: ParsableArguments {
     @Option(help: "Kafka bootstrap servers, host:port[,host:port].") var brokers: String?
     @Option(name: .customLong("topic"), help: "Source topic; repeat for several.") var topics: [String] = []
     @Option(help: "Kafka consumer group id.") var group: String?
-    @Option(name: .customLong("foldspace-url"), help: "Foldspace API base URL (default https://api.foldspace.ai).") var foldspaceURL: String?
-    @Option(name: .customLong("api-key-file"), help: "File holding the Foldspace API key, re-read on SIGHUP (else FOLDSPACE_API_KEY).") var apiKeyFile: String?
+    @Option(name: .customLong("foldspace-url"), help: "Foldspace API base URL (default https://api.foldspace.ai).") var foldspaceURL:
+        String?
+    @Option(name: .customLong("api-key-file"), help: "File holding the Foldspace API key, re-read on SIGHUP (else FOLDSPACE_API_KEY).")
+    var apiKeyFile: String?
     @Option(name: .customLong("ca-file"), help: "PEM file of CAs to trust for Foldspace's TLS certificate.") var caFile: String?
     @Option(help: "Quiet period after a user's last change, e.g. 250ms, 5s (default 5s).") var debounce: String?
     @Option(name: .customLong("max-wait"), help: "Longest a changed user waits, e.g. 60s (default 60s).") var maxWait: String?
-    @Option(name: .customLong("admin-listen"), help: "Admin HTTP host:port for /metrics, /healthz, /readyz (default 127.0.0.1:9464; port 0 picks one).") var adminListen: String?
-    @Option(name: .customLong("dead-letter-topic"), help: "Topic for invalid input and refused updates (default none: counted and logged).") var deadLetterTopic: String?
+    @Option(
+        name: .customLong("admin-listen"),
+        help: "Admin HTTP host:port for /metrics, /healthz, /readyz (default 127.0.0.1:9464; port 0 picks one).") var adminListen: String?
+    @Option(name: .customLong("dead-letter-topic"), help: "Topic for invalid input and refused updates (default none: counted and logged).")
+    var deadLetterTopic: String?
     @Option(name: .customLong("log-format"), help: "json or text (default json unless stderr is a terminal).") var logFormat: String?
-    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical (default info).") var logLevel: String?
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical (default info).") var logLevel:
+        String?
 
     var overrides: [String: SyncConfiguration.ConfigValue] {
         var m: [String: SyncConfiguration.ConfigValue] = [:]
@@ -104,12 +110,12 @@ extension FoldspaceSync {
         static let configuration = CommandConfiguration(
             abstract: "Run the daemon: consume, fold, debounce and send user updates.",
             discussion: """
-            The API key comes from --api-key-file (re-read on SIGHUP) or FOLDSPACE_API_KEY.
-            SIGTERM/SIGINT: stop consuming, flush every changed user, commit, leave the group, exit 0.
-            Every flag is also a key of the configuration file and an environment variable
-            FOLDSPACE_SYNC_<KEY> (see docs/configuration.md); flags win over the environment,
-            the environment over the file.
-            """)
+                The API key comes from --api-key-file (re-read on SIGHUP) or FOLDSPACE_API_KEY.
+                SIGTERM/SIGINT: stop consuming, flush every changed user, commit, leave the group, exit 0.
+                Every flag is also a key of the configuration file and an environment variable
+                FOLDSPACE_SYNC_<KEY> (see docs/configuration.md); flags win over the environment,
+                the environment over the file.
+                """)
 
         @OptionGroup var flags: ConfigFlags
 
@@ -127,7 +133,11 @@ extension FoldspaceSync {
             for warning in config.warnings { logger.warning("\(warning)") }
             let keys: APIKeyStore
             do {
-                if let file = config.apiKeyFile { keys = try APIKeyStore(file: file) } else { keys = try APIKeyStore(key: config.apiKey ?? "") }
+                if let file = config.apiKeyFile {
+                    keys = try APIKeyStore(file: file)
+                } else {
+                    keys = try APIKeyStore(key: config.apiKey ?? "")
+                }
             } catch {
                 logger.critical("cannot load the API key", metadata: ["error": "\(error)"])
                 throw ExitCode(exitConfigurationError)
@@ -140,10 +150,11 @@ extension FoldspaceSync {
                 logger.critical("cannot start", metadata: ["error": "\(error)"])
                 throw ExitCode(exitConfigurationError)
             }
-            let group = ServiceGroup(configuration: .init(
-                services: [.init(service: pipeline)],
-                gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger))
+            let group = ServiceGroup(
+                configuration: .init(
+                    services: [.init(service: pipeline)],
+                    gracefulShutdownSignals: [.sigterm, .sigint],
+                    logger: logger))
             do {
                 try await group.run()
             } catch {
@@ -307,4 +318,3 @@ extension FoldspaceSync {
 @Sendable func printLine(_ line: String) {
     FileHandle.standardOutput.write(Data((line + "\n").utf8))
 }
-

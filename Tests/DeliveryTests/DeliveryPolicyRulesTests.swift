@@ -15,12 +15,15 @@ import Testing
     }
 
     @Test func aRejectionIsDeadLetteredEvenWithoutPerUserEvidence() {
-        #expect(action(.rejected(status: 400, response: "bad"), settles: false) == .deadLetter(.rejectedUpdate, status: 400, response: "bad"))
+        #expect(
+            action(.rejected(status: 400, response: "bad"), settles: false) == .deadLetter(.rejectedUpdate, status: 400, response: "bad"))
     }
 
     @Test func anUnexpectedStatusSettlesOnlyOnPerUserEvidence() {
         #expect(action(.unexpected(status: 418, response: "r")) == .deadLetter(.rejectedUpdate, status: 418, response: "r"))
-        #expect(action(.unexpected(status: 418, response: "r"), settles: false) == .retry(atMs: now + delay, reason: "418", unknownOutcome: false))
+        #expect(
+            action(.unexpected(status: 418, response: "r"), settles: false)
+                == .retry(atMs: now + delay, reason: "418", unknownOutcome: false))
     }
 
     @Test func notFoundFollowsThePolicyOnlyOnPerUserEvidence() {
@@ -28,7 +31,9 @@ import Testing
         #expect(action(.notFound(response: "x"), policy: .drop) == .settle)
         #expect(action(.notFound(response: "x"), policy: .retry) == .retry(atMs: now + delay, reason: "404", unknownOutcome: false))
         for policy in UserNotFoundPolicy.allCases {
-            #expect(action(.notFound(response: "x"), settles: false, policy: policy) == .retry(atMs: now + delay, reason: "404", unknownOutcome: false))
+            #expect(
+                action(.notFound(response: "x"), settles: false, policy: policy)
+                    == .retry(atMs: now + delay, reason: "404", unknownOutcome: false))
         }
     }
 

@@ -1,9 +1,10 @@
-@testable import FoldspaceAPI
 import Foundation
 import HTTPServing
 import NIOSSL
 import Testing
+
 @testable import Delivery
+@testable import FoldspaceAPI
 
 /// The real client against real sockets: TLS verification, headers, status policy.
 @Suite(.serialized) struct FoldspaceClientTests {
@@ -15,14 +16,18 @@ import Testing
         let key = dir.appendingPathComponent("key.pem").path
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                       "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert]
+        p.arguments = [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+            "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert,
+        ]
         p.standardError = FileHandle.nullDevice
         p.standardOutput = FileHandle.nullDevice
         try p.run()
         p.waitUntilExit()
         // env's 127: no openssl on PATH.
-        guard p.terminationStatus != 127 else { throw TLSSetupError(reason: "openssl is not installed: `bash scripts/deps.sh --with-test-tools` installs it") }
+        guard p.terminationStatus != 127 else {
+            throw TLSSetupError(reason: "openssl is not installed: `bash scripts/deps.sh --with-test-tools` installs it")
+        }
         guard p.terminationStatus == 0 else { throw TLSSetupError(reason: "openssl req exited \(p.terminationStatus)") }
         return (cert, key)
     }
@@ -86,14 +91,17 @@ import Testing
         await server.stop()
         // Nothing listens any more: a connection error is retried.
         let gone = try client("http://127.0.0.1:\(server.port)")
-        if case .retryable = await gone.send(identifyId: "x", body: Array("{}".utf8)) {} else { Issue.record("connection errors are retried") }
+        if case .retryable = await gone.send(identifyId: "x", body: Array("{}".utf8)) {
+        } else {
+            Issue.record("connection errors are retried")
+        }
         await gone.shutdown()
     }
 
     /// An error page over 64 KB (a proxy's, a gateway's) is classified by its status:
     /// reading it with a size limit made it an endless "connection" retry.
     @Test func aLargeErrorBodyIsClassifiedByItsStatus() async throws {
-        let page = String(repeating: "<p>not here</p>\n", count: 20_000) // 320 KB
+        let page = String(repeating: "<p>not here</p>\n", count: 20_000)  // 320 KB
         let server = try await HTTPServer.start(host: "127.0.0.1", port: 0) { req in
             switch req.path {
             case "/v1/user/gone": return HTTPResponse(status: 404, contentType: "text/html", text: page)

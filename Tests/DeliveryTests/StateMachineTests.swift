@@ -1,5 +1,6 @@
 import FoldspaceAPI
 import Testing
+
 @testable import Delivery
 
 @Suite struct DebouncerTests {
@@ -19,7 +20,11 @@ import Testing
             return d.popDue(nowMs: t, limit: 100, force: force) { u[$0] }
         }
 
-        mutating func send(_ k: String) { var s = users[k]!; d.willSend(&s); users[k] = s }
+        mutating func send(_ k: String) {
+            var s = users[k]!
+            d.willSend(&s)
+            users[k] = s
+        }
 
         mutating func ack(_ k: String, at t: Int64, hash: UInt64 = 1) -> Bool {
             var s = users[k]!
@@ -56,10 +61,13 @@ import Testing
         var flushedAt: Int64? = nil
         while t <= 70_000 {
             w.change("a", at: t)
-            if !w.due(at: t).isEmpty { flushedAt = t; break }
+            if !w.due(at: t).isEmpty {
+                flushedAt = t
+                break
+            }
             t += 1_000
         }
-        #expect(flushedAt == 61_000) // first change at 1 000 + max wait
+        #expect(flushedAt == 61_000)  // first change at 1 000 + max wait
     }
 
     @Test func oneRequestInFlightPerUser() {
@@ -68,13 +76,13 @@ import Testing
         let first = w.due(at: 5_000)
         #expect(first == ["a"])
         w.send("a")
-        w.change("a", at: 5_100) // a change while the request is out
+        w.change("a", at: 5_100)  // a change while the request is out
         let during = w.due(at: 9_000)
-        #expect(during.isEmpty) // not due again while the request is out
+        #expect(during.isEmpty)  // not due again while the request is out
         let clean = w.ack("a", at: 9_000)
-        #expect(!clean) // still dirty: it changed during the flight
+        #expect(!clean)  // still dirty: it changed during the flight
         let early = w.due(at: 10_099)
-        #expect(early.isEmpty) // its own quiet period still applies
+        #expect(early.isEmpty)  // its own quiet period still applies
         let again = w.due(at: 10_100)
         #expect(again == ["a"])
         w.send("a")
@@ -118,8 +126,8 @@ import Testing
         let v15 = t.committable(0)
         #expect(v15 == nil)
         for o: Int64 in 0...9 { t.saw(0, offset: o) }
-        t.hold(0, offset: 3) // user A dirty since offset 3
-        t.hold(0, offset: 6) // user B since 6
+        t.hold(0, offset: 3)  // user A dirty since offset 3
+        t.hold(0, offset: 6)  // user B since 6
         let v16 = t.committable(0)
         #expect(v16 == 3)
         t.release(0, offset: 6)
@@ -135,7 +143,7 @@ import Testing
         t.activate(0)
         t.saw(0, offset: 5)
         t.hold(0, offset: 5)
-        t.hold(0, offset: 5) // two users in one batch envelope
+        t.hold(0, offset: 5)  // two users in one batch envelope
         t.release(0, offset: 5)
         let v19 = t.committable(0)
         #expect(v19 == 5)
@@ -149,7 +157,7 @@ import Testing
     @Test func theHeapStaysBoundedWhenCommittableIsNeverAsked() {
         var t = OffsetTracker()
         t.activate(0)
-        t.hold(0, offset: 0) // one user that never settles
+        t.hold(0, offset: 0)  // one user that never settles
         for o: Int64 in 1...100_000 {
             t.saw(0, offset: o)
             t.hold(0, offset: o)
@@ -230,7 +238,7 @@ import Testing
         r.record(.rateLimited(retryAfterMs: nil), wasProbe: false, nowMs: 0, backoffMs: 100)
         r.record(.rateLimited(retryAfterMs: nil), wasProbe: false, nowMs: 0, backoffMs: 100)
         #expect(r.currentRate == 5)
-        _ = r.acquire(nowMs: 10_000) // 10 s later: +0.5
+        _ = r.acquire(nowMs: 10_000)  // 10 s later: +0.5
         #expect(abs(r.factor - 0.75) < 1e-9)
         _ = r.acquire(nowMs: 100_000)
         #expect(r.factor == 1)
@@ -245,11 +253,11 @@ import Testing
         let v29 = r.acquire(nowMs: 30_000)
         #expect(v29 == .probe)
         let v30 = r.acquire(nowMs: 30_001)
-        #expect(v30 != .probe) // one probe at a time
+        #expect(v30 != .probe)  // one probe at a time
         r.record(.unauthorized(status: 401), wasProbe: true, nowMs: 30_050, backoffMs: 0)
         let v31 = r.acquire(nowMs: 40_000)
         #expect(v31 == .waitUntil(60_000))
-        r.probeSoon(nowMs: 41_000) // key re-read
+        r.probeSoon(nowMs: 41_000)  // key re-read
         let v32 = r.acquire(nowMs: 41_000)
         #expect(v32 == .probe)
         r.record(.acknowledged, wasProbe: true, nowMs: 41_010, backoffMs: 0)
@@ -279,10 +287,10 @@ import Testing
         #expect(s.settledHash == 0)
         #expect(d.popDue(nowMs: 300, limit: 10) { _ in s } == ["u"])
         d.willSend(&s)
-        #expect(!d.settled("u", &s, hash: 42, nowMs: 400)) // not clean: once more to go
+        #expect(!d.settled("u", &s, hash: 42, nowMs: 400))  // not clean: once more to go
         #expect(s.settledHash == 0)
         #expect(d.popDue(nowMs: 30_000, limit: 10) { _ in s }.isEmpty)
-        d.rescheduleAll(at: 30_000) // as a drain does
+        d.rescheduleAll(at: 30_000)  // as a drain does
         #expect(d.popDue(nowMs: 30_000, limit: 10, force: true) { _ in s } == ["u"])
         d.willSend(&s)
         #expect(d.settled("u", &s, hash: 42, nowMs: 30_100))
@@ -332,7 +340,7 @@ import Testing
         // A wrong base URL: 404 for everyone from the start. Nobody settles; the third
         // user opens the breaker.
         #expect(!rec(&r, .notFound(response: ""), wasProbe: false, nowMs: 0, backoffMs: 0, user: 1))
-        #expect(!rec(&r, .notFound(response: ""), wasProbe: false, nowMs: 1, backoffMs: 0, user: 1)) // the same user again
+        #expect(!rec(&r, .notFound(response: ""), wasProbe: false, nowMs: 1, backoffMs: 0, user: 1))  // the same user again
         #expect(!r.breakerOpen)
         #expect(!rec(&r, .notFound(response: ""), wasProbe: false, nowMs: 2, backoffMs: 0, user: 2))
         #expect(!rec(&r, .notFound(response: ""), wasProbe: false, nowMs: 3, backoffMs: 0, user: 3))
@@ -364,8 +372,9 @@ import Testing
         r.record(.rateLimited(retryAfterMs: .max), wasProbe: false, nowMs: 1_000, backoffMs: 0)
         #expect(r.pausedUntilMs == .max)
         r = RateLimiter(ratePerSecond: 100, burst: 100, nowMs: 1_000)
-        r.record(.rateLimited(retryAfterMs: parseRetryAfter("99999999999999999999999", nowEpochMs: 0)), wasProbe: false, nowMs: 1_000,
-                 backoffMs: 0)
+        r.record(
+            .rateLimited(retryAfterMs: parseRetryAfter("99999999999999999999999", nowEpochMs: 0)), wasProbe: false, nowMs: 1_000,
+            backoffMs: 0)
         #expect(r.pausedUntilMs == 1_000 + retryAfterCapMs)
     }
 

@@ -1,5 +1,5 @@
-import Simulation
 import Foundation
+import Simulation
 import Testing
 
 /// The built binary against a mock cluster in another process, events produced by kcat,
@@ -7,12 +7,17 @@ import Testing
 @Suite(.serialized) struct BinaryEndToEndTests {
     let apiKey = "fs-test-key-\(UUID().uuidString.prefix(8))"
 
-    func runDaemon(_ kafka: MockKafkaProcess, _ sandbox: FoldspaceSandbox, group: String,
-                   debounce: String = "300ms", maxWait: String = "2s", extra: [String] = []) throws -> Child {
-        try Child(["run", "--brokers", kafka.bootstrap, "--topic", "events", "--group", group,
-                   "--foldspace-url", sandbox.baseURL, "--debounce", debounce, "--max-wait", maxWait,
-                   "--admin-listen", "127.0.0.1:0", "--log-level", "debug"] + extra,
-                  env: ["FOLDSPACE_API_KEY": apiKey, "FOLDSPACE_SYNC_KAFKA_PROPERTIES": "session.timeout.ms=6000"])
+    func runDaemon(
+        _ kafka: MockKafkaProcess, _ sandbox: FoldspaceSandbox, group: String,
+        debounce: String = "300ms", maxWait: String = "2s", extra: [String] = []
+    ) throws -> Child {
+        try Child(
+            [
+                "run", "--brokers", kafka.bootstrap, "--topic", "events", "--group", group,
+                "--foldspace-url", sandbox.baseURL, "--debounce", debounce, "--max-wait", maxWait,
+                "--admin-listen", "127.0.0.1:0", "--log-level", "debug",
+            ] + extra,
+            env: ["FOLDSPACE_API_KEY": apiKey, "FOLDSPACE_SYNC_KAFKA_PROPERTIES": "session.timeout.ms=6000"])
     }
 
     func check(_ sandbox: FoldspaceSandbox, against reference: [String: ReferenceUser]) {
@@ -46,8 +51,16 @@ import Testing
         s.track("anon-1", at: 5, anonymous: true)
         var messages = s.messages
         // A group call and a createdAt trait for one user: subscription and signUpDate.
-        messages.append(("user-1", #"{"type":"group","userId":"user-1","groupId":"acct-42","timestamp":"\#(iso8601(s.base + 1050))","traits":{"name":"Acme","email":"billing@acme.io"}}"#))
-        messages.append(("user-2", #"{"type":"identify","userId":"user-2","timestamp":"\#(iso8601(s.base + 2050))","traits":{"createdAt":"2024-03-01T00:00:00Z","title":"VP Sales"}}"#))
+        messages.append(
+            (
+                "user-1",
+                #"{"type":"group","userId":"user-1","groupId":"acct-42","timestamp":"\#(iso8601(s.base + 1050))","traits":{"name":"Acme","email":"billing@acme.io"}}"#
+            ))
+        messages.append(
+            (
+                "user-2",
+                #"{"type":"identify","userId":"user-2","timestamp":"\#(iso8601(s.base + 2050))","traits":{"createdAt":"2024-03-01T00:00:00Z","title":"VP Sales"}}"#
+            ))
         // Garbage on the topic must not stop anything.
         messages.insert(("g1", "not json"), at: 3)
         messages.insert(("g2", "[1,2,3]"), at: 10)
@@ -60,12 +73,12 @@ import Testing
         let allIds = Set(s.reference.keys)
         let delivered = await waitUntil(.seconds(60)) { Set(sandbox.latestAcknowledged().keys).isSuperset(of: allIds) }
         #expect(delivered, "delivered \(sandbox.latestAcknowledged().count) of \(allIds.count); stderr: \(daemon.stderr.suffix(2000))")
-        try await Task.sleep(for: .seconds(3)) // anything further would be a second PUT
+        try await Task.sleep(for: .seconds(3))  // anything further would be a second PUT
         // The two extra calls sit inside the users' existing time ranges.
         check(sandbox, against: s.reference)
         let latest = sandbox.latestAcknowledged()
         #expect(latest["user-1"]?.json?["allSubscriptionIdentifiers"] as? [String] == ["acct-42"])
-        #expect(latest["user-1"]?.json?["email"] as? String == "new1@example.com") // group traits are not the user's
+        #expect(latest["user-1"]?.json?["email"] as? String == "new1@example.com")  // group traits are not the user's
         #expect(latest["user-2"]?.json?["signUpDate"] as? Int64 == 1_709_251_200_000)
         #expect(latest["user-2"]?.json?["role"] as? String == "VP Sales")
         #expect(latest["user-0"]?.json?["name"] as? String == "Zoe")
@@ -150,7 +163,7 @@ import Testing
         ]
         for (args, key) in cases {
             let c = try Child(args, env: ["FOLDSPACE_API_KEY": "k"])
-            #expect(await c.wait(timeout: .seconds(20)) == 2) // a configuration error
+            #expect(await c.wait(timeout: .seconds(20)) == 2)  // a configuration error
             #expect(c.stderr.contains(key), "\(args): \(c.stderr)")
         }
         let ok = try Child(["check-config", "--brokers", "b:1", "--topic", "t", "--group", "g"], env: ["FOLDSPACE_API_KEY": apiKey])

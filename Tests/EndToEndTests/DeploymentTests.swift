@@ -1,8 +1,9 @@
-import Simulation
 import Foundation
+import Simulation
 import Testing
+
 #if canImport(FoundationNetworking)
-import FoundationNetworking
+    import FoundationNetworking
 #endif
 
 // The deployment as it runs: every kustomization and the Helm chart rendered, validated
@@ -98,7 +99,9 @@ func checkRendered(_ r: Rendered) throws {
     // kubernetes-validate has no schema for KEDA's kinds: every other kind must pass.
     for doc in r.docs where !(doc["apiVersion"] as? String ?? "").hasPrefix("keda.sh/") {
         let name = dig(doc, "metadata", "name") as? String ?? "?"
-        #expect(vout.contains("passed for resource \((doc["kind"] as? String ?? "").lowercased())/\(name)"), "\(n): \(doc["kind"] ?? "") \(name) not validated: \(vout)")
+        #expect(
+            vout.contains("passed for resource \((doc["kind"] as? String ?? "").lowercased())/\(name)"),
+            "\(n): \(doc["kind"] ?? "") \(name) not validated: \(vout)")
     }
     // No placeholder Secret: `apply -k` would overwrite the real key.
     #expect(r.all("Secret").isEmpty, "\(n) renders a Secret")
@@ -108,12 +111,17 @@ func checkRendered(_ r: Rendered) throws {
     let pod = try #require(r.podTemplate)
     let podSpec = try #require(pod["spec"] as? Object)
     let podLabels = labels(dig(pod, "metadata", "labels"))
-    for key in ["app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version", "app.kubernetes.io/component", "app.kubernetes.io/part-of", "app.kubernetes.io/managed-by"] {
+    for key in [
+        "app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version", "app.kubernetes.io/component",
+        "app.kubernetes.io/part-of", "app.kubernetes.io/managed-by",
+    ] {
         #expect(podLabels[key] != nil, "\(n): pods lack \(key)")
     }
     for doc in r.docs {
         let l = labels(dig(doc, "metadata", "labels"))
-        #expect(l["app.kubernetes.io/name"] != nil && l["app.kubernetes.io/instance"] != nil, "\(n): \(doc["kind"] ?? "") lacks the recommended labels: \(l)")
+        #expect(
+            l["app.kubernetes.io/name"] != nil && l["app.kubernetes.io/instance"] != nil,
+            "\(n): \(doc["kind"] ?? "") lacks the recommended labels: \(l)")
     }
     // Every selector selects these pods.
     func selects(_ selector: [String: String], _ what: String) {
@@ -135,7 +143,9 @@ func checkRendered(_ r: Rendered) throws {
     for p in policies {
         selects(labels(dig(p, "spec", "podSelector", "matchLabels")), "NetworkPolicy")
         let ports = ((dig(p, "spec", "ingress") as? [Object]) ?? []).flatMap { ($0["ports"] as? [Object]) ?? [] }
-        #expect(ports.contains { $0["port"] as? String == "admin" || $0["port"] as? Int == 9464 }, "\(n): NetworkPolicy does not name the admin port")
+        #expect(
+            ports.contains { $0["port"] as? String == "admin" || $0["port"] as? Int == 9464 },
+            "\(n): NetworkPolicy does not name the admin port")
     }
     let spread = (podSpec["topologySpreadConstraints"] as? [Object]) ?? []
     #expect(spread.count >= 1, "\(n): no topology spread")
@@ -164,11 +174,15 @@ func checkRendered(_ r: Rendered) throws {
 
     // Where KEDA scales the workload, the workload states no replica count.
     for so in r.all("ScaledObject") {
-        #expect(dig(so, "spec", "scaleTargetRef", "name") as? String == dig(workload, "metadata", "name") as? String, "\(n): ScaledObject targets another workload")
+        #expect(
+            dig(so, "spec", "scaleTargetRef", "name") as? String == dig(workload, "metadata", "name") as? String,
+            "\(n): ScaledObject targets another workload")
         #expect(dig(workload, "spec", "replicas") == nil, "\(n): replicas set where KEDA owns them")
         for t in (dig(so, "spec", "triggers") as? [Object]) ?? [] {
             if let ref = dig(t, "authenticationRef", "name") as? String {
-                #expect(r.all("TriggerAuthentication").contains { dig($0, "metadata", "name") as? String == ref }, "\(n): no TriggerAuthentication \(ref)")
+                #expect(
+                    r.all("TriggerAuthentication").contains { dig($0, "metadata", "name") as? String == ref },
+                    "\(n): no TriggerAuthentication \(ref)")
             }
         }
     }
@@ -179,10 +193,11 @@ func checkRendered(_ r: Rendered) throws {
 /// The pods turn service links off; the daemon must start even where they are on.
 func serviceLinks(_ r: Rendered) -> [String: String] {
     var env: [String: String] = [:]
-    let services = r.all("Service").compactMap { s -> (String, [Object])? in
-        guard let name = dig(s, "metadata", "name") as? String else { return nil }
-        return (name, (dig(s, "spec", "ports") as? [Object]) ?? [])
-    } + [("kubernetes", [["name": "https", "port": 443, "protocol": "TCP"]])]
+    let services =
+        r.all("Service").compactMap { s -> (String, [Object])? in
+            guard let name = dig(s, "metadata", "name") as? String else { return nil }
+            return (name, (dig(s, "spec", "ports") as? [Object]) ?? [])
+        } + [("kubernetes", [["name": "https", "port": 443, "protocol": "TCP"]])]
     for (i, (name, ports)) in services.enumerated() {
         let n = name.uppercased().replacingOccurrences(of: "-", with: "_")
         let ip = "10.96.0.\(i + 10)"
@@ -193,7 +208,9 @@ func serviceLinks(_ r: Rendered) -> [String: String] {
         for p in ports {
             guard let port = p["port"] as? Int else { continue }
             let proto = (p["protocol"] as? String) ?? "TCP"
-            if let pn = p["name"] as? String { env["\(n)_SERVICE_PORT_\(pn.uppercased().replacingOccurrences(of: "-", with: "_"))"] = String(port) }
+            if let pn = p["name"] as? String {
+                env["\(n)_SERVICE_PORT_\(pn.uppercased().replacingOccurrences(of: "-", with: "_"))"] = String(port)
+            }
             let prefix = "\(n)_PORT_\(port)_\(proto)"
             env[prefix] = "\(proto.lowercased())://\(ip):\(port)"
             env["\(prefix)_PROTO"] = proto.lowercased()
@@ -240,7 +257,10 @@ func startAsThePodWould(_ r: Rendered) async throws {
     }
     var args: [String] = []
     for a in (c["args"] as? [String]) ?? [] {
-        if a.hasPrefix("--admin-listen=") { args.append("--admin-listen=127.0.0.1:0"); continue }
+        if a.hasPrefix("--admin-listen=") {
+            args.append("--admin-listen=127.0.0.1:0")
+            continue
+        }
         var arg = a
         for (path, dir) in mountPaths where arg.contains(path) { arg = arg.replacingOccurrences(of: path, with: dir.path) }
         args.append(arg)
@@ -257,17 +277,24 @@ func startAsThePodWould(_ r: Rendered) async throws {
     #expect(env["FOLDSPACE_SYNC_METRICS_PORT_9464_TCP_ADDR"] != nil)
 
     var s = Scenario()
-    for i in 0..<20 { s.track("p\(i)", at: Int64(i)); s.track("p\(i)", at: Int64(i) + 5) }
+    for i in 0..<20 {
+        s.track("p\(i)", at: Int64(i))
+        s.track("p\(i)", at: Int64(i) + 5)
+    }
     try kcatProduce(bootstrap: kafka.bootstrap, topic: topic, s.messages)
     let daemon = try Child(args, env: env)
-    #expect(await waitUntil(.seconds(30)) { daemon.stderr.contains("admin server listening") || !daemon.process.isRunning },
-            "\(n): \(daemon.stderr.suffix(1500))")
+    #expect(
+        await waitUntil(.seconds(30)) { daemon.stderr.contains("admin server listening") || !daemon.process.isRunning },
+        "\(n): \(daemon.stderr.suffix(1500))")
     #expect(daemon.process.isRunning, "\(n): exited \(daemon.process.terminationStatus): \(daemon.stderr.suffix(1500))")
     let port = try #require(await adminPort(daemon), "\(daemon.stderr.suffix(1000))")
     let ready = await waitUntilAsync(.seconds(30)) { await httpStatus("http://127.0.0.1:\(port)/readyz") == 200 }
     #expect(ready, "\(n): never ready: \(daemon.stderr.suffix(1500))")
-    #expect(await waitUntil(.seconds(30)) { sandbox.latestAcknowledged().count == 20 }, "\(n): \(sandbox.latestAcknowledged().count) users delivered")
-    let metrics = String(decoding: try await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)/metrics")!).0, as: UTF8.self)
+    #expect(
+        await waitUntil(.seconds(30)) { sandbox.latestAcknowledged().count == 20 },
+        "\(n): \(sandbox.latestAcknowledged().count) users delivered")
+    let metrics = String(
+        decoding: try await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)/metrics")!).0, as: UTF8.self)
     #expect(metrics.contains(#"foldspace_sync_events_total{result="folded"} 40"#), "\(n): \(metrics.prefix(800))")
     daemon.signal(SIGTERM)
     #expect(await daemon.wait(timeout: .seconds(30)) == 0, "\(n): \(daemon.stderr.suffix(1500))")
@@ -317,7 +344,8 @@ private func waitUntilAsync(_ timeout: Duration, _ cond: () async -> Bool) async
         #expect(try podSpec(rendered["base"]) == podSpec(rendered["overlays/statefulset"]))
         #expect(dig(rendered["overlays/statefulset"]?.workload, "kind") as? String == "StatefulSet")
         // Every kustomization in the tree is one of those checked.
-        let found = FileManager.default.enumerator(atPath: repoRoot.appendingPathComponent("deploy/kubernetes").path)?
+        let found =
+            FileManager.default.enumerator(atPath: repoRoot.appendingPathComponent("deploy/kubernetes").path)?
             .compactMap { $0 as? String }.filter { $0.hasSuffix("kustomization.yaml") }
             .map { String($0.dropLast("/kustomization.yaml".count)) } ?? []
         #expect(Set(found) == Set(kustomizations), "\(found)")
@@ -347,7 +375,11 @@ private func credentialsMissing(config: Object, unitTexts: [String]) -> [String]
     func walk(_ v: Any) {
         if let s = v as? String, s.hasPrefix("/run/credentials/foldspace-sync.service/") {
             named.append(String(s.dropFirst("/run/credentials/foldspace-sync.service/".count)))
-        } else if let o = v as? Object { o.values.forEach(walk) } else if let a = v as? [Any] { a.forEach(walk) }
+        } else if let o = v as? Object {
+            o.values.forEach(walk)
+        } else if let a = v as? [Any] {
+            a.forEach(walk)
+        }
     }
     walk(config)
     return named.filter { !loaded.contains($0) }
@@ -358,9 +390,13 @@ extension DeploymentTests {
         _ = try requireTool("systemd-analyze")
         let unit = try String(contentsOf: repoRoot.appendingPathComponent("deploy/systemd/foldspace-sync.service"), encoding: .utf8)
         #expect(unit.contains("Type=notify") && unit.contains("WatchdogSec=") && unit.contains("LoadCredential=foldspace-api-key"))
-        for setting in ["DynamicUser=yes", "ProtectSystem=strict", "NoNewPrivileges=yes", "PrivateTmp=yes", "Restart=on-failure",
-                        "RestartPreventExitStatus=2", "LimitCORE=0", "PrivateUsers=yes", "PrivateMounts=yes"] {
-            #expect(unitValues(unit, String(setting.split(separator: "=")[0])).contains(String(setting.split(separator: "=", maxSplits: 1)[1])), "\(setting)")
+        for setting in [
+            "DynamicUser=yes", "ProtectSystem=strict", "NoNewPrivileges=yes", "PrivateTmp=yes", "Restart=on-failure",
+            "RestartPreventExitStatus=2", "LimitCORE=0", "PrivateUsers=yes", "PrivateMounts=yes",
+        ] {
+            #expect(
+                unitValues(unit, String(setting.split(separator: "=")[0])).contains(String(setting.split(separator: "=", maxSplits: 1)[1])),
+                "\(setting)")
         }
         // verify checks that ExecStart's binary exists: point it at the built one. The
         // unit alone, then with the drop-in's settings appended (verify reads drop-ins
@@ -390,7 +426,9 @@ extension DeploymentTests {
         for (file, units) in [("config.example.json", [unit]), ("config.sasl.example.json", [unit, dropIn])] {
             let text = try String(contentsOf: sd.appendingPathComponent(file), encoding: .utf8)
             let config = try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? Object)
-            #expect(credentialsMissing(config: config, unitTexts: units).isEmpty, "\(file) names credentials the unit does not load: \(credentialsMissing(config: config, unitTexts: units))")
+            #expect(
+                credentialsMissing(config: config, unitTexts: units).isEmpty,
+                "\(file) names credentials the unit does not load: \(credentialsMissing(config: config, unitTexts: units))")
             // The credentials folder as systemd fills it from LoadCredential=.
             let creds = FileManager.default.temporaryDirectory.appendingPathComponent("creds-\(UUID().uuidString.prefix(8))")
             try FileManager.default.createDirectory(at: creds, withIntermediateDirectories: true)
@@ -398,7 +436,8 @@ extension DeploymentTests {
                 let id = String(spec.split(separator: ":")[0])
                 try "secret-\(id)\n".write(to: creds.appendingPathComponent(id), atomically: true, encoding: .utf8)
             }
-            let local = try tempFile(text.replacingOccurrences(of: "/run/credentials/foldspace-sync.service", with: creds.path), ext: "json")
+            let local = try tempFile(
+                text.replacingOccurrences(of: "/run/credentials/foldspace-sync.service", with: creds.path), ext: "json")
             var args = Array(exec.dropFirst())
             args[0] = "check-config"
             if let i = args.firstIndex(of: "--config") { args[i + 1] = local.path }
@@ -408,7 +447,8 @@ extension DeploymentTests {
             #expect(!check.stdout.contains("secret-"), "\(file): a secret printed")
         }
         // The check can fail: the SASL example under the bare unit lacks its credential.
-        let sasl = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: sd.appendingPathComponent("config.sasl.example.json"))) as? Object)
+        let sasl = try #require(
+            try JSONSerialization.jsonObject(with: Data(contentsOf: sd.appendingPathComponent("config.sasl.example.json"))) as? Object)
         #expect(credentialsMissing(config: sasl, unitTexts: [unit]) == ["kafka-password"])
     }
 
@@ -417,7 +457,8 @@ extension DeploymentTests {
     @Test func exitStatusesAreTheDocumentedOnes() async throws {
         let usage = try Child(["run", "--no-such-flag"])
         #expect(await usage.wait(timeout: .seconds(20)) == 2, "\(usage.stderr)")
-        let config = try Child(["run", "--brokers", "b:1", "--topic", "t", "--group", "g", "--debounce", "fast"], env: ["FOLDSPACE_API_KEY": "k"])
+        let config = try Child(
+            ["run", "--brokers", "b:1", "--topic", "t", "--group", "g", "--debounce", "fast"], env: ["FOLDSPACE_API_KEY": "k"])
         #expect(await config.wait(timeout: .seconds(20)) == 2, "\(config.stderr)")
         #expect(config.stderr.contains("debounce"))
         let check = try Child(["check-config", "--topic", "t", "--group", "g"], env: ["FOLDSPACE_API_KEY": "k"])
@@ -426,18 +467,22 @@ extension DeploymentTests {
         defer { Task { await kafka.stop() } }
         let sandbox = FoldspaceSandbox(apiKeys: ["k"])
         try await sandbox.start()
-        let base = ["run", "--brokers", kafka.bootstrap, "--topic", "events", "--group", "exit-\(UUID().uuidString.prefix(6))",
-                    "--foldspace-url", sandbox.baseURL]
+        let base = [
+            "run", "--brokers", kafka.bootstrap, "--topic", "events", "--group", "exit-\(UUID().uuidString.prefix(6))",
+            "--foldspace-url", sandbox.baseURL,
+        ]
         // librdkafka refuses a property: configuration.
-        let property = try Child(base + ["--admin-listen", "127.0.0.1:0"],
-                                 env: ["FOLDSPACE_API_KEY": "k", "FOLDSPACE_SYNC_STATE": "memory", "FOLDSPACE_SYNC_KAFKA_PROPERTIES": "no.such.property=1"])
+        let property = try Child(
+            base + ["--admin-listen", "127.0.0.1:0"],
+            env: ["FOLDSPACE_API_KEY": "k", "FOLDSPACE_SYNC_STATE": "memory", "FOLDSPACE_SYNC_KAFKA_PROPERTIES": "no.such.property=1"])
         #expect(await property.wait(timeout: .seconds(30)) == 2, "\(property.stderr.suffix(1000))")
         #expect(property.stderr.contains("no.such.property"))
         // The admin port is taken: a failure while running.
         let first = try Child(base + ["--admin-listen", "127.0.0.1:0"], env: ["FOLDSPACE_API_KEY": "k", "FOLDSPACE_SYNC_STATE": "memory"])
         #expect(await waitUntil(.seconds(30)) { first.stderr.contains("admin server listening") }, "\(first.stderr.suffix(1000))")
         let port = try #require(await adminPort(first), "\(first.stderr.suffix(1000))")
-        let second = try Child(base + ["--admin-listen", "127.0.0.1:\(port)"], env: ["FOLDSPACE_API_KEY": "k", "FOLDSPACE_SYNC_STATE": "memory"])
+        let second = try Child(
+            base + ["--admin-listen", "127.0.0.1:\(port)"], env: ["FOLDSPACE_API_KEY": "k", "FOLDSPACE_SYNC_STATE": "memory"])
         #expect(await second.wait(timeout: .seconds(30)) == 1, "\(second.stderr.suffix(1000))")
         first.signal(SIGTERM)
         #expect(await first.wait(timeout: .seconds(30)) == 0)
@@ -448,18 +493,24 @@ extension DeploymentTests {
 /// The chart rendered like `helm template`, by Helm's own engine (scripts/helm-template.py).
 func renderHelm(_ values: String) throws -> Rendered {
     let (status, out) = try runTool(["python3", "scripts/helm-template.py", "deploy/helm/foldspace-sync", "foldspace-sync", values])
-    guard status == 0 else { throw TestFailure("helm template failed (python3 module helm_python: scripts/deps.sh --with-test-tools): \(out)") }
+    guard status == 0 else {
+        throw TestFailure("helm template failed (python3 module helm_python: scripts/deps.sh --with-test-tools): \(out)")
+    }
     return try Rendered(name: "helm \(values)", yaml: out)
 }
 
 extension DeploymentTests {
     @Test func theHelmChartRendersValidatesAndTakesItsValues() throws {
-        let cases = ["{}", #"{"statefulset":{"enabled":true}}"#, #"{"keda":{"enabled":true}}"#,
-                     #"{"keda":{"enabled":true,"saslSecretName":"kafka-sasl"},"statefulset":{"enabled":true}}"#]
+        let cases = [
+            "{}", #"{"statefulset":{"enabled":true}}"#, #"{"keda":{"enabled":true}}"#,
+            #"{"keda":{"enabled":true,"saslSecretName":"kafka-sasl"},"statefulset":{"enabled":true}}"#,
+        ]
         for values in cases {
             try checkRendered(try renderHelm(values))
         }
-        let custom = try renderHelm(#"{"brokers":"k1:9092,k2:9092","topics":["clicks"],"group":"g2","apiKeySecret":{"name":"my-key","key":"token"},"resources":{"requests":{"cpu":"1","memory":"1Gi"}},"keda":{"enabled":true}}"#)
+        let custom = try renderHelm(
+            #"{"brokers":"k1:9092,k2:9092","topics":["clicks"],"group":"g2","apiKeySecret":{"name":"my-key","key":"token"},"resources":{"requests":{"cpu":"1","memory":"1Gi"}},"keda":{"enabled":true}}"#
+        )
         let config = try #require(custom.all("ConfigMap").first.flatMap { dig($0, "data", "config.json") as? String })
         let o = try #require(try JSONSerialization.jsonObject(with: Data(config.utf8)) as? Object)
         #expect(o["brokers"] as? String == "k1:9092,k2:9092" && o["topics"] as? [String] == ["clicks"] && o["group"] as? String == "g2")
@@ -489,7 +540,8 @@ extension DeploymentTests {
 private func versionNumbers(_ s: Substring) -> [Int] { s.split(separator: ".").map { Int($0) ?? 0 } }
 private func atLeast(_ a: [Int], _ b: [Int]) -> Bool {
     for i in 0..<max(a.count, b.count) {
-        let x = i < a.count ? a[i] : 0, y = i < b.count ? b[i] : 0
+        let x = i < a.count ? a[i] : 0
+        let y = i < b.count ? b[i] : 0
         if x != y { return x > y }
     }
     return true
@@ -520,7 +572,8 @@ extension DeploymentTests {
         var floor: [Int] = [5, 0]
         for d in deps {
             guard let m = try? String(contentsOf: checkouts.appendingPathComponent("\(d)/Package.swift"), encoding: .utf8),
-                  let v = toolsVersion(m) else { continue }
+                let v = toolsVersion(m)
+            else { continue }
             if !atLeast(floor, v) { floor = v }
         }
         #expect(tools == floor, "swift-tools-version \(tools), the dependencies need \(floor)")
@@ -533,15 +586,20 @@ extension DeploymentTests {
         for l in lines where l.hasPrefix("COPY ") && !l.contains("--from=") {
             let parts = l.split(separator: " ").dropFirst().filter { !$0.hasPrefix("--") }
             for src in parts.dropLast() {
-                #expect(FileManager.default.fileExists(atPath: repoRoot.appendingPathComponent(String(src)).path), "COPY \(src): no such path")
+                #expect(
+                    FileManager.default.fileExists(atPath: repoRoot.appendingPathComponent(String(src)).path), "COPY \(src): no such path")
             }
         }
         let backtracer = try #require(lines.first { $0.hasPrefix("COPY --from=build") && $0.contains("swift-backtrace") })
         let dest = try #require(backtracer.split(separator: " ").last)
-        #expect(lines.contains { $0.hasPrefix("ENV SWIFT_BACKTRACE=") && $0.contains("swift-backtrace=\(dest)") && $0.contains("enable=yes") })
-        let toolchain = URL(fileURLWithPath: try requireTool("swift")).resolvingSymlinksInPath().deletingLastPathComponent().deletingLastPathComponent()
+        #expect(
+            lines.contains { $0.hasPrefix("ENV SWIFT_BACKTRACE=") && $0.contains("swift-backtrace=\(dest)") && $0.contains("enable=yes") })
+        let toolchain = URL(fileURLWithPath: try requireTool("swift")).resolvingSymlinksInPath().deletingLastPathComponent()
+            .deletingLastPathComponent()
         let src = String(backtracer.split(separator: " ")[2])  // /usr/libexec/... in the image (toolchain under /usr)
-        #expect(FileManager.default.isExecutableFile(atPath: toolchain.path + src.dropFirst("/usr".count)), "\(src) not in the toolchain at \(toolchain.path)")
+        #expect(
+            FileManager.default.isExecutableFile(atPath: toolchain.path + src.dropFirst("/usr".count)),
+            "\(src) not in the toolchain at \(toolchain.path)")
         // The runtime image says which librdkafka it runs and why.
         #expect(docker.contains("librdkafka1") && docker.contains("2.0.2") && docker.contains("4312") && docker.contains("4527"))
     }

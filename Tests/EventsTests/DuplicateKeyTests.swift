@@ -1,10 +1,11 @@
 import Testing
+
 @testable import Events
 
 /// A key repeated in one object fails the call with `duplicate-key` and the field's
 /// path: one case per field the decoder guards (the first failure of a call wins).
 @Suite struct DuplicateKeyTests {
-    private static let now: Int64 = 1_764_000_000_000 // 2025-11-24
+    private static let now: Int64 = 1_764_000_000_000  // 2025-11-24
 
     private static func decode(_ json: String) -> [Decoded] {
         var o = DecoderOptions()
@@ -63,7 +64,10 @@ import Testing
         (#"{"type":"identify","userId":"a","traits":{"plan":1,"plan":2}}"#, "traits"),
         (#"{"type":"identify","userId":"a","context":{"traits":{"email":"x","email":"y"}}}"#, "traits.email"),
         // The repeated value is skipped whole, and reading goes on after it.
-        (#"{"type":"identify","userId":"a","traits":{"email":"x","email":[1,{"a":2}],"name":"n"},"context":{"timezone":"t"}}"#, "traits.email"),
+        (
+            #"{"type":"identify","userId":"a","traits":{"email":"x","email":[1,{"a":2}],"name":"n"},"context":{"timezone":"t"}}"#,
+            "traits.email"
+        ),
         (#"{"type":"track","userId":"a","userId":{"x":[1,2,3]},"event":"e","context":{"location":{"city":"c","city":"d"}}}"#, "userId"),
     ])
     func aRepeatedKeyNamesItsField(json: String, field: String) {
@@ -72,8 +76,9 @@ import Testing
 
     @Test func theFirstFailureOfACallWins() {
         #expect(Self.decode(#"{"type":5,"type":"track","userId":"a"}"#) == [.invalid(DecodeFailure(.wrongType, field: "type"))])
-        #expect(Self.decode(#"{"type":"identify","userId":"a","traits":{"email":5,"email":"y"}}"#)
-            == [.invalid(DecodeFailure(.wrongType, field: "traits.email"))])
+        #expect(
+            Self.decode(#"{"type":"identify","userId":"a","traits":{"email":5,"email":"y"}}"#)
+                == [.invalid(DecodeFailure(.wrongType, field: "traits.email"))])
     }
 
     @Test func aBatchElementFailsAloneAndTheSetIsPerObject() {

@@ -1,7 +1,8 @@
 import Testing
+
 @testable import Events
 
-private let now: Int64 = 1_764_000_000_000 // 2025-11-24
+private let now: Int64 = 1_764_000_000_000  // 2025-11-24
 
 private func decode(_ json: String, options: DecoderOptions = DecoderOptions()) -> [Decoded] {
     SegmentDecoder(options: options).decode(Array(json.utf8), nowMs: now)
@@ -25,11 +26,12 @@ private func failure(_ json: String) -> DecodeFailure? {
 
 @Suite struct SegmentDecoderTests {
     @Test func identifyWithTraits() throws {
-        let e = try event(#"""
-        {"type":"identify","userId":"u1","timestamp":"2025-11-24T10:00:00Z",
-         "traits":{"email":"a@x.io","name":"José Núñez","title":"CTO","createdAt":"2025-01-01T00:00:00Z",
-                   "address":{"city":"Paris","country":"France","state":"IDF","postalCode":75001}}}
-        """#)
+        let e = try event(
+            #"""
+            {"type":"identify","userId":"u1","timestamp":"2025-11-24T10:00:00Z",
+             "traits":{"email":"a@x.io","name":"José Núñez","title":"CTO","createdAt":"2025-01-01T00:00:00Z",
+                       "address":{"city":"Paris","country":"France","state":"IDF","postalCode":75001}}}
+            """#)
         #expect(e.type == .identify)
         #expect(e.identity == "u1")
         #expect(e.hasUserId)
@@ -57,8 +59,12 @@ private func failure(_ json: String) -> DecodeFailure? {
     }
 
     @Test func timeSourcesInOrder() throws {
-        #expect(try event(#"{"type":"page","userId":"u","originalTimestamp":"2025-11-24T10:00:00Z","sentAt":"2025-11-24T11:00:00Z"}"#).timeMs == 1_763_978_400_000)
-        #expect(try event(#"{"type":"page","userId":"u","sentAt":"2025-11-24T11:00:00Z","receivedAt":"2025-11-24T12:00:00Z"}"#).timeMs == 1_763_982_000_000)
+        #expect(
+            try event(#"{"type":"page","userId":"u","originalTimestamp":"2025-11-24T10:00:00Z","sentAt":"2025-11-24T11:00:00Z"}"#).timeMs
+                == 1_763_978_400_000)
+        #expect(
+            try event(#"{"type":"page","userId":"u","sentAt":"2025-11-24T11:00:00Z","receivedAt":"2025-11-24T12:00:00Z"}"#).timeMs
+                == 1_763_982_000_000)
         #expect(try event(#"{"type":"page","userId":"u","receivedAt":"2025-11-24T12:00:00Z"}"#).timeMs == 1_763_985_600_000)
         #expect(try event(#"{"type":"page","userId":"u","timestamp":1763978400123}"#).timeMs == 1_763_978_400_123)
         #expect(try event(#"{"type":"page","userId":"u"}"#).timeMs == nil)
@@ -77,11 +83,12 @@ private func failure(_ json: String) -> DecodeFailure? {
     }
 
     @Test func contextTraitsAndLocation() throws {
-        let e = try event(#"""
-        {"type":"track","userId":"u","event":"Signed Up","context":{"traits":{"email":"c@x.io"},"timezone":"Europe/Paris",
-         "location":{"city":"Lyon","country":"France","region":"ARA","countryCode":"FR"},"groupId":"g1"},
-         "properties":{"product":{"product":"P1","environment":2}}}
-        """#)
+        let e = try event(
+            #"""
+            {"type":"track","userId":"u","event":"Signed Up","context":{"traits":{"email":"c@x.io"},"timezone":"Europe/Paris",
+             "location":{"city":"Lyon","country":"France","region":"ARA","countryCode":"FR"},"groupId":"g1"},
+             "properties":{"product":{"product":"P1","environment":2}}}
+            """#)
         #expect(e.traits?.email == "c@x.io")
         #expect(e.timezone == "Europe/Paris")
         #expect(e.location?.city == "Lyon")
@@ -95,15 +102,17 @@ private func failure(_ json: String) -> DecodeFailure? {
     /// location at all; an address in the traits reads `state` where the context reads
     /// `region`.
     @Test func locationFieldsAndEmptyLocations() throws {
-        let full = try event(#"""
-        {"type":"page","userId":"u","context":{"location":{"country":"France","region":"IDF","city":"Paris",
-         "postalCode":75001,"countryCode":"FR","latitude":48.8}}}
-        """#)
+        let full = try event(
+            #"""
+            {"type":"page","userId":"u","context":{"location":{"country":"France","region":"IDF","city":"Paris",
+             "postalCode":75001,"countryCode":"FR","latitude":48.8}}}
+            """#)
         #expect(full.location == Location(country: "France", region: "IDF", city: "Paris", postalCode: "75001", countryCode: "FR"))
         #expect(try event(#"{"type":"page","userId":"u","context":{"location":{}}}"#).location == nil)
         #expect(try event(#"{"type":"page","userId":"u","context":{"location":{"latitude":1,"city":""}}}"#).location == nil)
-        #expect(try event(#"{"type":"page","userId":"u","context":{"location":{"countryCode":"DE"}}}"#).location
-            == Location(countryCode: "DE"))
+        #expect(
+            try event(#"{"type":"page","userId":"u","context":{"location":{"countryCode":"DE"}}}"#).location
+                == Location(countryCode: "DE"))
         let address = try event(#"{"type":"identify","userId":"u","traits":{"address":{"state":"CA","region":"x","city":"SF"}}}"#)
         #expect(address.traits?.address == Location(region: "CA", city: "SF"))
     }
@@ -131,14 +140,20 @@ private func failure(_ json: String) -> DecodeFailure? {
     @Test func typesAreMatchedExactly() {
         for t in EventType.allCases {
             let name = "\(t)"
-            guard case .event(let e) = decode(#"{"userId":"u","type":"\#(name)"}"#).first else { Issue.record("\(name)"); continue }
+            guard case .event(let e) = decode(#"{"userId":"u","type":"\#(name)"}"#).first else {
+                Issue.record("\(name)")
+                continue
+            }
             #expect(e.type == t)
             let near = name.dropLast() + (name.last == "x" ? "y" : "x")
             #expect(decode(#"{"userId":"u","type":"\#(near)"}"#) == [.ignored(String(near))])
             let upper = name.prefix(1).uppercased() + name.dropFirst()
             #expect(decode(#"{"userId":"u","type":"\#(upper)"}"#) == [.ignored(upper)])
             let escaped = "\\u00" + String(name.utf8.first!, radix: 16) + name.dropFirst()
-            guard case .event(let e2) = decode(#"{"userId":"u","type":"\#(escaped)"}"#).first else { Issue.record("\(escaped)"); continue }
+            guard case .event(let e2) = decode(#"{"userId":"u","type":"\#(escaped)"}"#).first else {
+                Issue.record("\(escaped)")
+                continue
+            }
             #expect(e2.type == t)
         }
         #expect(failure(#"{"type":"track","userId":"u","type":"page"}"#) == DecodeFailure(.duplicateKey, field: "type"))
@@ -149,7 +164,9 @@ private func failure(_ json: String) -> DecodeFailure? {
     }
 
     @Test func batchEnvelope() {
-        let d = decode(#"{"batch":[{"type":"track","userId":"a"},{"type":"page","anonymousId":"b"},{"type":"track"},5],"sentAt":"2025-11-24T10:00:00Z"}"#)
+        let d = decode(
+            #"{"batch":[{"type":"track","userId":"a"},{"type":"page","anonymousId":"b"},{"type":"track"},5],"sentAt":"2025-11-24T10:00:00Z"}"#
+        )
         #expect(d.count == 4)
         if case .event(let e) = d[0] { #expect(e.identity == "a") } else { Issue.record("first element") }
         if case .event(let e) = d[1] { #expect(e.identity == "b") } else { Issue.record("second element") }
@@ -174,11 +191,11 @@ private func failure(_ json: String) -> DecodeFailure? {
         let messages = [
             #"{"type":"identify","userId":"a","traits":{"email":"a@x.io"},"context":{"traits":{"name":"A"},"location":{"city":"Oslo"}}}"#,
             #"{"batch":[{"type":"track","userId":"b"},{"type":"page"},7]}"#,
-            #"{"batch":[{"type":"track","userId":"c"},{},{},{}]}"#, // too large: one failure, no events
-            #"{"batch":[{"type":"track","userId":"d"}],"type":"page","userId":"e"}"#, // a call, not a batch
-            #"{"batch":[{"type":"track","userId":"f"}],"x":}"#, // broken after an element was appended
+            #"{"batch":[{"type":"track","userId":"c"},{},{},{}]}"#,  // too large: one failure, no events
+            #"{"batch":[{"type":"track","userId":"d"}],"type":"page","userId":"e"}"#,  // a call, not a batch
+            #"{"batch":[{"type":"track","userId":"f"}],"x":}"#,  // broken after an element was appended
             #"{"type":"alias","userId":"g"}"#,
-            #"{"type":"flush","userId":"z"}"#, // not a Segment call: ignored
+            #"{"type":"flush","userId":"z"}"#,  // not a Segment call: ignored
             #"{"type":"group","userId":"h","groupId":"acct","traits":{"name":"Acme"}}"#,
             "not json",
         ]
@@ -208,10 +225,10 @@ private func failure(_ json: String) -> DecodeFailure? {
         #expect(failure("[1,2]")?.reason == .notObject)
         #expect(failure("\"str\"")?.reason == .notObject)
         #expect(failure(#"{"a":1,}"#)?.reason == .notJSON)
-        #expect(failure(#"{"type":"track","userId":"a\u0000b"}"#) == nil) // an escaped NUL is valid JSON
-        #expect(failure("{\"type\":\"track\",\"userId\":\"a\u{0}b\"}")?.reason == .notJSON) // a raw NUL is not
+        #expect(failure(#"{"type":"track","userId":"a\u0000b"}"#) == nil)  // an escaped NUL is valid JSON
+        #expect(failure("{\"type\":\"track\",\"userId\":\"a\u{0}b\"}")?.reason == .notJSON)  // a raw NUL is not
         #expect(failure(#"{"type":"track","userId":"\ud800"}"#)?.reason == .notJSON)
-        #expect(failure(#"{"type":"track","userId":"u","x":1e999}"#) == nil) // unread numbers are only checked for grammar
+        #expect(failure(#"{"type":"track","userId":"u","x":1e999}"#) == nil)  // unread numbers are only checked for grammar
         #expect(failure(#"{"type":"track","userId":"u","timestamp":1e999}"#)?.reason == .numberOutOfRange)
     }
 
@@ -221,7 +238,10 @@ private func failure(_ json: String) -> DecodeFailure? {
         let overlong: [UInt8] = Array(#"{"a":""#.utf8) + [0xC0, 0xAF] + Array(#""}"#.utf8)
         #expect(SegmentDecoder().decode(overlong, nowMs: now) == [.invalid(DecodeFailure(.invalidUTF8))])
         let valid = Array(#"{"type":"track","userId":"Zoë 😀"}"#.utf8)
-        guard case .event(let e) = SegmentDecoder().decode(valid, nowMs: now).first else { Issue.record("valid UTF-8"); return }
+        guard case .event(let e) = SegmentDecoder().decode(valid, nowMs: now).first else {
+            Issue.record("valid UTF-8")
+            return
+        }
         #expect(e.identity == "Zoë 😀")
     }
 
@@ -232,19 +252,22 @@ private func failure(_ json: String) -> DecodeFailure? {
             guard case .invalid(let f) = SegmentDecoder().decode(Array(parts.joined()), nowMs: now).first else { return nil }
             return f.reason
         }
-        let bad: [UInt8] = [0xE2, 0x82] // a truncated three-byte sequence
+        let bad: [UInt8] = [0xE2, 0x82]  // a truncated three-byte sequence
         #expect(reason([Array(#"{"type":"track","userId":"u","integrations":{"x":""#.utf8), bad, Array(#""}}"#.utf8)]) == .invalidUTF8)
-        #expect(reason([Array(#"{"type":"track","userId":"u",""#.utf8), bad, Array(#"":1}"#.utf8)]) == .invalidUTF8) // a key
-        #expect(reason([Array(#"{"type":"track","userId":"u"}"#.utf8), [0xFF]]) == .invalidUTF8) // after the object
-        #expect(reason([Array(#"{"type":"track","userId":"u","a":"#.utf8), [0xED, 0xA0, 0x80], Array("}".utf8)]) == .invalidUTF8) // a surrogate, unquoted
-        #expect(reason([Array(#"{"a":,"b":""#.utf8), [0xF5, 0x80, 0x80, 0x80], Array(#""}"#.utf8)]) == .invalidUTF8) // past a syntax error
-        #expect(reason([Array(#"{"type":"track","userId":"u"} é"#.utf8)]) == .notJSON) // valid, but outside a string
+        #expect(reason([Array(#"{"type":"track","userId":"u",""#.utf8), bad, Array(#"":1}"#.utf8)]) == .invalidUTF8)  // a key
+        #expect(reason([Array(#"{"type":"track","userId":"u"}"#.utf8), [0xFF]]) == .invalidUTF8)  // after the object
+        // a surrogate, unquoted
+        #expect(reason([Array(#"{"type":"track","userId":"u","a":"#.utf8), [0xED, 0xA0, 0x80], Array("}".utf8)]) == .invalidUTF8)
+        #expect(reason([Array(#"{"a":,"b":""#.utf8), [0xF5, 0x80, 0x80, 0x80], Array(#""}"#.utf8)]) == .invalidUTF8)  // past a syntax error
+        #expect(reason([Array(#"{"type":"track","userId":"u"} é"#.utf8)]) == .notJSON)  // valid, but outside a string
         #expect(reason([Array(#"{"type":"track","userId":"u","x":"é 😀 \#u{10FFFF}"}"#.utf8)]) == nil)
 
         // Any byte flipped in a real message: invalid UTF-8 exactly when Swift's own
         // validation says so.
         var rng = SystemRandomNumberGenerator()
-        let base = Array(#"{"type":"identify","userId":"Zoë","traits":{"email":"z@example.com","name":"Zoë Ünal","x":"日本"},"context":{"location":{"city":"Łódź"}}}"#.utf8)
+        let base = Array(
+            #"{"type":"identify","userId":"Zoë","traits":{"email":"z@example.com","name":"Zoë Ünal","x":"日本"},"context":{"location":{"city":"Łódź"}}}"#
+                .utf8)
         for _ in 0..<3_000 {
             var m = base
             for _ in 0..<Int.random(in: 1...3, using: &rng) {
@@ -319,15 +342,22 @@ private func failure(_ json: String) -> DecodeFailure? {
         o.customAttributes = ["plan"]
         let d = SegmentDecoder(options: o).decode(Array(#"{"type":"identify","userId":"u","traits":{"plan":"p\ude00"}}"#.utf8), nowMs: now)
         #expect(d == [.invalid(DecodeFailure(.notJSON))])
-        guard case .event(let e) = decode(#"{"type":"track","userId":"\ud83d\ude00"}"#).first else { Issue.record("a valid pair"); return }
+        guard case .event(let e) = decode(#"{"type":"track","userId":"\ud83d\ude00"}"#).first else {
+            Issue.record("a valid pair")
+            return
+        }
         #expect(e.identity == "😀")
     }
 
     @Test func customAttributesCaptured() throws {
         var o = DecoderOptions()
         o.customAttributes = ["plan", "seats"]
-        let d = SegmentDecoder(options: o).decode(Array(#"{"type":"identify","userId":"u","traits":{"plan":"pro","seats": 5,"other":1}}"#.utf8), nowMs: now)
-        guard case .event(let e) = d.first else { Issue.record("event"); return }
+        let d = SegmentDecoder(options: o).decode(
+            Array(#"{"type":"identify","userId":"u","traits":{"plan":"pro","seats": 5,"other":1}}"#.utf8), nowMs: now)
+        guard case .event(let e) = d.first else {
+            Issue.record("event")
+            return
+        }
         #expect(e.traits?.custom == [CustomTrait(name: "plan", json: #""pro""#), CustomTrait(name: "seats", json: "5")])
     }
 
@@ -356,12 +386,18 @@ private func failure(_ json: String) -> DecodeFailure? {
         var rng = SystemRandomNumberGenerator()
         for _ in 0..<100_000 {
             let x = rng.next() as UInt64
-            if fast(x) != naive(x) { Issue.record("word \(String(x, radix: 16))"); break }
+            if fast(x) != naive(x) {
+                Issue.record("word \(String(x, radix: 16))")
+                break
+            }
         }
         // Strings whose special byte sits at every offset from a fast-path boundary.
         for k in 0..<20 {
             let text = String(repeating: "x", count: k)
-            guard case .event(let e)? = decode(#"{"type":"track","userId":"\#(text)\"q"}"#).first else { Issue.record("escape at \(k)"); continue }
+            guard case .event(let e)? = decode(#"{"type":"track","userId":"\#(text)\"q"}"#).first else {
+                Issue.record("escape at \(k)")
+                continue
+            }
             #expect(e.identity == text + "\"q")
             #expect(failure("{\"type\":\"track\",\"userId\":\"\(text)\u{1}\"}")?.reason == .notJSON)
         }
@@ -373,8 +409,10 @@ private func failure(_ json: String) -> DecodeFailure? {
     /// bytes after the closing quote, scan as a byte-by-byte reference says.
     @Test func stringsScanAlikeWhereverTheFastPathStops() {
         enum Outcome: Equatable { case string(end: Int, escaped: Bool, next: Int), error }
-        let specials: [[UInt8]] = [[], Array(#"\n"#.utf8), Array(#"\""#.utf8), Array(#"\u00e9"#.utf8),
-                                   Array("é".utf8), [0x01], [0xFF], [0xE2, 0x82]]
+        let specials: [[UInt8]] = [
+            [], Array(#"\n"#.utf8), Array(#"\""#.utf8), Array(#"\u00e9"#.utf8),
+            Array("é".utf8), [0x01], [0xFF], [0xE2, 0x82],
+        ]
         func reference(_ b: [UInt8]) -> Outcome {
             var i = 1
             var escaped = false
@@ -430,7 +468,8 @@ private func failure(_ json: String) -> DecodeFailure? {
     /// between tokens reads the same, and a missing or extra separator is rejected either
     /// way.
     @Test func whitespaceBetweenTokensChangesNothing() throws {
-        let compact = #"{"type":"identify","userId":"u1","traits":{"email":"a@x.io","address":{"city":"Oslo"}},"context":{"location":{"country":"Norway"},"library":{"name":"x"}},"properties":{}}"#
+        let compact =
+            #"{"type":"identify","userId":"u1","traits":{"email":"a@x.io","address":{"city":"Oslo"}},"context":{"location":{"country":"Norway"},"library":{"name":"x"}},"properties":{}}"#
         let expected = try event(compact)
         #expect(expected.traits?.address?.city == "Oslo" && expected.location?.country == "Norway")
         var inString = false
@@ -440,7 +479,9 @@ private func failure(_ json: String) -> DecodeFailure? {
             defer {
                 if inString {
                     if escaped { escaped = false } else if ch == 0x5C { escaped = true } else if ch == 0x22 { inString = false }
-                } else if ch == 0x22 { inString = true }
+                } else if ch == 0x22 {
+                    inString = true
+                }
             }
             guard !inString, i > 0 else { continue }
             var b = Array(compact.utf8)
@@ -449,10 +490,12 @@ private func failure(_ json: String) -> DecodeFailure? {
             #expect(try event(spaced) == expected, "whitespace at \(i): \(spaced)")
             places += 1
         }
-        #expect(places == 49) // before every token but the first
-        for bad in [#"{"type":"page" "userId":"u"}"#, #"{"type":"page",,"userId":"u"}"#, #"{,"type":"page","userId":"u"}"#,
-                    #"{"type":"page","userId":"u",}"#, #"{"type" "page","userId":"u"}"#, #"{"type":"page","userId":"u", }"#,
-                    #"{"type":"page", ,"userId":"u"}"#, #"{"type":"page","userId""u"}"#, #"{"type":"page","userId":"u""#] {
+        #expect(places == 49)  // before every token but the first
+        for bad in [
+            #"{"type":"page" "userId":"u"}"#, #"{"type":"page",,"userId":"u"}"#, #"{,"type":"page","userId":"u"}"#,
+            #"{"type":"page","userId":"u",}"#, #"{"type" "page","userId":"u"}"#, #"{"type":"page","userId":"u", }"#,
+            #"{"type":"page", ,"userId":"u"}"#, #"{"type":"page","userId""u"}"#, #"{"type":"page","userId":"u""#,
+        ] {
             #expect(failure(bad)?.reason == .notJSON, "\(bad)")
         }
     }
@@ -466,13 +509,19 @@ private func failure(_ json: String) -> DecodeFailure? {
         for n in 0...40 {
             let a = UnsafeMutablePointer<UInt8>.allocate(capacity: max(n, 1))
             let b = UnsafeMutablePointer<UInt8>.allocate(capacity: max(n, 1))
-            defer { a.deallocate(); b.deallocate() }
-            for i in 0..<n { a[i] = UInt8.random(in: 0x20...0x7E, using: &rng); b[i] = a[i] }
+            defer {
+                a.deallocate()
+                b.deallocate()
+            }
+            for i in 0..<n {
+                a[i] = UInt8.random(in: 0x20...0x7E, using: &rng)
+                b[i] = a[i]
+            }
             #expect(ByteRuns.equal(a, b, count: n), "equal, \(n) bytes")
             for i in 0..<n {
                 b[i] ^= 0x01
                 #expect(!ByteRuns.equal(a, b, count: n), "byte \(i) of \(n) differs")
-                b[i] ^= 0x81 // a high bit only
+                b[i] ^= 0x81  // a high bit only
                 #expect(!ByteRuns.equal(a, b, count: n), "byte \(i) of \(n) differs in its high bit")
                 b[i] = a[i]
             }
@@ -484,12 +533,29 @@ private func failure(_ json: String) -> DecodeFailure? {
 
     @Test func traitsWithAnySingleFieldAreNotEmpty() {
         var cases: [Traits] = []
-        func with(_ f: (inout Traits) -> Void) { var t = Traits(); f(&t); cases.append(t) }
-        with { $0.userType = "LEAD" }; with { $0.email = "e" }; with { $0.name = "n" }; with { $0.firstName = "f" }
-        with { $0.lastName = "l" }; with { $0.role = "r" }; with { $0.title = "t" }; with { $0.phone = "p" }
-        with { $0.timezone = "z" }; with { $0.leadDate = 1 }; with { $0.signUpDate = 1 }; with { $0.createdAt = 1 }
-        with { $0.subscriptionId = "s" }; with { $0.address = Location(city: "c") }; with { $0.avatar = "a" }
-        with { $0.image = "i" }; with { $0.pqlScore = 1 }; with { $0.custom = [CustomTrait(name: "k", json: "1")] }
+        func with(_ f: (inout Traits) -> Void) {
+            var t = Traits()
+            f(&t)
+            cases.append(t)
+        }
+        with { $0.userType = "LEAD" }
+        with { $0.email = "e" }
+        with { $0.name = "n" }
+        with { $0.firstName = "f" }
+        with { $0.lastName = "l" }
+        with { $0.role = "r" }
+        with { $0.title = "t" }
+        with { $0.phone = "p" }
+        with { $0.timezone = "z" }
+        with { $0.leadDate = 1 }
+        with { $0.signUpDate = 1 }
+        with { $0.createdAt = 1 }
+        with { $0.subscriptionId = "s" }
+        with { $0.address = Location(city: "c") }
+        with { $0.avatar = "a" }
+        with { $0.image = "i" }
+        with { $0.pqlScore = 1 }
+        with { $0.custom = [CustomTrait(name: "k", json: "1")] }
         // Every stored field is covered: a field added to Traits must be added to isEmpty and here.
         #expect(cases.count == Mirror(reflecting: Traits()).children.count)
         for t in cases { #expect(!t.isEmpty, "\(t)") }

@@ -1,4 +1,5 @@
 import Testing
+
 @testable import Events
 
 @Suite struct TimestampTests {
@@ -19,8 +20,10 @@ import Testing
         #expect(Timestamp.parseISO8601(text) == ms)
     }
 
-    @Test(arguments: ["", "2025-13-01T00:00:00Z", "2025-02-30", "2023-02-29", "2025-11-24T25:00:00Z", "2025-11-24T10:00:00Q",
-                      "yesterday", "2025-11-24T10:00:00.Z", "2025-11-24T10:00:00+2", "20251124"])
+    @Test(arguments: [
+        "", "2025-13-01T00:00:00Z", "2025-02-30", "2023-02-29", "2025-11-24T25:00:00Z", "2025-11-24T10:00:00Q",
+        "yesterday", "2025-11-24T10:00:00.Z", "2025-11-24T10:00:00+2", "20251124",
+    ])
     func rejectsMalformed(text: String) {
         #expect(Timestamp.parseISO8601(text) == nil)
     }
@@ -28,14 +31,16 @@ import Testing
     @Test func theCanonicalFastPathAgreesWithTheGeneralParser() {
         // Segment's own form takes a shortcut; on it and on every one-byte mutation of it
         // (bad digits, separators, impossible dates) the result must be the general one.
-        var rng = SystemRandomNumberGenerator() // a failure prints its input
+        var rng = SystemRandomNumberGenerator()  // a failure prints its input
         let bytes = Array("0123456789-:.TZ x/".utf8)
         for _ in 0..<20_000 {
-            let ms = Int64.random(in: 0..<4_102_444_800_000, using: &rng) // 1970 to 2100
+            let ms = Int64.random(in: 0..<4_102_444_800_000, using: &rng)  // 1970 to 2100
             var text = Array(Timestamp.formatISO8601(ms).utf8)
             #expect(text.count == 24)
             #expect(text.withUnsafeBufferPointer { Timestamp.parseISO8601($0) } == ms)
-            for _ in 0..<Int.random(in: 1...2, using: &rng) { text[Int.random(in: 0..<24, using: &rng)] = bytes.randomElement(using: &rng)! }
+            for _ in 0..<Int.random(in: 1...2, using: &rng) {
+                text[Int.random(in: 0..<24, using: &rng)] = bytes.randomElement(using: &rng)!
+            }
             text.withUnsafeBufferPointer { b in
                 #expect(Timestamp.parseISO8601(b) == Timestamp.general(b), "\(String(decoding: text, as: UTF8.self))")
             }

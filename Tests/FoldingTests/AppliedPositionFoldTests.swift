@@ -1,5 +1,6 @@
 import Events
 import Testing
+
 @testable import Folding
 
 /// The applied position at the fold: per source partition, per call of a message, bounded.
@@ -23,7 +24,7 @@ import Testing
         for call in 0..<3 { folder.fold(paid(), timeMs: 1_000 + Int64(call), offset: 7, call: UInt32(call), into: &s) }
         #expect(count(s) == 3)
         for call in 0..<3 { folder.fold(paid(), timeMs: 1_000 + Int64(call), offset: 7, call: UInt32(call), into: &s) }
-        folder.fold(paid(), timeMs: 999, offset: 6, call: 9, into: &s) // an earlier message, whatever its call
+        folder.fold(paid(), timeMs: 999, offset: 6, call: 9, into: &s)  // an earlier message, whatever its call
         #expect(count(s) == 3)
         folder.fold(paid(), timeMs: 1_010, offset: 8, call: 0, into: &s)
         #expect(count(s) == 4)
@@ -39,7 +40,7 @@ import Testing
         folder.fold(paid(), timeMs: 2, offset: 9, source: 2, into: &s)
         folder.fold(paid(), timeMs: 1, offset: 5, source: 1, into: &s)
         #expect(count(s) == 3)
-        #expect(s.appliedPositions.map(\.source) == [1, 2]) // the latest source first
+        #expect(s.appliedPositions.map(\.source) == [1, 2])  // the latest source first
         #expect(s.appliedPosition(source: 2)?.offset == 9)
     }
 
@@ -61,7 +62,10 @@ import Testing
 
     @Test func manyPositionsSurviveTheCodec() throws {
         var s = UserState()
-        for i in 0..<4 { folder.fold(paid(), timeMs: Int64(i), offset: Int64(10 * i), source: UInt32(i), call: UInt32(i), kafkaMs: 1_000 + Int64(i), into: &s) }
+        for i in 0..<4 {
+            folder.fold(
+                paid(), timeMs: Int64(i), offset: Int64(10 * i), source: UInt32(i), call: UInt32(i), kafkaMs: 1_000 + Int64(i), into: &s)
+        }
         let back = try StateCodec.decode(StateCodec.encode(StoredUser(state: s, dirty: false, settledHash: 0)))
         #expect(back.state == s)
         #expect(back.state.appliedPositions.first == AppliedPosition(source: 3, offset: 30, call: 3, kafkaMs: 1_003))
@@ -69,14 +73,15 @@ import Testing
     }
 
     @Test func coversComparesEverySource() {
-        var a = UserState(), b = UserState()
+        var a = UserState()
+        var b = UserState()
         a.recordApplied(AppliedPosition(source: 1, offset: 5))
         a.recordApplied(AppliedPosition(source: 2, offset: 3, call: 1))
         b.recordApplied(AppliedPosition(source: 2, offset: 3))
         #expect(a.covers(b))
         #expect(!b.covers(a))
         b.recordApplied(AppliedPosition(source: 1, offset: 6))
-        #expect(!a.covers(b) && !b.covers(a)) // each has applied something the other has not
+        #expect(!a.covers(b) && !b.covers(a))  // each has applied something the other has not
         #expect(UserState().covers(UserState()) && a.covers(UserState()))
     }
 }

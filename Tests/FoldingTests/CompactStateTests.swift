@@ -1,4 +1,5 @@
 import Testing
+
 @testable import Folding
 
 /// The packed text attributes and the shared box of rare lists behave like the plain
@@ -8,13 +9,31 @@ import Testing
 
     @Test func textRegistersAreLastWriterWinsWithTies() {
         var t = TextFields()
-        do { let changed = t.write(.email, "a@x.io", at: Stamp(timeMs: 10, offset: 1)); #expect(changed) }
-        do { let changed = t.write(.email, "old@x.io", at: Stamp(timeMs: 9, offset: 5)); #expect(!changed) }        // older: ignored
-        do { let changed = t.write(.email, "tie@x.io", at: Stamp(timeMs: 10, offset: 0)); #expect(!changed) }       // same time, lower offset
-        do { let changed = t.write(.email, "b@x.io", at: Stamp(timeMs: 10, offset: 2)); #expect(changed) }          // same time, higher offset
-        do { let changed = t.write(.email, "b@x.io", at: Stamp(timeMs: 20, offset: 3)); #expect(!changed) }         // same value: no change...
-        #expect(t.get(.email) == Latest(value: "b@x.io", stamp: Stamp(timeMs: 20, offset: 3))) // ...but the stamp moved
-        do { let changed = t.write(.email, "late@x.io", at: Stamp(timeMs: 15, offset: 9)); #expect(!changed) }      // so a late older one loses
+        do {
+            let changed = t.write(.email, "a@x.io", at: Stamp(timeMs: 10, offset: 1))
+            #expect(changed)
+        }
+        do {
+            let changed = t.write(.email, "old@x.io", at: Stamp(timeMs: 9, offset: 5))
+            #expect(!changed)
+        }  // older: ignored
+        do {
+            let changed = t.write(.email, "tie@x.io", at: Stamp(timeMs: 10, offset: 0))
+            #expect(!changed)
+        }  // same time, lower offset
+        do {
+            let changed = t.write(.email, "b@x.io", at: Stamp(timeMs: 10, offset: 2))
+            #expect(changed)
+        }  // same time, higher offset
+        do {
+            let changed = t.write(.email, "b@x.io", at: Stamp(timeMs: 20, offset: 3))
+            #expect(!changed)
+        }  // same value: no change...
+        #expect(t.get(.email) == Latest(value: "b@x.io", stamp: Stamp(timeMs: 20, offset: 3)))  // ...but the stamp moved
+        do {
+            let changed = t.write(.email, "late@x.io", at: Stamp(timeMs: 15, offset: 9))
+            #expect(!changed)
+        }  // so a late older one loses
         #expect(t.get(.name) == nil)
     }
 
@@ -28,7 +47,8 @@ import Testing
             for _ in 0..<40 {
                 let f = all.randomElement(using: &rng)!
                 // Long values cross the one-byte length; some are not ASCII.
-                let value = ["", "é", "x", String(repeating: "y", count: Int.random(in: 100...300, using: &rng)), "Zoë 😀"]
+                let value =
+                    ["", "é", "x", String(repeating: "y", count: Int.random(in: 100...300, using: &rng)), "Zoë 😀"]
                     .randomElement(using: &rng)! + String(Int.random(in: 0..<3, using: &rng))
                 let stamp = Stamp(timeMs: Int64.random(in: 0..<6, using: &rng), offset: Int64.random(in: 0..<4, using: &rng))
                 switch Int.random(in: 0..<8, using: &rng) {
@@ -65,10 +85,14 @@ import Testing
             var sets: [(TextFields.Field, Range<Int>, Stamp)] = []
             for _ in 0..<Int.random(in: 0..<16, using: &rng) {
                 let f = all.randomElement(using: &rng)!
-                let value = ["", "é", "x", String(repeating: "y", count: Int.random(in: 100...1_200, using: &rng)),
-                             String(repeating: "é", count: Int.random(in: 100...700, using: &rng)), "Zoë 😀"]
+                let value =
+                    [
+                        "", "é", "x", String(repeating: "y", count: Int.random(in: 100...1_200, using: &rng)),
+                        String(repeating: "é", count: Int.random(in: 100...700, using: &rng)), "Zoë 😀",
+                    ]
                     .randomElement(using: &rng)! + String(Int.random(in: 0..<3, using: &rng))
-                let r = Latest(value: value, stamp: Stamp(timeMs: Int64.random(in: 0..<4, using: &rng), offset: Int64.random(in: 0..<3, using: &rng)))
+                let r = Latest(
+                    value: value, stamp: Stamp(timeMs: Int64.random(in: 0..<4, using: &rng), offset: Int64.random(in: 0..<3, using: &rng)))
                 sets.append((f, source.count..<(source.count + value.utf8.count), r.stamp))
                 source += value.utf8
                 oneByOne.set(f, r)
@@ -125,8 +149,12 @@ import Testing
         var b = TextFields()
         let s1 = Stamp(timeMs: 5, offset: 1)
         let s2 = Stamp(timeMs: 6, offset: 2)
-        _ = a.write(.city, "Paris", at: s1); _ = a.write(.email, "e@x.io", at: s2); _ = a.write(.country, "France", at: s1)
-        _ = b.write(.country, "France", at: s1); _ = b.write(.email, "e@x.io", at: s2); _ = b.write(.city, "Paris", at: s1)
+        _ = a.write(.city, "Paris", at: s1)
+        _ = a.write(.email, "e@x.io", at: s2)
+        _ = a.write(.country, "France", at: s1)
+        _ = b.write(.country, "France", at: s1)
+        _ = b.write(.email, "e@x.io", at: s2)
+        _ = b.write(.city, "Paris", at: s1)
         #expect(a == b)
         b.set(.city, nil)
         #expect(a != b)
@@ -136,8 +164,10 @@ import Testing
     @Test func aTypicalUserIsSmall() {
         var s = UserState()
         let st = Stamp(timeMs: 1_764_000_000_000, offset: 42)
-        for (f, v) in [(TextFields.Field.email, "user-123456@example.com"), (.name, "Chloé Dubois"), (.role, "Engineer"),
-                       (.city, "Berlin"), (.country, "Germany"), (.timezone, "Europe/Berlin")] {
+        for (f, v) in [
+            (TextFields.Field.email, "user-123456@example.com"), (.name, "Chloé Dubois"), (.role, "Engineer"),
+            (.city, "Berlin"), (.country, "Germany"), (.timezone, "Europe/Berlin"),
+        ] {
             _ = s.text.write(f, v, at: st)
         }
         // Six attributes written by one event share one stamp: the count, one stamp (16),

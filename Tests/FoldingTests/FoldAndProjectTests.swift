@@ -2,6 +2,7 @@ import Events
 import Foundation
 import Simulation
 import Testing
+
 @testable import Folding
 
 private let now: Int64 = 1_764_000_000_000
@@ -91,7 +92,7 @@ private func body(_ state: UserState, id: String = "u1") -> [String: Any] {
         #expect((final["location"] as? [String: Any])?["countryCode"] as? String == "FR")
         #expect(final["name"] as? String == "Ann")
         #expect(final["userType"] as? String == "USER")
-        #expect(final["numberOfVisits"] as? Int == 2) // 0.5–4 s; then 9 000 s and 9 500 s (8 min apart: one visit)
+        #expect(final["numberOfVisits"] as? Int == 2)  // 0.5–4 s; then 9 000 s and 9 500 s (8 min apart: one visit)
         #expect(final["lastSubscriptionIdentifier"] as? String == "acct-2")
         #expect(final["allSubscriptionIdentifiers"] as? [String] == ["acct-2", "acct-1"])
     }
@@ -102,9 +103,11 @@ private func body(_ state: UserState, id: String = "u1") -> [String: Any] {
         folder.fold(ev(#"{"type":"page","userId":"u","context":{"location":{"city":"Lyon"}}}"#), timeMs: 2000, offset: 8, into: &s)
         #expect(s.city?.value == "Lyon")
         var t = UserState()
-        folder.fold(ev(#"{"type":"page","userId":"u","context":{"location":{"city":"Lyon"}}}"#), timeMs: 2000, offset: 8, source: 1, into: &t)
-        folder.fold(ev(#"{"type":"page","userId":"u","context":{"location":{"city":"Paris"}}}"#), timeMs: 2000, offset: 7, source: 2, into: &t)
-        #expect(t.city?.value == "Lyon") // from another source, the lower offset still loses the tie
+        folder.fold(
+            ev(#"{"type":"page","userId":"u","context":{"location":{"city":"Lyon"}}}"#), timeMs: 2000, offset: 8, source: 1, into: &t)
+        folder.fold(
+            ev(#"{"type":"page","userId":"u","context":{"location":{"city":"Paris"}}}"#), timeMs: 2000, offset: 7, source: 2, into: &t)
+        #expect(t.city?.value == "Lyon")  // from another source, the lower offset still loses the tie
     }
 
     @Test func aReplayedEventIsSkipped() {
@@ -130,20 +133,23 @@ private func body(_ state: UserState, id: String = "u1") -> [String: Any] {
         folder.fold(ev(#"{"type":"page","userId":"a"}"#), timeMs: 3, offset: 3, into: &s)
         #expect(Projector().userType(s) == .user)
         folder.fold(ev(#"{"type":"identify","userId":"a","traits":{"userType":"lead"}}"#), timeMs: 4, offset: 4, into: &s)
-        #expect(Projector().userType(s) == .lead) // an explicit value is honoured
+        #expect(Projector().userType(s) == .lead)  // an explicit value is honoured
         folder.fold(ev(#"{"type":"identify","userId":"a","traits":{"userType":"superuser"}}"#), timeMs: 5, offset: 5, into: &s)
-        #expect(Projector().userType(s) == .lead) // an invalid value is not
+        #expect(Projector().userType(s) == .lead)  // an invalid value is not
     }
 
     @Test func nameFromFirstAndLast() {
         var s = UserState()
-        folder.fold(ev(#"{"type":"identify","userId":"u","traits":{"firstName":"Zoë","lastName":"O'Brien"}}"#), timeMs: 1, offset: 1, into: &s)
+        folder.fold(
+            ev(#"{"type":"identify","userId":"u","traits":{"firstName":"Zoë","lastName":"O'Brien"}}"#), timeMs: 1, offset: 1, into: &s)
         #expect(body(s)["name"] as? String == "Zoe OBrien")
     }
 
     @Test func signUpFromCreatedAtAndTitleAsRole() {
         var s = UserState()
-        folder.fold(ev(#"{"type":"identify","userId":"u","traits":{"createdAt":"2025-01-01T00:00:00Z","title":"CTO"}}"#), timeMs: 1, offset: 1, into: &s)
+        folder.fold(
+            ev(#"{"type":"identify","userId":"u","traits":{"createdAt":"2025-01-01T00:00:00Z","title":"CTO"}}"#), timeMs: 1, offset: 1,
+            into: &s)
         let b = body(s)
         #expect(b["signUpDate"] as? Int64 == 1_735_689_600_000)
         #expect(b["role"] as? String == "CTO")
@@ -178,7 +184,9 @@ private func body(_ state: UserState, id: String = "u1") -> [String: Any] {
     @Test func randomStatesAlwaysPassTheSchema() {
         var rng = SystemRandomNumberGenerator()
         let alphabet = Array("aZ09 _-()'.,éßø李😀\"\\\n\t/?#%")
-        func text(_ max: Int) -> String { String((0..<Int.random(in: 0...max, using: &rng)).map { _ in alphabet.randomElement(using: &rng)! }) }
+        func text(_ max: Int) -> String {
+            String((0..<Int.random(in: 0...max, using: &rng)).map { _ in alphabet.randomElement(using: &rng)! })
+        }
         for _ in 0..<500 {
             var s = UserState()
             let st = Stamp(timeMs: 1, offset: 1)
@@ -231,6 +239,10 @@ private func body(_ state: UserState, id: String = "u1") -> [String: Any] {
         for b in bad {
             #expect(!FoldspaceSchema.violations(body: Array(b.utf8), pathId: "u").isEmpty, "\(b)")
         }
-        #expect(FoldspaceSchema.violations(body: Array(#"{"userType":"USER","identifyId":"u","pqlScore":75.5,"products":[{"product":"X7B69NRTTBM7","environment":1}]}"#.utf8), pathId: "u") == [])
+        #expect(
+            FoldspaceSchema.violations(
+                body: Array(
+                    #"{"userType":"USER","identifyId":"u","pqlScore":75.5,"products":[{"product":"X7B69NRTTBM7","environment":1}]}"#.utf8),
+                pathId: "u") == [])
     }
 }

@@ -1,6 +1,7 @@
 import Events
 import Foundation
 import Testing
+
 @testable import Folding
 
 /// Values are cut when folded to what the API could ever use (issue "Hostile input",
@@ -27,8 +28,9 @@ import Testing
     }
 
     @Test func hugeValuesAreCutWhenFoldedAndTheBodyIsUnchanged() throws {
-        let big = String(repeating: "é", count: 75 * 1024) // 150 KiB of UTF-8 each, six of them in one message
-        let json = #"{"type":"identify","userId":"u","timestamp":"2025-11-24T10:00:00Z","traits":{"email":"\#(big)","name":"\#(big)","role":"\#(big)","plan":"\#(big)","address":{"city":"\#(big)"}},"context":{"groupId":"\#(big)"}}"#
+        let big = String(repeating: "é", count: 75 * 1024)  // 150 KiB of UTF-8 each, six of them in one message
+        let json =
+            #"{"type":"identify","userId":"u","timestamp":"2025-11-24T10:00:00Z","traits":{"email":"\#(big)","name":"\#(big)","role":"\#(big)","plan":"\#(big)","address":{"city":"\#(big)"}},"context":{"groupId":"\#(big)"}}"#
         var c = FoldConfig()
         c.customAttributes = ["plan"]
         let folder = Folder(config: c)
@@ -60,7 +62,8 @@ import Testing
 
     /// The name is fitted before anything is cut: 300 emoji then a name is that name.
     @Test func aNameIsFittedNotCutRaw() {
-        let json = #"{"type":"identify","userId":"u","timestamp":"2025-11-24T10:00:00Z","traits":{"name":"\#(String(repeating: "😀", count: 300)) John Smith"}}"#
+        let json =
+            #"{"type":"identify","userId":"u","timestamp":"2025-11-24T10:00:00Z","traits":{"name":"\#(String(repeating: "😀", count: 300)) John Smith"}}"#
         var s = UserState()
         var adj = Adjustments()
         Folder(config: FoldConfig()).fold(decode(json), timeMs: nowMs - 1_000, offset: 0, into: &s, adjustments: &adj)

@@ -1,7 +1,8 @@
 import Events
-import Simulation
 import Foundation
+import Simulation
 import Testing
+
 @testable import Folding
 
 private let now: Int64 = 1_764_000_000_000
@@ -16,8 +17,10 @@ private func event(_ json: String, custom: [String] = []) -> SegmentEvent {
 }
 
 /// Folds the calls in order (offsets follow) and returns the projected body.
-private func project(_ calls: [(String, Int64)], config: FoldConfig = FoldConfig(), nowMs: Int64 = now,
-                     adjustments: UnsafeMutablePointer<Adjustments>? = nil) -> [String: Any] {
+private func project(
+    _ calls: [(String, Int64)], config: FoldConfig = FoldConfig(), nowMs: Int64 = now,
+    adjustments: UnsafeMutablePointer<Adjustments>? = nil
+) -> [String: Any] {
     let folder = Folder(config: config)
     var s = UserState()
     var adj = Adjustments()
@@ -32,19 +35,23 @@ private func project(_ calls: [(String, Int64)], config: FoldConfig = FoldConfig
 
 @Suite struct MappingTableTests {
     @Test func everyTraitRow() {
-        let b = project([(#"""
-        {"type":"identify","userId":"u","traits":{"email":"a@x.io","name":"Ann Lee","role":"Admin","title":"CTO",
-         "phone":"+1-202-555-0147","timezone":"America/New_York","leadDate":1734539909141,"signUpDate":"2024-12-18T16:38:29.141Z",
-         "avatar":"https://img/a.png","image":"https://img/b.png","address":{"city":"SF","state":"CA","country":"United States","postalCode":"94107"}}}
-        """#, now - 1000)])
+        let b = project([
+            (
+                #"""
+                {"type":"identify","userId":"u","traits":{"email":"a@x.io","name":"Ann Lee","role":"Admin","title":"CTO",
+                 "phone":"+1-202-555-0147","timezone":"America/New_York","leadDate":1734539909141,"signUpDate":"2024-12-18T16:38:29.141Z",
+                 "avatar":"https://img/a.png","image":"https://img/b.png","address":{"city":"SF","state":"CA","country":"United States","postalCode":"94107"}}}
+                """#, now - 1000
+            )
+        ])
         #expect(b["email"] as? String == "a@x.io")
         #expect(b["name"] as? String == "Ann Lee")
-        #expect(b["role"] as? String == "Admin") // role before title
+        #expect(b["role"] as? String == "Admin")  // role before title
         #expect(b["phone"] as? String == "+1-202-555-0147")
         #expect(b["timezone"] as? String == "America/New_York")
         #expect(b["leadDate"] as? Int64 == 1_734_539_909_141)
         #expect(b["signUpDate"] as? Int64 == 1_734_539_909_141)
-        #expect(b["image"] as? String == "https://img/a.png") // avatar before image
+        #expect(b["image"] as? String == "https://img/a.png")  // avatar before image
         let loc = b["location"] as? [String: Any]
         #expect(loc?["city"] as? String == "SF")
         #expect(loc?["region"] as? String == "CA")
@@ -53,7 +60,8 @@ private func project(_ calls: [(String, Int64)], config: FoldConfig = FoldConfig
     }
 
     @Test func contextTimezoneBeatsTraitTimezone() {
-        let b = project([(#"{"type":"identify","userId":"u","traits":{"timezone":"Europe/Paris"},"context":{"timezone":"Asia/Tokyo"}}"#, 1)])
+        let b = project([(#"{"type":"identify","userId":"u","traits":{"timezone":"Europe/Paris"},"context":{"timezone":"Asia/Tokyo"}}"#, 1)]
+        )
         #expect(b["timezone"] as? String == "Asia/Tokyo")
     }
 
@@ -81,7 +89,7 @@ private func project(_ calls: [(String, Int64)], config: FoldConfig = FoldConfig
             (#"{"type":"group","userId":"u","groupId":"g-call"}"#, 10),
             (#"{"type":"track","userId":"u","event":"x","context":{"groupId":"g-context"}}"#, 20),
             (#"{"type":"identify","userId":"u","traits":{"subscriptionId":"g-trait"}}"#, 30),
-            (#"{"type":"group","userId":"u","groupId":"g-call"}"#, 5), // older repeat: order unchanged
+            (#"{"type":"group","userId":"u","groupId":"g-call"}"#, 5),  // older repeat: order unchanged
         ]
         var b = project(calls)
         #expect(b["lastSubscriptionIdentifier"] as? String == "g-trait")
@@ -96,11 +104,18 @@ private func project(_ calls: [(String, Int64)], config: FoldConfig = FoldConfig
 
     @Test func productsUniqueMostRecentTwentyWithValidEnvironments() {
         var calls: [(String, Int64)] = (0..<25).map {
-            (#"{"type":"track","userId":"u","event":"e","properties":{"product":{"product":"P\#($0)","environment":\#($0 % 4 + 1)}}}"#, Int64(100 + $0))
+            (
+                #"{"type":"track","userId":"u","event":"e","properties":{"product":{"product":"P\#($0)","environment":\#($0 % 4 + 1)}}}"#,
+                Int64(100 + $0)
+            )
         }
         calls.append((#"{"type":"track","userId":"u","event":"e","context":{"product":{"product":"P24","environment":1}}}"#, 200))
         calls.append((#"{"type":"track","userId":"u","event":"e","context":{"product":{"product":"BAD","environment":7}}}"#, 300))
-        calls.append((#"{"type":"track","userId":"u","event":"e","context":{"product":{"product":"WAY-TOO-LONG-PRODUCT-CODE","environment":1}}}"#, 301))
+        calls.append(
+            (
+                #"{"type":"track","userId":"u","event":"e","context":{"product":{"product":"WAY-TOO-LONG-PRODUCT-CODE","environment":1}}}"#,
+                301
+            ))
         var adj = Adjustments()
         let b = project(calls, adjustments: &adj)
         let products = b["products"] as? [[String: Any]] ?? []
@@ -147,8 +162,9 @@ private func project(_ calls: [(String, Int64)], config: FoldConfig = FoldConfig
     @Test func customAttributesOnlyConfiguredOnesAsObjects() {
         var config = FoldConfig()
         config.customAttributes = ["plan", "company"]
-        let b = project([(#"{"type":"identify","userId":"u","traits":{"plan":"pro","company":{"name":"Acme","size":5},"secret":"x"}}"#, 1)],
-                        config: config)
+        let b = project(
+            [(#"{"type":"identify","userId":"u","traits":{"plan":"pro","company":{"name":"Acme","size":5},"secret":"x"}}"#, 1)],
+            config: config)
         let ca = b["customAttributes"] as? [String: Any]
         #expect((ca?["plan"] as? [String: Any])?["value"] as? String == "pro")
         #expect((ca?["company"] as? [String: Any])?["name"] as? String == "Acme")
@@ -188,7 +204,7 @@ private func project(_ calls: [(String, Int64)], config: FoldConfig = FoldConfig
 
     @Test func sessionization() {
         #expect(visits([0]) == 1)
-        #expect(visits([0, gap]) == 1) // exactly the gap: same visit
+        #expect(visits([0, gap]) == 1)  // exactly the gap: same visit
         #expect(visits([0, gap + 1]) == 2)
         #expect(visits([0, 10, 20, gap * 3, gap * 3 + 5]) == 2)
         // A late event that bridges two visits merges them.
@@ -214,7 +230,7 @@ private func project(_ calls: [(String, Int64)], config: FoldConfig = FoldConfig
             let t = Int64(v) * gap * 3
             folder.fold(SegmentEvent(type: .page, identity: "u", hasUserId: true), timeMs: t, offset: Int64(2 * v), into: &s)
             folder.fold(SegmentEvent(type: .page, identity: "u", hasUserId: true), timeMs: t + 60_000, offset: Int64(2 * v + 1), into: &s)
-            copies.append(s) // a copy kept (as a checkpoint does) must not see later spans
+            copies.append(s)  // a copy kept (as a checkpoint does) must not see later spans
             let kept = max(0, v + 1 - UserState.maxSpans)...v
             #expect(s.spans.map(\.start) == kept.map { Int64($0) * gap * 3 }, "after visit \(v)")
             #expect(s.spans.allSatisfy { $0.end == $0.start + 60_000 })
@@ -288,7 +304,7 @@ private func project(_ calls: [(String, Int64)], config: FoldConfig = FoldConfig
         var t: Int64 = 1_700_000_000_000
         for i in 0..<1_000_000 {
             let r = rng.next()
-            t += Int64(r % 4_000_000) // gaps up to ~67 min: many visits
+            t += Int64(r % 4_000_000)  // gaps up to ~67 min: many visits
             e.eventName = "e\(r % 40)"
             e.groupId = nil
             e.contextGroupId = r % 7 == 0 ? "account-\(r % 500)-aaaaaaaaaaaaaaaaaaaa" : nil

@@ -1,5 +1,6 @@
 import Events
 import Testing
+
 @testable import Folding
 
 /// A state that already holds extreme times or counts (written before times were
@@ -32,7 +33,7 @@ import Testing
         var s = UserState()
         folder.fold(page(), timeMs: 1_000_000_000_000, offset: 0, into: &s)
         s.visits = .max
-        folder.fold(page(), timeMs: 1_100_000_000_000, offset: 1, into: &s) // a new visit
+        folder.fold(page(), timeMs: 1_100_000_000_000, offset: 1, into: &s)  // a new visit
         #expect(s.visits == .max)
     }
 
@@ -41,7 +42,7 @@ import Testing
         let gap: Int64 = 30 * 60_000
         folder.fold(page(), timeMs: 1_000_000_000_000, offset: 0, into: &s)
         folder.fold(page(), timeMs: 1_000_000_000_000 + 19 * gap / 10, offset: 1, into: &s)
-        s.visits = 0 // crafted: spans without visits
+        s.visits = 0  // crafted: spans without visits
         // A late event bridging both spans merges them: one visit less, not below zero.
         folder.fold(page(), timeMs: 1_000_000_000_000 + 95 * gap / 100, offset: 2, into: &s)
         #expect(s.visits == 0)

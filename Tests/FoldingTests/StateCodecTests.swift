@@ -1,6 +1,7 @@
 import Events
 import Foundation
 import Testing
+
 @testable import Folding
 
 @Suite struct StateCodecTests {
@@ -50,23 +51,25 @@ import Testing
     /// how the writer builds a record may change, what it writes may not.
     @Test func theEncodingIsStableByteForByte() throws {
         var s = richState()
-        s.custom.append(Latest(value: CustomTrait(name: "notes", json: "\"" + String(repeating: "n", count: 150) + "\""),
-                               stamp: Stamp(timeMs: 1_764_000_000_000, offset: 10)))
+        s.custom.append(
+            Latest(
+                value: CustomTrait(name: "notes", json: "\"" + String(repeating: "n", count: 150) + "\""),
+                stamp: Stamp(timeMs: 1_764_000_000_000, offset: 10)))
         let bytes = StateCodec.encode(StoredUser(state: s, dirty: true, settledHash: 0x0102_0304_0506_0708, sourcePartitions: 4))
         let hex = bytes.map { String(format: "%02x", $0) }.joined()
         let before =
-            "46530201080180a0bfe9d6661402010103170f616e6e406578616d706c652e636f6d80a0bfe9d66614040f07416e6e20" +
-            "4c656580a0bfe9d66614050d0541646d696e80a0bfe9d666140619112b3333203120323320343520363720383980a0bf" +
-            "e9d6661407140c4575726f70652f506172697380a0bfe9d6661408251d68747470733a2f2f696d672e6578616d706c65" +
-            "2e636f6d2f612e706e6780a0bfe9d66614090680a0abfef9620a068090ccbdaf620b0680d0a6f2d4660c0680daf6ecd6" +
-            "660d0e064672616e636580a0bfe9d666140e0b0349444680a0bfe9d666140f0d05506172697380a0bfe9d66614100d05" +
-            "373530303180a0bfe9d66614110a02465280a0bfe9d66614120d057375622d3180a0bfe9d66614131c02057375622d31" +
-            "80a0bfe9d6661406616363742d3180a0bfe9d666141417020250320080daf6ecd666160250310680a0bfe9d6661415ba" +
-            "010204706c616e052270726f2280a0bfe9d66614056e6f746573980122"
+            "46530201080180a0bfe9d6661402010103170f616e6e406578616d706c652e636f6d80a0bfe9d66614040f07416e6e20"
+            + "4c656580a0bfe9d66614050d0541646d696e80a0bfe9d666140619112b3333203120323320343520363720383980a0bf"
+            + "e9d6661407140c4575726f70652f506172697380a0bfe9d6661408251d68747470733a2f2f696d672e6578616d706c65"
+            + "2e636f6d2f612e706e6780a0bfe9d66614090680a0abfef9620a068090ccbdaf620b0680d0a6f2d4660c0680daf6ecd6"
+            + "660d0e064672616e636580a0bfe9d666140e0b0349444680a0bfe9d666140f0d05506172697380a0bfe9d66614100d05"
+            + "373530303180a0bfe9d66614110a02465280a0bfe9d66614120d057375622d3180a0bfe9d66614131c02057375622d31"
+            + "80a0bfe9d6661406616363742d3180a0bfe9d666141417020250320080daf6ecd666160250310680a0bfe9d6661415ba"
+            + "010204706c616e052270726f2280a0bfe9d66614056e6f746573980122"
         let after =
-            "2280a0bfe9d66614160f000000000040454080a0bfe9d6661417010318250380d0a6f2d46680d0a6f2d46680a0bfe9d6" +
-            "6680a0bfe9d66680daf6ecd66680daf6ecd666190b090000000000000080bf021a030101021c05014d180000280101290808" +
-            "070605040302012a0104"
+            "2280a0bfe9d66614160f000000000040454080a0bfe9d6661417010318250380d0a6f2d46680d0a6f2d46680a0bfe9d6"
+            + "6680a0bfe9d66680daf6ecd66680daf6ecd666190b090000000000000080bf021a030101021c05014d180000280101290808"
+            + "070605040302012a0104"
         #expect(hex == before + String(repeating: "6e", count: 150) + after)
         #expect(try StateCodec.decode(bytes).state.custom.count == 2)
     }
@@ -81,14 +84,14 @@ import Testing
     /// later version must still read it (version 2 changed the applied position's layout).
     @Test func readsTheVersionOneFixture() throws {
         let fixture: [UInt8] = [
-            0x46, 0x53, 0x01,                                     // magic, version 1
-            0x02, 0x01, 0x01,                                     // sawUserId
-            0x03, 0x08, 0x05, 0x61, 0x40, 0x78, 0x2E, 0x69, 0x02, 0x0E, // email "a@x.i" at time 1, offset 7
-            0x0B, 0x02, 0xD0, 0x0F,                               // firstVisit = 1000
-            0x0C, 0x02, 0xA0, 0x1F,                               // lastSeen = 2000
-            0x17, 0x01, 0x02,                                     // visits = 2
-            0x1B, 0x03, 0x05, 0x0E, 0x00,                         // applied: source 5, offset 7
-            0x28, 0x01, 0x01,                                     // dirty
+            0x46, 0x53, 0x01,  // magic, version 1
+            0x02, 0x01, 0x01,  // sawUserId
+            0x03, 0x08, 0x05, 0x61, 0x40, 0x78, 0x2E, 0x69, 0x02, 0x0E,  // email "a@x.i" at time 1, offset 7
+            0x0B, 0x02, 0xD0, 0x0F,  // firstVisit = 1000
+            0x0C, 0x02, 0xA0, 0x1F,  // lastSeen = 2000
+            0x17, 0x01, 0x02,  // visits = 2
+            0x1B, 0x03, 0x05, 0x0E, 0x00,  // applied: source 5, offset 7
+            0x28, 0x01, 0x01,  // dirty
         ]
         let u = try StateCodec.decode(fixture)
         #expect(u.state.sawUserId)
@@ -104,22 +107,22 @@ import Testing
         // Read as version 2 writes it: the position now per source, with its call.
         #expect(try StateCodec.decode(StateCodec.encode(u)) == u)
         #expect(u.dirty)
-        #expect(u.sourcePartitions == 0) // absent: the default
+        #expect(u.sourcePartitions == 0)  // absent: the default
     }
 
     /// Records crafted to hit each arithmetic the decoder does on what it reads: lengths
     /// past `Int.max`, a length that overflows the position, a product environment of
     /// `Int64.min`, string lengths past `Int.max`. Each must be an error, not a trap.
     @Test func craftedRecordsAreErrorsNotTraps() {
-        let huge: [UInt8] = Array(repeating: 0xFF, count: 9) + [0x01] // 2^64 - 1
-        let intMax: [UInt8] = Array(repeating: 0xFF, count: 8) + [0x7F] // Int.max
+        let huge: [UInt8] = Array(repeating: 0xFF, count: 9) + [0x01]  // 2^64 - 1
+        let intMax: [UInt8] = Array(repeating: 0xFF, count: 8) + [0x7F]  // Int.max
         let crafted: [[UInt8]] = [
-            [0x46, 0x53, 0x01, 0x03] + huge,                                   // field length 2^64 - 1
-            [0x46, 0x53, 0x01, 0x03] + intMax,                                 // position + Int.max
-            [0x46, 0x53, 0x01, 0x03, 0x0C] + huge + [0x00, 0x00],              // email: string length 2^64 - 1
-            [0x46, 0x53, 0x01, 0x03, 0x0A] + intMax + [0x00],                  // email: position + Int.max
-            [0x46, 0x53, 0x01, 0x14, 0x0F, 0x01, 0x01, 0x61] + huge + [0x00, 0x00], // product environment Int64.min
-            [0x46, 0x53, 0x01, 0x16, 0x0A] + Array(repeating: 0xFF, count: 8) + [0x00, 0x00], // pqlTrait NaN
+            [0x46, 0x53, 0x01, 0x03] + huge,  // field length 2^64 - 1
+            [0x46, 0x53, 0x01, 0x03] + intMax,  // position + Int.max
+            [0x46, 0x53, 0x01, 0x03, 0x0C] + huge + [0x00, 0x00],  // email: string length 2^64 - 1
+            [0x46, 0x53, 0x01, 0x03, 0x0A] + intMax + [0x00],  // email: position + Int.max
+            [0x46, 0x53, 0x01, 0x14, 0x0F, 0x01, 0x01, 0x61] + huge + [0x00, 0x00],  // product environment Int64.min
+            [0x46, 0x53, 0x01, 0x16, 0x0A] + Array(repeating: 0xFF, count: 8) + [0x00, 0x00],  // pqlTrait NaN
         ]
         for b in crafted {
             #expect(throws: StateCodec.DecodeError.self, "\(b)") { try StateCodec.decode(b) }
@@ -135,10 +138,10 @@ import Testing
         for b in bad {
             let n = UInt8(b.count)
             let records: [[UInt8]] = [
-                [0x46, 0x53, 0x02, 0x03, 3 + n, n] + b + [0x00, 0x00],              // email
-                [0x46, 0x53, 0x02, 0x0F, 3 + n, n] + b + [0x00, 0x00],              // city
-                [0x46, 0x53, 0x02, 0x13, 4 + n, 0x01, n] + b + [0x00, 0x00],        // a subscription
-                [0x46, 0x53, 0x02, 0x15, 6 + n, 0x01, n] + b + [0x01, 0x31, 0x00, 0x00], // a custom trait's name
+                [0x46, 0x53, 0x02, 0x03, 3 + n, n] + b + [0x00, 0x00],  // email
+                [0x46, 0x53, 0x02, 0x0F, 3 + n, n] + b + [0x00, 0x00],  // city
+                [0x46, 0x53, 0x02, 0x13, 4 + n, 0x01, n] + b + [0x00, 0x00],  // a subscription
+                [0x46, 0x53, 0x02, 0x15, 6 + n, 0x01, n] + b + [0x01, 0x31, 0x00, 0x00],  // a custom trait's name
             ]
             for r in records {
                 #expect(throws: StateCodec.DecodeError.badValue, "\(r)") { try StateCodec.decode(r) }
@@ -158,18 +161,24 @@ import Testing
     /// three and four bytes across the limit.
     @Test func aStoredTextOverItsLimitIsCutAtACharacter() throws {
         func varint(_ n: Int) -> [UInt8] {
-            var n = n, out: [UInt8] = []
-            while n >= 0x80 { out.append(UInt8(n & 0x7F) | 0x80); n >>= 7 }
+            var n = n
+            var out: [UInt8] = []
+            while n >= 0x80 {
+                out.append(UInt8(n & 0x7F) | 0x80)
+                n >>= 7
+            }
             return out + [UInt8(n)]
         }
-        let tags: [TextFields.Field: UInt8] = [.email: 3, .name: 4, .role: 5, .phone: 6, .timezone: 7, .image: 8, .country: 13,
-                                              .region: 14, .city: 15, .postalCode: 16, .countryCode: 17, .lastSubscription: 18]
+        let tags: [TextFields.Field: UInt8] = [
+            .email: 3, .name: 4, .role: 5, .phone: 6, .timezone: 7, .image: 8, .country: 13,
+            .region: 14, .city: 15, .postalCode: 16, .countryCode: 17, .lastSubscription: 18,
+        ]
         for (field, tag) in tags {
             let limit = field.storedLimitBytes
             for character in ["é", "€", "😀"] {
-                for lead in 0..<4 { // every alignment of the characters against the limit
+                for lead in 0..<4 {  // every alignment of the characters against the limit
                     let value = String(repeating: "a", count: lead) + String(repeating: character, count: limit)
-                    let text = varint(value.utf8.count) + Array(value.utf8) + [0x04, 0x02] // stamp (2, 1)
+                    let text = varint(value.utf8.count) + Array(value.utf8) + [0x04, 0x02]  // stamp (2, 1)
                     let record: [UInt8] = [0x46, 0x53, StateCodec.version, tag] + varint(text.count) + text
                     let u = try StateCodec.decode(record)
                     let kept = try #require(u.state.text.get(field), "\(field)")
@@ -226,7 +235,7 @@ import Testing
 
     @Test func skipsFieldsItDoesNotKnow() throws {
         var bytes = StateCodec.encode(StoredUser(state: richState(), dirty: false, settledHash: 1))
-        bytes += [0xC8, 0x03, 0xAA, 0xBB, 0xCC] // tag 200, three bytes: a future field
+        bytes += [0xC8, 0x03, 0xAA, 0xBB, 0xCC]  // tag 200, three bytes: a future field
         let u = try StateCodec.decode(bytes)
         #expect(u.state == richState())
     }
@@ -240,7 +249,7 @@ import Testing
         for _ in 0..<2000 {
             var b = good
             for _ in 0..<3 { b[Int.random(in: 3..<b.count, using: &rng)] = UInt8.random(in: 0...255, using: &rng) }
-            _ = try? StateCodec.decode(b) // must not trap
+            _ = try? StateCodec.decode(b)  // must not trap
             _ = try? StateCodec.decode(Array(b.prefix(Int.random(in: 0..<b.count, using: &rng))))
         }
     }

@@ -1,7 +1,8 @@
 import Foundation
 import Logging
-import Testing
 import TestSupport
+import Testing
+
 @testable import Kafka
 
 /// Records what the poll thread hands over and stores each offset once "processed".
@@ -67,11 +68,14 @@ func produce(_ cluster: MockCluster, topic: String, _ values: [String]) throws {
 
 /// A consumer of `topic` in `group` (with `config`, else the tests' usual one), polling,
 /// with the handler that records it.
-func startedConsumer(_ cluster: MockCluster, group: String, topic: String,
-                     config: KafkaClientConfig? = nil) throws -> (KafkaConsumer, RecordingHandler) {
+func startedConsumer(
+    _ cluster: MockCluster, group: String, topic: String,
+    config: KafkaClientConfig? = nil
+) throws -> (KafkaConsumer, RecordingHandler) {
     let handler = RecordingHandler()
-    let consumer = try KafkaConsumer(config: config ?? consumerConfig(cluster, group: group), topics: [topic],
-                                     handler: handler, logger: quiet)
+    let consumer = try KafkaConsumer(
+        config: config ?? consumerConfig(cluster, group: group), topics: [topic],
+        handler: handler, logger: quiet)
     handler.consumer = consumer
     consumer.start()
     return (consumer, handler)
@@ -90,7 +94,7 @@ func startedConsumer(_ cluster: MockCluster, group: String, topic: String,
         #expect(committed.values.reduce(0, +) == 100)
         consumer.stop()
         #expect(handler.log.first == "assigned 2")
-        #expect(handler.log.last == "revoked 2") // close settles the partitions through the callback
+        #expect(handler.log.last == "revoked 2")  // close settles the partitions through the callback
     }
 
     @Test func aDrainedQueueWakesTheFetcher() async throws {
@@ -100,9 +104,10 @@ func startedConsumer(_ cluster: MockCluster, group: String, topic: String,
         // consumer wakes it when the queue runs dry with messages still to read.
         let cluster = try MockCluster(brokers: 1)
         try cluster.createTopic("t-nudge", partitions: 1)
-        let p = try KafkaProducer(config: KafkaClientConfig([
-            "bootstrap.servers": cluster.bootstrapServers, "log_level": "3", "batch.num.messages": "2", "linger.ms": "0",
-        ]), logger: quiet)
+        let p = try KafkaProducer(
+            config: KafkaClientConfig([
+                "bootstrap.servers": cluster.bootstrapServers, "log_level": "3", "batch.num.messages": "2", "linger.ms": "0",
+            ]), logger: quiet)
         let pad = String(repeating: "x", count: 1000)
         for i in 0..<200 { try p.send(topic: "t-nudge", key: nil, value: Array("\(i) \(pad)".utf8)) }
         #expect(p.flush(timeoutMs: 10_000))
@@ -128,7 +133,7 @@ func startedConsumer(_ cluster: MockCluster, group: String, topic: String,
         try produce(cluster, topic: "t2", (0..<50).map { "a\($0)" })
         let (c1, first) = try startedConsumer(cluster, group: "g2", topic: "t2")
         #expect(await eventually { first.values.count == 50 })
-        c1.stop() // commits on close
+        c1.stop()  // commits on close
         try produce(cluster, topic: "t2", (0..<30).map { "b\($0)" })
         let (c2, second) = try startedConsumer(cluster, group: "g2", topic: "t2")
         #expect(await eventually { second.values.count >= 30 })
@@ -147,7 +152,7 @@ func startedConsumer(_ cluster: MockCluster, group: String, topic: String,
         let (c1, first) = try startedConsumer(cluster, group: "g5", topic: "t5")
         #expect(await eventually { first.values.count == 40 })
         #expect(await eventually { c1.lag().count == 2 && c1.lag().values.allSatisfy { $0 == 0 } })
-        c1.stop() // commits on close
+        c1.stop()  // commits on close
         let (c2, second) = try startedConsumer(cluster, group: "g5", topic: "t5")
         #expect(await eventually { c2.assignment.count == 2 && c2.lag().count == 2 })
         #expect(c2.lag().values.reduce(0, +) == 0, "\(c2.lag())")

@@ -1,4 +1,5 @@
 import Testing
+
 @testable import Kafka
 
 /// A changelog partition read into one buffer (``PackedRecords``): every record comes
@@ -10,11 +11,12 @@ import Testing
             var given: [(key: [UInt8], value: [UInt8]?)] = []
             for _ in 0..<Int.random(in: 0..<40, using: &rng) {
                 let key = (0..<Int.random(in: 0..<20, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
-                let value: [UInt8]? = switch Int.random(in: 0..<4, using: &rng) {
-                case 0: nil // a tombstone
-                case 1: [] // an empty value: not a tombstone
-                default: (0..<Int.random(in: 1..<300, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
-                }
+                let value: [UInt8]? =
+                    switch Int.random(in: 0..<4, using: &rng) {
+                    case 0: nil  // a tombstone
+                    case 1: []  // an empty value: not a tombstone
+                    default: (0..<Int.random(in: 1..<300, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+                    }
                 given.append((key, value))
             }
             let packed = PackedRecords(given)

@@ -1,6 +1,7 @@
 import Foundation
-import Testing
 import TestSupport
+import Testing
+
 @testable import Kafka
 
 /// The reader of whole partitions (restores, `inspect`): its timeout is the longest wait

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import Kafka
 
 @Suite struct SecretPropertiesTests {
@@ -12,8 +13,10 @@ import Testing
         #expect(names.contains("bootstrap.servers") && names.contains("sasl.oauthbearer.extensions") && names.contains("acks"))
         // Descriptions that mention secret material; these four mention it but hold none
         // (a boolean, an enum, a callback, a path).
-        let holdsNone: Set = ["enable.sasl.oauthbearer.unsecure.jwt", "sasl.oauthbearer.method",
-                              "oauthbearer_token_refresh_cb", "ssl.key.location"]
+        let holdsNone: Set = [
+            "enable.sasl.oauthbearer.unsecure.jwt", "sasl.oauthbearer.method",
+            "oauthbearer_token_refresh_cb", "ssl.key.location",
+        ]
         let words = ["password", "secret", "private key", "credential", "token", "key=value", "passphrase"]
         var checked = 0
         for p in props where !holdsNone.contains(p.name) {
@@ -24,16 +27,20 @@ import Testing
             #expect(KafkaClientConfig.isSecret(p.name.uppercased()), "\(p.name)")
         }
         #expect(checked >= 8)
-        for k in ["sasl.password", "ssl.key.password", "ssl.key.pem", "ssl_key", "ssl.keystore.password",
-                  "sasl.oauthbearer.client.secret", "sasl.oauthbearer.config", "sasl.oauthbearer.extensions",
-                  "sasl.oauthbearer.token.endpoint.url", "sasl.kerberos.kinit.cmd",
-                  // Not librdkafka's (a later version's, or a typo): redacted until known.
-                  "sasl.aws.secret.access.key", "some.future.property"] {
+        for k in [
+            "sasl.password", "ssl.key.password", "ssl.key.pem", "ssl_key", "ssl.keystore.password",
+            "sasl.oauthbearer.client.secret", "sasl.oauthbearer.config", "sasl.oauthbearer.extensions",
+            "sasl.oauthbearer.token.endpoint.url", "sasl.kerberos.kinit.cmd",
+            // Not librdkafka's (a later version's, or a typo): redacted until known.
+            "sasl.aws.secret.access.key", "some.future.property",
+        ] {
             #expect(KafkaClientConfig.isSecret(k), "\(k)")
         }
         // What operators need to read in check-config stays visible.
-        for k in ["bootstrap.servers", "group.id", "security.protocol", "sasl.mechanism", "sasl.username",
-                  "ssl.ca.location", "client.id", "fetch.wait.max.ms", "statistics.interval.ms", "compression.codec"] {
+        for k in [
+            "bootstrap.servers", "group.id", "security.protocol", "sasl.mechanism", "sasl.username",
+            "ssl.ca.location", "client.id", "fetch.wait.max.ms", "statistics.interval.ms", "compression.codec",
+        ] {
             #expect(!KafkaClientConfig.isSecret(k), "\(k)")
         }
         // Every name shown in clear is one librdkafka has (no stale or misspelt entry).

@@ -3,8 +3,9 @@ import FoldspaceAPI
 import Foundation
 import Kafka
 import Logging
-import Testing
 import TestSupport
+import Testing
+
 @testable import SyncService
 
 /// A blocking TCP client on 127.0.0.1, to see what the admin server really sends (bytes,
@@ -23,7 +24,10 @@ final class RawConnection: @unchecked Sendable {
         let r = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
-        if r != 0 { close(fd); throw POSIXError(.ECONNREFUSED) }
+        if r != 0 {
+            close(fd)
+            throw POSIXError(.ECONNREFUSED)
+        }
     }
 
     deinit { close(fd) }
@@ -74,10 +78,13 @@ final class RawConnection: @unchecked Sendable {
         while true {
             if let end = all.firstRange(of: Array("\r\n\r\n".utf8)) {
                 let head = String(decoding: all[..<end.lowerBound], as: UTF8.self)
-                let length = isHead ? 0 : head.split(separator: "\r\n").compactMap { line -> Int? in
-                    let p = line.split(separator: ":", maxSplits: 1)
-                    return p.count == 2 && p[0].lowercased() == "content-length" ? Int(p[1].trimmingCharacters(in: .whitespaces)) : nil
-                }.first ?? 0
+                let length =
+                    isHead
+                    ? 0
+                    : head.split(separator: "\r\n").compactMap { line -> Int? in
+                        let p = line.split(separator: ":", maxSplits: 1)
+                        return p.count == 2 && p[0].lowercased() == "content-length" ? Int(p[1].trimmingCharacters(in: .whitespaces)) : nil
+                    }.first ?? 0
                 let body = all[end.upperBound...]
                 if body.count >= length { return (head, Array(body)) }
             }
@@ -88,8 +95,9 @@ final class RawConnection: @unchecked Sendable {
 }
 
 private func startAdmin(idleTimeout: Duration = .seconds(60), maxConnections: Int = 64) async throws -> AdminServer {
-    try await AdminServer.start(host: "127.0.0.1", port: 0, metrics: { "m 1\n" }, healthy: { true }, ready: { true },
-                                idleTimeout: idleTimeout, maxConnections: maxConnections)
+    try await AdminServer.start(
+        host: "127.0.0.1", port: 0, metrics: { "m 1\n" }, healthy: { true }, ready: { true },
+        idleTimeout: idleTimeout, maxConnections: maxConnections)
 }
 
 @Suite struct AdminServerTests {
@@ -173,7 +181,11 @@ private func startAdmin(idleTimeout: Duration = .seconds(60), maxConnections: In
                     let release = DispatchSemaphore(value: 0)
                     var blockers: [Task<Void, Never>] = []
                     for _ in 0..<width {
-                        blockers.append(Task.detached { started.signal(); release.wait() })
+                        blockers.append(
+                            Task.detached {
+                                started.signal()
+                                release.wait()
+                            })
                     }
                     let deadline = DispatchTime.now() + 1
                     var allBlocked = true
@@ -219,13 +231,16 @@ private func startAdmin(idleTimeout: Duration = .seconds(60), maxConnections: In
         s.rateLimit = 12.5
         s.requestDuration.observe(0.02)
         var k = KafkaStatistics()
-        k.brokers = [.init(name: "127.0.0.1:9092/1", state: "UP", rttAvgSeconds: 0.0015, rttP99Seconds: 0.004),
-                     .init(name: "127.0.0.1:9093/2", state: "DOWN", rttAvgSeconds: nil, rttP99Seconds: nil)]
+        k.brokers = [
+            .init(name: "127.0.0.1:9092/1", state: "UP", rttAvgSeconds: 0.0015, rttP99Seconds: 0.004),
+            .init(name: "127.0.0.1:9093/2", state: "DOWN", rttAvgSeconds: nil, rttP99Seconds: nil),
+        ]
         k.rebalances = 3
         k.fetchQueueBytes = 4096
         k.fetchQueueMessages = 10
-        return MetricsText.render(s, lag: [("events", 0, 5)], fetcherWakeups: 1, zstdBatchesSized: 2, kafka: k,
-                                  producerQueues: [("dead-letters", 4)], process: ProcessMetrics.read())
+        return MetricsText.render(
+            s, lag: [("events", 0, 5)], fetcherWakeups: 1, zstdBatchesSized: 2, kafka: k,
+            producerQueues: [("dead-letters", 4)], process: ProcessMetrics.read())
     }
 
     @Test func theWholeExpositionParsesWithPrometheusClient() throws {
@@ -256,7 +271,8 @@ private func startAdmin(idleTimeout: Duration = .seconds(60), maxConnections: In
         // Label values escaped: the parser gives back the original string.
         #expect(samples("foldspace_sync_invalid_events").first?.labels["reason"] == "bad \"quoted\" \\ reason\nnext")
         let build = try #require(samples("foldspace_sync_build_info").first)
-        #expect(build.value == 1 && build.labels["version"] == foldspaceSyncVersion && build.labels["librdkafka_version"] == librdkafkaVersion)
+        #expect(
+            build.value == 1 && build.labels["version"] == foldspaceSyncVersion && build.labels["librdkafka_version"] == librdkafkaVersion)
         #expect(librdkafkaVersion.hasPrefix("2."))
         #expect(byName["foldspace_sync_build_info"]?["type"] as? String == "gauge")
         // The process collector's standard names and types.
@@ -270,13 +286,17 @@ private func startAdmin(idleTimeout: Duration = .seconds(60), maxConnections: In
         let rtt = samples("foldspace_sync_kafka_broker_rtt_seconds")
         #expect(rtt.count == 1 && rtt.first?.labels["broker"] == "127.0.0.1:9092/1" && rtt.first?.value == 0.0015, "\(rtt)")
         #expect(samples("foldspace_sync_kafka_broker_rtt_p99_seconds").first?.value == 0.004)
-        #expect(Set(samples("foldspace_sync_kafka_broker_up").map { "\($0.labels["broker"] ?? "")=\($0.value)" })
+        #expect(
+            Set(samples("foldspace_sync_kafka_broker_up").map { "\($0.labels["broker"] ?? "")=\($0.value)" })
                 == ["127.0.0.1:9092/1=1.0", "127.0.0.1:9093/2=0.0"])
         #expect(samples("foldspace_sync_kafka_rebalances").map(\.value) == [3])
         #expect(byName["foldspace_sync_kafka_rebalances"]?["type"] as? String == "counter")
         #expect(samples("foldspace_sync_kafka_fetch_queue_bytes").map(\.value) == [4096])
         #expect(samples("foldspace_sync_kafka_fetch_queue_messages").map(\.value) == [10])
-        #expect(samples("foldspace_sync_kafka_producer_queue_messages").map { "\($0.labels["producer"] ?? "")=\($0.value)" } == ["dead-letters=4.0"])
+        #expect(
+            samples("foldspace_sync_kafka_producer_queue_messages").map { "\($0.labels["producer"] ?? "")=\($0.value)" } == [
+                "dead-letters=4.0"
+            ])
     }
 
     @Test func processMetricsFollowTheProcess() throws {
@@ -288,22 +308,26 @@ private func startAdmin(idleTimeout: Duration = .seconds(60), maxConnections: In
         #expect(after.startTimeSeconds == before.startTimeSeconds)
         #expect(after.cpuSeconds >= before.cpuSeconds)
         // A command name with spaces and parentheses does not shift the fields.
-        let stat = "42 (a b) c)) S " + (4...52).map { n in n == 14 ? "300" : n == 15 ? "200" : n == 22 ? "1000" : n == 24 ? "10" : "0" }.joined(separator: " ")
-        let m = try #require(ProcessMetrics.parse(stat: stat, procStat: "cpu 1 2\nbtime 1700000000\n", openFds: 3, maxFds: 1024,
-                                                  ticksPerSecond: 100, pageSize: 4096))
+        let stat =
+            "42 (a b) c)) S "
+            + (4...52).map { n in n == 14 ? "300" : n == 15 ? "200" : n == 22 ? "1000" : n == 24 ? "10" : "0" }.joined(separator: " ")
+        let m = try #require(
+            ProcessMetrics.parse(
+                stat: stat, procStat: "cpu 1 2\nbtime 1700000000\n", openFds: 3, maxFds: 1024,
+                ticksPerSecond: 100, pageSize: 4096))
         #expect(m.cpuSeconds == 5 && m.residentBytes == 40960 && m.startTimeSeconds == 1_700_000_010)
         #expect(ProcessMetrics.parse(stat: "garbage", procStat: "", openFds: 0, maxFds: nil, ticksPerSecond: 100, pageSize: 4096) == nil)
     }
 
     @Test func librdkafkaStatisticsParse() throws {
         let json = """
-        {"name":"c#consumer-1","type":"consumer","msg_cnt":0,
-         "brokers":{"127.0.0.1:1/bootstrap":{"name":"127.0.0.1:1/bootstrap","nodeid":-1,"state":"UP","rtt":{"avg":0,"p99":0,"cnt":0}},
-                    "127.0.0.1:2/2":{"name":"127.0.0.1:2/2","nodeid":2,"state":"UP","rtt":{"avg":2500,"p99":9000,"cnt":4}}},
-         "topics":{"events":{"partitions":{"0":{"fetchq_cnt":3,"fetchq_size":300},"1":{"fetchq_cnt":2,"fetchq_size":200},
-                                           "-1":{"fetchq_cnt":99,"fetchq_size":9999}}}},
-         "cgrp":{"state":"up","rebalance_cnt":2}}
-        """
+            {"name":"c#consumer-1","type":"consumer","msg_cnt":0,
+             "brokers":{"127.0.0.1:1/bootstrap":{"name":"127.0.0.1:1/bootstrap","nodeid":-1,"state":"UP","rtt":{"avg":0,"p99":0,"cnt":0}},
+                        "127.0.0.1:2/2":{"name":"127.0.0.1:2/2","nodeid":2,"state":"UP","rtt":{"avg":2500,"p99":9000,"cnt":4}}},
+             "topics":{"events":{"partitions":{"0":{"fetchq_cnt":3,"fetchq_size":300},"1":{"fetchq_cnt":2,"fetchq_size":200},
+                                               "-1":{"fetchq_cnt":99,"fetchq_size":9999}}}},
+             "cgrp":{"state":"up","rebalance_cnt":2}}
+            """
         let s = try #require(KafkaStatistics.parse(json))
         #expect(s.brokers == [.init(name: "127.0.0.1:2/2", state: "UP", rttAvgSeconds: 0.0025, rttP99Seconds: 0.009)])
         #expect(s.rebalances == 2 && s.fetchQueueMessages == 5 && s.fetchQueueBytes == 500)
@@ -316,7 +340,10 @@ final class CapturedLog {
     let path = FileManager.default.temporaryDirectory.appendingPathComponent("log-\(UUID().uuidString)").path
     let fd: Int32
     init() { fd = open(path, O_CREAT | O_RDWR | O_TRUNC, 0o600) }
-    deinit { close(fd); unlink(path) }
+    deinit {
+        close(fd)
+        unlink(path)
+    }
     var lines: [String] {
         ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").split(separator: "\n", omittingEmptySubsequences: false)
             .dropLast().map(String.init)
@@ -331,10 +358,12 @@ final class CapturedLog {
 @Suite struct LogFormatTests {
     @Test func jsonValuesKeepTheirTypes() throws {
         let log = CapturedLog()
-        log.logger(.json).info("typed", metadata: [
-            "count": .stringConvertible(42), "ratio": .stringConvertible(1.5), "ok": .stringConvertible(true),
-            "text": "42", "nested": .dictionary(["a": "b", "list": .array(["x", .stringConvertible(2)])]),
-        ])
+        log.logger(.json).info(
+            "typed",
+            metadata: [
+                "count": .stringConvertible(42), "ratio": .stringConvertible(1.5), "ok": .stringConvertible(true),
+                "text": "42", "nested": .dictionary(["a": "b", "list": .array(["x", .stringConvertible(2)])]),
+            ])
         let line = try #require(log.lines.first)
         let o = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], "\(line)")
         #expect((o["count"] as? NSNumber)?.intValue == 42 && !(o["count"] is String), "\(line)")
@@ -351,7 +380,8 @@ final class CapturedLog {
         log.logger(.json).warning("the real message", metadata: ["level": "debug", "msg": "forged", "ts": "0", "logger": "other"])
         let line = try #require(log.lines.first)
         let o = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], "\(line)")
-        #expect(o["level"] as? String == "warning" && o["msg"] as? String == "the real message" && o["logger"] as? String == "test", "\(line)")
+        #expect(
+            o["level"] as? String == "warning" && o["msg"] as? String == "the real message" && o["logger"] as? String == "test", "\(line)")
         #expect((o["ts"] as? String)?.hasPrefix("20") == true, "\(line)")
         // The colliding values are kept, under a prefixed name.
         #expect(o["md_level"] as? String == "debug" && o["md_msg"] as? String == "forged", "\(line)")
@@ -389,7 +419,13 @@ final class CapturedLog {
         for format in [StderrLogHandler.Format.json, .text] {
             let log = CapturedLog()
             let l = log.logger(format, syslogPrefix: true)
-            l.critical("c"); l.error("e"); l.warning("w"); l.notice("n"); l.info("i"); l.debug("d"); l.trace("t")
+            l.critical("c")
+            l.error("e")
+            l.warning("w")
+            l.notice("n")
+            l.info("i")
+            l.debug("d")
+            l.trace("t")
             #expect(log.lines.map { String($0.prefix(3)) } == ["<2>", "<3>", "<4>", "<5>", "<6>", "<7>", "<7>"], "\(log.lines)")
             // Without the journal, no prefix.
             let plain = CapturedLog()
@@ -444,9 +480,10 @@ final class LineCollector: @unchecked Sendable {
         try cluster.createTopic("dl", partitions: 1)
         cluster.setBroker(1, up: false)
         let log = LineCollector()
-        let producer = try KafkaProducer(config: KafkaClientConfig([
-            "bootstrap.servers": cluster.bootstrapServers, "message.timeout.ms": "500", "log_level": "0",
-        ]), logger: log.logger)
+        let producer = try KafkaProducer(
+            config: KafkaClientConfig([
+                "bootstrap.servers": cluster.bootstrapServers, "message.timeout.ms": "500", "log_level": "0",
+            ]), logger: log.logger)
         for i in 0..<40 { try producer.send(topic: "dl", key: nil, value: Array("m\(i)".utf8)) }
         #expect(await eventually(.seconds(20)) { producer.deliveryCounts.failed == 40 })
         let failures = log.lines.filter { $0.message == "kafka delivery failed" }
@@ -462,9 +499,10 @@ final class LineCollector: @unchecked Sendable {
         try cluster.createTopic("dl", partitions: 1)
         cluster.setBroker(1, up: false)
         let log = LineCollector()
-        let producer = try KafkaProducer(config: KafkaClientConfig([
-            "bootstrap.servers": cluster.bootstrapServers, "message.timeout.ms": "300", "log_level": "0",
-        ]), logger: log.logger)
+        let producer = try KafkaProducer(
+            config: KafkaClientConfig([
+                "bootstrap.servers": cluster.bootstrapServers, "message.timeout.ms": "300", "log_level": "0",
+            ]), logger: log.logger)
         let sink = KafkaDeadLetters(producer: producer, topic: "dl", logger: log.logger, retryDelayMs: 50)
         for _ in 0..<25 { sink.deadLetter(kind: .invalidEvent, key: nil, value: [UInt8](repeating: 65, count: 5000), headers: []) }
         #expect(await eventually(.seconds(20)) { sink.retries >= 50 }, "\(sink.retries) retries")
@@ -476,12 +514,12 @@ final class LineCollector: @unchecked Sendable {
 
     @Test func rateSummaryCountsPerIntervalWithAnInjectedClock() {
         var r = RateSummary(intervalMs: 1000)
-        #expect(r.note("a", nowMs: 0) == 1)          // the first logs at once
+        #expect(r.note("a", nowMs: 0) == 1)  // the first logs at once
         #expect(r.note("a", nowMs: 10) == nil)
         #expect(r.note("a", nowMs: 999) == nil)
-        #expect(r.note("b", nowMs: 500) == 1)        // keys are separate
+        #expect(r.note("b", nowMs: 500) == 1)  // keys are separate
         #expect(r.due(nowMs: 999).isEmpty)
-        #expect(r.note("a", nowMs: 1000) == 3)       // two counted + this one
+        #expect(r.note("a", nowMs: 1000) == 3)  // two counted + this one
         #expect(r.note("a", nowMs: 1200) == nil)
         #expect(r.note("a", nowMs: 1300) == nil)
         // The periodic check reports what was counted once the interval passed ("b" had

@@ -1,10 +1,11 @@
 import Delivery
-import Simulation
 import Folding
 import Foundation
 import Kafka
-import Testing
+import Simulation
 import TestSupport
+import Testing
+
 @testable import SyncService
 
 /// Feeds messages to the engine as the poll thread would, each with its own Kafka time.
@@ -16,9 +17,10 @@ func feedTimed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: I
     }
     defer { buffers.forEach { $0.deallocate() } }
     let batch = zip(messages, buffers).map { m, b in
-        ConsumedMessage(topicPartition: m.tp, offset: m.offset, timestampMs: m.kafkaMs,
-                        key: UnsafeBufferPointer(start: nil, count: 0),
-                        value: UnsafeBufferPointer(start: b.baseAddress, count: m.json.utf8.count))
+        ConsumedMessage(
+            topicPartition: m.tp, offset: m.offset, timestampMs: m.kafkaMs,
+            key: UnsafeBufferPointer(start: nil, count: 0),
+            value: UnsafeBufferPointer(start: b.baseAddress, count: m.json.utf8.count))
     }
     engine.consume(batch)
 }
@@ -29,8 +31,10 @@ func feedTimed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: I
     let p0 = TopicPartition("events", 0)
     let p1 = TopicPartition("events", 1)
 
-    func engine(_ clock: ManualClock, _ store: StateStore?, assign: [TopicPartition],
-                highWatermark: (@Sendable (TopicPartition) -> Int64?)? = nil) -> SyncEngine {
+    func engine(
+        _ clock: ManualClock, _ store: StateStore?, assign: [TopicPartition],
+        highWatermark: (@Sendable (TopicPartition) -> Int64?)? = nil
+    ) -> SyncEngine {
         var o = EngineOptions()
         o.debounceMs = 1_000
         o.maxWaitMs = 5_000
@@ -43,8 +47,9 @@ func feedTimed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: I
         o.fold.pql.dayWeight = 0
         o.fold.pql.k = 1_000
         o.fold.pql.halfLifeDays = 1e9
-        let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: clock.engineClock,
-                           links: EngineLinks(stateStore: store, highWatermark: highWatermark))
+        let e = SyncEngine(
+            options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: clock.engineClock,
+            links: EngineLinks(stateStore: store, highWatermark: highWatermark))
         e.partitionsAssigned(assign)
         return e
     }
@@ -63,9 +68,10 @@ func feedTimed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: I
         let clock = ManualClock()
         let e = engine(clock, nil, assign: [p0])
         // The issue's reproduction: identify at 2025-11-20, track at 2025-11-21, one message.
-        let envelope = #"{"batch":[{"type":"identify","userId":"u1","timestamp":"2025-11-20T10:00:00Z","traits":{"email":"a@x.io"}},"# +
-            #"{"type":"track","userId":"u1","event":"Paid","timestamp":"2025-11-21T10:00:00Z"},"# +
-            #"{"type":"track","userId":"u1","event":"Paid","timestamp":"2025-11-21T10:01:00Z"}]}"#
+        let envelope =
+            #"{"batch":[{"type":"identify","userId":"u1","timestamp":"2025-11-20T10:00:00Z","traits":{"email":"a@x.io"}},"#
+            + #"{"type":"track","userId":"u1","event":"Paid","timestamp":"2025-11-21T10:00:00Z"},"#
+            + #"{"type":"track","userId":"u1","event":"Paid","timestamp":"2025-11-21T10:01:00Z"}]}"#
         feed(e, [(p0, 0, envelope)])
         let b = body(e, "u1")
         #expect(b["lastSeenDate"] as? Int64 == 1_763_719_260_000, "\(b)")
@@ -83,9 +89,11 @@ func feedTimed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: I
         let h = try await PipelineHarness(partitions: 1)
         let day: Int64 = 86_400_000
         let now = Int64(Date().timeIntervalSince1970 * 1000)
-        let first = now - 2 * day, second = now - day
-        let envelope = #"{"batch":[{"type":"identify","userId":"u1","timestamp":"\#(iso8601(first))","traits":{"email":"a@x.io"}},"# +
-            #"{"type":"track","userId":"u1","event":"Paid","timestamp":"\#(iso8601(second))"}]}"#
+        let first = now - 2 * day
+        let second = now - day
+        let envelope =
+            #"{"batch":[{"type":"identify","userId":"u1","timestamp":"\#(iso8601(first))","traits":{"email":"a@x.io"}},"#
+            + #"{"type":"track","userId":"u1","event":"Paid","timestamp":"\#(iso8601(second))"}]}"#
         try h.produce([("u1", envelope)])
         try h.start { c in c.engine.fold.keyEvents = [.init(name: "Paid")] }
         #expect(await eventually(.seconds(30)) { h.sandbox.latestAcknowledged()["u1"] != nil })
@@ -99,15 +107,16 @@ func feedTimed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: I
         let clock = ManualClock()
         let store = MemoryStateStore()
         let envelope = { (first: Int) in
-            #"{"batch":["# + (first..<(first + 3)).map { i in
-                #"{"type":"track","userId":"u","event":"Paid","timestamp":"2025-11-21T10:0\#(i):00Z"}"#
-            }.joined(separator: ",") + "]}"
+            #"{"batch":["#
+                + (first..<(first + 3)).map { i in
+                    #"{"type":"track","userId":"u","event":"Paid","timestamp":"2025-11-21T10:0\#(i):00Z"}"#
+                }.joined(separator: ",") + "]}"
         }
         let a = engine(clock, store, assign: [p0])
         feed(a, [(p0, 0, envelope(0)), (p0, 1, envelope(3))])
         #expect(a.checkpoint())
         let b = engine(clock, store, assign: [p0])
-        feed(b, [(p0, 1, envelope(3)), (p0, 2, envelope(6))]) // offset 1 again: a replay
+        feed(b, [(p0, 1, envelope(3)), (p0, 2, envelope(6))])  // offset 1 again: a replay
         #expect(body(b, "u")["pqlScore"] as? Double == score(9), "\(body(b, "u"))")
         #expect(b.snapshot().skippedReplays == 3)
     }
@@ -163,8 +172,9 @@ func feedTimed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: I
         feed(e, parts.map { ($0, 0, #"{"type":"track","userId":"u","event":"Paid","timestamp":"2025-11-21T10:00:00Z"}"#) })
         let s = e.snapshot()
         #expect(s.appliedSourcesForgotten == 2)
-        #expect(MetricsText.render(s, lag: [], fetcherWakeups: 0, zstdBatchesSized: 0)
-            .contains("\nfoldspace_sync_applied_sources_forgotten_total 2\n"))
+        #expect(
+            MetricsText.render(s, lag: [], fetcherWakeups: 0, zstdBatchesSized: 0)
+                .contains("\nfoldspace_sync_applied_sources_forgotten_total 2\n"))
         // The most recent partitions' replays are still skipped.
         feed(e, [(parts.last!, 0, #"{"type":"track","userId":"u","event":"Paid","timestamp":"2025-11-21T10:00:00Z"}"#)])
         #expect(e.snapshot().skippedReplays == 1)

@@ -2,8 +2,9 @@ import Delivery
 import Folding
 import Foundation
 import Kafka
-import Testing
 import TestSupport
+import Testing
+
 @testable import SyncService
 
 /// A changelog recreated empty (or deleted and auto-created, or a new `state_topic`)
@@ -20,9 +21,11 @@ import TestSupport
         o.restoreRetryMs = 20
         o.fold.keyEvents = [.init(name: "Step", weight: 10, cap: 1_000)]
         let released = Released()
-        let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: log?.logger(.text) ?? quietLogger,
-                           clock: ManualClock().engineClock, links: EngineLinks(
-            stateStore: store, restored: { released.add($0) }))
+        let e = SyncEngine(
+            options: o, deadLetters: RecordingDeadLetters(), logger: log?.logger(.text) ?? quietLogger,
+            clock: ManualClock().engineClock,
+            links: EngineLinks(
+                stateStore: store, restored: { released.add($0) }))
         return (e, released)
     }
 
@@ -30,7 +33,9 @@ import TestSupport
     func fold(into store: MemoryStateStore, _ events: [String]) {
         var o = EngineOptions()
         o.durable = true
-        let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: ManualClock().engineClock, links: EngineLinks(stateStore: store))
+        let e = SyncEngine(
+            options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: ManualClock().engineClock,
+            links: EngineLinks(stateStore: store))
         e.partitionsAssigned([p0])
         feed(e, events.enumerated().map { (p0, Int64($0.offset), $0.element) })
         _ = e.checkpoint()
@@ -101,7 +106,9 @@ import TestSupport
         do {
             var o = EngineOptions()
             o.durable = true
-            let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: ManualClock().engineClock, links: EngineLinks(stateStore: store))
+            let e = SyncEngine(
+                options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: ManualClock().engineClock,
+                links: EngineLinks(stateStore: store))
             e.partitionsAssigned([p0, p1])
             feed(e, [(p0, 0, step), (p1, 0, "not json")])
             _ = e.checkpoint()

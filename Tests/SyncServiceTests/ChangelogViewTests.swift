@@ -1,6 +1,7 @@
 import Foundation
 import Kafka
 import Testing
+
 @testable import SyncService
 
 /// What a restore reads of a changelog partition (``SyncEngine/ChangelogView``): the last
@@ -13,15 +14,15 @@ import Testing
     @Test func theLastRecordOfEachKeyInTheRecordsOrder() {
         let u = { (s: String) in Array(s.utf8) }
         let records: [(key: [UInt8], value: [UInt8]?)] = [
-            (u("a"), [1]),                          // 0: replaced by 2
-            (u("b"), [2]),                          // 1: replaced by the tombstone 3
-            (u("a"), [3]),                          // 2
-            (u("b"), nil),                          // 3: a tombstone, kept as one
-            (ChangelogMarker.key(tp0), [9]),        // 4: replaced by its tombstone 6
-            (ChangelogMarker.key(tp1), [8]),        // 5
-            (ChangelogMarker.key(tp0), nil),        // 6
-            (u(""), [4]),                           // 7: an empty key, kept (the restore skips it)
-            (u("c"), []),                           // 8: an empty value is not a tombstone
+            (u("a"), [1]),  // 0: replaced by 2
+            (u("b"), [2]),  // 1: replaced by the tombstone 3
+            (u("a"), [3]),  // 2
+            (u("b"), nil),  // 3: a tombstone, kept as one
+            (ChangelogMarker.key(tp0), [9]),  // 4: replaced by its tombstone 6
+            (ChangelogMarker.key(tp1), [8]),  // 5
+            (ChangelogMarker.key(tp0), nil),  // 6
+            (u(""), [4]),  // 7: an empty key, kept (the restore skips it)
+            (u("c"), []),  // 8: an empty value is not a tombstone
         ]
         let view = SyncEngine.ChangelogView(PackedRecords(records))
         #expect(view.latest.map(\.key) == ["a", "b", "", "c"])
@@ -31,7 +32,7 @@ import Testing
         #expect(view.marker(of: tp0) == nil)
         #expect(view.marker(of: tp1) == [8])
         #expect(view.marker(of: TopicPartition("events", 2)) == nil)
-        #expect(view.markers.count == 2) // the tombstoned one still says the partition has markers
+        #expect(view.markers.count == 2)  // the tombstoned one still says the partition has markers
         let empty = SyncEngine.ChangelogView(PackedRecords())
         #expect(empty.latest.isEmpty && empty.markers.isEmpty)
     }

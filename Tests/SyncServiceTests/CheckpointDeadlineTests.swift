@@ -1,7 +1,8 @@
 import Foundation
 import Kafka
-import Testing
 import TestSupport
+import Testing
+
 @testable import SyncService
 
 /// A revocation checkpoints its partitions inside the rebalance callback, one transaction
@@ -18,15 +19,18 @@ import TestSupport
         let cluster = try MockCluster(brokers: 1)
         try cluster.createTopic("state", partitions: 4)
         let config = KafkaClientConfig(["bootstrap.servers": cluster.bootstrapServers])
-        let store = try KafkaStateStore(topic: "state", partitions: 4, sourcePartitions: 4, config: config, logger: quietLogger,
-                                        transactional: true)
+        let store = try KafkaStateStore(
+            topic: "state", partitions: 4, sourcePartitions: 4, config: config, logger: quietLogger,
+            transactional: true)
         defer { store.close() }
         let sources = (0..<Int32(4)).map { TopicPartition("events", $0) }
         try store.claim(sources)
         // Every round trip 400 ms: a transaction (add partitions, produce, end) takes
         // over a second and a half, four of them over six.
         _ = cluster.control("rtt 1 400")
-        let groups = sources.map { CheckpointGroup(source: $0, records: [($0.partition, Array("u\($0.partition)".utf8), Array("v".utf8))], offset: nil) }
+        let groups = sources.map {
+            CheckpointGroup(source: $0, records: [($0.partition, Array("u\($0.partition)".utf8), Array("v".utf8))], offset: nil)
+        }
         var left: String?
         do {
             try store.checkpoint(groups, deadline: .now() + .seconds(2))

@@ -1,6 +1,7 @@
 import Foundation
 import Kafka
 import Testing
+
 @testable import SyncService
 
 extension ConfigurationTests {
@@ -34,7 +35,8 @@ extension ConfigurationTests {
             }
             let documented = text[region].split(separator: "\n", omittingEmptySubsequences: false)
             let first = zip(documented, generated.split(separator: "\n", omittingEmptySubsequences: false)).first { $0 != $1 }
-            Issue.record("""
+            Issue.record(
+                """
                 docs/configuration.md's key table differs from SyncConfiguration.keys; regenerate it with \(Self.regenerate)
                 first difference: \(first.map { "documented \($0.0)\n generated \($0.1)" } ?? "the number of rows")
                 """)
@@ -66,9 +68,13 @@ extension ConfigurationTests {
             for line in text.split(separator: "\n") where line.hasPrefix("| `") {
                 let cells = line.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }
                 guard cells.count >= 2 else { continue }
-                let names = cells[0].split(separator: "/").map { $0.trimmingCharacters(in: .whitespaces).trimmingCharacters(in: CharacterSet(charactersIn: "`")) }
+                let names = cells[0].split(separator: "/").map {
+                    $0.trimmingCharacters(in: .whitespaces).trimmingCharacters(in: CharacterSet(charactersIn: "`"))
+                }
                 guard names.allSatisfy({ KafkaConsumer.defaults[$0] != nil }) else { continue }
-                let values = cells[1].split(separator: "/").map { $0.trimmingCharacters(in: .whitespaces).replacingOccurrences(of: " (always)", with: "") }
+                let values = cells[1].split(separator: "/").map {
+                    $0.trimmingCharacters(in: .whitespaces).replacingOccurrences(of: " (always)", with: "")
+                }
                 #expect(names.map { KafkaConsumer.defaults[$0]! } == values, "\(line)")
                 checked += names.count
             }

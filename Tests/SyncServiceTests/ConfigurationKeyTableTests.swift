@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import SyncService
 
 extension ConfigurationTests {
@@ -48,8 +49,9 @@ extension ConfigurationTests {
         }
 
         @Test func everyKeyHasASample() {
-            #expect(Set(Self.samples.keys) == Set(SyncConfiguration.keys.map(\.name)),
-                    "ConfigurationTests.KeyTable.samples needs a non-default value for every key")
+            #expect(
+                Set(Self.samples.keys) == Set(SyncConfiguration.keys.map(\.name)),
+                "ConfigurationTests.KeyTable.samples needs a non-default value for every key")
         }
 
         /// What a key prints parses back to the same value, and the sample changes only
@@ -63,7 +65,8 @@ extension ConfigurationTests {
                 #expect(Self.lines(key, set) != Self.lines(key, defaults), "\(key.name): the sample printed as the default")
                 let value: Value
                 switch key.shape {
-                case .map: value = .map(Dictionary(uniqueKeysWithValues: printed.map { (String($0.key.dropFirst(key.name.count + 1)), $0.value) }))
+                case .map:
+                    value = .map(Dictionary(uniqueKeysWithValues: printed.map { (String($0.key.dropFirst(key.name.count + 1)), $0.value) }))
                 case .value, .list:
                     #expect(printed.count == 1 && printed.first?.key == key.name, "\(printed)")
                     value = .text(printed.first?.value ?? "")

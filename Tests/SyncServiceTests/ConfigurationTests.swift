@@ -1,7 +1,8 @@
 import Folding
-import Kafka
 import Foundation
+import Kafka
 import Testing
+
 @testable import SyncService
 
 @Suite struct ConfigurationTests {
@@ -17,19 +18,21 @@ import Testing
             file: f,
             environment: ["FOLDSPACE_SYNC_GROUP": "env-group", "FOLDSPACE_SYNC_DEBOUNCE": "3s"],
             flags: ["debounce": .text("4s")])
-        #expect(c.brokers == "file:1")          // file
-        #expect(c.group == "env-group")         // environment over file
-        #expect(c.engine.debounceMs == 4_000)   // flag over environment
-        #expect(c.engine.maxWaitMs == 30_000)   // file
-        #expect(c.engine.maxInFlight == 16)     // default
+        #expect(c.brokers == "file:1")  // file
+        #expect(c.group == "env-group")  // environment over file
+        #expect(c.engine.debounceMs == 4_000)  // flag over environment
+        #expect(c.engine.maxWaitMs == 30_000)  // file
+        #expect(c.engine.maxInFlight == 16)  // default
     }
 
     /// `http://` sends the key in clear text: only to a loopback address (a local stand-in
     /// or sidecar), or with `allow_insecure_http: true`.
     @Test func plainHTTPIsRefusedUnlessLoopbackOrAllowed() throws {
         func config(_ url: String, allow: Bool? = nil) throws -> SyncConfiguration {
-            var env = ["FOLDSPACE_SYNC_BROKERS": "b:1", "FOLDSPACE_SYNC_TOPICS": "t", "FOLDSPACE_SYNC_GROUP": "g",
-                       "FOLDSPACE_SYNC_FOLDSPACE_URL": url, "FOLDSPACE_API_KEY": "k"]
+            var env = [
+                "FOLDSPACE_SYNC_BROKERS": "b:1", "FOLDSPACE_SYNC_TOPICS": "t", "FOLDSPACE_SYNC_GROUP": "g",
+                "FOLDSPACE_SYNC_FOLDSPACE_URL": url, "FOLDSPACE_API_KEY": "k",
+            ]
             if let allow { env["FOLDSPACE_SYNC_ALLOW_INSECURE_HTTP"] = String(allow) }
             return try SyncConfiguration.load(file: nil, environment: env, flags: [:])
         }
@@ -48,12 +51,13 @@ import Testing
     }
 
     @Test func foldKeysFromFileAndEnvironment() throws {
-        let f = try file(#"""
-        {"brokers":"b:1","topics":["t"],"group":"g","visit_gap":"10m","send_number_of_visits":true,
-         "custom_attributes":["plan","company"],
-         "pql":{"source":"model","day_weight":3,"half_life":"7d",
-                "key_events":[{"name":"Report Created","weight":5,"cap":10},{"name":"Invite Sent"}]}}
-        """#)
+        let f = try file(
+            #"""
+            {"brokers":"b:1","topics":["t"],"group":"g","visit_gap":"10m","send_number_of_visits":true,
+             "custom_attributes":["plan","company"],
+             "pql":{"source":"model","day_weight":3,"half_life":"7d",
+                    "key_events":[{"name":"Report Created","weight":5,"cap":10},{"name":"Invite Sent"}]}}
+            """#)
         let c = try SyncConfiguration.load(file: f, environment: ["FOLDSPACE_SYNC_PQL_K": "80"], flags: [:])
         #expect(c.engine.fold.visitGapMs == 600_000)
         #expect(c.engine.fold.sendNumberOfVisits)
@@ -61,11 +65,14 @@ import Testing
         #expect(c.engine.fold.pql.dayWeight == 3)
         #expect(c.engine.fold.pql.halfLifeDays == 7)
         #expect(c.engine.fold.pql.k == 80)
-        #expect(c.engine.fold.keyEvents == [.init(name: "Report Created", weight: 5, cap: 10), .init(name: "Invite Sent", weight: 3, cap: 20)])
-        let e = try SyncConfiguration.load(file: nil, environment: [
-            "FOLDSPACE_SYNC_PQL_SOURCE": "trait", "FOLDSPACE_SYNC_SEND_NUMBER_OF_VISITS": "true",
-            "FOLDSPACE_SYNC_PQL_KEY_EVENTS": "Signed Up:2:5,Paid",
-        ], flags: [:])
+        #expect(
+            c.engine.fold.keyEvents == [.init(name: "Report Created", weight: 5, cap: 10), .init(name: "Invite Sent", weight: 3, cap: 20)])
+        let e = try SyncConfiguration.load(
+            file: nil,
+            environment: [
+                "FOLDSPACE_SYNC_PQL_SOURCE": "trait", "FOLDSPACE_SYNC_SEND_NUMBER_OF_VISITS": "true",
+                "FOLDSPACE_SYNC_PQL_KEY_EVENTS": "Signed Up:2:5,Paid",
+            ], flags: [:])
         #expect(e.engine.fold.pql.source == .trait)
         #expect(e.engine.fold.sendNumberOfVisits)
         #expect(e.engine.fold.keyEvents.map(\.name) == ["Signed Up", "Paid"])
@@ -120,7 +127,9 @@ import Testing
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         try "the-key\n".write(to: dir.appendingPathComponent("foldspace-api-key"), atomically: true, encoding: .utf8)
         try "s3cret\n".write(to: dir.appendingPathComponent("kafka-password"), atomically: true, encoding: .utf8)
-        let f = try file(#"{"brokers":"b:1","topics":["t"],"group":"g","kafka":{"properties":{"sasl.username":"u"},"secret_files":{"sasl.password":"\#(dir.path)/kafka-password"}}}"#)
+        let f = try file(
+            #"{"brokers":"b:1","topics":["t"],"group":"g","kafka":{"properties":{"sasl.username":"u"},"secret_files":{"sasl.password":"\#(dir.path)/kafka-password"}}}"#
+        )
         let c = try SyncConfiguration.load(file: f, environment: ["CREDENTIALS_DIRECTORY": dir.path], flags: [:])
         #expect(c.apiKeyFile == dir.appendingPathComponent("foldspace-api-key").path)
         try c.validate()
@@ -166,22 +175,35 @@ import Testing
     }
 
     @Test func kafkaPropertiesFromTheEnvironmentMergePerKeyAndCarryCommas() throws {
-        let f = try file(#"{"brokers":"b:1","topics":["t"],"group":"g","kafka":{"properties":{"security.protocol":"SASL_SSL","sasl.username":"file-user"}}}"#)
-        let c = try SyncConfiguration.load(file: f, environment: [
-            "FOLDSPACE_SYNC_KAFKA_PROPERTIES": #"sasl.username=env-user, sasl.oauthbearer.config=scope=a\,b principal=p"#,
-        ], flags: [:])
-        #expect(c.kafkaProperties == ["security.protocol": "SASL_SSL", "sasl.username": "env-user",
-                                      "sasl.oauthbearer.config": "scope=a,b principal=p"])
+        let f = try file(
+            #"{"brokers":"b:1","topics":["t"],"group":"g","kafka":{"properties":{"security.protocol":"SASL_SSL","sasl.username":"file-user"}}}"#
+        )
+        let c = try SyncConfiguration.load(
+            file: f,
+            environment: [
+                "FOLDSPACE_SYNC_KAFKA_PROPERTIES": #"sasl.username=env-user, sasl.oauthbearer.config=scope=a\,b principal=p"#
+            ], flags: [:])
+        #expect(
+            c.kafkaProperties == [
+                "security.protocol": "SASL_SSL", "sasl.username": "env-user",
+                "sasl.oauthbearer.config": "scope=a,b principal=p",
+            ])
         // Newlines separate entries too (a YAML block in a pod spec), and a JSON object works.
         let n = try SyncConfiguration.load(file: f, environment: ["FOLDSPACE_SYNC_KAFKA_PROPERTIES": "a.b=1\nc.d=x\\,y\n"], flags: [:])
-        #expect(n.kafkaProperties["a.b"] == "1" && n.kafkaProperties["c.d"] == "x,y" && n.kafkaProperties["security.protocol"] == "SASL_SSL")
-        let j = try SyncConfiguration.load(file: f, environment: ["FOLDSPACE_SYNC_KAFKA_PROPERTIES": #"{"ssl.cipher.suites":"A,B","fetch.max.bytes":1000}"#], flags: [:])
-        #expect(j.kafkaProperties["ssl.cipher.suites"] == "A,B" && j.kafkaProperties["fetch.max.bytes"] == "1000" && j.kafkaProperties["sasl.username"] == "file-user")
+        #expect(
+            n.kafkaProperties["a.b"] == "1" && n.kafkaProperties["c.d"] == "x,y" && n.kafkaProperties["security.protocol"] == "SASL_SSL")
+        let j = try SyncConfiguration.load(
+            file: f, environment: ["FOLDSPACE_SYNC_KAFKA_PROPERTIES": #"{"ssl.cipher.suites":"A,B","fetch.max.bytes":1000}"#], flags: [:])
+        #expect(
+            j.kafkaProperties["ssl.cipher.suites"] == "A,B" && j.kafkaProperties["fetch.max.bytes"] == "1000"
+                && j.kafkaProperties["sasl.username"] == "file-user")
         // A backslash before anything else stays.
-        let b = try SyncConfiguration.load(file: nil, environment: ["FOLDSPACE_SYNC_KAFKA_PROPERTIES": #"ssl.ca.location=C:\certs"#], flags: [:])
+        let b = try SyncConfiguration.load(
+            file: nil, environment: ["FOLDSPACE_SYNC_KAFKA_PROPERTIES": #"ssl.ca.location=C:\certs"#], flags: [:])
         #expect(b.kafkaProperties["ssl.ca.location"] == #"C:\certs"#)
         expectError("kafka.properties") {
-            _ = try SyncConfiguration.load(file: nil, environment: ["FOLDSPACE_SYNC_KAFKA_PROPERTIES": "bootstrap.servers=a:1,b:2"], flags: [:])
+            _ = try SyncConfiguration.load(
+                file: nil, environment: ["FOLDSPACE_SYNC_KAFKA_PROPERTIES": "bootstrap.servers=a:1,b:2"], flags: [:])
         }
     }
 
@@ -190,16 +212,21 @@ import Testing
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         try "from-env\n".write(to: dir.appendingPathComponent("pw"), atomically: true, encoding: .utf8)
         try "from-file\n".write(to: dir.appendingPathComponent("key-pw"), atomically: true, encoding: .utf8)
-        let f = try file(#"{"brokers":"b:1","topics":["t"],"group":"g","kafka":{"secret_files":{"ssl.key.password":"\#(dir.path)/key-pw"}}}"#)
-        let c = try SyncConfiguration.load(file: f, environment: ["FOLDSPACE_SYNC_KAFKA_SECRET_FILES": "sasl.password=\(dir.path)/pw"], flags: [:])
+        let f = try file(
+            #"{"brokers":"b:1","topics":["t"],"group":"g","kafka":{"secret_files":{"ssl.key.password":"\#(dir.path)/key-pw"}}}"#)
+        let c = try SyncConfiguration.load(
+            file: f, environment: ["FOLDSPACE_SYNC_KAFKA_SECRET_FILES": "sasl.password=\(dir.path)/pw"], flags: [:])
         let p = try c.resolvedKafkaProperties()
         #expect(p["sasl.password"] == "from-env")
         #expect(p["ssl.key.password"] == "from-file")
         #expect(c.warnings.isEmpty)
         // A file that cannot be read stops the start, naming the key.
-        let missing = try SyncConfiguration.load(file: nil, environment: [
-            "FOLDSPACE_SYNC_BROKERS": "b:1", "FOLDSPACE_SYNC_TOPICS": "t", "FOLDSPACE_SYNC_GROUP": "g",
-            "FOLDSPACE_SYNC_KAFKA_SECRET_FILES": "sasl.password=\(dir.path)/nope"], flags: [:])
+        let missing = try SyncConfiguration.load(
+            file: nil,
+            environment: [
+                "FOLDSPACE_SYNC_BROKERS": "b:1", "FOLDSPACE_SYNC_TOPICS": "t", "FOLDSPACE_SYNC_GROUP": "g",
+                "FOLDSPACE_SYNC_KAFKA_SECRET_FILES": "sasl.password=\(dir.path)/nope",
+            ], flags: [:])
         expectError("kafka.secret_files") { try missing.validate(requireKey: false) }
     }
 
@@ -227,7 +254,8 @@ import Testing
         #expect(c.brokers == "k1:9092,k2:9092" && c.topics == ["segment-events"] && c.group == "foldspace-sync")
         #expect(c.engine.debounceMs == 2_000 && c.engine.requestsPerSecond == 12.5 && c.engine.fold.sendNumberOfVisits)
         #expect(c.engine.fold.pql.dayWeight == 3)
-        #expect(c.engine.fold.keyEvents == [.init(name: "Report Created", weight: 5, cap: 10), .init(name: "Invite Sent", weight: 3, cap: 20)])
+        #expect(
+            c.engine.fold.keyEvents == [.init(name: "Report Created", weight: 5, cap: 10), .init(name: "Invite Sent", weight: 3, cap: 20)])
         #expect(c.kafkaProperties == ["security.protocol": "SASL_SSL", "fetch.max.bytes": "1048576"])
         // The same rules as JSON: an unknown key is an error naming it.
         let bad = FileManager.default.temporaryDirectory.appendingPathComponent("cfg-\(UUID().uuidString).yml")

@@ -3,8 +3,9 @@ import Folding
 import Foundation
 import Kafka
 import Logging
-import Testing
 import TestSupport
+import Testing
+
 @testable import SyncService
 
 /// A sink that keeps each letter's `delivered` until the test lets it go.
@@ -14,8 +15,10 @@ final class DeferredDeadLetters: DeadLetterSink, @unchecked Sendable {
     var backlog = 0
     var backlogBytes: Int { lock.withLock { backlog } }
     var count: Int { lock.withLock { pending.count } }
-    func deadLetter(kind: DeadLetterKind, key: [UInt8]?, value: [UInt8], headers: [(String, String)],
-                    delivered: @escaping @Sendable () -> Void) {
+    func deadLetter(
+        kind: DeadLetterKind, key: [UInt8]?, value: [UInt8], headers: [(String, String)],
+        delivered: @escaping @Sendable () -> Void
+    ) {
         lock.withLock { pending.append(delivered) }
     }
     /// Calls every `delivered` kept so far.
@@ -52,15 +55,18 @@ func readTopic(_ bootstrap: String, _ topic: String) throws -> [(key: String, he
 
 /// A dead-letter writer to topic "dl" of a new mock cluster, its producer set with
 /// `properties` (librdkafka's own logs off).
-func sinkOnMock(_ properties: [String: String], maxMessageBytes: Int = 1_000_000,
-                retryDelayMs: Int64 = 1_000) throws -> (MockCluster, KafkaProducer, KafkaDeadLetters) {
+func sinkOnMock(
+    _ properties: [String: String], maxMessageBytes: Int = 1_000_000,
+    retryDelayMs: Int64 = 1_000
+) throws -> (MockCluster, KafkaProducer, KafkaDeadLetters) {
     let cluster = try MockCluster(brokers: 1)
     try cluster.createTopic("dl", partitions: 1)
     var config = KafkaClientConfig(["bootstrap.servers": cluster.bootstrapServers, "log_level": "0"])
     for (k, v) in properties { config[k] = v }
     let producer = try KafkaProducer(config: config, logger: quietLogger)
-    let sink = KafkaDeadLetters(producer: producer, topic: "dl", logger: quietLogger, maxMessageBytes: maxMessageBytes,
-                                retryDelayMs: retryDelayMs)
+    let sink = KafkaDeadLetters(
+        producer: producer, topic: "dl", logger: quietLogger, maxMessageBytes: maxMessageBytes,
+        retryDelayMs: retryDelayMs)
     return (cluster, producer, sink)
 }
 
@@ -80,8 +86,9 @@ func sinkOnMock(_ properties: [String: String], maxMessageBytes: Int = 1_000_000
         o.deadLetterWaitMs = 50
         o.maxDeadLetterBacklogBytes = 1_000
         let log = OffsetLog()
-        let e = SyncEngine(options: o, deadLetters: dl, logger: quietLogger, clock: clock.engineClock,
-                           links: EngineLinks(stateStore: store, storeOffsets: { log.store($0) }))
+        let e = SyncEngine(
+            options: o, deadLetters: dl, logger: quietLogger, clock: clock.engineClock,
+            links: EngineLinks(stateStore: store, storeOffsets: { log.store($0) }))
         e.partitionsAssigned([tp])
         return (e, log)
     }
@@ -90,10 +97,17 @@ func sinkOnMock(_ properties: [String: String], maxMessageBytes: Int = 1_000_000
         let clock = ManualClock()
         let dl = DeferredDeadLetters()
         let (e, offsets) = engine(clock, dl)
-        feed(e, [(tp, 0, #"{"type":"page"}"#), // no identity: invalid
-                 (tp, 1, #"{"type":"page","userId":"u","timestamp":"2025-11-24T10:00:00Z"}"#)])
+        feed(
+            e,
+            [
+                (tp, 0, #"{"type":"page"}"#),  // no identity: invalid
+                (tp, 1, #"{"type":"page","userId":"u","timestamp":"2025-11-24T10:00:00Z"}"#),
+            ])
         clock.advance(2_000)
-        guard case .send(let jobs) = e.takeDue(limit: 10) else { Issue.record("nothing due"); return }
+        guard case .send(let jobs) = e.takeDue(limit: 10) else {
+            Issue.record("nothing due")
+            return
+        }
         for j in jobs { e.complete(j, outcome: .acknowledged) }
         #expect(dl.count == 1)
         #expect((offsets[tp] ?? 0) == 0, "committed past a dead letter not yet written")
@@ -107,7 +121,10 @@ func sinkOnMock(_ properties: [String: String], maxMessageBytes: Int = 1_000_000
         let (e, offsets) = engine(clock, dl)
         feed(e, [(tp, 0, #"{"type":"page","userId":"r","timestamp":"2025-11-24T10:00:00Z"}"#)])
         clock.advance(2_000)
-        guard case .send(let jobs) = e.takeDue(limit: 10) else { Issue.record("nothing due"); return }
+        guard case .send(let jobs) = e.takeDue(limit: 10) else {
+            Issue.record("nothing due")
+            return
+        }
         e.complete(jobs[0], outcome: .rejected(status: 400, response: "bad"))
         #expect((offsets[tp] ?? 0) == 0)
         dl.deliverAll()
@@ -119,11 +136,15 @@ func sinkOnMock(_ properties: [String: String], maxMessageBytes: Int = 1_000_000
         let dl = DeferredDeadLetters()
         let store = MemoryStateStore()
         let (e, _) = engine(clock, dl, store: store)
-        feed(e, [(tp, 0, #"{"type":"page","userId":"u","timestamp":"2025-11-24T10:00:00Z"}"#),
-                 (tp, 1, #"not json"#)])
+        feed(
+            e,
+            [
+                (tp, 0, #"{"type":"page","userId":"u","timestamp":"2025-11-24T10:00:00Z"}"#),
+                (tp, 1, #"not json"#),
+            ])
         #expect(e.checkpoint())
-        #expect(store.recordCount == 1)      // the state is written either way...
-        #expect(store.lastCommit[tp] == nil) // ...the offsets wait for the dead letter
+        #expect(store.recordCount == 1)  // the state is written either way...
+        #expect(store.lastCommit[tp] == nil)  // ...the offsets wait for the dead letter
         dl.deliverAll()
         #expect(e.checkpoint())
         #expect(store.lastCommit[tp] == 2)
@@ -139,7 +160,10 @@ func sinkOnMock(_ properties: [String: String], maxMessageBytes: Int = 1_000_000
         let (e, _) = engine(clock, dl, store: store)
         feed(e, [(tp, 0, #"{"type":"page","userId":"r","timestamp":"2025-11-24T10:00:00Z"}"#)])
         clock.advance(2_000)
-        guard case .send(let jobs) = e.takeDue(limit: 10) else { Issue.record("nothing due"); return }
+        guard case .send(let jobs) = e.takeDue(limit: 10) else {
+            Issue.record("nothing due")
+            return
+        }
         e.complete(jobs[0], outcome: .rejected(status: 400, response: "bad"))
         #expect(e.checkpoint())
         let pending = try StateCodec.decode(try #require(store.userRecords(0).last?.value))
@@ -161,14 +185,20 @@ func sinkOnMock(_ properties: [String: String], maxMessageBytes: Int = 1_000_000
         let (e, _) = engine(clock, dl, store: store)
         feed(e, [(tp, 0, #"{"type":"page","userId":"r","timestamp":"2025-11-24T10:00:00Z"}"#)])
         clock.advance(2_000)
-        guard case .send(let first) = e.takeDue(limit: 10) else { Issue.record("nothing due"); return }
-        e.complete(first[0], outcome: .rejected(status: 400, response: "bad")) // letter 1, not written
+        guard case .send(let first) = e.takeDue(limit: 10) else {
+            Issue.record("nothing due")
+            return
+        }
+        e.complete(first[0], outcome: .rejected(status: 400, response: "bad"))  // letter 1, not written
         e.partitionsRevoked([tp])
-        e.partitionsAssigned([tp]) // r restored unsettled, and due
+        e.partitionsAssigned([tp])  // r restored unsettled, and due
         clock.advance(2_000)
-        guard case .send(let second) = e.takeDue(limit: 10) else { Issue.record("r was not sent again"); return }
-        e.complete(second[0], outcome: .rejected(status: 400, response: "bad")) // letter 2
-        dl.deliverFirst() // letter 1 lands
+        guard case .send(let second) = e.takeDue(limit: 10) else {
+            Issue.record("r was not sent again")
+            return
+        }
+        e.complete(second[0], outcome: .rejected(status: 400, response: "bad"))  // letter 2
+        dl.deliverFirst()  // letter 1 lands
         #expect(e.checkpoint())
         let stored = try StateCodec.decode(try #require(store.userRecords(0).last?.value))
         #expect(stored.dirty && stored.settledHash == 0, "stored settled while letter 2 is not written")
@@ -188,20 +218,24 @@ func sinkOnMock(_ properties: [String: String], maxMessageBytes: Int = 1_000_000
         o.maxWaitMs = 5_000
         o.drainTimeoutMs = 10
         let offsets = OffsetLog()
-        let e = SyncEngine(options: o, deadLetters: dl, logger: quietLogger, clock: clock.engineClock,
-                           links: EngineLinks(storeOffsets: { offsets.store($0) }))
+        let e = SyncEngine(
+            options: o, deadLetters: dl, logger: quietLogger, clock: clock.engineClock,
+            links: EngineLinks(storeOffsets: { offsets.store($0) }))
         e.partitionsAssigned([tp])
-        feed(e, [(tp, 0, #"{"type":"page"}"#)]) // invalid: its letter holds offset 0
+        feed(e, [(tp, 0, #"{"type":"page"}"#)])  // invalid: its letter holds offset 0
         e.partitionsRevoked([tp])
         e.partitionsAssigned([tp])
         // Read again from 0: the invalid message (a second letter) and a user's event.
         feed(e, [(tp, 0, #"{"type":"page"}"#), (tp, 1, #"{"type":"page","userId":"u","timestamp":"2025-11-24T10:00:00Z"}"#)])
-        dl.deliverFirst() // the old letter: the new one, for the same offset, is not written
+        dl.deliverFirst()  // the old letter: the new one, for the same offset, is not written
         #expect((offsets[tp] ?? 0) == 0, "committed past a letter not written")
         dl.deliverFirst()
         #expect((offsets[tp] ?? 0) <= 1, "committed past u's unsent event")
         clock.advance(2_000)
-        guard case .send(let jobs) = e.takeDue(limit: 10) else { Issue.record("nothing due"); return }
+        guard case .send(let jobs) = e.takeDue(limit: 10) else {
+            Issue.record("nothing due")
+            return
+        }
         e.complete(jobs[0], outcome: .acknowledged)
         #expect(offsets[tp] == 2)
     }
@@ -213,7 +247,7 @@ func sinkOnMock(_ properties: [String: String], maxMessageBytes: Int = 1_000_000
         #expect(!e.wantsPause)
         dl.setBacklog(1_001)
         #expect(e.wantsPause)
-        dl.setBacklog(900) // above 80 %: still paused
+        dl.setBacklog(900)  // above 80 %: still paused
         #expect(e.wantsPause)
         dl.setBacklog(700)
         #expect(!e.wantsPause)
@@ -222,8 +256,10 @@ func sinkOnMock(_ properties: [String: String], maxMessageBytes: Int = 1_000_000
     @Test func aDeadLetterOverTheProducersLimitIsTruncatedNotDropped() async throws {
         let (cluster, producer, sink) = try sinkOnMock(["message.max.bytes": "20000"], maxMessageBytes: 20_000)
         let delivered = Flag()
-        sink.deadLetter(kind: .invalidEvent, key: Array("k".utf8), value: [UInt8](repeating: 0x61, count: 100_000),
-                        headers: [("reason", "too-large")]) { delivered.set() }
+        sink.deadLetter(
+            kind: .invalidEvent, key: Array("k".utf8), value: [UInt8](repeating: 0x61, count: 100_000),
+            headers: [("reason", "too-large")]
+        ) { delivered.set() }
         #expect(await eventually(.seconds(20)) { delivered.isSet })
         #expect(sink.backlogBytes == 0)
         sink.close()

@@ -1,14 +1,16 @@
 import FoldspaceAPI
-import Simulation
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import Kafka
 import Logging
-import Testing
+import Simulation
 import TestSupport
+import Testing
+
 @testable import SyncService
+
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
 
 /// The real pipeline (consumer, engine, flusher, HTTP client) against librdkafka's
 /// in-process mock cluster and a scripted Foldspace sandbox.
@@ -29,15 +31,17 @@ final class PipelineHarness: @unchecked Sendable {
     }
 
     func produce(_ messages: [(key: String, value: String)]) throws {
-        let p = try KafkaProducer(config: KafkaClientConfig(["bootstrap.servers": cluster.bootstrapServers, "log_level": "3"]), logger: quietLogger)
+        let p = try KafkaProducer(
+            config: KafkaClientConfig(["bootstrap.servers": cluster.bootstrapServers, "log_level": "3"]), logger: quietLogger)
         for m in messages { try p.send(topic: topic, key: Array(m.key.utf8), value: Array(m.value.utf8)) }
         p.flush()
         p.close()
     }
 
     func start(keys: APIKeyStore? = nil, _ configure: (inout SyncConfiguration) -> Void = { _ in }) throws {
-        var c = SyncConfiguration.local(brokers: cluster.bootstrapServers, topic: topic, group: "g-\(UUID().uuidString.prefix(8))",
-                                        foldspaceURL: sandbox.baseURL)
+        var c = SyncConfiguration.local(
+            brokers: cluster.bootstrapServers, topic: topic, group: "g-\(UUID().uuidString.prefix(8))",
+            foldspaceURL: sandbox.baseURL)
         c.deadLetterTopic = "dead-letters"
         c.engine.debounceMs = 200
         c.engine.maxWaitMs = 1_000
@@ -45,7 +49,7 @@ final class PipelineHarness: @unchecked Sendable {
         c.engine.burst = 50
         c.engine.drainTimeoutMs = 10_000
         c.kafkaProperties["session.timeout.ms"] = "6000"
-        c.stateMode = .memory // these tests are about delivery; durable state has its own
+        c.stateMode = .memory  // these tests are about delivery; durable state has its own
         configure(&c)
         pipeline = try SyncPipeline(config: c, keys: try keys ?? APIKeyStore(key: apiKey), logger: quietLogger)
         let p = pipeline!
@@ -165,7 +169,7 @@ func expectNoReordering(_ requests: [FoldspaceSandbox.Received], sourceLocation:
 
     @Test func breakerOpensOnUnauthorizedAndHealsWithoutLoss() async throws {
         let h = try await PipelineHarness()
-        h.sandbox.setValidKeys(["another-key"]) // 401 until switched back
+        h.sandbox.setValidKeys(["another-key"])  // 401 until switched back
         try h.produce(pageEvents(users: (0..<10).map { "b\($0)" }, perUser: 2))
         try h.start { c in c.engine.breakerProbeIntervalMs = 1_000 }
         #expect(await eventually { h.pipeline.snapshot().breakerOpen })
@@ -194,7 +198,7 @@ func expectNoReordering(_ requests: [FoldspaceSandbox.Received], sourceLocation:
         let users = (0..<30).map { "w\($0)" }
         try h.produce(pageEvents(users: users, perUser: 1))
         try h.start { c in
-            c.foldspaceURL = h.sandbox.baseURL + "/api" // the sandbox has no such route: 404
+            c.foldspaceURL = h.sandbox.baseURL + "/api"  // the sandbox has no such route: 404
             c.engine.breakerProbeIntervalMs = 1_000
             c.engine.drainTimeoutMs = 1_000
         }
@@ -261,7 +265,7 @@ func expectNoReordering(_ requests: [FoldspaceSandbox.Received], sourceLocation:
             #expect(inside.isEmpty, "\(inside.count) requests inside a Retry-After window")
         }
         expectNoReordering(requests)
-        #expect(h.pipeline.snapshot().rateLimit < 200) // lowered after the storm, recovering
+        #expect(h.pipeline.snapshot().rateLimit < 200)  // lowered after the storm, recovering
         try await h.stop()
     }
 
@@ -275,10 +279,11 @@ func expectNoReordering(_ requests: [FoldspaceSandbox.Received], sourceLocation:
         // there is an order to keep.
         #expect(await eventually(.seconds(60)) { h.sandbox.latestAcknowledged().count >= 1 })
         try h.produce(pageEvents(users: users, perUser: 1, base: 1_764_000_100_000))
-        #expect(await eventually(.seconds(90)) {
-            let acked = h.sandbox.latestAcknowledged()
-            return users.allSatisfy { acked[$0]?.json?["lastSeenDate"] as? Int64 == 1_764_000_100_000 }
-        })
+        #expect(
+            await eventually(.seconds(90)) {
+                let acked = h.sandbox.latestAcknowledged()
+                return users.allSatisfy { acked[$0]?.json?["lastSeenDate"] as? Int64 == 1_764_000_100_000 }
+            })
         expectNoReordering(h.sandbox.requests)
         try await h.stop()
     }
@@ -291,10 +296,11 @@ func expectNoReordering(_ requests: [FoldspaceSandbox.Received], sourceLocation:
         try h.start { c in c.engine.maxInFlight = 16 }
         #expect(await eventually(.seconds(40)) { h.sandbox.latestAcknowledged().count >= 1 })
         try h.produce(pageEvents(users: users, perUser: 1, base: 1_764_000_100_000))
-        #expect(await eventually(.seconds(60)) {
-            let acked = h.sandbox.latestAcknowledged()
-            return users.allSatisfy { acked[$0]?.json?["lastSeenDate"] as? Int64 == 1_764_000_100_000 }
-        })
+        #expect(
+            await eventually(.seconds(60)) {
+                let acked = h.sandbox.latestAcknowledged()
+                return users.allSatisfy { acked[$0]?.json?["lastSeenDate"] as? Int64 == 1_764_000_100_000 }
+            })
         expectNoReordering(h.sandbox.requests)
         try await h.stop()
     }

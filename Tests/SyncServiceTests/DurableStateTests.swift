@@ -4,6 +4,7 @@ import Foundation
 import Kafka
 import Logging
 import Testing
+
 @testable import SyncService
 
 /// A changelog in memory, with a switch to make writes fail.
@@ -56,7 +57,10 @@ final class MemoryStateStore: StateStore, @unchecked Sendable {
     var markerCount: Int { lock.withLock { log.values.reduce(0) { $0 + $1.count { ChangelogMarker.isMarker(key: $0.key) } } } }
 }
 
-struct TestError: Error { let m: String; init(_ m: String) { self.m = m } }
+struct TestError: Error {
+    let m: String
+    init(_ m: String) { self.m = m }
+}
 
 @Suite struct DurableStateTests {
     let tp = TopicPartition("events", 0)
@@ -70,7 +74,9 @@ struct TestError: Error { let m: String; init(_ m: String) { self.m = m } }
         o.durable = true
         o.fold.sendNumberOfVisits = true
         o.fold.keyEvents = [.init(name: "Paid")]
-        let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: clock.engineClock, links: EngineLinks(stateStore: store))
+        let e = SyncEngine(
+            options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: clock.engineClock,
+            links: EngineLinks(stateStore: store))
         e.partitionsAssigned([tp])
         return e
     }
@@ -133,13 +139,15 @@ struct TestError: Error { let m: String; init(_ m: String) { self.m = m } }
         store.failWrites = false
         #expect(e.checkpoint())
         let lines = Set(MetricsText.render(e.snapshot(), lag: [], fetcherWakeups: 0, zstdBatchesSized: 0).split(separator: "\n"))
-        for want in [#"foldspace_sync_checkpoints_total{result="ok"} 1"#, #"foldspace_sync_checkpoints_total{result="failed"} 1"#,
-                     "foldspace_sync_checkpoint_users_total 2",
-                     // Both took 0.3 s (the write), the failed one included.
-                     "foldspace_sync_checkpoint_duration_seconds_count 2", "foldspace_sync_checkpoint_duration_seconds_sum 0.600000",
-                     #"foldspace_sync_checkpoint_duration_seconds_bucket{le="0.25"} 0"#,
-                     #"foldspace_sync_checkpoint_duration_seconds_bucket{le="0.5"} 2"#,
-                     "foldspace_sync_restored_users_total 0", "foldspace_sync_restore_failures_total 0"] {
+        for want in [
+            #"foldspace_sync_checkpoints_total{result="ok"} 1"#, #"foldspace_sync_checkpoints_total{result="failed"} 1"#,
+            "foldspace_sync_checkpoint_users_total 2",
+            // Both took 0.3 s (the write), the failed one included.
+            "foldspace_sync_checkpoint_duration_seconds_count 2", "foldspace_sync_checkpoint_duration_seconds_sum 0.600000",
+            #"foldspace_sync_checkpoint_duration_seconds_bucket{le="0.25"} 0"#,
+            #"foldspace_sync_checkpoint_duration_seconds_bucket{le="0.5"} 2"#,
+            "foldspace_sync_restored_users_total 0", "foldspace_sync_restore_failures_total 0",
+        ] {
             #expect(lines.contains(Substring(want)), "missing \(want)")
         }
         // The next owner's restore shows too.
@@ -161,7 +169,7 @@ struct TestError: Error { let m: String; init(_ m: String) { self.m = m } }
         let first = engine(clock, store)
         feed(first, Array(all[0..<20]))
         #expect(first.checkpoint())
-        feed(first, Array(all[20..<25])) // folded, never checkpointed: lost with the crash
+        feed(first, Array(all[20..<25]))  // folded, never checkpointed: lost with the crash
 
         // The next owner restores and re-reads from the committed offset (20); it also
         // sees the already-applied 15..<20 again (a replay from an older commit).
@@ -175,7 +183,7 @@ struct TestError: Error { let m: String; init(_ m: String) { self.m = m } }
             #expect(got["numberOfVisits"] as? Int == want["numberOfVisits"] as? Int)
             #expect(got["firstVisitDate"] as? Int64 == want["firstVisitDate"] as? Int64)
             #expect(got["lastSeenDate"] as? Int64 == want["lastSeenDate"] as? Int64)
-            #expect(got["pqlScore"] as? Double == want["pqlScore"] as? Double) // key-event counts included
+            #expect(got["pqlScore"] as? Double == want["pqlScore"] as? Double)  // key-event counts included
         }
         #expect(body(second, "u0")["numberOfVisits"] as? Int == 10)
     }
@@ -186,7 +194,10 @@ struct TestError: Error { let m: String; init(_ m: String) { self.m = m } }
         let first = engine(clock, store)
         feed(first, [(tp, 0, #"{"type":"page","userId":"acked"}"#), (tp, 1, #"{"type":"page","userId":"pending"}"#)])
         clock.advance(1_000)
-        guard case .send(let jobs) = first.takeDue(limit: 10) else { Issue.record("nothing due"); return }
+        guard case .send(let jobs) = first.takeDue(limit: 10) else {
+            Issue.record("nothing due")
+            return
+        }
         for j in jobs where j.identifyId == "acked" { first.complete(j, outcome: .acknowledged) }
         for j in jobs where j.identifyId == "pending" { first.complete(j, outcome: .retryable(reason: "503")) }
         #expect(first.checkpoint())
@@ -194,7 +205,10 @@ struct TestError: Error { let m: String; init(_ m: String) { self.m = m } }
         let second = engine(clock, store)
         #expect(second.snapshot().dirtyUsers == 1)
         clock.advance(60_000)
-        guard case .send(let again) = second.takeDue(limit: 10) else { Issue.record("restored dirty user not due"); return }
+        guard case .send(let again) = second.takeDue(limit: 10) else {
+            Issue.record("restored dirty user not due")
+            return
+        }
         #expect(again.map(\.identifyId) == ["pending"])
     }
 
@@ -211,13 +225,13 @@ struct TestError: Error { let m: String; init(_ m: String) { self.m = m } }
 
     @Test func restoreKeepsOnlyThisPartitionsUsersOfASharedChangelog() {
         let clock = ManualClock()
-        let store = MemoryStateStore(partitions: 1) // two source partitions share it
+        let store = MemoryStateStore(partitions: 1)  // two source partitions share it
         let other = TopicPartition("events", 1)
         let a = engine(clock, store)
         a.partitionsAssigned([other])
         feed(a, [(tp, 0, #"{"type":"page","userId":"zero"}"#), (other, 0, #"{"type":"page","userId":"one"}"#)])
         #expect(a.checkpoint())
-        let b = engine(clock, store) // assigned partition 0 only
+        let b = engine(clock, store)  // assigned partition 0 only
         #expect(b.snapshot().restoredUsers == 1)
         #expect(b.projection(of: "zero") != nil)
         #expect(b.projection(of: "one") == nil)

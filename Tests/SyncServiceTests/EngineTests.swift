@@ -4,6 +4,7 @@ import Foundation
 import Kafka
 import Logging
 import Testing
+
 @testable import SyncService
 
 /// A clock the test moves by hand.
@@ -21,8 +22,10 @@ final class ManualClock: @unchecked Sendable {
 final class RecordingDeadLetters: DeadLetterSink, @unchecked Sendable {
     private let lock = NSLock()
     private var items: [(kind: String, key: [UInt8]?, value: [UInt8], headers: [(String, String)])] = []
-    func deadLetter(kind: DeadLetterKind, key: [UInt8]?, value: [UInt8], headers: [(String, String)],
-                    delivered: @escaping @Sendable () -> Void) {
+    func deadLetter(
+        kind: DeadLetterKind, key: [UInt8]?, value: [UInt8], headers: [(String, String)],
+        delivered: @escaping @Sendable () -> Void
+    ) {
         lock.withLock { items.append((kind.rawValue, key, value, headers)) }
         delivered()
     }
@@ -51,8 +54,10 @@ func feed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: Int64,
 @Suite struct EngineTests {
     let tp = TopicPartition("events", 0)
 
-    func makeEngine(_ clock: ManualClock, dl: DeadLetterSink = RecordingDeadLetters(),
-                    configure: (inout EngineOptions) -> Void = { _ in }) -> (SyncEngine, OffsetLog) {
+    func makeEngine(
+        _ clock: ManualClock, dl: DeadLetterSink = RecordingDeadLetters(),
+        configure: (inout EngineOptions) -> Void = { _ in }
+    ) -> (SyncEngine, OffsetLog) {
         var o = EngineOptions()
         o.debounceMs = 1_000
         o.maxWaitMs = 10_000
@@ -60,8 +65,9 @@ func feed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: Int64,
         o.burst = 1_000
         configure(&o)
         let log = OffsetLog()
-        let e = SyncEngine(options: o, deadLetters: dl, logger: quietLogger, clock: clock.engineClock,
-                           links: EngineLinks(storeOffsets: { log.store($0) }))
+        let e = SyncEngine(
+            options: o, deadLetters: dl, logger: quietLogger, clock: clock.engineClock,
+            links: EngineLinks(storeOffsets: { log.store($0) }))
         e.partitionsAssigned([tp])
         return (e, log)
     }
@@ -74,9 +80,13 @@ func feed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: Int64,
     @Test func burstCoalescesIntoOnePutAfterTheQuietPeriod() {
         let clock = ManualClock()
         let (engine, offsets) = makeEngine(clock)
-        feed(engine, (0..<20).map { (tp, Int64($0), #"{"type":"track","userId":"u1","timestamp":"2025-11-24T10:00:\#(String(format: "%02d", $0))Z"}"#) })
+        feed(
+            engine,
+            (0..<20).map {
+                (tp, Int64($0), #"{"type":"track","userId":"u1","timestamp":"2025-11-24T10:00:\#(String(format: "%02d", $0))Z"}"#)
+            })
         #expect(jobs(engine.takeDue(limit: 10)).isEmpty)
-        #expect(offsets[tp] == 0) // nothing settled yet: the commit stays at the first event
+        #expect(offsets[tp] == 0)  // nothing settled yet: the commit stays at the first event
         clock.advance(1_000)
         let out = jobs(engine.takeDue(limit: 10))
         #expect(out.count == 1)
@@ -90,22 +100,22 @@ func feed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: Int64,
 
     @Test func aCatchUpIsReportedOncePerAssignmentWithItsSpan() {
         let clock = ManualClock()
-        let (engine, _) = makeEngine(clock) // assigned at t0
+        let (engine, _) = makeEngine(clock)  // assigned at t0
         let track = { (i: Int) in (self.tp, Int64(i), #"{"type":"track","userId":"u\#(i % 7)","timestamp":"2025-11-24T10:00:00Z"}"#) }
         #expect(engine.awaitingCatchUp)
         // A look before the first fetch, with a backlog ahead, does not end the wait.
         #expect(engine.takeCatchUp(backlog: 400) == nil)
         #expect(engine.awaitingCatchUp)
-        clock.advance(200) // the restore, the first fetch
-        feed(engine, (0..<300).map(track)) // three chunks, at t0+200
+        clock.advance(200)  // the restore, the first fetch
+        feed(engine, (0..<300).map(track))  // three chunks, at t0+200
         clock.advance(500)
-        feed(engine, (300..<400).map(track)) // at t0+700
-        feed(engine, [(tp, 400, "{not json")]) // not folded, not counted
+        feed(engine, (300..<400).map(track))  // at t0+700
+        feed(engine, [(tp, 400, "{not json")])  // not folded, not counted
         clock.advance(100)
         let c = engine.takeCatchUp()
         #expect(c == SyncEngine.CaughtUp(events: 400, foldSeconds: 0.5, sinceAssignmentSeconds: 0.8))
         #expect(!engine.awaitingCatchUp)
-        #expect(engine.takeCatchUp() == nil) // once
+        #expect(engine.takeCatchUp() == nil)  // once
         feed(engine, (401..<410).map(track))
         #expect(engine.takeCatchUp() == nil)
         // A new assignment starts over; with nothing folded since, nothing to report.
@@ -119,25 +129,28 @@ func feed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: Int64,
         let clock = ManualClock()
         let (engine, _) = makeEngine(clock)
         feed(engine, [(tp, 0, #"{"type":"track","userId":"on-time"}"#)])
-        clock.advance(1_000) // exactly due
+        clock.advance(1_000)  // exactly due
         let first = jobs(engine.takeDue(limit: 10))
         #expect(first.count == 1)
         feed(engine, [(tp, 1, #"{"type":"track","userId":"late"}"#)])
-        clock.advance(1_300) // due 300 ms ago
+        clock.advance(1_300)  // due 300 ms ago
         let second = jobs(engine.takeDue(limit: 10))
         #expect(second.map(\.identifyId) == ["late"])
         let h = engine.snapshot().sendLateness
         #expect(h.count == 2)
         #expect(h.fraction(atMost: 0.001) == 0.5)  // on time
-        #expect(h.fraction(atMost: 0.25) == 0.5)   // the late one is over 250 ms...
-        #expect(h.fraction(atMost: 0.5) == 1.0)    // ...and under 500 ms
+        #expect(h.fraction(atMost: 0.25) == 0.5)  // the late one is over 250 ms...
+        #expect(h.fraction(atMost: 0.5) == 1.0)  // ...and under 500 ms
         #expect(h.quantileBound(0.5) == 0.001)
         #expect(h.quantileBound(0.99) == 0.5)
     }
 
     @Test func oldestDirtyAgeFollowsTransitionsWithoutAWalk() throws {
         let clock = ManualClock()
-        let (engine, _) = makeEngine(clock) { $0.debounceMs = 1_000; $0.maxWaitMs = 1_000 }
+        let (engine, _) = makeEngine(clock) {
+            $0.debounceMs = 1_000
+            $0.maxWaitMs = 1_000
+        }
         #expect(engine.snapshot().oldestDirtyMs == 0)
         feed(engine, [(tp, 0, #"{"type":"track","userId":"a"}"#)])
         clock.advance(600)
@@ -160,7 +173,7 @@ func feed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: Int64,
         s = engine.snapshot()
         #expect(s.dirtyUsers == 2)
         #expect((900...999).contains(s.oldestDirtyMs), "b's age: \(s.oldestDirtyMs)")
-        clock.advance(200) // b due (1 s), a not yet (its change was 500 ms ago)
+        clock.advance(200)  // b due (1 s), a not yet (its change was 500 ms ago)
         let b = jobs(engine.takeDue(limit: 10))
         #expect(b.map(\.identifyId) == ["b"])
         engine.complete(try #require(b.first), outcome: .acknowledged)
@@ -179,15 +192,19 @@ func feed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: Int64,
     @Test func offsetsWaitForTheSlowestUser() {
         let clock = ManualClock()
         let (engine, offsets) = makeEngine(clock)
-        feed(engine, [(tp, 0, #"{"type":"page","userId":"a"}"#), (tp, 1, #"{"type":"page","userId":"b"}"#),
-                      (tp, 2, #"{"type":"page","userId":"a"}"#)])
+        feed(
+            engine,
+            [
+                (tp, 0, #"{"type":"page","userId":"a"}"#), (tp, 1, #"{"type":"page","userId":"b"}"#),
+                (tp, 2, #"{"type":"page","userId":"a"}"#),
+            ])
         clock.advance(1_000)
         let out = jobs(engine.takeDue(limit: 10))
         #expect(Set(out.map(\.identifyId)) == ["a", "b"])
         let b = out.first { $0.identifyId == "b" }!
         let a = out.first { $0.identifyId == "a" }!
         engine.complete(b, outcome: .acknowledged)
-        #expect(offsets[tp] == 0) // a (offset 0) is not settled
+        #expect(offsets[tp] == 0)  // a (offset 0) is not settled
         engine.complete(a, outcome: .retryable(reason: "503"))
         #expect(offsets[tp] == 0)
         clock.advance(31_000)
@@ -234,10 +251,10 @@ func feed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: Int64,
         #expect(jobs(engine.takeDue(limit: 10)).isEmpty)
         clock.advance(1_000)
         let third = jobs(engine.takeDue(limit: 10))
-        #expect(third.map(\.body) == second.map(\.body)) // the same, newest body
+        #expect(third.map(\.body) == second.map(\.body))  // the same, newest body
         engine.complete(third[0], outcome: .acknowledged)
         clock.advance(60_000)
-        #expect(jobs(engine.takeDue(limit: 10)).isEmpty) // once, not for ever
+        #expect(jobs(engine.takeDue(limit: 10)).isEmpty)  // once, not for ever
         #expect(engine.snapshot().dirtyUsers == 0)
         // An answer (even an error) is no unknown outcome.
         feed(engine, [(tp, 2, #"{"type":"identify","userId":"u","traits":{"email":"c@x.io"},"timestamp":"2025-11-24T10:00:02Z"}"#)])
@@ -259,9 +276,9 @@ func feed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: Int64,
         let first = jobs(engine.takeDue(limit: 10))
         feed(engine, [(tp, 1, #"{"type":"identify","userId":"u","traits":{"email":"b@x.io"},"timestamp":"2025-11-24T10:00:01Z"}"#)])
         clock.advance(2_000)
-        #expect(jobs(engine.takeDue(limit: 10)).isEmpty) // one request per user in flight
+        #expect(jobs(engine.takeDue(limit: 10)).isEmpty)  // one request per user in flight
         engine.complete(first[0], outcome: .acknowledged)
-        #expect(offsets[tp] == 1) // offset 1 is not in the acknowledged body
+        #expect(offsets[tp] == 1)  // offset 1 is not in the acknowledged body
         let second = jobs(engine.takeDue(limit: 10))
         #expect(second.count == 1)
         let body = try! JSONSerialization.jsonObject(with: Data(second[0].body)) as! [String: Any]
@@ -313,7 +330,7 @@ func feed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: Int64,
         let base: Int64 = 1_763_978_400_000
         let messages: [(tp: TopicPartition, offset: Int64, json: String)] = (0..<1_000).map { i in
             let u = i % 50
-            let t = base + Int64(i) * 60_000 // per user, events 50 minutes apart: a new visit each
+            let t = base + Int64(i) * 60_000  // per user, events 50 minutes apart: a new visit each
             if i % 37 == 0 { return (tp, Int64(i), "not json \(i)") }
             if i % 5 == 0 {
                 return (tp, Int64(i), #"{"type":"identify","userId":"u\#(u)","timestamp":\#(t),"traits":{"email":"e\#(i)@x.io"}}"#)
@@ -403,9 +420,9 @@ func feed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: Int64,
         let j = jobs(engine.takeDue(limit: 1))
         engine.complete(j[0], outcome: .unauthorized(status: 401))
         #expect(engine.snapshot().breakerOpen)
-        #expect(engine.snapshot().ready) // a metric and an alert, not unreadiness
+        #expect(engine.snapshot().ready)  // a metric and an alert, not unreadiness
         clock.advance(10_000)
-        #expect(jobs(engine.takeDue(limit: 10)).isEmpty) // breaker open
+        #expect(jobs(engine.takeDue(limit: 10)).isEmpty)  // breaker open
         clock.advance(20_000)
         let probe = jobs(engine.takeDue(limit: 10))
         #expect(probe.count == 1 && probe[0].isProbe)
@@ -426,7 +443,7 @@ func feed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: Int64,
         let j = jobs(engine.takeDue(limit: 3))
         for x in j { engine.complete(x, outcome: .acknowledged) }
         #expect(engine.snapshot().dirtyUsers == 8)
-        #expect(engine.wantsPause) // 8 is not below 80 % of 10
+        #expect(engine.wantsPause)  // 8 is not below 80 % of 10
         let k = jobs(engine.takeDue(limit: 1))
         engine.complete(k[0], outcome: .acknowledged)
         #expect(!engine.wantsPause)
@@ -458,8 +475,12 @@ func feed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: Int64,
     @Test func aRevocationThatCannotSettleSaysHowManyUsersItLetGo() {
         let clock = ManualClock()
         let (engine, offsets) = makeEngine(clock) { $0.drainTimeoutMs = 50 }
-        feed(engine, [(tp, 0, #"{"type":"page","userId":"a"}"#), (tp, 1, #"{"type":"page","userId":"b"}"#),
-                      (tp, 2, #"{"type":"page","userId":"c"}"#)])
+        feed(
+            engine,
+            [
+                (tp, 0, #"{"type":"page","userId":"a"}"#), (tp, 1, #"{"type":"page","userId":"b"}"#),
+                (tp, 2, #"{"type":"page","userId":"c"}"#),
+            ])
         // Nobody sends: the drain waits out its timeout on the test's clock, moved by a
         // thread of its own (a task could wait behind tests blocking the shared pool).
         let stop = Flag()
@@ -477,7 +498,7 @@ func feed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: Int64,
         let s = engine.snapshot()
         #expect(s.users == 0 && s.dirtyUsers == 0)
         #expect(s.unsettledAtLastRevocation == 3)
-        #expect((offsets[tp] ?? 0) == 0) // nothing past the first event committed: read again
+        #expect((offsets[tp] ?? 0) == 0)  // nothing past the first event committed: read again
     }
 }
 

@@ -1,8 +1,9 @@
-import Simulation
 import Foundation
 import Kafka
-import Testing
+import Simulation
 import TestSupport
+import Testing
+
 @testable import SyncService
 
 /// Kafka faults injected into librdkafka's mock cluster while the real pipeline runs in
@@ -52,8 +53,9 @@ import TestSupport
         #expect(await eventually { r.allDelivered(h.sandbox) }, "\(r.mismatches(h.sandbox).prefix(5))")
         // User d1's track events again (as a replay that was not skipped would count them).
         try h.produce(messages.filter { $0.key == "d1" && $0.value.contains(#""type":"track""#) })
-        #expect(await eventually(.seconds(30)) { r.mismatches(h.sandbox).contains { $0.hasPrefix("d1: pqlScore") } },
-                "\(r.mismatches(h.sandbox))")
+        #expect(
+            await eventually(.seconds(30)) { r.mismatches(h.sandbox).contains { $0.hasPrefix("d1: pqlScore") } },
+            "\(r.mismatches(h.sandbox))")
         #expect(r.mismatches(h.sandbox).allSatisfy { $0.hasPrefix("d1: pqlScore") }, "\(r.mismatches(h.sandbox))")
         try await h.stop()
     }
@@ -64,12 +66,12 @@ import TestSupport
         try h.produce(r.messages(0..<80))
         // JoinGroup (11) and FindCoordinator-side errors first, then Fetch (1),
         // OffsetCommit (8) and Produce (0) failures while running.
-        h.cluster.pushRequestErrors(apiKey: 11, error: 15, count: 2) // COORDINATOR_NOT_AVAILABLE
+        h.cluster.pushRequestErrors(apiKey: 11, error: 15, count: 2)  // COORDINATOR_NOT_AVAILABLE
         try durable(h, group: "fault-errors")
         #expect(await eventually { r.allDelivered(h.sandbox) })
-        h.cluster.pushRequestErrors(apiKey: 1, error: 7, count: 5)   // Fetch: REQUEST_TIMED_OUT
-        h.cluster.pushRequestErrors(apiKey: 8, error: 7, count: 3)   // OffsetCommit: REQUEST_TIMED_OUT
-        h.cluster.pushRequestErrors(apiKey: 0, error: 7, count: 3)   // Produce (the changelog): REQUEST_TIMED_OUT
+        h.cluster.pushRequestErrors(apiKey: 1, error: 7, count: 5)  // Fetch: REQUEST_TIMED_OUT
+        h.cluster.pushRequestErrors(apiKey: 8, error: 7, count: 3)  // OffsetCommit: REQUEST_TIMED_OUT
+        h.cluster.pushRequestErrors(apiKey: 0, error: 7, count: 3)  // Produce (the changelog): REQUEST_TIMED_OUT
         try h.produce(r.messages(80..<200))
         #expect(await eventually(.seconds(60)) { r.allDelivered(h.sandbox) }, "\(r.mismatches(h.sandbox).prefix(5))")
         try await Task.sleep(for: .seconds(1))

@@ -1,8 +1,9 @@
 import Delivery
 import Foundation
 import Kafka
-import Testing
 import TestSupport
+import Testing
+
 @testable import SyncService
 
 /// Counts the requests it is asked to send and acknowledges them.
@@ -35,8 +36,9 @@ final class CountingSender: UserUpdateSender, @unchecked Sendable {
         let probed = Flag()
         let sender = CountingSender()
         let flusher = Flusher(engine: engine, sender: sender, maxInFlight: 4) {
-            engine.complete(FlushJob(identifyId: "other", body: [], hash: 0, isProbe: false),
-                            outcome: .rateLimited(retryAfterMs: 3_600_000))
+            engine.complete(
+                FlushJob(identifyId: "other", body: [], hash: 0, isProbe: false),
+                outcome: .rateLimited(retryAfterMs: 3_600_000))
             probed.set()
         }
         let done = Flag()
@@ -64,11 +66,17 @@ final class CountingSender: UserUpdateSender, @unchecked Sendable {
         final class Once: @unchecked Sendable {
             let lock = NSLock()
             var calls = 0
-            func next() -> Bool { lock.withLock { calls += 1; return calls == 1 } }
+            func next() -> Bool {
+                lock.withLock {
+                    calls += 1
+                    return calls == 1
+                }
+            }
         }
         let once = Once()
-        let engine = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger,
-                                links: EngineLinks(sendGate: { once.next() }))
+        let engine = SyncEngine(
+            options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger,
+            links: EngineLinks(sendGate: { once.next() }))
         let tp = TopicPartition("events", 0)
         engine.partitionsAssigned([tp])
         feed(engine, [(tp, 0, #"{"type":"page","userId":"u","timestamp":"2025-11-24T10:00:00Z"}"#)])

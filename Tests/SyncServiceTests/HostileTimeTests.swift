@@ -3,6 +3,7 @@ import Folding
 import Foundation
 import Kafka
 import Testing
+
 @testable import SyncService
 
 /// Times that are valid JSON but hostile to the state (issue "Hostile input", items 1, 2
@@ -36,10 +37,14 @@ import Testing
         let dl = RecordingDeadLetters()
         let e = engine(clock, dl)
         let good = clock.epochBase - 3_600_000
-        feedTimed(e, [(tp, 0, Int64.max - 1, #"{"type":"track","event":"A","userId":"u1"}"#),
-                      (tp, 1, Int64.max - 1, #"{"type":"track","event":"B","userId":"u1"}"#),
-                      (tp, 2, 1, #"{"type":"page","userId":"u1"}"#),
-                      (tp, 3, good, #"{"type":"page","userId":"u1"}"#)])
+        feedTimed(
+            e,
+            [
+                (tp, 0, Int64.max - 1, #"{"type":"track","event":"A","userId":"u1"}"#),
+                (tp, 1, Int64.max - 1, #"{"type":"track","event":"B","userId":"u1"}"#),
+                (tp, 2, 1, #"{"type":"page","userId":"u1"}"#),
+                (tp, 3, good, #"{"type":"page","userId":"u1"}"#),
+            ])
         let s = e.snapshot()
         #expect(s.invalid["bad-timestamp"] == 3)
         #expect(s.folded == 1)
@@ -59,8 +64,12 @@ import Testing
         let dl = RecordingDeadLetters()
         let e = engine(clock, dl)
         let kafka = clock.epochBase - 7_200_000
-        feedTimed(e, [(tp, 0, Int64.max - 1, #"{"type":"page","userId":"p","timestamp":"2025-11-24T10:00:00Z"}"#),
-                      (tp, 1, kafka, #"{"type":"page","userId":"k"}"#)])
+        feedTimed(
+            e,
+            [
+                (tp, 0, Int64.max - 1, #"{"type":"page","userId":"p","timestamp":"2025-11-24T10:00:00Z"}"#),
+                (tp, 1, kafka, #"{"type":"page","userId":"k"}"#),
+            ])
         #expect(e.snapshot().folded == 2)
         #expect(dl.all.isEmpty)
         #expect(body(e, "p")["lastSeenDate"] as? Int64 == Timestamp.parseISO8601("2025-11-24T10:00:00Z"))
@@ -72,8 +81,18 @@ import Testing
     @Test func implausibleTraitDatesAreIgnoredAndCounted() {
         let clock = ManualClock()
         let e = engine(clock, RecordingDeadLetters())
-        feed(e, [(tp, 0, #"{"type":"identify","userId":"t","timestamp":"2025-11-24T10:00:00Z","traits":{"leadDate":"1970-01-02T00:00:00Z","createdAt":"9999-01-01T00:00:00Z"}}"#),
-                 (tp, 1, #"{"type":"identify","userId":"t","timestamp":"2025-11-24T10:00:01Z","traits":{"leadDate":"2025-11-01T00:00:00Z","signUpDate":"2025-11-02T00:00:00Z"}}"#)])
+        feed(
+            e,
+            [
+                (
+                    tp, 0,
+                    #"{"type":"identify","userId":"t","timestamp":"2025-11-24T10:00:00Z","traits":{"leadDate":"1970-01-02T00:00:00Z","createdAt":"9999-01-01T00:00:00Z"}}"#
+                ),
+                (
+                    tp, 1,
+                    #"{"type":"identify","userId":"t","timestamp":"2025-11-24T10:00:01Z","traits":{"leadDate":"2025-11-01T00:00:00Z","signUpDate":"2025-11-02T00:00:00Z"}}"#
+                ),
+            ])
         #expect(e.snapshot().implausibleTraitDates == 2)
         let b = body(e, "t")
         #expect(b["leadDate"] as? Int64 == Timestamp.parseISO8601("2025-11-01T00:00:00Z"))

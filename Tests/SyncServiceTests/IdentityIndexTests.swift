@@ -1,4 +1,5 @@
 import Testing
+
 @testable import SyncService
 
 /// The engine's identity → slot index: lookups must survive collisions, growth and
@@ -34,14 +35,14 @@ import Testing
         let seed = IdentityHash(k0: 3, k1: 4)
         for i in 0..<3000 { m.add("user-\(i)", seed.hash("user-\(i)")) }
         let tags = Set(m.hashes.map { $0 >> 32 })
-        #expect(tags.count == 3000) // distinct, as 32-bit tags of 3000 keys almost surely are
+        #expect(tags.count == 3000)  // distinct, as 32-bit tags of 3000 keys almost surely are
         for i in 0..<3000 {
             let h = m.hashes[i]
             #expect(m.index.candidate(h) == m.find("user-\(i)", h))
         }
         var missing = 0
         for i in 3000..<6000 where m.index.candidate(seed.hash("user-\(i)")) == nil { missing += 1 }
-        #expect(missing > 2900) // a stranger's tag rarely matches one on its probe run
+        #expect(missing > 2900)  // a stranger's tag rarely matches one on its probe run
     }
 
     @Test func collidingHashesStayApartAndSurviveGrowth() {

@@ -3,6 +3,7 @@ import Folding
 import Foundation
 import Kafka
 import Testing
+
 @testable import SyncService
 
 /// `inactive_user_ttl` (issue "Hostile input", item 5): anonymous ids from a public write
@@ -18,8 +19,9 @@ import Testing
         o.burst = 1_000
         o.inactiveUserTTLMs = ttlMs
         o.durable = store != nil
-        let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: clock.engineClock,
-                           links: EngineLinks(stateStore: store))
+        let e = SyncEngine(
+            options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: clock.engineClock,
+            links: EngineLinks(stateStore: store))
         e.partitionsAssigned([tp])
         return e
     }
@@ -39,9 +41,13 @@ import Testing
         let clock = ManualClock()
         let store = MemoryStateStore()
         let e = engine(clock, ttlMs: 30 * 86_400_000, store: store)
-        feed(e, [(tp, 0, #"{"type":"page","anonymousId":"old","timestamp":"\#(iso(clock, daysAgo: 40))"}"#),
-                 (tp, 1, #"{"type":"identify","userId":"recent","timestamp":"\#(iso(clock, daysAgo: 2))"}"#),
-                 (tp, 2, #"{"type":"page","anonymousId":"old-dirty","timestamp":"\#(iso(clock, daysAgo: 50))"}"#)])
+        feed(
+            e,
+            [
+                (tp, 0, #"{"type":"page","anonymousId":"old","timestamp":"\#(iso(clock, daysAgo: 40))"}"#),
+                (tp, 1, #"{"type":"identify","userId":"recent","timestamp":"\#(iso(clock, daysAgo: 2))"}"#),
+                (tp, 2, #"{"type":"page","anonymousId":"old-dirty","timestamp":"\#(iso(clock, daysAgo: 50))"}"#),
+            ])
         settleAll(e, clock)
         feed(e, [(tp, 3, #"{"type":"page","anonymousId":"old-dirty","timestamp":"\#(iso(clock, daysAgo: 45))"}"#)])
         #expect(e.checkpoint())
@@ -69,10 +75,17 @@ import Testing
     @Test func withoutATTLNobodyIsDroppedAndUsersAreCountedByType() {
         let clock = ManualClock()
         let e = engine(clock, ttlMs: 0, store: nil)
-        feed(e, [(tp, 0, #"{"type":"page","anonymousId":"a1","timestamp":"\#(iso(clock, daysAgo: 400))"}"#),
-                 (tp, 1, #"{"type":"page","anonymousId":"a2","timestamp":"\#(iso(clock, daysAgo: 1))"}"#),
-                 (tp, 2, #"{"type":"identify","userId":"u1","timestamp":"\#(iso(clock, daysAgo: 1))"}"#),
-                 (tp, 3, #"{"type":"identify","anonymousId":"l1","timestamp":"\#(iso(clock, daysAgo: 1))","traits":{"leadDate":"\#(iso(clock, daysAgo: 3))"}}"#)])
+        feed(
+            e,
+            [
+                (tp, 0, #"{"type":"page","anonymousId":"a1","timestamp":"\#(iso(clock, daysAgo: 400))"}"#),
+                (tp, 1, #"{"type":"page","anonymousId":"a2","timestamp":"\#(iso(clock, daysAgo: 1))"}"#),
+                (tp, 2, #"{"type":"identify","userId":"u1","timestamp":"\#(iso(clock, daysAgo: 1))"}"#),
+                (
+                    tp, 3,
+                    #"{"type":"identify","anonymousId":"l1","timestamp":"\#(iso(clock, daysAgo: 1))","traits":{"leadDate":"\#(iso(clock, daysAgo: 3))"}}"#
+                ),
+            ])
         settleAll(e, clock)
         // Slices of two: the counts are published once the table has been walked.
         e.sweep(limit: 2)
@@ -86,8 +99,12 @@ import Testing
     @Test func inMemoryModeDropsWithoutATombstone() {
         let clock = ManualClock()
         let e = engine(clock, ttlMs: 86_400_000, store: nil)
-        feed(e, [(tp, 0, #"{"type":"page","anonymousId":"old","timestamp":"\#(iso(clock, daysAgo: 3))"}"#),
-                 (tp, 1, #"{"type":"page","anonymousId":"new","timestamp":"\#(iso(clock, daysAgo: 0))"}"#)])
+        feed(
+            e,
+            [
+                (tp, 0, #"{"type":"page","anonymousId":"old","timestamp":"\#(iso(clock, daysAgo: 3))"}"#),
+                (tp, 1, #"{"type":"page","anonymousId":"new","timestamp":"\#(iso(clock, daysAgo: 0))"}"#),
+            ])
         settleAll(e, clock)
         e.sweep()
         #expect(e.snapshot().users == 1)
@@ -102,7 +119,11 @@ import Testing
     @Test func anOldBacklogIsNotExpiredWhileItIsRead() {
         let clock = ManualClock()
         let e = engine(clock, ttlMs: 86_400_000, store: nil)
-        feed(e, (0..<20).map { (tp, Int64($0), #"{"type":"page","anonymousId":"b\#($0)","timestamp":"\#(iso(clock, daysAgo: 60 - $0 / 10))"}"#) })
+        feed(
+            e,
+            (0..<20).map {
+                (tp, Int64($0), #"{"type":"page","anonymousId":"b\#($0)","timestamp":"\#(iso(clock, daysAgo: 60 - $0 / 10))"}"#)
+            })
         settleAll(e, clock)
         e.sweep()
         // b0-b9 are a day older than b10-b19 (the partition's latest): only the TTL

@@ -2,8 +2,9 @@ import Delivery
 import Folding
 import Foundation
 import Kafka
-import Testing
 import TestSupport
+import Testing
+
 @testable import SyncService
 
 /// A changelog whose reads fail while `failing` is set.
@@ -56,9 +57,11 @@ final class Released: @unchecked Sendable {
         o.restoreRetryMs = 20
         o.fold.keyEvents = [.init(name: "Step", weight: 10, cap: 1_000)]
         let released = Released()
-        let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: log?.logger(.text) ?? quietLogger,
-                           clock: clock.engineClock, links: EngineLinks(
-            stateStore: store, restored: { released.add($0) }))
+        let e = SyncEngine(
+            options: o, deadLetters: RecordingDeadLetters(), logger: log?.logger(.text) ?? quietLogger,
+            clock: clock.engineClock,
+            links: EngineLinks(
+                stateStore: store, restored: { released.add($0) }))
         return (e, released)
     }
 
@@ -73,7 +76,9 @@ final class Released: @unchecked Sendable {
         var o = EngineOptions()
         o.durable = true
         o.fold.keyEvents = [.init(name: "Step", weight: 10, cap: 1_000)]
-        let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: clock.engineClock, links: EngineLinks(stateStore: store))
+        let e = SyncEngine(
+            options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: clock.engineClock,
+            links: EngineLinks(stateStore: store))
         e.partitionsAssigned([p0])
         feed(e, [(p0, 0, track("a", 1))])
         _ = e.checkpoint()
@@ -153,11 +158,19 @@ final class Released: @unchecked Sendable {
         var o = EngineOptions()
         o.durable = true
         let dl = RecordingDeadLetters()
-        let e = SyncEngine(options: o, deadLetters: dl, logger: quietLogger, clock: clock.engineClock, links: EngineLinks(stateStore: store))
+        let e = SyncEngine(
+            options: o, deadLetters: dl, logger: quietLogger, clock: clock.engineClock, links: EngineLinks(stateStore: store))
         e.partitionsAssigned([p0])
         let long = String(repeating: "n", count: 250)
-        feed(e, [(p0, 0, #"{"type":"identify","userId":"small","timestamp":"2025-11-20T10:00:00Z"}"#),
-                 (p0, 1, #"{"type":"identify","userId":"big","traits":{"name":"\#(long)","title":"\#(long)"},"timestamp":"2025-11-20T10:00:01Z"}"#)])
+        feed(
+            e,
+            [
+                (p0, 0, #"{"type":"identify","userId":"small","timestamp":"2025-11-20T10:00:00Z"}"#),
+                (
+                    p0, 1,
+                    #"{"type":"identify","userId":"big","traits":{"name":"\#(long)","title":"\#(long)"},"timestamp":"2025-11-20T10:00:01Z"}"#
+                ),
+            ])
         #expect(e.checkpoint())
         #expect(e.checkpoint())
         let written = store.userRecords(0).map { String(decoding: $0.key, as: UTF8.self) }
@@ -210,8 +223,10 @@ final class GatedStore: StateStore, @unchecked Sendable {
         o.durable = true
         o.restoreRetryMs = 20
         let released = Released()
-        let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: ManualClock().engineClock, links: EngineLinks(
-            stateStore: store, restored: { released.add($0) }))
+        let e = SyncEngine(
+            options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: ManualClock().engineClock,
+            links: EngineLinks(
+                stateStore: store, restored: { released.add($0) }))
         return (e, released)
     }
 
@@ -219,11 +234,11 @@ final class GatedStore: StateStore, @unchecked Sendable {
         let store = GatedStore(MemoryStateStore(partitions: 2))
         store.blockSecond = true
         let (e, released) = engine(store)
-        e.partitionsAssigned([p0]) // its read blocks
+        e.partitionsAssigned([p0])  // its read blocks
         #expect(await eventually(.seconds(5)) { store.reads == 1 })
         e.partitionsRevoked([p0])
-        e.partitionsAssigned([p0]) // again: its restore waits for the first to end
-        store.firstGate.signal() // the first ends, stale
+        e.partitionsAssigned([p0])  // again: its restore waits for the first to end
+        store.firstGate.signal()  // the first ends, stale
         // The second is reading (blocked): the partition must still be held.
         #expect(await eventually(.seconds(5)) { store.reads == 2 })
         #expect(released.all.isEmpty, "released before its state was restored")
@@ -239,7 +254,7 @@ final class GatedStore: StateStore, @unchecked Sendable {
         let (e, released) = engine(store)
         e.partitionsAssigned([p0])
         #expect(await eventually(.seconds(5)) { store.reads >= 2 })
-        e.partitionsAssigned([p1]) // a later, incremental assignment
+        e.partitionsAssigned([p1])  // a later, incremental assignment
         #expect(await eventually(.seconds(10)) { released.all == [p1] })
         #expect(e.partitionsToHold([p0]) == [p0])
         e.partitionsRevoked([p0, p1])

@@ -3,6 +3,7 @@ import Events
 import Foundation
 import Kafka
 import Testing
+
 @testable import SyncService
 
 /// Feeds one control record (key `foldspace-sync.control`) as the poll thread would.
@@ -24,8 +25,10 @@ func feedControl(_ engine: SyncEngine, _ tp: TopicPartition, _ offset: Int64, _ 
     let p0 = TopicPartition("events", 0)
     let p1 = TopicPartition("events", 1)
 
-    func engine(_ clock: ManualClock, store: StateStore? = nil, rate: Double = 1_000,
-                configure: (inout EngineOptions) -> Void = { _ in }) -> (SyncEngine, OffsetLog, RecordingDeadLetters) {
+    func engine(
+        _ clock: ManualClock, store: StateStore? = nil, rate: Double = 1_000,
+        configure: (inout EngineOptions) -> Void = { _ in }
+    ) -> (SyncEngine, OffsetLog, RecordingDeadLetters) {
         var o = EngineOptions()
         o.debounceMs = 1_000
         o.maxWaitMs = 5_000
@@ -35,8 +38,9 @@ func feedControl(_ engine: SyncEngine, _ tp: TopicPartition, _ offset: Int64, _ 
         configure(&o)
         let dl = RecordingDeadLetters()
         let log = OffsetLog()
-        let e = SyncEngine(options: o, deadLetters: dl, logger: quietLogger, clock: clock.engineClock,
-                           links: EngineLinks(stateStore: store, storeOffsets: { log.store($0) }))
+        let e = SyncEngine(
+            options: o, deadLetters: dl, logger: quietLogger, clock: clock.engineClock,
+            links: EngineLinks(stateStore: store, storeOffsets: { log.store($0) }))
         e.partitionsAssigned([p0, p1])
         return (e, log, dl)
     }
@@ -189,13 +193,14 @@ func feedControl(_ engine: SyncEngine, _ tp: TopicPartition, _ offset: Int64, _ 
         o.burst = 1_000_000
         o.drainTimeoutMs = 5_000
         let p0 = self.p0
-        let e = SyncEngine(options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: clock.engineClock,
-                           links: EngineLinks(storeOffsets: { m in history.lock.withLock { if let v = m[p0] { history.stored.append(v) } } }))
+        let e = SyncEngine(
+            options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: clock.engineClock,
+            links: EngineLinks(storeOffsets: { m in history.lock.withLock { if let v = m[p0] { history.stored.append(v) } } }))
         e.partitionsAssigned([p0])
         feed(e, [(p0, 0, track("a", 1)), (p0, 1, track("b", 2))])
         settleAll(e, clock)
         feedControl(e, p0, 2, #"{"foldspace_sync":"resync","all":true}"#)
-        feed(e, [(p0, 3, track("a", 3))]) // a changes: the drain sends it, releasing offset 3
+        feed(e, [(p0, 3, track("a", 3))])  // a changes: the drain sends it, releasing offset 3
         // A flusher answers while the revocation drains.
         let flusher = Thread {
             while e.snapshot().dirtyUsers > 0 || history.lock.withLock({ history.stored.isEmpty }) {
@@ -251,7 +256,7 @@ func feedControl(_ engine: SyncEngine, _ tp: TopicPartition, _ offset: Int64, _ 
 
     @Test func aRevokedPartitionsUnqueuedRequestStaysUncommitted() {
         let clock = ManualClock()
-        let (e, offsets, _) = engine(clock) { $0.drainTimeoutMs = 50 } // no flusher runs here
+        let (e, offsets, _) = engine(clock) { $0.drainTimeoutMs = 50 }  // no flusher runs here
         feed(e, [(p0, 0, track("a", 1)), (p1, 0, track("c", 1))])
         settleAll(e, clock)
         feedControl(e, p0, 1, #"{"foldspace_sync":"resync","all":true}"#)

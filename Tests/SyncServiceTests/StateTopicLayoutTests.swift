@@ -3,6 +3,7 @@ import Foundation
 import Kafka
 import Logging
 import Testing
+
 @testable import SyncService
 
 /// The changelog must be co-partitioned with the source (topics made through the mock
@@ -22,8 +23,9 @@ import Testing
         let p = try KafkaProducer(config: config(cluster), logger: logger)
         var s = UserState()
         s.recordApplied(AppliedPosition(source: 0, offset: 1))
-        try p.send(topic: topic, partition: partition, key: Array("u".utf8),
-                   value: StateCodec.encode(StoredUser(state: s, dirty: false, settledHash: 0, sourcePartitions: sourcePartitions)))
+        try p.send(
+            topic: topic, partition: partition, key: Array("u".utf8),
+            value: StateCodec.encode(StoredUser(state: s, dirty: false, settledHash: 0, sourcePartitions: sourcePartitions)))
         #expect(p.flush())
         p.close()
     }
@@ -40,7 +42,7 @@ import Testing
         let cluster = try MockCluster()
         try cluster.createTopic("src", partitions: 2)
         try cluster.createTopic("g-state", partitions: 3)
-        try write(cluster, topic: "g-state", partition: 1, sourcePartitions: 3) // written when the source had 3
+        try write(cluster, topic: "g-state", partition: 1, sourcePartitions: 3)  // written when the source had 3
         do {
             _ = try KafkaStateStore.prepare(topic: "g-state", sourceTopic: "src", config: config(cluster), logger: logger)
             Issue.record("a mismatched changelog holding another layout's state was accepted")
@@ -55,7 +57,7 @@ import Testing
         try cluster.createTopic("src", partitions: 2)
         try cluster.createTopic("g-state", partitions: 4)
         #expect(try KafkaStateStore.prepare(topic: "g-state", sourceTopic: "src", config: config(cluster), logger: logger).state == 4)
-        try write(cluster, topic: "g-state", partition: 0, sourcePartitions: 2) // our own records
+        try write(cluster, topic: "g-state", partition: 0, sourcePartitions: 2)  // our own records
         #expect(try KafkaStateStore.prepare(topic: "g-state", sourceTopic: "src", config: config(cluster), logger: logger).state == 4)
     }
     /// The mock names a controller that is none of its brokers, so nothing would answer a
@@ -65,8 +67,9 @@ import Testing
         let cluster = try MockCluster()
         try cluster.createTopic("src", partitions: 2)
         do {
-            _ = try KafkaAdmin.createTopicIfMissing(config: config(cluster), topic: "g-state", partitions: 2,
-                                                    topicConfig: ["cleanup.policy": "compact"], logger: logger)
+            _ = try KafkaAdmin.createTopicIfMissing(
+                config: config(cluster), topic: "g-state", partitions: 2,
+                topicConfig: ["cleanup.policy": "compact"], logger: logger)
             Issue.record("the mock cluster took a CreateTopics request")
         } catch {
             #expect("\(error)".contains("controller") && "\(error)".contains("cannot take Admin requests"), "\(error)")

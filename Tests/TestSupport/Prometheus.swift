@@ -4,18 +4,20 @@ import Foundation
 /// returns its families as JSON: name, type, help, samples (name, labels, value).
 public func parsePrometheus(_ text: String) throws -> [[String: Any]] {
     let script = """
-    import json, sys
-    from prometheus_client.parser import text_string_to_metric_families
-    out = []
-    for f in text_string_to_metric_families(sys.stdin.read()):
-        out.append({"name": f.name, "type": f.type, "help": f.documentation,
-                    "samples": [{"name": s.name, "labels": s.labels, "value": s.value} for s in f.samples]})
-    print(json.dumps(out))
-    """
+        import json, sys
+        from prometheus_client.parser import text_string_to_metric_families
+        out = []
+        for f in text_string_to_metric_families(sys.stdin.read()):
+            out.append({"name": f.name, "type": f.type, "help": f.documentation,
+                        "samples": [{"name": s.name, "labels": s.labels, "value": s.value} for s in f.samples]})
+        print(json.dumps(out))
+        """
     let p = Process()
     p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
     p.arguments = ["python3", "-c", script]
-    let input = Pipe(), output = Pipe(), errors = Pipe()
+    let input = Pipe()
+    let output = Pipe()
+    let errors = Pipe()
     p.standardInput = input
     p.standardOutput = output
     p.standardError = errors
@@ -26,7 +28,8 @@ public func parsePrometheus(_ text: String) throws -> [[String: Any]] {
     let err = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
     p.waitUntilExit()
     guard p.terminationStatus == 0 else {
-        throw PrometheusParseError(description: "prometheus_client could not parse the exposition (is it installed? scripts/deps.sh --with-test-tools): \(err)")
+        throw PrometheusParseError(
+            description: "prometheus_client could not parse the exposition (is it installed? scripts/deps.sh --with-test-tools): \(err)")
     }
     guard let families = try JSONSerialization.jsonObject(with: out) as? [[String: Any]] else {
         throw PrometheusParseError(description: "unexpected parser output")
@@ -37,4 +40,3 @@ public func parsePrometheus(_ text: String) throws -> [[String: Any]] {
 public struct PrometheusParseError: Error, CustomStringConvertible {
     public let description: String
 }
-

@@ -1,5 +1,5 @@
-import Simulation
 import Foundation
+import Simulation
 
 /// Polls `condition` until it holds or `timeout` passes; returns its last value.
 public func eventually(_ timeout: Duration = .seconds(40), _ condition: () -> Bool) async -> Bool {
@@ -88,7 +88,10 @@ public struct VisitReference: Sendable {
             times[user, default: []].append(t)
             let type = k % 2 == 0 ? "page" : "track"
             if type == "track" { steps[user, default: 0] += 1 }
-            return (user, #"{"type":"\#(type)","event":"Step","userId":"\#(user)","messageId":"m\#(i)","timestamp":"\#(iso8601(t))","context":{"library":{"name":"analytics-node","version":"6.0.0"}}}"#)
+            return (
+                user,
+                #"{"type":"\#(type)","event":"Step","userId":"\#(user)","messageId":"m\#(i)","timestamp":"\#(iso8601(t))","context":{"library":{"name":"analytics-node","version":"6.0.0"}}}"#
+            )
         }
     }
 
@@ -118,7 +121,9 @@ public struct VisitReference: Sendable {
             let wantSteps = steps[user] ?? 0
             let score = (body["pqlScore"] as? NSNumber)?.doubleValue ?? -1
             if abs(score - Self.expectedScore(steps: wantSteps)) > 0.05 + 1e-9 || Self.steps(fromScore: score) != wantSteps {
-                out.append("\(user): pqlScore \(score) counts \(Self.steps(fromScore: score)) Step events, expected \(wantSteps) (score \(Self.expectedScore(steps: wantSteps)))")
+                out.append(
+                    "\(user): pqlScore \(score) counts \(Self.steps(fromScore: score)) Step events, expected \(wantSteps) (score \(Self.expectedScore(steps: wantSteps)))"
+                )
             }
         }
         return out

@@ -29,15 +29,18 @@ public struct DeliveryPolicy: Sendable {
     ///     says: only per-user evidence does, with the endpoint proven).
     ///   - backoffMs: the user's next backoff delay.
     ///   - pausedUntilMs: the end of a `Retry-After` pause in force.
-    public func action(for outcome: DeliveryOutcome, settles: Bool, nowMs now: Int64, backoffMs delay: Int64,
-                       pausedUntilMs: Int64) -> DeliveryAction {
+    public func action(
+        for outcome: DeliveryOutcome, settles: Bool, nowMs now: Int64, backoffMs delay: Int64,
+        pausedUntilMs: Int64
+    ) -> DeliveryAction {
         switch outcome {
         case .acknowledged:
             return .settle
         case .rejected(let status, let response):
             return .deadLetter(.rejectedUpdate, status: status, response: response)
         case .unexpected(let status, let response):
-            return settles ? .deadLetter(.rejectedUpdate, status: status, response: response)
+            return settles
+                ? .deadLetter(.rejectedUpdate, status: status, response: response)
                 : .retry(atMs: now + delay, reason: String(status), unknownOutcome: false)
         case .notFound(let response):
             switch onUserNotFound {
@@ -52,8 +55,9 @@ public struct DeliveryPolicy: Sendable {
         case .retryable(let reason):
             // No answer, or a gateway's (502, 504): the request may still be applied,
             // after a newer one.
-            return .retry(atMs: now + delay, reason: reason,
-                          unknownOutcome: ["timeout", "connection", "502", "504"].contains(reason))
+            return .retry(
+                atMs: now + delay, reason: reason,
+                unknownOutcome: ["timeout", "connection", "502", "504"].contains(reason))
         }
     }
 }

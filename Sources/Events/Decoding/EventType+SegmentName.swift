@@ -19,12 +19,24 @@ extension EventType {
         let t: EventType
         let name: StaticString
         switch (bytes.count, bytes.first) {
-        case (8, UInt8(ascii: "i")?): t = .identify; name = "identify"
-        case (5, UInt8(ascii: "t")?): t = .track; name = "track"
-        case (4, UInt8(ascii: "p")?): t = .page; name = "page"
-        case (6, UInt8(ascii: "s")?): t = .screen; name = "screen"
-        case (5, UInt8(ascii: "g")?): t = .group; name = "group"
-        case (5, UInt8(ascii: "a")?): t = .alias; name = "alias"
+        case (8, UInt8(ascii: "i")?):
+            t = .identify
+            name = "identify"
+        case (5, UInt8(ascii: "t")?):
+            t = .track
+            name = "track"
+        case (4, UInt8(ascii: "p")?):
+            t = .page
+            name = "page"
+        case (6, UInt8(ascii: "s")?):
+            t = .screen
+            name = "screen"
+        case (5, UInt8(ascii: "g")?):
+            t = .group
+            name = "group"
+        case (5, UInt8(ascii: "a")?):
+            t = .alias
+            name = "alias"
         default: return nil
         }
         guard let b = bytes.baseAddress, ByteRuns.equal(b, name.utf8Start, count: bytes.count) else { return nil }

@@ -65,7 +65,7 @@ extension SegmentDecoder {
             c.typeText = try readText(&s, &c, .type, "type", seen: &seen)
             return
         }
-        _ = try seen.mark(.type, "type", &c, &s) // not seen yet: only marks it
+        _ = try seen.mark(.type, "type", &c, &s)  // not seen yet: only marks it
         let raw = try s.scanStringRaw()
         if !raw.escaped, let t = EventType(segmentName: raw.bytes) {
             c.type = t

@@ -52,7 +52,9 @@ extension SegmentDecoder {
                     case .number:
                         if case .integer(let v, _) = try s.readNumber() { env = v } else { c.fail(.wrongType, path) }
                     case .null: try s.readNull()
-                    default: c.fail(.wrongType, path); try s.skipValue()
+                    default:
+                        c.fail(.wrongType, path)
+                        try s.skipValue()
                     }
                 } else {
                     try s.skipValue()

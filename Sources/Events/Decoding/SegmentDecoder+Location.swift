@@ -1,7 +1,9 @@
 /// The decoder's reading of a location (`context.location`, `traits.address`).
 extension SegmentDecoder {
-    func readLocation(_ s: inout JSONScanner, _ c: inout CallFields, path: StaticString,
-                      stateKey: StaticString) throws(JSONError) -> Location? {
+    func readLocation(
+        _ s: inout JSONScanner, _ c: inout CallFields, path: StaticString,
+        stateKey: StaticString
+    ) throws(JSONError) -> Location? {
         guard try objectOrAbsent(&s, &c, path) else { return nil }
         // Read into locals and moved into the result once: a `Location` variable written
         // field by field was copied and destroyed twice per call (a visible share of the

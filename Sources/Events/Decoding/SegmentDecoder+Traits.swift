@@ -47,7 +47,9 @@ extension SegmentDecoder {
                 switch try s.peekKind() {
                 case .number: t.pqlScore = try s.readNumber().asDouble
                 case .null: try s.readNull()
-                default: c.fail(.wrongType, "traits.pqlScore"); try s.skipValue()
+                default:
+                    c.fail(.wrongType, "traits.pqlScore")
+                    try s.skipValue()
                 }
             } else if !customKeys.isEmpty, let name = customName(k) {
                 let start = s.pos
@@ -81,7 +83,13 @@ func compactJSON(_ text: String) -> String {
     for c in text.utf8 {
         if inString {
             out.append(c)
-            if escape { escape = false } else if c == UInt8(ascii: "\\") { escape = true } else if c == UInt8(ascii: "\"") { inString = false }
+            if escape {
+                escape = false
+            } else if c == UInt8(ascii: "\\") {
+                escape = true
+            } else if c == UInt8(ascii: "\"") {
+                inString = false
+            }
         } else if c == UInt8(ascii: "\"") {
             inString = true
             out.append(c)

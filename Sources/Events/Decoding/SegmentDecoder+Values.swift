@@ -3,15 +3,22 @@ extension SegmentDecoder {
     func objectOrAbsent(_ s: inout JSONScanner, _ c: inout CallFields, _ path: StaticString) throws(JSONError) -> Bool {
         switch try s.peekKind() {
         case .object: return true
-        case .null: try s.readNull(); return false
-        default: c.fail(.wrongType, path); try s.skipValue(); return false
+        case .null:
+            try s.readNull()
+            return false
+        default:
+            c.fail(.wrongType, path)
+            try s.skipValue()
+            return false
         }
     }
 
     /// Text (`null` and `""` are absent; integers too when `numbers`), field `f` of the
     /// object whose fields read so far are `seen`.
-    func readText(_ s: inout JSONScanner, _ c: inout CallFields, _ f: Field, _ path: StaticString,
-                  numbers: Bool = false, seen: inout FieldSet) throws(JSONError) -> String? {
+    func readText(
+        _ s: inout JSONScanner, _ c: inout CallFields, _ f: Field, _ path: StaticString,
+        numbers: Bool = false, seen: inout FieldSet
+    ) throws(JSONError) -> String? {
         guard try seen.mark(f, path, &c, &s) else { return nil }
         switch try s.peekKind() {
         case .string:
@@ -23,7 +30,9 @@ extension SegmentDecoder {
         case .number where numbers:
             switch try s.readNumber() {
             case .integer(_, let text): return s.text(text)
-            case .double: c.fail(.wrongType, path); return nil
+            case .double:
+                c.fail(.wrongType, path)
+                return nil
             }
         default:
             c.fail(.wrongType, path)
@@ -33,8 +42,10 @@ extension SegmentDecoder {
     }
 
     /// A time: epoch milliseconds as a number, or an ISO-8601 string.
-    func readTime(_ s: inout JSONScanner, _ c: inout CallFields, _ f: Field, _ path: StaticString,
-                  seen: inout FieldSet) throws(JSONError) -> Int64? {
+    func readTime(
+        _ s: inout JSONScanner, _ c: inout CallFields, _ f: Field, _ path: StaticString,
+        seen: inout FieldSet
+    ) throws(JSONError) -> Int64? {
         guard try seen.mark(f, path, &c, &s) else { return nil }
         switch try s.peekKind() {
         case .string:
@@ -53,7 +64,10 @@ extension SegmentDecoder {
             switch try s.readNumber() {
             case .integer(let v, _): return v
             case .double(let d, _):
-                guard d.magnitude < 9.0e15 else { c.fail(.numberOutOfRange, path); return nil }
+                guard d.magnitude < 9.0e15 else {
+                    c.fail(.numberOutOfRange, path)
+                    return nil
+                }
                 return Int64(d.rounded(.down))
             }
         case .null:

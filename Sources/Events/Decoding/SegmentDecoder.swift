@@ -84,8 +84,16 @@ public struct SegmentDecoder: Sendable {
             while let k = try s.nextKey(first: first) {
                 first = false
                 if k.is("batch") {
-                    guard batchMark == nil else { call.fail(.duplicateKey, "batch"); try s.skipValue(); continue }
-                    guard try s.peekKind() == .array else { call.fail(.wrongType, "batch"); try s.skipValue(); continue }
+                    guard batchMark == nil else {
+                        call.fail(.duplicateKey, "batch")
+                        try s.skipValue()
+                        continue
+                    }
+                    guard try s.peekKind() == .array else {
+                        call.fail(.wrongType, "batch")
+                        try s.skipValue()
+                        continue
+                    }
                     batchMark = out.mark
                     try s.beginArray()
                     var firstElement = true

@@ -33,15 +33,24 @@ extension JSONScanner {
         let r = try scanNumberRaw()
         var negative = false
         var i = r.lowerBound
-        if bytes[i] == UInt8(ascii: "-") { negative = true; i += 1 }
+        if bytes[i] == UInt8(ascii: "-") {
+            negative = true
+            i += 1
+        }
         var value: Int64 = 0
         var isInteger = true
         while i < r.upperBound {
             let c = bytes[i]
-            guard isDigit(c) else { isInteger = false; break }
+            guard isDigit(c) else {
+                isInteger = false
+                break
+            }
             let (m, o1) = value.multipliedReportingOverflow(by: 10)
             let (a, o2) = m.addingReportingOverflow(Int64(c - 0x30))
-            if o1 || o2 { isInteger = false; break }
+            if o1 || o2 {
+                isInteger = false
+                break
+            }
             value = a
             i += 1
         }

@@ -11,7 +11,7 @@ extension JSONScanner {
     /// an event (callgrind).
     @inline(__always)
     mutating func scanStringRaw() throws(JSONError) -> JSONKey {
-        let start = pos &+ 1 // after the opening quote
+        let start = pos &+ 1  // after the opening quote
         if let base = bytes.baseAddress {
             let n = bytes.count
             let p = Self.skipPlain(base, from: start, count: n)
@@ -62,7 +62,7 @@ extension JSONScanner {
                 guard pos < bytes.count else { throw .syntax }
                 switch bytes[pos] {
                 case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"), UInt8(ascii: "b"),
-                     UInt8(ascii: "f"), UInt8(ascii: "n"), UInt8(ascii: "r"), UInt8(ascii: "t"):
+                    UInt8(ascii: "f"), UInt8(ascii: "n"), UInt8(ascii: "r"), UInt8(ascii: "t"):
                     pos += 1
                 case UInt8(ascii: "u"):
                     let unit = try hexEscape(at: pos + 1)
@@ -202,7 +202,7 @@ extension JSONKey {
                 }
                 guard let us = Unicode.Scalar(scalar) else { throw .invalidUnicode }
                 out.append(contentsOf: UTF8.encode(us)!)
-            default: out.append(e) // " \ /
+            default: out.append(e)  // " \ /
             }
         }
         return String(decoding: out, as: UTF8.self)

@@ -154,7 +154,7 @@ extension JSONScanner {
         // Iterative, so hostile nesting cannot exhaust the stack; `expectValue` tracks
         // whether a value or a separator/closer comes next inside containers.
         var expectValue = true
-        var inObjectStack: UInt64 = 0 // bit per level above startDepth: 1 = object
+        var inObjectStack: UInt64 = 0  // bit per level above startDepth: 1 = object
         var firstInContainer = false
         repeat {
             guard let c = peek() else { throw .syntax }

@@ -9,9 +9,15 @@ public enum UTF8Check {
             // Fast path: eight ASCII bytes at once.
             if i + 8 <= n {
                 let word = UnsafeRawPointer(base + i).loadUnaligned(as: UInt64.self)
-                if word & 0x8080_8080_8080_8080 == 0 { i += 8; continue }
+                if word & 0x8080_8080_8080_8080 == 0 {
+                    i += 8
+                    continue
+                }
             }
-            if b[i] < 0x80 { i += 1; continue }
+            if b[i] < 0x80 {
+                i += 1
+                continue
+            }
             guard let len = sequenceLength(b, at: i) else { return false }
             i += len
         }
@@ -28,9 +34,18 @@ public enum UTF8Check {
         let minScalar: UInt32
         var scalar: UInt32
         switch c {
-        case 0xC2...0xDF: len = 2; scalar = UInt32(c & 0x1F); minScalar = 0x80
-        case 0xE0...0xEF: len = 3; scalar = UInt32(c & 0x0F); minScalar = 0x800
-        case 0xF0...0xF4: len = 4; scalar = UInt32(c & 0x07); minScalar = 0x10000
+        case 0xC2...0xDF:
+            len = 2
+            scalar = UInt32(c & 0x1F)
+            minScalar = 0x80
+        case 0xE0...0xEF:
+            len = 3
+            scalar = UInt32(c & 0x0F)
+            minScalar = 0x800
+        case 0xF0...0xF4:
+            len = 4
+            scalar = UInt32(c & 0x07)
+            minScalar = 0x10000
         default: return nil
         }
         guard i + len <= b.count else { return nil }

@@ -52,8 +52,10 @@ public struct Location: Sendable, Equatable {
     public var postalCode: String?
     public var countryCode: String?
 
-    public init(country: String? = nil, region: String? = nil, city: String? = nil,
-                postalCode: String? = nil, countryCode: String? = nil) {
+    public init(
+        country: String? = nil, region: String? = nil, city: String? = nil,
+        postalCode: String? = nil, countryCode: String? = nil
+    ) {
         self.country = country
         self.region = region
         self.city = city
@@ -115,9 +117,18 @@ public struct Traits: Sendable, Equatable {
     /// `nowMs` (``Timestamp/isPlausible(_:nowMs:)``); returns how many.
     public mutating func dropImplausibleDates(nowMs: Int64) -> UInt8 {
         var n: UInt8 = 0
-        if let v = leadDate, !Timestamp.isPlausible(v, nowMs: nowMs) { leadDate = nil; n += 1 }
-        if let v = signUpDate, !Timestamp.isPlausible(v, nowMs: nowMs) { signUpDate = nil; n += 1 }
-        if let v = createdAt, !Timestamp.isPlausible(v, nowMs: nowMs) { createdAt = nil; n += 1 }
+        if let v = leadDate, !Timestamp.isPlausible(v, nowMs: nowMs) {
+            leadDate = nil
+            n += 1
+        }
+        if let v = signUpDate, !Timestamp.isPlausible(v, nowMs: nowMs) {
+            signUpDate = nil
+            n += 1
+        }
+        if let v = createdAt, !Timestamp.isPlausible(v, nowMs: nowMs) {
+            createdAt = nil
+            n += 1
+        }
         return n
     }
 

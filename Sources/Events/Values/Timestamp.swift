@@ -31,7 +31,8 @@ public enum Timestamp {
     @inline(__always)
     static func canonical(_ b: UnsafeBufferPointer<UInt8>) -> Int64? {
         guard let p = b.baseAddress, b.count == 24, p[4] == 0x2D, p[7] == 0x2D, p[10] == 0x54, p[13] == 0x3A,
-              p[16] == 0x3A, p[19] == 0x2E, p[23] == 0x5A else { return nil }
+            p[16] == 0x3A, p[19] == 0x2E, p[23] == 0x5A
+        else { return nil }
         @inline(__always) func d(_ i: Int) -> Int { Int(p[i]) &- 0x30 }
         // Every digit position (bit i of the mask: 0-3, 5-6, 8-9, 11-12, 14-15, 17-18,
         // 20-22): a byte outside 0-9 makes its value negative or over 9.
@@ -56,10 +57,13 @@ public enum Timestamp {
     /// Epoch milliseconds of a date and time at a UTC offset, or `nil` when a field is
     /// out of range (the one check and sum of both parsers).
     @inline(__always)
-    static func epochMs(year: Int, month: Int, day: Int, hour: Int, minute: Int, second: Int, millis: Int,
-                        offsetSeconds: Int = 0) -> Int64? {
+    static func epochMs(
+        year: Int, month: Int, day: Int, hour: Int, minute: Int, second: Int, millis: Int,
+        offsetSeconds: Int = 0
+    ) -> Int64? {
         guard (1...12).contains(month), day >= 1, day <= daysInMonth(year: year, month: month),
-              hour <= 23, minute <= 59, second <= 60 else { return nil }
+            hour <= 23, minute <= 59, second <= 60
+        else { return nil }
         let days = daysFromCivil(year: year, month: month, day: day)
         let secs = Int64(days) * 86400 + Int64(hour * 3600 + minute * 60 + second) - Int64(offsetSeconds)
         return secs * 1000 + Int64(millis)
@@ -85,9 +89,13 @@ public enum Timestamp {
             return true
         }
         guard let year = digits(4), expect(UInt8(ascii: "-")),
-              let month = digits(2), expect(UInt8(ascii: "-")),
-              let day = digits(2) else { return nil }
-        var hour = 0, minute = 0, second = 0, millis = 0
+            let month = digits(2), expect(UInt8(ascii: "-")),
+            let day = digits(2)
+        else { return nil }
+        var hour = 0
+        var minute = 0
+        var second = 0
+        var millis = 0
         var offsetSeconds = 0
         if i < b.count {
             guard b[i] == UInt8(ascii: "T") || b[i] == UInt8(ascii: "t") || b[i] == UInt8(ascii: " ") else { return nil }
@@ -135,8 +143,9 @@ public enum Timestamp {
             }
             guard i == b.count else { return nil }
         }
-        return epochMs(year: year, month: month, day: day, hour: hour, minute: minute, second: second, millis: millis,
-                       offsetSeconds: offsetSeconds)
+        return epochMs(
+            year: year, month: month, day: day, hour: hour, minute: minute, second: second, millis: millis,
+            offsetSeconds: offsetSeconds)
     }
 
     /// Formats epoch milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC).
@@ -144,16 +153,23 @@ public enum Timestamp {
         let (secsTotal, millis) = ms.quotientAndRemainder(dividingBy: 1000)
         var secs = secsTotal
         var msPart = millis
-        if msPart < 0 { msPart += 1000; secs -= 1 }
+        if msPart < 0 {
+            msPart += 1000
+            secs -= 1
+        }
         var days = secs / 86400
         var rem = secs % 86400
-        if rem < 0 { rem += 86400; days -= 1 }
+        if rem < 0 {
+            rem += 86400
+            days -= 1
+        }
         let (y, m, d) = civilFromDays(Int(days))
         func pad(_ v: Int, _ n: Int) -> String {
             let s = String(v)
             return s.count >= n ? s : String(repeating: "0", count: n - s.count) + s
         }
-        return "\(pad(y, 4))-\(pad(m, 2))-\(pad(d, 2))T\(pad(Int(rem / 3600), 2)):\(pad(Int(rem % 3600 / 60), 2)):\(pad(Int(rem % 60), 2)).\(pad(Int(msPart), 3))Z"
+        return
+            "\(pad(y, 4))-\(pad(m, 2))-\(pad(d, 2))T\(pad(Int(rem / 3600), 2)):\(pad(Int(rem % 3600 / 60), 2)):\(pad(Int(rem % 60), 2)).\(pad(Int(msPart), 3))Z"
     }
 
     static func isLeap(_ y: Int) -> Bool { (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 }

@@ -52,7 +52,10 @@ extension StateCodec {
 
         mutating func latest(_ tag: Tag, _ v: Latest<String>?) {
             guard let v else { return }
-            field(tag) { f in f.string(v.value); f.stamp(v.stamp) }
+            field(tag) { f in
+                f.string(v.value)
+                f.stamp(v.stamp)
+            }
         }
     }
 

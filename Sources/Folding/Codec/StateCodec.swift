@@ -70,8 +70,10 @@ public enum StateCodec {
     /// with it and the source's partition count. Readers of this format that predate
     /// markers decode it as an empty user of no partition and leave it.
     public static func encodeMarker(committedOffset: Int64, sourcePartitions: Int32) -> [UInt8] {
-        encode(StoredUser(state: UserState(), dirty: false, settledHash: 0, sourcePartitions: sourcePartitions,
-                          markerOffset: committedOffset))
+        encode(
+            StoredUser(
+                state: UserState(), dirty: false, settledHash: 0, sourcePartitions: sourcePartitions,
+                markerOffset: committedOffset))
     }
 
     public static func encode(_ u: StoredUser) -> [UInt8] {
@@ -106,7 +108,10 @@ public enum StateCodec {
         if !s.subscriptions.items.isEmpty {
             w.field(.subscriptions) { f in
                 f.varint(UInt64(s.subscriptions.items.count))
-                for i in s.subscriptions.items { f.string(i.value); f.stamp(i.stamp) }
+                for i in s.subscriptions.items {
+                    f.string(i.value)
+                    f.stamp(i.stamp)
+                }
             }
         }
         if !s.products.items.isEmpty {
@@ -114,7 +119,7 @@ public enum StateCodec {
                 f.varint(UInt64(s.products.items.count))
                 for i in s.products.items {
                     f.string(i.value.product)
-                    f.zigzag(i.value.environment.map { $0 + 1 } ?? 0) // 0: none
+                    f.zigzag(i.value.environment.map { $0 + 1 } ?? 0)  // 0: none
                     f.stamp(i.stamp)
                 }
             }
@@ -122,31 +127,54 @@ public enum StateCodec {
         if !s.custom.isEmpty {
             w.field(.custom) { f in
                 f.varint(UInt64(s.custom.count))
-                for c in s.custom { f.string(c.value.name); f.string(c.value.json); f.stamp(c.stamp) }
+                for c in s.custom {
+                    f.string(c.value.name)
+                    f.string(c.value.json)
+                    f.stamp(c.stamp)
+                }
             }
         }
-        if let p = s.pqlTrait { w.field(.pqlTrait) { f in f.u64(p.value.bitPattern); f.stamp(p.stamp) } }
+        if let p = s.pqlTrait {
+            w.field(.pqlTrait) { f in
+                f.u64(p.value.bitPattern)
+                f.stamp(p.stamp)
+            }
+        }
         if s.visits > 0 { w.field(.visits) { $0.varint(UInt64(s.visits)) } }
         if !s.spans.isEmpty {
             w.field(.spans) { f in
                 f.varint(UInt64(s.spans.count))
-                for sp in s.spans { f.zigzag(sp.start); f.zigzag(sp.end) }
+                for sp in s.spans {
+                    f.zigzag(sp.start)
+                    f.zigzag(sp.end)
+                }
             }
         }
         if s.activeDayAnchor != .min {
-            w.field(.activeDays) { f in f.u64(s.activeDays); f.zigzag(Int64(s.activeDayAnchor)) }
+            w.field(.activeDays) { f in
+                f.u64(s.activeDays)
+                f.zigzag(Int64(s.activeDayAnchor))
+            }
         }
         if !s.keyEventCounts.isEmpty {
             w.field(.keyEventCounts) { f in
                 f.varint(UInt64(s.keyEventCounts.count))
-                for k in s.keyEventCounts { f.u8(k.index); f.varint(UInt64(k.count)) }
+                for k in s.keyEventCounts {
+                    f.u8(k.index)
+                    f.varint(UInt64(k.count))
+                }
             }
         }
         let applied = s.appliedPositions
         if !applied.isEmpty {
             w.field(.appliedPositions) { f in
                 f.varint(UInt64(applied.count))
-                for p in applied { f.varint(UInt64(p.source)); f.zigzag(p.offset); f.varint(UInt64(p.call)); f.varint(UInt64(p.kafkaSeconds)) }
+                for p in applied {
+                    f.varint(UInt64(p.source))
+                    f.zigzag(p.offset)
+                    f.varint(UInt64(p.call))
+                    f.varint(UInt64(p.kafkaSeconds))
+                }
             }
         }
         if u.dirty { w.field(.dirty) { $0.u8(1) } }
@@ -183,7 +211,7 @@ public enum StateCodec {
             let len = try r.length()
             var f = Reader(bytes: bytes, pos: r.pos, end: r.pos + len)
             r.pos += len
-            guard let t = Tag(rawValue: tag) else { continue } // a newer writer's field
+            guard let t = Tag(rawValue: tag) else { continue }  // a newer writer's field
             switch t {
             case .explicitUserType:
                 let i = Int(try f.u8())
@@ -230,7 +258,7 @@ public enum StateCodec {
                 }
             case .pqlTrait:
                 let d = Double(bitPattern: try f.u64())
-                guard d.isFinite, d >= 0, d <= 100 else { throw .badValue } // as the fold accepts it
+                guard d.isFinite, d >= 0, d <= 100 else { throw .badValue }  // as the fold accepts it
                 s.pqlTrait = Latest(value: d, stamp: try f.stamp())
             case .visits: s.visits = UInt32(truncatingIfNeeded: try f.varint())
             case .spans:
@@ -244,7 +272,7 @@ public enum StateCodec {
                 for _ in 0..<n {
                     s.keyEventCounts.append(KeyEventCount(index: try f.u8(), count: UInt32(truncatingIfNeeded: try f.varint())))
                 }
-            case .applied: // version 1
+            case .applied:  // version 1
                 let source = UInt32(truncatingIfNeeded: try f.varint())
                 let offset = try f.zigzag()
                 // Version 1 skipped every call at or below its offset: the whole message

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// What the fold and the projection can be configured with: visit sessionizing, key
@@ -56,8 +56,10 @@ public struct FoldConfig: Sendable, Equatable {
 
         public init() {}
 
-        public func score(visits: Int, activeDays28: Int, keyEvents: [(count: Int, weight: Double, cap: Int)],
-                          daysSinceLastSeen: Double) -> Double {
+        public func score(
+            visits: Int, activeDays28: Int, keyEvents: [(count: Int, weight: Double, cap: Int)],
+            daysSinceLastSeen: Double
+        ) -> Double {
             var x = visitWeight * Double(min(visits, visitCap)) + dayWeight * Double(activeDays28)
             for e in keyEvents { x += e.weight * Double(min(e.count, e.cap)) }
             let raw = 100 * (1 - exp(-x / max(k, 1e-9))) * pow(0.5, max(0, daysSinceLastSeen) / max(halfLifeDays, 1e-9))

@@ -22,8 +22,10 @@ public struct Folder: Sendable {
     /// state's applied position of the same source (offset, then call) is a replay and
     /// changes nothing.
     @discardableResult
-    public func fold(_ e: SegmentEvent, timeMs: Int64, offset: Int64, source: UInt32 = 0, call: UInt32 = 0, kafkaMs: Int64 = -1,
-                     into s: inout UserState) -> Bool {
+    public func fold(
+        _ e: SegmentEvent, timeMs: Int64, offset: Int64, source: UInt32 = 0, call: UInt32 = 0, kafkaMs: Int64 = -1,
+        into s: inout UserState
+    ) -> Bool {
         var ignored = Adjustments()
         return fold(e, timeMs: timeMs, offset: offset, source: source, call: call, kafkaMs: kafkaMs, into: &s, adjustments: &ignored)
     }
@@ -32,11 +34,14 @@ public struct Folder: Sendable {
     /// Foldspace could never take it (product codes over 16 characters, environments
     /// outside 1…4), so that such values do not crowd out valid ones.
     @discardableResult
-    public func fold(_ e: SegmentEvent, timeMs: Int64, offset: Int64, source: UInt32 = 0, call: UInt32 = 0, kafkaMs: Int64 = -1,
-                     into s: inout UserState, adjustments: inout Adjustments) -> Bool {
+    public func fold(
+        _ e: SegmentEvent, timeMs: Int64, offset: Int64, source: UInt32 = 0, call: UInt32 = 0, kafkaMs: Int64 = -1,
+        into s: inout UserState, adjustments: inout Adjustments
+    ) -> Bool {
         var e = e
-        return fold(spending: &e, timeMs: timeMs, offset: offset, source: source, call: call, kafkaMs: kafkaMs, into: &s,
-                    adjustments: &adjustments)
+        return fold(
+            spending: &e, timeMs: timeMs, offset: offset, source: source, call: call, kafkaMs: kafkaMs, into: &s,
+            adjustments: &adjustments)
     }
 
     /// As ``fold(_:timeMs:offset:source:call:kafkaMs:into:adjustments:)``, reading the event where it
@@ -44,16 +49,27 @@ public struct Folder: Sendable {
     /// engine, which drops each event after its fold: passing the event by value copied
     /// its 568 bytes and retained every string in it, per event.
     @discardableResult
-    public func fold(spending e: inout SegmentEvent, timeMs: Int64, offset: Int64, source: UInt32 = 0, call: UInt32 = 0,
-                     kafkaMs: Int64 = -1, into s: inout UserState, adjustments: inout Adjustments) -> Bool {
+    public func fold(
+        spending e: inout SegmentEvent, timeMs: Int64, offset: Int64, source: UInt32 = 0, call: UInt32 = 0,
+        kafkaMs: Int64 = -1, into s: inout UserState, adjustments: inout Adjustments
+    ) -> Bool {
         if s.hasApplied(source: source, offset: offset, call: call) { return false }
         s.recordApplied(AppliedPosition(source: source, offset: offset, call: call, kafkaMs: kafkaMs))
         let stamp = Stamp(timeMs: timeMs, offset: offset)
         var text = TextFields.Writes()
         var changed = foldVisit(timeMs, into: &s)
-        if timeMs < s.firstVisitMs { s.firstVisitMs = timeMs; changed = true }
-        if timeMs > s.lastSeenMs { s.lastSeenMs = timeMs; changed = true }
-        if e.hasUserId && !s.sawUserId { s.sawUserId = true; changed = true }
+        if timeMs < s.firstVisitMs {
+            s.firstVisitMs = timeMs
+            changed = true
+        }
+        if timeMs > s.lastSeenMs {
+            s.lastSeenMs = timeMs
+            changed = true
+        }
+        if e.hasUserId && !s.sawUserId {
+            s.sawUserId = true
+            changed = true
+        }
         changed = foldActiveDay(timeMs, into: &s) || changed
 
         if case .some = e.traits {
@@ -62,10 +78,12 @@ public struct Folder: Sendable {
             // A single-payload enum keeps its payload at offset 0 (Swift's ABI).
             var hasTimezone = false
             if case .some = e.timezone { hasTimezone = true }
-            changed = withUnsafeMutablePointer(to: &e.traits) { p in
-                foldTraits(UnsafeMutableRawPointer(p).assumingMemoryBound(to: Traits.self), contextTimezone: hasTimezone,
-                           at: stamp, into: &s, &text, &adjustments)
-            } || changed
+            changed =
+                withUnsafeMutablePointer(to: &e.traits) { p in
+                    foldTraits(
+                        UnsafeMutableRawPointer(p).assumingMemoryBound(to: Traits.self), contextTimezone: hasTimezone,
+                        at: stamp, into: &s, &text, &adjustments)
+                } || changed
         }
         if let v = e.timezone.take() { text.add(.timezone, v) }
         // Taken out, not tested with `!= nil` and written through `!`: the comparison
@@ -81,11 +99,14 @@ public struct Folder: Sendable {
         changed = s.text.apply(text, at: stamp) || changed
         if let p = e.product {
             if p.product.unicodeScalars.count > FoldspaceLimits.productCode
-                || p.environment.map({ !FoldspaceLimits.environments.contains($0) }) == true {
+                || p.environment.map({ !FoldspaceLimits.environments.contains($0) }) == true
+            {
                 adjustments.record("products", .omitted)
             } else {
-                changed = s.products.insert(ProductKey(product: p.product, environment: p.environment), at: stamp,
-                                            limit: UserState.productLimit) || changed
+                changed =
+                    s.products.insert(
+                        ProductKey(product: p.product, environment: p.environment), at: stamp,
+                        limit: UserState.productLimit) || changed
             }
         }
         // (Most configurations name no key events: then no event name is hashed.)
@@ -102,8 +123,10 @@ public struct Folder: Sendable {
 
     /// The user's traits of one event (at `t`, where they lie), moved into `text` and
     /// the state.
-    private func foldTraits(_ t: UnsafeMutablePointer<Traits>, contextTimezone: Bool, at stamp: Stamp, into s: inout UserState,
-                            _ text: inout TextFields.Writes, _ adjustments: inout Adjustments) -> Bool {
+    private func foldTraits(
+        _ t: UnsafeMutablePointer<Traits>, contextTimezone: Bool, at stamp: Stamp, into s: inout UserState,
+        _ text: inout TextFields.Writes, _ adjustments: inout Adjustments
+    ) -> Bool {
         var changed = false
         if let v = t.pointee.userType, let ut = UserType(trait: v) {
             changed = Latest.write(&s.explicitUserType, ut, at: stamp) || changed
@@ -117,8 +140,14 @@ public struct Folder: Sendable {
         if let v = t.pointee.role.take() ?? t.pointee.title { text.add(.role, v) }
         if let v = t.pointee.phone.take() { text.add(.phone, v) }
         if let v = t.pointee.avatar.take() ?? t.pointee.image { text.add(.image, v) }
-        if let v = t.pointee.leadDate, v < (s.leadDate ?? .max) { s.leadDate = v; changed = true }
-        if let v = t.pointee.signUpDate ?? t.pointee.createdAt, v < (s.signUpDate ?? .max) { s.signUpDate = v; changed = true }
+        if let v = t.pointee.leadDate, v < (s.leadDate ?? .max) {
+            s.leadDate = v
+            changed = true
+        }
+        if let v = t.pointee.signUpDate ?? t.pointee.createdAt, v < (s.signUpDate ?? .max) {
+            s.signUpDate = v
+            changed = true
+        }
         // The event's own `context.timezone` wins over the trait.
         if !contextTimezone, let v = t.pointee.timezone.take() { text.add(.timezone, v) }
         if var a = t.pointee.address.take() { foldLocation(&a, into: &text) }
@@ -137,8 +166,10 @@ public struct Folder: Sendable {
         return changed
     }
 
-    private func foldSubscription(_ id: String, at stamp: Stamp, into s: inout UserState,
-                                  _ text: inout TextFields.Writes) -> Bool {
+    private func foldSubscription(
+        _ id: String, at stamp: Stamp, into s: inout UserState,
+        _ text: inout TextFields.Writes
+    ) -> Bool {
         text.add(.lastSubscription, id)
         // Cut like the text fields: an id over Foldspace's limit is never sent, and stays
         // over it when cut.
@@ -204,7 +235,7 @@ public struct Folder: Sendable {
         guard let i = spans.firstIndex(where: { t <= $0.end.adding(saturating: gap) }) else {
             spans.append(VisitSpan(start: t, end: t))
             visits.increment()
-            return true // the state keeps the newest maxSpans
+            return true  // the state keeps the newest maxSpans
         }
         if t >= spans[i].start.subtracting(saturating: gap) {
             // Joins span i, maybe bridging to its neighbours.
@@ -276,9 +307,9 @@ public struct Folder: Sendable {
 
     static func joinedName(_ first: String?, _ last: String?) -> String? {
         switch (first, last) {
-        case let (f?, l?): return f + " " + l
-        case let (f?, nil): return f
-        case let (nil, l?): return l
+        case (let f?, let l?): return f + " " + l
+        case (let f?, nil): return f
+        case (nil, let l?): return l
         default: return nil
         }
     }

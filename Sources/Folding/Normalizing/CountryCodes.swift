@@ -16,7 +16,9 @@ public enum CountryCodes {
     static func normalize(_ s: String) -> String {
         var out = ""
         var lastSpace = true
-        for scalar in NameFitter.fit(s.split(separator: "&", omittingEmptySubsequences: false).joined(separator: " and ")).lowercased().unicodeScalars {
+        for scalar in NameFitter.fit(s.split(separator: "&", omittingEmptySubsequences: false).joined(separator: " and ")).lowercased()
+            .unicodeScalars
+        {
             switch scalar {
             case "a"..."z":
                 out.unicodeScalars.append(scalar)
@@ -113,7 +115,10 @@ public enum CountryCodes {
         ("Timor-Leste|East Timor", "TL"), ("Togo", "TG"), ("Tokelau", "TK"), ("Tonga", "TO"), ("Trinidad and Tobago", "TT"),
         ("Tunisia", "TN"), ("Turkey|Türkiye|Turkiye", "TR"), ("Turkmenistan", "TM"), ("Turks and Caicos Islands", "TC"),
         ("Tuvalu", "TV"), ("Uganda", "UG"), ("Ukraine", "UA"), ("United Arab Emirates|UAE", "AE"),
-        ("United Kingdom|United Kingdom of Great Britain and Northern Ireland|UK|Great Britain|Britain|England|Scotland|Wales|Northern Ireland", "GB"),
+        (
+            "United Kingdom|United Kingdom of Great Britain and Northern Ireland|UK|Great Britain|Britain|England|Scotland|Wales|Northern Ireland",
+            "GB"
+        ),
         ("United States|United States of America|USA|US|U.S.|U.S.A.|America", "US"),
         ("United States Minor Outlying Islands", "UM"), ("Uruguay", "UY"), ("Uzbekistan", "UZ"), ("Vanuatu", "VU"),
         ("Venezuela|Venezuela (Bolivarian Republic of)", "VE"), ("Viet Nam|Vietnam", "VN"),

@@ -7,7 +7,7 @@
 public enum NameFitter {
     public static func fit(_ name: String) -> String {
         var out = String.UnicodeScalarView()
-        var lastWasSpace = true // trims leading spaces
+        var lastWasSpace = true  // trims leading spaces
         func push(_ c: Unicode.Scalar) {
             if c == " " {
                 if lastWasSpace { return }

@@ -141,7 +141,8 @@ public struct Projector: Sendable {
         // countryCode: the explicit one unless a newer country name says otherwise.
         var code = s.countryCode?.value
         if let country = s.country, s.countryCode == nil || s.countryCode!.stamp < country.stamp,
-           let derived = CountryCodes.code(for: country.value) {
+            let derived = CountryCodes.code(for: country.value)
+        {
             code = derived
         }
         guard s.country != nil || s.region != nil || s.city != nil || s.postalCode != nil || code != nil else { return }
@@ -150,7 +151,9 @@ public struct Projector: Sendable {
         if let v = s.country?.value { truncate(&w, "country", v, FoldspaceLimits.locationField, &adjustments, label: "location.country") }
         if let v = s.region?.value { truncate(&w, "region", v, FoldspaceLimits.locationField, &adjustments, label: "location.region") }
         if let v = s.city?.value { truncate(&w, "city", v, FoldspaceLimits.locationField, &adjustments, label: "location.city") }
-        if let v = s.postalCode?.value { truncate(&w, "postalCode", v, FoldspaceLimits.locationField, &adjustments, label: "location.postalCode") }
+        if let v = s.postalCode?.value {
+            truncate(&w, "postalCode", v, FoldspaceLimits.locationField, &adjustments, label: "location.postalCode")
+        }
         if let v = code { fitOrOmit(&w, "countryCode", v, FoldspaceLimits.countryCode, &adjustments, label: "location.countryCode") }
         w.endObject()
     }
@@ -179,14 +182,18 @@ public struct Projector: Sendable {
     /// Lengths are counted in Unicode code points, as JSON Schema's `maxLength` does.
     /// Values that lose their meaning when cut (emails, phone numbers, URLs, zone
     /// names, codes) are omitted when too long.
-    private func fitOrOmit(_ w: inout JSONWriter, _ key: String, _ v: String, _ limit: Int,
-                           _ adj: inout Adjustments, label: String? = nil) {
+    private func fitOrOmit(
+        _ w: inout JSONWriter, _ key: String, _ v: String, _ limit: Int,
+        _ adj: inout Adjustments, label: String? = nil
+    ) {
         if v.unicodeScalars.count <= limit { w.field(key, v) } else { adj.record(label ?? key, .omitted) }
     }
 
     /// Free text is cut to the limit.
-    private func truncate(_ w: inout JSONWriter, _ key: String, _ v: String, _ limit: Int,
-                          _ adj: inout Adjustments, label: String? = nil) {
+    private func truncate(
+        _ w: inout JSONWriter, _ key: String, _ v: String, _ limit: Int,
+        _ adj: inout Adjustments, label: String? = nil
+    ) {
         if v.unicodeScalars.count <= limit {
             w.field(key, v)
         } else {
@@ -260,9 +267,18 @@ public struct JSONWriter: Sendable {
         needsComma = false
     }
 
-    public mutating func field(_ k: String, _ v: String) { key(k); value(v) }
-    public mutating func field(_ k: String, _ v: Int64) { key(k); value(v) }
-    public mutating func field(_ k: String, _ v: Double) { key(k); value(v) }
+    public mutating func field(_ k: String, _ v: String) {
+        key(k)
+        value(v)
+    }
+    public mutating func field(_ k: String, _ v: Int64) {
+        key(k)
+        value(v)
+    }
+    public mutating func field(_ k: String, _ v: Double) {
+        key(k)
+        value(v)
+    }
 
     public mutating func value(_ v: String) {
         comma()

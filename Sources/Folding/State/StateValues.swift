@@ -27,7 +27,7 @@ public struct RecentSet<Value: Hashable & Sendable>: Sendable, Equatable {
             guard items[i].stamp < stamp else { return false }
             items.remove(at: i)
         } else if items.count >= limit, let oldest = items.last, stamp < oldest.stamp {
-            return false // older than everything kept: it would be dropped at once
+            return false  // older than everything kept: it would be dropped at once
         }
         let at = items.firstIndex { $0.stamp < stamp } ?? items.count
         items.insert(Latest(value: value, stamp: stamp), at: at)

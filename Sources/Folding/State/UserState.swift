@@ -1,5 +1,6 @@
 import CPrefetch
 import Events
+
 /// Everything folded for one user. Every field is bounded: the state does not grow with
 /// the number of events.
 ///
@@ -83,18 +84,51 @@ public struct UserState: Sendable, Equatable {
 
     // MARK: Text attributes
 
-    public var email: Latest<String>? { get { text.get(.email) } set { text.set(.email, newValue) } }
+    public var email: Latest<String>? {
+        get { text.get(.email) }
+        set { text.set(.email, newValue) }
+    }
     /// The raw display name (`name`, or `firstName lastName`); fitted at projection.
-    public var name: Latest<String>? { get { text.get(.name) } set { text.set(.name, newValue) } }
-    public var role: Latest<String>? { get { text.get(.role) } set { text.set(.role, newValue) } }
-    public var phone: Latest<String>? { get { text.get(.phone) } set { text.set(.phone, newValue) } }
-    public var timezone: Latest<String>? { get { text.get(.timezone) } set { text.set(.timezone, newValue) } }
-    public var image: Latest<String>? { get { text.get(.image) } set { text.set(.image, newValue) } }
-    public var country: Latest<String>? { get { text.get(.country) } set { text.set(.country, newValue) } }
-    public var region: Latest<String>? { get { text.get(.region) } set { text.set(.region, newValue) } }
-    public var city: Latest<String>? { get { text.get(.city) } set { text.set(.city, newValue) } }
-    public var postalCode: Latest<String>? { get { text.get(.postalCode) } set { text.set(.postalCode, newValue) } }
-    public var countryCode: Latest<String>? { get { text.get(.countryCode) } set { text.set(.countryCode, newValue) } }
+    public var name: Latest<String>? {
+        get { text.get(.name) }
+        set { text.set(.name, newValue) }
+    }
+    public var role: Latest<String>? {
+        get { text.get(.role) }
+        set { text.set(.role, newValue) }
+    }
+    public var phone: Latest<String>? {
+        get { text.get(.phone) }
+        set { text.set(.phone, newValue) }
+    }
+    public var timezone: Latest<String>? {
+        get { text.get(.timezone) }
+        set { text.set(.timezone, newValue) }
+    }
+    public var image: Latest<String>? {
+        get { text.get(.image) }
+        set { text.set(.image, newValue) }
+    }
+    public var country: Latest<String>? {
+        get { text.get(.country) }
+        set { text.set(.country, newValue) }
+    }
+    public var region: Latest<String>? {
+        get { text.get(.region) }
+        set { text.set(.region, newValue) }
+    }
+    public var city: Latest<String>? {
+        get { text.get(.city) }
+        set { text.set(.city, newValue) }
+    }
+    public var postalCode: Latest<String>? {
+        get { text.get(.postalCode) }
+        set { text.set(.postalCode, newValue) }
+    }
+    public var countryCode: Latest<String>? {
+        get { text.get(.countryCode) }
+        set { text.set(.countryCode, newValue) }
+    }
     public var lastSubscription: Latest<String>? {
         get { text.get(.lastSubscription) }
         set { text.set(.lastSubscription, newValue) }
@@ -193,17 +227,26 @@ public struct UserState: Sendable, Equatable {
     public var subscriptions: RecentSet<String> {
         get { rare?.subscriptions ?? RecentSet() }
         set { writableRare().subscriptions = newValue }
-        _modify { let r = writableRare(); yield &r.subscriptions }
+        _modify {
+            let r = writableRare()
+            yield &r.subscriptions
+        }
     }
     public var products: RecentSet<ProductKey> {
         get { rare?.products ?? RecentSet() }
         set { writableRare().products = newValue }
-        _modify { let r = writableRare(); yield &r.products }
+        _modify {
+            let r = writableRare()
+            yield &r.products
+        }
     }
     public var custom: [Latest<CustomTrait>] {
         get { rare?.custom ?? [] }
         set { writableRare().custom = newValue }
-        _modify { let r = writableRare(); yield &r.custom }
+        _modify {
+            let r = writableRare()
+            yield &r.custom
+        }
     }
     public var pqlTrait: Latest<Double>? {
         get { rare?.pqlTrait }
@@ -213,7 +256,10 @@ public struct UserState: Sendable, Equatable {
     public var keyEventCounts: [KeyEventCount] {
         get { rare?.keyEventCounts ?? [] }
         set { writableRare().keyEventCounts = newValue }
-        _modify { let r = writableRare(); yield &r.keyEventCounts }
+        _modify {
+            let r = writableRare()
+            yield &r.keyEventCounts
+        }
     }
 
     public static func == (a: UserState, b: UserState) -> Bool {
@@ -230,11 +276,15 @@ public struct UserState: Sendable, Equatable {
     /// storage of its buffers, arrays and of strings too long to be stored inline (over
     /// 15 UTF-8 bytes). Used by tests and the benchmark to show the state is bounded.
     public var approximateBytes: Int {
-        func str(_ s: String?) -> Int { guard let s, s.utf8.count > 15 else { return 0 }; return 32 + s.utf8.count }
+        func str(_ s: String?) -> Int {
+            guard let s, s.utf8.count > 15 else { return 0 }
+            return 32 + s.utf8.count
+        }
         func arr<T>(_ a: [T]) -> Int { a.capacity == 0 ? 0 : 32 + a.capacity * MemoryLayout<T>.stride }
         var n = MemoryLayout<UserState>.size + text.heapBytes + arr(olderSpans)
         if let r = rare {
-            n += 16 + MemoryLayout<RecentSet<String>>.size * 2 + MemoryLayout<[Latest<CustomTrait>]>.size
+            n +=
+                16 + MemoryLayout<RecentSet<String>>.size * 2 + MemoryLayout<[Latest<CustomTrait>]>.size
                 + MemoryLayout<Latest<Double>?>.size + MemoryLayout<[KeyEventCount]>.size
             n += arr(r.subscriptions.items) + r.subscriptions.items.reduce(0) { $0 + str($1.value) }
             n += arr(r.products.items) + r.products.items.reduce(0) { $0 + str($1.value.product) }
@@ -320,7 +370,9 @@ public struct UserState: Sendable, Equatable {
         let r = writableRare()
         r.otherApplied.removeAll { $0.source == position.source }
         r.otherApplied.insert(previous, at: 0)
-        if r.otherApplied.count > Self.maxAppliedSources - 1 { r.otherApplied.removeLast(r.otherApplied.count - (Self.maxAppliedSources - 1)) }
+        if r.otherApplied.count > Self.maxAppliedSources - 1 {
+            r.otherApplied.removeLast(r.otherApplied.count - (Self.maxAppliedSources - 1))
+        }
         setInline(position)
     }
 

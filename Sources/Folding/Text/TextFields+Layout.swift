@@ -5,7 +5,10 @@ extension TextFields {
     static func lengthBytes(_ n: Int) -> Int {
         var k = 1
         var v = n >> 7
-        while v > 0 { k += 1; v >>= 7 }
+        while v > 0 {
+            k += 1
+            v >>= 7
+        }
         return k
     }
 

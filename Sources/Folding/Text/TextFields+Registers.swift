@@ -31,7 +31,7 @@ extension TextFields {
     public init(_ registers: Registers, from source: UnsafeBufferPointer<UInt8>) {
         guard registers.mask != 0, let src = source.baseAddress else { return }
         let fields = Int(Self.fieldCount)
-        var fieldStamp = InlineArray<12, UInt8>(repeating: 0) // index into `stamps`
+        var fieldStamp = InlineArray<12, UInt8>(repeating: 0)  // index into `stamps`
         var stamps = StampTable()
         var bytes = 1
         let has = { (f: Int) in registers.mask & (1 << UInt16(f)) != 0 }

@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import Events
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 /// A user's text attributes (email, name, location, …), each a last-writer-wins register,
 /// packed into one byte buffer.
@@ -176,17 +177,17 @@ public struct TextFields: Sendable, Equatable {
                 var moved: UInt64 = 0
                 var pending = writes.mask.nonzeroBitCount
                 while let e = r.next() {
-                    guard e.stamp < 16 else { return nil } // not written by rebuild: rebuild it
+                    guard e.stamp < 16 else { return nil }  // not written by rebuild: rebuild it
                     let nibble: UInt64 = 1 &<< (4 &* UInt64(e.stamp))
                     refs &+= nibble
                     guard writes.has(e.field) else { continue }
                     pending -= 1
-                    guard r.stamp(e.stamp) < stamp else { continue } // newer already: ignored
+                    guard r.stamp(e.stamp) < stamp else { continue }  // newer already: ignored
                     guard Self.same(writes.value(e.field), b, e.value) else { return nil }
                     moved &+= nibble
                 }
-                guard pending == 0 else { return nil } // a new field
-                var entries: UInt16 = 0 // bit i: stamp entry i is moved
+                guard pending == 0 else { return nil }  // a new field
+                var entries: UInt16 = 0  // bit i: stamp entry i is moved
                 var shared = false
                 for i in 0..<min(Int(b[0]), 16) {
                     let m = (moved &>> (4 &* UInt64(i))) & 0xF
@@ -238,10 +239,10 @@ public struct TextFields: Sendable, Equatable {
     private mutating func rebuild(_ writes: Writes, at stamp: Stamp, clearing: UInt16 = 0) -> Bool {
         let fields = Field.allCases.count
         var changed = false
-        var present: UInt16 = 0 // fields in the result
-        var fromWrite: UInt16 = 0 // of which this event's writes
+        var present: UInt16 = 0  // fields in the result
+        var fromWrite: UInt16 = 0  // of which this event's writes
         var oldValue = InlineArray<12, Range<Int>>(repeating: 0..<0)
-        var fieldStamp = InlineArray<12, UInt8>(repeating: 0) // index into `stamps`
+        var fieldStamp = InlineArray<12, UInt8>(repeating: 0)  // index into `stamps`
         var stamps = StampTable()
         var bytes = 1
         let old = buf

@@ -7,9 +7,11 @@ public enum KafkaAdmin {
     /// Creates `topic` with `partitions` and `config` (e.g. `cleanup.policy=compact`)
     /// unless it exists. Returns `true` when it was created. Uses the Admin API on a
     /// short-lived client.
-    public static func createTopicIfMissing(config: KafkaClientConfig, topic: String, partitions: Int,
-                                            replicationFactor: Int = -1, topicConfig: [String: String],
-                                            logger: Logger, timeoutMs: Int32 = 15_000) throws(KafkaError) -> Bool {
+    public static func createTopicIfMissing(
+        config: KafkaClientConfig, topic: String, partitions: Int,
+        replicationFactor: Int = -1, topicConfig: [String: String],
+        logger: Logger, timeoutMs: Int32 = 15_000
+    ) throws(KafkaError) -> Bool {
         let rk = try adminClient(config, timeoutMs: timeoutMs)
         defer { rd_kafka_destroy(rk) }
         var errbuf = [CChar](repeating: 0, count: 512)
@@ -56,8 +58,10 @@ public enum KafkaAdmin {
 
     /// Sends one Admin request (`send` gets the options and the queue its answer goes to)
     /// and returns the answer's event, which the caller destroys.
-    private static func adminRequest(_ rk: OpaquePointer, _ op: rd_kafka_admin_op_t, timeoutMs: Int32, what: String,
-                                     _ send: (OpaquePointer?, OpaquePointer?) -> Void) throws(KafkaError) -> OpaquePointer {
+    private static func adminRequest(
+        _ rk: OpaquePointer, _ op: rd_kafka_admin_op_t, timeoutMs: Int32, what: String,
+        _ send: (OpaquePointer?, OpaquePointer?) -> Void
+    ) throws(KafkaError) -> OpaquePointer {
         var errbuf = [CChar](repeating: 0, count: 512)
         let queue = rd_kafka_queue_new(rk)
         defer { rd_kafka_queue_destroy(queue) }
@@ -82,22 +86,27 @@ public enum KafkaAdmin {
         let brokers = (0..<Int(md.pointee.broker_cnt)).map { md.pointee.brokers[$0].id }
         let controller = rd_kafka_controllerid(rk, 0)
         if controller >= 0 && !brokers.isEmpty && !brokers.contains(controller) {
-            throw KafkaError(message: "the cluster names controller \(controller), which is none of its brokers "
-                             + "\(brokers.sorted()): it cannot take Admin requests")
+            throw KafkaError(
+                message: "the cluster names controller \(controller), which is none of its brokers "
+                    + "\(brokers.sorted()): it cannot take Admin requests")
         }
     }
 
     /// A topic's configuration as the brokers report it (DescribeConfigs), by name.
     /// Throws when the cluster cannot answer (librdkafka's mock cluster has no
     /// DescribeConfigs, and names a controller that is none of its brokers).
-    public static func topicConfig(config: KafkaClientConfig, topic: String, timeoutMs: Int32 = 10_000) throws(KafkaError) -> [String: String] {
+    public static func topicConfig(config: KafkaClientConfig, topic: String, timeoutMs: Int32 = 10_000) throws(KafkaError) -> [String:
+        String]
+    {
         let rk = try adminClient(config, timeoutMs: timeoutMs)
         defer { rd_kafka_destroy(rk) }
         var resource: OpaquePointer? = rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_TOPIC, topic)
         guard resource != nil else { throw KafkaError(message: "bad config resource for \(topic)") }
         defer { rd_kafka_ConfigResource_destroy(resource) }
-        let event = try adminRequest(rk, RD_KAFKA_ADMIN_OP_DESCRIBECONFIGS, timeoutMs: timeoutMs,
-                                     what: "describing topic \(topic)'s configuration") {
+        let event = try adminRequest(
+            rk, RD_KAFKA_ADMIN_OP_DESCRIBECONFIGS, timeoutMs: timeoutMs,
+            what: "describing topic \(topic)'s configuration"
+        ) {
             rd_kafka_DescribeConfigs(rk, &resource, 1, $0, $1)
         }
         defer { rd_kafka_event_destroy(event) }
@@ -136,8 +145,11 @@ public enum KafkaAdmin {
     }
 
     private static func metadataClient(_ config: KafkaClientConfig) throws(KafkaError) -> OpaquePointer {
-        let metadataConfig = KafkaClientConfig(["bootstrap.servers": config["bootstrap.servers"] ?? ""]
-            .merging(config.properties.filter { $0.key.hasPrefix("security.") || $0.key.hasPrefix("sasl.") || $0.key.hasPrefix("ssl.") }) { a, _ in a })
+        let metadataConfig = KafkaClientConfig(
+            ["bootstrap.servers": config["bootstrap.servers"] ?? ""]
+                .merging(
+                    config.properties.filter { $0.key.hasPrefix("security.") || $0.key.hasPrefix("sasl.") || $0.key.hasPrefix("ssl.") }
+                ) { a, _ in a })
         return try RDKafkaClient.create(RD_KAFKA_PRODUCER, config: metadataConfig, what: "metadata client")
     }
 
@@ -149,14 +161,17 @@ public enum KafkaAdmin {
     }
 
     /// The value of the last record of a partition, or nil if it is empty.
-    public static func lastValue(config: KafkaClientConfig, topic: String, partition: Int32, logger: Logger) throws(KafkaError) -> [UInt8]? {
+    public static func lastValue(config: KafkaClientConfig, topic: String, partition: Int32, logger: Logger) throws(KafkaError) -> [UInt8]?
+    {
         try readPartition(config: config, topic: topic, partition: partition, logger: logger, fromLast: true).last?.value ?? nil
     }
 
     /// Reads a whole partition, from the beginning to the high watermark seen at the
     /// start, and returns its records in order (key, value; a null value is a tombstone).
-    public static func readPartition(config: KafkaClientConfig, topic: String, partition: Int32, logger: Logger,
-                                     timeoutMs: Int32 = 60_000, fromLast: Bool = false) throws(KafkaError) -> [(key: [UInt8], value: [UInt8]?)] {
+    public static func readPartition(
+        config: KafkaClientConfig, topic: String, partition: Int32, logger: Logger,
+        timeoutMs: Int32 = 60_000, fromLast: Bool = false
+    ) throws(KafkaError) -> [(key: [UInt8], value: [UInt8]?)] {
         try PartitionReader(config: config).read(topic: topic, partition: partition, timeoutMs: timeoutMs, fromLast: fromLast)
     }
 }

@@ -9,8 +9,10 @@ public struct ConsumedMessage {
     public var key: UnsafeBufferPointer<UInt8>
     public var value: UnsafeBufferPointer<UInt8>
 
-    public init(topicPartition: TopicPartition, offset: Int64, timestampMs: Int64?,
-                key: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
+    public init(
+        topicPartition: TopicPartition, offset: Int64, timestampMs: Int64?,
+        key: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>
+    ) {
         self.topicPartition = topicPartition
         self.offset = offset
         self.timestampMs = timestampMs

@@ -19,7 +19,8 @@ extension KafkaConsumer {
         var low: Int64 = 0
         var high: Int64 = 0
         guard rd_kafka_get_watermark_offsets(rk, tp.topic, tp.partition, &low, &high) == RD_KAFKA_RESP_ERR_NO_ERROR,
-              high >= 0 else { return nil }
+            high >= 0
+        else { return nil }
         return high
     }
 
@@ -42,7 +43,8 @@ extension KafkaConsumer {
             var low: Int64 = 0
             var high: Int64 = 0
             guard rd_kafka_get_watermark_offsets(rk, tp.topic, tp.partition, &low, &high) == RD_KAFKA_RESP_ERR_NO_ERROR,
-                  high >= 0 else { continue }
+                high >= 0
+            else { continue }
             if let pos = positions[tp], pos >= 0 {
                 out[tp] = max(0, high - pos)
             } else if let c = committed[tp] {
@@ -66,8 +68,9 @@ extension KafkaConsumer {
                 let found = try committed(parts, timeoutMs: 10_000)
                 lock.withLock { for (tp, o) in found where assigned.contains(tp) { committedAtAssignment[tp] = o } }
             } catch {
-                logger.warning("could not read the committed offsets; the lag of a partition shows from its first message",
-                               metadata: ["error": "\(error)"])
+                logger.warning(
+                    "could not read the committed offsets; the lag of a partition shows from its first message",
+                    metadata: ["error": "\(error)"])
             }
         }
     }

@@ -65,23 +65,26 @@ extension KafkaConsumer {
                 lastTopic = (rkt, topicName)
                 var tsType = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
                 let ts = rd_kafka_message_timestamp(m, &tsType)
-                let value = m.pointee.payload.map {
-                    UnsafeBufferPointer(start: $0.assumingMemoryBound(to: UInt8.self), count: m.pointee.len)
-                } ?? UnsafeBufferPointer(start: nil, count: 0)
-                let key = m.pointee.key.map {
-                    UnsafeBufferPointer(start: $0.assumingMemoryBound(to: UInt8.self), count: m.pointee.key_len)
-                } ?? UnsafeBufferPointer(start: nil, count: 0)
-                batch.append(ConsumedMessage(
-                    topicPartition: TopicPartition(topicName, m.pointee.partition),
-                    offset: m.pointee.offset,
-                    timestampMs: tsType == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE ? nil : ts,
-                    key: key, value: value))
+                let value =
+                    m.pointee.payload.map {
+                        UnsafeBufferPointer(start: $0.assumingMemoryBound(to: UInt8.self), count: m.pointee.len)
+                    } ?? UnsafeBufferPointer(start: nil, count: 0)
+                let key =
+                    m.pointee.key.map {
+                        UnsafeBufferPointer(start: $0.assumingMemoryBound(to: UInt8.self), count: m.pointee.key_len)
+                    } ?? UnsafeBufferPointer(start: nil, count: 0)
+                batch.append(
+                    ConsumedMessage(
+                        topicPartition: TopicPartition(topicName, m.pointee.partition),
+                        offset: m.pointee.offset,
+                        timestampMs: tsType == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE ? nil : ts,
+                        key: key, value: value))
             }
             if !batch.isEmpty { handler.consume(batch) }
             batch.removeAll(keepingCapacity: true)
             // Freeing a batch's messages (an allocation each, and the fetch buffers they
             // share) is left to another thread: this one is the pipeline's busiest.
-            nonisolated(unsafe) let spent = Array(messages[0..<n]) // handed over: this thread drops them
+            nonisolated(unsafe) let spent = Array(messages[0..<n])  // handed over: this thread drops them
             for i in 0..<n { messages[i] = nil }
             releases.async(group: releasing) {
                 for m in spent { if let m { rd_kafka_message_destroy(m) } }
@@ -133,12 +136,12 @@ extension KafkaConsumer {
         let err = m.pointee.err
         if err == RD_KAFKA_RESP_ERR__PARTITION_EOF { return }
         let text = rd_kafka_message_errstr(m).map { String(cString: $0) } ?? ""
-        logger.warning("kafka consume error", metadata: [
-            "code": "\(String(cString: rd_kafka_err2name(err)))", "reason": "\(text)",
-        ])
+        logger.warning(
+            "kafka consume error",
+            metadata: [
+                "code": "\(String(cString: rd_kafka_err2name(err)))", "reason": "\(text)",
+            ])
     }
-
-
 
     func setPaused(_ pause: Bool) {
         // Resuming leaves the held partitions paused.

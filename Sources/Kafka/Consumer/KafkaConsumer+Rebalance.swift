@@ -16,8 +16,10 @@ extension KafkaConsumer {
 
     /// The rebalance callback, on the poll thread: assignment first tells the handler,
     /// revocation lets it settle and then commits before giving the partitions up.
-    func rebalance(rk: OpaquePointer, err: rd_kafka_resp_err_t,
-                   list: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?) {
+    func rebalance(
+        rk: OpaquePointer, err: rd_kafka_resp_err_t,
+        list: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?
+    ) {
         let cooperative = String(cString: rd_kafka_rebalance_protocol(rk)) == "COOPERATIVE"
         let parts = partitions(of: list)
         switch err {

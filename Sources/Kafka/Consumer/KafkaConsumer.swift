@@ -82,8 +82,10 @@ public final class KafkaConsumer: @unchecked Sendable {
     /// - Parameters:
     ///   - config: librdkafka properties; `group.id` and `bootstrap.servers` are required.
     ///     `enable.auto.offset.store` is always `false`: storing early could lose data.
-    public init(config: KafkaClientConfig, topics: [String], handler: ConsumerHandler,
-                logger: Logger, maxBatch: Int = 1000) throws(KafkaError) {
+    public init(
+        config: KafkaClientConfig, topics: [String], handler: ConsumerHandler,
+        logger: Logger, maxBatch: Int = 1000
+    ) throws(KafkaError) {
         guard config["group.id"] != nil else { throw KafkaError(message: "kafka consumer needs group.id") }
         guard !topics.isEmpty else { throw KafkaError(message: "kafka consumer needs at least one topic") }
         var cfg = KafkaClientConfig(Self.defaults)
@@ -211,7 +213,8 @@ public final class KafkaConsumer: @unchecked Sendable {
     /// As ``committed(_:timeoutMs:)``, with the metadata each offset was committed with
     /// (``commitMetadata`` when foldspace-sync committed it).
     public func committedWithMetadata(_ partitions: [TopicPartition], timeoutMs: Int32 = 5000) throws(KafkaError)
-        -> [TopicPartition: (offset: Int64, metadata: String)] {
+        -> [TopicPartition: (offset: Int64, metadata: String)]
+    {
         var result: [TopicPartition: (offset: Int64, metadata: String)] = [:]
         let err: rd_kafka_resp_err_t = withPartitionList(partitions.map { ($0, nil) }) { list in
             let e = rd_kafka_committed(rk, list, timeoutMs)
@@ -220,7 +223,8 @@ public final class KafkaConsumer: @unchecked Sendable {
                 let el = list.pointee.elems[i]
                 // A partition's own error: its offset is unknown, not absent.
                 if el.err != RD_KAFKA_RESP_ERR_NO_ERROR { return el.err }
-                let metadata = el.metadata.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: el.metadata_size), as: UTF8.self) } ?? ""
+                let metadata =
+                    el.metadata.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: el.metadata_size), as: UTF8.self) } ?? ""
                 result[TopicPartition(String(cString: el.topic), el.partition)] = (el.offset, metadata)
             }
             return e

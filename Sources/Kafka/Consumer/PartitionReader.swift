@@ -58,8 +58,10 @@ public final class PartitionReader: @unchecked Sendable {
     }
 
     /// Every record of the partition, oldest first (with `fromLast`, only the last).
-    public func read(topic: String, partition: Int32, timeoutMs: Int32 = 60_000,
-                     fromLast: Bool = false) throws(KafkaError) -> [(key: [UInt8], value: [UInt8]?)] {
+    public func read(
+        topic: String, partition: Int32, timeoutMs: Int32 = 60_000,
+        fromLast: Bool = false
+    ) throws(KafkaError) -> [(key: [UInt8], value: [UInt8]?)] {
         try read(topic: topic, partitions: [partition], timeoutMs: timeoutMs, fromLast: fromLast)[partition]?.records ?? []
     }
 
@@ -70,8 +72,10 @@ public final class PartitionReader: @unchecked Sendable {
     /// `timeoutMs` is the longest wait for progress (each start-up call, then each wait
     /// for the next record), not a bound on the whole read: a changelog that takes
     /// longer than that to read was failed at every attempt, its partitions held for ever.
-    public func read(topic: String, partitions: [Int32], timeoutMs: Int32 = 60_000,
-                     fromLast: Bool = false) throws(KafkaError) -> [Int32: PackedRecords] {
+    public func read(
+        topic: String, partitions: [Int32], timeoutMs: Int32 = 60_000,
+        fromLast: Bool = false
+    ) throws(KafkaError) -> [Int32: PackedRecords] {
         lock.lock()
         defer { lock.unlock() }
         let patience = UInt64(max(0, timeoutMs)) * 1_000_000

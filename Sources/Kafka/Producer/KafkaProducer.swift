@@ -28,8 +28,10 @@ public final class KafkaProducer: @unchecked Sendable {
         "compression.codec": "zstd",
     ]
 
-    public init(config: KafkaClientConfig, logger: Logger,
-                failureLog: LogSummariser = LogSummariser()) throws(KafkaError) {
+    public init(
+        config: KafkaClientConfig, logger: Logger,
+        failureLog: LogSummariser = LogSummariser()
+    ) throws(KafkaError) {
         self.failureLog = failureLog
         guard config["bootstrap.servers"] != nil else { throw KafkaError(message: "kafka producer needs bootstrap.servers") }
         var cfg = KafkaClientConfig(Self.defaults)
@@ -117,8 +119,10 @@ public final class KafkaProducer: @unchecked Sendable {
     /// Adds source offsets to the open transaction: committed for `group` only if the
     /// transaction commits (the group coordinator also refuses them from a member of an
     /// older generation).
-    public func sendOffsetsToTransaction(_ offsets: [TopicPartition: Int64], group: KafkaGroupMetadata,
-                                         timeoutMs: Int32 = 30_000) throws(KafkaError) {
+    public func sendOffsetsToTransaction(
+        _ offsets: [TopicPartition: Int64], group: KafkaGroupMetadata,
+        timeoutMs: Int32 = 30_000
+    ) throws(KafkaError) {
         guard !offsets.isEmpty else { return }
         let e: OpaquePointer? = withPartitionList(offsets.map { ($0.key, $0.value) }, metadata: commitMetadata) {
             rd_kafka_send_offsets_to_transaction(rk, $0, group.handle, Int32(timeoutMs))
@@ -143,8 +147,10 @@ public final class KafkaProducer: @unchecked Sendable {
 
     /// Queues one message. `partition` nil lets the partitioner choose by key.
     /// Blocks briefly (and retries) while librdkafka's queue is full.
-    public func send(topic: String, partition: Int32? = nil, key: [UInt8]?, value: [UInt8]?,
-                     headers: [(String, String)] = []) throws(KafkaError) {
+    public func send(
+        topic: String, partition: Int32? = nil, key: [UInt8]?, value: [UInt8]?,
+        headers: [(String, String)] = []
+    ) throws(KafkaError) {
         try send(topic: topic, partition: partition, key: key, value: value, headers: headers, onDelivery: nil)
     }
 
@@ -152,9 +158,11 @@ public final class KafkaProducer: @unchecked Sendable {
     /// the producer's poll thread, with nil once the message is written, or the error it
     /// failed with (after librdkafka's own retries). Not called when this throws.
     /// `timestampMs`: the message's CreateTime (nil: now).
-    public func send(topic: String, partition: Int32? = nil, key: [UInt8]?, value: [UInt8]?,
-                     headers: [(String, String)] = [], timestampMs: Int64? = nil,
-                     onDelivery: (@Sendable (KafkaError?) -> Void)?) throws(KafkaError) {
+    public func send(
+        topic: String, partition: Int32? = nil, key: [UInt8]?, value: [UInt8]?,
+        headers: [(String, String)] = [], timestampMs: Int64? = nil,
+        onDelivery: (@Sendable (KafkaError?) -> Void)?
+    ) throws(KafkaError) {
         let callback = onDelivery.map { Unmanaged.passRetained(DeliveryCallback($0)).toOpaque() }
         while true {
             var hdrs: OpaquePointer? = nil
@@ -165,10 +173,11 @@ public final class KafkaProducer: @unchecked Sendable {
             // A nil value is a null payload: a tombstone on a compacted topic.
             let err = (value ?? []).withUnsafeBytes { vb in
                 (key ?? []).withUnsafeBytes { kb in
-                    fs_rd_kafka_produce(rk, topic, partition ?? RD_KAFKA_PARTITION_UA,
-                                        key == nil ? nil : kb.baseAddress, key == nil ? 0 : kb.count,
-                                        value == nil ? nil : vb.baseAddress, value == nil ? 0 : vb.count, hdrs, callback,
-                                        timestampMs ?? 0)
+                    fs_rd_kafka_produce(
+                        rk, topic, partition ?? RD_KAFKA_PARTITION_UA,
+                        key == nil ? nil : kb.baseAddress, key == nil ? 0 : kb.count,
+                        value == nil ? nil : vb.baseAddress, value == nil ? 0 : vb.count, hdrs, callback,
+                        timestampMs ?? 0)
                 }
             }
             if err == RD_KAFKA_RESP_ERR_NO_ERROR { return }
@@ -185,8 +194,10 @@ public final class KafkaProducer: @unchecked Sendable {
     /// Sends records and waits until each is acknowledged (with `acks=all` and
     /// idempotence, the defaults here). Throws if any failed or the wait timed out, so
     /// that the caller does not commit offsets past unwritten state.
-    public func sendAndWait(topic: String, _ records: [(partition: Int32, key: [UInt8], value: [UInt8]?)],
-                            timeoutMs: Int32 = 30_000) throws(KafkaError) {
+    public func sendAndWait(
+        topic: String, _ records: [(partition: Int32, key: [UInt8], value: [UInt8]?)],
+        timeoutMs: Int32 = 30_000
+    ) throws(KafkaError) {
         guard !records.isEmpty else { return }
         let before = deliveryCounts
         for r in records { try send(topic: topic, partition: r.partition, key: r.key, value: r.value) }

@@ -18,7 +18,12 @@ final class CallbackContext: @unchecked Sendable {
     private var parsedIsCurrent = true
     var statistics: String? {
         get { statsLock.withLock { stats } }
-        set { statsLock.withLock { stats = newValue; parsedIsCurrent = false } }
+        set {
+            statsLock.withLock {
+                stats = newValue
+                parsedIsCurrent = false
+            }
+        }
     }
     /// The latest statistics, parsed once per new document (at most once an interval).
     var parsedStatistics: KafkaStatistics? {
@@ -63,18 +68,22 @@ func installLogging(_ conf: OpaquePointer, context: CallbackContext) {
             fatal = true
             var buf = [CChar](repeating: 0, count: 512)
             let orig = rd_kafka_fatal_error(rk, &buf, buf.count)
-            ctx.logger.critical("kafka fatal error", metadata: [
-                "code": "\(String(cString: rd_kafka_err2name(orig)))",
-                "reason": "\(errorText(buf))",
-            ])
+            ctx.logger.critical(
+                "kafka fatal error",
+                metadata: [
+                    "code": "\(String(cString: rd_kafka_err2name(orig)))",
+                    "reason": "\(errorText(buf))",
+                ])
             ctx.consumer?.noteFatal()
             ctx.producer?.noteFatal()
         }
         if !fatal {
             // Transport errors (broker down, all brokers down) are retried by librdkafka.
-            ctx.logger.warning("kafka error", metadata: [
-                "code": "\(String(cString: rd_kafka_err2name(err)))", "reason": "\(why)",
-            ])
+            ctx.logger.warning(
+                "kafka error",
+                metadata: [
+                    "code": "\(String(cString: rd_kafka_err2name(err)))", "reason": "\(why)",
+                ])
         }
     }
 }

@@ -80,7 +80,8 @@ public struct KafkaClientConfig: Sendable {
             guard cols.count >= 6 else { continue }
             let name = cols[0].trimmingCharacters(in: .whitespaces)
             guard !name.isEmpty, name != "Property", !name.hasPrefix("-"),
-                  name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "." || $0 == "_" }) else { continue }
+                name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "." || $0 == "_" })
+            else { continue }
             out.append((name, cols[5...].joined(separator: "|").trimmingCharacters(in: .whitespaces)))
         }
         return out

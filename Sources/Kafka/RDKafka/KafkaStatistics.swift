@@ -48,8 +48,10 @@ public struct KafkaStatistics: Sendable, Equatable {
                     guard count > 0, let us = (rtt?[key] as? NSNumber)?.doubleValue, us.isFinite, us >= 0 else { return nil }
                     return us / 1_000_000
                 }
-                s.brokers.append(Broker(name: b["name"] as? String ?? name, state: b["state"] as? String ?? "",
-                                        rttAvgSeconds: seconds("avg"), rttP99Seconds: seconds("p99")))
+                s.brokers.append(
+                    Broker(
+                        name: b["name"] as? String ?? name, state: b["state"] as? String ?? "",
+                        rttAvgSeconds: seconds("avg"), rttP99Seconds: seconds("p99")))
             }
         }
         if let cgrp = root["cgrp"] as? [String: Any] { s.rebalances = max(0, int(cgrp["rebalance_cnt"]) ?? 0) }

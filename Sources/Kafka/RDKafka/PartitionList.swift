@@ -2,8 +2,10 @@ import CRdKafka
 import Foundation
 
 /// Builds an `rd_kafka_topic_partition_list_t` and frees it after `body`.
-func withPartitionList<R>(_ entries: [(TopicPartition, Int64?)], metadata: String? = nil,
-                          _ body: (UnsafeMutablePointer<rd_kafka_topic_partition_list_t>) throws -> R) rethrows -> R {
+func withPartitionList<R>(
+    _ entries: [(TopicPartition, Int64?)], metadata: String? = nil,
+    _ body: (UnsafeMutablePointer<rd_kafka_topic_partition_list_t>) throws -> R
+) rethrows -> R {
     let list = rd_kafka_topic_partition_list_new(Int32(max(entries.count, 1)))!
     defer { rd_kafka_topic_partition_list_destroy(list) }
     for (tp, offset) in entries {

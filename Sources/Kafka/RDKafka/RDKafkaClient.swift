@@ -11,8 +11,10 @@ enum RDKafkaClient {
     /// Builds the configuration from `config` (``KafkaClientConfig/makeConf()``), lets
     /// `configure` install callbacks on it, and creates the client. Throws on a property
     /// librdkafka refuses, and as ``create(_:conf:what:)`` does.
-    static func create(_ type: rd_kafka_type_t, config: KafkaClientConfig, what: String,
-                       configure: (OpaquePointer) -> Void = { _ in }) throws(KafkaError) -> OpaquePointer {
+    static func create(
+        _ type: rd_kafka_type_t, config: KafkaClientConfig, what: String,
+        configure: (OpaquePointer) -> Void = { _ in }
+    ) throws(KafkaError) -> OpaquePointer {
         let conf = try config.makeConf()
         configure(conf)
         return try create(type, conf: conf, what: what)

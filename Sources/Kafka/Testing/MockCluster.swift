@@ -84,7 +84,7 @@ extension MockCluster {
             setLeader(topic: w[1], partition: Int32(p), broker: Int32(b))
         case "errors":
             guard w.count == 3 || w.count == 4, let api = Self.apiKeys[w[1]] ?? Int16(w[1]), let n = int(2), n > 0,
-                  w.count == 3 || int(3) != nil
+                w.count == 3 || int(3) != nil
             else { return "usage: errors API COUNT [ERROR] (API: \(Self.apiKeys.keys.sorted().joined(separator: ", ")))" }
             pushRequestErrors(apiKey: api, error: Int32(int(3) ?? 7), count: n)
         case "rtt":

@@ -64,16 +64,17 @@ extension SyncConfiguration {
             } else if let sub = v as? [String: Any], inFile[name] == nil {
                 try flatten(sub, prefix: name + ".", into: &raw)
             } else if let a = v as? [Any] {
-                raw[name] = .list(a.map { item in
-                    if let o = item as? [String: Any] {
-                        // {"name": n, "weight": w, "cap": c} → "n:w:c"
-                        let n = o["name"].map(scalarText) ?? ""
-                        let w = o["weight"].map(scalarText) ?? "3"
-                        let c = o["cap"].map(scalarText) ?? "20"
-                        return "\(n):\(w):\(c)"
-                    }
-                    return scalarText(item)
-                })
+                raw[name] = .list(
+                    a.map { item in
+                        if let o = item as? [String: Any] {
+                            // {"name": n, "weight": w, "cap": c} → "n:w:c"
+                            let n = o["name"].map(scalarText) ?? ""
+                            let w = o["weight"].map(scalarText) ?? "3"
+                            let c = o["cap"].map(scalarText) ?? "20"
+                            return "\(n):\(w):\(c)"
+                        }
+                        return scalarText(item)
+                    })
             } else {
                 guard inFile[name] != nil else { throw ConfigurationError("\(name): unknown key") }
                 raw[name] = .text(scalarText(v))

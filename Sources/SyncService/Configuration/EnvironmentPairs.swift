@@ -14,7 +14,9 @@ extension SyncConfiguration {
             }
             var m: [String: String] = [:]
             for (k, v) in obj {
-                guard !(v is [Any]), !(v is [String: Any]) else { throw ConfigurationError("\(key): \(variable): \(k) is not a string or number") }
+                guard !(v is [Any]), !(v is [String: Any]) else {
+                    throw ConfigurationError("\(key): \(variable): \(k) is not a string or number")
+                }
                 m[k] = scalarText(v)
             }
             return m
@@ -45,7 +47,8 @@ extension SyncConfiguration {
             if e.isEmpty { continue }
             let kv = e.split(separator: "=", maxSplits: 1)
             guard kv.count == 2, !kv[0].trimmingCharacters(in: .whitespaces).isEmpty else {
-                throw ConfigurationError("\(key): expected name=value entries in \(variable), got an entry without = (write a comma inside a value as \\,)")
+                throw ConfigurationError(
+                    "\(key): expected name=value entries in \(variable), got an entry without = (write a comma inside a value as \\,)")
             }
             m[String(kv[0]).trimmingCharacters(in: .whitespaces)] = String(kv[1])
         }

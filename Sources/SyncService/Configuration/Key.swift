@@ -45,10 +45,12 @@ extension SyncConfiguration {
         /// The environment variables of ordinary keys start with this.
         static let environmentPrefix = "FOLDSPACE_SYNC_"
 
-        init(_ name: String, environment: String? = nil, type: String, default defaultText: String, _ help: String,
-             secret: Bool = false, inFile: Bool = true, shape: Shape = .value,
-             parse: @escaping @Sendable (inout SyncConfiguration, ConfigValue) throws -> Void,
-             renderLines: @escaping @Sendable (SyncConfiguration) -> [(key: String, value: String)]) {
+        init(
+            _ name: String, environment: String? = nil, type: String, default defaultText: String, _ help: String,
+            secret: Bool = false, inFile: Bool = true, shape: Shape = .value,
+            parse: @escaping @Sendable (inout SyncConfiguration, ConfigValue) throws -> Void,
+            renderLines: @escaping @Sendable (SyncConfiguration) -> [(key: String, value: String)]
+        ) {
             self.name = name
             self.environment = environment ?? Self.environmentPrefix + name.uppercased().replacingOccurrences(of: ".", with: "_")
             self.type = type
@@ -62,11 +64,14 @@ extension SyncConfiguration {
         }
 
         /// A key printed on one line.
-        init(_ name: String, type: String, default defaultText: String, _ help: String, shape: Shape = .value,
-             parse: @escaping @Sendable (inout SyncConfiguration, ConfigValue) throws -> Void,
-             render: @escaping @Sendable (SyncConfiguration) -> String) {
-            self.init(name, type: type, default: defaultText, help, shape: shape, parse: parse,
-                      renderLines: { [(name, render($0))] })
+        init(
+            _ name: String, type: String, default defaultText: String, _ help: String, shape: Shape = .value,
+            parse: @escaping @Sendable (inout SyncConfiguration, ConfigValue) throws -> Void,
+            render: @escaping @Sendable (SyncConfiguration) -> String
+        ) {
+            self.init(
+                name, type: type, default: defaultText, help, shape: shape, parse: parse,
+                renderLines: { [(name, render($0))] })
         }
     }
 }
@@ -79,75 +84,93 @@ extension SyncConfiguration.Key {
     typealias Path<T> = WritableKeyPath<SyncConfiguration, T> & Sendable
 
     /// Text taken as it is (an empty value included).
-    static func string(_ name: String, _ path: Path<String>, type: String = "string",
-                       default defaultText: String, _ help: String) -> Self {
-        Self(name, type: type, default: defaultText, help,
-             parse: { c, v in c[keyPath: path] = try text(v, name) }, render: { $0[keyPath: path] })
+    static func string(
+        _ name: String, _ path: Path<String>, type: String = "string",
+        default defaultText: String, _ help: String
+    ) -> Self {
+        Self(
+            name, type: type, default: defaultText, help,
+            parse: { c, v in c[keyPath: path] = try text(v, name) }, render: { $0[keyPath: path] })
     }
 
     /// Text that may be unset; `unset` is what `check-config` prints then. With
     /// `emptyIsUnset`, an empty value unsets it.
-    static func optional(_ name: String, _ path: Path<String?>, type: String = "string",
-                         default defaultText: String, unset: String, emptyIsUnset: Bool = false, _ help: String) -> Self {
-        Self(name, type: type, default: defaultText, help,
-             parse: { c, v in
-                 let t = try text(v, name)
-                 c[keyPath: path] = emptyIsUnset && t.isEmpty ? nil : t
-             },
-             render: { $0[keyPath: path] ?? unset })
+    static func optional(
+        _ name: String, _ path: Path<String?>, type: String = "string",
+        default defaultText: String, unset: String, emptyIsUnset: Bool = false, _ help: String
+    ) -> Self {
+        Self(
+            name, type: type, default: defaultText, help,
+            parse: { c, v in
+                let t = try text(v, name)
+                c[keyPath: path] = emptyIsUnset && t.isEmpty ? nil : t
+            },
+            render: { $0[keyPath: path] ?? unset })
     }
 
     /// A secret from the environment only: never printed, not in the file, not in the
     /// documentation's table (the prose names it).
     static func secret(_ name: String, _ path: Path<String?>, environment: String) -> Self {
-        Self(name, environment: environment, type: "string", default: "none", "", secret: true, inFile: false,
-             parse: { c, v in c[keyPath: path] = try text(v, name) },
-             renderLines: { [(name, $0[keyPath: path] == nil ? "(not set)" : "<redacted>")] })
+        Self(
+            name, environment: environment, type: "string", default: "none", "", secret: true, inFile: false,
+            parse: { c, v in c[keyPath: path] = try text(v, name) },
+            renderLines: { [(name, $0[keyPath: path] == nil ? "(not set)" : "<redacted>")] })
     }
 
     /// `true`, `yes`, `1`, `on` or `false`, `no`, `0`, `off`, in any case.
     static func bool(_ name: String, _ path: Path<Bool>, default defaultText: String, _ help: String) -> Self {
-        Self(name, type: "boolean", default: defaultText, help, parse: { c, v in
-            let t = try text(v, name)
-            switch t.lowercased() {
-            case "true", "yes", "1", "on": c[keyPath: path] = true
-            case "false", "no", "0", "off": c[keyPath: path] = false
-            default: throw ConfigurationError("\(name): expected true or false, got \"\(t)\"")
-            }
-        }, render: { String($0[keyPath: path]) })
+        Self(
+            name, type: "boolean", default: defaultText, help,
+            parse: { c, v in
+                let t = try text(v, name)
+                switch t.lowercased() {
+                case "true", "yes", "1", "on": c[keyPath: path] = true
+                case "false", "no", "0", "off": c[keyPath: path] = false
+                default: throw ConfigurationError("\(name): expected true or false, got \"\(t)\"")
+                }
+            }, render: { String($0[keyPath: path]) })
     }
 
     /// An integer at least `min`.
     static func int(_ name: String, _ path: Path<Int>, min lo: Int, default defaultText: String, _ help: String) -> Self {
-        Self(name, type: "integer", default: defaultText, help, parse: { c, v in
-            let t = try text(v, name)
-            guard let i = Int(t), i >= lo else { throw ConfigurationError("\(name): expected an integer ≥ \(lo), got \"\(t)\"") }
-            c[keyPath: path] = i
-        }, render: { String($0[keyPath: path]) })
+        Self(
+            name, type: "integer", default: defaultText, help,
+            parse: { c, v in
+                let t = try text(v, name)
+                guard let i = Int(t), i >= lo else { throw ConfigurationError("\(name): expected an integer ≥ \(lo), got \"\(t)\"") }
+                c[keyPath: path] = i
+            }, render: { String($0[keyPath: path]) })
     }
 
     enum NumberRange { case positive, nonNegative }
 
     /// A finite number, positive or non-negative.
-    static func number(_ name: String, _ path: Path<Double>, _ range: NumberRange,
-                       default defaultText: String, _ help: String) -> Self {
-        Self(name, type: "number", default: defaultText, help, parse: { c, v in
-            let t = try text(v, name)
-            let zeroOK = range == .nonNegative
-            guard let d = Double(t), d.isFinite, zeroOK ? d >= 0 : d > 0 else {
-                throw ConfigurationError("\(name): expected a \(zeroOK ? "non-negative" : "positive") number, got \"\(t)\"")
-            }
-            c[keyPath: path] = d
-        }, render: { String($0[keyPath: path]) })
+    static func number(
+        _ name: String, _ path: Path<Double>, _ range: NumberRange,
+        default defaultText: String, _ help: String
+    ) -> Self {
+        Self(
+            name, type: "number", default: defaultText, help,
+            parse: { c, v in
+                let t = try text(v, name)
+                let zeroOK = range == .nonNegative
+                guard let d = Double(t), d.isFinite, zeroOK ? d >= 0 : d > 0 else {
+                    throw ConfigurationError("\(name): expected a \(zeroOK ? "non-negative" : "positive") number, got \"\(t)\"")
+                }
+                c[keyPath: path] = d
+            }, render: { String($0[keyPath: path]) })
     }
 
     /// A duration (``parseDuration(_:)``) in milliseconds; a shorter one than `atLeast`
     /// counts as `atLeast`.
-    static func duration(_ name: String, _ path: Path<Int64>, atLeast floor: Int64 = 0,
-                         default defaultText: String, _ help: String) -> Self {
-        Self(name, type: "duration", default: defaultText, help,
-             parse: { c, v in c[keyPath: path] = max(try milliseconds(v, name), floor) },
-             render: { formatDuration($0[keyPath: path]) })
+    static func duration(
+        _ name: String, _ path: Path<Int64>, atLeast floor: Int64 = 0,
+        default defaultText: String, _ help: String
+    ) -> Self {
+        Self(
+            name, type: "duration", default: defaultText, help,
+            parse: { c, v in c[keyPath: path] = max(try milliseconds(v, name), floor) },
+            render: { formatDuration($0[keyPath: path]) })
     }
 
     /// One of an enumeration's raw values; the documented type lists them (`a|b|c`).
@@ -156,32 +179,38 @@ extension SyncConfiguration.Key {
     ) -> Self where E.RawValue == String {
         let names = E.allCases.map(\.rawValue)
         let expected = names.count > 1 ? names.dropLast().joined(separator: ", ") + " or " + names.last! : names.joined()
-        return Self(name, type: names.joined(separator: "|"), default: defaultText, help, parse: { c, v in
-            let t = try text(v, name)
-            guard let e = E(rawValue: t) else { throw ConfigurationError("\(name): expected \(expected), got \"\(t)\"") }
-            c[keyPath: path] = e
-        }, render: { $0[keyPath: path].rawValue })
+        return Self(
+            name, type: names.joined(separator: "|"), default: defaultText, help,
+            parse: { c, v in
+                let t = try text(v, name)
+                guard let e = E(rawValue: t) else { throw ConfigurationError("\(name): expected \(expected), got \"\(t)\"") }
+                c[keyPath: path] = e
+            }, render: { $0[keyPath: path].rawValue })
     }
 
     /// A list of strings: an array, or text split at commas; empty entries are dropped.
     static func list(_ name: String, _ path: Path<[String]>, default defaultText: String, _ help: String) -> Self {
-        Self(name, type: "list of strings", default: defaultText, help, shape: .list,
-             parse: { c, v in c[keyPath: path] = try list(v, name) },
-             render: { $0[keyPath: path].joined(separator: ",") })
+        Self(
+            name, type: "list of strings", default: defaultText, help, shape: .list,
+            parse: { c, v in c[keyPath: path] = try list(v, name) },
+            render: { $0[keyPath: path].joined(separator: ",") })
     }
 
     /// librdkafka properties: printed one line per property, a value only where `shown`
     /// says it holds no secret.
-    static func map(_ name: String, _ path: Path<[String: String]>, type: String,
-                    shown: @escaping @Sendable (_ property: String) -> Bool, _ help: String) -> Self {
-        Self(name, type: type, default: "{}", help, shape: .map,
-             parse: { c, v in
-                 // Only an object sets it (the file and the environment give nothing else).
-                 if case .map(let m) = v { c[keyPath: path] = m }
-             },
-             renderLines: { c in
-                 c[keyPath: path].sorted { $0.key < $1.key }.map { ("\(name).\($0.key)", shown($0.key) ? $0.value : "<redacted>") }
-             })
+    static func map(
+        _ name: String, _ path: Path<[String: String]>, type: String,
+        shown: @escaping @Sendable (_ property: String) -> Bool, _ help: String
+    ) -> Self {
+        Self(
+            name, type: type, default: "{}", help, shape: .map,
+            parse: { c, v in
+                // Only an object sets it (the file and the environment give nothing else).
+                if case .map(let m) = v { c[keyPath: path] = m }
+            },
+            renderLines: { c in
+                c[keyPath: path].sorted { $0.key < $1.key }.map { ("\(name).\($0.key)", shown($0.key) ? $0.value : "<redacted>") }
+            })
     }
 
     // MARK: Reading a value

@@ -11,7 +11,11 @@ extension SyncConfiguration {
         let prefix = Key.environmentPrefix
         for (variable, value) in environment where variable.hasPrefix(prefix) {
             let suffix = variable.dropFirst(prefix.count).lowercased()
-            guard let key = keys.first(where: { $0.environment.hasPrefix(prefix) && $0.environment.dropFirst(prefix.count).lowercased() == suffix }) else {
+            guard
+                let key = keys.first(where: {
+                    $0.environment.hasPrefix(prefix) && $0.environment.dropFirst(prefix.count).lowercased() == suffix
+                })
+            else {
                 // Not ours: the kubelet's service links for a Service named
                 // foldspace-sync-* (FOLDSPACE_SYNC_METRICS_SERVICE_HOST, …) share the
                 // prefix. Named in one warning; a misspelt key shows up there too.
@@ -44,8 +48,9 @@ extension SyncConfiguration {
         }
         var c = try build(raw)
         if !unknownVariables.isEmpty {
-            c.warnings.append("ignoring environment variables that name no configuration key: "
-                + unknownVariables.sorted().joined(separator: ", "))
+            c.warnings.append(
+                "ignoring environment variables that name no configuration key: "
+                    + unknownVariables.sorted().joined(separator: ", "))
         }
         return c
     }

@@ -11,17 +11,22 @@ extension SyncConfiguration {
         if topics.isEmpty { throw ConfigurationError("topics: missing (flag --topic, env FOLDSPACE_SYNC_TOPICS, or the file)") }
         if group.isEmpty { throw ConfigurationError("group: missing (flag --group, env FOLDSPACE_SYNC_GROUP, or the file)") }
         guard let url = URL(string: foldspaceURL), let scheme = url.scheme?.lowercased(),
-              scheme == "https" || scheme == "http", url.host != nil else {
+            scheme == "https" || scheme == "http", url.host != nil
+        else {
             throw ConfigurationError("foldspace_url: \"\(foldspaceURL)\" is not an http(s) URL")
         }
         if scheme == "http", !allowInsecureHTTP, let host = url.host, !isLoopbackHost(host) {
-            throw ConfigurationError("foldspace_url: http:// to \(host) would send the API key and users' data in clear text; use https://, a loopback address (a local stand-in or sidecar), or set allow_insecure_http: true")
+            throw ConfigurationError(
+                "foldspace_url: http:// to \(host) would send the API key and users' data in clear text; use https://, a loopback address (a local stand-in or sidecar), or set allow_insecure_http: true"
+            )
         }
         if let f = logFormat, f != "json", f != "text" { throw ConfigurationError("log_format: expected json or text, got \"\(f)\"") }
         if parseLogLevel(logLevel) == nil { throw ConfigurationError("log_level: unknown level \"\(logLevel)\"") }
         if parseHostPort(adminListen) == nil { throw ConfigurationError("admin_listen: expected host:port, got \"\(adminListen)\"") }
         if stateMode == .durable && topics.count > 1 {
-            throw ConfigurationError("topics: state: durable supports one source topic (the changelog is co-partitioned with it); use one instance group per topic, or state: memory")
+            throw ConfigurationError(
+                "topics: state: durable supports one source topic (the changelog is co-partitioned with it); use one instance group per topic, or state: memory"
+            )
         }
         if requireKey && apiKey == nil && apiKeyFile == nil {
             throw ConfigurationError("api_key_file: missing (flag --api-key-file, or set FOLDSPACE_API_KEY)")
@@ -52,6 +57,7 @@ func isLoopbackHost(_ host: String) -> Bool {
     if h == "localhost" || h == "::1" || h == "0:0:0:0:0:0:0:1" { return true }
     let octets = h.split(separator: ".", omittingEmptySubsequences: false)
     guard octets.count == 4, octets.allSatisfy({ !$0.isEmpty && $0.count <= 3 && $0.allSatisfy(\.isNumber) }),
-          let values = Optional(octets.compactMap { Int($0) }), values.count == 4, values.allSatisfy({ $0 <= 255 }) else { return false }
+        let values = Optional(octets.compactMap { Int($0) }), values.count == 4, values.allSatisfy({ $0 <= 255 })
+    else { return false }
     return values[0] == 127
 }

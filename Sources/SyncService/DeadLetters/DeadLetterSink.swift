@@ -5,8 +5,9 @@ import Delivery
 public protocol DeadLetterSink: Sendable {
     /// Queues a dead letter without blocking; `delivered` is called once it is written
     /// (at once by a sink that writes nothing). Never called with the engine's lock held.
-    func deadLetter(kind: DeadLetterKind, key: [UInt8]?, value: [UInt8], headers: [(String, String)],
-                    delivered: @escaping @Sendable () -> Void)
+    func deadLetter(
+        kind: DeadLetterKind, key: [UInt8]?, value: [UInt8], headers: [(String, String)],
+        delivered: @escaping @Sendable () -> Void)
     /// Bytes of dead letters queued and not yet written: consuming pauses above
     /// ``EngineOptions/maxDeadLetterBacklogBytes``.
     var backlogBytes: Int { get }
@@ -18,4 +19,3 @@ extension DeadLetterSink {
     }
     public var backlogBytes: Int { 0 }
 }
-

@@ -54,8 +54,10 @@ public final class KafkaDeadLetters: DeadLetterSink, @unchecked Sendable {
     ///   - maxMessageBytes: the producer's `message.max.bytes` (librdkafka's default
     ///     1,000,000): a letter is cut to fit under it.
     ///   - retryDelayMs: the pause before a failed letter is produced again.
-    public init(producer: KafkaProducer, topic: String, logger: Logger, maxMessageBytes: Int = 1_000_000,
-                retryDelayMs: Int64 = 1_000, failureLog: LogSummariser = LogSummariser()) {
+    public init(
+        producer: KafkaProducer, topic: String, logger: Logger, maxMessageBytes: Int = 1_000_000,
+        retryDelayMs: Int64 = 1_000, failureLog: LogSummariser = LogSummariser()
+    ) {
         self.producer = producer
         self.topic = topic
         self.logger = logger
@@ -69,10 +71,13 @@ public final class KafkaDeadLetters: DeadLetterSink, @unchecked Sendable {
 
     public var backlogBytes: Int { cond.withLock { bytes } }
 
-    public func deadLetter(kind: DeadLetterKind, key: [UInt8]?, value: [UInt8], headers: [(String, String)],
-                           delivered: @escaping @Sendable () -> Void) {
-        var letter = Letter(key: key, value: value, headers: [("kind", kind.rawValue)] + headers, kind: kind.rawValue, delivered: delivered, size: 0,
-                            limit: maxMessageBytes, originalBytes: value.count)
+    public func deadLetter(
+        kind: DeadLetterKind, key: [UInt8]?, value: [UInt8], headers: [(String, String)],
+        delivered: @escaping @Sendable () -> Void
+    ) {
+        var letter = Letter(
+            key: key, value: value, headers: [("kind", kind.rawValue)] + headers, kind: kind.rawValue, delivered: delivered, size: 0,
+            limit: maxMessageBytes, originalBytes: value.count)
         fit(&letter)
         cond.withLock {
             bytes += letter.size
@@ -89,7 +94,7 @@ public final class KafkaDeadLetters: DeadLetterSink, @unchecked Sendable {
     private func fit(_ l: inout Letter) {
         let oldSize = l.size
         func headerBytes() -> Int { l.headers.reduce(0) { $0 + $1.0.utf8.count + $1.1.utf8.count + 8 } }
-        var fixed = (l.key?.count ?? 0) + headerBytes() + Self.overheadBytes + 64 // the two headers added below
+        var fixed = (l.key?.count ?? 0) + headerBytes() + Self.overheadBytes + 64  // the two headers added below
         if fixed > l.limit / 2 {
             // A key or headers that take the room themselves: cut them too.
             if let k = l.key, k.count > l.limit / 8 { l.key = Array(k.prefix(l.limit / 8)) }
@@ -158,9 +163,11 @@ public final class KafkaDeadLetters: DeadLetterSink, @unchecked Sendable {
 
     private func retry(_ letter: Letter, why: String, tooLarge: Bool) {
         if let n = failureLog.note(letter.kind + "\u{1}" + why) {
-            logger.error("cannot write dead letter; it is retried, and the offsets it covers stay uncommitted", metadata: [
-                "kind": "\(letter.kind)", "error": "\(why)", "count": .stringConvertible(n),
-            ])
+            logger.error(
+                "cannot write dead letter; it is retried, and the offsets it covers stay uncommitted",
+                metadata: [
+                    "kind": "\(letter.kind)", "error": "\(why)", "count": .stringConvertible(n),
+                ])
         }
         var again = letter
         again.notBeforeMs = Self.nowMs() + retryDelayMs
@@ -195,8 +202,10 @@ public struct LoggingDeadLetters: DeadLetterSink {
 
     public init(logger: Logger) { self.logger = logger }
 
-    public func deadLetter(kind: DeadLetterKind, key: [UInt8]?, value: [UInt8], headers: [(String, String)],
-                           delivered: @escaping @Sendable () -> Void) {
+    public func deadLetter(
+        kind: DeadLetterKind, key: [UInt8]?, value: [UInt8], headers: [(String, String)],
+        delivered: @escaping @Sendable () -> Void
+    ) {
         var md: Logger.Metadata = ["kind": "\(kind.rawValue)", "bytes": "\(value.count)"]
         for (k, v) in headers where k != "response" { md[k] = "\(v)" }
         logger.debug("dead letter (no dead-letter topic configured)", metadata: md)

@@ -61,8 +61,11 @@ extension SyncEngine {
         let string: String
         init(_ string: String) { self.string = string }
         static func == (a: RawKey, b: RawKey) -> Bool {
-            var x = a.string, y = b.string
-            return x.withUTF8 { p in y.withUTF8 { q in p.count == q.count && (p.isEmpty || memcmp(p.baseAddress!, q.baseAddress!, p.count) == 0) } }
+            var x = a.string
+            var y = b.string
+            return x.withUTF8 { p in
+                y.withUTF8 { q in p.count == q.count && (p.isEmpty || memcmp(p.baseAddress!, q.baseAddress!, p.count) == 0) }
+            }
         }
         func hash(into h: inout Hasher) {
             var s = string

@@ -14,8 +14,10 @@ public enum Inspect {
     /// acknowledged, and the source positions applied. Returns a JSON array, in the
     /// order of `ids`. The output holds users' data (emails, names): it is for the
     /// operator's terminal, never for logs.
-    public static func run(config: SyncConfiguration, ids: [String], logger: Logger,
-                           nowMs: Int64 = Int64(Date().timeIntervalSince1970 * 1000)) throws -> String {
+    public static func run(
+        config: SyncConfiguration, ids: [String], logger: Logger,
+        nowMs: Int64 = Int64(Date().timeIntervalSince1970 * 1000)
+    ) throws -> String {
         let admin = KafkaClientConfig(try config.resolvedKafkaProperties()).withoutConsumerProperties
         let topic = config.effectiveStateTopic
         let partitions = try KafkaAdmin.partitionCount(config: admin, topic: topic)
@@ -47,7 +49,7 @@ public enum Inspect {
             o["partition"] = Int(found.partition)
             guard let value = found.value else {
                 o["found"] = false
-                o["tombstone"] = true // dropped by inactive_user_ttl
+                o["tombstone"] = true  // dropped by inactive_user_ttl
                 out.append(o)
                 continue
             }

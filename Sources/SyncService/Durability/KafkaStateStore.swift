@@ -43,8 +43,10 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
     /// with the next checkpoint, or that partition's position is never committed there.
     private var plainPending: [TopicPartition: Int64] = [:]
 
-    public init(topic: String, partitions: Int, sourcePartitions: Int, config: KafkaClientConfig, logger: Logger,
-                transactional: Bool = false) throws {
+    public init(
+        topic: String, partitions: Int, sourcePartitions: Int, config: KafkaClientConfig, logger: Logger,
+        transactional: Bool = false
+    ) throws {
         self.topic = topic
         self.sourcePartitions = Int32(sourcePartitions)
         self.partitions = Int32(max(1, partitions))
@@ -80,9 +82,11 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
         do {
             described = try KafkaAdmin.topicConfig(config: config, topic: topic)
         } catch {
-            logger.warning("could not read the state topic's configuration; make sure its cleanup.policy is compact", metadata: [
-                "topic": "\(topic)", "error": "\(error)",
-            ])
+            logger.warning(
+                "could not read the state topic's configuration; make sure its cleanup.policy is compact",
+                metadata: [
+                    "topic": "\(topic)", "error": "\(error)",
+                ])
             return
         }
         let policy = described["cleanup.policy"] ?? "delete"
@@ -90,8 +94,8 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
         guard parts == ["compact"] else {
             throw ConfigurationError(
                 "state_topic: \(topic) has cleanup.policy=\(policy); it must be compact (with delete, users not written "
-                + "within the topic's retention lose their state). Change it, e.g. kafka-configs.sh --alter --entity-type topics "
-                + "--entity-name \(topic) --add-config cleanup.policy=compact")
+                    + "within the topic's retention lose their state). Change it, e.g. kafka-configs.sh --alter --entity-type topics "
+                    + "--entity-name \(topic) --add-config cleanup.policy=compact")
         }
     }
 
@@ -115,9 +119,11 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
             } catch {
                 if error.isFatal || writer.hasFatalError || error.isUnrecoverableForTransactions {
                     lock.withLock { failed = true }
-                    logger.critical("the changelog writer of a partition cannot be initialised; exiting (set state.transactions: false for brokers without transactions)", metadata: [
-                        "partition": "\(tp)", "error": "\(error)",
-                    ])
+                    logger.critical(
+                        "the changelog writer of a partition cannot be initialised; exiting (set state.transactions: false for brokers without transactions)",
+                        metadata: [
+                            "partition": "\(tp)", "error": "\(error)",
+                        ])
                 }
                 writer.close()
                 throw error
@@ -149,8 +155,9 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
         let work = groups.filter { !$0.records.isEmpty || $0.offset != nil }
         for (n, g) in work.enumerated() {
             if let deadline, DispatchTime.now() >= deadline {
-                throw KafkaError(message: "checkpoint deadline passed; not checkpointed: \(work[n...].map(\.source.description).joined(separator: ","))",
-                                 isRetriable: true)
+                throw KafkaError(
+                    message: "checkpoint deadline passed; not checkpointed: \(work[n...].map(\.source.description).joined(separator: ","))",
+                    isRetriable: true)
             }
             // A writer dropped after a transaction it could not end is claimed again
             // (which aborts that transaction); a partition let go is never claimed here.
@@ -177,16 +184,20 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
                     // off past its session, and what it holds is stale. It must write and
                     // send nothing more; the process exits (1) and rejoins.
                     lock.withLock { failed = true }
-                    logger.critical("the changelog writer of a partition was fenced (another instance owns the partition now) or failed fatally; exiting to rejoin the group", metadata: [
-                        "partition": "\(g.source)", "error": "\(error)",
-                    ])
+                    logger.critical(
+                        "the changelog writer of a partition was fenced (another instance owns the partition now) or failed fatally; exiting to rejoin the group",
+                        metadata: [
+                            "partition": "\(g.source)", "error": "\(error)",
+                        ])
                 } else if !abort(writer, budget: budget) {
                     // Neither committed nor aborted (librdkafka keeps the unfinished call
                     // current, and refuses every other until it ends): the writer is let go
                     // and the partition claimed again by the next checkpoint.
-                    logger.warning("a checkpoint transaction could neither commit nor abort; its writer is claimed anew", metadata: [
-                        "partition": "\(g.source)", "error": "\(error)",
-                    ])
+                    logger.warning(
+                        "a checkpoint transaction could neither commit nor abort; its writer is claimed anew",
+                        metadata: [
+                            "partition": "\(g.source)", "error": "\(error)",
+                        ])
                     lock.withLock {
                         if owners[g.source] === writer { owners[g.source] = nil }
                         wedged.insert(g.source)
@@ -207,15 +218,18 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
                 try commit(plain)
                 lock.withLock { for (tp, o) in plain where plainPending[tp] == o { plainPending[tp] = nil } }
             } catch {
-                logger.debug("plain commit after the checkpoint transactions failed; tried again with the next", metadata: ["error": "\(error)"])
+                logger.debug(
+                    "plain commit after the checkpoint transactions failed; tried again with the next", metadata: ["error": "\(error)"])
             }
         }
     }
 
     /// Commits the open transaction; a retriable failure (a flush or the coordinator timing
     /// out) is resumed by calling again, as librdkafka asks, a few times.
-    private func commitTransaction(_ writer: KafkaProducer, deadline: DispatchTime?,
-                                   budget: (Int32) -> Int32) throws(KafkaError) {
+    private func commitTransaction(
+        _ writer: KafkaProducer, deadline: DispatchTime?,
+        budget: (Int32) -> Int32
+    ) throws(KafkaError) {
         var attempt = 0
         while true {
             do throws(KafkaError) {
@@ -303,18 +317,23 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
     ///   that auto-creates topics and has no Admin API, such as librdkafka's mock) is
     ///   used with source partition p stored in changelog partition p mod count, and a
     ///   warning: restores then filter records by their source.
-    public static func prepare(topic: String, sourceTopic: String, config: KafkaClientConfig, logger: Logger) throws -> (state: Int, source: Int) {
+    public static func prepare(topic: String, sourceTopic: String, config: KafkaClientConfig, logger: Logger) throws -> (
+        state: Int, source: Int
+    ) {
         let admin = config.withoutConsumerProperties
         let sourcePartitions = try KafkaAdmin.partitionCount(config: admin, topic: sourceTopic)
         if !(try KafkaAdmin.listTopics(config: admin)).contains(topic) {
             do {
-                _ = try KafkaAdmin.createTopicIfMissing(config: admin, topic: topic, partitions: sourcePartitions,
-                                                        topicConfig: ["cleanup.policy": "compact"], logger: logger,
-                                                        timeoutMs: 5_000)
+                _ = try KafkaAdmin.createTopicIfMissing(
+                    config: admin, topic: topic, partitions: sourcePartitions,
+                    topicConfig: ["cleanup.policy": "compact"], logger: logger,
+                    timeoutMs: 5_000)
             } catch {
-                logger.warning("could not create the state topic through the Admin API", metadata: [
-                    "topic": "\(topic)", "error": "\(error)",
-                ])
+                logger.warning(
+                    "could not create the state topic through the Admin API",
+                    metadata: [
+                        "topic": "\(topic)", "error": "\(error)",
+                    ])
             }
         }
         try checkCleanupPolicy(topic: topic, config: admin, logger: logger)
@@ -328,13 +347,15 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
                 if written != Int32(sourcePartitions) {
                     throw ConfigurationError(
                         "state_topic: \(topic) has \(statePartitions) partitions but \(sourceTopic) has \(sourcePartitions), "
-                        + "and it holds state written for another layout; the changelog must be co-partitioned with the source "
-                        + "(recreate it, compacted, with \(sourcePartitions) partitions)")
+                            + "and it holds state written for another layout; the changelog must be co-partitioned with the source "
+                            + "(recreate it, compacted, with \(sourcePartitions) partitions)")
                 }
             }
-            logger.warning("state topic is not co-partitioned with the source; source partition p is stored in p mod its count", metadata: [
-                "state_topic": "\(topic)", "state_partitions": "\(statePartitions)", "source_partitions": "\(sourcePartitions)",
-            ])
+            logger.warning(
+                "state topic is not co-partitioned with the source; source partition p is stored in p mod its count",
+                metadata: [
+                    "state_topic": "\(topic)", "state_partitions": "\(statePartitions)", "source_partitions": "\(sourcePartitions)",
+                ])
         }
         return (statePartitions, sourcePartitions)
     }

@@ -52,18 +52,22 @@ extension SyncEngine {
             for p in scope {
                 groups.append((partitionsByIndex[Int(p)], p, snapshot.count, tombstones.count))
                 for key in pendingCheckpoint.removeValue(forKey: p) ?? [] {
-                    let taken: (Int32, StoredUser, OffsetTracker.PartitionIndex)? = users.modify(key) { entry in
-                        guard entry.checkpointPending else { return nil }
-                        entry.checkpointPending = false
-                        // A rejected body whose dead letter is not written yet: stored as
-                        // not settled, so that a crash before the letter lands sends it again.
-                        let letterPending = pendingUserLetters[key] != nil
-                        return (statePartitions[Int(entry.home)],
-                                StoredUser(state: entry.state, dirty: entry.delivery.isDirty || letterPending,
-                                           settledHash: letterPending ? 0 : entry.delivery.settledHash,
-                                           sourcePartitions: sourcePartitions),
-                                entry.home)
-                    } ?? nil
+                    let taken: (Int32, StoredUser, OffsetTracker.PartitionIndex)? =
+                        users.modify(key) { entry in
+                            guard entry.checkpointPending else { return nil }
+                            entry.checkpointPending = false
+                            // A rejected body whose dead letter is not written yet: stored as
+                            // not settled, so that a crash before the letter lands sends it again.
+                            let letterPending = pendingUserLetters[key] != nil
+                            return (
+                                statePartitions[Int(entry.home)],
+                                StoredUser(
+                                    state: entry.state, dirty: entry.delivery.isDirty || letterPending,
+                                    settledHash: letterPending ? 0 : entry.delivery.settledHash,
+                                    sourcePartitions: sourcePartitions),
+                                entry.home
+                            )
+                        } ?? nil
                     guard let (partition, stored, _) = taken else { continue }
                     snapshot.append((partition, key, stored))
                     keys.append((p, key))
@@ -115,21 +119,27 @@ extension SyncEngine {
             }
             for (o, seq) in zip(oversized, seqs) {
                 // No PII in the log: the partition and the size say enough to find it.
-                logger.error("a user's state is larger than the changelog accepts; it is not checkpointed (dead-lettered)", metadata: [
-                    "partition": "\(o.source)", "bytes": .stringConvertible(o.bytes), "limit": .stringConvertible(maxRecordBytes),
-                ])
-                deadLetters.deadLetter(kind: .stateTooLarge, key: Array(o.key.utf8), value: [], headers: [
-                    ("reason", DeadLetterKind.stateTooLarge.rawValue), ("bytes", String(o.bytes)), ("source.topic", o.source.topic),
-                    ("source.partition", String(o.source.partition)),
-                ]) { [weak self] in self?.deadLetterDelivered(seq) }
+                logger.error(
+                    "a user's state is larger than the changelog accepts; it is not checkpointed (dead-lettered)",
+                    metadata: [
+                        "partition": "\(o.source)", "bytes": .stringConvertible(o.bytes), "limit": .stringConvertible(maxRecordBytes),
+                    ])
+                deadLetters.deadLetter(
+                    kind: .stateTooLarge, key: Array(o.key.utf8), value: [],
+                    headers: [
+                        ("reason", DeadLetterKind.stateTooLarge.rawValue), ("bytes", String(o.bytes)), ("source.topic", o.source.topic),
+                        ("source.partition", String(o.source.partition)),
+                    ]
+                ) { [weak self] in self?.deadLetterDelivered(seq) }
             }
         }
         // The dead letters of what these offsets cover are written first; if they are not
         // yet, the offsets wait for a later checkpoint (the users are written now).
         let letters = commit.isEmpty || waitForDeadLetters(below: deadLetterBarrier, timeoutMs: options.deadLetterWaitMs)
         if !letters {
-            logger.warning("dead letters not written yet; source offsets are committed by a later checkpoint",
-                           metadata: ["partitions": .stringConvertible(commit.count)])
+            logger.warning(
+                "dead letters not written yet; source offsets are committed by a later checkpoint",
+                metadata: ["partitions": .stringConvertible(commit.count)])
         }
         var batches: [CheckpointGroup] = []
         var recordCount = 0
@@ -142,8 +152,11 @@ extension SyncEngine {
             recordCount += records.count
             if offset != nil || due.contains(group.index) {
                 // -1: written at an assignment's first checkpoint, with no offset.
-                records.append((store.statePartition(for: group.source.partition), ChangelogMarker.key(group.source),
-                                ChangelogMarker.value(offset: offset ?? -1, sourcePartitions: store.sourcePartitions)))
+                records.append(
+                    (
+                        store.statePartition(for: group.source.partition), ChangelogMarker.key(group.source),
+                        ChangelogMarker.value(offset: offset ?? -1, sourcePartitions: store.sourcePartitions)
+                    ))
                 marked.append(group.index)
             }
             batches.append(CheckpointGroup(source: group.source, records: records, offset: offset))

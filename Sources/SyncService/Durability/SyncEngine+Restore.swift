@@ -17,8 +17,10 @@ extension SyncEngine {
     /// One attempt at a time in the process (`restoreLock`, held for one partition's
     /// attempt, never across a wait): an old assignment's claim never races a new one's,
     /// and a partition that keeps failing does not hold back the others.
-    func runRestores(_ partitions: [TopicPartition], generation: UInt64, retry: Bool,
-                             ready: (@Sendable ([TopicPartition]) -> Void)?) {
+    func runRestores(
+        _ partitions: [TopicPartition], generation: UInt64, retry: Bool,
+        ready: (@Sendable ([TopicPartition]) -> Void)?
+    ) {
         guard let store = stateStore else { return }
         var pending = partitions
         var delayMs = max(1, options.restoreRetryMs)
@@ -62,18 +64,22 @@ extension SyncEngine {
                         switch outcome {
                         case .restored, .stale: break
                         case .failed(let reason):
-                            logger.error("state restore failed; the partition is not consumed until it succeeds", metadata: [
-                                "partition": "\(tp)", "reason": "\(reason)", "retry_in_ms": retryText,
-                            ])
+                            logger.error(
+                                "state restore failed; the partition is not consumed until it succeeds",
+                                metadata: [
+                                    "partition": "\(tp)", "reason": "\(reason)", "retry_in_ms": retryText,
+                                ])
                             lock.withLock { stats.restoreFailures += 1 }
                             failed.append(tp)
                         }
                     }
                 } catch {
-                    logger.error("state restore failed; the partitions are not consumed until it succeeds", metadata: [
-                        "partitions": "\(claimed.map(\.description).joined(separator: ","))",
-                        "reason": "reading the changelog failed: \(error)", "retry_in_ms": retryText,
-                    ])
+                    logger.error(
+                        "state restore failed; the partitions are not consumed until it succeeds",
+                        metadata: [
+                            "partitions": "\(claimed.map(\.description).joined(separator: ","))",
+                            "reason": "reading the changelog failed: \(error)", "retry_in_ms": retryText,
+                        ])
                     lock.withLock { stats.restoreFailures += 1 }
                     failed += claimed
                 }
@@ -96,8 +102,10 @@ extension SyncEngine {
     /// Claims `tp`'s changelog writer for the assignment `generation` (`.claimed`: and the
     /// assignment still current). One claim at a time in the process
     /// (`restoreLock`): an old assignment's claim never races a new one's.
-    func claimForRestore(_ tp: TopicPartition, generation: UInt64, store: StateStore,
-                                 retryText: Logger.MetadataValue) -> ClaimOutcome {
+    func claimForRestore(
+        _ tp: TopicPartition, generation: UInt64, store: StateStore,
+        retryText: Logger.MetadataValue
+    ) -> ClaimOutcome {
         restoreLock.lock()
         defer { restoreLock.unlock() }
         // Revoked (or assigned again) meanwhile, or the process is stopping: nothing to do.
@@ -114,9 +122,11 @@ extension SyncEngine {
                 claiming.remove(tp)
                 stats.restoreFailures += 1
             }
-            logger.error("could not claim the changelog writer of an assigned partition; it is not consumed until it succeeds", metadata: [
-                "partition": "\(tp)", "error": "\(error)", "retry_in_ms": retryText,
-            ])
+            logger.error(
+                "could not claim the changelog writer of an assigned partition; it is not consumed until it succeeds",
+                metadata: [
+                    "partition": "\(tp)", "error": "\(error)", "retry_in_ms": retryText,
+                ])
             return .failed
         }
         // Revoked while being claimed: the writer goes again (the revocation waited for
@@ -164,8 +174,10 @@ extension SyncEngine {
     /// one that does not (a newer format version, or damage) fails the restore, since
     /// consuming without that user's state would send a regressed body (visits reset, a
     /// later first visit) and the next checkpoint would overwrite the record.
-    func restore(_ tp: TopicPartition, generation: UInt64, view: ChangelogView,
-                         store: StateStore, ready: (@Sendable ([TopicPartition]) -> Void)? = nil) -> RestoreOutcome {
+    func restore(
+        _ tp: TopicPartition, generation: UInt64, view: ChangelogView,
+        store: StateStore, ready: (@Sendable ([TopicPartition]) -> Void)? = nil
+    ) -> RestoreOutcome {
         let start = clock.monotonicMs()
         let (latest, marker, markers, records) = (view.latest, view.marker(of: tp), !view.markers.isEmpty, view.records.count)
         // Decoded outside the lock: folding goes on meanwhile.
@@ -202,7 +214,8 @@ extension SyncEngine {
             }
         }
         if undecodable > 0 {
-            return .failed("\(undecodable) changelog records cannot be decoded (damaged, or not written by foldspace-sync); see docs/operations.md")
+            return .failed(
+                "\(undecodable) changelog records cannot be decoded (damaged, or not written by foldspace-sync); see docs/operations.md")
         }
         // Nothing of this partition in a changelog partition that holds markers (or
         // nothing): a new partition, unless the group has consumed from it (see
@@ -216,10 +229,11 @@ extension SyncEngine {
             }
             if let committed {
                 lock.withLock { stats.changelogMissing += 1 }
-                return .failed("the changelog holds nothing for this partition, but the group has consumed it up to offset \(committed): "
-                    + "the changelog was deleted or recreated, or state_topic changed. Consuming on would send regressed users. "
-                    + "To fold the partition's retained events again, reset the group's offsets to the earliest; to accept the loss, "
-                    + "delete them (docs/operations.md, \"A lost changelog\")")
+                return .failed(
+                    "the changelog holds nothing for this partition, but the group has consumed it up to offset \(committed): "
+                        + "the changelog was deleted or recreated, or state_topic changed. Consuming on would send regressed users. "
+                        + "To fold the partition's retained events again, reset the group's offsets to the earliest; to accept the loss, "
+                        + "delete them (docs/operations.md, \"A lost changelog\")")
             }
         }
         let now = clock.monotonicMs()
@@ -296,10 +310,12 @@ extension SyncEngine {
         }
         guard loaded else { return .stale }
         updateRateShare()
-        logger.info("partition restored", metadata: [
-            "partition": "\(tp)", "records": .stringConvertible(records), "users": .stringConvertible(restored),
-            "dirty": .stringConvertible(dirty), "ms": .stringConvertible(clock.monotonicMs() - start),
-        ])
+        logger.info(
+            "partition restored",
+            metadata: [
+                "partition": "\(tp)", "records": .stringConvertible(records), "users": .stringConvertible(restored),
+                "dirty": .stringConvertible(dirty), "ms": .stringConvertible(clock.monotonicMs() - start),
+            ])
         return .restored
     }
 }

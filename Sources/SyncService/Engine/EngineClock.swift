@@ -15,4 +15,3 @@ public struct EngineClock: Sendable {
         monotonicMs: { Int64(DispatchTime.now().uptimeNanoseconds / 1_000_000) },
         epochMs: { Int64(Date().timeIntervalSince1970 * 1000) })
 }
-

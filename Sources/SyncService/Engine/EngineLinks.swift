@@ -22,12 +22,14 @@ public struct EngineLinks: Sendable {
     /// topic was recreated.
     public var highWatermark: (@Sendable (TopicPartition) -> Int64?)?
 
-    public init(stateStore: StateStore? = nil,
-                storeOffsets: (@Sendable ([TopicPartition: Int64]) -> Void)? = nil,
-                restored: (@Sendable ([TopicPartition]) -> Void)? = nil,
-                sendGate: (@Sendable () -> Bool)? = nil,
-                partitionTotal: (@Sendable () -> Int)? = nil,
-                highWatermark: (@Sendable (TopicPartition) -> Int64?)? = nil) {
+    public init(
+        stateStore: StateStore? = nil,
+        storeOffsets: (@Sendable ([TopicPartition: Int64]) -> Void)? = nil,
+        restored: (@Sendable ([TopicPartition]) -> Void)? = nil,
+        sendGate: (@Sendable () -> Bool)? = nil,
+        partitionTotal: (@Sendable () -> Int)? = nil,
+        highWatermark: (@Sendable (TopicPartition) -> Int64?)? = nil
+    ) {
         self.stateStore = stateStore
         self.storeOffsets = storeOffsets
         self.restored = restored

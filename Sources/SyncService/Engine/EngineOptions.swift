@@ -46,4 +46,3 @@ public struct EngineOptions: Sendable {
 
     public init() {}
 }
-

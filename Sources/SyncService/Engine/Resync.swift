@@ -44,8 +44,8 @@ public struct ResyncRequest: Sendable, Equatable {
     /// Parses a control record's value; nil when it is not a well-formed resync request.
     public init?(value: UnsafeBufferPointer<UInt8>) {
         guard value.count <= 1 << 20,
-              let o = try? JSONSerialization.jsonObject(with: Data(value)) as? [String: Any],
-              o["foldspace_sync"] as? String == "resync"
+            let o = try? JSONSerialization.jsonObject(with: Data(value)) as? [String: Any],
+            o["foldspace_sync"] as? String == "resync"
         else { return nil }
         let id = (o["request_id"] as? String).map { String($0.prefix(64)) } ?? ""
         switch (o["all"], o["ids"]) {
@@ -102,7 +102,7 @@ public enum Resync {
                     bytes = 0
                 }
                 chunk.append(id)
-                bytes += id.utf8.count * 6 + 3 // escaped, at worst
+                bytes += id.utf8.count * 6 + 3  // escaped, at worst
             }
             if !chunk.isEmpty { chunks.append(ResyncRequest(scope: .ids(chunk), requestId: requestId)) }
         }

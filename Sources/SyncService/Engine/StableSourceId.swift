@@ -14,4 +14,3 @@ func stableSourceId(_ tp: TopicPartition) -> UInt32 {
     }
     return h
 }
-

@@ -46,7 +46,7 @@ extension SyncEngine {
                     continue
                 }
                 guard var entry = users[key],
-                      let body = projector.body(identifyId: key, state: entry.state, nowMs: nowEpoch, adjustments: &stats.adjustments)
+                    let body = projector.body(identifyId: key, state: entry.state, nowMs: nowEpoch, adjustments: &stats.adjustments)
                 else {
                     limiter.refund(permit)
                     continue
@@ -82,23 +82,27 @@ extension SyncEngine {
         var letter: (kind: DeadLetterKind, status: Int, response: String, seq: UInt64)? = nil
         lock.withLock {
             let delay = backoff.delayMs(attempt: Int(users[job.identifyId]?.delivery.attempts ?? 0), using: &rng)
-            let recorded = limiter.record(outcome, wasProbe: job.isProbe, nowMs: now, backoffMs: delay,
-                                          user: identitySeed.hash(job.identifyId))
+            let recorded = limiter.record(
+                outcome, wasProbe: job.isProbe, nowMs: now, backoffMs: delay,
+                user: identitySeed.hash(job.identifyId))
             stats.countRequest(outcome)
             if let seconds { stats.requestDuration.observe(seconds) }
             switch recorded.breaker {
             case .opened:
                 lastBreakerLogMs = now
-                logBreaker("sending is paused until it answers otherwise; one probe every \(options.breakerProbeIntervalMs / 1000) s",
-                           dirtyUsers: dirty.count)
+                logBreaker(
+                    "sending is paused until it answers otherwise; one probe every \(options.breakerProbeIntervalMs / 1000) s",
+                    dirtyUsers: dirty.count)
             case .closed:
                 logger.info("Foldspace answers again; sending resumed")
             case nil:
                 break
             }
             guard var entry = users[job.identifyId] else { return }
-            switch deliveryPolicy.action(for: outcome, settles: recorded.settles, nowMs: now, backoffMs: delay,
-                                         pausedUntilMs: limiter.pausedUntilMs) {
+            switch deliveryPolicy.action(
+                for: outcome, settles: recorded.settles, nowMs: now, backoffMs: delay,
+                pausedUntilMs: limiter.pausedUntilMs)
+            {
             case .settle:
                 settle(job, &entry, now)
             case .deadLetter(let kind, let status, let response):
@@ -113,9 +117,12 @@ extension SyncEngine {
             publishOffsets()
         }
         if let letter {
-            deadLetters.deadLetter(kind: letter.kind, key: Array(job.identifyId.utf8), value: job.body, headers: [
-                ("reason", letter.kind.rawValue), ("status", String(letter.status)), ("response", String(letter.response.prefix(1024))),
-            ]) { [weak self] in self?.deadLetterDelivered(letter.seq) }
+            deadLetters.deadLetter(
+                kind: letter.kind, key: Array(job.identifyId.utf8), value: job.body,
+                headers: [
+                    ("reason", letter.kind.rawValue), ("status", String(letter.status)), ("response", String(letter.response.prefix(1024))),
+                ]
+            ) { [weak self] in self?.deadLetterDelivered(letter.seq) }
         }
     }
 
@@ -135,12 +142,15 @@ extension SyncEngine {
     /// with the lock held.
     func logBreaker(_ what: String, dirtyUsers: Int) {
         let status = limiter.breakerStatus
-        let cause = status == 401 || status == 403
+        let cause =
+            status == 401 || status == 403
             ? "Foldspace refuses the API key (SIGHUP re-reads the key file)"
             : "Foldspace answers \(status) for every user: not about any one user (a wrong foldspace_url, a redirect, a proxy)"
-        logger.error("\(cause); \(what)", metadata: [
-            "status": "\(status)", "foldspace_url": "\(options.foldspaceURL)", "dirty_users": "\(dirtyUsers)",
-        ])
+        logger.error(
+            "\(cause); \(what)",
+            metadata: [
+                "status": "\(status)", "foldspace_url": "\(options.foldspaceURL)", "dirty_users": "\(dirtyUsers)",
+            ])
     }
 
     func settle(_ job: FlushJob, _ entry: inout UserEntry, _ now: Int64) {

@@ -76,8 +76,9 @@ extension SyncEngine {
                                 progress.wait(for: k)
                             }
                         }
-                        foldChunk(&calls[k], origins[k], hashes[k], batch: batch, nowEpoch: nowEpoch, last: k == chunks - 1,
-                                  invalid: &invalid)
+                        foldChunk(
+                            &calls[k], origins[k], hashes[k], batch: batch, nowEpoch: nowEpoch, last: k == chunks - 1,
+                            invalid: &invalid)
                     }
                 }
             }
@@ -91,8 +92,10 @@ extension SyncEngine {
                 ("source.offset", String(m.offset)),
             ]
             if let field = f.field { headers.append(("field", field)) }
-            deadLetters.deadLetter(kind: .invalidEvent, key: m.key.isEmpty ? nil : Array(m.key),
-                                   value: Array(m.value), headers: headers) { [weak self] in self?.deadLetterDelivered(seq) }
+            deadLetters.deadLetter(
+                kind: .invalidEvent, key: m.key.isEmpty ? nil : Array(m.key),
+                value: Array(m.value), headers: headers
+            ) { [weak self] in self?.deadLetterDelivered(seq) }
         }
     }
 
@@ -108,8 +111,10 @@ extension SyncEngine {
 
     /// Folds one decoded chunk of `batch` (its calls, and the message each came from)
     /// under the lock, in order.
-    func foldChunk(_ calls: inout DecodedCalls, _ origins: [Int32], _ hashes: [UInt64], batch: [ConsumedMessage], nowEpoch: Int64,
-                           last: Bool, invalid: inout [(Int, DecodeFailure, UInt64)]) {
+    func foldChunk(
+        _ calls: inout DecodedCalls, _ origins: [Int32], _ hashes: [UInt64], batch: [ConsumedMessage], nowEpoch: Int64,
+        last: Bool, invalid: inout [(Int, DecodeFailure, UInt64)]
+    ) {
         let now = clock.monotonicMs()
         lock.withLock {
             if catchUp != nil && catchUp!.firstFoldMs == nil { catchUp!.firstFoldMs = now }
@@ -125,7 +130,7 @@ extension SyncEngine {
             // text's first reads still stalled; ~2-3 % of the single-threaded engine).
             let n = calls.count
             users.prefetchBuckets(hashes)
-            users.prefetchEntries(hashes) // a non-event's 0: a harmless hint
+            users.prefetchEntries(hashes)  // a non-event's 0: a harmless hint
             slotScratch.removeAll(keepingCapacity: true)
             for j in 0..<n {
                 if let identity = calls.identity(j) {
@@ -169,8 +174,9 @@ extension SyncEngine {
                     switch outcome {
                     case .event(let k):
                         let slot = slotScratch[j]
-                        fold(events.baseAddress! + Int(k), slot: slot < 0 ? Int(~slot) : Int(slot), isNew: slot < 0, message: m,
-                             call: call, partition: pidx, nowEpoch: nowEpoch, nowMono: now)
+                        fold(
+                            events.baseAddress! + Int(k), slot: slot < 0 ? Int(~slot) : Int(slot), isNew: slot < 0, message: m,
+                            call: call, partition: pidx, nowEpoch: nowEpoch, nowMono: now)
                     case .ignored(let t):
                         if t == Self.controlMarker, ResyncRequest.isControl(key: m.key) {
                             if !control(m, partition: pidx, nowMono: now) {
@@ -195,8 +201,10 @@ extension SyncEngine {
     }
 
     /// Folds one event; called with the lock held.
-    func fold(_ e: UnsafeMutablePointer<SegmentEvent>, slot: Int, isNew: Bool, message m: ConsumedMessage, call: UInt32,
-                      partition pidx: OffsetTracker.PartitionIndex, nowEpoch: Int64, nowMono: Int64) {
+    func fold(
+        _ e: UnsafeMutablePointer<SegmentEvent>, slot: Int, isNew: Bool, message m: ConsumedMessage, call: UInt32,
+        partition pidx: OffsetTracker.PartitionIndex, nowEpoch: Int64, nowMono: Int64
+    ) {
         if e.pointee.timeImplausible { stats.implausibleTime += 1 }
         if e.pointee.implausibleTraitDates != 0 { stats.implausibleTraitDates += Int(e.pointee.implausibleTraitDates) }
         // The decode resolved a missing payload time to a plausible Kafka time (or made
@@ -209,8 +217,10 @@ extension SyncEngine {
         }
     }
 
-    func apply(_ e: UnsafeMutablePointer<SegmentEvent>, timeMs t: Int64, message m: ConsumedMessage, call: UInt32,
-                       partition pidx: OffsetTracker.PartitionIndex, isNew: Bool, nowMono: Int64, to entry: inout UserEntry) {
+    func apply(
+        _ e: UnsafeMutablePointer<SegmentEvent>, timeMs t: Int64, message m: ConsumedMessage, call: UInt32,
+        partition pidx: OffsetTracker.PartitionIndex, isNew: Bool, nowMono: Int64, to entry: inout UserEntry
+    ) {
         // A user waiting for a checkpoint under another partition is queued under this
         // one too: revoking this one must write it before its offset is committed.
         if entry.checkpointPending && entry.home != pidx { pendingCheckpoint[pidx, default: []].append(e.pointee.identity) }
@@ -223,9 +233,11 @@ extension SyncEngine {
                 stats.skippedReplays += 1
                 if !replayNoted.contains(pidx) {
                     replayNoted.insert(pidx)
-                    logger.info("skipping replayed events (already in the users' state)", metadata: [
-                        "partition": "\(partitionsByIndex[Int(pidx)])", "first_offset": "\(m.offset)",
-                    ])
+                    logger.info(
+                        "skipping replayed events (already in the users' state)",
+                        metadata: [
+                            "partition": "\(partitionsByIndex[Int(pidx)])", "first_offset": "\(m.offset)",
+                        ])
                 }
                 return
             }
@@ -233,15 +245,17 @@ extension SyncEngine {
         }
         if entry.state.wouldForgetASource(recording: source) { stats.appliedSourcesForgotten += 1 }
         stats.folded += 1
-        let changed = folder.fold(spending: &e.pointee, timeMs: t, offset: m.offset, source: source, call: call, kafkaMs: kafkaMs,
-                                  into: &entry.state, adjustments: &stats.adjustments)
+        let changed = folder.fold(
+            spending: &e.pointee, timeMs: t, offset: m.offset, source: source, call: call, kafkaMs: kafkaMs,
+            into: &entry.state, adjustments: &stats.adjustments)
         // Every applied event moves the applied offset (and maybe visit spans): persist.
         markForCheckpoint(e.pointee.identity, &entry)
         if changed || isNew {
             let wasDirty = entry.delivery.isDirty
             debouncer.changed(e.pointee.identity, &entry.delivery, nowMs: nowMono)
             if !wasDirty { dirty.became(since: entry.delivery.dirtySinceMs) }
-            let added = entry.delivery.inFlight
+            let added =
+                entry.delivery.inFlight
                 ? entry.flightHolds.add(pidx, m.offset)
                 : entry.holds.add(pidx, m.offset)
             if added { offsets.hold(pidx, offset: m.offset) }
@@ -258,10 +272,13 @@ extension SyncEngine {
     /// forth, and folding a replay counts it twice — so then the call is skipped, and the
     /// suspicion is said (warning, `foldspace_sync_source_recreation_suspected_total`).
     /// Said once per partition and assignment. Called with the lock held.
-    func isRecreation(_ s: UserState, source: UInt32, kafkaMs: Int64, partition pidx: OffsetTracker.PartitionIndex,
-                              offset: Int64) -> Bool {
+    func isRecreation(
+        _ s: UserState, source: UInt32, kafkaMs: Int64, partition pidx: OffsetTracker.PartitionIndex,
+        offset: Int64
+    ) -> Bool {
         guard kafkaMs >= 0, let applied = s.appliedPosition(source: source), applied.kafkaSeconds > 0,
-              kafkaMs / 1000 > Int64(applied.kafkaSeconds) + Self.recreationToleranceMs / 1000 else { return false }
+            kafkaMs / 1000 > Int64(applied.kafkaSeconds) + Self.recreationToleranceMs / 1000
+        else { return false }
         let tp = partitionsByIndex[Int(pidx)]
         let metadata: Logger.Metadata = [
             "partition": "\(tp)", "offset": "\(offset)", "applied_offset": "\(applied.offset)",
@@ -270,13 +287,17 @@ extension SyncEngine {
         guard let hw = highWatermark?(tp), hw >= 0, hw <= applied.offset else {
             if recreationSuspected.insert(pidx).inserted {
                 stats.suspectedRecreations += 1
-                logger.warning("a message at or below users' applied offsets is much newer (Kafka time) than the one they applied, but the log is longer than those offsets: skipped as a replay; if the topic was recreated, reset this group's state", metadata: metadata)
+                logger.warning(
+                    "a message at or below users' applied offsets is much newer (Kafka time) than the one they applied, but the log is longer than those offsets: skipped as a replay; if the topic was recreated, reset this group's state",
+                    metadata: metadata)
             }
             return false
         }
         if recreationNoted.insert(pidx).inserted {
             stats.recreatedSources += 1
-            logger.error("source partition restarted below the users' applied offsets with newer messages: the topic was recreated; its events are folded, not skipped as replays", metadata: metadata)
+            logger.error(
+                "source partition restarted below the users' applied offsets with newer messages: the topic was recreated; its events are folded, not skipped as replays",
+                metadata: metadata)
         }
         return true
     }

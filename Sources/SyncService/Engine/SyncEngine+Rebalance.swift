@@ -86,8 +86,9 @@ extension SyncEngine {
             if c.firstFoldMs == nil && backlog > 0 { return nil }
             catchUp = nil
             guard let first = c.firstFoldMs, stats.folded > c.folded else { return nil }
-            return CaughtUp(events: stats.folded - c.folded, foldSeconds: Double(c.lastFoldMs - first) / 1000,
-                            sinceAssignmentSeconds: Double(now - c.assignedMs) / 1000)
+            return CaughtUp(
+                events: stats.folded - c.folded, foldSeconds: Double(c.lastFoldMs - first) / 1000,
+                sinceAssignmentSeconds: Double(now - c.assignedMs) / 1000)
         }
     }
 
@@ -121,7 +122,8 @@ extension SyncEngine {
             // next owner's would fence it.
             let deadline = DispatchTime.now().uptimeNanoseconds + 40_000_000_000
             while lock.withLock({ partitions.contains { claiming.contains($0) } }),
-                  DispatchTime.now().uptimeNanoseconds < deadline {
+                DispatchTime.now().uptimeNanoseconds < deadline
+            {
                 Thread.sleep(forTimeInterval: 0.01)
             }
             stateStore?.relinquish(partitions)
@@ -169,11 +171,13 @@ extension SyncEngine {
                 pendingTombstones[i] = nil
                 lastCommitted[i] = nil
             }
-            logger.info("partitions settled", metadata: [
-                "partitions": "\(partitions.map(\.description).joined(separator: ","))",
-                "users_dropped": .stringConvertible(dropped), "users_unsettled": .stringConvertible(unsettled),
-                "ms": .stringConvertible(clock.monotonicMs() - start),
-            ])
+            logger.info(
+                "partitions settled",
+                metadata: [
+                    "partitions": "\(partitions.map(\.description).joined(separator: ","))",
+                    "users_dropped": .stringConvertible(dropped), "users_unsettled": .stringConvertible(unsettled),
+                    "ms": .stringConvertible(clock.monotonicMs() - start),
+                ])
         }
         updateRateShare()
     }

@@ -21,10 +21,12 @@ extension SyncEngine {
                 offsets.hold(p, offset: m.offset)
                 countResyncPending()
             }
-            logger.info("resync of all users requested", metadata: [
-                "partition": "\(partitionsByIndex[Int(p)])", "offset": .stringConvertible(m.offset),
-                "request_id": .string(request.requestId),
-            ])
+            logger.info(
+                "resync of all users requested",
+                metadata: [
+                    "partition": "\(partitionsByIndex[Int(p)])", "offset": .stringConvertible(m.offset),
+                    "request_id": .string(request.requestId),
+                ])
         case .ids(let ids):
             var queued = 0
             for id in ids {
@@ -36,11 +38,13 @@ extension SyncEngine {
                     queued += 1
                 }
             }
-            logger.info("resync of listed users requested", metadata: [
-                "partition": "\(partitionsByIndex[Int(p)])", "offset": .stringConvertible(m.offset),
-                "request_id": .string(request.requestId), "listed": .stringConvertible(ids.count),
-                "queued": .stringConvertible(queued),
-            ])
+            logger.info(
+                "resync of listed users requested",
+                metadata: [
+                    "partition": "\(partitionsByIndex[Int(p)])", "offset": .stringConvertible(m.offset),
+                    "request_id": .string(request.requestId), "listed": .stringConvertible(ids.count),
+                    "queued": .stringConvertible(queued),
+                ])
         }
         return true
     }
@@ -98,9 +102,11 @@ extension SyncEngine {
         }
         if resyncCursor == 0 {
             for (p, offset) in round { offsets.release(p, offset: offset) }
-            logger.info("resync of all users queued", metadata: [
-                "partitions": .stringConvertible(round.count),
-            ])
+            logger.info(
+                "resync of all users queued",
+                metadata: [
+                    "partitions": .stringConvertible(round.count)
+                ])
             resyncRound = [:]
         }
     }

@@ -135,8 +135,10 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// at most the cores).
     let decodeParallelism: Int
 
-    public init(options: EngineOptions, deadLetters: DeadLetterSink, logger: Logger, clock: EngineClock = .system,
-                links: EngineLinks = EngineLinks()) {
+    public init(
+        options: EngineOptions, deadLetters: DeadLetterSink, logger: Logger, clock: EngineClock = .system,
+        links: EngineLinks = EngineLinks()
+    ) {
         stateStore = links.stateStore
         storeOffsets = links.storeOffsets
         restoredSink = links.restored
@@ -172,10 +174,12 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
             guard n > 0 else { return }
             let share = Double(max(assigned.count, 1)) / Double(n)
             limiter.setShare(share, nowMs: now)
-            logger.info("rate share updated", metadata: [
-                "assigned": .stringConvertible(assigned.count), "partitions": .stringConvertible(n),
-                "requests_per_second": .stringConvertible((limiter.currentRate * 100).rounded() / 100),
-            ])
+            logger.info(
+                "rate share updated",
+                metadata: [
+                    "assigned": .stringConvertible(assigned.count), "partitions": .stringConvertible(n),
+                    "requests_per_second": .stringConvertible((limiter.currentRate * 100).rounded() / 100),
+                ])
         }
     }
 

@@ -76,4 +76,3 @@ public struct EngineStats: Sendable {
     /// Every request sent: answered (any status) or not.
     public var requestTotal: Int { requests.values.reduce(0, +) + requestErrors.values.reduce(0, +) }
 }
-

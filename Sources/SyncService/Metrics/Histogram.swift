@@ -34,4 +34,3 @@ public struct Histogram: Sendable {
         return Double(counts[i]) / Double(count)
     }
 }
-

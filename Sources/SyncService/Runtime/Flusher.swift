@@ -16,8 +16,10 @@ public final class Flusher: Sendable {
 
     /// - Parameter beforeProbe: runs before each circuit-breaker probe (re-reads the key
     ///   file, so a rotated key heals without a signal).
-    public init(engine: SyncEngine, sender: UserUpdateSender, maxInFlight: Int,
-                beforeProbe: @escaping @Sendable () -> Void = {}) {
+    public init(
+        engine: SyncEngine, sender: UserUpdateSender, maxInFlight: Int,
+        beforeProbe: @escaping @Sendable () -> Void = {}
+    ) {
         self.engine = engine
         self.sender = sender
         self.maxInFlight = max(1, maxInFlight)

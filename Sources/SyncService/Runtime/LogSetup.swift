@@ -105,7 +105,8 @@ public struct StderrLogHandler: LogHandler {
         let prefix = syslogPrefix ? "<\(Self.priority(event.level))>" : ""
         switch format {
         case .json:
-            var out = prefix + "{\"ts\":" + jsonQuote(time) + ",\"level\":" + jsonQuote(event.level.rawValue)
+            var out =
+                prefix + "{\"ts\":" + jsonQuote(time) + ",\"level\":" + jsonQuote(event.level.rawValue)
                 + ",\"logger\":" + jsonQuote(label) + ",\"msg\":" + jsonQuote("\(event.message)")
             var written = Self.reservedKeys
             for (k, v) in merged {
@@ -117,8 +118,9 @@ public struct StderrLogHandler: LogHandler {
             writeLine(out + "}", fd: fd)
         case .text:
             let md = merged.map { "\(textKey($0.key))=\(textValue(textRender($0.value)))" }.joined(separator: " ")
-            writeLine(prefix + "\(time) \(event.level.rawValue.uppercased()) [\(escapeControls(label))] \(escapeControls("\(event.message)"))"
-                      + (md.isEmpty ? "" : " " + md), fd: fd)
+            writeLine(
+                prefix + "\(time) \(event.level.rawValue.uppercased()) [\(escapeControls(label))] \(escapeControls("\(event.message)"))"
+                    + (md.isEmpty ? "" : " " + md), fd: fd)
         }
     }
 }
@@ -127,10 +129,18 @@ public struct StderrLogHandler: LogHandler {
 /// the civil calendar (no shared formatter, so safe from any thread).
 public func logTimestamp(epochMs: Int64) -> String {
     let ms = epochMs.quotientAndRemainder(dividingBy: 1000)
-    var secs = ms.quotient, milli = ms.remainder
-    if milli < 0 { milli += 1000; secs -= 1 }
-    var days = secs / 86_400, rem = secs % 86_400
-    if rem < 0 { rem += 86_400; days -= 1 }
+    var secs = ms.quotient
+    var milli = ms.remainder
+    if milli < 0 {
+        milli += 1000
+        secs -= 1
+    }
+    var days = secs / 86_400
+    var rem = secs % 86_400
+    if rem < 0 {
+        rem += 86_400
+        days -= 1
+    }
     // Howard Hinnant's civil_from_days.
     let z = days + 719_468
     let era = (z >= 0 ? z : z - 146_096) / 146_097
@@ -180,9 +190,12 @@ private func textRender(_ v: Logger.Metadata.Value) -> String {
 /// A text-format key: anything but plain name characters becomes `_`.
 private func textKey(_ k: String) -> String {
     let ok = k.unicodeScalars.allSatisfy { $0.properties.isAlphabetic || ("0"..."9").contains($0) || "_.-".unicodeScalars.contains($0) }
-    return ok && !k.isEmpty ? k : String(k.unicodeScalars.map { u -> Character in
-        u.properties.isAlphabetic || ("0"..."9").contains(u) || "_.-".unicodeScalars.contains(u) ? Character(u) : "_"
-    })
+    return ok && !k.isEmpty
+        ? k
+        : String(
+            k.unicodeScalars.map { u -> Character in
+                u.properties.isAlphabetic || ("0"..."9").contains(u) || "_.-".unicodeScalars.contains(u) ? Character(u) : "_"
+            })
 }
 
 /// A text-format value: bare when plain, else quoted with JSON escapes.
@@ -193,7 +206,9 @@ private func textValue(_ s: String) -> String {
 
 /// Control characters (newlines first of all) as escapes, the rest untouched.
 private func escapeControls(_ s: String) -> String {
-    guard s.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F || $0 == "\u{2028}" || $0 == "\u{2029}" }) else { return s }
+    guard s.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F || $0 == "\u{2028}" || $0 == "\u{2029}" }) else {
+        return s
+    }
     var out = ""
     for u in s.unicodeScalars {
         switch u {

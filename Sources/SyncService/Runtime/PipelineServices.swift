@@ -114,8 +114,10 @@ struct AdminEndpoint: Service, CustomStringConvertible {
 /// `/healthz` and the systemd watchdog: both beat only while the flusher goes round and
 /// the consumer polls. The poll thread may legitimately sit in a rebalance callback for
 /// up to the drain timeout, hence `pollLimit`.
-func liveness(flusher: Flusher, consumer: KafkaConsumer, alive: LoopsAlive, notifier: SystemdNotifier,
-              pollLimit: Double) -> Loop {
+func liveness(
+    flusher: Flusher, consumer: KafkaConsumer, alive: LoopsAlive, notifier: SystemdNotifier,
+    pollLimit: Double
+) -> Loop {
     Loop("liveness") {
         var lastRounds = -1
         var lastWatchdog = ContinuousClock.now
@@ -157,7 +159,8 @@ func catchUpReports(engine: SyncEngine, consumer: KafkaConsumer, logger: Logger)
         let assigned = consumer.assignment
         let lag = consumer.lag()
         guard !assigned.isEmpty, lag.count == assigned.count, lag.values.reduce(0, +) < 1_000,
-              let c = engine.takeCatchUp(backlog: lag.values.reduce(0, +)) else { return }
+            let c = engine.takeCatchUp(backlog: lag.values.reduce(0, +))
+        else { return }
         var metadata: Logger.Metadata = [
             "events": .stringConvertible(c.events), "partitions": .stringConvertible(assigned.count),
             "fold_seconds": .stringConvertible((c.foldSeconds * 1000).rounded() / 1000),

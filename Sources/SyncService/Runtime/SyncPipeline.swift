@@ -45,8 +45,9 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         if let topic = config.deadLetterTopic {
             let p = try KafkaProducer(config: kafka, logger: logger)
             producer = p
-            let writer = KafkaDeadLetters(producer: p, topic: topic, logger: logger,
-                                          maxMessageBytes: kafka["message.max.bytes"].flatMap { Int($0) } ?? 1_000_000)
+            let writer = KafkaDeadLetters(
+                producer: p, topic: topic, logger: logger,
+                maxMessageBytes: kafka["message.max.bytes"].flatMap { Int($0) } ?? 1_000_000)
             deadLetterWriter = writer
             sink = writer
         } else {
@@ -98,16 +99,19 @@ public final class SyncPipeline: Service, @unchecked Sendable {
             let layout = try await Self.blocking {
                 try KafkaStateStore.prepare(topic: topic, sourceTopic: self.config.topics[0], config: prepareConfig, logger: self.logger)
             }
-            let store = try KafkaStateStore(topic: topic, partitions: layout.state, sourcePartitions: layout.source,
-                                            config: kafka, logger: logger, transactional: config.stateTransactions)
+            let store = try KafkaStateStore(
+                topic: topic, partitions: layout.state, sourcePartitions: layout.source,
+                config: kafka, logger: logger, transactional: config.stateTransactions)
             stateStore = store
         }
         // Process-wide, and on unless a configuration turns it off.
         if !config.zstdSizeHint { ZstdSizeHint.setEnabled(false) }
         #if os(Linux)
-        if config.zstdSizeHint && !ZstdSizeHint.isInstalled {
-            logger.warning("zstd_size_hint: librdkafka does not call this executable's hint; zstd batches without a stated size are sized by librdkafka's guesses")
-        }
+            if config.zstdSizeHint && !ZstdSizeHint.isInstalled {
+                logger.warning(
+                    "zstd_size_hint: librdkafka does not call this executable's hint; zstd batches without a stated size are sized by librdkafka's guesses"
+                )
+            }
         #endif
         // The engine and the consumer need each other: the consumer calls the engine
         // (its handler), the engine stores offsets in the consumer and asks it for
@@ -129,19 +133,24 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         let freezeLimitMs = max(1_000, sessionTimeoutMs - heartbeatMs - 500)
         let freezeWatch = FreezeWatch(limitMs: freezeLimitMs) { [logger] seconds in
             engineLink.value?.halt()
-            logger.critical("the process did not run for about as long as the group's session timeout (stopped or paused): another instance may own its partitions now; it sends nothing more and exits to rejoin", metadata: [
-                "seconds": .stringConvertible((seconds * 10).rounded() / 10), "session_timeout_ms": .stringConvertible(sessionTimeoutMs),
-            ])
+            logger.critical(
+                "the process did not run for about as long as the group's session timeout (stopped or paused): another instance may own its partitions now; it sends nothing more and exits to rejoin",
+                metadata: [
+                    "seconds": .stringConvertible((seconds * 10).rounded() / 10),
+                    "session_timeout_ms": .stringConvertible(sessionTimeoutMs),
+                ])
         }
-        let engine = SyncEngine(options: engineOptions, deadLetters: deadLetterSink, logger: logger, links: EngineLinks(
-            stateStore: stateStore,
-            storeOffsets: { consumerLink.value?.storeOffsets($0) },
-            // Restores run off the poll thread; the consumer holds each partition paused
-            // until its state is loaded.
-            restored: { consumerLink.value?.release($0) },
-            sendGate: { freezeWatch.allowsSending },
-            partitionTotal: { consumerLink.value?.subscribedPartitionCount() ?? 0 },
-            highWatermark: { consumerLink.value?.highWatermark($0) }))
+        let engine = SyncEngine(
+            options: engineOptions, deadLetters: deadLetterSink, logger: logger,
+            links: EngineLinks(
+                stateStore: stateStore,
+                storeOffsets: { consumerLink.value?.storeOffsets($0) },
+                // Restores run off the poll thread; the consumer holds each partition paused
+                // until its state is loaded.
+                restored: { consumerLink.value?.release($0) },
+                sendGate: { freezeWatch.allowsSending },
+                partitionTotal: { consumerLink.value?.subscribedPartitionCount() ?? 0 },
+                highWatermark: { consumerLink.value?.highWatermark($0) }))
         engineLink.value = engine
         let consumer = try KafkaConsumer(config: kafka, topics: config.topics, handler: engine, logger: logger)
         consumerLink.value = consumer
@@ -179,9 +188,10 @@ public final class SyncPipeline: Service, @unchecked Sendable {
                     var queues: [(producer: String, messages: Int)] = []
                     if let stateStore { queues.append(("state", stateStore.queueLength)) }
                     if let deadLetterProducer { queues.append(("dead-letters", deadLetterProducer.queueLength)) }
-                    return MetricsText.render(engine.snapshot(), lag: consumer.lag().map { ($0.key.topic, $0.key.partition, $0.value) },
-                                              fetcherWakeups: consumer.fetcherNudges, zstdBatchesSized: ZstdSizeHint.framesSized,
-                                              kafka: consumer.statistics, producerQueues: queues, process: ProcessMetrics.read())
+                    return MetricsText.render(
+                        engine.snapshot(), lag: consumer.lag().map { ($0.key.topic, $0.key.partition, $0.value) },
+                        fetcherWakeups: consumer.fetcherNudges, zstdBatchesSized: ZstdSizeHint.framesSized,
+                        kafka: consumer.statistics, producerQueues: queues, process: ProcessMetrics.read())
                 },
                 healthy: { alive.healthy && !kafkaFatal() },
                 ready: { engine.snapshot().ready })
@@ -197,16 +207,19 @@ public final class SyncPipeline: Service, @unchecked Sendable {
             started = true
         }
         logger.info("admin server listening", metadata: ["address": "\(host):\(admin.port)"])
-        logger.info("foldspace-sync running", metadata: [
-            "version": "\(foldspaceSyncVersion)", "topics": "\(config.topics.joined(separator: ","))",
-            "group": "\(config.group)", "foldspace_url": "\(config.foldspaceURL)",
-        ])
+        logger.info(
+            "foldspace-sync running",
+            metadata: [
+                "version": "\(foldspaceSyncVersion)", "topics": "\(config.topics.joined(separator: ","))",
+                "group": "\(config.group)", "foldspace_url": "\(config.foldspaceURL)",
+            ])
         consumer.start()
         alive.beat()
 
         let probeKeys = keys
-        let flusher = Flusher(engine: engine, sender: sender, maxInFlight: config.engine.maxInFlight,
-                              beforeProbe: { _ = try? probeKeys.reload() })
+        let flusher = Flusher(
+            engine: engine, sender: sender, maxInFlight: config.engine.maxInFlight,
+            beforeProbe: { _ = try? probeKeys.reload() })
         let commitInterval = config.commitIntervalMs
         let logger = self.logger
         // Started in this order, shut down in the reverse one: stop requests first, then
@@ -215,26 +228,34 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: AdminEndpoint(admin: admin)),
             .init(service: Loop("flusher") { await flusher.run() }),
-            .init(service: liveness(flusher: flusher, consumer: consumer, alive: alive, notifier: notifier,
-                                    pollLimit: Double(config.engine.drainTimeoutMs) / 1000 + 10)),
+            .init(
+                service: liveness(
+                    flusher: flusher, consumer: consumer, alive: alive, notifier: notifier,
+                    pollLimit: Double(config.engine.drainTimeoutMs) / 1000 + 10)),
             .init(service: keyReloads(keys: keys, engine: engine, logger: logger)),
             .init(service: catchUpReports(engine: engine, consumer: consumer, logger: logger)),
             // Run until asked to stop, or until the consumer ends on a fatal error.
-            .init(service: Consuming(consumer: consumer, engine: engine, durable: config.engine.durable,
-                                     drainMs: config.shutdownTimeoutMs / 2, fatal: kafkaFatal),
-                  successTerminationBehavior: .gracefullyShutdownGroup),
+            .init(
+                service: Consuming(
+                    consumer: consumer, engine: engine, durable: config.engine.durable,
+                    drainMs: config.shutdownTimeoutMs / 2, fatal: kafkaFatal),
+                successTerminationBehavior: .gracefullyShutdownGroup),
         ]
         if config.engine.durable {
-            services.append(.init(service: Every("checkpoints", .milliseconds(commitInterval)) {
-                _ = await Self.blocking { engine.checkpoint() }
-            }))
+            services.append(
+                .init(
+                    service: Every("checkpoints", .milliseconds(commitInterval)) {
+                        _ = await Self.blocking { engine.checkpoint() }
+                    }))
         }
         // The user table is walked in slices: users by type, and inactive_user_ttl.
         services.append(.init(service: Every("sweeps", .seconds(1)) { engine.sweep() }))
-        services.append(.init(service: StopRequests(requests: stopStream) {
-            logger.info("shutting down: settling users and committing offsets")
-            notifier.stopping()
-        }, successTerminationBehavior: .gracefullyShutdownGroup))
+        services.append(
+            .init(
+                service: StopRequests(requests: stopStream) {
+                    logger.info("shutting down: settling users and committing offsets")
+                    notifier.stopping()
+                }, successTerminationBehavior: .gracefullyShutdownGroup))
         notifier.ready(status: "consuming \(config.topics.joined(separator: ",")) as group \(config.group)")
         // The group's own log lines are about its mechanics: debug and below only.
         var groupLogger = logger
@@ -248,12 +269,16 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         let stats = engine.snapshot()
         // Unsettled: still held, or let go unsettled by the final revocation (the next
         // owner sends those; the "partitions settled" line says the same per partition set).
-        logger.info("stopped", metadata: [
-            "events_folded": .stringConvertible(stats.folded),
-            "users_unsettled": .stringConvertible(stats.dirtyUsers &+ stats.unsettledAtLastRevocation),
-        ])
+        logger.info(
+            "stopped",
+            metadata: [
+                "events_folded": .stringConvertible(stats.folded),
+                "users_unsettled": .stringConvertible(stats.dirtyUsers &+ stats.unsettledAtLastRevocation),
+            ])
         if kafkaFatal() {
-            throw RuntimeFailure("a Kafka client hit a fatal error, or this instance was fenced by a newer owner of its partitions (see the critical log line); exiting so that the process is restarted")
+            throw RuntimeFailure(
+                "a Kafka client hit a fatal error, or this instance was fenced by a newer owner of its partitions (see the critical log line); exiting so that the process is restarted"
+            )
         }
     }
 }

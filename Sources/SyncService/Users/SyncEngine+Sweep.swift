@@ -25,7 +25,8 @@ extension SyncEngine {
             var expired: [(String, OffsetTracker.PartitionIndex)] = []
             let next = users.scan(from: sweepCursor, limit: max(1, limit)) { e in
                 if ttl > 0, Int(e.home) < cutoffs.count, e.state.lastSeenMs < cutoffs[Int(e.home)], !e.delivery.isDirty,
-                   !e.delivery.inFlight, e.holds.isEmpty, e.flightHolds.isEmpty, pendingUserLetters[e.identity] == nil {
+                    !e.delivery.inFlight, e.holds.isEmpty, e.flightHolds.isEmpty, pendingUserLetters[e.identity] == nil
+                {
                     expired.append((e.identity, e.home))
                     return
                 }

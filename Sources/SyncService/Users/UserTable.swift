@@ -32,7 +32,7 @@ extension SyncEngine {
         subscript(key: String) -> UserEntry? {
             get { find(key, hash: hash(key)).map { entries[Int($0)] } }
             set {
-                guard !key.isEmpty else { return } // no event has an empty identity
+                guard !key.isEmpty else { return }  // no event has an empty identity
                 let h = hash(key)
                 if var newValue {
                     newValue.identity = key
@@ -43,7 +43,7 @@ extension SyncEngine {
                     entries.withUnsafeBufferPointer { e in
                         index.remove(h, slot: i) { seed.hash(e[Int($0)].identity) }
                     }
-                    entries[Int(i)] = UserEntry() // releases what the entry held
+                    entries[Int(i)] = UserEntry()  // releases what the entry held
                     free.append(i)
                 }
             }
