@@ -61,11 +61,9 @@ public final class KafkaConsumer: @unchecked Sendable {
         // over either threshold, this librdkafka's fetcher stops and decides again only
         // when its broker thread next wakes, up to a second later; the poll loop wakes it
         // when the queue runs dry (nudgeFetcherIfStalled). Without that wake-up a queue
-        // had to hold over a second of folding (256 MiB at ~470k events/s); with it,
-        // 64 MiB (~110k of the benchmark's events, ~0.17 s of folding) folds as fast as
-        // 128 MiB did (the binary: medians 582k/640k and 644k/606k events/s in two runs
-        // of interleaved rounds; the pipeline: ~731k/~730k in eight pairs) with ~100 MB
-        // less peak RSS; 32 MiB was slower (~657k). See docs/performance.md.
+        // had to hold over a second of folding; with it, 64 MiB (a fraction of a second
+        // of folding) folds as fast as 128 MiB did, with less peak RSS, and 32 MiB was
+        // slower. The measurements: docs/performance.md ("Figures behind the code").
         "queued.min.messages": "300000",
         "queued.max.messages.kbytes": "65536",
         // A broker answers a waiting Fetch as soon as data arrives, so this wait only

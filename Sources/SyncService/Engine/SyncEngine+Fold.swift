@@ -121,13 +121,13 @@ extension SyncEngine {
             // First reach every user of the chunk, in passes that each start the loads
             // the next pass needs without waiting for them (prefetch hints), so that their
             // cache misses overlap; folding event by event it would wait for each in turn
-            // (at 100k users that was ~0.7 µs an event). The passes: the index buckets
+            // (docs/performance.md, "Figures behind the code"). The passes: the index buckets
             // (of the identities' hashes, computed with the decoding), the entries those
             // buckets most likely lead to, then the lookups themselves. The rest of each
             // entry and the heap storage it points to are requested a few events ahead of
             // the fold, not for the whole chunk at once: ~1,000 hints in one burst were
             // largely lost by the time the fold got there (the visit spans' and packed
-            // text's first reads still stalled; ~2-3 % of the single-threaded engine).
+            // text's first reads still stalled).
             let n = calls.count
             users.prefetchBuckets(hashes)
             users.prefetchEntries(hashes)  // a non-event's 0: a harmless hint

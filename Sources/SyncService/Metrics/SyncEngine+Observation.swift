@@ -22,7 +22,7 @@ extension SyncEngine {
             s.usersByType = ["ANONYMOUS": usersByType[0], "LEAD": usersByType[1], "USER": usersByType[2]]
             s.dirtyUsers = dirty.count
             // From the tally, not a walk over every user: a scrape held the lock, and so
-            // the poll thread, for ~1 ms per 10k users.
+            // the poll thread, for a time that grew with the users.
             s.oldestDirtyMs = dirty.oldestSinceMs.map { max(0, now - $0) } ?? 0
             s.breakerOpen = limiter.breakerOpen
             s.breakerStatus = limiter.breakerOpen ? limiter.breakerStatus : 0

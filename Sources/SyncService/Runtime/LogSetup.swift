@@ -1,3 +1,4 @@
+import Events
 import Foundation
 import Logging
 
@@ -125,38 +126,9 @@ public struct StderrLogHandler: LogHandler {
     }
 }
 
-/// RFC 3339 UTC with milliseconds, e.g. `2026-12-03T18:05:00.123Z`: pure arithmetic on
-/// the civil calendar (no shared formatter, so safe from any thread).
-public func logTimestamp(epochMs: Int64) -> String {
-    let ms = epochMs.quotientAndRemainder(dividingBy: 1000)
-    var secs = ms.quotient
-    var milli = ms.remainder
-    if milli < 0 {
-        milli += 1000
-        secs -= 1
-    }
-    var days = secs / 86_400
-    var rem = secs % 86_400
-    if rem < 0 {
-        rem += 86_400
-        days -= 1
-    }
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468
-    let era = (z >= 0 ? z : z - 146_096) / 146_097
-    let doe = z - era * 146_097
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
-    let mp = (5 * doy + 2) / 153
-    let d = doy - (153 * mp + 2) / 5 + 1
-    let m = mp < 10 ? mp + 3 : mp - 9
-    let y = yoe + era * 400 + (m <= 2 ? 1 : 0)
-    func pad(_ v: Int64, _ width: Int) -> String {
-        let s = String(v)
-        return s.count >= width ? s : String(repeating: "0", count: width - s.count) + s
-    }
-    return "\(pad(y, 4))-\(pad(m, 2))-\(pad(d, 2))T\(pad(rem / 3600, 2)):\(pad(rem % 3600 / 60, 2)):\(pad(rem % 60, 2)).\(pad(milli, 3))Z"
-}
+/// RFC 3339 UTC with milliseconds, e.g. `2026-12-03T18:05:00.123Z`: the decoder's own
+/// calendar arithmetic (no shared formatter, so safe from any thread).
+public func logTimestamp(epochMs: Int64) -> String { Timestamp.formatISO8601(epochMs) }
 
 /// A metadata value as JSON: numbers and booleans given as such stay numbers and
 /// booleans, dictionaries and arrays nest; strings (including interpolated numbers) stay
