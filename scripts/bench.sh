@@ -56,6 +56,13 @@ for round in $(seq "$ROUNDS"); do
   "$BIN/foldspace-bench" pipeline --brokers "$B" --topic bench --expect "$EVENTS" >> "$out/rounds"
   echo "round $round of $ROUNDS: the daemon's binary, a separate process (durable state, its default), rate from its /metrics..." >&2
   "$BIN/foldspace-bench" binary --bin "$BIN/foldspace-sync" --brokers "$B" --topic bench --expect "$EVENTS" >> "$out/rounds"
+  # BASELINE_BIN=<folder with another build's foldspace-sync>: that binary too, in the same
+  # rounds, for a before/after comparison of a change (a release build of the commit before it).
+  if [ -n "${BASELINE_BIN:-}" ]; then
+    echo "round $round of $ROUNDS: the baseline binary ($BASELINE_BIN/foldspace-sync)..." >&2
+    "$BIN/foldspace-bench" binary --bin "$BASELINE_BIN/foldspace-sync" --brokers "$B" --topic bench --expect "$EVENTS" \
+      | sed 's/^binary_/basebinary_/' >> "$out/rounds"
+  fi
 done
 # Medians (and ranges) of the rates; the last round's value of everything else.
 echo "rounds=$ROUNDS" > "$out/rates"
@@ -110,6 +117,7 @@ kc = int(g("kcat_rate")) if g("kcat_rate").isdigit() else 0
 kp = int(g("kcatpayload_rate")) if g("kcatpayload_rate").isdigit() else 0
 folded = int(g("folded_rate")) if g("folded_rate").isdigit() else 0
 binary = int(g("binary_folded_rate")) if g("binary_folded_rate").isdigit() else 0
+base = int(g("basebinary_folded_rate")) if g("basebinary_folded_rate").isdigit() else 0
 rounds = g("rounds")
 def r(k):
     """A rate: the median of the rounds, with their range."""
@@ -130,6 +138,11 @@ rows = [
     ("folded by the binary, a separate process, durable state (events/s)", r("binary_folded_rate")),
     ("binary folded / raw kcat -f '\\n'", f"{binary / kc:.2f}" if kc and binary else "?"),
     ("binary folded / raw kcat printing payloads", f"{binary / kp:.2f}" if kp and binary else "?"),
+] + ([
+    ("the baseline binary (BASELINE_BIN), same rounds (events/s)", r("basebinary_folded_rate")),
+    ("baseline binary folded / raw kcat -f '\\n'", f"{base / kc:.2f}" if kc and base else "?"),
+    ("binary folded / baseline binary folded", f"{binary / base:.3f}" if base and binary else "?"),
+] if base else []) + [
     ("pipeline folded / raw kcat -f '\\n'", f"{folded / kc:.2f}" if kc else "?"),
     ("pipeline folded / raw librdkafka consumer", f"{folded / raw:.2f}" if raw else "?"),
     ("folded by Python (confluent-kafka + json.loads)", g("python_fold_rate")),

@@ -7,56 +7,6 @@ import Testing
 
 @testable import SyncService
 
-/// A changelog in memory, with a switch to make writes fail.
-final class MemoryStateStore: StateStore, @unchecked Sendable {
-    private let lock = NSLock()
-    private var log: [Int32: [(key: [UInt8], value: [UInt8]?)]] = [:]
-    private(set) var commits: [[TopicPartition: Int64]] = []
-    var failWrites = false
-    /// Called inside each write (before it fails or lands): lets a test move its clock.
-    var duringWrite: (() -> Void)?
-    let partitions: Int32
-    var sourcePartitions: Int32 { partitions }
-    var maxRecordBytes = 1_000_000 - 1_024
-
-    init(partitions: Int32 = 1) { self.partitions = partitions }
-
-    func statePartition(for sourcePartition: Int32) -> Int32 { sourcePartition % partitions }
-    func read(partition: Int32) throws -> [(key: [UInt8], value: [UInt8]?)] { lock.withLock { log[partition] ?? [] } }
-    func write(_ records: [(partition: Int32, key: [UInt8], value: [UInt8]?)]) throws {
-        duringWrite?()
-        try lock.withLock {
-            if failWrites { throw TestError("write failed") }
-            // As Kafka: a record over the limit fails the write (MSG_SIZE_TOO_LARGE).
-            if records.contains(where: { $0.key.count + ($0.value?.count ?? 0) > maxRecordBytes }) {
-                throw TestError("message too large")
-            }
-            for r in records { log[r.partition, default: []].append((r.key, r.value)) }
-        }
-    }
-    func commit(_ offsets: [TopicPartition: Int64]) throws { lock.withLock { commits.append(offsets) } }
-    /// Each source partition's first retained offset (0 unless a test says otherwise).
-    var logStart: [TopicPartition: Int64] = [:]
-    func committedPastStart(_ tp: TopicPartition) throws -> Int64? {
-        guard let c = lastCommit[tp], c > (logStart[tp] ?? 0) else { return nil }
-        return c
-    }
-    /// As an operator deleting the group's committed offsets.
-    func forgetCommits() { lock.withLock { commits = [] } }
-    /// Drops every record whose key passes `drop` (as a changelog written before a record kind existed).
-    func removeRecords(where drop: ([UInt8]) -> Bool) { lock.withLock { for p in log.keys { log[p]!.removeAll { drop($0.key) } } } }
-    var lastCommit: [TopicPartition: Int64] {
-        lock.withLock { commits.reduce(into: [:]) { acc, c in for (k, v) in c { acc[k] = v } } }
-    }
-    /// The users' records (and tombstones) of a partition, oldest first: without the
-    /// markers each offset commit writes beside them (``ChangelogMarker``).
-    func userRecords(_ partition: Int32) -> [(key: [UInt8], value: [UInt8]?)] {
-        lock.withLock { (log[partition] ?? []).filter { !ChangelogMarker.isMarker(key: $0.key) } }
-    }
-    var recordCount: Int { lock.withLock { log.values.reduce(0) { $0 + $1.count { !ChangelogMarker.isMarker(key: $0.key) } } } }
-    var markerCount: Int { lock.withLock { log.values.reduce(0) { $0 + $1.count { ChangelogMarker.isMarker(key: $0.key) } } } }
-}
-
 struct TestError: Error {
     let m: String
     init(_ m: String) { self.m = m }

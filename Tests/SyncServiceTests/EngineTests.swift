@@ -7,45 +7,6 @@ import Testing
 
 @testable import SyncService
 
-/// A clock the test moves by hand.
-final class ManualClock: @unchecked Sendable {
-    private let lock = NSLock()
-    private var mono: Int64 = 1_000
-    let epochBase: Int64 = 1_764_000_000_000
-    var now: Int64 { lock.withLock { mono } }
-    func advance(_ ms: Int64) { lock.withLock { mono += ms } }
-    var engineClock: EngineClock {
-        EngineClock(monotonicMs: { self.now }, epochMs: { self.epochBase + self.now })
-    }
-}
-
-final class RecordingDeadLetters: DeadLetterSink, @unchecked Sendable {
-    private let lock = NSLock()
-    private var items: [(kind: String, key: [UInt8]?, value: [UInt8], headers: [(String, String)])] = []
-    func deadLetter(
-        kind: DeadLetterKind, key: [UInt8]?, value: [UInt8], headers: [(String, String)],
-        delivered: @escaping @Sendable () -> Void
-    ) {
-        lock.withLock { items.append((kind.rawValue, key, value, headers)) }
-        delivered()
-    }
-    var all: [(kind: String, key: [UInt8]?, value: [UInt8], headers: [(String, String)])] { lock.withLock { items } }
-}
-
-final class OffsetLog: @unchecked Sendable {
-    private let lock = NSLock()
-    private var latest: [TopicPartition: Int64] = [:]
-    func store(_ m: [TopicPartition: Int64]) {
-        lock.withLock {
-            for (k, v) in m {
-                precondition(v >= (latest[k] ?? 0), "offsets must only move forward")
-                latest[k] = v
-            }
-        }
-    }
-    subscript(tp: TopicPartition) -> Int64? { lock.withLock { latest[tp] } }
-}
-
 /// Feeds messages to the engine as the poll thread would, each with the same Kafka time.
 func feed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: Int64, json: String)]) {
     feedTimed(engine, messages.map { ($0.tp, $0.offset, 1_764_000_000_000, $0.json) })

@@ -7,43 +7,6 @@ import Testing
 
 @testable import SyncService
 
-/// A changelog whose reads fail while `failing` is set.
-final class FlakyStore: StateStore, @unchecked Sendable {
-    let inner: MemoryStateStore
-    private let lock = NSLock()
-    private var failures = 0
-    var failing: Bool {
-        get { lock.withLock { _failing } }
-        set { lock.withLock { _failing = newValue } }
-    }
-    private var _failing = true
-    var readFailures: Int { lock.withLock { failures } }
-
-    init(_ inner: MemoryStateStore) { self.inner = inner }
-
-    var sourcePartitions: Int32 { inner.sourcePartitions }
-    func statePartition(for sourcePartition: Int32) -> Int32 { inner.statePartition(for: sourcePartition) }
-    func read(partition: Int32) throws -> [(key: [UInt8], value: [UInt8]?)] {
-        try lock.withLock {
-            if _failing {
-                failures += 1
-                throw TestError("the changelog is unavailable")
-            }
-        }
-        return try inner.read(partition: partition)
-    }
-    func write(_ records: [(partition: Int32, key: [UInt8], value: [UInt8]?)]) throws { try inner.write(records) }
-    func commit(_ offsets: [TopicPartition: Int64]) throws { try inner.commit(offsets) }
-    func committedPastStart(_ tp: TopicPartition) throws -> Int64? { try inner.committedPastStart(tp) }
-}
-
-final class Released: @unchecked Sendable {
-    private let lock = NSLock()
-    private var items: [TopicPartition] = []
-    func add(_ p: [TopicPartition]) { lock.withLock { items += p } }
-    var all: [TopicPartition] { lock.withLock { items } }
-}
-
 /// Restores (issue "Exactly-once state", items 2 and 6): off the poll thread, the
 /// partition held until its state is loaded, a failure retried and never consumed past.
 @Suite struct RestoreTests {
@@ -180,36 +143,6 @@ final class Released: @unchecked Sendable {
         #expect(dl.all.map(\.kind) == ["state-too-large"])
         #expect(dl.all.first?.headers.contains { $0 == ("reason", "state-too-large") } == true)
     }
-}
-
-/// A changelog whose first (and second) read block until let go, and whose reads of one
-/// partition can fail.
-final class GatedStore: StateStore, @unchecked Sendable {
-    let inner: MemoryStateStore
-    private let lock = NSLock()
-    let firstGate = DispatchSemaphore(value: 0)
-    let secondGate = DispatchSemaphore(value: 0)
-    var blockFirst = true
-    var blockSecond = false
-    var failing: Int32?
-    private var count = 0
-    var reads: Int { lock.withLock { count } }
-    init(_ inner: MemoryStateStore) { self.inner = inner }
-    var sourcePartitions: Int32 { inner.sourcePartitions }
-    func statePartition(for sourcePartition: Int32) -> Int32 { inner.statePartition(for: sourcePartition) }
-    func read(partition: Int32) throws -> [(key: [UInt8], value: [UInt8]?)] {
-        let (n, fail, first, second) = lock.withLock { () -> (Int, Bool, Bool, Bool) in
-            count += 1
-            return (count, failing == partition, blockFirst, blockSecond)
-        }
-        if fail { throw TestError("the partition's changelog is damaged") }
-        if n == 1 && first { firstGate.wait() }
-        if n == 2 && second { secondGate.wait() }
-        return try inner.read(partition: partition)
-    }
-    func write(_ records: [(partition: Int32, key: [UInt8], value: [UInt8]?)]) throws { try inner.write(records) }
-    func commit(_ offsets: [TopicPartition: Int64]) throws { try inner.commit(offsets) }
-    func committedPastStart(_ tp: TopicPartition) throws -> Int64? { try inner.committedPastStart(tp) }
 }
 
 /// Races of background restores (found by review): a stale restore never releases a
