@@ -67,7 +67,7 @@ let package = Package(
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
-            ]),
+            ], swiftSettings: hotPath),
         // A small HTTP/1.1 server on NIO, for the admin endpoints and the sandbox.
         .target(
             name: "HTTPServing",

@@ -68,6 +68,18 @@ import Testing
         #expect(!load(0, 0))
     }
 
+    /// Limits are configuration: one at the top of Int's range must not trap when the
+    /// resume threshold (80 % of it) is worked out.
+    @Test func backpressureWithLimitsAtTheirMaximumDoesNotTrap() {
+        var b = Backpressure(maxDirtyUsers: .max, maxDeadLetterBacklogBytes: .max)
+        func load(_ d: Int, _ bytes: Int) -> Bool { b.update(dirtyUsers: d, deadLetterBacklogBytes: bytes) }
+        #expect(!load(0, 0))
+        var c = Backpressure(maxDirtyUsers: .max, maxDeadLetterBacklogBytes: 10)
+        func loadC(_ d: Int, _ bytes: Int) -> Bool { c.update(dirtyUsers: d, deadLetterBacklogBytes: bytes) }
+        #expect(loadC(0, 11))
+        #expect(!loadC(0, 0), "resumed once the backlog is below 80 %")
+    }
+
     @Test func theBreakerSaysWhenItOpensAndCloses() {
         var r = RateLimiter(ratePerSecond: 10, burst: 10, nowMs: 0)
         let ack = r.record(.acknowledged, wasProbe: false, nowMs: 0, backoffMs: 0)

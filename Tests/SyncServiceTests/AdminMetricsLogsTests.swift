@@ -135,7 +135,7 @@ private func startAdmin(idleTimeout: Duration = .seconds(60), maxConnections: In
     func sampleExposition() -> String {
         var s = EngineStats()
         s.folded = 7
-        s.invalid["bad \"quoted\" \\ reason\nnext"] = 2
+        s.invalid[.notJSON] = 2
         s.countRequest(.acknowledged)
         s.countRequest(.acknowledged)
         s.countRequest(.retryable(reason: "503"))
@@ -153,7 +153,7 @@ private func startAdmin(idleTimeout: Duration = .seconds(60), maxConnections: In
         k.fetchQueueBytes = 4096
         k.fetchQueueMessages = 10
         return MetricsText.render(
-            s, lag: [("events", 0, 5)], fetcherWakeups: 1, zstdBatchesSized: 2, kafka: k,
+            s, lag: [("bad \"quoted\" \\ topic\nnext", 0, 5)], fetcherWakeups: 1, zstdBatchesSized: 2, kafka: k,
             producerQueues: [("dead-letters", 4)], process: ProcessMetrics.read())
     }
 
@@ -183,7 +183,8 @@ private func startAdmin(idleTimeout: Duration = .seconds(60), maxConnections: In
         let errors = Dictionary(uniqueKeysWithValues: samples("foldspace_sync_request_errors").map { ($0.labels["kind"] ?? "", $0.value) })
         #expect(errors == ["timeout": 1, "connection": 1])
         // Label values escaped: the parser gives back the original string.
-        #expect(samples("foldspace_sync_invalid_events").first?.labels["reason"] == "bad \"quoted\" \\ reason\nnext")
+        #expect(samples("foldspace_sync_consumer_lag").first?.labels["topic"] == "bad \"quoted\" \\ topic\nnext")
+        #expect(samples("foldspace_sync_invalid_events").first?.labels["reason"] == "not-json")
         let build = try #require(samples("foldspace_sync_build_info").first)
         #expect(
             build.value == 1 && build.labels["version"] == foldspaceSyncVersion && build.labels["librdkafka_version"] == librdkafkaVersion)

@@ -196,9 +196,9 @@ import Testing
         consumer.start()
         defer { consumer.stop() }
         #expect(await eventually(.seconds(30)) { !consumer.assignment.isEmpty }, "joined the group")
-        let store = try KafkaStateStore(topic: "state", partitions: 1, sourcePartitions: 1, config: config, logger: quietLogger)
+        let store = try KafkaStateStore(
+            topic: "state", partitions: 1, sourcePartitions: 1, config: config, logger: quietLogger, groupConsumer: { consumer })
         defer { store.close() }
-        store.attach(consumer: consumer)
         let tp = TopicPartition("events", 0)
         #expect(try store.committedPastStart(tp) == nil, "nothing committed")
         // Someone else's commit at the log's start (an operator's reset to the earliest).

@@ -274,7 +274,7 @@ func feed(_ engine: SyncEngine, _ messages: [(tp: TopicPartition, offset: Int64,
         feed(engine, [(tp, 0, "garbage"), (tp, 1, "[1]"), (tp, 2, #"{"type":"page"}"#), (tp, 3, #"{"type":"flush","userId":"x"}"#)])
         #expect(offsets[tp] == 4)
         let s = engine.snapshot()
-        #expect(s.invalid == ["not-json": 1, "not-object": 1, "missing-identity": 1])
+        #expect(s.invalid == [.notJSON: 1, .notObject: 1, .missingIdentity: 1])
         #expect(s.ignored == 1)
         #expect(dl.all.map(\.kind) == ["invalid-event", "invalid-event", "invalid-event"])
         #expect(dl.all[0].value == Array("garbage".utf8))

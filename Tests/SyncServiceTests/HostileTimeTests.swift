@@ -46,7 +46,7 @@ import Testing
                 (tp, 3, good, #"{"type":"page","userId":"u1"}"#),
             ])
         let s = e.snapshot()
-        #expect(s.invalid["bad-timestamp"] == 3)
+        #expect(s.invalid[.badTimestamp] == 3)
         #expect(s.folded == 1)
         let reasons = dl.all.map { d in d.headers.first { $0.0 == "reason" }?.1 }
         #expect(reasons == ["bad-timestamp", "bad-timestamp", "bad-timestamp"])

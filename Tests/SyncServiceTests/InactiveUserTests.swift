@@ -91,7 +91,7 @@ import Testing
         e.sweep(limit: 2)
         #expect(e.snapshot().usersByType.values.reduce(0, +) == 0)
         e.sweep(limit: 2)
-        #expect(e.snapshot().usersByType == ["ANONYMOUS": 2, "LEAD": 1, "USER": 1])
+        #expect(e.snapshot().usersByType == [.anonymous: 2, .lead: 1, .user: 1])
         #expect(e.snapshot().expiredUsers == 0)
         #expect(e.snapshot().users == 4)
     }

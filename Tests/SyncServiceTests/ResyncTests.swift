@@ -226,7 +226,7 @@ func feedControl(_ engine: SyncEngine, _ tp: TopicPartition, _ offset: Int64, _ 
         feedControl(e, p0, 2, #"{"foldspace_sync":"resync","all":true,"ids":["a"]}"#)
         feedControl(e, p0, 3, "not json")
         feedControl(e, p0, 4, #"{"foldspace_sync":"resync","ids":[1]}"#)
-        #expect(e.snapshot().invalid["invalid-control"] == 4)
+        #expect(e.snapshot().invalid[.invalidControl] == 4)
         #expect(dl.all.count == 4)
         #expect(dl.all.allSatisfy { $0.headers.contains { $0 == ("reason", "invalid-control") } })
         #expect(e.snapshot().resyncRequests == 0)

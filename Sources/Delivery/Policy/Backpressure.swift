@@ -15,9 +15,12 @@ public struct Backpressure: Sendable, Equatable {
     public mutating func update(dirtyUsers: Int, deadLetterBacklogBytes backlog: Int) -> Bool {
         if dirtyUsers > maxDirtyUsers || backlog > maxDeadLetterBacklogBytes {
             paused = true
-        } else if paused && dirtyUsers < maxDirtyUsers * 8 / 10 && backlog < maxDeadLetterBacklogBytes / 10 * 8 {
+        } else if paused && dirtyUsers < Self.eightTenths(maxDirtyUsers) && backlog < maxDeadLetterBacklogBytes / 10 * 8 {
             paused = false
         }
         return paused
     }
+
+    /// `n * 8 / 10` without the product (a limit near Int.max would overflow it).
+    static func eightTenths(_ n: Int) -> Int { n / 10 * 8 + n % 10 * 8 / 10 }
 }

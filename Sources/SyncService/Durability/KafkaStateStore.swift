@@ -29,7 +29,10 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
     private let config: KafkaClientConfig
     private let logger: Logger
     private let lock = NSLock()
-    private var consumer: KafkaConsumer?
+    /// The group's consumer, for commits and the group's metadata (nil: restores only,
+    /// as in tools). A closure: the consumer is made after the engine that holds this
+    /// store.
+    private let groupConsumer: @Sendable () -> KafkaConsumer?
     private var reader: PartitionReader?
     /// With transactions: the producer of each claimed source partition.
     private var owners: [TopicPartition: KafkaProducer] = [:]
@@ -45,8 +48,9 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
 
     public init(
         topic: String, partitions: Int, sourcePartitions: Int, config: KafkaClientConfig, logger: Logger,
-        transactional: Bool = false
+        transactional: Bool = false, groupConsumer: @escaping @Sendable () -> KafkaConsumer? = { nil }
     ) throws {
+        self.groupConsumer = groupConsumer
         self.topic = topic
         self.sourcePartitions = Int32(sourcePartitions)
         self.partitions = Int32(max(1, partitions))
@@ -143,7 +147,7 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
 
     public func checkpoint(_ groups: [CheckpointGroup], deadline: DispatchTime? = nil) throws {
         guard transactional else { return try writeThenCommit(groups) }
-        let consumer = lock.withLock { self.consumer }
+        let consumer = groupConsumer()
         // Each call's timeout, cut to what is left before the deadline (a second at
         // least: an abort must get its chance).
         func budget(_ full: Int32) -> Int32 {
@@ -258,10 +262,6 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
         return false
     }
 
-    public func attach(consumer: KafkaConsumer) {
-        lock.withLock { self.consumer = consumer }
-    }
-
     public func statePartition(for sourcePartition: Int32) -> Int32 { sourcePartition % partitions }
 
     public func read(partition: Int32) throws -> [(key: [UInt8], value: [UInt8]?)] {
@@ -284,12 +284,12 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
     }
 
     public func commit(_ offsets: [TopicPartition: Int64]) throws {
-        guard let c = lock.withLock({ consumer }) else { return }
+        guard let c = groupConsumer() else { return }
         try c.commitSync(offsets)
     }
 
     public func committedPastStart(_ tp: TopicPartition) throws -> Int64? {
-        guard let c = lock.withLock({ consumer }) else {
+        guard let c = groupConsumer() else {
             throw KafkaError(message: "the committed offset is read through the group's consumer, which is not attached")
         }
         guard let (o, metadata) = try c.committedWithMetadata([tp], timeoutMs: 10_000)[tp], o >= 0 else { return nil }

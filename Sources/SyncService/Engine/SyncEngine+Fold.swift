@@ -180,7 +180,7 @@ extension SyncEngine {
                     case .ignored(let t):
                         if t == Self.controlMarker, ResyncRequest.isControl(key: m.key) {
                             if !control(m, partition: pidx, nowMono: now) {
-                                stats.invalid[InvalidReason.invalidControl.rawValue, default: 0] += 1
+                                stats.invalid[.invalidControl, default: 0] += 1
                                 offsets.hold(pidx, offset: m.offset)
                                 invalid.append((i, DecodeFailure(.invalidControl), reserveDeadLetter(.offset(pidx, m.offset))))
                             }
@@ -188,7 +188,7 @@ extension SyncEngine {
                             stats.ignored += 1
                         }
                     case .invalid(let f):
-                        stats.invalid[f.reason.rawValue, default: 0] += 1
+                        stats.invalid[f.reason, default: 0] += 1
                         // Its offset is held until the dead letter is written.
                         offsets.hold(pidx, offset: m.offset)
                         invalid.append((i, f, reserveDeadLetter(.offset(pidx, m.offset))))

@@ -1,11 +1,12 @@
 import Delivery
+import Events
 import Folding
 
 /// Counters for metrics and the demo's summary.
 public struct EngineStats: Sendable {
     public var folded = 0
     public var ignored = 0
-    public var invalid: [String: Int] = [:]
+    public var invalid: [InvalidReason: Int] = [:]
     public var implausibleTime = 0
     /// Trait dates (`leadDate`, `signUpDate`, `createdAt`) ignored as implausible.
     public var implausibleTraitDates = 0
@@ -61,7 +62,7 @@ public struct EngineStats: Sendable {
     public var users = 0
     /// Users by the type their body would carry (ANONYMOUS, LEAD, USER), as of the last
     /// complete sweep of the user table.
-    public var usersByType: [String: Int] = [:]
+    public var usersByType: [UserType: Int] = [:]
     /// Users dropped (and tombstoned) by `inactive_user_ttl`.
     public var expiredUsers = 0
     public var dirtyUsers = 0

@@ -1,4 +1,6 @@
 import Delivery
+import Events
+import Folding
 import FoldspaceAPI
 import Foundation
 import HTTPServing
@@ -31,8 +33,8 @@ public enum MetricsText {
         sample("foldspace_sync_events_total", [("result", "ignored")], String(s.ignored))
         sample("foldspace_sync_events_total", [("result", "skipped")], String(s.skippedReplays))
         family("foldspace_sync_invalid_events_total", "counter", "Invalid input, by reason.")
-        for (r, n) in s.invalid.sorted(by: { $0.key < $1.key }) {
-            sample("foldspace_sync_invalid_events_total", [("reason", r)], String(n))
+        for (r, n) in s.invalid.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
+            sample("foldspace_sync_invalid_events_total", [("reason", r.rawValue)], String(n))
         }
         single(
             "foldspace_sync_implausible_time_total", "counter", "Event times replaced by the Kafka timestamp.", String(s.implausibleTime))
@@ -126,7 +128,7 @@ public enum MetricsText {
         family(
             "foldspace_sync_users_by_type", "gauge",
             "Users held in memory by the type their body carries, as of the last full sweep of the user table (every few seconds).")
-        for t in ["ANONYMOUS", "LEAD", "USER"] { sample("foldspace_sync_users_by_type", [("type", t)], String(s.usersByType[t] ?? 0)) }
+        for t in UserType.allCases { sample("foldspace_sync_users_by_type", [("type", t.rawValue)], String(s.usersByType[t] ?? 0)) }
         single(
             "foldspace_sync_users_expired_total", "counter",
             "Users dropped from memory (and tombstoned in the changelog) by inactive_user_ttl.", String(s.expiredUsers))

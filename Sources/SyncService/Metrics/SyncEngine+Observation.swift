@@ -19,7 +19,7 @@ extension SyncEngine {
         return lock.withLock {
             var s = stats
             s.users = users.count
-            s.usersByType = ["ANONYMOUS": usersByType[0], "LEAD": usersByType[1], "USER": usersByType[2]]
+            s.usersByType = [.anonymous: usersByType[0], .lead: usersByType[1], .user: usersByType[2]]
             s.dirtyUsers = dirty.count
             // From the tally, not a walk over every user: a scrape held the lock, and so
             // the poll thread, for a time that grew with the users.

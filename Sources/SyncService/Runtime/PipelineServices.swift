@@ -65,10 +65,12 @@ struct StopRequests: Service, CustomStringConvertible {
     }
 }
 
-/// The consumer: it consumes (on its own poll thread) until the group shuts down or the
-/// consumer ends on a fatal error; then it stops fetching, sends what is pending while
-/// time allows (durable mode), and closes, its final revocation checkpointing and
-/// committing. The flusher, listed before it, is still running meanwhile.
+/// The consumer: it consumes (on its own poll thread) until the group shuts down; then
+/// it stops fetching, sends what is pending while time allows (durable mode), and
+/// closes, its final revocation checkpointing and committing. The flusher, listed before
+/// it, is still running meanwhile. A consumer that ends on a fatal error asks for the
+/// group's shutdown (`stop`) and waits for its turn in it, so that the sweeps and
+/// checkpoints listed after it have ended before it closes.
 struct Consuming: Service, CustomStringConvertible {
     let description = "consumer"
     let consumer: KafkaConsumer
@@ -76,12 +78,17 @@ struct Consuming: Service, CustomStringConvertible {
     let durable: Bool
     let drainMs: Int64
     let fatal: @Sendable () -> Bool
+    let stop: @Sendable () -> Void
 
     func run() async {
         await cancelWhenGracefulShutdown { [consumer, fatal] in
             while !consumer.isFinished && !fatal() && !Task.isCancelled {
                 try? await Task.sleep(for: .milliseconds(200))
             }
+        }
+        if !Task.isShuttingDownGracefully && !Task.isCancelled {
+            stop()
+            try? await gracefulShutdown()
         }
         // Fenced, or a client failed: nothing more is sent (what this instance holds may
         // be older than what another instance sent since).

@@ -90,6 +90,12 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         var kafka = KafkaClientConfig(try config.resolvedKafkaProperties())
         kafka["group.id"] = config.group
         if kafka["client.id"] == nil { kafka["client.id"] = "foldspace-sync" }
+        // The engine and the consumer need each other: the consumer calls the engine
+        // (its handler), the engine (and its state store) store offsets in the consumer and
+        // ask it for partition counts. The engine is made first and reaches the consumer
+        // through `consumerLink`, filled before the consumer starts (nothing calls it earlier).
+        let consumerLink = Late<KafkaConsumer>()
+        let engineLink = Late<SyncEngine>()
         var stateStore: KafkaStateStore? = nil
         if config.engine.durable {
             // Offsets are committed by checkpoints, after the state they cover is written.
@@ -101,7 +107,8 @@ public final class SyncPipeline: Service, @unchecked Sendable {
             }
             let store = try KafkaStateStore(
                 topic: topic, partitions: layout.state, sourcePartitions: layout.source,
-                config: kafka, logger: logger, transactional: config.stateTransactions)
+                config: kafka, logger: logger, transactional: config.stateTransactions,
+                groupConsumer: { consumerLink.value })
             stateStore = store
         }
         // Process-wide, and on unless a configuration turns it off.
@@ -113,12 +120,6 @@ public final class SyncPipeline: Service, @unchecked Sendable {
                 )
             }
         #endif
-        // The engine and the consumer need each other: the consumer calls the engine
-        // (its handler), the engine stores offsets in the consumer and asks it for
-        // partition counts. The engine is made first and reaches the consumer through
-        // `consumerLink`, filled before the consumer starts (nothing calls it earlier).
-        let consumerLink = Late<KafkaConsumer>()
-        let engineLink = Late<SyncEngine>()
         // A fatal error of any Kafka client (the consumer, the state writer, the
         // dead-letter writer) fails /healthz and stops the process with status 1: the
         // instance can no longer do its work, and a restart is the remedy.
@@ -154,8 +155,12 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         engineLink.value = engine
         let consumer = try KafkaConsumer(config: kafka, topics: config.topics, handler: engine, logger: logger)
         consumerLink.value = consumer
-        stateStore?.attach(consumer: consumer)
-        lock.withLock { runningEngine = engine }
+        // Held by the pipeline from here on: a start that fails below must not free a
+        // consumer that was subscribed and never started (librdkafka 2.0.2 asserts).
+        lock.withLock {
+            runningEngine = engine
+            self.consumer = consumer
+        }
         freezeWatch.start()
         defer { freezeWatch.stop() }
         let kafkaFatal: @Sendable () -> Bool = { [stateStore] in
@@ -202,7 +207,6 @@ public final class SyncPipeline: Service, @unchecked Sendable {
             throw error
         }
         lock.withLock {
-            self.consumer = consumer
             self.admin = admin
             started = true
         }
@@ -238,7 +242,7 @@ public final class SyncPipeline: Service, @unchecked Sendable {
             .init(
                 service: Consuming(
                     consumer: consumer, engine: engine, durable: config.engine.durable,
-                    drainMs: config.shutdownTimeoutMs / 2, fatal: kafkaFatal),
+                    drainMs: config.shutdownTimeoutMs / 2, fatal: kafkaFatal, stop: { [weak self] in self?.requestStop() }),
                 successTerminationBehavior: .gracefullyShutdownGroup),
         ]
         if config.engine.durable {
@@ -260,7 +264,17 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         // The group's own log lines are about its mechanics: debug and below only.
         var groupLogger = logger
         groupLogger.logLevel = max(logger.logLevel, .info)
-        try? await ServiceGroup(configuration: .init(services: services, logger: groupLogger)).run()
+        let group = ServiceGroup(configuration: .init(services: services, logger: groupLogger))
+        // The group runs in a task of its own (which keeps the task locals through which a
+        // parent ServiceGroup's graceful shutdown, SIGTERM's, reaches it): cancelling
+        // run() shuts it down in order, as a stop request does, instead of cancelling
+        // every part at once (the flusher before the consumer's final drain).
+        let running = Task { try? await group.run() }
+        await withTaskCancellationHandler {
+            await running.value
+        } onCancel: {
+            Task { await group.triggerGracefulShutdown() }
+        }
 
         await client?.shutdown()
         deadLetterWriter?.close()
