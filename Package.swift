@@ -112,7 +112,8 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["Simulation"], path: "Tests/TestSupport"),
         .testTarget(name: "EventsTests", dependencies: ["Events"]),
         .testTarget(name: "FoldingTests", dependencies: ["Folding", "Events", "Simulation"]),
-        .testTarget(name: "DeliveryTests", dependencies: ["Delivery", "FoldspaceAPI", "HTTPServing"]),
+        .testTarget(name: "DeliveryTests", dependencies: ["Delivery"]),
+        .testTarget(name: "FoldspaceAPITests", dependencies: ["FoldspaceAPI", "Delivery", "HTTPServing"]),
         .testTarget(name: "KafkaTests", dependencies: ["Kafka", "TestSupport"]),
         .testTarget(
             name: "SyncServiceTests",

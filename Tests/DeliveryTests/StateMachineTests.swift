@@ -1,4 +1,3 @@
-import FoldspaceAPI
 import Testing
 
 @testable import Delivery
@@ -366,43 +365,6 @@ import Testing
         #expect(!k.breakerOpen)
     }
 
-    /// A `Retry-After` far in the future pauses at most the cap, never traps.
-    @Test func aHugeRetryAfterIsCapped() {
-        var r = RateLimiter(ratePerSecond: 100, burst: 100, nowMs: 1_000)
-        r.record(.rateLimited(retryAfterMs: .max), wasProbe: false, nowMs: 1_000, backoffMs: 0)
-        #expect(r.pausedUntilMs == .max)
-        r = RateLimiter(ratePerSecond: 100, burst: 100, nowMs: 1_000)
-        r.record(
-            .rateLimited(retryAfterMs: parseRetryAfter("99999999999999999999999", nowEpochMs: 0)), wasProbe: false, nowMs: 1_000,
-            backoffMs: 0)
-        #expect(r.pausedUntilMs == 1_000 + retryAfterCapMs)
-    }
-
-    @Test func retryAfterForms() {
-        #expect(parseRetryAfter("2", nowEpochMs: 0) == 2000)
-        #expect(parseRetryAfter(" 0 ", nowEpochMs: 0) == 0)
-        // Sun, 06 Nov 1994 08:49:37 GMT = 784111777 s
-        #expect(parseRetryAfter("Sun, 06 Nov 1994 08:49:37 GMT", nowEpochMs: 784_111_770_000) == 7000)
-        #expect(parseRetryAfter("Sun, 06 Nov 1994 08:49:37 GMT", nowEpochMs: 784_111_790_000) == 0)
-        #expect(parseRetryAfter("soon", nowEpochMs: 0) == nil)
-        #expect(parseRetryAfter("-3", nowEpochMs: 0) == nil)
-        // The obsolete forms RFC 9110 says a recipient must accept.
-        #expect(parseRetryAfter("Sunday, 06-Nov-94 08:49:37 GMT", nowEpochMs: 784_111_770_000) == 7000)
-        #expect(parseRetryAfter("Sun Nov  6 08:49:37 1994", nowEpochMs: 784_111_770_000) == 7000)
-        #expect(parseRetryAfter("Sun Nov  6 08:59:37 1994", nowEpochMs: 784_111_770_000) == 607_000)
-        #expect(parseRetryAfter("Wed Nov 16 08:49:37 1994", nowEpochMs: 784_111_770_000) == retryAfterCapMs)
-        // Both forms are capped.
-        #expect(parseRetryAfter("86400", nowEpochMs: 0) == retryAfterCapMs)
-        #expect(parseRetryAfter("99999999999999999999999", nowEpochMs: 0) == retryAfterCapMs)
-        #expect(parseRetryAfter("Sun, 06 Nov 2094 08:49:37 GMT", nowEpochMs: 784_111_770_000) == retryAfterCapMs)
-        // Out-of-range fields are no date (a year of eleven digits overflowed and trapped).
-        #expect(parseRetryAfter("Sun, 06 Nov 99999999999 08:49:37 GMT", nowEpochMs: 0) == nil)
-        #expect(parseRetryAfter("Sun, 06 Nov 1994 08:49:99 GMT", nowEpochMs: 0) == nil)
-        #expect(parseRetryAfter("Sun, 32 Nov 1994 08:49:37 GMT", nowEpochMs: 0) == nil)
-        #expect(parseRetryAfter("Sun, 06 Nov 1994 8:49:37 GMT", nowEpochMs: 0) == nil)
-        #expect(parseRetryAfter("", nowEpochMs: 0) == nil)
-    }
-
     @Test func backoffIsBoundedFullJitter() {
         let b = Backoff()
         var rng = SystemRandomNumberGenerator()
@@ -413,30 +375,6 @@ import Testing
         #expect(b.ceilingMs(attempt: 0) == 200)
         #expect(b.ceilingMs(attempt: 3) == 1600)
         #expect(b.ceilingMs(attempt: 30) == 30_000)
-    }
-
-    @Test(arguments: ["plain", "a/b", "../etc/passwd", "%2F", "a?b#c", "sp ace", "José", "line\r\nX-Injected: 1", ".", ".."])
-    func pathSegmentEncoding(id: String) {
-        let enc = encodePathSegment(id)
-        #expect(!enc.contains("/") && !enc.contains("?") && !enc.contains("#") && !enc.contains(" "))
-        #expect(!enc.contains("\r") && !enc.contains("\n"))
-        #expect(enc != "." && enc != "..")
-        #expect(enc.removingPercentEncodingForTest() == id)
-    }
-}
-
-extension String {
-    func removingPercentEncodingForTest() -> String {
-        var out: [UInt8] = []
-        var it = Array(utf8)[...]
-        while let b = it.popFirst() {
-            if b == UInt8(ascii: "%"), let h = it.popFirst(), let l = it.popFirst() {
-                out.append(UInt8(String(decoding: [h, l], as: UTF8.self), radix: 16)!)
-            } else {
-                out.append(b)
-            }
-        }
-        return String(decoding: out, as: UTF8.self)
     }
 }
 

@@ -18,10 +18,10 @@ public final class SyncPipeline: Service, @unchecked Sendable {
     private let engineOptions: EngineOptions
     private let deadLetterSink: DeadLetterSink
     private var runningEngine: SyncEngine?
-    private let logger: Logger
-    private let keys: APIKeyStore
-    private let senderOverride: UserUpdateSender?
-    private let stopStream: AsyncStream<Void>
+    let logger: Logger
+    let keys: APIKeyStore
+    let senderOverride: UserUpdateSender?
+    let stopStream: AsyncStream<Void>
     private let stopContinuation: AsyncStream<Void>.Continuation
     private let lock = NSLock()
     private var consumer: KafkaConsumer?
@@ -96,21 +96,7 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         // through `consumerLink`, filled before the consumer starts (nothing calls it earlier).
         let consumerLink = Late<KafkaConsumer>()
         let engineLink = Late<SyncEngine>()
-        var stateStore: KafkaStateStore? = nil
-        if config.engine.durable {
-            // Offsets are committed by checkpoints, after the state they cover is written.
-            kafka["enable.auto.commit"] = "false"
-            let topic = config.effectiveStateTopic
-            let prepareConfig = kafka
-            let layout = try await Self.blocking {
-                try KafkaStateStore.prepare(topic: topic, sourceTopic: self.config.topics[0], config: prepareConfig, logger: self.logger)
-            }
-            let store = try KafkaStateStore(
-                topic: topic, partitions: layout.state, sourcePartitions: layout.source,
-                config: kafka, logger: logger, transactional: config.stateTransactions,
-                groupConsumer: { consumerLink.value })
-            stateStore = store
-        }
+        let stateStore = try await prepareStateStore(&kafka, groupConsumer: { consumerLink.value })
         // Process-wide, and on unless a configuration turns it off.
         if !config.zstdSizeHint { ZstdSizeHint.setEnabled(false) }
         #if os(Linux)
@@ -124,23 +110,7 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         // dead-letter writer) fails /healthz and stops the process with status 1: the
         // instance can no longer do its work, and a restart is the remedy.
         let deadLetterProducer = lock.withLock { producer }
-        // A process stopped as long as the session timeout lost its partitions: it must
-        // not send what it holds (FreezeWatch).
-        // The group expires a member a session after its last heartbeat, which may be a
-        // heartbeat interval before the stop: the limit is that much shorter, and half a
-        // second more.
-        let sessionTimeoutMs = kafka["session.timeout.ms"].flatMap { Int64($0) } ?? 10_000
-        let heartbeatMs = kafka["heartbeat.interval.ms"].flatMap { Int64($0) } ?? 3_000
-        let freezeLimitMs = max(1_000, sessionTimeoutMs - heartbeatMs - 500)
-        let freezeWatch = FreezeWatch(limitMs: freezeLimitMs) { [logger] seconds in
-            engineLink.value?.halt()
-            logger.critical(
-                "the process did not run for about as long as the group's session timeout (stopped or paused): another instance may own its partitions now; it sends nothing more and exits to rejoin",
-                metadata: [
-                    "seconds": .stringConvertible((seconds * 10).rounded() / 10),
-                    "session_timeout_ms": .stringConvertible(sessionTimeoutMs),
-                ])
-        }
+        let freezeWatch = makeFreezeWatch(kafka, onFreeze: { engineLink.value?.halt() })
         let engine = SyncEngine(
             options: engineOptions, deadLetters: deadLetterSink, logger: logger,
             links: EngineLinks(
@@ -155,8 +125,9 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         engineLink.value = engine
         let consumer = try KafkaConsumer(config: kafka, topics: config.topics, handler: engine, logger: logger)
         consumerLink.value = consumer
-        // Held by the pipeline from here on: a start that fails below must not free a
-        // consumer that was subscribed and never started (librdkafka 2.0.2 asserts).
+        // Held by the pipeline from here on: a start that fails below does not free a
+        // consumer that was subscribed and never started (its destruction would close it
+        // on whichever thread let go of it last).
         lock.withLock {
             runningEngine = engine
             self.consumer = consumer
@@ -168,38 +139,14 @@ public final class SyncPipeline: Service, @unchecked Sendable {
                 || freezeWatch.hasFrozen
         }
 
-        let sender: UserUpdateSender
-        var client: FoldspaceClient? = nil
-        if let s = senderOverride {
-            sender = s
-        } else {
-            var o = FoldspaceClient.Options(baseURL: config.foldspaceURL)
-            o.caFile = config.caFile
-            o.connectTimeoutMs = config.connectTimeoutMs
-            o.requestTimeoutMs = config.requestTimeoutMs
-            o.maxConnections = config.engine.maxInFlight
-            let c = try FoldspaceClient(options: o, keys: keys, epochMs: EngineClock.system.epochMs)
-            client = c
-            sender = c
-        }
-        let (host, port) = parseHostPort(config.adminListen) ?? ("127.0.0.1", 9464)
+        let (sender, client) = try makeSender()
         let alive = loopsAlive
         let notifier = SystemdNotifier()
         let admin: AdminServer
         do {
-            admin = try await AdminServer.start(
-                host: host, port: port,
-                metrics: { [stateStore] in
-                    var queues: [(producer: String, messages: Int)] = []
-                    if let stateStore { queues.append(("state", stateStore.queueLength)) }
-                    if let deadLetterProducer { queues.append(("dead-letters", deadLetterProducer.queueLength)) }
-                    return MetricsText.render(
-                        engine.snapshot(), lag: consumer.lag().map { ($0.key.topic, $0.key.partition, $0.value) },
-                        fetcherWakeups: consumer.fetcherNudges, zstdBatchesSized: ZstdSizeHint.framesSized,
-                        kafka: consumer.statistics, producerQueues: queues, process: ProcessMetrics.read())
-                },
-                healthy: { alive.healthy && !kafkaFatal() },
-                ready: { engine.snapshot().ready })
+            admin = try await startAdmin(
+                engine: engine, consumer: consumer, stateStore: stateStore, deadLetterProducer: deadLetterProducer,
+                healthy: { alive.healthy && !kafkaFatal() })
         } catch {
             // The admin address is taken (or cannot be bound): the HTTP client must be
             // shut down before it is released (async-http-client traps otherwise).
@@ -210,7 +157,6 @@ public final class SyncPipeline: Service, @unchecked Sendable {
             self.admin = admin
             started = true
         }
-        logger.info("admin server listening", metadata: ["address": "\(host):\(admin.port)"])
         logger.info(
             "foldspace-sync running",
             metadata: [
@@ -220,61 +166,10 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         consumer.start()
         alive.beat()
 
-        let probeKeys = keys
-        let flusher = Flusher(
-            engine: engine, sender: sender, maxInFlight: config.engine.maxInFlight,
-            beforeProbe: { _ = try? probeKeys.reload() })
-        let commitInterval = config.commitIntervalMs
-        let logger = self.logger
-        // Started in this order, shut down in the reverse one: stop requests first, then
-        // the sweeps and checkpoints, then the consumer (which drains through the flusher
-        // and commits), then the rest, the admin server last.
-        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
-            .init(service: AdminEndpoint(admin: admin)),
-            .init(service: Loop("flusher") { await flusher.run() }),
-            .init(
-                service: liveness(
-                    flusher: flusher, consumer: consumer, alive: alive, notifier: notifier,
-                    pollLimit: Double(config.engine.drainTimeoutMs) / 1000 + 10)),
-            .init(service: keyReloads(keys: keys, engine: engine, logger: logger)),
-            .init(service: catchUpReports(engine: engine, consumer: consumer, logger: logger)),
-            // Run until asked to stop, or until the consumer ends on a fatal error.
-            .init(
-                service: Consuming(
-                    consumer: consumer, engine: engine, durable: config.engine.durable,
-                    drainMs: config.shutdownTimeoutMs / 2, fatal: kafkaFatal, stop: { [weak self] in self?.requestStop() }),
-                successTerminationBehavior: .gracefullyShutdownGroup),
-        ]
-        if config.engine.durable {
-            services.append(
-                .init(
-                    service: Every("checkpoints", .milliseconds(commitInterval)) {
-                        _ = await Self.blocking { engine.checkpoint() }
-                    }))
-        }
-        // The user table is walked in slices: users by type, and inactive_user_ttl.
-        services.append(.init(service: Every("sweeps", .seconds(1)) { engine.sweep() }))
-        services.append(
-            .init(
-                service: StopRequests(requests: stopStream) {
-                    logger.info("shutting down: settling users and committing offsets")
-                    notifier.stopping()
-                }, successTerminationBehavior: .gracefullyShutdownGroup))
+        let services = services(
+            engine: engine, consumer: consumer, sender: sender, admin: admin, alive: alive, notifier: notifier, fatal: kafkaFatal)
         notifier.ready(status: "consuming \(config.topics.joined(separator: ",")) as group \(config.group)")
-        // The group's own log lines are about its mechanics: debug and below only.
-        var groupLogger = logger
-        groupLogger.logLevel = max(logger.logLevel, .info)
-        let group = ServiceGroup(configuration: .init(services: services, logger: groupLogger))
-        // The group runs in a task of its own (which keeps the task locals through which a
-        // parent ServiceGroup's graceful shutdown, SIGTERM's, reaches it): cancelling
-        // run() shuts it down in order, as a stop request does, instead of cancelling
-        // every part at once (the flusher before the consumer's final drain).
-        let running = Task { try? await group.run() }
-        await withTaskCancellationHandler {
-            await running.value
-        } onCancel: {
-            Task { await group.triggerGracefulShutdown() }
-        }
+        await runInOrder(services)
 
         await client?.shutdown()
         deadLetterWriter?.close()
