@@ -68,6 +68,17 @@ import Testing
         #expect(!load(0, 0))
     }
 
+    /// The smallest limits resume too: 80 % of 1 rounds down to 0, below which no count
+    /// ever falls, so consuming paused for good at `max_dirty_users: 1`.
+    @Test func backpressureWithTheSmallestLimitsResumes() {
+        var b = Backpressure(maxDirtyUsers: 1, maxDeadLetterBacklogBytes: 1)
+        func load(_ d: Int, _ bytes: Int) -> Bool { b.update(dirtyUsers: d, deadLetterBacklogBytes: bytes) }
+        #expect(load(2, 0))
+        #expect(!load(0, 0), "resumed with nothing pending")
+        #expect(load(0, 2))
+        #expect(!load(0, 0), "resumed with no backlog")
+    }
+
     /// Limits are configuration: one at the top of Int's range must not trap when the
     /// resume threshold (80 % of it) is worked out.
     @Test func backpressureWithLimitsAtTheirMaximumDoesNotTrap() {

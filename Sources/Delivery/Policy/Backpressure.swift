@@ -1,6 +1,7 @@
 /// When consuming pauses for capacity, with hysteresis: it pauses above either limit
 /// (users awaiting delivery, bytes of dead letters not yet written) and resumes only once
-/// both are below 80 % of theirs, so that it does not flap at the edge.
+/// both are below 80 % of theirs (and at least at 0, for limits so small that 80 % of
+/// them rounds down to nothing), so that it does not flap at the edge.
 public struct Backpressure: Sendable, Equatable {
     public var maxDirtyUsers: Int
     public var maxDeadLetterBacklogBytes: Int
@@ -15,7 +16,9 @@ public struct Backpressure: Sendable, Equatable {
     public mutating func update(dirtyUsers: Int, deadLetterBacklogBytes backlog: Int) -> Bool {
         if dirtyUsers > maxDirtyUsers || backlog > maxDeadLetterBacklogBytes {
             paused = true
-        } else if paused && dirtyUsers < Self.eightTenths(maxDirtyUsers) && backlog < maxDeadLetterBacklogBytes / 10 * 8 {
+        } else if paused && dirtyUsers < max(1, Self.eightTenths(maxDirtyUsers))
+            && backlog < max(1, maxDeadLetterBacklogBytes / 10 * 8)
+        {
             paused = false
         }
         return paused

@@ -87,6 +87,10 @@ struct Consuming: Service, CustomStringConvertible {
             }
         }
         if !Task.isShuttingDownGracefully && !Task.isCancelled {
+            // Ended on its own: a fatal error. Nothing more is sent from now on (what
+            // this instance holds may be older than what another instance sent since),
+            // while the parts listed after this one end first.
+            if fatal() { engine.halt() }
             stop()
             try? await gracefulShutdown()
         }

@@ -28,7 +28,6 @@ public final class SyncPipeline: Service, @unchecked Sendable {
     private var admin: AdminServer?
     private var producer: KafkaProducer?
     private var deadLetterWriter: KafkaDeadLetters?
-    private var started = false
     private let loopsAlive = LoopsAlive()
 
     /// - Parameter sender: replaces the Foldspace HTTP client (tests).
@@ -153,10 +152,7 @@ public final class SyncPipeline: Service, @unchecked Sendable {
             await client?.shutdown()
             throw error
         }
-        lock.withLock {
-            self.admin = admin
-            started = true
-        }
+        lock.withLock { self.admin = admin }
         logger.info(
             "foldspace-sync running",
             metadata: [
