@@ -204,10 +204,9 @@ extension SyncEngine {
         }
     }
 
-    /// Lets the breaker probe right away (the key was re-read).
     /// Whether a request may go on the wire now: not halted, and the send gate open.
     public func maySend() -> Bool {
-        let gate = lock.withLock { halted } ? nil : (sendGate ?? { true })
-        return gate?() ?? false
+        if lock.withLock({ halted }) { return false }
+        return sendGate?() ?? true
     }
 }

@@ -193,6 +193,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         lock.withLock { halted = true }
     }
 
+    /// Lets the breaker probe right away (the key was re-read).
     public func keyReloaded() {
         let now = clock.monotonicMs()
         lock.withLock { limiter.probeSoon(nowMs: now) }
