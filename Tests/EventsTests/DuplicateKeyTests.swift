@@ -21,6 +21,7 @@ import Testing
         (#"{"type":"track","userId":"a","userId":"b"}"#, "userId"),
         (#"{"type":"track","userId":"a","user\u0049d":"b"}"#, "userId"),
         (#"{"type":"track","anonymousId":"a","anonymousId":"b"}"#, "anonymousId"),
+        (#"{"type":"alias","userId":"a","previousId":"x","previousId":"y"}"#, "previousId"),
         (#"{"type":"track","userId":"a","timestamp":1,"timestamp":2}"#, "timestamp"),
         (#"{"type":"track","userId":"a","originalTimestamp":1,"originalTimestamp":2}"#, "originalTimestamp"),
         (#"{"type":"track","userId":"a","sentAt":1,"sentAt":2}"#, "sentAt"),

@@ -6,6 +6,8 @@ public struct CallFields {
     var type: EventType?
     var userId: String?
     var anonymousId: String?
+    /// An alias call's `previousId`.
+    var previousId: String?
     // The event-time sources, in order of preference.
     var timestamp: Int64?
     var originalTimestamp: Int64?
@@ -74,6 +76,15 @@ public struct CallFields {
             } else {
                 e.timeImplausible = true
             }
+        }
+        // The other identity the call names (the identity took `userId`, else
+        // `anonymousId`): an alias's `previousId`, else the `anonymousId` beside a
+        // `userId`. One that equals the identity, or that Foldspace could never take,
+        // links nothing.
+        if let other = (type == .alias ? previousId.take() : nil) ?? anonymousId.take(), other != e.identity,
+            other.utf8.count <= 255 || other.unicodeScalars.count <= 255
+        {
+            e.linkedId = other
         }
         if type == .track { e.eventName = eventName.take() }
         if type == .group { e.groupId = groupId.take() }

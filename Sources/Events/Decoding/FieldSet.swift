@@ -6,6 +6,7 @@ enum Field: UInt8 {
     case email, name, firstName, lastName, userType, role, title, phone, traitTimezone
     case leadDate, signUpDate, createdAt, subscriptionId, avatar, image, address, pqlScore
     case country, region, city, postalCode, countryCode, product, environment
+    case previousId
 }
 
 /// The fields already read in one JSON object: the one duplicate-key guard of the decoder.

@@ -19,6 +19,8 @@ extension SegmentDecoder {
             c.userId = try readText(&s, &c, .userId, "userId", numbers: true, seen: &seen)
         } else if k.is("anonymousId") {
             c.anonymousId = try readText(&s, &c, .anonymousId, "anonymousId", numbers: true, seen: &seen)
+        } else if k.is("previousId") {
+            c.previousId = try readText(&s, &c, .previousId, "previousId", numbers: true, seen: &seen)
         } else if k.is("timestamp") {
             c.timestamp = try readTime(&s, &c, .timestamp, "timestamp", seen: &seen)
         } else if k.is("originalTimestamp") {

@@ -11,6 +11,10 @@ public struct SegmentEvent: Sendable, Equatable {
     public var identity: String
     /// Whether `userId` (not only `anonymousId`) was present.
     public var hasUserId: Bool
+    /// The other identity the call links to ``identity`` (docs/identity.md): an alias's
+    /// `previousId`, else the `anonymousId` beside a `userId`. nil when the call names no
+    /// other identity (or one equal to ``identity``, or over 255 characters).
+    public var linkedId: String?
     /// Event time in epoch milliseconds from the payload, or `nil` when the payload
     /// carries none (or only an implausible one): the caller then uses the Kafka time.
     public var timeMs: Int64?
@@ -38,6 +42,7 @@ public struct SegmentEvent: Sendable, Equatable {
         self.type = type
         self.identity = identity
         self.hasUserId = hasUserId
+        self.linkedId = nil
         self.timeMs = nil
         self.timeImplausible = false
         self.implausibleTraitDates = 0
