@@ -114,7 +114,7 @@ let package = Package(
         .testTarget(name: "FoldingTests", dependencies: ["Folding", "Events", "Simulation"]),
         .testTarget(name: "DeliveryTests", dependencies: ["Delivery"]),
         .testTarget(name: "FoldspaceAPITests", dependencies: ["FoldspaceAPI", "Delivery", "HTTPServing"]),
-        .testTarget(name: "KafkaTests", dependencies: ["Kafka", "TestSupport"]),
+        .testTarget(name: "KafkaTests", dependencies: ["Kafka", "Folding", "Simulation", "TestSupport"]),
         .testTarget(
             name: "SyncServiceTests",
             dependencies: ["SyncService", "Kafka", "Delivery", "FoldspaceAPI", "Folding", "Events", "Simulation", "TestSupport"]),

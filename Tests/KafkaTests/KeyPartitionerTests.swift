@@ -4,6 +4,7 @@ import Simulation
 import TestSupport
 import Testing
 
+@testable import Folding
 @testable import Kafka
 
 /// ``KeyPartitioner`` against the published vectors of the Java client and librdkafka, and
