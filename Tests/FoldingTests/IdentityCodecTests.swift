@@ -111,7 +111,8 @@ import Testing
     @Test func randomAndMutatedBytesNeverTrap() throws {
         var rng = SplitMix64(seed: 2024)
         let good = IdentityCodec.encode(
-            IdentityEntry(linkedTo: IdentityLink(identity: "user-1", timeMs: 1_764_000_000_000), linked: ["anon-1", "\u{4E2D}\u{1F600}", "x"]))
+            IdentityEntry(
+                linkedTo: IdentityLink(identity: "user-1", timeMs: 1_764_000_000_000), linked: ["anon-1", "\u{4E2D}\u{1F600}", "x"]))
         var decoded = 0
         for round in 0..<20_000 {
             var b: [UInt8]
