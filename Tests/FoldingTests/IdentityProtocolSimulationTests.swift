@@ -1,0 +1,376 @@
+import Events
+import Simulation
+import Testing
+
+@testable import Folding
+
+/// The protocol of docs/identity.md run as a whole, in memory: tasks that read their
+/// source partition and their repartition partition, fold with the real ``Folder``, route
+/// with the real ``IdentityRouter``, hand anonymous state over with ``Folder/merge``, and
+/// commit everything they write with their input offsets in one step (a Kafka
+/// transaction), crashing at random back to what they last committed. Whatever the keys,
+/// the interleaving and the crashes, every event must end counted once, in the state of
+/// its identity's canonical identity, as if folded there directly; and no anonymous
+/// identity may be sent after its link was committed.
+@Suite struct IdentityProtocolSimulationTests {
+    static let gap: Int64 = 30 * 60 * 1000
+    static let folder: Folder = {
+        var c = FoldConfig()
+        c.keyEvents = [.init(name: "Key", cap: 1_000)]
+        return Folder(config: c)
+    }()
+
+    /// A call as a collector wrote it.
+    struct Call: Sendable {
+        var identity: String
+        var hasUserId: Bool
+        var linkedId: String?
+        var timeMs: Int64
+        var key: Bool
+        var serial: Int
+
+        var event: SegmentEvent {
+            var e = SegmentEvent(type: linkedId == nil ? .track : .identify, identity: identity, hasUserId: hasUserId)
+            e.linkedId = linkedId
+            if key { e.eventName = "Key" }
+            return e
+        }
+    }
+
+    /// What `<group>-repartition` carries.
+    enum Record {
+        case call(Call, target: String, hops: UInt8)
+        case link(linked: String, into: String, timeMs: Int64)
+        case merge(UserState, target: String, hops: UInt8)
+    }
+
+    /// One task: what it holds in memory, and what it last committed.
+    struct Task {
+        var router: IdentityRouter
+        var users: [String: UserState] = [:]
+        var sourceNext = 0
+        var repartitionNext = 0
+        /// Records written since the last commit, by partition.
+        var pending: [(Int32, Record)] = []
+        /// Identities whose state was handed over since the last commit (tombstones).
+        var handedOver: Set<String> = []
+        var committed: (router: IdentityRouter, users: [String: UserState], source: Int, repartition: Int)
+
+        init(task: Int32, partitions: Int32) {
+            router = IdentityRouter(task: task, partitions: partitions)
+            committed = (router, [:], 0, 0)
+        }
+    }
+
+    struct World {
+        var tasks: [Task]
+        var source: [[Call]]
+        /// Committed records only: a transaction's records appear when it commits.
+        var repartition: [[Record]]
+        /// Identities whose link is committed (no body of theirs may be sent after it).
+        var linkCommitted: Set<String> = []
+        var sentAfterLink: [String] = []
+        var sends = 0
+        var forwarded = 0
+
+        init(partitions: Int32, source: [[Call]]) {
+            tasks = (0..<partitions).map { Task(task: $0, partitions: partitions) }
+            self.source = source
+            repartition = Array(repeating: [], count: Int(partitions))
+        }
+
+        var partitions: Int32 { Int32(tasks.count) }
+
+        func sourceId(_ p: Int) -> UInt32 { UInt32(p) }
+        func repartitionId(_ p: Int) -> UInt32 { 1_000 + UInt32(p) }
+
+        /// Folds or forwards one call at task `p`, read at `position`.
+        mutating func deliver(_ c: Call, target: String, hops: UInt8, at p: Int, position: AppliedPosition) {
+            switch tasks[p].router.route(target: target, hops: hops) {
+            case .forward(let q, let t, let h):
+                tasks[p].pending.append((q, .call(c, target: t, hops: h + 1)))
+                forwarded += 1
+            case .fold(let canonical):
+                var s = tasks[p].users[canonical] ?? UserState()
+                IdentityProtocolSimulationTests.folder.fold(
+                    c.event, timeMs: c.timeMs, offset: position.offset, source: position.source, into: &s)
+                tasks[p].users[canonical] = s
+                if let x = c.linkedId { perform(tasks[p].router.note(x, at: canonical, timeMs: c.timeMs), at: p) }
+            }
+        }
+
+        mutating func perform(_ step: IdentityRouter.LinkStep, at p: Int) {
+            switch step {
+            case .none: break
+            case .request(let q, let x, let c, let t):
+                tasks[p].pending.append((q, .link(linked: x, into: c, timeMs: t)))
+            case .handOver(let x, let c):
+                guard let s = tasks[p].users.removeValue(forKey: x) else { return }
+                tasks[p].handedOver.insert(x)
+                deliverMerge(s, target: c, hops: 0, at: p, position: nil)
+            }
+        }
+
+        mutating func deliverMerge(_ state: UserState, target: String, hops: UInt8, at p: Int, position: AppliedPosition?) {
+            switch tasks[p].router.route(target: target, hops: hops) {
+            case .forward(let q, let t, let h):
+                tasks[p].pending.append((q, .merge(state, target: t, hops: h + 1)))
+            case .fold(let canonical):
+                var s = tasks[p].users[canonical] ?? UserState()
+                if let position {
+                    // A merge record read again after a crash is skipped like a call.
+                    if s.hasApplied(source: position.source, offset: position.offset) { return }
+                    IdentityProtocolSimulationTests.folder.merge(state, into: &s)
+                    s.recordApplied(position)
+                } else {
+                    IdentityProtocolSimulationTests.folder.merge(state, into: &s)
+                }
+                tasks[p].users[canonical] = s
+            }
+        }
+
+        /// One step of task `p`: its next source call, else its next committed repartition
+        /// record. Returns false when it has nothing to read.
+        mutating func step(_ p: Int, preferRepartition: Bool) -> Bool {
+            let hasSource = tasks[p].sourceNext < source[p].count
+            let hasRepartition = tasks[p].repartitionNext < repartition[p].count
+            if hasRepartition && (preferRepartition || !hasSource) {
+                let o = tasks[p].repartitionNext
+                tasks[p].repartitionNext += 1
+                let position = AppliedPosition(source: repartitionId(p), offset: Int64(o))
+                switch repartition[p][o] {
+                case .call(let c, let target, let hops): deliver(c, target: target, hops: hops, at: p, position: position)
+                case .link(let x, let c, let t): perform(tasks[p].router.apply(x, into: c, timeMs: t), at: p)
+                case .merge(let s, let target, let hops): deliverMerge(s, target: target, hops: hops, at: p, position: position)
+                }
+                return true
+            }
+            guard hasSource else { return false }
+            let o = tasks[p].sourceNext
+            tasks[p].sourceNext += 1
+            let c = source[p][o]
+            deliver(c, target: c.identity, hops: 0, at: p, position: AppliedPosition(source: sourceId(p), offset: Int64(o)))
+            return true
+        }
+
+        /// The task's transaction: its records become visible, its state and offsets durable.
+        mutating func commit(_ p: Int) {
+            for (q, r) in tasks[p].pending { repartition[Int(q)].append(r) }
+            tasks[p].pending.removeAll()
+            for x in tasks[p].handedOver { linkCommitted.insert(x) }
+            // A link applied here is committed here, whether or not a state moved.
+            for (id, entry) in tasks[p].router.takeChanged() where entry?.linkedTo != nil { linkCommitted.insert(id) }
+            tasks[p].handedOver.removeAll()
+            tasks[p].committed = (tasks[p].router, tasks[p].users, tasks[p].sourceNext, tasks[p].repartitionNext)
+        }
+
+        /// A crash (or the partition moving): back to what was committed.
+        mutating func crash(_ p: Int) {
+            let c = tasks[p].committed
+            tasks[p].router = c.router
+            tasks[p].users = c.users
+            tasks[p].sourceNext = c.source
+            tasks[p].repartitionNext = c.repartition
+            tasks[p].pending.removeAll()
+            tasks[p].handedOver.removeAll()
+        }
+
+        /// The flusher: every user of task `p` is sent.
+        mutating func send(_ p: Int) {
+            for id in tasks[p].users.keys {
+                sends += 1
+                if linkCommitted.contains(id) { sentAfterLink.append(id) }
+            }
+        }
+
+        /// The canonical identity of `id` by the graphs as they ended.
+        func canonical(_ id: String) -> String {
+            var id = id
+            for _ in 0...Int(IdentityRouter.maxHops) {
+                let owner = tasks[0].router.owner(id)
+                guard let next = tasks[Int(owner)].router.graph.entry(of: id)?.linkedTo?.identity else { return id }
+                id = next
+            }
+            return id
+        }
+    }
+
+    /// Visitors: anonymous ids that browse, some of which sign up as a user (identify with
+    /// both ids, or an alias), before or after their anonymous calls; a few users alias an
+    /// earlier user id of theirs; a shared device signs in as two users. Times come in
+    /// clusters narrower than the visit gap, a few per person, so that no fold ever holds
+    /// more visits than a state keeps and the fold is exact.
+    static func traffic(_ g: inout SplitMix64) -> [Call] {
+        let base: Int64 = 1_780_000_000_000
+        var calls: [Call] = []
+        func cluster() -> Int64 { base + Int64.random(in: 0..<(20 * 86_400_000), using: &g) }
+        func at(_ center: Int64) -> Int64 { center + Int64.random(in: -(gap / 2)..<(gap / 2), using: &g) }
+        for person in 0..<Int.random(in: 2...8, using: &g) {
+            let user = "person-\(person)"
+            let devices = (0..<Int.random(in: 1...2, using: &g)).map { "anon-\(person)-\($0)" }
+            let clusters = (0..<Int.random(in: 1...3, using: &g)).map { _ in cluster() }
+            for d in devices {
+                for _ in 0..<Int.random(in: 0...6, using: &g) {
+                    calls.append(
+                        Call(
+                            identity: d, hasUserId: false, timeMs: at(clusters.randomElement(using: &g)!), key: Bool.random(using: &g),
+                            serial: 0))
+                }
+                if Int.random(in: 0..<4, using: &g) > 0 {  // signs up on this device
+                    calls.append(
+                        Call(
+                            identity: user, hasUserId: true, linkedId: d, timeMs: at(clusters.randomElement(using: &g)!), key: false,
+                            serial: 0))
+                }
+            }
+            for _ in 0..<Int.random(in: 0...5, using: &g) {
+                calls.append(
+                    Call(
+                        identity: user, hasUserId: true, linkedId: Bool.random(using: &g) ? devices.randomElement(using: &g) : nil,
+                        timeMs: at(clusters.randomElement(using: &g)!), key: Bool.random(using: &g), serial: 0))
+            }
+            if Int.random(in: 0..<4, using: &g) == 0 {  // an earlier user id, aliased
+                let old = "legacy-\(person)"
+                calls.append(Call(identity: old, hasUserId: true, timeMs: at(clusters[0]), key: true, serial: 0))
+                calls.append(Call(identity: user, hasUserId: true, linkedId: old, timeMs: at(clusters[0]), key: false, serial: 0))
+            }
+        }
+        if Bool.random(using: &g) {  // a shared device: the second user conflicts
+            calls.append(Call(identity: "person-0", hasUserId: true, linkedId: "kiosk", timeMs: at(cluster()), key: false, serial: 0))
+            calls.append(Call(identity: "person-1", hasUserId: true, linkedId: "kiosk", timeMs: at(cluster()), key: true, serial: 0))
+            calls.append(Call(identity: "kiosk", hasUserId: false, timeMs: at(cluster()), key: true, serial: 0))
+        }
+        calls.shuffle(using: &g)
+        for i in calls.indices { calls[i].serial = i }
+        return calls
+    }
+
+    /// Runs one world to the end: random steps, commits, sends and crashes, then every
+    /// task reads and commits until nothing moves.
+    static func run(_ calls: [Call], partitions: Int32, keysByIdentity: Bool, crashes: Bool, _ g: inout SplitMix64) -> World {
+        var source = Array(repeating: [Call](), count: Int(partitions))
+        let router = IdentityRouter(task: 0, partitions: partitions)
+        for c in calls {
+            let p = keysByIdentity ? Int(router.owner(c.identity)) : Int.random(in: 0..<Int(partitions), using: &g)
+            source[p].append(c)
+        }
+        var w = World(partitions: partitions, source: source)
+        for _ in 0..<(calls.count * 6) {
+            let p = Int.random(in: 0..<Int(partitions), using: &g)
+            switch Int.random(in: 0..<20, using: &g) {
+            case 0..<14: _ = w.step(p, preferRepartition: Bool.random(using: &g))
+            case 14..<17: w.commit(p)
+            case 17, 18: w.send(p)
+            default: if crashes { w.crash(p) }
+            }
+        }
+        var moved = true
+        while moved {
+            moved = false
+            for p in 0..<Int(partitions) {
+                while w.step(p, preferRepartition: false) { moved = true }
+                w.commit(p)
+            }
+            for p in 0..<Int(partitions) where w.tasks[p].repartitionNext < w.repartition[p].count { moved = true }
+        }
+        for p in 0..<Int(partitions) { w.send(p) }
+        return w
+    }
+
+    /// Checks the end of a world against folding each canonical identity's events
+    /// directly, in the order of their serials.
+    static func check(_ w: World, _ calls: [Call], _ label: String) -> Bool {
+        var expected: [String: UserState] = [:]
+        for (i, c) in calls.sorted(by: { $0.serial < $1.serial }).enumerated() {
+            var s = expected[w.canonical(c.identity)] ?? UserState()
+            folder.fold(c.event, timeMs: c.timeMs, offset: Int64(i), into: &s)
+            expected[w.canonical(c.identity)] = s
+        }
+        var actual: [String: UserState] = [:]
+        for (p, t) in w.tasks.enumerated() {
+            for (id, s) in t.users {
+                #expect(t.router.owner(id) == Int32(p), "\(label): \(id) is held by task \(p), not its owner")
+                #expect(actual[id] == nil, "\(label): \(id) held twice")
+                actual[id] = s
+            }
+        }
+        #expect(Set(actual.keys) == Set(expected.keys), "\(label): identities held")
+        var ok = Set(actual.keys) == Set(expected.keys)
+        for (id, e) in expected {
+            guard let a = actual[id] else { continue }
+            let same =
+                a.visits == e.visits && a.firstVisitMs == e.firstVisitMs && a.lastSeenMs == e.lastSeenMs
+                && a.keyEventCounts.first?.count == e.keyEventCounts.first?.count && a.sawUserId == e.sawUserId
+                && a.activeDays == e.activeDays
+            #expect(same, "\(label): \(id): visits \(a.visits)/\(e.visits), key events \(a.keyEventCounts)/\(e.keyEventCounts)")
+            ok = ok && same
+        }
+        let keyEvents = calls.filter(\.key).count
+        let counted = actual.values.reduce(0) { $0 + Int($1.keyEventCounts.first?.count ?? 0) }
+        #expect(counted == keyEvents, "\(label): key events counted \(counted) of \(keyEvents)")
+        #expect(w.sentAfterLink.isEmpty, "\(label): sent after their link was committed: \(w.sentAfterLink)")
+        return ok && counted == keyEvents && w.sentAfterLink.isEmpty
+    }
+
+    @Test func everyEventEndsOnceInItsCanonicalIdentityWhateverTheKeysAndCrashes() {
+        var g = SplitMix64(seed: 0x24_51)
+        var links: UInt64 = 0
+        var conflicts: UInt64 = 0
+        var forwarded = 0
+        for round in 0..<400 {
+            let calls = Self.traffic(&g)
+            let partitions = Int32.random(in: 1...4, using: &g)
+            let keysByIdentity = round % 2 == 0
+            let w = Self.run(calls, partitions: partitions, keysByIdentity: keysByIdentity, crashes: true, &g)
+            let label = "round \(round), \(partitions) tasks, keys by \(keysByIdentity ? "identity" : "messageId")"
+            if !Self.check(w, calls, label) { return }
+            for t in w.tasks {
+                links += t.router.graph.counts.links
+                conflicts += t.router.graph.counts.conflicts
+            }
+            forwarded += w.forwarded
+        }
+        // The rounds did what they are for: links, conflicts and forwarded calls (a crash
+        // replays what was linked since the last commit, which links again).
+        #expect(links > 1_000 && conflicts > 50 && forwarded > 5_000, "links \(links), conflicts \(conflicts), forwarded \(forwarded)")
+    }
+
+    /// With keys by identity and no call that links, nothing is written to the
+    /// repartition topic: the cost of identity resolution is a lookup per call.
+    @Test func keysByIdentityWithoutLinksRouteNothing() {
+        var g = SplitMix64(seed: 0x24_52)
+        for _ in 0..<100 {
+            let calls = Self.traffic(&g).map { c -> Call in
+                var c = c
+                c.linkedId = nil
+                return c
+            }
+            let w = Self.run(calls, partitions: 4, keysByIdentity: true, crashes: true, &g)
+            #expect(w.forwarded == 0 && w.repartition.allSatisfy(\.isEmpty))
+            if !Self.check(w, calls, "no links") { return }
+        }
+    }
+
+    /// A link arriving before the anonymous calls and one arriving after them give the
+    /// same user.
+    @Test func theLinkBeforeOrAfterTheAnonymousCallsGivesTheSameUser() {
+        let t0: Int64 = 1_780_000_000_000
+        let anonymous = (0..<4).map { Call(identity: "anon-1", hasUserId: false, timeMs: t0 + Int64($0) * 60_000, key: true, serial: 0) }
+        let signUp = Call(identity: "person-1", hasUserId: true, linkedId: "anon-1", timeMs: t0 + 10 * 60_000, key: false, serial: 0)
+        var g = SplitMix64(seed: 1)
+        for calls in [anonymous + [signUp], [signUp] + anonymous] {
+            var numbered = calls
+            for i in numbered.indices { numbered[i].serial = i }
+            for partitions: Int32 in [1, 2, 3, 5] {
+                let w = Self.run(numbered, partitions: partitions, keysByIdentity: false, crashes: false, &g)
+                let owner = Int(w.tasks[0].router.owner("person-1"))
+                let user = w.tasks[owner].users["person-1"]
+                #expect(user?.keyEventCounts.first?.count == 4)
+                #expect(user?.visits == 1)
+                #expect(user?.firstVisitMs == t0)
+                #expect(w.canonical("anon-1") == "person-1")
+                #expect(w.tasks.allSatisfy { $0.users["anon-1"] == nil })
+            }
+        }
+    }
+}
