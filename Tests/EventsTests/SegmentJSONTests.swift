@@ -321,6 +321,60 @@ import Testing
         #expect(text.contains(#""timestamp":-9223372036854775808"#))
     }
 
+    /// Any event at all, reachable or not (empty text, linked ids anywhere, custom traits
+    /// of any name and text, numbers of every kind): encoding never traps, and the call is
+    /// well-formed JSON the decoder reads, as an event, or refused only for an empty
+    /// identity.
+    @Test func anyEventEncodesToACallTheDecoderReads() {
+        let seed = UInt64.random(in: 0 ... .max)
+        var rng = Seeded(state: seed)
+        func any(_ rng: inout Seeded) -> String? {
+            switch Int.random(in: 0..<4, using: &rng) {
+            case 0: nil
+            case 1: ""
+            default: Self.text(&rng)
+            }
+        }
+        let names = Self.customNames + ["email", "address", "pqlScore", ""]
+        let texts = ["", " ", "{", "[1,", "\"open", "1 2", "nul", "[]]", "{\"a\":1,}", "\u{FFFF}", "007", "-", "1e"]
+        for round in 0..<3000 {
+            var e = SegmentEvent(
+                type: EventType.allCases.randomElement(using: &rng)!, identity: any(&rng) ?? "", hasUserId: Bool.random(using: &rng))
+            e.linkedId = any(&rng)
+            e.eventName = any(&rng)
+            e.groupId = any(&rng)
+            e.contextGroupId = any(&rng)
+            e.timezone = any(&rng)
+            if Bool.random(using: &rng) { e.location = Location(city: any(&rng), countryCode: any(&rng)) }
+            if Bool.random(using: &rng) {
+                e.product = ProductRef(product: any(&rng) ?? "", environment: Int64.random(in: -9...9, using: &rng))
+            }
+            if Bool.random(using: &rng) {
+                var t = Traits()
+                t.email = any(&rng)
+                t.leadDate = Bool.random(using: &rng) ? Int64.random(in: .min ... .max, using: &rng) : nil
+                t.pqlScore = [nil, .nan, .infinity, -.infinity, -0.0, .greatestFiniteMagnitude].randomElement(using: &rng)!
+                if Bool.random(using: &rng) { t.address = Location() }
+                for _ in 0..<Int.random(in: 0...4, using: &rng) {
+                    let json = Bool.random(using: &rng) ? texts.randomElement(using: &rng)! : Self.jsonValue(&rng, depth: 2)
+                    t.custom.append(CustomTrait(name: names.randomElement(using: &rng)!, json: json))
+                }
+                e.traits = t
+            }
+            let json = e.segmentJSON(timeMs: Int64.random(in: .min ... .max, using: &rng))
+            let d = Self.decode(json)
+            guard d.count == 1 else {
+                Issue.record("seed \(seed) round \(round): \(d)")
+                continue
+            }
+            switch d[0] {
+            case .event: break
+            case .invalid(let f) where f.reason == .missingIdentity && e.identity.isEmpty: break
+            default: Issue.record("seed \(seed) round \(round): \(d[0]) from \(String(decoding: json, as: UTF8.self))")
+            }
+        }
+    }
+
     /// Int64.min is an integer that fits: it was read as a Double (its magnitude was summed
     /// as a positive Int64, which overflowed), and refused where an integer is due.
     @Test func theDecoderReadsTheLeastInt64Exactly() {
