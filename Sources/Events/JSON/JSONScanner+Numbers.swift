@@ -37,6 +37,7 @@ extension JSONScanner {
             negative = true
             i += 1
         }
+        // A negative number is summed downwards: Int64.min has no positive counterpart.
         var value: Int64 = 0
         var isInteger = true
         while i < r.upperBound {
@@ -45,8 +46,9 @@ extension JSONScanner {
                 isInteger = false
                 break
             }
+            let digit = Int64(c - 0x30)
             let (m, o1) = value.multipliedReportingOverflow(by: 10)
-            let (a, o2) = m.addingReportingOverflow(Int64(c - 0x30))
+            let (a, o2) = negative ? m.subtractingReportingOverflow(digit) : m.addingReportingOverflow(digit)
             if o1 || o2 {
                 isInteger = false
                 break
@@ -54,7 +56,7 @@ extension JSONScanner {
             value = a
             i += 1
         }
-        if isInteger { return .integer(negative ? -value : value, text: r) }
+        if isInteger { return .integer(value, text: r) }
         let text = String(decoding: UnsafeBufferPointer(rebasing: bytes[r]), as: UTF8.self)
         guard let d = Double(text), d.isFinite else { throw .numberOutOfRange }
         return .double(d, text: r)

@@ -1,0 +1,174 @@
+import Events
+
+/// One record of `<group>-repartition` (docs/identity.md, "Routing one call"): a call
+/// forwarded to the owner of its target, a link request "id → canonical" to the owner of
+/// the id, or the folded state of an id handed over to the owner of its canonical id.
+///
+/// Framing. The key is the record's ``target`` as UTF-8: the identity whose owner reads
+/// it, as every record of the topic is keyed by the identity it is routed by. The value
+/// is a three-byte head and a payload:
+///
+///     kind (1 byte) · version (1 byte, now 1) · hops (1 byte) · payload
+///
+/// - kind `c` (0x63): a call; the payload is the call as one compact Segment-spec JSON
+///   object (``SegmentEvent/segmentJSON(timeMs:)``), decoded by ``SegmentDecoder``.
+/// - kind `l` (0x6C): a link request; key = the id to link; the payload is the event
+///   time of the link (zigzag varint, epoch milliseconds) then the canonical id
+///   (varint length, UTF-8).
+/// - kind `m` (0x6D): a merge; key = the canonical id; the payload is the id the state
+///   was folded under (varint length, UTF-8), then the state as ``StateCodec`` writes a
+///   changelog value (the rest of the value).
+///
+/// Why a head in the value, and not Kafka headers or a bare JSON call told apart by its
+/// `{`: a consumed message exposes key, value and time only (`ConsumedMessage` in the
+/// Kafka module carries no headers, and reading them would cost a librdkafka call and a
+/// parse per message), and a call needs its hop count beside it like the other two kinds.
+/// Three fixed bytes cost nothing to read, tell the kinds apart at once, and leave the
+/// call's JSON whole from the fourth byte on, where the decoder reads it in place. A
+/// Segment call written to this topic by mistake starts with `{`, which is no kind, and
+/// is refused. A later format bumps the version, which this build refuses
+/// (``DecodeError/newerVersion(_:)``) rather than misread.
+///
+/// Decoding never traps, whatever the bytes: every length is checked against what is
+/// left, ids must be non-empty UTF-8 of at most ``maxIdentityBytes``, a link's payload
+/// must end where its canonical id does, and a merge's state must decode.
+public enum RepartitionRecord: Sendable, Equatable {
+    /// A call forwarded to `owner(target)`. `json` is one Segment call (not validated
+    /// here: the decoder that reads it reports a bad one like any input).
+    case call(target: String, hops: UInt8, json: [UInt8])
+    /// "`id` → `canonical`", for `owner(id)`, with the event time of the call that linked
+    /// them.
+    case link(id: String, canonical: String, timeMs: Int64, hops: UInt8)
+    /// The folded state of `from`, for `owner(into)` to merge into `into`'s.
+    case merge(from: String, into: String, state: UserState, hops: UInt8)
+
+    /// The format version written.
+    public static let version: UInt8 = 1
+    /// The longest id in bytes: Foldspace takes ids of at most 255 characters (the
+    /// decoder refuses longer ones), 4 bytes each at most.
+    public static let maxIdentityBytes = 1020
+
+    enum Kind: UInt8 {
+        case call = 0x63, link = 0x6C, merge = 0x6D
+    }
+
+    public enum DecodeError: Error, Equatable {
+        /// The value is shorter than its head, or a length runs past its end.
+        case truncated
+        /// The first byte names no kind.
+        case unknownKind(UInt8)
+        /// Version 0: never written.
+        case unsupportedVersion(UInt8)
+        /// Written by a later format version than this build reads.
+        case newerVersion(UInt8)
+        /// The key (the target) is empty, too long or not UTF-8.
+        case badKey
+        /// A field of the payload is out of its range, or bytes follow a link's fields.
+        case badValue
+        /// A merge's state does not decode.
+        case badState(StateCodec.DecodeError)
+    }
+
+    /// A forwarded call of `event`, whose time the engine resolved as `timeMs`.
+    public static func call(target: String, hops: UInt8, event: SegmentEvent, timeMs: Int64) -> RepartitionRecord {
+        .call(target: target, hops: hops, json: event.segmentJSON(timeMs: timeMs))
+    }
+
+    /// The identity whose owner reads the record (its key).
+    public var target: String {
+        switch self {
+        case .call(let target, _, _): target
+        case .link(let id, _, _, _): id
+        case .merge(_, let into, _, _): into
+        }
+    }
+
+    /// How many times the record has been forwarded from the owner it was written to.
+    public var hops: UInt8 {
+        switch self {
+        case .call(_, let hops, _), .link(_, _, _, let hops), .merge(_, _, _, let hops): hops
+        }
+    }
+
+    // MARK: Encoding
+
+    public func encode() -> (key: [UInt8], value: [UInt8]) {
+        var w = StateCodec.Writer()
+        switch self {
+        case .call(let target, let hops, let json):
+            w.bytes.reserveCapacity(3 + json.count)
+            w.bytes.append(contentsOf: [Kind.call.rawValue, Self.version, hops])
+            w.bytes.append(contentsOf: json)
+            return (Array(target.utf8), w.bytes)
+        case .link(let id, let canonical, let timeMs, let hops):
+            w.bytes.append(contentsOf: [Kind.link.rawValue, Self.version, hops])
+            w.zigzag(timeMs)
+            w.string(canonical)
+            return (Array(id.utf8), w.bytes)
+        case .merge(let from, let into, let state, let hops):
+            w.bytes.append(contentsOf: [Kind.merge.rawValue, Self.version, hops])
+            w.string(from)
+            w.bytes.append(contentsOf: StateCodec.encode(StoredUser(state: state, dirty: false, settledHash: 0)))
+            return (Array(into.utf8), w.bytes)
+        }
+    }
+
+    // MARK: Decoding
+
+    public static func decode(key: [UInt8], value: [UInt8]) throws(DecodeError) -> RepartitionRecord {
+        try key.withUnsafeBufferPointer { (k) throws(DecodeError) -> RepartitionRecord in
+            try value.withUnsafeBufferPointer { (v) throws(DecodeError) -> RepartitionRecord in try decode(key: k, value: v) }
+        }
+    }
+
+    /// As ``decode(key:value:)-([UInt8],_)``, from bytes held elsewhere (a consumed
+    /// message's, read only during the call).
+    public static func decode(key: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) throws(DecodeError) -> RepartitionRecord {
+        guard let target = identity(key) else { throw .badKey }
+        guard value.count >= 3 else { throw .truncated }
+        guard let kind = Kind(rawValue: value[0]) else { throw .unknownKind(value[0]) }
+        let v = value[1]
+        guard v >= 1 else { throw .unsupportedVersion(v) }
+        guard v <= version else { throw .newerVersion(v) }
+        let hops = value[2]
+        var r = StateCodec.Reader(bytes: value, pos: 3)
+        switch kind {
+        case .call:
+            return .call(target: target, hops: hops, json: Array(UnsafeBufferPointer(rebasing: value[3...])))
+        case .link:
+            let timeMs: Int64
+            let canonical: Range<Int>
+            do {
+                timeMs = try r.zigzag()
+                canonical = try r.utf8()
+            } catch {
+                throw error == .truncated ? .truncated : .badValue
+            }
+            guard let id = identity(UnsafeBufferPointer(rebasing: value[canonical])), r.atEnd else { throw .badValue }
+            return .link(id: target, canonical: id, timeMs: timeMs, hops: hops)
+        case .merge:
+            let from: Range<Int>
+            do {
+                from = try r.utf8()
+            } catch {
+                throw error == .truncated ? .truncated : .badValue
+            }
+            guard let fromId = identity(UnsafeBufferPointer(rebasing: value[from])) else { throw .badValue }
+            let stored: StoredUser
+            do {
+                stored = try StateCodec.decode(UnsafeBufferPointer(rebasing: value[r.pos...]))
+            } catch {
+                throw .badState(error)
+            }
+            // A changelog marker is no user's state.
+            guard stored.markerOffset == nil else { throw .badValue }
+            return .merge(from: fromId, into: target, state: stored.state, hops: hops)
+        }
+    }
+
+    /// `bytes` as an id: non-empty UTF-8 of at most ``maxIdentityBytes``.
+    private static func identity(_ bytes: UnsafeBufferPointer<UInt8>) -> String? {
+        guard !bytes.isEmpty, bytes.count <= maxIdentityBytes, UTF8Check.isValid(bytes) else { return nil }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
