@@ -339,4 +339,58 @@ final class RawGroupMember: @unchecked Sendable {
         #expect(byOutsider == RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID, "\(String(cString: rd_kafka_err2name(byOutsider)))")
         #expect((try? afterOutsider.get()) == [r0: Int64(RD_KAFKA_OFFSET_INVALID)], "\(afterOutsider)")
     }
+
+    /// The project's own consumer takes `range` from its configuration (it overrides the
+    /// cooperative-sticky default) and settles eager rebalances through `rd_kafka_assign`:
+    /// the same co-location, and each rebalance revokes every partition a member held
+    /// before handing out the new assignment (eager: no member keeps fetching through it).
+    @Test func kafkaConsumerWithRangeCoLocatesAndRevokesEverything() async throws {
+        let cluster = try MockCluster(brokers: 1)
+        try cluster.createTopic(Self.source, partitions: 4)
+        try cluster.createTopic(Self.repartition, partitions: 4)
+        var config = consumerConfig(cluster, group: "g")
+        config["partition.assignment.strategy"] = "range"
+        func member() throws -> (KafkaConsumer, RecordingHandler) {
+            let handler = RecordingHandler()
+            let consumer = try KafkaConsumer(
+                config: config, topics: [Self.source, Self.repartition], handler: handler, logger: quiet)
+            handler.consumer = consumer
+            consumer.start()
+            return (consumer, handler)
+        }
+        let topics = [Self.source, Self.repartition]
+        func settled(_ consumers: [KafkaConsumer]) -> [[TopicPartition]]? {
+            let held = consumers.map { Array($0.assignment) }
+            return Self.settled(held, topics: topics, partitions: 4) ? held : nil
+        }
+        let (ca, a) = try member()
+        let (cb, _) = try member()
+        var two: [[TopicPartition]]? = nil
+        #expect(
+            await eventually(.seconds(30)) {
+                two = settled([ca, cb])
+                return two != nil
+            })
+        let before = a.log.count
+        let (cc, _) = try member()
+        var three: [[TopicPartition]]? = nil
+        #expect(
+            await eventually(.seconds(30)) {
+                three = settled([ca, cb, cc])
+                return three != nil
+            })
+        await offThePool {
+            for c in [ca, cb, cc] { c.stop() }
+        }
+        withExtendedLifetime(cluster) {}
+        for state in [two, three] {
+            for held in state ?? [] {
+                #expect(Self.indices(held, of: Self.source) == Self.indices(held, of: Self.repartition), "\(held)")
+            }
+        }
+        // The first member held 4 of the 8 partitions with two members, and gave up all 4
+        // when the third joined, before it was given its new share.
+        let log = Array(a.log.dropFirst(before))
+        #expect(log.count >= 2 && log[0] == "revoked 4" && log[1].hasPrefix("assigned"), "\(log)")
+    }
 }
