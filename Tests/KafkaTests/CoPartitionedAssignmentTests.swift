@@ -244,36 +244,6 @@ final class RawGroupMember: @unchecked Sendable {
         withExtendedLifetime(cluster) {}
     }
 
-    /// Why the group must not keep librdkafka's cooperative-sticky for this: it balances
-    /// the count of partitions over both topics, not tasks. A third member joining two
-    /// that hold tasks whole is given partitions of the repartition topic only (seen on
-    /// every run: the partitions it moves are taken from the last topic first).
-    @Test func cooperativeStickySplitsTasksWhenAMemberJoins() async throws {
-        let cluster = try MockCluster(brokers: 1)
-        try cluster.createTopic(Self.source, partitions: 4)
-        try cluster.createTopic(Self.repartition, partitions: 4)
-        let topics = [Self.source, Self.repartition]
-        func member() throws -> RawGroupMember {
-            try RawGroupMember(cluster, group: "g", strategy: "cooperative-sticky", topics: topics)
-        }
-        let a = try member()
-        let b = try member()
-        let two = await Self.waitSettled([a, b], topics: topics, partitions: 4).settled
-        #expect(two != nil)
-        let c = try member()
-        let three = await Self.waitSettled([a, b, c], topics: topics, partitions: 4).settled
-        await offThePool {
-            for m in [a, b, c] { m.close() }
-        }
-        withExtendedLifetime(cluster) {}
-        guard let three else {
-            Issue.record("three members never settled")
-            return
-        }
-        let split = three.filter { Self.indices($0, of: Self.source) != Self.indices($0, of: Self.repartition) }
-        #expect(!split.isEmpty, "cooperative-sticky kept every task whole: \(three)")
-    }
-
     /// Range pairs partition p of both topics only when their partition counts are equal:
     /// with 4 and 6, two members hold source 0–1 and 2–3 but repartition 0–2 and 3–5.
     @Test func rangeSplitsTasksWhenThePartitionCountsDiffer() async throws {
