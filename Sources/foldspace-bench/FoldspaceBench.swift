@@ -37,7 +37,8 @@ struct FoldspaceBench: AsyncParsableCommand {
         commandName: "foldspace-bench",
         abstract: "Benchmarks for foldspace-sync: produce, raw read rate, folded rate, memory, core costs.",
         subcommands: [
-            Produce.self, RawRead.self, Pipeline.self, Binary.self, Latency.self, Memory.self, Core.self, Soak.self, Restore.self,
+            Produce.self, Placement.self, RawRead.self, Pipeline.self, Binary.self, Latency.self, Memory.self, Core.self, Soak.self,
+            Restore.self,
         ])
 }
 
