@@ -4,6 +4,12 @@
 # machines are noisy); takes a few minutes on 2 cores.
 #
 #   EVENTS=1000000 USERS=100000 PARTITIONS=16 scripts/bench.sh
+#
+# The fold is measured twice over the same payloads: on `bench`, keyed by the user's
+# identity, and on `bench-mid`, keyed by each call's messageId (one user's events spread
+# over every partition), each against kcat reading that topic in the same round (docs/
+# identity.md: keys by identity need no routing, keys by anything else will).
+# KEYS_MODES=identity measures the first only (the table as it was).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS=${EVENTS:-1000000}
@@ -11,6 +17,8 @@ USERS=${USERS:-100000}
 PARTITIONS=${PARTITIONS:-16}   # the mock keeps ~5 MiB per partition: spread the data
 MEMORY_USERS=${MEMORY_USERS:-1000000}
 RESTORE_USERS=${RESTORE_USERS:-1000000}
+KEYS_MODES=${KEYS_MODES:-identity message-id}
+case " $KEYS_MODES " in *" message-id "*) MID=1 ;; *) MID= ;; esac
 
 bash scripts/deps.sh --with-test-tools
 swift build -c release --product foldspace-sync >&2
@@ -18,14 +26,26 @@ swift build -c release --product foldspace-bench >&2
 BIN=$(swift build -c release --show-bin-path)
 out=$(mktemp -d)
 
-"$BIN/foldspace-sync" mock-kafka --topic "bench:$PARTITIONS" --topic "bench-state:32" > "$out/mock" 2>/dev/null &
+"$BIN/foldspace-sync" mock-kafka --topic "bench:$PARTITIONS" --topic "bench-state:32" \
+  ${MID:+--topic "bench-mid:$PARTITIONS"} > "$out/mock" 2>/dev/null &
 MOCK=$!
 trap 'kill $MOCK 2>/dev/null || true' EXIT
 for _ in $(seq 100); do [ -s "$out/mock" ] && break; sleep 0.1; done
 B=$(head -1 "$out/mock")
 echo "mock cluster at $B; producing $EVENTS events over $USERS users..." >&2
 
-"$BIN/foldspace-bench" produce --brokers "$B" --topic bench --events "$EVENTS" --users "$USERS" > "$out/produce"
+"$BIN/foldspace-bench" produce --brokers "$B" --topic bench --events "$EVENTS" --users "$USERS" --keys identity > "$out/produce"
+# Where the events sit against the daemon's owner(id) = murmur2(id) mod N: all on their
+# owner's partition when keyed by identity (librdkafka's murmur2_random agreeing with the
+# daemon's murmur2), about one in N when keyed by messageId.
+"$BIN/foldspace-bench" placement --brokers "$B" --topic bench --expect "$EVENTS" --partitions "$PARTITIONS" >> "$out/produce"
+if [ -n "$MID" ]; then
+  echo "producing the same events keyed by messageId..." >&2
+  "$BIN/foldspace-bench" produce --brokers "$B" --topic bench-mid --events "$EVENTS" --users "$USERS" --keys message-id \
+    | sed 's/^/mid_/' >> "$out/produce"
+  "$BIN/foldspace-bench" placement --brokers "$B" --topic bench-mid --expect "$EVENTS" --partitions "$PARTITIONS" \
+    | sed 's/^/mid_/' >> "$out/produce"
+fi
 
 # The read and fold rates swing by 10-20 % from one run to the next on a shared 2-core
 # machine (kcat alone: 0.6M-0.93M messages/s). So each is measured ROUNDS times (5),
@@ -62,6 +82,18 @@ for round in $(seq "$ROUNDS"); do
     echo "round $round of $ROUNDS: the baseline binary ($BASELINE_BIN/foldspace-sync)..." >&2
     "$BIN/foldspace-bench" binary --bin "$BASELINE_BIN/foldspace-sync" --brokers "$B" --topic bench --expect "$EVENTS" \
       | sed 's/^binary_/basebinary_/' >> "$out/rounds"
+  fi
+  if [ -n "$MID" ]; then
+    # Keys by messageId: kcat on that topic, its reference, then the binary (a group of
+    # its own, so its own state topic, as every binary run).
+    echo "round $round of $ROUNDS: keys by messageId: kcat, then the binary..." >&2
+    t0=$(date +%s.%N)
+    midkcat_n=$(kcat -C -b "$B" -t bench-mid -o beginning -e -q -f '\n' -X log_level=3 | wc -l)
+    t1=$(date +%s.%N)
+    echo "midkcat_rate=$(python3 -c "print(int($midkcat_n / ($t1 - $t0)))")" >> "$out/rounds"
+    echo "midkcat_messages=$midkcat_n" >> "$out/rounds"
+    "$BIN/foldspace-bench" binary --bin "$BIN/foldspace-sync" --brokers "$B" --topic bench-mid --expect "$EVENTS" \
+      | sed 's/^binary_/midbinary_/' >> "$out/rounds"
   fi
 done
 # Medians (and ranges) of the rates; the last round's value of everything else.
@@ -118,6 +150,8 @@ kp = int(g("kcatpayload_rate")) if g("kcatpayload_rate").isdigit() else 0
 folded = int(g("folded_rate")) if g("folded_rate").isdigit() else 0
 binary = int(g("binary_folded_rate")) if g("binary_folded_rate").isdigit() else 0
 base = int(g("basebinary_folded_rate")) if g("basebinary_folded_rate").isdigit() else 0
+mkc = int(g("midkcat_rate")) if g("midkcat_rate").isdigit() else 0
+mid = int(g("midbinary_folded_rate")) if g("midbinary_folded_rate").isdigit() else 0
 rounds = g("rounds")
 def r(k):
     """A rate: the median of the rounds, with their range."""
@@ -138,7 +172,19 @@ rows = [
     ("folded by the binary, a separate process, durable state (events/s)", r("binary_folded_rate")),
     ("binary folded / raw kcat -f '\\n'", f"{binary / kc:.2f}" if kc and binary else "?"),
     ("binary folded / raw kcat printing payloads", f"{binary / kp:.2f}" if kp and binary else "?"),
+    ("keys by identity (topic bench): events on their user's owner partition, murmur2", g("placement_identity_owned")),
+    ("  messages on their key's murmur2 partition (librdkafka's murmur2_random)", g("placement_key_owned")),
+    ("keys by identity: binary folded (events/s), × raw kcat -f '\\n' on its topic",
+     f"{r('binary_folded_rate')}, {binary / kc:.2f}×" if kc and binary else "?"),
 ] + ([
+    ("keys by messageId (topic bench-mid): events produced, the same payloads", g("mid_produced")),
+    ("  events on their user's owner partition, murmur2", g("mid_placement_identity_owned")),
+    ("  messages on their key's murmur2 partition (librdkafka's murmur2_random)", g("mid_placement_key_owned")),
+    ("keys by messageId: raw read, kcat -f '\\n' on its topic (msgs/s, incl. start-up)", r("midkcat_rate")),
+    ("keys by messageId: binary folded (events/s), × raw kcat -f '\\n' on its topic",
+     f"{r('midbinary_folded_rate')}, {mid / mkc:.2f}×" if mkc and mid else r("midbinary_folded_rate")),
+    ("binary folded, keys by messageId / keys by identity", f"{mid / binary:.2f}" if mid and binary else "?"),
+] if g("midbinary_folded_rate") != "?" or g("midkcat_rate") != "?" else []) + ([
     ("the baseline binary (BASELINE_BIN), same rounds (events/s)", r("basebinary_folded_rate")),
     ("baseline binary folded / raw kcat -f '\\n'", f"{base / kc:.2f}" if kc and base else "?"),
     ("binary folded / baseline binary folded", f"{binary / base:.3f}" if base and binary else "?"),
