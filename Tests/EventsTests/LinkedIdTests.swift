@@ -50,6 +50,23 @@ import Testing
         #expect(try Self.event(#"{"type":"identify","userId":"u","anonymousId":null}"#).linkedId == nil)
     }
 
+    /// Identities are told apart by their bytes everywhere (the user table, the graph):
+    /// "é" as one scalar and "e" with a combining accent are two identities, so one links
+    /// to the other although Swift finds the strings equal.
+    @Test func idsEqualOnlyAsTextAreTwoIdentitiesAndLink() throws {
+        let e = try Self.event(#"{"type":"identify","userId":"\u00e9","anonymousId":"e\u0301"}"#)
+        #expect(Array(e.linkedId?.utf8 ?? "".utf8) == [0x65, 0xCC, 0x81])
+    }
+
+    /// Traits that were only implausible dates are none, as absent ones are (a call
+    /// written back as JSON then reads the same).
+    @Test func traitsOfOnlyImplausibleDatesAreNone() throws {
+        let e = try Self.event(#"{"type":"identify","userId":"u","traits":{"leadDate":1}}"#)
+        #expect(e.traits == nil && e.implausibleTraitDates == 1)
+        let f = try Self.event(#"{"type":"track","userId":"u","context":{"traits":{"signUpDate":"1990-01-01T00:00:00Z"}}}"#)
+        #expect(f.traits == nil && f.implausibleTraitDates == 1)
+    }
+
     @Test func anAnonymousCallLinksNothing() throws {
         let e = try Self.event(#"{"type":"page","anonymousId":"anon-9"}"#)
         #expect(e.identity == "anon-9" && !e.hasUserId && e.linkedId == nil)

@@ -88,7 +88,7 @@ import Testing
         mutating func deliver(_ c: Call, target: String, hops: UInt8, at p: Int, position: AppliedPosition) {
             switch tasks[p].router.route(target: target, hops: hops) {
             case .forward(let q, let t, let h):
-                tasks[p].pending.append((q, .call(c, target: t, hops: h + 1)))
+                tasks[p].pending.append((q, .call(c, target: t, hops: h)))
                 forwarded += 1
             case .fold(let canonical):
                 var s = tasks[p].users[canonical] ?? UserState()
@@ -114,7 +114,7 @@ import Testing
         mutating func deliverMerge(_ state: UserState, target: String, hops: UInt8, at p: Int, position: AppliedPosition?) {
             switch tasks[p].router.route(target: target, hops: hops) {
             case .forward(let q, let t, let h):
-                tasks[p].pending.append((q, .merge(state, target: t, hops: h + 1)))
+                tasks[p].pending.append((q, .merge(state, target: t, hops: h)))
             case .fold(let canonical):
                 var s = tasks[p].users[canonical] ?? UserState()
                 if let position {
@@ -159,7 +159,9 @@ import Testing
             tasks[p].pending.removeAll()
             for x in tasks[p].handedOver { linkCommitted.insert(x) }
             // A link applied here is committed here, whether or not a state moved.
-            for (id, entry) in tasks[p].router.takeChanged() where entry?.linkedTo != nil { linkCommitted.insert(id) }
+            let written = tasks[p].router.changes()
+            for (id, entry) in written where entry?.linkedTo != nil { linkCommitted.insert(id) }
+            tasks[p].router.committed(written)
             tasks[p].handedOver.removeAll()
             tasks[p].committed = (tasks[p].router, tasks[p].users, tasks[p].sourceNext, tasks[p].repartitionNext)
         }
@@ -349,6 +351,48 @@ import Testing
             #expect(w.forwarded == 0 && w.repartition.allSatisfy(\.isEmpty))
             if !Self.check(w, calls, "no links") { return }
         }
+    }
+
+    /// A checkpoint that fails while the process goes on loses no graph change: the
+    /// entries stay changed until a checkpoint that wrote them commits, and one changed
+    /// again meanwhile is written again.
+    @Test func graphChangesStayUntilACheckpointThatWroteThemCommits() {
+        var r = IdentityRouter(task: 0, partitions: 1)
+        #expect(r.note("anon-1", at: "person-1", timeMs: 1) == .handOver(linked: "anon-1", into: "person-1"))
+        let first = r.changes()
+        #expect(Set(first.map(\.id)) == ["person-1", "anon-1"])
+        // The transaction that wrote `first` failed: nothing committed, nothing lost.
+        #expect(Set(r.changes().map(\.id)) == ["person-1", "anon-1"])
+        _ = r.note("anon-2", at: "person-1", timeMs: 2)  // changed again meanwhile
+        r.committed(first)
+        #expect(Set(r.changes().map(\.id)) == ["person-1", "anon-2"])
+        r.committed(r.changes())
+        #expect(r.changes().isEmpty)
+    }
+
+    /// Instances that disagree on who owns an identity (partition counts or partitioners
+    /// changed on some of them) bounce a call between them at most ``IdentityRouter/maxHops``
+    /// times, then fold it where it is, counted.
+    @Test func callsBouncingBetweenTasksThatDisagreeStopAtTheHopLimit() {
+        var a = IdentityRouter(task: 0, partitions: 2)
+        var b = IdentityRouter(task: 1, partitions: 3)
+        // An identity that a (2 partitions) sends to task 1 and b (3 partitions) to task 0.
+        let id = (0..<10_000).map { "id-\($0)" }.first { a.owner($0) == 1 && b.owner($0) == 0 }!
+        var hops: UInt8 = 0
+        var at = 0
+        var steps = 0
+        while steps < 100 {
+            steps += 1
+            let step = at == 0 ? a.route(target: id, hops: hops) : b.route(target: id, hops: hops)
+            guard case .forward(let q, _, let h) = step else { break }
+            #expect(h == hops + 1)
+            hops = h
+            at = Int(q)
+        }
+        #expect(steps == Int(IdentityRouter.maxHops) + 1)
+        #expect(a.hopLimitReached + b.hopLimitReached == 1)
+        // A record arriving with any hop count, even the largest, does not trap.
+        #expect(a.route(target: id, hops: .max) == .fold(into: id))
     }
 
     /// A link arriving before the anonymous calls and one arriving after them give the

@@ -81,7 +81,10 @@ public struct CallFields {
         // `anonymousId`): an alias's `previousId`, else the `anonymousId` beside a
         // `userId`. One that equals the identity, or that Foldspace could never take,
         // links nothing.
-        if let other = (type == .alias ? previousId.take() : nil) ?? anonymousId.take(), other != e.identity,
+        // Compared by bytes, as identities are everywhere else: "é" as one scalar and "e"
+        // with a combining accent are two identities (equal as Swift strings).
+        if let other = (type == .alias ? previousId.take() : nil) ?? anonymousId.take(),
+            !other.utf8.elementsEqual(e.identity.utf8),
             other.utf8.count <= 255 || other.unicodeScalars.count <= 255
         {
             e.linkedId = other
@@ -105,9 +108,12 @@ public struct CallFields {
         if hasTraits {
             if hasContextTraits { traits!.fillMissing(from: contextTraits!) }
             e.implausibleTraitDates = traits!.dropImplausibleDates(nowMs: nowMs)
+            // Traits that were only implausible dates are none (as absent ones are nil).
+            if e.implausibleTraitDates != 0 && traits!.isEmpty { traits = nil }
             Self.move(&traits, into: &e.traits)
         } else if hasContextTraits {
             e.implausibleTraitDates = contextTraits!.dropImplausibleDates(nowMs: nowMs)
+            if e.implausibleTraitDates != 0 && contextTraits!.isEmpty { contextTraits = nil }
             Self.move(&contextTraits, into: &e.traits)
         }
     }

@@ -22,9 +22,9 @@ public enum IdentityCodec {
     public static let version: UInt8 = 1
 
     /// The most linked ids a record holds, and so the highest `identity.max_linked`:
-    /// a record of that many longest ids (about 1 MB) still fits Kafka's default
-    /// message size.
-    public static let maxLinked = 1000
+    /// a record of that many longest ids (about 920 kB) still fits librdkafka's default
+    /// `message.max.bytes` (1,000,000; at 1000 ids the largest record did not).
+    public static let maxLinked = 900
 
     /// The longest identity in bytes: 255 characters (`identity-too-long`), of at most
     /// four bytes each.

@@ -10,7 +10,7 @@ public struct IdentityRouter: Sendable {
     public let partitions: Int32
     public let partitioner: KeyPartitioner
     public private(set) var graph: IdentityGraph
-    /// Identities whose entries changed since ``takeChanged()``.
+    /// Identities whose entries changed since they were last committed (``committed(_:)``).
     public private(set) var changed: Set<String> = []
     /// Calls and merge records folded where they were because they had travelled
     /// ``maxHops`` (a cycle of links that two racing aliases made).
@@ -43,21 +43,34 @@ public struct IdentityRouter: Sendable {
 
     /// Steps 1 to 3: a call read from this task's source partition (`hops` 0) or its
     /// repartition partition, whose target is `target` (its userId, else its anonymousId;
-    /// or the identity it was forwarded to). With keys by identity and no link, the first
-    /// test is the whole cost: `target` is owned here and has no entry.
+    /// or the identity it was forwarded to), having travelled `hops` hops. A forward
+    /// carries the hops counted on (the caller writes them as given). With keys by identity
+    /// and no link, the first test is the whole cost: `target` is owned here and has no
+    /// entry.
+    ///
+    /// Past ``maxHops`` a call is folded where it is, into `target`'s state, and counted:
+    /// only a cycle of links, or instances that disagree on `owner` (a partition count or
+    /// partitioner changed on some of them; the daemon refuses to start so), travel that
+    /// far, and a call that bounced for ever would hold its partition's offsets for ever.
     public mutating func route(target: String, hops: UInt8) -> Step {
         var target = target
         var hops = hops
         while true {
             let o = owner(target)
-            if o != task { return .forward(partition: o, target: target, hops: hops) }
-            guard case .forward(let next) = graph.resolve(target) else { return .fold(into: target) }
+            let next: String
+            if o != task {
+                next = target
+            } else {
+                guard case .forward(let to) = graph.resolve(target) else { return .fold(into: target) }
+                next = to
+            }
             if hops >= Self.maxHops {
                 hopLimitReached &+= 1
                 return .fold(into: target)
             }
+            hops += 1
+            if o != task { return .forward(partition: o, target: next, hops: hops) }
             target = next
-            hops &+= 1
         }
     }
 
@@ -91,11 +104,21 @@ public struct IdentityRouter: Sendable {
         return .handOver(linked: x, into: c)
     }
 
-    /// The identities whose entries changed since the last call, with their entries (nil:
-    /// none any more), and forgets them: the records of the task's next checkpoint.
-    public mutating func takeChanged() -> [(id: String, entry: IdentityEntry?)] {
-        defer { changed.removeAll(keepingCapacity: true) }
-        return changed.map { ($0, graph.entry(of: $0)) }
+    /// The identities whose entries changed since they were last committed, with their
+    /// entries (nil: none any more): the records of the task's next checkpoint. They stay
+    /// changed until ``committed(_:)``: a checkpoint that fails while the process goes on
+    /// writes them again with the next one (forgotten at the first attempt, a link made
+    /// in an aborted transaction was never written, and the graph, which knows it, never
+    /// asked for it again).
+    public func changes() -> [(id: String, entry: IdentityEntry?)] {
+        changed.map { ($0, graph.entry(of: $0)) }
+    }
+
+    /// The checkpoint that wrote `ids` (from ``changes()``) committed. An entry changed
+    /// again since is written again: its id is only forgotten if its entry is still the
+    /// one written.
+    public mutating func committed(_ written: [(id: String, entry: IdentityEntry?)]) {
+        for w in written where graph.entry(of: w.id) == w.entry { changed.remove(w.id) }
     }
 
     /// Restores an entry read from `<group>-identities` (nil: a tombstone).
