@@ -81,6 +81,14 @@ import Testing
         return calls
     }
 
+    /// Each identity's calls folded into its own state: (anonymous, user).
+    func foldApart(_ calls: [Call]) -> (UserState, UserState) {
+        var anonymous = UserState()
+        var user = UserState()
+        for c in calls { if c.anonymous { fold(c, into: &anonymous) } else { fold(c, into: &user) } }
+        return (anonymous, user)
+    }
+
     func fold(_ c: Call, into s: inout UserState) {
         folder.fold(c.event, timeMs: c.timeMs, offset: c.offset, source: c.source, into: &s)
     }
@@ -207,9 +215,8 @@ import Testing
         var g = SplitMix64(seed: 0x24_2E)
         for _ in 0..<500 {
             let calls = Self.history(&g)
-            var anonymous = UserState()
-            var user = UserState()
-            for c in calls { if c.anonymous { fold(c, into: &anonymous) } else { fold(c, into: &user) } }
+            let (anonymous, folded) = foldApart(calls)
+            var user = folded
             folder.merge(anonymous, into: &user)
             let once = user
             folder.merge(anonymous, into: &user)
@@ -229,9 +236,8 @@ import Testing
         var g = SplitMix64(seed: 0x24_5C)
         for _ in 0..<500 {
             let calls = Self.history(&g)
-            var anonymous = UserState()
-            var user = UserState()
-            for c in calls { if c.anonymous { fold(c, into: &anonymous) } else { fold(c, into: &user) } }
+            let (anonymous, folded) = foldApart(calls)
+            var user = folded
             folder.merge(anonymous, into: &user)
             let merged = user
             for c in calls { fold(c, into: &user) }

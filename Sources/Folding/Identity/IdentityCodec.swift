@@ -126,34 +126,27 @@ public enum IdentityCodec {
         return entry
     }
 
-    /// Reads the bytes in order; every read checks its length first.
+    /// Reads the bytes in order, with the changelog codec's reader (every read checks its
+    /// length first); its errors are said in this codec's terms.
     struct Input {
-        let bytes: UnsafeBufferPointer<UInt8>
-        var pos = 0
+        private var r: StateCodec.Reader
 
-        var remaining: Int { bytes.count - pos }
+        init(bytes: UnsafeBufferPointer<UInt8>) { r = StateCodec.Reader(bytes: bytes) }
+
+        var remaining: Int { r.end - r.pos }
+
+        private static func mapped(_ e: StateCodec.DecodeError) -> DecodeError { e == .truncated ? .truncated : .badValue }
 
         mutating func u8() throws(DecodeError) -> UInt8 {
-            guard pos < bytes.count else { throw .truncated }
-            defer { pos += 1 }
-            return bytes[pos]
+            do { return try r.u8() } catch { throw Self.mapped(error) }
         }
 
         mutating func varint() throws(DecodeError) -> UInt64 {
-            var v: UInt64 = 0
-            var shift: UInt64 = 0
-            while true {
-                let b = try u8()
-                v |= UInt64(b & 0x7F) << shift
-                if b & 0x80 == 0 { return v }
-                shift += 7
-                if shift > 63 { throw .badValue }
-            }
+            do { return try r.varint() } catch { throw Self.mapped(error) }
         }
 
         mutating func zigzag() throws(DecodeError) -> Int64 {
-            let u = try varint()
-            return Int64(bitPattern: (u >> 1) ^ (0 &- (u & 1)))
+            do { return try r.zigzag() } catch { throw Self.mapped(error) }
         }
 
         /// A length-prefixed identity. A length past the longest identity is refused as
@@ -162,9 +155,9 @@ public enum IdentityCodec {
             let n = try varint()
             guard n <= UInt64(maxIdentityBytes) else { throw .invalidIdentity }
             guard n <= UInt64(remaining) else { throw .truncated }
-            let b = UnsafeBufferPointer(rebasing: bytes[pos..<(pos + Int(n))])
+            let b = UnsafeBufferPointer(rebasing: r.bytes[r.pos..<(r.pos + Int(n))])
             guard isIdentity(b) else { throw .invalidIdentity }
-            pos += Int(n)
+            r.pos += Int(n)
             return String(decoding: b, as: UTF8.self)
         }
     }
