@@ -110,7 +110,7 @@ let package = Package(
             ]),
         // Helpers shared by the test targets (polling, the reference fold of visits).
         .target(name: "TestSupport", dependencies: ["Simulation"], path: "Tests/TestSupport"),
-        .testTarget(name: "EventsTests", dependencies: ["Events"]),
+        .testTarget(name: "EventsTests", dependencies: ["Events", "Simulation"]),
         .testTarget(name: "FoldingTests", dependencies: ["Folding", "Events", "Simulation"]),
         .testTarget(name: "DeliveryTests", dependencies: ["Delivery"]),
         .testTarget(name: "FoldspaceAPITests", dependencies: ["FoldspaceAPI", "Delivery", "HTTPServing"]),

@@ -1,3 +1,4 @@
+import Simulation
 import Testing
 
 @testable import Events
@@ -6,18 +7,6 @@ import Testing
 /// `<group>-repartition`) decodes to the same event, whatever its text holds.
 @Suite struct SegmentJSONTests {
     private static let now: Int64 = 1_764_000_000_000  // 2025-11-24
-
-    /// SplitMix64, seeded, so that a failing case can be run again from its seed.
-    struct Seeded: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
 
     /// Characters that stress a JSON writer: quotes, backslashes, every control character,
     /// DEL, non-ASCII of every UTF-8 length, emoji (one with a joiner), combining marks,
@@ -31,7 +20,7 @@ import Testing
     }()
 
     /// Non-empty text of up to `max` scalars (the decoder reads `""` as absent).
-    static func text(_ rng: inout Seeded, max: Int = 24) -> String {
+    static func text(_ rng: inout SplitMix64, max: Int = 24) -> String {
         var s = String.UnicodeScalarView()
         for _ in 0..<Int.random(in: 1...max, using: &rng) {
             if Int.random(in: 0..<3, using: &rng) == 0 {
@@ -43,7 +32,7 @@ import Testing
         return String(s)
     }
 
-    static func maybe<T>(_ rng: inout Seeded, _ make: (inout Seeded) -> T) -> T? {
+    static func maybe<T>(_ rng: inout SplitMix64, _ make: (inout SplitMix64) -> T) -> T? {
         Bool.random(using: &rng) ? make(&rng) : nil
     }
 
@@ -65,7 +54,7 @@ import Testing
     }
 
     /// Compact JSON text of a random value nested at most `depth` deep.
-    static func jsonValue(_ rng: inout Seeded, depth: Int) -> String {
+    static func jsonValue(_ rng: inout SplitMix64, depth: Int) -> String {
         switch Int.random(in: 0..<(depth > 0 ? 8 : 6), using: &rng) {
         case 0: return "null"
         case 1: return Bool.random(using: &rng) ? "true" : "false"
@@ -83,7 +72,7 @@ import Testing
         }
     }
 
-    static func location(_ rng: inout Seeded) -> Location {
+    static func location(_ rng: inout SplitMix64) -> Location {
         var l = Location(
             country: maybe(&rng) { text(&$0) }, region: maybe(&rng) { text(&$0) }, city: maybe(&rng) { text(&$0) },
             postalCode: maybe(&rng) { text(&$0) }, countryCode: maybe(&rng) { text(&$0) })
@@ -93,11 +82,11 @@ import Testing
 
     static let customNames = ["plan", "seats", "tags", "é\"x\\y", "😀\n", "nested", "n\u{0301}"]
 
-    static func date(_ rng: inout Seeded) -> Int64 {
+    static func date(_ rng: inout SplitMix64) -> Int64 {
         Int64.random(in: Timestamp.earliestPlausibleMs...now, using: &rng)
     }
 
-    static func traits(_ rng: inout Seeded) -> Traits {
+    static func traits(_ rng: inout SplitMix64) -> Traits {
         var t = Traits()
         t.userType = maybe(&rng) { text(&$0) }
         t.email = maybe(&rng) { text(&$0) }
@@ -129,7 +118,7 @@ import Testing
     /// An event the decoder can produce: text non-empty, a linked id only where a call
     /// can carry one and unlike the identity, event names and group ids only on their
     /// types, locations and traits never empty, custom traits named once each.
-    static func event(_ rng: inout Seeded) -> SegmentEvent {
+    static func event(_ rng: inout SplitMix64) -> SegmentEvent {
         let type = EventType.allCases.randomElement(using: &rng)!
         var e = SegmentEvent(type: type, identity: text(&rng, max: 40), hasUserId: Bool.random(using: &rng))
         if e.hasUserId || type == .alias {
@@ -187,7 +176,7 @@ import Testing
 
     @Test func randomEventsRoundTripThroughTheDecoder() throws {
         let seed = UInt64.random(in: 0 ... .max)
-        var rng = Seeded(state: seed)
+        var rng = SplitMix64(seed: seed)
         var largest = 0
         for round in 0..<3000 {
             let e = Self.event(&rng)
@@ -327,8 +316,8 @@ import Testing
     /// identity.
     @Test func anyEventEncodesToACallTheDecoderReads() {
         let seed = UInt64.random(in: 0 ... .max)
-        var rng = Seeded(state: seed)
-        func any(_ rng: inout Seeded) -> String? {
+        var rng = SplitMix64(seed: seed)
+        func any(_ rng: inout SplitMix64) -> String? {
             switch Int.random(in: 0..<4, using: &rng) {
             case 0: nil
             case 1: ""

@@ -298,7 +298,7 @@ private func project(
         config.customAttributes = ["plan"]
         let folder = Folder(config: config)
         var s = UserState()
-        var rng = SplitMix(seed: 7)
+        var rng = SplitMix64(seed: 7)
         var sizes: [Int] = []
         var e = SegmentEvent(type: .track, identity: "u", hasUserId: true)
         var t: Int64 = 1_700_000_000_000
@@ -328,17 +328,5 @@ private func project(
         #expect(s.products.items.count <= 20)
         #expect(s.spans.count <= UserState.maxSpans)
         #expect(s.keyEventCounts.count <= 32)
-    }
-}
-
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
