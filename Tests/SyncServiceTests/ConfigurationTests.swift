@@ -112,6 +112,28 @@ import Testing
         try c.validate()
     }
 
+    /// `identity.merge` needs durable state with transactions, and until the engine routes
+    /// by identity it is refused, not silently ignored.
+    @Test func identityMergeIsRefusedWhereItCannotHold() throws {
+        var c = SyncConfiguration()
+        c.brokers = "b:1"
+        c.topics = ["t"]
+        c.group = "g"
+        c.apiKey = "k"
+        try c.validate()
+        c.identity.merge = true
+        c.stateMode = .memory
+        expectError("identity.merge: needs state: durable") { try c.validate() }
+        c.stateMode = .durable
+        c.stateTransactions = false
+        expectError("identity.merge: needs state: durable") { try c.validate() }
+        c.stateTransactions = true
+        expectError("identity.merge: not yet available") { try c.validate() }
+        #expect(throws: (any Error).self) { try SyncConfiguration.build(["identity.max_linked": .text("901")]) }
+        #expect(throws: (any Error).self) { try SyncConfiguration.build(["identity.max_linked": .text("-1")]) }
+        #expect(try SyncConfiguration.build(["identity.max_linked": .text("900")]).identity.maxLinked == 900)
+    }
+
     @Test func describeRedactsSecrets() throws {
         var c = SyncConfiguration()
         c.apiKey = "super-secret-key"

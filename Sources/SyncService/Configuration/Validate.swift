@@ -28,6 +28,14 @@ extension SyncConfiguration {
                 "topics: state: durable supports one source topic (the changelog is co-partitioned with it); use one instance group per topic, or state: memory"
             )
         }
+        if identity.merge {
+            guard stateMode == .durable, stateTransactions else {
+                throw ConfigurationError(
+                    "identity.merge: needs state: durable with state.transactions: true (the graph, the routed calls and the state are written in one transaction)"
+                )
+            }
+            throw ConfigurationError("identity.merge: not yet available in this build (docs/identity.md says what is built)")
+        }
         if requireKey && apiKey == nil && apiKeyFile == nil {
             throw ConfigurationError("api_key_file: missing (flag --api-key-file, or set FOLDSPACE_API_KEY)")
         }
