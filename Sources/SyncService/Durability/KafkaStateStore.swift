@@ -81,13 +81,13 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
     /// not written for the retention period (7 days by default) silently lose their
     /// state. A cluster that cannot describe topic configurations (librdkafka's mock)
     /// gets a warning.
-    static func checkCleanupPolicy(topic: String, config: KafkaClientConfig, logger: Logger) throws {
+    static func checkCleanupPolicy(topic: String, key: String = "state_topic", config: KafkaClientConfig, logger: Logger) throws {
         let described: [String: String]
         do {
             described = try KafkaAdmin.topicConfig(config: config, topic: topic)
         } catch {
             logger.warning(
-                "could not read the state topic's configuration; make sure its cleanup.policy is compact",
+                "could not read a compacted topic's configuration; make sure its cleanup.policy is compact",
                 metadata: [
                     "topic": "\(topic)", "error": "\(error)",
                 ])
@@ -97,7 +97,7 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
         let parts = Set(policy.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
         guard parts == ["compact"] else {
             throw ConfigurationError(
-                "state_topic: \(topic) has cleanup.policy=\(policy); it must be compact (with delete, users not written "
+                "\(key): \(topic) has cleanup.policy=\(policy); it must be compact (with delete, users not written "
                     + "within the topic's retention lose their state). Change it, e.g. kafka-configs.sh --alter --entity-type topics "
                     + "--entity-name \(topic) --add-config cleanup.policy=compact")
         }
