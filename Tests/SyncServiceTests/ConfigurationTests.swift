@@ -121,7 +121,7 @@ import Testing
         c.group = "g"
         c.apiKey = "k"
         try c.validate()
-        c.identity.merge = true
+        c.engine.identity.merge = true
         c.stateMode = .memory
         expectError("identity.merge: needs state: durable") { try c.validate() }
         c.stateMode = .durable
@@ -131,7 +131,7 @@ import Testing
         expectError("identity.merge: not yet available") { try c.validate() }
         #expect(throws: (any Error).self) { try SyncConfiguration.build(["identity.max_linked": .text("901")]) }
         #expect(throws: (any Error).self) { try SyncConfiguration.build(["identity.max_linked": .text("-1")]) }
-        #expect(try SyncConfiguration.build(["identity.max_linked": .text("900")]).identity.maxLinked == 900)
+        #expect(try SyncConfiguration.build(["identity.max_linked": .text("900")]).engine.identity.maxLinked == 900)
     }
 
     @Test func describeRedactsSecrets() throws {

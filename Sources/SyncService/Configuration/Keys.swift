@@ -117,7 +117,7 @@ extension SyncConfiguration {
             "commit_interval", \.commitIntervalMs, atLeast: 100, default: "5s",
             "how often changed state is written and source offsets committed"),
         .bool(
-            "identity.merge", \.identity.merge, default: "false",
+            "identity.merge", \.engine.identity.merge, default: "false",
             "identity resolution (docs/identity.md): a call naming two identities (identify with userId and anonymousId, alias) links them, and each user carries every linked identity's events; needs state: durable with state.transactions"
         ),
         Key(
@@ -128,13 +128,13 @@ extension SyncConfiguration {
                 guard let n = Int(t), (0...IdentityCodec.maxLinked).contains(n) else {
                     throw ConfigurationError("identity.max_linked: expected an integer from 0 to \(IdentityCodec.maxLinked), got \"\(t)\"")
                 }
-                c.identity.maxLinked = n
-            }, render: { String($0.identity.maxLinked) }),
+                c.engine.identity.maxLinked = n
+            }, render: { String($0.engine.identity.maxLinked) }),
         .bool(
-            "identity.send_anonymous", \.identity.sendAnonymous, default: "true",
+            "identity.send_anonymous", \.engine.identity.sendAnonymous, default: "true",
             "send an identity that never carried a userId (as ANONYMOUS) until it is linked to a user; false: only users are sent"),
         .choice(
-            "identity.partitioner", \.identity.partitioner, default: "murmur2",
+            "identity.partitioner", \.engine.identity.partitioner, default: "murmur2",
             "how the owner of an identity is computed, as the collectors' producers place keys: murmur2 (the Java client, librdkafka's murmur2_random) or crc32 (librdkafka's default)"
         ),
         Key(

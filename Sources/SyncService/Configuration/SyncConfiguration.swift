@@ -45,8 +45,6 @@ public struct SyncConfiguration: Sendable {
     /// offset in one Kafka transaction, fenced by the broker (docs/decisions.md).
     public var stateTransactions = true
     public var commitIntervalMs: Int64 = 5_000
-    /// Identity resolution (docs/identity.md): the `identity.*` keys.
-    public var identity = IdentityOptions()
     /// Size librdkafka's zstd batches by libzstd's bound when the producer left the size
     /// out (``ZstdSizeHint``): one decompression per batch instead of up to three.
     public var zstdSizeHint = true
@@ -55,21 +53,6 @@ public struct SyncConfiguration: Sendable {
     public var warnings: [String] = []
     /// The engine's tunables; most keys set one of them.
     public var engine = EngineOptions()
-
-    /// The `identity.*` keys.
-    public struct IdentityOptions: Sendable, Equatable {
-        /// Merge the identities a call links (docs/identity.md); false: every identity is
-        /// its own user.
-        public var merge = false
-        /// The most identities linked into one user (at most ``IdentityCodec/maxLinked``).
-        public var maxLinked = IdentityGraph.defaultMaxLinked
-        /// Send an identity that never saw a userId (as ANONYMOUS) before it is linked.
-        public var sendAnonymous = true
-        /// How `owner(id)` is computed: as the collectors' producers place keys.
-        public var partitioner = KeyPartitioner.murmur2
-
-        public init() {}
-    }
 
     /// Where user state lives (the `state` key). Stored once, as the engine's
     /// ``EngineOptions/durable``, which the pipeline and the engine read.

@@ -28,7 +28,7 @@ extension SyncConfiguration {
                 "topics: state: durable supports one source topic (the changelog is co-partitioned with it); use one instance group per topic, or state: memory"
             )
         }
-        if identity.merge {
+        if engine.identity.merge {
             guard stateMode == .durable, stateTransactions else {
                 throw ConfigurationError(
                     "identity.merge: needs state: durable with state.transactions: true (the graph, the routed calls and the state are written in one transaction)"

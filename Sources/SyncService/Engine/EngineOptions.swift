@@ -43,6 +43,23 @@ public struct EngineOptions: Sendable {
     /// Durable mode: state is checkpointed to a changelog and offsets are committed
     /// once the state reflecting them is written (not when Foldspace acknowledges).
     public var durable = false
+    /// Identity resolution (docs/identity.md): the `identity.*` keys.
+    public var identity = IdentityOptions()
+
+    /// The `identity.*` keys.
+    public struct IdentityOptions: Sendable, Equatable {
+        /// Merge the identities a call links (docs/identity.md); false: every identity is
+        /// its own user.
+        public var merge = false
+        /// The most identities linked into one user (at most ``IdentityCodec/maxLinked``).
+        public var maxLinked = IdentityGraph.defaultMaxLinked
+        /// Send an identity that never saw a userId (as ANONYMOUS) before it is linked.
+        public var sendAnonymous = true
+        /// How `owner(id)` is computed: as the collectors' producers place keys.
+        public var partitioner = KeyPartitioner.murmur2
+
+        public init() {}
+    }
 
     public init() {}
 }

@@ -132,17 +132,33 @@ extension SyncEngine {
             users.prefetchBuckets(hashes)
             users.prefetchEntries(hashes)  // a non-event's 0: a harmless hint
             slotScratch.removeAll(keepingCapacity: true)
+            let merging = options.identity.merge
+            if merging { reroutedScratch.removeAll(keepingCapacity: true) }
             for j in 0..<n {
                 if let identity = calls.identity(j) {
-                    let (slot, isNew) = users.slot(identity, hash: hashes[j])
+                    var key = identity
+                    var hash = hashes[j]
+                    if merging {
+                        switch routeCall(j, identity, &calls, origins, batch, nowEpoch) {
+                        case .fold(let c) where !c.utf8.elementsEqual(identity.utf8):
+                            key = c
+                            hash = identitySeed.hash(c)
+                            reroutedScratch[j] = c
+                        case .fold: break
+                        case .forward:
+                            slotScratch.append(Self.forwardedSlot)
+                            continue
+                        }
+                    }
+                    let (slot, isNew) = users.slot(key, hash: hash)
                     slotScratch.append(isNew ? ~Int32(slot) : Int32(slot))
                 } else {
                     slotScratch.append(Self.noSlot)
                 }
             }
             let ahead = Self.prefetchAhead
-            for j in 0..<min(2 * ahead, n) where slotScratch[j] != Self.noSlot { users.prefetchEntryRest(slotScratch[j]) }
-            for j in 0..<min(ahead, n) where slotScratch[j] != Self.noSlot { users.prefetchStorage(slotScratch[j]) }
+            for j in 0..<min(2 * ahead, n) where slotScratch[j] > Self.forwardedSlot { users.prefetchEntryRest(slotScratch[j]) }
+            for j in 0..<min(ahead, n) where slotScratch[j] > Self.forwardedSlot { users.prefetchStorage(slotScratch[j]) }
             var previous = -1
             // The call's index within its message (every call of a message is in one chunk).
             var call: UInt32 = 0
@@ -153,10 +169,10 @@ extension SyncEngine {
             let outcomes = calls.outcomes
             calls.withEvents { events in
                 for (j, outcome) in outcomes.enumerated() {
-                    if j + 2 * ahead < n, slotScratch[j + 2 * ahead] != Self.noSlot {
+                    if j + 2 * ahead < n, slotScratch[j + 2 * ahead] > Self.forwardedSlot {
                         users.prefetchEntryRest(slotScratch[j + 2 * ahead])
                     }
-                    if j + ahead < n, slotScratch[j + ahead] != Self.noSlot { users.prefetchStorage(slotScratch[j + ahead]) }
+                    if j + ahead < n, slotScratch[j + ahead] > Self.forwardedSlot { users.prefetchStorage(slotScratch[j + ahead]) }
                     let i = Int(origins[j])
                     let m = batch[i]
                     if i != previous {
@@ -174,9 +190,18 @@ extension SyncEngine {
                     switch outcome {
                     case .event(let k):
                         let slot = slotScratch[j]
+                        if slot == Self.forwardedSlot {
+                            stats.forwarded += 1
+                            continue
+                        }
+                        let e = events.baseAddress! + Int(k)
+                        if merging, let c = reroutedScratch[j] { e.pointee.identity = c }
                         fold(
-                            events.baseAddress! + Int(k), slot: slot < 0 ? Int(~slot) : Int(slot), isNew: slot < 0, message: m,
+                            e, slot: slot < 0 ? Int(~slot) : Int(slot), isNew: slot < 0, message: m,
                             call: call, partition: pidx, nowEpoch: nowEpoch, nowMono: now)
+                        if merging, let x = e.pointee.linkedId {
+                            noteLink(x, at: e.pointee.identity, timeMs: e.pointee.timeMs ?? nowEpoch, task: pidx)
+                        }
                     case .ignored(let t):
                         if t == Self.controlMarker, ResyncRequest.isControl(key: m.key) {
                             if !control(m, partition: pidx, nowMono: now) {
@@ -195,6 +220,7 @@ extension SyncEngine {
                     }
                 }
             }
+            if merging && !pendingHandOvers.isEmpty { performHandOvers(nowMono: now) }
             if last { publishOffsets() }
             if catchUp != nil { catchUp!.lastFoldMs = clock.monotonicMs() }
         }

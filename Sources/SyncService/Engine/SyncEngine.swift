@@ -131,6 +131,22 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// ``noSlot`` for a call that is not an event).
     var slotScratch: [Int32] = []
     static let noSlot = Int32.min
+    /// The slot of a call forwarded to another task (identity resolution): not folded here.
+    static let forwardedSlot = Int32.min + 1
+
+    // Identity resolution (``EngineOptions/identity``, docs/identity.md).
+    /// Each task's router, by partition index, made at the task's first call.
+    var routers: [OffsetTracker.PartitionIndex: IdentityRouter] = [:]
+    /// Calls of the chunk being folded whose canonical identity is another than their own:
+    /// by index in the chunk, the identity they are folded into.
+    var reroutedScratch: [Int: String] = [:]
+    /// Links made while a chunk is folded: the linked identity's state is taken out of the
+    /// table once the chunk is folded, so that the slots looked up for it stay valid (its
+    /// calls later in the chunk fold into it and reach the user with the merge).
+    var pendingHandOvers: [(task: OffsetTracker.PartitionIndex, linked: String, into: String)] = []
+    /// Records for other tasks' partitions of `<group>-repartition`, by the task that
+    /// writes them (in its next checkpoint's transaction: not wired yet).
+    var outbound: [OffsetTracker.PartitionIndex: [(partition: Int32, record: RepartitionRecord)]] = [:]
     /// Threads decoding a batch, the poll thread included (``EngineOptions/decodeThreads``,
     /// at most the cores).
     let decodeParallelism: Int

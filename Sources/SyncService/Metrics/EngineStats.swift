@@ -5,6 +5,10 @@ import Folding
 /// Counters for metrics and the demo's summary.
 public struct EngineStats: Sendable {
     public var folded = 0
+    /// Calls forwarded to the task that owns their identity, and identities whose state was
+    /// merged into the user they were linked to (identity resolution).
+    public var forwarded = 0
+    public var identitiesMerged = 0
     public var ignored = 0
     public var invalid: [InvalidReason: Int] = [:]
     public var implausibleTime = 0
