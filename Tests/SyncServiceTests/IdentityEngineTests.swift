@@ -15,7 +15,7 @@ import Testing
 @Suite struct IdentityEngineTests {
     let p0 = TopicPartition("events", 0)
 
-    func engine(_ clock: ManualClock) -> SyncEngine {
+    func engine(_ clock: ManualClock, partitions: Int32 = 1) -> SyncEngine {
         var o = EngineOptions()
         o.debounceMs = 1_000
         o.maxWaitMs = 5_000
@@ -24,10 +24,13 @@ import Testing
         o.fold.sendNumberOfVisits = true
         o.fold.keyEvents = [.init(name: "Report Built", weight: 10, cap: 1_000)]
         o.identity.merge = true
+        o.identity.partitions = partitions
+        o.identity.repartitionTopic = "g-repartition"
         let e = SyncEngine(
             options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: clock.engineClock,
             links: EngineLinks(stateStore: nil))
-        e.partitionsAssigned([p0])
+        e.partitionsAssigned(
+            (0..<partitions).flatMap { [TopicPartition("events", $0), TopicPartition("g-repartition", $0)] })
         return e
     }
 
@@ -65,4 +68,80 @@ import Testing
         #expect(body(e, "a-77") == nil, "the anonymous identity is still held")
         #expect(e.snapshot().users == 1)
     }
+
+    /// Keys by messageId over two tasks in one engine, `<group>-repartition` played by
+    /// handing each task's buffered records back as that topic's messages: every visitor
+    /// ends as one user with its whole history, and no anonymous identity is held.
+    @Test func visitorsSpreadOverTwoTasksEndAsOneUserEach() throws {
+        let clock = ManualClock()
+        let e = engine(clock, partitions: 2)
+        let router = IdentityRouter(task: 0, partitions: 2)
+        var calls: [String] = []
+        let visitors = 8
+        for v in 0..<visitors {
+            for c in Self.anonymous + [Self.signUp] + Self.after {
+                calls.append(
+                    c.replacingOccurrences(of: "a-77", with: "a-\(v)").replacingOccurrences(of: "person-0005", with: "person-\(v)"))
+            }
+        }
+        // Spread as messageIds spread them: each call on either partition.
+        var next: [Int32: Int64] = [:]
+        var messages: [(TopicPartition, Int64, [UInt8], [UInt8])] = []
+        for (i, c) in calls.enumerated() {
+            let p = Int32(i % 2)
+            messages.append((TopicPartition("events", p), next[p, default: 0], [], Array(c.utf8)))
+            next[p, default: 0] += 1
+        }
+        feedBytes(e, messages)
+        var repartitionNext: [Int32: Int64] = [:]
+        var rounds = 0
+        while true {
+            let out = e.takeOutbound()
+            if out.isEmpty { break }
+            rounds += 1
+            #expect(rounds < 20, "records kept bouncing")
+            if rounds >= 20 { break }
+            var routed: [(TopicPartition, Int64, [UInt8], [UInt8])] = []
+            for (_, records) in out.sorted(by: { $0.key < $1.key }) {
+                for (q, r) in records {
+                    let (k, v) = r.encode()
+                    routed.append((TopicPartition("g-repartition", q), repartitionNext[q, default: 0], k, v))
+                    repartitionNext[q, default: 0] += 1
+                }
+            }
+            feedBytes(e, routed)
+        }
+        #expect(e.snapshot().forwarded > 0, "keys by messageId routed nothing")
+        for v in 0..<visitors {
+            let user = try #require(body(e, "person-\(v)"), "person-\(v) (task \(router.owner("person-\(v)")))")
+            #expect(user["numberOfVisits"] as? Int == 4, "person-\(v): \(user)")
+            #expect(user["firstVisitDate"] as? Int64 == 1_763_373_600_000, "person-\(v): \(user)")
+            #expect(body(e, "a-\(v)") == nil, "a-\(v) is still held")
+        }
+        #expect(e.snapshot().users == visitors)
+    }
+}
+
+/// Feeds messages with their keys and raw values, as the poll thread would.
+func feedBytes(_ engine: SyncEngine, _ messages: [(TopicPartition, Int64, [UInt8], [UInt8])]) {
+    let buffers = messages.map { m -> (UnsafeMutableBufferPointer<UInt8>, UnsafeMutableBufferPointer<UInt8>) in
+        let k = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: max(1, m.2.count))
+        _ = k.initialize(from: m.2)
+        let v = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: max(1, m.3.count))
+        _ = v.initialize(from: m.3)
+        return (k, v)
+    }
+    defer {
+        for (k, v) in buffers {
+            k.deallocate()
+            v.deallocate()
+        }
+    }
+    let batch = zip(messages, buffers).map { m, b in
+        ConsumedMessage(
+            topicPartition: m.0, offset: m.1, timestampMs: 1_764_000_000_000,
+            key: UnsafeBufferPointer(start: b.0.baseAddress, count: m.2.count),
+            value: UnsafeBufferPointer(start: b.1.baseAddress, count: m.3.count))
+    }
+    engine.consume(batch)
 }

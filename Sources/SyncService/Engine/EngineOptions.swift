@@ -57,6 +57,10 @@ public struct EngineOptions: Sendable {
         public var sendAnonymous = true
         /// How `owner(id)` is computed: as the collectors' producers place keys.
         public var partitioner = KeyPartitioner.murmur2
+        /// `<group>-repartition`: its messages are routed records, not Segment calls.
+        public var repartitionTopic: String?
+        /// Partitions of the source (and of every task's other topics).
+        public var partitions: Int32 = 1
 
         public init() {}
     }

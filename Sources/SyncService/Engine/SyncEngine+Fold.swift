@@ -25,6 +25,7 @@ extension SyncEngine {
         let decoder = self.decoder
         var invalid: [(Int, DecodeFailure, UInt64)] = []
         let seed = identitySeed
+        let repartitionTopic = options.identity.merge ? options.identity.repartitionTopic : nil
         scratch.withUnsafeMutableBufferPointer { calls in
             scratchMessage.withUnsafeMutableBufferPointer { origins in
                 scratchHash.withUnsafeMutableBufferPointer { hashes in
@@ -42,6 +43,12 @@ extension SyncEngine {
                             let before = calls[c].count
                             if ResyncRequest.isControl(key: batch[i].key) {
                                 calls[c].append(.ignored(Self.controlMarker))
+                                origins[c].append(Int32(truncatingIfNeeded: i))
+                                continue
+                            }
+                            // A routed record: read on the poll thread, in order (docs/identity.md).
+                            if let repartitionTopic, batch[i].topicPartition.topic == repartitionTopic {
+                                calls[c].append(.ignored(Self.routedMarker))
                                 origins[c].append(Int32(truncatingIfNeeded: i))
                                 continue
                             }
@@ -105,6 +112,8 @@ extension SyncEngine {
     /// What the decode puts for a control record (``ResyncRequest/key``): the fold
     /// applies it in order with the events around it.
     static let controlMarker = "foldspace-sync.control"
+    /// What the decode puts for a message of `<group>-repartition`.
+    static let routedMarker = "foldspace-sync.routed"
     /// How many events ahead of the fold a user's storage is requested (its entry's
     /// other lines twice as far ahead, so that its pointers are there to be read).
     static let prefetchAhead = 4
@@ -200,10 +209,14 @@ extension SyncEngine {
                             e, slot: slot < 0 ? Int(~slot) : Int(slot), isNew: slot < 0, message: m,
                             call: call, partition: pidx, nowEpoch: nowEpoch, nowMono: now)
                         if merging, let x = e.pointee.linkedId {
-                            noteLink(x, at: e.pointee.identity, timeMs: e.pointee.timeMs ?? nowEpoch, task: pidx)
+                            noteLink(
+                                x, at: e.pointee.identity, timeMs: e.pointee.timeMs ?? nowEpoch, task: m.topicPartition.partition,
+                                home: pidx)
                         }
                     case .ignored(let t):
-                        if t == Self.controlMarker, ResyncRequest.isControl(key: m.key) {
+                        if t == Self.routedMarker, merging {
+                            routed(m, partition: pidx, nowEpoch: nowEpoch, nowMono: now, invalid: &invalid, message: i)
+                        } else if t == Self.controlMarker, ResyncRequest.isControl(key: m.key) {
                             if !control(m, partition: pidx, nowMono: now) {
                                 stats.invalid[.invalidControl, default: 0] += 1
                                 offsets.hold(pidx, offset: m.offset)

@@ -8,15 +8,16 @@ import Kafka
 /// decides where a call is folded, and the engine performs its steps. Called with the
 /// lock held, on the poll thread.
 extension SyncEngine {
-    /// The router of the task that partition index `pidx` is.
-    func withRouter<R>(_ pidx: OffsetTracker.PartitionIndex, _ body: (inout IdentityRouter) -> R) -> R {
-        if routers[pidx] == nil {
+    /// The router of task `task` (a partition number of the source and the repartition
+    /// topic alike).
+    func withRouter<R>(_ task: Int32, _ body: (inout IdentityRouter) -> R) -> R {
+        if routers[task] == nil {
             let o = options.identity
-            routers[pidx] = IdentityRouter(
-                task: partitionsByIndex[Int(pidx)].partition, partitions: stateStore?.sourcePartitions ?? 1,
+            routers[task] = IdentityRouter(
+                task: task, partitions: o.partitions,
                 partitioner: o.partitioner, maxLinked: o.maxLinked)
         }
-        return body(&routers[pidx]!)
+        return body(&routers[task]!)
     }
 
     /// Steps 1 to 3 for call `j` of the chunk, read from its task's source partition: the
@@ -24,22 +25,102 @@ extension SyncEngine {
     func routeCall(
         _ j: Int, _ identity: String, _ calls: inout DecodedCalls, _ origins: [Int32], _ batch: [ConsumedMessage], _ nowEpoch: Int64
     ) -> IdentityRouter.Step {
-        let pidx = index(of: batch[Int(origins[j])].topicPartition)
-        let step = withRouter(pidx) { $0.route(target: identity, hops: 0) }
+        let task = batch[Int(origins[j])].topicPartition.partition
+        let step = withRouter(task) { $0.route(target: identity, hops: 0) }
         if case .forward(let q, let target, let hops) = step, case .event(let e) = calls[j] {
-            outbound[pidx, default: []].append((q, .call(target: target, hops: hops, event: e, timeMs: e.timeMs ?? nowEpoch)))
+            outbound[task, default: []].append((q, .call(target: target, hops: hops, event: e, timeMs: e.timeMs ?? nowEpoch)))
         }
         return step
     }
 
     /// Step 4, after a call was folded into canonical `c` here: its second id `x`.
-    func noteLink(_ x: String, at c: String, timeMs: Int64, task pidx: OffsetTracker.PartitionIndex) {
-        switch withRouter(pidx, { $0.note(x, at: c, timeMs: timeMs) }) {
+    func noteLink(_ x: String, at c: String, timeMs: Int64, task: Int32, home: OffsetTracker.PartitionIndex) {
+        perform(withRouter(task, { $0.note(x, at: c, timeMs: timeMs) }), task: task, home: home)
+    }
+
+    func perform(_ step: IdentityRouter.LinkStep, task: Int32, home: OffsetTracker.PartitionIndex) {
+        switch step {
         case .none: break
         case .request(let q, let linked, let into, let t):
-            outbound[pidx, default: []].append((q, .link(id: linked, canonical: into, timeMs: t, hops: 0)))
+            outbound[task, default: []].append((q, .link(id: linked, canonical: into, timeMs: t, hops: 0)))
         case .handOver(let linked, let into):
-            pendingHandOvers.append((pidx, linked, into))
+            pendingHandOvers.append((task, home, linked, into))
+        }
+    }
+
+    /// A message of `<group>-repartition` read at partition index `pidx`: a call routed
+    /// here (folded or routed on), a link request, or a merge record. A record that does
+    /// not decode is invalid input like any other.
+    func routed(
+        _ m: ConsumedMessage, partition pidx: OffsetTracker.PartitionIndex, nowEpoch: Int64, nowMono: Int64,
+        invalid: inout [(Int, DecodeFailure, UInt64)], message i: Int
+    ) {
+        let task = m.topicPartition.partition
+        let record: RepartitionRecord
+        do {
+            record = try RepartitionRecord.decode(key: m.key, value: m.value)
+        } catch {
+            stats.invalid[.notJSON, default: 0] += 1
+            offsets.hold(pidx, offset: m.offset)
+            invalid.append((i, DecodeFailure(.notJSON, field: "repartition"), reserveDeadLetter(.offset(pidx, m.offset))))
+            return
+        }
+        switch record {
+        case .link(let id, let canonical, let timeMs, _):
+            perform(withRouter(task, { $0.apply(id, into: canonical, timeMs: timeMs) }), task: task, home: pidx)
+        case .merge(let from, let into, let state, let hops):
+            switch withRouter(task, { $0.route(target: into, hops: hops) }) {
+            case .forward(let q, let target, let h):
+                outbound[task, default: []].append((q, .merge(from: from, into: target, state: state, hops: h)))
+            case .fold(let c):
+                mergeState(
+                    state, into: c, home: pidx, position: AppliedPosition(source: sourceIds[Int(pidx)], offset: m.offset), nowMono: nowMono)
+            }
+        case .call(let target, let hops, let json):
+            routedScratch.removeAll()
+            json.withUnsafeBufferPointer { decoder.decode($0, nowMs: nowEpoch, into: &routedScratch) }
+            routedScratch.resolveTimes(from: 0, kafkaMs: m.timestampMs, nowMs: nowEpoch)
+            guard routedScratch.count == 1, case .event = routedScratch[0] else {
+                stats.invalid[.notJSON, default: 0] += 1
+                offsets.hold(pidx, offset: m.offset)
+                invalid.append((i, DecodeFailure(.notJSON, field: "repartition"), reserveDeadLetter(.offset(pidx, m.offset))))
+                return
+            }
+            switch withRouter(task, { $0.route(target: target, hops: hops) }) {
+            case .forward(let q, let t, let h):
+                outbound[task, default: []].append((q, .call(target: t, hops: h, json: json)))
+                stats.forwarded += 1
+            case .fold(let c):
+                let (slot, isNew) = users.slot(c)
+                routedScratch.withEvents { events in
+                    let e = events.baseAddress!
+                    e.pointee.identity = c
+                    fold(e, slot: slot, isNew: isNew, message: m, call: 0, partition: pidx, nowEpoch: nowEpoch, nowMono: nowMono)
+                    if let x = e.pointee.linkedId {
+                        noteLink(x, at: c, timeMs: e.pointee.timeMs ?? nowEpoch, task: task, home: pidx)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Merges `state` into canonical `c`'s here, unless `c` has applied `position`
+    /// already (a merge record read again).
+    func mergeState(_ state: UserState, into c: String, home: OffsetTracker.PartitionIndex, position: AppliedPosition?, nowMono: Int64) {
+        let (slot, isNew) = users.slot(c)
+        users.modify(slot) { entry in
+            if isNew { entry.home = home }
+            if let position {
+                if entry.state.hasApplied(source: position.source, offset: position.offset) { return }
+                folder.merge(state, into: &entry.state)
+                entry.state.recordApplied(position)
+            } else {
+                folder.merge(state, into: &entry.state)
+            }
+            markForCheckpoint(c, &entry)
+            let wasDirty = entry.delivery.isDirty
+            debouncer.changed(c, &entry.delivery, nowMs: nowMono)
+            if !wasDirty { dirty.became(since: entry.delivery.dirtySinceMs) }
         }
     }
 
@@ -62,16 +143,17 @@ extension SyncEngine {
             case .forward(let q, let target, let hops):
                 outbound[h.task, default: []].append((q, .merge(from: h.linked, into: target, state: taken.state, hops: hops)))
             case .fold(let c):
-                let (slot, isNew) = users.slot(c)
-                users.modify(slot) { entry in
-                    if isNew { entry.home = h.task }
-                    folder.merge(taken.state, into: &entry.state)
-                    markForCheckpoint(c, &entry)
-                    let wasDirty = entry.delivery.isDirty
-                    debouncer.changed(c, &entry.delivery, nowMs: nowMono)
-                    if !wasDirty { dirty.became(since: entry.delivery.dirtySinceMs) }
-                }
+                mergeState(taken.state, into: c, home: h.home, position: nil, nowMono: nowMono)
             }
+        }
+    }
+
+    /// The records buffered for other tasks, taken (for the checkpoint that writes them;
+    /// tests read them).
+    func takeOutbound() -> [Int32: [(partition: Int32, record: RepartitionRecord)]] {
+        lock.withLock {
+            defer { outbound.removeAll(keepingCapacity: true) }
+            return outbound
         }
     }
 }

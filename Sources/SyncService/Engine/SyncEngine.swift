@@ -135,18 +135,20 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     static let forwardedSlot = Int32.min + 1
 
     // Identity resolution (``EngineOptions/identity``, docs/identity.md).
-    /// Each task's router, by partition index, made at the task's first call.
-    var routers: [OffsetTracker.PartitionIndex: IdentityRouter] = [:]
+    /// Each task's router, by task (partition number), made at the task's first call.
+    var routers: [Int32: IdentityRouter] = [:]
     /// Calls of the chunk being folded whose canonical identity is another than their own:
     /// by index in the chunk, the identity they are folded into.
     var reroutedScratch: [Int: String] = [:]
     /// Links made while a chunk is folded: the linked identity's state is taken out of the
     /// table once the chunk is folded, so that the slots looked up for it stay valid (its
     /// calls later in the chunk fold into it and reach the user with the merge).
-    var pendingHandOvers: [(task: OffsetTracker.PartitionIndex, linked: String, into: String)] = []
+    var pendingHandOvers: [(task: Int32, home: OffsetTracker.PartitionIndex, linked: String, into: String)] = []
     /// Records for other tasks' partitions of `<group>-repartition`, by the task that
     /// writes them (in its next checkpoint's transaction: not wired yet).
-    var outbound: [OffsetTracker.PartitionIndex: [(partition: Int32, record: RepartitionRecord)]] = [:]
+    var outbound: [Int32: [(partition: Int32, record: RepartitionRecord)]] = [:]
+    /// Where a routed call read from `<group>-repartition` is decoded (on the poll thread).
+    var routedScratch = DecodedCalls()
     /// Threads decoding a batch, the poll thread included (``EngineOptions/decodeThreads``,
     /// at most the cores).
     let decodeParallelism: Int
