@@ -156,7 +156,7 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
             let left = deadline.uptimeNanoseconds > now ? Int64((deadline.uptimeNanoseconds - now) / 1_000_000) : 0
             return Int32(max(1_000, min(Int64(full), left)))
         }
-        let work = groups.filter { !$0.records.isEmpty || $0.offset != nil }
+        let work = groups.filter { !$0.isEmpty }
         for (n, g) in work.enumerated() {
             if let deadline, DispatchTime.now() >= deadline {
                 throw KafkaError(
@@ -175,11 +175,14 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
             do throws(KafkaError) {
                 try writer.beginTransaction()
                 for r in g.records { try writer.send(topic: topic, partition: r.partition, key: r.key, value: r.value) }
-                if let o = g.offset {
+                for r in g.extra { try writer.send(topic: r.topic, partition: r.partition, key: r.key, value: r.value) }
+                var offsets = g.extraOffsets
+                if let o = g.offset { offsets[g.source] = o }
+                if !offsets.isEmpty {
                     guard let metadata = consumer?.groupMetadata() else {
                         throw KafkaError(message: "checkpoint of \(g.source): no group metadata yet", isRetriable: true)
                     }
-                    try writer.sendOffsetsToTransaction([g.source: o], group: metadata, timeoutMs: budget(30_000))
+                    try writer.sendOffsetsToTransaction(offsets, group: metadata, timeoutMs: budget(30_000))
                 }
                 try commitTransaction(writer, deadline: deadline, budget: budget)
             } catch {
@@ -211,7 +214,9 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
                 throw error
             }
             // Kept at once: a later group's failure must not lose this plain commit.
-            if let o = g.offset { lock.withLock { plainPending[g.source] = max(plainPending[g.source] ?? o, o) } }
+            var committed = g.extraOffsets
+            if let o = g.offset { committed[g.source] = o }
+            lock.withLock { for (tp, o) in committed { plainPending[tp] = max(plainPending[tp] ?? o, o) } }
         }
         // The same offsets committed plainly too, best effort: Kafka has applied them
         // with the transaction already (a no-op then), but librdkafka's mock cluster does

@@ -50,12 +50,19 @@ public struct CheckpointGroup: Sendable {
     public var records: [(partition: Int32, key: [UInt8], value: [UInt8]?)]
     /// The source offset to commit (the next to read), if it moved.
     public var offset: Int64?
+    /// Identity resolution (docs/identity.md): the task's records for other topics
+    /// (`<group>-identities`, `<group>-repartition`) and the offsets of its other input
+    /// (its repartition partition), in the same transaction.
+    public var extra: [(topic: String, partition: Int32, key: [UInt8], value: [UInt8]?)] = []
+    public var extraOffsets: [TopicPartition: Int64] = [:]
 
     public init(source: TopicPartition, records: [(partition: Int32, key: [UInt8], value: [UInt8]?)], offset: Int64?) {
         self.source = source
         self.records = records
         self.offset = offset
     }
+
+    var isEmpty: Bool { records.isEmpty && offset == nil && extra.isEmpty && extraOffsets.isEmpty }
 }
 
 extension StateStore {
@@ -72,7 +79,12 @@ extension StateStore {
     public func committedPastStart(_ tp: TopicPartition) throws -> Int64? { nil }
 
     /// A checkpoint without transactions: every group's records, then every offset.
+    /// Identity resolution needs transactions (its records are written with the offsets
+    /// or not at all): a group holding any is refused.
     public func writeThenCommit(_ groups: [CheckpointGroup]) throws {
+        if groups.contains(where: { !$0.extra.isEmpty || !$0.extraOffsets.isEmpty }) {
+            throw KafkaError(message: "identity resolution's records need a transactional checkpoint", isRetriable: false)
+        }
         let records = groups.flatMap(\.records)
         if !records.isEmpty { try write(records) }
         var offsets: [TopicPartition: Int64] = [:]

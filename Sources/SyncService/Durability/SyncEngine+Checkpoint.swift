@@ -40,6 +40,11 @@ extension SyncEngine {
         var positions: [(OffsetTracker.PartitionIndex, Int64)] = []
         var tombstones: [(partition: Int32, key: String, home: OffsetTracker.PartitionIndex)] = []
         var deadLetterBarrier: UInt64 = 0
+        // Identity resolution: per group, its task's records for other topics, the offsets of
+        // its repartition partition, the graph entries written and the buffer taken (put
+        // back when the checkpoint fails).
+        var identity: [Int: TaskExtras] = [:]
+        let merging = options.identity.merge
         lock.withLock {
             deadLetterBarrier = deadLetterSeq
             let scope = partitions ?? Array(assigned)
@@ -50,8 +55,24 @@ extension SyncEngine {
             snapshot.reserveCapacity(pending)
             keys.reserveCapacity(pending)
             for p in scope {
+                // A repartition partition is written with its task's source partition.
+                if merging && isRepartition(p) { continue }
                 groups.append((partitionsByIndex[Int(p)], p, snapshot.count, tombstones.count))
-                for key in pendingCheckpoint.removeValue(forKey: p) ?? [] {
+                var pendingKeys = pendingCheckpoint.removeValue(forKey: p) ?? []
+                var tombstoneKeys = pendingTombstones.removeValue(forKey: p) ?? []
+                if merging {
+                    let extras = takeTaskExtras(p, store: store)
+                    if let r = extras.repartitionIndex {
+                        pendingKeys += pendingCheckpoint.removeValue(forKey: r) ?? []
+                        tombstoneKeys += pendingTombstones.removeValue(forKey: r) ?? []
+                        if let pos = offsets.consumedPosition(r), pos > (lastCommitted[r] ?? -1) {
+                            identity[groups.count - 1, default: extras].offsets[partitionsByIndex[Int(r)]] = pos
+                            positions.append((r, pos))
+                        }
+                    }
+                    if identity[groups.count - 1] == nil { identity[groups.count - 1] = extras }
+                }
+                for key in pendingKeys {
                     let taken: (Int32, StoredUser, OffsetTracker.PartitionIndex)? =
                         users.modify(key) { entry in
                             guard entry.checkpointPending else { return nil }
@@ -73,7 +94,7 @@ extension SyncEngine {
                     keys.append((p, key))
                 }
                 // Expired users: a tombstone, unless an event brought the user back.
-                for key in pendingTombstones.removeValue(forKey: p) ?? [] where users[key] == nil {
+                for key in tombstoneKeys where users[key] == nil {
                     tombstones.append((statePartitions[Int(p)], key, p))
                 }
                 // Not past a resync that has not queued every user yet.
@@ -148,7 +169,9 @@ extension SyncEngine {
         for (g, group) in groups.enumerated() {
             var records = encoded[g]
             let offset = letters ? commit[group.source] : nil
-            guard !records.isEmpty || offset != nil || due.contains(group.index) else { continue }
+            guard !records.isEmpty || offset != nil || due.contains(group.index) || identity[g]?.isEmpty == false else {
+                continue
+            }
             recordCount += records.count
             if offset != nil || due.contains(group.index) {
                 // -1: written at an assignment's first checkpoint, with no offset.
@@ -159,13 +182,28 @@ extension SyncEngine {
                     ))
                 marked.append(group.index)
             }
-            batches.append(CheckpointGroup(source: group.source, records: records, offset: offset))
+            var batch = CheckpointGroup(source: group.source, records: records, offset: offset)
+            if let x = identity[g] {
+                batch.extra = x.graphRecords
+                // Routed records only with the offsets that cover them: written without, a
+                // replay would route them again.
+                if letters {
+                    batch.extra += x.outbound
+                    batch.extraOffsets = x.offsets
+                } else {
+                    lock.withLock { putBack(x) }
+                    identity[g]?.outbound = []
+                    identity[g]?.taken = []
+                }
+            }
+            batches.append(batch)
         }
         do {
             try store.checkpoint(batches, deadline: deadline)
             lock.withLock {
                 if letters { for (p, pos) in positions { lastCommitted[p] = max(lastCommitted[p] ?? -1, pos) } }
                 markerDue.subtract(marked)
+                for x in identity.values { withRouter(x.task) { $0.committed(x.written) } }
                 stats.checkpoints += 1
                 stats.checkpointRecords += recordCount
                 stats.checkpointDuration.observe(Double(clock.monotonicMs() - started) / 1000)
@@ -175,6 +213,7 @@ extension SyncEngine {
             let storeFailed = store.hasFatalError
             lock.withLock {
                 if storeFailed { halted = true }
+                for x in identity.values { putBack(x) }
                 stats.checkpointFailures += 1
                 stats.checkpointDuration.observe(Double(clock.monotonicMs() - started) / 1000)
                 for t in tombstones where users[t.key] == nil { pendingTombstones[t.home, default: []].append(t.key) }
@@ -193,5 +232,50 @@ extension SyncEngine {
             logger.error("checkpoint failed; offsets not committed, will retry", metadata: ["error": "\(error)"])
             return false
         }
+    }
+}
+
+/// What a task's checkpoint writes besides its users (identity resolution).
+struct TaskExtras {
+    var task: Int32
+    var repartitionIndex: OffsetTracker.PartitionIndex?
+    /// `<group>-identities` records of the graph entries changed, and the entries written.
+    var graphRecords: [(topic: String, partition: Int32, key: [UInt8], value: [UInt8]?)]
+    var written: [(id: String, entry: IdentityEntry?)]
+    /// `<group>-repartition` records, and the buffer they were taken from.
+    var outbound: [(topic: String, partition: Int32, key: [UInt8], value: [UInt8]?)]
+    var taken: [(partition: Int32, record: RepartitionRecord)]
+    var offsets: [TopicPartition: Int64] = [:]
+
+    var isEmpty: Bool { graphRecords.isEmpty && outbound.isEmpty && offsets.isEmpty }
+}
+
+extension SyncEngine {
+    func isRepartition(_ p: OffsetTracker.PartitionIndex) -> Bool {
+        partitionsByIndex[Int(p)].topic == options.identity.repartitionTopic
+    }
+
+    /// Called with the lock held: what task `p`'s checkpoint writes besides its users.
+    func takeTaskExtras(_ p: OffsetTracker.PartitionIndex, store: StateStore) -> TaskExtras {
+        let task = partitionsByIndex[Int(p)].partition
+        let r = options.identity.repartitionTopic.flatMap { partitionIndex[TopicPartition($0, task)] }
+        let written = withRouter(task) { $0.changes() }
+        let identities = options.identity.identitiesTopic
+        let graph = written.map { w in (identities, task, IdentityCodec.key(w.id), w.entry.map(IdentityCodec.encode)) }
+        let taken = outbound.removeValue(forKey: task) ?? []
+        let repartition = options.identity.repartitionTopic ?? ""
+        let records = taken.map { t -> (topic: String, partition: Int32, key: [UInt8], value: [UInt8]?) in
+            let (k, v) = t.record.encode()
+            return (repartition, t.partition, k, v)
+        }
+        return TaskExtras(
+            task: task, repartitionIndex: r, graphRecords: graph, written: written, outbound: records, taken: taken)
+    }
+
+    /// Called with the lock held: a checkpoint that did not write `x`'s buffer puts it back,
+    /// ahead of what was buffered since.
+    func putBack(_ x: TaskExtras) {
+        guard !x.taken.isEmpty else { return }
+        outbound[x.task] = x.taken + (outbound[x.task] ?? [])
     }
 }

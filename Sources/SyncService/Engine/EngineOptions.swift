@@ -61,6 +61,8 @@ public struct EngineOptions: Sendable {
         public var repartitionTopic: String?
         /// Partitions of the source (and of every task's other topics).
         public var partitions: Int32 = 1
+        /// `<group>-identities`: the graph's records.
+        public var identitiesTopic = ""
 
         public init() {}
     }

@@ -35,6 +35,22 @@ final class MemoryStateStore: StateStore, @unchecked Sendable {
         }
     }
     func commit(_ offsets: [TopicPartition: Int64]) throws { lock.withLock { commits.append(offsets) } }
+    /// Records of other topics (identity resolution's), by topic and partition.
+    private(set) var topics: [String: [Int32: [(key: [UInt8], value: [UInt8]?)]]] = [:]
+    /// As a transactional store: a group's records, its other topics' records and its
+    /// offsets land together or not at all.
+    func checkpoint(_ groups: [CheckpointGroup], deadline: DispatchTime?) throws {
+        guard groups.contains(where: { !$0.extra.isEmpty || !$0.extraOffsets.isEmpty }) else { return try writeThenCommit(groups) }
+        for g in groups {
+            try write(g.records)
+            lock.withLock {
+                for r in g.extra { topics[r.topic, default: [:]][r.partition, default: []].append((r.key, r.value)) }
+                var offsets = g.extraOffsets
+                if let o = g.offset { offsets[g.source] = o }
+                if !offsets.isEmpty { commits.append(offsets) }
+            }
+        }
+    }
     /// Each source partition's first retained offset (0 unless a test says otherwise).
     var logStart: [TopicPartition: Int64] = [:]
     func committedPastStart(_ tp: TopicPartition) throws -> Int64? {
