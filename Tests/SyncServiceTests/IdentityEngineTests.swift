@@ -186,6 +186,39 @@ extension IdentityEngineTests {
             #expect(store.lastCommit[TopicPartition("events", q)] != nil)
             #expect(store.lastCommit[TopicPartition("g-repartition", q)] != nil)
         }
+
+        // A restart: a new engine restores users and graph from the store. A later anonymous
+        // call of a-0, on either partition, reaches person-0 (its graph entry was restored),
+        // and no anonymous identity comes back.
+        let e2 = SyncEngine(
+            options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: clock.engineClock,
+            links: EngineLinks(stateStore: store))
+        e2.partitionsAssigned((0..<2).flatMap { [TopicPartition("events", $0), TopicPartition("g-repartition", $0)] })
+        #expect(try #require(body(e2, "person-0"))["numberOfVisits"] as? Int == 4)
+        let late = #"{"type":"page","anonymousId":"a-0","timestamp":"2025-11-25T09:00:00Z"}"#
+        var later: [(TopicPartition, Int64, [UInt8], [UInt8])] = []
+        for p in Int32(0)..<2 {
+            later.append((TopicPartition("events", p), next[p, default: 0], [], Array(late.utf8)))
+            next[p, default: 0] += 1
+        }
+        feedBytes(e2, later)
+        for _ in 0..<20 {
+            #expect(e2.checkpoint())
+            var routed: [(TopicPartition, Int64, [UInt8], [UInt8])] = []
+            for q in Int32(0)..<2 {
+                let log = store.topics["g-repartition"]?[q] ?? []
+                for (i, r) in log.enumerated().dropFirst(read[q, default: 0]) {
+                    routed.append((TopicPartition("g-repartition", q), Int64(i), r.key, r.value ?? []))
+                }
+                read[q] = log.count
+            }
+            if routed.isEmpty { break }
+            feedBytes(e2, routed)
+        }
+        let user = try #require(body(e2, "person-0"))
+        #expect(user["numberOfVisits"] as? Int == 5, "\(user)")  // two calls the same morning: one visit more
+        #expect(user["lastSeenDate"] as? Int64 == 1_764_061_200_000, "\(user)")  // 2025-11-25T09:00:00Z
+        #expect(body(e2, "a-0") == nil)
     }
 }
 

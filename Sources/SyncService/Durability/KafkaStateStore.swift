@@ -273,7 +273,9 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
         try read(partitions: [partition])[partition]?.records ?? []
     }
 
-    public func read(partitions: [Int32]) throws -> [Int32: PackedRecords] {
+    public func read(partitions: [Int32]) throws -> [Int32: PackedRecords] { try read(topic: topic, partitions: partitions) }
+
+    public func read(topic: String, partitions: [Int32]) throws -> [Int32: PackedRecords] {
         // One reader for every restore of this process (made at the first).
         let reader = try lock.withLock { () throws -> PartitionReader in
             if let r = self.reader { return r }

@@ -12,6 +12,9 @@ public protocol StateStore: Sendable {
     /// As ``read(partition:)`` for several partitions at once, each packed in one buffer
     /// (what restores read).
     func read(partitions: [Int32]) throws -> [Int32: PackedRecords]
+    /// Every record of partitions of another topic of the group (`<group>-identities`),
+    /// oldest first, each partition packed in one buffer.
+    func read(topic: String, partitions: [Int32]) throws -> [Int32: PackedRecords]
     /// The changelog partition holding a source partition's users.
     func statePartition(for sourcePartition: Int32) -> Int32
     /// The source topic's partition count, recorded in each record.
@@ -71,6 +74,7 @@ extension StateStore {
         for p in partitions { out[p] = PackedRecords(try read(partition: p)) }
         return out
     }
+    public func read(topic: String, partitions: [Int32]) throws -> [Int32: PackedRecords] { [:] }
     public var hasFatalError: Bool { false }
     public var maxRecordBytes: Int { 1_000_000 - 1_024 }
     public func claim(_ partitions: [TopicPartition]) throws {}

@@ -182,6 +182,25 @@ extension SyncEngine {
         let (latest, marker, markers, records) = (view.latest, view.marker(of: tp), !view.markers.isEmpty, view.records.count)
         // Decoded outside the lock: folding goes on meanwhile.
         let source = stableSourceId(tp)
+        // Identity resolution: the task's users may have come last through its repartition
+        // partition, and its graph is restored with them.
+        let merging = options.identity.merge
+        let routedSource = options.identity.repartitionTopic.map { stableSourceId(TopicPartition($0, tp.partition)) }
+        var graph: [(id: String, entry: IdentityEntry?)] = []
+        if merging {
+            do {
+                let records =
+                    try store.read(topic: options.identity.identitiesTopic, partitions: [tp.partition])[tp.partition] ?? PackedRecords()
+                var last: [[UInt8]: [UInt8]?] = [:]
+                for r in records.records { last[r.key] = r.value }
+                for (key, value) in last {
+                    let id = try IdentityCodec.identity(key: key)
+                    graph.append((id, try value.map { try IdentityCodec.decode($0) }))
+                }
+            } catch {
+                return .failed("reading \(options.identity.identitiesTopic) failed: \(error)")
+            }
+        }
         var decoded: [(key: String, stored: StoredUser)] = []
         decoded.reserveCapacity(latest.count)
         var undecodable = 0
@@ -194,7 +213,9 @@ extension SyncEngine {
                     let stored = try StateCodec.decode(UnsafeBufferPointer(rebasing: b[value]))
                     // A changelog partition shared by several source partitions holds
                     // others' users too: only this partition's are ours.
-                    if stored.state.appliedSource == source { decoded.append((key, stored)) }
+                    if stored.state.appliedSource == source || (merging && stored.state.appliedSource == routedSource) {
+                        decoded.append((key, stored))
+                    }
                 } catch StateCodec.DecodeError.newerVersion(let v) {
                     newer = v
                     return
@@ -303,9 +324,22 @@ extension SyncEngine {
             restoringGeneration[tp] = nil
             assigned.insert(pidx)
             markerDue.insert(pidx)
+            var released = [tp]
+            if merging {
+                // The task's graph, and its repartition partition, held until now.
+                routers[tp.partition] = nil
+                withRouter(tp.partition) { r in for g in graph { r.load(g.id, g.entry) } }
+                if let topic = options.identity.repartitionTopic {
+                    let rtp = TopicPartition(topic, tp.partition)
+                    if restoringGeneration.removeValue(forKey: rtp) != nil {
+                        assigned.insert(index(of: rtp))
+                        released.append(rtp)
+                    }
+                }
+            }
             // Released under the lock, while this assignment is known current: a later
             // revocation clears the release, and no stale one can follow.
-            ready?([tp])
+            ready?(released)
             return true
         }
         guard loaded else { return .stale }

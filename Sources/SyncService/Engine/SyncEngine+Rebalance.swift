@@ -51,6 +51,10 @@ extension SyncEngine {
             if !partitions.isEmpty { catchUp = (clock.monotonicMs(), stats.folded, nil, 0) }
         }
         if durable {
+            // A repartition partition is held (in `restoringGeneration`) and released with its
+            // task's source partition: it is neither claimed nor restored of its own.
+            let repartition = options.identity.merge ? options.identity.repartitionTopic : nil
+            let partitions = partitions.filter { $0.topic != repartition }
             if let sink {
                 let generation = generation
                 Thread.detachNewThread { [self] in runRestores(partitions, generation: generation, retry: true, ready: sink) }

@@ -37,6 +37,13 @@ final class MemoryStateStore: StateStore, @unchecked Sendable {
     func commit(_ offsets: [TopicPartition: Int64]) throws { lock.withLock { commits.append(offsets) } }
     /// Records of other topics (identity resolution's), by topic and partition.
     private(set) var topics: [String: [Int32: [(key: [UInt8], value: [UInt8]?)]]] = [:]
+    func read(topic: String, partitions: [Int32]) throws -> [Int32: PackedRecords] {
+        lock.withLock {
+            var out: [Int32: PackedRecords] = [:]
+            for p in partitions { out[p] = PackedRecords(topics[topic]?[p] ?? []) }
+            return out
+        }
+    }
     /// As a transactional store: a group's records, its other topics' records and its
     /// offsets land together or not at all.
     func checkpoint(_ groups: [CheckpointGroup], deadline: DispatchTime?) throws {
