@@ -128,7 +128,7 @@ import Testing
         c.stateTransactions = false
         expectError("identity.merge: needs state: durable") { try c.validate() }
         c.stateTransactions = true
-        expectError("identity.merge: not yet available") { try c.validate() }
+        try c.validate()
         #expect(throws: (any Error).self) { try SyncConfiguration.build(["identity.max_linked": .text("901")]) }
         #expect(throws: (any Error).self) { try SyncConfiguration.build(["identity.max_linked": .text("-1")]) }
         #expect(try SyncConfiguration.build(["identity.max_linked": .text("900")]).engine.identity.maxLinked == 900)

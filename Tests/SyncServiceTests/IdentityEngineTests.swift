@@ -39,7 +39,7 @@ import Testing
         return (try? JSONSerialization.jsonObject(with: Data(b)) as? [String: Any]) ?? [:]
     }
 
-    static let anonymous = [
+    static let anonymous: [String] = [
         #"{"type":"page","anonymousId":"a-77","timestamp":"2025-11-17T10:00:00Z"}"#,
         #"{"type":"page","anonymousId":"a-77","timestamp":"2025-11-17T10:12:00Z"}"#,
         #"{"type":"page","anonymousId":"a-77","timestamp":"2025-11-19T09:40:00Z"}"#,

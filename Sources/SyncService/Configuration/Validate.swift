@@ -34,7 +34,6 @@ extension SyncConfiguration {
                     "identity.merge: needs state: durable with state.transactions: true (the graph, the routed calls and the state are written in one transaction)"
                 )
             }
-            throw ConfigurationError("identity.merge: not yet available in this build (docs/identity.md says what is built)")
         }
         if requireKey && apiKey == nil && apiKeyFile == nil {
             throw ConfigurationError("api_key_file: missing (flag --api-key-file, or set FOLDSPACE_API_KEY)")

@@ -96,6 +96,23 @@ public final class SyncPipeline: Service, @unchecked Sendable {
         let consumerLink = Late<KafkaConsumer>()
         let engineLink = Late<SyncEngine>()
         let stateStore = try await prepareStateStore(&kafka, groupConsumer: { consumerLink.value })
+        // Identity resolution (docs/identity.md): the group reads the source and the
+        // repartition topic, assigned by range so that each task's partitions stay together.
+        var engineOptions = self.engineOptions
+        var topics = config.topics
+        if engineOptions.identity.merge, stateStore != nil {
+            let (group, source, prepareConfig, logger) = (config.group, config.topics[0], kafka, self.logger)
+            let partitions = try await Self.blocking {
+                try IdentityTopics.prepare(group: group, sourceTopic: source, config: prepareConfig, logger: logger)
+            }
+            engineOptions.identity.partitions = Int32(partitions)
+            engineOptions.identity.repartitionTopic = IdentityTopics.repartition(group: group)
+            engineOptions.identity.identitiesTopic = IdentityTopics.identities(group: group)
+            topics.append(IdentityTopics.repartition(group: group))
+            kafka["partition.assignment.strategy"] = "range"
+        } else {
+            engineOptions.identity.merge = false
+        }
         // Process-wide, and on unless a configuration turns it off.
         if !config.zstdSizeHint { ZstdSizeHint.setEnabled(false) }
         #if os(Linux)
@@ -122,7 +139,7 @@ public final class SyncPipeline: Service, @unchecked Sendable {
                 partitionTotal: { consumerLink.value?.subscribedPartitionCount() ?? 0 },
                 highWatermark: { consumerLink.value?.highWatermark($0) }))
         engineLink.value = engine
-        let consumer = try KafkaConsumer(config: kafka, topics: config.topics, handler: engine, logger: logger)
+        let consumer = try KafkaConsumer(config: kafka, topics: topics, handler: engine, logger: logger)
         consumerLink.value = consumer
         // Held by the pipeline from here on: a start that fails below does not free a
         // consumer that was subscribed and never started (its destruction would close it

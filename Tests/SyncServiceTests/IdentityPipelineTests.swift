@@ -1,0 +1,47 @@
+import Foundation
+import Kafka
+import Simulation
+import TestSupport
+import Testing
+
+@testable import SyncService
+
+/// Identity resolution through the pipeline on librdkafka's mock cluster: one instance,
+/// two tasks, keys by messageId, so that calls are routed through `<group>-repartition`.
+@Suite(.serialized) struct IdentityPipelineTests {
+    @Test func visitorsKeyedByMessageIdEndAsOneUserEach() async throws {
+        let h = try await PipelineHarness(partitions: 2)
+        let group = "ident-\(UUID().uuidString.prefix(8))"
+        for t in ["-repartition", "-identities", "-state"] { try h.cluster.createTopic(group + t, partitions: 2) }
+        var messages: [(key: String, value: String)] = []
+        let visitors = 6
+        for v in 0..<visitors {
+            for c in IdentityEngineTests.anonymous + [IdentityEngineTests.signUp] + IdentityEngineTests.after {
+                let call = c.replacingOccurrences(of: "a-77", with: "a-\(v)").replacingOccurrences(of: "person-0005", with: "person-\(v)")
+                messages.append((UUID().uuidString, call))
+            }
+        }
+        try h.produce(messages)
+        try h.start { c in
+            c.group = group
+            c.stateMode = .durable
+            c.commitIntervalMs = 200
+            c.engine.fold.sendNumberOfVisits = true
+            c.engine.identity.merge = true
+        }
+        let done = await eventually {
+            let latest = h.sandbox.latestAcknowledged()
+            return (0..<visitors).allSatisfy { v in
+                guard let b = latest["person-\(v)"]?.body,
+                    let json = try? JSONSerialization.jsonObject(with: Data(b)) as? [String: Any]
+                else { return false }
+                return json["numberOfVisits"] as? Int == 4 && json["firstVisitDate"] as? Int64 == 1_763_373_600_000
+            }
+        }
+        let latest = h.sandbox.latestAcknowledged()
+        #expect(done, "bodies: \((0..<visitors).map { latest["person-\($0)"].map { String(decoding: $0.body, as: UTF8.self) } ?? "none" })")
+        #expect((h.pipeline.engine?.snapshot().forwarded ?? 0) > 0, "nothing was routed")
+        #expect(h.sandbox.violationCount == 0)
+        try await h.stop()
+    }
+}
