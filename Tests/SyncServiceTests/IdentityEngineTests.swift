@@ -222,6 +222,36 @@ extension IdentityEngineTests {
     }
 }
 
+extension IdentityEngineTests {
+    /// `identity.send_anonymous: false`: an anonymous identity is folded but not sent; once
+    /// linked, its history goes out with its user.
+    @Test func anonymousIdentitiesAreHeldBackWhenAsked() {
+        let clock = ManualClock()
+        var o = EngineOptions()
+        o.debounceMs = 1_000
+        o.maxWaitMs = 5_000
+        o.requestsPerSecond = 1_000
+        o.burst = 1_000
+        o.fold.sendNumberOfVisits = true
+        o.identity.merge = true
+        o.identity.sendAnonymous = false
+        let e = SyncEngine(
+            options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: clock.engineClock,
+            links: EngineLinks(stateStore: nil))
+        e.partitionsAssigned([p0])
+        func sent() -> [String] {
+            clock.advance(10_000)
+            if case .send(let jobs) = e.takeDue(limit: 100) { return jobs.map(\.identifyId) }
+            return []
+        }
+        feed(e, Self.anonymous.enumerated().map { (p0, Int64($0.offset), $0.element) })
+        #expect(sent().isEmpty)
+        #expect(e.snapshot().anonymousHeldBack == 1)
+        feed(e, [(p0, 10, Self.signUp)])
+        #expect(sent() == ["person-0005"])
+    }
+}
+
 /// Feeds messages with their keys and raw values, as the poll thread would.
 func feedBytes(_ engine: SyncEngine, _ messages: [(TopicPartition, Int64, [UInt8], [UInt8])]) {
     let buffers = messages.map { m -> (UnsafeMutableBufferPointer<UInt8>, UnsafeMutableBufferPointer<UInt8>) in

@@ -52,13 +52,16 @@ extension SyncEngine {
                     continue
                 }
                 let hash = bodyHash(body)
-                if hash == entry.delivery.settledHash {
-                    // The same body Foldspace already has: nothing to send.
+                // `identity.send_anonymous: false`: an identity that never carried a userId
+                // is held back as if sent; linked to a user, its history is sent with it.
+                let heldBack = !options.identity.sendAnonymous && projector.userType(entry.state) == .anonymous
+                if hash == entry.delivery.settledHash || heldBack {
+                    // The same body Foldspace already has (or one held back): nothing to send.
                     let since = entry.delivery.dirtySinceMs
                     debouncer.suppressed(&entry.delivery)
                     release(&entry.holds)
                     dirty.cleared(since: since)
-                    stats.suppressed += 1
+                    if heldBack { stats.anonymousHeldBack += 1 } else { stats.suppressed += 1 }
                     markForCheckpoint(key, &entry)
                     users[key] = entry
                     limiter.refund(permit)

@@ -9,6 +9,8 @@ public struct EngineStats: Sendable {
     /// merged into the user they were linked to (identity resolution).
     public var forwarded = 0
     public var identitiesMerged = 0
+    /// Bodies of anonymous identities not sent (`identity.send_anonymous: false`).
+    public var anonymousHeldBack = 0
     public var ignored = 0
     public var invalid: [InvalidReason: Int] = [:]
     public var implausibleTime = 0
