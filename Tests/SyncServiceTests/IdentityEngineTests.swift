@@ -252,6 +252,40 @@ extension IdentityEngineTests {
     }
 }
 
+extension IdentityEngineTests {
+    /// A task revoked with records it could not write leaves them behind: kept, they would
+    /// be written by a later checkpoint when the task (and the replay of its input) may be
+    /// another instance's, and counted twice.
+    @Test func aRevokedTaskLeavesItsUnwrittenRecordsBehind() {
+        let clock = ManualClock()
+        let store = MemoryStateStore(partitions: 2)
+        var o = EngineOptions()
+        o.durable = true
+        o.drainTimeoutMs = 1_000
+        o.identity.merge = true
+        o.identity.partitions = 2
+        o.identity.repartitionTopic = "g-repartition"
+        o.identity.identitiesTopic = "g-identities"
+        let e = SyncEngine(
+            options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: clock.engineClock,
+            links: EngineLinks(stateStore: store))
+        let all = (0..<2).flatMap { [TopicPartition("events", $0), TopicPartition("g-repartition", $0)] }
+        e.partitionsAssigned(all)
+        // Calls on both partitions, some of which belong to the other task.
+        var messages: [(TopicPartition, Int64, [UInt8], [UInt8])] = []
+        for v in 0..<8 {
+            let call = #"{"type":"page","anonymousId":"a-\#(v)","timestamp":"2025-11-17T10:00:00Z"}"#
+            messages.append((TopicPartition("events", Int32(v % 2)), Int64(v / 2), [], Array(call.utf8)))
+        }
+        feedBytes(e, messages)
+        store.failWrites = true
+        e.partitionsRevoked(all)
+        store.failWrites = false
+        e.partitionsAssigned(all)
+        #expect(e.takeOutbound().isEmpty)
+    }
+}
+
 /// Feeds messages with their keys and raw values, as the poll thread would.
 func feedBytes(_ engine: SyncEngine, _ messages: [(TopicPartition, Int64, [UInt8], [UInt8])]) {
     let buffers = messages.map { m -> (UnsafeMutableBufferPointer<UInt8>, UnsafeMutableBufferPointer<UInt8>) in

@@ -167,6 +167,15 @@ extension SyncEngine {
             }
             stats.unsettledAtLastRevocation = unsettled
             forgetDeadLetterHolds(of: revoked, droppedUsers: droppedUsers)
+            if options.identity.merge {
+                // The task's graph and what it had not written leave with it: its next owner
+                // restores the graph, and reads again what was not committed (records kept
+                // here would be written later, when the task may be someone else's).
+                for tp in partitions where tp.topic != options.identity.repartitionTopic {
+                    routers[tp.partition] = nil
+                    outbound[tp.partition] = nil
+                }
+            }
             for i in idxs {
                 revokingFloors[i] = nil
                 offsets.deactivate(i)
