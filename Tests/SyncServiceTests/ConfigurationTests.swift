@@ -129,6 +129,10 @@ import Testing
         expectError("identity.merge: needs state: durable") { try c.validate() }
         c.stateTransactions = true
         try c.validate()
+        c.engine.identity.sendAnonymous = false
+        try c.validate()
+        c.engine.identity.merge = false
+        expectError("identity.send_anonymous: false needs identity.merge: true") { try c.validate() }
         #expect(throws: (any Error).self) { try SyncConfiguration.build(["identity.max_linked": .text("901")]) }
         #expect(throws: (any Error).self) { try SyncConfiguration.build(["identity.max_linked": .text("-1")]) }
         #expect(try SyncConfiguration.build(["identity.max_linked": .text("900")]).engine.identity.maxLinked == 900)

@@ -28,6 +28,11 @@ extension SyncConfiguration {
                 "topics: state: durable supports one source topic (the changelog is co-partitioned with it); use one instance group per topic, or state: memory"
             )
         }
+        if !engine.identity.sendAnonymous && !engine.identity.merge {
+            throw ConfigurationError(
+                "identity.send_anonymous: false needs identity.merge: true (an anonymous identity held back is sent only with the user it is merged into; without merging it would never be sent)"
+            )
+        }
         if engine.identity.merge {
             guard stateMode == .durable, stateTransactions else {
                 throw ConfigurationError(

@@ -157,6 +157,33 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
             return Int32(max(1_000, min(Int64(full), left)))
         }
         let work = groups.filter { !$0.isEmpty }
+        // The groups committed so far: a later group's failure reports them.
+        var done: Set<TopicPartition> = []
+        do {
+            try checkpointEach(work, done: &done, consumer: consumer, deadline: deadline, budget: budget)
+        } catch  where !done.isEmpty {
+            throw CheckpointIncomplete(committed: done, error: error)
+        }
+        // The same offsets committed plainly too, best effort: Kafka has applied them
+        // with the transaction already (a no-op then), but librdkafka's mock cluster does
+        // not apply transactional offset commits to the group.
+        let plain = lock.withLock { plainPending }
+        if !plain.isEmpty {
+            do {
+                try commit(plain)
+                lock.withLock { for (tp, o) in plain where plainPending[tp] == o { plainPending[tp] = nil } }
+            } catch {
+                logger.debug(
+                    "plain commit after the checkpoint transactions failed; tried again with the next", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
+    /// One transaction per group, in order; `done` gets each group committed.
+    private func checkpointEach(
+        _ work: [CheckpointGroup], done: inout Set<TopicPartition>, consumer: KafkaConsumer?, deadline: DispatchTime?,
+        budget: (Int32) -> Int32
+    ) throws {
         for (n, g) in work.enumerated() {
             if let deadline, DispatchTime.now() >= deadline {
                 throw KafkaError(
@@ -217,19 +244,7 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
             var committed = g.extraOffsets
             if let o = g.offset { committed[g.source] = o }
             lock.withLock { for (tp, o) in committed { plainPending[tp] = max(plainPending[tp] ?? o, o) } }
-        }
-        // The same offsets committed plainly too, best effort: Kafka has applied them
-        // with the transaction already (a no-op then), but librdkafka's mock cluster does
-        // not apply transactional offset commits to the group.
-        let plain = lock.withLock { plainPending }
-        if !plain.isEmpty {
-            do {
-                try commit(plain)
-                lock.withLock { for (tp, o) in plain where plainPending[tp] == o { plainPending[tp] = nil } }
-            } catch {
-                logger.debug(
-                    "plain commit after the checkpoint transactions failed; tried again with the next", metadata: ["error": "\(error)"])
-            }
+            done.insert(g.source)
         }
     }
 

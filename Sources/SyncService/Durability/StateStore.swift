@@ -47,6 +47,16 @@ public protocol StateStore: Sendable {
     func committedPastStart(_ tp: TopicPartition) throws -> Int64?
 }
 
+/// A transactional checkpoint that failed after some of its groups committed: those
+/// groups' records are written and their offsets committed, whatever `error` says of the
+/// rest. The engine queues only the others again (identity resolution's routed records,
+/// written twice, would be read twice).
+public struct CheckpointIncomplete: Error, CustomStringConvertible {
+    public var committed: Set<TopicPartition>
+    public var error: any Error
+    public var description: String { "\(error) (\(committed.count) partitions committed before it)" }
+}
+
 /// One source partition's share of a checkpoint.
 public struct CheckpointGroup: Sendable {
     public var source: TopicPartition

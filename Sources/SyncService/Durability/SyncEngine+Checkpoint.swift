@@ -37,13 +37,20 @@ extension SyncEngine {
         // tombstones, and the offset to commit with them.
         var groups: [(source: TopicPartition, index: OffsetTracker.PartitionIndex, start: Int, tombstones: Int)] = []
         var commit: [TopicPartition: Int64] = [:]
-        var positions: [(OffsetTracker.PartitionIndex, Int64)] = []
+        // Each position with its group: committed only when that group is.
+        var positions: [(g: Int, p: OffsetTracker.PartitionIndex, pos: Int64)] = []
         var tombstones: [(partition: Int32, key: String, home: OffsetTracker.PartitionIndex)] = []
         var deadLetterBarrier: UInt64 = 0
         // Identity resolution: per group, its task's records for other topics, the offsets of
         // its repartition partition, the graph entries written and the buffer taken (put
         // back when the checkpoint fails).
         var identity: [Int: TaskExtras] = [:]
+        // Merging tasks written whole or not at all, and only with the offsets that cover
+        // them: a hand-over's tombstone without its merge record, a graph entry without its
+        // link request, or routed records past the committed offset (a replay routes them
+        // again) would lose or double what they carry. A task held here waits, whole, for
+        // a later checkpoint.
+        var held: Set<Int> = []
         let merging = options.identity.merge
         lock.withLock {
             deadLetterBarrier = deadLetterSeq
@@ -67,7 +74,7 @@ extension SyncEngine {
                         tombstoneKeys += pendingTombstones.removeValue(forKey: r) ?? []
                         if let pos = offsets.consumedPosition(r), pos > (lastCommitted[r] ?? -1) {
                             identity[groups.count - 1, default: extras].offsets[partitionsByIndex[Int(r)]] = pos
-                            positions.append((r, pos))
+                            positions.append((groups.count - 1, r, pos))
                         }
                     }
                     if identity[groups.count - 1] == nil { identity[groups.count - 1] = extras }
@@ -99,17 +106,20 @@ extension SyncEngine {
                 }
                 // Not past a resync that has not queued every user yet.
                 if var pos = offsets.consumedPosition(p) {
-                    if let floor = resyncFloor(p) { pos = min(pos, floor) }
+                    if let floor = resyncFloor(p), floor < pos {
+                        pos = floor
+                        if merging { held.insert(groups.count - 1) }
+                    }
                     guard pos > (lastCommitted[p] ?? -1) else { continue }
                     commit[partitionsByIndex[Int(p)]] = pos
-                    positions.append((p, pos))
+                    positions.append((groups.count - 1, p, pos))
                 }
             }
         }
         // Encoded outside the lock; a record over what the changelog accepts is left out
         // (one user must never hold back every commit) and dead-lettered.
         var encoded: [[(partition: Int32, key: [UInt8], value: [UInt8]?)]] = []
-        var oversized: [(key: String, bytes: Int, source: TopicPartition)] = []
+        var oversized: [(key: String, bytes: Int, source: TopicPartition, kind: DeadLetterKind)] = []
         let maxRecordBytes = store.maxRecordBytes
         for (g, group) in groups.enumerated() {
             let end = g + 1 < groups.count ? groups[g + 1].start : snapshot.count
@@ -121,7 +131,7 @@ extension SyncEngine {
                 let key = Array(snapshot[i].key.utf8)
                 let value = StateCodec.encode(snapshot[i].stored)
                 if key.count + value.count > maxRecordBytes {
-                    oversized.append((snapshot[i].key, value.count, group.source))
+                    oversized.append((snapshot[i].key, value.count, group.source, .stateTooLarge))
                     continue
                 }
                 records.append((snapshot[i].partition, key, value))
@@ -130,25 +140,54 @@ extension SyncEngine {
             encoded.append(records)
         }
         snapshot = []
+        // A routed record over what the broker accepts (a merge record of a state just
+        // under the changelog's limit, a call grown by its re-encoding) is left out and
+        // dead-lettered, as an oversized user is.
+        for g in identity.keys.sorted() {
+            guard var x = identity[g], x.outbound.contains(where: { $0.key.count + ($0.value?.count ?? 0) > maxRecordBytes }) else {
+                continue
+            }
+            var keep: [Int] = []
+            for (i, r) in x.outbound.enumerated() {
+                let bytes = r.key.count + (r.value?.count ?? 0)
+                guard bytes > maxRecordBytes else {
+                    keep.append(i)
+                    continue
+                }
+                switch x.taken[i].record {
+                case .merge(let from, _, _, _): oversized.append((from, bytes, groups[g].source, .stateTooLarge))
+                case .call(let target, _, _): oversized.append((target, bytes, groups[g].source, .invalidEvent))
+                case .link(let id, _, _, _): oversized.append((id, bytes, groups[g].source, .invalidEvent))
+                }
+            }
+            x.outbound = keep.map { x.outbound[$0] }
+            x.taken = keep.map { x.taken[$0] }
+            identity[g] = x
+        }
         if !oversized.isEmpty {
             var seqs: [UInt64] = []
             lock.withLock {
-                stats.oversizedStates += oversized.count
-                stats.deadLetters[.stateTooLarge, default: 0] += oversized.count
+                for o in oversized {
+                    if o.kind == .stateTooLarge { stats.oversizedStates += 1 }
+                    stats.deadLetters[o.kind, default: 0] += 1
+                }
                 for _ in oversized { seqs.append(reserveDeadLetter(.none)) }
                 deadLetterBarrier = deadLetterSeq
             }
             for (o, seq) in zip(oversized, seqs) {
                 // No PII in the log: the partition and the size say enough to find it.
                 logger.error(
-                    "a user's state is larger than the changelog accepts; it is not checkpointed (dead-lettered)",
+                    o.kind == .stateTooLarge
+                        ? "a user's state is larger than the changelog accepts; it is not checkpointed (dead-lettered)"
+                        : "a routed call is larger than the broker accepts; it is not routed (dead-lettered)",
                     metadata: [
                         "partition": "\(o.source)", "bytes": .stringConvertible(o.bytes), "limit": .stringConvertible(maxRecordBytes),
                     ])
                 deadLetters.deadLetter(
-                    kind: .stateTooLarge, key: Array(o.key.utf8), value: [],
+                    kind: o.kind, key: Array(o.key.utf8), value: [],
                     headers: [
-                        ("reason", DeadLetterKind.stateTooLarge.rawValue), ("bytes", String(o.bytes)), ("source.topic", o.source.topic),
+                        ("reason", o.kind == .stateTooLarge ? DeadLetterKind.stateTooLarge.rawValue : "too-large-to-route"),
+                        ("bytes", String(o.bytes)), ("source.topic", o.source.topic),
                         ("source.partition", String(o.source.partition)),
                     ]
                 ) { [weak self] in self?.deadLetterDelivered(seq) }
@@ -156,8 +195,11 @@ extension SyncEngine {
         }
         // The dead letters of what these offsets cover are written first; if they are not
         // yet, the offsets wait for a later checkpoint (the users are written now).
-        let letters = commit.isEmpty || waitForDeadLetters(below: deadLetterBarrier, timeoutMs: options.deadLetterWaitMs)
+        let letters =
+            (commit.isEmpty && identity.values.allSatisfy { $0.offsets.isEmpty })
+            || waitForDeadLetters(below: deadLetterBarrier, timeoutMs: options.deadLetterWaitMs)
         if !letters {
+            held.formUnion(identity.keys)
             logger.warning(
                 "dead letters not written yet; source offsets are committed by a later checkpoint",
                 metadata: ["partitions": .stringConvertible(commit.count)])
@@ -166,7 +208,7 @@ extension SyncEngine {
         var recordCount = 0
         let due = lock.withLock { markerDue }
         var marked: [OffsetTracker.PartitionIndex] = []
-        for (g, group) in groups.enumerated() {
+        for (g, group) in groups.enumerated() where !held.contains(g) {
             var records = encoded[g]
             let offset = letters ? commit[group.source] : nil
             guard !records.isEmpty || offset != nil || due.contains(group.index) || identity[g]?.isEmpty == false else {
@@ -184,54 +226,58 @@ extension SyncEngine {
             }
             var batch = CheckpointGroup(source: group.source, records: records, offset: offset)
             if let x = identity[g] {
-                batch.extra = x.graphRecords
-                // Routed records only with the offsets that cover them: written without, a
-                // replay would route them again.
-                if letters {
-                    batch.extra += x.outbound
-                    batch.extraOffsets = x.offsets
-                } else {
-                    lock.withLock { putBack(x) }
-                    identity[g]?.outbound = []
-                    identity[g]?.taken = []
-                }
+                batch.extra = x.graphRecords + x.outbound
+                batch.extraOffsets = x.offsets
             }
             batches.append(batch)
         }
+        // A transactional store commits group by group: when it fails part way, the groups
+        // it committed are done (queued again, their routed records would be written twice).
+        var failure: (any Error)?
+        var committed: Set<TopicPartition> = []
         do {
             try store.checkpoint(batches, deadline: deadline)
-            lock.withLock {
-                if letters { for (p, pos) in positions { lastCommitted[p] = max(lastCommitted[p] ?? -1, pos) } }
-                markerDue.subtract(marked)
-                for x in identity.values { withRouter(x.task) { $0.committed(x.written) } }
-                stats.checkpoints += 1
-                stats.checkpointRecords += recordCount
-                stats.checkpointDuration.observe(Double(clock.monotonicMs() - started) / 1000)
-            }
-            return true
         } catch {
-            let storeFailed = store.hasFatalError
-            lock.withLock {
-                if storeFailed { halted = true }
-                for x in identity.values { putBack(x) }
-                stats.checkpointFailures += 1
-                stats.checkpointDuration.observe(Double(clock.monotonicMs() - started) / 1000)
-                for t in tombstones where users[t.key] == nil { pendingTombstones[t.home, default: []].append(t.key) }
-                for (p, key) in keys {
-                    guard var entry = users[key] else { continue }
-                    if !entry.checkpointPending {
-                        entry.checkpointPending = true
-                        // Under the partition whose list it came from, and its home if
-                        // that is another: revoking either must write it first.
-                        pendingCheckpoint[p, default: []].append(key)
-                        if entry.home != p { pendingCheckpoint[entry.home, default: []].append(key) }
-                        users[key] = entry
-                    }
+            failure = error
+            committed = (error as? CheckpointIncomplete)?.committed ?? []
+        }
+        let storeFailed = failure != nil && store.hasFatalError
+        lock.withLock {
+            if storeFailed { halted = true }
+            var done = Set<Int>()
+            for (g, group) in groups.enumerated() {
+                let end = g + 1 < groups.count ? groups[g + 1].start : keys.count
+                let tombstonesEnd = g + 1 < groups.count ? groups[g + 1].tombstones : tombstones.count
+                if !held.contains(g) && (failure == nil || committed.contains(group.source)) {
+                    done.insert(g)
+                    if marked.contains(group.index) { markerDue.remove(group.index) }
+                    if let x = identity[g] { withRouter(x.task) { $0.committed(x.written) } }
+                } else {
+                    requeue(keys[groups[g].start..<end], tombstones[groups[g].tombstones..<tombstonesEnd])
+                    if let x = identity[g] { putBack(x) }
                 }
             }
-            logger.error("checkpoint failed; offsets not committed, will retry", metadata: ["error": "\(error)"])
+            if letters {
+                for (g, p, pos) in positions where done.contains(g) { lastCommitted[p] = max(lastCommitted[p] ?? -1, pos) }
+            }
+            if failure == nil {
+                stats.checkpoints += 1
+                stats.checkpointRecords += recordCount
+            } else {
+                stats.checkpointFailures += 1
+            }
+            stats.checkpointDuration.observe(Double(clock.monotonicMs() - started) / 1000)
+        }
+        if let failure {
+            logger.error("checkpoint failed; offsets not committed, will retry", metadata: ["error": "\(failure)"])
             return false
         }
+        if !held.isEmpty {
+            logger.debug(
+                "tasks held for a later checkpoint (dead letters not written yet, or a resync holds their offsets)",
+                metadata: ["tasks": .stringConvertible(held.count)])
+        }
+        return true
     }
 }
 
@@ -277,5 +323,27 @@ extension SyncEngine {
     func putBack(_ x: TaskExtras) {
         guard !x.taken.isEmpty else { return }
         outbound[x.task] = x.taken + (outbound[x.task] ?? [])
+    }
+}
+
+extension SyncEngine {
+    /// Called with the lock held: users and tombstones a checkpoint did not write are
+    /// queued for the next one.
+    func requeue(
+        _ keys: ArraySlice<(OffsetTracker.PartitionIndex, String)>,
+        _ tombstones: ArraySlice<(partition: Int32, key: String, home: OffsetTracker.PartitionIndex)>
+    ) {
+        for t in tombstones where users[t.key] == nil { pendingTombstones[t.home, default: []].append(t.key) }
+        for (p, key) in keys {
+            guard var entry = users[key] else { continue }
+            if !entry.checkpointPending {
+                entry.checkpointPending = true
+                // Under the partition whose list it came from, and its home if that is
+                // another: revoking either must write it first.
+                pendingCheckpoint[p, default: []].append(key)
+                if entry.home != p { pendingCheckpoint[entry.home, default: []].append(key) }
+                users[key] = entry
+            }
+        }
     }
 }

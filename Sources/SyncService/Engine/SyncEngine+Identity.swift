@@ -133,7 +133,16 @@ extension SyncEngine {
         pendingHandOvers.removeAll(keepingCapacity: true)
         for h in handOvers {
             guard var taken = users[h.linked] else { continue }  // nothing was folded under it
+            // Only what this task holds moves: an identity homed on another task's
+            // partitions (state written before merging was turned on) would have its
+            // tombstone written in that task's transaction, apart from its merge record.
+            guard partitionsByIndex[Int(taken.home)].partition == h.task else {
+                stats.handOversRefused += 1
+                continue
+            }
             users[h.linked] = nil
+            // A rejected body's dead letter still to be written: the identity is gone.
+            pendingUserLetters[h.linked] = nil
             release(&taken.holds)
             release(&taken.flightHolds)
             if taken.delivery.isDirty { dirty.cleared(since: taken.delivery.dirtySinceMs) }

@@ -9,6 +9,9 @@ public struct EngineStats: Sendable {
     /// merged into the user they were linked to (identity resolution).
     public var forwarded = 0
     public var identitiesMerged = 0
+    /// Links whose identity's state was not moved: it is homed on another task's
+    /// partitions (written before `identity.merge` was turned on; docs/identity.md).
+    public var handOversRefused = 0
     /// Bodies of anonymous identities not sent (`identity.send_anonymous: false`).
     public var anonymousHeldBack = 0
     public var ignored = 0

@@ -109,7 +109,19 @@ public final class SyncPipeline: Service, @unchecked Sendable {
             engineOptions.identity.repartitionTopic = IdentityTopics.repartition(group: group)
             engineOptions.identity.identitiesTopic = IdentityTopics.identities(group: group)
             topics.append(IdentityTopics.repartition(group: group))
-            kafka["partition.assignment.strategy"] = "range"
+            // The repartition topic is read whole and only as committed: a record of an
+            // aborted transaction read, or a new group's first records skipped, would count
+            // a call twice or lose it.
+            for (key, value) in [
+                ("partition.assignment.strategy", "range"), ("isolation.level", "read_committed"), ("auto.offset.reset", "earliest"),
+            ] {
+                if let set = kafka[key], set != value {
+                    logger.warning(
+                        "identity.merge: a Kafka property is overridden",
+                        metadata: ["property": "\(key)", "set": "\(set)", "used": "\(value)"])
+                }
+                kafka[key] = value
+            }
         } else {
             engineOptions.identity.merge = false
         }

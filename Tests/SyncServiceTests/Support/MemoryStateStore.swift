@@ -46,16 +46,30 @@ final class MemoryStateStore: StateStore, @unchecked Sendable {
     }
     /// As a transactional store: a group's records, its other topics' records and its
     /// offsets land together or not at all.
+    /// As a transactional store whose transactions fail from the group at this index on
+    /// (once: the setting is cleared): the groups before it stay committed.
+    var failGroupsFrom: Int?
     func checkpoint(_ groups: [CheckpointGroup], deadline: DispatchTime?) throws {
         guard groups.contains(where: { !$0.extra.isEmpty || !$0.extraOffsets.isEmpty }) else { return try writeThenCommit(groups) }
-        for g in groups {
+        var done: Set<TopicPartition> = []
+        for (n, g) in groups.enumerated() {
+            if let from = failGroupsFrom, n >= from {
+                failGroupsFrom = nil
+                let error = TestError("transaction failed")
+                if done.isEmpty { throw error }
+                throw CheckpointIncomplete(committed: done, error: error)
+            }
             try write(g.records)
+            if g.extra.contains(where: { $0.key.count + ($0.value?.count ?? 0) > maxRecordBytes }) {
+                throw TestError("message too large")
+            }
             lock.withLock {
                 for r in g.extra { topics[r.topic, default: [:]][r.partition, default: []].append((r.key, r.value)) }
                 var offsets = g.extraOffsets
                 if let o = g.offset { offsets[g.source] = o }
                 if !offsets.isEmpty { commits.append(offsets) }
             }
+            done.insert(g.source)
         }
     }
     /// Each source partition's first retained offset (0 unless a test says otherwise).

@@ -1,0 +1,281 @@
+import Delivery
+import Folding
+import Foundation
+import Kafka
+import Simulation
+import TestSupport
+import Testing
+
+@testable import SyncService
+
+/// Identity resolution's checkpoints when they cannot write everything: a task is written
+/// whole with the offsets that cover it, or not at all. Each test crashes an engine after
+/// such a checkpoint, restarts one from what the store holds, replays the source and
+/// `<group>-repartition` from their committed offsets, and compares every user's body with
+/// a run that never failed: a lost hand-over changes the visits, a record written twice
+/// changes the key-event score.
+@Suite struct IdentityCheckpointTests {
+    static let visitors = 6
+
+    /// Two tasks in one engine over a ``MemoryStateStore``; keys by messageId (each call on
+    /// either partition), so that calls, link requests and merge records are routed.
+    final class World {
+        let clock = ManualClock()
+        let store = MemoryStateStore(partitions: 2)
+        let letters: any DeadLetterSink
+        var options = EngineOptions()
+        var engine: SyncEngine
+        /// What was produced to the source, by partition (its offsets are the indices).
+        var source: [Int32: [(key: [UInt8], value: [UInt8])]] = [:]
+        /// How far each input was fed to `engine`.
+        var fedSource: [Int32: Int] = [:]
+        var fedRepartition: [Int32: Int] = [:]
+        let all = (0..<2).flatMap { [TopicPartition("events", $0), TopicPartition("g-repartition", $0)] }
+
+        init(letters: any DeadLetterSink = RecordingDeadLetters()) {
+            self.letters = letters
+            var o = EngineOptions()
+            o.debounceMs = 1_000
+            o.maxWaitMs = 5_000
+            o.requestsPerSecond = 1_000
+            o.burst = 1_000
+            o.durable = true
+            o.deadLetterWaitMs = 0
+            o.fold.sendNumberOfVisits = true
+            o.fold.keyEvents = [.init(name: "Report Built", weight: 10, cap: 1_000)]
+            o.identity.merge = true
+            o.identity.partitions = 2
+            o.identity.repartitionTopic = "g-repartition"
+            o.identity.identitiesTopic = "g-identities"
+            options = o
+            engine = SyncEngine(
+                options: o, deadLetters: letters, logger: quietLogger, clock: clock.engineClock, links: EngineLinks(stateStore: store))
+            engine.partitionsAssigned(all)
+        }
+
+        /// Produces `calls` round robin over the two partitions (as keys by messageId spread them).
+        func produce(_ calls: [String]) {
+            for c in calls {
+                let p = Int32(source.values.reduce(0) { $0 + $1.count } % 2)
+                source[p, default: []].append(([], Array(c.utf8)))
+            }
+        }
+
+        func produce(control json: String, on p: Int32) { source[p, default: []].append((ResyncRequest.key, Array(json.utf8))) }
+
+        /// Feeds what was produced and not fed yet.
+        func feedSource() {
+            var batch: [(TopicPartition, Int64, [UInt8], [UInt8])] = []
+            for p in Int32(0)..<2 {
+                let log = source[p] ?? []
+                for i in fedSource[p, default: 0]..<log.count {
+                    batch.append((TopicPartition("events", p), Int64(i), log[i].key, log[i].value))
+                }
+                fedSource[p] = log.count
+            }
+            feedBytes(engine, batch)
+        }
+
+        /// Feeds what checkpoints wrote to `<group>-repartition` and was not fed yet; false
+        /// when there was nothing.
+        @discardableResult func feedRepartition() -> Bool {
+            var batch: [(TopicPartition, Int64, [UInt8], [UInt8])] = []
+            for q in Int32(0)..<2 {
+                let log = store.topics["g-repartition"]?[q] ?? []
+                for i in fedRepartition[q, default: 0]..<log.count {
+                    batch.append((TopicPartition("g-repartition", q), Int64(i), log[i].key, log[i].value ?? []))
+                }
+                fedRepartition[q] = log.count
+            }
+            feedBytes(engine, batch)
+            return !batch.isEmpty
+        }
+
+        /// Checkpoints and plays `<group>-repartition` back until nothing more is routed.
+        func settle() {
+            engine.sweep()  // a resync's users queued: its floor lifts
+            for _ in 0..<20 {
+                #expect(engine.checkpoint())
+                if !feedRepartition() { return }
+            }
+            Issue.record("records kept being routed")
+        }
+
+        /// A crash: a new engine restores from the store; both inputs are fed again from
+        /// their committed offsets.
+        func crashAndRestart() {
+            engine = SyncEngine(
+                options: options, deadLetters: letters, logger: quietLogger, clock: clock.engineClock,
+                links: EngineLinks(stateStore: store))
+            engine.partitionsAssigned(all)
+            let committed = store.lastCommit
+            for p in Int32(0)..<2 {
+                fedSource[p] = Int(committed[TopicPartition("events", p)] ?? 0)
+                fedRepartition[p] = Int(committed[TopicPartition("g-repartition", p)] ?? 0)
+            }
+            feedSource()
+        }
+
+        func body(_ user: String) -> String? { engine.projection(of: user).map { String(decoding: $0, as: UTF8.self) } }
+
+        var repartitionRecords: Int { (0..<2).reduce(0) { $0 + (store.topics["g-repartition"]?[Int32($1)]?.count ?? 0) } }
+    }
+
+    /// Each visitor's calls (docs/identity.md's visitor, numbered), interleaved by visitor.
+    static func calls(_ visitors: Range<Int>) -> [String] {
+        let one = IdentityEngineTests.anonymous + [IdentityEngineTests.signUp] + IdentityEngineTests.after
+        return one.indices.flatMap { i in
+            visitors.map { v in
+                one[i].replacingOccurrences(of: "a-77", with: "a-\(v)").replacingOccurrences(of: "person-0005", with: "person-\(v)")
+            }
+        }
+    }
+
+    /// What a run that never failed gives each user, and how many records it routed.
+    static func reference(_ produce: (World) -> Void) -> (bodies: [String: String], routed: Int) {
+        let w = World()
+        produce(w)
+        w.feedSource()
+        w.settle()
+        var bodies: [String: String] = [:]
+        for v in 0..<visitors { bodies["person-\(v)"] = w.body("person-\(v)") }
+        return (bodies, w.repartitionRecords)
+    }
+
+    static func expectSameUsers(_ w: World, _ reference: [String: String], sourceLocation: SourceLocation = #_sourceLocation) {
+        for v in 0..<visitors {
+            #expect(w.body("person-\(v)") == reference["person-\(v)"], "person-\(v)", sourceLocation: sourceLocation)
+            #expect(w.body("a-\(v)") == nil, "a-\(v) is held as its own user", sourceLocation: sourceLocation)
+        }
+    }
+
+    /// A checkpoint whose second task's transaction fails after the first committed: the
+    /// first task's records are not written again by the next checkpoint.
+    @Test func aCheckpointThatCommitsSomeTasksWritesNoRecordTwice() {
+        let want = Self.reference { $0.produce(Self.calls(0..<Self.visitors)) }
+        let w = World()
+        w.produce(Self.calls(0..<Self.visitors))
+        w.feedSource()
+        w.store.failGroupsFrom = 1
+        #expect(!w.engine.checkpoint())
+        w.settle()
+        #expect(w.repartitionRecords == want.routed, "routed records written twice")
+        Self.expectSameUsers(w, want.bodies)
+        w.crashAndRestart()
+        w.settle()
+        Self.expectSameUsers(w, want.bodies)
+    }
+
+    /// Dead letters not written yet hold a merging task whole: none of its graph entries,
+    /// tombstones or routed records is written without the offsets that cover them. A
+    /// crash then loses nothing (a graph entry written alone made the replay skip its
+    /// link's hand-over; a hand-over's tombstone alone lost the anonymous history).
+    @Test func lateDeadLettersHoldATaskWhole() {
+        let invalid = "not json"
+        let want = Self.reference { w in
+            w.produce(Self.calls(0..<Self.visitors))
+            w.produce([invalid])
+        }
+        let letters = DeferredDeadLetters()
+        let w = World(letters: letters)
+        w.produce(Self.calls(0..<Self.visitors))
+        w.produce([invalid])
+        w.feedSource()
+        // A few rounds with the letter pending: whatever they write must survive a crash.
+        for _ in 0..<4 {
+            #expect(w.engine.checkpoint())
+            w.feedRepartition()
+        }
+        #expect(w.store.topics["g-identities"] == nil, "graph entries written without their offsets")
+        w.crashAndRestart()
+        letters.deliverAll()
+        w.settle()
+        letters.deliverAll()
+        w.settle()
+        Self.expectSameUsers(w, want.bodies)
+        #expect(w.store.lastCommit[TopicPartition("events", 0)] != nil)
+    }
+
+    /// A resync request holds its partition's offset until its users are queued; a merging
+    /// task's routed records past that offset wait with it (written, a replay from the
+    /// offset would route them again).
+    @Test func aResyncFloorHoldsTheTasksRecords() {
+        let request = #"{"foldspace_sync":"resync","all":true,"request_id":"r1"}"#
+        let first = Self.calls(0..<Self.visitors).prefix(12)
+        let rest = Self.calls(0..<Self.visitors).dropFirst(12)
+        func produce(_ w: World) {
+            w.produce(Array(first))
+            w.produce(control: request, on: 0)
+            w.produce(control: request, on: 1)
+            w.produce(Array(rest))
+        }
+        let want = Self.reference(produce)
+        let w = World()
+        produce(w)
+        w.feedSource()
+        // Before any sweep queues the resync's users: both floors hold.
+        #expect(w.engine.snapshot().resyncPendingPartitions == 2)
+        #expect(w.engine.checkpoint())
+        w.feedRepartition()
+        w.crashAndRestart()
+        w.engine.sweep()
+        w.settle()
+        Self.expectSameUsers(w, want.bodies)
+    }
+
+    /// A routed record over what the broker accepts (here a call grown by its re-encoding)
+    /// is dead-lettered and left out; it does not fail every checkpoint after it.
+    @Test func aRoutedRecordTooLargeIsDeadLetteredNotRetriedForever() throws {
+        let letters = RecordingDeadLetters()
+        let w = World(letters: letters)
+        // Over every call's record (the largest is about 116 bytes); the users' records
+        // over it are dead-lettered as states too large, as they always were.
+        w.store.maxRecordBytes = 100
+        w.produce(Self.calls(0..<Self.visitors))
+        w.feedSource()
+        w.settle()
+        let routed = letters.all.filter { $0.headers.contains { $0 == ("reason", "too-large-to-route") } }
+        #expect(!routed.isEmpty, "no routed record was dead-lettered")
+        #expect(routed.allSatisfy { $0.kind == DeadLetterKind.invalidEvent.rawValue })
+        #expect(w.engine.snapshot().deadLetters[.invalidEvent] == routed.count)
+        for q in Int32(0)..<2 {
+            #expect(w.store.lastCommit[TopicPartition("events", q)] != nil, "partition \(q)'s offsets never committed")
+            for r in w.store.topics["g-repartition"]?[q] ?? [] { #expect(r.key.count + (r.value?.count ?? 0) <= 100) }
+        }
+    }
+
+    /// A link whose identity is held under another task's partition (state written before
+    /// merging was turned on) does not move it: its tombstone would be written in that
+    /// task's transaction, apart from the merge record.
+    @Test func aHandOverTakesOnlyWhatItsTaskHolds() {
+        let w = World()
+        // a-x's owner task (by murmur2 of 2 partitions) and the other one.
+        let router = IdentityRouter(task: 0, partitions: 2)
+        let x = (0..<50).map { "a-x\($0)" }.first { router.owner($0) == 0 }!
+        let user = (0..<50).map { "person-x\($0)" }.first { router.owner($0) == 0 }!
+        // As a changelog from before merging: a-x's calls folded where they were read, on
+        // partition 1 (task 1), not at its owner's.
+        w.options.identity.merge = false
+        w.engine = SyncEngine(
+            options: w.options, deadLetters: w.letters, logger: quietLogger, clock: w.clock.engineClock,
+            links: EngineLinks(stateStore: w.store))
+        w.engine.partitionsAssigned([TopicPartition("events", 0), TopicPartition("events", 1)])
+        let page = #"{"type":"page","anonymousId":"\#(x)","timestamp":"2025-11-17T10:00:00Z"}"#
+        feedBytes(w.engine, [(TopicPartition("events", 1), 0, [], Array(page.utf8))])
+        #expect(w.engine.checkpoint())
+        w.options.identity.merge = true
+        w.engine = SyncEngine(
+            options: w.options, deadLetters: w.letters, logger: quietLogger, clock: w.clock.engineClock,
+            links: EngineLinks(stateStore: w.store))
+        w.engine.partitionsAssigned(w.all)
+        #expect(w.body(x) != nil, "the old state was not restored")
+        // The link, read at task 0 (the owner of both ids).
+        let signUp = #"{"type":"identify","userId":"\#(user)","anonymousId":"\#(x)","timestamp":"2025-11-17T10:20:00Z"}"#
+        feedBytes(w.engine, [(TopicPartition("events", 0), 0, [], Array(signUp.utf8))])
+        w.settle()
+        #expect(w.engine.snapshot().handOversRefused == 1)
+        #expect(w.body(x) != nil, "the state of another task was moved")
+        // Nothing was tombstoned in task 1's changelog partition.
+        #expect(!w.store.userRecords(1).contains { $0.key == Array(x.utf8) && $0.value == nil })
+    }
+}
