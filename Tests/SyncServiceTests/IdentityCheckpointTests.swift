@@ -196,10 +196,10 @@ import Testing
         #expect(w.store.lastCommit[TopicPartition("events", 0)] != nil)
     }
 
-    /// A resync request holds its partition's offset until its users are queued; a merging
-    /// task's routed records past that offset wait with it (written, a replay from the
-    /// offset would route them again).
-    @Test func aResyncFloorHoldsTheTasksRecords() {
+    /// With identity resolution a resync request does not hold its partition's offset (a
+    /// merging task's records past it could not be written, and a round can take hours):
+    /// the checkpoint commits past it, and a crash loses nothing of the users.
+    @Test func aResyncDoesNotHoldAMergingTasksOffsets() {
         let request = #"{"foldspace_sync":"resync","all":true,"request_id":"r1"}"#
         let first = Self.calls(0..<Self.visitors).prefix(12)
         let rest = Self.calls(0..<Self.visitors).dropFirst(12)
@@ -213,14 +213,78 @@ import Testing
         let w = World()
         produce(w)
         w.feedSource()
-        // Before any sweep queues the resync's users: both floors hold.
+        // Before any sweep queues the resync's users.
         #expect(w.engine.snapshot().resyncPendingPartitions == 2)
         #expect(w.engine.checkpoint())
+        for p in Int32(0)..<2 {
+            #expect(w.store.lastCommit[TopicPartition("events", p)] == Int64(w.source[p]?.count ?? 0), "partition \(p) held")
+        }
         w.feedRepartition()
         w.crashAndRestart()
-        w.engine.sweep()
         w.settle()
         Self.expectSameUsers(w, want.bodies)
+    }
+
+    /// A resync of all users sends users whose latest call came routed (homed on the
+    /// repartition partition) with their task's source partition: with keys by messageId
+    /// that is most of them.
+    @Test func aResyncSendsRoutedUsersToo() {
+        let w = World()
+        w.produce(Self.calls(0..<Self.visitors))
+        w.feedSource()
+        w.settle()
+        let users = w.engine.snapshot().users
+        #expect(users == Self.visitors)
+        let request = #"{"foldspace_sync":"resync","all":true,"request_id":"r2"}"#
+        w.produce(control: request, on: 0)
+        w.produce(control: request, on: 1)
+        w.feedSource()
+        w.engine.sweep()
+        #expect(w.engine.snapshot().resyncUsers == users, "users homed on a repartition partition were skipped")
+        // By ids: each listed user once, by its task.
+        let ids = #"{"foldspace_sync":"resync","ids":["person-0","person-1","person-2"],"request_id":"r3"}"#
+        w.produce(control: ids, on: 0)
+        w.produce(control: ids, on: 1)
+        w.feedSource()
+        #expect(w.engine.snapshot().resyncUsers >= users + 3)
+    }
+
+    /// A call whose identity is the control records' key is still a call once routed: the
+    /// repartition topic's records are never read as control records.
+    @Test func anIdEqualToTheControlKeyIsRoutedLikeAnyOther() {
+        let id = String(decoding: ResyncRequest.key, as: UTF8.self)
+        let calls = Self.calls(0..<Self.visitors).map { $0.replacingOccurrences(of: "\"a-3\"", with: "\"\(id)\"") }
+        let want = Self.reference { $0.produce(Self.calls(0..<Self.visitors)) }
+        let w = World()
+        w.produce(calls)
+        w.feedSource()
+        w.settle()
+        #expect(w.body("person-3") == want.bodies["person-3"])
+        #expect(w.body(id) == nil)
+        #expect(w.engine.snapshot().invalid.isEmpty, "\(w.engine.snapshot().invalid)")
+    }
+
+    /// A hand-over whose merge record would be over the broker's limit does not happen:
+    /// the identity keeps its state (dropped with the record, its tombstone committed, its
+    /// history would be lost).
+    @Test func aHandOverTooLargeToMoveKeepsTheState() {
+        let w = World()
+        let router = IdentityRouter(task: 0, partitions: 2)
+        let anon = (0..<50).map { "a-big\($0)" }.first { router.owner($0) == 0 }!
+        let user = (0..<50).map { "person-big\($0)" }.first { router.owner($0) == 1 }!
+        // Twenty products make the anonymous state large; each call stays small.
+        var calls = (0..<20).map { i in
+            #"{"type":"track","event":"Viewed","anonymousId":"\#(anon)","timestamp":"2025-11-17T10:\#(10 + i):00Z","context":{"product":{"product":"PRODUCT-CODE-\#(100 + i)","environment":1}}}"#
+        }
+        calls.append(#"{"type":"identify","userId":"\#(user)","anonymousId":"\#(anon)","timestamp":"2025-11-17T11:00:00Z"}"#)
+        w.store.maxRecordBytes = 300
+        w.produce(calls)
+        w.feedSource()
+        w.settle()
+        #expect(w.engine.snapshot().handOversRefused == 1)
+        #expect(w.body(anon) != nil, "the anonymous state was dropped")
+        #expect(w.body(user) != nil)
+        for p in Int32(0)..<2 { #expect(!w.store.userRecords(p).contains { $0.key == Array(anon.utf8) && $0.value == nil }) }
     }
 
     /// A routed record over what the broker accepts (here a call grown by its re-encoding)

@@ -23,6 +23,7 @@ import Testing
         o.burst = 1_000
         o.fold.sendNumberOfVisits = true
         o.fold.keyEvents = [.init(name: "Report Built", weight: 10, cap: 1_000)]
+        o.drainTimeoutMs = 100  // a revocation does not wait for users nobody sends here
         o.identity.merge = true
         o.identity.partitions = partitions
         o.identity.repartitionTopic = "g-repartition"
@@ -119,6 +120,16 @@ import Testing
             #expect(body(e, "a-\(v)") == nil, "a-\(v) is still held")
         }
         #expect(e.snapshot().users == visitors)
+        // In /metrics: a link per visitor, one linked id each; kept when the tasks go.
+        let s = e.snapshot()
+        #expect(s.identity.links == UInt64(visitors))
+        #expect(s.linkedPerUser.count == visitors && s.linkedPerUser.sum == Double(visitors))
+        let text = MetricsText.render(s, lag: [])
+        #expect(text.contains("foldspace_sync_identity_links_total \(visitors)\n"))
+        #expect(text.contains("foldspace_sync_identity_linked_per_user_bucket{le=\"1\"} \(visitors)\n"))
+        #expect(text.contains("foldspace_sync_identity_merged_total \(visitors)\n"))
+        e.partitionsRevoked((0..<2).flatMap { [TopicPartition("events", $0), TopicPartition("g-repartition", $0)] })
+        #expect(e.snapshot().identity.links == UInt64(visitors), "the counter went back when the tasks were revoked")
     }
 }
 

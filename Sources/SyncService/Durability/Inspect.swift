@@ -21,7 +21,16 @@ public enum Inspect {
         let admin = KafkaClientConfig(try config.resolvedKafkaProperties()).withoutConsumerProperties
         let topic = config.effectiveStateTopic
         let partitions = try KafkaAdmin.partitionCount(config: admin, topic: topic)
-        let wanted = Set(ids)
+        // Identity resolution (docs/identity.md): an id linked to a user is shown with that
+        // user's state, where its history now is.
+        var graph: [String: IdentityEntry] = [:]
+        let identitiesTopic = IdentityTopics.identities(group: config.group)
+        if config.engine.identity.merge, let n = try? KafkaAdmin.partitionCount(config: admin, topic: identitiesTopic) {
+            let records = try PartitionReader(config: admin).read(topic: identitiesTopic, partitions: Array(0..<Int32(n)))
+            graph = IdentityView.graph(records.values.map(\.records))
+        }
+        let views = ids.map { IdentityView(id: $0, graph: graph) }
+        let wanted = Set(ids + views.map(\.canonical))
         var latest: [String: (partition: Int32, value: [UInt8]?)] = [:]
         // Every partition at once, on one client (as restores read).
         let all = try PartitionReader(config: admin).read(topic: topic, partitions: Array(0..<Int32(partitions)))
@@ -39,8 +48,12 @@ public enum Inspect {
         }
         let projector = Projector(config: config.engine.fold)
         var out: [[String: Any]] = []
-        for id in ids {
-            var o: [String: Any] = ["identifyId": id, "stateTopic": topic]
+        for (asked, view) in zip(ids, views) {
+            var o: [String: Any] = ["identifyId": asked, "stateTopic": topic]
+            if config.engine.identity.merge { o["identity"] = view.json }
+            // The state is the canonical identity's: a linked id's was merged into it.
+            let id = view.canonical
+            if id != asked { o["stateOf"] = id }
             guard let found = latest[id] else {
                 o["found"] = false
                 out.append(o)
@@ -93,5 +106,59 @@ public enum Inspect {
         }
         let data = try JSONSerialization.data(withJSONObject: out, options: [.prettyPrinted, .sortedKeys])
         return String(decoding: data, as: UTF8.self)
+    }
+}
+
+/// What `inspect` says of an identity under identity resolution: the identity it ends at
+/// (following its links, as calls do), the link that took it there, and the identities
+/// linked into that one.
+struct IdentityView {
+    var id: String
+    var canonical: String
+    /// The first hop: where `id` was linked, and when.
+    var linkedTo: IdentityLink?
+    var linkedIds: [String]
+    /// The links went round (two racing aliases): the last identity before the repeat.
+    var cycle = false
+
+    init(id: String, graph: [String: IdentityEntry]) {
+        self.id = id
+        linkedTo = graph[id]?.linkedTo
+        var c = id
+        var seen: Set<String> = [id]
+        for _ in 0..<Int(IdentityRouter.maxHops) {
+            guard let next = graph[c]?.linkedTo?.identity else { break }
+            if !seen.insert(next).inserted {
+                cycle = true
+                break
+            }
+            c = next
+        }
+        canonical = c
+        linkedIds = graph[c]?.linked ?? []
+    }
+
+    var json: [String: Any] {
+        var o: [String: Any] = ["canonicalId": canonical, "linkedIds": linkedIds]
+        if let l = linkedTo { o["linkedTo"] = ["identifyId": l.identity, "time": l.timeMs] as [String: Any] }
+        if cycle { o["cycle"] = true }
+        return o
+    }
+
+    /// The latest entry of each identity in `<group>-identities`' records (a tombstone
+    /// removes it; a record that does not decode is skipped).
+    static func graph(_ partitions: [[(key: [UInt8], value: [UInt8]?)]]) -> [String: IdentityEntry] {
+        var out: [String: IdentityEntry] = [:]
+        for records in partitions {
+            for r in records {
+                guard let id = try? IdentityCodec.identity(key: r.key) else { continue }
+                if let v = r.value {
+                    if let e = try? IdentityCodec.decode(v) { out[id] = e }
+                } else {
+                    out[id] = nil
+                }
+            }
+        }
+        return out
     }
 }

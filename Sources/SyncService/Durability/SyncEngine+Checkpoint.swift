@@ -46,10 +46,9 @@ extension SyncEngine {
         // back when the checkpoint fails).
         var identity: [Int: TaskExtras] = [:]
         // Merging tasks written whole or not at all, and only with the offsets that cover
-        // them: a hand-over's tombstone without its merge record, a graph entry without its
-        // link request, or routed records past the committed offset (a replay routes them
-        // again) would lose or double what they carry. A task held here waits, whole, for
-        // a later checkpoint.
+        // them: a hand-over's tombstone without its merge record, or a graph entry without
+        // its link request, would lose what they carry. A task held here (its dead letters
+        // not written yet) waits, whole, for a later checkpoint.
         var held: Set<Int> = []
         let merging = options.identity.merge
         lock.withLock {
@@ -104,12 +103,12 @@ extension SyncEngine {
                 for key in tombstoneKeys where users[key] == nil {
                     tombstones.append((statePartitions[Int(p)], key, p))
                 }
-                // Not past a resync that has not queued every user yet.
+                // Not past a resync that has not queued every user yet. Except with identity
+                // resolution: the task's records past that offset could not be written (a
+                // replay would route them again), and a round can take hours; a resync
+                // interrupted by a crash or a rebalance is not resumed (docs/operations.md).
                 if var pos = offsets.consumedPosition(p) {
-                    if let floor = resyncFloor(p), floor < pos {
-                        pos = floor
-                        if merging { held.insert(groups.count - 1) }
-                    }
+                    if !merging, let floor = resyncFloor(p) { pos = min(pos, floor) }
                     guard pos > (lastCommitted[p] ?? -1) else { continue }
                     commit[partitionsByIndex[Int(p)]] = pos
                     positions.append((groups.count - 1, p, pos))

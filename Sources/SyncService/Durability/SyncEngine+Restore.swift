@@ -327,7 +327,7 @@ extension SyncEngine {
             var released = [tp]
             if merging {
                 // The task's graph, and its repartition partition, held until now.
-                routers[tp.partition] = nil
+                retireRouter(tp.partition)
                 withRouter(tp.partition) { r in for g in graph { r.load(g.id, g.entry) } }
                 if let topic = options.identity.repartitionTopic {
                     let rtp = TopicPartition(topic, tp.partition)

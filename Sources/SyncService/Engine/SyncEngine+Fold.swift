@@ -41,14 +41,16 @@ extension SyncEngine {
                         origins[c].removeAll(keepingCapacity: true)
                         for i in (c * Self.decodeChunk)..<min(batch.count, (c + 1) * Self.decodeChunk) {
                             let before = calls[c].count
-                            if ResyncRequest.isControl(key: batch[i].key) {
-                                calls[c].append(.ignored(Self.controlMarker))
+                            // A routed record: read on the poll thread, in order (docs/identity.md).
+                            // First: its key is an identity, which a client may have made
+                            // equal to the control records' key.
+                            if let repartitionTopic, batch[i].topicPartition.topic == repartitionTopic {
+                                calls[c].append(.ignored(Self.routedMarker))
                                 origins[c].append(Int32(truncatingIfNeeded: i))
                                 continue
                             }
-                            // A routed record: read on the poll thread, in order (docs/identity.md).
-                            if let repartitionTopic, batch[i].topicPartition.topic == repartitionTopic {
-                                calls[c].append(.ignored(Self.routedMarker))
+                            if ResyncRequest.isControl(key: batch[i].key) {
+                                calls[c].append(.ignored(Self.controlMarker))
                                 origins[c].append(Int32(truncatingIfNeeded: i))
                                 continue
                             }

@@ -20,6 +20,11 @@ extension SyncEngine {
         return body(&routers[task]!)
     }
 
+    /// Lets task `task`'s router go (revoked, or replaced by a restored one), its counts kept.
+    func retireRouter(_ task: Int32) {
+        if let r = routers.removeValue(forKey: task) { retiredIdentity.add(r) }
+    }
+
     /// Steps 1 to 3 for call `j` of the chunk, read from its task's source partition: the
     /// identity it folds into here, or its record for another task (buffered).
     func routeCall(
@@ -140,6 +145,23 @@ extension SyncEngine {
                 stats.handOversRefused += 1
                 continue
             }
+            let step = withRouter(h.task, { $0.route(target: h.into, hops: 0) })
+            var merge: RepartitionRecord?
+            if case .forward(_, let target, let hops) = step {
+                // A merge record the broker would refuse stays unsent: the identity keeps its
+                // state here (its tombstone would commit without the record, and its history
+                // would be lost).
+                let record = RepartitionRecord.merge(from: h.linked, into: target, state: taken.state, hops: hops)
+                let (k, v) = record.encode()
+                if let limit = stateStore?.maxRecordBytes, k.count + v.count > limit {
+                    stats.handOversRefused += 1
+                    logger.warning(
+                        "a linked identity's state is too large to move to its user's task; it stays a user of its own",
+                        metadata: ["task": .stringConvertible(h.task), "bytes": .stringConvertible(k.count + v.count)])
+                    continue
+                }
+                merge = record
+            }
             users[h.linked] = nil
             // A rejected body's dead letter still to be written: the identity is gone.
             pendingUserLetters[h.linked] = nil
@@ -148,9 +170,9 @@ extension SyncEngine {
             if taken.delivery.isDirty { dirty.cleared(since: taken.delivery.dirtySinceMs) }
             if options.durable { pendingTombstones[taken.home, default: []].append(h.linked) }
             stats.identitiesMerged += 1
-            switch withRouter(h.task, { $0.route(target: h.into, hops: 0) }) {
-            case .forward(let q, let target, let hops):
-                outbound[h.task, default: []].append((q, .merge(from: h.linked, into: target, state: taken.state, hops: hops)))
+            switch step {
+            case .forward(let q, _, _):
+                if let merge { outbound[h.task, default: []].append((q, merge)) }
             case .fold(let c):
                 mergeState(taken.state, into: c, home: h.home, position: nil, nowMono: nowMono)
             }

@@ -172,7 +172,7 @@ extension SyncEngine {
                 // restores the graph, and reads again what was not committed (records kept
                 // here would be written later, when the task may be someone else's).
                 for tp in partitions where tp.topic != options.identity.repartitionTopic {
-                    routers[tp.partition] = nil
+                    retireRouter(tp.partition)
                     outbound[tp.partition] = nil
                 }
             }

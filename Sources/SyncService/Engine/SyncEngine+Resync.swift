@@ -33,7 +33,9 @@ extension SyncEngine {
                 // Each partition's owner reads the same list: the owner of a partition the
                 // user's events came from sends it.
                 users.modify(id) { e in
-                    guard e.home == p || e.state.appliedPosition(source: sourceIds[Int(p)]) != nil else { return }
+                    guard e.home == p || sameTask(e.home, p) || e.state.appliedPosition(source: sourceIds[Int(p)]) != nil else {
+                        return
+                    }
                     markForResync(&e, partition: p, offset: m.offset, nowMono: nowMono)
                     queued += 1
                 }
@@ -95,8 +97,10 @@ extension SyncEngine {
         guard budget > 0 else { return }
         let round = resyncRound
         resyncCursor = users.scanModifying(from: resyncCursor, limit: max(1, slots)) { e in
-            guard let offset = round[e.home] else { return true }
-            markForResync(&e, partition: e.home, offset: offset, nowMono: nowMono)
+            // A user whose latest call came routed (identity resolution) is its task's.
+            let p = round[e.home] != nil ? e.home : taskSource(e.home)
+            guard let p, let offset = round[p] else { return true }
+            markForResync(&e, partition: p, offset: offset, nowMono: nowMono)
             budget -= 1
             return budget > 0
         }
@@ -140,5 +144,22 @@ extension SyncEngine {
         }
         countResyncPending()
         return floors
+    }
+}
+
+extension SyncEngine {
+    /// Identity resolution: whether two partitions are of one task (a source partition and
+    /// the repartition partition of its number). Called with the lock held.
+    func sameTask(_ a: OffsetTracker.PartitionIndex, _ b: OffsetTracker.PartitionIndex) -> Bool {
+        options.identity.merge && partitionsByIndex[Int(a)].partition == partitionsByIndex[Int(b)].partition
+            && isRepartition(a) != isRepartition(b)
+    }
+
+    /// Identity resolution: the source partition of the task a repartition partition is
+    /// part of, if assigned here. Called with the lock held.
+    func taskSource(_ r: OffsetTracker.PartitionIndex) -> OffsetTracker.PartitionIndex? {
+        guard options.identity.merge, isRepartition(r) else { return nil }
+        let n = partitionsByIndex[Int(r)].partition
+        return assigned.first { partitionsByIndex[Int($0)].partition == n && !isRepartition($0) }
     }
 }

@@ -137,6 +137,8 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     // Identity resolution (``EngineOptions/identity``, docs/identity.md).
     /// Each task's router, by task (partition number), made at the task's first call.
     var routers: [Int32: IdentityRouter] = [:]
+    /// The counts of routers let go (their task revoked): the metrics are counters.
+    var retiredIdentity = IdentityCounters()
     /// Calls of the chunk being folded whose canonical identity is another than their own:
     /// by index in the chunk, the identity they are folded into.
     var reroutedScratch: [Int: String] = [:]

@@ -10,8 +10,13 @@ public struct EngineStats: Sendable {
     public var forwarded = 0
     public var identitiesMerged = 0
     /// Links whose identity's state was not moved: it is homed on another task's
-    /// partitions (written before `identity.merge` was turned on; docs/identity.md).
+    /// partitions (written before `identity.merge` was turned on; docs/identity.md), or
+    /// its merge record would be over the broker's message limit.
     public var handOversRefused = 0
+    /// The graph's decisions, summed over the tasks this instance holds and has held.
+    public var identity = IdentityCounters()
+    /// Identities linked into each user of the graphs held now (users with at least one).
+    public var linkedPerUser = Histogram(bounds: [1, 2, 3, 5, 10, 20, 50, 100, 900])
     /// Bodies of anonymous identities not sent (`identity.send_anonymous: false`).
     public var anonymousHeldBack = 0
     public var ignored = 0
@@ -85,4 +90,29 @@ public struct EngineStats: Sendable {
     public var invalidTotal: Int { invalid.values.reduce(0, +) }
     /// Every request sent: answered (any status) or not.
     public var requestTotal: Int { requests.values.reduce(0, +) + requestErrors.values.reduce(0, +) }
+}
+
+/// Identity resolution's counters (docs/identity.md): what the graphs of every task decided.
+public struct IdentityCounters: Sendable, Equatable {
+    /// Identities linked to a user.
+    public var links: UInt64 = 0
+    /// Links refused: the identity was linked to another user first (a shared device).
+    public var conflicts: UInt64 = 0
+    /// Second ids not linked: their user had `identity.max_linked` already.
+    public var capReached: UInt64 = 0
+    /// Links refused as a cycle (two aliases racing in opposite directions).
+    public var cycles: UInt64 = 0
+    /// Calls, link requests or merge records stopped after 16 forwards.
+    public var hopLimitReached: UInt64 = 0
+
+    public init() {}
+
+    mutating func add(_ r: IdentityRouter) {
+        let c = r.graph.counts
+        links &+= c.links
+        conflicts &+= c.conflicts
+        capReached &+= c.capReached
+        cycles &+= c.cycles
+        hopLimitReached &+= r.hopLimitReached
+    }
 }

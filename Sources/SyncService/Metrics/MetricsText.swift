@@ -94,6 +94,34 @@ public enum MetricsText {
             let parts = k.split(separator: "|")
             sample("foldspace_sync_adjustments_total", [("field", String(parts[0])), ("action", String(parts.last ?? ""))], String(n))
         }
+        // Identity resolution (docs/identity.md).
+        let id = s.identity
+        for (name, help, value) in [
+            ("links", "Identities linked to a user: their calls and state count at that user.", id.links),
+            ("conflicts", "Links refused because the identity was linked to another user first (a shared device).", id.conflicts),
+            ("cap_reached", "Second ids not linked because their user had identity.max_linked already.", id.capReached),
+            ("cycles", "Links refused as a cycle (two aliases racing in opposite directions).", id.cycles),
+            ("hop_limit", "Routed calls, link requests or merge records stopped after 16 forwards.", id.hopLimitReached),
+            ("forwarded", "Calls sent on to the task that owns their identity, through the repartition topic.", UInt64(s.forwarded)),
+            ("merged", "Identities whose state was merged into the user they were linked to.", UInt64(s.identitiesMerged)),
+            (
+                "hand_overs_refused",
+                "Links whose identity's state stayed where it was: held by another task (written before identity.merge), or too large to move.",
+                UInt64(s.handOversRefused)
+            ),
+            ("anonymous_held_back", "Bodies of anonymous identities not sent (identity.send_anonymous: false).", UInt64(s.anonymousHeldBack)),
+        ] {
+            single("foldspace_sync_identity_\(name)_total", "counter", help, String(value))
+        }
+        family(
+            "foldspace_sync_identity_linked_per_user", "histogram",
+            "Identities linked into each user of the graphs this instance holds now (users with at least one link).")
+        for (i, b) in s.linkedPerUser.bounds.enumerated() {
+            sample("foldspace_sync_identity_linked_per_user_bucket", [("le", String(Int(b)))], String(s.linkedPerUser.counts[i]))
+        }
+        sample("foldspace_sync_identity_linked_per_user_bucket", [("le", "+Inf")], String(s.linkedPerUser.count))
+        sample("foldspace_sync_identity_linked_per_user_sum", [], String(Int(s.linkedPerUser.sum)))
+        sample("foldspace_sync_identity_linked_per_user_count", [], String(s.linkedPerUser.count))
         family(
             "foldspace_sync_checkpoints_total", "counter",
             "Durable state: checkpoints, by result (a failed one commits nothing and is retried).")

@@ -31,6 +31,14 @@ extension SyncEngine {
             // fine). An open breaker is foldspace_sync_breaker_open and an alert, not
             // unreadiness: that would block drains and hide the metrics that fire it.
             s.ready = hasBeenAssigned && restoringGeneration.isEmpty
+            if options.identity.merge {
+                // A walk over the graphs' entries (identities with links, not every user).
+                s.identity = retiredIdentity
+                for r in routers.values {
+                    s.identity.add(r)
+                    for n in r.graph.linkedCounts { s.linkedPerUser.observe(Double(n)) }
+                }
+            }
             return s
         }
     }
