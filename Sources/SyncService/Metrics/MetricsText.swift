@@ -106,10 +106,14 @@ public enum MetricsText {
             ("merged", "Identities whose state was merged into the user they were linked to.", UInt64(s.identitiesMerged)),
             (
                 "hand_overs_refused",
-                "Links whose identity's state stayed where it was: held by another task (written before identity.merge), or too large to move.",
+                "Links whose identity's state stayed where it was: held by another task (written before identity.merge), "
+                    + "or too large to move.",
                 UInt64(s.handOversRefused)
             ),
-            ("anonymous_held_back", "Bodies of anonymous identities not sent (identity.send_anonymous: false).", UInt64(s.anonymousHeldBack)),
+            (
+                "anonymous_held_back", "Bodies of anonymous identities not sent (identity.send_anonymous: false).",
+                UInt64(s.anonymousHeldBack)
+            ),
         ] {
             single("foldspace_sync_identity_\(name)_total", "counter", help, String(value))
         }
