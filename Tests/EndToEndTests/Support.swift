@@ -149,14 +149,20 @@ func runKcat(_ args: [String], input: Data? = nil, check: Bool = true, env: [Str
     return out
 }
 
-/// Produces `key<TAB>value` lines with kcat (zstd), as an outside producer.
-func kcatProduce(bootstrap: String, topic: String, _ messages: [(key: String, value: String)]) throws {
+/// Produces `key<TAB>value` lines with kcat (zstd), as an outside producer; with
+/// `partitioner` (a librdkafka partitioner, e.g. `murmur2_random` as the Java client
+/// places keys) instead of librdkafka's default.
+func kcatProduce(
+    bootstrap: String, topic: String, _ messages: [(key: String, value: String)], partitioner: String? = nil
+) throws {
     var data = Data()
     for m in messages {
         precondition(!m.key.contains("\t") && !m.key.contains("\n") && !m.value.contains("\n"))
         data.append(Data("\(m.key)\t\(m.value)\n".utf8))
     }
-    try runKcat(["-P", "-b", bootstrap, "-t", topic, "-K", "\t", "-z", "zstd", "-X", "log_level=3"], input: data)
+    var args = ["-P", "-b", bootstrap, "-t", topic, "-K", "\t", "-z", "zstd", "-X", "log_level=3"]
+    if let partitioner { args += ["-X", "topic.partitioner=\(partitioner)"] }
+    try runKcat(args, input: data)
 }
 
 /// Produces raw values (no key) with kcat, zstd; values must not contain a newline.

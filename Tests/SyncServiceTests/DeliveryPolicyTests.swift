@@ -71,9 +71,13 @@ func expectNoReordering(_ requests: [FoldspaceSandbox.Received], sourceLocation:
         let missing = requests.filter { $0.identifyId == "missing" }.map(\.status)
         #expect(missing == [404] || missing == [404, 404], "\(missing)")
         expectNoReordering(requests)
-        // Nothing arrives inside the Retry-After window (the 429 is client-wide).
+        // Nothing arrives inside the Retry-After window (the 429 is client-wide). Requests
+        // sent before the 429 came back may arrive after it: at the start all users are due
+        // at once and their connections are still being opened; on a loaded machine (a full
+        // test run) six of them arrived over 50 ms after the 429, within 5 ms of each other (a
+        // stalled event loop), so they get 250 ms.
         for r in requests where r.status == 429 {
-            let inside = requests.filter { $0.arrivedMs > r.arrivedMs + 50 && $0.arrivedMs < r.arrivedMs + 2_000 }
+            let inside = requests.filter { $0.arrivedMs > r.arrivedMs + 250 && $0.arrivedMs < r.arrivedMs + 2_000 }
             #expect(inside.isEmpty, "\(inside.count) requests inside the Retry-After window")
         }
         try await Task.sleep(for: .seconds(1))

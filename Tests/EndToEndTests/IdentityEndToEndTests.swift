@@ -1,0 +1,207 @@
+import Foundation
+import Simulation
+import Testing
+
+/// Visitors who browse anonymously and then sign up (`identify` with both ids, or
+/// `alias`), the link produced before or after their anonymous calls, shaped as Segment's
+/// analytics.js sends them; and the reference each user's last delivered body must match:
+/// the fold of the union of both identities' calls, computed here without the daemon's
+/// code. Every call counts a visit by its time (30 min gap); "Step" tracks are counted
+/// through ``VisitReference``'s PQL model, so a call counted twice moves the score.
+struct IdentityScenario {
+    let visitors: Int
+    let tag: String
+    let base = Int64(Date().timeIntervalSince1970 * 1000) - 5 * 86_400_000
+    /// Each visitor's calls in the order they are produced.
+    private(set) var calls: [[(identity: String, json: String)]] = []
+    private(set) var times: [String: [Int64]] = [:]
+    private(set) var steps: [String: Int] = [:]
+    /// The earliest call time of each user: its anonymous phase.
+    private(set) var firstAnonymous: [String: Int64] = [:]
+
+    func anonymousId(_ v: Int) -> String { "anon-\(tag)-\(v)" }
+    func userId(_ v: Int) -> String { "user-\(tag)-\(v)" }
+
+    init(visitors: Int, tag: String) {
+        self.visitors = visitors
+        self.tag = tag
+        for v in 0..<visitors { calls.append(build(v)) }
+    }
+
+    private mutating func build(_ v: Int) -> [(identity: String, json: String)] {
+        let anon = anonymousId(v)
+        let user = userId(v)
+        let t0 = base + Int64(v) * 1_000
+        func call(_ type: String, _ t: Int64, userId: String?, anonymousId: String?, extra: String = "") -> String {
+            var ids = ""
+            if let userId { ids += #""userId":"\#(userId)","# }
+            if let anonymousId { ids += #""anonymousId":"\#(anonymousId)","# }
+            let iso = iso8601(t)
+            return
+                #"{"type":"\#(type)",\#(ids)"messageId":"ajs-\#(UUID().uuidString.lowercased())","timestamp":"\#(iso)","originalTimestamp":"\#(iso)","sentAt":"\#(iso8601(t + 40))","context":{"library":{"name":"analytics.js","version":"5.2.0"},"page":{"path":"/pricing","url":"https://example.com/pricing"},"userAgent":"Mozilla/5.0"}\#(extra)}"#
+        }
+        var anonymous: [(String, String)] = []
+        // Three visits on three days, two calls the first day (one visit), a Step on the last.
+        for (k, dt) in [0, 12 * 60_000, 26 * 3_600_000, 50 * 3_600_000].enumerated() {
+            let t = t0 + Int64(dt)
+            let step = k == 3
+            anonymous.append(
+                (
+                    anon,
+                    step
+                        ? call("track", t, userId: nil, anonymousId: anon, extra: #","event":"Step","properties":{"plan":"trial"}"#)
+                        : call("page", t, userId: nil, anonymousId: anon, extra: #","name":"Pricing","properties":{"path":"/pricing"}"#)
+                ))
+            times[user, default: []].append(t)
+            if step { steps[user, default: 0] += 1 }
+        }
+        firstAnonymous[user] = t0
+        // The sign-up, 15 min after the last anonymous call: an identify with both ids, or
+        // an alias naming the anonymous id.
+        let signUp = t0 + 50 * 3_600_000 + 15 * 60_000
+        let link =
+            v % 2 == 0
+            ? call(
+                "identify", signUp, userId: user, anonymousId: anon,
+                extra: #","traits":{"email":"\#(user)@example.com","createdAt":"\#(iso8601(signUp))"}"#)
+            : call("alias", signUp, userId: user, anonymousId: nil, extra: #","previousId":"\#(anon)""#)
+        times[user, default: []].append(signUp)
+        // Then the user's own calls: a Step in the same visit (with the anonymous id too, as
+        // analytics.js keeps sending it), a Step and a page the next day.
+        var known: [(String, String)] = []
+        for (k, dt) in [20 * 60_000, 20 * 3_600_000, 20 * 3_600_000 + 5 * 60_000].enumerated() {
+            let t = signUp + Int64(dt)
+            let step = k < 2
+            known.append(
+                (
+                    user,
+                    step
+                        ? call("track", t, userId: user, anonymousId: k == 0 ? anon : nil, extra: #","event":"Step""#)
+                        : call("page", t, userId: user, anonymousId: nil, extra: #","name":"Reports""#)
+                ))
+            times[user, default: []].append(t)
+            if step { steps[user, default: 0] += 1 }
+        }
+        // A third of the visitors are linked before their anonymous calls are produced.
+        return v % 3 == 0 ? [(user, link)] + anonymous + known : anonymous + [(user, link)] + known
+    }
+
+    /// Every call, interleaved by visitor (each visitor's own order kept), keyed by its
+    /// identity (userId, else anonymousId) or by a messageId.
+    func messages(byMessageId: Bool) -> [(key: String, value: String)] {
+        var out: [(key: String, value: String)] = []
+        let longest = calls.map(\.count).max() ?? 0
+        for i in 0..<longest {
+            for c in calls where i < c.count {
+                out.append((byMessageId ? "m-\(UUID().uuidString)" : c[i].identity, c[i].json))
+            }
+        }
+        return out
+    }
+
+    func expected(_ user: String) -> (visits: Int, first: Int64, last: Int64, steps: Int) {
+        let sorted = (times[user] ?? []).sorted()
+        var visits = sorted.isEmpty ? 0 : 1
+        for (a, b) in zip(sorted, sorted.dropFirst()) where b - a > 30 * 60_000 { visits += 1 }
+        return (visits, sorted.first ?? 0, sorted.last ?? 0, steps[user] ?? 0)
+    }
+
+    /// What differs between each user's last acknowledged body and the reference, and
+    /// requests for an anonymous identity that arrived after its link had committed: after
+    /// its user's body held the anonymous history and a checkpoint interval more
+    /// (`settleMs`). Unless an instance was killed in that window (`killedAtMs`): the merge
+    /// it sent may not have been committed, and the survivor folds it again.
+    func mismatches(_ sandbox: FoldspaceSandbox, settleMs: Int64 = 1_500, killedAtMs: Int64? = nil) -> [String] {
+        let requests = sandbox.requests
+        var latest: [String: FoldspaceSandbox.Received] = [:]
+        for r in requests where (200..<300).contains(r.status) { latest[r.identifyId] = r }
+        var out: [String] = []
+        for v in 0..<visitors {
+            let user = userId(v)
+            let want = expected(user)
+            guard let body = latest[user]?.json else {
+                out.append("\(user): never delivered")
+                continue
+            }
+            if body["numberOfVisits"] as? Int != want.visits {
+                out.append("\(user): numberOfVisits \(String(describing: body["numberOfVisits"])), expected \(want.visits)")
+            }
+            if body["firstVisitDate"] as? Int64 != want.first {
+                out.append("\(user): firstVisitDate \(String(describing: body["firstVisitDate"])), expected \(want.first)")
+            }
+            if body["lastSeenDate"] as? Int64 != want.last { out.append("\(user): lastSeenDate differs") }
+            if body["userType"] as? String != "USER" { out.append("\(user): userType \(String(describing: body["userType"]))") }
+            let score = (body["pqlScore"] as? NSNumber)?.doubleValue ?? -1
+            if VisitReference.steps(fromScore: score) != want.steps {
+                out.append(
+                    "\(user): pqlScore \(score) counts \(VisitReference.steps(fromScore: score)) Step events, expected \(want.steps)")
+            }
+            // The first acknowledged body of the user with the anonymous history in it.
+            let merged = requests.first {
+                $0.identifyId == user && (200..<300).contains($0.status) && $0.json?["firstVisitDate"] as? Int64 == want.first
+            }
+            if let merged, killedAtMs.map({ !(merged.respondedMs...(merged.respondedMs + settleMs)).contains($0) }) ?? true {
+                let anon = anonymousId(v)
+                let late = requests.filter { $0.identifyId == anon && $0.arrivedMs > merged.respondedMs + settleMs }
+                if !late.isEmpty { out.append("\(anon): \(late.count) requests after \(user) held its history") }
+            }
+        }
+        return out
+    }
+}
+
+/// Identity resolution from outside (docs/identity.md): two instances of the binary in one
+/// group on the mock cluster, the visitors' calls keyed by identity and by messageId, one
+/// instance killed with SIGKILL mid-stream. Each user's last acknowledged body equals the
+/// fold of the union of its identities' calls.
+@Suite(.serialized) struct IdentityEndToEndTests {
+    let apiKey = "identity-key"
+
+    func start(_ kafka: MockKafkaProcess, _ sandbox: FoldspaceSandbox, group: String) throws -> Child {
+        try Child(
+            [
+                "run", "--brokers", kafka.bootstrap, "--topic", "events", "--group", group,
+                "--foldspace-url", sandbox.baseURL, "--debounce", "200ms", "--max-wait", "1s",
+                "--admin-listen", "127.0.0.1:0",
+            ],
+            env: [
+                "FOLDSPACE_API_KEY": apiKey, "FOLDSPACE_SYNC_SEND_NUMBER_OF_VISITS": "true",
+                "FOLDSPACE_SYNC_IDENTITY_MERGE": "true",
+                "FOLDSPACE_SYNC_COMMIT_INTERVAL": "300ms", "FOLDSPACE_SYNC_SHUTDOWN_TIMEOUT": "10s",
+                "FOLDSPACE_SYNC_KAFKA_PROPERTIES": "session.timeout.ms=6000,heartbeat.interval.ms=500",
+            ]
+            .merging(VisitReference.pqlEnvironment) { a, _ in a })
+    }
+
+    @Test(arguments: [false, true])
+    func anonymousVisitorsWhoSignUpEndAsOneUserEach(byMessageId: Bool) async throws {
+        let group = "ident-\(UUID().uuidString.prefix(6))"
+        let kafka = try await MockKafkaProcess(
+            topics: ["events:4", "\(group)-state:4", "\(group)-repartition:4", "\(group)-identities:4"])
+        defer { Task { await kafka.stop() } }
+        let sandbox = FoldspaceSandbox(apiKeys: [apiKey])
+        try await sandbox.start()
+        let s = IdentityScenario(visitors: 24, tag: byMessageId ? "m" : "k")
+        let messages = s.messages(byMessageId: byMessageId)
+        let a = try start(kafka, sandbox, group: group)
+        let b = try start(kafka, sandbox, group: group)
+        #expect(await waitUntil(.seconds(40)) { a.stderr.contains("partitions assigned") && b.stderr.contains("partitions assigned") })
+        // Keys by identity as the Java client places them (murmur2): no call needs routing
+        // unless a link moves it.
+        let half = messages.count / 2
+        try kcatProduce(bootstrap: kafka.bootstrap, topic: "events", Array(messages[..<half]), partitioner: "murmur2_random")
+        #expect(await waitUntil(.seconds(60)) { sandbox.latestAcknowledged().count >= s.visitors / 2 })
+        // One instance dies mid-stream; the survivor takes its tasks over from their
+        // last checkpoints, graph and repartition offsets included.
+        let killedAt = Int64(Date().timeIntervalSince1970 * 1000)
+        a.signal(SIGKILL)
+        _ = await a.wait(timeout: .seconds(10))
+        try kcatProduce(bootstrap: kafka.bootstrap, topic: "events", Array(messages[half...]), partitioner: "murmur2_random")
+        let done = await waitUntil(.seconds(90)) { s.mismatches(sandbox, killedAtMs: killedAt).isEmpty }
+        #expect(done, "\(s.mismatches(sandbox, killedAtMs: killedAt).prefix(8)) \(b.stderr.suffix(1500))")
+        #expect(sandbox.violationCount == 0)
+        b.signal(SIGTERM)
+        #expect(await b.wait(timeout: .seconds(30)) == 0)
+        await sandbox.stop()
+    }
+}
