@@ -95,7 +95,7 @@ let package = Package(
         .executableTarget(
             name: "foldspace-sync",
             dependencies: [
-                "SyncService", "Kafka", "FoldspaceAPI", "Simulation",
+                "SyncService", "Kafka", "FoldspaceAPI", "Simulation", "Events",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
