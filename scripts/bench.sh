@@ -94,6 +94,13 @@ for round in $(seq "$ROUNDS"); do
     echo "midkcat_messages=$midkcat_n" >> "$out/rounds"
     "$BIN/foldspace-bench" binary --bin "$BIN/foldspace-sync" --brokers "$B" --topic bench-mid --expect "$EVENTS" \
       | sed 's/^binary_/midbinary_/' >> "$out/rounds"
+    # Identity resolution on (identity.merge): keys by messageId route most calls through
+    # <group>-repartition; keys by identity route none (only the identifies' link requests).
+    echo "round $round of $ROUNDS: identity.merge on: keys by messageId, then keys by identity..." >&2
+    "$BIN/foldspace-bench" binary --bin "$BIN/foldspace-sync" --brokers "$B" --topic bench-mid --expect "$EVENTS" --identity-merge \
+      | sed 's/^binary_/midmerge_/' >> "$out/rounds"
+    "$BIN/foldspace-bench" binary --bin "$BIN/foldspace-sync" --brokers "$B" --topic bench --expect "$EVENTS" --identity-merge \
+      | sed 's/^binary_/idmerge_/' >> "$out/rounds"
   fi
 done
 # Medians (and ranges) of the rates; the last round's value of everything else.
@@ -152,6 +159,8 @@ binary = int(g("binary_folded_rate")) if g("binary_folded_rate").isdigit() else 
 base = int(g("basebinary_folded_rate")) if g("basebinary_folded_rate").isdigit() else 0
 mkc = int(g("midkcat_rate")) if g("midkcat_rate").isdigit() else 0
 mid = int(g("midbinary_folded_rate")) if g("midbinary_folded_rate").isdigit() else 0
+midmerge = int(g("midmerge_folded_rate")) if g("midmerge_folded_rate").isdigit() else 0
+idmerge = int(g("idmerge_folded_rate")) if g("idmerge_folded_rate").isdigit() else 0
 rounds = g("rounds")
 def r(k):
     """A rate: the median of the rounds, with their range."""
@@ -184,6 +193,11 @@ rows = [
     ("keys by messageId: binary folded (events/s), × raw kcat -f '\\n' on its topic",
      f"{r('midbinary_folded_rate')}, {mid / mkc:.2f}×" if mkc and mid else r("midbinary_folded_rate")),
     ("binary folded, keys by messageId / keys by identity", f"{mid / binary:.2f}" if mid and binary else "?"),
+    ("identity.merge on, keys by identity: binary folded (events/s), × raw kcat -f '\\n' (goal: unchanged)",
+     f"{r('idmerge_folded_rate')}, {idmerge / kc:.2f}×" if kc and idmerge else r("idmerge_folded_rate")),
+    ("  / the same binary with identity.merge off", f"{idmerge / binary:.2f}" if idmerge and binary else "?"),
+    ("identity.merge on, keys by messageId (routed): binary folded (events/s), × raw kcat -f '\\n' on its topic (goal: ≥ 0.35×)",
+     f"{r('midmerge_folded_rate')}, {midmerge / mkc:.2f}×" if mkc and midmerge else r("midmerge_folded_rate")),
 ] if g("midbinary_folded_rate") != "?" or g("midkcat_rate") != "?" else []) + ([
     ("the baseline binary (BASELINE_BIN), same rounds (events/s)", r("basebinary_folded_rate")),
     ("baseline binary folded / raw kcat -f '\\n'", f"{base / kc:.2f}" if kc and base else "?"),

@@ -24,6 +24,8 @@ extension FoldspaceBench {
         @Option var topic: String
         @Option var expect: Int
         @Option(help: "durable (the default of the daemon) or memory.") var state = "durable"
+        @Flag(help: "Identity resolution on (identity.merge: true): calls not on their user's task are routed.")
+        var identityMerge = false
 
         func run() async throws {
             let sandbox = FoldspaceSandbox(apiKeys: ["bench"])
@@ -47,6 +49,7 @@ extension FoldspaceBench {
             env["FOLDSPACE_SYNC_REQUESTS_PER_SECOND"] = "1000000"
             env["FOLDSPACE_SYNC_BURST"] = "1000000"
             env["FOLDSPACE_SYNC_MAX_DIRTY_USERS"] = "10000000"
+            if identityMerge { env["FOLDSPACE_SYNC_IDENTITY_MERGE"] = "true" }
             process.environment = env
             let output = Pipe()
             process.standardOutput = output
@@ -81,6 +84,7 @@ extension FoldspaceBench {
                 try await Task.sleep(for: .milliseconds(10))
             }
             print("binary_state=\(state)")
+            print("binary_identity_merge=\(identityMerge)")
             print("binary_folded_events=\(last.n)")
             if let first, last.t > first.t {
                 print("binary_folded_rate=\(Int(Double(last.n - first.n) / (last.t - first.t)))")
