@@ -2,6 +2,26 @@ import Foundation
 import Simulation
 import Testing
 
+/// `foldspace-sync run` on topic `events` as a member of `group`, durable, reporting to
+/// `sandbox` quickly (200 ms debounce, 300 ms checkpoints, a 6 s session), with
+/// ``VisitReference``'s PQL model and `env` on top.
+func startGroupMember(
+    _ kafka: MockKafkaProcess, _ sandbox: FoldspaceSandbox, group: String, apiKey: String, env: [String: String] = [:]
+) throws -> Child {
+    try Child(
+        [
+            "run", "--brokers", kafka.bootstrap, "--topic", "events", "--group", group,
+            "--foldspace-url", sandbox.baseURL, "--debounce", "200ms", "--max-wait", "1s",
+            "--admin-listen", "127.0.0.1:0",
+        ],
+        env: [
+            "FOLDSPACE_API_KEY": apiKey, "FOLDSPACE_SYNC_SEND_NUMBER_OF_VISITS": "true",
+            "FOLDSPACE_SYNC_COMMIT_INTERVAL": "300ms", "FOLDSPACE_SYNC_SHUTDOWN_TIMEOUT": "10s",
+            "FOLDSPACE_SYNC_KAFKA_PROPERTIES": "session.timeout.ms=6000,heartbeat.interval.ms=500",
+        ]
+        .merging(VisitReference.pqlEnvironment) { a, _ in a }.merging(env) { _, b in b })
+}
+
 extension VisitReference {
     /// Every user's last acknowledged body must match the reference exactly.
     func verify(_ sandbox: FoldspaceSandbox, _ context: String) {
@@ -14,18 +34,7 @@ extension VisitReference {
     let apiKey = "durable-key"
 
     func start(_ kafka: MockKafkaProcess, _ sandbox: FoldspaceSandbox, group: String) throws -> Child {
-        try Child(
-            [
-                "run", "--brokers", kafka.bootstrap, "--topic", "events", "--group", group,
-                "--foldspace-url", sandbox.baseURL, "--debounce", "200ms", "--max-wait", "1s",
-                "--admin-listen", "127.0.0.1:0",
-            ],
-            env: [
-                "FOLDSPACE_API_KEY": apiKey, "FOLDSPACE_SYNC_SEND_NUMBER_OF_VISITS": "true",
-                "FOLDSPACE_SYNC_COMMIT_INTERVAL": "300ms", "FOLDSPACE_SYNC_SHUTDOWN_TIMEOUT": "10s",
-                "FOLDSPACE_SYNC_KAFKA_PROPERTIES": "session.timeout.ms=6000,heartbeat.interval.ms=500",
-            ]
-            .merging(VisitReference.pqlEnvironment) { a, _ in a })
+        try startGroupMember(kafka, sandbox, group: group, apiKey: apiKey)
     }
 
     @Test func survivorTakesOverAKilledInstance() async throws {

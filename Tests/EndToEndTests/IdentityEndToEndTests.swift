@@ -100,10 +100,8 @@ struct IdentityScenario {
     }
 
     func expected(_ user: String) -> (visits: Int, first: Int64, last: Int64, steps: Int) {
-        let sorted = (times[user] ?? []).sorted()
-        var visits = sorted.isEmpty ? 0 : 1
-        for (a, b) in zip(sorted, sorted.dropFirst()) where b - a > 30 * 60_000 { visits += 1 }
-        return (visits, sorted.first ?? 0, sorted.last ?? 0, steps[user] ?? 0)
+        let v = VisitReference.visits(times[user] ?? [])
+        return (v.visits, v.first, v.last, steps[user] ?? 0)
     }
 
     /// What differs between each user's last acknowledged body and the reference, and
@@ -158,19 +156,7 @@ struct IdentityScenario {
     let apiKey = "identity-key"
 
     func start(_ kafka: MockKafkaProcess, _ sandbox: FoldspaceSandbox, group: String) throws -> Child {
-        try Child(
-            [
-                "run", "--brokers", kafka.bootstrap, "--topic", "events", "--group", group,
-                "--foldspace-url", sandbox.baseURL, "--debounce", "200ms", "--max-wait", "1s",
-                "--admin-listen", "127.0.0.1:0",
-            ],
-            env: [
-                "FOLDSPACE_API_KEY": apiKey, "FOLDSPACE_SYNC_SEND_NUMBER_OF_VISITS": "true",
-                "FOLDSPACE_SYNC_IDENTITY_MERGE": "true",
-                "FOLDSPACE_SYNC_COMMIT_INTERVAL": "300ms", "FOLDSPACE_SYNC_SHUTDOWN_TIMEOUT": "10s",
-                "FOLDSPACE_SYNC_KAFKA_PROPERTIES": "session.timeout.ms=6000,heartbeat.interval.ms=500",
-            ]
-            .merging(VisitReference.pqlEnvironment) { a, _ in a })
+        try startGroupMember(kafka, sandbox, group: group, apiKey: apiKey, env: ["FOLDSPACE_SYNC_IDENTITY_MERGE": "true"])
     }
 
     @Test(arguments: [false, true])

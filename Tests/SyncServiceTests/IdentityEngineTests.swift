@@ -138,98 +138,40 @@ extension IdentityEngineTests {
     /// both its offsets together; the records read back from the store's repartition
     /// topic (only what a checkpoint wrote) carry every visitor to one user.
     @Test func checkpointsWriteRoutedRecordsGraphAndOffsetsTogether() throws {
-        let clock = ManualClock()
-        let store = MemoryStateStore(partitions: 2)
-        var o = EngineOptions()
-        o.debounceMs = 1_000
-        o.maxWaitMs = 5_000
-        o.requestsPerSecond = 1_000
-        o.burst = 1_000
-        o.durable = true
-        o.fold.sendNumberOfVisits = true
-        o.identity.merge = true
-        o.identity.partitions = 2
-        o.identity.repartitionTopic = "g-repartition"
-        o.identity.identitiesTopic = "g-identities"
-        let e = SyncEngine(
-            options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: clock.engineClock,
-            links: EngineLinks(stateStore: store))
-        e.partitionsAssigned((0..<2).flatMap { [TopicPartition("events", $0), TopicPartition("g-repartition", $0)] })
-        var messages: [(TopicPartition, Int64, [UInt8], [UInt8])] = []
-        var next: [Int32: Int64] = [:]
+        let w = IdentityCheckpointTests.World()
+        w.produce(IdentityCheckpointTests.calls(0..<6))
+        w.feedSource()
+        w.settle()
         for v in 0..<6 {
-            for c in Self.anonymous + [Self.signUp] + Self.after {
-                let call = c.replacingOccurrences(of: "a-77", with: "a-\(v)").replacingOccurrences(of: "person-0005", with: "person-\(v)")
-                let p = Int32(messages.count % 2)
-                messages.append((TopicPartition("events", p), next[p, default: 0], [], Array(call.utf8)))
-                next[p, default: 0] += 1
-            }
-        }
-        feedBytes(e, messages)
-        var read: [Int32: Int] = [:]
-        for _ in 0..<20 {
-            #expect(e.checkpoint())
-            var routed: [(TopicPartition, Int64, [UInt8], [UInt8])] = []
-            for q in Int32(0)..<2 {
-                let log = store.topics["g-repartition"]?[q] ?? []
-                for (i, r) in log.enumerated().dropFirst(read[q, default: 0]) {
-                    routed.append((TopicPartition("g-repartition", q), Int64(i), r.key, r.value ?? []))
-                }
-                read[q] = log.count
-            }
-            if routed.isEmpty { break }
-            feedBytes(e, routed)
-        }
-        for v in 0..<6 {
-            let user = try #require(body(e, "person-\(v)"))
+            let user = try #require(body(w.engine, "person-\(v)"))
             #expect(user["numberOfVisits"] as? Int == 4, "person-\(v): \(user)")
-            #expect(body(e, "a-\(v)") == nil)
+            #expect(body(w.engine, "a-\(v)") == nil)
             // The graph is in the identities topic: the anonymous id linked to its user.
-            let router = IdentityRouter(task: 0, partitions: 2)
-            let owner = router.owner("a-\(v)")
-            let records = store.topics["g-identities"]?[owner] ?? []
+            let owner = IdentityRouter(task: 0, partitions: 2).owner("a-\(v)")
+            let records = w.store.topics["g-identities"]?[owner] ?? []
             let last = records.last { $0.key == IdentityCodec.key("a-\(v)") }
             let entry = try last?.value.map { try IdentityCodec.decode($0) }
             #expect(entry?.linkedTo?.identity == "person-\(v)", "a-\(v)'s entry: \(String(describing: entry))")
         }
         // Both inputs of each task were committed.
         for q in Int32(0)..<2 {
-            #expect(store.lastCommit[TopicPartition("events", q)] != nil)
-            #expect(store.lastCommit[TopicPartition("g-repartition", q)] != nil)
+            #expect(w.store.lastCommit[TopicPartition("events", q)] != nil)
+            #expect(w.store.lastCommit[TopicPartition("g-repartition", q)] != nil)
         }
 
         // A restart: a new engine restores users and graph from the store. A later anonymous
         // call of a-0, on either partition, reaches person-0 (its graph entry was restored),
         // and no anonymous identity comes back.
-        let e2 = SyncEngine(
-            options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: clock.engineClock,
-            links: EngineLinks(stateStore: store))
-        e2.partitionsAssigned((0..<2).flatMap { [TopicPartition("events", $0), TopicPartition("g-repartition", $0)] })
-        #expect(try #require(body(e2, "person-0"))["numberOfVisits"] as? Int == 4)
+        w.crashAndRestart()
+        #expect(try #require(body(w.engine, "person-0"))["numberOfVisits"] as? Int == 4)
         let late = #"{"type":"page","anonymousId":"a-0","timestamp":"2025-11-25T09:00:00Z"}"#
-        var later: [(TopicPartition, Int64, [UInt8], [UInt8])] = []
-        for p in Int32(0)..<2 {
-            later.append((TopicPartition("events", p), next[p, default: 0], [], Array(late.utf8)))
-            next[p, default: 0] += 1
-        }
-        feedBytes(e2, later)
-        for _ in 0..<20 {
-            #expect(e2.checkpoint())
-            var routed: [(TopicPartition, Int64, [UInt8], [UInt8])] = []
-            for q in Int32(0)..<2 {
-                let log = store.topics["g-repartition"]?[q] ?? []
-                for (i, r) in log.enumerated().dropFirst(read[q, default: 0]) {
-                    routed.append((TopicPartition("g-repartition", q), Int64(i), r.key, r.value ?? []))
-                }
-                read[q] = log.count
-            }
-            if routed.isEmpty { break }
-            feedBytes(e2, routed)
-        }
-        let user = try #require(body(e2, "person-0"))
+        w.produce([late, late])  // one on each partition
+        w.feedSource()
+        w.settle()
+        let user = try #require(body(w.engine, "person-0"))
         #expect(user["numberOfVisits"] as? Int == 5, "\(user)")  // two calls the same morning: one visit more
         #expect(user["lastSeenDate"] as? Int64 == 1_764_061_200_000, "\(user)")  // 2025-11-25T09:00:00Z
-        #expect(body(e2, "a-0") == nil)
+        #expect(body(w.engine, "a-0") == nil)
     }
 }
 

@@ -96,7 +96,13 @@ public struct VisitReference: Sendable {
     }
 
     public func expected(_ user: String) -> (visits: Int, first: Int64, last: Int64) {
-        let sorted = (times[user] ?? []).sorted()
+        Self.visits(times[user] ?? [])
+    }
+
+    /// Visits of calls at `times` (a visit starts with the first and with every call more
+    /// than 30 minutes after the one before), and the first and last time.
+    public static func visits(_ times: [Int64]) -> (visits: Int, first: Int64, last: Int64) {
+        let sorted = times.sorted()
         var visits = sorted.isEmpty ? 0 : 1
         for (a, b) in zip(sorted, sorted.dropFirst()) where b - a > 30 * 60_000 { visits += 1 }
         return (visits, sorted.first ?? 0, sorted.last ?? 0)
