@@ -121,19 +121,8 @@ struct IdentityScenario {
                 out.append("\(user): never delivered")
                 continue
             }
-            if body["numberOfVisits"] as? Int != want.visits {
-                out.append("\(user): numberOfVisits \(String(describing: body["numberOfVisits"])), expected \(want.visits)")
-            }
-            if body["firstVisitDate"] as? Int64 != want.first {
-                out.append("\(user): firstVisitDate \(String(describing: body["firstVisitDate"])), expected \(want.first)")
-            }
-            if body["lastSeenDate"] as? Int64 != want.last { out.append("\(user): lastSeenDate differs") }
+            out += VisitReference.differences(user, body, visits: want.visits, first: want.first, last: want.last, steps: want.steps)
             if body["userType"] as? String != "USER" { out.append("\(user): userType \(String(describing: body["userType"]))") }
-            let score = (body["pqlScore"] as? NSNumber)?.doubleValue ?? -1
-            if VisitReference.steps(fromScore: score) != want.steps {
-                out.append(
-                    "\(user): pqlScore \(score) counts \(VisitReference.steps(fromScore: score)) Step events, expected \(want.steps)")
-            }
             // The first acknowledged body of the user with the anonymous history in it.
             let merged = requests.first {
                 $0.identifyId == user && (200..<300).contains($0.status) && $0.json?["firstVisitDate"] as? Int64 == want.first

@@ -119,18 +119,29 @@ public struct VisitReference: Sendable {
                 out.append("\(user): never delivered")
                 continue
             }
-            if body["numberOfVisits"] as? Int != want.visits {
-                out.append("\(user): numberOfVisits \(String(describing: body["numberOfVisits"])), expected \(want.visits)")
-            }
-            if body["firstVisitDate"] as? Int64 != want.first { out.append("\(user): firstVisitDate differs") }
-            if body["lastSeenDate"] as? Int64 != want.last { out.append("\(user): lastSeenDate differs") }
-            let wantSteps = steps[user] ?? 0
-            let score = (body["pqlScore"] as? NSNumber)?.doubleValue ?? -1
-            if abs(score - Self.expectedScore(steps: wantSteps)) > 0.05 + 1e-9 || Self.steps(fromScore: score) != wantSteps {
-                out.append(
-                    "\(user): pqlScore \(score) counts \(Self.steps(fromScore: score)) Step events, expected \(wantSteps) (score \(Self.expectedScore(steps: wantSteps)))"
-                )
-            }
+            out += Self.differences(user, body, visits: want.visits, first: want.first, last: want.last, steps: steps[user] ?? 0)
+        }
+        return out
+    }
+
+    /// What differs between a delivered body and the reference: visits, first and last
+    /// seen, and the "Step" count its PQL score stands for.
+    public static func differences(
+        _ user: String, _ body: [String: Any], visits: Int, first: Int64, last: Int64, steps wantSteps: Int
+    ) -> [String] {
+        var out: [String] = []
+        if body["numberOfVisits"] as? Int != visits {
+            out.append("\(user): numberOfVisits \(String(describing: body["numberOfVisits"])), expected \(visits)")
+        }
+        if body["firstVisitDate"] as? Int64 != first {
+            out.append("\(user): firstVisitDate \(String(describing: body["firstVisitDate"])), expected \(first)")
+        }
+        if body["lastSeenDate"] as? Int64 != last { out.append("\(user): lastSeenDate differs") }
+        let score = (body["pqlScore"] as? NSNumber)?.doubleValue ?? -1
+        if abs(score - expectedScore(steps: wantSteps)) > 0.05 + 1e-9 || steps(fromScore: score) != wantSteps {
+            out.append(
+                "\(user): pqlScore \(score) counts \(steps(fromScore: score)) Step events, expected \(wantSteps) (score \(expectedScore(steps: wantSteps)))"
+            )
         }
         return out
     }
