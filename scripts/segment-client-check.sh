@@ -15,6 +15,7 @@
 #   SEGMENT_CHECK_VISITORS   visitors per mode (default 30)
 #   SEGMENT_CHECK_SEED       the seed of the visitors' plan (default: random, printed)
 #   SEGMENT_CHECK_TIMEOUT    seconds for every user to match after the last call (120)
+#   PYTHON                   the Python interpreter to start from (default python3)
 #   SEGMENT_CHECK_VENV=1     install the Python packages into a venv even if present
 #   SEGMENT_CHECK_KEEP=1     keep the logs and records (always kept on a failure)
 set -euo pipefail
@@ -63,7 +64,7 @@ cleanup() {
       fi
     done <"$f"
   done
-  if [[ $KEEP_WORK == 1 || $status != 0 ]]; then
+  if [[ $KEEP_WORK == 1 || ($status != 0 && -n $(find "$WORK" -mindepth 2 -name pids -print -quit)) ]]; then
     echo "segment-client-check: logs and records kept in $WORK" >&2
   else
     rm -rf "$WORK"
@@ -74,10 +75,10 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Python with Segment's library and confluent-kafka: the interpreter's own if it has both
+# Python with Segment's library and confluent-kafka: $PYTHON's own if it has both
 # (and SEGMENT_CHECK_VENV is not set), else a venv in $WORK that installs the missing ones
 # from PyPI. Nothing is skipped: a failed install stops here, naming the package.
-PY=$(command -v python3) || die "python3 is missing (needed for Segment's Python library)"
+PY=$(command -v "${PYTHON:-python3}") || die "${PYTHON:-python3} is missing (needed for Segment's Python library)"
 missing() { # the PyPI names of the packages $1 cannot import
   "$1" - <<'EOF'
 import importlib
