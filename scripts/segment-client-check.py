@@ -722,6 +722,8 @@ class Check:
             self.foldspace.others, dict(sorted(parts.items()))))
         with open(os.path.join(a.workdir, "requests.json"), "w") as f:
             json.dump(requests, f)
+        with open(os.path.join(a.workdir, "collected.json"), "w") as f:  # the calls as the library sent them
+            json.dump(self.collector.received, f, indent=1)
         with open(os.path.join(a.workdir, "calls.json"), "w") as f:
             json.dump([{"visitor": v.index, "call": c.describe()} for v in self.visitors for c in v.calls], f, indent=1)
         for n in notes:
