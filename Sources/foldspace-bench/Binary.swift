@@ -26,6 +26,11 @@ extension FoldspaceBench {
         @Option(help: "durable (the default of the daemon) or memory.") var state = "durable"
         @Flag(help: "Identity resolution on (identity.merge: true): calls not on their user's task are routed.")
         var identityMerge = false
+        @Option(
+            help:
+                "The consumer group (default: a new one). With --identity-merge, its <group>-repartition and <group>-identities must exist with the source's partition count (the mock cluster takes no Admin requests)."
+        )
+        var group: String?
 
         func run() async throws {
             let sandbox = FoldspaceSandbox(apiKeys: ["bench"])
@@ -38,7 +43,7 @@ extension FoldspaceBench {
             env["FOLDSPACE_API_KEY"] = "bench"
             env["FOLDSPACE_SYNC_BROKERS"] = brokers
             env["FOLDSPACE_SYNC_TOPICS"] = topic
-            env["FOLDSPACE_SYNC_GROUP"] = "bin-\(UUID().uuidString.prefix(8))"
+            env["FOLDSPACE_SYNC_GROUP"] = group ?? "bin-\(UUID().uuidString.prefix(8))"
             env["FOLDSPACE_SYNC_FOLDSPACE_URL"] = sandbox.baseURL
             env["FOLDSPACE_SYNC_ADMIN_LISTEN"] = "127.0.0.1:0"
             env["FOLDSPACE_SYNC_STATE"] = state
