@@ -131,7 +131,7 @@ struct EmbeddedDemo {
         while Date() < deadline {
             try await Task.sleep(for: .milliseconds(200))
             let s = pipeline.snapshot()
-            let delivered = sandbox.latestAcknowledged().count
+            let delivered = sandbox.latestAcknowledged().keys.count { seen.contains($0) }
             if Date().timeIntervalSince(lastPrint) >= 1 {
                 lastPrint = Date()
                 print(
@@ -152,7 +152,7 @@ struct EmbeddedDemo {
         let s = pipeline.snapshot()
         let summary = Summary(
             events: s.folded, invalid: s.invalidTotal, users: seen.count,
-            usersDelivered: sandbox.latestAcknowledged().count, puts: sandbox.requestCount,
+            usersDelivered: sandbox.latestAcknowledged().keys.count { seen.contains($0) }, puts: sandbox.requestCount,
             violations: sandbox.violationCount, identitiesMerged: s.identitiesMerged, visitorsWithHistory: withHistory(),
             seconds: Date().timeIntervalSince(start), complete: complete)
         await sandbox.stop()

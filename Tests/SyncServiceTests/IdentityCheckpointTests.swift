@@ -264,14 +264,21 @@ import Testing
         #expect(w.engine.snapshot().invalid.isEmpty, "\(w.engine.snapshot().invalid)")
     }
 
-    /// A hand-over whose merge record would be over the broker's limit does not happen:
-    /// the identity keeps its state (dropped with the record, its tombstone committed, its
-    /// history would be lost).
-    @Test func aHandOverTooLargeToMoveKeepsTheState() {
+    /// A hand-over whose merge record (or, on one task, whose merged state) would be over
+    /// the limit does not happen: the identity keeps its state (dropped with the record, or
+    /// left out of the checkpoint beside its committed tombstone, its history would be
+    /// lost), and is sent as its own user even with `identity.send_anonymous: false`.
+    @Test(arguments: [(false, true), (true, true), (false, false), (true, false)])
+    func aHandOverTooLargeToMoveKeepsTheState(sameTask: Bool, sendAnonymous: Bool) {
         let w = World()
+        w.options.identity.sendAnonymous = sendAnonymous
+        w.engine = SyncEngine(
+            options: w.options, deadLetters: w.letters, logger: quietLogger, clock: w.clock.engineClock,
+            links: EngineLinks(stateStore: w.store))
+        w.engine.partitionsAssigned(w.all)
         let router = IdentityRouter(task: 0, partitions: 2)
         let anon = (0..<50).map { "a-big\($0)" }.first { router.owner($0) == 0 }!
-        let user = (0..<50).map { "person-big\($0)" }.first { router.owner($0) == 1 }!
+        let user = (0..<50).map { "person-big\($0)" }.first { router.owner($0) == (sameTask ? 0 : 1) }!
         // Twenty products make the anonymous state large; each call stays small.
         var calls = (0..<20).map { i in
             #"{"type":"track","event":"Viewed","anonymousId":"\#(anon)","timestamp":"2025-11-17T10:\#(10 + i):00Z","context":{"product":{"product":"PRODUCT-CODE-\#(100 + i)","environment":1}}}"#
@@ -285,6 +292,22 @@ import Testing
         #expect(w.body(anon) != nil, "the anonymous state was dropped")
         #expect(w.body(user) != nil)
         for p in Int32(0)..<2 { #expect(!w.store.userRecords(p).contains { $0.key == Array(anon.utf8) && $0.value == nil }) }
+        w.clock.advance(60_000)
+        guard case .send(let jobs) = w.engine.takeDue(limit: 100) else {
+            Issue.record("nothing due")
+            return
+        }
+        #expect(jobs.contains { $0.identifyId == anon }, "the identity whose hand-over was refused is never sent")
+    }
+
+    /// A source call whose type is the engine's marker for routed records is an unknown
+    /// call type like any other (ignored), not a routed record that fails to decode.
+    @Test func aSourceCallTypedAsTheRoutedMarkerIsIgnored() {
+        let w = World()
+        w.produce([#"{"type":"foldspace-sync.routed","userId":"u-1","timestamp":"2025-11-17T10:00:00Z"}"#])
+        w.feedSource()
+        #expect(w.engine.snapshot().invalid.isEmpty, "\(w.engine.snapshot().invalid)")
+        #expect(w.engine.snapshot().ignored == 1)
     }
 
     /// A routed record over what the broker accepts (here a call grown by its re-encoding)

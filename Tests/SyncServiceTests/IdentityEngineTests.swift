@@ -123,10 +123,10 @@ import Testing
         // In /metrics: a link per visitor, one linked id each; kept when the tasks go.
         let s = e.snapshot()
         #expect(s.identity.links == UInt64(visitors))
-        #expect(s.linkedPerUser.count == visitors && s.linkedPerUser.sum == Double(visitors))
+        #expect(s.usersWithLinks == visitors && s.linkedIdentities == visitors && s.mostLinked == 1)
         let text = MetricsText.render(s, lag: [])
         #expect(text.contains("foldspace_sync_identity_links_total \(visitors)\n"))
-        #expect(text.contains("foldspace_sync_identity_linked_per_user_bucket{le=\"1\"} \(visitors)\n"))
+        #expect(text.contains("foldspace_sync_identity_linked_identities \(visitors)\n"))
         #expect(text.contains("foldspace_sync_identity_merged_total \(visitors)\n"))
         e.partitionsRevoked((0..<2).flatMap { [TopicPartition("events", $0), TopicPartition("g-repartition", $0)] })
         #expect(e.snapshot().identity.links == UInt64(visitors), "the counter went back when the tasks were revoked")

@@ -53,7 +53,12 @@ public enum Inspect {
             if config.engine.identity.merge { o["identity"] = view.json }
             // The state is the canonical identity's: a linked id's was merged into it.
             let id = view.canonical
-            if id != asked { o["stateOf"] = id }
+            if id != asked {
+                o["stateOf"] = id
+                // Its own state stayed (its hand-over was refused, or it was written before
+                // identity.merge): it is still a user of its own.
+                if let own = latest[asked], own.value != nil { o["ownStateFound"] = true }
+            }
             guard let found = latest[id] else {
                 o["found"] = false
                 out.append(o)

@@ -273,7 +273,7 @@ extension SyncEngine {
         }
         if !held.isEmpty {
             logger.debug(
-                "tasks held for a later checkpoint (dead letters not written yet, or a resync holds their offsets)",
+                "tasks held for a later checkpoint (dead letters not written yet)",
                 metadata: ["tasks": .stringConvertible(held.count)])
         }
         return true

@@ -54,7 +54,11 @@ extension SyncEngine {
                 let hash = bodyHash(body)
                 // `identity.send_anonymous: false`: an identity that never carried a userId
                 // is held back as if sent; linked to a user, its history is sent with it.
-                let heldBack = !options.identity.sendAnonymous && projector.userType(entry.state) == .anonymous
+                // One whose hand-over was refused (its state stays a user of its own) is sent:
+                // its history would reach Foldspace no other way.
+                let heldBack =
+                    !options.identity.sendAnonymous && projector.userType(entry.state) == .anonymous
+                    && !isLinkedHere(key, home: entry.home)
                 if hash == entry.delivery.settledHash || heldBack {
                     // The same body Foldspace already has (or one held back): nothing to send.
                     let since = entry.delivery.dirtySinceMs

@@ -20,6 +20,17 @@ extension SyncEngine {
         return body(&routers[task]!)
     }
 
+    /// The most bytes an identity Foldspace takes can have: 255 characters of up to 4.
+    static let longestIdentityBytes = 1_020
+
+    /// Whether identity `id`, held here under partition `home`, is linked to another
+    /// (its hand-over refused). Called with the lock held.
+    func isLinkedHere(_ id: String, home: OffsetTracker.PartitionIndex) -> Bool {
+        guard options.identity.merge, Int(home) < partitionsByIndex.count else { return false }
+        guard let r = routers[partitionsByIndex[Int(home)].partition] else { return false }
+        return r.graph.entry(of: id)?.linkedTo != nil
+    }
+
     /// Lets task `task`'s router go (revoked, or replaced by a restored one), its counts kept.
     func retireRouter(_ task: Int32) {
         if let r = routers.removeValue(forKey: task) { retiredIdentity.add(r) }
@@ -147,20 +158,28 @@ extension SyncEngine {
             }
             let step = withRouter(h.task, { $0.route(target: h.into, hops: 0) })
             var merge: RepartitionRecord?
-            if case .forward(_, let target, let hops) = step {
-                // A merge record the broker would refuse stays unsent: the identity keeps its
-                // state here (its tombstone would commit without the record, and its history
-                // would be lost).
+            // A merge the changelog or the broker would refuse does not happen: the identity
+            // keeps its state here (its tombstone would commit without the record, or beside
+            // a merged state left out of the checkpoint, and its history would be lost).
+            var bytes = 0
+            switch step {
+            case .forward(_, let target, let hops):
                 let record = RepartitionRecord.merge(from: h.linked, into: target, state: taken.state, hops: hops)
                 let (k, v) = record.encode()
-                if let limit = stateStore?.maxRecordBytes, k.count + v.count > limit {
-                    stats.handOversRefused += 1
-                    logger.warning(
-                        "a linked identity's state is too large to move to its user's task; it stays a user of its own",
-                        metadata: ["task": .stringConvertible(h.task), "bytes": .stringConvertible(k.count + v.count)])
-                    continue
-                }
+                // Room for the record forwarded on, keyed by a longer identity (255
+                // characters of up to 4 bytes).
+                bytes = k.count + v.count + Self.longestIdentityBytes
                 merge = record
+            case .fold(let c):
+                let other = users[c].map { StateCodec.encode(StoredUser(state: $0.state, dirty: true, settledHash: 0)).count } ?? 0
+                bytes = StateCodec.encode(StoredUser(state: taken.state, dirty: true, settledHash: 0)).count + other + c.utf8.count
+            }
+            if let limit = stateStore?.maxRecordBytes, bytes > limit {
+                stats.handOversRefused += 1
+                logger.warning(
+                    "a linked identity's state is too large to merge into its user; it stays a user of its own",
+                    metadata: ["task": .stringConvertible(h.task), "bytes": .stringConvertible(bytes)])
+                continue
             }
             users[h.linked] = nil
             // A rejected body's dead letter still to be written: the identity is gone.

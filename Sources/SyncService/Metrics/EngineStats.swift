@@ -15,8 +15,11 @@ public struct EngineStats: Sendable {
     public var handOversRefused = 0
     /// The graph's decisions, summed over the tasks this instance holds and has held.
     public var identity = IdentityCounters()
-    /// Identities linked into each user of the graphs held now (users with at least one).
-    public var linkedPerUser = Histogram(bounds: [1, 2, 3, 5, 10, 20, 50, 100, 900])
+    /// The graphs held now: users with at least one identity linked into them, the
+    /// identities linked into them, and the most linked into one (gauges).
+    public var usersWithLinks = 0
+    public var linkedIdentities = 0
+    public var mostLinked = 0
     /// Bodies of anonymous identities not sent (`identity.send_anonymous: false`).
     public var anonymousHeldBack = 0
     public var ignored = 0

@@ -117,15 +117,19 @@ public enum MetricsText {
         ] {
             single("foldspace_sync_identity_\(name)_total", "counter", help, String(value))
         }
-        family(
-            "foldspace_sync_identity_linked_per_user", "histogram",
-            "Identities linked into each user of the graphs this instance holds now (users with at least one link).")
-        for (i, b) in s.linkedPerUser.bounds.enumerated() {
-            sample("foldspace_sync_identity_linked_per_user_bucket", [("le", String(Int(b)))], String(s.linkedPerUser.counts[i]))
-        }
-        sample("foldspace_sync_identity_linked_per_user_bucket", [("le", "+Inf")], String(s.linkedPerUser.count))
-        sample("foldspace_sync_identity_linked_per_user_sum", [], String(Int(s.linkedPerUser.sum)))
-        sample("foldspace_sync_identity_linked_per_user_count", [], String(s.linkedPerUser.count))
+        // Gauges of the graphs held now (a histogram's buckets must only grow; these go down
+        // when a task leaves or a user's links grow).
+        single(
+            "foldspace_sync_identity_users_with_links", "gauge",
+            "Users of the graphs this instance holds that have identities linked into them.", String(s.usersWithLinks))
+        single(
+            "foldspace_sync_identity_linked_identities", "gauge",
+            "Identities linked into those users (divided by the users with links: linked identities per user).",
+            String(s.linkedIdentities))
+        single(
+            "foldspace_sync_identity_most_linked", "gauge",
+            "The most identities linked into one user of those graphs (identity.max_linked caps it).",
+            String(s.mostLinked))
         family(
             "foldspace_sync_checkpoints_total", "counter",
             "Durable state: checkpoints, by result (a failed one commits nothing and is retried).")

@@ -36,7 +36,11 @@ extension SyncEngine {
                 s.identity = retiredIdentity
                 for r in routers.values {
                     s.identity.add(r)
-                    for n in r.graph.linkedCounts { s.linkedPerUser.observe(Double(n)) }
+                    for n in r.graph.linkedCounts {
+                        s.usersWithLinks += 1
+                        s.linkedIdentities += n
+                        s.mostLinked = max(s.mostLinked, n)
+                    }
                 }
             }
             return s
