@@ -265,6 +265,25 @@ def plan(visitors, tag, seed):
 # The collector and the Foldspace stand-in
 
 
+class JSONHandler(http.server.BaseHTTPRequestHandler):
+    """An HTTP/1.1 handler that answers JSON and logs nothing (the collector's and the
+    Foldspace stand-in's)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a):
+        pass
+
+    def answer(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        self.wfile.flush()
+
+
 class Collector:
     """Segment's tracking API in miniature: POST /v1/batch, each call of the batch written
     to `topic` as one message. The answer comes after Kafka acknowledged every call, so a
@@ -284,20 +303,7 @@ class Collector:
         self.batches = self.gzipped = self.refused = 0
         collector = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
-            def answer(self, status, body):
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JSONHandler):
             def do_POST(self):
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if self.path != "/v1/batch":
@@ -363,27 +369,13 @@ class Foldspace:
         self.others = 0
         fs = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
-            def reply(self, status, body):
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                self.wfile.flush()
-
+        class Handler(JSONHandler):
             def other(self, body_read=False):
                 if not body_read:
                     self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with fs.lock:
                     fs.others += 1
-                self.reply(404, {"error": "no such route"})
+                self.answer(404, {"error": "no such route"})
 
             def do_GET(self):
                 self.other()
@@ -403,7 +395,7 @@ class Foldspace:
                 except ValueError:
                     body = None
                 status = 200 if isinstance(body, dict) else 400
-                self.reply(status, {"message": "User updated successfully"} if status == 200 else {"error": "not JSON"})
+                self.answer(status, {"message": "User updated successfully"} if status == 200 else {"error": "not JSON"})
                 with fs.lock:
                     fs.requests.append({"arrived": arrived, "responded": now_ms(), "status": status,
                                         "id": urllib.parse.unquote(segment), "body": body})

@@ -15,7 +15,7 @@ import Testing
 @Suite struct IdentityEngineTests {
     let p0 = TopicPartition("events", 0)
 
-    func engine(_ clock: ManualClock, partitions: Int32 = 1) -> SyncEngine {
+    func engine(_ clock: ManualClock, partitions: Int32 = 1, _ configure: (inout EngineOptions) -> Void = { _ in }) -> SyncEngine {
         var o = EngineOptions()
         o.debounceMs = 1_000
         o.maxWaitMs = 5_000
@@ -27,6 +27,7 @@ import Testing
         o.identity.merge = true
         o.identity.partitions = partitions
         o.identity.repartitionTopic = "g-repartition"
+        configure(&o)
         let e = SyncEngine(
             options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: clock.engineClock,
             links: EngineLinks(stateStore: nil))
@@ -180,18 +181,7 @@ extension IdentityEngineTests {
     /// linked, its history goes out with its user.
     @Test func anonymousIdentitiesAreHeldBackWhenAsked() {
         let clock = ManualClock()
-        var o = EngineOptions()
-        o.debounceMs = 1_000
-        o.maxWaitMs = 5_000
-        o.requestsPerSecond = 1_000
-        o.burst = 1_000
-        o.fold.sendNumberOfVisits = true
-        o.identity.merge = true
-        o.identity.sendAnonymous = false
-        let e = SyncEngine(
-            options: o, deadLetters: RecordingDeadLetters(), logger: quietLogger, clock: clock.engineClock,
-            links: EngineLinks(stateStore: nil))
-        e.partitionsAssigned([p0])
+        let e = engine(clock) { $0.identity.sendAnonymous = false }
         func sent() -> [String] {
             clock.advance(10_000)
             if case .send(let jobs) = e.takeDue(limit: 100) { return jobs.map(\.identifyId) }
