@@ -71,7 +71,9 @@ extension SyncEngine {
                     if let r = extras.repartitionIndex {
                         pendingKeys += pendingCheckpoint.removeValue(forKey: r) ?? []
                         tombstoneKeys += pendingTombstones.removeValue(forKey: r) ?? []
-                        if let pos = offsets.consumedPosition(r), pos > (lastCommitted[r] ?? -1) {
+                        if let pos = offsets.consumedPosition(r), pos > (lastCommitted[r] ?? -1),
+                            pos >= (replayFloors[partitionsByIndex[Int(r)]] ?? 0)
+                        {
                             identity[groups.count - 1, default: extras].offsets[partitionsByIndex[Int(r)]] = pos
                             positions.append((groups.count - 1, r, pos))
                         }
@@ -110,6 +112,9 @@ extension SyncEngine {
                 if var pos = offsets.consumedPosition(p) {
                     if !merging, let floor = resyncFloor(p) { pos = min(pos, floor) }
                     guard pos > (lastCommitted[p] ?? -1) else { continue }
+                    // Still below the changelog's marker: committing this would move the
+                    // marker back over effects already committed.
+                    if merging, let floor = replayFloors[partitionsByIndex[Int(p)]], pos < floor { continue }
                     commit[partitionsByIndex[Int(p)]] = pos
                     positions.append((groups.count - 1, p, pos))
                 }
@@ -205,7 +210,9 @@ extension SyncEngine {
         }
         var batches: [CheckpointGroup] = []
         var recordCount = 0
-        let due = lock.withLock { markerDue }
+        // A restored task's markers are written again at its first checkpoint, with the
+        // floor it was restored with when nothing moved since (-1 would lose it).
+        let (due, floors) = lock.withLock { (markerDue, replayFloors) }
         var marked: [OffsetTracker.PartitionIndex] = []
         for (g, group) in groups.enumerated() where !held.contains(g) {
             var records = encoded[g]
@@ -219,9 +226,21 @@ extension SyncEngine {
                 records.append(
                     (
                         store.statePartition(for: group.source.partition), ChangelogMarker.key(group.source),
-                        ChangelogMarker.value(offset: offset ?? -1, sourcePartitions: store.sourcePartitions)
+                        ChangelogMarker.value(offset: offset ?? floors[group.source] ?? -1, sourcePartitions: store.sourcePartitions)
                     ))
                 marked.append(group.index)
+            }
+            // Identity resolution: the task's repartition partition has its marker too, so
+            // that a new owner whose group offsets lag skips what was forwarded from it.
+            if let x = identity[g], let r = x.repartitionIndex {
+                let rtp = partitionsByIndex[Int(r)]
+                if let at = x.offsets[rtp] ?? (due.contains(group.index) ? floors[rtp] : nil) {
+                    records.append(
+                        (
+                            store.statePartition(for: group.source.partition), ChangelogMarker.key(rtp),
+                            ChangelogMarker.value(offset: at, sourcePartitions: store.sourcePartitions)
+                        ))
+                }
             }
             var batch = CheckpointGroup(source: group.source, records: records, offset: offset)
             if let x = identity[g] {

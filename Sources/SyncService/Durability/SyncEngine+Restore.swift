@@ -225,9 +225,21 @@ extension SyncEngine {
             }
         }
         if let newer { return .failed(Self.newerVersion(newer)) }
-        if let marker {
+        // Identity resolution: how far the task's source and repartition partitions are
+        // committed by the changelog (``replayFloors``).
+        var floors: [TopicPartition: Int64] = [:]
+        var markerOf: [(TopicPartition, [UInt8])] = marker.map { [(tp, $0)] } ?? []
+        if merging, let topic = options.identity.repartitionTopic {
+            let rtp = TopicPartition(topic, tp.partition)
+            if let m = view.marker(of: rtp) { markerOf.append((rtp, m)) }
+        }
+        for (of, marker) in markerOf {
             do {
-                if try StateCodec.decode(marker).markerOffset == nil { undecodable += 1 }
+                guard let offset = try StateCodec.decode(marker).markerOffset else {
+                    undecodable += 1
+                    continue
+                }
+                if merging && offset > 0 { floors[of] = offset }
             } catch StateCodec.DecodeError.newerVersion(let v) {
                 return .failed(Self.newerVersion(v))
             } catch {
@@ -326,6 +338,7 @@ extension SyncEngine {
             markerDue.insert(pidx)
             var released = [tp]
             if merging {
+                for (of, floor) in floors { replayFloors[of] = floor }
                 // The task's graph, and its repartition partition, held until now.
                 retireRouter(tp.partition)
                 withRouter(tp.partition) { r in for g in graph { r.load(g.id, g.entry) } }

@@ -145,10 +145,17 @@ extension SyncEngine {
             slotScratch.removeAll(keepingCapacity: true)
             let merging = options.identity.merge
             if merging { reroutedScratch.removeAll(keepingCapacity: true) }
+            // A task restored with group offsets older than its changelog: what it reads
+            // below the changelog's markers is skipped whole (``replayFloors``).
+            let floored = merging && !replayFloors.isEmpty
             for j in 0..<n {
                 if let identity = calls.identity(j) {
                     var key = identity
                     var hash = hashes[j]
+                    if floored, isBelowReplayFloor(batch[Int(origins[j])]) {
+                        slotScratch.append(Self.forwardedSlot)
+                        continue
+                    }
                     if merging {
                         switch routeCall(j, identity, &calls, origins, batch, nowEpoch) {
                         case .fold(let c) where !c.utf8.elementsEqual(identity.utf8):
@@ -175,6 +182,7 @@ extension SyncEngine {
             var call: UInt32 = 0
             var pidx: OffsetTracker.PartitionIndex = 0
             var previousPartition: TopicPartition? = nil
+            var skipped = false
             // Each event is folded where the decoder wrote it, its strings moved into the
             // state; the rest of the chunk is dropped when its scratch is next decoded into.
             let outcomes = calls.outcomes
@@ -195,9 +203,19 @@ extension SyncEngine {
                         offsets.saw(pidx, offset: m.offset)
                         previous = i
                         call = 0
+                        skipped = false
+                        if floored, let floor = replayFloors[m.topicPartition] {
+                            if m.offset < floor {
+                                skipped = true
+                                stats.skippedReplays += 1
+                            } else {
+                                replayFloors[m.topicPartition] = nil
+                            }
+                        }
                     } else {
                         call &+= 1
                     }
+                    if skipped { continue }
                     switch outcome {
                     case .event(let k):
                         let slot = slotScratch[j]
@@ -239,6 +257,13 @@ extension SyncEngine {
             if last { publishOffsets() }
             if catchUp != nil { catchUp!.lastFoldMs = clock.monotonicMs() }
         }
+    }
+
+    /// Whether message `m` lies below its partition's ``replayFloors`` entry. Called with
+    /// the lock held.
+    func isBelowReplayFloor(_ m: ConsumedMessage) -> Bool {
+        guard let floor = replayFloors[m.topicPartition] else { return false }
+        return m.offset < floor
     }
 
     /// Folds one event; called with the lock held.

@@ -176,6 +176,7 @@ extension SyncEngine {
                     outbound[tp.partition] = nil
                 }
             }
+            for tp in partitions { replayFloors[tp] = nil }
             for i in idxs {
                 revokingFloors[i] = nil
                 offsets.deactivate(i)

@@ -91,6 +91,13 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// checkpoint writes it even if their offset has not moved (a quiet partition that
     /// shares a changelog partition with a busy one must not read as lost).
     var markerDue: Set<OffsetTracker.PartitionIndex> = []
+    /// Identity resolution: per restored partition of a task (source and repartition), the
+    /// offset its changelog marker says the task's effects are committed up to. Messages
+    /// below it are skipped whole, even when the group's offset is older (a broker that
+    /// does not apply a transaction's offsets, or a plain commit that failed after it): a
+    /// call routed again, or a routed call forwarded again, would be a new record and
+    /// count twice. Dropped once passed.
+    var replayFloors: [TopicPartition: Int64] = [:]
     /// Durable mode: partitions assigned and not restored yet, by the assignment's
     /// generation (a revocation, or a new assignment, makes a restore under way stale).
     /// They are not in `assigned` until restored: never checkpointed, never committed.
