@@ -137,17 +137,17 @@ struct IdentityScenario {
 }
 
 /// Identity resolution from outside (docs/identity.md): two instances of the binary in one
-/// group on the mock cluster, the visitors' calls keyed by identity and by messageId, in
-/// two halves. Each user's last acknowledged body equals the fold of the union of its
-/// identities' calls.
+/// group on the mock cluster, the visitors' calls keyed by identity and by messageId. The
+/// first half is read by both; one instance is then stopped (SIGTERM) or killed (SIGKILL)
+/// while the third quarter is being read, and the survivor reads the rest. Each user's last
+/// acknowledged body equals the fold of the union of its identities' calls, and no anonymous
+/// identity is sent after its user held its history.
 ///
-/// Not here: an instance stopped or killed mid-stream. On librdkafka's mock both double
-/// count routed calls, because the mock does not apply a transaction's offsets to the group:
-/// the daemon commits them again plainly after the transactions, and in a rebalance that
-/// plain commit fails ("Group rebalance in progress", in the survivor's debug log after a
-/// SIGTERM of the other), so the survivor reads its source again from older offsets and
-/// routes those calls a second time. A broker that applies transactional offsets (tansu,
-/// Kafka) commits them with the routed records; that test belongs there.
+/// The mock does not apply a transaction's offsets to the group, and the daemon's plain
+/// commit after them fails in the rebalance ("Group rebalance in progress"): the survivor
+/// reads the stopped instance's partitions again from older offsets. Before the
+/// changelog's markers bounded what it skips (``SyncEngine/replayFloors``), it routed those
+/// calls a second time and double counted a Step for several users on every run.
 @Suite(.serialized) struct IdentityEndToEndTests {
     let apiKey = "identity-key"
 
@@ -155,31 +155,87 @@ struct IdentityScenario {
         try startGroupMember(kafka, sandbox, group: group, apiKey: apiKey, env: ["FOLDSPACE_SYNC_IDENTITY_MERGE": "true"])
     }
 
-    @Test(arguments: [false, true])
-    func anonymousVisitorsWhoSignUpEndAsOneUserEach(byMessageId: Bool) async throws {
+    @Test(arguments: [false, true], [SIGKILL, SIGTERM])
+    func anonymousVisitorsWhoSignUpEndAsOneUserEach(byMessageId: Bool, stop: Int32) async throws {
         let group = "ident-\(UUID().uuidString.prefix(6))"
         let kafka = try await MockKafkaProcess(
             topics: ["events:4", "\(group)-state:4", "\(group)-repartition:4", "\(group)-identities:4"])
         defer { Task { await kafka.stop() } }
+        try await Self.stopOneMidStream(
+            byMessageId: byMessageId, stop: stop, apiKey: apiKey,
+            start: { try start(kafka, $0, group: group) },
+            produce: { try kcatProduce(bootstrap: kafka.bootstrap, topic: "events", $0, partitioner: "murmur2_random") })
+    }
+
+    /// Two instances read the first half of the scenario's calls; one is stopped by `stop`
+    /// after the third quarter was produced; the survivor reads the rest, and every user's
+    /// last acknowledged body must match the reference.
+    static func stopOneMidStream(
+        byMessageId: Bool, stop: Int32, apiKey: String, start: (FoldspaceSandbox) throws -> Child,
+        produce: ([(key: String, value: String)]) throws -> Void
+    ) async throws {
         let sandbox = FoldspaceSandbox(apiKeys: [apiKey])
         try await sandbox.start()
         let s = IdentityScenario(visitors: 24, tag: byMessageId ? "m" : "k")
         let messages = s.messages(byMessageId: byMessageId)
-        let a = try start(kafka, sandbox, group: group)
-        let b = try start(kafka, sandbox, group: group)
+        let a = try start(sandbox)
+        let b = try start(sandbox)
         #expect(await waitUntil(.seconds(40)) { a.stderr.contains("partitions assigned") && b.stderr.contains("partitions assigned") })
         // Keys by identity as the Java client places them (murmur2): no call needs routing
         // unless a link moves it.
-        let half = messages.count / 2
-        try kcatProduce(bootstrap: kafka.bootstrap, topic: "events", Array(messages[..<half]), partitioner: "murmur2_random")
+        let (half, threeQuarters) = (messages.count / 2, messages.count * 3 / 4)
+        try produce(Array(messages[..<half]))
         #expect(await waitUntil(.seconds(60)) { sandbox.latestAcknowledged().count >= s.visitors / 2 })
-        try kcatProduce(bootstrap: kafka.bootstrap, topic: "events", Array(messages[half...]), partitioner: "murmur2_random")
-        let done = await waitUntil(.seconds(90)) { s.mismatches(sandbox).isEmpty }
+        try produce(Array(messages[half..<threeQuarters]))
+        a.signal(stop)
+        if stop == SIGTERM { #expect(await a.wait(timeout: .seconds(30)) == 0) }
+        try produce(Array(messages[threeQuarters...]))
+        let done = await waitUntil(.seconds(120)) { s.mismatches(sandbox).isEmpty }
         #expect(done, "\(s.mismatches(sandbox).prefix(8)) \(b.stderr.suffix(1500))")
         #expect(sandbox.violationCount == 0)
-        for x in [a, b] { x.signal(SIGTERM) }
-        #expect(await a.wait(timeout: .seconds(30)) == 0)
+        b.signal(SIGTERM)
         #expect(await b.wait(timeout: .seconds(30)) == 0)
+        if stop == SIGKILL { _ = await a.wait(timeout: .seconds(10)) }
         await sandbox.stop()
+    }
+}
+
+/// The same on tansu, a broker that applies a transaction's offsets to the group and
+/// fences a former owner (``TansuBroker``): the path a real Kafka takes, where the group's
+/// offsets and the changelog's markers agree.
+@Suite(.serialized) struct IdentityOnTansuTests {
+    let apiKey = "identity-tansu-key"
+
+    @Test(arguments: [SIGKILL, SIGTERM])
+    func anInstanceStoppedMidStreamLosesAndRepeatsNothing(stop: Int32) async throws {
+        let group = "ident-\(UUID().uuidString.prefix(6))"
+        let compact = ["cleanup.policy": "compact"]
+        let tansu = try await TansuBroker(topics: [
+            ("events", 4, [:]), ("\(group)-state", 4, compact), ("\(group)-repartition", 4, [:]),
+            ("\(group)-identities", 4, compact),
+        ])
+        defer { Task { await tansu.stop() } }
+        let apiKey = apiKey
+        try await IdentityEndToEndTests.stopOneMidStream(
+            byMessageId: true, stop: stop, apiKey: apiKey,
+            start: { sandbox in
+                var env = tansu.environment
+                env["FOLDSPACE_API_KEY"] = apiKey
+                env["FOLDSPACE_SYNC_IDENTITY_MERGE"] = "true"
+                env["FOLDSPACE_SYNC_SEND_NUMBER_OF_VISITS"] = "true"
+                env["FOLDSPACE_SYNC_COMMIT_INTERVAL"] = "300ms"
+                env["FOLDSPACE_SYNC_SHUTDOWN_TIMEOUT"] = "10s"
+                // One record per batch: tansu's high watermark counts batches.
+                env["FOLDSPACE_SYNC_KAFKA_PROPERTIES"] =
+                    "session.timeout.ms=6000,heartbeat.interval.ms=500,batch.num.messages=1,log_level=3"
+                for (k, v) in VisitReference.pqlEnvironment { env[k] = v }
+                return try Child(
+                    [
+                        "run", "--brokers", tansu.bootstrap, "--topic", "events", "--group", group,
+                        "--foldspace-url", sandbox.baseURL, "--debounce", "200ms", "--max-wait", "1s",
+                        "--admin-listen", "127.0.0.1:0",
+                    ], env: env)
+            },
+            produce: { try tansu.produce(topic: "events", $0, partitioner: "murmur2_random") })
     }
 }

@@ -69,12 +69,14 @@ final class TansuBroker: @unchecked Sendable {
         }
     }
 
-    /// Produces `key<TAB>value` lines with kcat, one record per batch.
-    func produce(topic: String, _ messages: [(key: String, value: String)]) throws {
+    /// Produces `key<TAB>value` lines with kcat, one record per batch (`partitioner`: a
+    /// librdkafka partitioner, e.g. `murmur2_random` as the Java client places keys).
+    func produce(topic: String, _ messages: [(key: String, value: String)], partitioner: String? = nil) throws {
         var data = Data()
         for m in messages { data.append(Data("\(m.key)\t\(m.value)\n".utf8)) }
         try runKcat(
-            ["-P", "-b", bootstrap, "-t", topic, "-K", "\t", "-X", "batch.num.messages=1", "-X", "log_level=3"],
+            ["-P", "-b", bootstrap, "-t", topic, "-K", "\t", "-X", "batch.num.messages=1", "-X", "log_level=3"]
+                + (partitioner.map { ["-X", "partitioner=\($0)"] } ?? []),
             input: data, env: environment)
     }
 
