@@ -63,15 +63,17 @@ import Testing
 
         func produce(control json: String, on p: Int32) { source[p, default: []].append((ResyncRequest.key, Array(json.utf8))) }
 
-        /// Feeds what was produced and not fed yet.
-        func feedSource() {
+        /// Feeds what was produced and not fed yet (at most `limit` messages a partition).
+        func feedSource(limit: Int = .max) {
             var batch: [(TopicPartition, Int64, [UInt8], [UInt8])] = []
             for p in Int32(0)..<2 {
                 let log = source[p] ?? []
-                for i in fedSource[p, default: 0]..<log.count {
+                let from = fedSource[p, default: 0]
+                let to = min(log.count, from + min(limit, log.count))
+                for i in from..<to {
                     batch.append((TopicPartition("events", p), Int64(i), log[i].key, log[i].value))
                 }
-                fedSource[p] = log.count
+                fedSource[p] = to
             }
             feedBytes(engine, batch)
         }
@@ -178,28 +180,63 @@ import Testing
         // After the links: key events by the anonymous id alone, which the anonymous id's
         // task (read from the repartition topic, when the call landed elsewhere) forwards
         // to the user's.
-        let late = (0..<Self.visitors).flatMap { v in
-            (0..<2).map { i in
-                #"{"type":"track","anonymousId":"a-\#(v)","event":"Report Built","timestamp":"2025-11-23T1\#(i):00:00Z"}"#
+        func late(_ hour: Int) -> [String] {
+            (0..<Self.visitors).map { v in
+                #"{"type":"track","anonymousId":"a-\#(v)","event":"Report Built","timestamp":"2025-11-23T\#(hour):00:00Z"}"#
             }
         }
         let calls = Self.calls(0..<Self.visitors)
-        let want = Self.reference { $0.produce(calls + late) }
+        let want = Self.reference { $0.produce(calls + late(10) + late(11) + late(12)) }
         let w = World()
-        for part in [Array(calls[..<(calls.count / 2)]), Array(calls[(calls.count / 2)...]), late] {
+        for part in [Array(calls[..<(calls.count / 2)]), Array(calls[(calls.count / 2)...]), late(10) + late(11)] {
             w.produce(part)
             w.feedSource()
             w.settle()
         }
         let routed = w.repartitionRecords
+        let committed = w.store.lastCommit
         // A first new owner that checkpoints before reading anything (its markers written
-        // again), then a second that reads both inputs from their start.
+        // again); a second that reads a few messages of each partition from the start and
+        // checkpoints (nothing below the markers committed); a third that reads both inputs
+        // from their start.
         w.crashAndRestart(fromStart: true, feed: false)
         #expect(w.engine.checkpoint())
+        w.crashAndRestart(fromStart: true, feed: false)
+        w.feedSource(limit: 3)
+        #expect(w.engine.checkpoint())
+        for (tp, offset) in committed { #expect((w.store.lastCommit[tp] ?? 0) >= offset, "\(tp)'s offset went back") }
         w.crashAndRestart(fromStart: true)
         w.settle()
         #expect(w.repartitionRecords == routed, "calls below the changelog's markers routed or forwarded again")
+        // What comes next, from the markers' offsets on, is read: the first new message
+        // of each partition sits at its marker's offset.
+        w.produce(late(12))
+        w.feedSource()
+        w.settle()
+        #expect(w.repartitionRecords > routed)
         Self.expectSameUsers(w, want.bodies)
+    }
+
+    /// A source recreated under a kept changelog: its new messages sit below the markers'
+    /// offsets, and are folded, not skipped (the partition ends below its marker).
+    @Test func aRecreatedSourceIsFoldedNotSkippedBelowTheMarkers() {
+        let w = World()
+        w.produce(Self.calls(0..<Self.visitors))
+        w.feedSource()
+        w.settle()
+        let before = (0..<Self.visitors).map { w.body("person-\($0)") }
+        // The topic recreated: two key events of each user, from offset 0.
+        w.source = [:]
+        w.produce(
+            (0..<Self.visitors).flatMap { v in
+                (0..<2).map { i in
+                    #"{"type":"track","userId":"person-\#(v)","event":"Report Built","timestamp":"2025-11-24T1\#(i):00:00Z"}"#
+                }
+            })
+        for p in Int32(0)..<2 { w.store.endOffsets[TopicPartition("events", p)] = Int64(w.source[p]?.count ?? 0) }
+        w.crashAndRestart(fromStart: true)
+        w.settle()
+        for v in 0..<Self.visitors { #expect(w.body("person-\(v)") != before[v], "person-\(v)'s new events were skipped") }
     }
 
     /// Dead letters not written yet hold a merging task whole: none of its graph entries,

@@ -323,6 +323,11 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
         return o > (try c.watermarks(tp, timeoutMs: 10_000).low) ? o : nil
     }
 
+    public func endOffset(_ tp: TopicPartition) throws -> Int64? {
+        guard let c = groupConsumer() else { return nil }
+        return try c.watermarks(tp, timeoutMs: 10_000).high
+    }
+
     public func close() {
         producer.close()
         relinquish(lock.withLock { Array(owners.keys) })

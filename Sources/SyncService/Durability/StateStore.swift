@@ -45,6 +45,14 @@ public protocol StateStore: Sendable {
     /// committed, or an operator reset it to the log's start (to fold the history again).
     /// Asked when a partition's changelog holds nothing for it.
     func committedPastStart(_ tp: TopicPartition) throws -> Int64?
+    /// The offset after a partition's last message (its high watermark), nil when unknown.
+    /// Asked of a restored task's changelog markers: a partition that ends below one was
+    /// recreated.
+    func endOffset(_ tp: TopicPartition) throws -> Int64?
+}
+
+extension StateStore {
+    public func endOffset(_ tp: TopicPartition) throws -> Int64? { nil }
 }
 
 /// A transactional checkpoint that failed after some of its groups committed: those

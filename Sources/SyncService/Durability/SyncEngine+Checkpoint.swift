@@ -51,8 +51,15 @@ extension SyncEngine {
         // not written yet) waits, whole, for a later checkpoint.
         var held: Set<Int> = []
         let merging = options.identity.merge
+        // A restored task's markers are written again at its first checkpoint, with the
+        // floor it was restored with when nothing moved since (-1 would lose it). Both read
+        // with the positions: the fold may pass a floor (and drop it) meanwhile.
+        var due: Set<OffsetTracker.PartitionIndex> = []
+        var floors: [TopicPartition: Int64] = [:]
         lock.withLock {
             deadLetterBarrier = deadLetterSeq
+            due = markerDue
+            floors = replayFloors
             let scope = partitions ?? Array(assigned)
             // Asked of the store once, not per user.
             let statePartitions = partitionsByIndex.map { store.statePartition(for: $0.partition) }
@@ -210,9 +217,6 @@ extension SyncEngine {
         }
         var batches: [CheckpointGroup] = []
         var recordCount = 0
-        // A restored task's markers are written again at its first checkpoint, with the
-        // floor it was restored with when nothing moved since (-1 would lose it).
-        let (due, floors) = lock.withLock { (markerDue, replayFloors) }
         var marked: [OffsetTracker.PartitionIndex] = []
         for (g, group) in groups.enumerated() where !held.contains(g) {
             var records = encoded[g]

@@ -246,6 +246,15 @@ extension SyncEngine {
                 undecodable += 1
             }
         }
+        // A partition that now ends below its marker was recreated (or truncated): its
+        // messages are new, folded, not skipped.
+        for (of, floor) in floors {
+            guard let end = try? store.endOffset(of), end < floor else { continue }
+            floors[of] = nil
+            logger.warning(
+                "the partition ends below the offset its changelog marker committed (recreated?); its messages are folded, not skipped",
+                metadata: ["partition": "\(of)", "end": .stringConvertible(end), "marker": .stringConvertible(floor)])
+        }
         if undecodable > 0 {
             return .failed(
                 "\(undecodable) changelog records cannot be decoded (damaged, or not written by foldspace-sync); see docs/operations.md")
@@ -338,7 +347,7 @@ extension SyncEngine {
             markerDue.insert(pidx)
             var released = [tp]
             if merging {
-                for (of, floor) in floors { replayFloors[of] = floor }
+                replayFloors[tp] = floors[tp]
                 // The task's graph, and its repartition partition, held until now.
                 retireRouter(tp.partition)
                 withRouter(tp.partition) { r in for g in graph { r.load(g.id, g.entry) } }
@@ -347,6 +356,7 @@ extension SyncEngine {
                     if restoringGeneration.removeValue(forKey: rtp) != nil {
                         assigned.insert(index(of: rtp))
                         released.append(rtp)
+                        replayFloors[rtp] = floors[rtp]
                     }
                 }
             }
@@ -362,6 +372,9 @@ extension SyncEngine {
             metadata: [
                 "partition": "\(tp)", "records": .stringConvertible(records), "users": .stringConvertible(restored),
                 "dirty": .stringConvertible(dirty), "ms": .stringConvertible(clock.monotonicMs() - start),
+                // Identity resolution: what is read below these offsets is skipped (committed).
+                "markers":
+                    "\(floors.sorted { $0.key.partition < $1.key.partition }.map { "\($0.key)@\($0.value)" }.joined(separator: ","))",
             ])
         return .restored
     }

@@ -38,6 +38,7 @@ extension SyncEngine {
                     assigned.insert(i)
                 }
                 replayNoted.remove(i)
+                replayFloors[tp] = nil
                 recreationNoted.remove(i)
                 recreationSuspected.remove(i)
                 lastCommitted[i] = nil

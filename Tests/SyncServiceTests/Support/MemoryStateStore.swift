@@ -21,6 +21,10 @@ final class MemoryStateStore: StateStore, @unchecked Sendable {
 
     init(partitions: Int32 = 1) { self.partitions = partitions }
 
+    /// Each partition's end offset as ``endOffset(_:)`` reports it (none: unknown).
+    var endOffsets: [TopicPartition: Int64] = [:]
+    func endOffset(_ tp: TopicPartition) throws -> Int64? { lock.withLock { endOffsets[tp] } }
+
     func statePartition(for sourcePartition: Int32) -> Int32 { sourcePartition % partitions }
     func read(partition: Int32) throws -> [(key: [UInt8], value: [UInt8]?)] { lock.withLock { log[partition] ?? [] } }
     func write(_ records: [(partition: Int32, key: [UInt8], value: [UInt8]?)]) throws {
