@@ -1,3 +1,4 @@
+import Simulation
 import Testing
 
 @testable import Folding
@@ -146,5 +147,35 @@ import Testing
         g.load("v", IdentityEntry(linked: ["x"]))
         g.forEachEntry { id, _ in seen.append(id) }
         #expect(seen == ["v"])
+    }
+
+    /// The summary kept as entries change (for `/metrics`) equals a walk over the entries,
+    /// through random notes, link requests (some linking an identity with ids of its own
+    /// on), restores, removals and cap hits.
+    @Test func theLinkedSummaryMatchesAWalk() {
+        var rng = SplitMix64(seed: 24)
+        for round in 0..<200 {
+            var g = IdentityGraph(maxLinked: 1 + Int(rng.next() % 5))
+            let ids = (0..<12).map { "id\(round)-\($0)" }
+            func pick() -> String { ids[Int(rng.next() % UInt64(ids.count))] }
+            for _ in 0..<60 {
+                switch rng.next() % 5 {
+                case 0, 1: _ = g.noteSecondId(pick(), at: pick(), timeMs: 1)
+                case 2: _ = g.applyLinkRequest(pick(), into: pick(), timeMs: 2)
+                case 3:
+                    let linked = (0..<Int(rng.next() % 8)).map { _ in pick() }
+                    g.load(
+                        pick(),
+                        IdentityEntry(linkedTo: rng.next() % 3 == 0 ? IdentityLink(identity: pick(), timeMs: 3) : nil, linked: linked))
+                default: g.remove(pick())
+                }
+                let walk = Array(g.linkedCounts)
+                let summary = g.linkedSummary
+                #expect(summary.users == walk.count)
+                #expect(summary.linked == walk.reduce(0, +))
+                #expect(summary.most == (walk.max() ?? 0))
+                if summary.users != walk.count || summary.linked != walk.reduce(0, +) { return }
+            }
+        }
     }
 }

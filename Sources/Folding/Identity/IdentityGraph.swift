@@ -101,12 +101,16 @@ public struct IdentityGraph: Sendable {
         let key = IdentityKey(canonical)
         guard let i = entries.index(forKey: key) else {
             guard maxLinked > 0 else { return capReached() }
-            entries[key] = IdentityEntry(linked: [x])
+            let e = IdentityEntry(linked: [x])
+            entries[key] = e
+            tally(e, 1)
             return .requestLink
         }
         if entries.values[i].hasLinked(x) { return .known }
         guard entries.values[i].linked.count < maxLinked else { return capReached() }
+        tally(entries.values[i], -1)
         entries.values[i].linked.append(x)
+        tally(entries.values[i], 1)
         return .requestLink
     }
 
@@ -131,6 +135,7 @@ public struct IdentityGraph: Sendable {
             return .conflict(existing: existing)
         }
         if entries.values[i].hasLinked(c) { return cycle() }
+        tally(entries.values[i], -1)
         entries.values[i].linkedTo = IdentityLink(identity: c, timeMs: timeMs)
         counts.links &+= 1
         return .linked(carried: entries.values[i].linked)
@@ -156,6 +161,31 @@ public struct IdentityGraph: Sendable {
         entries.values.lazy.filter { $0.linkedTo == nil && !$0.linked.isEmpty }.map(\.linked.count)
     }
 
+    /// What ``linkedCounts`` sums to, kept as the entries change (a scrape walked every
+    /// entry under the engine's lock, stalling the fold): the canonical identities with
+    /// ids linked into them, those ids, and the most linked into one.
+    public var linkedSummary: (users: Int, linked: Int, most: Int) {
+        var out = (users: 0, linked: 0, most: 0)
+        for (n, c) in byLinkedCount.enumerated() where c > 0 {
+            out.users += c
+            out.linked += n * c
+            out.most = n
+        }
+        return out
+    }
+
+    /// `byLinkedCount[n]`: the canonical identities with `n` ids linked into them (at most
+    /// ``maxLinked`` + 1 slots, restored entries included).
+    private var byLinkedCount: [Int] = []
+
+    /// Counts `e` in (`sign` 1) or out (-1) of ``byLinkedCount``.
+    private mutating func tally(_ e: IdentityEntry?, _ sign: Int) {
+        guard let e, e.linkedTo == nil, !e.linked.isEmpty else { return }
+        let n = e.linked.count
+        if n >= byLinkedCount.count { byLinkedCount += repeatElement(0, count: n + 1 - byLinkedCount.count) }
+        byLinkedCount[n] += sign
+    }
+
     /// Restores the entry of `id` from its record. The entry is made to hold the graph's
     /// rules: a link to `id` itself is dropped, and so are `id` itself and repeats in
     /// `linked`, and ids past ``maxLinked`` (the oldest kept: after the cap was lowered
@@ -171,13 +201,14 @@ public struct IdentityGraph: Sendable {
         if e.linkedTo == nil && e.linked.isEmpty {
             remove(id)
         } else {
-            entries[IdentityKey(id)] = e
+            tally(entries.updateValue(e, forKey: IdentityKey(id)), -1)
+            tally(e, 1)
         }
     }
 
     /// Removes the entry of `id` (a tombstone restored from `<group>-identities`).
     public mutating func remove(_ id: String) {
-        entries.removeValue(forKey: IdentityKey(id))
+        tally(entries.removeValue(forKey: IdentityKey(id)), -1)
     }
 
     /// Calls `body` with every entry, in no particular order.
