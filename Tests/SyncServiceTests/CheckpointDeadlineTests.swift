@@ -19,16 +19,17 @@ import Testing
         let cluster = try MockCluster(brokers: 1)
         try cluster.createTopic("state", partitions: 4)
         let config = KafkaClientConfig(["bootstrap.servers": cluster.bootstrapServers])
+        let width = KafkaStateStore.parallelCommits
         let store = try KafkaStateStore(
-            topic: "state", partitions: 4, sourcePartitions: 16, config: config, logger: quietLogger,
+            topic: "state", partitions: 4, sourcePartitions: 2 * width, config: config, logger: quietLogger,
             transactional: true)
         defer { store.close() }
-        let sources = (0..<Int32(16)).map { TopicPartition("events", $0) }
+        let sources = (0..<Int32(2 * width)).map { TopicPartition("events", $0) }
         try store.claim(sources)
         // Every round trip 800 ms: a transaction (add partitions, produce, end) takes over
         // three seconds. The checkpoint commits up to ``KafkaStateStore/parallelCommits``
-        // (8) tasks at once: the first 8 are under way when the deadline passes, the rest
-        // must not begin.
+        // tasks at once: those are under way when the deadline passes, the rest must not
+        // begin.
         _ = cluster.control("rtt 1 800")
         let groups = sources.map {
             CheckpointGroup(source: $0, records: [($0.partition % 4, Array("u\($0.partition)".utf8), Array("v".utf8))], offset: nil)
@@ -42,9 +43,9 @@ import Testing
         _ = cluster.control("rtt 1 0")
         let message = try #require(left, "every transaction ran although the deadline passed")
         #expect(message.contains("not checkpointed") || message.contains("transaction"), "\(message)")
-        // The tasks past the first 8 were never begun: nothing of theirs was committed.
+        // The tasks past the first `width` were never begun: nothing of theirs was committed.
         let read = try store.read(partitions: [0, 1, 2, 3])
         let keys = Set(read.values.flatMap { $0.records.map { String(decoding: $0.key, as: UTF8.self) } })
-        #expect(keys.isDisjoint(with: (8..<16).map { "u\($0)" }), "\(keys.sorted()) \(message)")
+        #expect(keys.isDisjoint(with: (width..<2 * width).map { "u\($0)" }), "\(keys.sorted()) \(message)")
     }
 }

@@ -9,7 +9,11 @@ import Testing
 /// Identity resolution through the pipeline on librdkafka's mock cluster: one instance,
 /// two tasks, keys by messageId, so that calls are routed through `<group>-repartition`.
 @Suite(.serialized) struct IdentityPipelineTests {
-    @Test func visitorsKeyedByMessageIdEndAsOneUserEach() async throws {
+    /// With a `commit_interval` of ten minutes too: calls routed to another task are read
+    /// there only once a checkpoint commits them, which they do not wait the interval for
+    /// (``Checkpoints``).
+    @Test(arguments: [Int64(200), 600_000])
+    func visitorsKeyedByMessageIdEndAsOneUserEach(commitIntervalMs: Int64) async throws {
         let h = try await PipelineHarness(partitions: 2)
         let group = "ident-\(UUID().uuidString.prefix(8))"
         for t in ["-repartition", "-identities", "-state"] { try h.cluster.createTopic(group + t, partitions: 2) }
@@ -25,7 +29,7 @@ import Testing
         try h.start { c in
             c.group = group
             c.stateMode = .durable
-            c.commitIntervalMs = 200
+            c.commitIntervalMs = commitIntervalMs
             c.engine.fold.sendNumberOfVisits = true
             c.engine.identity.merge = true
         }

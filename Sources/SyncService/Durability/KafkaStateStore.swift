@@ -208,7 +208,7 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
     }
 
     /// How many tasks' transactions a checkpoint commits at once.
-    static let parallelCommits = 8
+    static let parallelCommits = 16
 
     /// One group's transaction.
     private func commitGroup(

@@ -127,6 +127,9 @@ extension SyncEngine {
                 }
             }
         }
+        if let topic = options.identity.repartitionTopic {
+            for g in identity.keys { identity[g]!.encodeOutbound(topic: topic) }
+        }
         // Encoded outside the lock; a record over what the changelog accepts is left out
         // (one user must never hold back every commit) and dead-lettered.
         var encoded: [[(partition: Int32, key: [UInt8], value: [UInt8]?)]] = []
@@ -310,12 +313,22 @@ struct TaskExtras {
     /// `<group>-identities` records of the graph entries changed, and the entries written.
     var graphRecords: [(topic: String, partition: Int32, key: [UInt8], value: [UInt8]?)]
     var written: [(id: String, entry: IdentityEntry?)]
-    /// `<group>-repartition` records, and the buffer they were taken from.
+    /// `<group>-repartition` records (encoded outside the engine's lock, by
+    /// ``encodeOutbound(topic:)``), and the buffer they were taken from.
     var outbound: [(topic: String, partition: Int32, key: [UInt8], value: [UInt8]?)]
     var taken: [(partition: Int32, record: RepartitionRecord)]
     var offsets: [TopicPartition: Int64] = [:]
 
-    var isEmpty: Bool { graphRecords.isEmpty && outbound.isEmpty && offsets.isEmpty }
+    var isEmpty: Bool { graphRecords.isEmpty && taken.isEmpty && offsets.isEmpty }
+
+    /// Encodes the buffer taken into ``outbound``: a routed call is written out as JSON
+    /// again, which under the lock stalled the fold for the whole backlog.
+    mutating func encodeOutbound(topic: String) {
+        outbound = taken.map { t in
+            let (k, v) = t.record.encode()
+            return (topic, t.partition, k, v)
+        }
+    }
 }
 
 extension SyncEngine {
@@ -331,13 +344,8 @@ extension SyncEngine {
         let identities = options.identity.identitiesTopic
         let graph = written.map { w in (identities, task, IdentityCodec.key(w.id), w.entry.map(IdentityCodec.encode)) }
         let taken = outbound.removeValue(forKey: task) ?? []
-        let repartition = options.identity.repartitionTopic ?? ""
-        let records = taken.map { t -> (topic: String, partition: Int32, key: [UInt8], value: [UInt8]?) in
-            let (k, v) = t.record.encode()
-            return (repartition, t.partition, k, v)
-        }
         return TaskExtras(
-            task: task, repartitionIndex: r, graphRecords: graph, written: written, outbound: records, taken: taken)
+            task: task, repartitionIndex: r, graphRecords: graph, written: written, outbound: [], taken: taken)
     }
 
     /// Called with the lock held: a checkpoint that did not write `x`'s buffer puts it back,

@@ -154,7 +154,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// calls later in the chunk fold into it and reach the user with the merge).
     var pendingHandOvers: [(task: Int32, home: OffsetTracker.PartitionIndex, linked: String, into: String)] = []
     /// Records for other tasks' partitions of `<group>-repartition`, by the task that
-    /// writes them (in its next checkpoint's transaction: not wired yet).
+    /// writes them (in its next checkpoint's transaction).
     var outbound: [Int32: [(partition: Int32, record: RepartitionRecord)]] = [:]
     /// Where a routed call read from `<group>-repartition` is decoded (on the poll thread).
     var routedScratch = DecodedCalls()

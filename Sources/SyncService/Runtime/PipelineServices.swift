@@ -50,6 +50,41 @@ struct Every: Service, CustomStringConvertible {
     }
 }
 
+/// The periodic checkpoint, every `commit_interval`. With identity resolution also sooner
+/// when calls routed to other tasks wait for it (their tasks read them only once it has
+/// committed them, so the interval was each hop's latency, and with keys by messageId the
+/// whole backlog waited for it): ``routedBurst`` of them, or any for ``routedWaitMs``.
+struct Checkpoints: Service, CustomStringConvertible {
+    let description = "checkpoints"
+    let engine: SyncEngine
+    let intervalMs: Int64
+    let merging: Bool
+    let checkpoint: @Sendable () async -> Void
+
+    static let routedBurst = 10_000
+    static let routedWaitMs: Int64 = 1_000
+    /// The fewest milliseconds between two checkpoints started for routed calls.
+    static let routedSpacingMs: Int64 = 200
+
+    func run() async {
+        await cancelWhenGracefulShutdown { [engine, intervalMs, merging, checkpoint] in
+            var last = ContinuousClock.now
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(merging ? 100 : intervalMs))
+                if Task.isCancelled { break }
+                let sinceMs = (ContinuousClock.now - last) / .milliseconds(1)
+                if sinceMs < Double(intervalMs) {
+                    guard merging, sinceMs >= Double(Self.routedSpacingMs) else { continue }
+                    let waiting = engine.routedWaiting
+                    guard waiting >= Self.routedBurst || (waiting > 0 && sinceMs >= Double(Self.routedWaitMs)) else { continue }
+                }
+                last = ContinuousClock.now
+                await checkpoint()
+            }
+        }
+    }
+}
+
 /// The first part shut down: it says so (log, systemd), and it ends the group when
 /// ``SyncPipeline/requestStop()`` asks.
 struct StopRequests: Service, CustomStringConvertible {
