@@ -115,6 +115,18 @@ public enum RepartitionRecord: Sendable, Equatable {
 
     // MARK: Decoding
 
+    /// A routed call's hop count and JSON, read in place, when `key` and `value` are one
+    /// this version can read (nil otherwise: ``decode(key:value:)`` says why). For the
+    /// engine's parallel decode, which decodes the JSON with the source's calls.
+    public static func callPayload(
+        key: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>
+    ) -> (hops: UInt8, json: UnsafeBufferPointer<UInt8>)? {
+        guard value.count > 3, value[0] == Kind.call.rawValue, value[1] >= 1, value[1] <= version,
+            !key.isEmpty, key.count <= maxIdentityBytes, UTF8Check.isValid(key)
+        else { return nil }
+        return (value[2], UnsafeBufferPointer(rebasing: value[3...]))
+    }
+
     public static func decode(key: [UInt8], value: [UInt8]) throws(DecodeError) -> RepartitionRecord {
         try key.withUnsafeBufferPointer { (k) throws(DecodeError) -> RepartitionRecord in
             try value.withUnsafeBufferPointer { (v) throws(DecodeError) -> RepartitionRecord in try decode(key: k, value: v) }

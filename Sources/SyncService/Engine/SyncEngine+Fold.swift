@@ -45,7 +45,12 @@ extension SyncEngine {
                             // First: its key is an identity, which a client may have made
                             // equal to the control records' key.
                             if let repartitionTopic, batch[i].topicPartition.topic == repartitionTopic {
-                                calls[c].append(.ignored(Self.routedMarker))
+                                // A routed call is decoded here like the source's; a link
+                                // request, a merge record or a record that does not decode
+                                // is read on the poll thread (``routed``).
+                                if !Self.decodeRoutedCall(batch[i], decoder, nowMs: nowEpoch, into: &calls[c]) {
+                                    calls[c].append(.ignored(Self.routedMarker))
+                                }
                                 origins[c].append(Int32(truncatingIfNeeded: i))
                                 continue
                             }
@@ -106,6 +111,20 @@ extension SyncEngine {
                 value: Array(m.value), headers: headers
             ) { [weak self] in self?.deadLetterDelivered(seq) }
         }
+    }
+
+    /// Decodes routed call `m` (a message of `<group>-repartition`) into `calls` as one
+    /// event; false, with nothing added, when it is not a call this version reads as one.
+    static func decodeRoutedCall(_ m: ConsumedMessage, _ decoder: SegmentDecoder, nowMs: Int64, into calls: inout DecodedCalls) -> Bool {
+        guard let payload = RepartitionRecord.callPayload(key: m.key, value: m.value) else { return false }
+        let before = calls.count
+        decoder.decode(payload.json, nowMs: nowMs, into: &calls)
+        calls.resolveTimes(from: before, kafkaMs: m.timestampMs, nowMs: nowMs)
+        guard calls.count == before + 1, case .event = calls[before] else {
+            calls.rollBack(to: before)
+            return false
+        }
+        return true
     }
 
     /// Events per decode chunk: small enough that folding starts soon after a batch

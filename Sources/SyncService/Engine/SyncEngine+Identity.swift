@@ -36,12 +36,26 @@ extension SyncEngine {
         if let r = routers.removeValue(forKey: task) { retiredIdentity.add(r) }
     }
 
-    /// Steps 1 to 3 for call `j` of the chunk, read from its task's source partition: the
-    /// identity it folds into here, or its record for another task (buffered).
+    /// Steps 1 to 3 for call `j` of the chunk, read from its task's source partition (or a
+    /// call routed here, decoded with them): the identity it folds into here, or its
+    /// record for another task (buffered).
     func routeCall(
         _ j: Int, _ identity: String, _ calls: inout DecodedCalls, _ origins: [Int32], _ batch: [ConsumedMessage], _ nowEpoch: Int64
     ) -> IdentityRouter.Step {
-        let task = batch[Int(origins[j])].topicPartition.partition
+        let m = batch[Int(origins[j])]
+        let task = m.topicPartition.partition
+        if m.topicPartition.topic == options.identity.repartitionTopic,
+            let payload = RepartitionRecord.callPayload(key: m.key, value: m.value)
+        {
+            // Routed by its target (the record's key), with its hops so far; forwarded on
+            // as it came.
+            let target = String(decoding: m.key, as: UTF8.self)
+            let step = withRouter(task) { $0.route(target: target, hops: payload.hops) }
+            if case .forward(let q, let t, let h) = step {
+                outbound[task, default: []].append((q, .call(target: t, hops: h, json: Array(payload.json))))
+            }
+            return step
+        }
         let step = withRouter(task) { $0.route(target: identity, hops: 0) }
         if case .forward(let q, let target, let hops) = step, case .event(let e) = calls[j] {
             outbound[task, default: []].append((q, .call(target: target, hops: hops, event: e, timeMs: e.timeMs ?? nowEpoch)))
