@@ -239,6 +239,32 @@ import Testing
         for v in 0..<Self.visitors { #expect(w.body("person-\(v)") != before[v], "person-\(v)'s new events were skipped") }
     }
 
+    /// A user first made, in one batch, by a merge record and then a call routed to it:
+    /// the fold's pre-pass made its entry for the call, the merge (read before the call)
+    /// found it there and left it homed nowhere (partition index 0, task 0's source), and
+    /// task 0's checkpoint wrote it, apart from the offsets of task 1 that covered the merge.
+    @Test func aUserMadeByAMergeBeforeARoutedCallIsWrittenByItsOwnTask() {
+        let w = World()
+        let router = IdentityRouter(task: 0, partitions: 2)
+        let c = (0..<50).map { "person-m\($0)" }.first { router.owner($0) == 1 }!
+        var state = UserState()
+        state.firstVisitMs = 1_763_373_600_000
+        let merge = RepartitionRecord.merge(from: "a-m", into: c, state: state, hops: 0).encode()
+        let page = #"{"type":"page","userId":"\#(c)","timestamp":"2025-11-21T14:20:00Z"}"#
+        let call = RepartitionRecord.call(target: c, hops: 0, json: Array(page.utf8)).encode()
+        feedBytes(
+            w.engine,
+            [
+                (TopicPartition("g-repartition", 1), 0, merge.key, merge.value),
+                (TopicPartition("g-repartition", 1), 1, call.key, call.value),
+            ])
+        // Task 0 (source partition 0 and repartition partition 0) alone.
+        #expect(w.engine.checkpoint(partitions: [0]))
+        #expect(!w.store.userRecords(1).contains { $0.key == Array(c.utf8) }, "written in task 0's transaction")
+        #expect(w.engine.checkpoint())
+        #expect(w.store.userRecords(1).contains { $0.key == Array(c.utf8) })
+    }
+
     /// Dead letters not written yet hold a merging task whole: none of its graph entries,
     /// tombstones or routed records is written without the offsets that cover them. A
     /// crash then loses nothing (a graph entry written alone made the replay skip its

@@ -217,13 +217,19 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
         if let deadline, DispatchTime.now() >= deadline {
             throw KafkaError(message: "checkpoint deadline passed; \(g.source) not checkpointed", isRetriable: true)
         }
+        // Another task's writer was fenced meanwhile (the tasks commit at once): this
+        // instance is cut off, and writes nothing more (nor claims a writer, which would
+        // fence the partition's new owner).
+        if lock.withLock({ failed }) {
+            throw KafkaError(message: "checkpoint of \(g.source): the store failed; not checkpointed", isRetriable: false)
+        }
         // A writer dropped after a transaction it could not end is claimed again
         // (which aborts that transaction); a partition let go is never claimed here.
         if lock.withLock({ owners[g.source] == nil && wedged.contains(g.source) }) {
             try claim([g.source])
             lock.withLock { _ = wedged.remove(g.source) }
         }
-        guard let writer = lock.withLock({ owners[g.source] }) else {
+        guard let writer = lock.withLock({ failed ? nil : owners[g.source] }) else {
             throw KafkaError(message: "checkpoint of \(g.source): the partition is not claimed (revoked meanwhile?)", isRetriable: true)
         }
         do throws(KafkaError) {

@@ -62,7 +62,7 @@ extension StateStore {
 public struct CheckpointIncomplete: Error, CustomStringConvertible {
     public var committed: Set<TopicPartition>
     public var error: any Error
-    public var description: String { "\(error) (\(committed.count) partitions committed before it)" }
+    public var description: String { "\(error) (\(committed.count) partitions committed beside it)" }
 }
 
 /// One source partition's share of a checkpoint.

@@ -321,8 +321,9 @@ struct TaskExtras {
 
     var isEmpty: Bool { graphRecords.isEmpty && taken.isEmpty && offsets.isEmpty }
 
-    /// Encodes the buffer taken into ``outbound``: a routed call is written out as JSON
-    /// again, which under the lock stalled the fold for the whole backlog.
+    /// Encodes the buffer taken into ``outbound``, outside the engine's lock: each record
+    /// is copied into its framing (a merge record's state encoded), which under the lock
+    /// stalled the fold for the whole backlog.
     mutating func encodeOutbound(topic: String) {
         outbound = taken.map { t in
             let (k, v) = t.record.encode()

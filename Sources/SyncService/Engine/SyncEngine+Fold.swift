@@ -188,6 +188,13 @@ extension SyncEngine {
                         }
                     }
                     let (slot, isNew) = users.slot(key, hash: hash)
+                    // Homed at once where its call was read: a merge record read before the
+                    // call (identity resolution) finds the entry and must not leave it homed
+                    // on partition index 0, another task's.
+                    if merging && isNew {
+                        let home = index(of: batch[Int(origins[j])].topicPartition)
+                        users.modify(slot) { $0.home = home }
+                    }
                     slotScratch.append(isNew ? ~Int32(slot) : Int32(slot))
                 } else {
                     slotScratch.append(Self.noSlot)

@@ -59,7 +59,9 @@ struct Checkpoints: Service, CustomStringConvertible {
     let engine: SyncEngine
     let intervalMs: Int64
     let merging: Bool
-    let checkpoint: @Sendable () async -> Void
+    /// Whether the checkpoint succeeded: after a failure, the next waits the interval
+    /// (records that cannot be written yet would start one every second).
+    let checkpoint: @Sendable () async -> Bool
 
     static let routedBurst = 10_000
     static let routedWaitMs: Int64 = 1_000
@@ -69,17 +71,18 @@ struct Checkpoints: Service, CustomStringConvertible {
     func run() async {
         await cancelWhenGracefulShutdown { [engine, intervalMs, merging, checkpoint] in
             var last = ContinuousClock.now
+            var failed = false
             while !Task.isCancelled {
                 try? await Task.sleep(for: .milliseconds(merging ? 100 : intervalMs))
                 if Task.isCancelled { break }
                 let sinceMs = (ContinuousClock.now - last) / .milliseconds(1)
                 if sinceMs < Double(intervalMs) {
-                    guard merging, sinceMs >= Double(Self.routedSpacingMs) else { continue }
+                    guard merging, !failed, sinceMs >= Double(Self.routedSpacingMs) else { continue }
                     let waiting = engine.routedWaiting
                     guard waiting >= Self.routedBurst || (waiting > 0 && sinceMs >= Double(Self.routedWaitMs)) else { continue }
                 }
                 last = ContinuousClock.now
-                await checkpoint()
+                failed = !(await checkpoint())
             }
         }
     }

@@ -115,7 +115,7 @@ extension SyncPipeline {
                 .init(
                     service: Checkpoints(
                         engine: engine, intervalMs: Int64(config.commitIntervalMs), merging: engine.options.identity.merge
-                    ) { _ = await Self.blocking { engine.checkpoint() } }))
+                    ) { await Self.blocking { engine.checkpoint() } }))
         }
         // The user table is walked in slices: users by type, and inactive_user_ttl.
         services.append(.init(service: Every("sweeps", .seconds(1)) { engine.sweep() }))
