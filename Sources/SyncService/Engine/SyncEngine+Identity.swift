@@ -212,9 +212,14 @@ extension SyncEngine {
         }
     }
 
-    /// Records buffered for other tasks and not yet written: their tasks read them only once
-    /// a checkpoint has committed them (``Checkpoints`` asks, to checkpoint sooner).
-    public var routedWaiting: Int { lock.withLock { outbound.values.reduce(0) { $0 + $1.count } } }
+    /// Records buffered for other tasks and not yet written (their tasks read them only once
+    /// a checkpoint has committed them), and users queued for the next checkpoint:
+    /// ``Checkpoints`` asks, to checkpoint sooner.
+    public var checkpointBacklog: (routed: Int, users: Int) {
+        lock.withLock {
+            (outbound.values.reduce(0) { $0 + $1.count }, pendingCheckpoint.values.reduce(0) { $0 + $1.count })
+        }
+    }
 
     /// The records buffered for other tasks, taken (for the checkpoint that writes them;
     /// tests read them).
