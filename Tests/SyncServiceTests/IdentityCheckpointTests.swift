@@ -93,6 +93,13 @@ import Testing
             return !batch.isEmpty
         }
 
+        /// Produces `calls`, feeds them and settles.
+        func play(_ calls: [String]) {
+            produce(calls)
+            feedSource()
+            settle()
+        }
+
         /// Checkpoints and plays `<group>-repartition` back until nothing more is routed.
         func settle() {
             engine.sweep()  // a resync's users queued: its floor lifts
@@ -189,9 +196,7 @@ import Testing
         let want = Self.reference { $0.produce(calls + late(10) + late(11) + late(12)) }
         let w = World()
         for part in [Array(calls[..<(calls.count / 2)]), Array(calls[(calls.count / 2)...]), late(10) + late(11)] {
-            w.produce(part)
-            w.feedSource()
-            w.settle()
+            w.play(part)
         }
         let routed = w.repartitionRecords
         let committed = w.store.lastCommit
@@ -210,9 +215,7 @@ import Testing
         #expect(w.repartitionRecords == routed, "calls below the changelog's markers routed or forwarded again")
         // What comes next, from the markers' offsets on, is read: the first new message
         // of each partition sits at its marker's offset.
-        w.produce(late(12))
-        w.feedSource()
-        w.settle()
+        w.play(late(12))
         #expect(w.repartitionRecords > routed)
         Self.expectSameUsers(w, want.bodies)
     }
@@ -221,9 +224,7 @@ import Testing
     /// offsets, and are folded, not skipped (the partition ends below its marker).
     @Test func aRecreatedSourceIsFoldedNotSkippedBelowTheMarkers() {
         let w = World()
-        w.produce(Self.calls(0..<Self.visitors))
-        w.feedSource()
-        w.settle()
+        w.play(Self.calls(0..<Self.visitors))
         let before = (0..<Self.visitors).map { w.body("person-\($0)") }
         // The topic recreated: two key events of each user, from offset 0.
         w.source = [:]
@@ -329,9 +330,7 @@ import Testing
     /// that is most of them.
     @Test func aResyncSendsRoutedUsersToo() {
         let w = World()
-        w.produce(Self.calls(0..<Self.visitors))
-        w.feedSource()
-        w.settle()
+        w.play(Self.calls(0..<Self.visitors))
         let users = w.engine.snapshot().users
         #expect(users == Self.visitors)
         let request = #"{"foldspace_sync":"resync","all":true,"request_id":"r2"}"#
@@ -355,9 +354,7 @@ import Testing
         let calls = Self.calls(0..<Self.visitors).map { $0.replacingOccurrences(of: "\"a-3\"", with: "\"\(id)\"") }
         let want = Self.reference { $0.produce(Self.calls(0..<Self.visitors)) }
         let w = World()
-        w.produce(calls)
-        w.feedSource()
-        w.settle()
+        w.play(calls)
         #expect(w.body("person-3") == want.bodies["person-3"])
         #expect(w.body(id) == nil)
         #expect(w.engine.snapshot().invalid.isEmpty, "\(w.engine.snapshot().invalid)")
@@ -384,9 +381,7 @@ import Testing
         }
         calls.append(#"{"type":"identify","userId":"\#(user)","anonymousId":"\#(anon)","timestamp":"2025-11-17T11:00:00Z"}"#)
         w.store.maxRecordBytes = 300
-        w.produce(calls)
-        w.feedSource()
-        w.settle()
+        w.play(calls)
         #expect(w.engine.snapshot().handOversRefused == 1)
         #expect(w.body(anon) != nil, "the anonymous state was dropped")
         #expect(w.body(user) != nil)
@@ -417,9 +412,7 @@ import Testing
         // Over every call's record (the largest is about 116 bytes); the users' records
         // over it are dead-lettered as states too large, as they always were.
         w.store.maxRecordBytes = 100
-        w.produce(Self.calls(0..<Self.visitors))
-        w.feedSource()
-        w.settle()
+        w.play(Self.calls(0..<Self.visitors))
         let routed = letters.all.filter { $0.headers.contains { $0 == ("reason", "too-large-to-route") } }
         #expect(!routed.isEmpty, "no routed record was dead-lettered")
         #expect(routed.allSatisfy { $0.kind == DeadLetterKind.invalidEvent.rawValue })
