@@ -110,8 +110,7 @@ struct IdentityScenario {
     /// (`settleMs`).
     func mismatches(_ sandbox: FoldspaceSandbox, settleMs: Int64 = 1_500) -> [String] {
         let requests = sandbox.requests
-        var latest: [String: FoldspaceSandbox.Received] = [:]
-        for r in requests where (200..<300).contains(r.status) { latest[r.identifyId] = r }
+        let latest = sandbox.latestAcknowledged()
         var out: [String] = []
         for v in 0..<visitors {
             let user = userId(v)
