@@ -115,7 +115,8 @@ extension SyncConfiguration {
         ),
         .duration(
             "commit_interval", \.commitIntervalMs, atLeast: 100, default: "5s",
-            "how often changed state is written and source offsets committed"),
+            "how often changed state is written and source offsets committed (with `identity.merge`, also sooner when calls routed to other tasks wait, unless the checkpoint would mostly rewrite changed users: docs/identity.md)"
+        ),
         .bool(
             "identity.merge", \.engine.identity.merge, default: "false",
             "identity resolution (docs/identity.md): a call naming two identities (identify with userId and anonymousId, alias) links them, and each user carries every linked identity's events; needs state: durable with state.transactions"
