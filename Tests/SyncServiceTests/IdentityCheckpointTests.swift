@@ -266,6 +266,30 @@ import Testing
         #expect(w.store.userRecords(1).contains { $0.key == Array(c.utf8) })
     }
 
+    /// Routed records that do not decode as one call (JSON that is not a call, a batch of
+    /// two, a key no identity has, an unknown kind) are dead-lettered, their offsets held
+    /// until the letters are written, and the good call beside them is folded.
+    @Test func routedRecordsThatDoNotDecodeAreDeadLettered() {
+        let letters = RecordingDeadLetters()
+        let w = World(letters: letters)
+        let page = #"{"type":"page","userId":"person-r","timestamp":"2025-11-21T14:20:00Z"}"#
+        let two = #"{"batch":[\#(page),\#(page)]}"#
+        let records: [([UInt8], [UInt8])] = [
+            RepartitionRecord.call(target: "person-r", hops: 0, json: Array("not json".utf8)).encode(),
+            RepartitionRecord.call(target: "person-r", hops: 0, json: Array(two.utf8)).encode(),
+            ([], RepartitionRecord.call(target: "x", hops: 0, json: Array(page.utf8)).encode().value),
+            (Array("person-r".utf8), [0x7A, 1, 0] + Array(page.utf8)),
+            RepartitionRecord.call(target: "person-r", hops: 0, json: Array(page.utf8)).encode(),
+        ]
+        let q = IdentityRouter(task: 0, partitions: 2).owner("person-r")
+        feedBytes(w.engine, records.enumerated().map { (TopicPartition("g-repartition", q), Int64($0.offset), $0.element.0, $0.element.1) })
+        #expect(letters.all.count == 4)
+        #expect(letters.all.allSatisfy { $0.headers.contains { $0 == ("field", "repartition") } })
+        #expect(w.body("person-r") != nil, "the good call was not folded")
+        #expect(w.engine.checkpoint())
+        #expect(w.store.lastCommit[TopicPartition("g-repartition", q)] == 5)
+    }
+
     /// Dead letters not written yet hold a merging task whole: none of its graph entries,
     /// tombstones or routed records is written without the offsets that cover them. A
     /// crash then loses nothing (a graph entry written alone made the replay skip its

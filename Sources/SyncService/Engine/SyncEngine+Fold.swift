@@ -261,7 +261,7 @@ extension SyncEngine {
                         }
                     case .ignored(let t):
                         if t == Self.routedMarker, merging, m.topicPartition.topic == options.identity.repartitionTopic {
-                            routed(m, partition: pidx, nowEpoch: nowEpoch, nowMono: now, invalid: &invalid, message: i)
+                            routed(m, partition: pidx, nowMono: now, invalid: &invalid, message: i)
                         } else if t == Self.controlMarker, ResyncRequest.isControl(key: m.key) {
                             if !control(m, partition: pidx, nowMono: now) {
                                 stats.invalid[.invalidControl, default: 0] += 1

@@ -78,11 +78,11 @@ extension SyncEngine {
         }
     }
 
-    /// A message of `<group>-repartition` read at partition index `pidx`: a call routed
-    /// here (folded or routed on), a link request, or a merge record. A record that does
-    /// not decode is invalid input like any other.
+    /// A message of `<group>-repartition` read at partition index `pidx` that the decode did
+    /// not take as a routed call: a link request or a merge record. A record that does not
+    /// decode is invalid input like any other.
     func routed(
-        _ m: ConsumedMessage, partition pidx: OffsetTracker.PartitionIndex, nowEpoch: Int64, nowMono: Int64,
+        _ m: ConsumedMessage, partition pidx: OffsetTracker.PartitionIndex, nowMono: Int64,
         invalid: inout [(Int, DecodeFailure, UInt64)], message i: Int
     ) {
         let task = m.topicPartition.partition
@@ -106,31 +106,13 @@ extension SyncEngine {
                 mergeState(
                     state, into: c, home: pidx, position: AppliedPosition(source: sourceIds[Int(pidx)], offset: m.offset), nowMono: nowMono)
             }
-        case .call(let target, let hops, let json):
-            routedScratch.removeAll()
-            json.withUnsafeBufferPointer { decoder.decode($0, nowMs: nowEpoch, into: &routedScratch) }
-            routedScratch.resolveTimes(from: 0, kafkaMs: m.timestampMs, nowMs: nowEpoch)
-            guard routedScratch.count == 1, case .event = routedScratch[0] else {
-                stats.invalid[.notJSON, default: 0] += 1
-                offsets.hold(pidx, offset: m.offset)
-                invalid.append((i, DecodeFailure(.notJSON, field: "repartition"), reserveDeadLetter(.offset(pidx, m.offset))))
-                return
-            }
-            switch withRouter(task, { $0.route(target: target, hops: hops) }) {
-            case .forward(let q, let t, let h):
-                outbound[task, default: []].append((q, .call(target: t, hops: h, json: json)))
-                stats.forwarded += 1
-            case .fold(let c):
-                let (slot, isNew) = users.slot(c)
-                routedScratch.withEvents { events in
-                    let e = events.baseAddress!
-                    e.pointee.identity = c
-                    fold(e, slot: slot, isNew: isNew, message: m, call: 0, partition: pidx, nowEpoch: nowEpoch, nowMono: nowMono)
-                    if let x = e.pointee.linkedId {
-                        noteLink(x, at: c, timeMs: e.pointee.timeMs ?? nowEpoch, task: task, home: pidx)
-                    }
-                }
-            }
+        case .call:
+            // A routed call that decodes as one event was decoded, routed and folded with
+            // the source's calls (``decodeRoutedCall``, ``routeCall``): one read here does
+            // not, and is invalid input like any other.
+            stats.invalid[.notJSON, default: 0] += 1
+            offsets.hold(pidx, offset: m.offset)
+            invalid.append((i, DecodeFailure(.notJSON, field: "repartition"), reserveDeadLetter(.offset(pidx, m.offset))))
         }
     }
 

@@ -156,8 +156,6 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// Records for other tasks' partitions of `<group>-repartition`, by the task that
     /// writes them (in its next checkpoint's transaction).
     var outbound: [Int32: [(partition: Int32, record: RepartitionRecord)]] = [:]
-    /// Where a routed call read from `<group>-repartition` is decoded (on the poll thread).
-    var routedScratch = DecodedCalls()
     /// Threads decoding a batch, the poll thread included (``EngineOptions/decodeThreads``,
     /// at most the cores).
     let decodeParallelism: Int
