@@ -58,7 +58,8 @@ import Testing
         e.traits = t
         let (key, value) = RepartitionRecord.call(target: "canon", hops: 3, event: e, timeMs: Self.now).encode()
         #expect(key == Array("canon".utf8))
-        #expect(Array(value.prefix(3)) == [UInt8(ascii: "c"), RepartitionRecord.version, 3])
+        // Untagged: version 1, as builds before transaction tags wrote it.
+        #expect(Array(value.prefix(3)) == [UInt8(ascii: "c"), 1, 3])
         #expect(value[3] == UInt8(ascii: "{"))
         guard case .call(let target, let hops, let json) = try RepartitionRecord.decode(key: key, value: value) else {
             Issue.record("not a call")
@@ -71,6 +72,55 @@ import Testing
         let link = RepartitionRecord.link(id: "a", canonical: "b", timeMs: 1, hops: 0).encode().value
         let merge = RepartitionRecord.merge(from: "a", into: "b", state: UserState(), hops: 0).encode().value
         #expect(link[0] == UInt8(ascii: "l") && merge[0] == UInt8(ascii: "m"))
+    }
+
+    /// Version 2: every kind carries the tag of the transaction that wrote it, which the
+    /// head gives back without the payload; a notice round-trips; a call's JSON is read
+    /// in place past the tag; version 1 records and other bytes have no tag.
+    @Test func taggedRecordsAndNoticesRoundTrip() throws {
+        let tags = [
+            RepartitionRecord.Tag(task: 0, epoch: 1, seq: 0),
+            RepartitionRecord.Tag(task: 255, epoch: .max, seq: .max),
+            RepartitionRecord.Tag(task: .max, epoch: 0x1234_5678_9ABC, seq: 70_000),
+        ]
+        for r in Self.samples() {
+            let untagged = r.encode()
+            #expect(RepartitionRecord.head(value: untagged.value.withUnsafeBufferPointer { $0 }) == .untagged)
+            for tag in tags {
+                let (key, value) = r.encode(tag: tag)
+                #expect(value[1] == RepartitionRecord.version && value[2] == r.hops)
+                #expect(try RepartitionRecord.decode(key: key, value: value) == r)
+                value.withUnsafeBufferPointer { v in
+                    #expect(RepartitionRecord.head(value: v) == .tagged(tag))
+                    key.withUnsafeBufferPointer { k in
+                        let payload = RepartitionRecord.callPayload(key: k, value: v)
+                        if case .call(_, let hops, let json) = r {
+                            #expect(payload.map { Array($0.json) } == json && payload?.hops == hops)
+                        } else {
+                            #expect(payload == nil)
+                        }
+                    }
+                }
+            }
+        }
+        for notice in [
+            RepartitionRecord.notice(task: 3, epoch: 77, through: -1), .notice(task: 0, epoch: .max, through: .max),
+            .notice(task: 9, epoch: 0, through: 12),
+        ] {
+            let (key, value) = notice.encode()
+            #expect(try RepartitionRecord.decode(key: key, value: value) == notice)
+            guard case .notice(let task, let epoch, let through) = notice else { continue }
+            #expect(
+                RepartitionRecord.head(value: value.withUnsafeBufferPointer { $0 }) == .notice(task: task, epoch: epoch, through: through))
+            // Bytes after a notice's fields: no notice.
+            #expect(throws: RepartitionRecord.DecodeError.badValue) { try RepartitionRecord.decode(key: key, value: value + [0]) }
+            #expect(RepartitionRecord.head(value: (value + [0]).withUnsafeBufferPointer { $0 }) == .untagged)
+        }
+        // A notice of version 1 never existed.
+        #expect(throws: RepartitionRecord.DecodeError.badValue) {
+            try RepartitionRecord.decode(key: RepartitionRecord.noticeKey, value: [0x6E, 1, 0, 0, 0, 0])
+        }
+        #expect(RepartitionRecord.head(value: Array(#"{"type":"page"}"#.utf8).withUnsafeBufferPointer { $0 }) == .untagged)
     }
 
     @Test func refusesWhatItCannotRead() throws {
@@ -115,8 +165,11 @@ import Testing
     /// decodes encodes to a record that decodes to itself.
     @Test func decodingArbitraryBytesNeverTraps() async {
         var rng = SystemRandomNumberGenerator()
-        let good = Self.samples().map { $0.encode() }
-        let kinds: [UInt8] = [0x63, 0x6C, 0x6D, 0x7B, 0x00]
+        let tag = RepartitionRecord.Tag(task: 1, epoch: 0xABCDEF, seq: 5)
+        let good =
+            Self.samples().map { $0.encode() } + Self.samples().map { $0.encode(tag: tag) }
+            + [RepartitionRecord.notice(task: 2, epoch: 9, through: 4).encode()]
+        let kinds: [UInt8] = [0x63, 0x6C, 0x6D, 0x6E, 0x7B, 0x00]
         var decoded = 0
         for round in 0..<20_000 {
             if round % 1_000 == 0 { await Task.yield() }  // CPU-bound: let the pool run other tests
@@ -135,6 +188,7 @@ import Testing
                 value += [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01].prefix(Int.random(in: 1...10, using: &rng))
                 if Bool.random(using: &rng), !key.isEmpty { key[Int.random(in: 0..<key.count, using: &rng)] = 0xFF }
             }
+            _ = value.withUnsafeBufferPointer { RepartitionRecord.head(value: $0) }
             guard let r = try? RepartitionRecord.decode(key: key, value: value) else { continue }
             decoded += 1
             let again = r.encode()

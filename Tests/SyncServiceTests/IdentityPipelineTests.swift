@@ -1,3 +1,4 @@
+import FoldspaceAPI
 import Foundation
 import Kafka
 import Simulation
@@ -47,5 +48,27 @@ import Testing
         #expect((h.pipeline.engine?.snapshot().forwarded ?? 0) > 0, "nothing was routed")
         #expect(h.sandbox.violationCount == 0)
         try await h.stop()
+    }
+
+    /// A task's restore reads its changelog partition up to its last transaction: with a
+    /// state topic that is not co-partitioned (two tasks sharing a partition) there is no
+    /// such end, and identity.merge refuses to start.
+    @Test func aStateTopicNotCoPartitionedIsRefused() async throws {
+        let h = try await PipelineHarness(partitions: 2)
+        let group = "ident-\(UUID().uuidString.prefix(8))"
+        for t in ["-repartition", "-identities"] { try h.cluster.createTopic(group + t, partitions: 2) }
+        try h.cluster.createTopic(group + "-state", partitions: 1)
+        try h.start { c in
+            c.group = group
+            c.stateMode = .durable
+            c.engine.identity.merge = true
+        }
+        await #expect(throws: ConfigurationError.self) { try await h.task.value }
+        do {
+            try await h.task.value
+        } catch {
+            #expect("\(error)".contains("the state topic has 1 partitions but"), "\(error)")
+        }
+        await h.sandbox.stop()
     }
 }

@@ -14,13 +14,29 @@ public struct StoredUser: Sendable, Equatable {
     /// Set on a changelog marker (no user): the source offset committed with the
     /// checkpoint that wrote it (see ``StateCodec/encodeMarker(committedOffset:sourcePartitions:)``).
     public var markerOffset: Int64?
+    /// Set on a marker written by a merging task's transaction (identity resolution): that
+    /// transaction's writer epoch and sequence number (``RepartitionRecord/Tag``).
+    public var markerTxn: MarkerTxn?
 
-    public init(state: UserState, dirty: Bool, settledHash: UInt64, sourcePartitions: Int32 = 0, markerOffset: Int64? = nil) {
+    public struct MarkerTxn: Sendable, Equatable {
+        public var epoch: UInt64
+        public var seq: Int64
+        public init(epoch: UInt64, seq: Int64) {
+            self.epoch = epoch
+            self.seq = seq
+        }
+    }
+
+    public init(
+        state: UserState, dirty: Bool, settledHash: UInt64, sourcePartitions: Int32 = 0, markerOffset: Int64? = nil,
+        markerTxn: MarkerTxn? = nil
+    ) {
         self.state = state
         self.dirty = dirty
         self.settledHash = settledHash
         self.sourcePartitions = sourcePartitions
         self.markerOffset = markerOffset
+        self.markerTxn = markerTxn
     }
 }
 
@@ -52,6 +68,8 @@ public enum StateCodec {
         /// existed) skips it as a newer writer's field and reads an empty user, which
         /// applied nothing of any source partition: it is never restored as one.
         case markerOffset
+        /// Only in a marker of a merging task's transaction: its epoch and sequence number.
+        case markerTxn
     }
 
     public enum DecodeError: Error, Equatable {
@@ -69,11 +87,11 @@ public enum StateCodec {
     /// A changelog marker's value: an empty user carrying the source offset committed
     /// with it and the source's partition count. Readers of this format that predate
     /// markers decode it as an empty user of no partition and leave it.
-    public static func encodeMarker(committedOffset: Int64, sourcePartitions: Int32) -> [UInt8] {
+    public static func encodeMarker(committedOffset: Int64, sourcePartitions: Int32, txn: StoredUser.MarkerTxn? = nil) -> [UInt8] {
         encode(
             StoredUser(
                 state: UserState(), dirty: false, settledHash: 0, sourcePartitions: sourcePartitions,
-                markerOffset: committedOffset))
+                markerOffset: committedOffset, markerTxn: txn))
     }
 
     public static func encode(_ u: StoredUser) -> [UInt8] {
@@ -181,6 +199,12 @@ public enum StateCodec {
         if u.settledHash != 0 { w.field(.settledHash) { $0.u64(u.settledHash) } }
         if u.sourcePartitions > 0 { w.field(.sourcePartitions) { $0.varint(UInt64(u.sourcePartitions)) } }
         if let o = u.markerOffset { w.field(.markerOffset) { $0.zigzag(o) } }
+        if let t = u.markerTxn {
+            w.field(.markerTxn) {
+                $0.varint(t.epoch)
+                $0.zigzag(t.seq)
+            }
+        }
         return w.bytes
     }
 
@@ -204,6 +228,7 @@ public enum StateCodec {
         var hash: UInt64 = 0
         var sourcePartitions: Int32 = 0
         var markerOffset: Int64?
+        var markerTxn: StoredUser.MarkerTxn?
         // The text fields, packed once at the end (see ``TextFields/Registers``).
         var text = TextFields.Registers()
         while !r.atEnd {
@@ -294,9 +319,11 @@ public enum StateCodec {
             case .settledHash: hash = try f.u64()
             case .sourcePartitions: sourcePartitions = Int32(truncatingIfNeeded: try f.varint())
             case .markerOffset: markerOffset = try f.zigzag()
+            case .markerTxn: markerTxn = StoredUser.MarkerTxn(epoch: try f.varint(), seq: try f.zigzag())
             }
         }
         s.text = TextFields(text, from: bytes)
-        return StoredUser(state: s, dirty: dirty, settledHash: hash, sourcePartitions: sourcePartitions, markerOffset: markerOffset)
+        return StoredUser(
+            state: s, dirty: dirty, settledHash: hash, sourcePartitions: sourcePartitions, markerOffset: markerOffset, markerTxn: markerTxn)
     }
 }

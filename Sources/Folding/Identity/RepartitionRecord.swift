@@ -6,9 +6,23 @@ import Events
 ///
 /// Framing. The key is the record's ``target`` as UTF-8: the identity whose owner reads
 /// it, as every record of the topic is keyed by the identity it is routed by. The value
-/// is a three-byte head and a payload:
+/// is a three-byte head, the writing transaction's tag (version 2) and a payload:
 ///
-///     kind (1 byte) · version (1 byte, now 1) · hops (1 byte) · payload
+///     kind (1 byte) · version (1 byte, now 2) · hops (1 byte) · tag · payload
+///
+/// - tag (version 2; version 1 records have none): the task that wrote the record
+///   (varint), its writer's epoch (varint, random per ownership of the task) and the
+///   transaction's sequence number in that epoch (zigzag varint). A reader folds a tagged
+///   record only once a notice of the same task says the transaction committed
+///   (``TransactionGate``): brokers that do not hide an aborted transaction's records
+///   (librdkafka's mock, tansu) show them to `read_committed` readers, and a checkpoint
+///   cut by a crash would otherwise be half read.
+/// - kind `n` (0x6E): a notice, written at the head of a task's next transaction into
+///   every partition that holds its records still unresolved (and into every partition
+///   when a new owner starts): "of this task, transactions up to `through` of `epoch`
+///   committed; every other record of the task before this notice did not". Its payload
+///   is the task (varint), the epoch (varint) and `through` (zigzag varint, -1: none);
+///   its key is not read.
 ///
 /// - kind `c` (0x63): a call; the payload is the call as one compact Segment-spec JSON
 ///   object (``SegmentEvent/segmentJSON(timeMs:)``), decoded by ``SegmentDecoder``.
@@ -41,16 +55,35 @@ public enum RepartitionRecord: Sendable, Equatable {
     case link(id: String, canonical: String, timeMs: Int64, hops: UInt8)
     /// The folded state of `from`, for `owner(into)` to merge into `into`'s.
     case merge(from: String, into: String, state: UserState, hops: UInt8)
+    /// Of task `task`'s records before it in the partition: those of transactions up to
+    /// `through` of `epoch` committed, every other one did not (docs/identity.md,
+    /// "Transactions on brokers that show aborted records").
+    case notice(task: Int32, epoch: UInt64, through: Int64)
+
+    /// The transaction that wrote a record (version 2).
+    public struct Tag: Sendable, Hashable {
+        public var task: Int32
+        public var epoch: UInt64
+        public var seq: Int64
+        public init(task: Int32, epoch: UInt64, seq: Int64) {
+            self.task = task
+            self.epoch = epoch
+            self.seq = seq
+        }
+    }
 
     /// The format version written.
-    public static let version: UInt8 = 1
+    public static let version: UInt8 = 2
     /// The longest id in bytes: Foldspace takes ids of at most 255 characters (the
     /// decoder refuses longer ones), 4 bytes each at most.
     public static let maxIdentityBytes = 1020
 
     enum Kind: UInt8 {
-        case call = 0x63, link = 0x6C, merge = 0x6D
+        case call = 0x63, link = 0x6C, merge = 0x6D, notice = 0x6E
     }
+
+    /// The key notices are written under (not read).
+    public static let noticeKey = Array("foldspace-sync.notice".utf8)
 
     public enum DecodeError: Error, Equatable {
         /// The value is shorter than its head, or a length runs past its end.
@@ -80,6 +113,7 @@ public enum RepartitionRecord: Sendable, Equatable {
         case .call(let target, _, _): target
         case .link(let id, _, _, _): id
         case .merge(_, let into, _, _): into
+        case .notice: String(decoding: Self.noticeKey, as: UTF8.self)
         }
     }
 
@@ -87,26 +121,43 @@ public enum RepartitionRecord: Sendable, Equatable {
     public var hops: UInt8 {
         switch self {
         case .call(_, let hops, _), .link(_, _, _, let hops), .merge(_, _, _, let hops): hops
+        case .notice: 0
         }
     }
 
     // MARK: Encoding
 
-    public func encode() -> (key: [UInt8], value: [UInt8]) {
+    /// The record as written by the transaction `tag` (nil: version 1, untagged, as
+    /// builds before tags wrote it; tests read both).
+    public func encode(tag: Tag? = nil) -> (key: [UInt8], value: [UInt8]) {
         var w = StateCodec.Writer()
+        func head(_ kind: Kind, _ hops: UInt8) {
+            w.bytes.append(contentsOf: [kind.rawValue, tag == nil ? 1 : Self.version, hops])
+            if let tag {
+                w.varint(UInt64(UInt32(bitPattern: tag.task)))
+                w.varint(tag.epoch)
+                w.zigzag(tag.seq)
+            }
+        }
         switch self {
         case .call(let target, let hops, let json):
-            w.bytes.reserveCapacity(3 + json.count)
-            w.bytes.append(contentsOf: [Kind.call.rawValue, Self.version, hops])
+            w.bytes.reserveCapacity(3 + 24 + json.count)
+            head(.call, hops)
             w.bytes.append(contentsOf: json)
             return (Array(target.utf8), w.bytes)
         case .link(let id, let canonical, let timeMs, let hops):
-            w.bytes.append(contentsOf: [Kind.link.rawValue, Self.version, hops])
+            head(.link, hops)
             w.zigzag(timeMs)
             w.string(canonical)
             return (Array(id.utf8), w.bytes)
+        case .notice(let task, let epoch, let through):
+            w.bytes.append(contentsOf: [Kind.notice.rawValue, Self.version, 0])
+            w.varint(UInt64(UInt32(bitPattern: task)))
+            w.varint(epoch)
+            w.zigzag(through)
+            return (Self.noticeKey, w.bytes)
         case .merge(let from, let into, let state, let hops):
-            w.bytes.append(contentsOf: [Kind.merge.rawValue, Self.version, hops])
+            head(.merge, hops)
             w.string(from)
             w.bytes.append(contentsOf: StateCodec.encode(StoredUser(state: state, dirty: false, settledHash: 0)))
             return (Array(into.utf8), w.bytes)
@@ -124,7 +175,44 @@ public enum RepartitionRecord: Sendable, Equatable {
         guard value.count > 3, value[0] == Kind.call.rawValue, value[1] >= 1, value[1] <= version,
             !key.isEmpty, key.count <= maxIdentityBytes, UTF8Check.isValid(key)
         else { return nil }
-        return (value[2], UnsafeBufferPointer(rebasing: value[3...]))
+        var r = StateCodec.Reader(bytes: value, pos: 3)
+        if value[1] >= 2 {
+            guard (try? readTag(&r)) != nil, !r.atEnd else { return nil }
+        }
+        return (value[2], UnsafeBufferPointer(rebasing: value[r.pos...]))
+    }
+
+    /// What a record's head says of the transaction that wrote it, read without the
+    /// payload: for ``TransactionGate``, which holds tagged records until a notice of
+    /// their task resolves them.
+    public enum Head: Equatable, Sendable {
+        /// Written by transaction `tag`.
+        case tagged(Tag)
+        /// A notice.
+        case notice(task: Int32, epoch: UInt64, through: Int64)
+        /// Version 1 (untagged), or not a record of this format at all (the engine reads
+        /// and refuses it as it did before tags).
+        case untagged
+    }
+
+    public static func head(value: UnsafeBufferPointer<UInt8>) -> Head {
+        guard value.count >= 3, Kind(rawValue: value[0]) != nil, value[1] >= 2, value[1] <= version else { return .untagged }
+        var r = StateCodec.Reader(bytes: value, pos: 3)
+        guard let tag = try? readTag(&r) else { return .untagged }
+        if value[0] == Kind.notice.rawValue {
+            guard r.atEnd else { return .untagged }
+            return .notice(task: tag.task, epoch: tag.epoch, through: tag.seq)
+        }
+        return .tagged(tag)
+    }
+
+    /// A tag (or a notice's payload, which has its shape).
+    static func readTag(_ r: inout StateCodec.Reader) throws(StateCodec.DecodeError) -> Tag {
+        let task = try r.varint()
+        let epoch = try r.varint()
+        let seq = try r.zigzag()
+        guard task <= UInt64(Int32.max) else { throw .badValue }
+        return Tag(task: Int32(task), epoch: epoch, seq: seq)
     }
 
     public static func decode(key: [UInt8], value: [UInt8]) throws(DecodeError) -> RepartitionRecord {
@@ -136,7 +224,6 @@ public enum RepartitionRecord: Sendable, Equatable {
     /// As ``decode(key:value:)-([UInt8],_)``, from bytes held elsewhere (a consumed
     /// message's, read only during the call).
     public static func decode(key: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) throws(DecodeError) -> RepartitionRecord {
-        guard let target = identity(key) else { throw .badKey }
         guard value.count >= 3 else { throw .truncated }
         guard let kind = Kind(rawValue: value[0]) else { throw .unknownKind(value[0]) }
         let v = value[1]
@@ -144,9 +231,26 @@ public enum RepartitionRecord: Sendable, Equatable {
         guard v <= version else { throw .newerVersion(v) }
         let hops = value[2]
         var r = StateCodec.Reader(bytes: value, pos: 3)
+        if v >= 2 {
+            let tag: Tag
+            do {
+                tag = try readTag(&r)
+            } catch {
+                throw error == .truncated ? .truncated : .badValue
+            }
+            if kind == .notice {
+                guard r.atEnd else { throw .badValue }
+                return .notice(task: tag.task, epoch: tag.epoch, through: tag.seq)
+            }
+        } else if kind == .notice {
+            throw .badValue
+        }
+        guard let target = identity(key) else { throw .badKey }
         switch kind {
+        case .notice:
+            throw .badValue
         case .call:
-            return .call(target: target, hops: hops, json: Array(UnsafeBufferPointer(rebasing: value[3...])))
+            return .call(target: target, hops: hops, json: Array(UnsafeBufferPointer(rebasing: value[r.pos...])))
         case .link:
             let timeMs: Int64
             let canonical: Range<Int>

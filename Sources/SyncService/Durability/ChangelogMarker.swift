@@ -26,7 +26,13 @@ public enum ChangelogMarker {
 
     public static func isMarker(key: some Collection<UInt8>) -> Bool { key.first == 0xFF }
 
-    public static func value(offset: Int64, sourcePartitions: Int32) -> [UInt8] {
-        StateCodec.encodeMarker(committedOffset: offset, sourcePartitions: sourcePartitions)
+    public static func value(offset: Int64, sourcePartitions: Int32, txn: StoredUser.MarkerTxn? = nil) -> [UInt8] {
+        StateCodec.encodeMarker(committedOffset: offset, sourcePartitions: sourcePartitions, txn: txn)
     }
+
+    /// The key of the record a merging task's transaction writes last into its partition
+    /// of `<group>-identities` (its value a marker with the transaction's epoch and
+    /// sequence number): a restore reads the graph up to the one of the transaction the
+    /// changelog's markers name, and no further (docs/identity.md).
+    public static let identitiesKey: [UInt8] = [0xFF] + Array("foldspace-sync.transaction".utf8)
 }

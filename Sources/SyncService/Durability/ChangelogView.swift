@@ -25,12 +25,26 @@ extension SyncEngine {
 
         init() {}
 
-        init(_ records: PackedRecords) {
+        /// `cutAfter`: the key of a marker after whose last record nothing is read
+        /// (identity resolution: a task's source marker ends each of its transactions, and
+        /// what follows the last one was cut off by a crash). Without one, or when the
+        /// partition holds none, every record is read.
+        init(_ records: PackedRecords, cutAfter: [UInt8]? = nil) {
             self.records = records
             var last: [RawKey: Int] = [:]
             last.reserveCapacity(records.count)
+            var end = records.count
             records.bytes.withUnsafeBufferPointer { b in
-                for i in 0..<records.count {
+                if let cutAfter {
+                    let cut = cutAfter.withUnsafeBufferPointer { c in
+                        (0..<records.count).last { i in
+                            let r = records.keyRange(i)
+                            return r.count == c.count && b[r].elementsEqual(c)
+                        }
+                    }
+                    if let cut { end = cut + 1 }
+                }
+                for i in 0..<end {
                     let key = UnsafeBufferPointer(rebasing: b[records.keyRange(i)])
                     if ChangelogMarker.isMarker(key: key) {
                         markers.updateValue(records.valueRange(i).map { Array(b[$0]) }, forKey: Array(key))
@@ -39,7 +53,7 @@ extension SyncEngine {
                     last[RawKey(String(decoding: key, as: UTF8.self))] = i
                 }
             }
-            var keyAt = [String?](repeating: nil, count: records.count)
+            var keyAt = [String?](repeating: nil, count: end)
             for (key, i) in last { keyAt[i] = key.string }
             latest.reserveCapacity(last.count)
             for (i, key) in keyAt.enumerated() {

@@ -234,8 +234,34 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
         }
         do throws(KafkaError) {
             try writer.beginTransaction()
-            for r in g.records { try writer.send(topic: topic, partition: r.partition, key: r.key, value: r.value) }
-            for r in g.extra { try writer.send(topic: r.topic, partition: r.partition, key: r.key, value: r.value) }
+            if g.extra.isEmpty {
+                for r in g.records { try writer.send(topic: topic, partition: r.partition, key: r.key, value: r.value) }
+            } else {
+                // Identity resolution: every record first; once the broker has them all, the
+                // identities marker; once it has that, the changelog's markers. A source
+                // marker anyone reads then means its whole transaction was written, even
+                // where a crash cut it off and the broker shows what it holds of it
+                // (docs/identity.md).
+                func flush() throws(KafkaError) {
+                    guard writer.flush(timeoutMs: budget(30_000)) else {
+                        throw KafkaError(message: "checkpoint of \(g.source): its records were not written in time", isRetriable: true)
+                    }
+                }
+                for r in g.records where !ChangelogMarker.isMarker(key: r.key) {
+                    try writer.send(topic: topic, partition: r.partition, key: r.key, value: r.value)
+                }
+                for r in g.extra where !ChangelogMarker.isMarker(key: r.key) {
+                    try writer.send(topic: r.topic, partition: r.partition, key: r.key, value: r.value)
+                }
+                try flush()
+                for r in g.extra where ChangelogMarker.isMarker(key: r.key) {
+                    try writer.send(topic: r.topic, partition: r.partition, key: r.key, value: r.value)
+                }
+                try flush()
+                for r in g.records where ChangelogMarker.isMarker(key: r.key) {
+                    try writer.send(topic: topic, partition: r.partition, key: r.key, value: r.value)
+                }
+            }
             var offsets = g.extraOffsets
             if let o = g.offset { offsets[g.source] = o }
             if !offsets.isEmpty {

@@ -161,20 +161,23 @@ extension SyncEngine {
             guard var x = identity[g], x.outbound.contains(where: { $0.key.count + ($0.value?.count ?? 0) > maxRecordBytes }) else {
                 continue
             }
+            // The notices come first in `outbound` (tiny: never over).
+            let n = x.notices.count
             var keep: [Int] = []
-            for (i, r) in x.outbound.enumerated() {
+            for (i, r) in x.outbound.enumerated() where i >= n {
                 let bytes = r.key.count + (r.value?.count ?? 0)
                 guard bytes > maxRecordBytes else {
-                    keep.append(i)
+                    keep.append(i - n)
                     continue
                 }
-                switch x.taken[i].record {
+                switch x.taken[i - n].record {
                 case .merge(let from, _, _, _): oversized.append((from, bytes, groups[g].source, .stateTooLarge))
                 case .call(let target, _, _): oversized.append((target, bytes, groups[g].source, .invalidEvent))
                 case .link(let id, _, _, _): oversized.append((id, bytes, groups[g].source, .invalidEvent))
+                case .notice: break
                 }
             }
-            x.outbound = keep.map { x.outbound[$0] }
+            x.outbound = Array(x.outbound[..<n]) + keep.map { x.outbound[n + $0] }
             x.taken = keep.map { x.taken[$0] }
             identity[g] = x
         }
@@ -228,7 +231,32 @@ extension SyncEngine {
                 continue
             }
             recordCount += records.count
-            if offset != nil || due.contains(group.index) {
+            if let x = identity[g] {
+                // Identity resolution: every transaction writes both markers last, the source
+                // partition's the very last, tagged with the transaction: a restore reads
+                // the changelog up to it and the graph up to the identities marker with its
+                // tag, and no further (what a crash cut off, which some brokers show).
+                let txn = StoredUser.MarkerTxn(epoch: x.tag.epoch, seq: x.tag.seq)
+                let sp = store.statePartition(for: group.source.partition)
+                if let r = x.repartitionIndex {
+                    let rtp = partitionsByIndex[Int(r)]
+                    if let at = x.offsets[rtp] ?? x.committedRepartition ?? floors[rtp] {
+                        records.append(
+                            (
+                                sp, ChangelogMarker.key(rtp),
+                                ChangelogMarker.value(offset: at, sourcePartitions: store.sourcePartitions, txn: txn)
+                            ))
+                    }
+                }
+                records.append(
+                    (
+                        sp, ChangelogMarker.key(group.source),
+                        ChangelogMarker.value(
+                            offset: offset ?? x.committedSource ?? floors[group.source] ?? -1, sourcePartitions: store.sourcePartitions,
+                            txn: txn)
+                    ))
+                marked.append(group.index)
+            } else if offset != nil || due.contains(group.index) {
                 // -1: written at an assignment's first checkpoint, with no offset.
                 records.append(
                     (
@@ -237,21 +265,10 @@ extension SyncEngine {
                     ))
                 marked.append(group.index)
             }
-            // Identity resolution: the task's repartition partition has its marker too, so
-            // that a new owner whose group offsets lag skips what was forwarded from it.
-            if let x = identity[g], let r = x.repartitionIndex {
-                let rtp = partitionsByIndex[Int(r)]
-                if let at = x.offsets[rtp] ?? (due.contains(group.index) ? floors[rtp] : nil) {
-                    records.append(
-                        (
-                            store.statePartition(for: group.source.partition), ChangelogMarker.key(rtp),
-                            ChangelogMarker.value(offset: at, sourcePartitions: store.sourcePartitions)
-                        ))
-                }
-            }
             var batch = CheckpointGroup(source: group.source, records: records, offset: offset)
             if let x = identity[g] {
                 batch.extra = x.graphRecords + x.outbound
+                batch.extra.append(x.identitiesMarker(topic: options.identity.identitiesTopic, sourcePartitions: store.sourcePartitions))
                 batch.extraOffsets = x.offsets
             }
             batches.append(batch)
@@ -276,7 +293,13 @@ extension SyncEngine {
                 if !held.contains(g) && (failure == nil || committed.contains(group.source)) {
                     done.insert(g)
                     if marked.contains(group.index) { markerDue.remove(group.index) }
-                    if let x = identity[g] { withRouter(x.task) { $0.committed(x.written) } }
+                    if let x = identity[g] {
+                        withRouter(x.task) { $0.committed(x.written) }
+                        if txns[x.task]?.epoch == x.tag.epoch {
+                            txns[x.task]!.committed(
+                                x.tag.seq, start: x.start, noticed: Set(x.notices.map(\.partition)), touched: x.touched)
+                        }
+                    }
                 } else {
                     requeue(keys[groups[g].start..<end], tombstones[groups[g].tombstones..<tombstonesEnd])
                     if let x = identity[g] { putBack(x) }
@@ -318,17 +341,45 @@ struct TaskExtras {
     var outbound: [(topic: String, partition: Int32, key: [UInt8], value: [UInt8]?)]
     var taken: [(partition: Int32, record: RepartitionRecord)]
     var offsets: [TopicPartition: Int64] = [:]
+    /// The transaction's tag (``TaskTransactions``), the notices it writes first, and
+    /// whether they are its task's start notices.
+    var tag = RepartitionRecord.Tag(task: 0, epoch: 0, seq: 0)
+    var notices: [(partition: Int32, record: RepartitionRecord)] = []
+    var start = false
+    /// The offsets of the task's two partitions committed before (for markers written
+    /// again when they did not move).
+    var committedSource: Int64?
+    var committedRepartition: Int64?
 
-    var isEmpty: Bool { graphRecords.isEmpty && taken.isEmpty && offsets.isEmpty }
+    var isEmpty: Bool { graphRecords.isEmpty && taken.isEmpty && offsets.isEmpty && notices.isEmpty }
 
-    /// Encodes the buffer taken into ``outbound``, outside the engine's lock: each record
-    /// is copied into its framing (a merge record's state encoded), which under the lock
-    /// stalled the fold for the whole backlog.
+    /// The partitions its routed records go to.
+    var touched: Set<Int32> { Set(taken.map(\.partition)) }
+
+    /// Encodes the notices and the buffer taken into ``outbound``, outside the engine's
+    /// lock: each record is copied into its framing (a merge record's state encoded),
+    /// which under the lock stalled the fold for the whole backlog. The notices go first:
+    /// in each partition they precede this transaction's records, which they do not cover.
     mutating func encodeOutbound(topic: String) {
-        outbound = taken.map { t in
-            let (k, v) = t.record.encode()
-            return (topic, t.partition, k, v)
+        outbound = []
+        outbound.reserveCapacity(notices.count + taken.count)
+        for n in notices {
+            let (k, v) = n.record.encode()
+            outbound.append((topic, n.partition, k, v))
         }
+        for t in taken {
+            let (k, v) = t.record.encode(tag: tag)
+            outbound.append((topic, t.partition, k, v))
+        }
+    }
+
+    /// The identities marker: the transaction's last record in the task's partition of
+    /// `<group>-identities`.
+    func identitiesMarker(topic: String, sourcePartitions: Int32) -> (topic: String, partition: Int32, key: [UInt8], value: [UInt8]?) {
+        (
+            topic, task, ChangelogMarker.identitiesKey,
+            ChangelogMarker.value(offset: -1, sourcePartitions: sourcePartitions, txn: .init(epoch: tag.epoch, seq: tag.seq))
+        )
     }
 }
 
@@ -345,13 +396,22 @@ extension SyncEngine {
         let identities = options.identity.identitiesTopic
         let graph = written.map { w in (identities, task, IdentityCodec.key(w.id), w.entry.map(IdentityCodec.encode)) }
         let taken = outbound.removeValue(forKey: task) ?? []
-        return TaskExtras(
+        var x = TaskExtras(
             task: task, repartitionIndex: r, graphRecords: graph, written: written, outbound: [], taken: taken)
+        let now = clock.monotonicMs()
+        var t = txns[task] ?? TaskTransactions(prior: nil, nowMs: now)
+        x.start = t.startPending
+        (x.tag, x.notices) = t.begin(task: task, partitions: options.identity.partitions, nowMs: now)
+        txns[task] = t
+        x.committedSource = lastCommitted[p]
+        x.committedRepartition = r.flatMap { lastCommitted[$0] }
+        return x
     }
 
     /// Called with the lock held: a checkpoint that did not write `x`'s buffer puts it back,
     /// ahead of what was buffered since.
     func putBack(_ x: TaskExtras) {
+        if txns[x.task]?.epoch == x.tag.epoch { txns[x.task]!.failed(touched: x.touched) }
         guard !x.taken.isEmpty else { return }
         outbound[x.task] = x.taken + (outbound[x.task] ?? [])
     }

@@ -46,9 +46,18 @@ extension SyncEngine {
                     // Each changelog partition's last value per key (once, however many
                     // source partitions share it), then the table sized once for the
                     // users expected, then each source partition decoded and loaded.
+                    // Identity resolution: each task's changelog partition is read up to its
+                    // source marker, the last record of each of its transactions.
+                    var cuts: [Int32: [UInt8]] = [:]
+                    if options.identity.merge {
+                        var by: [Int32: [TopicPartition]] = [:]
+                        for tp in claimed { by[store.statePartition(for: tp.partition), default: []].append(tp) }
+                        for (sp, tps) in by where tps.count == 1 { cuts[sp] = ChangelogMarker.key(tps[0]) }
+                    }
+                    let cutKeys = cuts
                     let slots = ParallelSlots(count: statePartitions.count, ChangelogView())
                     DispatchQueue.concurrentPerform(iterations: statePartitions.count) { i in
-                        slots[i] = ChangelogView(records[statePartitions[i]] ?? PackedRecords())
+                        slots[i] = ChangelogView(records[statePartitions[i]] ?? PackedRecords(), cutAfter: cutKeys[statePartitions[i]])
                     }
                     let views = Dictionary(uniqueKeysWithValues: zip(statePartitions, slots.all))
                     lock.withLock { users.reserve(Self.expectedUsers(partitions, views: views, store: store)) }
@@ -191,8 +200,20 @@ extension SyncEngine {
             do {
                 let records =
                     try store.read(topic: options.identity.identitiesTopic, partitions: [tp.partition])[tp.partition] ?? PackedRecords()
+                // Up to the identities marker of the transaction the changelog's source
+                // marker names: what follows it was cut off by a crash (or was not written
+                // by a committed transaction), and some brokers show it.
+                let all = records.records
+                var end = all.count
+                if let txn = (try? marker.map { try StateCodec.decode($0) })??.markerTxn,
+                    let i = all.lastIndex(where: {
+                        $0.key == ChangelogMarker.identitiesKey && ($0.value.flatMap { try? StateCodec.decode($0) })?.markerTxn == txn
+                    })
+                {
+                    end = i + 1
+                }
                 var last: [[UInt8]: [UInt8]?] = [:]
-                for r in records.records { last[r.key] = r.value }
+                for r in all[..<end] where !ChangelogMarker.isMarker(key: r.key) { last[r.key] = r.value }
                 for (key, value) in last {
                     let id = try IdentityCodec.identity(key: key)
                     graph.append((id, try value.map { try IdentityCodec.decode($0) }))
@@ -225,6 +246,9 @@ extension SyncEngine {
             }
         }
         if let newer { return .failed(Self.newerVersion(newer)) }
+        // Identity resolution: the last transaction of the task that committed, named by the
+        // new owner's start notices.
+        let priorTxn = merging ? (marker.flatMap { try? StateCodec.decode($0) })?.markerTxn : nil
         // Identity resolution: how far the task's source and repartition partitions are
         // committed by the changelog (``replayFloors``).
         var floors: [TopicPartition: Int64] = [:]
@@ -348,6 +372,7 @@ extension SyncEngine {
             var released = [tp]
             if merging {
                 replayFloors[tp] = floors[tp]
+                txns[tp.partition] = TaskTransactions(prior: priorTxn, nowMs: clock.monotonicMs())
                 // The task's graph, and its repartition partition, held until now.
                 retireRouter(tp.partition)
                 withRouter(tp.partition) { r in for g in graph { r.load(g.id, g.entry) } }

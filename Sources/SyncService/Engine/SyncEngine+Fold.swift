@@ -8,6 +8,19 @@ import Logging
 
 extension SyncEngine {
     public func consume(_ batch: [ConsumedMessage]) {
+        // Identity resolution: routed records wait for their transaction's notice.
+        guard options.identity.merge, let topic = options.identity.repartitionTopic else { return consumeInOrder(batch) }
+        let gated = gate.filter(batch, topic: topic, tasks: options.identity.partitions)
+        let (held, dropped) = (gate.heldRecords, gate.dropped)
+        lock.withLock {
+            stats.heldRoutedRecords = held
+            stats.droppedRoutedRecords = dropped
+        }
+        consumeInOrder(gated)
+        gate.release()
+    }
+
+    func consumeInOrder(_ batch: [ConsumedMessage]) {
         let nowEpoch = clock.epochMs()
         // Decoding is pure and the larger share of an event's cost; folding must stay in
         // order on this thread. So the batch is cut into chunks that helper threads

@@ -106,6 +106,8 @@ extension SyncEngine {
                 mergeState(
                     state, into: c, home: pidx, position: AppliedPosition(source: sourceIds[Int(pidx)], offset: m.offset), nowMono: nowMono)
             }
+        case .notice:
+            break  // read by the gate (``TransactionGate``)
         case .call:
             // A routed call that decodes as one event was decoded, routed and folded with
             // the source's calls (``decodeRoutedCall``, ``routeCall``): one read here does
@@ -163,8 +165,9 @@ extension SyncEngine {
                 let record = RepartitionRecord.merge(from: h.linked, into: target, state: taken.state, hops: hops)
                 let (k, v) = record.encode()
                 // Room for the record forwarded on, keyed by a longer identity (255
-                // characters of up to 4 bytes).
-                bytes = k.count + v.count + Self.longestIdentityBytes
+                // characters of up to 4 bytes), and for its transaction's tag (at most 25
+                // bytes of varints).
+                bytes = k.count + v.count + Self.longestIdentityBytes + 25
                 merge = record
             case .fold(let c):
                 let other = users[c].map { StateCodec.encode(StoredUser(state: $0.state, dirty: true, settledHash: 0)).count } ?? 0
@@ -195,11 +198,15 @@ extension SyncEngine {
     }
 
     /// Records buffered for other tasks and not yet written (their tasks read them only once
-    /// a checkpoint has committed them), and users queued for the next checkpoint:
+    /// a checkpoint has committed them, and a later one's notices say so), notices
+    /// waiting, and users queued for the next checkpoint:
     /// ``Checkpoints`` asks, to checkpoint sooner.
     public var checkpointBacklog: (routed: Int, users: Int) {
         lock.withLock {
-            (outbound.values.reduce(0) { $0 + $1.count }, pendingCheckpoint.values.reduce(0) { $0 + $1.count })
+            (
+                outbound.values.reduce(0) { $0 + $1.count } + txns.values.reduce(0) { $0 + $1.waiting },
+                pendingCheckpoint.values.reduce(0) { $0 + $1.count }
+            )
         }
     }
 

@@ -22,6 +22,7 @@ extension SyncEngine {
     /// thread (``EngineLinks/restored``): the consumer holds it paused meanwhile, and
     /// readiness waits for it. Memory mode: consumed at once.
     public func partitionsAssigned(_ partitions: [TopicPartition]) {
+        gate.drop(partitions)
         let durable = options.durable && stateStore != nil
         var generation: UInt64 = 0
         var sink: (@Sendable ([TopicPartition]) -> Void)?
@@ -102,6 +103,7 @@ extension SyncEngine {
     /// homed on those partitions leave memory. What could not be settled stays
     /// uncommitted, so the next owner reads it again.
     public func partitionsRevoked(_ partitions: [TopicPartition]) {
+        gate.drop(partitions)
         let idxs: [OffsetTracker.PartitionIndex] = lock.withLock {
             // A restore under way is stale from now on.
             for tp in partitions { restoringGeneration[tp] = nil }
@@ -175,6 +177,7 @@ extension SyncEngine {
                 for tp in partitions where tp.topic != options.identity.repartitionTopic {
                     retireRouter(tp.partition)
                     outbound[tp.partition] = nil
+                    txns[tp.partition] = nil
                 }
             }
             for tp in partitions { replayFloors[tp] = nil }

@@ -146,6 +146,11 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     var routers: [Int32: IdentityRouter] = [:]
     /// The counts of routers let go (their task revoked): the metrics are counters.
     var retiredIdentity = IdentityCounters()
+    /// Each owned task's transactions as its readers know them (``TaskTransactions``).
+    var txns: [Int32: TaskTransactions] = [:]
+    /// Holds routed records read until their transaction is known committed (poll thread
+    /// only).
+    let gate = TransactionGate()
     /// Calls of the chunk being folded whose canonical identity is another than their own:
     /// by index in the chunk, the identity they are folded into.
     var reroutedScratch: [Int: String] = [:]

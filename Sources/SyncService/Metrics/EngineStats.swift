@@ -13,6 +13,10 @@ public struct EngineStats: Sendable {
     /// partitions (written before `identity.merge` was turned on; docs/identity.md), or
     /// its merge record would be over the broker's message limit.
     public var handOversRefused = 0
+    /// Routed records held for their transaction's notice (a gauge), and those dropped
+    /// because their transaction did not commit (``TransactionGate``).
+    public var heldRoutedRecords = 0
+    public var droppedRoutedRecords = 0
     /// The graph's decisions, summed over the tasks this instance holds and has held.
     public var identity = IdentityCounters()
     /// The graphs held now: users with at least one identity linked into them, the

@@ -114,6 +114,11 @@ public enum MetricsText {
                 "anonymous_held_back", "Bodies of anonymous identities not sent (identity.send_anonymous: false).",
                 UInt64(s.anonymousHeldBack)
             ),
+            (
+                "dropped_records",
+                "Routed records dropped because the transaction that wrote them did not commit (a crash or a failed checkpoint).",
+                UInt64(s.droppedRoutedRecords)
+            ),
         ] {
             single("foldspace_sync_identity_\(name)_total", "counter", help, String(value))
         }
@@ -126,6 +131,10 @@ public enum MetricsText {
             "foldspace_sync_identity_linked_identities", "gauge",
             "Identities linked into those users (divided by the users with links: linked identities per user).",
             String(s.linkedIdentities))
+        single(
+            "foldspace_sync_identity_held_records", "gauge",
+            "Routed records read and held until a notice says whether the transaction that wrote them committed.",
+            String(s.heldRoutedRecords))
         single(
             "foldspace_sync_identity_most_linked", "gauge",
             "The most identities linked into one user of those graphs (identity.max_linked caps it).",

@@ -105,6 +105,14 @@ public final class SyncPipeline: Service, @unchecked Sendable {
             let partitions = try await Self.blocking {
                 try IdentityTopics.prepare(group: group, sourceTopic: source, config: prepareConfig, logger: logger)
             }
+            // A task's restore reads its changelog partition up to the task's last
+            // transaction (docs/identity.md): a partition shared by two tasks has no such end.
+            if let store = stateStore, Int(store.partitions) != partitions {
+                throw ConfigurationError(
+                    "identity.merge: the state topic has \(store.partitions) partitions but \(source) has \(partitions); "
+                        + "each task needs its own changelog partition (recreate the state topic, compacted, with \(partitions) partitions)"
+                )
+            }
             engineOptions.identity.partitions = Int32(partitions)
             engineOptions.identity.repartitionTopic = IdentityTopics.repartition(group: group)
             engineOptions.identity.identitiesTopic = IdentityTopics.identities(group: group)

@@ -53,10 +53,39 @@ final class MemoryStateStore: StateStore, @unchecked Sendable {
     /// As a transactional store whose transactions fail from the group at this index on
     /// (once: the setting is cleared): the groups before it stay committed.
     var failGroupsFrom: Int?
+    /// A crash in the middle of the next transactional group: only its first `tearAfter`
+    /// records land, in the order ``KafkaStateStore`` writes them (every record, then the
+    /// identities marker, then the changelog's markers), and are readable, as librdkafka's mock and tansu show an unfinished or
+    /// aborted transaction's records. From then on the store is down (``torn``) until a
+    /// test sets it up again.
+    var tearAfter: Int?
+    var torn = false
     func checkpoint(_ groups: [CheckpointGroup], deadline: DispatchTime?) throws {
+        if torn { throw TestError("the process crashed") }
         guard groups.contains(where: { !$0.extra.isEmpty || !$0.extraOffsets.isEmpty }) else { return try writeThenCommit(groups) }
         var done: Set<TopicPartition> = []
         for (n, g) in groups.enumerated() {
+            if let keep = tearAfter {
+                tearAfter = nil
+                torn = true
+                let data: [(topic: String?, partition: Int32, key: [UInt8], value: [UInt8]?)] =
+                    g.records.filter { !ChangelogMarker.isMarker(key: $0.key) }.map { (nil, $0.partition, $0.key, $0.value) }
+                    + g.extra.filter { !ChangelogMarker.isMarker(key: $0.key) }.map { ($0.topic, $0.partition, $0.key, $0.value) }
+                let markers: [(topic: String?, partition: Int32, key: [UInt8], value: [UInt8]?)] =
+                    g.extra.filter { ChangelogMarker.isMarker(key: $0.key) }.map { ($0.topic, $0.partition, $0.key, $0.value) }
+                    + g.records.filter { ChangelogMarker.isMarker(key: $0.key) }.map { (nil, $0.partition, $0.key, $0.value) }
+                lock.withLock {
+                    for r in (data + markers).prefix(keep) {
+                        if let topic = r.topic {
+                            topics[topic, default: [:]][r.partition, default: []].append((r.key, r.value))
+                        } else {
+                            log[r.partition, default: []].append((r.key, r.value))
+                        }
+                    }
+                }
+                tornTotal = data.count + markers.count
+                throw TestError("the process crashed mid-transaction")
+            }
             if let from = failGroupsFrom, n >= from {
                 failGroupsFrom = nil
                 let error = TestError("transaction failed")
@@ -76,6 +105,8 @@ final class MemoryStateStore: StateStore, @unchecked Sendable {
             done.insert(g.source)
         }
     }
+    /// How many records the torn transaction had.
+    private(set) var tornTotal = 0
     /// Each source partition's first retained offset (0 unless a test says otherwise).
     var logStart: [TopicPartition: Int64] = [:]
     func committedPastStart(_ tp: TopicPartition) throws -> Int64? {

@@ -1,0 +1,147 @@
+import Folding
+import Kafka
+import Testing
+
+@testable import SyncService
+
+/// ``TransactionGate``: a routed record leaves only once a notice of its task says its
+/// transaction committed, in its partition's order; one of a transaction that did not
+/// commit never leaves.
+@Suite struct TransactionGateTests {
+    static let topic = "g-repartition"
+
+    /// A gate, and every value passed through it by partition and offset (what leaves
+    /// must be it).
+    final class Harness {
+        let gate = TransactionGate()
+        var sent: [[Int64]: [UInt8]] = [:]
+
+        /// Runs `messages` (partition, offset, value) through the gate in one batch, with a
+        /// source message after each; what left of the topic, as (partition, offset).
+        func pass(_ messages: [(Int32, Int64, [UInt8])]) -> [(Int32, Int64)] {
+            for m in messages { sent[[Int64(m.0), m.1]] = m.2 }
+            var all = messages.map { (TopicPartition(TransactionGateTests.topic, $0.0), $0.1, $0.2) }
+            all = all.flatMap { [$0, (TopicPartition("events", 0), $0.1, Array("{}".utf8))] }
+            let buffers = all.map { m -> UnsafeMutableBufferPointer<UInt8> in
+                let b = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: max(1, m.2.count))
+                _ = b.initialize(from: m.2)
+                return b
+            }
+            defer { for b in buffers { b.deallocate() } }
+            let key = Array("k".utf8)
+            return key.withUnsafeBufferPointer { k in
+                let batch = zip(all, buffers).map { m, b in
+                    ConsumedMessage(
+                        topicPartition: m.0, offset: m.1, timestampMs: nil, key: k,
+                        value: UnsafeBufferPointer(start: b.baseAddress, count: m.2.count))
+                }
+                let out = gate.filter(batch, topic: TransactionGateTests.topic, tasks: 4)
+                defer { gate.release() }
+                #expect(out.count { $0.topicPartition.topic == "events" } == messages.count, "a source message held")
+                return out.filter { $0.topicPartition.topic == TransactionGateTests.topic }.map { m in
+                    #expect(Array(m.value) == sent[[Int64(m.topicPartition.partition), m.offset]] && Array(m.key) == key)
+                    return (m.topicPartition.partition, m.offset)
+                }
+            }
+        }
+    }
+
+    static func record(_ task: Int32, _ epoch: UInt64, _ seq: Int64) -> [UInt8] {
+        RepartitionRecord.link(id: "a", canonical: "b", timeMs: 1, hops: 0).encode(tag: .init(task: task, epoch: epoch, seq: seq)).value
+    }
+
+    static func notice(_ task: Int32, _ epoch: UInt64, _ through: Int64) -> [UInt8] {
+        RepartitionRecord.notice(task: task, epoch: epoch, through: through).encode().value
+    }
+
+    @Test func recordsWaitForTheirNoticeAndLeaveInOrder() {
+        let h = Harness()
+        let gate = h.gate
+        // Task 1's transaction 0, task 2's transaction 4, an untagged record behind them.
+        var out = h.pass(
+            [(0, 10, Self.record(1, 7, 0)), (0, 11, Self.record(2, 9, 4)), (0, 12, Array("old".utf8)), (1, 5, Self.record(1, 7, 0))])
+        #expect(out.isEmpty)
+        #expect(gate.heldRecords == 4)
+        // Task 2's notice first: its record waits behind task 1's.
+        out = h.pass([(0, 13, Self.notice(2, 9, 4))])
+        #expect(out.isEmpty)
+        // Task 1's: partition 0 leaves whole, in order, notices included; partition 1 waits.
+        out = h.pass([(0, 14, Self.notice(1, 7, 0))])
+        #expect(out.map(\.1) == [10, 11, 12, 13, 14] && out.allSatisfy { $0.0 == 0 })
+        #expect(gate.heldRecords == 1)
+        // A notice with nothing held passes at once.
+        out = h.pass([(0, 15, Self.notice(1, 7, 0))])
+        #expect(out.map(\.1) == [15])
+        #expect(gate.dropped == 0)
+    }
+
+    /// A failed transaction's records (a later notice names an earlier one), a former
+    /// epoch's records past what the new owner's start notice names, and a former owner's
+    /// records when the new owner found nothing committed: dropped.
+    @Test func recordsOfTransactionsThatDidNotCommitAreDropped() {
+        let h = Harness()
+        let gate = h.gate
+        var out = h.pass(
+            [
+                (0, 0, Self.record(1, 7, 0)), (0, 1, Self.record(1, 7, 1)), (0, 2, Self.notice(1, 7, 0)),  // 1 failed
+                (0, 3, Self.record(1, 7, 2)), (0, 4, Self.record(1, 7, 3)),
+                (0, 5, Self.notice(1, 0, -1)),  // a new owner: nothing of task 1 committed before
+            ])
+        #expect(out.map(\.1) == [0, 2, 5])
+        #expect(gate.dropped == 3 && gate.heldRecords == 0)
+        out = h.pass(
+            [(0, 6, Self.record(1, 8, 0)), (0, 7, Self.record(1, 8, 1)), (0, 8, Self.record(1, 8, 2)), (0, 9, Self.notice(1, 8, 1))])
+        #expect(out.map(\.1) == [6, 7, 9])
+        #expect(gate.dropped == 4)
+    }
+
+    /// A tag naming a task the group does not have (no notice would ever come for it) is
+    /// read as untagged: nothing waits behind it.
+    @Test func aTagOfNoTaskHoldsNothing() {
+        let h = Harness()
+        let out = h.pass([(0, 0, Self.record(4, 7, 0)), (0, 1, Self.record(.max, 7, 0)), (0, 2, Self.record(3, 7, 0))])
+        #expect(out.map(\.1) == [0, 1])
+        #expect(h.gate.heldRecords == 1)
+    }
+
+    /// What is held of a partition revoked (or assigned anew) is forgotten: it is read
+    /// again from the committed offset.
+    @Test func aRevokedPartitionsRecordsAreForgotten() {
+        let h = Harness()
+        let gate = h.gate
+        _ = h.pass([(0, 0, Self.record(1, 7, 0)), (1, 0, Self.record(1, 7, 0))])
+        gate.drop([TopicPartition(Self.topic, 0)])
+        #expect(gate.heldRecords == 1 && gate.heldBytes > 0)
+        let out = h.pass([(0, 1, Self.notice(1, 7, 0)), (1, 1, Self.notice(1, 7, 0))])
+        #expect(out.map { [$0.0, Int32($0.1)] } == [[0, 1], [1, 0], [1, 1]])
+        #expect(gate.heldRecords == 0 && gate.heldBytes == 0)
+    }
+}
+
+/// ``TaskTransactions``: which partitions a task's next transaction writes notices into.
+@Suite struct TaskTransactionsTests {
+    @Test func noticesGoWhereRecordsWaitAndEverywhereAtTheStartAndEvery30s() {
+        var t = TaskTransactions(prior: .init(epoch: 5, seq: 9), nowMs: 0)
+        // The start: every partition, naming the former owner's last committed transaction.
+        var (tag, notices) = t.begin(task: 2, partitions: 3, nowMs: 10)
+        #expect(tag.task == 2 && tag.seq == 0 && tag.epoch == t.epoch && t.epoch != 5)
+        #expect(notices.map(\.partition) == [0, 1, 2])
+        #expect(notices.allSatisfy { $0.record == .notice(task: 2, epoch: 5, through: 9) })
+        // Failed: the start notices again, and its records' partition owed.
+        t.failed(touched: [1])
+        (tag, notices) = t.begin(task: 2, partitions: 3, nowMs: 20)
+        #expect(tag.seq == 1 && notices.count == 3 && t.startPending)
+        t.committed(1, start: true, noticed: [0, 1, 2], touched: [0])
+        // Then only where its records wait, naming its own last commit.
+        (tag, notices) = t.begin(task: 2, partitions: 3, nowMs: 30)
+        #expect(notices.map(\.partition) == [0])
+        #expect(notices.first?.record == .notice(task: 2, epoch: t.epoch, through: 1))
+        t.committed(2, start: false, noticed: [0], touched: [])
+        (_, notices) = t.begin(task: 2, partitions: 3, nowMs: 40)
+        #expect(notices.isEmpty && t.waiting == 0)
+        // Every 30 s, every partition.
+        (_, notices) = t.begin(task: 2, partitions: 3, nowMs: TaskTransactions.fullNoticeMs + 1)
+        #expect(notices.map(\.partition) == [0, 1, 2])
+        #expect(notices.allSatisfy { $0.record == .notice(task: 2, epoch: t.epoch, through: 2) })
+    }
+}
