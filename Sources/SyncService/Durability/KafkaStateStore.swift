@@ -254,12 +254,21 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
                     try writer.send(topic: r.topic, partition: r.partition, key: r.key, value: r.value)
                 }
                 try flush()
+                if injectFailureForTesting == .beforeMarkers {
+                    throw KafkaError(message: "injected failure before the markers", isRetriable: true)
+                }
                 for r in g.extra where ChangelogMarker.isMarker(key: r.key) {
                     try writer.send(topic: r.topic, partition: r.partition, key: r.key, value: r.value)
                 }
                 try flush()
                 for r in g.records where ChangelogMarker.isMarker(key: r.key) {
                     try writer.send(topic: topic, partition: r.partition, key: r.key, value: r.value)
+                }
+                // Acknowledged before anything can fail the transaction: a marker still in
+                // flight then could land after ``landed(_:)`` looked.
+                try flush()
+                if injectFailureForTesting == .afterMarkers {
+                    throw KafkaError(message: "injected failure after the markers", isRetriable: true)
                 }
             }
             var offsets = g.extraOffsets
@@ -297,13 +306,35 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
                 }
                 writer.close()
             }
-            throw error
+            // Identity resolution: a transaction that failed after its markers were
+            // written is committed for every reader if the broker shows them (the mock and
+            // tansu show an aborted transaction's records; Kafka does not): a restore
+            // would read it as committed, so its records stand and are not written again
+            // (docs/identity.md). Asked of the changelog, as a restore reads it.
+            guard !lock.withLock({ failed }), landed(g) else { throw error }
+            logger.warning(
+                "a checkpoint transaction failed after its markers were written, and the broker shows them: it counts as committed",
+                metadata: ["partition": "\(g.source)", "error": "\(error)"])
         }
         // Kept at once: a later group's failure must not lose this plain commit.
         var committed = g.extraOffsets
         if let o = g.offset { committed[g.source] = o }
         lock.withLock { for (tp, o) in committed { plainPending[tp] = max(plainPending[tp] ?? o, o) } }
     }
+
+    /// Whether merging group `g`'s source marker (the last record of its transaction) is
+    /// the last record a `read_committed` reader finds in its changelog partition.
+    private func landed(_ g: CheckpointGroup) -> Bool {
+        guard !g.extra.isEmpty, let marker = g.records.last(where: { $0.key == ChangelogMarker.key(g.source) }) else { return false }
+        let last = try? KafkaAdmin.lastValue(
+            config: config.withoutConsumerProperties, topic: topic, partition: marker.partition, logger: logger)
+        return last != nil && last! == marker.value
+    }
+
+    /// Tests: fail merging transactions before their markers are sent, or once they are
+    /// acknowledged.
+    enum InjectedFailure { case beforeMarkers, afterMarkers }
+    var injectFailureForTesting: InjectedFailure?
 
     /// Commits the open transaction; a retriable failure (a flush or the coordinator timing
     /// out) is resumed by calling again, as librdkafka asks, a few times.
