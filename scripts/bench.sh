@@ -27,12 +27,13 @@ BIN=$(swift build -c release --show-bin-path)
 out=$(mktemp -d)
 
 # identity.merge runs (keys by messageId and by identity, each round a group of its own):
-# their repartition and identities topics, made here since the mock takes no Admin requests.
+# their repartition, identities and state topics (identity.merge needs each task its own
+# changelog partition), made here since the mock takes no Admin requests.
 MERGE_TOPICS=()
 if [ -n "$MID" ]; then
   for round in $(seq "${ROUNDS:-5}"); do
     for g in "bench-mm-$round" "bench-im-$round"; do
-      MERGE_TOPICS+=(--topic "$g-repartition:$PARTITIONS" --topic "$g-identities:$PARTITIONS")
+      MERGE_TOPICS+=(--topic "$g-repartition:$PARTITIONS" --topic "$g-identities:$PARTITIONS" --topic "$g-state:$PARTITIONS")
     done
   done
 fi

@@ -224,6 +224,27 @@ import Testing
         #expect(total > 10, "the torn transaction held \(total) records")
     }
 
+    /// A task revoked while its restore has not succeeded (here: refused, its changelog
+    /// missing) writes nothing: a transaction of its own would carry start notices saying
+    /// that nothing of its former owner committed, and its readers would drop the former
+    /// owner's committed routed records (and a marker without an offset would lift the
+    /// next owner's replay floor). Found by a review: before, the revocation wrote both.
+    @Test func aTaskRevokedBeforeItsRestoreWritesNothing() throws {
+        let w = World()
+        try w.store.commit([TopicPartition("events", 0): 5])
+        w.crashAndRestart(feed: false)
+        #expect(w.engine.snapshot().restoreFailures > 0 || w.engine.snapshot().changelogMissing > 0)
+        w.engine.partitionsRevoked(w.all)
+        let notices = (0..<2).flatMap { w.store.topics["g-repartition"]?[Int32($0)] ?? [] }.filter { r in
+            guard let v = r.value, case .notice(let task, _, _) = RepartitionRecord.head(value: v.withUnsafeBufferPointer { $0 }) else {
+                return false
+            }
+            return task == 0
+        }
+        #expect(notices.isEmpty, "\(notices.count) notices of the task not restored")
+        #expect(try !w.store.read(partition: 0).contains { $0.key == ChangelogMarker.key(TopicPartition("events", 0)) })
+    }
+
     /// A task's new owner whose group offsets lag its changelog (the transactions' offsets
     /// not applied to the group: librdkafka's mock does not, and the daemon's plain commit
     /// after them can fail in a rebalance) reads its source and repartition partitions

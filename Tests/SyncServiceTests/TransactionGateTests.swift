@@ -123,25 +123,32 @@ import Testing
     @Test func noticesGoWhereRecordsWaitAndEverywhereAtTheStartAndEvery30s() {
         var t = TaskTransactions(prior: .init(epoch: 5, seq: 9), nowMs: 0)
         // The start: every partition, naming the former owner's last committed transaction.
-        var (tag, notices) = t.begin(task: 2, partitions: 3, nowMs: 10)
+        var (tag, notices, _) = t.begin(task: 2, partitions: 3, nowMs: 10)
         #expect(tag.task == 2 && tag.seq == 0 && tag.epoch == t.epoch && t.epoch != 5)
         #expect(notices.map(\.partition) == [0, 1, 2])
         #expect(notices.allSatisfy { $0.record == .notice(task: 2, epoch: 5, through: 9) })
         // Failed: the start notices again, and its records' partition owed.
         t.failed(touched: [1])
-        (tag, notices) = t.begin(task: 2, partitions: 3, nowMs: 20)
+        (tag, notices, _) = t.begin(task: 2, partitions: 3, nowMs: 20)
         #expect(tag.seq == 1 && notices.count == 3 && t.startPending)
         t.committed(1, start: true, noticed: [0, 1, 2], touched: [0])
         // Then only where its records wait, naming its own last commit.
-        (tag, notices) = t.begin(task: 2, partitions: 3, nowMs: 30)
+        (tag, notices, _) = t.begin(task: 2, partitions: 3, nowMs: 30)
         #expect(notices.map(\.partition) == [0])
         #expect(notices.first?.record == .notice(task: 2, epoch: t.epoch, through: 1))
         t.committed(2, start: false, noticed: [0], touched: [])
-        (_, notices) = t.begin(task: 2, partitions: 3, nowMs: 40)
+        (_, notices, _) = t.begin(task: 2, partitions: 3, nowMs: 40)
         #expect(notices.isEmpty && t.waiting == 0)
-        // Every 30 s, every partition.
-        (_, notices) = t.begin(task: 2, partitions: 3, nowMs: TaskTransactions.fullNoticeMs + 1)
-        #expect(notices.map(\.partition) == [0, 1, 2])
+        // Every 30 s, every partition, until a transaction that wrote them commits.
+        var full = false
+        (tag, notices, full) = t.begin(task: 2, partitions: 3, nowMs: TaskTransactions.fullNoticeMs + 1)
+        #expect(notices.map(\.partition) == [0, 1, 2] && full)
         #expect(notices.allSatisfy { $0.record == .notice(task: 2, epoch: t.epoch, through: 2) })
+        t.failed(touched: [])
+        (_, notices, full) = t.begin(task: 2, partitions: 3, nowMs: TaskTransactions.fullNoticeMs + 2)
+        #expect(notices.count == 3 && full)
+        t.committed(5, start: false, full: TaskTransactions.fullNoticeMs + 2, noticed: [0, 1, 2], touched: [])
+        (_, notices, _) = t.begin(task: 2, partitions: 3, nowMs: TaskTransactions.fullNoticeMs + 3)
+        #expect(notices.isEmpty)
     }
 }

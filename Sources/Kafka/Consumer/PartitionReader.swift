@@ -65,6 +65,14 @@ public final class PartitionReader: @unchecked Sendable {
         try read(topic: topic, partitions: [partition], timeoutMs: timeoutMs, fromLast: fromLast)[partition]?.records ?? []
     }
 
+    /// The records of the partition's last `offsets` offsets (control records of
+    /// transactions take offsets too, and are not returned), oldest first.
+    public func readTail(topic: String, partition: Int32, offsets: Int64, timeoutMs: Int32) throws(KafkaError) -> [(
+        key: [UInt8], value: [UInt8]?
+    )] {
+        try read(topic: topic, partitions: [partition], timeoutMs: timeoutMs, tail: max(1, offsets))[partition]?.records ?? []
+    }
+
     /// Every record of each of `partitions`, oldest first per partition, read together
     /// (one fetch session for all: a partition after the other paid the round trips of
     /// each). With `fromLast`, only each one's last record.
@@ -76,6 +84,12 @@ public final class PartitionReader: @unchecked Sendable {
         topic: String, partitions: [Int32], timeoutMs: Int32 = 60_000,
         fromLast: Bool = false
     ) throws(KafkaError) -> [Int32: PackedRecords] {
+        try read(topic: topic, partitions: partitions, timeoutMs: timeoutMs, tail: fromLast ? 1 : nil)
+    }
+
+    /// As ``read(topic:partitions:timeoutMs:fromLast:)``, from `tail` offsets before each
+    /// partition's end (nil: from its start).
+    func read(topic: String, partitions: [Int32], timeoutMs: Int32, tail: Int64?) throws(KafkaError) -> [Int32: PackedRecords] {
         lock.lock()
         defer { lock.unlock() }
         let patience = UInt64(max(0, timeoutMs)) * 1_000_000
@@ -92,7 +106,7 @@ public final class PartitionReader: @unchecked Sendable {
             out[p] = PackedRecords()
             guard high > low else { continue }
             ends[p] = high
-            starts.append((TopicPartition(topic, p), fromLast ? max(low, high - 1) : Int64(RD_KAFKA_OFFSET_BEGINNING)))
+            starts.append((TopicPartition(topic, p), tail.map { max(low, high - $0) } ?? Int64(RD_KAFKA_OFFSET_BEGINNING)))
         }
         if ends.isEmpty { return out }
         // The partitions' leaders known before they are assigned: assigned first, each

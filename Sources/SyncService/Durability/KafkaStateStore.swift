@@ -232,6 +232,9 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
         guard let writer = lock.withLock({ failed ? nil : owners[g.source] }) else {
             throw KafkaError(message: "checkpoint of \(g.source): the partition is not claimed (revoked meanwhile?)", isRetriable: true)
         }
+        // Whether the changelog's markers were sent: only then can a failed transaction
+        // have them readable (``landed(_:budget:)``).
+        var markersSent = false
         do throws(KafkaError) {
             try writer.beginTransaction()
             if g.extra.isEmpty {
@@ -261,11 +264,12 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
                     try writer.send(topic: r.topic, partition: r.partition, key: r.key, value: r.value)
                 }
                 try flush()
+                markersSent = true
                 for r in g.records where ChangelogMarker.isMarker(key: r.key) {
                     try writer.send(topic: topic, partition: r.partition, key: r.key, value: r.value)
                 }
                 // Acknowledged before anything can fail the transaction: a marker still in
-                // flight then could land after ``landed(_:)`` looked.
+                // flight then could land after ``landed(_:budget:)`` looked.
                 try flush()
                 if injectFailureForTesting == .afterMarkers {
                     throw KafkaError(message: "injected failure after the markers", isRetriable: true)
@@ -311,7 +315,7 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
             // tansu show an aborted transaction's records; Kafka does not): a restore
             // would read it as committed, so its records stand and are not written again
             // (docs/identity.md). Asked of the changelog, as a restore reads it.
-            guard !lock.withLock({ failed }), landed(g) else { throw error }
+            guard markersSent, !lock.withLock({ failed }), landed(g, budget: budget) else { throw error }
             logger.warning(
                 "a checkpoint transaction failed after its markers were written, and the broker shows them: it counts as committed",
                 metadata: ["partition": "\(g.source)", "error": "\(error)"])
@@ -323,12 +327,22 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
     }
 
     /// Whether merging group `g`'s source marker (the last record of its transaction) is
-    /// the last record a `read_committed` reader finds in its changelog partition.
-    private func landed(_ g: CheckpointGroup) -> Bool {
-        guard !g.extra.isEmpty, let marker = g.records.last(where: { $0.key == ChangelogMarker.key(g.source) }) else { return false }
-        let last = try? KafkaAdmin.lastValue(
-            config: config.withoutConsumerProperties, topic: topic, partition: marker.partition, logger: logger)
-        return last != nil && last! == marker.value
+    /// the last source marker a `read_committed` reader finds in its changelog partition,
+    /// as a restore takes it. Read from the partition's last few offsets (the marker is its
+    /// transaction's last record; abort or commit markers follow it).
+    private func landed(_ g: CheckpointGroup, budget: (Int32) -> Int32) -> Bool {
+        let key = ChangelogMarker.key(g.source)
+        guard !g.extra.isEmpty, let marker = g.records.last(where: { $0.key == key }) else { return false }
+        do {
+            let tail = try PartitionReader(config: config.withoutConsumerProperties).readTail(
+                topic: topic, partition: marker.partition, offsets: 16, timeoutMs: budget(5_000))
+            return tail.last(where: { $0.key == key })?.value == marker.value
+        } catch {
+            logger.warning(
+                "could not read whether a failed checkpoint transaction's markers are readable; it counts as failed",
+                metadata: ["partition": "\(g.source)", "error": "\(error)"])
+            return false
+        }
     }
 
     /// Tests: fail merging transactions before their markers are sent, or once they are

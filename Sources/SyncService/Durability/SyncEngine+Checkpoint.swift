@@ -70,6 +70,10 @@ extension SyncEngine {
             for p in scope {
                 // A repartition partition is written with its task's source partition.
                 if merging && isRepartition(p) { continue }
+                // A task not restored here (a revocation while its restore runs or waits to
+                // retry): it has nothing to write, and a transaction of its own would tell
+                // readers that nothing of its former owner committed.
+                if merging && txns[partitionsByIndex[Int(p)].partition] == nil { continue }
                 groups.append((partitionsByIndex[Int(p)], p, snapshot.count, tombstones.count))
                 var pendingKeys = pendingCheckpoint.removeValue(forKey: p) ?? []
                 var tombstoneKeys = pendingTombstones.removeValue(forKey: p) ?? []
@@ -297,7 +301,8 @@ extension SyncEngine {
                         withRouter(x.task) { $0.committed(x.written) }
                         if txns[x.task]?.epoch == x.tag.epoch {
                             txns[x.task]!.committed(
-                                x.tag.seq, start: x.start, noticed: Set(x.notices.map(\.partition)), touched: x.touched)
+                                x.tag.seq, start: x.start, full: x.full ? x.beganMs : nil, noticed: Set(x.notices.map(\.partition)),
+                                touched: x.touched)
                         }
                     }
                 } else {
@@ -346,6 +351,10 @@ struct TaskExtras {
     var tag = RepartitionRecord.Tag(task: 0, epoch: 0, seq: 0)
     var notices: [(partition: Int32, record: RepartitionRecord)] = []
     var start = false
+    /// Whether its notices go to every partition (every ``TaskTransactions/fullNoticeMs``),
+    /// and when it began.
+    var full = false
+    var beganMs: Int64 = 0
     /// The offsets of the task's two partitions committed before (for markers written
     /// again when they did not move).
     var committedSource: Int64?
@@ -401,7 +410,8 @@ extension SyncEngine {
         let now = clock.monotonicMs()
         var t = txns[task] ?? TaskTransactions(prior: nil, nowMs: now)
         x.start = t.startPending
-        (x.tag, x.notices) = t.begin(task: task, partitions: options.identity.partitions, nowMs: now)
+        (x.tag, x.notices, x.full) = t.begin(task: task, partitions: options.identity.partitions, nowMs: now)
+        x.beganMs = now
         txns[task] = t
         x.committedSource = lastCommitted[p]
         x.committedRepartition = r.flatMap { lastCommitted[$0] }

@@ -25,7 +25,7 @@ struct TaskTransactions {
     var startPending = true
     /// Partitions holding records of this epoch that no committed notice has resolved.
     var owed: Set<Int32> = []
-    /// When the last transaction with a notice for every partition began.
+    /// When the last committed transaction with a notice for every partition began.
     var lastFullMs: Int64
 
     /// How often every partition gets a notice, owed or not: a record that names this task
@@ -43,7 +43,7 @@ struct TaskTransactions {
 
     /// What the next transaction writes first: its tag, and its notices (by partition).
     mutating func begin(task: Int32, partitions: Int32, nowMs: Int64) -> (
-        tag: RepartitionRecord.Tag, notices: [(partition: Int32, record: RepartitionRecord)]
+        tag: RepartitionRecord.Tag, notices: [(partition: Int32, record: RepartitionRecord)], full: Bool
     ) {
         let seq = next
         next += 1
@@ -52,17 +52,18 @@ struct TaskTransactions {
             let notice = RepartitionRecord.notice(task: task, epoch: prior?.epoch ?? 0, through: prior?.seq ?? -1)
             for q in 0..<max(0, partitions) { notices.append((q, notice)) }
         } else if nowMs - lastFullMs >= Self.fullNoticeMs {
-            lastFullMs = nowMs
             for q in 0..<max(0, partitions) { notices.append((q, .notice(task: task, epoch: epoch, through: through))) }
         } else {
             for q in owed.sorted() { notices.append((q, .notice(task: task, epoch: epoch, through: through))) }
         }
-        return (RepartitionRecord.Tag(task: task, epoch: epoch, seq: seq), notices)
+        return (RepartitionRecord.Tag(task: task, epoch: epoch, seq: seq), notices, notices.count == Int(max(0, partitions)))
     }
 
-    /// Transaction `seq` committed: it wrote `notices` and records into `touched`.
-    mutating func committed(_ seq: Int64, start: Bool, noticed: Set<Int32>, touched: Set<Int32>) {
+    /// Transaction `seq` committed: it wrote `notices` and records into `touched`, and
+    /// notices into every partition if `full` (when it began).
+    mutating func committed(_ seq: Int64, start: Bool, full: Int64? = nil, noticed: Set<Int32>, touched: Set<Int32>) {
         through = max(through, seq)
+        if let full { lastFullMs = max(lastFullMs, full) }
         if start { startPending = false }
         owed.subtract(noticed)
         owed.formUnion(touched)
