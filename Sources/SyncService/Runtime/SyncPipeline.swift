@@ -106,8 +106,9 @@ public final class SyncPipeline: Service, @unchecked Sendable {
                 try IdentityTopics.prepare(group: group, sourceTopic: source, config: prepareConfig, logger: logger)
             }
             // A task's restore reads its changelog partition up to the task's last
-            // transaction (docs/identity.md): a partition shared by two tasks has no such end.
-            if let store = stateStore, Int(store.partitions) != partitions {
+            // transaction (docs/identity.md): a partition shared by two tasks (fewer state
+            // partitions than tasks; source p is stored in p mod their count) has no such end.
+            if let store = stateStore, Int(store.partitions) < partitions {
                 throw ConfigurationError(
                     "identity.merge: the state topic has \(store.partitions) partitions but \(source) has \(partitions); "
                         + "each task needs its own changelog partition (recreate the state topic, compacted, with \(partitions) partitions)"
