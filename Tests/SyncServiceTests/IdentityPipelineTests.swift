@@ -12,9 +12,11 @@ import Testing
 @Suite(.serialized) struct IdentityPipelineTests {
     /// With a `commit_interval` of ten minutes too: calls routed to another task are read
     /// there only once a checkpoint commits them, which they do not wait the interval for
-    /// (``Checkpoints``).
-    @Test(arguments: [Int64(200), 600_000])
-    func visitorsKeyedByMessageIdEndAsOneUserEach(commitIntervalMs: Int64) async throws {
+    /// (``Checkpoints``). And with no room to hold routed records for their notices: each
+    /// waiting partition is read again (a seek) once its notice was seen
+    /// (``TransactionGate``).
+    @Test(arguments: [(Int64(200), 64 << 20), (600_000, 64 << 20), (200, 0)])
+    func visitorsKeyedByMessageIdEndAsOneUserEach(commitIntervalMs: Int64, heldBytesCap: Int) async throws {
         let h = try await PipelineHarness(partitions: 2)
         let group = "ident-\(UUID().uuidString.prefix(8))"
         for t in ["-repartition", "-identities", "-state"] { try h.cluster.createTopic(group + t, partitions: 2) }
@@ -33,6 +35,7 @@ import Testing
             c.commitIntervalMs = commitIntervalMs
             c.engine.fold.sendNumberOfVisits = true
             c.engine.identity.merge = true
+            c.engine.identity.heldBytesCap = heldBytesCap
         }
         let done = await eventually {
             let latest = h.sandbox.latestAcknowledged()
@@ -46,6 +49,7 @@ import Testing
         let latest = h.sandbox.latestAcknowledged()
         #expect(done, "bodies: \((0..<visitors).map { latest["person-\($0)"].map { String(decoding: $0.body, as: UTF8.self) } ?? "none" })")
         #expect((h.pipeline.engine?.snapshot().forwarded ?? 0) > 0, "nothing was routed")
+        if heldBytesCap == 0 { #expect((h.pipeline.engine?.snapshot().routedRereads ?? 0) > 0, "nothing was read again") }
         #expect(h.sandbox.violationCount == 0)
         try await h.stop()
     }

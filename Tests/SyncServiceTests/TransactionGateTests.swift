@@ -13,8 +13,10 @@ import Testing
     /// A gate, and every value passed through it by partition and offset (what leaves
     /// must be it).
     final class Harness {
-        let gate = TransactionGate()
+        let gate: TransactionGate
         var sent: [[Int64]: [UInt8]] = [:]
+
+        init(capBytes: Int = 64 << 20) { gate = TransactionGate(capBytes: capBytes) }
 
         /// Runs `messages` (partition, offset, value) through the gate in one batch, with a
         /// source message after each; what left of the topic, as (partition, offset).
@@ -150,5 +152,41 @@ import Testing
         t.committed(5, start: false, full: TaskTransactions.fullNoticeMs + 2, noticed: [0, 1, 2], touched: [])
         (_, notices, _) = t.begin(task: 2, partitions: 3, nowMs: TaskTransactions.fullNoticeMs + 3)
         #expect(notices.isEmpty)
+    }
+}
+
+/// ``TransactionGate`` over its cap: what is not kept is looked through for notices and
+/// read again (a seek) once the first record not kept can be resolved; read again, it is
+/// resolved by the notices seen.
+@Suite struct TransactionGateCapTests {
+    @Test func pastTheCapAPartitionIsReadAgainAndResolvedByTheNoticesSeen() {
+        let h = TransactionGateTests.Harness(capBytes: 0)
+        let gate = h.gate
+        let rec = TransactionGateTests.record
+        let notice = TransactionGateTests.notice
+        // Nothing kept; the notice of task 1 comes at 3: a seek back to 0.
+        var out = h.pass([(0, 0, rec(1, 7, 0)), (0, 1, rec(1, 7, 1)), (0, 2, rec(2, 9, 0)), (0, 3, notice(1, 7, 0))])
+        #expect(out.isEmpty && gate.heldRecords == 0)
+        // Task 2's record (at 2) is not resolved yet, but the first one not kept is: read again.
+        #expect(gate.takeSeeks().map { [$0.0.partition, Int32($0.1)] } == [[0, 0]])
+        // Messages fetched before the seek are ignored until offset 0 comes back.
+        out = h.pass([(0, 4, rec(2, 9, 1))])
+        #expect(out.isEmpty)
+        // Read again: 0 committed, 1 dropped, 2 waits (nothing kept: over the cap), the rest
+        // behind it.
+        out = h.pass([(0, 0, rec(1, 7, 0)), (0, 1, rec(1, 7, 1)), (0, 2, rec(2, 9, 0)), (0, 3, notice(1, 7, 0))])
+        #expect(out.map(\.1) == [0])
+        #expect(gate.dropped == 1)
+        // No seek until a notice of task 2 is seen.
+        #expect(gate.takeSeeks().isEmpty)
+        out = h.pass([(0, 4, rec(2, 9, 1)), (0, 5, notice(2, 9, 1))])
+        #expect(out.isEmpty)
+        #expect(gate.takeSeeks().map { [$0.0.partition, Int32($0.1)] } == [[0, 2]])
+        out = h.pass([(0, 2, rec(2, 9, 0)), (0, 3, notice(1, 7, 0)), (0, 4, rec(2, 9, 1)), (0, 5, notice(2, 9, 1))])
+        #expect(out.map(\.1) == [2, 3, 4, 5])
+        #expect(gate.takeSeeks().isEmpty && gate.heldRecords == 0 && gate.heldBytes == 0)
+        // Idle again: a notice passes at once.
+        out = h.pass([(0, 6, notice(2, 9, 1))])
+        #expect(out.map(\.1) == [6])
     }
 }

@@ -39,8 +39,12 @@ public protocol ConsumerHandler: AnyObject, Sendable {
     /// not be fetched yet (their state is being restored). They stay paused until
     /// ``KafkaConsumer/release(_:)``.
     func partitionsToHold(_ partitions: [TopicPartition]) -> [TopicPartition]
+    /// Asked after each batch: partitions to read again from an offset (the handler let
+    /// messages go without keeping them, to bound its memory).
+    func takeSeeks() -> [(TopicPartition, Int64)]
 }
 
 extension ConsumerHandler {
     public func partitionsToHold(_ partitions: [TopicPartition]) -> [TopicPartition] { [] }
+    public func takeSeeks() -> [(TopicPartition, Int64)] { [] }
 }

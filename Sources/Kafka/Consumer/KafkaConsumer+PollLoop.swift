@@ -82,6 +82,17 @@ extension KafkaConsumer {
             }
             if !batch.isEmpty { handler.consume(batch) }
             batch.removeAll(keepingCapacity: true)
+            let seeks = handler.takeSeeks()
+            if !seeks.isEmpty {
+                let failed: String? = withPartitionList(seeks.map { ($0.0, $0.1) }) { list in
+                    if let e = rd_kafka_seek_partitions(rk, list, 10_000) {
+                        defer { rd_kafka_error_destroy(e) }
+                        return String(cString: rd_kafka_error_string(e))
+                    }
+                    return nil
+                }
+                if let failed { logger.error("seek", metadata: ["error": "\(failed)", "partitions": "\(seeks.map(\.0))"]) }
+            }
             // Freeing a batch's messages (an allocation each, and the fetch buffers they
             // share) is left to another thread: this one is the pipeline's busiest.
             nonisolated(unsafe) let spent = Array(messages[0..<n])  // handed over: this thread drops them

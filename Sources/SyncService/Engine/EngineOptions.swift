@@ -63,6 +63,9 @@ public struct EngineOptions: Sendable {
         public var partitions: Int32 = 1
         /// `<group>-identities`: the graph's records.
         public var identitiesTopic = ""
+        /// The most bytes of routed records held for their transactions' notices
+        /// (``TransactionGate``); past it, a waiting partition is read again later.
+        public var heldBytesCap = 64 << 20
 
         public init() {}
     }

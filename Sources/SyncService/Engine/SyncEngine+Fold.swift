@@ -11,14 +11,18 @@ extension SyncEngine {
         // Identity resolution: routed records wait for their transaction's notice.
         guard options.identity.merge, let topic = options.identity.repartitionTopic else { return consumeInOrder(batch) }
         let gated = gate.filter(batch, topic: topic, tasks: options.identity.partitions)
-        let (held, dropped) = (gate.heldRecords, gate.dropped)
+        let (held, dropped, rereads) = (gate.heldRecords, gate.dropped, gate.rewinds)
         lock.withLock {
             stats.heldRoutedRecords = held
             stats.droppedRoutedRecords = dropped
+            stats.routedRereads = rereads
         }
         consumeInOrder(gated)
         gate.release()
     }
+
+    /// The gate's seeks back (routed records let go over its cap, read again).
+    public func takeSeeks() -> [(TopicPartition, Int64)] { gate.takeSeeks() }
 
     func consumeInOrder(_ batch: [ConsumedMessage]) {
         let nowEpoch = clock.epochMs()

@@ -150,7 +150,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     var txns: [Int32: TaskTransactions] = [:]
     /// Holds routed records read until their transaction is known committed (poll thread
     /// only).
-    let gate = TransactionGate()
+    let gate: TransactionGate
     /// Calls of the chunk being folded whose canonical identity is another than their own:
     /// by index in the chunk, the identity they are folded into.
     var reroutedScratch: [Int: String] = [:]
@@ -176,6 +176,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         partitionTotal = links.partitionTotal
         highWatermark = links.highWatermark
         self.options = options
+        gate = TransactionGate(capBytes: options.identity.heldBytesCap)
         self.logger = logger
         self.clock = clock
         self.deadLetters = deadLetters

@@ -7,7 +7,13 @@ import Kafka
 /// did not. Records of a partition leave in the order they came: behind one that waits,
 /// every later one waits too (their positions are committed in order).
 ///
-/// Poll thread only (``SyncEngine/consume(_:)`` and the rebalance callbacks).
+/// Memory: past ``capBytes`` held, a waiting partition's messages are not kept; they are
+/// only looked through for notices (each kept as a few numbers), and read again (a seek,
+/// ``takeSeeks()``) once what was kept is handed out. Read again, a record whose notice
+/// was seen is resolved at once.
+///
+/// Poll thread only (``SyncEngine/consume(_:)``, ``SyncEngine/takeSeeks()`` and the
+/// rebalance callbacks).
 final class TransactionGate: @unchecked Sendable {
     private struct Held {
         var topicPartition: TopicPartition
@@ -22,20 +28,47 @@ final class TransactionGate: @unchecked Sendable {
         var verdict: Bool?
     }
 
-    private var queues: [TopicPartition: [Held]] = [:]
+    private struct Notice {
+        var offset: Int64
+        var task: Int32
+        var epoch: UInt64
+        var through: Int64
+    }
+
+    private struct Partition {
+        var queue: [Held] = []
+        /// Notices seen, in order, from where the first unresolved record was read on.
+        var notices: [Notice] = []
+        /// Over the cap: the first offset not kept, read again once the queue is handed out
+        /// and a notice for the first tagged record not kept was seen.
+        var resumeAt: Int64?
+        var firstUnkept: (offset: Int64, tag: RepartitionRecord.Tag)?
+        /// A seek back to this offset asked: the partition's messages until it comes back
+        /// were fetched before the seek, and are ignored.
+        var rewinding: Int64?
+        var isIdle: Bool { queue.isEmpty && resumeAt == nil && rewinding == nil }
+    }
+
+    let capBytes: Int
+    private var parts: [TopicPartition: Partition] = [:]
+    private var seeks: [(TopicPartition, Int64)] = []
     /// Copies handed to the engine by the last ``filter(_:topic:tasks:)``, freed by ``release()``.
     private var handedOut: [UnsafeMutableBufferPointer<UInt8>] = []
-    /// Bytes held, and records dropped so far (their transactions did not commit).
+    /// Bytes and records held, records dropped so far (their transactions did not commit),
+    /// and seeks asked (messages let go over the cap).
     private(set) var heldBytes = 0
     private(set) var heldRecords = 0
     private(set) var dropped = 0
+    private(set) var rewinds = 0
+
+    init(capBytes: Int = 64 << 20) { self.capBytes = capBytes }
 
     deinit {
         release()
-        for q in queues.values { for h in q { h.bytes.deallocate() } }
+        for p in parts.values { for h in p.queue { h.bytes.deallocate() } }
     }
 
-    /// The batch with the messages of `topic` that wait taken out, and those a notice in it
+    /// The batch with the messages of `topic` that wait taken out, and those a notice
     /// resolved put in (each where its notice was). Call ``release()`` once the batch is
     /// folded.
     ///
@@ -43,7 +76,7 @@ final class TransactionGate: @unchecked Sendable {
     /// untagged: no notice would ever come for it, and every later record of its partition
     /// would wait behind it.
     func filter(_ batch: [ConsumedMessage], topic: String, tasks: Int32) -> [ConsumedMessage] {
-        guard batch.contains(where: { $0.topicPartition.topic == topic }) || !queues.isEmpty else { return batch }
+        guard batch.contains(where: { $0.topicPartition.topic == topic }) || !parts.isEmpty else { return batch }
         var out: [ConsumedMessage] = []
         out.reserveCapacity(batch.count)
         for m in batch {
@@ -53,25 +86,66 @@ final class TransactionGate: @unchecked Sendable {
             }
             var head = RepartitionRecord.head(value: m.value)
             if case .tagged(let tag) = head, tag.task >= tasks { head = .untagged }
-            let waiting = !(queues[m.topicPartition]?.isEmpty ?? true)
-            switch head {
-            case .tagged(let tag):
-                hold(m, tag: tag, verdict: nil)
-            case .notice(let task, let epoch, let through):
-                guard waiting else {
-                    out.append(m)
-                    continue
-                }
-                hold(m, tag: nil, verdict: true)
-                resolve(m.topicPartition, task: task, epoch: epoch, through: through)
-                handOut(m.topicPartition, into: &out)
-            case .untagged:
-                if waiting {
-                    hold(m, tag: nil, verdict: true)
+            guard var p = parts[m.topicPartition] else {
+                // Nothing waits in this partition: only a tagged record starts waiting.
+                if case .tagged(let tag) = head {
+                    var p = Partition()
+                    take(m, tag: tag, verdict: nil, into: &p)
+                    parts[m.topicPartition] = p
                 } else {
                     out.append(m)
                 }
+                continue
             }
+            if let r = p.rewinding {
+                guard m.offset == r else { continue }  // fetched before the seek
+                p.rewinding = nil
+            }
+            switch head {
+            case .tagged(let tag):
+                let verdict = resolved(tag, at: m.offset, by: p.notices)
+                if p.queue.isEmpty && p.resumeAt == nil, let verdict {
+                    if verdict { out.append(m) } else { dropped += 1 }
+                } else {
+                    take(m, tag: tag, verdict: verdict, into: &p)
+                }
+            case .notice(let task, let epoch, let through):
+                if p.notices.last.map({ $0.offset < m.offset }) ?? true {
+                    p.notices.append(Notice(offset: m.offset, task: task, epoch: epoch, through: through))
+                }
+                if p.queue.isEmpty && p.resumeAt == nil {
+                    out.append(m)
+                } else {
+                    take(m, tag: nil, verdict: true, into: &p)
+                    resolve(&p, task: task, epoch: epoch, through: through)
+                }
+            case .untagged:
+                if p.queue.isEmpty && p.resumeAt == nil {
+                    out.append(m)
+                } else {
+                    take(m, tag: nil, verdict: true, into: &p)
+                }
+            }
+            handOut(&p, into: &out)
+            if p.queue.isEmpty, let resume = p.resumeAt,
+                p.firstUnkept.map({ resolved($0.tag, at: $0.offset, by: p.notices) != nil }) ?? true
+            {
+                // What was kept is out, and what was not can move: read it again.
+                p.resumeAt = nil
+                p.firstUnkept = nil
+                p.rewinding = resume
+                seeks.append((m.topicPartition, resume))
+                rewinds += 1
+            }
+            if p.isIdle {
+                // Later records need only notices after them.
+                p.notices.removeAll { $0.offset <= m.offset }
+                if p.notices.isEmpty {
+                    parts[m.topicPartition] = nil
+                    continue
+                }
+            }
+            parts[m.topicPartition] = p
         }
         return out
     }
@@ -82,12 +156,20 @@ final class TransactionGate: @unchecked Sendable {
         handedOut.removeAll(keepingCapacity: true)
     }
 
+    /// The partitions to read again, and from where (asked once).
+    func takeSeeks() -> [(TopicPartition, Int64)] {
+        defer { seeks.removeAll() }
+        return seeks
+    }
+
     /// Forgets what is held of `partitions` (revoked, or assigned anew: read again from
     /// their committed offsets).
     func drop(_ partitions: [TopicPartition]) {
+        let gone = Set(partitions)
+        seeks.removeAll { gone.contains($0.0) }
         for tp in partitions {
-            guard let q = queues.removeValue(forKey: tp) else { continue }
-            for h in q {
+            guard let p = parts.removeValue(forKey: tp) else { continue }
+            for h in p.queue {
                 heldBytes -= h.bytes.count
                 heldRecords -= 1
                 h.bytes.deallocate()
@@ -95,13 +177,26 @@ final class TransactionGate: @unchecked Sendable {
         }
     }
 
-    private func hold(_ m: ConsumedMessage, tag: RepartitionRecord.Tag?, verdict: Bool?) {
+    /// The verdict the first notice of `tag`'s task after `offset` gives, if one was seen.
+    private func resolved(_ tag: RepartitionRecord.Tag, at offset: Int64, by notices: [Notice]) -> Bool? {
+        guard let n = notices.first(where: { $0.offset > offset && $0.task == tag.task }) else { return nil }
+        return n.epoch == tag.epoch && tag.seq <= n.through
+    }
+
+    /// Keeps `m` at the end of `p`'s queue, unless the cap is reached or messages were let
+    /// go already: then from its offset on the partition is read again.
+    private func take(_ m: ConsumedMessage, tag: RepartitionRecord.Tag?, verdict: Bool?, into p: inout Partition) {
+        if p.resumeAt == nil && heldBytes + m.key.count + m.value.count > capBytes { p.resumeAt = m.offset }
+        if p.resumeAt != nil {
+            if p.firstUnkept == nil, verdict == nil, let tag { p.firstUnkept = (m.offset, tag) }
+            return
+        }
         let bytes = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: max(1, m.key.count + m.value.count))
         if !m.key.isEmpty { _ = UnsafeMutableBufferPointer(rebasing: bytes[0..<m.key.count]).initialize(from: m.key) }
         if !m.value.isEmpty {
             _ = UnsafeMutableBufferPointer(rebasing: bytes[m.key.count..<(m.key.count + m.value.count)]).initialize(from: m.value)
         }
-        queues[m.topicPartition, default: []].append(
+        p.queue.append(
             Held(
                 topicPartition: m.topicPartition, offset: m.offset, timestampMs: m.timestampMs, bytes: bytes,
                 keyCount: m.key.count, valueCount: m.value.count, tag: tag, verdict: verdict))
@@ -109,23 +204,20 @@ final class TransactionGate: @unchecked Sendable {
         heldRecords += 1
     }
 
-    /// A notice of `task`: every record of it held before the notice is resolved.
-    private func resolve(_ tp: TopicPartition, task: Int32, epoch: UInt64, through: Int64) {
-        guard var q = queues[tp] else { return }
-        for i in q.indices where q[i].verdict == nil {
-            guard let tag = q[i].tag, tag.task == task else { continue }
-            q[i].verdict = tag.epoch == epoch && tag.seq <= through
+    /// A notice of `task`: every record of it kept before the notice is resolved.
+    private func resolve(_ p: inout Partition, task: Int32, epoch: UInt64, through: Int64) {
+        for i in p.queue.indices where p.queue[i].verdict == nil {
+            guard let tag = p.queue[i].tag, tag.task == task else { continue }
+            p.queue[i].verdict = tag.epoch == epoch && tag.seq <= through
         }
-        queues[tp] = q
     }
 
-    /// The resolved records at the head of `tp`'s queue: the committed ones into `out`,
-    /// the others dropped.
-    private func handOut(_ tp: TopicPartition, into out: inout [ConsumedMessage]) {
-        guard var q = queues[tp] else { return }
+    /// The resolved records at the head of `p`'s queue: the committed ones into `out`, the
+    /// others dropped.
+    private func handOut(_ p: inout Partition, into out: inout [ConsumedMessage]) {
         var n = 0
-        while n < q.count, let verdict = q[n].verdict {
-            let h = q[n]
+        while n < p.queue.count, let verdict = p.queue[n].verdict {
+            let h = p.queue[n]
             heldBytes -= h.bytes.count
             heldRecords -= 1
             if verdict {
@@ -142,7 +234,6 @@ final class TransactionGate: @unchecked Sendable {
             }
             n += 1
         }
-        q.removeFirst(n)
-        queues[tp] = q.isEmpty ? nil : q
+        if n > 0 { p.queue.removeFirst(n) }
     }
 }

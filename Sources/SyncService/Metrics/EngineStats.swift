@@ -17,6 +17,8 @@ public struct EngineStats: Sendable {
     /// because their transaction did not commit (``TransactionGate``).
     public var heldRoutedRecords = 0
     public var droppedRoutedRecords = 0
+    /// Repartition partitions read again because their records were let go over the cap.
+    public var routedRereads = 0
     /// The graph's decisions, summed over the tasks this instance holds and has held.
     public var identity = IdentityCounters()
     /// The graphs held now: users with at least one identity linked into them, the

@@ -119,6 +119,11 @@ public enum MetricsText {
                 "Routed records dropped because the transaction that wrote them did not commit (a crash or a failed checkpoint).",
                 UInt64(s.droppedRoutedRecords)
             ),
+            (
+                "rereads",
+                "Repartition partitions read again: their routed records were let go, over the memory held for notices.",
+                UInt64(s.routedRereads)
+            ),
         ] {
             single("foldspace_sync_identity_\(name)_total", "counter", help, String(value))
         }
