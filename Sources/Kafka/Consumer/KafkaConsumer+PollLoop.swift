@@ -89,9 +89,20 @@ extension KafkaConsumer {
                         defer { rd_kafka_error_destroy(e) }
                         return String(cString: rd_kafka_error_string(e))
                     }
-                    return nil
+                    // Each partition's own outcome is in its entry.
+                    let errors = (0..<Int(list.pointee.cnt)).compactMap { i -> String? in
+                        let e = list.pointee.elems[i]
+                        return e.err == RD_KAFKA_RESP_ERR_NO_ERROR ? nil : "[\(e.partition)] \(String(cString: rd_kafka_err2str(e.err)))"
+                    }
+                    return errors.isEmpty ? nil : errors.joined(separator: ", ")
                 }
-                if let failed { logger.error("seek", metadata: ["error": "\(failed)", "partitions": "\(seeks.map(\.0))"]) }
+                if let failed {
+                    // The partition then waits (its gate expects the offset back) until a
+                    // rebalance: said, since nothing else would show it.
+                    logger.error(
+                        "reading a partition again from an offset failed; it is not read on until it is assigned again",
+                        metadata: ["error": "\(failed)", "partitions": "\(seeks.map(\.0))"])
+                }
             }
             // Freeing a batch's messages (an allocation each, and the fetch buffers they
             // share) is left to another thread: this one is the pipeline's busiest.

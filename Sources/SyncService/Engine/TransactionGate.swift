@@ -43,6 +43,9 @@ final class TransactionGate: @unchecked Sendable {
         /// and a notice for the first tagged record not kept was seen.
         var resumeAt: Int64?
         var firstUnkept: (offset: Int64, tag: RepartitionRecord.Tag)?
+        /// Whether a notice seen resolves it (kept as notices come: asked per message, a
+        /// walk of every notice seen made a long wait cost the square of its length).
+        var firstUnkeptResolved = false
         /// A seek back to this offset asked: the partition's messages until it comes back
         /// were fetched before the seek, and are ignored.
         var rewinding: Int64?
@@ -113,6 +116,7 @@ final class TransactionGate: @unchecked Sendable {
                 if p.notices.last.map({ $0.offset < m.offset }) ?? true {
                     p.notices.append(Notice(offset: m.offset, task: task, epoch: epoch, through: through))
                 }
+                if let f = p.firstUnkept, f.tag.task == task, f.offset < m.offset { p.firstUnkeptResolved = true }
                 if p.queue.isEmpty && p.resumeAt == nil {
                     out.append(m)
                 } else {
@@ -127,12 +131,11 @@ final class TransactionGate: @unchecked Sendable {
                 }
             }
             handOut(&p, into: &out)
-            if p.queue.isEmpty, let resume = p.resumeAt,
-                p.firstUnkept.map({ resolved($0.tag, at: $0.offset, by: p.notices) != nil }) ?? true
-            {
+            if p.queue.isEmpty, let resume = p.resumeAt, p.firstUnkept == nil || p.firstUnkeptResolved {
                 // What was kept is out, and what was not can move: read it again.
                 p.resumeAt = nil
                 p.firstUnkept = nil
+                p.firstUnkeptResolved = false
                 p.rewinding = resume
                 seeks.append((m.topicPartition, resume))
                 rewinds += 1
@@ -178,8 +181,15 @@ final class TransactionGate: @unchecked Sendable {
     }
 
     /// The verdict the first notice of `tag`'s task after `offset` gives, if one was seen.
+    /// The notices are in offset order: the first after `offset` is found by bisection.
     private func resolved(_ tag: RepartitionRecord.Tag, at offset: Int64, by notices: [Notice]) -> Bool? {
-        guard let n = notices.first(where: { $0.offset > offset && $0.task == tag.task }) else { return nil }
+        guard let last = notices.last, last.offset > offset else { return nil }
+        var (lo, hi) = (0, notices.count)
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if notices[mid].offset > offset { hi = mid } else { lo = mid + 1 }
+        }
+        guard let n = notices[lo...].first(where: { $0.task == tag.task }) else { return nil }
         return n.epoch == tag.epoch && tag.seq <= n.through
     }
 
@@ -188,7 +198,10 @@ final class TransactionGate: @unchecked Sendable {
     private func take(_ m: ConsumedMessage, tag: RepartitionRecord.Tag?, verdict: Bool?, into p: inout Partition) {
         if p.resumeAt == nil && heldBytes + m.key.count + m.value.count > capBytes { p.resumeAt = m.offset }
         if p.resumeAt != nil {
-            if p.firstUnkept == nil, verdict == nil, let tag { p.firstUnkept = (m.offset, tag) }
+            if p.firstUnkept == nil, verdict == nil, let tag {
+                p.firstUnkept = (m.offset, tag)
+                p.firstUnkeptResolved = false
+            }
             return
         }
         let bytes = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: max(1, m.key.count + m.value.count))
