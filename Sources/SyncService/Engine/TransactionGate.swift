@@ -89,7 +89,9 @@ final class TransactionGate: @unchecked Sendable {
             }
             var head = RepartitionRecord.head(value: m.value)
             if case .tagged(let tag) = head, tag.task >= tasks { head = .untagged }
-            guard var p = parts[m.topicPartition] else {
+            // Taken out while it changes: a copy left in the table made every append to its
+            // queue copy the whole queue.
+            guard var p = parts.removeValue(forKey: m.topicPartition) else {
                 // Nothing waits in this partition: only a tagged record starts waiting.
                 if case .tagged(let tag) = head {
                     var p = Partition()
@@ -101,7 +103,10 @@ final class TransactionGate: @unchecked Sendable {
                 continue
             }
             if let r = p.rewinding {
-                guard m.offset == r else { continue }  // fetched before the seek
+                guard m.offset == r else {  // fetched before the seek
+                    parts[m.topicPartition] = p
+                    continue
+                }
                 p.rewinding = nil
             }
             switch head {
