@@ -186,6 +186,13 @@ final class TransactionGate: @unchecked Sendable {
     }
 
     /// The verdict the first notice of `tag`'s task after `offset` gives, if one was seen.
+    /// A notice's verdict on a record of its task before it: committed if the notice names
+    /// its epoch and a `through` at or past its transaction; otherwise its transaction did
+    /// not commit.
+    private static func committed(_ tag: RepartitionRecord.Tag, epoch: UInt64, through: Int64) -> Bool {
+        tag.epoch == epoch && tag.seq <= through
+    }
+
     /// The notices are in offset order: the first after `offset` is found by bisection.
     private func resolved(_ tag: RepartitionRecord.Tag, at offset: Int64, by notices: [Notice]) -> Bool? {
         guard let last = notices.last, last.offset > offset else { return nil }
@@ -195,7 +202,7 @@ final class TransactionGate: @unchecked Sendable {
             if notices[mid].offset > offset { hi = mid } else { lo = mid + 1 }
         }
         guard let n = notices[lo...].first(where: { $0.task == tag.task }) else { return nil }
-        return n.epoch == tag.epoch && tag.seq <= n.through
+        return Self.committed(tag, epoch: n.epoch, through: n.through)
     }
 
     /// Keeps `m` at the end of `p`'s queue, unless the cap is reached or messages were let
@@ -226,7 +233,7 @@ final class TransactionGate: @unchecked Sendable {
     private func resolve(_ p: inout Partition, task: Int32, epoch: UInt64, through: Int64) {
         for i in p.queue.indices where p.queue[i].verdict == nil {
             guard let tag = p.queue[i].tag, tag.task == task else { continue }
-            p.queue[i].verdict = tag.epoch == epoch && tag.seq <= through
+            p.queue[i].verdict = Self.committed(tag, epoch: epoch, through: through)
         }
     }
 
