@@ -39,8 +39,9 @@ public protocol ConsumerHandler: AnyObject, Sendable {
     /// not be fetched yet (their state is being restored). They stay paused until
     /// ``KafkaConsumer/release(_:)``.
     func partitionsToHold(_ partitions: [TopicPartition]) -> [TopicPartition]
-    /// Asked after each batch: partitions to read again from an offset (the handler let
-    /// messages go without keeping them, to bound its memory).
+    /// Asked on every round of the poll thread, before it consumes: partitions to read
+    /// again from an offset (the handler let messages go without reading them: to bound
+    /// its memory, or delivered while the partition was held).
     func takeSeeks() -> [(TopicPartition, Int64)]
 }
 

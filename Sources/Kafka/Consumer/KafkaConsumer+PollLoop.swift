@@ -32,6 +32,9 @@ extension KafkaConsumer {
             if !ready.isEmpty && !paused {
                 _ = withPartitionList(ready.map { ($0, nil) }) { rd_kafka_resume_partitions(rk, $0) }
             }
+            // Seeks the handler asks, before it consumes again (also when nothing came: a
+            // partition just released may be asked to be read again before any of it is).
+            performSeeks()
 
             var n = messages.withUnsafeMutableBufferPointer { buf in
                 rd_kafka_consume_batch_queue(queue, 0, buf.baseAddress, maxBatch)
@@ -82,28 +85,6 @@ extension KafkaConsumer {
             }
             if !batch.isEmpty { handler.consume(batch) }
             batch.removeAll(keepingCapacity: true)
-            let seeks = handler.takeSeeks()
-            if !seeks.isEmpty {
-                let failed: String? = withPartitionList(seeks.map { ($0.0, $0.1) }) { list in
-                    if let e = rd_kafka_seek_partitions(rk, list, 10_000) {
-                        defer { rd_kafka_error_destroy(e) }
-                        return String(cString: rd_kafka_error_string(e))
-                    }
-                    // Each partition's own outcome is in its entry.
-                    let errors = (0..<Int(list.pointee.cnt)).compactMap { i -> String? in
-                        let e = list.pointee.elems[i]
-                        return e.err == RD_KAFKA_RESP_ERR_NO_ERROR ? nil : "[\(e.partition)] \(String(cString: rd_kafka_err2str(e.err)))"
-                    }
-                    return errors.isEmpty ? nil : errors.joined(separator: ", ")
-                }
-                if let failed {
-                    // The partition then waits (its gate expects the offset back) until a
-                    // rebalance: said, since nothing else would show it.
-                    logger.error(
-                        "reading a partition again from an offset failed; it is not read on until it is assigned again",
-                        metadata: ["error": "\(failed)", "partitions": "\(seeks.map(\.0))"])
-                }
-            }
             // Freeing a batch's messages (an allocation each, and the fetch buffers they
             // share) is left to another thread: this one is the pipeline's busiest.
             nonisolated(unsafe) let spent = Array(messages[0..<n])  // handed over: this thread drops them
@@ -148,6 +129,32 @@ extension KafkaConsumer {
                 rd_kafka_offsets_for_times(rk, list, 1000)
             }
             lock.withLock { nudging = false }
+        }
+    }
+
+    /// Moves the partitions the handler asks (``ConsumerHandler/takeSeeks()``) to the
+    /// offsets it names. Poll thread.
+    func performSeeks() {
+        let seeks = handler.takeSeeks()
+        guard !seeks.isEmpty else { return }
+        let failed: String? = withPartitionList(seeks.map { ($0.0, $0.1) }) { list in
+            if let e = rd_kafka_seek_partitions(rk, list, 10_000) {
+                defer { rd_kafka_error_destroy(e) }
+                return String(cString: rd_kafka_error_string(e))
+            }
+            // Each partition's own outcome is in its entry.
+            let errors = (0..<Int(list.pointee.cnt)).compactMap { i -> String? in
+                let e = list.pointee.elems[i]
+                return e.err == RD_KAFKA_RESP_ERR_NO_ERROR ? nil : "[\(e.partition)] \(String(cString: rd_kafka_err2str(e.err)))"
+            }
+            return errors.isEmpty ? nil : errors.joined(separator: ", ")
+        }
+        if let failed {
+            // The partition then waits (the handler expects the offset back) until a
+            // rebalance: said, since nothing else would show it.
+            logger.error(
+                "reading a partition again from an offset failed; it is not read on until it is assigned again",
+                metadata: ["error": "\(failed)", "partitions": "\(seeks.map(\.0))"])
         }
     }
 

@@ -43,7 +43,18 @@ extension KafkaConsumer {
             // Paused before this callback returns: nothing of them is fetched until then.
             let pausing = paused ? parts : hold
             if !pausing.isEmpty {
-                _ = withPartitionList(pausing.map { ($0, nil) }) { rd_kafka_pause_partitions(rk, $0) }
+                let unpaused: [String] = withPartitionList(pausing.map { ($0, nil) }) { list in
+                    _ = rd_kafka_pause_partitions(rk, list)
+                    return (0..<Int(list.pointee.cnt)).compactMap { i in
+                        let e = list.pointee.elems[i]
+                        return e.err == RD_KAFKA_RESP_ERR_NO_ERROR ? nil : "\(String(cString: e.topic))[\(e.partition)]"
+                    }
+                }
+                if !unpaused.isEmpty {
+                    logger.warning(
+                        "partitions could not be paused at their assignment; what is delivered of them before their restore is read again after it",
+                        metadata: ["partitions": "\(unpaused.joined(separator: ","))"])
+                }
             }
             readCommittedOffsets(parts)
             logger.info("partitions assigned", metadata: ["partitions": "\(parts.map(\.description).joined(separator: ","))"])

@@ -385,6 +385,14 @@ extension SyncEngine {
                     }
                 }
             }
+            // Messages of them delivered meanwhile were not read: read again from the first.
+            for r in released {
+                guard let first = readBeforeRestore.removeValue(forKey: r) else { continue }
+                rereads[r] = (first, false)
+                logger.info(
+                    "messages of a partition were delivered while it was held for its restore; it is read again from the first",
+                    metadata: ["partition": "\(r)", "offset": .stringConvertible(first)])
+            }
             // Released under the lock, while this assignment is known current: a later
             // revocation clears the release, and no stale one can follow.
             ready?(released)

@@ -8,6 +8,7 @@ import Logging
 
 extension SyncEngine {
     public func consume(_ batch: [ConsumedMessage]) {
+        let batch = withoutUnrestored(batch)
         // Identity resolution: routed records wait for their transaction's notice.
         guard options.identity.merge, let topic = options.identity.repartitionTopic else { return consumeInOrder(batch) }
         let gated = gate.filter(batch, topic: topic, tasks: options.identity.partitions)
@@ -21,8 +22,48 @@ extension SyncEngine {
         gate.release()
     }
 
-    /// The gate's seeks back (routed records let go over its cap, read again).
-    public func takeSeeks() -> [(TopicPartition, Int64)] { gate.takeSeeks() }
+    /// The seeks back: of the gate (routed records let go over its cap), and of partitions
+    /// restored after some of their messages were delivered (``withoutUnrestored(_:)``).
+    /// The poll thread performs them before it consumes again.
+    public func takeSeeks() -> [(TopicPartition, Int64)] {
+        var seeks = gate.takeSeeks()
+        lock.withLock {
+            guard !rereads.isEmpty else { return }
+            for (tp, r) in rereads where !r.asked {
+                seeks.append((tp, r.offset))
+                rereads[tp]!.asked = true
+            }
+        }
+        return seeks
+    }
+
+    /// `batch` without the messages of partitions not restored yet, nor those fetched
+    /// before a partition's seek back (``rereads``). A partition is held paused until its
+    /// state is restored, yet librdkafka 2.0.2 delivers some of its messages under load:
+    /// read then, a call was folded into a user the restore then found newer than its
+    /// changelog record (the record's history lost), or routed with the task's graph not
+    /// loaded and routed again after the restore (counted twice). They are read again
+    /// from the first of them once the partition is restored.
+    func withoutUnrestored(_ batch: [ConsumedMessage]) -> [ConsumedMessage] {
+        lock.withLock {
+            if restoringGeneration.isEmpty && rereads.isEmpty { return batch }
+            var out: [ConsumedMessage] = []
+            out.reserveCapacity(batch.count)
+            for m in batch {
+                let tp = m.topicPartition
+                if restoringGeneration[tp] != nil {
+                    if readBeforeRestore[tp].map({ m.offset < $0 }) ?? true { readBeforeRestore[tp] = m.offset }
+                    continue
+                }
+                if let r = rereads[tp] {
+                    guard r.asked, m.offset == r.offset else { continue }
+                    rereads[tp] = nil
+                }
+                out.append(m)
+            }
+            return out
+        }
+    }
 
     func consumeInOrder(_ batch: [ConsumedMessage]) {
         let nowEpoch = clock.epochMs()

@@ -40,6 +40,8 @@ extension SyncEngine {
                 }
                 replayNoted.remove(i)
                 replayFloors[tp] = nil
+                readBeforeRestore[tp] = nil
+                rereads[tp] = nil
                 recreationNoted.remove(i)
                 recreationSuspected.remove(i)
                 lastCommitted[i] = nil
@@ -106,7 +108,11 @@ extension SyncEngine {
         gate.drop(partitions)
         let idxs: [OffsetTracker.PartitionIndex] = lock.withLock {
             // A restore under way is stale from now on.
-            for tp in partitions { restoringGeneration[tp] = nil }
+            for tp in partitions {
+                restoringGeneration[tp] = nil
+                readBeforeRestore[tp] = nil
+                rereads[tp] = nil
+            }
             return partitions.compactMap { partitionIndex[$0] }
         }
         let start = clock.monotonicMs()

@@ -102,6 +102,15 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// generation (a revocation, or a new assignment, makes a restore under way stale).
     /// They are not in `assigned` until restored: never checkpointed, never committed.
     var restoringGeneration: [TopicPartition: UInt64] = [:]
+    /// Durable mode: messages delivered of a partition held paused while it restores
+    /// (librdkafka 2.0.2 does deliver some, under load) are not read. By partition, the
+    /// first one's offset: the partition is read again from there once restored
+    /// (``withoutUnrestored(_:)``).
+    var readBeforeRestore: [TopicPartition: Int64] = [:]
+    /// Partitions to read again from an offset, and whether the consumer was asked to seek
+    /// there yet (``takeSeeks()``): until it was, and then until that offset comes back,
+    /// their messages are not read.
+    var rereads: [TopicPartition: (offset: Int64, asked: Bool)] = [:]
     var assignGeneration: UInt64 = 0
     /// One restore attempt at a time: an old assignment's claim never races a new one's.
     let restoreLock = NSLock()
