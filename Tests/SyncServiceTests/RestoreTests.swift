@@ -92,6 +92,54 @@ import Testing
         #expect(steps == [3], "the seeded Step and the two read after the restore")
     }
 
+    /// What was delivered of a partition revoked while it restored is forgotten: assigned
+    /// again, it is read from its committed offset, with no seek to the old one.
+    @Test func aPartitionRevokedWhileItRestoresForgetsWhatWasDeliveredOfIt() async throws {
+        let store = GatedStore(seeded())
+        let (e, released) = engine(ManualClock(), store)
+        e.partitionsAssigned([p0])
+        #expect(await eventually(.seconds(5)) { store.reads == 1 })
+        feed(e, [(p0, 5, track("a", 6))])
+        e.partitionsRevoked([p0])
+        store.firstGate.signal()  // the stale restore ends
+        e.partitionsAssigned([p0])
+        #expect(await eventually(.seconds(10)) { released.all == [p0] })
+        #expect(e.takeSeeks().isEmpty)
+        feed(e, [(p0, 1, track("a", 2))])
+        #expect(e.lock.withLock { e.users["a"]?.state.keyEventCounts.map(\.count) } == [2])
+    }
+
+    /// The filter takes each run of one partition as a whole: a partition restoring, one
+    /// waiting for its seek's offset to come back, and others around them.
+    @Test func messagesOfPartitionsRestoringOrRereadAreLeftOutRunByRun() {
+        let (e, _) = engine(ManualClock(), MemoryStateStore())
+        let p1 = TopicPartition("events", 1)
+        let p2 = TopicPartition("events", 2)
+        e.lock.withLock {
+            e.restoringGeneration[p0] = 1
+            e.rereads[p1] = (3, true)
+        }
+        let body = Array("{}".utf8)
+        let kept = body.withUnsafeBufferPointer { b -> [String] in
+            let batch = [(p1, 1), (p0, 8), (p0, 7), (p1, 3), (p1, 4), (p2, 0)].map {
+                ConsumedMessage(
+                    topicPartition: $0.0, offset: Int64($0.1), timestampMs: nil, key: UnsafeBufferPointer(start: nil, count: 0), value: b)
+            }
+            return e.withoutUnrestored(batch).map { "\($0.topicPartition)@\($0.offset)" }
+        }
+        #expect(kept == ["\(p1)@3", "\(p1)@4", "\(p2)@0"])
+        #expect(e.lock.withLock { e.readBeforeRestore[p0] } == 7)
+        #expect(e.lock.withLock { e.rereads[p1] == nil })
+        // Nothing restoring or read again: the batch as it came.
+        e.lock.withLock { e.restoringGeneration[p0] = nil }
+        let all = body.withUnsafeBufferPointer { b in
+            e.withoutUnrestored([
+                ConsumedMessage(topicPartition: p0, offset: 9, timestampMs: nil, key: UnsafeBufferPointer(start: nil, count: 0), value: b)
+            ]).count
+        }
+        #expect(all == 1)
+    }
+
     @Test func aRecordOfANewerFormatStopsThePartitionAndNamesTheVersion() async throws {
         let clock = ManualClock()
         let store = seeded()

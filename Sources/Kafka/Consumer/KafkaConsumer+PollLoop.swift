@@ -138,7 +138,7 @@ extension KafkaConsumer {
         let seeks = handler.takeSeeks()
         guard !seeks.isEmpty else { return }
         let failed: String? = withPartitionList(seeks.map { ($0.0, $0.1) }) { list in
-            if let e = rd_kafka_seek_partitions(rk, list, 10_000) {
+            if let e = rd_kafka_seek_partitions(rk, list, Self.seekTimeout) {
                 defer { rd_kafka_error_destroy(e) }
                 return String(cString: rd_kafka_error_string(e))
             }
@@ -157,6 +157,11 @@ extension KafkaConsumer {
                 metadata: ["error": "\(failed)", "partitions": "\(seeks.map(\.0))"])
         }
     }
+
+    /// 10 s for a seek. librdkafka before 2.1.0 reads the timeout as microseconds
+    /// (librdkafka #4230): 10,000 waited 10 ms, and a seek still under way was reported
+    /// as failed.
+    static let seekTimeout: Int32 = rd_kafka_version() < 0x0201_0000 ? 10_000_000 : 10_000
 
     /// How many times the fetcher was woken by ``nudgeFetcherIfStalled()``.
     public var fetcherNudges: Int { lock.withLock { nudges } }

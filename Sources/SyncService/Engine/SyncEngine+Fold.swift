@@ -47,21 +47,30 @@ extension SyncEngine {
     func withoutUnrestored(_ batch: [ConsumedMessage]) -> [ConsumedMessage] {
         lock.withLock {
             if restoringGeneration.isEmpty && rereads.isEmpty { return batch }
-            var out: [ConsumedMessage] = []
-            out.reserveCapacity(batch.count)
-            for m in batch {
-                let tp = m.topicPartition
+            // Messages come in runs of one partition: each run is looked up once, and the
+            // batch is copied only if something of it is left out.
+            var out: [ConsumedMessage]?
+            var i = 0
+            while i < batch.count {
+                let tp = batch[i].topicPartition
+                var end = i + 1
+                while end < batch.count && batch[end].topicPartition == tp { end += 1 }
+                var keepFrom = i
                 if restoringGeneration[tp] != nil {
-                    if readBeforeRestore[tp].map({ m.offset < $0 }) ?? true { readBeforeRestore[tp] = m.offset }
-                    continue
+                    let first = batch[i..<end].lazy.map(\.offset).min()!
+                    if readBeforeRestore[tp].map({ first < $0 }) ?? true { readBeforeRestore[tp] = first }
+                    keepFrom = end
+                } else if let r = rereads[tp] {
+                    // Until the seek is asked and its offset comes back, what comes was
+                    // fetched before it.
+                    keepFrom = r.asked ? (batch[i..<end].firstIndex { $0.offset == r.offset } ?? end) : end
+                    if keepFrom < end { rereads[tp] = nil }
                 }
-                if let r = rereads[tp] {
-                    guard r.asked, m.offset == r.offset else { continue }
-                    rereads[tp] = nil
-                }
-                out.append(m)
+                if keepFrom > i && out == nil { out = Array(batch[..<i]) }
+                if out != nil { out!.append(contentsOf: batch[keepFrom..<end]) }
+                i = end
             }
-            return out
+            return out ?? batch
         }
     }
 
