@@ -46,10 +46,15 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
     /// with the next checkpoint, or that partition's position is never committed there.
     private var plainPending: [TopicPartition: Int64] = [:]
 
+    /// The topics its transactions write besides the changelog (identity resolution's
+    /// repartition and identities topics): its writers look them up when claimed.
+    public let alsoWrites: [String]
+
     public init(
         topic: String, partitions: Int, sourcePartitions: Int, config: KafkaClientConfig, logger: Logger,
-        transactional: Bool = false, groupConsumer: @escaping @Sendable () -> KafkaConsumer? = { nil }
+        transactional: Bool = false, alsoWrites: [String] = [], groupConsumer: @escaping @Sendable () -> KafkaConsumer? = { nil }
     ) throws {
+        self.alsoWrites = alsoWrites
         self.groupConsumer = groupConsumer
         self.topic = topic
         self.sourcePartitions = Int32(sourcePartitions)
@@ -131,6 +136,13 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
                 }
                 writer.close()
                 throw error
+            }
+            // Its topics looked up now, not at its first transaction's first message to
+            // each (a second's wait apiece, librdkafka #5032). Only a cost if it fails.
+            do throws(KafkaError) {
+                try writer.prepare(topics: [topic] + alsoWrites)
+            } catch {
+                logger.debug("could not look a changelog writer's topics up ahead", metadata: ["error": "\(error)"])
             }
             lock.withLock { owners[tp] = writer }
         }

@@ -24,7 +24,10 @@ extension SyncPipeline {
         }
         return try KafkaStateStore(
             topic: topic, partitions: layout.state, sourcePartitions: layout.source,
-            config: kafka, logger: logger, transactional: config.stateTransactions, groupConsumer: groupConsumer)
+            config: kafka, logger: logger, transactional: config.stateTransactions,
+            alsoWrites: config.engine.identity.merge
+                ? [IdentityTopics.repartition(group: config.group), IdentityTopics.identities(group: config.group)] : [],
+            groupConsumer: groupConsumer)
     }
 
     /// A process stopped as long as the session timeout lost its partitions: it must not
