@@ -173,6 +173,34 @@ import Testing
 
     /// A checkpoint whose second task's transaction fails after the first committed: the
     /// first task's records are not written again by the next checkpoint.
+    /// Routed records are read once a later transaction of their writer says that theirs
+    /// committed. With no checkpoint due, a transaction of the notices alone
+    /// (``SyncEngine/writeNotices()``) says it: it resolves every record held, writes no
+    /// routed record, and the users end as in a run that only checkpointed.
+    @Test func noticesAloneResolveRoutedRecordsHeldByTheirReaders() {
+        let want = Self.reference { $0.produce(Self.calls(0..<Self.visitors)) }
+        let w = World()
+        w.produce(Self.calls(0..<Self.visitors))
+        w.feedSource()
+        #expect(w.engine.checkpoint())
+        w.feedRepartition()
+        let held = w.engine.gate.heldRecords
+        #expect(held > 0, "routed records wait for a later transaction's notice")
+        let routed = w.repartitionRecords
+        #expect(w.engine.noticesOwed > 0)
+        #expect(w.engine.writeNotices())
+        #expect(w.engine.noticesOwed == 0)
+        #expect(w.repartitionRecords == routed, "notices only")
+        w.feedRepartition()
+        #expect(w.engine.gate.heldRecords == 0, "\(held) held before the notices")
+        w.settle()
+        #expect(w.repartitionRecords == want.routed)
+        Self.expectSameUsers(w, want.bodies)
+        w.crashAndRestart(fromStart: true)
+        w.settle()
+        Self.expectSameUsers(w, want.bodies)
+    }
+
     @Test func aCheckpointThatCommitsSomeTasksWritesNoRecordTwice() {
         let want = Self.reference { $0.produce(Self.calls(0..<Self.visitors)) }
         let w = World()

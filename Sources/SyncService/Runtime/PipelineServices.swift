@@ -68,6 +68,9 @@ struct Checkpoints: Service, CustomStringConvertible {
     /// Whether the checkpoint succeeded: after a failure, the next waits the interval
     /// (records that cannot be written yet would start one every second).
     let checkpoint: @Sendable () async -> Bool
+    /// Identity resolution: a transaction of the notices owed alone
+    /// (``SyncEngine/writeNotices()``), when no checkpoint is due.
+    var notices: (@Sendable () async -> Bool)? = nil
 
     static let routedBurst = 10_000
     static let routedWaitMs: Int64 = 1_000
@@ -75,8 +78,9 @@ struct Checkpoints: Service, CustomStringConvertible {
     static let routedSpacingMs: Int64 = 200
 
     func run() async {
-        await cancelWhenGracefulShutdown { [engine, intervalMs, merging, checkpoint] in
+        await cancelWhenGracefulShutdown { [engine, intervalMs, merging, checkpoint, notices] in
             var last = ContinuousClock.now
+            var lastNotices = ContinuousClock.now
             var failed = false
             while !Task.isCancelled {
                 try? await Task.sleep(for: .milliseconds(merging ? 100 : intervalMs))
@@ -88,7 +92,18 @@ struct Checkpoints: Service, CustomStringConvertible {
                     // Only a checkpoint that would mostly write routed records, or a small one.
                     guard waiting > 0, waiting >= users || users < Self.routedBurst,
                         waiting >= Self.routedBurst || sinceMs >= Double(Self.routedWaitMs)
-                    else { continue }
+                    else {
+                        // Else the notices owed, alone: the routed records they resolve
+                        // would otherwise wait for the interval.
+                        let sinceNoticesMs = (ContinuousClock.now - lastNotices) / .milliseconds(1)
+                        if let notices, sinceMs >= Double(Self.routedWaitMs), sinceNoticesMs >= Double(Self.routedWaitMs),
+                            engine.noticesOwed > 0
+                        {
+                            lastNotices = ContinuousClock.now
+                            _ = await notices()
+                        }
+                        continue
+                    }
                 }
                 last = ContinuousClock.now
                 failed = !(await checkpoint())

@@ -117,8 +117,9 @@ extension SyncPipeline {
             services.append(
                 .init(
                     service: Checkpoints(
-                        engine: engine, intervalMs: Int64(config.commitIntervalMs), merging: engine.options.identity.merge
-                    ) { await Self.blocking { engine.checkpoint() } }))
+                        engine: engine, intervalMs: Int64(config.commitIntervalMs), merging: engine.options.identity.merge,
+                        checkpoint: { await Self.blocking { engine.checkpoint() } },
+                        notices: { await Self.blocking { engine.writeNotices() } })))
         }
         // The user table is walked in slices: users by type, and inactive_user_ttl.
         services.append(.init(service: Every("sweeps", .seconds(1)) { engine.sweep() }))
