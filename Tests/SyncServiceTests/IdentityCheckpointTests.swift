@@ -171,8 +171,6 @@ import Testing
         }
     }
 
-    /// A checkpoint whose second task's transaction fails after the first committed: the
-    /// first task's records are not written again by the next checkpoint.
     /// Routed records are read once a later transaction of their writer says that theirs
     /// committed. With no checkpoint due, a transaction of the notices alone
     /// (``SyncEngine/writeNotices()``) says it: it resolves every record held, writes no
@@ -201,6 +199,32 @@ import Testing
         Self.expectSameUsers(w, want.bodies)
     }
 
+    /// A failed transaction's routed records are dropped by the notice that comes with their
+    /// rewrite, never by notices alone: its commit may be in doubt (landed all the same),
+    /// and then the next owner restores from its markers and writes them no more; a
+    /// notice dropping them, committed alone before a crash, would lose them (found by
+    /// review).
+    @Test func noticesAloneWaitForTheRewriteOfAFailedTransaction() {
+        let want = Self.reference { $0.produce(Self.calls(0..<Self.visitors)) }
+        let w = World()
+        w.produce(Self.calls(0..<Self.visitors))
+        w.feedSource()
+        w.store.failGroupsFrom = 0
+        #expect(!w.engine.checkpoint())
+        #expect(w.engine.noticesOwed > 0)
+        #expect(w.engine.writeNotices())
+        #expect((0..<2).allSatisfy { (w.store.topics["g-repartition"]?[Int32($0)] ?? []).isEmpty }, "no notice before the rewrite")
+        #expect(w.engine.checkpoint())
+        w.feedRepartition()
+        #expect(w.engine.writeNotices())
+        #expect(w.engine.noticesOwed == 0, "the rewrite committed: notices alone again")
+        w.settle()
+        #expect(w.repartitionRecords == want.routed)
+        Self.expectSameUsers(w, want.bodies)
+    }
+
+    /// A checkpoint whose second task's transaction fails after the first committed: the
+    /// first task's records are not written again by the next checkpoint.
     @Test func aCheckpointThatCommitsSomeTasksWritesNoRecordTwice() {
         let want = Self.reference { $0.produce(Self.calls(0..<Self.visitors)) }
         let w = World()

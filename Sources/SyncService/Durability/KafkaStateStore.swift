@@ -140,7 +140,7 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
             // Its topics looked up now, not at its first transaction's first message to
             // each (a second's wait apiece, librdkafka #5032). Only a cost if it fails.
             do throws(KafkaError) {
-                try writer.prepare(topics: [topic] + alsoWrites)
+                try writer.prepare(topics: [topic] + alsoWrites, timeoutMs: 1_000)
             } catch {
                 logger.debug("could not look a changelog writer's topics up ahead", metadata: ["error": "\(error)"])
             }

@@ -19,7 +19,9 @@ extension SyncEngine {
     ///
     /// A notice only states what committed before it, so one read from a transaction that
     /// failed (some brokers show them) is still true; such a transaction writes no routed
-    /// record, no state and no marker, and a restore reads the changelog as before.
+    /// record, no state and no marker, and a restore reads the changelog as before. Not for
+    /// a task whose failed transaction's records are still to be written again
+    /// (``TaskTransactions/rewritePending``). Bounded by 5 s: a revocation waits for it.
     @discardableResult
     public func writeNotices() -> Bool {
         guard options.durable, options.identity.merge, let topic = options.identity.repartitionTopic else { return true }
@@ -40,7 +42,7 @@ extension SyncEngine {
             let now = clock.monotonicMs()
             for i in assigned {
                 let source = partitionsByIndex[Int(i)]
-                guard source.topic != topic, var t = txns[source.partition], t.waiting > 0 else { continue }
+                guard source.topic != topic, var t = txns[source.partition], t.waiting > 0, !t.rewritePending else { continue }
                 let start = t.startPending
                 let (tag, notices, full) = t.begin(task: source.partition, partitions: options.identity.partitions, nowMs: now)
                 txns[source.partition] = t
@@ -59,7 +61,7 @@ extension SyncEngine {
         var failure: (any Error)?
         var committed: Set<TopicPartition> = []
         do {
-            try store.checkpoint(groups, deadline: nil)
+            try store.checkpoint(groups, deadline: .now() + .seconds(5))
         } catch {
             failure = error
             committed = (error as? CheckpointIncomplete)?.committed ?? []
@@ -69,7 +71,8 @@ extension SyncEngine {
             for w in work where txns[w.source.partition]?.epoch == w.tag.epoch {
                 if failure == nil || committed.contains(w.source) {
                     txns[w.source.partition]!.committed(
-                        w.tag.seq, start: w.start, full: w.full ? w.beganMs : nil, noticed: Set(w.notices.map(\.partition)), touched: [])
+                        w.tag.seq, start: w.start, full: w.full ? w.beganMs : nil, noticed: Set(w.notices.map(\.partition)), touched: [],
+                        noticesOnly: true)
                 } else {
                     txns[w.source.partition]!.failed(touched: [])
                 }

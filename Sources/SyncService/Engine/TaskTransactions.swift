@@ -27,6 +27,12 @@ struct TaskTransactions {
     var owed: Set<Int32> = []
     /// When the last committed transaction with a notice for every partition began.
     var lastFullMs: Int64
+    /// A transaction with routed records failed, and none that writes them again has
+    /// committed since: the notice that drops its records must commit with their rewrite
+    /// (a transaction of notices alone waits). Its commit may be in doubt: if it did land,
+    /// a notice dropping its records, committed alone before a crash, would lose them,
+    /// since the next owner restores from its markers and writes them no more.
+    var rewritePending = false
 
     /// How often every partition gets a notice, owed or not: a record that names this task
     /// but no transaction of its writers (written by something else, or late from a former
@@ -61,7 +67,12 @@ struct TaskTransactions {
 
     /// Transaction `seq` committed: it wrote `notices` and records into `touched`, and
     /// notices into every partition if `full` (when it began).
-    mutating func committed(_ seq: Int64, start: Bool, full: Int64? = nil, noticed: Set<Int32>, touched: Set<Int32>) {
+    /// `noticesOnly`: a transaction of notices alone (``SyncEngine/writeNotices()``), which
+    /// writes nothing again.
+    mutating func committed(
+        _ seq: Int64, start: Bool, full: Int64? = nil, noticed: Set<Int32>, touched: Set<Int32>, noticesOnly: Bool = false
+    ) {
+        if !noticesOnly { rewritePending = false }
         through = max(through, seq)
         if let full { lastFullMs = max(lastFullMs, full) }
         if start { startPending = false }
@@ -71,7 +82,10 @@ struct TaskTransactions {
 
     /// Transaction `seq` failed: its records may be visible all the same (on brokers that
     /// show aborted records), and are resolved by the next notices.
-    mutating func failed(touched: Set<Int32>) { owed.formUnion(touched) }
+    mutating func failed(touched: Set<Int32>) {
+        owed.formUnion(touched)
+        if !touched.isEmpty { rewritePending = true }
+    }
 
     /// How many notices wait for a transaction (``SyncEngine/checkpointBacklog``).
     var waiting: Int { startPending ? 1 : owed.count }

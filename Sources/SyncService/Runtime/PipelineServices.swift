@@ -100,7 +100,8 @@ struct Checkpoints: Service, CustomStringConvertible {
                             engine.noticesOwed > 0
                         {
                             lastNotices = ContinuousClock.now
-                            _ = await notices()
+                            // After a failure, not again before the interval.
+                            if !(await notices()) { lastNotices = ContinuousClock.now + .milliseconds(intervalMs) }
                         }
                         continue
                     }
