@@ -210,6 +210,9 @@ extension SyncEngine {
         }
     }
 
+    /// Events folded so far: ``Checkpoints`` tells an idle fold from a busy one by it.
+    public var foldedTotal: Int { lock.withLock { stats.folded } }
+
     /// The records buffered for other tasks, taken (for the checkpoint that writes them;
     /// tests read them).
     func takeOutbound() -> [Int32: [(partition: Int32, record: RepartitionRecord)]] {

@@ -82,15 +82,23 @@ struct Checkpoints: Service, CustomStringConvertible {
             var last = ContinuousClock.now
             var lastNotices = ContinuousClock.now
             var failed = false
+            var folded = -1
             while !Task.isCancelled {
                 try? await Task.sleep(for: .milliseconds(merging ? 100 : intervalMs))
                 if Task.isCancelled { break }
                 let sinceMs = (ContinuousClock.now - last) / .milliseconds(1)
+                // Whether nothing was folded since the last look: the fold is idle.
+                let (foldedBefore, foldedNow) = (folded, merging ? engine.foldedTotal : 0)
+                folded = foldedNow
                 if sinceMs < Double(intervalMs) {
                     guard merging, !failed, sinceMs >= Double(Self.routedSpacingMs) else { continue }
                     let (waiting, users) = engine.checkpointBacklog
-                    // Only a checkpoint that would mostly write routed records, or a small one.
-                    guard waiting > 0, waiting >= users || users < Self.routedBurst,
+                    // Only a checkpoint that would mostly write routed records, or a small
+                    // one; or, once a second, any while the fold is idle: rewriting its
+                    // users then slows nothing, and routed records forwarded again (a
+                    // second hop) would otherwise wait for the interval.
+                    let idle = foldedNow == foldedBefore && sinceMs >= Double(Self.routedWaitMs)
+                    guard waiting > 0, waiting >= users || users < Self.routedBurst || idle,
                         waiting >= Self.routedBurst || sinceMs >= Double(Self.routedWaitMs)
                     else {
                         // Else the notices owed, alone: the routed records they resolve
