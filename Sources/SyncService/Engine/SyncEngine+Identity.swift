@@ -210,8 +210,9 @@ extension SyncEngine {
         }
     }
 
-    /// Events folded so far: ``Checkpoints`` tells an idle fold from a busy one by it.
-    public var foldedTotal: Int { lock.withLock { stats.folded } }
+    /// Calls read so far (folded, forwarded to another task, or skipped as replays):
+    /// ``Checkpoints`` tells an idle fold from a busy one by it.
+    public var callsRead: Int { lock.withLock { stats.folded &+ stats.forwarded &+ stats.skippedReplays } }
 
     /// The records buffered for other tasks, taken (for the checkpoint that writes them;
     /// tests read them).

@@ -76,28 +76,35 @@ struct Checkpoints: Service, CustomStringConvertible {
     static let routedWaitMs: Int64 = 1_000
     /// The fewest milliseconds between two checkpoints started for routed calls.
     static let routedSpacingMs: Int64 = 200
+    /// How long no call must be read for the fold to count as idle.
+    static let idleMs: Int64 = 500
 
     func run() async {
         await cancelWhenGracefulShutdown { [engine, intervalMs, merging, checkpoint, notices] in
             var last = ContinuousClock.now
             var lastNotices = ContinuousClock.now
             var failed = false
-            var folded = -1
+            var read = -1
+            var lastRead = ContinuousClock.now
             while !Task.isCancelled {
                 try? await Task.sleep(for: .milliseconds(merging ? 100 : intervalMs))
                 if Task.isCancelled { break }
                 let sinceMs = (ContinuousClock.now - last) / .milliseconds(1)
-                // Whether nothing was folded since the last look: the fold is idle.
-                let (foldedBefore, foldedNow) = (folded, merging ? engine.foldedTotal : 0)
-                folded = foldedNow
+                // Whether no call was read for half a second: the fold is idle (a single
+                // empty look is no proof: a busy fold has gaps of 100 ms).
+                let readNow = merging ? engine.callsRead : 0
+                if readNow != read { (read, lastRead) = (readNow, ContinuousClock.now) }
+                let quietMs = (ContinuousClock.now - lastRead) / .milliseconds(1)
                 if sinceMs < Double(intervalMs) {
                     guard merging, !failed, sinceMs >= Double(Self.routedSpacingMs) else { continue }
                     let (waiting, users) = engine.checkpointBacklog
                     // Only a checkpoint that would mostly write routed records, or a small
                     // one; or, once a second, any while the fold is idle: rewriting its
                     // users then slows nothing, and routed records forwarded again (a
-                    // second hop) would otherwise wait for the interval.
-                    let idle = foldedNow == foldedBefore && sinceMs >= Double(Self.routedWaitMs)
+                    // second hop) would otherwise wait for the interval. (One busy task of
+                    // the instance keeps it from being idle.) An idle fold owing only
+                    // notices gets a whole checkpoint rather than notices alone.
+                    let idle = quietMs >= Double(Self.idleMs) && sinceMs >= Double(Self.routedWaitMs)
                     guard waiting > 0, waiting >= users || users < Self.routedBurst || idle,
                         waiting >= Self.routedBurst || sinceMs >= Double(Self.routedWaitMs)
                     else {
