@@ -164,6 +164,16 @@ import Testing
         return (bodies, w.repartitionRecords)
     }
 
+    /// The reference run of every visitor's calls, and a world that has read them (not
+    /// checkpointed yet).
+    static func fedWorld() -> (want: (bodies: [String: String], routed: Int), w: World) {
+        let want = reference { $0.produce(calls(0..<visitors)) }
+        let w = World()
+        w.produce(calls(0..<visitors))
+        w.feedSource()
+        return (want, w)
+    }
+
     static func expectSameUsers(_ w: World, _ reference: [String: String], sourceLocation: SourceLocation = #_sourceLocation) {
         for v in 0..<visitors {
             #expect(w.body("person-\(v)") == reference["person-\(v)"], "person-\(v)", sourceLocation: sourceLocation)
@@ -176,10 +186,7 @@ import Testing
     /// (``SyncEngine/writeNotices()``) says it: it resolves every record held, writes no
     /// routed record, and the users end as in a run that only checkpointed.
     @Test func noticesAloneResolveRoutedRecordsHeldByTheirReaders() {
-        let want = Self.reference { $0.produce(Self.calls(0..<Self.visitors)) }
-        let w = World()
-        w.produce(Self.calls(0..<Self.visitors))
-        w.feedSource()
+        let (want, w) = Self.fedWorld()
         #expect(w.engine.checkpoint())
         w.feedRepartition()
         let held = w.engine.gate.heldRecords
@@ -205,10 +212,7 @@ import Testing
     /// notice dropping them, committed alone before a crash, would lose them (found by
     /// review).
     @Test func noticesAloneWaitForTheRewriteOfAFailedTransaction() {
-        let want = Self.reference { $0.produce(Self.calls(0..<Self.visitors)) }
-        let w = World()
-        w.produce(Self.calls(0..<Self.visitors))
-        w.feedSource()
+        let (want, w) = Self.fedWorld()
         w.store.failGroupsFrom = 0
         #expect(!w.engine.checkpoint())
         #expect(w.engine.noticesOwed > 0)
@@ -226,10 +230,7 @@ import Testing
     /// A checkpoint whose second task's transaction fails after the first committed: the
     /// first task's records are not written again by the next checkpoint.
     @Test func aCheckpointThatCommitsSomeTasksWritesNoRecordTwice() {
-        let want = Self.reference { $0.produce(Self.calls(0..<Self.visitors)) }
-        let w = World()
-        w.produce(Self.calls(0..<Self.visitors))
-        w.feedSource()
+        let (want, w) = Self.fedWorld()
         w.store.failGroupsFrom = 1
         #expect(!w.engine.checkpoint())
         w.settle()
