@@ -4,8 +4,7 @@ import Kafka
 
 extension SyncEngine {
     /// Identity resolution: how many notices the owned tasks owe (their last transactions'
-    /// routed records wait in their readers until a notice of a later one), and whether
-    /// users wait for a checkpoint.
+    /// routed records wait in their readers until a notice of a later one).
     public var noticesOwed: Int {
         lock.withLock { txns.values.reduce(0) { $0 + $1.waiting } }
     }
