@@ -153,7 +153,7 @@ struct IdentityScenario {
 /// held paused for its restore (librdkafka 2.0.2), routed them with the task's graph not
 /// loaded, and routed them again after the restore (a Step counted twice for several
 /// users). Such messages are now left unread and the partition read again from the first
-/// of them (``RestoreTests``); 188 runs passed after that, under the same load.
+/// of them (``RestoreTests``); 180 runs passed after that, under the same load.
 ///
 /// The mock does not apply a transaction's offsets to the group, and the daemon's plain
 /// commit after them fails in the rebalance ("Group rebalance in progress"): the survivor
