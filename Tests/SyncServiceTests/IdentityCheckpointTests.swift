@@ -602,4 +602,34 @@ import Testing
         // Nothing was tombstoned in task 1's changelog partition.
         #expect(!w.store.userRecords(1).contains { $0.key == Array(x.utf8) && $0.value == nil })
     }
+
+    /// A call of an identity read at its owner's source partition is folded into it
+    /// without asking the graph once the graph found it canonical there (the fast path
+    /// of keys by identity). A link made later ends that: when the identity's state could
+    /// not move (its hand-over refused), its next calls still go to its user.
+    @Test func anIdentityLinkedAfterItsCallsWereFoldedSendsItsNextCallsToItsUser() {
+        let w = World()
+        let router = IdentityRouter(task: 0, partitions: 2)
+        let anon = (0..<50).map { "a-fast\($0)" }.first { router.owner($0) == 0 }!
+        let user = (0..<50).map { "person-fast\($0)" }.first { router.owner($0) == 0 }!
+        func onOwner(_ calls: [String]) {
+            for c in calls { w.source[0, default: []].append(([], Array(c.utf8))) }
+            w.feedSource()
+            w.settle()
+        }
+        // Calls of the anonymous id at its owner, in two batches (the second finds it
+        // canonical already); twenty products make its state too large to move.
+        let views = (0..<20).map { i in
+            #"{"type":"track","event":"Viewed","anonymousId":"\#(anon)","timestamp":"2025-11-17T10:\#(10 + i):00Z","context":{"product":{"product":"PRODUCT-CODE-\#(100 + i)","environment":1}}}"#
+        }
+        onOwner(Array(views[..<10]))
+        onOwner(Array(views[10...]))
+        w.store.maxRecordBytes = 300
+        onOwner([#"{"type":"identify","userId":"\#(user)","anonymousId":"\#(anon)","timestamp":"2025-11-17T11:00:00Z"}"#])
+        #expect(w.engine.snapshot().handOversRefused == 1)
+        let (anonBefore, userBefore) = (w.body(anon), w.body(user))
+        onOwner([#"{"type":"track","anonymousId":"\#(anon)","event":"Report Built","timestamp":"2025-11-17T12:00:00Z"}"#])
+        #expect(w.body(anon) == anonBefore, "a call of a linked identity was folded into it")
+        #expect(w.body(user) != userBefore, "a call of a linked identity did not reach its user")
+    }
 }

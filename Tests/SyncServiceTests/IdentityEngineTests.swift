@@ -227,6 +227,21 @@ extension IdentityEngineTests {
         e.partitionsAssigned(all)
         #expect(e.takeOutbound().isEmpty)
     }
+
+    /// A call read at its identity's owner marks the identity found canonical at the
+    /// current routing generation; once the generation wraps, no mark can look current.
+    @Test func aWrappedRoutingGenerationForgetsWhatEveryEntryFound() throws {
+        let e = engine(ManualClock())
+        feed(e, [(p0, 0, #"{"type":"page","userId":"u-1","timestamp":"2025-11-17T10:00:00Z"}"#)])
+        let slot = try #require(e.users.existingSlot("u-1", hash: e.users.hash("u-1")))
+        #expect(e.users.routedAt(slot) == e.routingGeneration)
+        // As if found 65,535 routers ago: the first generation, the one after the wrap.
+        e.users.modify(slot) { $0.routedAt = 1 }
+        e.routingGeneration = .max
+        e.retireRouter(0)
+        #expect(e.routingGeneration == 1)
+        #expect(e.users.routedAt(slot) == 0)
+    }
 }
 
 /// Feeds messages with their keys and raw values, as the poll thread would.

@@ -33,6 +33,12 @@ public struct IdentityRouter: Sendable {
     @inline(__always)
     public func owner(_ id: String) -> Int32 { partitioner.partition(of: id, count: partitions) }
 
+    /// ``owner(_:)`` of a router with these `partitions` and `partitioner`, without one.
+    @inline(__always)
+    public static func owner(_ id: String, partitions: Int32, partitioner: KeyPartitioner) -> Int32 {
+        partitioner.partition(of: id, count: max(partitions, 1))
+    }
+
     /// Where a call (or a merge record) whose target is `target` goes from this task.
     public enum Step: Sendable, Equatable {
         /// Fold it here, into the state of this canonical identity.

@@ -234,6 +234,10 @@ extension SyncEngine {
             // A task restored with group offsets older than its changelog: what it reads
             // below the changelog's markers is skipped whole (``replayFloors``).
             let floored = merging && !replayFloors.isEmpty
+            // Identity resolution: the task whose source partition the call's message was
+            // read from (nil: a record of `<group>-repartition`), worked out once a message.
+            var sourceTask: Int32?
+            var taskOfMessage = -1
             for j in 0..<n {
                 if let identity = calls.identity(j) {
                     var key = identity
@@ -242,19 +246,39 @@ extension SyncEngine {
                         slotScratch.append(Self.forwardedSlot)
                         continue
                     }
+                    var foundCanonical = false
                     if merging {
+                        let i = Int(origins[j])
+                        if i != taskOfMessage {
+                            taskOfMessage = i
+                            let tp = batch[i].topicPartition
+                            sourceTask = tp.topic == options.identity.repartitionTopic ? nil : tp.partition
+                        }
+                        // Keys by identity: read at its owner, and found canonical there
+                        // already (since, the graph has not linked it nor been replaced),
+                        // the call is folded into its own state without a look at the graph,
+                        // a cache miss per call on the fold's thread.
+                        if let t = sourceTask,
+                            IdentityRouter.owner(
+                                identity, partitions: options.identity.partitions, partitioner: options.identity.partitioner) == t,
+                            let slot = users.existingSlot(identity, hash: hash), users.routedAt(slot) == routingGeneration
+                        {
+                            slotScratch.append(Int32(slot))
+                            continue
+                        }
                         switch routeCall(j, identity, &calls, origins, batch, nowEpoch) {
                         case .fold(let c) where !c.utf8.elementsEqual(identity.utf8):
                             key = c
                             hash = identitySeed.hash(c)
                             reroutedScratch[j] = c
-                        case .fold: break
+                        case .fold: foundCanonical = sourceTask != nil
                         case .forward:
                             slotScratch.append(Self.forwardedSlot)
                             continue
                         }
                     }
                     let (slot, isNew) = users.slot(key, hash: hash)
+                    if foundCanonical { users.modify(slot) { $0.routedAt = routingGeneration } }
                     // Homed at once where its call was read: a merge record read before the
                     // call (identity resolution) finds the entry and must not leave it homed
                     // on partition index 0, another task's.

@@ -12,6 +12,7 @@ extension SyncEngine {
     /// topic alike).
     func withRouter<R>(_ task: Int32, _ body: (inout IdentityRouter) -> R) -> R {
         if routers[task] == nil {
+            nextRoutingGeneration()
             let o = options.identity
             routers[task] = IdentityRouter(
                 task: task, partitions: o.partitions,
@@ -34,6 +35,17 @@ extension SyncEngine {
     /// Lets task `task`'s router go (revoked, or replaced by a restored one), its counts kept.
     func retireRouter(_ task: Int32) {
         if let r = routers.removeValue(forKey: task) { retiredIdentity.add(r) }
+        nextRoutingGeneration()
+    }
+
+    /// Makes every ``UserEntry/routedAt`` stale: a graph was made or let go.
+    func nextRoutingGeneration() {
+        routingGeneration &+= 1
+        guard routingGeneration == 0 else { return }
+        // Wrapped (after 65,535 routers made or let go): an entry found long ago would
+        // look current again.
+        routingGeneration = 1
+        users.forgetRouting()
     }
 
     /// Steps 1 to 3 for call `j` of the chunk, read from its task's source partition (or a
@@ -74,6 +86,8 @@ extension SyncEngine {
         case .request(let q, let linked, let into, let t):
             outbound[task, default: []].append((q, .link(id: linked, canonical: into, timeMs: t, hops: 0)))
         case .handOver(let linked, let into):
+            // Linked: no longer canonical (its state may yet stay here, its hand-over refused).
+            _ = users.modify(linked) { $0.routedAt = 0 }
             pendingHandOvers.append((task, home, linked, into))
         }
     }

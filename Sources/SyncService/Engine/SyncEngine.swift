@@ -153,6 +153,9 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     // Identity resolution (``EngineOptions/identity``, docs/identity.md).
     /// Each task's router, by task (partition number), made at the task's first call.
     var routers: [Int32: IdentityRouter] = [:]
+    /// Moves on whenever a router is made or let go (a graph replaced): every
+    /// ``UserEntry/routedAt`` found before then is stale. Never 0.
+    var routingGeneration: UInt16 = 1
     /// The counts of routers let go (their task revoked): the metrics are counters.
     var retiredIdentity = IdentityCounters()
     /// Each owned task's transactions as its readers know them (``TaskTransactions``).

@@ -17,6 +17,12 @@ extension SyncEngine {
         var home: OffsetTracker.PartitionIndex = 0
         /// Durable mode: the state changed since the last checkpoint.
         var checkpointPending = false
+        /// Identity resolution: the ``SyncEngine/routingGeneration`` at which the graph of
+        /// the identity's owner task found it canonical (0: not known). While it is the
+        /// current one, a call of the identity read at its owner's source partition is
+        /// folded here without asking the graph (``SyncEngine/foldChunk``). A link of the
+        /// identity clears it. Two bytes fill what was padding: the entry is no larger.
+        var routedAt: UInt16 = 0
         /// Lowest unsettled offsets from before the request in flight (or of now).
         var holds = Holds()
         /// Offsets of changes that arrived while a request was in flight: rare, so boxed

@@ -87,6 +87,17 @@ extension SyncEngine {
 
         mutating func modify<R>(_ slot: Int, _ body: (inout UserEntry) -> R) -> R { body(&entries[slot]) }
 
+        /// The slot of `key` (its ``hash(_:)`` given), if it has an entry: nothing is added.
+        func existingSlot(_ key: String, hash h: UInt64) -> Int? { find(key, hash: h).map(Int.init) }
+
+        /// ``UserEntry/routedAt`` of the entry in `slot`.
+        func routedAt(_ slot: Int) -> UInt16 { entries[slot].routedAt }
+
+        /// Clears every entry's ``UserEntry/routedAt`` (free slots' too: they are 0).
+        mutating func forgetRouting() {
+            for i in entries.indices { entries[i].routedAt = 0 }
+        }
+
         /// Mutates `key`'s entry in place, if there is one (no copy out and back).
         mutating func modify<R>(_ key: String, _ body: (inout UserEntry) -> R) -> R? {
             guard let i = find(key, hash: hash(key)) else { return nil }
