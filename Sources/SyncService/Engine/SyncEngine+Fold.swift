@@ -86,6 +86,7 @@ extension SyncEngine {
             scratch.append(DecodedCalls())
             scratchMessage.append([])
             scratchHash.append([])
+            scratchOwner.append([])
         }
         // Chunks this batch does not reach still hold an earlier batch's leftovers.
         for c in chunks..<scratch.count where scratch[c].count > 0 { scratch[c].removeAll() }
@@ -93,73 +94,91 @@ extension SyncEngine {
         var invalid: [(Int, DecodeFailure, UInt64)] = []
         let seed = identitySeed
         let repartitionTopic = options.identity.merge ? options.identity.repartitionTopic : nil
+        let owners = options.identity.merge ? (options.identity.partitions, options.identity.partitioner) : nil
         scratch.withUnsafeMutableBufferPointer { calls in
             scratchMessage.withUnsafeMutableBufferPointer { origins in
                 scratchHash.withUnsafeMutableBufferPointer { hashes in
-                    nonisolated(unsafe) let calls = calls
-                    nonisolated(unsafe) let origins = origins
-                    nonisolated(unsafe) let hashes = hashes
-                    // Each chunk writes only its own scratch arrays; the messages are read-only.
-                    nonisolated(unsafe) let batch = batch
-                    let decodeChunk: @Sendable (Int) -> Void = { c in
-                        // The previous batch's leftovers of this chunk are dropped here, by the
-                        // decoding thread: the poll thread, the busier one, only folds them.
-                        calls[c].removeAll()
-                        origins[c].removeAll(keepingCapacity: true)
-                        for i in (c * Self.decodeChunk)..<min(batch.count, (c + 1) * Self.decodeChunk) {
-                            let before = calls[c].count
-                            // A routed record: read on the poll thread, in order (docs/identity.md).
-                            // First: its key is an identity, which a client may have made
-                            // equal to the control records' key.
-                            if let repartitionTopic, batch[i].topicPartition.topic == repartitionTopic {
-                                // A routed call is decoded here like the source's; a link
-                                // request, a merge record or a record that does not decode
-                                // is read on the poll thread (``routed``).
-                                if !Self.decodeRoutedCall(batch[i], decoder, nowMs: nowEpoch, into: &calls[c]) {
-                                    calls[c].append(.ignored(Self.routedMarker))
+                    scratchOwner.withUnsafeMutableBufferPointer { ownerOf in
+                        nonisolated(unsafe) let calls = calls
+                        nonisolated(unsafe) let origins = origins
+                        nonisolated(unsafe) let hashes = hashes
+                        nonisolated(unsafe) let ownerOf = ownerOf
+                        // Each chunk writes only its own scratch arrays; the messages are read-only.
+                        nonisolated(unsafe) let batch = batch
+                        let decodeChunk: @Sendable (Int) -> Void = { c in
+                            // The previous batch's leftovers of this chunk are dropped here, by the
+                            // decoding thread: the poll thread, the busier one, only folds them.
+                            calls[c].removeAll()
+                            origins[c].removeAll(keepingCapacity: true)
+                            for i in (c * Self.decodeChunk)..<min(batch.count, (c + 1) * Self.decodeChunk) {
+                                let before = calls[c].count
+                                // A routed record: read on the poll thread, in order (docs/identity.md).
+                                // First: its key is an identity, which a client may have made
+                                // equal to the control records' key.
+                                if let repartitionTopic, batch[i].topicPartition.topic == repartitionTopic {
+                                    // A routed call is decoded here like the source's; a link
+                                    // request, a merge record or a record that does not decode
+                                    // is read on the poll thread (``routed``).
+                                    if !Self.decodeRoutedCall(batch[i], decoder, nowMs: nowEpoch, into: &calls[c]) {
+                                        calls[c].append(.ignored(Self.routedMarker))
+                                    }
+                                    origins[c].append(Int32(truncatingIfNeeded: i))
+                                    continue
                                 }
-                                origins[c].append(Int32(truncatingIfNeeded: i))
-                                continue
+                                if ResyncRequest.isControl(key: batch[i].key) {
+                                    calls[c].append(.ignored(Self.controlMarker))
+                                    origins[c].append(Int32(truncatingIfNeeded: i))
+                                    continue
+                                }
+                                decoder.decode(batch[i].value, nowMs: nowEpoch, into: &calls[c])
+                                calls[c].resolveTimes(from: before, kafkaMs: batch[i].timestampMs, nowMs: nowEpoch)
+                                if calls[c].count == before { calls[c].append(.ignored("")) }
+                                for _ in before..<calls[c].count { origins[c].append(Int32(truncatingIfNeeded: i)) }
                             }
-                            if ResyncRequest.isControl(key: batch[i].key) {
-                                calls[c].append(.ignored(Self.controlMarker))
-                                origins[c].append(Int32(truncatingIfNeeded: i))
-                                continue
-                            }
-                            decoder.decode(batch[i].value, nowMs: nowEpoch, into: &calls[c])
-                            calls[c].resolveTimes(from: before, kafkaMs: batch[i].timestampMs, nowMs: nowEpoch)
-                            if calls[c].count == before { calls[c].append(.ignored("")) }
-                            for _ in before..<calls[c].count { origins[c].append(Int32(truncatingIfNeeded: i)) }
-                        }
-                        // Identities are hashed here too (the table's key is immutable), for
-                        // the same reason.
-                        hashes[c].removeAll(keepingCapacity: true)
-                        for j in 0..<calls[c].count { hashes[c].append(calls[c].identity(j).map { seed.hash($0) } ?? 0) }
-                    }
-                    let progress = ChunkProgress(chunks: chunks)
-                    let helpers = min(decodeParallelism - 1, chunks - 1)
-                    for _ in 0..<max(0, helpers) {
-                        DispatchQueue.global().async {
-                            while let c = progress.claim() {
-                                decodeChunk(c)
-                                progress.finish(c)
-                            }
-                        }
-                    }
-                    for k in 0..<chunks {
-                        // Chunk k must be decoded before it is folded: decode whatever is
-                        // unclaimed meanwhile, then wait for the helper that has it.
-                        while !progress.isDone(k) {
-                            if let c = progress.claim() {
-                                decodeChunk(c)
-                                progress.finish(c)
+                            // Identities are hashed here too (the table's key is immutable), for
+                            // the same reason.
+                            hashes[c].removeAll(keepingCapacity: true)
+                            ownerOf[c].removeAll(keepingCapacity: true)
+                            if let (partitions, partitioner) = owners {
+                                // And, with identity resolution, the task that owns each.
+                                for j in 0..<calls[c].count {
+                                    if let id = calls[c].identity(j) {
+                                        hashes[c].append(seed.hash(id))
+                                        ownerOf[c].append(IdentityRouter.owner(id, partitions: partitions, partitioner: partitioner))
+                                    } else {
+                                        hashes[c].append(0)
+                                        ownerOf[c].append(-1)
+                                    }
+                                }
                             } else {
-                                progress.wait(for: k)
+                                for j in 0..<calls[c].count { hashes[c].append(calls[c].identity(j).map { seed.hash($0) } ?? 0) }
                             }
                         }
-                        foldChunk(
-                            &calls[k], origins[k], hashes[k], batch: batch, nowEpoch: nowEpoch, last: k == chunks - 1,
-                            invalid: &invalid)
+                        let progress = ChunkProgress(chunks: chunks)
+                        let helpers = min(decodeParallelism - 1, chunks - 1)
+                        for _ in 0..<max(0, helpers) {
+                            DispatchQueue.global().async {
+                                while let c = progress.claim() {
+                                    decodeChunk(c)
+                                    progress.finish(c)
+                                }
+                            }
+                        }
+                        for k in 0..<chunks {
+                            // Chunk k must be decoded before it is folded: decode whatever is
+                            // unclaimed meanwhile, then wait for the helper that has it.
+                            while !progress.isDone(k) {
+                                if let c = progress.claim() {
+                                    decodeChunk(c)
+                                    progress.finish(c)
+                                } else {
+                                    progress.wait(for: k)
+                                }
+                            }
+                            foldChunk(
+                                &calls[k], origins[k], hashes[k], ownerOf[k], batch: batch, nowEpoch: nowEpoch, last: k == chunks - 1,
+                                invalid: &invalid)
+                        }
                     }
                 }
             }
@@ -209,8 +228,8 @@ extension SyncEngine {
     /// Folds one decoded chunk of `batch` (its calls, and the message each came from)
     /// under the lock, in order.
     func foldChunk(
-        _ calls: inout DecodedCalls, _ origins: [Int32], _ hashes: [UInt64], batch: [ConsumedMessage], nowEpoch: Int64,
-        last: Bool, invalid: inout [(Int, DecodeFailure, UInt64)]
+        _ calls: inout DecodedCalls, _ origins: [Int32], _ hashes: [UInt64], _ owners: [Int32], batch: [ConsumedMessage],
+        nowEpoch: Int64, last: Bool, invalid: inout [(Int, DecodeFailure, UInt64)]
     ) {
         let now = clock.monotonicMs()
         lock.withLock {
@@ -258,9 +277,7 @@ extension SyncEngine {
                         // already (since, the graph has not linked it nor been replaced),
                         // the call is folded into its own state without a look at the graph,
                         // a cache miss per call on the fold's thread.
-                        if let t = sourceTask,
-                            IdentityRouter.owner(
-                                identity, partitions: options.identity.partitions, partitioner: options.identity.partitioner) == t,
+                        if let t = sourceTask, owners[j] == t,
                             let slot = users.existingSlot(identity, hash: hash), users.routedAt(slot) == routingGeneration
                         {
                             slotScratch.append(Int32(slot))

@@ -143,6 +143,9 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// The identity hash of each call of a chunk (0 for non-events), computed by whichever
     /// thread decoded it.
     var scratchHash: [[UInt64]] = []
+    /// Identity resolution: the owner task of each call's identity (-1 for non-events;
+    /// empty with merging off), computed with the hashes.
+    var scratchOwner: [[Int32]] = []
     /// The slot of each call of the chunk being folded (`~slot` for a new user,
     /// ``noSlot`` for a call that is not an event).
     var slotScratch: [Int32] = []
