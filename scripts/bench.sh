@@ -32,7 +32,7 @@ out=$(mktemp -d)
 MERGE_TOPICS=()
 if [ -n "$MID" ]; then
   for round in $(seq "${ROUNDS:-5}"); do
-    for g in "bench-mm-$round" "bench-im-$round"; do
+    for g in "bench-mm-$round" "bench-im-$round" ${BASELINE_BIN:+"bench-ib-$round"}; do
       MERGE_TOPICS+=(--topic "$g-repartition:$PARTITIONS" --topic "$g-identities:$PARTITIONS" --topic "$g-state:$PARTITIONS")
     done
   done
@@ -112,6 +112,10 @@ for round in $(seq "$ROUNDS"); do
       --group "bench-mm-$round" | sed 's/^binary_/midmerge_/' >> "$out/rounds"
     "$BIN/foldspace-bench" binary --bin "$BIN/foldspace-sync" --brokers "$B" --topic bench --expect "$EVENTS" --identity-merge \
       --group "bench-im-$round" | sed 's/^binary_/idmerge_/' >> "$out/rounds"
+    if [ -n "${BASELINE_BIN:-}" ]; then
+      "$BIN/foldspace-bench" binary --bin "$BASELINE_BIN/foldspace-sync" --brokers "$B" --topic bench --expect "$EVENTS" \
+        --identity-merge --group "bench-ib-$round" | sed 's/^binary_/baseidmerge_/' >> "$out/rounds"
+    fi
   fi
 done
 # Medians (and ranges) of the rates; the last round's value of everything else.
@@ -172,6 +176,7 @@ mkc = int(g("midkcat_rate")) if g("midkcat_rate").isdigit() else 0
 mid = int(g("midbinary_folded_rate")) if g("midbinary_folded_rate").isdigit() else 0
 midmerge = int(g("midmerge_folded_rate")) if g("midmerge_folded_rate").isdigit() else 0
 idmerge = int(g("idmerge_folded_rate")) if g("idmerge_folded_rate").isdigit() else 0
+baseidmerge = int(g("baseidmerge_folded_rate")) if g("baseidmerge_folded_rate").isdigit() else 0
 rounds = g("rounds")
 def r(k):
     """A rate: the median of the rounds, with their range."""
@@ -213,7 +218,10 @@ rows = [
     ("the baseline binary (BASELINE_BIN), same rounds (events/s)", r("basebinary_folded_rate")),
     ("baseline binary folded / raw kcat -f '\\n'", f"{base / kc:.2f}" if kc and base else "?"),
     ("binary folded / baseline binary folded", f"{binary / base:.3f}" if base and binary else "?"),
-] if base else []) + [
+] + ([
+    ("the baseline binary, identity.merge on, keys by identity (events/s)", r("baseidmerge_folded_rate")),
+    ("  / the same rounds' binary with identity.merge off", f"{baseidmerge / binary:.2f}" if baseidmerge and binary else "?"),
+] if baseidmerge else []) if base else []) + [
     ("pipeline folded / raw kcat -f '\\n'", f"{folded / kc:.2f}" if kc else "?"),
     ("pipeline folded / raw librdkafka consumer", f"{folded / raw:.2f}" if raw else "?"),
     ("folded by Python (confluent-kafka + json.loads)", g("python_fold_rate")),
