@@ -228,6 +228,24 @@ extension IdentityEngineTests {
         #expect(e.takeOutbound().isEmpty)
     }
 
+    /// Four identifies that link four ids in a circle (each link checked only against its
+    /// own pair): a call of one of them travels the circle until the hop limit and is
+    /// folded where it is, counted. It is not taken for canonical: every later call is
+    /// routed, and counted, again.
+    @Test func aCallFoldedAtTheHopLimitIsNotTakenForCanonical() throws {
+        let e = engine(ManualClock())
+        let circle = [("B", "A"), ("C", "B"), ("D", "C"), ("A", "D")].enumerated().map { i, ids in
+            (p0, Int64(i), #"{"type":"identify","userId":"u-\#(ids.0)","anonymousId":"u-\#(ids.1)","timestamp":"2025-11-17T10:00:00Z"}"#)
+        }
+        feed(e, circle)
+        let before = try #require(e.routers[0]).hopLimitReached
+        let pages = (0..<5).map { i in
+            (p0, Int64(4 + i), #"{"type":"page","userId":"u-A","timestamp":"2025-11-17T11:0\#(i):00Z"}"#)
+        }
+        feed(e, pages)
+        #expect(try #require(e.routers[0]).hopLimitReached - before == 5)
+    }
+
     /// A call read at its identity's owner marks the identity found canonical at the
     /// current routing generation; once the generation wraps, no mark can look current.
     @Test func aWrappedRoutingGenerationForgetsWhatEveryEntryFound() throws {

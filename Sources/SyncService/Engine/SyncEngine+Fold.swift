@@ -288,7 +288,10 @@ extension SyncEngine {
                             key = c
                             hash = identitySeed.hash(c)
                             reroutedScratch[j] = c
-                        case .fold: foundCanonical = sourceTask != nil
+                        case .fold:
+                            // Canonical, or back at itself at the hop limit (a circle of
+                            // links): only the first is marked, by the graph's word.
+                            if let t = sourceTask { foundCanonical = routers[t]?.graph.resolve(identity) == .canonical }
                         case .forward:
                             slotScratch.append(Self.forwardedSlot)
                             continue
