@@ -31,7 +31,7 @@ public struct IdentityRouter: Sendable {
 
     /// The task that owns `id`'s graph entry and, while `id` is canonical, its state.
     @inline(__always)
-    public func owner(_ id: String) -> Int32 { partitioner.partition(of: id, count: partitions) }
+    public func owner(_ id: String) -> Int32 { Self.owner(id, partitions: partitions, partitioner: partitioner) }
 
     /// ``owner(_:)`` of a router with these `partitions` and `partitioner`, without one.
     @inline(__always)

@@ -139,19 +139,14 @@ extension SyncEngine {
                             // the same reason.
                             hashes[c].removeAll(keepingCapacity: true)
                             ownerOf[c].removeAll(keepingCapacity: true)
-                            if let (partitions, partitioner) = owners {
+                            for j in 0..<calls[c].count {
+                                let id = calls[c].identity(j)
+                                hashes[c].append(id.map { seed.hash($0) } ?? 0)
                                 // And, with identity resolution, the task that owns each.
-                                for j in 0..<calls[c].count {
-                                    if let id = calls[c].identity(j) {
-                                        hashes[c].append(seed.hash(id))
-                                        ownerOf[c].append(IdentityRouter.owner(id, partitions: partitions, partitioner: partitioner))
-                                    } else {
-                                        hashes[c].append(0)
-                                        ownerOf[c].append(-1)
-                                    }
+                                if let (partitions, partitioner) = owners {
+                                    ownerOf[c].append(
+                                        id.map { IdentityRouter.owner($0, partitions: partitions, partitioner: partitioner) } ?? -1)
                                 }
-                            } else {
-                                for j in 0..<calls[c].count { hashes[c].append(calls[c].identity(j).map { seed.hash($0) } ?? 0) }
                             }
                         }
                         let progress = ChunkProgress(chunks: chunks)
@@ -273,10 +268,10 @@ extension SyncEngine {
                             let tp = batch[i].topicPartition
                             sourceTask = tp.topic == options.identity.repartitionTopic ? nil : tp.partition
                         }
-                        // Keys by identity: read at its owner, and found canonical there
-                        // already (since, the graph has not linked it nor been replaced),
-                        // the call is folded into its own state without a look at the graph,
-                        // a cache miss per call on the fold's thread.
+                        // Keys by identity: a call read at its identity's owner, whose graph
+                        // found that identity canonical before (and has neither linked it nor
+                        // been replaced since), is folded into its own state without a look
+                        // at the graph, a cache miss per call on the fold's thread.
                         if let t = sourceTask, owners[j] == t,
                             let slot = users.existingSlot(identity, hash: hash), users.routedAt(slot) == routingGeneration
                         {
