@@ -632,4 +632,56 @@ import Testing
         #expect(w.body(anon) == anonBefore, "a call of a linked identity was folded into it")
         #expect(w.body(user) != userBefore, "a call of a linked identity did not reach its user")
     }
+
+    /// Random traffic of a few visitors and users over two tasks (keys by messageId: half
+    /// the calls land at their identity's owner): page views with products, key events,
+    /// identifies that link, aliases between user ids, fed in random batches, with a
+    /// record limit that refuses the larger hand-overs. Folded with the routing fast path,
+    /// every identity's body and the graph's counts are what asking the graph for every
+    /// call gives.
+    @Test(arguments: UInt64(1)...16)
+    func theFastPathFoldsWhatAskingTheGraphFolds(seed: UInt64) {
+        var g = SplitMix64(seed: seed)
+        let users = (0..<5).map { "u-\($0)" }
+        let visitors = (0..<8).map { "a-\($0)" }
+        var calls: [String] = []
+        for i in 0..<200 {
+            let t = "2025-11-\(17 + i / 50)T\(10 + (i / 4) % 12):\(10 + i % 50):00Z"
+            let u = users.randomElement(using: &g)!
+            let a = visitors.randomElement(using: &g)!
+            let product = Int.random(in: 100..<130, using: &g)
+            switch Int.random(in: 0..<10, using: &g) {
+            case 0...2:
+                calls.append(
+                    #"{"type":"page","anonymousId":"\#(a)","timestamp":"\#(t)","context":{"product":{"product":"PRODUCT-CODE-\#(product)","environment":1}}}"#
+                )
+            case 3...4: calls.append(#"{"type":"track","userId":"\#(u)","event":"Report Built","timestamp":"\#(t)"}"#)
+            case 5: calls.append(#"{"type":"track","anonymousId":"\#(a)","event":"Report Built","timestamp":"\#(t)"}"#)
+            case 6...7: calls.append(#"{"type":"identify","userId":"\#(u)","anonymousId":"\#(a)","timestamp":"\#(t)"}"#)
+            case 8:
+                let v = users.randomElement(using: &g)!
+                calls.append(#"{"type":"alias","userId":"\#(u)","previousId":"\#(v)","timestamp":"\#(t)"}"#)
+            default: calls.append(#"{"type":"page","userId":"\#(u)","anonymousId":"\#(a)","timestamp":"\#(t)"}"#)
+            }
+        }
+        var cuts: [Int] = [0]
+        while cuts.last! < calls.count { cuts.append(min(calls.count, cuts.last! + Int.random(in: 1...30, using: &g))) }
+        func played(fastPath: Bool) -> World {
+            let w = World()
+            w.engine.routingFastPath = fastPath
+            w.store.maxRecordBytes = 400
+            for (from, to) in zip(cuts, cuts.dropFirst()) { w.play(Array(calls[from..<to])) }
+            return w
+        }
+        let fast = played(fastPath: true)
+        let slow = played(fastPath: false)
+        for id in users + visitors { #expect(fast.body(id) == slow.body(id), "\(id), seed \(seed)") }
+        let snapshots = (fast.engine.snapshot(), slow.engine.snapshot())
+        #expect(snapshots.0.users == snapshots.1.users)
+        #expect(snapshots.0.handOversRefused == snapshots.1.handOversRefused)
+        for t in Int32(0)..<2 {
+            #expect(fast.engine.routers[t]?.graph.counts == slow.engine.routers[t]?.graph.counts)
+            #expect(fast.engine.routers[t]?.hopLimitReached == slow.engine.routers[t]?.hopLimitReached)
+        }
+    }
 }

@@ -272,7 +272,7 @@ extension SyncEngine {
                         // found that identity canonical before (and has neither linked it nor
                         // been replaced since), is folded into its own state without a look
                         // at the graph, a cache miss per call on the fold's thread.
-                        if let t = sourceTask, owners[j] == t,
+                        if routingFastPath, let t = sourceTask, owners[j] == t,
                             let slot = users.existingSlot(identity, hash: hash), users.routedAt(slot) == routingGeneration
                         {
                             slotScratch.append(Int32(slot))

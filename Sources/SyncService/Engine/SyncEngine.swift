@@ -159,6 +159,9 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// Moves on whenever a router is made or let go (a graph replaced): every
     /// ``UserEntry/routedAt`` found before then is stale. Never 0.
     var routingGeneration: UInt16 = 1
+    /// Whether a call found canonical before skips the graph (``UserEntry/routedAt``):
+    /// tests turn it off to compare with asking the graph for every call.
+    var routingFastPath = true
     /// The counts of routers let go (their task revoked): the metrics are counters.
     var retiredIdentity = IdentityCounters()
     /// Each owned task's transactions as its readers know them (``TaskTransactions``).
