@@ -190,15 +190,19 @@ struct CallWriter {
         guard !standardTraitKeys.contains(c.name) else { return false }
         for j in 0..<i where all[j].name == c.name { return false }
         var json = c.json
-        return json.withUTF8 { b in
-            var s = JSONScanner(b, maxDepth: 64 - depth)
-            do {
-                try s.skipValue()
-                try s.expectEnd()
-                return true
-            } catch {
-                return false
-            }
+        return json.withUTF8 { isOneValue($0, maxDepth: 64 - depth) }
+    }
+
+    /// Whether `json` is one JSON value (whitespace around it allowed) nested at most
+    /// `maxDepth` deep.
+    static func isOneValue(_ json: UnsafeBufferPointer<UInt8>, maxDepth: Int) -> Bool {
+        var s = JSONScanner(json, maxDepth: maxDepth)
+        do {
+            try s.skipValue()
+            try s.expectEnd()
+            return true
+        } catch {
+            return false
         }
     }
 
@@ -253,7 +257,7 @@ struct CallWriter {
 
 /// The trait keys the decoder reads itself: a custom trait of one of these names is never
 /// captured (the standard field is read instead).
-private let standardTraitKeys: Set<String> = [
+let standardTraitKeys: Set<String> = [
     "email", "name", "firstName", "lastName", "userType", "role", "title", "phone", "timezone", "leadDate",
     "signUpDate", "createdAt", "subscriptionId", "avatar", "image", "address", "pqlScore",
 ]
