@@ -30,6 +30,8 @@ import Testing
         return [
             .call(target: "user-7", hops: 0, event: e, timeMs: now),
             .call(target: "canon-李", hops: 16, event: e, timeMs: now),
+            // As builds before the compact form wrote a call.
+            .call(target: "user-7", hops: 2, json: e.segmentJSON(timeMs: now)),
             .link(id: "anon-1", canonical: "user-7", timeMs: now, hops: 0),
             .link(id: "a", canonical: String(repeating: "é", count: 255), timeMs: .min, hops: 255),
             .merge(from: "anon-1", into: "user-7", state: state(), hops: 1),
@@ -48,9 +50,10 @@ import Testing
         }
     }
 
-    /// The head's first byte names the kind; a forwarded call's value is the Segment call
-    /// from the fourth byte, which the decoder reads back to the event.
-    @Test func aCallCarriesItsEventAsSegmentJSON() throws {
+    /// The head's first byte names the kind; a forwarded call's value is the call in its
+    /// compact form from the fourth byte, which the decoder reads back to the event; a
+    /// call as earlier builds wrote it (Segment JSON, kind `c`) is still read.
+    @Test func aCallCarriesItsEventInCompactForm() throws {
         var e = SegmentEvent(type: .identify, identity: "user-7", hasUserId: true)
         e.linkedId = "anon-1"
         var t = Traits()
@@ -59,15 +62,23 @@ import Testing
         let (key, value) = RepartitionRecord.call(target: "canon", hops: 3, event: e, timeMs: Self.now).encode()
         #expect(key == Array("canon".utf8))
         // Untagged: version 1, as builds before transaction tags wrote it.
-        #expect(Array(value.prefix(3)) == [UInt8(ascii: "c"), 1, 3])
-        #expect(value[3] == UInt8(ascii: "{"))
-        guard case .call(let target, let hops, let json) = try RepartitionRecord.decode(key: key, value: value) else {
+        #expect(Array(value.prefix(3)) == [UInt8(ascii: "e"), 1, 3])
+        guard case .compactCall(let target, let hops, let body) = try RepartitionRecord.decode(key: key, value: value) else {
             Issue.record("not a call")
             return
         }
         #expect(target == "canon" && hops == 3)
         var want = e
         want.timeMs = Self.now
+        var calls = DecodedCalls()
+        #expect(body.withUnsafeBufferPointer { SegmentDecoder().decodeCompact($0, nowMs: Self.now, into: &calls) })
+        #expect(calls.count == 1 && calls[0] == .event(want))
+        let (_, legacy) = RepartitionRecord.call(target: "canon", hops: 3, json: e.segmentJSON(timeMs: Self.now)).encode()
+        #expect(Array(legacy.prefix(4)) == [UInt8(ascii: "c"), 1, 3, UInt8(ascii: "{")])
+        guard case .call(_, _, let json) = try RepartitionRecord.decode(key: key, value: legacy) else {
+            Issue.record("not a call")
+            return
+        }
         #expect(SegmentDecoder().decode(json, nowMs: Self.now) == [.event(want)])
         let link = RepartitionRecord.link(id: "a", canonical: "b", timeMs: 1, hops: 0).encode().value
         let merge = RepartitionRecord.merge(from: "a", into: "b", state: UserState(), hops: 0).encode().value
@@ -95,7 +106,9 @@ import Testing
                     key.withUnsafeBufferPointer { k in
                         let payload = RepartitionRecord.callPayload(key: k, value: v)
                         if case .call(_, let hops, let json) = r {
-                            #expect(payload.map { Array($0.json) } == json && payload?.hops == hops)
+                            #expect(payload.map { Array($0.bytes) } == json && payload?.hops == hops && payload?.compact == false)
+                        } else if case .compactCall(_, let hops, let body) = r {
+                            #expect(payload.map { Array($0.bytes) } == body && payload?.hops == hops && payload?.compact == true)
                         } else {
                             #expect(payload == nil)
                         }
@@ -169,7 +182,7 @@ import Testing
         let good =
             Self.samples().map { $0.encode() } + Self.samples().map { $0.encode(tag: tag) }
             + [RepartitionRecord.notice(task: 2, epoch: 9, through: 4).encode()]
-        let kinds: [UInt8] = [0x63, 0x6C, 0x6D, 0x6E, 0x7B, 0x00]
+        let kinds: [UInt8] = [0x63, 0x65, 0x6C, 0x6D, 0x6E, 0x7B, 0x00]
         var decoded = 0
         for round in 0..<20_000 {
             if round % 1_000 == 0 { await Task.yield() }  // CPU-bound: let the pool run other tests

@@ -549,15 +549,20 @@ import Testing
         #expect(w.engine.snapshot().ignored == 1)
     }
 
-    /// A routed record over what the broker accepts (here a call grown by its re-encoding)
-    /// is dead-lettered and left out; it does not fail every checkpoint after it.
+    /// A routed record over what the broker accepts (here a call with its framing) is
+    /// dead-lettered and left out; it does not fail every checkpoint after it.
     @Test func aRoutedRecordTooLargeIsDeadLetteredNotRetriedForever() throws {
         let letters = RecordingDeadLetters()
         let w = World(letters: letters)
-        // Over every call's record (the largest is about 116 bytes); the users' records
-        // over it are dead-lettered as states too large, as they always were.
+        // Over the calls with a long timezone (about 150 bytes in their compact form), under
+        // the others (at most 60); the users' records over it are dead-lettered as states
+        // too large, as they always were.
         w.store.maxRecordBytes = 100
-        w.play(Self.calls(0..<Self.visitors))
+        let zone = String(repeating: "z", count: 120)
+        let large = (0..<4).map {
+            #"{"type":"page","anonymousId":"big-\#($0)","timestamp":"2025-11-17T10:00:00Z","context":{"timezone":"\#(zone)"}}"#
+        }
+        w.play(Self.calls(0..<Self.visitors) + large)
         let routed = letters.all.filter { $0.headers.contains { $0 == ("reason", "too-large-to-route") } }
         #expect(!routed.isEmpty, "no routed record was dead-lettered")
         #expect(routed.allSatisfy { $0.kind == DeadLetterKind.invalidEvent.rawValue })

@@ -24,8 +24,13 @@ import Events
 ///   is the task (varint), the epoch (varint) and `through` (zigzag varint, -1: none);
 ///   its key is not read.
 ///
-/// - kind `c` (0x63): a call; the payload is the call as one compact Segment-spec JSON
-///   object (``SegmentEvent/segmentJSON(timeMs:)``), decoded by ``SegmentDecoder``.
+/// - kind `e` (0x65): a call; the payload is the decoded call in its compact binary form
+///   (``SegmentEvent/appendCompact(timeMs:to:)``), read by
+///   ``SegmentDecoder/decodeCompact(_:nowMs:into:)`` as the JSON below would be decoded.
+///   Builds before it wrote kind `c` and refuse this one (as an unknown kind).
+/// - kind `c` (0x63): a call as one compact Segment-spec JSON object
+///   (``SegmentEvent/segmentJSON(timeMs:)``), decoded by ``SegmentDecoder``: what builds
+///   before kind `e` wrote, still read (records an upgrade left in the topic).
 /// - kind `l` (0x6C): a link request; key = the id to link; the payload is the event
 ///   time of the link (zigzag varint, epoch milliseconds) then the canonical id
 ///   (varint length, UTF-8).
@@ -38,7 +43,7 @@ import Events
 /// Kafka module carries no headers, and reading them would cost a librdkafka call and a
 /// parse per message), and a call needs its hop count beside it like the other two kinds.
 /// Three fixed bytes cost nothing to read, tell the kinds apart at once, and leave the
-/// call's JSON whole from the fourth byte on, where the decoder reads it in place. A
+/// call's payload whole after the tag, where the decoder reads it in place. A
 /// Segment call written to this topic by mistake starts with `{`, which is no kind, and
 /// is refused. A later format bumps the version, which this build refuses
 /// (``DecodeError/newerVersion(_:)``) rather than misread.
@@ -47,9 +52,13 @@ import Events
 /// left, ids must be non-empty UTF-8 of at most ``maxIdentityBytes``, a link's payload
 /// must end where its canonical id does, and a merge's state must decode.
 public enum RepartitionRecord: Sendable, Equatable {
-    /// A call forwarded to `owner(target)`. `json` is one Segment call (not validated
-    /// here: the decoder that reads it reports a bad one like any input).
+    /// A call forwarded to `owner(target)`, as earlier builds wrote it. `json` is one
+    /// Segment call (not validated here: the decoder that reads it reports a bad one like
+    /// any input).
     case call(target: String, hops: UInt8, json: [UInt8])
+    /// A call forwarded to `owner(target)`, in its compact form (not validated here
+    /// either).
+    case compactCall(target: String, hops: UInt8, body: [UInt8])
     /// "`id` → `canonical`", for `owner(id)`, with the event time of the call that linked
     /// them.
     case link(id: String, canonical: String, timeMs: Int64, hops: UInt8)
@@ -79,7 +88,7 @@ public enum RepartitionRecord: Sendable, Equatable {
     public static let maxIdentityBytes = 1020
 
     enum Kind: UInt8 {
-        case call = 0x63, link = 0x6C, merge = 0x6D, notice = 0x6E
+        case call = 0x63, compactCall = 0x65, link = 0x6C, merge = 0x6D, notice = 0x6E
     }
 
     /// The key notices are written under (not read).
@@ -104,13 +113,13 @@ public enum RepartitionRecord: Sendable, Equatable {
 
     /// A forwarded call of `event`, whose time the engine resolved as `timeMs`.
     public static func call(target: String, hops: UInt8, event: SegmentEvent, timeMs: Int64) -> RepartitionRecord {
-        .call(target: target, hops: hops, json: event.segmentJSON(timeMs: timeMs))
+        .compactCall(target: target, hops: hops, body: event.compact(timeMs: timeMs))
     }
 
     /// The identity whose owner reads the record (its key).
     public var target: String {
         switch self {
-        case .call(let target, _, _): target
+        case .call(let target, _, _), .compactCall(let target, _, _): target
         case .link(let id, _, _, _): id
         case .merge(_, let into, _, _): into
         case .notice: String(decoding: Self.noticeKey, as: UTF8.self)
@@ -120,7 +129,7 @@ public enum RepartitionRecord: Sendable, Equatable {
     /// How many times the record has been forwarded from the owner it was written to.
     public var hops: UInt8 {
         switch self {
-        case .call(_, let hops, _), .link(_, _, _, let hops), .merge(_, _, _, let hops): hops
+        case .call(_, let hops, _), .compactCall(_, let hops, _), .link(_, _, _, let hops), .merge(_, _, _, let hops): hops
         case .notice: 0
         }
     }
@@ -145,6 +154,11 @@ public enum RepartitionRecord: Sendable, Equatable {
             head(.call, hops)
             w.bytes.append(contentsOf: json)
             return (Array(target.utf8), w.bytes)
+        case .compactCall(let target, let hops, let body):
+            w.bytes.reserveCapacity(3 + 24 + body.count)
+            head(.compactCall, hops)
+            w.bytes.append(contentsOf: body)
+            return (Array(target.utf8), w.bytes)
         case .link(let id, let canonical, let timeMs, let hops):
             head(.link, hops)
             w.zigzag(timeMs)
@@ -166,20 +180,22 @@ public enum RepartitionRecord: Sendable, Equatable {
 
     // MARK: Decoding
 
-    /// A routed call's hop count and JSON, read in place, when `key` and `value` are one
-    /// this version can read (nil otherwise: ``decode(key:value:)`` says why). For the
-    /// engine's parallel decode, which decodes the JSON with the source's calls.
+    /// A routed call's hop count and payload, read in place, when `key` and `value` are
+    /// one this version can read (nil otherwise: ``decode(key:value:)`` says why), and
+    /// whether the payload is the compact form (kind `e`) or JSON (kind `c`). For the
+    /// engine's parallel decode, which decodes it with the source's calls.
     public static func callPayload(
         key: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>
-    ) -> (hops: UInt8, json: UnsafeBufferPointer<UInt8>)? {
-        guard value.count > 3, value[0] == Kind.call.rawValue, value[1] >= 1, value[1] <= version,
+    ) -> (hops: UInt8, compact: Bool, bytes: UnsafeBufferPointer<UInt8>)? {
+        guard value.count > 3, value[0] == Kind.call.rawValue || value[0] == Kind.compactCall.rawValue, value[1] >= 1,
+            value[1] <= version,
             !key.isEmpty, key.count <= maxIdentityBytes, UTF8Check.isValid(key)
         else { return nil }
         var r = StateCodec.Reader(bytes: value, pos: 3)
         if value[1] >= 2 {
             guard (try? readTag(&r)) != nil, !r.atEnd else { return nil }
         }
-        return (value[2], UnsafeBufferPointer(rebasing: value[r.pos...]))
+        return (value[2], value[0] == Kind.compactCall.rawValue, UnsafeBufferPointer(rebasing: value[r.pos...]))
     }
 
     /// What a record's head says of the transaction that wrote it, read without the
@@ -251,6 +267,8 @@ public enum RepartitionRecord: Sendable, Equatable {
             throw .badValue
         case .call:
             return .call(target: target, hops: hops, json: Array(UnsafeBufferPointer(rebasing: value[r.pos...])))
+        case .compactCall:
+            return .compactCall(target: target, hops: hops, body: Array(UnsafeBufferPointer(rebasing: value[r.pos...])))
         case .link:
             let timeMs: Int64
             let canonical: Range<Int>

@@ -176,7 +176,8 @@ extension SyncEngine {
                 }
                 switch x.taken[i - n].record {
                 case .merge(let from, _, _, _): oversized.append((from, bytes, groups[g].source, .stateTooLarge))
-                case .call(let target, _, _): oversized.append((target, bytes, groups[g].source, .invalidEvent))
+                case .call(let target, _, _), .compactCall(let target, _, _):
+                    oversized.append((target, bytes, groups[g].source, .invalidEvent))
                 case .link(let id, _, _, _): oversized.append((id, bytes, groups[g].source, .invalidEvent))
                 case .notice: break
                 }

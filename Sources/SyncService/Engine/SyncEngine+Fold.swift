@@ -199,9 +199,13 @@ extension SyncEngine {
     static func decodeRoutedCall(_ m: ConsumedMessage, _ decoder: SegmentDecoder, nowMs: Int64, into calls: inout DecodedCalls) -> Bool {
         guard let payload = RepartitionRecord.callPayload(key: m.key, value: m.value) else { return false }
         let before = calls.count
-        decoder.decode(payload.json, nowMs: nowMs, into: &calls)
+        if payload.compact {
+            guard decoder.decodeCompact(payload.bytes, nowMs: nowMs, into: &calls) else { return false }
+        } else {
+            decoder.decode(payload.bytes, nowMs: nowMs, into: &calls)
+        }
         calls.resolveTimes(from: before, kafkaMs: m.timestampMs, nowMs: nowMs)
-        guard calls.count == before + 1, case .event = calls[before] else {
+        guard calls.count == before + 1, case .event = calls.outcomes[before] else {
             calls.rollBack(to: before)
             return false
         }

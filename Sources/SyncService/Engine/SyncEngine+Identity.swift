@@ -64,13 +64,17 @@ extension SyncEngine {
             let target = String(decoding: m.key, as: UTF8.self)
             let step = withRouter(task) { $0.route(target: target, hops: payload.hops) }
             if case .forward(let q, let t, let h) = step {
-                outbound[task, default: []].append((q, .call(target: t, hops: h, json: Array(payload.json))))
+                let bytes = Array(payload.bytes)
+                outbound[task, default: []].append(
+                    (q, payload.compact ? .compactCall(target: t, hops: h, body: bytes) : .call(target: t, hops: h, json: bytes)))
             }
             return step
         }
         let step = withRouter(task) { $0.route(target: identity, hops: 0) }
-        if case .forward(let q, let target, let hops) = step, case .event(let e) = calls[j] {
-            outbound[task, default: []].append((q, .call(target: target, hops: hops, event: e, timeMs: e.timeMs ?? nowEpoch)))
+        if case .forward(let q, let target, let hops) = step, case .event(let k) = calls.outcomes[j] {
+            // Encoded where the event lies (the subscript would copy all of it).
+            let body = calls.events[Int(k)].compact(timeMs: calls.events[Int(k)].timeMs ?? nowEpoch)
+            outbound[task, default: []].append((q, .compactCall(target: target, hops: hops, body: body)))
         }
         return step
     }
@@ -122,7 +126,7 @@ extension SyncEngine {
             }
         case .notice:
             break  // read by the gate (``TransactionGate``)
-        case .call:
+        case .call, .compactCall:
             // A routed call that decodes as one event was decoded, routed and folded with
             // the source's calls (``decodeRoutedCall``, ``routeCall``): one read here does
             // not, and is invalid input like any other.
