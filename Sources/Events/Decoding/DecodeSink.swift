@@ -72,6 +72,14 @@ public struct DecodedCalls: DecodeSink, Sendable {
         }
     }
 
+    /// Appends `event`, then lets `fill` finish it where it lies; when `fill` throws, the
+    /// event stays appended (``rollBack(to:)`` removes it).
+    mutating func appendEvent<E: Error>(_ event: SegmentEvent, _ fill: (inout SegmentEvent) throws(E) -> Void) throws(E) {
+        events.append(event)
+        outcomes.append(.event(Int32(events.count - 1)))
+        try fill(&events[events.count - 1])
+    }
+
     public mutating func appendCall(_ call: inout CallFields, nowMs: Int64) {
         switch call.head() {
         case .ignored(let t): outcomes.append(.ignored(t))
