@@ -30,6 +30,12 @@ import Testing
         return [
             .call(target: "user-7", hops: 0, event: e, timeMs: now),
             .call(target: "canon-李", hops: 16, event: e, timeMs: now),
+            // Calls for one partition in one record, as a checkpoint writes them.
+            .calls([
+                .init(target: "user-7", hops: 0, body: e.compact(timeMs: now)),
+                .init(target: "canon-李", hops: 16, body: e.compact(timeMs: now - 1)),
+                .init(target: String(repeating: "x", count: RepartitionRecord.maxIdentityBytes), hops: 255, body: [0xFF]),
+            ]),
             // As builds before the compact form wrote a call.
             .call(target: "user-7", hops: 2, json: e.segmentJSON(timeMs: now)),
             .link(id: "anon-1", canonical: "user-7", timeMs: now, hops: 0),
@@ -63,15 +69,15 @@ import Testing
         #expect(key == Array("canon".utf8))
         // Untagged: version 1, as builds before transaction tags wrote it.
         #expect(Array(value.prefix(3)) == [UInt8(ascii: "e"), 1, 3])
-        guard case .compactCall(let target, let hops, let body) = try RepartitionRecord.decode(key: key, value: value) else {
+        guard case .calls(let forwarded) = try RepartitionRecord.decode(key: key, value: value), forwarded.count == 1 else {
             Issue.record("not a call")
             return
         }
-        #expect(target == "canon" && hops == 3)
+        #expect(forwarded[0].target == "canon" && forwarded[0].hops == 3)
         var want = e
         want.timeMs = Self.now
         var calls = DecodedCalls()
-        #expect(body.withUnsafeBufferPointer { SegmentDecoder().decodeCompact($0, nowMs: Self.now, into: &calls) })
+        #expect(forwarded[0].body.withUnsafeBufferPointer { SegmentDecoder().decodeCompact($0, nowMs: Self.now, into: &calls) })
         #expect(calls.count == 1 && calls[0] == .event(want))
         let (_, legacy) = RepartitionRecord.call(target: "canon", hops: 3, json: e.segmentJSON(timeMs: Self.now)).encode()
         #expect(Array(legacy.prefix(4)) == [UInt8(ascii: "c"), 1, 3, UInt8(ascii: "{")])
@@ -104,13 +110,20 @@ import Testing
                 value.withUnsafeBufferPointer { v in
                     #expect(RepartitionRecord.head(value: v) == .tagged(tag))
                     key.withUnsafeBufferPointer { k in
-                        let payload = RepartitionRecord.callPayload(key: k, value: v)
-                        if case .call(_, let hops, let json) = r {
-                            #expect(payload.map { Array($0.bytes) } == json && payload?.hops == hops && payload?.compact == false)
-                        } else if case .compactCall(_, let hops, let body) = r {
-                            #expect(payload.map { Array($0.bytes) } == body && payload?.hops == hops && payload?.compact == true)
-                        } else {
-                            #expect(payload == nil)
+                        var seen: [RepartitionRecord.ForwardedCall] = []
+                        var compact: [Bool] = []
+                        let read = RepartitionRecord.forEachCall(key: k, value: v) { c in
+                            seen.append(.init(target: String(decoding: c.target, as: UTF8.self), hops: c.hops, body: Array(c.payload)))
+                            compact.append(c.compact)
+                            return true
+                        }
+                        switch r {
+                        case .call(let target, let hops, let json):
+                            #expect(read && seen == [.init(target: target, hops: hops, body: json)] && compact == [false])
+                        case .calls(let calls):
+                            #expect(read && seen == calls && compact.allSatisfy { $0 })
+                        default:
+                            #expect(!read && seen.isEmpty)
                         }
                     }
                 }
@@ -158,6 +171,20 @@ import Testing
         #expect(throws: RepartitionRecord.DecodeError.badValue) { try RepartitionRecord.decode(key: key, value: link + [0]) }
         #expect(throws: RepartitionRecord.DecodeError.truncated) {
             try RepartitionRecord.decode(key: key, value: Array(link.dropLast()))
+        }
+        // Records of calls: none, an empty target, a body running past the end, bytes after
+        // the last call.
+        let calls = RepartitionRecord.calls([.init(target: "u", hops: 1, body: [1, 2])]).encode().value
+        #expect(Array(calls) == [UInt8(ascii: "e"), 1, 1, 1, 1, UInt8(ascii: "u"), 1, 2, 1, 2])
+        for bad in [
+            [UInt8(ascii: "e"), 1, 0, 0], [UInt8(ascii: "e"), 1, 0, 1, 0, 0, 0], [UInt8(ascii: "e"), 1, 0, 1, 1, 0x75, 0, 3, 1],
+            calls + [0],
+        ] {
+            #expect(throws: RepartitionRecord.DecodeError.self) { try RepartitionRecord.decode(key: key, value: bad) }
+            let read = key.withUnsafeBufferPointer { k in
+                bad.withUnsafeBufferPointer { v in RepartitionRecord.forEachCall(key: k, value: v) { _ in true } }
+            }
+            #expect(!read)
         }
         // A link to an empty canonical id.
         #expect(throws: RepartitionRecord.DecodeError.badValue) {

@@ -24,10 +24,16 @@ import Events
 ///   is the task (varint), the epoch (varint) and `through` (zigzag varint, -1: none);
 ///   its key is not read.
 ///
-/// - kind `e` (0x65): a call; the payload is the decoded call in its compact binary form
-///   (``SegmentEvent/appendCompact(timeMs:to:)``), read by
+/// - kind `e` (0x65): calls, one or more, for one partition; the payload is their count
+///   (varint) and, for each, its target (varint length, UTF-8: the identity whose owner
+///   reads it), its hops (1 byte) and the decoded call in its compact binary form (varint
+///   length, ``SegmentEvent/appendCompact(timeMs:to:)``), read by
 ///   ``SegmentDecoder/decodeCompact(_:nowMs:into:)`` as the JSON below would be decoded.
-///   Builds before it wrote kind `c` and refuse this one (as an unknown kind).
+///   The key is the first call's target (not read); the head's hops are the first call's.
+///   A checkpoint writes the calls a task routes to one partition in a row as one record
+///   (up to ``maxBatchBytes``): one message, one tag and one pass of the gate for
+///   hundreds of calls. Builds before it wrote kind `c` and refuse this one (as an unknown
+///   kind).
 /// - kind `c` (0x63): a call as one compact Segment-spec JSON object
 ///   (``SegmentEvent/segmentJSON(timeMs:)``), decoded by ``SegmentDecoder``: what builds
 ///   before kind `e` wrote, still read (records an upgrade left in the topic).
@@ -56,9 +62,9 @@ public enum RepartitionRecord: Sendable, Equatable {
     /// Segment call (not validated here: the decoder that reads it reports a bad one like
     /// any input).
     case call(target: String, hops: UInt8, json: [UInt8])
-    /// A call forwarded to `owner(target)`, in its compact form (not validated here
-    /// either).
-    case compactCall(target: String, hops: UInt8, body: [UInt8])
+    /// Calls forwarded to the owner of their targets (one partition), in their compact
+    /// form (not validated here either).
+    case calls([ForwardedCall])
     /// "`id` → `canonical`", for `owner(id)`, with the event time of the call that linked
     /// them.
     case link(id: String, canonical: String, timeMs: Int64, hops: UInt8)
@@ -68,6 +74,39 @@ public enum RepartitionRecord: Sendable, Equatable {
     /// `through` of `epoch` committed, every other one did not (docs/identity.md,
     /// "Transactions on brokers that show aborted records").
     case notice(task: Int32, epoch: UInt64, through: Int64)
+
+    /// A call forwarded to `owner(target)`, `hops` times so far, in its compact form.
+    public struct ForwardedCall: Sendable, Equatable {
+        public var target: String
+        public var hops: UInt8
+        public var body: [UInt8]
+        public init(target: String, hops: UInt8, body: [UInt8]) {
+            self.target = target
+            self.hops = hops
+            self.body = body
+        }
+
+        /// What it adds to a kind `e` record: its three fields and their lengths.
+        public var encodedBytes: Int {
+            Self.varintBytes(target.utf8.count) + target.utf8.count + 1 + Self.varintBytes(body.count) + body.count
+        }
+
+        static func varintBytes(_ n: Int) -> Int {
+            var n = UInt64(n)
+            var bytes = 1
+            while n >= 0x80 {
+                n >>= 7
+                bytes += 1
+            }
+            return bytes
+        }
+    }
+
+    /// The most bytes of calls a checkpoint puts in one kind `e` record (below the
+    /// producer's limit, which also bounds it): large enough that a record's fixed costs
+    /// (a message to produce, fetch and pass through the gate) are spread over hundreds of
+    /// calls, small enough that a batch is a small share of the gate's 64 MiB.
+    public static let maxBatchBytes = 256 * 1024
 
     /// The transaction that wrote a record (version 2).
     public struct Tag: Sendable, Hashable {
@@ -88,7 +127,7 @@ public enum RepartitionRecord: Sendable, Equatable {
     public static let maxIdentityBytes = 1020
 
     enum Kind: UInt8 {
-        case call = 0x63, compactCall = 0x65, link = 0x6C, merge = 0x6D, notice = 0x6E
+        case call = 0x63, calls = 0x65, link = 0x6C, merge = 0x6D, notice = 0x6E
     }
 
     /// The key notices are written under (not read).
@@ -113,13 +152,14 @@ public enum RepartitionRecord: Sendable, Equatable {
 
     /// A forwarded call of `event`, whose time the engine resolved as `timeMs`.
     public static func call(target: String, hops: UInt8, event: SegmentEvent, timeMs: Int64) -> RepartitionRecord {
-        .compactCall(target: target, hops: hops, body: event.compact(timeMs: timeMs))
+        .calls([ForwardedCall(target: target, hops: hops, body: event.compact(timeMs: timeMs))])
     }
 
     /// The identity whose owner reads the record (its key).
     public var target: String {
         switch self {
-        case .call(let target, _, _), .compactCall(let target, _, _): target
+        case .call(let target, _, _): target
+        case .calls(let calls): calls.first?.target ?? ""
         case .link(let id, _, _, _): id
         case .merge(_, let into, _, _): into
         case .notice: String(decoding: Self.noticeKey, as: UTF8.self)
@@ -129,7 +169,8 @@ public enum RepartitionRecord: Sendable, Equatable {
     /// How many times the record has been forwarded from the owner it was written to.
     public var hops: UInt8 {
         switch self {
-        case .call(_, let hops, _), .compactCall(_, let hops, _), .link(_, _, _, let hops), .merge(_, _, _, let hops): hops
+        case .call(_, let hops, _), .link(_, _, _, let hops), .merge(_, _, _, let hops): hops
+        case .calls(let calls): calls.first?.hops ?? 0
         case .notice: 0
         }
     }
@@ -154,11 +195,17 @@ public enum RepartitionRecord: Sendable, Equatable {
             head(.call, hops)
             w.bytes.append(contentsOf: json)
             return (Array(target.utf8), w.bytes)
-        case .compactCall(let target, let hops, let body):
-            w.bytes.reserveCapacity(3 + 24 + body.count)
-            head(.compactCall, hops)
-            w.bytes.append(contentsOf: body)
-            return (Array(target.utf8), w.bytes)
+        case .calls(let calls):
+            w.bytes.reserveCapacity(3 + 24 + 5 + calls.reduce(0) { $0 + $1.encodedBytes })
+            head(.calls, calls.first?.hops ?? 0)
+            w.varint(UInt64(calls.count))
+            for c in calls {
+                w.string(c.target)
+                w.u8(c.hops)
+                w.varint(UInt64(c.body.count))
+                w.bytes.append(contentsOf: c.body)
+            }
+            return (Array((calls.first?.target ?? "").utf8), w.bytes)
         case .link(let id, let canonical, let timeMs, let hops):
             head(.link, hops)
             w.zigzag(timeMs)
@@ -180,22 +227,63 @@ public enum RepartitionRecord: Sendable, Equatable {
 
     // MARK: Decoding
 
-    /// A routed call's hop count and payload, read in place, when `key` and `value` are
-    /// one this version can read (nil otherwise: ``decode(key:value:)`` says why), and
-    /// whether the payload is the compact form (kind `e`) or JSON (kind `c`). For the
-    /// engine's parallel decode, which decodes it with the source's calls.
-    public static func callPayload(
-        key: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>
-    ) -> (hops: UInt8, compact: Bool, bytes: UnsafeBufferPointer<UInt8>)? {
-        guard value.count > 3, value[0] == Kind.call.rawValue || value[0] == Kind.compactCall.rawValue, value[1] >= 1,
-            value[1] <= version,
-            !key.isEmpty, key.count <= maxIdentityBytes, UTF8Check.isValid(key)
-        else { return nil }
+    /// One call of a routed record, read in place: its target, hops and payload, which
+    /// is the compact form (kind `e`) or Segment JSON (kind `c`).
+    public struct CallView {
+        public var target: UnsafeBufferPointer<UInt8>
+        public var hops: UInt8
+        public var compact: Bool
+        public var payload: UnsafeBufferPointer<UInt8>
+    }
+
+    /// Calls `body` with each call of a routed record of calls, in order, read in place
+    /// (every target a valid id), when `key` and `value` are one this version can read;
+    /// returns false, having called `body` for none, otherwise (``decode(key:value:)``
+    /// says why), or as soon as `body` does. For the engine's parallel decode, which
+    /// decodes them with the source's calls.
+    public static func forEachCall(
+        key: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>, _ body: (CallView) -> Bool
+    ) -> Bool {
+        guard value.count > 3, value[0] == Kind.call.rawValue || value[0] == Kind.calls.rawValue, value[1] >= 1,
+            value[1] <= version
+        else { return false }
         var r = StateCodec.Reader(bytes: value, pos: 3)
         if value[1] >= 2 {
-            guard (try? readTag(&r)) != nil, !r.atEnd else { return nil }
+            guard (try? readTag(&r)) != nil, !r.atEnd else { return false }
         }
-        return (value[2], value[0] == Kind.compactCall.rawValue, UnsafeBufferPointer(rebasing: value[r.pos...]))
+        if value[0] == Kind.call.rawValue {
+            guard isIdentity(key) else { return false }
+            return body(CallView(target: key, hops: value[2], compact: false, payload: UnsafeBufferPointer(rebasing: value[r.pos...])))
+        }
+        // Framing first, whole: `body` sees no call of a record that does not read to its end.
+        guard let calls = try? readCalls(&r), r.atEnd else { return false }
+        for c in calls {
+            let view = CallView(
+                target: UnsafeBufferPointer(rebasing: value[c.target]), hops: c.hops, compact: true,
+                payload: UnsafeBufferPointer(rebasing: value[c.body]))
+            guard body(view) else { return false }
+        }
+        return true
+    }
+
+    /// The calls of a kind `e` payload, as where their fields are in the value.
+    private static func readCalls(
+        _ r: inout StateCodec.Reader
+    ) throws(StateCodec.DecodeError) -> [(target: Range<Int>, hops: UInt8, body: Range<Int>)] {
+        let n = try r.varint()
+        // Each call takes four bytes at least.
+        guard n >= 1, n <= UInt64(r.end - r.pos) / 4 else { throw .badValue }
+        var out: [(target: Range<Int>, hops: UInt8, body: Range<Int>)] = []
+        out.reserveCapacity(Int(n))
+        for _ in 0..<Int(n) {
+            let target = try r.utf8()
+            guard isIdentity(UnsafeBufferPointer(rebasing: r.bytes[target])) else { throw .badValue }
+            let hops = try r.u8()
+            let length = try r.length()
+            out.append((target, hops, r.pos..<(r.pos + length)))
+            r.pos += length
+        }
+        return out
     }
 
     /// What a record's head says of the transaction that wrote it, read without the
@@ -261,14 +349,27 @@ public enum RepartitionRecord: Sendable, Equatable {
         } else if kind == .notice {
             throw .badValue
         }
-        guard let target = identity(key) else { throw .badKey }
+        // A record of calls names its targets inside; its key is not read.
+        guard let target = kind == .calls ? "" : identity(key) else { throw .badKey }
         switch kind {
         case .notice:
             throw .badValue
         case .call:
             return .call(target: target, hops: hops, json: Array(UnsafeBufferPointer(rebasing: value[r.pos...])))
-        case .compactCall:
-            return .compactCall(target: target, hops: hops, body: Array(UnsafeBufferPointer(rebasing: value[r.pos...])))
+        case .calls:
+            let calls: [(target: Range<Int>, hops: UInt8, body: Range<Int>)]
+            do {
+                calls = try readCalls(&r)
+            } catch {
+                throw error == .truncated ? .truncated : .badValue
+            }
+            guard r.atEnd else { throw .badValue }
+            return .calls(
+                calls.map {
+                    ForwardedCall(
+                        target: String(decoding: UnsafeBufferPointer(rebasing: value[$0.target]), as: UTF8.self), hops: $0.hops,
+                        body: Array(UnsafeBufferPointer(rebasing: value[$0.body])))
+                })
         case .link:
             let timeMs: Int64
             let canonical: Range<Int>
@@ -302,7 +403,11 @@ public enum RepartitionRecord: Sendable, Equatable {
 
     /// `bytes` as an id: non-empty UTF-8 of at most ``maxIdentityBytes``.
     private static func identity(_ bytes: UnsafeBufferPointer<UInt8>) -> String? {
-        guard !bytes.isEmpty, bytes.count <= maxIdentityBytes, UTF8Check.isValid(bytes) else { return nil }
+        guard isIdentity(bytes) else { return nil }
         return String(decoding: bytes, as: UTF8.self)
+    }
+
+    private static func isIdentity(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+        !bytes.isEmpty && bytes.count <= maxIdentityBytes && UTF8Check.isValid(bytes)
     }
 }

@@ -131,14 +131,21 @@ extension SyncEngine {
                 }
             }
         }
-        if let topic = options.identity.repartitionTopic {
-            for g in identity.keys { identity[g]!.encodeOutbound(topic: topic) }
-        }
         // Encoded outside the lock; a record over what the changelog accepts is left out
         // (one user must never hold back every commit) and dead-lettered.
         var encoded: [[(partition: Int32, key: [UInt8], value: [UInt8]?)]] = []
         var oversized: [(key: String, bytes: Int, source: TopicPartition, kind: DeadLetterKind)] = []
         let maxRecordBytes = store.maxRecordBytes
+        if let topic = options.identity.repartitionTopic {
+            // A routed record over what the broker accepts (a merge record of a state just
+            // under the changelog's limit, a call with long texts) is left out and
+            // dead-lettered, as an oversized user is.
+            for g in identity.keys.sorted() {
+                for o in identity[g]!.encodeOutbound(topic: topic, maxRecordBytes: maxRecordBytes) {
+                    oversized.append((o.key, o.bytes, groups[g].source, o.kind))
+                }
+            }
+        }
         for (g, group) in groups.enumerated() {
             let end = g + 1 < groups.count ? groups[g + 1].start : snapshot.count
             let tombstonesEnd = g + 1 < groups.count ? groups[g + 1].tombstones : tombstones.count
@@ -158,34 +165,6 @@ extension SyncEngine {
             encoded.append(records)
         }
         snapshot = []
-        // A routed record over what the broker accepts (a merge record of a state just
-        // under the changelog's limit, a call grown by its re-encoding) is left out and
-        // dead-lettered, as an oversized user is.
-        for g in identity.keys.sorted() {
-            guard var x = identity[g], x.outbound.contains(where: { $0.key.count + ($0.value?.count ?? 0) > maxRecordBytes }) else {
-                continue
-            }
-            // The notices come first in `outbound` (tiny: never over).
-            let n = x.notices.count
-            var keep: [Int] = []
-            for (i, r) in x.outbound.enumerated() where i >= n {
-                let bytes = r.key.count + (r.value?.count ?? 0)
-                guard bytes > maxRecordBytes else {
-                    keep.append(i - n)
-                    continue
-                }
-                switch x.taken[i - n].record {
-                case .merge(let from, _, _, _): oversized.append((from, bytes, groups[g].source, .stateTooLarge))
-                case .call(let target, _, _), .compactCall(let target, _, _):
-                    oversized.append((target, bytes, groups[g].source, .invalidEvent))
-                case .link(let id, _, _, _): oversized.append((id, bytes, groups[g].source, .invalidEvent))
-                case .notice: break
-                }
-            }
-            x.outbound = Array(x.outbound[..<n]) + keep.map { x.outbound[n + $0] }
-            x.taken = keep.map { x.taken[$0] }
-            identity[g] = x
-        }
         if !oversized.isEmpty {
             var seqs: [UInt64] = []
             lock.withLock {
@@ -370,17 +349,78 @@ struct TaskExtras {
     /// lock: each record is copied into its framing (a merge record's state encoded),
     /// which under the lock stalled the fold for the whole backlog. The notices go first:
     /// in each partition they precede this transaction's records, which they do not cover.
-    mutating func encodeOutbound(topic: String) {
+    ///
+    /// Calls for one partition with no other record for it between them are written as
+    /// one record, up to ``RepartitionRecord/maxBatchBytes`` (and `maxRecordBytes`): each
+    /// record costs a message to produce and fetch and a pass through the reader's gate,
+    /// and with keys by messageId almost every call is routed. A record, or a call alone,
+    /// over `maxRecordBytes` is left out of ``outbound`` and ``taken`` and returned (to be
+    /// dead-lettered).
+    mutating func encodeOutbound(topic: String, maxRecordBytes: Int) -> [(key: String, bytes: Int, kind: DeadLetterKind)] {
         outbound = []
         outbound.reserveCapacity(notices.count + taken.count)
         for n in notices {
             let (k, v) = n.record.encode()
             outbound.append((topic, n.partition, k, v))
         }
-        for t in taken {
-            let (k, v) = t.record.encode(tag: tag)
-            outbound.append((topic, t.partition, k, v))
+        var oversized: [(key: String, bytes: Int, kind: DeadLetterKind)] = []
+        var kept: [(partition: Int32, record: RepartitionRecord)] = []
+        kept.reserveCapacity(taken.count)
+        // A record of calls without its calls: the head, the tag and room for the count.
+        let frame = RepartitionRecord.calls([]).encode(tag: tag).value.count + 4
+        let cap = min(maxRecordBytes, RepartitionRecord.maxBatchBytes)
+        // Per partition: the calls of its open record (written when another kind of record
+        // for it comes, when the next call would take it over `cap`, or at the end) and the
+        // record's bytes so far (its key, the first call's target, included).
+        var open: [Int32: (calls: [RepartitionRecord.ForwardedCall], bytes: Int)] = [:]
+        func close(_ q: Int32) {
+            guard let o = open.removeValue(forKey: q) else { return }
+            let (k, v) = RepartitionRecord.calls(o.calls).encode(tag: tag)
+            outbound.append((topic, q, k, v))
         }
+        for t in taken {
+            guard case .calls(let calls) = t.record else {
+                close(t.partition)
+                let (k, v) = t.record.encode(tag: tag)
+                let bytes = k.count + v.count
+                if bytes > maxRecordBytes {
+                    switch t.record {
+                    case .merge(let from, _, _, _): oversized.append((from, bytes, .stateTooLarge))
+                    case .call(let target, _, _): oversized.append((target, bytes, .invalidEvent))
+                    case .link(let id, _, _, _): oversized.append((id, bytes, .invalidEvent))
+                    case .notice, .calls: break
+                    }
+                    continue
+                }
+                outbound.append((topic, t.partition, k, v))
+                kept.append(t)
+                continue
+            }
+            var fit: [RepartitionRecord.ForwardedCall] = []
+            for c in calls {
+                let alone = frame + c.target.utf8.count + c.encodedBytes
+                if alone > maxRecordBytes {
+                    oversized.append((c.target, alone, .invalidEvent))
+                    continue
+                }
+                fit.append(c)
+                if let o = open[t.partition], o.bytes + c.encodedBytes > cap { close(t.partition) }
+                if open[t.partition] == nil {
+                    open[t.partition] = ([c], alone)
+                } else {
+                    open[t.partition]!.calls.append(c)
+                    open[t.partition]!.bytes += c.encodedBytes
+                }
+            }
+            if fit.count == calls.count {
+                kept.append(t)
+            } else if !fit.isEmpty {
+                kept.append((t.partition, .calls(fit)))
+            }
+        }
+        for q in open.keys.sorted() { close(q) }
+        taken = kept
+        return oversized
     }
 
     /// The identities marker: the transaction's last record in the task's partition of

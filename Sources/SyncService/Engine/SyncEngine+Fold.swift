@@ -87,6 +87,7 @@ extension SyncEngine {
             scratchMessage.append([])
             scratchHash.append([])
             scratchOwner.append([])
+            scratchRouted.append([])
         }
         // Chunks this batch does not reach still hold an earlier batch's leftovers.
         for c in chunks..<scratch.count where scratch[c].count > 0 { scratch[c].removeAll() }
@@ -99,80 +100,85 @@ extension SyncEngine {
             scratchMessage.withUnsafeMutableBufferPointer { origins in
                 scratchHash.withUnsafeMutableBufferPointer { hashes in
                     scratchOwner.withUnsafeMutableBufferPointer { ownerOf in
-                        nonisolated(unsafe) let calls = calls
-                        nonisolated(unsafe) let origins = origins
-                        nonisolated(unsafe) let hashes = hashes
-                        nonisolated(unsafe) let ownerOf = ownerOf
-                        // Each chunk writes only its own scratch arrays; the messages are read-only.
-                        nonisolated(unsafe) let batch = batch
-                        let decodeChunk: @Sendable (Int) -> Void = { c in
-                            // The previous batch's leftovers of this chunk are dropped here, by the
-                            // decoding thread: the poll thread, the busier one, only folds them.
-                            calls[c].removeAll()
-                            origins[c].removeAll(keepingCapacity: true)
-                            for i in (c * Self.decodeChunk)..<min(batch.count, (c + 1) * Self.decodeChunk) {
-                                let before = calls[c].count
-                                // A routed record: read on the poll thread, in order (docs/identity.md).
-                                // First: its key is an identity, which a client may have made
-                                // equal to the control records' key.
-                                if let repartitionTopic, batch[i].topicPartition.topic == repartitionTopic {
-                                    // A routed call is decoded here like the source's; a link
-                                    // request, a merge record or a record that does not decode
-                                    // is read on the poll thread (``routed``).
-                                    if !Self.decodeRoutedCall(batch[i], decoder, nowMs: nowEpoch, into: &calls[c]) {
-                                        calls[c].append(.ignored(Self.routedMarker))
+                        scratchRouted.withUnsafeMutableBufferPointer { routed in
+                            nonisolated(unsafe) let calls = calls
+                            nonisolated(unsafe) let routed = routed
+                            nonisolated(unsafe) let origins = origins
+                            nonisolated(unsafe) let hashes = hashes
+                            nonisolated(unsafe) let ownerOf = ownerOf
+                            // Each chunk writes only its own scratch arrays; the messages are read-only.
+                            nonisolated(unsafe) let batch = batch
+                            let decodeChunk: @Sendable (Int) -> Void = { c in
+                                // The previous batch's leftovers of this chunk are dropped here, by the
+                                // decoding thread: the poll thread, the busier one, only folds them.
+                                calls[c].removeAll()
+                                origins[c].removeAll(keepingCapacity: true)
+                                routed[c].removeAll(keepingCapacity: true)
+                                for i in (c * Self.decodeChunk)..<min(batch.count, (c + 1) * Self.decodeChunk) {
+                                    let before = calls[c].count
+                                    // A routed record: read on the poll thread, in order (docs/identity.md).
+                                    // First: its key is an identity, which a client may have made
+                                    // equal to the control records' key.
+                                    if let repartitionTopic, batch[i].topicPartition.topic == repartitionTopic {
+                                        // Routed calls are decoded here like the source's; a link
+                                        // request, a merge record or a record that does not decode
+                                        // is read on the poll thread (``routed``).
+                                        if !Self.decodeRoutedCalls(batch[i], decoder, nowMs: nowEpoch, into: &calls[c], routed: &routed[c])
+                                        {
+                                            calls[c].append(.ignored(Self.routedMarker))
+                                        }
+                                        for _ in before..<calls[c].count { origins[c].append(Int32(truncatingIfNeeded: i)) }
+                                        continue
                                     }
-                                    origins[c].append(Int32(truncatingIfNeeded: i))
-                                    continue
+                                    if ResyncRequest.isControl(key: batch[i].key) {
+                                        calls[c].append(.ignored(Self.controlMarker))
+                                        origins[c].append(Int32(truncatingIfNeeded: i))
+                                        continue
+                                    }
+                                    decoder.decode(batch[i].value, nowMs: nowEpoch, into: &calls[c])
+                                    calls[c].resolveTimes(from: before, kafkaMs: batch[i].timestampMs, nowMs: nowEpoch)
+                                    if calls[c].count == before { calls[c].append(.ignored("")) }
+                                    for _ in before..<calls[c].count { origins[c].append(Int32(truncatingIfNeeded: i)) }
                                 }
-                                if ResyncRequest.isControl(key: batch[i].key) {
-                                    calls[c].append(.ignored(Self.controlMarker))
-                                    origins[c].append(Int32(truncatingIfNeeded: i))
-                                    continue
-                                }
-                                decoder.decode(batch[i].value, nowMs: nowEpoch, into: &calls[c])
-                                calls[c].resolveTimes(from: before, kafkaMs: batch[i].timestampMs, nowMs: nowEpoch)
-                                if calls[c].count == before { calls[c].append(.ignored("")) }
-                                for _ in before..<calls[c].count { origins[c].append(Int32(truncatingIfNeeded: i)) }
-                            }
-                            // Identities are hashed here too (the table's key is immutable), for
-                            // the same reason.
-                            hashes[c].removeAll(keepingCapacity: true)
-                            ownerOf[c].removeAll(keepingCapacity: true)
-                            for j in 0..<calls[c].count {
-                                let id = calls[c].identity(j)
-                                hashes[c].append(id.map { seed.hash($0) } ?? 0)
-                                // And, with identity resolution, the task that owns each.
-                                if let (partitions, partitioner) = owners {
-                                    ownerOf[c].append(
-                                        id.map { IdentityRouter.owner($0, partitions: partitions, partitioner: partitioner) } ?? -1)
+                                // Identities are hashed here too (the table's key is immutable), for
+                                // the same reason.
+                                hashes[c].removeAll(keepingCapacity: true)
+                                ownerOf[c].removeAll(keepingCapacity: true)
+                                for j in 0..<calls[c].count {
+                                    let id = calls[c].identity(j)
+                                    hashes[c].append(id.map { seed.hash($0) } ?? 0)
+                                    // And, with identity resolution, the task that owns each.
+                                    if let (partitions, partitioner) = owners {
+                                        ownerOf[c].append(
+                                            id.map { IdentityRouter.owner($0, partitions: partitions, partitioner: partitioner) } ?? -1)
+                                    }
                                 }
                             }
-                        }
-                        let progress = ChunkProgress(chunks: chunks)
-                        let helpers = min(decodeParallelism - 1, chunks - 1)
-                        for _ in 0..<max(0, helpers) {
-                            DispatchQueue.global().async {
-                                while let c = progress.claim() {
-                                    decodeChunk(c)
-                                    progress.finish(c)
+                            let progress = ChunkProgress(chunks: chunks)
+                            let helpers = min(decodeParallelism - 1, chunks - 1)
+                            for _ in 0..<max(0, helpers) {
+                                DispatchQueue.global().async {
+                                    while let c = progress.claim() {
+                                        decodeChunk(c)
+                                        progress.finish(c)
+                                    }
                                 }
                             }
-                        }
-                        for k in 0..<chunks {
-                            // Chunk k must be decoded before it is folded: decode whatever is
-                            // unclaimed meanwhile, then wait for the helper that has it.
-                            while !progress.isDone(k) {
-                                if let c = progress.claim() {
-                                    decodeChunk(c)
-                                    progress.finish(c)
-                                } else {
-                                    progress.wait(for: k)
+                            for k in 0..<chunks {
+                                // Chunk k must be decoded before it is folded: decode whatever is
+                                // unclaimed meanwhile, then wait for the helper that has it.
+                                while !progress.isDone(k) {
+                                    if let c = progress.claim() {
+                                        decodeChunk(c)
+                                        progress.finish(c)
+                                    } else {
+                                        progress.wait(for: k)
+                                    }
                                 }
+                                foldChunk(
+                                    &calls[k], origins[k], hashes[k], ownerOf[k], routed[k], batch: batch, nowEpoch: nowEpoch,
+                                    last: k == chunks - 1, invalid: &invalid)
                             }
-                            foldChunk(
-                                &calls[k], origins[k], hashes[k], ownerOf[k], batch: batch, nowEpoch: nowEpoch, last: k == chunks - 1,
-                                invalid: &invalid)
                         }
                     }
                 }
@@ -194,19 +200,31 @@ extension SyncEngine {
         }
     }
 
-    /// Decodes routed call `m` (a message of `<group>-repartition`) into `calls` as one
-    /// event; false, with nothing added, when it is not a call this version reads as one.
-    static func decodeRoutedCall(_ m: ConsumedMessage, _ decoder: SegmentDecoder, nowMs: Int64, into calls: inout DecodedCalls) -> Bool {
-        guard let payload = RepartitionRecord.callPayload(key: m.key, value: m.value) else { return false }
+    /// Decodes the routed calls of `m` (a message of `<group>-repartition`) into `calls`,
+    /// one event each, and what each was routed by into `routed`; false, with nothing
+    /// added, when it is not a record of calls this version reads, every one as an event
+    /// (the record is then read, and refused whole, on the poll thread).
+    static func decodeRoutedCalls(
+        _ m: ConsumedMessage, _ decoder: SegmentDecoder, nowMs: Int64, into calls: inout DecodedCalls,
+        routed: inout [RoutedCallInfo]
+    ) -> Bool {
         let before = calls.count
-        if payload.compact {
-            guard decoder.decodeCompact(payload.bytes, nowMs: nowMs, into: &calls) else { return false }
-        } else {
-            decoder.decode(payload.bytes, nowMs: nowMs, into: &calls)
+        let routedBefore = routed.count
+        let read = RepartitionRecord.forEachCall(key: m.key, value: m.value) { c in
+            let at = calls.count
+            if c.compact {
+                guard decoder.decodeCompact(c.payload, nowMs: nowMs, into: &calls) else { return false }
+            } else {
+                decoder.decode(c.payload, nowMs: nowMs, into: &calls)
+            }
+            calls.resolveTimes(from: at, kafkaMs: m.timestampMs, nowMs: nowMs)
+            guard calls.count == at + 1, case .event = calls.outcomes[at] else { return false }
+            routed.append(RoutedCallInfo(call: Int32(at), target: String(decoding: c.target, as: UTF8.self), hops: c.hops))
+            return true
         }
-        calls.resolveTimes(from: before, kafkaMs: m.timestampMs, nowMs: nowMs)
-        guard calls.count == before + 1, case .event = calls.outcomes[before] else {
+        guard read else {
             calls.rollBack(to: before)
+            routed.removeSubrange(routedBefore...)
             return false
         }
         return true
@@ -227,7 +245,8 @@ extension SyncEngine {
     /// Folds one decoded chunk of `batch` (its calls, and the message each came from)
     /// under the lock, in order.
     func foldChunk(
-        _ calls: inout DecodedCalls, _ origins: [Int32], _ hashes: [UInt64], _ owners: [Int32], batch: [ConsumedMessage],
+        _ calls: inout DecodedCalls, _ origins: [Int32], _ hashes: [UInt64], _ owners: [Int32], _ routedCalls: [RoutedCallInfo],
+        batch: [ConsumedMessage],
         nowEpoch: Int64, last: Bool, invalid: inout [(Int, DecodeFailure, UInt64)]
     ) {
         let now = clock.monotonicMs()
@@ -256,6 +275,8 @@ extension SyncEngine {
             // read from (nil: a record of `<group>-repartition`), worked out once a message.
             var sourceTask: Int32?
             var taskOfMessage = -1
+            // The next of `routedCalls` not yet matched with its call.
+            var routedCursor = 0
             for j in 0..<n {
                 if let identity = calls.identity(j) {
                     var key = identity
@@ -282,7 +303,14 @@ extension SyncEngine {
                             slotScratch.append(Int32(slot))
                             continue
                         }
-                        switch routeCall(j, identity, &calls, origins, batch, nowEpoch) {
+                        var info: RoutedCallInfo?
+                        if sourceTask == nil {
+                            while routedCursor < routedCalls.count && Int(routedCalls[routedCursor].call) < j { routedCursor += 1 }
+                            if routedCursor < routedCalls.count && Int(routedCalls[routedCursor].call) == j {
+                                info = routedCalls[routedCursor]
+                            }
+                        }
+                        switch routeCall(j, identity, &calls, origins, batch, nowEpoch, routed: info) {
                         case .fold(let c) where !c.utf8.elementsEqual(identity.utf8):
                             key = c
                             hash = identitySeed.hash(c)

@@ -52,29 +52,17 @@ extension SyncEngine {
     /// call routed here, decoded with them): the identity it folds into here, or its
     /// record for another task (buffered).
     func routeCall(
-        _ j: Int, _ identity: String, _ calls: inout DecodedCalls, _ origins: [Int32], _ batch: [ConsumedMessage], _ nowEpoch: Int64
+        _ j: Int, _ identity: String, _ calls: inout DecodedCalls, _ origins: [Int32], _ batch: [ConsumedMessage], _ nowEpoch: Int64,
+        routed: RoutedCallInfo?
     ) -> IdentityRouter.Step {
-        let m = batch[Int(origins[j])]
-        let task = m.topicPartition.partition
-        if m.topicPartition.topic == options.identity.repartitionTopic,
-            let payload = RepartitionRecord.callPayload(key: m.key, value: m.value)
-        {
-            // Routed by its target (the record's key), with its hops so far; forwarded on
-            // as it came.
-            let target = String(decoding: m.key, as: UTF8.self)
-            let step = withRouter(task) { $0.route(target: target, hops: payload.hops) }
-            if case .forward(let q, let t, let h) = step {
-                let bytes = Array(payload.bytes)
-                outbound[task, default: []].append(
-                    (q, payload.compact ? .compactCall(target: t, hops: h, body: bytes) : .call(target: t, hops: h, json: bytes)))
-            }
-            return step
-        }
-        let step = withRouter(task) { $0.route(target: identity, hops: 0) }
+        let task = batch[Int(origins[j])].topicPartition.partition
+        // A call routed here goes by its target, with its hops so far; a source call by its
+        // identity.
+        let step = withRouter(task) { $0.route(target: routed?.target ?? identity, hops: routed?.hops ?? 0) }
         if case .forward(let q, let target, let hops) = step, case .event(let k) = calls.outcomes[j] {
             // Encoded where the event lies (the subscript would copy all of it).
             let body = calls.events[Int(k)].compact(timeMs: calls.events[Int(k)].timeMs ?? nowEpoch)
-            outbound[task, default: []].append((q, .compactCall(target: target, hops: hops, body: body)))
+            outbound[task, default: []].append((q, .calls([.init(target: target, hops: hops, body: body)])))
         }
         return step
     }
@@ -126,7 +114,7 @@ extension SyncEngine {
             }
         case .notice:
             break  // read by the gate (``TransactionGate``)
-        case .call, .compactCall:
+        case .call, .calls:
             // A routed call that decodes as one event was decoded, routed and folded with
             // the source's calls (``decodeRoutedCall``, ``routeCall``): one read here does
             // not, and is invalid input like any other.

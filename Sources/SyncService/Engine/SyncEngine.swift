@@ -146,6 +146,9 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// Identity resolution: the owner task of each call's identity (-1 for non-events;
     /// empty with merging off), computed with the hashes.
     var scratchOwner: [[Int32]] = []
+    /// Identity resolution: each call of a chunk read from `<group>-repartition`, with
+    /// what it was routed by (in the order of the chunk's calls).
+    var scratchRouted: [[RoutedCallInfo]] = []
     /// The slot of each call of the chunk being folded (`~slot` for a new user,
     /// ``noSlot`` for a call that is not an event).
     var slotScratch: [Int32] = []
@@ -247,4 +250,12 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         let now = clock.monotonicMs()
         lock.withLock { limiter.probeSoon(nowMs: now) }
     }
+}
+
+/// A call read from `<group>-repartition`: its index among its chunk's calls, the
+/// identity it was routed by (its target) and how many times it was forwarded.
+struct RoutedCallInfo {
+    var call: Int32
+    var target: String
+    var hops: UInt8
 }
