@@ -5,9 +5,9 @@ import Testing
 @testable import SyncService
 
 /// How a checkpoint frames what a task routes (``TaskExtras/encodeOutbound(topic:maxRecordBytes:)``):
-/// calls for one partition in a row share a record, up to the batch's cap and the
-/// broker's limit; another record for the partition closes the batch, so each
-/// partition's records keep their order; a call too large alone is left out.
+/// the calls for one partition share records, in their order, up to the batch's cap and
+/// the broker's limit, ahead of the link requests and merge records (which keep theirs);
+/// a call too large alone is left out.
 @Suite struct RoutedBatchTests {
     static let tag = RepartitionRecord.Tag(task: 3, epoch: 0xBEEF, seq: 41)
 
@@ -43,7 +43,7 @@ import Testing
         return out
     }
 
-    @Test func callsInARowForOnePartitionShareARecordAndKeepTheirOrder() throws {
+    @Test func callsForOnePartitionShareARecordAheadOfOtherRecords() throws {
         var x = Self.extras([
             (0, Self.call(1)), (1, Self.call(2)), (0, Self.call(3)),
             (0, .link(id: "a-1", canonical: "user-9", timeMs: 5, hops: 0)),
@@ -53,7 +53,7 @@ import Testing
         #expect(oversized.isEmpty)
         #expect(
             try Self.written(x) == [
-                0: [["notice"], ["user-1", "user-3"], ["link a-1"], ["user-4"]],
+                0: [["notice"], ["user-1", "user-3", "user-4"], ["link a-1"]],
                 1: [["user-2", "user-5", "user-6"]],
             ])
         // Kept to be written again if the transaction fails: every call, as taken.
