@@ -59,7 +59,8 @@ struct Every: Service, CustomStringConvertible {
 /// identity (a few routed records, link requests and merges, beside many changed users)
 /// checkpoints every 200 ms, or every second, rewrote the busy users over and over and cut
 /// the fold to 0.63× of merging off (0.52× every second); there a hop waits up to the
-/// interval.
+/// interval. While the fold is idle, anything waiting goes every 200 ms
+/// (``decide(_:intervalMs:merging:)``).
 struct Checkpoints: Service, CustomStringConvertible {
     let description = "checkpoints"
     let engine: SyncEngine
@@ -79,6 +80,53 @@ struct Checkpoints: Service, CustomStringConvertible {
     /// How long no call must be read for the fold to count as idle.
     static let idleMs: Int64 = 500
 
+    /// What the loop does at a tick.
+    enum Action: Equatable {
+        case wait, checkpoint, notices
+    }
+
+    /// What is known at a tick: milliseconds since the last checkpoint started, since the
+    /// last transaction of notices alone, and since a call was last read; the routed
+    /// records waiting and the users a checkpoint would write; the notices owed; whether
+    /// the last checkpoint failed.
+    struct Tick {
+        var sinceMs: Int64
+        var sinceNoticesMs: Int64
+        var quietMs: Int64
+        var waiting = 0
+        var users = 0
+        var noticesOwed = 0
+        var failed = false
+    }
+
+    /// The policy, pure (`CheckpointPolicyTests`). A checkpoint every `intervalMs`. With
+    /// identity resolution, sooner:
+    /// - for routed records, when the checkpoint would mostly write them, or a small one:
+    ///   ``routedBurst`` of them, or any for ``routedWaitMs``;
+    /// - while the fold is idle (no call read for ``idleMs``), for anything waiting, every
+    ///   ``routedSpacingMs``: rewriting its users then slows nothing, and each hop of a
+    ///   routed call (forwarded again, a second hop; or read only once the notices of its
+    ///   writer's next transaction come) would otherwise wait a second, a second and a half
+    ///   of a million routed calls' tail on the bench. (One busy task of the instance keeps
+    ///   it from being idle.)
+    ///
+    /// Otherwise the notices owed, alone, after ``routedWaitMs`` (``routedSpacingMs`` when
+    /// idle) since the last checkpoint and the last such transaction: the routed records
+    /// they resolve would otherwise wait for the interval.
+    static func decide(_ t: Tick, intervalMs: Int64, merging: Bool) -> Action {
+        if t.sinceMs >= intervalMs { return .checkpoint }
+        guard merging, !t.failed, t.sinceMs >= routedSpacingMs else { return .wait }
+        let idle = t.quietMs >= idleMs
+        if t.waiting > 0
+            && (idle || (t.waiting >= t.users || t.users < routedBurst) && (t.waiting >= routedBurst || t.sinceMs >= routedWaitMs))
+        {
+            return .checkpoint
+        }
+        let spacing = idle ? routedSpacingMs : routedWaitMs
+        if t.noticesOwed > 0 && t.sinceMs >= spacing && t.sinceNoticesMs >= spacing { return .notices }
+        return .wait
+    }
+
     func run() async {
         await cancelWhenGracefulShutdown { [engine, intervalMs, merging, checkpoint, notices] in
             var last = ContinuousClock.now
@@ -86,43 +134,34 @@ struct Checkpoints: Service, CustomStringConvertible {
             var failed = false
             var read = -1
             var lastRead = ContinuousClock.now
+            func ms(since t: ContinuousClock.Instant) -> Int64 {
+                let d = ContinuousClock.now - t
+                return d < .zero ? -1 : d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000
+            }
             while !Task.isCancelled {
                 try? await Task.sleep(for: .milliseconds(merging ? 100 : intervalMs))
                 if Task.isCancelled { break }
-                let sinceMs = (ContinuousClock.now - last) / .milliseconds(1)
                 // Whether no call was read for half a second: the fold is idle (a single
                 // empty look is no proof: a busy fold has gaps of 100 ms).
                 let readNow = merging ? engine.callsRead : 0
                 if readNow != read { (read, lastRead) = (readNow, ContinuousClock.now) }
-                let quietMs = (ContinuousClock.now - lastRead) / .milliseconds(1)
-                if sinceMs < Double(intervalMs) {
-                    guard merging, !failed, sinceMs >= Double(Self.routedSpacingMs) else { continue }
-                    let (waiting, users) = engine.checkpointBacklog
-                    // Only a checkpoint that would mostly write routed records, or a small
-                    // one; or, once a second, any while the fold is idle: rewriting its
-                    // users then slows nothing, and routed records forwarded again (a
-                    // second hop) would otherwise wait for the interval. (One busy task of
-                    // the instance keeps it from being idle.) An idle fold owing only
-                    // notices gets a whole checkpoint rather than notices alone.
-                    let idle = quietMs >= Double(Self.idleMs) && sinceMs >= Double(Self.routedWaitMs)
-                    guard waiting > 0, waiting >= users || users < Self.routedBurst || idle,
-                        waiting >= Self.routedBurst || sinceMs >= Double(Self.routedWaitMs)
-                    else {
-                        // Else the notices owed, alone: the routed records they resolve
-                        // would otherwise wait for the interval.
-                        let sinceNoticesMs = (ContinuousClock.now - lastNotices) / .milliseconds(1)
-                        if let notices, sinceMs >= Double(Self.routedWaitMs), sinceNoticesMs >= Double(Self.routedWaitMs),
-                            engine.noticesOwed > 0
-                        {
-                            lastNotices = ContinuousClock.now
-                            // After a failure, not again before the interval.
-                            if !(await notices()) { lastNotices = ContinuousClock.now + .milliseconds(intervalMs) }
-                        }
-                        continue
-                    }
+                var tick = Tick(sinceMs: ms(since: last), sinceNoticesMs: ms(since: lastNotices), quietMs: ms(since: lastRead))
+                if merging && tick.sinceMs < intervalMs {
+                    (tick.waiting, tick.users) = engine.checkpointBacklog
+                    tick.noticesOwed = notices == nil ? 0 : engine.noticesOwed
+                    tick.failed = failed
                 }
-                last = ContinuousClock.now
-                failed = !(await checkpoint())
+                switch Self.decide(tick, intervalMs: intervalMs, merging: merging) {
+                case .wait: continue
+                case .notices:
+                    guard let notices else { continue }
+                    lastNotices = ContinuousClock.now
+                    // After a failure, not again before the interval.
+                    if !(await notices()) { lastNotices = ContinuousClock.now + .milliseconds(intervalMs) }
+                case .checkpoint:
+                    last = ContinuousClock.now
+                    failed = !(await checkpoint())
+                }
             }
         }
     }
