@@ -110,6 +110,28 @@ private func body(_ state: UserState, id: String = "u1") -> [String: Any] {
         #expect(t.city?.value == "Lyon")  // from another source, the lower offset still loses the tie
     }
 
+    /// Calls of one message at the same event time: the later call wins, as between
+    /// messages. A record of routed calls holds calls of many source messages under one
+    /// offset; before their index broke the tie, the first of them kept the register.
+    @Test func tiesWithinOneMessageAreBrokenByTheCallsPlace() {
+        let paris = ev(#"{"type":"page","userId":"u","context":{"location":{"city":"Paris"}}}"#)
+        let lyon = ev(#"{"type":"page","userId":"u","context":{"location":{"city":"Lyon"}}}"#)
+        var s = UserState()
+        folder.fold(paris, timeMs: 2000, offset: 7, source: 3, call: 0, into: &s)
+        folder.fold(lyon, timeMs: 2000, offset: 7, source: 3, call: 1, into: &s)
+        #expect(s.city?.value == "Lyon")
+        // Merged in the other order (two states of one user), the same value wins.
+        var a = UserState()
+        var b = UserState()
+        folder.fold(lyon, timeMs: 2000, offset: 7, source: 3, call: 1, into: &a)
+        folder.fold(paris, timeMs: 2000, offset: 7, source: 4, call: 0, into: &b)
+        folder.merge(b, into: &a)
+        #expect(a.city?.value == "Lyon")
+        // The next message's first call is later still; offsets past 2^43 saturate.
+        #expect(Stamp.position(offset: 7, call: .max) < Stamp.position(offset: 8, call: 0))
+        #expect(Stamp.position(offset: .max, call: 0) == .max && Stamp.position(offset: -1, call: 0) < 0)
+    }
+
     @Test func aReplayedEventIsSkipped() {
         var config = FoldConfig()
         config.keyEvents = [.init(name: "Signed Up")]

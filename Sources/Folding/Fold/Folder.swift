@@ -55,7 +55,7 @@ public struct Folder: Sendable {
     ) -> Bool {
         if s.hasApplied(source: source, offset: offset, call: call) { return false }
         s.recordApplied(AppliedPosition(source: source, offset: offset, call: call, kafkaMs: kafkaMs))
-        let stamp = Stamp(timeMs: timeMs, offset: offset)
+        let stamp = Stamp(timeMs: timeMs, offset: Stamp.position(offset: offset, call: call))
         var text = TextFields.Writes()
         var changed = foldVisit(timeMs, into: &s)
         if timeMs < s.firstVisitMs {

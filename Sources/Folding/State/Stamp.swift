@@ -13,6 +13,19 @@ public struct Stamp: Comparable, Sendable, Hashable {
     public static func < (a: Stamp, b: Stamp) -> Bool {
         a.timeMs != b.timeMs ? a.timeMs < b.timeMs : a.offset < b.offset
     }
+
+    /// The ``offset`` of a call's stamp: its message's offset, then its index in the
+    /// message, in one number (the offset times 2^20, plus the index, which saturates
+    /// there). So of two calls of one message at the same event time (a batch envelope, or
+    /// a record of routed calls, whose calls come from many source messages), the later
+    /// one wins, as it does between two messages: with one offset for a whole record of
+    /// routed calls, the first of them kept the register. An offset beyond 2^43 (no
+    /// partition reaches it) saturates, and the message's calls tie again.
+    public static func position(offset: Int64, call: UInt32) -> Int64 {
+        let (scaled, overflow) = offset.multipliedReportingOverflow(by: 1 << 20)
+        guard !overflow else { return offset < 0 ? .min : .max }
+        return scaled | Int64(min(call, (1 << 20) - 1))
+    }
 }
 
 /// A last-writer-wins register.
