@@ -186,6 +186,12 @@ import Testing
             }
             #expect(!read)
         }
+        // More calls than a reader decodes at once.
+        let many = (0...RepartitionRecord.maxBatchCalls).map { _ in RepartitionRecord.ForwardedCall(target: "u", hops: 0, body: [1]) }
+        let (_, tooMany) = RepartitionRecord.calls(many).encode()
+        #expect(throws: RepartitionRecord.DecodeError.badValue) { try RepartitionRecord.decode(key: key, value: tooMany) }
+        let (_, enough) = RepartitionRecord.calls(Array(many.dropLast())).encode()
+        #expect(throws: Never.self) { try RepartitionRecord.decode(key: key, value: enough) }
         // A link to an empty canonical id.
         #expect(throws: RepartitionRecord.DecodeError.badValue) {
             try RepartitionRecord.decode(key: key, value: [UInt8(ascii: "l"), 1, 0, 0x02, 0x00])

@@ -1,4 +1,5 @@
 import Delivery
+import Events
 import Folding
 import Foundation
 import Kafka
@@ -539,6 +540,30 @@ import Testing
             return
         }
         #expect(jobs.contains { $0.identifyId == anon }, "the identity whose hand-over was refused is never sent")
+    }
+
+    /// A poll batch of records of routed calls (up to a thousand records of up to 2,000
+    /// calls each, a backlog read after a restart) is decoded in slices of at most
+    /// `sliceCalls` calls: decoded at once, a batch held all of its calls, about 560 bytes
+    /// each (here 20,000; at worst over a gigabyte). Every call is still read.
+    @Test func aBatchOfManyRoutedCallsIsDecodedInSlices() {
+        let w = World()
+        let t: Int64 = 1_763_373_600_000  // 2025-11-17T10:00:00Z
+        var batch: [(TopicPartition, Int64, [UInt8], [UInt8])] = []
+        for r in 0..<20 {
+            let calls = (0..<1_000).map { i in
+                RepartitionRecord.ForwardedCall(
+                    target: "anon-\(r)-\(i)", hops: 0,
+                    body: SegmentEvent(type: .page, identity: "anon-\(r)-\(i)", hasUserId: false).compact(timeMs: t))
+            }
+            // Untagged (as builds before tags wrote records): read at once, no notice needed.
+            let (k, v) = RepartitionRecord.calls(calls).encode()
+            batch.append((TopicPartition("g-repartition", Int32(r % 2)), Int64(r / 2), k, v))
+        }
+        feedBytes(w.engine, batch)
+        #expect(w.engine.callsRead == 20_000)
+        let decodedAtOnce = w.engine.scratch.reduce(0) { $0 + $1.count }
+        #expect(decodedAtOnce <= SyncEngine.sliceCalls, "\(decodedAtOnce) calls decoded at once")
     }
 
     /// A source call whose type is the engine's marker for routed records is an unknown

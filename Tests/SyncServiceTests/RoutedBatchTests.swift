@@ -5,9 +5,9 @@ import Testing
 @testable import SyncService
 
 /// How a checkpoint frames what a task routes (``TaskExtras/encodeOutbound(topic:maxRecordBytes:)``):
-/// the calls for one partition share records, in their order, up to the batch's cap and
-/// the broker's limit, ahead of the link requests and merge records (which keep theirs);
-/// a call too large alone is left out.
+/// calls for one partition in a row share a record, up to the batch's caps and the
+/// broker's limit; another record for the partition closes the batch, so each
+/// partition's records keep their order; a call too large alone is left out.
 @Suite struct RoutedBatchTests {
     static let tag = RepartitionRecord.Tag(task: 3, epoch: 0xBEEF, seq: 41)
 
@@ -43,7 +43,7 @@ import Testing
         return out
     }
 
-    @Test func callsForOnePartitionShareARecordAheadOfOtherRecords() throws {
+    @Test func callsInARowForOnePartitionShareARecordAndKeepTheirOrder() throws {
         var x = Self.extras([
             (0, Self.call(1)), (1, Self.call(2)), (0, Self.call(3)),
             (0, .link(id: "a-1", canonical: "user-9", timeMs: 5, hops: 0)),
@@ -53,7 +53,7 @@ import Testing
         #expect(oversized.isEmpty)
         #expect(
             try Self.written(x) == [
-                0: [["notice"], ["user-1", "user-3", "user-4"], ["link a-1"]],
+                0: [["notice"], ["user-1", "user-3"], ["link a-1"], ["user-4"]],
                 1: [["user-2", "user-5", "user-6"]],
             ])
         // Kept to be written again if the transaction fails: every call, as taken.
@@ -84,12 +84,16 @@ import Testing
         #expect(try Self.written(x)[2]?.flatMap { $0 } == (0..<40).map { "user-\($0)" })
     }
 
-    /// The cap holds without a broker limit: 256 KiB a record.
-    @Test func aBatchStaysUnderItsCap() throws {
+    /// The caps hold without a broker limit: 256 KiB and 2,000 calls a record (what a
+    /// reader decodes at once).
+    @Test func aBatchStaysUnderItsCaps() throws {
         var x = Self.extras((0..<100).map { (1, Self.call($0, bytes: 10_000)) })
         _ = x.encodeOutbound(topic: "g-repartition", maxRecordBytes: 1 << 30)
         let records = x.outbound.filter { $0.partition == 1 }
         #expect(records.count == 4)
         for r in records { #expect(r.key.count + (r.value?.count ?? 0) <= RepartitionRecord.maxBatchBytes) }
+        var small = Self.extras((0..<4_500).map { (1, Self.call($0, bytes: 1)) })
+        _ = small.encodeOutbound(topic: "g-repartition", maxRecordBytes: 1 << 30)
+        #expect(try Self.written(small)[1]?.map(\.count) == [2_000, 2_000, 500])
     }
 }

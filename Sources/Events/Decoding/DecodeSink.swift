@@ -51,10 +51,15 @@ public struct DecodedCalls: DecodeSink, Sendable {
     public var mark: Int { outcomes.count }
 
     /// Empties both arrays, keeping their capacity.
+    /// Empties both arrays, keeping their capacity up to ``keptCapacity`` events (a chunk
+    /// of records of routed calls can hold thousands: their memory is not kept for good).
     public mutating func removeAll() {
-        events.removeAll(keepingCapacity: true)
-        outcomes.removeAll(keepingCapacity: true)
+        events.removeAll(keepingCapacity: events.capacity <= Self.keptCapacity)
+        outcomes.removeAll(keepingCapacity: outcomes.capacity <= Self.keptCapacity)
     }
+
+    /// The most events whose room ``removeAll()`` keeps (about 2 MiB).
+    public static let keptCapacity = 4096
 
     public mutating func rollBack(to mark: Int) {
         let firstEvent = outcomes[mark...].lazy.compactMap { if case .event(let i) = $0 { Int(i) } else { nil } }.first

@@ -181,10 +181,13 @@ extension SegmentDecoder {
             // Kept as the JSON decoder keeps one: a configured name it does not read as a
             // standard trait, the first of its name (kept or not), one value within its
             // nesting limit.
+            // Names not configured are never kept, so only configured ones are remembered:
+            // `names` stays as short as the configuration (a list of every name was
+            // quadratic in a hostile record's customs).
+            guard customKeys.contains(where: { $0.elementsEqual(name.utf8) }) else { continue }
             let repeated = names.contains(name)
-            names.append(name)
-            guard !repeated, customKeys.contains(where: { $0.elementsEqual(name.utf8) }), !standardTraitKeys.contains(name),
-                CallWriter.isOneValue(json, maxDepth: options.maxDepth - valueDepth)
+            if !repeated { names.append(name) }
+            guard !repeated, !standardTraitKeys.contains(name), CallWriter.isOneValue(json, maxDepth: options.maxDepth - valueDepth)
             else { continue }
             t.custom.append(CustomTrait(name: name, json: compactJSON(String(decoding: json, as: UTF8.self))))
         }

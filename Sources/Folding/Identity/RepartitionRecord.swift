@@ -31,8 +31,8 @@ import Events
 ///   ``SegmentDecoder/decodeCompact(_:nowMs:into:)`` as the JSON below would be decoded.
 ///   The key is the first call's target (not read); the head's hops are the first call's.
 ///   A checkpoint writes the calls a task routes to one partition in a row as one record
-///   (up to ``maxBatchBytes``): one message, one tag and one pass of the gate for
-///   hundreds of calls. Builds before it wrote kind `c` and refuse this one (as an unknown
+///   (up to ``maxBatchCalls`` and ``maxBatchBytes``): one message, one tag and one pass of
+///   the gate for hundreds of calls. Builds before it wrote kind `c` and refuse this one (as an unknown
 ///   kind).
 /// - kind `c` (0x63): a call as one compact Segment-spec JSON object
 ///   (``SegmentEvent/segmentJSON(timeMs:)``), decoded by ``SegmentDecoder``: what builds
@@ -107,6 +107,11 @@ public enum RepartitionRecord: Sendable, Equatable {
     /// (a message to produce, fetch and pass through the gate) are spread over hundreds of
     /// calls, small enough that a batch is a small share of the gate's 64 MiB.
     public static let maxBatchBytes = 256 * 1024
+    /// The most calls in one kind `e` record, written or read (one with more is refused):
+    /// a reader decodes a record's calls at once, into memory that holds a decoded call in
+    /// about 560 bytes, and a poll batch holds up to a thousand records. With
+    /// `max_batch_events`' default for the source's batch envelopes, the same bound.
+    public static let maxBatchCalls = 2000
 
     /// The transaction that wrote a record (version 2).
     public struct Tag: Sendable, Hashable {
@@ -272,7 +277,7 @@ public enum RepartitionRecord: Sendable, Equatable {
     ) throws(StateCodec.DecodeError) -> [(target: Range<Int>, hops: UInt8, body: Range<Int>)] {
         let n = try r.varint()
         // Each call takes four bytes at least.
-        guard n >= 1, n <= UInt64(r.end - r.pos) / 4 else { throw .badValue }
+        guard n >= 1, n <= UInt64(maxBatchCalls), n <= UInt64(r.end - r.pos) / 4 else { throw .badValue }
         var out: [(target: Range<Int>, hops: UInt8, body: Range<Int>)] = []
         out.reserveCapacity(Int(n))
         for _ in 0..<Int(n) {
@@ -297,6 +302,17 @@ public enum RepartitionRecord: Sendable, Equatable {
         /// Version 1 (untagged), or not a record of this format at all (the engine reads
         /// and refuses it as it did before tags).
         case untagged
+    }
+
+    /// How many calls a record holds, read from its head (1 for any other record or
+    /// bytes, at most ``maxBatchCalls``): for the engine, which decodes a batch of messages
+    /// in slices of a bounded number of calls.
+    public static func callCount(value: UnsafeBufferPointer<UInt8>) -> Int {
+        guard value.count > 3, value[0] == Kind.calls.rawValue, value[1] >= 1, value[1] <= version else { return 1 }
+        var r = StateCodec.Reader(bytes: value, pos: 3)
+        if value[1] >= 2 && (try? readTag(&r)) == nil { return 1 }
+        guard let n = try? r.varint(), n >= 1 else { return 1 }
+        return Int(min(n, UInt64(maxBatchCalls)))
     }
 
     public static func head(value: UnsafeBufferPointer<UInt8>) -> Head {

@@ -301,6 +301,7 @@ extension SyncEngine {
             }
             stats.checkpointDuration.observe(Double(clock.monotonicMs() - started) / 1000)
         }
+        lock.withLock { heldBack = !held.isEmpty }
         if let failure {
             logger.error("checkpoint failed; offsets not committed, will retry", metadata: ["error": "\(failure)"])
             return false
@@ -322,7 +323,7 @@ struct TaskExtras {
     var graphRecords: [(topic: String, partition: Int32, key: [UInt8], value: [UInt8]?)]
     var written: [(id: String, entry: IdentityEntry?)]
     /// `<group>-repartition` records (encoded outside the engine's lock, by
-    /// ``encodeOutbound(topic:)``), and the buffer they were taken from.
+    /// ``encodeOutbound(topic:maxRecordBytes:)``), and the buffer they were taken from.
     var outbound: [(topic: String, partition: Int32, key: [UInt8], value: [UInt8]?)]
     var taken: [(partition: Int32, record: RepartitionRecord)]
     var offsets: [TopicPartition: Int64] = [:]
@@ -350,18 +351,14 @@ struct TaskExtras {
     /// which under the lock stalled the fold for the whole backlog. The notices go first:
     /// in each partition they precede this transaction's records, which they do not cover.
     ///
-    /// The calls for one partition are written together, as records of up to
-    /// ``RepartitionRecord/maxBatchBytes`` (and `maxRecordBytes`) each: a record costs a
-    /// message to produce and fetch and a pass through the reader's gate, and with keys by
-    /// messageId almost every call is routed. Then the link requests and merge records, in
-    /// their order. Calls move ahead of those (kept in the order they were routed among
-    /// themselves): a call and a link request or merge record commute at their
-    /// destination, whose result is the same whichever it reads first (a call for an id
-    /// that a link request links is folded into the id's state, which the hand-over merges
-    /// into its user, or, read after it, forwarded to the user; a merge and a fold into
-    /// one state give the fold of the union either way), as they must for calls routed by
-    /// two tasks, whose records interleave in any order. Kept in order with the link
-    /// requests, as first written, the calls of a busy task went out ten to a record.
+    /// Calls for one partition with no other record for it between them are written as
+    /// one record, of up to ``RepartitionRecord/maxBatchCalls`` calls and
+    /// ``RepartitionRecord/maxBatchBytes`` (and `maxRecordBytes`): a record costs a message
+    /// to produce and fetch and a pass through the reader's gate, and with keys by
+    /// messageId almost every call is routed. Each partition's records keep the order the
+    /// task made them in (calls and link requests or merge records do not move past one
+    /// another: their order decides which links a graph makes, so calls routed ahead of a
+    /// link request could link an id through another than before).
     ///
     /// A record, or a call alone, over `maxRecordBytes` is left out of ``outbound`` and
     /// ``taken`` and returned (to be dead-lettered).
@@ -378,18 +375,18 @@ struct TaskExtras {
         // A record of calls without its calls: the head, the tag and room for the count.
         let frame = RepartitionRecord.calls([]).encode(tag: tag).value.count + 4
         let cap = min(maxRecordBytes, RepartitionRecord.maxBatchBytes)
-        // Per partition: the calls of its open record (written when the next call would take
-        // it over `cap`, or at the end) and the record's bytes so far (its key, the first
-        // call's target, included).
+        // Per partition: the calls of its open record (written when another kind of record
+        // for it comes, when the next call would take it over a cap, or at the end) and the
+        // record's bytes so far (its key, the first call's target, included).
         var open: [Int32: (calls: [RepartitionRecord.ForwardedCall], bytes: Int)] = [:]
         func close(_ q: Int32) {
             guard let o = open.removeValue(forKey: q) else { return }
             let (k, v) = RepartitionRecord.calls(o.calls).encode(tag: tag)
             outbound.append((topic, q, k, v))
         }
-        var others: [(topic: String, partition: Int32, key: [UInt8], value: [UInt8]?)] = []
         for t in taken {
             guard case .calls(let calls) = t.record else {
+                close(t.partition)
                 let (k, v) = t.record.encode(tag: tag)
                 let bytes = k.count + v.count
                 if bytes > maxRecordBytes {
@@ -401,7 +398,7 @@ struct TaskExtras {
                     }
                     continue
                 }
-                others.append((topic, t.partition, k, v))
+                outbound.append((topic, t.partition, k, v))
                 kept.append(t)
                 continue
             }
@@ -413,7 +410,9 @@ struct TaskExtras {
                     continue
                 }
                 fit.append(c)
-                if let o = open[t.partition], o.bytes + c.encodedBytes > cap { close(t.partition) }
+                if let o = open[t.partition], o.bytes + c.encodedBytes > cap || o.calls.count >= RepartitionRecord.maxBatchCalls {
+                    close(t.partition)
+                }
                 if open[t.partition] == nil {
                     open[t.partition] = ([c], alone)
                 } else {
@@ -428,7 +427,6 @@ struct TaskExtras {
             }
         }
         for q in open.keys.sorted() { close(q) }
-        outbound += others
         taken = kept
         return oversized
     }

@@ -18,9 +18,26 @@ extension SyncEngine {
             stats.droppedRoutedRecords = dropped
             stats.routedRereads = rereads
         }
-        consumeInOrder(gated)
+        // In slices of at most ``sliceCalls`` calls: a record of routed calls holds up to
+        // 2,000, decoded at once into about 560 bytes each, and a poll batch holds up to a
+        // thousand records (a backlog read after a restart): over a gigabyte of decoded
+        // calls in one batch.
+        var start = 0
+        var calls = 0
+        for (i, m) in gated.enumerated() {
+            let n = m.topicPartition.topic == topic ? RepartitionRecord.callCount(value: m.value) : 1
+            if calls + n > Self.sliceCalls && i > start {
+                consumeInOrder(Array(gated[start..<i]))
+                (start, calls) = (i, 0)
+            }
+            calls += n
+        }
+        consumeInOrder(start == 0 ? gated : Array(gated[start...]))
         gate.release()
     }
+
+    /// The most calls of routed records decoded at once (``consume(_:)``).
+    static let sliceCalls = 16_384
 
     /// The seeks back: of the gate (routed records let go over its cap), and of partitions
     /// restored after some of their messages were delivered (``withoutUnrestored(_:)``).

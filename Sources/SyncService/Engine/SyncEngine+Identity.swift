@@ -116,7 +116,7 @@ extension SyncEngine {
             break  // read by the gate (``TransactionGate``)
         case .call, .calls:
             // A routed call that decodes as one event was decoded, routed and folded with
-            // the source's calls (``decodeRoutedCall``, ``routeCall``): one read here does
+            // the source's calls (``decodeRoutedCalls``, ``routeCall``): one read here does
             // not, and is invalid input like any other.
             stats.invalid[.notJSON, default: 0] += 1
             offsets.hold(pidx, offset: m.offset)
@@ -215,6 +215,9 @@ extension SyncEngine {
             )
         }
     }
+
+    /// Whether the last checkpoint held merging tasks back for their dead letters.
+    public var lastCheckpointHeldBack: Bool { lock.withLock { heldBack } }
 
     /// Calls read so far (folded, forwarded to another task, or skipped as replays):
     /// ``Checkpoints`` tells an idle fold from a busy one by it.

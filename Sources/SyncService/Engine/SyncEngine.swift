@@ -56,6 +56,9 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// The state store was fenced (another instance owns our partitions) or failed
     /// fatally: what this instance holds may be stale, so nothing more is sent.
     var halted = false
+    /// Whether the last checkpoint held merging tasks back (their dead letters not written
+    /// yet): ``Checkpoints`` then waits its usual second, not the idle fold's 200 ms.
+    var heldBack = false
     var rng = SystemRandomNumberGenerator()
     var hasBeenAssigned = false
     /// From the latest assignment until the consumer has caught up: what was folded and

@@ -59,7 +59,7 @@ struct Every: Service, CustomStringConvertible {
 /// identity (a few routed records, link requests and merges, beside many changed users)
 /// checkpoints every 200 ms, or every second, rewrote the busy users over and over and cut
 /// the fold to 0.63× of merging off (0.52× every second); there a hop waits up to the
-/// interval. While the fold is idle, anything waiting goes every 200 ms
+/// interval. While the fold is idle, what waits goes every 200 ms
 /// (``decide(_:intervalMs:merging:)``).
 struct Checkpoints: Service, CustomStringConvertible {
     let description = "checkpoints"
@@ -87,8 +87,9 @@ struct Checkpoints: Service, CustomStringConvertible {
 
     /// What is known at a tick: milliseconds since the last checkpoint started, since the
     /// last transaction of notices alone, and since a call was last read; the routed
-    /// records waiting and the users a checkpoint would write; the notices owed; whether
-    /// the last checkpoint failed.
+    /// records waiting (the notices owed among them) and the users a checkpoint would
+    /// write; the notices owed; whether the last checkpoint failed, or held tasks back
+    /// (their dead letters not written yet).
     struct Tick {
         var sinceMs: Int64
         var sinceNoticesMs: Int64
@@ -97,33 +98,34 @@ struct Checkpoints: Service, CustomStringConvertible {
         var users = 0
         var noticesOwed = 0
         var failed = false
+        var heldBack = false
     }
 
     /// The policy, pure (`CheckpointPolicyTests`). A checkpoint every `intervalMs`. With
     /// identity resolution, sooner:
     /// - for routed records, when the checkpoint would mostly write them, or a small one:
     ///   ``routedBurst`` of them, or any for ``routedWaitMs``;
-    /// - while the fold is idle (no call read for ``idleMs``), for anything waiting, every
+    /// - while the fold is idle (no call read for ``idleMs``), for anything waiting (routed
+    ///   records, or notices owed, which the checkpoint's transactions then write), every
     ///   ``routedSpacingMs``: rewriting its users then slows nothing, and each hop of a
     ///   routed call (forwarded again, a second hop; or read only once the notices of its
-    ///   writer's next transaction come) would otherwise wait a second, a second and a half
-    ///   of a million routed calls' tail on the bench. (One busy task of the instance keeps
-    ///   it from being idle.)
+    ///   writer's next transaction come) would otherwise wait a second for each. (One busy
+    ///   task of the instance keeps it from being idle.) Not after a checkpoint that held
+    ///   tasks back for their dead letters: those would be tried again five times a second.
     ///
-    /// Otherwise the notices owed, alone, after ``routedWaitMs`` (``routedSpacingMs`` when
-    /// idle) since the last checkpoint and the last such transaction: the routed records
-    /// they resolve would otherwise wait for the interval.
+    /// Otherwise the notices owed, alone, after ``routedWaitMs`` since the last checkpoint
+    /// and the last such transaction: the routed records they resolve would otherwise wait
+    /// for the interval.
     static func decide(_ t: Tick, intervalMs: Int64, merging: Bool) -> Action {
         if t.sinceMs >= intervalMs { return .checkpoint }
         guard merging, !t.failed, t.sinceMs >= routedSpacingMs else { return .wait }
-        let idle = t.quietMs >= idleMs
+        let idle = t.quietMs >= idleMs && !t.heldBack
         if t.waiting > 0
             && (idle || (t.waiting >= t.users || t.users < routedBurst) && (t.waiting >= routedBurst || t.sinceMs >= routedWaitMs))
         {
             return .checkpoint
         }
-        let spacing = idle ? routedSpacingMs : routedWaitMs
-        if t.noticesOwed > 0 && t.sinceMs >= spacing && t.sinceNoticesMs >= spacing { return .notices }
+        if t.noticesOwed > 0 && t.sinceMs >= routedWaitMs && t.sinceNoticesMs >= routedWaitMs { return .notices }
         return .wait
     }
 
@@ -150,6 +152,7 @@ struct Checkpoints: Service, CustomStringConvertible {
                     (tick.waiting, tick.users) = engine.checkpointBacklog
                     tick.noticesOwed = notices == nil ? 0 : engine.noticesOwed
                     tick.failed = failed
+                    tick.heldBack = engine.lastCheckpointHeldBack
                 }
                 switch Self.decide(tick, intervalMs: intervalMs, merging: merging) {
                 case .wait: continue
