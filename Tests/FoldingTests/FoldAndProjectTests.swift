@@ -110,23 +110,38 @@ private func body(_ state: UserState, id: String = "u1") -> [String: Any] {
         #expect(t.city?.value == "Lyon")  // from another source, the lower offset still loses the tie
     }
 
-    /// Calls of one message at the same event time: the later call wins, as between
-    /// messages. A record of routed calls holds calls of many source messages under one
-    /// offset; before their index broke the tie, the first of them kept the register.
-    @Test func tiesWithinOneMessageAreBrokenByTheCallsPlace() {
+    /// A routed call's tie-break (``Stamp/position(offset:call:)``): of two calls of one
+    /// record at the same event time, the later one wins, as between records. A record of
+    /// routed calls holds calls of many source messages under one offset; before their
+    /// index broke the tie, the first of them kept the register. A source call keeps its
+    /// offset as its stamp (builds before it share the state while instances restart).
+    @Test func tiesWithinOneRecordOfRoutedCallsAreBrokenByTheCallsPlace() {
         let paris = ev(#"{"type":"page","userId":"u","context":{"location":{"city":"Paris"}}}"#)
         let lyon = ev(#"{"type":"page","userId":"u","context":{"location":{"city":"Lyon"}}}"#)
+        func fold(_ e: SegmentEvent, call: UInt32, into s: inout UserState) {
+            var e = e
+            var adj = Adjustments()
+            folder.fold(
+                spending: &e, timeMs: 2000, offset: 7, source: 3, call: call, tieBreak: Stamp.position(offset: 7, call: call),
+                into: &s, adjustments: &adj)
+        }
         var s = UserState()
-        folder.fold(paris, timeMs: 2000, offset: 7, source: 3, call: 0, into: &s)
-        folder.fold(lyon, timeMs: 2000, offset: 7, source: 3, call: 1, into: &s)
+        fold(paris, call: 0, into: &s)
+        fold(lyon, call: 1, into: &s)
         #expect(s.city?.value == "Lyon")
-        // Merged in the other order (two states of one user), the same value wins.
+        // Two states of one user merged either way: the later call's value.
         var a = UserState()
         var b = UserState()
-        folder.fold(lyon, timeMs: 2000, offset: 7, source: 3, call: 1, into: &a)
-        folder.fold(paris, timeMs: 2000, offset: 7, source: 4, call: 0, into: &b)
-        folder.merge(b, into: &a)
-        #expect(a.city?.value == "Lyon")
+        fold(lyon, call: 1, into: &a)
+        fold(paris, call: 0, into: &b)
+        var ab = a
+        folder.merge(b, into: &ab)
+        folder.merge(a, into: &b)
+        #expect(ab.city?.value == "Lyon" && b.city?.value == "Lyon")
+        // Without the tie-break (a source call), the stamp is the offset itself.
+        var plain = UserState()
+        folder.fold(paris, timeMs: 2000, offset: 7, source: 3, call: 0, into: &plain)
+        #expect(plain.city?.stamp == Stamp(timeMs: 2000, offset: 7))
         // The next message's first call is later still; offsets past 2^43 saturate.
         #expect(Stamp.position(offset: 7, call: .max) < Stamp.position(offset: 8, call: 0))
         #expect(Stamp.position(offset: .max, call: 0) == .max && Stamp.position(offset: -1, call: 0) < 0)

@@ -562,8 +562,31 @@ import Testing
         }
         feedBytes(w.engine, batch)
         #expect(w.engine.callsRead == 20_000)
-        let decodedAtOnce = w.engine.scratch.reduce(0) { $0 + $1.count }
-        #expect(decodedAtOnce <= SyncEngine.sliceCalls, "\(decodedAtOnce) calls decoded at once")
+        let decodedAtOnce = w.engine.mostCallsDecodedAtOnce
+        #expect(decodedAtOnce > 0 && decodedAtOnce <= SyncEngine.sliceCalls, "\(decodedAtOnce) calls decoded at once")
+        // And each record is a decode chunk of its own (any thread may take it): cut by
+        // messages alone, the last slice's four records were one chunk, one thread's.
+        #expect(w.engine.scratch.count { $0.count > 0 } == 4)
+    }
+
+    /// Two routed calls for one user at the same event time, in one record (from two
+    /// source messages): the later one's value is the user's, as when each came in a
+    /// record of its own. Found by review: both were stamped with the record's offset, and
+    /// the first kept the register.
+    @Test func theLaterOfTwoRoutedCallsAtOneTimeInOneRecordWins() throws {
+        let w = World()
+        let t: Int64 = 1_763_373_600_000  // 2025-11-17T10:00:00Z
+        let user = "person-tie"
+        let q = IdentityRouter.owner(user, partitions: 2, partitioner: w.options.identity.partitioner)
+        let calls = ["Paris", "Lyon"].map { city in
+            var e = SegmentEvent(type: .page, identity: user, hasUserId: true)
+            e.location = Location(city: city)
+            return RepartitionRecord.ForwardedCall(target: user, hops: 0, body: e.compact(timeMs: t))
+        }
+        let (k, v) = RepartitionRecord.calls(calls).encode()  // untagged: read at once
+        feedBytes(w.engine, [(TopicPartition("g-repartition", q), 0, k, v)])
+        let body = try #require(w.body(user))
+        #expect(body.contains("Lyon") && !body.contains("Paris"), "\(body)")
     }
 
     /// A source call whose type is the engine's marker for routed records is an unknown

@@ -50,7 +50,6 @@ public struct DecodedCalls: DecodeSink, Sendable {
     public var count: Int { outcomes.count }
     public var mark: Int { outcomes.count }
 
-    /// Empties both arrays, keeping their capacity.
     /// Empties both arrays, keeping their capacity up to ``keptCapacity`` events (a chunk
     /// of records of routed calls can hold thousands: their memory is not kept for good).
     public mutating func removeAll() {

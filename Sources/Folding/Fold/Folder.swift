@@ -51,11 +51,12 @@ public struct Folder: Sendable {
     @discardableResult
     public func fold(
         spending e: inout SegmentEvent, timeMs: Int64, offset: Int64, source: UInt32 = 0, call: UInt32 = 0,
-        kafkaMs: Int64 = -1, into s: inout UserState, adjustments: inout Adjustments
+        kafkaMs: Int64 = -1, tieBreak: Int64? = nil, into s: inout UserState, adjustments: inout Adjustments
     ) -> Bool {
         if s.hasApplied(source: source, offset: offset, call: call) { return false }
         s.recordApplied(AppliedPosition(source: source, offset: offset, call: call, kafkaMs: kafkaMs))
-        let stamp = Stamp(timeMs: timeMs, offset: Stamp.position(offset: offset, call: call))
+        // Ties of one event time go by offset, or by what the caller gives (``Stamp/position(offset:call:)``).
+        let stamp = Stamp(timeMs: timeMs, offset: tieBreak ?? offset)
         var text = TextFields.Writes()
         var changed = foldVisit(timeMs, into: &s)
         if timeMs < s.firstVisitMs {

@@ -14,13 +14,16 @@ public struct Stamp: Comparable, Sendable, Hashable {
         a.timeMs != b.timeMs ? a.timeMs < b.timeMs : a.offset < b.offset
     }
 
-    /// The ``offset`` of a call's stamp: its message's offset, then its index in the
-    /// message, in one number (the offset times 2^20, plus the index, which saturates
-    /// there). So of two calls of one message at the same event time (a batch envelope, or
-    /// a record of routed calls, whose calls come from many source messages), the later
-    /// one wins, as it does between two messages: with one offset for a whole record of
-    /// routed calls, the first of them kept the register. An offset beyond 2^43 (no
-    /// partition reaches it) saturates, and the message's calls tie again.
+    /// The ``offset`` of a routed call's stamp: its record's offset, then its index in the
+    /// record, in one number (the offset times 2^20, plus the index, which saturates
+    /// there). A record of routed calls holds calls of many source messages under one
+    /// offset: with that offset alone, of two calls for one user at the same event time the
+    /// first kept the register, where each in a record of its own, the later won. For
+    /// calls read from `<group>-repartition` only (the engine passes it as the fold's
+    /// `tieBreak`): builds before it, which may share a group's state while instances
+    /// restart one by one, stamp source calls with their offsets, and a scaled stamp would
+    /// win every tie against theirs. An offset beyond 2^43 (no partition reaches it)
+    /// saturates, and the record's calls tie again.
     public static func position(offset: Int64, call: UInt32) -> Int64 {
         let (scaled, overflow) = offset.multipliedReportingOverflow(by: 1 << 20)
         guard !overflow else { return offset < 0 ? .min : .max }

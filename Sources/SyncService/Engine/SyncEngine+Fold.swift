@@ -98,7 +98,26 @@ extension SyncEngine {
         // decode ahead, outside the lock, into reused scratch arrays, while this thread
         // folds each chunk as soon as it is decoded (decoding the next one itself when
         // no helper has taken it yet).
-        let chunks = max(1, (batch.count + Self.decodeChunk - 1) / Self.decodeChunk)
+        // Chunks of `decodeChunk` messages, or fewer when records of routed calls make them
+        // `decodeChunk` calls first (a record of hundreds of calls is a chunk of its own):
+        // cut by messages alone, a batch of such records was one chunk, decoded by one
+        // thread.
+        var bounds = [0]
+        if let topic = options.identity.merge ? options.identity.repartitionTopic : nil {
+            var calls = 0
+            for (i, m) in batch.enumerated() {
+                if i - bounds[bounds.count - 1] == Self.decodeChunk || calls >= Self.decodeChunk {
+                    bounds.append(i)
+                    calls = 0
+                }
+                calls += m.topicPartition.topic == topic ? RepartitionRecord.callCount(value: m.value) : 1
+            }
+        } else {
+            bounds += Array(stride(from: Self.decodeChunk, to: batch.count, by: Self.decodeChunk))
+        }
+        bounds.append(batch.count)
+        let chunkBounds = bounds
+        let chunks = chunkBounds.count - 1
         while scratch.count < chunks {
             scratch.append(DecodedCalls())
             scratchMessage.append([])
@@ -131,7 +150,7 @@ extension SyncEngine {
                                 calls[c].removeAll()
                                 origins[c].removeAll(keepingCapacity: true)
                                 routed[c].removeAll(keepingCapacity: true)
-                                for i in (c * Self.decodeChunk)..<min(batch.count, (c + 1) * Self.decodeChunk) {
+                                for i in chunkBounds[c]..<chunkBounds[c + 1] {
                                     let before = calls[c].count
                                     // A routed record: read on the poll thread, in order (docs/identity.md).
                                     // First: its key is an identity, which a client may have made
@@ -201,6 +220,7 @@ extension SyncEngine {
                 }
             }
         }
+        mostCallsDecodedAtOnce = max(mostCallsDecodedAtOnce, scratch[..<chunks].reduce(0) { $0 + $1.count })
         for (i, f, seq) in invalid {
             let m = batch[i]
             var headers = [
@@ -492,8 +512,13 @@ extension SyncEngine {
         }
         if entry.state.wouldForgetASource(recording: source) { stats.appliedSourcesForgotten += 1 }
         stats.folded += 1
+        // A routed call's ties go by its place in its record too (many source messages'
+        // calls share the record's offset).
+        let tieBreak =
+            options.identity.merge && m.topicPartition.topic == options.identity.repartitionTopic
+            ? Stamp.position(offset: m.offset, call: call) : nil
         let changed = folder.fold(
-            spending: &e.pointee, timeMs: t, offset: m.offset, source: source, call: call, kafkaMs: kafkaMs,
+            spending: &e.pointee, timeMs: t, offset: m.offset, source: source, call: call, kafkaMs: kafkaMs, tieBreak: tieBreak,
             into: &entry.state, adjustments: &stats.adjustments)
         // Every applied event moves the applied offset (and maybe visit spans): persist.
         markForCheckpoint(e.pointee.identity, &entry)

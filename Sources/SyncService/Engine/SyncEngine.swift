@@ -57,7 +57,8 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// fatally: what this instance holds may be stale, so nothing more is sent.
     var halted = false
     /// Whether the last checkpoint held merging tasks back (their dead letters not written
-    /// yet): ``Checkpoints`` then waits its usual second, not the idle fold's 200 ms.
+    /// yet): ``Checkpoints`` then keeps to its busy-fold rules (a second, or the
+    /// interval), not the idle fold's 200 ms.
     var heldBack = false
     var rng = SystemRandomNumberGenerator()
     var hasBeenAssigned = false
@@ -152,6 +153,8 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// Identity resolution: each call of a chunk read from `<group>-repartition`, with
     /// what it was routed by (in the order of the chunk's calls).
     var scratchRouted: [[RoutedCallInfo]] = []
+    /// The most calls one ``consumeInOrder(_:)`` decoded (tests: the slices' bound).
+    var mostCallsDecodedAtOnce = 0
     /// The slot of each call of the chunk being folded (`~slot` for a new user,
     /// ``noSlot`` for a call that is not an event).
     var slotScratch: [Int32] = []
