@@ -72,40 +72,9 @@ import Testing
     @Test func anyEventDecodesAsItsJSONOrIsRefused() {
         let seed = UInt64.random(in: 0 ... .max)
         var rng = SplitMix64(seed: seed)
-        func any(_ rng: inout SplitMix64) -> String? {
-            switch Int.random(in: 0..<4, using: &rng) {
-            case 0: nil
-            case 1: ""
-            default: J.text(&rng)
-            }
-        }
-        let names = J.customNames + ["email", "address", "pqlScore", ""]
-        let texts = ["", " ", "{", "[1,", "\"open", "1 2", "nul", "[]]", "{\"a\":1,}", " [ 1 , 2 ] ", "007", "-", "1e"]
         let d = Self.decoder()
         for round in 0..<3000 {
-            var e = SegmentEvent(
-                type: EventType.allCases.randomElement(using: &rng)!, identity: any(&rng) ?? "", hasUserId: Bool.random(using: &rng))
-            e.linkedId = Bool.random(using: &rng) ? e.identity : any(&rng)
-            e.eventName = any(&rng)
-            e.groupId = any(&rng)
-            e.contextGroupId = any(&rng)
-            e.timezone = any(&rng)
-            if Bool.random(using: &rng) { e.location = Location(city: any(&rng), countryCode: any(&rng)) }
-            if Bool.random(using: &rng) {
-                e.product = ProductRef(product: any(&rng) ?? "", environment: Int64.random(in: -9...9, using: &rng))
-            }
-            if Bool.random(using: &rng) {
-                var t = Traits()
-                t.email = any(&rng)
-                t.leadDate = Bool.random(using: &rng) ? Int64.random(in: .min ... .max, using: &rng) : nil
-                t.pqlScore = [nil, .nan, .infinity, -.infinity, -0.0, .greatestFiniteMagnitude].randomElement(using: &rng)!
-                if Bool.random(using: &rng) { t.address = Location() }
-                for _ in 0..<Int.random(in: 0...4, using: &rng) {
-                    let json = Bool.random(using: &rng) ? texts.randomElement(using: &rng)! : J.jsonValue(&rng, depth: 2)
-                    t.custom.append(CustomTrait(name: names.randomElement(using: &rng)!, json: json))
-                }
-                e.traits = t
-            }
+            let e = J.anyEvent(&rng)
             let t = Int64.random(in: Timestamp.earliestPlausibleMs...Self.now, using: &rng)
             let got = Self.compactDecode(e.compact(timeMs: t), d)
             let want = Self.jsonDecode(e, timeMs: t, d)

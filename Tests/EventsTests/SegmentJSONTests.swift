@@ -318,39 +318,8 @@ import Testing
     @Test func anyEventEncodesToACallTheDecoderReads() {
         let seed = UInt64.random(in: 0 ... .max)
         var rng = SplitMix64(seed: seed)
-        func any(_ rng: inout SplitMix64) -> String? {
-            switch Int.random(in: 0..<4, using: &rng) {
-            case 0: nil
-            case 1: ""
-            default: Self.text(&rng)
-            }
-        }
-        let names = Self.customNames + ["email", "address", "pqlScore", ""]
-        let texts = ["", " ", "{", "[1,", "\"open", "1 2", "nul", "[]]", "{\"a\":1,}", "\u{FFFF}", "007", "-", "1e"]
         for round in 0..<3000 {
-            var e = SegmentEvent(
-                type: EventType.allCases.randomElement(using: &rng)!, identity: any(&rng) ?? "", hasUserId: Bool.random(using: &rng))
-            e.linkedId = any(&rng)
-            e.eventName = any(&rng)
-            e.groupId = any(&rng)
-            e.contextGroupId = any(&rng)
-            e.timezone = any(&rng)
-            if Bool.random(using: &rng) { e.location = Location(city: any(&rng), countryCode: any(&rng)) }
-            if Bool.random(using: &rng) {
-                e.product = ProductRef(product: any(&rng) ?? "", environment: Int64.random(in: -9...9, using: &rng))
-            }
-            if Bool.random(using: &rng) {
-                var t = Traits()
-                t.email = any(&rng)
-                t.leadDate = Bool.random(using: &rng) ? Int64.random(in: .min ... .max, using: &rng) : nil
-                t.pqlScore = [nil, .nan, .infinity, -.infinity, -0.0, .greatestFiniteMagnitude].randomElement(using: &rng)!
-                if Bool.random(using: &rng) { t.address = Location() }
-                for _ in 0..<Int.random(in: 0...4, using: &rng) {
-                    let json = Bool.random(using: &rng) ? texts.randomElement(using: &rng)! : Self.jsonValue(&rng, depth: 2)
-                    t.custom.append(CustomTrait(name: names.randomElement(using: &rng)!, json: json))
-                }
-                e.traits = t
-            }
+            let e = Self.anyEvent(&rng)
             let json = e.segmentJSON(timeMs: Int64.random(in: .min ... .max, using: &rng))
             let d = Self.decode(json)
             guard d.count == 1 else {
@@ -363,6 +332,44 @@ import Testing
             default: Issue.record("seed \(seed) round \(round): \(d[0]) from \(String(decoding: json, as: UTF8.self))")
             }
         }
+    }
+
+    /// Any event at all, reachable or not: empty text, linked ids and names on any type,
+    /// empty locations, non-finite scores, custom traits of any name and text.
+    static func anyEvent(_ rng: inout SplitMix64) -> SegmentEvent {
+        func any(_ rng: inout SplitMix64) -> String? {
+            switch Int.random(in: 0..<4, using: &rng) {
+            case 0: nil
+            case 1: ""
+            default: Self.text(&rng)
+            }
+        }
+        let names = Self.customNames + ["email", "address", "pqlScore", ""]
+        let texts = ["", " ", "{", "[1,", "\"open", "1 2", "nul", "[]]", "{\"a\":1,}", "\u{FFFF}", "007", "-", "1e"]
+        var e = SegmentEvent(
+            type: EventType.allCases.randomElement(using: &rng)!, identity: any(&rng) ?? "", hasUserId: Bool.random(using: &rng))
+        e.linkedId = Bool.random(using: &rng) ? e.identity : any(&rng)
+        e.eventName = any(&rng)
+        e.groupId = any(&rng)
+        e.contextGroupId = any(&rng)
+        e.timezone = any(&rng)
+        if Bool.random(using: &rng) { e.location = Location(city: any(&rng), countryCode: any(&rng)) }
+        if Bool.random(using: &rng) {
+            e.product = ProductRef(product: any(&rng) ?? "", environment: Int64.random(in: -9...9, using: &rng))
+        }
+        if Bool.random(using: &rng) {
+            var t = Traits()
+            t.email = any(&rng)
+            t.leadDate = Bool.random(using: &rng) ? Int64.random(in: .min ... .max, using: &rng) : nil
+            t.pqlScore = [nil, .nan, .infinity, -.infinity, -0.0, .greatestFiniteMagnitude].randomElement(using: &rng)!
+            if Bool.random(using: &rng) { t.address = Location() }
+            for _ in 0..<Int.random(in: 0...4, using: &rng) {
+                let json = Bool.random(using: &rng) ? texts.randomElement(using: &rng)! : Self.jsonValue(&rng, depth: 2)
+                t.custom.append(CustomTrait(name: names.randomElement(using: &rng)!, json: json))
+            }
+            e.traits = t
+        }
+        return e
     }
 
     /// Int64.min is an integer that fits: it was read as a Double (its magnitude was summed

@@ -281,7 +281,9 @@ struct CompactWriter {
     }
 }
 
-/// The compact form's reader: every read checks what is left first.
+/// The compact form's reader: every read checks what is left first. Its varints are the
+/// changelog codec's (`StateCodec.Reader` in Folding), which this module, below Folding,
+/// cannot use; the two stay apart, as do their errors.
 struct CompactReader {
     enum Failure: Error { case bad }
 
