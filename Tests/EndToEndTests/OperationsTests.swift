@@ -132,12 +132,16 @@ final class NotifySocket: @unchecked Sendable {
             text.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Int($0.split(separator: " ")[1]) } ?? -1
         }
         // The state changelog's first write waits for the producer's metadata: every user
-        // reaches it within a few checkpoints.
+        // reaches it within a few checkpoints. And the stand-in counts a request when it
+        // answers, the daemon when the answer has reached it: a scrape in between saw 13
+        // of 15 (a CI run).
         var text = ""
         for _ in 0..<100 {
             text = String(decoding: try await URLSession.shared.data(from: url).0, as: UTF8.self)
             if value("foldspace_sync_checkpoint_users_total", in: text) >= 15,
-                text.contains("\nfoldspace_sync_kafka_fetch_queue_bytes ")
+                text.contains("\nfoldspace_sync_kafka_fetch_queue_bytes "),
+                value(#"foldspace_sync_requests_total{code="2xx"}"#, in: text) == sandbox.requestCount,
+                value("foldspace_sync_request_duration_seconds_count", in: text) == sandbox.requestCount
             {
                 break
             }
