@@ -443,7 +443,7 @@ struct TaskExtras {
 
 extension SyncEngine {
     func isRepartition(_ p: OffsetTracker.PartitionIndex) -> Bool {
-        partitionsByIndex[Int(p)].topic == options.identity.repartitionTopic
+        repartitionByIndex[Int(p)]
     }
 
     /// Called with the lock held: what task `p`'s checkpoint writes besides its users.

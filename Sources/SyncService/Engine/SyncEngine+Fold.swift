@@ -22,17 +22,18 @@ extension SyncEngine {
         // 2,000, decoded at once into about 560 bytes each, and a poll batch holds up to a
         // thousand records (a backlog read after a restart): over a gigabyte of decoded
         // calls in one batch.
+        // Each message's calls, read once: the chunks are cut by them too.
+        let counts = gated.map { $0.topicPartition.topic == topic ? RepartitionRecord.callCount(value: $0.value) : 1 }
         var start = 0
         var calls = 0
-        for (i, m) in gated.enumerated() {
-            let n = m.topicPartition.topic == topic ? RepartitionRecord.callCount(value: m.value) : 1
+        for (i, n) in counts.enumerated() {
             if calls + n > Self.sliceCalls && i > start {
-                consumeInOrder(Array(gated[start..<i]))
+                consumeInOrder(Array(gated[start..<i]), callCounts: counts[start..<i])
                 (start, calls) = (i, 0)
             }
             calls += n
         }
-        consumeInOrder(start == 0 ? gated : Array(gated[start...]))
+        consumeInOrder(start == 0 ? gated : Array(gated[start...]), callCounts: counts[start...])
         gate.release()
     }
 
@@ -91,7 +92,9 @@ extension SyncEngine {
         }
     }
 
-    func consumeInOrder(_ batch: [ConsumedMessage]) {
+    /// `callCounts`: each message's calls (``RepartitionRecord/callCount(value:)``), when
+    /// the caller has read them already.
+    func consumeInOrder(_ batch: [ConsumedMessage], callCounts: ArraySlice<Int>? = nil) {
         let nowEpoch = clock.epochMs()
         // Decoding is pure and the larger share of an event's cost; folding must stay in
         // order on this thread. So the batch is cut into chunks that helper threads
@@ -105,12 +108,17 @@ extension SyncEngine {
         var bounds = [0]
         if let topic = options.identity.merge ? options.identity.repartitionTopic : nil {
             var calls = 0
+            let base = callCounts?.startIndex ?? 0
             for (i, m) in batch.enumerated() {
                 if i - bounds[bounds.count - 1] == Self.decodeChunk || calls >= Self.decodeChunk {
                     bounds.append(i)
                     calls = 0
                 }
-                calls += m.topicPartition.topic == topic ? RepartitionRecord.callCount(value: m.value) : 1
+                if let callCounts {
+                    calls += callCounts[base + i]
+                } else {
+                    calls += m.topicPartition.topic == topic ? RepartitionRecord.callCount(value: m.value) : 1
+                }
             }
         } else {
             bounds += Array(stride(from: Self.decodeChunk, to: batch.count, by: Self.decodeChunk))
@@ -514,9 +522,7 @@ extension SyncEngine {
         stats.folded += 1
         // A routed call's ties go by its place in its record too (many source messages'
         // calls share the record's offset).
-        let tieBreak =
-            options.identity.merge && m.topicPartition.topic == options.identity.repartitionTopic
-            ? Stamp.position(offset: m.offset, call: call) : nil
+        let tieBreak = options.identity.merge && repartitionByIndex[Int(pidx)] ? Stamp.position(offset: m.offset, call: call) : nil
         let changed = folder.fold(
             spending: &e.pointee, timeMs: t, offset: m.offset, source: source, call: call, kafkaMs: kafkaMs, tieBreak: tieBreak,
             into: &entry.state, adjustments: &stats.adjustments)

@@ -13,6 +13,7 @@ extension SyncEngine {
         partitionIndex[tp] = i
         partitionsByIndex.append(tp)
         sourceIds.append(stableSourceId(tp))
+        repartitionByIndex.append(tp.topic == options.identity.repartitionTopic)
         streamTimeMs.append(.min)
         offsets.activate(i)
         return i

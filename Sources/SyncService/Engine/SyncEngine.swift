@@ -45,6 +45,9 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// A stable 32-bit id per partition (FNV-1a of topic and partition), stored in user
     /// state with the applied offset; the index above is only this process's.
     var sourceIds: [UInt32] = []
+    /// Per partition index: whether it is a partition of `<group>-repartition` (read per
+    /// folded call and per checkpointed partition; a topic comparison each time before).
+    var repartitionByIndex: [Bool] = []
     var assigned: Set<OffsetTracker.PartitionIndex> = []
     var limiter: RateLimiter
     var stats = EngineStats()
