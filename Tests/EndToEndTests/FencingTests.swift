@@ -54,6 +54,24 @@ import Testing
         await tansu.stop()
     }
 
+    /// A changelog that takes smaller record batches than the producer writes (Kafka
+    /// refuses such a batch whole: every checkpoint writing one would fail for good):
+    /// refused at start (exit 2), naming the topic, its limit and the ways out. (tansu
+    /// keeps a topic's `max.message.bytes` and describes it, but does not enforce it.)
+    @Test func aChangelogThatTakesSmallerBatchesThanTheProducerWritesIsRefused() async throws {
+        let group = "limit-\(UUID().uuidString.prefix(6))"
+        let tansu = try await TansuBroker(topics: [
+            ("events", 1, [:]), ("\(group)-state", 1, ["cleanup.policy": "compact", "max.message.bytes": "8192"]),
+        ])
+        let sandbox = FoldspaceSandbox(apiKeys: [apiKey])
+        try await sandbox.start()
+        let d = try daemon(tansu, sandbox, group: group, commitInterval: "1s")
+        #expect(await d.wait(timeout: .seconds(60)) == 2, "\(d.stderr.suffix(1500))")
+        #expect(d.stderr.contains("\(group)-state takes record batches of at most 8192 bytes"), "\(d.stderr.suffix(1500))")
+        await sandbox.stop()
+        await tansu.stop()
+    }
+
     @Test func aZombieIsFencedAndTheNewOwnersStateWins() async throws {
         let group = "zombie-\(UUID().uuidString.prefix(6))"
         let tansu = try await TansuBroker(topics: [("events", 2, [:]), ("\(group)-state", 2, ["cleanup.policy": "compact"])])

@@ -43,6 +43,7 @@ enum IdentityTopics {
             }
         }
         try KafkaStateStore.checkCleanupPolicy(topic: identities(group: group), key: "identity.merge", config: admin, logger: logger)
+        try KafkaStateStore.checkRecordLimit(topic: repartition(group: group), key: "identity.merge", config: admin, logger: logger)
         return sourcePartitions
     }
 }

@@ -98,6 +98,7 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
                 ])
             return
         }
+        try checkRecordLimit(described, topic: topic, key: key, producer: config)
         let policy = described["cleanup.policy"] ?? "delete"
         let parts = Set(policy.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
         guard parts == ["compact"] else {
@@ -106,6 +107,40 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
                     + "within the topic's retention lose their state). Change it, e.g. kafka-configs.sh --alter --entity-type topics "
                     + "--entity-name \(topic) --add-config cleanup.policy=compact")
         }
+    }
+
+    /// Refuses a topic the checkpoints write whose `max.message.bytes` (the largest record
+    /// batch the broker takes into it) is below the producer's `message.max.bytes`
+    /// (librdkafka's default 1,000,000; Kafka's topic default, 1,048,588, is above it): the
+    /// broker refuses a larger batch whole, and every checkpoint writing one would fail,
+    /// for good. Said at start, with the two ways out.
+    static func checkRecordLimit(_ described: [String: String], topic: String, key: String, producer: KafkaClientConfig) throws {
+        guard let limit = described["max.message.bytes"].flatMap({ Int($0.trimmingCharacters(in: .whitespaces)) }), limit > 0
+        else { return }
+        let writes = producer["message.max.bytes"].flatMap { Int($0.trimmingCharacters(in: .whitespaces)) } ?? 1_000_000
+        guard limit < writes else { return }
+        throw ConfigurationError(
+            "\(key): \(topic) takes record batches of at most \(limit) bytes (max.message.bytes) but the producer writes up to "
+                + "\(writes) (message.max.bytes): a checkpoint writing a larger batch would be refused, for good. Raise the "
+                + "topic's limit (kafka-configs.sh --alter --entity-type topics --entity-name \(topic) --add-config "
+                + "max.message.bytes=\(writes)), or hold the producer to it (kafka properties message.max.bytes=\(limit) and "
+                + "batch.size=\(limit))")
+    }
+
+    /// As ``checkRecordLimit(_:topic:key:producer:)``, asked of the cluster (a topic that
+    /// is not compacted: `<group>-repartition`). A cluster that cannot describe it
+    /// (librdkafka's mock) is not refused.
+    static func checkRecordLimit(topic: String, key: String, config: KafkaClientConfig, logger: Logger) throws {
+        let described: [String: String]
+        do {
+            described = try KafkaAdmin.topicConfig(config: config, topic: topic)
+        } catch {
+            logger.warning(
+                "could not read a topic's configuration; make sure its max.message.bytes is not below the producer's message.max.bytes",
+                metadata: ["topic": "\(topic)", "error": "\(error)"])
+            return
+        }
+        try checkRecordLimit(described, topic: topic, key: key, producer: config)
     }
 
     /// The transactional id of a source partition's changelog writer.
