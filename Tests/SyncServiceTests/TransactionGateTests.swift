@@ -16,7 +16,9 @@ import Testing
         let gate: TransactionGate
         var sent: [[Int64]: [UInt8]] = [:]
 
-        init(capBytes: Int = 64 << 20) { gate = TransactionGate(capBytes: capBytes) }
+        init(capBytes: Int = 64 << 20, maxNotices: Int = TransactionGate.maxNotices) {
+            gate = TransactionGate(capBytes: capBytes, maxNotices: maxNotices)
+        }
 
         /// Runs `messages` (partition, offset, value) through the gate in one batch, with a
         /// source message after each; what left of the topic, as (partition, offset).
@@ -188,5 +190,104 @@ import Testing
         // Idle again: a notice passes at once.
         out = h.pass([(0, 6, notice(2, 9, 1))])
         #expect(out.map(\.1) == [6])
+    }
+
+    /// A writer silent for long (its task restored nowhere) while its record waits past the
+    /// cap: the notices of the other tasks read meanwhile are kept up to a bound, not
+    /// without end (about 40 bytes each, for as long as the silence lasts). Those not kept
+    /// are read again with the records behind them: every record leaves once, in order,
+    /// judged by its own task's first notice after it.
+    @Test func theNoticesKeptWhileARecordWaitsAreBoundedAndEveryRecordStillLeaves() {
+        let h = TransactionGateTests.Harness(capBytes: 0, maxNotices: 3)
+        let gate = h.gate
+        let rec = TransactionGateTests.record
+        let notice = TransactionGateTests.notice
+        // Task 1's record waits; task 2 writes a record and a notice, over and over; task 2's
+        // record at 21 is of epoch 8, which its next notice says did not commit.
+        var log: [(Int32, Int64, [UInt8])] = [(0, 0, rec(1, 7, 0))]
+        for i in 0..<20 {
+            log.append((0, Int64(1 + 2 * i), rec(2, i == 10 ? 8 : 9, Int64(i))))
+            log.append((0, Int64(2 + 2 * i), notice(2, 9, Int64(i))))
+        }
+        var out = h.pass(log)
+        #expect(out.isEmpty)
+        #expect(gate.noticesKept <= 3, "kept \(gate.noticesKept) notices")
+        #expect(gate.takeSeeks().isEmpty)
+        // Task 1 speaks (its transaction 0 committed). The partition is read again, from
+        // where each seek asks, until none is asked.
+        log.append((0, 41, notice(1, 7, 0)))
+        out = h.pass([log[41]])
+        var left: [Int64] = []
+        var rounds = 0
+        while let seek = gate.takeSeeks().first, rounds < 100 {
+            rounds += 1
+            out = h.pass(Array(log[Int(seek.1)...]))
+            left += out.map(\.1)
+            #expect(gate.noticesKept <= 3, "kept \(gate.noticesKept) notices")
+        }
+        #expect(left == Array(0...41).filter { $0 != 21 }, "\(left)")
+        #expect(gate.dropped == 1 && gate.heldRecords == 0)
+    }
+
+    /// Random logs of records and notices of three tasks, read through gates of random
+    /// caps and notice bounds, in batches of random sizes, from wherever a seek asks: what
+    /// leaves is what leaves an unbounded gate, the messages up to the first record no
+    /// notice resolves, less those its first notice says did not commit, in order, once.
+    /// (The same test of the gate before notices were bounded passes too.)
+    @Test func whateverTheBoundsWhatLeavesIsWhatTheNoticesSay() {
+        var rng = SystemRandomNumberGenerator()
+        let rec = TransactionGateTests.record
+        let notice = TransactionGateTests.notice
+        for round in 0..<1_000 {
+            let cap = [0, 40, 120, 64 << 20].randomElement(using: &rng)!
+            let maxNotices = [1, 2, 5, TransactionGate.maxNotices].randomElement(using: &rng)!
+            let h = TransactionGateTests.Harness(capBytes: cap, maxNotices: maxNotices)
+            // The log, and what each tagged record's first notice of its task after it says.
+            var log: [(Int32, Int64, [UInt8])] = []
+            var tags: [Int64: RepartitionRecord.Tag] = [:]
+            var notices: [(offset: Int64, task: Int32, epoch: UInt64, through: Int64)] = []
+            for o in 0..<Int64.random(in: 1...40, using: &rng) {
+                let task = Int32.random(in: 0...2, using: &rng)
+                let epoch = UInt64.random(in: 1...2, using: &rng)
+                let seq = Int64.random(in: 0...3, using: &rng)
+                if Bool.random(using: &rng) {
+                    log.append((0, o, rec(task, epoch, seq)))
+                    tags[o] = .init(task: task, epoch: epoch, seq: seq)
+                } else {
+                    log.append((0, o, notice(task, epoch, seq)))
+                    notices.append((o, task, epoch, seq))
+                }
+            }
+            var expected: [Int64] = []
+            var dropped = 0
+            for m in log {
+                guard let tag = tags[m.1] else {
+                    expected.append(m.1)
+                    continue
+                }
+                guard let n = notices.first(where: { $0.offset > m.1 && $0.task == tag.task }) else { break }
+                if tag.epoch == n.epoch && tag.seq <= n.through { expected.append(m.1) } else { dropped += 1 }
+            }
+            var left: [Int64] = []
+            var from = 0
+            var reads = 0
+            while from < log.count && reads < 2_000 {
+                reads += 1
+                let end = min(log.count, from + Int.random(in: 1...8, using: &rng))
+                left += h.pass(Array(log[from..<end])).map(\.1)
+                #expect(h.gate.noticesKept <= maxNotices)
+                if let seek = h.gate.takeSeeks().first { from = Int(seek.1) } else { from = end }
+            }
+            // Notices read over the cap after the last record that can leave wait with the
+            // first that cannot (they carry nothing to fold: only the committed position
+            // stays before them), as do the records dropped there.
+            let records = expected.filter { tags[$0] != nil }
+            #expect(
+                left.count <= expected.count && Array(expected.prefix(left.count)) == left
+                    && left.filter { tags[$0] != nil } == records,
+                "round \(round), cap \(cap), notices kept \(maxNotices): \(left) against \(expected)")
+            // Those read over the cap behind the last that leaves are dropped when read again.
+            #expect(h.gate.dropped <= dropped, "round \(round)")
+        }
     }
 }

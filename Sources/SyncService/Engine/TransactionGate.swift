@@ -37,19 +37,28 @@ final class TransactionGate: @unchecked Sendable {
 
     private struct Partition {
         var queue: [Held] = []
-        /// Notices seen, in order, from where the first unresolved record was read on.
+        /// Notices seen, in order, from where the first unresolved record was read on: all
+        /// of them up to its end (a record read again finds its task's first notice after
+        /// it there, or none), at most ``TransactionGate/maxNotices``. The list shrinks
+        /// only when the partition is idle, and then empties: once full, no notice is
+        /// added after a gap (one kept after a gap could be taken for a record's first
+        /// when an earlier one was not kept, and judge it by another transaction's
+        /// epoch). What is not kept is read again with the records behind it.
         var notices: [Notice] = []
         /// Over the cap: the first offset not kept, read again once the queue is handed out
         /// and a notice for the first tagged record not kept was seen.
         var resumeAt: Int64?
         var firstUnkept: (offset: Int64, tag: RepartitionRecord.Tag)?
-        /// Whether a notice seen resolves it (kept as notices come: asked per message, a
-        /// walk of every notice seen made a long wait cost the square of its length).
-        var firstUnkeptResolved = false
+        /// The first notice of its task after it, once seen (kept as notices come: asked
+        /// per message, a walk of every notice seen made a long wait cost the square of
+        /// its length). Kept apart from ``notices``, which may be full: read again, that
+        /// record is resolved by it (`resumeResolver`), so each reading again moves on.
+        var firstUnkeptNotice: Notice?
+        var resumeResolver: (offset: Int64, notice: Notice)?
         /// A seek back to this offset asked: the partition's messages until it comes back
         /// were fetched before the seek, and are ignored.
         var rewinding: Int64?
-        var isIdle: Bool { queue.isEmpty && resumeAt == nil && rewinding == nil }
+        var isIdle: Bool { queue.isEmpty && resumeAt == nil && rewinding == nil && resumeResolver == nil }
     }
 
     let capBytes: Int
@@ -64,7 +73,18 @@ final class TransactionGate: @unchecked Sendable {
     private(set) var dropped = 0
     private(set) var rewinds = 0
 
-    init(capBytes: Int = 64 << 20) { self.capBytes = capBytes }
+    /// The most notices a partition keeps while records wait (``Partition/notices``):
+    /// 2 MiB. A writer silent for long made the list grow with everything read.
+    static let maxNotices = 1 << 16
+    let maxNotices: Int
+
+    init(capBytes: Int = 64 << 20, maxNotices: Int = TransactionGate.maxNotices) {
+        self.capBytes = capBytes
+        self.maxNotices = maxNotices
+    }
+
+    /// Notices kept, over all partitions (tests).
+    var noticesKept: Int { parts.values.reduce(0) { $0 + $1.notices.count } }
 
     deinit {
         release()
@@ -120,17 +140,26 @@ final class TransactionGate: @unchecked Sendable {
             }
             switch head {
             case .tagged(let tag):
-                let verdict = resolved(tag, at: m.offset, by: p.notices)
+                var verdict = resolved(tag, at: m.offset, by: p.notices)
+                if let r = p.resumeResolver, r.offset <= m.offset {
+                    if verdict == nil && r.offset == m.offset {
+                        verdict = Self.committed(tag, epoch: r.notice.epoch, through: r.notice.through)
+                    }
+                    p.resumeResolver = nil
+                }
                 if p.queue.isEmpty && p.resumeAt == nil, let verdict {
                     if verdict { out.append(m) } else { dropped += 1 }
                 } else {
                     take(m, tag: tag, verdict: verdict, into: &p)
                 }
             case .notice(let task, let epoch, let through):
-                if p.notices.last.map({ $0.offset < m.offset }) ?? true {
-                    p.notices.append(Notice(offset: m.offset, task: task, epoch: epoch, through: through))
+                let notice = Notice(offset: m.offset, task: task, epoch: epoch, through: through)
+                if p.notices.count < maxNotices, p.notices.last.map({ $0.offset < m.offset }) ?? true {
+                    p.notices.append(notice)
                 }
-                if let f = p.firstUnkept, f.tag.task == task, f.offset < m.offset { p.firstUnkeptResolved = true }
+                if let f = p.firstUnkept, f.tag.task == task, f.offset < m.offset, p.firstUnkeptNotice == nil {
+                    p.firstUnkeptNotice = notice
+                }
                 if p.queue.isEmpty && p.resumeAt == nil {
                     out.append(m)
                 } else {
@@ -145,17 +174,18 @@ final class TransactionGate: @unchecked Sendable {
                 }
             }
             handOut(&p, into: &out)
-            if p.queue.isEmpty, let resume = p.resumeAt, p.firstUnkept == nil || p.firstUnkeptResolved {
+            if p.queue.isEmpty, let resume = p.resumeAt, p.firstUnkept == nil || p.firstUnkeptNotice != nil {
                 // What was kept is out, and what was not can move: read it again.
+                p.resumeResolver = p.firstUnkept.flatMap { f in p.firstUnkeptNotice.map { (f.offset, $0) } }
                 p.resumeAt = nil
                 p.firstUnkept = nil
-                p.firstUnkeptResolved = false
+                p.firstUnkeptNotice = nil
                 p.rewinding = resume
                 seeks.append((m.topicPartition, resume))
                 rewinds += 1
             }
             if p.isIdle {
-                // Later records need only notices after them.
+                // Later records need only notices after them (and nothing is read again).
                 p.notices.removeAll { $0.offset <= m.offset }
                 if p.notices.isEmpty { continue }
             }
@@ -219,7 +249,7 @@ final class TransactionGate: @unchecked Sendable {
         if p.resumeAt != nil {
             if p.firstUnkept == nil, verdict == nil, let tag {
                 p.firstUnkept = (m.offset, tag)
-                p.firstUnkeptResolved = false
+                p.firstUnkeptNotice = nil
             }
             return
         }
