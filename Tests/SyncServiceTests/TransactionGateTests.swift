@@ -1,5 +1,7 @@
 import Folding
+import Foundation
 import Kafka
+import Simulation
 import Testing
 
 @testable import SyncService
@@ -233,12 +235,15 @@ import Testing
     /// caps and notice bounds, in batches of random sizes, from wherever a seek asks: what
     /// leaves is what leaves an unbounded gate, the messages up to the first record no
     /// notice resolves, less those its first notice says did not commit, in order, once.
-    /// (The same test of the gate before notices were bounded passes too.)
+    /// Seeded (`GATE_ROUNDS` asks more rounds). Seed 4294 found a partition held back
+    /// for good: a record let go over the cap whose verdict was known already (its
+    /// notice read before a seek back) did not count as the first one let go.
     @Test func whateverTheBoundsWhatLeavesIsWhatTheNoticesSay() {
-        var rng = SystemRandomNumberGenerator()
         let rec = TransactionGateTests.record
         let notice = TransactionGateTests.notice
-        for round in 0..<1_000 {
+        let rounds = Int(ProcessInfo.processInfo.environment["GATE_ROUNDS"] ?? "") ?? 5_000
+        for round in 0..<rounds {
+            var rng = SplitMix64(seed: UInt64(round))
             let cap = [0, 40, 120, 64 << 20].randomElement(using: &rng)!
             let maxNotices = [1, 2, 5, TransactionGate.maxNotices].randomElement(using: &rng)!
             let h = TransactionGateTests.Harness(capBytes: cap, maxNotices: maxNotices)

@@ -39,19 +39,24 @@ final class TransactionGate: @unchecked Sendable {
         var queue: [Held] = []
         /// Notices seen, in order, from where the first unresolved record was read on: all
         /// of them up to its end (a record read again finds its task's first notice after
-        /// it there, or none), at most ``TransactionGate/maxNotices``. The list shrinks
-        /// only when the partition is idle, and then empties: once full, no notice is
-        /// added after a gap (one kept after a gap could be taken for a record's first
-        /// when an earlier one was not kept, and judge it by another transaction's
-        /// epoch). What is not kept is read again with the records behind it.
-        var notices: [Notice] = []
+        /// it there, or none), at most ``TransactionGate/maxNotices``. It loses only its
+        /// head, and only while the partition is idle: those at or before what is read.
+        /// Once full it takes none after a gap (one kept after a gap could be taken for a
+        /// record's first when an earlier one was not kept, and judge it by another
+        /// transaction's epoch): room comes back either when it empties (the partition
+        /// idle past its end) or while the partition is read again from before its end,
+        /// which passes the notices left out, in order, before any later one. What is not
+        /// kept is read again with the records behind it.
+        var notices: ArraySlice<Notice> = []
         /// Over the cap: the first offset not kept, read again once the queue is handed out
-        /// and a notice for the first tagged record not kept was seen.
+        /// and the first tagged record not kept is resolved.
         var resumeAt: Int64?
         var firstUnkept: (offset: Int64, tag: RepartitionRecord.Tag)?
-        /// The first notice of its task after it, once seen (kept as notices come: asked
-        /// per message, a walk of every notice seen made a long wait cost the square of
-        /// its length). Kept apart from ``notices``, which may be full: read again, that
+        /// Whether it is resolved: its verdict known when it was let go, or the first notice
+        /// of its task after it seen since (kept as notices come: asked per message, a walk
+        /// of every notice seen made a long wait cost the square of its length).
+        var firstUnkeptResolved = false
+        /// That notice, kept apart from ``notices``, which may be full: read again, the
         /// record is resolved by it (`resumeResolver`), so each reading again moves on.
         var firstUnkeptNotice: Notice?
         var resumeResolver: (offset: Int64, notice: Notice)?
@@ -74,7 +79,8 @@ final class TransactionGate: @unchecked Sendable {
     private(set) var rewinds = 0
 
     /// The most notices a partition keeps while records wait (``Partition/notices``):
-    /// 2 MiB. A writer silent for long made the list grow with everything read.
+    /// 2 MiB a waiting partition. A writer silent for long made the list grow with
+    /// everything read.
     static let maxNotices = 1 << 16
     let maxNotices: Int
 
@@ -141,23 +147,26 @@ final class TransactionGate: @unchecked Sendable {
             switch head {
             case .tagged(let tag):
                 var verdict = resolved(tag, at: m.offset, by: p.notices)
+                var resolver: Notice?
                 if let r = p.resumeResolver, r.offset <= m.offset {
                     if verdict == nil && r.offset == m.offset {
                         verdict = Self.committed(tag, epoch: r.notice.epoch, through: r.notice.through)
+                        resolver = r.notice
                     }
                     p.resumeResolver = nil
                 }
                 if p.queue.isEmpty && p.resumeAt == nil, let verdict {
                     if verdict { out.append(m) } else { dropped += 1 }
                 } else {
-                    take(m, tag: tag, verdict: verdict, into: &p)
+                    take(m, tag: tag, verdict: verdict, resolver: resolver, into: &p)
                 }
             case .notice(let task, let epoch, let through):
                 let notice = Notice(offset: m.offset, task: task, epoch: epoch, through: through)
                 if p.notices.count < maxNotices, p.notices.last.map({ $0.offset < m.offset }) ?? true {
                     p.notices.append(notice)
                 }
-                if let f = p.firstUnkept, f.tag.task == task, f.offset < m.offset, p.firstUnkeptNotice == nil {
+                if let f = p.firstUnkept, !p.firstUnkeptResolved, f.tag.task == task, f.offset < m.offset {
+                    p.firstUnkeptResolved = true
                     p.firstUnkeptNotice = notice
                 }
                 if p.queue.isEmpty && p.resumeAt == nil {
@@ -174,11 +183,12 @@ final class TransactionGate: @unchecked Sendable {
                 }
             }
             handOut(&p, into: &out)
-            if p.queue.isEmpty, let resume = p.resumeAt, p.firstUnkept == nil || p.firstUnkeptNotice != nil {
+            if p.queue.isEmpty, let resume = p.resumeAt, p.firstUnkept == nil || p.firstUnkeptResolved {
                 // What was kept is out, and what was not can move: read it again.
                 p.resumeResolver = p.firstUnkept.flatMap { f in p.firstUnkeptNotice.map { (f.offset, $0) } }
                 p.resumeAt = nil
                 p.firstUnkept = nil
+                p.firstUnkeptResolved = false
                 p.firstUnkeptNotice = nil
                 p.rewinding = resume
                 seeks.append((m.topicPartition, resume))
@@ -186,7 +196,13 @@ final class TransactionGate: @unchecked Sendable {
             }
             if p.isIdle {
                 // Later records need only notices after them (and nothing is read again).
-                p.notices.removeAll { $0.offset <= m.offset }
+                // Read again after a seek, the list is passed one notice at a time: cut
+                // from its head (no walk or move of the whole list per message), its room
+                // given back once more than half of it is cut.
+                if let first = p.notices.first, first.offset <= m.offset {
+                    p.notices.removeFirst(Self.firstAfter(m.offset, in: p.notices) - p.notices.startIndex)
+                    if p.notices.startIndex > p.notices.count { p.notices = ArraySlice(Array(p.notices)) }
+                }
                 if p.notices.isEmpty { continue }
             }
             run = p
@@ -230,26 +246,40 @@ final class TransactionGate: @unchecked Sendable {
         tag.epoch == epoch && tag.seq <= through
     }
 
-    /// The notices are in offset order: the first after `offset` is found by bisection.
-    private func resolved(_ tag: RepartitionRecord.Tag, at offset: Int64, by notices: [Notice]) -> Bool? {
-        guard let last = notices.last, last.offset > offset else { return nil }
-        var (lo, hi) = (0, notices.count)
+    /// The index of the first notice after `offset` (the notices are in offset order).
+    private static func firstAfter(_ offset: Int64, in notices: ArraySlice<Notice>) -> Int {
+        var (lo, hi) = (notices.startIndex, notices.endIndex)
         while lo < hi {
-            let mid = (lo + hi) / 2
+            let mid = lo + (hi - lo) / 2
             if notices[mid].offset > offset { hi = mid } else { lo = mid + 1 }
         }
-        guard let n = notices[lo...].first(where: { $0.task == tag.task }) else { return nil }
+        return lo
+    }
+
+    /// The verdict of the first notice of `tag`'s task after `offset` in `notices`, if any.
+    private func resolved(_ tag: RepartitionRecord.Tag, at offset: Int64, by notices: ArraySlice<Notice>) -> Bool? {
+        guard let last = notices.last, last.offset > offset else { return nil }
+        guard let n = notices[Self.firstAfter(offset, in: notices)...].first(where: { $0.task == tag.task }) else { return nil }
         return Self.committed(tag, epoch: n.epoch, through: n.through)
     }
 
     /// Keeps `m` at the end of `p`'s queue, unless the cap is reached or messages were let
     /// go already: then from its offset on the partition is read again.
-    private func take(_ m: ConsumedMessage, tag: RepartitionRecord.Tag?, verdict: Bool?, into p: inout Partition) {
+    /// `resolver`: the notice kept apart that gave `verdict`, if that is where it came from.
+    private func take(
+        _ m: ConsumedMessage, tag: RepartitionRecord.Tag?, verdict: Bool?, resolver: Notice? = nil, into p: inout Partition
+    ) {
         if p.resumeAt == nil && heldBytes + m.key.count + m.value.count > capBytes { p.resumeAt = m.offset }
         if p.resumeAt != nil {
-            if p.firstUnkept == nil, verdict == nil, let tag {
+            // The first tagged record let go, resolved or not: with a verdict known already
+            // (from the notices kept, read before a seek back, or the one kept apart),
+            // reading it again moves on at once. Only unresolved ones counted, and a later
+            // record whose notice never came held back a partition whose next records could
+            // all leave (`whateverTheBoundsWhatLeavesIsWhatTheNoticesSay`, seed 4294).
+            if p.firstUnkept == nil, let tag {
                 p.firstUnkept = (m.offset, tag)
-                p.firstUnkeptNotice = nil
+                p.firstUnkeptResolved = verdict != nil
+                p.firstUnkeptNotice = resolver
             }
             return
         }
