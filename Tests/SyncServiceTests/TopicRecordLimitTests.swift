@@ -40,4 +40,29 @@ import Testing
         #expect(check("0") == nil)
         #expect(check("lots") == nil)
     }
+
+    /// librdkafka reads integers with `strtol` in base 0: the check reads the producer's
+    /// limit the same way (a hex value, an octal one, trailing text).
+    @Test func theProducersLimitIsReadAsLibrdkafkaReadsIt() {
+        #expect(KafkaClientConfig(["message.max.bytes": "0x200000"]).integer("message.max.bytes") == 2_097_152)
+        #expect(KafkaClientConfig(["message.max.bytes": "01000000"]).integer("message.max.bytes") == 262_144)
+        #expect(KafkaClientConfig(["message.max.bytes": " 200000 "]).integer("message.max.bytes") == 200_000)
+        #expect(KafkaClientConfig(["message.max.bytes": "1e6"]).integer("message.max.bytes") == 1)
+        #expect(KafkaClientConfig(["message.max.bytes": "lots"]).integer("message.max.bytes") == nil)
+        #expect(KafkaClientConfig([:]).integer("message.max.bytes") == nil)
+        // 0x200000 is above Kafka's default topic limit: refused (Int() read it as unset).
+        #expect(check("1048588", producer: ["message.max.bytes": "0x200000"]) != nil)
+        #expect(check("300000", producer: ["message.max.bytes": "01000000"]) == nil)
+    }
+
+    /// A topic the daemon creates takes what its producer writes: an operator's larger
+    /// `message.max.bytes` goes into it, so that the start does not refuse its own topic.
+    @Test func aTopicTheDaemonCreatesTakesWhatItsProducerWrites() {
+        let base = ["cleanup.policy": "compact"]
+        #expect(KafkaStateStore.creationConfig(base, producer: KafkaClientConfig([:])) == base)
+        #expect(KafkaStateStore.creationConfig(base, producer: KafkaClientConfig(["message.max.bytes": "500000"])) == base)
+        let large = KafkaStateStore.creationConfig(base, producer: KafkaClientConfig(["message.max.bytes": "5000000"]))
+        #expect(large == ["cleanup.policy": "compact", "max.message.bytes": "5000000"])
+        #expect(check(large["max.message.bytes"], producer: ["message.max.bytes": "5000000"]) == nil)
+    }
 }

@@ -15,6 +15,18 @@ public struct KafkaClientConfig: Sendable {
         set { properties[key] = newValue }
     }
 
+    /// An integer property as librdkafka reads it (`strtol` in base 0: decimal, `0x`
+    /// hex, octal after a leading 0, anything after the digits ignored); nil when unset
+    /// or with no digits (which librdkafka refuses).
+    public func integer(_ key: String) -> Int? {
+        guard let value = properties[key] else { return nil }
+        return value.withCString { start in
+            var end: UnsafeMutablePointer<CChar>?
+            let n = strtol(start, &end, 0)
+            return end.map { UnsafePointer($0) == start } ?? true ? nil : n
+        }
+    }
+
     /// librdkafka (2.0.2) properties known to hold no secret: the only ones whose values
     /// `check-config` shows. Left out on purpose: passwords, keys and their PEM, the
     /// OAUTHBEARER config, client secret, extensions (key=value pairs, often credentials)

@@ -26,7 +26,8 @@ enum IdentityTopics {
         for (topic, topicConfig) in wanted where !existing.contains(topic) {
             do {
                 _ = try KafkaAdmin.createTopicIfMissing(
-                    config: admin, topic: topic, partitions: sourcePartitions, topicConfig: topicConfig, logger: logger,
+                    config: admin, topic: topic, partitions: sourcePartitions,
+                    topicConfig: KafkaStateStore.creationConfig(topicConfig, producer: admin), logger: logger,
                     timeoutMs: 5_000)
             } catch {
                 logger.warning(

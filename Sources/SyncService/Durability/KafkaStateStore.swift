@@ -77,7 +77,7 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
     /// The producer's `message.max.bytes` (librdkafka's default 1,000,000) less room for
     /// the record's framing and headers.
     public var maxRecordBytes: Int {
-        let limit = producerConfig["message.max.bytes"].flatMap { Int($0) } ?? 1_000_000
+        let limit = producerConfig.integer("message.max.bytes") ?? 1_000_000
         return max(4_096, limit - 1_024)
     }
 
@@ -109,6 +109,16 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
         }
     }
 
+    /// The configuration a topic the checkpoints write is created with: `base`, and the
+    /// producer's `message.max.bytes` as its `max.message.bytes` when that is above
+    /// Kafka's default (1,048,588), so that ``checkRecordLimit(_:topic:key:producer:)``
+    /// does not refuse a topic the daemon made.
+    static func creationConfig(_ base: [String: String], producer: KafkaClientConfig) -> [String: String] {
+        var out = base
+        if let writes = producer.integer("message.max.bytes"), writes > 1_048_588 { out["max.message.bytes"] = String(writes) }
+        return out
+    }
+
     /// Refuses a topic the checkpoints write whose `max.message.bytes` (the largest record
     /// batch the broker takes into it) is below the producer's `message.max.bytes`
     /// (librdkafka's default 1,000,000; Kafka's topic default, 1,048,588, is above it): the
@@ -117,7 +127,7 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
     static func checkRecordLimit(_ described: [String: String], topic: String, key: String, producer: KafkaClientConfig) throws {
         guard let limit = described["max.message.bytes"].flatMap({ Int($0.trimmingCharacters(in: .whitespaces)) }), limit > 0
         else { return }
-        let writes = producer["message.max.bytes"].flatMap { Int($0.trimmingCharacters(in: .whitespaces)) } ?? 1_000_000
+        let writes = producer.integer("message.max.bytes") ?? 1_000_000
         guard limit < writes else { return }
         throw ConfigurationError(
             "\(key): \(topic) takes record batches of at most \(limit) bytes (max.message.bytes) but the producer writes up to "
@@ -502,7 +512,7 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
             do {
                 _ = try KafkaAdmin.createTopicIfMissing(
                     config: admin, topic: topic, partitions: sourcePartitions,
-                    topicConfig: ["cleanup.policy": "compact"], logger: logger,
+                    topicConfig: creationConfig(["cleanup.policy": "compact"], producer: admin), logger: logger,
                     timeoutMs: 5_000)
             } catch {
                 logger.warning(

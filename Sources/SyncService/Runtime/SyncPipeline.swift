@@ -46,7 +46,7 @@ public final class SyncPipeline: Service, @unchecked Sendable {
             producer = p
             let writer = KafkaDeadLetters(
                 producer: p, topic: topic, logger: logger,
-                maxMessageBytes: kafka["message.max.bytes"].flatMap { Int($0) } ?? 1_000_000)
+                maxMessageBytes: kafka.integer("message.max.bytes") ?? 1_000_000)
             deadLetterWriter = writer
             sink = writer
         } else {
