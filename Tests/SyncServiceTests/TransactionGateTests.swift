@@ -295,4 +295,97 @@ import Testing
             #expect(h.gate.dropped <= dropped, "round \(round)")
         }
     }
+
+    /// As ``whateverTheBoundsWhatLeavesIsWhatTheNoticesSay()`` over up to three
+    /// partitions that share the cap, read in turns, in batches that mix them, with
+    /// messages fetched before a seek delivered after it (to be ignored), and revocations
+    /// (``TransactionGate/drop(_:)``) after which a partition is read again from after the
+    /// last message handed out, as from its committed offset.
+    @Test func partitionsSharingTheCapThroughSeeksAndRevocationsLeaveWhatTheNoticesSay() {
+        let rec = TransactionGateTests.record
+        let notice = TransactionGateTests.notice
+        let rounds = Int(ProcessInfo.processInfo.environment["GATE_ROUNDS"] ?? "") ?? 2_000
+        for round in 0..<rounds {
+            var rng = SplitMix64(seed: 1_000_000 + UInt64(round))
+            let cap = [0, 40, 120, 64 << 20].randomElement(using: &rng)!
+            let maxNotices = [1, 2, 5, TransactionGate.maxNotices].randomElement(using: &rng)!
+            let h = TransactionGateTests.Harness(capBytes: cap, maxNotices: maxNotices)
+            let partitions = Int.random(in: 1...3, using: &rng)
+            var logs: [[(Int32, Int64, [UInt8])]] = []
+            var expected: [[Int64]] = []
+            var records: [[Int64]] = []
+            var tags: [[Int64: RepartitionRecord.Tag]] = []
+            for p in 0..<partitions {
+                var log: [(Int32, Int64, [UInt8])] = []
+                var tag: [Int64: RepartitionRecord.Tag] = [:]
+                var notices: [(offset: Int64, task: Int32, epoch: UInt64, through: Int64)] = []
+                for o in 0..<Int64.random(in: 1...30, using: &rng) {
+                    let task = Int32.random(in: 0...2, using: &rng)
+                    let epoch = UInt64.random(in: 1...2, using: &rng)
+                    let seq = Int64.random(in: 0...3, using: &rng)
+                    if Bool.random(using: &rng) {
+                        log.append((Int32(p), o, rec(task, epoch, seq)))
+                        tag[o] = .init(task: task, epoch: epoch, seq: seq)
+                    } else {
+                        log.append((Int32(p), o, notice(task, epoch, seq)))
+                        notices.append((o, task, epoch, seq))
+                    }
+                }
+                var out: [Int64] = []
+                for m in log {
+                    guard let t = tag[m.1] else {
+                        out.append(m.1)
+                        continue
+                    }
+                    guard let n = notices.first(where: { $0.offset > m.1 && $0.task == t.task }) else { break }
+                    if t.epoch == n.epoch && t.seq <= n.through { out.append(m.1) }
+                }
+                logs.append(log)
+                tags.append(tag)
+                expected.append(out)
+                records.append(out.filter { tag[$0] != nil })
+            }
+            var left = [[Int64]](repeating: [], count: partitions)
+            var from = [Int](repeating: 0, count: partitions)
+            var reads = 0
+            while from.indices.contains(where: { from[$0] < logs[$0].count }) && reads < 4_000 {
+                reads += 1
+                // A revocation now and then: read again from after the last handed out.
+                if Int.random(in: 0..<20, using: &rng) == 0 {
+                    let p = Int.random(in: 0..<partitions, using: &rng)
+                    h.gate.drop([TopicPartition(TransactionGateTests.topic, Int32(p))])
+                    from[p] = Int(left[p].last.map { $0 + 1 } ?? 0)
+                }
+                // A batch of one or two partitions' next messages.
+                var batch: [(Int32, Int64, [UInt8])] = []
+                var ends = from
+                for _ in 0..<Int.random(in: 1...2, using: &rng) {
+                    let p = Int.random(in: 0..<partitions, using: &rng)
+                    guard ends[p] < logs[p].count else { continue }
+                    let end = min(logs[p].count, ends[p] + Int.random(in: 1...6, using: &rng))
+                    batch += logs[p][ends[p]..<end]
+                    ends[p] = end
+                }
+                if batch.isEmpty { continue }
+                for (p, o) in h.pass(batch) { left[Int(p)].append(o) }
+                from = ends
+                #expect(h.gate.noticesKept <= maxNotices * partitions)
+                for seek in h.gate.takeSeeks() {
+                    let p = Int(seek.0.partition)
+                    // A message fetched before the seek, delivered after it: ignored.
+                    if Bool.random(using: &rng), from[p] < logs[p].count, from[p] != Int(seek.1) {
+                        #expect(h.pass([logs[p][from[p]]]).isEmpty, "round \(round): a message fetched before a seek left")
+                    }
+                    from[p] = Int(seek.1)
+                }
+            }
+            for p in 0..<partitions {
+                let l = left[p]
+                #expect(
+                    l.count <= expected[p].count && Array(expected[p].prefix(l.count)) == l
+                        && l.filter { tags[p][$0] != nil } == records[p],
+                    "round \(round), cap \(cap), notices kept \(maxNotices), partition \(p): \(l) against \(expected[p])")
+            }
+        }
+    }
 }
