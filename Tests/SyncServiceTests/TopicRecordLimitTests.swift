@@ -65,4 +65,18 @@ import Testing
         #expect(large == ["cleanup.policy": "compact", "max.message.bytes": "5000000"])
         #expect(check(large["max.message.bytes"], producer: ["message.max.bytes": "5000000"]) == nil)
     }
+
+    /// librdkafka keeps the low 32 bits of what `strtol` reads, and takes
+    /// `message.max.bytes` from 1,000 to 1,000,000,000 only: a value it reads as 1,000,000
+    /// is not taken for four billion, and one it refuses (or a 64-bit extreme, which read
+    /// whole made the record limit's arithmetic trap) gives the default.
+    @Test func theProducersLimitIsCutAndBoundedAsLibrdkafkaDoes() {
+        #expect(KafkaClientConfig(["message.max.bytes": "4295967296"]).integer("message.max.bytes") == 1_000_000)
+        #expect(KafkaClientConfig(["message.max.bytes": "4295967296"]).messageMaxBytes == 1_000_000)
+        #expect(KafkaClientConfig(["message.max.bytes": "-9223372036854774808"]).messageMaxBytes == 1_000)
+        #expect(KafkaClientConfig(["message.max.bytes": "500"]).messageMaxBytes == 1_000_000)
+        #expect(KafkaClientConfig(["message.max.bytes": "99999999999999999999999"]).messageMaxBytes == 1_000_000)
+        #expect(KafkaClientConfig(["message.max.bytes": ""]).messageMaxBytes == 1_000_000)
+        #expect(check("1048588", producer: ["message.max.bytes": "4295967296"]) == nil)
+    }
 }

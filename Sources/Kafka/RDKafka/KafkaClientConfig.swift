@@ -15,16 +15,23 @@ public struct KafkaClientConfig: Sendable {
         set { properties[key] = newValue }
     }
 
-    /// An integer property as librdkafka reads it (`strtol` in base 0: decimal, `0x`
-    /// hex, octal after a leading 0, anything after the digits ignored); nil when unset
-    /// or with no digits (which librdkafka refuses).
+    /// An integer property as librdkafka (2.0.2) reads it: `(int)strtol(value, &end, 0)`
+    /// (decimal, `0x` hex, octal after a leading 0, anything after the digits ignored,
+    /// the low 32 bits kept); nil when unset or with no digits (which librdkafka refuses).
     public func integer(_ key: String) -> Int? {
         guard let value = properties[key] else { return nil }
         return value.withCString { start in
             var end: UnsafeMutablePointer<CChar>?
             let n = strtol(start, &end, 0)
-            return end.map { UnsafePointer($0) == start } ?? true ? nil : n
+            return end.map { UnsafePointer($0) == start } ?? true ? nil : Int(Int32(truncatingIfNeeded: n))
         }
+    }
+
+    /// The producer's `message.max.bytes` as librdkafka takes it: its default, 1,000,000,
+    /// unless set within what librdkafka accepts (1,000 to 1,000,000,000; a value out of
+    /// it fails the client's creation anyway).
+    public var messageMaxBytes: Int {
+        integer("message.max.bytes").flatMap { (1_000...1_000_000_000).contains($0) ? $0 : nil } ?? 1_000_000
     }
 
     /// librdkafka (2.0.2) properties known to hold no secret: the only ones whose values

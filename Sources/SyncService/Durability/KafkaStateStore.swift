@@ -77,7 +77,7 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
     /// The producer's `message.max.bytes` (librdkafka's default 1,000,000) less room for
     /// the record's framing and headers.
     public var maxRecordBytes: Int {
-        let limit = producerConfig.integer("message.max.bytes") ?? 1_000_000
+        let limit = producerConfig.messageMaxBytes
         return max(4_096, limit - 1_024)
     }
 
@@ -115,7 +115,8 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
     /// does not refuse a topic the daemon made.
     static func creationConfig(_ base: [String: String], producer: KafkaClientConfig) -> [String: String] {
         var out = base
-        if let writes = producer.integer("message.max.bytes"), writes > 1_048_588 { out["max.message.bytes"] = String(writes) }
+        let writes = producer.messageMaxBytes
+        if writes > 1_048_588 { out["max.message.bytes"] = String(writes) }
         return out
     }
 
@@ -127,7 +128,7 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
     static func checkRecordLimit(_ described: [String: String], topic: String, key: String, producer: KafkaClientConfig) throws {
         guard let limit = described["max.message.bytes"].flatMap({ Int($0.trimmingCharacters(in: .whitespaces)) }), limit > 0
         else { return }
-        let writes = producer.integer("message.max.bytes") ?? 1_000_000
+        let writes = producer.messageMaxBytes
         guard limit < writes else { return }
         throw ConfigurationError(
             "\(key): \(topic) takes record batches of at most \(limit) bytes (max.message.bytes) but the producer writes up to "

@@ -147,18 +147,16 @@ final class TransactionGate: @unchecked Sendable {
             switch head {
             case .tagged(let tag):
                 var verdict = resolved(tag, at: m.offset, by: p.notices)
-                var resolver: Notice?
                 if let r = p.resumeResolver, r.offset <= m.offset {
                     if verdict == nil && r.offset == m.offset {
                         verdict = Self.committed(tag, epoch: r.notice.epoch, through: r.notice.through)
-                        resolver = r.notice
                     }
                     p.resumeResolver = nil
                 }
                 if p.queue.isEmpty && p.resumeAt == nil, let verdict {
                     if verdict { out.append(m) } else { dropped += 1 }
                 } else {
-                    take(m, tag: tag, verdict: verdict, resolver: resolver, into: &p)
+                    take(m, tag: tag, verdict: verdict, into: &p)
                 }
             case .notice(let task, let epoch, let through):
                 let notice = Notice(offset: m.offset, task: task, epoch: epoch, through: through)
@@ -265,21 +263,18 @@ final class TransactionGate: @unchecked Sendable {
 
     /// Keeps `m` at the end of `p`'s queue, unless the cap is reached or messages were let
     /// go already: then from its offset on the partition is read again.
-    /// `resolver`: the notice kept apart that gave `verdict`, if that is where it came from.
-    private func take(
-        _ m: ConsumedMessage, tag: RepartitionRecord.Tag?, verdict: Bool?, resolver: Notice? = nil, into p: inout Partition
-    ) {
+    private func take(_ m: ConsumedMessage, tag: RepartitionRecord.Tag?, verdict: Bool?, into p: inout Partition) {
         if p.resumeAt == nil && heldBytes + m.key.count + m.value.count > capBytes { p.resumeAt = m.offset }
         if p.resumeAt != nil {
             // The first tagged record let go, resolved or not: with a verdict known already
-            // (from the notices kept, read before a seek back, or the one kept apart),
-            // reading it again moves on at once. Only unresolved ones counted, and a later
+            // (from the notices kept, read before a seek back), reading it again moves on
+            // at once. Only unresolved ones counted, and a later
             // record whose notice never came held back a partition whose next records could
             // all leave (`whateverTheBoundsWhatLeavesIsWhatTheNoticesSay`, seed 4294).
             if p.firstUnkept == nil, let tag {
                 p.firstUnkept = (m.offset, tag)
                 p.firstUnkeptResolved = verdict != nil
-                p.firstUnkeptNotice = resolver
+                p.firstUnkeptNotice = nil
             }
             return
         }

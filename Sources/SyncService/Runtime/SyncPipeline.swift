@@ -46,7 +46,7 @@ public final class SyncPipeline: Service, @unchecked Sendable {
             producer = p
             let writer = KafkaDeadLetters(
                 producer: p, topic: topic, logger: logger,
-                maxMessageBytes: kafka.integer("message.max.bytes") ?? 1_000_000)
+                maxMessageBytes: kafka.messageMaxBytes)
             deadLetterWriter = writer
             sink = writer
         } else {
