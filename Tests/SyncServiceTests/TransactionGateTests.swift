@@ -231,6 +231,41 @@ import Testing
         #expect(gate.dropped == 1 && gate.heldRecords == 0)
     }
 
+    /// A random log of one partition (1 to `upTo` messages: records and notices of three
+    /// tasks, two epochs), what an unbounded gate lets out of it (the messages up to the
+    /// first record no notice of its task follows, less the records their first notice
+    /// says did not commit), and how many it drops.
+    static func randomLog(partition: Int32, upTo: Int64, _ rng: inout SplitMix64) -> (
+        log: [(Int32, Int64, [UInt8])], tags: [Int64: RepartitionRecord.Tag], expected: [Int64], dropped: Int
+    ) {
+        var log: [(Int32, Int64, [UInt8])] = []
+        var tags: [Int64: RepartitionRecord.Tag] = [:]
+        var notices: [(offset: Int64, task: Int32, epoch: UInt64, through: Int64)] = []
+        for o in 0..<Int64.random(in: 1...upTo, using: &rng) {
+            let task = Int32.random(in: 0...2, using: &rng)
+            let epoch = UInt64.random(in: 1...2, using: &rng)
+            let seq = Int64.random(in: 0...3, using: &rng)
+            if Bool.random(using: &rng) {
+                log.append((partition, o, TransactionGateTests.record(task, epoch, seq)))
+                tags[o] = .init(task: task, epoch: epoch, seq: seq)
+            } else {
+                log.append((partition, o, TransactionGateTests.notice(task, epoch, seq)))
+                notices.append((o, task, epoch, seq))
+            }
+        }
+        var expected: [Int64] = []
+        var dropped = 0
+        for m in log {
+            guard let tag = tags[m.1] else {
+                expected.append(m.1)
+                continue
+            }
+            guard let n = notices.first(where: { $0.offset > m.1 && $0.task == tag.task }) else { break }
+            if tag.epoch == n.epoch && tag.seq <= n.through { expected.append(m.1) } else { dropped += 1 }
+        }
+        return (log, tags, expected, dropped)
+    }
+
     /// Random logs of records and notices of three tasks, read through gates of random
     /// caps and notice bounds, in batches of random sizes, from wherever a seek asks: what
     /// leaves is what leaves an unbounded gate, the messages up to the first record no
@@ -239,40 +274,13 @@ import Testing
     /// for good: a record let go over the cap whose verdict was known already (its
     /// notice read before a seek back) did not count as the first one let go.
     @Test func whateverTheBoundsWhatLeavesIsWhatTheNoticesSay() {
-        let rec = TransactionGateTests.record
-        let notice = TransactionGateTests.notice
         let rounds = Int(ProcessInfo.processInfo.environment["GATE_ROUNDS"] ?? "") ?? 5_000
         for round in 0..<rounds {
             var rng = SplitMix64(seed: UInt64(round))
             let cap = [0, 40, 120, 64 << 20].randomElement(using: &rng)!
             let maxNotices = [1, 2, 5, TransactionGate.maxNotices].randomElement(using: &rng)!
             let h = TransactionGateTests.Harness(capBytes: cap, maxNotices: maxNotices)
-            // The log, and what each tagged record's first notice of its task after it says.
-            var log: [(Int32, Int64, [UInt8])] = []
-            var tags: [Int64: RepartitionRecord.Tag] = [:]
-            var notices: [(offset: Int64, task: Int32, epoch: UInt64, through: Int64)] = []
-            for o in 0..<Int64.random(in: 1...40, using: &rng) {
-                let task = Int32.random(in: 0...2, using: &rng)
-                let epoch = UInt64.random(in: 1...2, using: &rng)
-                let seq = Int64.random(in: 0...3, using: &rng)
-                if Bool.random(using: &rng) {
-                    log.append((0, o, rec(task, epoch, seq)))
-                    tags[o] = .init(task: task, epoch: epoch, seq: seq)
-                } else {
-                    log.append((0, o, notice(task, epoch, seq)))
-                    notices.append((o, task, epoch, seq))
-                }
-            }
-            var expected: [Int64] = []
-            var dropped = 0
-            for m in log {
-                guard let tag = tags[m.1] else {
-                    expected.append(m.1)
-                    continue
-                }
-                guard let n = notices.first(where: { $0.offset > m.1 && $0.task == tag.task }) else { break }
-                if tag.epoch == n.epoch && tag.seq <= n.through { expected.append(m.1) } else { dropped += 1 }
-            }
+            let (log, tags, expected, dropped) = Self.randomLog(partition: 0, upTo: 40, &rng)
             var left: [Int64] = []
             var from = 0
             var reads = 0
@@ -302,8 +310,6 @@ import Testing
     /// (``TransactionGate/drop(_:)``) after which a partition is read again from after the
     /// last message handed out, as from its committed offset.
     @Test func partitionsSharingTheCapThroughSeeksAndRevocationsLeaveWhatTheNoticesSay() {
-        let rec = TransactionGateTests.record
-        let notice = TransactionGateTests.notice
         let rounds = Int(ProcessInfo.processInfo.environment["GATE_ROUNDS"] ?? "") ?? 2_000
         for round in 0..<rounds {
             var rng = SplitMix64(seed: 1_000_000 + UInt64(round))
@@ -316,30 +322,7 @@ import Testing
             var records: [[Int64]] = []
             var tags: [[Int64: RepartitionRecord.Tag]] = []
             for p in 0..<partitions {
-                var log: [(Int32, Int64, [UInt8])] = []
-                var tag: [Int64: RepartitionRecord.Tag] = [:]
-                var notices: [(offset: Int64, task: Int32, epoch: UInt64, through: Int64)] = []
-                for o in 0..<Int64.random(in: 1...30, using: &rng) {
-                    let task = Int32.random(in: 0...2, using: &rng)
-                    let epoch = UInt64.random(in: 1...2, using: &rng)
-                    let seq = Int64.random(in: 0...3, using: &rng)
-                    if Bool.random(using: &rng) {
-                        log.append((Int32(p), o, rec(task, epoch, seq)))
-                        tag[o] = .init(task: task, epoch: epoch, seq: seq)
-                    } else {
-                        log.append((Int32(p), o, notice(task, epoch, seq)))
-                        notices.append((o, task, epoch, seq))
-                    }
-                }
-                var out: [Int64] = []
-                for m in log {
-                    guard let t = tag[m.1] else {
-                        out.append(m.1)
-                        continue
-                    }
-                    guard let n = notices.first(where: { $0.offset > m.1 && $0.task == t.task }) else { break }
-                    if t.epoch == n.epoch && t.seq <= n.through { out.append(m.1) }
-                }
+                let (log, tag, out, _) = Self.randomLog(partition: Int32(p), upTo: 30, &rng)
                 logs.append(log)
                 tags.append(tag)
                 expected.append(out)
