@@ -87,17 +87,11 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
     /// state. A cluster that cannot describe topic configurations (librdkafka's mock)
     /// gets a warning.
     static func checkCleanupPolicy(topic: String, key: String = "state_topic", config: KafkaClientConfig, logger: Logger) throws {
-        let described: [String: String]
-        do {
-            described = try KafkaAdmin.topicConfig(config: config, topic: topic)
-        } catch {
-            logger.warning(
-                "could not read a compacted topic's configuration; make sure its cleanup.policy is compact",
-                metadata: [
-                    "topic": "\(topic)", "error": "\(error)",
-                ])
-            return
-        }
+        guard
+            let described = describedOrWarned(
+                topic, config: config, logger: logger,
+                makeSure: "its cleanup.policy is compact and its max.message.bytes not below the producer's message.max.bytes")
+        else { return }
         try checkRecordLimit(described, topic: topic, key: key, producer: config)
         let policy = described["cleanup.policy"] ?? "delete"
         let parts = Set(policy.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
@@ -142,16 +136,27 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
     /// is not compacted: `<group>-repartition`). A cluster that cannot describe it
     /// (librdkafka's mock) is not refused.
     static func checkRecordLimit(topic: String, key: String, config: KafkaClientConfig, logger: Logger) throws {
-        let described: [String: String]
+        guard
+            let described = describedOrWarned(
+                topic, config: config, logger: logger,
+                makeSure: "its max.message.bytes is not below the producer's message.max.bytes")
+        else { return }
+        try checkRecordLimit(described, topic: topic, key: key, producer: config)
+    }
+
+    /// A topic's configuration (DescribeConfigs), or nil and a warning saying what to make
+    /// sure of by hand, when the cluster cannot describe it (librdkafka's mock).
+    private static func describedOrWarned(_ topic: String, config: KafkaClientConfig, logger: Logger, makeSure: String)
+        -> [String: String]?
+    {
         do {
-            described = try KafkaAdmin.topicConfig(config: config, topic: topic)
+            return try KafkaAdmin.topicConfig(config: config, topic: topic)
         } catch {
             logger.warning(
-                "could not read a topic's configuration; make sure its max.message.bytes is not below the producer's message.max.bytes",
+                "could not read a topic's configuration; make sure \(makeSure)",
                 metadata: ["topic": "\(topic)", "error": "\(error)"])
-            return
+            return nil
         }
-        try checkRecordLimit(described, topic: topic, key: key, producer: config)
     }
 
     /// The transactional id of a source partition's changelog writer.

@@ -23,7 +23,7 @@ extension SyncEngine {
         // thousand records (a backlog read after a restart): over a gigabyte of decoded
         // calls in one batch.
         // Each message's calls, read once: the chunks are cut by them too.
-        let counts = gated.map { $0.topicPartition.topic == topic ? RepartitionRecord.callCount(value: $0.value) : 1 }
+        let counts = Self.callCounts(gated, repartitionTopic: topic)
         var start = 0
         var calls = 0
         for (i, n) in counts.enumerated() {
@@ -92,8 +92,14 @@ extension SyncEngine {
         }
     }
 
-    /// `callCounts`: each message's calls (``RepartitionRecord/callCount(value:)``), when
-    /// the caller has read them already.
+    /// Each message's calls: a record of `<group>-repartition` holds up to
+    /// ``RepartitionRecord/maxBatchCalls``, any other message one.
+    static func callCounts(_ batch: [ConsumedMessage], repartitionTopic topic: String) -> [Int] {
+        batch.map { $0.topicPartition.topic == topic ? RepartitionRecord.callCount(value: $0.value) : 1 }
+    }
+
+    /// `callCounts`: each message's calls (``callCounts(_:repartitionTopic:)``), when the
+    /// caller has read them already.
     func consumeInOrder(_ batch: [ConsumedMessage], callCounts: ArraySlice<Int>? = nil) {
         let nowEpoch = clock.epochMs()
         // Decoding is pure and the larger share of an event's cost; folding must stay in
@@ -108,17 +114,13 @@ extension SyncEngine {
         var bounds = [0]
         if let topic = options.identity.merge ? options.identity.repartitionTopic : nil {
             var calls = 0
-            let base = callCounts?.startIndex ?? 0
-            for (i, m) in batch.enumerated() {
+            let counts = callCounts ?? ArraySlice(Self.callCounts(batch, repartitionTopic: topic))
+            for (i, n) in zip(0..., counts) {
                 if i - bounds[bounds.count - 1] == Self.decodeChunk || calls >= Self.decodeChunk {
                     bounds.append(i)
                     calls = 0
                 }
-                if let callCounts {
-                    calls += callCounts[base + i]
-                } else {
-                    calls += m.topicPartition.topic == topic ? RepartitionRecord.callCount(value: m.value) : 1
-                }
+                calls += n
             }
         } else {
             bounds += Array(stride(from: Self.decodeChunk, to: batch.count, by: Self.decodeChunk))
