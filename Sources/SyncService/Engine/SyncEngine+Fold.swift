@@ -115,7 +115,7 @@ extension SyncEngine {
         if let topic = options.identity.merge ? options.identity.repartitionTopic : nil {
             var calls = 0
             let counts = callCounts ?? ArraySlice(Self.callCounts(batch, repartitionTopic: topic))
-            for (i, n) in zip(0..., counts) {
+            for (i, n) in zip(0..<batch.count, counts) {
                 if i - bounds[bounds.count - 1] == Self.decodeChunk || calls >= Self.decodeChunk {
                     bounds.append(i)
                     calls = 0
