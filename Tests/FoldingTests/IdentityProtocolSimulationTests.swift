@@ -43,7 +43,8 @@ import Testing
         /// `from`: a first hop's source position (task, offset), in-process design only.
         case call(Call, target: String, hops: UInt8, from: (task: Int, offset: Int)? = nil)
         case link(linked: String, into: String, timeMs: Int64)
-        case merge(UserState, target: String, hops: UInt8)
+        /// `serials`: the calls folded into the state (what the check counts).
+        case merge(UserState, target: String, hops: UInt8, serials: [Int])
     }
 
     /// One task: what it holds in memory, and what it last committed.
@@ -56,6 +57,11 @@ import Testing
         var pending: [(Int32, Record)] = []
         /// Identities whose state was handed over since the last commit (tombstones).
         var handedOver: Set<String> = []
+        /// The calls folded into each user, by serial, as held and as committed: the check
+        /// counts each call, not only key events (a call folded twice that changes nothing
+        /// the state shows is caught too).
+        var serials: [String: [Int]] = [:]
+        var committedSerials: [String: [Int]] = [:]
         var committed: (router: IdentityRouter, users: [String: UserState], source: Int, repartition: Int)
         /// The in-process hop (docs/identity.md, "a hop that stays in the process"):
         /// `applied[p]`, the furthest first hop taken from source partition p (`A(q, p)`);
@@ -132,6 +138,7 @@ import Testing
                     s.appliedPositions = kept
                 }
                 tasks[p].users[canonical] = s
+                tasks[p].serials[canonical, default: []].append(c.serial)
                 if let x = c.linkedId { perform(tasks[p].router.note(x, at: canonical, timeMs: c.timeMs), at: p) }
             }
         }
@@ -143,15 +150,18 @@ import Testing
                 tasks[p].pending.append((q, .link(linked: x, into: c, timeMs: t)))
             case .handOver(let x, let c):
                 guard let s = tasks[p].users.removeValue(forKey: x) else { return }
+                let folded = tasks[p].serials.removeValue(forKey: x) ?? []
                 tasks[p].handedOver.insert(x)
-                deliverMerge(s, target: c, hops: 0, at: p, position: nil)
+                deliverMerge(s, folded, target: c, hops: 0, at: p, position: nil)
             }
         }
 
-        mutating func deliverMerge(_ state: UserState, target: String, hops: UInt8, at p: Int, position: AppliedPosition?) {
+        mutating func deliverMerge(
+            _ state: UserState, _ folded: [Int], target: String, hops: UInt8, at p: Int, position: AppliedPosition?
+        ) {
             switch tasks[p].router.route(target: target, hops: hops) {
             case .forward(let q, let t, let h):
-                tasks[p].pending.append((q, .merge(state, target: t, hops: h)))
+                tasks[p].pending.append((q, .merge(state, target: t, hops: h, serials: folded)))
             case .fold(let canonical):
                 var s = tasks[p].users[canonical] ?? UserState()
                 if let position {
@@ -163,6 +173,7 @@ import Testing
                     IdentityProtocolSimulationTests.folder.merge(state, into: &s)
                 }
                 tasks[p].users[canonical] = s
+                tasks[p].serials[canonical, default: []] += folded
             }
         }
 
@@ -186,7 +197,8 @@ import Testing
                     }
                     deliver(c, target: target, hops: hops, at: p, position: position)
                 case .link(let x, let c, let t): perform(tasks[p].router.apply(x, into: c, timeMs: t), at: p)
-                case .merge(let s, let target, let hops): deliverMerge(s, target: target, hops: hops, at: p, position: position)
+                case .merge(let s, let target, let hops, let folded):
+                    deliverMerge(s, folded, target: target, hops: hops, at: p, position: position)
                 }
                 return true
             }
@@ -259,6 +271,7 @@ import Testing
                 tasks[p].committedSentThroughKafka = tasks[p].sentThroughKafka
             }
             tasks[p].committed = (tasks[p].router, tasks[p].users, source, tasks[p].repartitionNext)
+            tasks[p].committedSerials = tasks[p].serials
         }
 
         /// A crash (or the partition moving): back to what was committed.
@@ -266,6 +279,7 @@ import Testing
             let c = tasks[p].committed
             tasks[p].router = c.router
             tasks[p].users = c.users
+            tasks[p].serials = tasks[p].committedSerials
             tasks[p].sourceNext = c.source
             tasks[p].repartitionNext = c.repartition
             tasks[p].pending.removeAll()
@@ -463,6 +477,21 @@ import Testing
             )
             ok = ok && same
         }
+        var seen: [Int: String] = [:]
+        var twice: [Int] = []
+        for t in w.tasks {
+            for (id, folded) in t.serials {
+                for serial in folded {
+                    if seen.updateValue(id, forKey: serial) != nil { twice.append(serial) }
+                }
+            }
+        }
+        let lost = calls.filter { seen[$0.serial] == nil }.map(\.serial)
+        let misplaced = calls.filter { c in seen[c.serial].map { $0 != w.canonical(c.identity) } ?? false }.map(\.serial)
+        #expect(
+            twice.isEmpty && lost.isEmpty && misplaced.isEmpty,
+            "\(label): calls folded twice \(twice), lost \(lost), elsewhere \(misplaced)")
+        ok = ok && twice.isEmpty && lost.isEmpty && misplaced.isEmpty
         let keyEvents = calls.filter(\.key).count
         let counted = actual.values.reduce(0) { $0 + Int($1.keyEventCounts.first?.count ?? 0) }
         #expect(counted == keyEvents, "\(label): key events counted \(counted) of \(keyEvents)")
