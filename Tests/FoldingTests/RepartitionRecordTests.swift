@@ -149,6 +149,42 @@ import Testing
         #expect(RepartitionRecord.head(value: Array(#"{"type":"page"}"#.utf8).withUnsafeBufferPointer { $0 }) == .untagged)
     }
 
+    /// Version 3: a first hop carries its source position (task, offset, call), read back
+    /// by both decoders; a call forwarded on carries none, and its size is what
+    /// ``RepartitionRecord/ForwardedCall/encodedBytes`` says.
+    @Test func firstHopsCarryTheirSourcePosition() throws {
+        let calls = [
+            RepartitionRecord.ForwardedCall(target: "a-1", hops: 1, body: [1, 2, 3], origin: HopMark(task: 0, offset: 0, call: 0)),
+            .init(target: "person-2", hops: 1, body: [4], origin: HopMark(task: .max, offset: .max, call: .max)),
+            .init(target: "a-3", hops: 2, body: [5, 6], origin: nil),
+            .init(target: "a-4", hops: 1, body: [7], origin: HopMark(task: 15, offset: 1_234_567, call: 1_999)),
+        ]
+        let tag = RepartitionRecord.Tag(task: 3, epoch: 9, seq: 4)
+        let record = RepartitionRecord.calls(calls)
+        let (key, value) = record.encode(tag: tag)
+        #expect(try RepartitionRecord.decode(key: key, value: value) == record)
+        let frame = RepartitionRecord.calls([]).encode(tag: tag).value.count
+        // The count's varint grows from zero calls to four by nothing.
+        #expect(value.count == frame + calls.reduce(0) { $0 + $1.encodedBytes })
+        var origins: [HopMark?] = []
+        let read = key.withUnsafeBufferPointer { k in
+            value.withUnsafeBufferPointer { v in
+                RepartitionRecord.forEachCall(key: k, value: v) { c in
+                    origins.append(c.origin)
+                    return true
+                }
+            }
+        }
+        #expect(read && origins == calls.map(\.origin))
+        // Untagged (version 1, as tests write old records): no positions.
+        let old = RepartitionRecord.calls(calls).encode()
+        guard case .calls(let decoded) = try RepartitionRecord.decode(key: old.key, value: old.value) else {
+            Issue.record("not calls")
+            return
+        }
+        #expect(decoded.allSatisfy { $0.origin == nil } && decoded.map(\.body) == calls.map(\.body))
+    }
+
     @Test func refusesWhatItCannotRead() throws {
         let (key, link) = RepartitionRecord.link(id: "anon-1", canonical: "user-7", timeMs: Self.now, hops: 0).encode()
         #expect(throws: RepartitionRecord.DecodeError.badKey) { try RepartitionRecord.decode(key: [], value: link) }

@@ -254,4 +254,24 @@ import Testing
             _ = try? StateCodec.decode(Array(b.prefix(Int.random(in: 0..<b.count, using: &rng))))
         }
     }
+
+    /// A merging task's marker keeps the first hops it took and sent (docs/identity.md, "A
+    /// hop that stays in the process"), and says it knows them even when it sent none; a
+    /// marker without them (an older build's) does not.
+    @Test func aMarkerKeepsTheFirstHopsTakenAndSent() throws {
+        let taken = [HopMark(task: 0, offset: 12, call: 3), HopMark(task: 15, offset: .max, call: .max)]
+        let sent = [HopMark(task: 7, offset: 0, call: 0)]
+        let txn = StoredUser.MarkerTxn(epoch: 5, seq: 2)
+        let m = try StateCodec.decode(
+            StateCodec.encodeMarker(committedOffset: 40, sourcePartitions: 16, txn: txn, hopsTaken: taken, hopsSent: sent))
+        #expect(m.markerOffset == 40 && m.markerTxn == txn && m.hopsTaken == taken && m.hopsSent == sent && m.hopsKnown)
+        let none = try StateCodec.decode(StateCodec.encodeMarker(committedOffset: 40, sourcePartitions: 16, txn: txn))
+        #expect(none.hopsTaken.isEmpty && none.hopsSent.isEmpty && none.hopsKnown)
+        let old = try StateCodec.decode(StateCodec.encodeMarker(committedOffset: 40, sourcePartitions: 16))
+        #expect(!old.hopsKnown)
+        // A negative offset is no position.
+        var bad = StoredUser(state: UserState(), dirty: false, settledHash: 0, markerOffset: 1)
+        bad.hopsTaken = [HopMark(task: 1, offset: -1, call: 0)]
+        #expect(throws: StateCodec.DecodeError.badValue) { try StateCodec.decode(StateCodec.encode(bad)) }
+    }
 }

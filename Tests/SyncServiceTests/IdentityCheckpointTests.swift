@@ -33,8 +33,13 @@ import Testing
         var fedRepartition: [Int32: Int] = [:]
         let all = (0..<2).flatMap { [TopicPartition("events", $0), TopicPartition("g-repartition", $0)] }
 
-        init(letters: any DeadLetterSink = RecordingDeadLetters()) {
+        /// Whether calls for the other task are handed over in the process (this engine holds
+        /// both) or go through `<group>-repartition` (as when another instance holds it).
+        var inProcess: Bool
+
+        init(letters: any DeadLetterSink = RecordingDeadLetters(), inProcess: Bool = true) {
             self.letters = letters
+            self.inProcess = inProcess
             var o = EngineOptions()
             o.debounceMs = 1_000
             o.maxWaitMs = 5_000
@@ -51,6 +56,7 @@ import Testing
             options = o
             engine = SyncEngine(
                 options: o, deadLetters: letters, logger: quietLogger, clock: clock.engineClock, links: EngineLinks(stateStore: store))
+            engine.inProcessHops = inProcess
             engine.partitionsAssigned(all)
         }
 
@@ -119,6 +125,7 @@ import Testing
             engine = SyncEngine(
                 options: options, deadLetters: letters, logger: quietLogger, clock: clock.engineClock,
                 links: EngineLinks(stateStore: store))
+            engine.inProcessHops = inProcess
             store.torn = false
             engine.partitionsAssigned(all)
             let committed = store.lastCommit
@@ -155,8 +162,8 @@ import Testing
     }
 
     /// What a run that never failed gives each user, and how many records it routed.
-    static func reference(_ produce: (World) -> Void) -> (bodies: [String: String], routed: Int) {
-        let w = World()
+    static func reference(inProcess: Bool = true, _ produce: (World) -> Void) -> (bodies: [String: String], routed: Int) {
+        let w = World(inProcess: inProcess)
         produce(w)
         w.feedSource()
         w.settle()
@@ -167,9 +174,9 @@ import Testing
 
     /// The reference run of every visitor's calls, and a world that has read them (not
     /// checkpointed yet).
-    static func fedWorld() -> (want: (bodies: [String: String], routed: Int), w: World) {
-        let want = reference { $0.produce(calls(0..<visitors)) }
-        let w = World()
+    static func fedWorld(inProcess: Bool = true) -> (want: (bodies: [String: String], routed: Int), w: World) {
+        let want = reference(inProcess: inProcess) { $0.produce(calls(0..<visitors)) }
+        let w = World(inProcess: inProcess)
         w.produce(calls(0..<visitors))
         w.feedSource()
         return (want, w)
@@ -230,8 +237,8 @@ import Testing
 
     /// A checkpoint whose second task's transaction fails after the first committed: the
     /// first task's records are not written again by the next checkpoint.
-    @Test func aCheckpointThatCommitsSomeTasksWritesNoRecordTwice() {
-        let (want, w) = Self.fedWorld()
+    @Test(arguments: [true, false]) func aCheckpointThatCommitsSomeTasksWritesNoRecordTwice(inProcess: Bool) {
+        let (want, w) = Self.fedWorld(inProcess: inProcess)
         w.store.failGroupsFrom = 1
         #expect(!w.engine.checkpoint())
         w.settle()
@@ -251,7 +258,7 @@ import Testing
     /// restores stopped at the last committed transaction's markers, a cut that kept a
     /// hand-over's tombstone without its merge record lost the anonymous history, and one
     /// that kept routed records read them twice.
-    @Test(arguments: [false, true]) func aCheckpointCutByACrashLosesAndDoublesNothing(fromStart: Bool) {
+    @Test(arguments: [false, true], [true, false]) func aCheckpointCutByACrashLosesAndDoublesNothing(fromStart: Bool, inProcess: Bool) {
         let late = (0..<Self.visitors).map { v in
             #"{"type":"track","anonymousId":"a-\#(v)","event":"Report Built","timestamp":"2025-11-23T10:00:00Z"}"#
         }
@@ -260,7 +267,7 @@ import Testing
         var total = 1
         var keep = 0
         while keep <= total {
-            let w = World()
+            let w = World(inProcess: inProcess)
             w.play(Array(calls[..<(calls.count / 2)]))
             w.produce(Array(calls[(calls.count / 2)...]))
             w.feedSource()
@@ -307,7 +314,7 @@ import Testing
     /// again from older offsets. Calls its former owner routed must not be routed, nor
     /// routed calls forwarded, a second time: the changelog's markers say how far each
     /// partition's effects are committed. Before, "Report Built" counted twice.
-    @Test func aTaskWhoseGroupOffsetsLagItsChangelogRoutesNothingTwice() {
+    @Test(arguments: [true, false]) func aTaskWhoseGroupOffsetsLagItsChangelogRoutesNothingTwice(inProcess: Bool) {
         // After the links: key events by the anonymous id alone, which the anonymous id's
         // task (read from the repartition topic, when the call landed elsewhere) forwards
         // to the user's.
@@ -317,8 +324,8 @@ import Testing
             }
         }
         let calls = Self.calls(0..<Self.visitors)
-        let want = Self.reference { $0.produce(calls + late(10) + late(11) + late(12)) }
-        let w = World()
+        let want = Self.reference(inProcess: inProcess) { $0.produce(calls + late(10) + late(11) + late(12)) }
+        let w = World(inProcess: inProcess)
         for part in [Array(calls[..<(calls.count / 2)]), Array(calls[(calls.count / 2)...]), late(10) + late(11)] {
             w.play(part)
         }
@@ -418,14 +425,14 @@ import Testing
     /// tombstones or routed records is written without the offsets that cover them. A
     /// crash then loses nothing (a graph entry written alone made the replay skip its
     /// link's hand-over; a hand-over's tombstone alone lost the anonymous history).
-    @Test func lateDeadLettersHoldATaskWhole() {
+    @Test(arguments: [true, false]) func lateDeadLettersHoldATaskWhole(inProcess: Bool) {
         let invalid = "not json"
-        let want = Self.reference { w in
+        let want = Self.reference(inProcess: inProcess) { w in
             w.produce(Self.calls(0..<Self.visitors))
             w.produce([invalid])
         }
         let letters = DeferredDeadLetters()
-        let w = World(letters: letters)
+        let w = World(letters: letters, inProcess: inProcess)
         w.produce(Self.calls(0..<Self.visitors))
         w.produce([invalid])
         w.feedSource()
@@ -464,6 +471,10 @@ import Testing
         // Before any sweep queues the resync's users.
         #expect(w.engine.snapshot().resyncPendingPartitions == 2)
         #expect(w.engine.checkpoint())
+        // Calls handed over in the process hold a source offset until the other task's
+        // transaction has committed them: the next checkpoint commits it.
+        #expect(w.engine.checkpoint())
+        #expect(w.engine.snapshot().resyncPendingPartitions == 2)
         for p in Int32(0)..<2 {
             #expect(w.store.lastCommit[TopicPartition("events", p)] == Int64(w.source[p]?.count ?? 0), "partition \(p) held")
         }
@@ -603,7 +614,8 @@ import Testing
     /// dead-lettered and left out; it does not fail every checkpoint after it.
     @Test func aRoutedRecordTooLargeIsDeadLetteredNotRetriedForever() throws {
         let letters = RecordingDeadLetters()
-        let w = World(letters: letters)
+        // Through Kafka: handed over in the process, no call is routed at all.
+        let w = World(letters: letters, inProcess: false)
         // Over the calls with a long timezone (about 150 bytes in their compact form), under
         // the others (at most 60); the users' records over it are dead-lettered as states
         // too large, as they always were.
@@ -738,5 +750,110 @@ import Testing
             #expect(fast.engine.routers[t]?.graph.counts == slow.engine.routers[t]?.graph.counts)
             #expect(fast.engine.routers[t]?.hopLimitReached == slow.engine.routers[t]?.hopLimitReached)
         }
+    }
+
+    /// A source offset is committed only as far as the calls its task handed to another
+    /// task in the process are committed there (docs/identity.md, rule 5): the other
+    /// task's transaction failing while the handing one commits, then a crash, loses
+    /// nothing. Committed with the handing task's own transaction, the offset passed
+    /// calls that were in memory only at the task they went to.
+    @Test func aSourceOffsetWaitsForTheTaskItsCallsWereHandedTo() {
+        let calls = Self.calls(0..<Self.visitors)
+        let want = Self.reference { $0.produce(calls) }
+        let w = World()
+        w.play(Array(calls[..<(calls.count / 2)]))
+        w.produce(Array(calls[(calls.count / 2)...]))
+        w.feedSource()
+        #expect(w.engine.snapshot().handedInProcess > 0)
+        // One task's transaction commits, the other's fails; then the process dies.
+        w.store.failGroupsFrom = 1
+        #expect(!w.engine.checkpoint())
+        w.store.failGroupsFrom = nil
+        w.crashAndRestart()
+        w.settle()
+        Self.expectSameUsers(w, want.bodies)
+    }
+
+    /// A task that sent another first hops through Kafka hands it calls in the process
+    /// only once it has taken them all (rule 3): a call handed over before that, taken
+    /// first, would make the other task skip the earlier ones still in the topic as taken.
+    @Test func theHopStaysInKafkaUntilTheOtherTaskHasTakenWhatWasSentThatWay() {
+        let calls = Self.calls(0..<Self.visitors)
+        let want = Self.reference { $0.produce(calls) }
+        let w = World()
+        w.engine.inProcessHops = false
+        w.produce(Array(calls[..<(calls.count / 2)]))
+        w.feedSource()
+        // Written to the repartition topic, not read back yet.
+        #expect(w.engine.checkpoint())
+        #expect(w.repartitionRecords > 0)
+        w.engine.inProcessHops = true
+        w.produce(Array(calls[(calls.count / 2)...]))
+        w.feedSource()
+        w.settle()
+        Self.expectSameUsers(w, want.bodies)
+        w.crashAndRestart(fromStart: true)
+        w.settle()
+        Self.expectSameUsers(w, want.bodies)
+    }
+
+    /// Calls handed over in the process, then read again from a lagging group offset by a
+    /// new owner that sends them through Kafka (the two tasks now on two instances): the
+    /// task they went to took them already, and skips them by their source position
+    /// (rule 1), as it would skip them handed over again.
+    @Test(arguments: [false, true]) func aCallHandedOverThenSentAgainThroughKafkaIsTakenOnce(fromStart: Bool) {
+        let calls = Self.calls(0..<Self.visitors)
+        let want = Self.reference { $0.produce(calls) }
+        let w = World()
+        w.play(Array(calls[..<(calls.count / 2)]))
+        w.produce(Array(calls[(calls.count / 2)...]))
+        w.feedSource()
+        // Both tasks commit what they took; the source offsets wait for a later checkpoint.
+        #expect(w.engine.checkpoint())
+        #expect(w.engine.snapshot().handedInProcess > 0)
+        w.inProcess = false
+        w.crashAndRestart(fromStart: fromStart)
+        w.settle()
+        Self.expectSameUsers(w, want.bodies)
+        #expect(w.engine.snapshot().skippedReplays > 0)
+    }
+
+    /// A call handed over in the process is folded without a source position (rule 4).
+    /// With one, an anonymous identity's state carried its source's position into the
+    /// user it was merged into, and after a crash that user, given the merge again before
+    /// its own call below that position was read again, skipped that call as applied.
+    @Test func aMergedStateCarriesNoPositionOfCallsHandedOver() throws {
+        let router = IdentityRouter(task: 0, partitions: 2)
+        let n = try #require((0..<200).first { router.owner("person-h\($0)") == 0 && router.owner("a-h\($0)") == 1 })
+        let (user, anonymous) = ("person-h\(n)", "a-h\(n)")
+        let identify = #"{"type":"identify","userId":"\#(user)","anonymousId":"\#(anonymous)","timestamp":"2025-11-17T10:00:00Z"}"#
+        let page = #"{"type":"page","userId":"\#(user)","timestamp":"2025-11-19T10:00:00Z"}"#
+        let anonymousPage = #"{"type":"page","anonymousId":"\#(anonymous)","timestamp":"2025-11-21T10:00:00Z"}"#
+        let w = World()
+        // Task 0 reads everything: the link, then its user's own call, then one of the
+        // anonymous id, handed to task 1.
+        w.source[0] = [([], Array(identify.utf8))]
+        w.feedSource()
+        #expect(w.engine.checkpoint())
+        // Notices alone: the link request is readable at task 1.
+        #expect(w.engine.writeNotices())
+        w.source[0]! += [([], Array(page.utf8)), ([], Array(anonymousPage.utf8))]
+        w.feedSource()
+        #expect(w.engine.snapshot().handedInProcess == 1)
+        // Task 1 alone commits: the anonymous state, then (once it has read the link
+        // request) its hand-over to the user, a merge record for task 0.
+        #expect(w.engine.checkpoint(partitions: [2]))
+        w.feedRepartition()
+        #expect(w.engine.snapshot().identitiesMerged == 1)
+        #expect(w.engine.checkpoint(partitions: [2]))
+        #expect(w.engine.writeNotices())
+        // Task 0 dies before committing again; its new owner reads the merge record first.
+        w.crashAndRestart(feed: false)
+        w.feedRepartition()
+        w.feedSource()
+        w.settle()
+        let body = try #require(w.body(user))
+        #expect(body.contains(#""numberOfVisits":3"#), "\(body)")
+        #expect(w.body(anonymous) == nil)
     }
 }

@@ -15,8 +15,10 @@ import Testing
     /// (``Checkpoints``). And with no room to hold routed records for their notices: each
     /// waiting partition is read again (a seek) once its notice was seen
     /// (``TransactionGate``).
-    @Test(arguments: [(Int64(200), 64 << 20), (600_000, 64 << 20), (200, 0)])
-    func visitorsKeyedByMessageIdEndAsOneUserEach(commitIntervalMs: Int64, heldBytesCap: Int) async throws {
+    /// Those three through Kafka (as if another instance held the other task), and once
+    /// with the calls handed to the other task in the process, as one instance does.
+    @Test(arguments: [(Int64(200), 64 << 20, false), (600_000, 64 << 20, false), (200, 0, false), (200, 64 << 20, true)])
+    func visitorsKeyedByMessageIdEndAsOneUserEach(commitIntervalMs: Int64, heldBytesCap: Int, inProcess: Bool) async throws {
         let h = try await PipelineHarness(partitions: 2)
         let group = "ident-\(UUID().uuidString.prefix(8))"
         for t in ["-repartition", "-identities", "-state"] { try h.cluster.createTopic(group + t, partitions: 2) }
@@ -36,6 +38,7 @@ import Testing
             c.engine.fold.sendNumberOfVisits = true
             c.engine.identity.merge = true
             c.engine.identity.heldBytesCap = heldBytesCap
+            c.engine.identity.inProcessHops = inProcess
         }
         let done = await eventually {
             let latest = h.sandbox.latestAcknowledged()
@@ -48,7 +51,11 @@ import Testing
         }
         let latest = h.sandbox.latestAcknowledged()
         #expect(done, "bodies: \((0..<visitors).map { latest["person-\($0)"].map { String(decoding: $0.body, as: UTF8.self) } ?? "none" })")
-        #expect((h.pipeline.engine?.snapshot().forwarded ?? 0) > 0, "nothing was routed")
+        if inProcess {
+            #expect((h.pipeline.engine?.snapshot().handedInProcess ?? 0) > 0, "nothing was handed over in the process")
+        } else {
+            #expect((h.pipeline.engine?.snapshot().forwarded ?? 0) > 0, "nothing was routed")
+        }
         if heldBytesCap == 0 { #expect((h.pipeline.engine?.snapshot().routedRereads ?? 0) > 0, "nothing was read again") }
         #expect(h.sandbox.violationCount == 0)
         try await h.stop()

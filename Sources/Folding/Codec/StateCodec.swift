@@ -17,6 +17,17 @@ public struct StoredUser: Sendable, Equatable {
     /// Set on a marker written by a merging task's transaction (identity resolution): that
     /// transaction's writer epoch and sequence number (``RepartitionRecord/Tag``).
     public var markerTxn: MarkerTxn?
+    /// Only on a merging task's source marker (identity resolution, docs/identity.md,
+    /// "A hop that stays in the process"): per source partition (a task), the furthest
+    /// first hop this task has taken from it (`A(q, p)`), and the furthest first hop this
+    /// task's source partition sent each other task through `<group>-repartition`
+    /// (`S(p, q)`), both as of the transaction that wrote the marker.
+    public var hopsTaken: [HopMark] = []
+    public var hopsSent: [HopMark] = []
+    /// Whether the marker says what its task sent (``hopsSent``, even none): a marker
+    /// written before the in-process hop does not, and its task sent every first hop
+    /// through Kafka.
+    public var hopsKnown = false
 
     public struct MarkerTxn: Sendable, Equatable {
         public var epoch: UInt64
@@ -70,6 +81,9 @@ public enum StateCodec {
         case markerOffset
         /// Only in a marker of a merging task's transaction: its epoch and sequence number.
         case markerTxn
+        /// Only in a merging task's source marker: ``StoredUser/hopsTaken`` and
+        /// ``StoredUser/hopsSent``.
+        case hopsTaken, hopsSent
     }
 
     public enum DecodeError: Error, Equatable {
@@ -87,11 +101,17 @@ public enum StateCodec {
     /// A changelog marker's value: an empty user carrying the source offset committed
     /// with it and the source's partition count. Readers of this format that predate
     /// markers decode it as an empty user of no partition and leave it.
-    public static func encodeMarker(committedOffset: Int64, sourcePartitions: Int32, txn: StoredUser.MarkerTxn? = nil) -> [UInt8] {
-        encode(
-            StoredUser(
-                state: UserState(), dirty: false, settledHash: 0, sourcePartitions: sourcePartitions,
-                markerOffset: committedOffset, markerTxn: txn))
+    public static func encodeMarker(
+        committedOffset: Int64, sourcePartitions: Int32, txn: StoredUser.MarkerTxn? = nil, hopsTaken: [HopMark] = [],
+        hopsSent: [HopMark] = []
+    ) -> [UInt8] {
+        var u = StoredUser(
+            state: UserState(), dirty: false, settledHash: 0, sourcePartitions: sourcePartitions,
+            markerOffset: committedOffset, markerTxn: txn)
+        u.hopsTaken = hopsTaken
+        u.hopsSent = hopsSent
+        u.hopsKnown = txn != nil
+        return encode(u)
     }
 
     public static func encode(_ u: StoredUser) -> [UInt8] {
@@ -205,6 +225,17 @@ public enum StateCodec {
                 $0.zigzag(t.seq)
             }
         }
+        for (tag, marks) in [(Tag.hopsTaken, u.hopsTaken), (.hopsSent, u.hopsSent)]
+        where !marks.isEmpty || (tag == .hopsSent && u.hopsKnown) {
+            w.field(tag) { f in
+                f.varint(UInt64(marks.count))
+                for m in marks {
+                    f.varint(UInt64(UInt32(bitPattern: m.task)))
+                    f.zigzag(m.offset)
+                    f.varint(UInt64(m.call))
+                }
+            }
+        }
         return w.bytes
     }
 
@@ -229,6 +260,7 @@ public enum StateCodec {
         var sourcePartitions: Int32 = 0
         var markerOffset: Int64?
         var markerTxn: StoredUser.MarkerTxn?
+        var hops: [Tag: [HopMark]] = [:]
         // The text fields, packed once at the end (see ``TextFields/Registers``).
         var text = TextFields.Registers()
         while !r.atEnd {
@@ -320,10 +352,41 @@ public enum StateCodec {
             case .sourcePartitions: sourcePartitions = Int32(truncatingIfNeeded: try f.varint())
             case .markerOffset: markerOffset = try f.zigzag()
             case .markerTxn: markerTxn = StoredUser.MarkerTxn(epoch: try f.varint(), seq: try f.zigzag())
+            case .hopsTaken, .hopsSent:
+                let n = try f.count(limit: HopMark.maxTasks)
+                var marks: [HopMark] = []
+                for _ in 0..<n {
+                    let task = try f.varint()
+                    let offset = try f.zigzag()
+                    let call = try f.varint()
+                    guard task <= UInt64(Int32.max), offset >= 0, call <= UInt64(UInt32.max) else { throw .badValue }
+                    marks.append(HopMark(task: Int32(task), offset: offset, call: UInt32(call)))
+                }
+                hops[t] = marks
             }
         }
         s.text = TextFields(text, from: bytes)
-        return StoredUser(
+        var u = StoredUser(
             state: s, dirty: dirty, settledHash: hash, sourcePartitions: sourcePartitions, markerOffset: markerOffset, markerTxn: markerTxn)
+        u.hopsTaken = hops[.hopsTaken] ?? []
+        u.hopsSent = hops[.hopsSent] ?? []
+        u.hopsKnown = hops[.hopsSent] != nil
+        return u
     }
+}
+
+/// A first hop's source position with the task it concerns (``StoredUser/hopsTaken``,
+/// ``StoredUser/hopsSent``): the source offset and the call's index in its message.
+public struct HopMark: Sendable, Equatable {
+    public var task: Int32
+    public var offset: Int64
+    public var call: UInt32
+    public init(task: Int32, offset: Int64, call: UInt32) {
+        self.task = task
+        self.offset = offset
+        self.call = call
+    }
+
+    /// The most tasks a marker lists (Kafka allows far fewer partitions in practice).
+    public static let maxTasks = 100_000
 }

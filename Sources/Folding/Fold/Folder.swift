@@ -48,13 +48,23 @@ public struct Folder: Sendable {
     /// lies and moving its strings into the state: `e` is spent afterwards. For the
     /// engine, which drops each event after its fold: passing the event by value copied
     /// its 568 bytes and retained every string in it, per event.
+    ///
+    /// `positioned: false` folds without asking or moving the state's applied positions:
+    /// for a call handed over in the process (identity resolution, docs/identity.md), whose
+    /// replays the engine skips by the first hop's position instead. A user keyed by
+    /// messageId has calls from every source partition, more than a state keeps positions
+    /// of, and a position of one source carried into another user by a merge would make
+    /// that user skip the source's own later calls below it.
     @discardableResult
     public func fold(
         spending e: inout SegmentEvent, timeMs: Int64, offset: Int64, source: UInt32 = 0, call: UInt32 = 0,
-        kafkaMs: Int64 = -1, tieBreak: Int64? = nil, into s: inout UserState, adjustments: inout Adjustments
+        kafkaMs: Int64 = -1, tieBreak: Int64? = nil, positioned: Bool = true, into s: inout UserState,
+        adjustments: inout Adjustments
     ) -> Bool {
-        if s.hasApplied(source: source, offset: offset, call: call) { return false }
-        s.recordApplied(AppliedPosition(source: source, offset: offset, call: call, kafkaMs: kafkaMs))
+        if positioned {
+            if s.hasApplied(source: source, offset: offset, call: call) { return false }
+            s.recordApplied(AppliedPosition(source: source, offset: offset, call: call, kafkaMs: kafkaMs))
+        }
         // Ties of one event time go by offset, or by what the caller gives (``Stamp/position(offset:call:)``).
         let stamp = Stamp(timeMs: timeMs, offset: tieBreak ?? offset)
         var text = TextFields.Writes()

@@ -80,19 +80,34 @@ public enum RepartitionRecord: Sendable, Equatable {
         public var target: String
         public var hops: UInt8
         public var body: [UInt8]
-        public init(target: String, hops: UInt8, body: [UInt8]) {
+        /// A first hop's source position (version 3): the task whose source partition the
+        /// call was read from, its offset there and its index in its message. The reader
+        /// skips a first hop at or below the furthest it has taken from that partition
+        /// (docs/identity.md, "A hop that stays in the process"). Nil on a call forwarded
+        /// on (hops above 0).
+        public var origin: HopMark?
+        public init(target: String, hops: UInt8, body: [UInt8], origin: HopMark? = nil) {
             self.target = target
             self.hops = hops
             self.body = body
+            self.origin = origin
         }
 
-        /// What it adds to a kind `e` record: its three fields and their lengths.
+        /// What it adds to a kind `e` record: its four fields and their lengths.
         public var encodedBytes: Int {
-            Self.varintBytes(target.utf8.count) + target.utf8.count + 1 + Self.varintBytes(body.count) + body.count
+            Self.varintBytes(target.utf8.count) + target.utf8.count + 1 + originBytes + Self.varintBytes(body.count) + body.count
         }
 
-        static func varintBytes(_ n: Int) -> Int {
-            var n = UInt64(n)
+        var originBytes: Int {
+            guard let o = origin else { return 1 }
+            let zigzag = UInt64(bitPattern: (o.offset << 1) ^ (o.offset >> 63))
+            return Self.varintBytes(UInt64(UInt32(bitPattern: o.task)) + 1) + Self.varintBytes(zigzag) + Self.varintBytes(UInt64(o.call))
+        }
+
+        static func varintBytes(_ n: Int) -> Int { varintBytes(UInt64(n)) }
+
+        static func varintBytes(_ n: UInt64) -> Int {
+            var n = n
             var bytes = 1
             while n >= 0x80 {
                 n >>= 7
@@ -125,8 +140,8 @@ public enum RepartitionRecord: Sendable, Equatable {
         }
     }
 
-    /// The format version written.
-    public static let version: UInt8 = 2
+    /// The format version written (3: calls carry their first hop's source position).
+    public static let version: UInt8 = 3
     /// The longest id in bytes: Foldspace takes ids of at most 255 characters (the
     /// decoder refuses longer ones), 4 bytes each at most.
     public static let maxIdentityBytes = 1020
@@ -207,6 +222,16 @@ public enum RepartitionRecord: Sendable, Equatable {
             for c in calls {
                 w.string(c.target)
                 w.u8(c.hops)
+                if tag != nil {
+                    // Version 3: the first hop's source position (task + 1; 0: none).
+                    if let o = c.origin {
+                        w.varint(UInt64(UInt32(bitPattern: o.task)) + 1)
+                        w.zigzag(o.offset)
+                        w.varint(UInt64(o.call))
+                    } else {
+                        w.varint(0)
+                    }
+                }
                 w.varint(UInt64(c.body.count))
                 w.bytes.append(contentsOf: c.body)
             }
@@ -239,6 +264,8 @@ public enum RepartitionRecord: Sendable, Equatable {
         public var hops: UInt8
         public var compact: Bool
         public var payload: UnsafeBufferPointer<UInt8>
+        /// A first hop's source position (``ForwardedCall/origin``).
+        public var origin: HopMark?
     }
 
     /// Calls `body` with each call of a routed record of calls, in order, read in place
@@ -261,11 +288,11 @@ public enum RepartitionRecord: Sendable, Equatable {
             return body(CallView(target: key, hops: value[2], compact: false, payload: UnsafeBufferPointer(rebasing: value[r.pos...])))
         }
         // Framing first, whole: `body` sees no call of a record that does not read to its end.
-        guard let calls = try? readCalls(&r), r.atEnd else { return false }
+        guard let calls = try? readCalls(&r, version: value[1]), r.atEnd else { return false }
         for c in calls {
             let view = CallView(
                 target: UnsafeBufferPointer(rebasing: value[c.target]), hops: c.hops, compact: true,
-                payload: UnsafeBufferPointer(rebasing: value[c.body]))
+                payload: UnsafeBufferPointer(rebasing: value[c.body]), origin: c.origin)
             guard body(view) else { return false }
         }
         return true
@@ -273,19 +300,29 @@ public enum RepartitionRecord: Sendable, Equatable {
 
     /// The calls of a kind `e` payload, as where their fields are in the value.
     private static func readCalls(
-        _ r: inout StateCodec.Reader
-    ) throws(StateCodec.DecodeError) -> [(target: Range<Int>, hops: UInt8, body: Range<Int>)] {
+        _ r: inout StateCodec.Reader, version: UInt8
+    ) throws(StateCodec.DecodeError) -> [(target: Range<Int>, hops: UInt8, body: Range<Int>, origin: HopMark?)] {
         let n = try r.varint()
         // Each call takes four bytes at least.
         guard n >= 1, n <= UInt64(maxBatchCalls), n <= UInt64(r.end - r.pos) / 4 else { throw .badValue }
-        var out: [(target: Range<Int>, hops: UInt8, body: Range<Int>)] = []
+        var out: [(target: Range<Int>, hops: UInt8, body: Range<Int>, origin: HopMark?)] = []
         out.reserveCapacity(Int(n))
         for _ in 0..<Int(n) {
             let target = try r.utf8()
             guard isIdentity(UnsafeBufferPointer(rebasing: r.bytes[target])) else { throw .badValue }
             let hops = try r.u8()
+            var origin: HopMark?
+            if version >= 3 {
+                let task = try r.varint()
+                if task > 0 {
+                    let offset = try r.zigzag()
+                    let call = try r.varint()
+                    guard task - 1 <= UInt64(Int32.max), offset >= 0, call <= UInt64(UInt32.max) else { throw .badValue }
+                    origin = HopMark(task: Int32(task - 1), offset: offset, call: UInt32(call))
+                }
+            }
             let length = try r.length()
-            out.append((target, hops, r.pos..<(r.pos + length)))
+            out.append((target, hops, r.pos..<(r.pos + length), origin))
             r.pos += length
         }
         return out
@@ -373,9 +410,9 @@ public enum RepartitionRecord: Sendable, Equatable {
         case .call:
             return .call(target: target, hops: hops, json: Array(UnsafeBufferPointer(rebasing: value[r.pos...])))
         case .calls:
-            let calls: [(target: Range<Int>, hops: UInt8, body: Range<Int>)]
+            let calls: [(target: Range<Int>, hops: UInt8, body: Range<Int>, origin: HopMark?)]
             do {
-                calls = try readCalls(&r)
+                calls = try readCalls(&r, version: v)
             } catch {
                 throw error == .truncated ? .truncated : .badValue
             }
@@ -384,7 +421,7 @@ public enum RepartitionRecord: Sendable, Equatable {
                 calls.map {
                     ForwardedCall(
                         target: String(decoding: UnsafeBufferPointer(rebasing: value[$0.target]), as: UTF8.self), hops: $0.hops,
-                        body: Array(UnsafeBufferPointer(rebasing: value[$0.body])))
+                        body: Array(UnsafeBufferPointer(rebasing: value[$0.body])), origin: v >= 3 ? $0.origin : nil)
                 })
         case .link:
             let timeMs: Int64

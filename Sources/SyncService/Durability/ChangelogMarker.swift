@@ -26,8 +26,11 @@ public enum ChangelogMarker {
 
     public static func isMarker(key: some Collection<UInt8>) -> Bool { key.first == 0xFF }
 
-    public static func value(offset: Int64, sourcePartitions: Int32, txn: StoredUser.MarkerTxn? = nil) -> [UInt8] {
-        StateCodec.encodeMarker(committedOffset: offset, sourcePartitions: sourcePartitions, txn: txn)
+    public static func value(
+        offset: Int64, sourcePartitions: Int32, txn: StoredUser.MarkerTxn? = nil, hopsTaken: [HopMark] = [], hopsSent: [HopMark] = []
+    ) -> [UInt8] {
+        StateCodec.encodeMarker(
+            committedOffset: offset, sourcePartitions: sourcePartitions, txn: txn, hopsTaken: hopsTaken, hopsSent: hopsSent)
     }
 
     /// The key of the record a merging task's transaction writes last into its partition

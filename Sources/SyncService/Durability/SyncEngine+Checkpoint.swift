@@ -122,10 +122,21 @@ extension SyncEngine {
                 // interrupted by a crash or a rebalance is not resumed (docs/operations.md).
                 if var pos = offsets.consumedPosition(p) {
                     if !merging, let floor = resyncFloor(p) { pos = min(pos, floor) }
+                    if merging {
+                        // Still below the changelog's marker: writing this would move the
+                        // marker back over effects already committed.
+                        if let floor = replayFloors[partitionsByIndex[Int(p)]], pos < floor { continue }
+                        // The marker covers what the task decided itself, up to here; the
+                        // group offset waits for calls handed over in the process to be
+                        // committed where they went (``groupOffset(_:consumed:)``).
+                        if pos > (lastMarked[p] ?? -1) { identity[groups.count - 1]!.markerAt = pos }
+                        let offset = groupOffset(partitionsByIndex[Int(p)].partition, consumed: pos)
+                        guard offset > (lastCommitted[p] ?? -1) else { continue }
+                        commit[partitionsByIndex[Int(p)]] = offset
+                        positions.append((groups.count - 1, p, offset))
+                        continue
+                    }
                     guard pos > (lastCommitted[p] ?? -1) else { continue }
-                    // Still below the changelog's marker: committing this would move the
-                    // marker back over effects already committed.
-                    if merging, let floor = replayFloors[partitionsByIndex[Int(p)]], pos < floor { continue }
                     commit[partitionsByIndex[Int(p)]] = pos
                     positions.append((groups.count - 1, p, pos))
                 }
@@ -197,7 +208,7 @@ extension SyncEngine {
         // The dead letters of what these offsets cover are written first; if they are not
         // yet, the offsets wait for a later checkpoint (the users are written now).
         let letters =
-            (commit.isEmpty && identity.values.allSatisfy { $0.offsets.isEmpty })
+            (commit.isEmpty && identity.values.allSatisfy { $0.offsets.isEmpty && $0.markerAt == nil })
             || waitForDeadLetters(below: deadLetterBarrier, timeoutMs: options.deadLetterWaitMs)
         if !letters {
             held.formUnion(identity.keys)
@@ -236,8 +247,8 @@ extension SyncEngine {
                     (
                         sp, ChangelogMarker.key(group.source),
                         ChangelogMarker.value(
-                            offset: offset ?? x.committedSource ?? floors[group.source] ?? -1, sourcePartitions: store.sourcePartitions,
-                            txn: txn)
+                            offset: x.markerAt ?? x.committedSource ?? floors[group.source] ?? -1, sourcePartitions: store.sourcePartitions,
+                            txn: txn, hopsTaken: x.hopsTaken, hopsSent: x.hopsSent)
                     ))
                 marked.append(group.index)
             } else if offset != nil || due.contains(group.index) {
@@ -278,6 +289,10 @@ extension SyncEngine {
                     done.insert(g)
                     if marked.contains(group.index) { markerDue.remove(group.index) }
                     if let x = identity[g] {
+                        if let at = x.markerAt { lastMarked[group.index] = max(lastMarked[group.index] ?? -1, at) }
+                        // Every call those tasks handed this one below these positions is
+                        // committed here now.
+                        for (s, at) in x.handSnapshot where (durableAt[s]?[x.task] ?? -1) < at { durableAt[s, default: [:]][x.task] = at }
                         withRouter(x.task) { $0.committed(x.written) }
                         if txns[x.task]?.epoch == x.tag.epoch {
                             txns[x.task]!.committed(
@@ -340,8 +355,19 @@ struct TaskExtras {
     /// again when they did not move).
     var committedSource: Int64?
     var committedRepartition: Int64?
+    /// The in-process hop (docs/identity.md): the source offset its marker covers now
+    /// (nil: as before), the first hops it has taken and sent (``SyncEngine/hopsTaken``,
+    /// ``SyncEngine/hopsSent``) and whether the first moved since its last transaction, and
+    /// per source task that handed it calls, that task's consumed position now.
+    var markerAt: Int64?
+    var hopsTaken: [HopMark] = []
+    var hopsSent: [HopMark] = []
+    var hopsDue = false
+    var handSnapshot: [Int32: Int64] = [:]
 
-    var isEmpty: Bool { graphRecords.isEmpty && taken.isEmpty && offsets.isEmpty && notices.isEmpty }
+    var isEmpty: Bool {
+        graphRecords.isEmpty && taken.isEmpty && offsets.isEmpty && notices.isEmpty && markerAt == nil && !hopsDue
+    }
 
     /// The partitions its routed records go to.
     var touched: Set<Int32> { Set(taken.map(\.partition)) }
@@ -462,15 +488,44 @@ extension SyncEngine {
         (x.tag, x.notices, x.full) = t.begin(task: task, partitions: options.identity.partitions, nowMs: now)
         x.beganMs = now
         txns[task] = t
-        x.committedSource = lastCommitted[p]
+        x.committedSource = lastMarked[p]
         x.committedRepartition = r.flatMap { lastCommitted[$0] }
+        x.hopsTaken = (hopsTaken[task] ?? [:]).map { HopMark(task: $0.key, offset: $0.value.offset, call: $0.value.call) }
+            .sorted { $0.task < $1.task }
+        x.hopsSent = (hopsSent[task] ?? [:]).map { HopMark(task: $0.key, offset: $0.value.offset, call: $0.value.call) }
+            .sorted { $0.task < $1.task }
+        x.hopsDue = hopsTakenDue.remove(task) != nil
+        let topic = partitionsByIndex[Int(p)].topic
+        for (s, handed) in handedInProcess where handed[task] != nil {
+            if let i = partitionIndex[TopicPartition(topic, s)], let at = offsets.consumedPosition(i) { x.handSnapshot[s] = at }
+        }
         return x
+    }
+
+    /// Called with the lock held: how far task `p`'s source offset may be committed, with
+    /// `consumed` read: no further than what every task it handed calls to in the process
+    /// has committed of them (a call handed over and not committed there is read again,
+    /// and skipped where it was taken; docs/identity.md, rule 5).
+    func groupOffset(_ p: Int32, consumed: Int64) -> Int64 {
+        guard var handed = handedInProcess[p] else { return consumed }
+        var limit = consumed
+        for (q, last) in handed {
+            let durable = durableAt[p]?[q] ?? -1
+            if last < durable {
+                handed[q] = nil  // all committed there
+            } else {
+                limit = min(limit, durable)
+            }
+        }
+        handedInProcess[p] = handed.isEmpty ? nil : handed
+        return limit
     }
 
     /// Called with the lock held: a checkpoint that did not write `x`'s buffer puts it back,
     /// ahead of what was buffered since.
     func putBack(_ x: TaskExtras) {
         if txns[x.task]?.epoch == x.tag.epoch { txns[x.task]!.failed(touched: x.touched) }
+        if x.hopsDue { hopsTakenDue.insert(x.task) }
         guard !x.taken.isEmpty else { return }
         outbound[x.task] = x.taken + (outbound[x.task] ?? [])
     }

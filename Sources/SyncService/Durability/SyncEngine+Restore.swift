@@ -233,8 +233,10 @@ extension SyncEngine {
                 do {
                     let stored = try StateCodec.decode(UnsafeBufferPointer(rebasing: b[value]))
                     // A changelog partition shared by several source partitions holds
-                    // others' users too: only this partition's are ours.
-                    if stored.state.appliedSource == source || (merging && stored.state.appliedSource == routedSource) {
+                    // others' users too: only this partition's are ours. Merging refuses
+                    // shared ones, and its users may hold no position of the task at all
+                    // (calls handed over in the process are folded without one).
+                    if merging || stored.state.appliedSource == source {
                         decoded.append((key, stored))
                     }
                 } catch StateCodec.DecodeError.newerVersion(let v) {
@@ -248,7 +250,18 @@ extension SyncEngine {
         if let newer { return .failed(Self.newerVersion(newer)) }
         // Identity resolution: the last transaction of the task that committed, named by the
         // new owner's start notices.
-        let priorTxn = merging ? (marker.flatMap { try? StateCodec.decode($0) })?.markerTxn : nil
+        let sourceMarker = merging ? marker.flatMap { try? StateCodec.decode($0) } : nil
+        let priorTxn = sourceMarker?.markerTxn
+        // The first hops the task took and sent (docs/identity.md, "A hop that stays in the
+        // process"); a source partition that now ends below what was taken of it was
+        // recreated: its first hops start again.
+        var taken: [Int32: HopPosition] = [:]
+        for h in sourceMarker?.hopsTaken ?? [] {
+            if let end = try? store.endOffset(TopicPartition(tp.topic, h.task)), end <= h.offset { continue }
+            taken[h.task] = HopPosition(offset: h.offset, call: h.call)
+        }
+        let sent = Dictionary((sourceMarker?.hopsSent ?? []).map { ($0.task, HopPosition(offset: $0.offset, call: $0.call)) }) { a, _ in a }
+        let hopsKnown = sourceMarker == nil || sourceMarker!.hopsKnown
         // Identity resolution: how far the task's source and repartition partitions are
         // committed by the changelog (``replayFloors``).
         var floors: [TopicPartition: Int64] = [:]
@@ -373,6 +386,9 @@ extension SyncEngine {
             if merging {
                 replayFloors[tp] = floors[tp]
                 txns[tp.partition] = TaskTransactions(prior: priorTxn, nowMs: clock.monotonicMs())
+                hopsTaken[tp.partition] = taken.isEmpty ? nil : taken
+                hopsSent[tp.partition] = sent.isEmpty ? nil : sent
+                if hopsKnown { hopsUnknown.remove(tp.partition) } else { hopsUnknown.insert(tp.partition) }
                 // The task's graph, and its repartition partition, held until now.
                 retireRouter(tp.partition)
                 withRouter(tp.partition) { r in for g in graph { r.load(g.id, g.entry) } }

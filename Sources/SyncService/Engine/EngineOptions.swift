@@ -66,6 +66,10 @@ public struct EngineOptions: Sendable {
         /// The most bytes of routed records held for their transactions' notices
         /// (``TransactionGate``); past it, a waiting partition is read again later.
         public var heldBytesCap = 64 << 20
+        /// Hand a call to a task this instance holds in the process, not through
+        /// `<group>-repartition` (docs/identity.md, "A hop that stays in the process");
+        /// tests turn it off to route every call through Kafka as with two instances.
+        public var inProcessHops = true
 
         public init() {}
     }

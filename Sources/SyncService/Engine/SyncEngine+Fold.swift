@@ -266,7 +266,8 @@ extension SyncEngine {
             }
             calls.resolveTimes(from: at, kafkaMs: m.timestampMs, nowMs: nowMs)
             guard calls.count == at + 1, case .event = calls.outcomes[at] else { return false }
-            routed.append(RoutedCallInfo(call: Int32(at), target: String(decoding: c.target, as: UTF8.self), hops: c.hops))
+            routed.append(
+                RoutedCallInfo(call: Int32(at), target: String(decoding: c.target, as: UTF8.self), hops: c.hops, origin: c.origin))
             return true
         }
         guard read else {
@@ -314,7 +315,10 @@ extension SyncEngine {
             users.prefetchEntries(hashes)  // a non-event's 0: a harmless hint
             slotScratch.removeAll(keepingCapacity: true)
             let merging = options.identity.merge
-            if merging { reroutedScratch.removeAll(keepingCapacity: true) }
+            if merging {
+                reroutedScratch.removeAll(keepingCapacity: true)
+                inProcessScratch.removeAll(keepingCapacity: true)
+            }
             // A task restored with group offsets older than its changelog: what it reads
             // below the changelog's markers is skipped whole (``replayFloors``).
             let floored = merging && !replayFloors.isEmpty
@@ -324,15 +328,13 @@ extension SyncEngine {
             var taskOfMessage = -1
             // The next of `routedCalls` not yet matched with its call.
             var routedCursor = 0
+            // The call's index within its message.
+            var callInMessage: UInt32 = 0
             for j in 0..<n {
+                if j > 0 && origins[j] == origins[j - 1] { callInMessage &+= 1 } else { callInMessage = 0 }
                 if let identity = calls.identity(j) {
                     var key = identity
                     var hash = hashes[j]
-                    if floored, isBelowReplayFloor(batch[Int(origins[j])]) {
-                        slotScratch.append(Self.forwardedSlot)
-                        continue
-                    }
-                    var foundCanonical = false
                     if merging {
                         let i = Int(origins[j])
                         if i != taskOfMessage {
@@ -340,6 +342,18 @@ extension SyncEngine {
                             let tp = batch[i].topicPartition
                             sourceTask = tp.topic == options.identity.repartitionTopic ? nil : tp.partition
                         }
+                    }
+                    // Below the task's marker: its effects are committed. A source call whose
+                    // target another task owns may have been handed over in the process and
+                    // not committed there: it is routed again, and skipped where it was taken
+                    // (``routeCall``).
+                    let replay = floored && isBelowReplayFloor(batch[Int(origins[j])])
+                    if replay && (sourceTask == nil || owners[j] == sourceTask!) {
+                        slotScratch.append(Self.skippedSlot)
+                        continue
+                    }
+                    var foundCanonical = false
+                    if merging {
                         // Keys by identity: a call read at its identity's owner, whose graph
                         // found that identity canonical before (and has neither linked it nor
                         // been replaced since), is folded into its own state without a look
@@ -357,7 +371,9 @@ extension SyncEngine {
                                 info = routedCalls[routedCursor]
                             }
                         }
-                        switch routeCall(j, identity, &calls, origins, batch, nowEpoch, routed: info) {
+                        switch routeCall(
+                            j, identity, &calls, origins, batch, nowEpoch, routed: info, call: callInMessage, replay: replay)
+                        {
                         case .fold(let c) where !c.utf8.elementsEqual(identity.utf8):
                             key = c
                             hash = identitySeed.hash(c)
@@ -366,8 +382,19 @@ extension SyncEngine {
                             // Canonical, or back at itself at the hop limit (a circle of
                             // links): only the first is marked, by the graph's word.
                             if let t = sourceTask { foundCanonical = routers[t]?.graph.resolve(identity) == .canonical }
+                        case .inProcess(let c, let q):
+                            if !c.utf8.elementsEqual(identity.utf8) {
+                                key = c
+                                hash = identitySeed.hash(c)
+                                reroutedScratch[j] = c
+                            }
+                            let home = options.identity.repartitionTopic.map { index(of: TopicPartition($0, q)) } ?? 0
+                            inProcessScratch[j] = (q, home)
                         case .forward:
                             slotScratch.append(Self.forwardedSlot)
+                            continue
+                        case .skip:
+                            slotScratch.append(Self.skippedSlot)
                             continue
                         }
                     }
@@ -377,7 +404,7 @@ extension SyncEngine {
                     // call (identity resolution) finds the entry and must not leave it homed
                     // on partition index 0, another task's.
                     if merging && isNew {
-                        let home = index(of: batch[Int(origins[j])].topicPartition)
+                        let home = inProcessScratch[j]?.home ?? index(of: batch[Int(origins[j])].topicPartition)
                         users.modify(slot) { $0.home = home }
                     }
                     slotScratch.append(isNew ? ~Int32(slot) : Int32(slot))
@@ -386,8 +413,8 @@ extension SyncEngine {
                 }
             }
             let ahead = Self.prefetchAhead
-            for j in 0..<min(2 * ahead, n) where slotScratch[j] > Self.forwardedSlot { users.prefetchEntryRest(slotScratch[j]) }
-            for j in 0..<min(ahead, n) where slotScratch[j] > Self.forwardedSlot { users.prefetchStorage(slotScratch[j]) }
+            for j in 0..<min(2 * ahead, n) where slotScratch[j] > Self.skippedSlot { users.prefetchEntryRest(slotScratch[j]) }
+            for j in 0..<min(ahead, n) where slotScratch[j] > Self.skippedSlot { users.prefetchStorage(slotScratch[j]) }
             var previous = -1
             // The call's index within its message (every call of a message is in one chunk).
             var call: UInt32 = 0
@@ -399,10 +426,10 @@ extension SyncEngine {
             let outcomes = calls.outcomes
             calls.withEvents { events in
                 for (j, outcome) in outcomes.enumerated() {
-                    if j + 2 * ahead < n, slotScratch[j + 2 * ahead] > Self.forwardedSlot {
+                    if j + 2 * ahead < n, slotScratch[j + 2 * ahead] > Self.skippedSlot {
                         users.prefetchEntryRest(slotScratch[j + 2 * ahead])
                     }
-                    if j + ahead < n, slotScratch[j + ahead] > Self.forwardedSlot { users.prefetchStorage(slotScratch[j + ahead]) }
+                    if j + ahead < n, slotScratch[j + ahead] > Self.skippedSlot { users.prefetchStorage(slotScratch[j + ahead]) }
                     let i = Int(origins[j])
                     let m = batch[i]
                     if i != previous {
@@ -417,8 +444,8 @@ extension SyncEngine {
                         skipped = false
                         if floored, let floor = replayFloors[m.topicPartition] {
                             if m.offset < floor {
+                                // Its events were decided call by call (``skippedSlot``).
                                 skipped = true
-                                stats.skippedReplays += 1
                             } else {
                                 replayFloors[m.topicPartition] = nil
                             }
@@ -426,7 +453,11 @@ extension SyncEngine {
                     } else {
                         call &+= 1
                     }
-                    if skipped { continue }
+                    if skipped, case .event = outcome {
+                    } else if skipped {
+                        stats.skippedReplays += 1
+                        continue
+                    }
                     switch outcome {
                     case .event(let k):
                         let slot = slotScratch[j]
@@ -434,15 +465,21 @@ extension SyncEngine {
                             stats.forwarded += 1
                             continue
                         }
+                        if slot == Self.skippedSlot {
+                            stats.skippedReplays += 1
+                            continue
+                        }
                         let e = events.baseAddress! + Int(k)
                         if merging, let c = reroutedScratch[j] { e.pointee.identity = c }
+                        // Handed over in the process: folded as its task, without a position.
+                        let handed = merging ? inProcessScratch[j] : nil
                         fold(
                             e, slot: slot < 0 ? Int(~slot) : Int(slot), isNew: slot < 0, message: m,
-                            call: call, partition: pidx, nowEpoch: nowEpoch, nowMono: now)
+                            call: call, partition: pidx, home: handed?.home, nowEpoch: nowEpoch, nowMono: now)
                         if merging, let x = e.pointee.linkedId {
                             noteLink(
-                                x, at: e.pointee.identity, timeMs: e.pointee.timeMs ?? nowEpoch, task: m.topicPartition.partition,
-                                home: pidx)
+                                x, at: e.pointee.identity, timeMs: e.pointee.timeMs ?? nowEpoch,
+                                task: handed?.task ?? m.topicPartition.partition, home: handed?.home ?? pidx)
                         }
                     case .ignored(let t):
                         if t == Self.routedMarker, merging, m.topicPartition.topic == options.identity.repartitionTopic {
@@ -478,9 +515,11 @@ extension SyncEngine {
     }
 
     /// Folds one event; called with the lock held.
+    /// `home`: a call handed over in the process (identity resolution) is folded as the
+    /// task it was handed to, whose repartition partition this is, without a position.
     func fold(
         _ e: UnsafeMutablePointer<SegmentEvent>, slot: Int, isNew: Bool, message m: ConsumedMessage, call: UInt32,
-        partition pidx: OffsetTracker.PartitionIndex, nowEpoch: Int64, nowMono: Int64
+        partition pidx: OffsetTracker.PartitionIndex, home: OffsetTracker.PartitionIndex? = nil, nowEpoch: Int64, nowMono: Int64
     ) {
         if e.pointee.timeImplausible { stats.implausibleTime += 1 }
         if e.pointee.implausibleTraitDates != 0 { stats.implausibleTraitDates += Int(e.pointee.implausibleTraitDates) }
@@ -490,22 +529,25 @@ extension SyncEngine {
         // Mutate the entry in place in the table's storage (its slot was looked up with
         // the rest of the chunk's): no copy of the entry out and back.
         users.modify(slot) { entry in
-            apply(e, timeMs: t, message: m, call: call, partition: pidx, isNew: isNew, nowMono: nowMono, to: &entry)
+            apply(e, timeMs: t, message: m, call: call, partition: pidx, home: home, isNew: isNew, nowMono: nowMono, to: &entry)
         }
     }
 
     func apply(
         _ e: UnsafeMutablePointer<SegmentEvent>, timeMs t: Int64, message m: ConsumedMessage, call: UInt32,
-        partition pidx: OffsetTracker.PartitionIndex, isNew: Bool, nowMono: Int64, to entry: inout UserEntry
+        partition pidx: OffsetTracker.PartitionIndex, home: OffsetTracker.PartitionIndex? = nil, isNew: Bool, nowMono: Int64,
+        to entry: inout UserEntry
     ) {
+        let positioned = home == nil
+        let home = home ?? pidx
         // A user waiting for a checkpoint under another partition is queued under this
         // one too: revoking this one must write it before its offset is committed.
-        if entry.checkpointPending && entry.home != pidx { pendingCheckpoint[pidx, default: []].append(e.pointee.identity) }
-        entry.home = pidx
-        if t > streamTimeMs[Int(pidx)] { streamTimeMs[Int(pidx)] = t }
+        if entry.checkpointPending && entry.home != home { pendingCheckpoint[home, default: []].append(e.pointee.identity) }
+        entry.home = home
+        if t > streamTimeMs[Int(home)] { streamTimeMs[Int(home)] = t }
         let source = sourceIds[Int(pidx)]
         let kafkaMs = m.timestampMs ?? -1
-        if entry.state.hasApplied(source: source, offset: m.offset, call: call) {
+        if positioned && entry.state.hasApplied(source: source, offset: m.offset, call: call) {
             if !isRecreation(entry.state, source: source, kafkaMs: kafkaMs, partition: pidx, offset: m.offset) {
                 stats.skippedReplays += 1
                 if !replayNoted.contains(pidx) {
@@ -520,14 +562,15 @@ extension SyncEngine {
             }
             entry.state.forgetApplied(source: source)
         }
-        if entry.state.wouldForgetASource(recording: source) { stats.appliedSourcesForgotten += 1 }
+        if positioned && entry.state.wouldForgetASource(recording: source) { stats.appliedSourcesForgotten += 1 }
         stats.folded += 1
         // A routed call's ties go by its place in its record too (many source messages'
-        // calls share the record's offset).
+        // calls share the record's offset). One handed over in the process ties by its
+        // source offset, as a source call does.
         let tieBreak = options.identity.merge && repartitionByIndex[Int(pidx)] ? Stamp.position(offset: m.offset, call: call) : nil
         let changed = folder.fold(
             spending: &e.pointee, timeMs: t, offset: m.offset, source: source, call: call, kafkaMs: kafkaMs, tieBreak: tieBreak,
-            into: &entry.state, adjustments: &stats.adjustments)
+            positioned: positioned, into: &entry.state, adjustments: &stats.adjustments)
         // Every applied event moves the applied offset (and maybe visit spans): persist.
         markForCheckpoint(e.pointee.identity, &entry)
         if changed || isNew {

@@ -48,23 +48,113 @@ extension SyncEngine {
         users.forgetRouting()
     }
 
-    /// Steps 1 to 3 for call `j` of the chunk, read from its task's source partition (or a
-    /// call routed here, decoded with them): the identity it folds into here, or its
-    /// record for another task (buffered).
+    /// What becomes of a call (``routeCall(_:_:_:_:_:_:routed:call:replay:)``).
+    enum Route: Equatable {
+        /// Fold it here, into this identity's state.
+        case fold(String)
+        /// Fold it into this identity's state as task `task`, which it was handed to in
+        /// the process.
+        case inProcess(String, task: Int32)
+        /// Buffered for another task (or forwarded on by the task it was handed to).
+        case forward
+        /// A first hop taken already, or a replayed call whose effects are committed.
+        case skip
+    }
+
+    /// Steps 1 to 3 for call `j` of the chunk, read from its task's source partition (call
+    /// `call` of its message; `replay`: below the task's marker) or a call routed here,
+    /// decoded with them: the identity it folds into here, the task it is handed to in the
+    /// process, or its record for another task (buffered).
     func routeCall(
         _ j: Int, _ identity: String, _ calls: inout DecodedCalls, _ origins: [Int32], _ batch: [ConsumedMessage], _ nowEpoch: Int64,
-        routed: RoutedCallInfo?
-    ) -> IdentityRouter.Step {
-        let task = batch[Int(origins[j])].topicPartition.partition
+        routed: RoutedCallInfo?, call: UInt32, replay: Bool
+    ) -> Route {
+        let m = batch[Int(origins[j])]
+        let task = m.topicPartition.partition
+        if let o = routed?.origin {
+            // A first hop, taken here unless it was before (sent again by a source task
+            // that replays what it handed over).
+            let at = HopPosition(offset: o.offset, call: o.call)
+            if let a = hopsTaken[task]?[o.task], at <= a { return .skip }
+            hopsTaken[task, default: [:]][o.task] = at
+            hopsTakenDue.insert(task)
+        }
         // A call routed here goes by its target, with its hops so far; a source call by its
         // identity.
         let step = withRouter(task) { $0.route(target: routed?.target ?? identity, hops: routed?.hops ?? 0) }
-        if case .forward(let q, let target, let hops) = step, case .event(let k) = calls.outcomes[j] {
-            // Encoded where the event lies (the subscript would copy all of it).
-            let body = calls.events[Int(k)].compact(timeMs: calls.events[Int(k)].timeMs ?? nowEpoch)
-            outbound[task, default: []].append((q, .calls([.init(target: target, hops: hops, body: body)])))
+        guard case .forward(let q, let target, let hops) = step, case .event(let k) = calls.outcomes[j] else {
+            if case .fold(let c) = step { return .fold(c) }
+            return .forward
         }
-        return step
+        var origin: HopMark?
+        if routed == nil {
+            // A first hop, from this task's source partition.
+            let at = HopPosition(offset: m.offset, call: call)
+            // Replayed below the marker: sent through Kafka before (committed with the
+            // marker, or buffered since), unless it went past what was sent that way.
+            if replay, hopsUnknown.contains(task) || (hopsSent[task]?[q]).map({ at <= $0 }) ?? false { return .skip }
+            if handsInProcess(from: task, to: q) {
+                if let a = hopsTaken[q]?[task], at <= a { return .skip }
+                hopsTaken[q, default: [:]][task] = at
+                hopsTakenDue.insert(q)
+                handedInProcess[task, default: [:]][q] = m.offset
+                stats.handedInProcess += 1
+                switch withRouter(q, { $0.route(target: target, hops: hops) }) {
+                case .fold(let c):
+                    return .inProcess(c, task: q)
+                case .forward(let r, let t, let h):
+                    // Forwarded on by q, through Kafka, in q's transaction.
+                    let body = calls.events[Int(k)].compact(timeMs: calls.events[Int(k)].timeMs ?? nowEpoch)
+                    outbound[q, default: []].append((r, .calls([.init(target: t, hops: h, body: body)])))
+                    return .forward
+                }
+            }
+            origin = HopMark(task: task, offset: m.offset, call: call)
+            if hopsSent[task]?[q].map({ $0 < at }) ?? true { hopsSent[task, default: [:]][q] = at }
+        }
+        // Encoded where the event lies (the subscript would copy all of it).
+        let body = calls.events[Int(k)].compact(timeMs: calls.events[Int(k)].timeMs ?? nowEpoch)
+        outbound[task, default: []].append((q, .calls([.init(target: target, hops: hops, body: body, origin: origin)])))
+        return .forward
+    }
+
+    /// Whether source task `p` hands its calls for task `q` over in the process: q is held
+    /// and restored here, and has taken every first hop p sent it through Kafka (so that
+    /// q takes p's first hops in order, whichever way they come).
+    func handsInProcess(from p: Int32, to q: Int32) -> Bool {
+        guard inProcessHops, q != p, txns[q] != nil, !halted else { return false }
+        guard let sent = hopsSent[p]?[q] else { return true }
+        return hopsTaken[q]?[p].map { $0 >= sent } ?? false
+    }
+
+    /// Called with the lock held, as tasks `gone` leave this instance while others stay
+    /// (the eager assignor the daemon sets revokes every task at once; a partial revocation
+    /// is a safeguard): a task that handed them calls in the process not committed there
+    /// reads its source again from its last commit. Its memory stays (its own calls up to
+    /// what it read are skipped as replays); its calls for other tasks are sent again, in
+    /// order, before any later one, and skipped where they were taken.
+    func rewindHandingTasks(to gone: Set<Int32>) {
+        guard let topic = partitionsByIndex.first(where: { !repartitionByIndex[Int(index(of: $0))] })?.topic else { return }
+        for (p, handed) in handedInProcess {
+            let lost = handed.filter { gone.contains($0.key) && $0.value >= (durableAt[p]?[$0.key] ?? -1) }
+            for q in gone {
+                handedInProcess[p]?[q] = nil
+                durableAt[p]?[q] = nil
+            }
+            for q in gone { hopsSent[p]?[q] = nil }
+            guard !lost.isEmpty, let i = partitionIndex[TopicPartition(topic, p)], assigned.contains(i),
+                let consumed = offsets.consumedPosition(i)
+            else { continue }
+            let tp = TopicPartition(topic, p)
+            let from = lastCommitted[i] ?? 0
+            replayFloors[tp] = max(replayFloors[tp] ?? 0, consumed)
+            // What the task sent through Kafka up to what it read went before these.
+            hopsUnknown.remove(p)
+            rereads[tp] = (from, false)
+            logger.warning(
+                "a task this instance handed calls to left before committing them; the handing task reads its source again from its last commit",
+                metadata: ["partition": "\(tp)", "offset": .stringConvertible(from), "read": .stringConvertible(consumed)])
+        }
     }
 
     /// Step 4, after a call was folded into canonical `c` here: its second id `x`.

@@ -46,6 +46,7 @@ extension SyncEngine {
                 recreationNoted.remove(i)
                 recreationSuspected.remove(i)
                 lastCommitted[i] = nil
+                lastMarked[i] = nil
                 markerDue.remove(i)
                 pendingCheckpoint[i] = nil
                 pendingTombstones[i] = nil
@@ -131,6 +132,13 @@ extension SyncEngine {
             let until = DispatchTime.now() + .milliseconds(Int(clamping: max(1_000, options.drainTimeoutMs)))
             if !checkpoint(partitions: idxs, deadline: until) {
                 logger.warning("revoked partitions could not be checkpointed; the next owner re-reads from the last commit")
+            } else if options.identity.merge
+                && lock.withLock({ idxs.contains { handedInProcess[partitionsByIndex[Int($0)].partition] != nil } })
+            {
+                // Calls handed over in the process hold their source offsets back until the
+                // tasks they went to commit: those did just now, so one more commits the
+                // offsets (the next owner reads less again).
+                checkpoint(partitions: idxs, deadline: until)
             }
             // A claim of them under way (a restore) ends first: a claim landing after the
             // next owner's would fence it.
@@ -181,12 +189,21 @@ extension SyncEngine {
                 // The task's graph and what it had not written leave with it: its next owner
                 // restores the graph, and reads again what was not committed (records kept
                 // here would be written later, when the task may be someone else's).
-                for tp in partitions where tp.topic != options.identity.repartitionTopic {
-                    retireRouter(tp.partition)
-                    outbound[tp.partition] = nil
-                    txns[tp.partition] = nil
+                let tasks = Set(partitions.filter { $0.topic != options.identity.repartitionTopic }.map(\.partition))
+                for t in tasks {
+                    retireRouter(t)
+                    outbound[t] = nil
+                    txns[t] = nil
+                    hopsTaken[t] = nil
+                    hopsTakenDue.remove(t)
+                    hopsSent[t] = nil
+                    hopsUnknown.remove(t)
+                    handedInProcess[t] = nil
+                    durableAt[t] = nil
                 }
+                rewindHandingTasks(to: tasks)
             }
+            for i in idxs { lastMarked[i] = nil }
             for tp in partitions { replayFloors[tp] = nil }
             for i in idxs {
                 revokingFloors[i] = nil

@@ -164,6 +164,9 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     static let noSlot = Int32.min
     /// The slot of a call forwarded to another task (identity resolution): not folded here.
     static let forwardedSlot = Int32.min + 1
+    /// The slot of a call skipped as a replay (its effects committed, or its first hop
+    /// taken): not folded.
+    static let skippedSlot = Int32.min + 2
 
     // Identity resolution (``EngineOptions/identity``, docs/identity.md).
     /// Each task's router, by task (partition number), made at the task's first call.
@@ -191,6 +194,40 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// Records for other tasks' partitions of `<group>-repartition`, by the task that
     /// writes them (in its next checkpoint's transaction).
     var outbound: [Int32: [(partition: Int32, record: RepartitionRecord)]] = [:]
+    // The hop that stays in the process (docs/identity.md, "A hop that stays in the
+    // process"): a call read on task p's source partition whose target task q this
+    // instance holds too is handed to q here, not written to `<group>-repartition` and read
+    // back. Each task keeps committing in its own transactions; these keep it exact.
+    /// `A(q, p)`: per task q, per source task p, the furthest first hop q has taken from p
+    /// (in the process or through Kafka), written in q's source marker. A first hop at or
+    /// below it is a replay, skipped.
+    var hopsTaken: [Int32: [Int32: HopPosition]] = [:]
+    /// Tasks whose ``hopsTaken`` moved since their last transaction: it is due even if
+    /// nothing else changed (the source offsets that handed it calls wait for it).
+    var hopsTakenDue: Set<Int32> = []
+    /// `S(p, q)`: per source task p, the furthest first hop it sent each task q through
+    /// Kafka (buffered included), written in p's source marker. p hands q calls in the
+    /// process only once `A(q, p)` has reached it: first hops then reach q in order.
+    var hopsSent: [Int32: [Int32: HopPosition]] = [:]
+    /// Tasks restored from a marker that predates these fields (or none): below its floor,
+    /// such a task's calls went through Kafka, committed, and are skipped whole.
+    var hopsUnknown: Set<Int32> = []
+    /// Per source task p, per task q it handed calls to in the process: the offset of the
+    /// latest. p's group offset is committed no further than what q's committed
+    /// transactions cover (``durableAt``).
+    var handedInProcess: [Int32: [Int32: Int64]] = [:]
+    /// Per source task p, per task q: p's consumed position when q's latest committed
+    /// transaction took its snapshot (every call p handed q below it is in q's changelog).
+    var durableAt: [Int32: [Int32: Int64]] = [:]
+    /// Per source partition of a merging task: the offset its latest committed marker
+    /// covers (what the task decided itself, up to there), which may run ahead of the
+    /// group offset (held back by ``durableAt``).
+    var lastMarked: [OffsetTracker.PartitionIndex: Int64] = [:]
+    /// Whether calls may be handed in the process (``EngineOptions/IdentityOptions/inProcessHops``).
+    var inProcessHops: Bool
+    /// The chunk's calls handed over in the process: by index, the task that folds them
+    /// and the partition index their user is homed on there (its repartition partition).
+    var inProcessScratch: [Int: (task: Int32, home: OffsetTracker.PartitionIndex)] = [:]
     /// Threads decoding a batch, the poll thread included (``EngineOptions/decodeThreads``,
     /// at most the cores).
     let decodeParallelism: Int
@@ -210,6 +247,7 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
         self.logger = logger
         self.clock = clock
         self.deadLetters = deadLetters
+        inProcessHops = options.identity.inProcessHops
         decodeParallelism = max(1, min(options.decodeThreads, ProcessInfo.processInfo.activeProcessorCount))
         users = UserTable(seed: identitySeed)
         var decoderOptions = options.decoder
@@ -267,4 +305,14 @@ struct RoutedCallInfo {
     var call: Int32
     var target: String
     var hops: UInt8
+    /// A first hop's source position (``RepartitionRecord/ForwardedCall/origin``).
+    var origin: HopMark?
+}
+
+/// Where a first hop was read on its source partition: the message's offset and the
+/// call's index in it.
+struct HopPosition: Comparable, Sendable {
+    var offset: Int64
+    var call: UInt32
+    static func < (a: HopPosition, b: HopPosition) -> Bool { (a.offset, a.call) < (b.offset, b.call) }
 }

@@ -8,6 +8,9 @@ public struct EngineStats: Sendable {
     /// Calls forwarded to the task that owns their identity, and identities whose state was
     /// merged into the user they were linked to (identity resolution).
     public var forwarded = 0
+    /// Calls handed to another task this instance holds, in the process (their first hop
+    /// not written to the repartition topic).
+    public var handedInProcess = 0
     public var identitiesMerged = 0
     /// Links whose identity's state was not moved: it is homed on another task's
     /// partitions (written before `identity.merge` was turned on; docs/identity.md), or

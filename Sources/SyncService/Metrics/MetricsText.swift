@@ -103,6 +103,10 @@ public enum MetricsText {
             ("cycles", "Links refused as a cycle (two aliases racing in opposite directions).", id.cycles),
             ("hop_limit", "Routed calls, link requests or merge records stopped after 16 forwards.", id.hopLimitReached),
             ("forwarded", "Calls sent on to the task that owns their identity, through the repartition topic.", UInt64(s.forwarded)),
+            (
+                "in_process", "Calls handed to another task this instance holds, without the repartition topic.",
+                UInt64(s.handedInProcess)
+            ),
             ("merged", "Identities whose state was merged into the user they were linked to.", UInt64(s.identitiesMerged)),
             (
                 "hand_overs_refused",
