@@ -45,9 +45,11 @@ extension SyncEngine {
     /// The poll thread performs them before it consumes again.
     public func takeSeeks() -> [(TopicPartition, Int64)] {
         var seeks = gate.takeSeeks()
+        let now = clock.monotonicMs()
         lock.withLock {
             guard !rereads.isEmpty else { return }
             for (tp, r) in rereads where !r.asked {
+                if switchWaits[tp] != nil && stillWaitsForSwitch(tp, nowMs: now) { continue }
                 seeks.append((tp, r.offset))
                 rereads[tp]!.asked = true
             }
@@ -62,9 +64,14 @@ extension SyncEngine {
     /// changelog record (the record's history lost), or routed with the task's graph not
     /// loaded and routed again after the restore (counted twice). They are read again
     /// from the first of them once the partition is restored.
+    ///
+    /// Identity resolution: so are those of a source partition whose task waits to hand
+    /// calls over in the process (``switchWaits``), read again once it may.
     func withoutUnrestored(_ batch: [ConsumedMessage]) -> [ConsumedMessage] {
-        lock.withLock {
-            if restoringGeneration.isEmpty && rereads.isEmpty { return batch }
+        let waits = options.identity.merge && options.durable && inProcessHops
+        let now = waits ? clock.monotonicMs() : 0
+        return lock.withLock {
+            if restoringGeneration.isEmpty && rereads.isEmpty && (!waits || hopsSent.isEmpty) { return batch }
             // Messages come in runs of one partition: each run is looked up once, and the
             // batch is copied only if something of it is left out.
             var out: [ConsumedMessage]?
@@ -83,6 +90,10 @@ extension SyncEngine {
                     // fetched before it.
                     keepFrom = r.asked ? (batch[i..<end].firstIndex { $0.offset == r.offset } ?? end) : end
                     if keepFrom < end { rereads[tp] = nil }
+                }
+                if waits && keepFrom < end && tp.topic != options.identity.repartitionTopic && stillWaitsForSwitch(tp, nowMs: now) {
+                    rereads[tp] = (batch[keepFrom].offset, false)
+                    keepFrom = end
                 }
                 if keepFrom > i && out == nil { out = Array(batch[..<i]) }
                 if out != nil { out!.append(contentsOf: batch[keepFrom..<end]) }

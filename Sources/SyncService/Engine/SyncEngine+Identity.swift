@@ -127,6 +127,37 @@ extension SyncEngine {
         return hopsTaken[q]?[p].map { $0 >= sent } ?? false
     }
 
+    /// Called with the lock held: whether source task `p` is to wait before reading on,
+    /// for a task it would hand calls to in the process but sent first hops through Kafka
+    /// that it has not taken yet.
+    func waitsForSwitch(_ p: Int32) -> Bool {
+        guard inProcessHops, !switchGivenUp.contains(p), let sent = hopsSent[p] else { return false }
+        for (q, s) in sent where q != p && txns[q] != nil {
+            if !(hopsTaken[q]?[p].map { $0 >= s } ?? false) { return true }
+        }
+        return false
+    }
+
+    /// Called with the lock held: whether source partition `tp`'s wait (``switchWaits``)
+    /// goes on; gives it up past ``switchWaitLimitMs``.
+    func stillWaitsForSwitch(_ tp: TopicPartition, nowMs: Int64) -> Bool {
+        guard waitsForSwitch(tp.partition) else {
+            switchWaits[tp] = nil
+            return false
+        }
+        let since = switchWaits[tp] ?? nowMs
+        if nowMs - since > Self.switchWaitLimitMs {
+            switchWaits[tp] = nil
+            switchGivenUp.insert(tp.partition)
+            logger.warning(
+                "a task waited too long for another to take the calls it sent through Kafka; it goes on sending through Kafka",
+                metadata: ["partition": "\(tp)"])
+            return false
+        }
+        switchWaits[tp] = since
+        return true
+    }
+
     /// Called with the lock held, as tasks `gone` leave this instance while others stay
     /// (the eager assignor the daemon sets revokes every task at once; a partial revocation
     /// is a safeguard): a task that handed them calls in the process not committed there

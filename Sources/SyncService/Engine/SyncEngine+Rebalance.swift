@@ -47,6 +47,8 @@ extension SyncEngine {
                 recreationSuspected.remove(i)
                 lastCommitted[i] = nil
                 lastMarked[i] = nil
+                switchWaits[tp] = nil
+                switchGivenUp.remove(tp.partition)
                 markerDue.remove(i)
                 pendingCheckpoint[i] = nil
                 pendingTombstones[i] = nil
@@ -204,6 +206,7 @@ extension SyncEngine {
                 rewindHandingTasks(to: tasks)
             }
             for i in idxs { lastMarked[i] = nil }
+            for tp in partitions { switchWaits[tp] = nil }
             for tp in partitions { replayFloors[tp] = nil }
             for i in idxs {
                 revokingFloors[i] = nil

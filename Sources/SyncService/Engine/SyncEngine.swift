@@ -223,6 +223,17 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// covers (what the task decided itself, up to there), which may run ahead of the
     /// group offset (held back by ``durableAt``).
     var lastMarked: [OffsetTracker.PartitionIndex: Int64] = [:]
+    /// Source partitions whose task waits, its messages not read, until each task it
+    /// sent first hops to through Kafka and now hands calls to in the process has taken
+    /// them (``waitsForSwitch(_:)``), and since when (monotonic ms): read on, it would
+    /// keep sending through Kafka, and the other task, reading them back a checkpoint and
+    /// a notice later, would never catch up. Read again from the first message left.
+    var switchWaits: [TopicPartition: Int64] = [:]
+    /// Source tasks that waited longer than ``switchWaitLimitMs`` (a first hop sent through
+    /// Kafka never taken: dead-lettered as too large to route): they send through Kafka
+    /// until their next assignment.
+    var switchGivenUp: Set<Int32> = []
+    static let switchWaitLimitMs: Int64 = 10_000
     /// Whether calls may be handed in the process (``EngineOptions/IdentityOptions/inProcessHops``).
     var inProcessHops: Bool
     /// The chunk's calls handed over in the process: by index, the task that folds them
