@@ -71,7 +71,8 @@ extension SyncEngine {
     ) -> Route {
         let m = batch[Int(origins[j])]
         let task = m.topicPartition.partition
-        if let o = routed?.origin {
+        // An origin naming no task of the topic (written by no build of this) is no first hop.
+        if let o = routed?.origin, o.task >= 0, o.task < options.identity.partitions {
             // A first hop, taken here unless it was before (sent again by a source task
             // that replays what it handed over).
             let at = HopPosition(offset: o.offset, call: o.call)
