@@ -507,6 +507,7 @@ extension SyncEngine {
     /// has committed of them (a call handed over and not committed there is read again,
     /// and skipped where it was taken; docs/identity.md, rule 5).
     func groupOffset(_ p: Int32, consumed: Int64) -> Int64 {
+        let consumed = min(consumed, rewinds[p] ?? .max)
         guard var handed = handedInProcess[p] else { return consumed }
         var limit = consumed
         for (q, last) in handed {

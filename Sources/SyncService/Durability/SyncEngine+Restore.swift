@@ -256,7 +256,7 @@ extension SyncEngine {
         // process"); a source partition that now ends below what was taken of it was
         // recreated: its first hops start again.
         var taken: [Int32: HopPosition] = [:]
-        for h in sourceMarker?.hopsTaken ?? [] {
+        for h in sourceMarker?.hopsTaken ?? [] where h.task >= 0 && h.task < options.identity.partitions && h.task != tp.partition {
             if let end = try? store.endOffset(TopicPartition(tp.topic, h.task)), end <= h.offset { continue }
             taken[h.task] = HopPosition(offset: h.offset, call: h.call)
         }

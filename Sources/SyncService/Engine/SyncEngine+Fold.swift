@@ -383,7 +383,8 @@ extension SyncEngine {
                             }
                         }
                         switch routeCall(
-                            j, identity, &calls, origins, batch, nowEpoch, routed: info, call: callInMessage, replay: replay)
+                            j, identity, &calls, origins, batch, nowEpoch, routed: info, call: callInMessage, replay: replay,
+                            own: owners[j] == sourceTask)
                         {
                         case .fold(let c) where !c.utf8.elementsEqual(identity.utf8):
                             key = c
@@ -459,6 +460,7 @@ extension SyncEngine {
                                 skipped = true
                             } else {
                                 replayFloors[m.topicPartition] = nil
+                                if !repartitionByIndex[Int(pidx)] { rewinds[m.topicPartition.partition] = nil }
                             }
                         }
                     } else {
@@ -588,10 +590,15 @@ extension SyncEngine {
             let wasDirty = entry.delivery.isDirty
             debouncer.changed(e.pointee.identity, &entry.delivery, nowMs: nowMono)
             if !wasDirty { dirty.became(since: entry.delivery.dirtySinceMs) }
+            // A call handed over in the process holds no offset: its user is the other
+            // task's, and a hold on this partition would keep it in memory past that task's
+            // revocation (holds count in memory mode only, which merging does not run in).
             let added =
-                entry.delivery.inFlight
-                ? entry.flightHolds.add(pidx, m.offset)
-                : entry.holds.add(pidx, m.offset)
+                !positioned
+                ? false
+                : entry.delivery.inFlight
+                    ? entry.flightHolds.add(pidx, m.offset)
+                    : entry.holds.add(pidx, m.offset)
             if added { offsets.hold(pidx, offset: m.offset) }
         }
     }

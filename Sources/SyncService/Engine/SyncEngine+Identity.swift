@@ -62,17 +62,19 @@ extension SyncEngine {
     }
 
     /// Steps 1 to 3 for call `j` of the chunk, read from its task's source partition (call
-    /// `call` of its message; `replay`: below the task's marker) or a call routed here,
+    /// `call` of its message; `replay`: below the task's marker; `own`: its identity is the
+    /// task's own, which its marker covers, so a forward of it, to the user it was linked
+    /// to, is no first hop and goes through Kafka in the task's transaction) or a call routed here,
     /// decoded with them: the identity it folds into here, the task it is handed to in the
     /// process, or its record for another task (buffered).
     func routeCall(
         _ j: Int, _ identity: String, _ calls: inout DecodedCalls, _ origins: [Int32], _ batch: [ConsumedMessage], _ nowEpoch: Int64,
-        routed: RoutedCallInfo?, call: UInt32, replay: Bool
+        routed: RoutedCallInfo?, call: UInt32, replay: Bool, own: Bool
     ) -> Route {
         let m = batch[Int(origins[j])]
         let task = m.topicPartition.partition
         // An origin naming no task of the topic (written by no build of this) is no first hop.
-        if let o = routed?.origin, o.task >= 0, o.task < options.identity.partitions {
+        if let o = routed?.origin, o.task >= 0, o.task < options.identity.partitions, o.task != task {
             // A first hop, taken here unless it was before (sent again by a source task
             // that replays what it handed over).
             let at = HopPosition(offset: o.offset, call: o.call)
@@ -88,7 +90,7 @@ extension SyncEngine {
             return .forward
         }
         var origin: HopMark?
-        if routed == nil {
+        if routed == nil && !own {
             // A first hop, from this task's source partition.
             let at = HopPosition(offset: m.offset, call: call)
             // Replayed below the marker: sent through Kafka before (committed with the
@@ -99,6 +101,7 @@ extension SyncEngine {
                 hopsTaken[q, default: [:]][task] = at
                 hopsTakenDue.insert(q)
                 handedInProcess[task, default: [:]][q] = m.offset
+                if firstHanded[task]?[q] == nil { firstHanded[task, default: [:]][q] = m.offset }
                 stats.handedInProcess += 1
                 switch withRouter(q, { $0.route(target: target, hops: hops) }) {
                 case .fold(let c):
@@ -168,18 +171,24 @@ extension SyncEngine {
     func rewindHandingTasks(to gone: Set<Int32>) {
         guard let topic = partitionsByIndex.first(where: { !repartitionByIndex[Int(index(of: $0))] })?.topic else { return }
         for (p, handed) in handedInProcess {
-            let lost = handed.filter { gone.contains($0.key) && $0.value >= (durableAt[p]?[$0.key] ?? -1) }
+            // From where each task that left may lack p's calls: what its last committed
+            // transaction covered, or the first call p handed it.
+            let lost = handed.keys.filter { gone.contains($0) && handed[$0]! >= (durableAt[p]?[$0] ?? -1) }
+                .compactMap { durableAt[p]?[$0] ?? firstHanded[p]?[$0] }
             for q in gone {
                 handedInProcess[p]?[q] = nil
                 durableAt[p]?[q] = nil
+                firstHanded[p]?[q] = nil
+                hopsSent[p]?[q] = nil
             }
-            for q in gone { hopsSent[p]?[q] = nil }
-            guard !lost.isEmpty, let i = partitionIndex[TopicPartition(topic, p)], assigned.contains(i),
+            guard let earliest = lost.min(), let i = partitionIndex[TopicPartition(topic, p)], assigned.contains(i),
                 let consumed = offsets.consumedPosition(i)
             else { continue }
             let tp = TopicPartition(topic, p)
-            let from = lastCommitted[i] ?? 0
+            let from = max(earliest, lastCommitted[i] ?? 0)
             replayFloors[tp] = max(replayFloors[tp] ?? 0, consumed)
+            // The group offset stays there until the re-read has passed what was read.
+            rewinds[p] = min(rewinds[p] ?? .max, from)
             // What the task sent through Kafka up to what it read went before these.
             hopsUnknown.remove(p)
             rereads[tp] = (from, false)

@@ -202,6 +202,8 @@ extension SyncEngine {
                     hopsUnknown.remove(t)
                     handedInProcess[t] = nil
                     durableAt[t] = nil
+                    firstHanded[t] = nil
+                    rewinds[t] = nil
                 }
                 rewindHandingTasks(to: tasks)
             }

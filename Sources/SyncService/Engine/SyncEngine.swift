@@ -216,6 +216,12 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// latest. p's group offset is committed no further than what q's committed
     /// transactions cover (``durableAt``).
     var handedInProcess: [Int32: [Int32: Int64]] = [:]
+    /// Per source task p, per task q it handed calls to in the process: the offset of the
+    /// first (``rewindHandingTasks(to:)``).
+    var firstHanded: [Int32: [Int32: Int64]] = [:]
+    /// Source tasks reading their partition again from an offset (``rewindHandingTasks(to:)``):
+    /// their group offset stays there until the re-read has passed their replay floor.
+    var rewinds: [Int32: Int64] = [:]
     /// Per source task p, per task q: p's consumed position when q's latest committed
     /// transaction took its snapshot (every call p handed q below it is in q's changelog).
     var durableAt: [Int32: [Int32: Int64]] = [:]
