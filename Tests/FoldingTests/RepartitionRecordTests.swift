@@ -154,15 +154,26 @@ import Testing
     /// ``RepartitionRecord/ForwardedCall/encodedBytes`` says.
     @Test func firstHopsCarryTheirSourcePosition() throws {
         let calls = [
-            RepartitionRecord.ForwardedCall(target: "a-1", hops: 1, body: [1, 2, 3], origin: HopMark(task: 0, offset: 0, call: 0)),
-            .init(target: "person-2", hops: 1, body: [4], origin: HopMark(task: .max, offset: .max, call: .max)),
+            RepartitionRecord.ForwardedCall(target: "a-1", hops: 1, body: [1, 2, 3], origin: HopMark(task: 3, offset: 0, call: 0)),
+            .init(target: "person-2", hops: 1, body: [4], origin: HopMark(task: 3, offset: .max, call: .max)),
             .init(target: "a-3", hops: 2, body: [5, 6], origin: nil),
-            .init(target: "a-4", hops: 1, body: [7], origin: HopMark(task: 15, offset: 1_234_567, call: 1_999)),
+            .init(target: "a-4", hops: 1, body: [7], origin: HopMark(task: 3, offset: 1_234_567, call: 1_999)),
         ]
         let tag = RepartitionRecord.Tag(task: 3, epoch: 9, seq: 4)
         let record = RepartitionRecord.calls(calls)
         let (key, value) = record.encode(tag: tag)
         #expect(try RepartitionRecord.decode(key: key, value: value) == record)
+        // An origin naming another task than the record's writer is read as none: every
+        // first hop is written by the task it was read at.
+        var forged = calls
+        forged[1].origin = HopMark(task: 15, offset: .max, call: 0)
+        forged[3].origin = HopMark(task: .max, offset: 9, call: 0)
+        let f = RepartitionRecord.calls(forged).encode(tag: tag)
+        guard case .calls(let forgedRead) = try RepartitionRecord.decode(key: f.key, value: f.value) else {
+            Issue.record("not calls")
+            return
+        }
+        #expect(forgedRead.map(\.origin) == [calls[0].origin, nil, nil, nil])
         let frame = RepartitionRecord.calls([]).encode(tag: tag).value.count
         // The count's varint grows from zero calls to four by nothing.
         #expect(value.count == frame + calls.reduce(0) { $0 + $1.encodedBytes })

@@ -964,4 +964,81 @@ import Testing
         #expect(w.engine.snapshot().skippedReplays == 1)
         #expect(w.body(user) != nil)
     }
+
+    /// A task that handed calls in the process leaves alone and comes back (a safeguard:
+    /// the eager assignor never does this): the task it handed them to is checkpointed with
+    /// it, so that its next owner's calls sent again, skipped there as taken, are
+    /// committed there. Before, the kept task held them in memory only, the leaver's new
+    /// owner committed past them, and a crash lost the user (found by a review).
+    @Test func aHandingTaskLeftAloneHasItsCallsCommittedWhereTheyWent() throws {
+        let r = IdentityRouter(task: 0, partitions: 2)
+        let user = "person-h\(try #require((0..<200).first { r.owner("person-h\($0)") == 0 }))"
+        let own = "person-k\(try #require((0..<200).first { r.owner("person-k\($0)") == 1 }))"
+        let calls = [
+            #"{"type":"track","userId":"\#(user)","event":"Report Built","timestamp":"2025-11-17T10:00:00Z"}"#,
+            #"{"type":"page","userId":"\#(own)","timestamp":"2025-11-18T10:00:00Z"}"#,
+        ]
+        let want: String? = {
+            let w = World()
+            w.source[1] = calls.map { ([], Array($0.utf8)) }
+            w.feedSource()
+            w.settle()
+            return w.body(user)
+        }()
+        #expect(want != nil)
+        let w = World()
+        w.source[1] = calls.map { ([], Array($0.utf8)) }
+        w.feedSource(limit: 1)
+        #expect(w.engine.snapshot().handedInProcess == 1)
+        let task1 = [TopicPartition("events", 1), TopicPartition("g-repartition", 1)]
+        w.engine.partitionsRevoked(task1)
+        w.engine.partitionsAssigned(task1)
+        w.fedSource[1] = Int(w.store.lastCommit[TopicPartition("events", 1)] ?? 0)
+        w.feedSource()
+        #expect(w.engine.checkpoint(partitions: [2]))
+        w.crashAndRestart()
+        w.settle()
+        #expect(w.body(user) == want)
+    }
+
+    /// The same, with the kept task's checkpoint failing: nothing the instance holds can be
+    /// trusted to commit the handed calls, so it stops writing and sending (a restart
+    /// restores every task from what committed), and nothing it commits after that is lost.
+    @Test func aHandingTaskLeftAloneWhileItsCallsCannotCommitStopsTheInstance() throws {
+        let r = IdentityRouter(task: 0, partitions: 2)
+        let user = "person-h\(try #require((0..<200).first { r.owner("person-h\($0)") == 0 }))"
+        let call = #"{"type":"track","userId":"\#(user)","event":"Report Built","timestamp":"2025-11-17T10:00:00Z"}"#
+        let w = World()
+        w.source[1] = [([], Array(call.utf8))]
+        w.feedSource()
+        w.store.failGroupsFrom = 0
+        w.engine.partitionsRevoked([TopicPartition("events", 1), TopicPartition("g-repartition", 1)])
+        w.store.failGroupsFrom = nil
+        #expect(w.engine.halted)
+        #expect(!w.engine.checkpoint())
+        w.crashAndRestart()
+        w.settle()
+        #expect(w.body(user) != nil)
+    }
+
+    /// A handing task read again (its receiver left alone, uncommitted) commits its source
+    /// offset to its end once the re-read has passed what it had read, even if no new
+    /// message comes (found by a review: it waited for one).
+    @Test func aReReadTaskCommitsToItsEndWhenInputStops() throws {
+        let r = IdentityRouter(task: 0, partitions: 2)
+        let user = "person-h\(try #require((0..<200).first { r.owner("person-h\($0)") == 1 }))"
+        let w = World()
+        w.source[0] = (0..<3).map { i in
+            ([], Array(#"{"type":"track","userId":"\#(user)","event":"Report Built","timestamp":"2025-11-1\#(7 + i)T10:00:00Z"}"#.utf8))
+        }
+        w.feedSource()
+        let task1 = [TopicPartition("events", 1), TopicPartition("g-repartition", 1)]
+        w.store.failGroupsFrom = 0
+        w.engine.partitionsRevoked(task1)
+        w.store.failGroupsFrom = nil
+        w.engine.partitionsAssigned(task1)
+        w.settle()
+        #expect(w.engine.checkpoint())
+        #expect(w.store.lastCommit[TopicPartition("events", 0)] == 3)
+    }
 }

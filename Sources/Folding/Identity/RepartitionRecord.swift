@@ -280,15 +280,17 @@ public enum RepartitionRecord: Sendable, Equatable {
             value[1] <= version
         else { return false }
         var r = StateCodec.Reader(bytes: value, pos: 3)
+        var writer: Int32?
         if value[1] >= 2 {
-            guard (try? readTag(&r)) != nil, !r.atEnd else { return false }
+            guard let tag = try? readTag(&r), !r.atEnd else { return false }
+            writer = tag.task
         }
         if value[0] == Kind.call.rawValue {
             guard isIdentity(key) else { return false }
             return body(CallView(target: key, hops: value[2], compact: false, payload: UnsafeBufferPointer(rebasing: value[r.pos...])))
         }
         // Framing first, whole: `body` sees no call of a record that does not read to its end.
-        guard let calls = try? readCalls(&r, version: value[1]), r.atEnd else { return false }
+        guard let calls = try? readCalls(&r, version: value[1], writer: writer), r.atEnd else { return false }
         for c in calls {
             let view = CallView(
                 target: UnsafeBufferPointer(rebasing: value[c.target]), hops: c.hops, compact: true,
@@ -299,8 +301,12 @@ public enum RepartitionRecord: Sendable, Equatable {
     }
 
     /// The calls of a kind `e` payload, as where their fields are in the value.
+    /// An origin is kept only when it names the record's writer (`writer`): every first
+    /// hop is written by the task whose source partition it was read from, and an origin
+    /// naming another (damage, or a forged record) would make its reader skip that task's
+    /// first hops below it.
     private static func readCalls(
-        _ r: inout StateCodec.Reader, version: UInt8
+        _ r: inout StateCodec.Reader, version: UInt8, writer: Int32?
     ) throws(StateCodec.DecodeError) -> [(target: Range<Int>, hops: UInt8, body: Range<Int>, origin: HopMark?)] {
         let n = try r.varint()
         // Each call takes four bytes at least.
@@ -318,7 +324,7 @@ public enum RepartitionRecord: Sendable, Equatable {
                     let offset = try r.zigzag()
                     let call = try r.varint()
                     guard task - 1 <= UInt64(Int32.max), offset >= 0, call <= UInt64(UInt32.max) else { throw .badValue }
-                    origin = HopMark(task: Int32(task - 1), offset: offset, call: UInt32(call))
+                    if Int32(task - 1) == writer { origin = HopMark(task: Int32(task - 1), offset: offset, call: UInt32(call)) }
                 }
             }
             let length = try r.length()
@@ -388,6 +394,7 @@ public enum RepartitionRecord: Sendable, Equatable {
         guard v <= version else { throw .newerVersion(v) }
         let hops = value[2]
         var r = StateCodec.Reader(bytes: value, pos: 3)
+        var writer: Int32?
         if v >= 2 {
             let tag: Tag
             do {
@@ -395,6 +402,7 @@ public enum RepartitionRecord: Sendable, Equatable {
             } catch {
                 throw error == .truncated ? .truncated : .badValue
             }
+            writer = tag.task
             if kind == .notice {
                 guard r.atEnd else { throw .badValue }
                 return .notice(task: tag.task, epoch: tag.epoch, through: tag.seq)
@@ -412,7 +420,7 @@ public enum RepartitionRecord: Sendable, Equatable {
         case .calls:
             let calls: [(target: Range<Int>, hops: UInt8, body: Range<Int>, origin: HopMark?)]
             do {
-                calls = try readCalls(&r, version: v)
+                calls = try readCalls(&r, version: v, writer: writer)
             } catch {
                 throw error == .truncated ? .truncated : .badValue
             }

@@ -208,7 +208,7 @@ extension SyncEngine {
         // The dead letters of what these offsets cover are written first; if they are not
         // yet, the offsets wait for a later checkpoint (the users are written now).
         let letters =
-            (commit.isEmpty && identity.values.allSatisfy { $0.offsets.isEmpty && $0.markerAt == nil })
+            (commit.isEmpty && identity.values.allSatisfy { $0.offsets.isEmpty && $0.markerAt == nil && !$0.hopsDue })
             || waitForDeadLetters(below: deadLetterBarrier, timeoutMs: options.deadLetterWaitMs)
         if !letters {
             held.formUnion(identity.keys)

@@ -458,6 +458,9 @@ extension SyncEngine {
                             if m.offset < floor {
                                 // Its events were decided call by call (``skippedSlot``).
                                 skipped = true
+                                // A re-read's last message: the source offset may move on
+                                // (``rewinds``), even if nothing more comes.
+                                if m.offset == floor - 1 && !repartitionByIndex[Int(pidx)] { rewinds[m.topicPartition.partition] = nil }
                             } else {
                                 replayFloors[m.topicPartition] = nil
                                 if !repartitionByIndex[Int(pidx)] { rewinds[m.topicPartition.partition] = nil }

@@ -162,6 +162,39 @@ extension SyncEngine {
         return true
     }
 
+    /// Called with the lock held: the source partitions of the tasks kept here that handed
+    /// the tasks of `revoked` calls in the process, or were handed calls by them.
+    func keptTasksHandingWith(_ revoked: [OffsetTracker.PartitionIndex]) -> [OffsetTracker.PartitionIndex] {
+        let sources = revoked.filter { !repartitionByIndex[Int($0)] }
+        guard let topic = sources.first.map({ partitionsByIndex[Int($0)].topic }) else { return [] }
+        let gone = Set(sources.map { partitionsByIndex[Int($0)].partition })
+        var related: Set<Int32> = []
+        for (p, handed) in handedInProcess {
+            if gone.contains(p) { related.formUnion(handed.keys) } else if handed.keys.contains(where: gone.contains) { related.insert(p) }
+        }
+        return related.subtracting(gone).compactMap { t in
+            partitionIndex[TopicPartition(topic, t)].flatMap { assigned.contains($0) ? $0 : nil }
+        }
+    }
+
+    /// Called with the lock held, after a revocation's checkpoint: a revoked task that
+    /// handed a task kept here calls that task has not committed (its checkpoint failed)
+    /// leaves them in the kept task's memory only, while the revoked task's next owner
+    /// sends them again and the kept task skips them as taken: a crash would lose them.
+    /// Nothing more is written or sent; a restart restores every task from what committed.
+    func haltIfHandedCallsAreLost(_ revoked: [OffsetTracker.PartitionIndex]) {
+        for i in revoked where !repartitionByIndex[Int(i)] {
+            let p = partitionsByIndex[Int(i)].partition
+            for (q, last) in handedInProcess[p] ?? [:] where txns[q] != nil && last >= (durableAt[p]?[q] ?? -1) {
+                halted = true
+                logger.error(
+                    "a task left while calls it handed another task held here are not committed there; this instance stops writing and sending: restart it",
+                    metadata: ["partition": "\(partitionsByIndex[Int(i)])", "task": .stringConvertible(q)])
+                return
+            }
+        }
+    }
+
     /// Called with the lock held, as tasks `gone` leave this instance while others stay
     /// (the eager assignor the daemon sets revokes every task at once; a partial revocation
     /// is a safeguard): a task that handed them calls in the process not committed there

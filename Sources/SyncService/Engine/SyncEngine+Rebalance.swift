@@ -132,16 +132,22 @@ extension SyncEngine {
             // otherwise wait a minute on a slow coordinator): what is not committed by
             // the drain timeout is read again by the next owner.
             let until = DispatchTime.now() + .milliseconds(Int(clamping: max(1_000, options.drainTimeoutMs)))
-            if !checkpoint(partitions: idxs, deadline: until) {
+            // Identity resolution: tasks kept here that handed the revoked ones calls in the
+            // process, or were handed calls by them, are checkpointed with them, so that
+            // every such call is committed where it went (the eager assignor revokes every
+            // task at once; this is a safeguard).
+            let scope = idxs + (options.identity.merge ? lock.withLock { keptTasksHandingWith(idxs) } : [])
+            if !checkpoint(partitions: scope, deadline: until) {
                 logger.warning("revoked partitions could not be checkpointed; the next owner re-reads from the last commit")
             } else if options.identity.merge
-                && lock.withLock({ idxs.contains { handedInProcess[partitionsByIndex[Int($0)].partition] != nil } })
+                && lock.withLock({ scope.contains { handedInProcess[partitionsByIndex[Int($0)].partition] != nil } })
             {
                 // Calls handed over in the process hold their source offsets back until the
                 // tasks they went to commit: those did just now, so one more commits the
                 // offsets (the next owner reads less again).
-                checkpoint(partitions: idxs, deadline: until)
+                checkpoint(partitions: scope, deadline: until)
             }
+            if options.identity.merge { lock.withLock { haltIfHandedCallsAreLost(idxs) } }
             // A claim of them under way (a restore) ends first: a claim landing after the
             // next owner's would fence it.
             let deadline = DispatchTime.now().uptimeNanoseconds + 40_000_000_000
