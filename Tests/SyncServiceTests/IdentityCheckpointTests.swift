@@ -197,6 +197,16 @@ import Testing
         return (want, w)
     }
 
+    /// A world that played the first half of `calls` to the end and has read the rest
+    /// (not checkpointed yet).
+    static func halfSettled(_ calls: [String]) -> World {
+        let w = World()
+        w.play(Array(calls[..<(calls.count / 2)]))
+        w.produce(Array(calls[(calls.count / 2)...]))
+        w.feedSource()
+        return w
+    }
+
     static func expectSameUsers(_ w: World, _ reference: [String: String], sourceLocation: SourceLocation = #_sourceLocation) {
         for v in 0..<visitors {
             #expect(w.body("person-\(v)") == reference["person-\(v)"], "person-\(v)", sourceLocation: sourceLocation)
@@ -775,10 +785,7 @@ import Testing
     @Test func aSourceOffsetWaitsForTheTaskItsCallsWereHandedTo() {
         let calls = Self.calls(0..<Self.visitors)
         let want = Self.reference { $0.produce(calls) }
-        let w = World()
-        w.play(Array(calls[..<(calls.count / 2)]))
-        w.produce(Array(calls[(calls.count / 2)...]))
-        w.feedSource()
+        let w = Self.halfSettled(calls)
         #expect(w.engine.snapshot().handedInProcess > 0)
         // One task's transaction commits, the other's fails; then the process dies.
         w.store.failGroupsFrom = 1
@@ -819,10 +826,7 @@ import Testing
     @Test(arguments: [false, true]) func aCallHandedOverThenSentAgainThroughKafkaIsTakenOnce(fromStart: Bool) {
         let calls = Self.calls(0..<Self.visitors)
         let want = Self.reference { $0.produce(calls) }
-        let w = World()
-        w.play(Array(calls[..<(calls.count / 2)]))
-        w.produce(Array(calls[(calls.count / 2)...]))
-        w.feedSource()
+        let w = Self.halfSettled(calls)
         // Both tasks commit what they took; the source offsets wait for a later checkpoint.
         #expect(w.engine.checkpoint())
         #expect(w.engine.snapshot().handedInProcess > 0)

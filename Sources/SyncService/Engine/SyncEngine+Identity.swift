@@ -127,6 +127,11 @@ extension SyncEngine {
     /// q takes p's first hops in order, whichever way they come).
     func handsInProcess(from p: Int32, to q: Int32) -> Bool {
         guard inProcessHops, q != p, txns[q] != nil, !halted else { return false }
+        return hasTakenAllSent(q, from: p)
+    }
+
+    /// Whether task `q` has taken every first hop source task `p` sent it through Kafka.
+    func hasTakenAllSent(_ q: Int32, from p: Int32) -> Bool {
         guard let sent = hopsSent[p]?[q] else { return true }
         return hopsTaken[q]?[p].map { $0 >= sent } ?? false
     }
@@ -136,10 +141,7 @@ extension SyncEngine {
     /// that it has not taken yet.
     func waitsForSwitch(_ p: Int32) -> Bool {
         guard inProcessHops, !switchGivenUp.contains(p), let sent = hopsSent[p] else { return false }
-        for (q, s) in sent where q != p && txns[q] != nil {
-            if !(hopsTaken[q]?[p].map { $0 >= s } ?? false) { return true }
-        }
-        return false
+        return sent.keys.contains { q in q != p && txns[q] != nil && !hasTakenAllSent(q, from: p) }
     }
 
     /// Called with the lock held: whether source partition `tp`'s wait (``switchWaits``)
