@@ -194,7 +194,6 @@ extension SyncEngine {
         // Identity resolution: the task's users may have come last through its repartition
         // partition, and its graph is restored with them.
         let merging = options.identity.merge
-        let routedSource = options.identity.repartitionTopic.map { stableSourceId(TopicPartition($0, tp.partition)) }
         var graph: [(id: String, entry: IdentityEntry?)] = []
         if merging {
             do {

@@ -400,8 +400,7 @@ extension SyncEngine {
                                 hash = identitySeed.hash(c)
                                 reroutedScratch[j] = c
                             }
-                            let home = options.identity.repartitionTopic.map { index(of: TopicPartition($0, q)) } ?? 0
-                            inProcessScratch[j] = (q, home)
+                            inProcessScratch[j] = (q, repartitionIndex(ofTask: q))
                         case .forward:
                             slotScratch.append(Self.forwardedSlot)
                             continue
@@ -469,10 +468,14 @@ extension SyncEngine {
                     } else {
                         call &+= 1
                     }
-                    if skipped, case .event = outcome {
-                    } else if skipped {
-                        stats.skippedReplays += 1
-                        continue
+                    // Below the floor an event was decided call by call (``skippedSlot``); a
+                    // link request, merge record or control record is skipped here.
+                    if skipped {
+                        if case .event = outcome {
+                        } else {
+                            stats.skippedReplays += 1
+                            continue
+                        }
                     }
                     switch outcome {
                     case .event(let k):

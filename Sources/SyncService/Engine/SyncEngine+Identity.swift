@@ -89,6 +89,8 @@ extension SyncEngine {
             if case .fold(let c) = step { return .fold(c) }
             return .forward
         }
+        // Encoded where the event lies (the subscript would copy all of it).
+        func body() -> [UInt8] { calls.events[Int(k)].compact(timeMs: calls.events[Int(k)].timeMs ?? nowEpoch) }
         var origin: HopMark?
         if routed == nil && !own {
             // A first hop, from this task's source partition.
@@ -108,18 +110,28 @@ extension SyncEngine {
                     return .inProcess(c, task: q)
                 case .forward(let r, let t, let h):
                     // Forwarded on by q, through Kafka, in q's transaction.
-                    let body = calls.events[Int(k)].compact(timeMs: calls.events[Int(k)].timeMs ?? nowEpoch)
-                    outbound[q, default: []].append((r, .calls([.init(target: t, hops: h, body: body)])))
+                    outbound[q, default: []].append((r, .calls([.init(target: t, hops: h, body: body())])))
                     return .forward
                 }
             }
             origin = HopMark(task: task, offset: m.offset, call: call)
             if hopsSent[task]?[q].map({ $0 < at }) ?? true { hopsSent[task, default: [:]][q] = at }
         }
-        // Encoded where the event lies (the subscript would copy all of it).
-        let body = calls.events[Int(k)].compact(timeMs: calls.events[Int(k)].timeMs ?? nowEpoch)
-        outbound[task, default: []].append((q, .calls([.init(target: target, hops: hops, body: body, origin: origin)])))
+        outbound[task, default: []].append((q, .calls([.init(target: target, hops: hops, body: body(), origin: origin)])))
         return .forward
+    }
+
+    /// The partition index of task `q`'s repartition partition, where the users of calls
+    /// handed to it in the process are homed: looked up once per task, not per call (a
+    /// partition's index never changes).
+    func repartitionIndex(ofTask q: Int32) -> OffsetTracker.PartitionIndex {
+        if Int(q) < repartitionIndexByTask.count, let i = repartitionIndexByTask[Int(q)] { return i }
+        let i = index(of: TopicPartition(options.identity.repartitionTopic ?? "", q))
+        if Int(q) >= repartitionIndexByTask.count {
+            repartitionIndexByTask += Array(repeating: nil, count: Int(q) + 1 - repartitionIndexByTask.count)
+        }
+        repartitionIndexByTask[Int(q)] = i
+        return i
     }
 
     /// Whether source task `p` hands its calls for task `q` over in the process: q is held
@@ -204,7 +216,7 @@ extension SyncEngine {
     /// what it read are skipped as replays); its calls for other tasks are sent again, in
     /// order, before any later one, and skipped where they were taken.
     func rewindHandingTasks(to gone: Set<Int32>) {
-        guard let topic = partitionsByIndex.first(where: { !repartitionByIndex[Int(index(of: $0))] })?.topic else { return }
+        guard let topic = zip(partitionsByIndex, repartitionByIndex).first(where: { !$0.1 })?.0.topic else { return }
         for (p, handed) in handedInProcess {
             // From where each task that left may lack p's calls: what its last committed
             // transaction covered, or the first call p handed it.

@@ -245,6 +245,8 @@ public final class SyncEngine: ConsumerHandler, @unchecked Sendable {
     /// The chunk's calls handed over in the process: by index, the task that folds them
     /// and the partition index their user is homed on there (its repartition partition).
     var inProcessScratch: [Int: (task: Int32, home: OffsetTracker.PartitionIndex)] = [:]
+    /// ``repartitionIndex(ofTask:)``'s cache, by task.
+    var repartitionIndexByTask: [OffsetTracker.PartitionIndex?] = []
     /// Threads decoding a batch, the poll thread included (``EngineOptions/decodeThreads``,
     /// at most the cores).
     let decodeParallelism: Int
