@@ -1,3 +1,4 @@
+import Folding
 import Foundation
 import Kafka
 import Testing
@@ -35,6 +36,53 @@ import Testing
         #expect(view.markers.count == 2)  // the tombstoned one still says the partition has markers
         let empty = SyncEngine.ChangelogView(PackedRecords())
         #expect(empty.latest.isEmpty && empty.markers.isEmpty)
+    }
+
+    /// A merging task's changelog partition: what its committed transactions wrote, each
+    /// between a begin marker and its source marker. A transaction a crash cut off (begun,
+    /// never ended) is not read, even below a later one that committed (brokers that show
+    /// aborted records show it), and its tag is named so that the graph's restore leaves
+    /// out what it wrote there.
+    @Test func onlyWhatCommittedTransactionsWroteIsRead() throws {
+        let u = { (s: String) in (key: Array(s.utf8), value: Optional([UInt8(1)])) }
+        let txn = { (seq: Int64) in StoredUser.MarkerTxn(epoch: 7, seq: seq) }
+        let begin = { (seq: Int64) in
+            (key: ChangelogMarker.beginKey(tp0), value: Optional(ChangelogMarker.value(offset: -1, sourcePartitions: 2, txn: txn(seq))))
+        }
+        let end = { (seq: Int64) in
+            (key: ChangelogMarker.key(tp0), value: Optional(ChangelogMarker.value(offset: seq, sourcePartitions: 2, txn: txn(seq))))
+        }
+        let records = [
+            begin(0), u("a"), end(0),
+            begin(1), u("torn"), u("a"),  // cut off: "a" keeps its record of transaction 0
+            begin(2), u("b"), end(2),
+            begin(3), u("late"),  // cut off at the end
+        ]
+        let view = SyncEngine.ChangelogView(PackedRecords(records), transactionsOf: tp0)
+        #expect(view.latest.map(\.key) == ["a", "b"])
+        #expect(view.latest.map(\.record) == [1, 7])
+        #expect(try StateCodec.decode(#require(view.marker(of: tp0))).markerTxn == txn(2))
+        #expect(view.cut == [txn(1), txn(3)])
+        // Read without a task (not merging), every record counts.
+        #expect(SyncEngine.ChangelogView(PackedRecords(records)).latest.map(\.key) == ["torn", "a", "b", "late"])
+    }
+
+    /// Before the first begin marker (builds without them; or compaction kept only the
+    /// last): up to the last end marker there, as before begin markers; all of it if there
+    /// is none (written before markers).
+    @Test func recordsBeforeTheFirstBeginMarkerAreReadAsBefore() {
+        let s = { (i: Int) in (0..<i).map { (key: Array("u\($0)".utf8), value: Optional([UInt8(1)])) } }
+        let b = [(key: ChangelogMarker.beginKey(tp0), value: Optional([UInt8(0)]))]
+        let m = [(key: ChangelogMarker.key(tp0), value: Optional([UInt8(0)]))]
+        let spans = { (r: [(key: [UInt8], value: [UInt8]?)]) in
+            ChangelogMarker.committedSpans(count: r.count, isBegin: { r[$0].key == b[0].key }, isEnd: { r[$0].key == m[0].key }).kept
+        }
+        #expect(spans(s(3)) == [0..<3])  // no markers
+        #expect(spans(s(2) + m + s(1)) == [0..<3])  // end markers only: up to the last
+        #expect(spans(s(2) + b + s(1) + m) == [0..<2, 2..<5])  // a head without an end marker
+        #expect(spans(s(1) + m + s(1) + b + s(1) + m) == [0..<2, 3..<6])  // the head's tail was cut off
+        #expect(spans(b + s(1)).isEmpty)  // a first transaction cut off
+        #expect(spans([]).isEmpty)
     }
 
     /// Keys are users' identities byte for byte, as the user table hashes them: two

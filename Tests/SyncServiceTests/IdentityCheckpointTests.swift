@@ -312,6 +312,53 @@ import Testing
         #expect(total > 6, "the torn transaction held \(total) records")
     }
 
+    /// A transaction cut by a crash stays cut once a later one commits above it. Its records
+    /// stay readable on brokers that show aborted records (librdkafka's mock, tansu), so
+    /// the next owner's restore ends at the last end marker. But that owner's transactions
+    /// then commit markers above the cut ones, and a restore after them found the cut
+    /// records below the last marker and took them as committed. A review found this:
+    /// `person-5`'s graph entry named `a-5` as linked without its link request, and
+    /// `a-5`'s anonymous history stayed apart. Each task's transaction is cut at each
+    /// point in turn; then a second owner commits a transaction of each task (its start
+    /// notices); then a third restores. A cut after the identities marker and before the
+    /// source marker leaves a whole transaction in `<group>-identities`, cut all the same.
+    @Test(arguments: [true, false]) func aTransactionCutByACrashStaysCutUnderALaterCommittedOne(inProcess: Bool) {
+        let late = (0..<Self.visitors).map { v in
+            #"{"type":"track","anonymousId":"a-\#(v)","event":"Report Built","timestamp":"2025-11-23T10:00:00Z"}"#
+        }
+        let calls = Self.calls(0..<Self.visitors) + late
+        let want = Self.reference { $0.produce(calls) }
+        for task in Int32(0)..<2 {
+            var total = 1
+            var keep = 0
+            while keep <= total {
+                let w = World(inProcess: inProcess)
+                w.play(Array(calls[..<(calls.count / 2)]))
+                w.produce(Array(calls[(calls.count / 2)...]))
+                w.feedSource()
+                w.store.tearAfter = keep
+                w.store.tearPartition = task
+                #expect(!w.engine.checkpoint())
+                total = w.store.tornTotal
+                // The next owner restores without the cut records and commits a transaction
+                // of each task before it reads anything (no input fed).
+                w.crashAndRestart(feed: false)
+                #expect(w.engine.checkpoint())
+                // The owner after it restores from a changelog whose last markers lie above
+                // the cut records.
+                w.crashAndRestart()
+                w.settle()
+                let at = "task \(task) cut after \(keep) of \(total) records"
+                for v in 0..<Self.visitors {
+                    #expect(w.body("person-\(v)") == want.bodies["person-\(v)"], "person-\(v), \(at)")
+                    #expect(w.body("a-\(v)") == nil, "a-\(v) is held as its own user, \(at)")
+                }
+                keep += 1
+            }
+            #expect(total > 6, "the torn transaction of task \(task) held \(total) records")
+        }
+    }
+
     /// A task revoked while its restore has not succeeded (here: refused, its changelog
     /// missing) writes nothing: a transaction of its own would carry start notices saying
     /// that nothing of its former owner committed, and its readers would drop the former

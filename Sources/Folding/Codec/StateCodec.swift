@@ -29,7 +29,7 @@ public struct StoredUser: Sendable, Equatable {
     /// through Kafka.
     public var hopsKnown = false
 
-    public struct MarkerTxn: Sendable, Equatable {
+    public struct MarkerTxn: Sendable, Hashable {
         public var epoch: UInt64
         public var seq: Int64
         public init(epoch: UInt64, seq: Int64) {

@@ -22,35 +22,50 @@ extension SyncEngine {
         var users = 0
         /// Each marker's last value, by its key (nil: a tombstone).
         var markers: [[UInt8]: [UInt8]?] = [:]
+        /// The tags of the task's transactions that a crash cut off: begun here and never
+        /// ended. Their identities marker may have landed (it is written before the
+        /// changelog's), and what they wrote to `<group>-identities` is not read either.
+        var cut: Set<StoredUser.MarkerTxn> = []
 
         init() {}
 
-        /// `cutAfter`: the key of a marker after whose last record nothing is read
-        /// (identity resolution: a task's source marker ends each of its transactions, and
-        /// what follows the last one was cut off by a crash). Without one, or when the
-        /// partition holds none, every record is read.
-        init(_ records: PackedRecords, cutAfter: [UInt8]? = nil) {
+        /// `transactionsOf`: a merging task whose transactions wrote the partition: only
+        /// what committed ones wrote is read (``ChangelogMarker/committedSpans(count:isBegin:isEnd:)``;
+        /// a crash cuts a transaction off, and some brokers show what it wrote). Without
+        /// one, every record is read.
+        init(_ records: PackedRecords, transactionsOf task: TopicPartition? = nil) {
             self.records = records
             var last: [RawKey: Int] = [:]
             last.reserveCapacity(records.count)
             var end = records.count
             records.bytes.withUnsafeBufferPointer { b in
-                if let cutAfter {
-                    let cut = cutAfter.withUnsafeBufferPointer { c in
-                        (0..<records.count).last { i in
-                            let r = records.keyRange(i)
-                            return r.count == c.count && b[r].elementsEqual(c)
+                var spans = [0..<records.count]
+                if let task {
+                    let (begin, endKey) = (ChangelogMarker.beginKey(task), ChangelogMarker.key(task))
+                    func isKey(_ i: Int, _ k: [UInt8]) -> Bool {
+                        let r = records.keyRange(i)
+                        return r.count == k.count && b[r].elementsEqual(k)
+                    }
+                    let found = ChangelogMarker.committedSpans(
+                        count: records.count, isBegin: { isKey($0, begin) }, isEnd: { isKey($0, endKey) })
+                    spans = found.kept
+                    end = spans.last?.upperBound ?? 0
+                    for i in found.cut {
+                        if let v = records.valueRange(i), let txn = (try? StateCodec.decode(UnsafeBufferPointer(rebasing: b[v])))?.markerTxn
+                        {
+                            cut.insert(txn)
                         }
                     }
-                    if let cut { end = cut + 1 }
                 }
-                for i in 0..<end {
-                    let key = UnsafeBufferPointer(rebasing: b[records.keyRange(i)])
-                    if ChangelogMarker.isMarker(key: key) {
-                        markers.updateValue(records.valueRange(i).map { Array(b[$0]) }, forKey: Array(key))
-                        continue
+                for span in spans {
+                    for i in span {
+                        let key = UnsafeBufferPointer(rebasing: b[records.keyRange(i)])
+                        if ChangelogMarker.isMarker(key: key) {
+                            markers.updateValue(records.valueRange(i).map { Array(b[$0]) }, forKey: Array(key))
+                            continue
+                        }
+                        last[RawKey(String(decoding: key, as: UTF8.self))] = i
                     }
-                    last[RawKey(String(decoding: key, as: UTF8.self))] = i
                 }
             }
             var keyAt = [String?](repeating: nil, count: end)
@@ -65,6 +80,39 @@ extension SyncEngine {
 
         /// Source partition `tp`'s marker, if the changelog partition holds one.
         func marker(of tp: TopicPartition) -> [UInt8]? { markers[ChangelogMarker.key(tp)] ?? nil }
+
+        /// Of `records`, task `tp`'s partition of `<group>-identities`, what a restore reads
+        /// with this view of its changelog partition (oldest first, markers left out): up
+        /// to the identities marker of the transaction the source marker names (what
+        /// follows was cut off by a crash, or not written by a committed transaction, and
+        /// some brokers show it); before it, only what committed transactions wrote, between
+        /// a begin marker and its identities marker; and of those, none the changelog says
+        /// were cut off (a crash between the identities marker and the source marker).
+        func committedIdentities(_ records: [(key: [UInt8], value: [UInt8]?)], of tp: TopicPartition) -> [(key: [UInt8], value: [UInt8]?)] {
+            var end = records.count
+            if let txn = (try? marker(of: tp).map { try StateCodec.decode($0) })??.markerTxn,
+                let i = records.lastIndex(where: {
+                    $0.key == ChangelogMarker.identitiesKey && ($0.value.flatMap { try? StateCodec.decode($0) })?.markerTxn == txn
+                })
+            {
+                end = i + 1
+            }
+            let spans = ChangelogMarker.committedSpans(
+                count: end, isBegin: { records[$0].key == ChangelogMarker.identitiesBeginKey },
+                isEnd: { records[$0].key == ChangelogMarker.identitiesKey }
+            ).kept
+            var out: [(key: [UInt8], value: [UInt8]?)] = []
+            for span in spans {
+                let first = records[span.lowerBound]
+                if !cut.isEmpty, first.key == ChangelogMarker.identitiesBeginKey,
+                    let txn = (first.value.flatMap { try? StateCodec.decode($0) })?.markerTxn, cut.contains(txn)
+                {
+                    continue
+                }
+                out += records[span].filter { !ChangelogMarker.isMarker(key: $0.key) }
+            }
+            return out
+        }
     }
 
     /// A key compared and hashed as its UTF-8 bytes, as the user table compares

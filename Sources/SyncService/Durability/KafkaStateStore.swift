@@ -313,6 +313,13 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
                         throw KafkaError(message: "checkpoint of \(g.source): its records were not written in time", isRetriable: true)
                     }
                 }
+                // The begin markers first: a restore reads only what follows one.
+                for r in g.records where ChangelogMarker.isBegin(key: r.key) {
+                    try writer.send(topic: topic, partition: r.partition, key: r.key, value: r.value)
+                }
+                for r in g.extra where ChangelogMarker.isBegin(key: r.key) {
+                    try writer.send(topic: r.topic, partition: r.partition, key: r.key, value: r.value)
+                }
                 for r in g.records where !ChangelogMarker.isMarker(key: r.key) {
                     try writer.send(topic: topic, partition: r.partition, key: r.key, value: r.value)
                 }
@@ -323,12 +330,12 @@ public final class KafkaStateStore: StateStore, @unchecked Sendable {
                 if injectFailureForTesting == .beforeMarkers {
                     throw KafkaError(message: "injected failure before the markers", isRetriable: true)
                 }
-                for r in g.extra where ChangelogMarker.isMarker(key: r.key) {
+                for r in g.extra where ChangelogMarker.isMarker(key: r.key) && !ChangelogMarker.isBegin(key: r.key) {
                     try writer.send(topic: r.topic, partition: r.partition, key: r.key, value: r.value)
                 }
                 try flush()
                 markersSent = true
-                for r in g.records where ChangelogMarker.isMarker(key: r.key) {
+                for r in g.records where ChangelogMarker.isMarker(key: r.key) && !ChangelogMarker.isBegin(key: r.key) {
                     try writer.send(topic: topic, partition: r.partition, key: r.key, value: r.value)
                 }
                 // Acknowledged before anything can fail the transaction: a marker still in

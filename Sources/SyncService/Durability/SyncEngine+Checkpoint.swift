@@ -233,6 +233,15 @@ extension SyncEngine {
                 // tag, and no further (what a crash cut off, which some brokers show).
                 let txn = StoredUser.MarkerTxn(epoch: x.tag.epoch, seq: x.tag.seq)
                 let sp = store.statePartition(for: group.source.partition)
+                // And a begin marker first, in both: a restore reads only what lies between
+                // a begin marker and its end (what a crash cut off lies between a begin
+                // marker and the next one, even below a later transaction's end).
+                records.insert(
+                    (
+                        sp, ChangelogMarker.beginKey(group.source),
+                        ChangelogMarker.value(offset: -1, sourcePartitions: store.sourcePartitions, txn: txn)
+                    ),
+                    at: 0)
                 if let r = x.repartitionIndex {
                     let rtp = partitionsByIndex[Int(r)]
                     if let at = x.offsets[rtp] ?? x.committedRepartition ?? floors[rtp] {
@@ -262,8 +271,10 @@ extension SyncEngine {
             }
             var batch = CheckpointGroup(source: group.source, records: records, offset: offset)
             if let x = identity[g] {
-                batch.extra = x.graphRecords + x.outbound
-                batch.extra.append(x.identitiesMarker(topic: options.identity.identitiesTopic, sourcePartitions: store.sourcePartitions))
+                let identities = options.identity.identitiesTopic
+                batch.extra = [x.identitiesMarker(topic: identities, sourcePartitions: store.sourcePartitions, begin: true)]
+                batch.extra += x.graphRecords + x.outbound
+                batch.extra.append(x.identitiesMarker(topic: identities, sourcePartitions: store.sourcePartitions))
                 batch.extraOffsets = x.offsets
             }
             batches.append(batch)
@@ -458,10 +469,12 @@ struct TaskExtras {
     }
 
     /// The identities marker: the transaction's last record in the task's partition of
-    /// `<group>-identities`.
-    func identitiesMarker(topic: String, sourcePartitions: Int32) -> (topic: String, partition: Int32, key: [UInt8], value: [UInt8]?) {
+    /// `<group>-identities` (`begin`: its first).
+    func identitiesMarker(
+        topic: String, sourcePartitions: Int32, begin: Bool = false
+    ) -> (topic: String, partition: Int32, key: [UInt8], value: [UInt8]?) {
         (
-            topic, task, ChangelogMarker.identitiesKey,
+            topic, task, begin ? ChangelogMarker.identitiesBeginKey : ChangelogMarker.identitiesKey,
             ChangelogMarker.value(offset: -1, sourcePartitions: sourcePartitions, txn: .init(epoch: tag.epoch, seq: tag.seq))
         )
     }

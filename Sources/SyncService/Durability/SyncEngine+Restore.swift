@@ -46,18 +46,19 @@ extension SyncEngine {
                     // Each changelog partition's last value per key (once, however many
                     // source partitions share it), then the table sized once for the
                     // users expected, then each source partition decoded and loaded.
-                    // Identity resolution: each task's changelog partition is read up to its
-                    // source marker, the last record of each of its transactions.
-                    var cuts: [Int32: [UInt8]] = [:]
+                    // Identity resolution: of each task's changelog partition, what its
+                    // committed transactions wrote (between a begin marker and its source
+                    // marker, the last record of each).
+                    var tasks: [Int32: TopicPartition] = [:]
                     if options.identity.merge {
                         var by: [Int32: [TopicPartition]] = [:]
                         for tp in claimed { by[store.statePartition(for: tp.partition), default: []].append(tp) }
-                        for (sp, tps) in by where tps.count == 1 { cuts[sp] = ChangelogMarker.key(tps[0]) }
+                        for (sp, tps) in by where tps.count == 1 { tasks[sp] = tps[0] }
                     }
-                    let cutKeys = cuts
+                    let taskOf = tasks
                     let slots = ParallelSlots(count: statePartitions.count, ChangelogView())
                     DispatchQueue.concurrentPerform(iterations: statePartitions.count) { i in
-                        slots[i] = ChangelogView(records[statePartitions[i]] ?? PackedRecords(), cutAfter: cutKeys[statePartitions[i]])
+                        slots[i] = ChangelogView(records[statePartitions[i]] ?? PackedRecords(), transactionsOf: taskOf[statePartitions[i]])
                     }
                     let views = Dictionary(uniqueKeysWithValues: zip(statePartitions, slots.all))
                     lock.withLock { users.reserve(Self.expectedUsers(partitions, views: views, store: store)) }
@@ -199,20 +200,8 @@ extension SyncEngine {
             do {
                 let records =
                     try store.read(topic: options.identity.identitiesTopic, partitions: [tp.partition])[tp.partition] ?? PackedRecords()
-                // Up to the identities marker of the transaction the changelog's source
-                // marker names: what follows it was cut off by a crash (or was not written
-                // by a committed transaction), and some brokers show it.
-                let all = records.records
-                var end = all.count
-                if let txn = (try? marker.map { try StateCodec.decode($0) })??.markerTxn,
-                    let i = all.lastIndex(where: {
-                        $0.key == ChangelogMarker.identitiesKey && ($0.value.flatMap { try? StateCodec.decode($0) })?.markerTxn == txn
-                    })
-                {
-                    end = i + 1
-                }
                 var last: [[UInt8]: [UInt8]?] = [:]
-                for r in all[..<end] where !ChangelogMarker.isMarker(key: r.key) { last[r.key] = r.value }
+                for r in view.committedIdentities(records.records, of: tp) { last[r.key] = r.value }
                 for (key, value) in last {
                     let id = try IdentityCodec.identity(key: key)
                     graph.append((id, try value.map { try IdentityCodec.decode($0) }))

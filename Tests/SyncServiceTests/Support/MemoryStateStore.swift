@@ -54,26 +54,35 @@ final class MemoryStateStore: StateStore, @unchecked Sendable {
     /// (once: the setting is cleared): the groups before it stay committed.
     var failGroupsFrom: Int?
     /// A crash in the middle of the next transactional group: only its first `tearAfter`
-    /// records land, in the order ``KafkaStateStore`` writes them (every record, then the
+    /// records land, in the order ``KafkaStateStore`` writes them (the begin markers, every record, then the
     /// identities marker, then the changelog's markers), and are readable, as librdkafka's mock and tansu show an unfinished or
     /// aborted transaction's records. From then on the store is down (``torn``) until a
     /// test sets it up again.
     var tearAfter: Int?
+    /// With ``tearAfter``: the crash comes in the group of this source partition (the
+    /// groups before it commit), not in the first.
+    var tearPartition: Int32?
     var torn = false
     func checkpoint(_ groups: [CheckpointGroup], deadline: DispatchTime?) throws {
         if torn { throw TestError("the process crashed") }
         guard groups.contains(where: { !$0.extra.isEmpty || !$0.extraOffsets.isEmpty }) else { return try writeThenCommit(groups) }
         var done: Set<TopicPartition> = []
         for (n, g) in groups.enumerated() {
-            if let keep = tearAfter {
+            if let keep = tearAfter, tearPartition == nil || tearPartition == g.source.partition {
                 tearAfter = nil
+                tearPartition = nil
                 torn = true
+                let begins: [(topic: String?, partition: Int32, key: [UInt8], value: [UInt8]?)] =
+                    g.records.filter { ChangelogMarker.isBegin(key: $0.key) }.map { (nil, $0.partition, $0.key, $0.value) }
+                    + g.extra.filter { ChangelogMarker.isBegin(key: $0.key) }.map { ($0.topic, $0.partition, $0.key, $0.value) }
                 let data: [(topic: String?, partition: Int32, key: [UInt8], value: [UInt8]?)] =
-                    g.records.filter { !ChangelogMarker.isMarker(key: $0.key) }.map { (nil, $0.partition, $0.key, $0.value) }
+                    begins
+                    + g.records.filter { !ChangelogMarker.isMarker(key: $0.key) }.map { (nil, $0.partition, $0.key, $0.value) }
                     + g.extra.filter { !ChangelogMarker.isMarker(key: $0.key) }.map { ($0.topic, $0.partition, $0.key, $0.value) }
+                let ends = { (key: [UInt8]) in ChangelogMarker.isMarker(key: key) && !ChangelogMarker.isBegin(key: key) }
                 let markers: [(topic: String?, partition: Int32, key: [UInt8], value: [UInt8]?)] =
-                    g.extra.filter { ChangelogMarker.isMarker(key: $0.key) }.map { ($0.topic, $0.partition, $0.key, $0.value) }
-                    + g.records.filter { ChangelogMarker.isMarker(key: $0.key) }.map { (nil, $0.partition, $0.key, $0.value) }
+                    g.extra.filter { ends($0.key) }.map { ($0.topic, $0.partition, $0.key, $0.value) }
+                    + g.records.filter { ends($0.key) }.map { (nil, $0.partition, $0.key, $0.value) }
                 lock.withLock {
                     for r in (data + markers).prefix(keep) {
                         if let topic = r.topic {
