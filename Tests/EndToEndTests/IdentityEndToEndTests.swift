@@ -176,7 +176,14 @@ struct IdentityScenario {
         try await Self.stopOneMidStream(
             byMessageId: byMessageId, stop: stop, apiKey: apiKey,
             start: { try start(kafka, $0, group: group) },
-            produce: { try kcatProduce(bootstrap: kafka.bootstrap, topic: "events", $0, partitioner: "murmur2_random") })
+            produce: { try kcatProduce(bootstrap: kafka.bootstrap, topic: "events", $0, partitioner: "murmur2_random") },
+            inspect: { ids in
+                let c = try Child(
+                    ["inspect", "--brokers", kafka.bootstrap, "--topic", "events", "--group", group] + ids,
+                    env: ["FOLDSPACE_SYNC_IDENTITY_MERGE": "true", "FOLDSPACE_SYNC_SEND_NUMBER_OF_VISITS": "true"])
+                #expect(await c.wait(timeout: .seconds(30)) == 0, "\(c.stderr.suffix(1000))")
+                return (try? JSONSerialization.jsonObject(with: Data(c.stdout.utf8)) as? [[String: Any]]) ?? []
+            })
     }
 
     /// Two instances read the first half of the scenario's calls; one is stopped by `stop`
@@ -184,7 +191,8 @@ struct IdentityScenario {
     /// last acknowledged body must match the reference.
     static func stopOneMidStream(
         byMessageId: Bool, stop: Int32, apiKey: String, start: (FoldspaceSandbox) throws -> Child,
-        produce: ([(key: String, value: String)]) throws -> Void
+        produce: ([(key: String, value: String)]) throws -> Void,
+        inspect: (([String]) async throws -> [[String: Any]])? = nil
     ) async throws {
         let sandbox = FoldspaceSandbox(apiKeys: [apiKey])
         try await sandbox.start()
@@ -213,6 +221,22 @@ struct IdentityScenario {
         }
         #expect(done, "\(s.mismatches(sandbox).prefix(8)) \(kept) \(b.stderr.suffix(1500))")
         #expect(sandbox.violationCount == 0)
+        // `inspect` from outside: an anonymous id linked by an identify (visitor 0) and one
+        // linked by an alias (visitor 1) show their user as canonical, with its state; the
+        // user lists both of its ids.
+        if let inspect {
+            for v in 0..<2 {
+                let (anon, user) = (s.anonymousId(v), s.userId(v))
+                let entries = try await inspect([anon, user])
+                #expect(entries.count == 2, "\(entries)")
+                let a = entries.first ?? [:]
+                let u = entries.last ?? [:]
+                #expect((a["identity"] as? [String: Any])?["canonicalId"] as? String == user, "\(a)")
+                #expect(a["stateOf"] as? String == user && a["found"] as? Bool == true, "\(a)")
+                #expect((u["identity"] as? [String: Any])?["linkedIds"] as? [String] == [anon], "\(u)")
+                #expect((u["body"] as? [String: Any])?["numberOfVisits"] as? Int == s.expected(user).visits, "\(u)")
+            }
+        }
         b.signal(SIGTERM)
         #expect(await b.wait(timeout: .seconds(30)) == 0)
         if stop == SIGKILL { _ = await a.wait(timeout: .seconds(10)) }

@@ -23,21 +23,33 @@ public enum Inspect {
         let partitions = try KafkaAdmin.partitionCount(config: admin, topic: topic)
         // Identity resolution (docs/identity.md): an id linked to a user is shown with that
         // user's state, where its history now is.
+        // Every partition at once, on one client (as restores read); with identity
+        // resolution, each task's partition as its restore reads it: only what its
+        // committed transactions wrote (a crash's leftovers, which some brokers show, are
+        // not shown).
+        let merging = config.engine.identity.merge
+        let all = try PartitionReader(config: admin).read(topic: topic, partitions: Array(0..<Int32(partitions)))
+        var changelog: [Int32: SyncEngine.ChangelogView] = [:]
+        for (p, packed) in all {
+            changelog[p] = SyncEngine.ChangelogView(
+                packed, transactionsOf: merging ? config.topics.first.map { TopicPartition($0, p) } : nil)
+        }
         var graph: [String: IdentityEntry] = [:]
         let identitiesTopic = IdentityTopics.identities(group: config.group)
-        if config.engine.identity.merge, let n = try? KafkaAdmin.partitionCount(config: admin, topic: identitiesTopic) {
+        if merging, let n = try? KafkaAdmin.partitionCount(config: admin, topic: identitiesTopic) {
             let records = try PartitionReader(config: admin).read(topic: identitiesTopic, partitions: Array(0..<Int32(n)))
-            graph = IdentityView.graph(records.values.map(\.records))
+            graph = IdentityView.graph(
+                records.map { p, packed in
+                    guard let view = changelog[p], let source = config.topics.first else { return packed.records }
+                    return view.committedIdentities(packed.records, of: TopicPartition(source, p))
+                })
         }
         let views = ids.map { IdentityView(id: $0, graph: graph) }
         let wanted = Set(ids + views.map(\.canonical))
         var latest: [String: (partition: Int32, value: [UInt8]?)] = [:]
-        // Every partition at once, on one client (as restores read).
-        let all = try PartitionReader(config: admin).read(topic: topic, partitions: Array(0..<Int32(partitions)))
-        for (p, packed) in all {
-            for r in packed.records where !ChangelogMarker.isMarker(key: r.key) {
-                let key = String(decoding: r.key, as: UTF8.self)
-                if wanted.contains(key) { latest[key] = (p, r.value) }
+        for (p, view) in changelog {
+            for (key, i) in view.latest where wanted.contains(key) {
+                latest[key] = (p, view.records.valueRange(i).map { r in view.records.bytes.withUnsafeBufferPointer { Array($0[r]) } })
             }
         }
         // Source ids back to names: the source topics' partitions.
