@@ -67,22 +67,95 @@ import Testing
         #expect(SyncEngine.ChangelogView(PackedRecords(records)).latest.map(\.key) == ["torn", "a", "b", "late"])
     }
 
-    /// Before the first begin marker (builds without them; or compaction kept only the
-    /// last): up to the last end marker there, as before begin markers; all of it if there
-    /// is none (written before markers).
-    @Test func recordsBeforeTheFirstBeginMarkerAreReadAsBefore() {
-        let s = { (i: Int) in (0..<i).map { (key: Array("u\($0)".utf8), value: Optional([UInt8(1)])) } }
-        let b = [(key: ChangelogMarker.beginKey(tp0), value: Optional([UInt8(0)]))]
-        let m = [(key: ChangelogMarker.key(tp0), value: Optional([UInt8(0)]))]
-        let spans = { (r: [(key: [UInt8], value: [UInt8]?)]) in
-            ChangelogMarker.committedSpans(count: r.count, isBegin: { r[$0].key == b[0].key }, isEnd: { r[$0].key == m[0].key }).kept
+    /// A log written out as tokens: `B<n>` a begin marker of transaction n, `E<n>` an end
+    /// marker of it, `E` an end marker naming none (a run without identity resolution),
+    /// `u` a user's record.
+    static func log(_ tokens: String, task: TopicPartition) -> [(key: [UInt8], value: [UInt8]?)] {
+        tokens.split(separator: " ").map { t in
+            let n = Int64(t.dropFirst())
+            let txn = n.map { StoredUser.MarkerTxn(epoch: 9, seq: $0) }
+            switch t.first {
+            case "B": return (ChangelogMarker.beginKey(task), ChangelogMarker.value(offset: -1, sourcePartitions: 2, txn: txn))
+            case "E": return (ChangelogMarker.key(task), ChangelogMarker.value(offset: n ?? 0, sourcePartitions: 2, txn: txn))
+            default: return (Array("u\(t)".utf8), [1])
+            }
         }
-        #expect(spans(s(3)) == [0..<3])  // no markers
-        #expect(spans(s(2) + m + s(1)) == [0..<3])  // end markers only: up to the last
-        #expect(spans(s(2) + b + s(1) + m) == [0..<2, 2..<5])  // a head without an end marker
-        #expect(spans(s(1) + m + s(1) + b + s(1) + m) == [0..<2, 3..<6])  // the head's tail was cut off
-        #expect(spans(b + s(1)).isEmpty)  // a first transaction cut off
-        #expect(spans([]).isEmpty)
+    }
+
+    func spans(_ tokens: String) -> (kept: [Range<Int>], cut: [Int]) {
+        let r = Self.log(tokens, task: tp0)
+        return ChangelogMarker.committedSpans(
+            count: r.count, isBegin: { ChangelogMarker.isBegin(key: r[$0].key) }, isEnd: { r[$0].key == ChangelogMarker.key(tp0) },
+            tag: { i in r[i].value.flatMap { try? StateCodec.decode($0) }?.markerTxn })
+    }
+
+    /// The stretches a log is read in, each ending at an end marker
+    /// (``ChangelogMarker/committedSpans(count:isBegin:isEnd:tag:)``), where builds with
+    /// and without begin markers meet (a rolling upgrade, a rollback), or compaction
+    /// removed markers.
+    @Test func eachStretchUpToAnEndMarkerIsReadAsItsWriterWroteIt() {
+        #expect(spans("u u u").kept == [0..<3])  // no markers: all
+        #expect(spans("u E1 u").kept == [0..<2])  // no begin markers: up to the last end
+        // The first stretch: what precedes its begin marker is what compaction kept of
+        // older transactions.
+        #expect(spans("u B1 u E1").kept == [0..<1, 1..<4])
+        // A later one: what precedes it was cut off (a build without begin markers crashed).
+        #expect(spans("u E5 u B6 u E6").kept == [0..<2, 3..<6])
+        #expect(spans("u E u B6 u E6").kept == [0..<2, 3..<6])
+        // A build without begin markers committed after one with them: read whole (found by
+        // a review: a rolling upgrade's owner lost it, its offsets already committed).
+        #expect(spans("B1 u E1 u E2").kept == [0..<3, 3..<5])
+        // ... and after a transaction cut off: that build's records cannot be told from the
+        // cut ones, so both are read, as that build reads them; the cut one is named.
+        let mixed = spans("B1 u E1 B2 u u E3")
+        #expect(mixed.kept == [0..<3, 3..<7])
+        #expect(mixed.cut == [3])
+        let torn = spans("B1 u E1 B2 u B3 u E3 B4 u")
+        #expect(torn.kept == [0..<3, 5..<8])
+        #expect(torn.cut == [3, 8])
+        #expect(spans("B1 u").kept.isEmpty)  // a first transaction cut off
+        #expect(spans("").kept.isEmpty)
+    }
+
+    /// The graph's restore reads what the changelog holds a source marker of: an older
+    /// build's transaction cut between its identities marker and its source marker, then
+    /// a commit by a build with begin markers above it, stays cut (found by a review).
+    @Test func theGraphReadsOnlyTransactionsTheChangelogCommitted() {
+        let id = { (t: String) -> (key: [UInt8], value: [UInt8]?) in
+            let n = Int64(t.dropFirst())
+            let txn = n.map { StoredUser.MarkerTxn(epoch: 9, seq: $0) }
+            switch t.first {
+            case "B": return (ChangelogMarker.identitiesBeginKey, ChangelogMarker.value(offset: -1, sourcePartitions: 2, txn: txn))
+            case "I": return (ChangelogMarker.identitiesKey, ChangelogMarker.value(offset: -1, sourcePartitions: 2, txn: txn))
+            default: return (Array(t.utf8), [1])
+            }
+        }
+        let changelog = Self.log("u E4 cut B6 u E6", task: tp0)
+        let view = SyncEngine.ChangelogView(PackedRecords(changelog), transactionsOf: tp0)
+        #expect(!view.latest.map(\.key).contains("ucut"))
+        let graph = ["g1", "I4", "gcut", "I5", "B6", "g2", "I6", "B7", "glate", "I7"].map(id)
+        #expect(view.committedIdentities(graph, of: tp0).map { String(decoding: $0.key, as: UTF8.self) } == ["g1", "g2"])
+        // With begin markers: a transaction whose identities marker landed and whose source
+        // marker did not is named cut by the changelog.
+        let cutView = SyncEngine.ChangelogView(PackedRecords(Self.log("B1 u E1 B2 u B3 u E3", task: tp0)), transactionsOf: tp0)
+        #expect(cutView.cut == [StoredUser.MarkerTxn(epoch: 9, seq: 2)])
+        let graph2 = ["B1", "g1", "I1", "B2", "g2", "I2", "B3", "g3", "I3"].map(id)
+        #expect(cutView.committedIdentities(graph2, of: tp0).map { String(decoding: $0.key, as: UTF8.self) } == ["g1", "g3"])
+    }
+
+    /// Markers that do not decode, or tombstones of them, trap nothing.
+    @Test func damagedMarkersTrapNothing() {
+        let records: [(key: [UInt8], value: [UInt8]?)] = [
+            (ChangelogMarker.beginKey(tp0), [0xFF, 0, 1]), (Array("a".utf8), [1]), (ChangelogMarker.key(tp0), [0x01]),
+            (ChangelogMarker.beginKey(tp0), nil), (Array("b".utf8), [1]), (ChangelogMarker.beginKey(tp0), []),
+        ]
+        let view = SyncEngine.ChangelogView(PackedRecords(records), transactionsOf: tp0)
+        #expect(view.latest.map(\.key) == ["a"])
+        let ids: [(key: [UInt8], value: [UInt8]?)] = [
+            (ChangelogMarker.identitiesBeginKey, [9, 9]), (Array("g".utf8), [1]), (ChangelogMarker.identitiesKey, nil),
+            (ChangelogMarker.identitiesBeginKey, nil),
+        ]
+        _ = view.committedIdentities(ids, of: tp0)
     }
 
     /// Keys are users' identities byte for byte, as the user table hashes them: two

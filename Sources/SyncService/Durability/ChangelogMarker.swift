@@ -42,7 +42,7 @@ public enum ChangelogMarker {
     /// The key of the record a merging task's transaction writes first into its changelog
     /// partition (its value a marker with the transaction's tag, as the end's): with the
     /// source marker that ends it, it bounds what the transaction wrote there
-    /// (``committedSpans(count:isBegin:isEnd:)``).
+    /// (``committedSpans(count:isBegin:isEnd:tag:)``).
     public static func beginKey(_ tp: TopicPartition) -> [UInt8] {
         beginPrefix + Array("/\(tp.topic)/\(tp.partition)".utf8)
     }
@@ -61,47 +61,65 @@ public enum ChangelogMarker {
 
     /// Which records of a merging task's partition (its changelog partition, or its
     /// partition of `<group>-identities`) a restore reads, as ranges of indices (`kept`):
-    /// those of committed transactions; and the begin markers of those cut off (`cut`). Each transaction writes a begin marker first and an end
-    /// marker last, so one is committed when both stand, in that order, with no other begin
-    /// marker between them. A transaction cut by a crash has its begin and never its end;
-    /// a broker that shows aborted records (librdkafka's mock, tansu) shows its records,
-    /// and the next transaction's begin marker puts them out. Reading up to the last end
-    /// marker alone took them as committed once a later transaction committed above them.
+    /// those of committed transactions; and the begin markers of transactions cut off
+    /// (`cut`). `tag`: an end or begin marker's transaction, if it names one.
     ///
-    /// Before the first begin marker (written by builds without them, or by none:
-    /// compaction keeps only each key's last), the records up to the last end marker
-    /// there are read, and all of them if there is none (written before markers
-    /// existed). On Kafka, which hides aborted records and compacts them away, the spans
-    /// only ever put out what it hides: compaction removes a begin or end marker only
-    /// when a later one of the same key stands, after the records it bounded.
-    public static func committedSpans(count: Int, isBegin: (Int) -> Bool, isEnd: (Int) -> Bool) -> (kept: [Range<Int>], cut: [Int]) {
-        var spans: [Range<Int>] = []
+    /// Each transaction writes a begin marker first and an end marker last: one is
+    /// committed when both stand with the same tag and no other begin marker between them.
+    /// A transaction cut by a crash has its begin and never its end; a broker that shows
+    /// aborted records (librdkafka's mock, tansu) shows its records, and the next
+    /// transaction's begin marker puts them out. Reading up to the last end marker alone
+    /// took them as committed once a later transaction committed above them.
+    ///
+    /// The log is read in stretches, each ending at an end marker:
+    /// - one with no begin marker was written by a build without them (or by a run
+    ///   without identity resolution): read whole, as before begin markers. A build
+    ///   without them may own the task in a rolling upgrade or a rollback, between owners
+    ///   that write them.
+    /// - one whose last begin marker has the end marker's tag: from that begin marker on,
+    ///   and, in the first stretch only, what precedes its first begin marker. That is
+    ///   where compaction leaves what it kept of older transactions once their markers are
+    ///   gone (it removes a marker only when a later one of its key stands, so a stretch
+    ///   after a kept end marker lost none of its begin markers). In a later stretch,
+    ///   what precedes the first begin marker was cut off (a build without begin markers
+    ///   crashed in a transaction).
+    /// - one whose end marker has another tag (or none): written by a build without begin
+    ///   markers after a transaction that was cut off: read whole, as that build reads it
+    ///   (its records cannot be told from the cut ones; leaving them out would lose a
+    ///   committed transaction, its offsets already committed).
+    ///
+    /// What follows the last end marker was cut off; in a log without end markers, what
+    /// precedes the first begin marker is read (written before markers existed).
+    public static func committedSpans(
+        count: Int, isBegin: (Int) -> Bool, isEnd: (Int) -> Bool, tag: (Int) -> StoredUser.MarkerTxn?
+    ) -> (kept: [Range<Int>], cut: [Int]) {
+        var kept: [Range<Int>] = []
         var cut: [Int] = []
-        var open: Int?
-        var lastEnd: Int?
-        var firstBegin: Int?
+        var start = 0
+        var begins: [Int] = []
+        var first = true
         for i in 0..<count {
             if isBegin(i) {
-                if firstBegin == nil {
-                    firstBegin = i
-                    let head = lastEnd.map { $0 + 1 } ?? i
-                    if head > 0 { spans.append(0..<head) }
-                }
-                if let o = open { cut.append(o) }
-                open = i
+                begins.append(i)
             } else if isEnd(i) {
-                if let o = open {
-                    spans.append(o..<(i + 1))
-                    open = nil
+                if let last = begins.last, let t = tag(i), tag(last) == t {
+                    if first && begins[0] > start { kept.append(start..<begins[0]) }
+                    kept.append(last..<(i + 1))
+                    cut += begins.dropLast()
+                } else {
+                    kept.append(start..<(i + 1))
+                    cut += begins
                 }
-                lastEnd = i
+                start = i + 1
+                begins = []
+                first = false
             }
         }
-        if let o = open { cut.append(o) }
-        if firstBegin == nil {
-            let head = lastEnd.map { $0 + 1 } ?? count
-            if head > 0 { spans.append(0..<head) }
+        if first {
+            let head = begins.first ?? count
+            if head > 0 { kept.append(0..<head) }
         }
-        return (spans, cut)
+        cut += begins
+        return (kept, cut)
     }
 }

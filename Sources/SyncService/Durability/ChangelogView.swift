@@ -26,11 +26,14 @@ extension SyncEngine {
         /// ended. Their identities marker may have landed (it is written before the
         /// changelog's), and what they wrote to `<group>-identities` is not read either.
         var cut: Set<StoredUser.MarkerTxn> = []
+        /// The tags of the task's source markers here: its committed transactions (every
+        /// one since the oldest marker compaction kept).
+        var committed: Set<StoredUser.MarkerTxn> = []
 
         init() {}
 
         /// `transactionsOf`: a merging task whose transactions wrote the partition: only
-        /// what committed ones wrote is read (``ChangelogMarker/committedSpans(count:isBegin:isEnd:)``;
+        /// what committed ones wrote is read (``ChangelogMarker/committedSpans(count:isBegin:isEnd:tag:)``;
         /// a crash cuts a transaction off, and some brokers show what it wrote). Without
         /// one, every record is read.
         init(_ records: PackedRecords, transactionsOf task: TopicPartition? = nil) {
@@ -46,16 +49,22 @@ extension SyncEngine {
                         let r = records.keyRange(i)
                         return r.count == k.count && b[r].elementsEqual(k)
                     }
+                    func tag(_ i: Int) -> StoredUser.MarkerTxn? {
+                        guard let v = records.valueRange(i) else { return nil }
+                        return (try? StateCodec.decode(UnsafeBufferPointer(rebasing: b[v])))?.markerTxn
+                    }
+                    var ends: [Int] = []
                     let found = ChangelogMarker.committedSpans(
-                        count: records.count, isBegin: { isKey($0, begin) }, isEnd: { isKey($0, endKey) })
+                        count: records.count, isBegin: { isKey($0, begin) },
+                        isEnd: { i in
+                            guard isKey(i, endKey) else { return false }
+                            ends.append(i)
+                            return true
+                        }, tag: tag)
                     spans = found.kept
                     end = spans.last?.upperBound ?? 0
-                    for i in found.cut {
-                        if let v = records.valueRange(i), let txn = (try? StateCodec.decode(UnsafeBufferPointer(rebasing: b[v])))?.markerTxn
-                        {
-                            cut.insert(txn)
-                        }
-                    }
+                    for i in found.cut { if let t = tag(i) { cut.insert(t) } }
+                    for i in ends { if let t = tag(i) { committed.insert(t) } }
                 }
                 for span in spans {
                     for i in span {
@@ -82,32 +91,29 @@ extension SyncEngine {
         func marker(of tp: TopicPartition) -> [UInt8]? { markers[ChangelogMarker.key(tp)] ?? nil }
 
         /// Of `records`, task `tp`'s partition of `<group>-identities`, what a restore reads
-        /// with this view of its changelog partition (oldest first, markers left out): up
-        /// to the identities marker of the transaction the source marker names (what
-        /// follows was cut off by a crash, or not written by a committed transaction, and
-        /// some brokers show it); before it, only what committed transactions wrote, between
-        /// a begin marker and its identities marker; and of those, none the changelog says
-        /// were cut off (a crash between the identities marker and the source marker).
+        /// with this view of its changelog partition (oldest first, markers left out): what
+        /// committed transactions wrote (``ChangelogMarker/committedSpans(count:isBegin:isEnd:tag:)``
+        /// with the identities markers), and of that, only what transactions the changelog
+        /// holds a source marker of wrote: a crash between a transaction's identities marker
+        /// and its source marker (written last) cut it off all the same. Before the first
+        /// identities marker of a transaction the changelog holds (compaction removed the
+        /// older source markers), what a transaction the changelog names as cut off wrote
+        /// is left out.
         func committedIdentities(_ records: [(key: [UInt8], value: [UInt8]?)], of tp: TopicPartition) -> [(key: [UInt8], value: [UInt8]?)] {
-            var end = records.count
-            if let txn = (try? marker(of: tp).map { try StateCodec.decode($0) })??.markerTxn,
-                let i = records.lastIndex(where: {
-                    $0.key == ChangelogMarker.identitiesKey && ($0.value.flatMap { try? StateCodec.decode($0) })?.markerTxn == txn
-                })
-            {
-                end = i + 1
-            }
+            func tag(_ i: Int) -> StoredUser.MarkerTxn? { (records[i].value.flatMap { try? StateCodec.decode($0) })?.markerTxn }
+            func isEnd(_ i: Int) -> Bool { records[i].key == ChangelogMarker.identitiesKey }
             let spans = ChangelogMarker.committedSpans(
-                count: end, isBegin: { records[$0].key == ChangelogMarker.identitiesBeginKey },
-                isEnd: { records[$0].key == ChangelogMarker.identitiesKey }
+                count: records.count, isBegin: { records[$0].key == ChangelogMarker.identitiesBeginKey }, isEnd: isEnd, tag: tag
             ).kept
+            let anchor = records.indices.first { isEnd($0) && tag($0).map(committed.contains) == true }
             var out: [(key: [UInt8], value: [UInt8]?)] = []
             for span in spans {
-                let first = records[span.lowerBound]
-                if !cut.isEmpty, first.key == ChangelogMarker.identitiesBeginKey,
-                    let txn = (first.value.flatMap { try? StateCodec.decode($0) })?.markerTxn, cut.contains(txn)
-                {
-                    continue
+                let last = span.upperBound - 1
+                if isEnd(last) {
+                    let t = tag(last)
+                    let known = t.map(committed.contains) == true
+                    let older = anchor.map { last < $0 } ?? true
+                    guard known || (older && t.map(cut.contains) != true) else { continue }
                 }
                 out += records[span].filter { !ChangelogMarker.isMarker(key: $0.key) }
             }
