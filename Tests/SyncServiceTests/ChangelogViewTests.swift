@@ -99,9 +99,13 @@ import Testing
         // The first stretch: what precedes its begin marker is what compaction kept of
         // older transactions.
         #expect(spans("u B1 u E1").kept == [0..<1, 1..<4])
-        // A later one: what precedes it was cut off (a build without begin markers crashed).
+        // A later one: what precedes it was cut off after a transaction's end (a build
+        // without begin markers crashed); after a run without identity resolution, it is
+        // what that run committed with no marker after it (users expired, settled), and
+        // read (found by a review).
         #expect(spans("u E5 u B6 u E6").kept == [0..<2, 3..<6])
-        #expect(spans("u E u B6 u E6").kept == [0..<2, 3..<6])
+        #expect(spans("u E u B6 u E6").kept == [0..<2, 2..<3, 3..<6])
+        #expect(spans("B1 u E1 u E u B6 u E6").kept == [0..<3, 3..<5, 5..<6, 6..<9])
         // A build without begin markers committed after one with them: read whole (found by
         // a review: a rolling upgrade's owner lost it, its offsets already committed).
         #expect(spans("B1 u E1 u E2").kept == [0..<3, 3..<5])
@@ -109,7 +113,8 @@ import Testing
         // cut ones, so both are read, as that build reads them; the cut one is named.
         let mixed = spans("B1 u E1 B2 u u E3")
         #expect(mixed.kept == [0..<3, 3..<7])
-        #expect(mixed.cut == [3])
+        #expect(mixed.cut.isEmpty)
+        #expect(spans("B1 u E1 B2 u B3 u u E4").cut == [3])
         let torn = spans("B1 u E1 B2 u B3 u E3 B4 u")
         #expect(torn.kept == [0..<3, 5..<8])
         #expect(torn.cut == [3, 8])
@@ -141,6 +146,19 @@ import Testing
         #expect(cutView.cut == [StoredUser.MarkerTxn(epoch: 9, seq: 2)])
         let graph2 = ["B1", "g1", "I1", "B2", "g2", "I2", "B3", "g3", "I3"].map(id)
         #expect(cutView.committedIdentities(graph2, of: tp0).map { String(decoding: $0.key, as: UTF8.self) } == ["g1", "g3"])
+        // Compaction removed transaction 5's source marker (a later one stands) and kept
+        // its begin marker, and a build without begin markers (6), or a run without
+        // identity resolution (no tag), committed after it: 5 is read, in the changelog
+        // and in the graph (found by a review: its graph records were left out).
+        for (log, graph) in [
+            ("u B5 u u E6 B7 u E7", ["g4", "I4", "B5", "g5", "I5", "g6", "I6", "B7", "g7", "I7"]),
+            ("u B5 u u E B7 u E7", ["g4", "I4", "B5", "g5", "I5", "B7", "g7", "I7"]),
+        ] {
+            let compacted = SyncEngine.ChangelogView(PackedRecords(Self.log(log, task: tp0)), transactionsOf: tp0)
+            #expect(compacted.cut.isEmpty, "\(log)")
+            let read = compacted.committedIdentities(graph.map(id), of: tp0).map { String(decoding: $0.key, as: UTF8.self) }
+            #expect(read == graph.filter { $0.hasPrefix("g") }, "\(log)")
+        }
     }
 
     /// Markers that do not decode, or tombstones of them, trap nothing.

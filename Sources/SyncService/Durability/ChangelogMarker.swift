@@ -77,16 +77,20 @@ public enum ChangelogMarker {
     ///   without them may own the task in a rolling upgrade or a rollback, between owners
     ///   that write them.
     /// - one whose last begin marker has the end marker's tag: from that begin marker on,
-    ///   and, in the first stretch only, what precedes its first begin marker. That is
-    ///   where compaction leaves what it kept of older transactions once their markers are
-    ///   gone (it removes a marker only when a later one of its key stands, so a stretch
-    ///   after a kept end marker lost none of its begin markers). In a later stretch,
-    ///   what precedes the first begin marker was cut off (a build without begin markers
-    ///   crashed in a transaction).
+    ///   and, in the first stretch, what precedes its first begin marker. That is where
+    ///   compaction leaves what it kept of older transactions once their markers are gone
+    ///   (it removes a marker only when a later one of its key stands, so a stretch after
+    ///   a kept end marker lost none of its begin markers). In a later stretch, what
+    ///   precedes the first begin marker is read after an end marker naming no
+    ///   transaction (a run without identity resolution writes users and tombstones with
+    ///   no marker after them), and was cut off after one naming a transaction (a build
+    ///   without begin markers crashed in a transaction).
     /// - one whose end marker has another tag (or none): written by a build without begin
-    ///   markers after a transaction that was cut off: read whole, as that build reads it
-    ///   (its records cannot be told from the cut ones; leaving them out would lose a
-    ///   committed transaction, its offsets already committed).
+    ///   markers after a transaction that was cut off, or, once compaction removed an end
+    ///   marker, after one that committed: read whole, as that build reads it (its
+    ///   records cannot be told from the others; leaving them out would lose a committed
+    ///   transaction, its offsets already committed). Its last begin marker's transaction
+    ///   is read with it, not named cut.
     ///
     /// What follows the last end marker was cut off; in a log without end markers, what
     /// precedes the first begin marker is read (written before markers existed).
@@ -98,21 +102,29 @@ public enum ChangelogMarker {
         var start = 0
         var begins: [Int] = []
         var first = true
+        // Whether the last end marker named a transaction (nil: written by a run without
+        // identity resolution, whose checkpoints also write users and tombstones with no
+        // marker after them).
+        var lastTagged = false
         for i in 0..<count {
             if isBegin(i) {
                 begins.append(i)
             } else if isEnd(i) {
-                if let last = begins.last, let t = tag(i), tag(last) == t {
-                    if first && begins[0] > start { kept.append(start..<begins[0]) }
+                let t = tag(i)
+                if let last = begins.last, let t, tag(last) == t {
+                    if (first || !lastTagged) && begins[0] > start { kept.append(start..<begins[0]) }
                     kept.append(last..<(i + 1))
                     cut += begins.dropLast()
                 } else {
+                    // Read whole, the last begin marker's transaction with it (compaction
+                    // may have removed its end marker): only those before it were cut.
                     kept.append(start..<(i + 1))
-                    cut += begins
+                    cut += begins.dropLast()
                 }
                 start = i + 1
                 begins = []
                 first = false
+                lastTagged = t != nil
             }
         }
         if first {
