@@ -207,6 +207,29 @@ import Testing
         return w
     }
 
+    /// Every visitor's calls, then a key event of each anonymous id (a record written twice
+    /// moves the score).
+    static var callsWithLateSteps: [String] {
+        calls(0..<visitors)
+            + (0..<visitors).map { v in
+                #"{"type":"track","anonymousId":"a-\#(v)","event":"Report Built","timestamp":"2025-11-23T10:00:00Z"}"#
+            }
+    }
+
+    /// A world that played the first half of `calls` and read the rest, then crashed in its
+    /// next checkpoint after `keep` records of one transaction (`task`'s, or the first);
+    /// and how many records that transaction had.
+    static func cut(_ calls: [String], after keep: Int, task: Int32? = nil, inProcess: Bool) -> (World, Int) {
+        let w = World(inProcess: inProcess)
+        w.play(Array(calls[..<(calls.count / 2)]))
+        w.produce(Array(calls[(calls.count / 2)...]))
+        w.feedSource()
+        w.store.tearAfter = keep
+        w.store.tearPartition = task
+        #expect(!w.engine.checkpoint())
+        return (w, w.store.tornTotal)
+    }
+
     static func expectSameUsers(_ w: World, _ reference: [String: String], sourceLocation: SourceLocation = #_sourceLocation) {
         for v in 0..<visitors {
             #expect(w.body("person-\(v)") == reference["person-\(v)"], "person-\(v)", sourceLocation: sourceLocation)
@@ -284,21 +307,13 @@ import Testing
     /// hand-over's tombstone without its merge record lost the anonymous history, and one
     /// that kept routed records read them twice.
     @Test(arguments: [false, true], [true, false]) func aCheckpointCutByACrashLosesAndDoublesNothing(fromStart: Bool, inProcess: Bool) {
-        let late = (0..<Self.visitors).map { v in
-            #"{"type":"track","anonymousId":"a-\#(v)","event":"Report Built","timestamp":"2025-11-23T10:00:00Z"}"#
-        }
-        let calls = Self.calls(0..<Self.visitors) + late
+        let calls = Self.callsWithLateSteps
         let want = Self.reference { $0.produce(calls) }
         var total = 1
         var keep = 0
         while keep <= total {
-            let w = World(inProcess: inProcess)
-            w.play(Array(calls[..<(calls.count / 2)]))
-            w.produce(Array(calls[(calls.count / 2)...]))
-            w.feedSource()
-            w.store.tearAfter = keep
-            #expect(!w.engine.checkpoint())
-            total = w.store.tornTotal
+            let w: World
+            (w, total) = Self.cut(calls, after: keep, inProcess: inProcess)
             w.crashAndRestart(fromStart: fromStart)
             w.settle()
             for v in 0..<Self.visitors {
@@ -323,23 +338,14 @@ import Testing
     /// notices); then a third restores. A cut after the identities marker and before the
     /// source marker leaves a whole transaction in `<group>-identities`, cut all the same.
     @Test(arguments: [true, false]) func aTransactionCutByACrashStaysCutUnderALaterCommittedOne(inProcess: Bool) {
-        let late = (0..<Self.visitors).map { v in
-            #"{"type":"track","anonymousId":"a-\#(v)","event":"Report Built","timestamp":"2025-11-23T10:00:00Z"}"#
-        }
-        let calls = Self.calls(0..<Self.visitors) + late
+        let calls = Self.callsWithLateSteps
         let want = Self.reference { $0.produce(calls) }
         for task in Int32(0)..<2 {
             var total = 1
             var keep = 0
             while keep <= total {
-                let w = World(inProcess: inProcess)
-                w.play(Array(calls[..<(calls.count / 2)]))
-                w.produce(Array(calls[(calls.count / 2)...]))
-                w.feedSource()
-                w.store.tearAfter = keep
-                w.store.tearPartition = task
-                #expect(!w.engine.checkpoint())
-                total = w.store.tornTotal
+                let w: World
+                (w, total) = Self.cut(calls, after: keep, task: task, inProcess: inProcess)
                 // The next owner restores without the cut records and commits a transaction
                 // of each task before it reads anything (no input fed).
                 w.crashAndRestart(feed: false)
