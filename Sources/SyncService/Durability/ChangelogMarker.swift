@@ -114,13 +114,13 @@ public enum ChangelogMarker {
                 if let last = begins.last, let t, tag(last) == t {
                     if (first || !lastTagged) && begins[0] > start { kept.append(start..<begins[0]) }
                     kept.append(last..<(i + 1))
-                    cut += begins.dropLast()
                 } else {
                     // Read whole, the last begin marker's transaction with it (compaction
-                    // may have removed its end marker): only those before it were cut.
+                    // may have removed its end marker).
                     kept.append(start..<(i + 1))
-                    cut += begins.dropLast()
                 }
+                // Either way, the transactions begun before the last begin marker were cut.
+                cut += begins.dropLast()
                 start = i + 1
                 begins = []
                 first = false

@@ -21,8 +21,6 @@ public enum Inspect {
         let admin = KafkaClientConfig(try config.resolvedKafkaProperties()).withoutConsumerProperties
         let topic = config.effectiveStateTopic
         let partitions = try KafkaAdmin.partitionCount(config: admin, topic: topic)
-        // Identity resolution (docs/identity.md): an id linked to a user is shown with that
-        // user's state, where its history now is.
         // Every partition at once, on one client (as restores read); with identity
         // resolution, each task's partition as its restore reads it: only what its
         // committed transactions wrote (a crash's leftovers, which some brokers show, are
@@ -34,6 +32,8 @@ public enum Inspect {
             changelog[p] = SyncEngine.ChangelogView(
                 packed, transactionsOf: merging ? config.topics.first.map { TopicPartition($0, p) } : nil)
         }
+        // Identity resolution (docs/identity.md): an id linked to a user is shown with that
+        // user's state, where its history now is.
         var graph: [String: IdentityEntry] = [:]
         let identitiesTopic = IdentityTopics.identities(group: config.group)
         if merging, let n = try? KafkaAdmin.partitionCount(config: admin, topic: identitiesTopic) {
