@@ -128,7 +128,7 @@ for line in open(sys.argv[1]):
         k, v = line.strip().split("=", 1)
         vals[k].append(v)
 for k, vs in vals.items():
-    if k.endswith("_rate") and all(v.isdigit() for v in vs):
+    if (k.endswith("_rate") or k.endswith("_ns_per_event")) and all(v.isdigit() for v in vs):
         n = [int(v) for v in vs]
         print(f"{k}={int(statistics.median(n))}")
         print(f"{k}_range={min(n)}-{max(n)}")
@@ -185,6 +185,10 @@ def r(k):
         return g(k)
     lo, hi = lo_hi.split("-")
     return f"{g(k)} (rounds: {int(lo) // 1000}k–{int(hi) // 1000}k)"
+def ns(k):
+    """A CPU time per event: the median of the rounds, with their range."""
+    lo_hi = v.get(k + "_range", "")
+    return f"{g(k)} ({lo_hi.replace('-', '–')})" if "-" in lo_hi and rounds != "1" else g(k)
 rows = [
     ("events produced (zstd)", f'{g("produced")} ({g("avg_event_bytes")} B avg)'),
     (f"rates below: the median of {rounds} interleaved rounds", ""),
@@ -212,6 +216,11 @@ rows = [
     ("identity.merge on, keys by identity: binary folded (events/s), × raw kcat -f '\\n' (goal: unchanged)",
      f"{r('idmerge_folded_rate')}, {idmerge / kc:.2f}×" if kc and idmerge else r("idmerge_folded_rate")),
     ("  / the same binary with identity.merge off", f"{idmerge / binary:.2f}" if idmerge and binary else "?"),
+    ("  the binary's CPU per event (ns; all threads, over the same span), merging on / off",
+     f'{ns("idmerge_cpu_ns_per_event")} / {ns("binary_cpu_ns_per_event")}'),
+    ("  CPU per event, merging off / on (1.00: unchanged; steadier than the rates on a shared machine)",
+     f'{int(g("binary_cpu_ns_per_event")) / int(g("idmerge_cpu_ns_per_event")):.2f}'
+     if g("binary_cpu_ns_per_event").isdigit() and g("idmerge_cpu_ns_per_event").isdigit() else "?"),
     ("identity.merge on, keys by messageId (routed): binary folded (events/s), × raw kcat -f '\\n' on its topic (goal: ≥ 0.35×)",
      f"{r('midmerge_folded_rate')}, {midmerge / mkc:.2f}×" if mkc and midmerge else r("midmerge_folded_rate")),
 ] if g("midbinary_folded_rate") != "?" or g("midkcat_rate") != "?" else []) + ([

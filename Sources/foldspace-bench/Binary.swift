@@ -74,8 +74,9 @@ extension FoldspaceBench {
                 print("binary_error=no admin address in the daemon's log")
                 return
             }
-            var first: (t: Double, n: Int)?
-            var last = (t: 0.0, n: 0)
+            var first: (t: Double, n: Int, cpu: Double?)?
+            var last = (t: 0.0, n: 0, cpu: Double?.none)
+            let pid = process.processIdentifier
             while uptimeSeconds() - started < 300 && process.isRunning {
                 guard let (data, _) = try? await URLSession.shared.data(from: url) else {
                     try await Task.sleep(for: .milliseconds(10))
@@ -83,8 +84,8 @@ extension FoldspaceBench {
                 }
                 let n = Self.folded(String(decoding: data, as: UTF8.self))
                 let t = uptimeSeconds()
-                if n > 0 && first == nil { first = (t, n) }
-                if n > last.n { last = (t, n) }
+                if n > 0 && first == nil { first = (t, n, Self.cpuSeconds(pid)) }
+                if n > last.n { last = (t, n, Self.cpuSeconds(pid)) }
                 if n >= expect { break }
                 try await Task.sleep(for: .milliseconds(10))
             }
@@ -93,11 +94,29 @@ extension FoldspaceBench {
             print("binary_folded_events=\(last.n)")
             if let first, last.t > first.t {
                 print("binary_folded_rate=\(Int(Double(last.n - first.n) / (last.t - first.t)))")
+                // The daemon's CPU time (all its threads) per event folded over the same
+                // span: steadier than the rate on a shared machine, where the rate also
+                // measures what else runs.
+                if let c0 = first.cpu, let c1 = last.cpu, last.n > first.n {
+                    print("binary_cpu_ns_per_event=\(Int((c1 - c0) * 1e9 / Double(last.n - first.n)))")
+                }
             }
             if last.n > 0 { print("binary_start_to_last_s=\(String(format: "%.2f", last.t - started))") }
             process.terminate()
             process.waitUntilExit()
             await sandbox.stop()
+        }
+
+        /// Process `pid`'s CPU time so far (user and system, all threads), from
+        /// `/proc/<pid>/stat`; nil where there is none.
+        static func cpuSeconds(_ pid: Int32) -> Double? {
+            guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                let close = text.lastIndex(of: ")")
+            else { return nil }
+            // After the command's name: state is field 3; utime and stime are 14 and 15.
+            let fields = text[text.index(after: close)...].split(separator: " ")
+            guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
+            return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
         }
 
         static func folded(_ metrics: String) -> Int {
