@@ -223,11 +223,19 @@ struct IdentityScenario {
         #expect(sandbox.violationCount == 0)
         // `inspect` from outside: an anonymous id linked by an identify (visitor 0) and one
         // linked by an alias (visitor 1) show their user as canonical, with its state; the
-        // user lists both of its ids.
+        // user lists both of its ids. The changelog is written every commit_interval
+        // (300 ms here) and may lag the body acknowledged: asked again until the user's
+        // stored body has its visits (at most 30 s), as an operator would.
         if let inspect {
             for v in 0..<2 {
                 let (anon, user) = (s.anonymousId(v), s.userId(v))
-                let entries = try await inspect([anon, user])
+                var entries: [[String: Any]] = []
+                let deadline = ContinuousClock.now + .seconds(30)
+                repeat {
+                    entries = try await inspect([anon, user])
+                    if (entries.last?["body"] as? [String: Any])?["numberOfVisits"] as? Int == s.expected(user).visits { break }
+                    try await Task.sleep(for: .milliseconds(300))
+                } while ContinuousClock.now < deadline
                 #expect(entries.count == 2, "\(entries)")
                 let a = entries.first ?? [:]
                 let u = entries.last ?? [:]
