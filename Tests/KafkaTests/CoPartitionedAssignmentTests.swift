@@ -158,7 +158,7 @@ final class RawGroupMember: @unchecked Sendable {
     /// Waits, polling the members' assignments off the cooperative pool, until the group
     /// has settled; returns every sample taken and the settled one.
     static func waitSettled(
-        _ members: [RawGroupMember], topics: [String], partitions: Int32, timeout: Duration = .seconds(30)
+        _ members: [RawGroupMember], topics: [String], partitions: Int32, timeout: Duration = .seconds(60)
     ) async -> (samples: [[[TopicPartition]]], settled: [[TopicPartition]]?) {
         let deadline = ContinuousClock.now + timeout
         var samples: [[[TopicPartition]]] = []
