@@ -108,15 +108,13 @@ extension FoldspaceBench {
         }
 
         /// Process `pid`'s CPU time so far (user and system, all threads), from
-        /// `/proc/<pid>/stat`; nil where there is none.
+        /// `/proc/<pid>/stat` read as the daemon's own process metrics read theirs; nil
+        /// where there is none.
         static func cpuSeconds(_ pid: Int32) -> Double? {
-            guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-                let close = text.lastIndex(of: ")")
-            else { return nil }
-            // After the command's name: state is field 3; utime and stime are 14 and 15.
-            let fields = text[text.index(after: close)...].split(separator: " ")
-            guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
-            return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8) else { return nil }
+            return ProcessMetrics.parse(
+                stat: stat, procStat: "", openFds: 0, maxFds: nil, ticksPerSecond: Int(sysconf(Int32(_SC_CLK_TCK))), pageSize: 4096
+            )?.cpuSeconds
         }
 
         static func folded(_ metrics: String) -> Int {
